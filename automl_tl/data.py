@@ -1,0 +1,300 @@
+"""From the user's data to a :class:`DatasetBundle`: validation and seeded stratified splits.
+
+Accepted inputs:
+
+* a pandas DataFrame with an input column (image paths or arrays) and a label column;
+* a CSV file with the same columns (relative paths are relative to the CSV's folder);
+* an image folder with one subfolder per class.
+
+Every problem the user can fix raises :class:`~automl_tl.errors.DataError` with a
+one-line message naming the file, column, class or value at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+
+from automl_tl.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: every class needs one example in each of train, validation and test
+MIN_EXAMPLES_PER_CLASS = 3
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of the data: raw inputs and integer labels (indices into ``DatasetBundle.classes``)."""
+
+    name: str
+    inputs: list[Any]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """Train, validation and test splits of one labelled data set."""
+
+    modality: str
+    classes: list[Any]
+    train: Split
+    val: Split
+    test: Split
+    input_column: str
+    label_column: str
+    fingerprint: str  # hash of inputs, labels and split seed: a stored study is only resumed on the same data
+
+    def summary(self) -> dict[str, Any]:
+        return {"modality": self.modality, "classes": [str(c) for c in self.classes],
+                "train": len(self.train), "val": len(self.val), "test": len(self.test),
+                "input_column": self.input_column, "label_column": self.label_column,
+                "fingerprint": self.fingerprint}
+
+
+# ---------------------------------------------------------------- reading images
+
+
+def read_image(value: Any, origin: str = "") -> Image.Image:
+    """An RGB PIL image from a path or an array (HxW or HxWxC; uint8, or float in [0, 1])."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, np.ndarray):
+        return _image_from_array(value, origin)
+    path = Path(str(value))
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}{origin}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # convert() forces a full decode, so truncated files fail here
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image file {path}{origin}: {exc}") from None
+
+
+def _image_from_array(array: np.ndarray, origin: str) -> Image.Image:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise DataError(f"image array{origin} has shape {array.shape}; expected HxW or HxWxC with C in 1, 3, 4")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+            raise DataError(f"image array{origin} has dtype {array.dtype} and range "
+                            f"[{array.min()}, {array.max()}]; expected uint8, or float in [0, 1]")
+        array = np.round(array * 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(array).convert("RGB")
+
+
+# ---------------------------------------------------------------- tables and folders
+
+
+def _is_image_value(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, Image.Image)) or (
+        isinstance(value, (str, Path)) and str(value).lower().endswith(IMAGE_EXTENSIONS))
+
+
+def infer_modality(values: Sequence[Any], column: str) -> str:
+    """The modality of an input column, from its first value."""
+    first = values[0]
+    if _is_image_value(first):
+        return "image"
+    raise DataError(f"cannot tell the modality of column {column!r} from its first value {str(first)[:60]!r}; "
+                    f"expected image paths ({', '.join(IMAGE_EXTENSIONS)}) or image arrays")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV file; image paths in it are made absolute relative to its folder later."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read CSV file {path}: {exc}".splitlines()[0]) from None
+    return frame
+
+
+def read_image_folder(path: Path) -> pd.DataFrame:
+    """A DataFrame (columns ``image``, ``label``) from a folder with one subfolder per class."""
+    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"image folder {path} has no class subfolders; expected one subfolder per class")
+    rows = []
+    for class_dir in class_dirs:
+        for file in sorted(class_dir.rglob("*")):
+            if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+                rows.append({"image": str(file), "label": class_dir.name})
+    if not rows:
+        raise DataError(f"image folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return pd.DataFrame(rows)
+
+
+def list_image_files(path: Path) -> list[str]:
+    """Every image file below ``path``, sorted (for predicting on an unlabelled folder)."""
+    return [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def _guess_input_column(frame: pd.DataFrame, label_column: str, origin: str) -> str:
+    candidates = [c for c in frame.columns if c != label_column]
+    if len(candidates) == 1:
+        return candidates[0]
+    for name in ("image", "path", "file", "filepath", "filename"):
+        if name in candidates:
+            return name
+    raise DataError(f"cannot tell which column of {origin} holds the inputs (columns: {', '.join(map(str, frame.columns))}); "
+                    "name it with --input-column")
+
+
+def resolve_paths(values: list[Any], base_dir: Path | None) -> list[Any]:
+    """Make relative file paths absolute against ``base_dir`` (the folder of the CSV)."""
+    if base_dir is None:
+        return values
+    return [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in values]
+
+
+def check_images_readable(inputs: Sequence[Any], origin: str) -> None:
+    """Decode every image once so that a missing or broken file is reported now, naming it."""
+    for row, value in enumerate(inputs):
+        read_image(value, origin=f" (row {row} of {origin})" if not isinstance(value, str) else "")
+
+
+def _fingerprint(inputs: Sequence[Any], labels: Sequence[Any], seed: int, fractions: tuple[float, float]) -> str:
+    digest = hashlib.sha256(repr((seed, fractions)).encode())
+    for value, label in zip(inputs, labels):
+        digest.update(value.tobytes() if isinstance(value, np.ndarray) else str(value).encode())
+        digest.update(str(label).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_dataset(
+    data: pd.DataFrame | str | Path,
+    label_column: str = "label",
+    input_column: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> DatasetBundle:
+    """Validate labelled data and split it into stratified, seeded train / validation / test parts.
+
+    ``data`` is a DataFrame, a CSV path or an image folder path. ``input_column`` is
+    guessed when there is one column besides the label (image folders: ``image``).
+    """
+    base_dir: Path | None = None
+    if isinstance(data, pd.DataFrame):
+        frame, origin = data, "the DataFrame"
+    else:
+        path = Path(data)
+        origin = str(path)
+        if path.is_dir():
+            frame, label_column, input_column = read_image_folder(path), "label", "image"
+        elif path.suffix.lower() in (".csv", ".txt", ".tsv") or path.is_file():
+            frame, base_dir = read_table(path), path.parent
+        else:
+            raise DataError(f"data path not found: {path}; expected a CSV file or an image folder")
+
+    if len(frame) == 0:
+        raise DataError(f"{origin} holds no rows")
+    if label_column not in frame.columns:
+        raise DataError(f"label column {label_column!r} not found in {origin}; columns: {', '.join(map(str, frame.columns))}")
+    input_column = input_column or _guess_input_column(frame, label_column, origin)
+    if input_column not in frame.columns:
+        raise DataError(f"input column {input_column!r} not found in {origin}; columns: {', '.join(map(str, frame.columns))}")
+
+    frame = frame[[input_column, label_column]]
+    empty_input = frame[input_column].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v)))
+    missing = frame[frame[label_column].isna() | empty_input]
+    if len(missing):
+        raise DataError(f"{origin} has {len(missing)} rows with an empty {input_column!r} or {label_column!r} "
+                        f"(first at row {missing.index[0]})")
+
+    inputs = resolve_paths(list(frame[input_column]), base_dir)
+    raw_labels = list(frame[label_column])
+    classes = sorted(set(raw_labels), key=lambda c: (str(type(c)), c))
+    if len(classes) < 2:
+        raise DataError(f"label column {label_column!r} of {origin} has {len(classes)} class ({classes[0]!r}); "
+                        "expected at least 2")
+    counts = pd.Series(raw_labels).value_counts()
+    too_small = counts[counts < MIN_EXAMPLES_PER_CLASS]
+    if len(too_small):
+        name, count = too_small.index[0], int(too_small.iloc[0])
+        raise DataError(f"class {name!r} in {origin} has {count} example(s); each class needs at least "
+                        f"{MIN_EXAMPLES_PER_CLASS} (one each for training, validation and test)")
+
+    modality = infer_modality(inputs, input_column)
+    if modality == "image":
+        check_images_readable(inputs, origin)
+
+    class_index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([class_index[c] for c in raw_labels], dtype=np.int64)
+    train_idx, val_idx, test_idx = stratified_split(labels, seed, val_fraction, test_fraction)
+
+    def take(name: str, idx: np.ndarray) -> Split:
+        return Split(name, [inputs[i] for i in idx], labels[idx])
+
+    bundle = DatasetBundle(
+        modality=modality,
+        classes=[_plain(c) for c in classes],
+        train=take("train", train_idx), val=take("val", val_idx), test=take("test", test_idx),
+        input_column=input_column, label_column=label_column,
+        fingerprint=_fingerprint(inputs, raw_labels, seed, (val_fraction, test_fraction)),
+    )
+    logger.info("data: %d classes, %d train / %d validation / %d test (%s)",
+                len(classes), len(bundle.train), len(bundle.val), len(bundle.test), origin)
+    return bundle
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars become Python ones, so classes serialise to JSON as they were given."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def stratified_split(labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train / validation / test, stratified by label; at least one example per class in each."""
+    n_classes = len(np.unique(labels))
+    indices = np.arange(len(labels))
+
+    def part_size(fraction: float, n: int) -> int:
+        return max(int(round(fraction * n)), n_classes)
+
+    test_size = part_size(test_fraction, len(labels))
+    if len(labels) - test_size < 2 * n_classes:
+        raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
+    rest, test = train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
+    val_size = part_size(val_fraction, len(labels))
+    if len(rest) - val_size < n_classes:
+        raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
+    train, val = train_test_split(rest, test_size=val_size, stratify=labels[rest], random_state=seed)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_column: str) -> list[Any]:
+    """Raw inputs to predict on: a DataFrame or CSV with ``input_column``, a folder of files, or a list."""
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if path.is_dir():
+            files = list_image_files(path)
+            if not files:
+                raise DataError(f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            return files
+        frame = read_table(path)
+        if input_column not in frame.columns:
+            raise DataError(f"input column {input_column!r} not found in {path}; columns: {', '.join(map(str, frame.columns))}")
+        return resolve_paths(list(frame[input_column]), path.parent)
+    if isinstance(data, pd.DataFrame):
+        if input_column not in data.columns:
+            raise DataError(f"input column {input_column!r} not found in the DataFrame; "
+                            f"columns: {', '.join(map(str, data.columns))}")
+        return list(data[input_column])
+    return list(data)

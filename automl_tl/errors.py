@@ -1,0 +1,44 @@
+"""Typed errors. Every user mistake raises a subclass of :class:`AutomlTLError`,
+whose message is one line that names the file, column or value at fault and what
+was expected; the CLI prints that line and exits non-zero, without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AutomlTLError(Exception):
+    """Base class for errors caused by the user's input or environment."""
+
+
+class DataError(AutomlTLError):
+    """The data given (file, folder, column, labels) cannot be used as it is."""
+
+
+class UnknownBackboneError(AutomlTLError):
+    """A backbone name (or pattern) matches nothing registered."""
+
+    def __init__(self, name: str, known: Iterable[str]):
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(known) or 'none'}"
+        super().__init__(f"unknown backbone {name!r}{hint}")
+        self.name = name
+        self.close_matches = close
+
+
+class PluginError(AutomlTLError):
+    """A plugin failed to import, or registered something twice."""
+
+
+class WeightsNotFoundError(AutomlTLError):
+    """Pretrained weights for a backbone are not installed where we look for them."""
+
+
+class ModelFileError(AutomlTLError):
+    """A saved model directory is missing a file or does not match its config."""
+
+
+class ConfigError(AutomlTLError):
+    """An option has a value outside what it accepts."""

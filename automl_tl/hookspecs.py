@@ -1,0 +1,55 @@
+"""Hook specifications: what a plugin may implement.
+
+Registration hooks follow the register-callback style: the host passes a
+``register`` callable and owns the registry, so it can refuse a duplicate name
+with a message that names both plugins. Hook names are plain; the project name
+``automl_tl`` on the markers scopes them.
+
+Lifecycle, in the order the hooks are called:
+
+1. start-up: :func:`register_backbones`, :func:`register_datasets` (once per process);
+2. during a search: :func:`trial_finished` after every trial, whatever its state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from automl_tl.backbone import Backbone
+    from automl_tl.executor import TrialResult
+    from automl_tl.registry import NamedDataset
+
+PROJECT_NAME = "automl_tl"
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_backbones(register: Callable[["Backbone"], None]) -> None:
+    """Call ``register(backbone)`` once for each :class:`~automl_tl.backbone.Backbone` the plugin provides.
+
+    Registering is cheap: a backbone loads no weights until a model is built.
+    A name registered twice (by this or another plugin) raises ``PluginError``.
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_datasets(register: Callable[["NamedDataset"], None]) -> None:
+    """Call ``register(dataset)`` for each :class:`~automl_tl.registry.NamedDataset`
+    (a named loader returning a labelled DataFrame), used for demos and benchmarks.
+    Return value: ignored.
+    """
+
+
+@hookspec
+def trial_finished(result: "TrialResult") -> None:
+    """Observe one finished trial (complete, pruned, stopped by the budget or failed).
+
+    Called in the worker process that ran the trial, after the trial's state is stored.
+    Observers (loggers, trackers) must not change ``result``. Return value: ignored.
+    """

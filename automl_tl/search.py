@@ -1,0 +1,294 @@
+"""The study: sampler, pruner, storage, budgets, resume, and keeping the best model.
+
+Every trial runs through the shared :class:`~automl_tl.executor.Executor`; this module
+turns the executor's per-epoch callback into Optuna reports and prunes, and owns the
+trial states. The study lives in a journal file in the run directory (safe for several
+processes on one machine), so running the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, f1_score
+from tqdm.auto import tqdm
+
+from automl_tl.backbone import Backbone
+from automl_tl.config import SearchConfig
+from automl_tl.data import DatasetBundle
+from automl_tl.errors import AutomlTLError, ConfigError
+from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
+from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, save_model, write_json_atomic
+from automl_tl.plugins import get_plugin_manager
+from automl_tl.registry import get_registry
+from automl_tl.report import leaderboard, write_leaderboard, write_summary
+from automl_tl.space import SearchSpace, suggest_trial_config
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE = "study.journal"
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class TrialFailed(Exception):
+    """A trial raised; the search records it as failed and goes on."""
+
+
+@dataclass
+class SearchOutcome:
+    """What a search leaves behind (everything is also on disk in ``run_dir``)."""
+
+    run_dir: Path
+    study: optuna.Study
+    leaderboard: pd.DataFrame
+    best_trial: int
+    best_params: dict[str, Any]
+    best_val_accuracy: float
+    test_metrics: dict[str, float]
+
+
+def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage | str:
+    """The study storage: a journal file in ``run_dir`` by default, or a database URL."""
+    if url is None or url.endswith((".journal", ".log")):
+        path = run_dir / JOURNAL_FILE if url is None else Path(url)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.journal.JournalStorage(backend)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ConfigError(f"malformed storage URL {url!r}; expected a journal file path (*.journal) or "
+                          f"SCHEME://... with SCHEME one of {', '.join(STORAGE_SCHEMES)}")
+    return url
+
+
+def _make_sampler_and_pruner(config: SearchConfig) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    # A few random trials first, then TPE; fewer than Optuna's default 10 because our budgets are small.
+    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.n_trials // 3)),
+                                         multivariate=True)
+    if config.pruner == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.max_epochs, reduction_factor=3)
+    elif config.pruner == "successive_halving":
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return sampler, pruner
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock shared by every process on this machine that saves into the run directory."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def saved_best_accuracy(run_dir: Path) -> float | None:
+    """Validation accuracy of the model in ``run_dir/best_model``, if there is one."""
+    path = run_dir / BEST_MODEL_DIR / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("val_accuracy")
+
+
+class Search:
+    """One study over the configured space; :meth:`run` optimises until the budget is spent."""
+
+    def __init__(self, data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None):
+        self.data = data
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.executor = executor or Executor()
+        self.backbones: dict[str, Backbone] = {
+            b.name: b for b in get_registry().resolve_backbones(config.backbones, modality=data.modality)}
+        wrong = [b.name for b in self.backbones.values() if b.modality != data.modality]
+        if wrong:
+            raise ConfigError(f"backbone(s) {', '.join(wrong)} are not for {data.modality} data")
+        max_groups = max(b.build(2, pretrained=False).num_groups for b in self.backbones.values())
+        self.space = SearchSpace.from_config(config, list(self.backbones), max_groups)
+        self._results: dict[int, TrialResult] = {}
+        self._deadline: float | None = None
+
+    # ------------------------------------------------------------ the study
+
+    def open_study(self) -> optuna.Study:
+        """Create the study, or load it and check it was made for the same data and space."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / ".write-test").touch()
+            (self.run_dir / ".write-test").unlink()
+        except OSError as exc:
+            raise ConfigError(f"cannot write to output directory {self.run_dir}: {exc.strerror}") from None
+        sampler, pruner = _make_sampler_and_pruner(self.config)
+        study = optuna.create_study(storage=open_storage(self.config.storage, self.run_dir), sampler=sampler,
+                                    pruner=pruner, study_name=self.config.study_name, direction="maximize",
+                                    load_if_exists=True)
+        stored_data = study.user_attrs.get("data_fingerprint")
+        stored_space = study.user_attrs.get("search_space")
+        if stored_data is None:
+            study.set_user_attr("data_fingerprint", self.data.fingerprint)
+            study.set_user_attr("search_space", self.space.to_dict())
+            study.set_user_attr("classes", [str(c) for c in self.data.classes])
+        elif stored_data != self.data.fingerprint:
+            raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
+                              f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
+                              "use another --output or --study-name to start a new search")
+        elif stored_space != self.space.to_dict():
+            changed = sorted(k for k in self.space.to_dict() if stored_space.get(k) != self.space.to_dict()[k])
+            raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
+                              f"(different {', '.join(changed)}); rerun with the original options to continue it, "
+                              "or use another --output or --study-name to start a new search")
+        return study
+
+    def run(self) -> SearchOutcome:
+        """Optimise until ``n_trials`` trials have finished (counting earlier runs) or the timeout passes."""
+        study = self.open_study()
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        remaining = self.config.n_trials - finished
+        if finished:
+            logger.info("resuming study %r: %d trial(s) already finished, %d to go",
+                        self.config.study_name, finished, max(remaining, 0))
+        if remaining > 0:
+            started = time.monotonic()
+            self._deadline = started + self.config.timeout if self.config.timeout else None
+            progress = tqdm(total=remaining, desc="trials", unit="trial", disable=not self.executor.show_progress)
+            try:
+                study.optimize(self._objective, n_trials=remaining, timeout=self.config.timeout,
+                               catch=(TrialFailed,), callbacks=[self._after_trial, lambda *_: progress.update()])
+            finally:
+                progress.close()
+                write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
+        return self._finish(study)
+
+    # ------------------------------------------------------------ one trial
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        config = suggest_trial_config(trial, self.space, self.config)
+        backbone = self.backbones[config.backbone]
+
+        def on_epoch(epoch: int, val_accuracy: float) -> bool:
+            trial.report(val_accuracy, step=epoch)
+            return trial.should_prune()
+
+        try:
+            result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=self._deadline)
+        except AutomlTLError:
+            raise  # the user's problem (data, weights): stop the search with the message
+        except Exception as exc:  # anything else fails this trial only
+            logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            self._results[trial.number] = TrialResult(config, [], "error", 0.0, 0.0, 0, error=str(exc),
+                                                      trial_number=trial.number)
+            raise TrialFailed(str(exc)) from exc
+
+        result.trial_number = trial.number
+        self._results[trial.number] = result
+        self._record(trial, result)
+        if result.stop_reason == STOP_CALLBACK:
+            result.model = None
+            raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
+        if result.model is None:
+            trial.set_user_attr("error", "the time budget ran out before the first epoch finished")
+            raise TrialFailed("the time budget ran out before the first epoch finished")
+        self._keep_if_best(result)
+        result.model = None  # the weights are on disk if they were the best; free them now
+        return result.best_val_accuracy
+
+    def _record(self, trial: optuna.Trial, result: TrialResult) -> None:
+        attrs = {"stop_reason": result.stop_reason, "seconds": round(result.seconds, 3),
+                 "cpu_seconds": round(result.cpu_seconds, 3), "samples_seen": result.samples_seen,
+                 "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                 "best_val_accuracy": result.best_val_accuracy,
+                 "val_accuracy_by_epoch": [round(r.val_accuracy, 5) for r in result.history]}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    def _keep_if_best(self, result: TrialResult) -> None:
+        """Save the trial's model as ``best_model`` if no better one is saved (atomic, under a lock)."""
+        with _file_lock(self.run_dir / ".best_model.lock"):
+            saved = saved_best_accuracy(self.run_dir)
+            if saved is not None and saved >= result.best_val_accuracy:
+                return
+            backbone = self.backbones[result.config.backbone]
+            preprocessor = backbone.preprocessor(result.config.input_options)
+            save_model(result.model, self.run_dir / BEST_MODEL_DIR, {
+                "backbone": backbone.describe(),
+                "classes": self.data.classes,
+                "input_column": self.data.input_column,
+                "label_column": self.data.label_column,
+                "input_options": result.config.to_dict()["input_options"],
+                "preprocessing": preprocessor.describe(),
+                "trial": result.trial_number,
+                "trial_config": result.config.to_dict(),
+                "val_accuracy": result.best_val_accuracy,
+                "best_epoch": result.best_epoch,
+                "data_fingerprint": self.data.fingerprint,
+            })
+            logger.info("trial %d is the best so far (validation accuracy %.4f): saved to %s",
+                        result.trial_number, result.best_val_accuracy, self.run_dir / BEST_MODEL_DIR)
+
+    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        result = self._results.pop(trial.number, None)
+        if result is None:
+            return
+        result.state = trial.state.name
+        result.error = trial.user_attrs.get("error")
+        value = result.best_val_accuracy
+        logger.info("trial %d %s: %s depth=%s backbone_lr=%.1e head_lr=%.1e epochs=%d -> val_accuracy=%s (%.1fs)",
+                    trial.number, result.state.lower(), result.config.backbone, result.config.freeze_depth,
+                    result.config.backbone_lr, result.config.head_lr, len(result.history),
+                    "n/a" if value is None else f"{value:.4f}", result.seconds)
+        get_plugin_manager().hook.trial_finished(result=result)
+
+    # ------------------------------------------------------------ the end
+
+    def _finish(self, study: optuna.Study) -> SearchOutcome:
+        board = leaderboard(study)
+        write_leaderboard(board, self.run_dir)
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not complete or saved_best_accuracy(self.run_dir) is None:
+            raise AutomlTLError(f"no trial finished within the budget; the leaderboard is in {self.run_dir}; "
+                                "raise --timeout or --trials and run the same command again to continue")
+        predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
+        best_trial = predictor.config["trial"]
+        test_metrics = self._test_metrics(predictor)
+        write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
+                          {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics})
+        best_params = study.trials[best_trial].params
+        states = board["state"].value_counts().to_dict()
+        write_summary(self.run_dir, {
+            "study": self.config.study_name, "best_trial": best_trial, "best_params": best_params,
+            "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics,
+            "trials_by_state": states, "total_seconds": float(board["seconds"].fillna(0).sum()),
+            "total_cpu_seconds": float(board["cpu_seconds"].fillna(0).sum()), "data": self.data.summary(),
+        })
+        logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %.4f",
+                    best_trial, best_params, predictor.config["val_accuracy"], test_metrics["accuracy"])
+        return SearchOutcome(self.run_dir, study, board, best_trial, best_params,
+                             predictor.config["val_accuracy"], test_metrics)
+
+    def _test_metrics(self, predictor) -> dict[str, float]:
+        items = self.executor.encoded(predictor.preprocessor, self.data, self.data.test)
+        logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device)
+        labels = self.data.test.labels
+        predicted = logits.argmax(1).numpy()
+        return {"accuracy": accuracy(logits, labels),
+                "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+                "macro_f1": float(f1_score(labels, predicted, average="macro")),
+                "examples": int(len(labels))}
+
+
+def search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None) -> SearchOutcome:
+    """Run (or resume) a search; see :class:`Search`."""
+    return Search(data, config, run_dir, executor).run()

