@@ -13,7 +13,7 @@ from pathlib import Path
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import PRUNERS, SearchConfig
-from automl_tl.errors import AutomlTLError
+from automl_tl.errors import AutomlTLError, DataError
 
 logger = logging.getLogger("automl_tl")
 
@@ -96,7 +96,13 @@ def _subsample(frame, label: str, max_samples: int, seed: int):
 
     if not isinstance(frame, pd.DataFrame) or len(frame) <= max_samples:
         return frame
-    kept, _ = train_test_split(frame, train_size=max_samples, stratify=frame[label], random_state=seed)
+    if label not in frame.columns or frame[label].isna().any():
+        return frame  # prepare_dataset reports the missing column or the empty labels, naming them
+    try:
+        kept, _ = train_test_split(frame, train_size=max_samples, stratify=frame[label], random_state=seed)
+    except ValueError as exc:  # a class with one example, or fewer samples than classes
+        raise DataError(f"cannot take a stratified sample of --max-samples {max_samples} examples by label "
+                        f"{label!r}: {str(exc).splitlines()[0]}") from None
     return kept.sort_index()
 
 
@@ -111,7 +117,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             from automl_tl.data import read_image_folder, read_table
 
             path = Path(data)
-            data = read_image_folder(path) if path.is_dir() else read_table(path)
+            if path.is_dir():  # an image folder's columns are always image and label, as in prepare_dataset
+                data, label, input_column = read_image_folder(path), "label", "image"
+            else:
+                data = read_table(path)
         data = _subsample(data, label, args.max_samples, args.seed)
     bundle = prepare_dataset(data, label_column=label, input_column=input_column, seed=args.seed)
     backbones = args.backbones or [b.name for b in get_registry().list_backbones(modality=bundle.modality)
@@ -180,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("optuna", "timm", "PIL", "urllib3", "filelock"):
+    for noisy in ("timm", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log line per trial says more
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:

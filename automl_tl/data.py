@@ -80,15 +80,17 @@ def read_image(value: Any, origin: str = "") -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")  # convert() forces a full decode, so truncated files fail here
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        # a corrupt header can claim a huge size: PIL refuses it with DecompressionBombError (not an OSError)
         raise DataError(f"cannot read image file {path}{origin}: {exc}") from None
 
 
 def _image_from_array(array: np.ndarray, origin: str) -> Image.Image:
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+    if array.ndim not in (2, 3) or array.size == 0 or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise DataError(f"image array{origin} has shape {array.shape}; expected HxW or HxWxC with C in 1, 3, 4")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+        if (not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all()
+                or array.min() < 0 or array.max() > 1):
             raise DataError(f"image array{origin} has dtype {array.dtype} and range "
                             f"[{array.min()}, {array.max()}]; expected uint8, or float in [0, 1]")
         array = np.round(array * 255).astype(np.uint8)
@@ -222,12 +224,12 @@ def prepare_dataset(
     raw_labels = list(frame[label_column])
     classes = sorted(set(raw_labels), key=lambda c: (str(type(c)), c))
     if len(classes) < 2:
-        raise DataError(f"label column {label_column!r} of {origin} has {len(classes)} class ({classes[0]!r}); "
+        raise DataError(f"label column {label_column!r} of {origin} has {len(classes)} class ({_plain(classes[0])!r}); "
                         "expected at least 2")
     counts = pd.Series(raw_labels).value_counts()
     too_small = counts[counts < MIN_EXAMPLES_PER_CLASS]
     if len(too_small):
-        name, count = too_small.index[0], int(too_small.iloc[0])
+        name, count = _plain(too_small.index[0]), int(too_small.iloc[0])
         raise DataError(f"class {name!r} in {origin} has {count} example(s); each class needs at least "
                         f"{MIN_EXAMPLES_PER_CLASS} (one each for training, validation and test)")
 
@@ -276,7 +278,28 @@ def stratified_split(labels: np.ndarray, seed: int, val_fraction: float, test_fr
     if len(rest) - val_size < n_classes:
         raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
     train, val = train_test_split(rest, test_size=val_size, stratify=labels[rest], random_state=seed)
+    # stratified rounding can leave a small class out of a part (3 of 100 examples: none in test)
+    train, val, test = _give_every_part_every_class([train, val, test], labels)
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _give_every_part_every_class(parts: list[np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
+    """Swap examples between parts, keeping their sizes, until every part holds every class.
+
+    Each class has at least 3 examples and each part at least as many examples as there are classes,
+    so a class missing from a part can come from a part that holds two of it, in exchange for an
+    example of a class the receiving part holds twice; no part ever loses its last example of a class.
+    """
+    parts = [np.array(p) for p in parts]
+    classes = np.unique(labels)
+    for r in range(len(parts)):
+        for missing in np.setdiff1d(classes, labels[parts[r]]):
+            d = next(i for i in range(len(parts)) if i != r and np.count_nonzero(labels[parts[i]] == missing) >= 2)
+            give = np.flatnonzero(labels[parts[d]] == missing)[-1]
+            values, counts = np.unique(labels[parts[r]], return_counts=True)
+            back = np.flatnonzero(labels[parts[r]] == values[counts.argmax()])[-1]
+            parts[d][give], parts[r][back] = parts[r][back], parts[d][give]
+    return parts
 
 
 def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_column: str) -> list[Any]:

@@ -1,0 +1,276 @@
+"""Benchmark: training throughput of the shared Executor against a bare PyTorch loop.
+
+What is measured
+----------------
+Training samples per second of two loops that train the same model on the same data:
+
+* **bare loop**: the backbone's :class:`~automl_tl.backbone.TransferModel` (built with
+  ``Backbone.build``, every layer group trained), ``torch.optim.AdamW`` over its
+  parameters, and for each batch of a seeded permutation: ``preprocessor.collate``,
+  forward, cross-entropy, ``zero_grad``, backward, ``step``. Nothing else.
+* **executor**: ``Executor(show_progress=False).fit(TrialConfig(...))`` with the same
+  backbone, full fine-tuning (freeze depth = the backbone's number of layer groups),
+  batch size and epochs, early stopping off (patience > epochs). Its extra per-batch work
+  (learning-rate schedule, finiteness check, gradient clipping, ``loss.item()``) is what
+  this benchmark exists to price.
+
+Both loops read the same pre-encoded uint8 tensors from the executor's encode cache, which
+is filled before any timing starts, and neither figure includes building the model (the
+bare loop's timer starts after ``build``; the executor's figure is the sum of its per-epoch
+``EpochRecord.seconds``, which start after ``build``). ``EpochRecord.seconds`` includes the
+per-epoch validation; the benchmark wraps ``automl_tl.executor.predict_logits`` with a
+timer and subtracts the time spent in it, and keeps the validation split tiny (one example
+per class) so that what remains of it (loss, accuracy, copying the best weights) is small.
+That remainder stays in the executor's time, so the ratio errs against the executor.
+
+The *end-to-end* columns add model building to both, and for the executor everything
+``fit`` does (``TrialResult.seconds``: building, validation, restoring the best weights,
+freeing memory).
+
+Runs alternate between the two loops (bare, executor, executor, bare, ...) so that slow
+drifts of the machine hit both alike; the table gives medians over ``--repeats`` runs of
+each. Before timing, a few batches of the bare loop warm up the kernels.
+
+How to run
+----------
+Full benchmark (about 5 minutes on 2 CPU cores)::
+
+    python benchmarks/executor_throughput.py --examples 512 --epochs 2 --repeats 3
+
+Quick check (well under a minute)::
+
+    python benchmarks/executor_throughput.py --examples 64 --epochs 1 --repeats 1 --image-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+import automl_tl.executor as executor_module
+from automl_tl.backbone import Backbone, InputOptions
+from automl_tl.config import TrialConfig
+from automl_tl.data import DatasetBundle, Split
+from automl_tl.executor import Executor
+from automl_tl.registry import get_registry
+
+logger = logging.getLogger("benchmarks.executor_throughput")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="default: tf_efficientnet_lite0")
+    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"),
+                        help="registered data set to draw examples from (default: fashion-mnist)")
+    parser.add_argument("--examples", type=int, default=512, help="training examples (default: 512)")
+    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per timed run (default: 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each loop (default: 3)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of body and head (default: 1e-3)")
+    parser.add_argument("--warmup-batches", type=int, default=3, help="untimed bare-loop batches first (default: 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="also write the table to this Markdown file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    args = parser.parse_args(argv)
+    if args.examples < args.batch_size or args.epochs < 1 or args.repeats < 1:
+        parser.error("need --examples >= --batch-size, --epochs >= 1 and --repeats >= 1")
+    return args
+
+
+# ---------------------------------------------------------------- data
+
+
+def make_bundle(dataset: str, n_train: int, seed: int) -> DatasetBundle:
+    """``n_train`` stratified training examples and a validation split of one example per class."""
+    frame = get_registry().get_dataset(dataset).load()
+    if "split" in frame.columns:
+        frame = frame[frame["split"] == "train"].reset_index(drop=True)
+    classes = sorted(frame["label"].unique(), key=str)
+    n_classes = len(classes)
+    val_idx = frame.groupby("label").sample(1, random_state=seed).index.to_numpy()
+    rest = frame.drop(index=val_idx)
+    train_idx, _ = train_test_split(rest.index.to_numpy(), train_size=n_train, stratify=rest["label"],
+                                    random_state=seed)
+    class_index = {c: i for i, c in enumerate(classes)}
+
+    def split(name: str, idx: np.ndarray) -> Split:
+        idx = np.sort(idx)
+        return Split(name, list(frame.loc[idx, "image"]),
+                     np.array([class_index[c] for c in frame.loc[idx, "label"]], dtype=np.int64))
+
+    val = split("val", val_idx)
+    return DatasetBundle(modality="image", classes=[str(c) for c in classes], train=split("train", train_idx),
+                         val=val, test=val, input_column="image", label_column="label",
+                         fingerprint=f"throughput-{dataset}-{n_train}-{seed}-{n_classes}")
+
+
+# ---------------------------------------------------------------- the two loops
+
+
+def bare_loop(backbone: Backbone, items: list, labels: torch.Tensor, preprocessor, num_classes: int,
+              args: argparse.Namespace, max_batches: int | None = None) -> dict:
+    """Build, then time only the training loop; returns samples, train seconds, build seconds."""
+    build_started = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model = backbone.build(num_classes=num_classes)
+    model.set_freeze_depth(model.num_groups)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(args.seed)
+    build_seconds = time.perf_counter() - build_started
+
+    started, samples, batches = time.perf_counter(), 0, 0
+    model.train()
+    for _ in range(args.epochs):
+        order = torch.randperm(len(items), generator=generator)
+        for start in range(0, len(items), args.batch_size):
+            index = order[start:start + args.batch_size]
+            batch = preprocessor.collate([items[i] for i in index], train=True)
+            loss = loss_fn(model(batch), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            samples += len(index)
+            batches += 1
+            if max_batches is not None and batches >= max_batches:
+                return {"samples": samples, "train_s": time.perf_counter() - started, "build_s": build_seconds}
+    return {"samples": samples, "train_s": time.perf_counter() - started, "build_s": build_seconds}
+
+
+class ValidationTimer:
+    """Wraps ``automl_tl.executor.predict_logits`` (which ``fit`` calls once per epoch to validate) with a timer."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._original = executor_module.predict_logits
+
+    def __enter__(self):
+        original = self._original
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        executor_module.predict_logits = timed
+        return self
+
+    def __exit__(self, *exc):
+        executor_module.predict_logits = self._original
+
+
+def executor_run(executor: Executor, backbone: Backbone, data: DatasetBundle, config: TrialConfig) -> dict:
+    with ValidationTimer() as timer:
+        result = executor.fit(config, backbone, data)
+    epoch_seconds = sum(r.seconds for r in result.history)
+    if len(result.history) != config.epochs:
+        raise RuntimeError(f"executor ran {len(result.history)} of {config.epochs} epochs ({result.stop_reason})")
+    return {"samples": result.samples_seen, "train_s": epoch_seconds - timer.seconds,
+            "validation_s": timer.seconds, "fit_s": result.seconds}
+
+
+# ---------------------------------------------------------------- report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("timm", "PIL", "automl_tl_timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    data = make_bundle(args.dataset, args.examples, args.seed)
+    backbone = get_registry().get_backbone(args.backbone)
+    options = InputOptions(image_size=args.image_size)
+    preprocessor = backbone.preprocessor(options)
+    executor = Executor(show_progress=False)
+    started = time.perf_counter()
+    items = executor.encoded(preprocessor, data, data.train)  # the same tensors for both loops
+    executor.encoded(preprocessor, data, data.val)
+    logger.info("%s: %d train / %d validation examples at %d px, encoded in %.1fs (not timed)", args.dataset,
+                len(data.train), len(data.val), args.image_size, time.perf_counter() - started)
+    labels = torch.as_tensor(data.train.labels)
+    num_groups = backbone.build(len(data.classes), pretrained=False).num_groups
+    config = TrialConfig(backbone=args.backbone, freeze_depth=num_groups, backbone_lr=args.lr, head_lr=args.lr,
+                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         early_stopping_patience=args.epochs + 1, input_options=options)
+
+    if args.warmup_batches:
+        bare_loop(backbone, items, labels, preprocessor, len(data.classes), args, max_batches=args.warmup_batches)
+
+    runs: dict[str, list[dict]] = {"bare": [], "executor": []}
+    for repeat in range(args.repeats):
+        order = ("bare", "executor") if repeat % 2 == 0 else ("executor", "bare")
+        for kind in order:
+            if kind == "bare":
+                run = bare_loop(backbone, items, labels, preprocessor, len(data.classes), args)
+            else:
+                run = executor_run(executor, backbone, data, config)
+            runs[kind].append(run)
+            logger.info("repeat %d, %s: %d samples in %.1fs of training -> %.1f samples/s%s", repeat + 1, kind,
+                        run["samples"], run["train_s"], run["samples"] / run["train_s"],
+                        f" (validation {run['validation_s']:.2f}s excluded)" if kind == "executor" else "")
+
+    def median(kind: str, key) -> float:
+        return statistics.median(key(r) for r in runs[kind])
+
+    train_rate = {k: median(k, lambda r: r["samples"] / r["train_s"]) for k in runs}
+    end_to_end = {"bare": median("bare", lambda r: r["samples"] / (r["build_s"] + r["train_s"])),
+                  "executor": median("executor", lambda r: r["samples"] / r["fit_s"])}
+    spread = {k: (min(r["samples"] / r["train_s"] for r in runs[k]), max(r["samples"] / r["train_s"] for r in runs[k]))
+              for k in runs}
+    rows = [
+        {"loop": "bare PyTorch", "train samples/s (median)": f"{train_rate['bare']:.2f}",
+         "min-max": f"{spread['bare'][0]:.2f}-{spread['bare'][1]:.2f}",
+         "end-to-end samples/s": f"{end_to_end['bare']:.2f}", "ratio to bare": "1.000"},
+        {"loop": "Executor.fit", "train samples/s (median)": f"{train_rate['executor']:.2f}",
+         "min-max": f"{spread['executor'][0]:.2f}-{spread['executor'][1]:.2f}",
+         "end-to-end samples/s": f"{end_to_end['executor']:.2f}",
+         "ratio to bare": f"{train_rate['executor'] / train_rate['bare']:.3f}"},
+    ]
+    validation = statistics.median(r["validation_s"] for r in runs["executor"])
+    header = "\n".join([
+        f"command: {shlex.join([sys.executable, *sys.argv])}",
+        f"machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {executor.device}",
+        f"workload: {args.backbone}, full fine-tuning ({num_groups} layer groups), {args.dataset} "
+        f"{len(data.train)} examples at {args.image_size} px, batch {args.batch_size}, {args.epochs} epoch(s) per run, "
+        f"{args.repeats} run(s) of each, alternating",
+    ])
+    notes = "\n".join([
+        f"ratio to bare = executor / bare training samples/s (goal >= 0.95): "
+        f"{train_rate['executor'] / train_rate['bare']:.3f}; end-to-end ratio "
+        f"{end_to_end['executor'] / end_to_end['bare']:.3f}.",
+        f"Executor training time = sum of EpochRecord.seconds minus time in validation predict_logits "
+        f"({len(data.val)} examples, median {validation:.2f}s per run); end-to-end adds model building to both, "
+        "and for the executor everything else fit() does.",
+    ])
+    table = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
+                                           colalign=("left", "right", "right", "right", "right"))
+    text = f"{header}\n\n{table}\n\n{notes}\n"
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

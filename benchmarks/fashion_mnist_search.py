@@ -1,0 +1,307 @@
+"""Benchmark: the automl_tl search against two fixed baselines on a Fashion-MNIST subset.
+
+What is measured
+----------------
+On one stratified, seeded Fashion-MNIST subset (default 2,000 examples of the official
+*train* split, divided by :func:`automl_tl.data.prepare_dataset` into train and validation,
+and 1,000 examples of the official *test* split as the test set), at one small input size
+(default 64 px), three ways of fitting a classifier:
+
+* **search**: :func:`automl_tl.search.search` over the four backbones with offline ImageNet
+  weights (``tf_efficientnet_lite0/1/2``, ``mobilenetv2_100``), freeze depth, learning rates
+  and epochs; the test accuracy is that of the best trial's saved model, as the search
+  reports it;
+* **full fine-tune lite0**: ``tf_efficientnet_lite0`` with every layer group trained,
+  ``backbone_lr = head_lr = 1e-3``;
+* **linear probe lite0**: ``tf_efficientnet_lite0`` with the body frozen (freeze depth 0),
+  ``head_lr = 1e-2`` (``--probe-lr``).
+
+Both baselines run through the same :class:`~automl_tl.executor.Executor` instance as the
+search (``Executor.fit`` with a ``TrialConfig``), for as many epochs as the best trial was
+configured with, and are evaluated on the same test split.
+
+Costs: *CPU s* is process CPU time (all threads) measured with ``time.process_time()``
+around the whole ``search()`` call (so it includes Optuna, model saving and the final test
+evaluation) or around ``Executor.fit`` plus the test prediction for a baseline; *wall s*
+is ``time.perf_counter()`` around the same. Images are encoded (decoded and resized) for
+every distinct preprocessing *before* any timing starts, so no row pays for encoding;
+the one-off encoding cost is printed under the table.
+
+The table is printed on stdout (Markdown) with the command line and the machine above it,
+and written to ``OUTPUT/results.md``; the search's own run directory (leaderboard, summary,
+best model) is ``OUTPUT/search``.
+
+How to run
+----------
+Full benchmark (about 15-20 minutes on 2 CPU cores)::
+
+    python benchmarks/fashion_mnist_search.py --trials 8 --max-epochs 3 --timeout 900
+
+Quick check of the plumbing (about a minute)::
+
+    python benchmarks/fashion_mnist_search.py --trials 3 --max-epochs 1 --train 300 --test 200 \\
+        --image-size 32 --output runs/bench_smoke --overwrite
+
+An existing search in ``OUTPUT/search`` is never resumed (a resumed search would time
+nothing): the script stops unless ``--overwrite`` is given, which deletes it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from automl_tl.backbone import InputOptions
+from automl_tl.config import SearchConfig, TrialConfig
+from automl_tl.data import DatasetBundle, Split, prepare_dataset
+from automl_tl.executor import Executor, accuracy, predict_logits
+from automl_tl.registry import get_registry
+from automl_tl.search import search
+
+logger = logging.getLogger("benchmarks.fashion_mnist_search")
+
+BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")
+BASELINE_BACKBONE = "tf_efficientnet_lite0"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=2000,
+                        help="examples sampled from the official train split, for train + validation (default: 2000)")
+    parser.add_argument("--test", type=int, default=1000,
+                        help="examples sampled from the official test split (default: 1000)")
+    parser.add_argument("--val-fraction", type=float, default=0.15,
+                        help="share of the train sample held out for validation (default: 0.15)")
+    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
+    parser.add_argument("--trials", type=int, default=8, help="search trials (default: 8)")
+    parser.add_argument("--min-epochs", type=int, default=1, help="fewest epochs a trial may choose (default: 1)")
+    parser.add_argument("--max-epochs", type=int, default=3, help="most epochs a trial may choose (default: 3)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="wall-clock budget of the search in seconds (default: none)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: 32)")
+    parser.add_argument("--probe-lr", type=float, default=1e-2, help="head learning rate of the linear probe (default: 1e-2)")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3,
+                        help="backbone and head learning rate of the full fine-tune (default: 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, the splits, the search and the baselines")
+    parser.add_argument("--output", default="runs/bench_fashion_mnist_search",
+                        help="output directory (default: runs/bench_fashion_mnist_search)")
+    parser.add_argument("--overwrite", action="store_true", help="delete an earlier search in OUTPUT/search first")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    args = parser.parse_args(argv)
+    if args.train < 50 or args.test < 10:
+        parser.error("--train must be >= 50 and --test >= 10 (stratified over 10 classes)")
+    if args.min_epochs < 1 or args.max_epochs < args.min_epochs:
+        parser.error("epochs must satisfy 1 <= --min-epochs <= --max-epochs")
+    return args
+
+
+# ---------------------------------------------------------------- data
+
+
+def stratified_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` rows of ``frame`` with the class proportions kept, seeded; all rows when ``n`` >= len."""
+    if n >= len(frame):
+        return frame
+    kept, _ = train_test_split(frame, train_size=n, stratify=frame["label"], random_state=seed)
+    return kept.sort_index()
+
+
+def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: int) -> DatasetBundle:
+    """Train + validation from the official train split, test from the official test split."""
+    frame = get_registry().get_dataset("fashion-mnist").load()
+    train_pool = frame[frame["split"] == "train"].drop(columns="split").reset_index(drop=True)
+    test_pool = frame[frame["split"] == "test"].drop(columns="split").reset_index(drop=True)
+    train_frame = stratified_sample(train_pool, n_train, seed)
+    test_frame = stratified_sample(test_pool, n_test, seed)
+
+    # prepare_dataset always holds out a test part (at least one example per class); ask for the
+    # smallest one and give those examples back to training, since the official test split is used.
+    bundle = prepare_dataset(train_frame, label_column="label", input_column="image", seed=seed,
+                             val_fraction=val_fraction, test_fraction=0.0)
+    train = Split("train", bundle.train.inputs + bundle.test.inputs,
+                  np.concatenate([bundle.train.labels, bundle.test.labels]))
+    class_index = {c: i for i, c in enumerate(bundle.classes)}
+    test = Split("test", list(test_frame["image"]),
+                 np.array([class_index[c] for c in test_frame["label"]], dtype=np.int64))
+
+    digest = hashlib.sha256(bundle.fingerprint.encode())
+    for image, label in zip(test.inputs, test.labels):
+        digest.update(image.tobytes())
+        digest.update(str(label).encode())
+    bundle = dataclasses.replace(bundle, train=train, test=test, fingerprint=digest.hexdigest()[:16])
+    logger.info("Fashion-MNIST: %d train / %d validation (official train split), %d test (official test split)",
+                len(bundle.train), len(bundle.val), len(bundle.test))
+    return bundle
+
+
+def warm_encodings(executor: Executor, data: DatasetBundle, backbone_names: list[str], options: InputOptions) -> float:
+    """Encode every split once for each distinct preprocessing; returns the wall seconds it took."""
+    started = time.perf_counter()
+    registry = get_registry()
+    for name in backbone_names:
+        preprocessor = registry.get_backbone(name).preprocessor(options)
+        for split in (data.train, data.val, data.test):
+            executor.encoded(preprocessor, data, split)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- runs
+
+
+def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace, run_dir: Path) -> dict:
+    config = SearchConfig(backbones=BACKBONES, n_trials=args.trials, timeout=args.timeout, seed=args.seed,
+                          min_epochs=args.min_epochs, max_epochs=args.max_epochs, batch_size=args.batch_size,
+                          input_options=InputOptions(image_size=args.image_size))
+    logger.info("search: %d trials, %d-%d epochs, backbones %s", args.trials, args.min_epochs, args.max_epochs,
+                ", ".join(BACKBONES))
+    wall_started, cpu_started = time.perf_counter(), time.process_time()
+    outcome = search(data, config, run_dir, executor)
+    cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
+
+    board = outcome.leaderboard
+    best = board[board["trial"] == outcome.best_trial].iloc[0]
+    params = outcome.best_params
+    states = board["state"].value_counts().to_dict()
+    return {
+        "method": f"search (best of {len(board)} trials)",
+        "test accuracy": outcome.test_metrics["accuracy"],
+        "val accuracy": outcome.best_val_accuracy,
+        "CPU s": cpu,
+        "wall s": wall,
+        "epochs (run/set)": f"{int(best['epochs_run'])}/{int(params['epochs'])}",
+        "backbone": params["backbone"],
+        "freeze depth": int(params["freeze_depth"]),
+        "backbone lr": params["backbone_lr"] if params["freeze_depth"] > 0 else None,
+        "head lr": params["head_lr"],
+        # kept for the baselines and the notes, dropped from the table
+        "_epochs": int(params["epochs"]),
+        "_trials_by_state": states,
+        "_trial_cpu_sum": float(board["cpu_seconds"].fillna(0).sum()),
+    }
+
+
+def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: TrialConfig) -> dict:
+    backbone = get_registry().get_backbone(config.backbone)
+    logger.info("%s: %s freeze_depth=%d backbone_lr=%.1e head_lr=%.1e epochs=%d", method, config.backbone,
+                config.freeze_depth, config.backbone_lr, config.head_lr, config.epochs)
+    wall_started, cpu_started = time.perf_counter(), time.process_time()
+    result = executor.fit(config, backbone, data)
+    preprocessor = backbone.preprocessor(config.input_options)
+    items = executor.encoded(preprocessor, data, data.test)
+    logits = predict_logits(result.model, preprocessor, items, 2 * config.batch_size, executor.device)
+    test_accuracy = accuracy(logits, data.test.labels)
+    cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
+    logger.info("%s: validation accuracy %.4f, test accuracy %.4f (%.0fs)", method, result.best_val_accuracy,
+                test_accuracy, wall)
+    return {
+        "method": method,
+        "test accuracy": test_accuracy,
+        "val accuracy": result.best_val_accuracy,
+        "CPU s": cpu,
+        "wall s": wall,
+        "epochs (run/set)": f"{len(result.history)}/{config.epochs}",
+        "backbone": config.backbone,
+        "freeze depth": config.freeze_depth,
+        "backbone lr": config.backbone_lr if config.freeze_depth > 0 else None,
+        "head lr": config.head_lr,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine_line(executor: Executor) -> str:
+    return (f"machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {executor.device}")
+
+
+def results_table(rows: list[dict]) -> str:
+    frame = pd.DataFrame([{k: v for k, v in row.items() if not k.startswith("_")} for row in rows])
+    formatters = {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}", "wall s": "{:.0f}",
+                  "backbone lr": "{:.2e}", "head lr": "{:.2e}"}
+    for column, pattern in formatters.items():
+        frame[column] = frame[column].map(lambda v, p=pattern: "-" if v is None or pd.isna(v) else p.format(v))
+    # disable_numparse keeps the formatting above (tabulate would re-parse "0.3050" as 0.305)
+    align = ["right" if column in formatters or column == "freeze depth" else "left" for column in frame.columns]
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("optuna", "timm", "PIL", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    output = Path(args.output)
+    run_dir = output / "search"
+    if run_dir.exists():
+        if not args.overwrite:
+            sys.exit(f"{run_dir} holds an earlier search, which would be resumed rather than timed; "
+                     "pass --overwrite to delete it, or choose another --output")
+        shutil.rmtree(run_dir)
+    output.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(args.seed)
+    data = fashion_mnist_bundle(args.train, args.test, args.val_fraction, args.seed)
+    options = InputOptions(image_size=args.image_size)
+    # 3 splits per distinct preprocessing must fit in the cache, or encodings would be recomputed mid-run.
+    executor = Executor(show_progress=False, max_cached_encodings=3 * len(BACKBONES))
+    encode_seconds = warm_encodings(executor, data, list(BACKBONES), options)
+    logger.info("encoded all splits for %d backbones in %.1fs (not counted in any row)", len(BACKBONES), encode_seconds)
+
+    searched = run_search(executor, data, args, run_dir)
+    epochs = searched["_epochs"]
+    lite0 = get_registry().get_backbone(BASELINE_BACKBONE)
+    all_groups = lite0.build(len(data.classes), pretrained=False).num_groups
+    common = dict(backbone=BASELINE_BACKBONE, epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+                  input_options=options)
+    full = run_baseline(executor, data, "full fine-tune lite0", TrialConfig(
+        freeze_depth=all_groups, backbone_lr=args.finetune_lr, head_lr=args.finetune_lr, **common))
+    probe = run_baseline(executor, data, "linear probe lite0", TrialConfig(
+        freeze_depth=0, backbone_lr=args.finetune_lr, head_lr=args.probe_lr, **common))
+    rows = [searched, full, probe]
+
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(searched["_trials_by_state"].items()))
+    header = "\n".join([
+        f"command: {shlex.join([sys.executable, *sys.argv])}",
+        machine_line(executor),
+        f"data: Fashion-MNIST at {args.image_size}x{args.image_size} px, {len(data.train)} train / "
+        f"{len(data.val)} validation (official train split) / {len(data.test)} test (official test split), "
+        f"seed {args.seed}",
+        f"search: {args.trials} trials requested ({states}), epochs {args.min_epochs}-{args.max_epochs}, "
+        f"timeout {args.timeout or 'none'}; baselines run for the best trial's {epochs} epoch(s)",
+    ])
+    notes = "\n".join([
+        f"CPU s = process CPU time (all threads); the search row times the whole search() call "
+        f"(sum of its trials' own CPU time: {searched['_trial_cpu_sum']:.0f} s).",
+        f"Encoding the images once per preprocessing took {encode_seconds:.1f} s wall, before any timing; "
+        "no row includes it.",
+    ])
+    table = results_table(rows)
+    text = f"{header}\n\n{table}\n\n{notes}\n"
+    print(text)
+    (output / "results.md").write_text(text)
+    (output / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    logger.info("wrote %s", output / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

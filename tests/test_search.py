@@ -1,0 +1,140 @@
+"""End to end: the Optuna search prunes, keeps the best model, resumes, and the model predicts."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+import automl_tl
+from automl_tl import InputOptions, SearchConfig, hookimpl, prepare_dataset, search
+from automl_tl.errors import ConfigError
+from automl_tl.executor import Executor
+from automl_tl.plugins import get_plugin_manager
+
+BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
+
+
+def small_search(**overrides) -> SearchConfig:
+    values = dict(backbones=BACKBONES, n_trials=6, seed=0, min_epochs=1, max_epochs=3, max_freeze_depth=2,
+                  input_options=InputOptions(image_size=32))
+    return SearchConfig(**{**values, **overrides})
+
+
+class _Observer:
+    def __init__(self):
+        self.results = []
+
+    @hookimpl
+    def trial_finished(self, result):
+        self.results.append(result)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, digits_bundle):
+    """One search shared by the tests below, with an observer plugin on the trial_finished hook."""
+    run_dir = tmp_path_factory.mktemp("run")
+    observer = _Observer()
+    get_plugin_manager().register(observer, name="observer")
+    try:
+        outcome = search(digits_bundle, small_search(), run_dir, Executor(show_progress=False))
+    finally:
+        get_plugin_manager().unregister(name="observer")
+    return outcome, observer
+
+
+def test_search_prunes_and_keeps_the_best_model(finished_run):
+    outcome, _ = finished_run
+    board = outcome.leaderboard
+    states = board["state"].value_counts().to_dict()
+    assert states.get("PRUNED", 0) >= 1, board
+    assert states.get("COMPLETE", 0) >= 1
+    assert len(board) == 6
+    complete = board[board.state == "COMPLETE"]
+    best_row = complete.sort_values("val_accuracy", ascending=False).iloc[0]
+    assert outcome.best_trial == best_row.trial
+    assert outcome.best_val_accuracy == pytest.approx(best_row.val_accuracy)
+    assert set(board["backbone"]) <= set(BACKBONES)
+    assert board["freeze_depth"].between(0, 2).all()
+
+    run_dir = outcome.run_dir
+    on_disk = pd.read_csv(run_dir / "leaderboard.csv")
+    assert list(on_disk["trial"]) == list(board["trial"])
+    header = (run_dir / "leaderboard.md").read_text().splitlines()[0]
+    assert header.startswith("|") and "trial" in header and "val_accuracy" in header
+    config = json.loads((run_dir / "best_model" / "config.json").read_text())
+    assert config["trial"] == outcome.best_trial
+    assert config["backbone"]["weight_source"].startswith("offline package")
+    assert config["classes"] == list(range(10))
+    assert config["preprocessing"]["size"] == 32
+    metrics = json.loads((run_dir / "best_model" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == outcome.test_metrics["accuracy"] > 0.5
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_trial"] == outcome.best_trial and summary["total_cpu_seconds"] > 0
+
+
+def test_hook_trial_finished(finished_run):
+    outcome, observer = finished_run
+    assert [r.trial_number for r in observer.results] == sorted(outcome.leaderboard["trial"])
+    by_state = {r.trial_number: r.state for r in observer.results}
+    assert by_state == dict(zip(outcome.leaderboard["trial"], outcome.leaderboard["state"]))
+    assert all(r.history for r in observer.results)
+
+
+def test_load_and_predict(finished_run, digits_bundle):
+    outcome, _ = finished_run
+    predictor = automl_tl.load(outcome.run_dir)
+    frame = pd.DataFrame({"image": digits_bundle.test.inputs})
+    probabilities = predictor.predict_proba(frame)
+    assert list(probabilities.columns) == [str(c) for c in range(10)]
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    predicted = predictor.predict(frame)
+    truth = np.array(digits_bundle.classes)[digits_bundle.test.labels]
+    assert (predicted == truth).mean() == pytest.approx(outcome.test_metrics["accuracy"])
+    assert list(predictor.predict(digits_bundle.test.inputs[:3])) == list(predicted[:3])
+
+
+def test_rerun_resumes_instead_of_starting_over(tmp_path, digits_bundle):
+    executor = Executor(show_progress=False)
+    first = search(digits_bundle, small_search(n_trials=2, pruner="none"), tmp_path, executor)
+    first_params = [t.params for t in first.study.trials]
+    second = search(digits_bundle, small_search(n_trials=3, pruner="none"), tmp_path, executor)
+    trials = second.study.trials
+    assert len(trials) == 3
+    assert [t.params for t in trials[:2]] == first_params
+    again = search(digits_bundle, small_search(n_trials=3, pruner="none"), tmp_path, executor)
+    assert len(again.study.trials) == 3  # budget already reached: nothing new runs
+    assert again.best_trial == second.best_trial
+
+
+def test_resume_refuses_other_data_or_space(tmp_path, digits_bundle, digits_frame):
+    executor = Executor(show_progress=False)
+    search(digits_bundle, small_search(n_trials=1, max_epochs=1), tmp_path, executor)
+    with pytest.raises(ConfigError, match="another search space.*backbones"):
+        search(digits_bundle, small_search(n_trials=2, max_epochs=1, backbones=("mobilenetv2_100",)), tmp_path, executor)
+    other = prepare_dataset(digits_frame, input_column="image", seed=1)
+    with pytest.raises(ConfigError, match="other data"):
+        search(other, small_search(n_trials=2, max_epochs=1), tmp_path, executor)
+
+
+def test_timeout_is_a_hard_budget(tmp_path, digits_bundle):
+    started = time.monotonic()
+    outcome = search(digits_bundle, small_search(n_trials=100, timeout=6, pruner="none", max_epochs=3),
+                     tmp_path, Executor(show_progress=False))
+    elapsed = time.monotonic() - started
+    assert len(outcome.leaderboard) < 100
+    # Kept to within about one epoch (~1 s here) plus start-up and the final test evaluation.
+    assert elapsed < 6 + 15
+    assert outcome.leaderboard["stop_reason"].isin(["completed", "early_stopping", "time_budget", None]).all()
+
+
+def test_storage_file_lives_in_the_run_directory(finished_run):
+    outcome, _ = finished_run
+    storage = optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(outcome.run_dir / "study.journal")))
+    study = optuna.load_study(study_name="automl_tl", storage=storage)
+    assert len(study.trials) == 6
