@@ -18,6 +18,10 @@ from automl_tl.errors import AutomlTLError, DataError
 logger = logging.getLogger("automl_tl")
 
 DEFAULT_DATASET = "digits"
+#: With no --data, the built-in demo: real digits and the offline ImageNet backbones, a few minutes on 2 CPU cores.
+DEMO_DEFAULTS = {"image_size": 32, "trials": 12, "timeout": 300.0}
+#: Otherwise: the backbones' pretrained input size, 10 trials, no time limit.
+DATA_DEFAULTS = {"image_size": None, "trials": 10, "timeout": None}
 
 
 def _positive_int(text: str) -> int:
@@ -53,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input-column", help="input column (default: the only other column, or image/path/file)")
     run.add_argument("--backbones", nargs="+", help="names or wildcards (default: every backbone of the data's "
                                                      "modality whose weights are installed)")
-    run.add_argument("--trials", type=_positive_int, default=10, help="finished trials to reach (default: 10)")
-    run.add_argument("--timeout", type=_positive_float, help="hard wall-clock budget for the search, in seconds")
+    run.add_argument("--trials", type=_positive_int, help="finished trials to reach (default: 10; demo: 12)")
+    run.add_argument("--timeout", type=_positive_float, help="hard wall-clock budget for the search, in seconds "
+                                                             "(default: none; demo: 300)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--storage", help="Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)")
     run.add_argument("--study-name", default="automl_tl")
@@ -64,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-freeze-depth", type=int, help="largest number of trained layer groups (default: all)")
     run.add_argument("--batch-size", type=_positive_int, default=32)
     run.add_argument("--image-size", type=_positive_int, help="image side in pixels (smaller is faster on CPU; "
-                                                               "default: the backbone's pretrained size)")
+                                                               "default: the backbone's pretrained size; demo: 32)")
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
     run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
 
@@ -112,6 +117,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from automl_tl.search import search
 
     data, label, input_column, name = _load_search_data(args)
+    defaults = DATA_DEFAULTS if (args.data or args.dataset) else DEMO_DEFAULTS
+    for option, value in defaults.items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     if args.max_samples:
         if not hasattr(data, "columns"):
             from automl_tl.data import read_image_folder, read_table

@@ -9,6 +9,20 @@ from automl_tl.backbone import InputOptions
 from automl_tl.errors import ConfigError
 
 PRUNERS = ("successive_halving", "hyperband", "none")
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
+
+
+def is_journal_path(storage: str) -> bool:
+    """Whether a storage option names a journal file rather than a database URL."""
+    return "://" not in storage and storage.endswith((".journal", ".log"))
+
+
+def check_storage_url(storage: str) -> None:
+    """Refuse a storage option that is neither a journal file path nor a database URL we support."""
+    scheme = storage.split("://", 1)[0] if "://" in storage else ""
+    if not is_journal_path(storage) and (scheme not in STORAGE_SCHEMES or not storage.split("://", 1)[1]):
+        raise ConfigError(f"malformed storage URL {storage!r}; expected a journal file path (*.journal) or "
+                          f"SCHEME://... with SCHEME one of {', '.join(STORAGE_SCHEMES)}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,8 @@ class SearchConfig:
         for name, (low, high) in (("backbone", self.backbone_lr_range), ("head", self.head_lr_range)):
             if not 0 < low <= high:
                 raise ConfigError(f"{name} learning-rate range must satisfy 0 < low <= high, got ({low}, {high})")
+        if self.storage is not None:
+            check_storage_url(self.storage)
         size = self.input_options.image_size
         if size is not None and size < 16:
             raise ConfigError(f"image size must be at least 16 pixels, got {size}")

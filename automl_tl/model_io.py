@@ -67,9 +67,14 @@ def read_model_config(directory: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
-    for key in ("backbone", "classes", "input_options", "preprocessing"):
-        if key not in config:
-            raise ModelFileError(f"{path} lacks the field {key!r}")
+    expected = {"backbone": dict, "classes": list, "input_options": dict, "preprocessing": dict}
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
+    for key, kind in expected.items():
+        if not isinstance(config.get(key), kind):
+            raise ModelFileError(f"{path} lacks the field {key!r} (a JSON {'object' if kind is dict else 'array'})")
+    if not isinstance(config["backbone"].get("name"), str):
+        raise ModelFileError(f"{path}: field 'backbone' lacks the backbone's 'name'")
     return config
 
 

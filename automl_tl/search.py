@@ -23,7 +23,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
-from automl_tl.config import SearchConfig
+from automl_tl.config import SearchConfig, is_journal_path
 from automl_tl.data import DatasetBundle
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
@@ -36,7 +36,6 @@ from automl_tl.space import SearchSpace, suggest_trial_config
 logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = "study.journal"
-STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -59,14 +58,10 @@ class SearchOutcome:
 
 def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage | str:
     """The study storage: a journal file in ``run_dir`` by default, or a database URL."""
-    if url is None or url.endswith((".journal", ".log")):
+    if url is None or is_journal_path(url):
         path = run_dir / JOURNAL_FILE if url is None else Path(url)
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.journal.JournalStorage(backend)
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in STORAGE_SCHEMES:
-        raise ConfigError(f"malformed storage URL {url!r}; expected a journal file path (*.journal) or "
-                          f"SCHEME://... with SCHEME one of {', '.join(STORAGE_SCHEMES)}")
     return url
 
 

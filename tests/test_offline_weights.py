@@ -33,7 +33,8 @@ ESPRESSO = 967
 def _require(timm_name: str) -> None:
     entry = OFFLINE_WEIGHTS[timm_name]
     if importlib.util.find_spec(entry.module) is None:
-        pytest.skip(f"{entry.package} not installed: {entry.pip_command}")
+        # The zoo is part of the test setup (setup.sh); a missing package must fail, not skip.
+        pytest.fail(f"{entry.package} not installed: {entry.pip_command}")
 
 
 _models: dict[str, torch.nn.Module] = {}
@@ -72,20 +73,20 @@ def test_offline_weights_load_strictly(timm_name: str) -> None:
 
 @pytest.mark.parametrize("timm_name", ["tf_efficientnet_lite0", "mobilenetv2_100"])
 def test_chelsea_is_a_cat(timm_name: str) -> None:
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data
     cls, prob = _top1(_pretrained(timm_name), skimage_data.chelsea())
     assert cls in CAT_CLASSES, (cls, prob)
 
 
 def test_coffee_is_espresso() -> None:
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data
     cls, prob = _top1(_pretrained("tf_efficientnet_lite0"), skimage_data.coffee())
     assert cls == ESPRESSO, (cls, prob)
 
 
 def test_mobilenetv2_matches_torchvision() -> None:
     # The file is torchvision's own: after renaming, timm must compute the same function.
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
     timm_model = _pretrained("mobilenetv2_100")
     tv_model = torchvision.models.mobilenet_v2()
     raw = torch.load(find_weight_file("mobilenetv2_100"), map_location="cpu", weights_only=True)
@@ -133,3 +134,24 @@ def test_load_strict_reports_mismatch() -> None:
     assert "1 unexpected" in message and "extra.weight" in message
     assert "1 mis-shaped" in message and "classifier.bias" in message
     assert isinstance(info.value, RuntimeError)
+
+
+def test_local_weight_file_is_loaded_strictly(tmp_path):
+    """A user's own safetensors file: the same weights as the offline package; a wrong file is an error."""
+    from safetensors.torch import save_file
+
+    from automl_tl.errors import AutomlTLError
+    from automl_tl_timm import TimmBackbone
+
+    offline = TimmBackbone("tf_efficientnet_lite0", weights="offline").imagenet_model()
+    path = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in offline.state_dict().items()}, str(path))
+    local = TimmBackbone("tf_efficientnet_lite0", weights=str(path)).imagenet_model()
+    for name, tensor in offline.state_dict().items():
+        assert torch.equal(tensor, local.state_dict()[name]), name
+
+    wrong = tmp_path / "mobilenet.safetensors"
+    mobilenet = TimmBackbone("mobilenetv2_100", weights="offline").imagenet_model()
+    save_file({k: v.contiguous() for k, v in mobilenet.state_dict().items()}, str(wrong))
+    with pytest.raises(AutomlTLError, match="missing|unexpected|shape"):
+        TimmBackbone("tf_efficientnet_lite0", weights=str(wrong)).imagenet_model()

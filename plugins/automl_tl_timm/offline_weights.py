@@ -439,4 +439,4 @@ def load_strict(model: torch.nn.Module, state_dict: Mapping[str, Tensor], source
             f"{len(mis_shaped)} mis-shaped {mis_shaped[:3]}"
         )
     model.load_state_dict(state_dict, strict=True)
-    logger.info("loaded %d tensors from %s into %s", len(state_dict), source, type(model).__name__)
+    logger.debug("loaded %d tensors from %s into %s", len(state_dict), source, type(model).__name__)

