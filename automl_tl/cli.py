@@ -13,7 +13,7 @@ from pathlib import Path
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import PRUNERS, SearchConfig
-from automl_tl.errors import AutomlTLError, DataError
+from automl_tl.errors import AutomlTLError
 
 logger = logging.getLogger("automl_tl")
 
@@ -95,22 +95,6 @@ def _load_search_data(args: argparse.Namespace):
     return dataset.load(), dataset.label_column, dataset.input_column, dataset.name
 
 
-def _subsample(frame, label: str, max_samples: int, seed: int):
-    import pandas as pd
-    from sklearn.model_selection import train_test_split
-
-    if not isinstance(frame, pd.DataFrame) or len(frame) <= max_samples:
-        return frame
-    if label not in frame.columns or frame[label].isna().any():
-        return frame  # prepare_dataset reports the missing column or the empty labels, naming them
-    try:
-        kept, _ = train_test_split(frame, train_size=max_samples, stratify=frame[label], random_state=seed)
-    except ValueError as exc:  # a class with one example, or fewer samples than classes
-        raise DataError(f"cannot take a stratified sample of --max-samples {max_samples} examples by label "
-                        f"{label!r}: {str(exc).splitlines()[0]}") from None
-    return kept.sort_index()
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from automl_tl.data import prepare_dataset
     from automl_tl.registry import get_registry
@@ -121,17 +105,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     for option, value in defaults.items():
         if getattr(args, option) is None:
             setattr(args, option, value)
-    if args.max_samples:
-        if not hasattr(data, "columns"):
-            from automl_tl.data import read_image_folder, read_table
-
-            path = Path(data)
-            if path.is_dir():  # an image folder's columns are always image and label, as in prepare_dataset
-                data, label, input_column = read_image_folder(path), "label", "image"
-            else:
-                data = read_table(path)
-        data = _subsample(data, label, args.max_samples, args.seed)
-    bundle = prepare_dataset(data, label_column=label, input_column=input_column, seed=args.seed)
+    bundle = prepare_dataset(data, label_column=label, input_column=input_column, seed=args.seed,
+                             max_samples=args.max_samples)
     backbones = args.backbones or [b.name for b in get_registry().list_backbones(modality=bundle.modality)
                                    if b.weights_available()]
     if not backbones:

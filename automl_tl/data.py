@@ -186,11 +186,13 @@ def prepare_dataset(
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    max_samples: int | None = None,
 ) -> DatasetBundle:
     """Validate labelled data and split it into stratified, seeded train / validation / test parts.
 
     ``data`` is a DataFrame, a CSV path or an image folder path. ``input_column`` is
     guessed when there is one column besides the label (image folders: ``image``).
+    ``max_samples`` keeps a stratified, seeded sample of that many rows first.
     """
     base_dir: Path | None = None
     if isinstance(data, pd.DataFrame):
@@ -220,18 +222,14 @@ def prepare_dataset(
         raise DataError(f"{origin} has {len(missing)} rows with an empty {input_column!r} or {label_column!r} "
                         f"(first at row {missing.index[0]})")
 
+    _check_classes(list(frame[label_column]), label_column, origin)
+    if max_samples is not None and len(frame) > max_samples:
+        frame = _stratified_sample(frame, label_column, max_samples, seed, origin)
+        origin = f"a sample of {max_samples} rows of {origin}"
+        _check_classes(list(frame[label_column]), label_column, origin)
     inputs = resolve_paths(list(frame[input_column]), base_dir)
     raw_labels = list(frame[label_column])
     classes = sorted(set(raw_labels), key=lambda c: (str(type(c)), c))
-    if len(classes) < 2:
-        raise DataError(f"label column {label_column!r} of {origin} has {len(classes)} class ({_plain(classes[0])!r}); "
-                        "expected at least 2")
-    counts = pd.Series(raw_labels).value_counts()
-    too_small = counts[counts < MIN_EXAMPLES_PER_CLASS]
-    if len(too_small):
-        name, count = _plain(too_small.index[0]), int(too_small.iloc[0])
-        raise DataError(f"class {name!r} in {origin} has {count} example(s); each class needs at least "
-                        f"{MIN_EXAMPLES_PER_CLASS} (one each for training, validation and test)")
 
     modality = infer_modality(inputs, input_column)
     if modality == "image":
@@ -254,6 +252,29 @@ def prepare_dataset(
     logger.info("data: %d classes, %d train / %d validation / %d test (%s)",
                 len(classes), len(bundle.train), len(bundle.val), len(bundle.test), origin)
     return bundle
+
+
+def _check_classes(raw_labels: list[Any], label_column: str, origin: str) -> None:
+    """At least two classes, each with enough examples for a train, a validation and a test example."""
+    counts = pd.Series(raw_labels).value_counts()
+    if len(counts) < 2:
+        raise DataError(f"label column {label_column!r} of {origin} has {len(counts)} class "
+                        f"({_plain(counts.index[0])!r}); expected at least 2")
+    too_small = counts[counts < MIN_EXAMPLES_PER_CLASS]
+    if len(too_small):
+        name, count = _plain(too_small.index[0]), int(too_small.iloc[0])
+        raise DataError(f"class {name!r} in {origin} has {count} example(s); each class needs at least "
+                        f"{MIN_EXAMPLES_PER_CLASS} (one each for training, validation and test)")
+
+
+def _stratified_sample(frame: pd.DataFrame, label_column: str, size: int, seed: int, origin: str) -> pd.DataFrame:
+    """``size`` rows of ``frame`` with the class proportions kept, in their original order."""
+    try:
+        kept, _ = train_test_split(frame, train_size=size, stratify=frame[label_column], random_state=seed)
+    except ValueError as exc:  # fewer rows kept than there are classes
+        raise DataError(f"cannot take a stratified sample of {size} rows of {origin}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return kept.sort_index()
 
 
 def _plain(value: Any) -> Any:

@@ -347,8 +347,9 @@ def test_data_and_dataset_together(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("counts, max_samples, expected", [
-    ({"cat": 5, "dog": 1}, 3, ["--max-samples 3", "'label'", "too few"]),  # a class of one cannot be stratified
-    ({"cat": 4, "dog": 4, "owl": 4}, 2, ["--max-samples 2", "number of classes"]),  # fewer samples than classes
+    ({"cat": 5, "dog": 1}, 3, ["class 'dog'", "1 example"]),  # checked before sampling
+    ({"cat": 4, "dog": 4, "owl": 4}, 2, ["stratified sample of 2 rows", "data.csv"]),  # fewer samples than classes
+    ({"cat": 30, "dog": 3}, 10, ["class 'dog'", "a sample of 10 rows"]),  # the sample leaves a class too small
 ])
 def test_max_samples_that_cannot_be_stratified(tmp_path, capsys, counts, max_samples, expected):
     csv = csv_data(tmp_path, counts)
