@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("search", help="search backbones, freeze depth and learning rates; save the best model")
-    run.add_argument("--data", help="CSV file or image folder (one subfolder per class); "
+    run.add_argument("--data", help="CSV file, or a folder with one subfolder per class (images, audio or .txt files); "
                                     f"default: the built-in {DEFAULT_DATASET!r} data set")
     run.add_argument("--dataset", help="a registered data set by name (see 'automl-tl datasets')")
     run.add_argument("--label", default="label", help="label column (default: label)")
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image-size", type=_positive_int, help="image side in pixels (smaller is faster on CPU; "
                                                                "default: the backbone's pretrained size; demo: 32)")
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
+    run.add_argument("--modality", choices=("image", "text", "audio"),
+                     help="what the input column holds (default: inferred from its values)")
     run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
 
     predict = commands.add_parser("predict", help="predict with the best model of a run")
@@ -106,7 +108,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if getattr(args, option) is None:
             setattr(args, option, value)
     bundle = prepare_dataset(data, label_column=label, input_column=input_column, seed=args.seed,
-                             max_samples=args.max_samples)
+                             max_samples=args.max_samples, modality=args.modality)
     backbones = args.backbones or [b.name for b in get_registry().list_backbones(modality=bundle.modality)
                                    if b.weights_available()]
     if not backbones:

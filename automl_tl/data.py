@@ -2,9 +2,10 @@
 
 Accepted inputs:
 
-* a pandas DataFrame with an input column (image paths or arrays) and a label column;
+* a pandas DataFrame with an input column and a label column: image paths or arrays,
+  audio paths (wav, flac, ogg), or texts;
 * a CSV file with the same columns (relative paths are relative to the CSV's folder);
-* an image folder with one subfolder per class.
+* a folder with one subfolder per class, holding image, audio or ``.txt`` files.
 
 Every problem the user can fix raises :class:`~automl_tl.errors.DataError` with a
 one-line message naming the file, column, class or value at fault.
@@ -29,6 +30,11 @@ from automl_tl.errors import DataError
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+TEXT_EXTENSIONS = (".txt",)
+#: the column a folder's files go into, by modality
+FOLDER_COLUMNS = {"image": "image", "audio": "audio", "text": "text"}
+FILE_MODALITIES = ("image", "audio")
 #: every class needs one example in each of train, validation and test
 MIN_EXAMPLES_PER_CLASS = 3
 
@@ -102,22 +108,32 @@ def _image_from_array(array: np.ndarray, origin: str) -> Image.Image:
 # ---------------------------------------------------------------- tables and folders
 
 
-def _is_image_value(value: Any) -> bool:
-    return isinstance(value, (np.ndarray, Image.Image)) or (
-        isinstance(value, (str, Path)) and str(value).lower().endswith(IMAGE_EXTENSIONS))
+def _file_modality(name: str) -> str | None:
+    lower = name.lower()
+    if lower.endswith(IMAGE_EXTENSIONS):
+        return "image"
+    if lower.endswith(AUDIO_EXTENSIONS):
+        return "audio"
+    if lower.endswith(TEXT_EXTENSIONS):
+        return "text"
+    return None
 
 
 def infer_modality(values: Sequence[Any], column: str) -> str:
-    """The modality of an input column, from its first value."""
+    """The modality of an input column: image arrays or paths, audio paths, or else text."""
     first = values[0]
-    if _is_image_value(first):
+    if isinstance(first, (np.ndarray, Image.Image)):
         return "image"
+    if isinstance(first, (str, Path)) and _file_modality(str(first)) in FILE_MODALITIES:
+        return _file_modality(str(first))
+    if isinstance(first, str):
+        return "text"
     raise DataError(f"cannot tell the modality of column {column!r} from its first value {str(first)[:60]!r}; "
-                    f"expected image paths ({', '.join(IMAGE_EXTENSIONS)}) or image arrays")
+                    "expected image paths or arrays, audio paths (wav, flac, ogg) or texts")
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV file; image paths in it are made absolute relative to its folder later."""
+    """Read a CSV file; file paths in it are made absolute relative to its folder later."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
@@ -127,31 +143,55 @@ def read_table(path: Path) -> pd.DataFrame:
     return frame
 
 
-def read_image_folder(path: Path) -> pd.DataFrame:
-    """A DataFrame (columns ``image``, ``label``) from a folder with one subfolder per class."""
+def read_text_file(path: Path) -> str:
+    """The UTF-8 content of a text file, refused if empty or not UTF-8."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"text file {path} is not UTF-8 (byte {exc.start}); convert it to UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"cannot read text file {path}: {exc.strerror}") from None
+    if not text.strip():
+        raise DataError(f"text file {path} is empty")
+    return text
+
+
+def _supported_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and _file_modality(p.name) is not None]
+
+
+def read_folder(path: Path) -> pd.DataFrame:
+    """A DataFrame (columns ``image``, ``audio`` or ``text``, and ``label``) from a folder with one subfolder per class.
+
+    Text files are read into the ``text`` column; image and audio files are listed by path.
+    """
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DataError(f"image folder {path} has no class subfolders; expected one subfolder per class")
-    rows = []
-    for class_dir in class_dirs:
-        for file in sorted(class_dir.rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
-                rows.append({"image": str(file), "label": class_dir.name})
-    if not rows:
-        raise DataError(f"image folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return pd.DataFrame(rows)
+        raise DataError(f"folder {path} has no class subfolders; expected one subfolder per class")
+    files = [(file, class_dir.name) for class_dir in class_dirs for file in _supported_files(class_dir)]
+    if not files:
+        raise DataError(f"folder {path} holds no image, audio or text files "
+                        f"({', '.join(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS + TEXT_EXTENSIONS)})")
+    kinds = sorted({_file_modality(file.name) for file, _ in files})
+    if len(kinds) > 1:
+        raise DataError(f"folder {path} mixes {' and '.join(kinds)} files; expected one kind")
+    modality = kinds[0]
+    column = FOLDER_COLUMNS[modality]
+    if modality == "text":
+        return pd.DataFrame({column: [read_text_file(f) for f, _ in files], "label": [label for _, label in files]})
+    return pd.DataFrame({column: [str(f) for f, _ in files], "label": [label for _, label in files]})
 
 
-def list_image_files(path: Path) -> list[str]:
-    """Every image file below ``path``, sorted (for predicting on an unlabelled folder)."""
-    return [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+def list_input_files(path: Path) -> list[str]:
+    """Every image, audio or text file below ``path``, sorted (for predicting on an unlabelled folder)."""
+    return [str(p) for p in _supported_files(path)]
 
 
 def _guess_input_column(frame: pd.DataFrame, label_column: str, origin: str) -> str:
     candidates = [c for c in frame.columns if c != label_column]
     if len(candidates) == 1:
         return candidates[0]
-    for name in ("image", "path", "file", "filepath", "filename"):
+    for name in ("image", "audio", "text", "path", "file", "filepath", "filename"):
         if name in candidates:
             return name
     raise DataError(f"cannot tell which column of {origin} holds the inputs (columns: {', '.join(map(str, frame.columns))}); "
@@ -165,10 +205,20 @@ def resolve_paths(values: list[Any], base_dir: Path | None) -> list[Any]:
     return [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in values]
 
 
-def check_images_readable(inputs: Sequence[Any], origin: str) -> None:
-    """Decode every image once so that a missing or broken file is reported now, naming it."""
+def check_inputs_readable(inputs: Sequence[Any], modality: str, origin: str) -> None:
+    """Read every input once so that a missing or broken file (or an empty text) is reported now, naming it."""
     for row, value in enumerate(inputs):
-        read_image(value, origin=f" (row {row} of {origin})" if not isinstance(value, str) else "")
+        where = f" (row {row} of {origin})"
+        if modality == "image":
+            read_image(value, origin=where if not isinstance(value, str) else "")
+        elif modality == "audio":
+            from automl_tl.audio import read_audio
+
+            if not isinstance(value, (str, Path)):
+                raise DataError(f"audio input{where} is a {type(value).__name__}; expected a file path")
+            read_audio(value)
+        elif not isinstance(value, str) or not value.strip():
+            raise DataError(f"text input{where} is empty or not a string: {str(value)[:40]!r}")
 
 
 def _fingerprint(inputs: Sequence[Any], labels: Sequence[Any], seed: int, fractions: tuple[float, float]) -> str:
@@ -187,12 +237,14 @@ def prepare_dataset(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     max_samples: int | None = None,
+    modality: str | None = None,
 ) -> DatasetBundle:
     """Validate labelled data and split it into stratified, seeded train / validation / test parts.
 
     ``data`` is a DataFrame, a CSV path or an image folder path. ``input_column`` is
     guessed when there is one column besides the label (image folders: ``image``).
     ``max_samples`` keeps a stratified, seeded sample of that many rows first.
+    ``modality`` ("image", "audio" or "text") is inferred from the inputs when not given.
     """
     base_dir: Path | None = None
     if isinstance(data, pd.DataFrame):
@@ -201,7 +253,8 @@ def prepare_dataset(
         path = Path(data)
         origin = str(path)
         if path.is_dir():
-            frame, label_column, input_column = read_image_folder(path), "label", "image"
+            frame = read_folder(path)
+            label_column, input_column = "label", str(frame.columns[0])
         elif path.suffix.lower() in (".csv", ".txt", ".tsv") or path.is_file():
             frame, base_dir = read_table(path), path.parent
         else:
@@ -227,13 +280,16 @@ def prepare_dataset(
         frame = _stratified_sample(frame, label_column, max_samples, seed, origin)
         origin = f"a sample of {max_samples} rows of {origin}"
         _check_classes(list(frame[label_column]), label_column, origin)
-    inputs = resolve_paths(list(frame[input_column]), base_dir)
     raw_labels = list(frame[label_column])
     classes = sorted(set(raw_labels), key=lambda c: (str(type(c)), c))
+    modality = modality or infer_modality(list(frame[input_column]), input_column)
+    if modality not in FOLDER_COLUMNS:
+        raise DataError(f"unknown modality {modality!r}; expected one of {', '.join(FOLDER_COLUMNS)}")
+    inputs = list(frame[input_column])
+    if modality in FILE_MODALITIES:
+        inputs = resolve_paths(inputs, base_dir)
 
-    modality = infer_modality(inputs, input_column)
-    if modality == "image":
-        check_images_readable(inputs, origin)
+    check_inputs_readable(inputs, modality, origin)
 
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[c] for c in raw_labels], dtype=np.int64)
@@ -323,19 +379,25 @@ def _give_every_part_every_class(parts: list[np.ndarray], labels: np.ndarray) ->
     return parts
 
 
-def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_column: str) -> list[Any]:
-    """Raw inputs to predict on: a DataFrame or CSV with ``input_column``, a folder of files, or a list."""
+def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_column: str,
+                       modality: str = "image") -> list[Any]:
+    """Raw inputs to predict on: a DataFrame or CSV with ``input_column``, a folder of files, or a list.
+
+    Texts in a folder are read from its ``.txt`` files; relative file paths in a CSV are resolved
+    against the CSV's folder.
+    """
     if isinstance(data, (str, Path)):
         path = Path(data)
         if path.is_dir():
-            files = list_image_files(path)
+            files = [f for f in list_input_files(path) if _file_modality(f) == modality]
             if not files:
-                raise DataError(f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-            return files
+                raise DataError(f"folder {path} holds no {modality} files")
+            return [read_text_file(Path(f)) for f in files] if modality == "text" else files
         frame = read_table(path)
         if input_column not in frame.columns:
             raise DataError(f"input column {input_column!r} not found in {path}; columns: {', '.join(map(str, frame.columns))}")
-        return resolve_paths(list(frame[input_column]), path.parent)
+        values = list(frame[input_column])
+        return resolve_paths(values, path.parent) if modality in FILE_MODALITIES else values
     if isinstance(data, pd.DataFrame):
         if input_column not in data.columns:
             raise DataError(f"input column {input_column!r} not found in the DataFrame; "

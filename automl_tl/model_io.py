@@ -93,9 +93,10 @@ class Predictor:
     def predict_proba(self, data: Any, batch_size: int = 64) -> pd.DataFrame:
         """Class probabilities, one row per input and one column per class.
 
-        ``data``: a DataFrame or CSV with the training input column, a folder of files, or a list of inputs.
+        ``data``: a DataFrame or CSV with the training input column, a folder of files, or a list of inputs
+        (image paths or arrays, audio paths, or texts).
         """
-        inputs = prepare_unlabelled(data, self.input_column)
+        inputs = prepare_unlabelled(data, self.input_column, self.backbone.modality)
         items = self.preprocessor.encode(inputs)
         logits = predict_logits(self.model, self.preprocessor, items, batch_size, self.device)
         return pd.DataFrame(torch.softmax(logits, dim=1).numpy(), columns=[str(c) for c in self.classes])

@@ -386,3 +386,68 @@ def test_data_path_that_does_not_exist(tmp_path, name, expected):
     path = tmp_path / name
     message = data_error(path)
     assert expected in message and str(path) in message
+
+
+# ---------------------------------------------------------------- text and audio inputs
+
+
+def test_folder_of_text_files_becomes_a_text_dataset(tmp_path):
+    for label in ("sport", "tech"):
+        (tmp_path / "news" / label).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "news" / label / f"{i}.txt").write_text(f"{label} story number {i}\n", encoding="utf-8")
+    bundle = prepare_dataset(tmp_path / "news")
+    assert bundle.modality == "text" and bundle.input_column == "text"
+    assert bundle.classes == ["sport", "tech"]
+    everything = bundle.train.inputs + bundle.val.inputs + bundle.test.inputs
+    assert sorted(everything) == sorted(f"{l} story number {i}\n" for l in ("sport", "tech") for i in range(4))
+
+
+def test_text_column_in_a_csv_is_not_taken_for_paths(tmp_path):
+    csv = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["good", "great film", "loved it", "bad", "awful", "boring plot"],
+                  "label": ["pos"] * 3 + ["neg"] * 3}).to_csv(csv, index=False)
+    bundle = prepare_dataset(csv)
+    assert bundle.modality == "text"
+    assert set(bundle.train.inputs + bundle.val.inputs + bundle.test.inputs) == {
+        "good", "great film", "loved it", "bad", "awful", "boring plot"}
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfe\x00 not utf-8 \xff", "is not UTF-8"),
+    (b"   \n\n", "is empty"),
+])
+def test_bad_text_file_is_named(tmp_path, content, expected):
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            (tmp_path / label / f"{i}.txt").write_text("fine text", encoding="utf-8")
+    bad = tmp_path / "b" / "1.txt"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=expected) as info:
+        prepare_dataset(tmp_path)
+    assert str(bad) in str(info.value)
+
+
+def test_empty_text_in_a_dataframe_names_the_row():
+    frame = pd.DataFrame({"text": ["one", "two", "three", "four", "  ", "six"], "label": [0, 0, 0, 1, 1, 1]})
+    with pytest.raises(DataError, match=r"row 4"):
+        prepare_dataset(frame)
+
+
+def test_folder_mixing_kinds_of_files_is_refused(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            (tmp_path / label / f"{i}.txt").write_text("text", encoding="utf-8")
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "x.png")
+    with pytest.raises(DataError, match="mixes image and text files"):
+        prepare_dataset(tmp_path)
+
+
+def test_modality_is_inferred_from_the_first_value():
+    from automl_tl.data import infer_modality
+
+    assert infer_modality(["x/a.wav"], "audio") == "audio"
+    assert infer_modality(["x/a.PNG"], "image") == "image"
+    assert infer_modality(["a sentence"], "text") == "text"
