@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
+# espeak-ng synthesises the spoken-digit clips that the audio tests and demos use (Debian package).
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -q espeak-ng >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; })
+  else
+    echo "note: install espeak-ng (sudo apt-get install espeak-ng) for the audio tests" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The torch builds these machines carry (pip takes them from local disk); never ask for a newer torch.

@@ -57,7 +57,11 @@ class Preprocessor(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """JSON-serialisable settings; equal descriptions mean equal encodings."""
+        """JSON-serialisable settings of the whole preprocessing (saved with a model)."""
+
+    def cache_key(self) -> dict[str, Any]:
+        """The settings :meth:`encode` depends on; equal keys mean equal encodings, shared across backbones."""
+        return self.describe()
 
 
 class TransferModel(nn.Module):

@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)")
     run.add_argument("--study-name", default="automl_tl")
     run.add_argument("--output", help="run directory (default: runs/<data name>)")
-    run.add_argument("--min-epochs", type=_positive_int, default=1)
-    run.add_argument("--max-epochs", type=_positive_int, default=3)
+    run.add_argument("--min-epochs", type=_positive_int, default=1,
+                     help="epochs every trial runs before it can be pruned (default: 1)")
+    run.add_argument("--max-epochs", type=_positive_int, default=3,
+                     help="epochs each trial is scheduled for; pruning and early stopping may cut it (default: 3)")
     run.add_argument("--max-freeze-depth", type=int, help="largest number of trained layer groups (default: all)")
     run.add_argument("--batch-size", type=_positive_int, default=32)
     run.add_argument("--image-size", type=_positive_int, help="image side in pixels (smaller is faster on CPU; "
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log line per trial says more
+    # Our own log line per trial (and per failure) says more than Optuna's, without tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:

@@ -56,8 +56,8 @@ class SearchConfig:
     seed: int = 0
     storage: str | None = None  # Optuna storage URL; default: a journal file in the run directory
     study_name: str = "automl_tl"
-    min_epochs: int = 1
-    max_epochs: int = 3
+    min_epochs: int = 1  # epochs every trial runs before the pruner may stop it
+    max_epochs: int = 3  # the per-trial budget: every trial is scheduled for this many epochs
     max_freeze_depth: int | None = None  # None: up to full fine-tuning
     backbone_lr_range: tuple[float, float] = (1e-5, 1e-2)
     head_lr_range: tuple[float, float] = (1e-4, 1e-1)

@@ -45,7 +45,8 @@ class EpochRecord:
     train_loss: float
     val_loss: float
     val_accuracy: float
-    seconds: float
+    train_seconds: float  # the training batches alone
+    val_seconds: float  # evaluating on the validation split
 
 
 @dataclass
@@ -145,7 +146,7 @@ class Executor:
 
     def encoded(self, preprocessor: Preprocessor, data: DatasetBundle, split: Split) -> list[Any]:
         """``split`` encoded by ``preprocessor``, computed on first use and kept (least recently used first out)."""
-        key = (json.dumps(preprocessor.describe(), sort_keys=True), data.fingerprint, split.name)
+        key = (json.dumps(preprocessor.cache_key(), sort_keys=True), data.fingerprint, split.name)
         if key in self._encoded:
             self._encoded.move_to_end(key)
             return self._encoded[key]
@@ -221,11 +222,12 @@ class Executor:
             if stop_reason == STOP_TIME:
                 break
 
+            train_seconds = time.perf_counter() - epoch_started
             val_logits = predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device)
             val_loss = loss_fn(val_logits, val_labels).item()
             val_accuracy = (val_logits.argmax(1) == val_labels).float().mean().item()
-            record = EpochRecord(epoch, loss_sum / max(seen, 1), val_loss, val_accuracy,
-                                 time.perf_counter() - epoch_started)
+            record = EpochRecord(epoch, loss_sum / max(seen, 1), val_loss, val_accuracy, train_seconds,
+                                 time.perf_counter() - epoch_started - train_seconds)
             is_best = not history or val_accuracy > max(r.val_accuracy for r in history)
             history.append(record)
             epochs.set_postfix(val_acc=f"{val_accuracy:.3f}")

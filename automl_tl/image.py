@@ -55,6 +55,10 @@ class ImagePreprocessor(Preprocessor):
             batch[flip] = batch[flip].flip(-1)
         return (batch - self.mean) / self.std
 
+    def cache_key(self) -> dict[str, Any]:
+        # mean, std and flips act in collate(): backbones that differ only there share one encoding
+        return {"kind": "image", "size": self.size, "crop_pct": self.crop_pct, "interpolation": self.interpolation}
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "image", "size": self.size, "crop_pct": self.crop_pct, "interpolation": self.interpolation,
                 "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "hflip": self.hflip}

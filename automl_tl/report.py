@@ -11,7 +11,7 @@ import pandas as pd
 
 from automl_tl.model_io import write_json_atomic
 
-LEADERBOARD_COLUMNS = ["trial", "state", "backbone", "freeze_depth", "backbone_lr", "head_lr", "epochs",
+LEADERBOARD_COLUMNS = ["trial", "state", "backbone", "freeze_depth", "backbone_lr", "head_lr",
                        "val_accuracy", "best_epoch", "epochs_run", "stop_reason", "seconds", "cpu_seconds", "error"]
 
 
@@ -24,7 +24,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "trial": trial.number,
             "state": trial.state.name,
-            **{name: trial.params.get(name) for name in ("backbone", "freeze_depth", "backbone_lr", "head_lr", "epochs")},
+            **{name: trial.params.get(name) for name in ("backbone", "freeze_depth", "backbone_lr", "head_lr")},
             "val_accuracy": value,
             "best_epoch": attrs.get("best_epoch"),
             "epochs_run": attrs.get("epochs_run"),
@@ -45,7 +45,7 @@ def _markdown(frame: pd.DataFrame) -> str:
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2e}")
     for column in ("val_accuracy", "seconds", "cpu_seconds"):
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}")
-    return shown.fillna("").to_markdown(index=False)
+    return shown.astype(object).where(shown.notna(), "").to_markdown(index=False)
 
 
 def write_leaderboard(frame: pd.DataFrame, run_dir: Path) -> None:

@@ -70,9 +70,10 @@ def _make_sampler_and_pruner(config: SearchConfig) -> tuple[optuna.samplers.Base
     sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.n_trials // 3)),
                                          multivariate=True)
     if config.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.max_epochs, reduction_factor=3)
+        pruner = optuna.pruners.HyperbandPruner(min_resource=config.min_epochs, max_resource=config.max_epochs,
+                                                reduction_factor=3)
     elif config.pruner == "successive_halving":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs, reduction_factor=3)
     else:
         pruner = optuna.pruners.NopPruner()
     return sampler, pruner
@@ -174,7 +175,8 @@ class Search:
 
         def on_epoch(epoch: int, val_accuracy: float) -> bool:
             trial.report(val_accuracy, step=epoch)
-            return trial.should_prune()
+            # After the last epoch there is nothing left to save by pruning: the trial is complete.
+            return epoch < config.epochs and trial.should_prune()
 
         try:
             result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=self._deadline)
@@ -194,7 +196,9 @@ class Search:
             result.model = None
             raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
         if result.model is None:
+            # Failed, not pruned: a resumed search with more time should try this trial again.
             trial.set_user_attr("error", "the time budget ran out before the first epoch finished")
+            logger.info("trial %d stopped: the time budget ran out before its first epoch finished", trial.number)
             raise TrialFailed("the time budget ran out before the first epoch finished")
         self._keep_if_best(result)
         result.model = None  # the weights are on disk if they were the best; free them now
@@ -240,7 +244,7 @@ class Search:
         result.state = trial.state.name
         result.error = trial.user_attrs.get("error")
         value = result.best_val_accuracy
-        logger.info("trial %d %s: %s depth=%s backbone_lr=%.1e head_lr=%.1e epochs=%d -> val_accuracy=%s (%.1fs)",
+        logger.info("trial %d %s: %s depth=%s backbone_lr=%.1e head_lr=%.1e epochs run=%d -> val_accuracy=%s (%.1fs)",
                     trial.number, result.state.lower(), result.config.backbone, result.config.freeze_depth,
                     result.config.backbone_lr, result.config.head_lr, len(result.history),
                     "n/a" if value is None else f"{value:.4f}", result.seconds)

@@ -4,6 +4,11 @@ Every parameter keeps one distribution for the whole study, whichever backbone a
 picks, so that TPE can learn across backbones and a stored study can be resumed.
 ``freeze_depth`` counts the last layer groups that train (0 = head only); a depth at or
 above a backbone's number of groups means full fine-tuning of that backbone.
+
+Epochs are the budget, not a searched parameter: every trial is scheduled for
+``max_epochs`` (one warm-up + cosine schedule), and the pruner and early stopping decide how
+many it really runs. Searching the epoch count would make the pruner compare, at epoch 1, a
+trial whose learning rate has fully decayed with one that is still warm, and prune the latter.
 """
 
 from __future__ import annotations
@@ -24,18 +29,18 @@ class SearchSpace:
     max_freeze_depth: int
     backbone_lr_range: tuple[float, float]
     head_lr_range: tuple[float, float]
-    epochs_range: tuple[int, int]
+    max_epochs: int
 
     @classmethod
     def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int) -> "SearchSpace":
         depth = max_groups if config.max_freeze_depth is None else min(config.max_freeze_depth, max_groups)
         return cls(tuple(backbones), depth, tuple(config.backbone_lr_range), tuple(config.head_lr_range),
-                   (config.min_epochs, config.max_epochs))
+                   config.max_epochs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"backbones": list(self.backbones), "max_freeze_depth": self.max_freeze_depth,
                 "backbone_lr_range": list(self.backbone_lr_range), "head_lr_range": list(self.head_lr_range),
-                "epochs_range": list(self.epochs_range)}
+                "max_epochs": self.max_epochs}
 
 
 def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: SearchConfig) -> TrialConfig:
@@ -46,7 +51,7 @@ def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: Search
         # Suggested even for head-only trials, which ignore it, so the distribution never changes.
         backbone_lr=trial.suggest_float("backbone_lr", *space.backbone_lr_range, log=True),
         head_lr=trial.suggest_float("head_lr", *space.head_lr_range, log=True),
-        epochs=trial.suggest_int("epochs", *space.epochs_range),
+        epochs=space.max_epochs,
         batch_size=search.batch_size,
         seed=search.seed + trial.number,
         input_options=search.input_options,
