@@ -45,7 +45,7 @@ def _markdown(frame: pd.DataFrame) -> str:
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2e}")
     for column in ("val_accuracy", "seconds", "cpu_seconds"):
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}")
-    return shown.astype(object).where(shown.notna(), "").to_markdown(index=False)
+    return shown.astype(object).where(shown.notna(), "").to_markdown(index=False, disable_numparse=True)
 
 
 def write_leaderboard(frame: pd.DataFrame, run_dir: Path) -> None:

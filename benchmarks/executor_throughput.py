@@ -27,20 +27,20 @@ The *end-to-end* columns add model building to both, and for the executor everyt
 ``fit`` does (``TrialResult.seconds``: building, validation, restoring the best weights,
 freeing memory).
 
-Runs alternate between the two loops (bare, executor, executor, bare, ...) so that slow
-drifts of the machine hit both alike; the table gives the median and the best (highest)
-rate over ``--repeats`` runs of each. Other processes on the machine only ever slow a run
-down (on 2 cores, a second busy process can slow PyTorch's threads several-fold), so the
-best-of ratio is the more robust one on a shared machine; the load average before and after
-each run is logged and printed. Before timing, a few batches of the bare loop warm up the
+Runs come in side-by-side pairs, and which loop goes first alternates (bare, executor |
+executor, bare | ...); the ratio is the median, over the ``--repeats`` pairs, of executor
+rate / bare rate, and also the ratio of the best (highest) rates. Other processes only ever slow a run down, and on 2 cores a
+second busy process can slow PyTorch's threads ten-fold, so the share of the CPUs that
+other processes used during each run is measured (``/proc/stat``) and printed: trust the
+figures only when it is near 0. Before timing, a few batches of the bare loop warm up the
 kernels.
 
 How to run
 ----------
-Full benchmark (about 2 minutes on 2 idle CPU cores)::
+Full benchmark (about 2 minutes on 2 idle CPU cores; these are the defaults)::
 
-    python benchmarks/executor_throughput.py --examples 512 --epochs 1 --repeats 5 \\
-        --output runs/bench_executor_throughput/results.md
+    python benchmarks/executor_throughput.py --examples 512 --image-size 64 --batch-size 32 \\
+        --epochs 1 --repeats 8 --output runs/bench_executor_throughput/results.md
 
 Quick check (well under a minute)::
 
@@ -51,9 +51,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -72,6 +69,9 @@ from automl_tl.data import DatasetBundle, Split
 from automl_tl.executor import Executor
 from automl_tl.registry import get_registry
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
+from _common import OtherLoad, command_line, machine_line, percent  # noqa: E402
+
 logger = logging.getLogger("benchmarks.executor_throughput")
 
 
@@ -85,9 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument("--batch-size", type=int, default=32, help="default: 32")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default: 1)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each loop (default: 5)")
+    parser.add_argument("--repeats", type=int, default=8, help="timed runs of each loop (default: 8)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of body and head (default: 1e-3)")
     parser.add_argument("--warmup-batches", type=int, default=3, help="untimed bare-loop batches first (default: 3)")
+    parser.add_argument("--max-other-load", type=float, default=0.05,
+                        help="a pair counts as clean when other processes used at most this share of the CPUs "
+                             "during both its runs (default: 0.05)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the table to this Markdown file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -194,11 +197,6 @@ def executor_run(executor: Executor, backbone: Backbone, data: DatasetBundle, co
 # ---------------------------------------------------------------- report
 
 
-def load_average() -> float:
-    """The 1-minute load average (other processes slow both loops; see the module docstring)."""
-    return os.getloadavg()[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -226,22 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         bare_loop(backbone, items, labels, preprocessor, len(data.classes), args, max_batches=args.warmup_batches)
 
     runs: dict[str, list[dict]] = {"bare": [], "executor": []}
-    loads = []
     for repeat in range(args.repeats):
-        order = ("bare", "executor") if repeat % 2 == 0 else ("executor", "bare")
-        for kind in order:
-            load_before = load_average()
-            if kind == "bare":
-                run = bare_loop(backbone, items, labels, preprocessor, len(data.classes), args)
-            else:
-                run = executor_run(executor, backbone, data, config)
-            run["load"] = (load_before, load_average())
-            loads.extend(run["load"])
+        # bare, executor | executor, bare | ...: each pair runs side by side in time, and which loop goes
+        # first alternates, so neither a drift of the machine nor going first favours one loop
+        for kind in ("bare", "executor") if repeat % 2 == 0 else ("executor", "bare"):
+            with OtherLoad() as load:
+                if kind == "bare":
+                    run = bare_loop(backbone, items, labels, preprocessor, len(data.classes), args)
+                else:
+                    run = executor_run(executor, backbone, data, config)
+            run["other_load"] = load.share
             runs[kind].append(run)
-            logger.info("repeat %d, %s: %d samples in %.1fs of training -> %.1f samples/s%s (load average %.2f -> %.2f)",
-                        repeat + 1, kind, run["samples"], run["train_s"], run["samples"] / run["train_s"],
+            logger.info("repeat %d, %s: %d samples in %.1fs of training -> %.1f samples/s%s; "
+                        "other processes used %s of the CPUs", repeat + 1, kind, run["samples"], run["train_s"],
+                        run["samples"] / run["train_s"],
                         f" (validation {run['validation_s']:.2f}s excluded)" if kind == "executor" else "",
-                        *run["load"])
+                        percent(load.share))
 
     def rates(kind: str, seconds) -> list[float]:
         return [r["samples"] / seconds(r) for r in runs[kind]]
@@ -252,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     median = {k: statistics.median(v) for k, v in train.items()}
     best = {k: max(v) for k, v in train.items()}
     e2e = {k: statistics.median(v) for k, v in end_to_end.items()}
+    pair_ratios = [e / b for e, b in zip(train["executor"], train["bare"])]
+    pair_ratio = statistics.median(pair_ratios)
+    # pairs in which neither run shared the machine with another busy process
+    clean = [ratio for ratio, e, b in zip(pair_ratios, runs["executor"], runs["bare"])
+             if max(e["other_load"] or 0.0, b["other_load"] or 0.0) <= args.max_other_load]
     rows = []
     for kind, name in (("bare", "bare PyTorch"), ("executor", "Executor.fit")):
         rows.append({
@@ -259,24 +262,27 @@ def main(argv: list[str] | None = None) -> int:
             "train samples/s, median": f"{median[kind]:.2f}",
             "best": f"{best[kind]:.2f}",
             "all runs": ", ".join(f"{v:.1f}" for v in train[kind]),
-            "ratio to bare, median": f"{median[kind] / median['bare']:.3f}",
-            "ratio to bare, best": f"{best[kind] / best['bare']:.3f}",
+            "ratio, median of pairs": "1.000" if kind == "bare" else f"{pair_ratio:.3f}",
+            "ratio, best": f"{best[kind] / best['bare']:.3f}",
             "end-to-end samples/s, median": f"{e2e[kind]:.2f}",
         })
     validation = statistics.median(r["validation_s"] for r in runs["executor"])
+    other = [r["other_load"] for k in runs for r in runs[k] if r["other_load"] is not None]
     header = "\n".join([
-        f"command: {shlex.join([sys.executable, *sys.argv])}",
-        f"machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {executor.device}; "
-        f"1-minute load average during the runs {min(loads):.2f}-{max(loads):.2f}",
+        f"command: {command_line()}",
+        machine_line(executor.device) + (f"; other processes used {percent(min(other))}-{percent(max(other))} "
+                                         "of the CPUs during the runs" if other else ""),
         f"workload: {args.backbone}, full fine-tuning ({num_groups} layer groups), {args.dataset} "
         f"{len(data.train)} examples at {args.image_size} px, batch {args.batch_size}, {args.epochs} epoch(s) per run, "
         f"{args.repeats} run(s) of each, alternating",
     ])
     notes = "\n".join([
-        f"executor / bare training samples/s (goal >= 0.95): {median['executor'] / median['bare']:.3f} on medians, "
-        f"{best['executor'] / best['bare']:.3f} on best runs; end-to-end (medians) "
-        f"{e2e['executor'] / e2e['bare']:.3f}.",
+        f"executor / bare training samples/s (goal >= 0.95): {pair_ratio:.3f} (median over side-by-side pairs), "
+        f"{best['executor'] / best['bare']:.3f} (best run of each); "
+        + (f"{statistics.median(clean):.3f} (median over the {len(clean)} of {len(pair_ratios)} pairs in which other "
+           f"processes used <= {100 * args.max_other_load:.0f}% of the CPUs); " if clean else
+           f"no pair ran with other processes under {100 * args.max_other_load:.0f}% of the CPUs; ")
+        + f"end-to-end (medians) {e2e['executor'] / e2e['bare']:.3f}.",
         f"Executor training time = sum of EpochRecord.seconds minus time in validation predict_logits "
         f"({len(data.val)} examples, median {validation:.2f}s per run); end-to-end adds model building to both, "
         "and for the executor everything else fit() does.",

@@ -33,9 +33,17 @@ best model) is ``OUTPUT/search``.
 
 How to run
 ----------
-Full benchmark (about 15-20 minutes on 2 CPU cores)::
+Full benchmark (the defaults: about 4 minutes on 2 idle CPU cores, 10 trials)::
 
-    python benchmarks/fashion_mnist_search.py --trials 8 --max-epochs 3 --timeout 900
+    python benchmarks/fashion_mnist_search.py --trials 10 --max-epochs 3 --timeout 1200 --overwrite
+
+A longer search (25 trials; about 10 minutes on 2 idle cores, the timeout caps it)::
+
+    python benchmarks/fashion_mnist_search.py --trials 25 --max-epochs 3 --timeout 900 \\
+        --output runs/bench_fashion_mnist_search_25 --overwrite
+
+Run it alone: on 2 cores another busy process slows PyTorch several-fold and inflates CPU
+time too; the "CPU used by others" column says how much of that happened.
 
 Quick check of the plumbing (about a minute)::
 
@@ -53,9 +61,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import platform
-import shlex
 import shutil
 import sys
 import time
@@ -73,6 +78,9 @@ from automl_tl.executor import Executor, accuracy, predict_logits
 from automl_tl.registry import get_registry
 from automl_tl.search import search
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
+from _common import OtherLoad, command_line, machine_line, percent  # noqa: E402
+
 logger = logging.getLogger("benchmarks.fashion_mnist_search")
 
 BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")
@@ -89,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.15,
                         help="share of the train sample held out for validation (default: 0.15)")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
-    parser.add_argument("--trials", type=int, default=8, help="search trials (default: 8)")
+    parser.add_argument("--trials", type=int, default=10, help="search trials (default: 10)")
     parser.add_argument("--min-epochs", type=int, default=1, help="fewest epochs a trial may choose (default: 1)")
     parser.add_argument("--max-epochs", type=int, default=3, help="most epochs a trial may choose (default: 3)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -171,7 +179,8 @@ def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace
     logger.info("search: %d trials, %d-%d epochs, backbones %s", args.trials, args.min_epochs, args.max_epochs,
                 ", ".join(BACKBONES))
     wall_started, cpu_started = time.perf_counter(), time.process_time()
-    outcome = search(data, config, run_dir, executor)
+    with OtherLoad() as load:
+        outcome = search(data, config, run_dir, executor)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
 
     board = outcome.leaderboard
@@ -189,6 +198,7 @@ def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace
         "freeze depth": int(params["freeze_depth"]),
         "backbone lr": params["backbone_lr"] if params["freeze_depth"] > 0 else None,
         "head lr": params["head_lr"],
+        "CPU used by others": percent(load.share),
         # kept for the baselines and the notes, dropped from the table
         "_epochs": int(params["epochs"]),
         "_trials_by_state": states,
@@ -201,10 +211,11 @@ def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: T
     logger.info("%s: %s freeze_depth=%d backbone_lr=%.1e head_lr=%.1e epochs=%d", method, config.backbone,
                 config.freeze_depth, config.backbone_lr, config.head_lr, config.epochs)
     wall_started, cpu_started = time.perf_counter(), time.process_time()
-    result = executor.fit(config, backbone, data)
-    preprocessor = backbone.preprocessor(config.input_options)
-    items = executor.encoded(preprocessor, data, data.test)
-    logits = predict_logits(result.model, preprocessor, items, 2 * config.batch_size, executor.device)
+    with OtherLoad() as load:
+        result = executor.fit(config, backbone, data)
+        preprocessor = backbone.preprocessor(config.input_options)
+        items = executor.encoded(preprocessor, data, data.test)
+        logits = predict_logits(result.model, preprocessor, items, 2 * config.batch_size, executor.device)
     test_accuracy = accuracy(logits, data.test.labels)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
     logger.info("%s: validation accuracy %.4f, test accuracy %.4f (%.0fs)", method, result.best_val_accuracy,
@@ -220,15 +231,11 @@ def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: T
         "freeze depth": config.freeze_depth,
         "backbone lr": config.backbone_lr if config.freeze_depth > 0 else None,
         "head lr": config.head_lr,
+        "CPU used by others": percent(load.share),
     }
 
 
 # ---------------------------------------------------------------- report
-
-
-def machine_line(executor: Executor) -> str:
-    return (f"machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {executor.device}")
 
 
 def results_table(rows: list[dict]) -> str:
@@ -280,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
 
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(searched["_trials_by_state"].items()))
     header = "\n".join([
-        f"command: {shlex.join([sys.executable, *sys.argv])}",
-        machine_line(executor),
+        f"command: {command_line()}",
+        machine_line(executor.device),
         f"data: Fashion-MNIST at {args.image_size}x{args.image_size} px, {len(data.train)} train / "
         f"{len(data.val)} validation (official train split) / {len(data.test)} test (official test split), "
         f"seed {args.seed}",
@@ -293,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(sum of its trials' own CPU time: {searched['_trial_cpu_sum']:.0f} s).",
         f"Encoding the images once per preprocessing took {encode_seconds:.1f} s wall, before any timing; "
         "no row includes it.",
+        "CPU used by others = share of the machine's CPUs that other processes used meanwhile (from /proc/stat); "
+        "timings are only comparable between rows where it is near 0%.",
     ])
     table = results_table(rows)
     text = f"{header}\n\n{table}\n\n{notes}\n"
