@@ -36,6 +36,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if frame.empty:
         return frame
+    for column in ("freeze_depth", "best_epoch", "epochs_run"):
+        frame[column] = frame[column].astype("Int64")  # whole numbers, with gaps where a trial failed
     return frame.sort_values(["val_accuracy", "trial"], ascending=[False, True], na_position="last").reset_index(drop=True)
 
 
