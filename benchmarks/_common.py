@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: the command line, the machine, and how busy it was."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+
+import torch
+
+
+def command_line() -> str:
+    """The command that is running, as it could be typed again."""
+    return shlex.join([sys.executable, *sys.argv])
+
+
+def machine_line(device: torch.device | str) -> str:
+    return (f"machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {device}")
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        with open("/proc/stat") as file:
+            fields = file.readline().split()
+    except OSError:
+        return None
+    # cpu user nice system idle iowait irq softirq steal ...
+    values = [int(v) for v in fields[1:]]
+    busy = sum(values[:8]) - values[3] - values[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Share of the machine's CPUs that *other* processes used between ``start()`` and ``stop()``.
+
+    On a machine with few cores, a second busy process slows PyTorch's threads several-fold,
+    so a benchmark reports this next to its timings. ``None`` where ``/proc/stat`` is missing.
+    """
+
+    def __init__(self):
+        self.share: float | None = None
+
+    def start(self) -> "OtherLoad":
+        self._busy, self._own, self._wall = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def stop(self) -> float | None:
+        busy = _busy_cpu_seconds()
+        wall = time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            return None
+        other = (busy - self._busy) - (time.process_time() - self._own)
+        self.share = min(max(other / (wall * (os.cpu_count() or 1)), 0.0), 1.0)
+        return self.share
+
+    def __enter__(self) -> "OtherLoad":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f}%"
