@@ -251,6 +251,57 @@ _EFFNET_IR_BLOCK = {
 _EFFNET_BLOCK_RE = re.compile(r"^_blocks\.(\d+)\.(.+)$")
 
 
+@dataclass(frozen=True)
+class _KeyStyle:
+    """How one file format names its weights: top-level renames, and per-block renames by block type."""
+
+    what: str  # for messages
+    block_re: re.Pattern  # group 1: block number in the file, group 2: the rest of the key
+    first_block: int  # the file's number of the first block
+    top: Mapping[str, str]
+    inverted_residual: Mapping[str, str]
+    depthwise_separable: Mapping[str, str]
+    inverted_residual_marker: str  # a key part only inverted-residual blocks have
+
+
+def _convert_blockwise(state_dict: Mapping[str, Tensor], prefixes: Sequence[str], style: _KeyStyle) -> dict[str, Tensor]:
+    """Rename ``state_dict`` into timm naming: the file's N-th block becomes ``prefixes[N]``."""
+    block_keys: dict[int, dict[str, str]] = {}  # block number -> {key: rest of key}
+    out: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        match = style.block_re.match(key)
+        if match:
+            block_keys.setdefault(int(match.group(1)), {})[key] = match.group(2)
+            continue
+        new_key = _rename(key, style.top)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            out[new_key] = value
+
+    _check_block_count(len(block_keys), prefixes, style.what)
+    for n, (number, keys) in enumerate(sorted(block_keys.items())):
+        if number != n + style.first_block:
+            raise WeightsMismatchError(f"{style.what}: block {n + style.first_block} is missing")
+        # The block type is read from the file itself, not assumed from its position.
+        is_ir = any(rest.startswith(style.inverted_residual_marker) for rest in keys.values())
+        table = style.inverted_residual if is_ir else style.depthwise_separable
+        for key, rest in keys.items():
+            new_rest = _rename(rest, table)
+            if new_rest is None:
+                unknown.append(key)
+            else:
+                out[f"{prefixes[n]}.{new_rest}"] = state_dict[key]
+    if unknown:
+        raise WeightsMismatchError(f"{style.what}: {len(unknown)} keys have no timm mapping, e.g. {unknown[:5]}")
+    return out
+
+
+_EFFNET_STYLE = _KeyStyle("efficientnet_pytorch weights", _EFFNET_BLOCK_RE, 0, _EFFNET_TOP,
+                          _EFFNET_IR_BLOCK, _EFFNET_DS_BLOCK, "_expand_conv.")
+
+
 def convert_efficientnet_lite(
     state_dict: Mapping[str, Tensor], model: torch.nn.Module
 ) -> dict[str, Tensor]:
@@ -263,41 +314,7 @@ def convert_efficientnet_lite(
     Raises:
         WeightsMismatchError: block counts differ or a key has no known mapping.
     """
-    prefixes = _timm_block_prefixes(model)
-    block_keys: dict[int, dict[str, str]] = {}  # N -> {key: rest of key after "_blocks.N."}
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-
-    for key, value in state_dict.items():
-        match = _EFFNET_BLOCK_RE.match(key)
-        if match:
-            block_keys.setdefault(int(match.group(1)), {})[key] = match.group(2)
-            continue
-        new_key = _rename(key, _EFFNET_TOP)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            out[new_key] = value
-
-    _check_block_count(len(block_keys), prefixes, "efficientnet_pytorch weights")
-    for n, (index, keys) in enumerate(sorted(block_keys.items())):
-        if n != index:
-            raise WeightsMismatchError(f"efficientnet_pytorch weights: block {n} is missing")
-        is_ir = any(rest.startswith("_expand_conv.") for rest in keys.values())
-        table = _EFFNET_IR_BLOCK if is_ir else _EFFNET_DS_BLOCK
-        for key, rest in keys.items():
-            new_rest = _rename(rest, table)
-            if new_rest is None:
-                unknown.append(key)
-            else:
-                out[f"{prefixes[n]}.{new_rest}"] = state_dict[key]
-
-    if unknown:
-        raise WeightsMismatchError(
-            f"efficientnet_pytorch weights: {len(unknown)} keys have no timm mapping, "
-            f"e.g. {unknown[:5]}"
-        )
-    return out
+    return _convert_blockwise(state_dict, _timm_block_prefixes(model), _EFFNET_STYLE)
 
 
 # timm mobilenetv2_100 stages: one depthwise-separable block, then inverted residual stages.
@@ -324,6 +341,10 @@ _MBV2_IR_BLOCK = {
 _MBV2_BLOCK_RE = re.compile(r"^features\.(\d+)\.conv\.(.+)$")
 
 
+_MBV2_STYLE = _KeyStyle("torchvision MobileNetV2 weights", _MBV2_BLOCK_RE, 1, _MBV2_TOP,
+                        _MBV2_IR_BLOCK, _MBV2_DS_BLOCK, "3.")  # features.0 is the stem: blocks start at 1
+
+
 def convert_torchvision_mobilenetv2(
     state_dict: Mapping[str, Tensor], model: torch.nn.Module | None = None
 ) -> dict[str, Tensor]:
@@ -336,47 +357,9 @@ def convert_torchvision_mobilenetv2(
     Raises:
         WeightsMismatchError: block counts differ or a key has no known mapping.
     """
-    prefixes = (
-        _timm_block_prefixes(model)
-        if model is not None
-        else _prefixes_from_depths(MOBILENETV2_STAGE_DEPTHS)
-    )
-    block_keys: dict[int, dict[str, str]] = {}  # K -> {key: rest of key after "features.K.conv."}
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-
-    for key, value in state_dict.items():
-        match = _MBV2_BLOCK_RE.match(key)
-        if match:
-            block_keys.setdefault(int(match.group(1)), {})[key] = match.group(2)
-            continue
-        new_key = _rename(key, _MBV2_TOP)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            out[new_key] = value
-
-    _check_block_count(len(block_keys), prefixes, "torchvision MobileNetV2 weights")
-    for n, (k, keys) in enumerate(sorted(block_keys.items())):
-        if k != n + 1:  # features.0 is the stem, so blocks start at features.1
-            raise WeightsMismatchError(
-                f"torchvision MobileNetV2 weights: features.{n + 1} is missing"
-            )
-        is_ir = any(rest.startswith("3.") for rest in keys.values())
-        table = _MBV2_IR_BLOCK if is_ir else _MBV2_DS_BLOCK
-        for key, rest in keys.items():
-            new_rest = _rename(rest, table)
-            if new_rest is None:
-                unknown.append(key)
-            else:
-                out[f"{prefixes[n]}.{new_rest}"] = state_dict[key]
-
-    if unknown:
-        raise WeightsMismatchError(
-            f"torchvision MobileNetV2 weights: {len(unknown)} keys have no timm mapping, "
-            f"e.g. {unknown[:5]}"
-        )
-    return out
+    prefixes = (_timm_block_prefixes(model) if model is not None
+                else _prefixes_from_depths(MOBILENETV2_STAGE_DEPTHS))
+    return _convert_blockwise(state_dict, prefixes, _MBV2_STYLE)
 
 
 _CONVERTERS: dict[str, Callable[[Mapping[str, Tensor], torch.nn.Module], dict[str, Tensor]]] = {
