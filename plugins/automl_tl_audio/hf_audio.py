@@ -1,0 +1,178 @@
+"""Audio encoders from a local transformers checkpoint (wav2vec 2.0, HuBERT, WavLM, AST, ...).
+
+The user gives a folder written by ``save_pretrained`` (``config.json``, the weights and
+``preprocessor_config.json``); it is read with ``local_files_only=True`` and
+``trust_remote_code=False``, so nothing is downloaded and no code from the folder runs. No
+such checkpoint ships offline, so these backbones are registered by the user's own plugin::
+
+    @hookimpl
+    def register_backbones(register):
+        register(TransformersAudioBackbone("team/wav2vec2-base", "/models/wav2vec2-base"))
+
+Embedding: the encoder's last hidden states averaged over time. Layer groups: everything
+before the encoder layers (convolutional feature encoder, feature projection, positional
+convolution, patch embedding) as the first group, then one group per encoder layer
+(parameters after the last layer, such as a final layer norm, join the last group).
+
+Inputs: waveform models (``Wav2Vec2FeatureExtractor``: wav2vec 2.0, HuBERT, WavLM) get the
+waveform normalised in torch, inside the forward pass, when the extractor says ``do_normalize``;
+any other feature extractor (AST's filterbanks, for example) is called on the CPU in the forward
+pass, which is correct but slower.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_tl.backbone import TransferModel
+from automl_tl.errors import WeightsNotFoundError
+from automl_tl_audio.base import AudioBackbone
+from automl_tl_audio.weights import WeightsMismatchError
+
+logger = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class TransformersAudioBody(nn.Module):
+    """Waveforms ``(batch, samples)`` → mean of the encoder's last hidden states ``(batch, hidden)``."""
+
+    def __init__(self, model: nn.Module, feature_extractor: Any):
+        super().__init__()
+        if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+            model = model.get_encoder()  # e.g. Whisper: only the audio encoder is a backbone
+        self.model = model
+        # kept as a plain attribute, not a module: it holds no weights
+        self.feature_extractor = feature_extractor
+        from transformers import Wav2Vec2FeatureExtractor
+
+        self.raw_waveform = isinstance(feature_extractor, Wav2Vec2FeatureExtractor)
+        self.normalize = bool(getattr(feature_extractor, "do_normalize", False))
+
+    def inputs(self, waveforms: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's keyword inputs for a batch of waveforms."""
+        if self.raw_waveform:
+            values = waveforms.float()
+            if self.normalize:  # zero mean, unit variance per example, as Wav2Vec2FeatureExtractor does
+                values = (values - values.mean(dim=1, keepdim=True)) / (values.var(dim=1, keepdim=True,
+                                                                                  unbiased=False) + 1e-7).sqrt()
+            return {"input_values": values}
+        extractor = self.feature_extractor
+        features = extractor([w.detach().float().cpu().numpy() for w in waveforms],
+                             sampling_rate=extractor.sampling_rate, return_tensors="pt")
+        return {key: value.to(waveforms.device) for key, value in features.items()
+                if key in extractor.model_input_names and key != "attention_mask"}
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(**self.inputs(waveforms)).last_hidden_state
+        return hidden.float().mean(dim=1)
+
+
+def encoder_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ``nn.ModuleList`` of encoder layers: the longest one whose name ends in ``layers`` or ``layer``."""
+    candidates = [(name, module) for name, module in model.named_modules()
+                  if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layers", "layer")
+                  and any(True for _ in module.parameters())]
+    if not candidates:
+        raise ValueError(f"cannot find the encoder layers of {type(model).__name__}")
+    return max(candidates, key=lambda item: len(item[1]))
+
+
+def transformer_layer_groups(body: TransformersAudioBody) -> list[list[str]]:
+    """Everything before the encoder layers, then one group per layer (later parameters join the last)."""
+    layers_name, layers = encoder_layer_list(body.model)
+    prefix = f"model.{layers_name}."
+    groups: list[list[str]] = [[] for _ in range(len(layers) + 1)]
+    seen_layers = False
+    for name, _ in body.named_parameters():
+        if name.startswith(prefix):
+            index = int(name[len(prefix):].split(".", 1)[0])
+            groups[index + 1].append(name)
+            seen_layers = True
+        else:
+            groups[-1 if seen_layers else 0].append(name)
+    return [group for group in groups if group]
+
+
+class TransformersAudioBackbone(AudioBackbone):
+    """An audio encoder from a local transformers checkpoint folder; see the module docstring."""
+
+    def __init__(self, name: str, source: str | Path, clip_seconds: float = 2.0):
+        self.name = name
+        self.source = Path(source)
+        self.default_clip_seconds = clip_seconds
+
+    @property
+    def weight_source(self) -> str:
+        return f"local transformers checkpoint {self.source}"
+
+    def weights_available(self) -> bool:
+        return (self.source / "config.json").is_file() and (self.source / "preprocessor_config.json").is_file()
+
+    def _check_folder(self) -> None:
+        if not (self.source / "config.json").is_file():
+            raise WeightsNotFoundError(f"no transformers checkpoint in {self.source}: config.json is missing; "
+                                       "give a folder written by save_pretrained")
+
+    @cached_property
+    def config(self) -> Any:
+        from transformers import AutoConfig
+
+        self._check_folder()
+        try:
+            return AutoConfig.from_pretrained(self.source, local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise WeightsMismatchError(f"cannot read the model config in {self.source}: {_first_line(exc)}") from None
+
+    @cached_property
+    def feature_extractor(self) -> Any:
+        from transformers import AutoFeatureExtractor
+
+        self._check_folder()
+        try:
+            return AutoFeatureExtractor.from_pretrained(self.source, local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise WeightsNotFoundError(f"cannot read the feature extractor in {self.source} "
+                                       f"(preprocessor_config.json): {_first_line(exc)}") from None
+
+    @property
+    def sample_rate(self) -> int:  # type: ignore[override]
+        return int(self.feature_extractor.sampling_rate)
+
+    @property
+    def embedding_dim(self) -> int:
+        config = self.config
+        return int(getattr(config, "hidden_size", None) or getattr(config, "d_model"))
+
+    def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
+        from transformers import AutoModel
+
+        if pretrained:
+            self._check_folder()
+            try:
+                model, info = AutoModel.from_pretrained(self.source, local_files_only=True, trust_remote_code=False,
+                                                        output_loading_info=True)
+            except (OSError, ValueError) as exc:
+                raise WeightsMismatchError(f"cannot load the model in {self.source}: {_first_line(exc)}") from None
+            missing = sorted(info.get("missing_keys", ()))
+            mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+            if missing or mismatched:  # transformers would initialise these randomly: refuse instead
+                raise WeightsMismatchError(f"weights in {self.source} do not fit {type(model).__name__}: "
+                                           f"{len(missing)} missing {missing[:3]}, {len(mismatched)} mis-shaped "
+                                           f"{mismatched[:3]}")
+        else:
+            model = AutoModel.from_config(self.config, trust_remote_code=False)
+        body = TransformersAudioBody(model, self.feature_extractor)
+        return TransferModel(body, nn.Linear(self.embedding_dim, num_classes), transformer_layer_groups(body))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "source": str(self.source), "model_type": getattr(self.config, "model_type", "")}

