@@ -42,3 +42,10 @@ class ModelFileError(AutomlTLError):
 
 class ConfigError(AutomlTLError):
     """An option has a value outside what it accepts."""
+
+
+class WeightsMismatchError(AutomlTLError, RuntimeError):
+    """A weight file cannot be read, or its tensors do not fit the network (missing, unexpected, mis-shaped keys).
+
+    Also a RuntimeError, which is what ``torch.nn.Module.load_state_dict`` raises.
+    """

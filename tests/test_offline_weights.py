@@ -132,7 +132,7 @@ def test_load_strict_reports_mismatch() -> None:
     assert "unit-test" in message
     assert "1 missing" in message and "conv_stem.weight" in message
     assert "1 unexpected" in message and "extra.weight" in message
-    assert "1 mis-shaped" in message and "classifier.bias" in message
+    assert "1 with another shape" in message and "classifier.bias" in message
     assert isinstance(info.value, RuntimeError)
 
 

