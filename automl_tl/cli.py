@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive_int, default=32)
     run.add_argument("--image-size", type=_positive_int, help="image side in pixels (smaller is faster on CPU; "
                                                                "default: the backbone's pretrained size; demo: 32)")
+    run.add_argument("--max-length", type=_positive_int, help="text: tokens per example (default: the backbone's)")
+    run.add_argument("--clip-seconds", type=_positive_float, help="audio: seconds per example (default: the backbone's)")
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
     run.add_argument("--modality", choices=("image", "text", "audio"),
                      help="what the input column holds (default: inferred from its values)")
@@ -120,7 +122,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         backbones=tuple(backbones), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
         storage=args.storage, study_name=args.study_name, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
         max_freeze_depth=args.max_freeze_depth, batch_size=args.batch_size, pruner=args.pruner,
-        input_options=InputOptions(image_size=args.image_size),
+        input_options=InputOptions(image_size=args.image_size, max_length=args.max_length,
+                                   clip_seconds=args.clip_seconds),
     )
     run_dir = Path(args.output or Path("runs") / name)
     outcome = search(bundle, config, run_dir)
