@@ -36,11 +36,11 @@ from scipy.signal import resample_poly
 from torch import nn
 
 from automl_tl.backbone import Preprocessor
+from automl_tl.data import AUDIO_EXTENSIONS
 from automl_tl.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 #: a file whose every sample is quieter than this (full scale = 1.0, i.e. -80 dBFS) is refused as silent
 SILENCE_THRESHOLD = 1e-4
 

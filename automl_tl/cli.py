@@ -137,10 +137,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from automl_tl.model_io import load
 
+    from automl_tl.data import prepare_unlabelled
+
     predictor = load(args.run_dir)
-    probabilities = predictor.predict_proba(args.data)
+    inputs = prepare_unlabelled(args.data, predictor.input_column, predictor.backbone.modality)
+    probabilities = predictor.predict_proba(inputs)
     classes = predictor.classes
     probabilities.insert(0, "prediction", [classes[i] for i in probabilities.to_numpy().argmax(axis=1)])
+    probabilities.insert(0, predictor.input_column, inputs)  # which file (or text) each row is about
     output = Path(args.output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,11 @@ class SearchConfig:
                 raise ConfigError(f"{name} learning-rate range must satisfy 0 < low <= high, got ({low}, {high})")
         if self.storage is not None:
             check_storage_url(self.storage)
+        options = self.input_options
+        if options.max_length is not None and options.max_length < 1:
+            raise ConfigError(f"max length must be at least 1 token, got {options.max_length}")
+        if options.clip_seconds is not None and options.clip_seconds <= 0:
+            raise ConfigError(f"clip length must be a positive number of seconds, got {options.clip_seconds}")
         size = self.input_options.image_size
         if size is not None and size < 16:
             raise ConfigError(f"image size must be at least 16 pixels, got {size}")

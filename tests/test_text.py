@@ -111,7 +111,7 @@ def _tiny_checkpoint(folder: Path, kind: str, tokenizer_source: Path) -> Path:
 @needs_minilm
 @pytest.mark.parametrize("kind, pooling", [("mpnet", "mean"), ("distilbert", "cls"), ("bert", "pooler")])
 def test_local_folders_of_other_architectures(tmp_path, minilm, kind, pooling):
-    folder = _tiny_checkpoint(tmp_path / kind, kind, Path(minilm._location))
+    folder = _tiny_checkpoint(tmp_path / kind, kind, Path(minilm.location))
     backbone = TransformersTextBackbone(f"tiny-{kind}", folder, pooling=pooling, max_length=32)
     assert backbone.weights == "local" and backbone.weights_available()
     model = backbone.build(num_classes=2)
@@ -157,7 +157,7 @@ def test_dynamic_padding_and_truncation(minilm):
 
 @needs_minilm
 def test_standalone_preprocessor_from_a_folder(minilm):
-    preprocessor = TextPreprocessor(minilm._location, max_length=16, name="minilm")
+    preprocessor = TextPreprocessor(minilm.location, max_length=16, name="minilm")
     assert preprocessor.describe() == {**minilm.preprocessor(InputOptions(max_length=16)).describe(),
                                        "tokenizer": "minilm"}
 
@@ -169,7 +169,7 @@ def test_standalone_preprocessor_from_a_folder(minilm):
 def test_random_build_reads_no_weights_and_takes_a_saved_state(tmp_path, minilm, minilm_model):
     # A copy of the checkpoint folder without its weights: building from the config must not need them.
     folder = tmp_path / "no-weights"
-    shutil.copytree(minilm._location, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    shutil.copytree(minilm.location, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     backbone = TransformersTextBackbone("minilm-no-weights", folder, max_length=64)
     random_model = backbone.build(num_classes=3, pretrained=False)
     assert random_model.layer_groups == minilm_model.layer_groups

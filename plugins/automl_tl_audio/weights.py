@@ -10,24 +10,21 @@ A file that needs more than that gets an explicit allow-list of globals
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from automl_tl.errors import AutomlTLError, WeightsNotFoundError
+from automl_tl.errors import WeightsMismatchError, WeightsNotFoundError
+from automl_tl.weights import load_strict, package_folder
+
+__all__ = ["PackageFile", "WeightsMismatchError", "load_strict", "load_torch_file", "package_folder"]
 
 logger = logging.getLogger(__name__)
-
-
-class WeightsMismatchError(AutomlTLError, RuntimeError):
-    """A weight file cannot be read, or its tensors do not fit the network (missing, unexpected, mis-shaped)."""
 
 
 @dataclass(frozen=True)
@@ -71,17 +68,6 @@ class PackageFile:
         return folder is not None and (folder / self.relative_path).is_file()
 
 
-def package_folder(module: str) -> Path | None:
-    """Folder of an installed top-level package, found without importing it (None when absent)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def load_torch_file(path: Path, allowed_globals: Sequence[Any] = ()) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``; ``allowed_globals`` are added to its allow-list
     for this call only (``torch.serialization.safe_globals``). Unreadable files raise :class:`WeightsMismatchError`."""
@@ -91,21 +77,3 @@ def load_torch_file(path: Path, allowed_globals: Sequence[Any] = ()) -> Any:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsMismatchError(f"cannot read weight file {path}: {first}") from None
-
-
-def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Path | str) -> None:
-    """Load ``state_dict`` into ``module`` requiring the same keys and shapes; one readable error naming ``source``."""
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise WeightsMismatchError(f"weight file {source} does not hold a state dict of tensors "
-                                   f"(found {type(state_dict).__name__})")
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mis_shaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or mis_shaped:
-        raise WeightsMismatchError(f"weights in {source} do not fit {type(module).__name__}: {len(missing)} missing "
-                                   f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
-                                   f"{len(mis_shaped)} mis-shaped {mis_shaped[:3]}")
-    module.load_state_dict(state_dict, strict=True)
-    logger.debug("loaded %d tensors from %s into %s", len(state_dict), source, type(module).__name__)

@@ -287,7 +287,7 @@ class TransformersTextBackbone(Backbone):
         return False  # cannot know without the network; the user asks for hub backbones by name
 
     @cached_property
-    def _location(self) -> str:
+    def location(self) -> str:
         """What transformers loads from: a local folder (offline packages joined once if split) or a hub id."""
         if self.weights == "offline":
             return str(checkpoint_folder(OFFLINE_CHECKPOINTS[self.source]))
@@ -322,14 +322,14 @@ class TransformersTextBackbone(Backbone):
         from transformers import AutoConfig
 
         with self._loading("config"):
-            return AutoConfig.from_pretrained(self._location, **self._load_kwargs)
+            return AutoConfig.from_pretrained(self.location, **self._load_kwargs)
 
     @cached_property
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
         with self._loading("tokenizer"):
-            return AutoTokenizer.from_pretrained(self._location, **self._load_kwargs)
+            return AutoTokenizer.from_pretrained(self.location, **self._load_kwargs)
 
     @property
     def embedding_dim(self) -> int:
@@ -350,7 +350,7 @@ class TransformersTextBackbone(Backbone):
 
         with self._loading("weights" if pretrained else "config"):
             if pretrained:
-                model, info = AutoModel.from_pretrained(self._location, dtype=torch.float32, output_loading_info=True,
+                model, info = AutoModel.from_pretrained(self.location, dtype=torch.float32, output_loading_info=True,
                                                         **self._load_kwargs)
             else:
                 model, info = AutoModel.from_config(self.config, dtype=torch.float32,
