@@ -9,6 +9,8 @@ from automl_tl.backbone import InputOptions
 from automl_tl.errors import ConfigError
 
 PRUNERS = ("successive_halving", "hyperband", "none")
+#: pretrained transformers diverge at body learning rates that CNNs take in their stride
+DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 
@@ -59,7 +61,7 @@ class SearchConfig:
     min_epochs: int = 1  # epochs every trial runs before the pruner may stop it
     max_epochs: int = 3  # the per-trial budget: every trial is scheduled for this many epochs
     max_freeze_depth: int | None = None  # None: up to full fine-tuning
-    backbone_lr_range: tuple[float, float] = (1e-5, 1e-2)
+    backbone_lr_range: tuple[float, float] | None = None  # None: DEFAULT_BACKBONE_LR_RANGES of the data's modality
     head_lr_range: tuple[float, float] = (1e-4, 1e-1)
     batch_size: int = 32
     pruner: str = "successive_halving"
@@ -80,7 +82,10 @@ class SearchConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"unknown pruner {self.pruner!r}; expected one of {', '.join(PRUNERS)}")
-        for name, (low, high) in (("backbone", self.backbone_lr_range), ("head", self.head_lr_range)):
+        for name, lr_range in (("backbone", self.backbone_lr_range), ("head", self.head_lr_range)):
+            if lr_range is None:
+                continue
+            low, high = lr_range
             if not 0 < low <= high:
                 raise ConfigError(f"{name} learning-rate range must satisfy 0 < low <= high, got ({low}, {high})")
         if self.storage is not None:

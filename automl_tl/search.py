@@ -112,7 +112,7 @@ class Search:
         if wrong:
             raise ConfigError(f"backbone(s) {', '.join(wrong)} are not for {data.modality} data")
         max_groups = max(b.build(2, pretrained=False).num_groups for b in self.backbones.values())
-        self.space = SearchSpace.from_config(config, list(self.backbones), max_groups)
+        self.space = SearchSpace.from_config(config, list(self.backbones), max_groups, data.modality)
         self._results: dict[int, TrialResult] = {}
         self._deadline: float | None = None
 

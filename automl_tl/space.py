@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from automl_tl.config import SearchConfig, TrialConfig
+from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, SearchConfig, TrialConfig
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,10 @@ class SearchSpace:
     max_epochs: int
 
     @classmethod
-    def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int) -> "SearchSpace":
+    def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int, modality: str) -> "SearchSpace":
         depth = max_groups if config.max_freeze_depth is None else min(config.max_freeze_depth, max_groups)
-        return cls(tuple(backbones), depth, tuple(config.backbone_lr_range), tuple(config.head_lr_range),
+        backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
+        return cls(tuple(backbones), depth, tuple(backbone_lrs), tuple(config.head_lr_range),
                    config.max_epochs)
 
     def to_dict(self) -> dict[str, Any]:

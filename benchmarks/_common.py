@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+from automl_tl import DatasetBundle, Executor, InputOptions
+from automl_tl.registry import get_registry
 
 
 def command_line() -> str:
@@ -66,3 +72,30 @@ class OtherLoad:
 
 def percent(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.0f}%"
+
+
+def setup_logging(verbose: bool) -> None:
+    """INFO (or DEBUG) logs from the benchmark and automl_tl; libraries' chatter only from WARNING up."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("optuna", "timm", "PIL", "urllib3", "filelock", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def clear_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to reuse an earlier search (it would be resumed, not timed) unless told to delete it."""
+    if run_dir.exists():
+        if not overwrite:
+            sys.exit(f"{run_dir} holds an earlier search, which would be resumed rather than timed; "
+                     "pass --overwrite to delete it, or choose another --output")
+        shutil.rmtree(run_dir)
+
+
+def warm_encodings(executor: Executor, data: DatasetBundle, backbone_names: list[str], options: InputOptions) -> float:
+    """Encode every split once for each backbone's preprocessing, before any timer starts; returns wall seconds."""
+    started = time.perf_counter()
+    for name in backbone_names:
+        preprocessor = get_registry().get_backbone(name).preprocessor(options)
+        for split in (data.train, data.val, data.test):
+            executor.encoded(preprocessor, data, split)
+    return time.perf_counter() - started

@@ -68,7 +68,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -88,7 +87,8 @@ from automl_tl.registry import get_registry, reset_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import OtherLoad, command_line, machine_line, percent  # noqa: E402
+from _common import (OtherLoad, clear_run_dir, command_line, machine_line, percent, setup_logging,  # noqa: E402
+                     warm_encodings)
 
 logger = logging.getLogger("benchmarks.audio_search")
 
@@ -120,8 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crepe-hop-ms", type=float, default=10.0,
                         help="frame hop of the CREPE backbones in ms (default: 10, CREPE's own; see above)")
     parser.add_argument("--trials", type=int, default=8, help="search trials per data set (default: 8)")
-    parser.add_argument("--min-epochs", type=int, default=1, help="fewest epochs a trial may choose (default: 1)")
-    parser.add_argument("--max-epochs", type=int, default=3, help="most epochs a trial may choose (default: 3)")
+    parser.add_argument("--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)")
+    parser.add_argument("--max-epochs", type=int, default=3, help="epochs each trial is scheduled for (default: 3)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="wall-clock budget of each search in seconds (default: none)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: 32)")
@@ -214,16 +214,6 @@ def asterisk_bundle(args: argparse.Namespace) -> tuple[DatasetBundle, str]:
                    f"{len(bundle.train)} train / {len(bundle.val)} validation / {len(bundle.test)} test "
                    f"(stratified); {args.asterisk_clip} s clips")
     return bundle, description
-
-
-def warm_encodings(executor: Executor, data: DatasetBundle, names: list[str], options: InputOptions) -> float:
-    """Encode every split once for each distinct preprocessing; returns the wall seconds it took."""
-    started = time.perf_counter()
-    for name in names:
-        preprocessor = get_registry().get_backbone(name).preprocessor(options)
-        for split in (data.train, data.val, data.test):
-            executor.encoded(preprocessor, data, split)
-    return time.perf_counter() - started
 
 
 # ---------------------------------------------------------------- rows
@@ -356,10 +346,7 @@ def run_dataset(name: str, args: argparse.Namespace, executor: Executor, output:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("optuna", "timm", "PIL", "urllib3", "filelock", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.crepe_hop_ms != 10.0:
@@ -369,11 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     for name in args.datasets:
         run_dir = output / name / "search"
-        if run_dir.exists():
-            if not args.overwrite:
-                sys.exit(f"{run_dir} holds an earlier search, which would be resumed rather than timed; "
-                         "pass --overwrite to delete it, or choose another --output")
-            shutil.rmtree(run_dir)
+        clear_run_dir(run_dir, args.overwrite)
     output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)

@@ -61,7 +61,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -79,7 +78,8 @@ from automl_tl.registry import get_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import OtherLoad, command_line, machine_line, percent  # noqa: E402
+from _common import (OtherLoad, clear_run_dir, command_line, machine_line, percent, setup_logging,  # noqa: E402
+                     warm_encodings)
 
 logger = logging.getLogger("benchmarks.fashion_mnist_search")
 
@@ -98,8 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of the train sample held out for validation (default: 0.15)")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument("--trials", type=int, default=10, help="search trials (default: 10)")
-    parser.add_argument("--min-epochs", type=int, default=1, help="fewest epochs a trial may choose (default: 1)")
-    parser.add_argument("--max-epochs", type=int, default=3, help="most epochs a trial may choose (default: 3)")
+    parser.add_argument("--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)")
+    parser.add_argument("--max-epochs", type=int, default=3, help="epochs each trial is scheduled for (default: 3)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="wall-clock budget of the search in seconds (default: none)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: 32)")
@@ -156,17 +156,6 @@ def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: i
     logger.info("Fashion-MNIST: %d train / %d validation (official train split), %d test (official test split)",
                 len(bundle.train), len(bundle.val), len(bundle.test))
     return bundle
-
-
-def warm_encodings(executor: Executor, data: DatasetBundle, backbone_names: list[str], options: InputOptions) -> float:
-    """Encode every split once for each distinct preprocessing; returns the wall seconds it took."""
-    started = time.perf_counter()
-    registry = get_registry()
-    for name in backbone_names:
-        preprocessor = registry.get_backbone(name).preprocessor(options)
-        for split in (data.train, data.val, data.test):
-            executor.encoded(preprocessor, data, split)
-    return time.perf_counter() - started
 
 
 # ---------------------------------------------------------------- runs
@@ -251,18 +240,11 @@ def results_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("optuna", "timm", "PIL", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)
 
     output = Path(args.output)
     run_dir = output / "search"
-    if run_dir.exists():
-        if not args.overwrite:
-            sys.exit(f"{run_dir} holds an earlier search, which would be resumed rather than timed; "
-                     "pass --overwrite to delete it, or choose another --output")
-        shutil.rmtree(run_dir)
+    clear_run_dir(run_dir, args.overwrite)
     output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)

@@ -27,7 +27,6 @@ import errno
 import fcntl
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from automl_tl.errors import AutomlTLError, WeightsNotFoundError
+from automl_tl.weights import cache_root, package_folder
 
 logger = logging.getLogger(__name__)
 
@@ -106,25 +106,6 @@ OFFLINE_CHECKPOINTS: dict[str, OfflineCheckpoint] = {
 
 
 # ---------------------------------------------------------------- locating packages
-
-
-def cache_root() -> Path:
-    """Where joined checkpoints are kept: ``$AUTOML_TL_CACHE``, ``$XDG_CACHE_HOME/automl_tl`` or ``~/.cache/automl_tl``."""
-    if os.environ.get("AUTOML_TL_CACHE"):
-        return Path(os.environ["AUTOML_TL_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "automl_tl"
-
-
-def package_folder(module: str) -> Path | None:
-    """The folder of an installed package, found without importing it; ``None`` when not installed."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _record_sha256(hash_entry) -> str | None:
