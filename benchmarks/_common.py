@@ -99,3 +99,19 @@ def warm_encodings(executor: Executor, data: DatasetBundle, backbone_names: list
         for split in (data.train, data.val, data.test):
             executor.encoded(preprocessor, data, split)
     return time.perf_counter() - started
+
+
+def markdown_table(rows: list[dict], formats: dict[str, str], right_aligned: tuple[str, ...] = ()) -> str:
+    """Rows as a Markdown table; ``formats`` maps columns to format strings ("-" for a missing value).
+
+    Columns whose name starts with "_" are notes for the script, not for the table.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame([{k: v for k, v in row.items() if not k.startswith("_")} for row in rows])
+    for column, pattern in formats.items():
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda v, p=pattern: "-" if v is None or pd.isna(v) else p.format(v))
+    align = ["right" if column in formats or column in right_aligned else "left" for column in frame.columns]
+    # disable_numparse keeps the formatting above (tabulate would re-parse "0.3050" as 0.305)
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=align)

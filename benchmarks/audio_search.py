@@ -87,8 +87,8 @@ from automl_tl.registry import get_registry, reset_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, clear_run_dir, command_line, machine_line, percent, setup_logging,  # noqa: E402
-                     warm_encodings)
+from _common import (OtherLoad, clear_run_dir, command_line, machine_line, markdown_table,  # noqa: E402
+                     percent, setup_logging, warm_encodings)
 
 logger = logging.getLogger("benchmarks.audio_search")
 
@@ -313,13 +313,8 @@ def run_logmel_baseline(data: DatasetBundle, waveforms: dict[str, list[np.ndarra
 
 
 def results_table(rows: list[dict]) -> str:
-    frame = pd.DataFrame(rows)
-    formats = {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}", "wall s": "{:.0f}",
-               "head lr": "{:.1e}", "backbone lr": "{:.1e}", "epochs": "{:.0f}"}
-    for column, pattern in formats.items():
-        frame[column] = frame[column].map(lambda v, p=pattern: "-" if v is None or pd.isna(v) else p.format(v))
-    align = ["right" if column in formats else "left" for column in frame.columns]
-    return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
+    return markdown_table(rows, {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}",
+                                 "wall s": "{:.0f}", "head lr": "{:.1e}", "backbone lr": "{:.1e}", "epochs": "{:.0f}"})
 
 
 def run_dataset(name: str, args: argparse.Namespace, executor: Executor, output: Path) -> str:

@@ -78,8 +78,8 @@ from automl_tl.registry import get_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, clear_run_dir, command_line, machine_line, percent, setup_logging,  # noqa: E402
-                     warm_encodings)
+from _common import (OtherLoad, clear_run_dir, command_line, machine_line, markdown_table,  # noqa: E402
+                     percent, setup_logging, warm_encodings)
 
 logger = logging.getLogger("benchmarks.fashion_mnist_search")
 
@@ -228,14 +228,9 @@ def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: T
 
 
 def results_table(rows: list[dict]) -> str:
-    frame = pd.DataFrame([{k: v for k, v in row.items() if not k.startswith("_")} for row in rows])
-    formatters = {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}", "wall s": "{:.0f}",
-                  "backbone lr": "{:.2e}", "head lr": "{:.2e}"}
-    for column, pattern in formatters.items():
-        frame[column] = frame[column].map(lambda v, p=pattern: "-" if v is None or pd.isna(v) else p.format(v))
-    # disable_numparse keeps the formatting above (tabulate would re-parse "0.3050" as 0.305)
-    align = ["right" if column in formatters or column == "freeze depth" else "left" for column in frame.columns]
-    return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
+    return markdown_table(rows, {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}",
+                                 "wall s": "{:.0f}", "backbone lr": "{:.2e}", "head lr": "{:.2e}"},
+                          right_aligned=("freeze depth",))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the backbones are offline packages; never reach a model hub
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from automl_tl.backbone import InputOptions  # noqa: E402
@@ -72,8 +71,8 @@ from automl_tl.search import search  # noqa: E402
 from automl_tl_datasets.text import load_bbc_news  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, clear_run_dir, command_line, machine_line, percent, setup_logging,  # noqa: E402
-                     warm_encodings)
+from _common import (OtherLoad, clear_run_dir, command_line, machine_line, markdown_table,  # noqa: E402
+                     percent, setup_logging, warm_encodings)
 
 logger = logging.getLogger("benchmarks.text_bbc_news")
 
@@ -206,13 +205,8 @@ def run_tfidf(data: DatasetBundle, seed: int) -> dict:
 
 
 def results_table(rows: list[dict]) -> str:
-    frame = pd.DataFrame([{k: v for k, v in row.items() if not k.startswith("_")} for row in rows])
-    frame["test accuracy"] = frame["test accuracy"].map("{:.4f}".format)
-    frame["CPU s"] = frame["CPU s"].map("{:.1f}".format)
-    frame["wall s"] = frame["wall s"].map("{:.1f}".format)
-    numeric = ("test accuracy", "CPU s", "wall s", "freeze depth")
-    align = ["right" if column in numeric else "left" for column in frame.columns]
-    return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
+    return markdown_table(rows, {"test accuracy": "{:.4f}", "CPU s": "{:.1f}", "wall s": "{:.1f}"},
+                          right_aligned=("freeze depth",))
 
 
 def main(argv: list[str] | None = None) -> int:
