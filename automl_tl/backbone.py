@@ -12,6 +12,7 @@ A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,6 +109,10 @@ class TransferModel(nn.Module):
         for parameter in self.head.parameters():
             parameter.requires_grad_(True)
 
+    #: keep every BatchNorm's running statistics as they are, even in trained groups (LP-FT sets it, so
+    #: the probed head keeps seeing features normalised the way it was trained on)
+    freeze_norm_statistics: bool = False
+
     def train(self, mode: bool = True) -> "TransferModel":
         """Like ``nn.Module.train``, but normalisation layers whose weights are frozen stay in eval mode,
         so that a frozen body keeps its pretrained running statistics."""
@@ -116,7 +121,7 @@ class TransferModel(nn.Module):
             for module in self.body.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     params = list(module.parameters(recurse=False))
-                    if not any(p.requires_grad for p in params):
+                    if self.freeze_norm_statistics or not any(p.requires_grad for p in params):
                         module.eval()
         return self
 
@@ -150,6 +155,21 @@ class Backbone(ABC):
     def weights_available(self) -> bool:
         """Whether pretrained weights can be had on this machine without a network (default searches use only these)."""
         return True
+
+    def weights_fingerprint(self) -> str:
+        """A hash of the pretrained weights, so cached features are never reused across other weights.
+
+        The default builds the pretrained model once per process and hashes the body's tensors;
+        a plugin whose weights sit in one file may override it with that file's hash.
+        """
+        cached = getattr(self, "_weights_fingerprint", None)
+        if cached is None:
+            digest = hashlib.sha256()
+            for name, tensor in self.build(num_classes=2).body.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            cached = self._weights_fingerprint = digest.hexdigest()[:32]
+        return cached
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable identity of this backbone, saved with every model."""

@@ -7,10 +7,14 @@ from typing import Any
 
 from automl_tl.backbone import InputOptions
 from automl_tl.errors import ConfigError
+from automl_tl.heads import HEAD_KINDS, HeadSpec
 
 PRUNERS = ("successive_halving", "hyperband", "none")
+SAMPLERS = ("tpe", "random")
 #: pretrained transformers diverge at body learning rates that CNNs take in their stride
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
+#: how much of the body a trial adapts; see :func:`trained_depth`
+STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft")
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 
@@ -29,13 +33,31 @@ def check_storage_url(storage: str) -> None:
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything the executor needs to fine-tune one model."""
+    """Everything the executor needs to fine-tune one model.
+
+    ``strategy`` says how much of the body adapts:
+
+    * ``linear_probe``: the body stays frozen; only the head trains, on the body's features
+      (computed once and cached), for ``epochs * probe_passes`` passes.
+    * ``last_k``: the head and the last ``freeze_depth`` layer groups train (0 = head only, with the
+      body run on every batch).
+    * ``full``: every layer group trains.
+    * ``lp_ft``: linear probe first (``probe_passes`` passes over cached features), then the head and
+      the last ``freeze_depth`` groups train together at ``backbone_lr`` (Kumar et al., 2022).
+
+    Trained body groups get ``backbone_lr`` times ``layer_decay`` to the power of their distance from
+    the top group (layer-wise learning-rate decay; 1.0 = one rate for the whole body).
+    """
 
     backbone: str
-    freeze_depth: int  # how many of the last layer groups train; 0 = head only
+    freeze_depth: int  # how many of the last layer groups train (last_k, lp_ft); 0 = head only
     backbone_lr: float  # peak learning rate of the trained body groups
     head_lr: float  # peak learning rate of the new head
     epochs: int
+    strategy: str = "last_k"
+    layer_decay: float = 1.0
+    head: HeadSpec = field(default_factory=HeadSpec)
+    probe_passes: int = 10  # passes over cached features per epoch of a linear probe; LP-FT's first stage
     batch_size: int = 32
     weight_decay: float = 0.01  # AdamW, not applied to biases and normalisation weights
     warmup_fraction: float = 0.1  # share of steps with a linear warm-up before the cosine decay
@@ -44,8 +66,32 @@ class TrialConfig:
     seed: int = 0
     input_options: InputOptions = field(default_factory=InputOptions)
 
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer-wise learning-rate decay must be in (0, 1], got {self.layer_decay}")
+        if self.epochs < 1 or self.probe_passes < 1:
+            raise ConfigError(f"epochs and probe passes must be at least 1, got {self.epochs} and {self.probe_passes}")
+
+    def trained_depth(self, num_groups: int) -> int:
+        """How many of the body's last ``num_groups`` layer groups this trial trains."""
+        if self.strategy == "linear_probe":
+            return 0
+        if self.strategy == "full":
+            return num_groups
+        return min(self.freeze_depth, num_groups)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+        """The inverse of :meth:`to_dict` (for configs read back from JSON)."""
+        values = dict(values)
+        values["head"] = HeadSpec.from_dict(values.get("head"))
+        values["input_options"] = InputOptions(**(values.get("input_options") or {}))
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -65,7 +111,14 @@ class SearchConfig:
     head_lr_range: tuple[float, float] = (1e-4, 1e-1)
     batch_size: int = 32
     pruner: str = "successive_halving"
+    sampler: str = "tpe"  # "random": Optuna's random sampler (a baseline)
     input_options: InputOptions = field(default_factory=InputOptions)
+    strategies: tuple[str, ...] = STRATEGIES  # adaptation strategies the search may choose
+    heads: tuple[str, ...] = HEAD_KINDS  # head structures the search may choose
+    trial_timeout: float | None = None  # hard wall-clock budget in seconds for one trial
+    prerank: bool = True  # score backbones by transferability first and try the best-ranked first
+    top_k: int | None = None  # after pre-ranking, search only the k best-ranked backbones
+    feature_cache: bool = True  # keep frozen-body features on disk for every trial and later run
 
     def __post_init__(self) -> None:
         if not self.backbones:
@@ -80,6 +133,22 @@ class SearchConfig:
             raise ConfigError(f"max freeze depth must be >= 0, got {self.max_freeze_depth}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.trial_timeout is not None and self.trial_timeout <= 0:
+            raise ConfigError(f"trial timeout must be a positive number of seconds, got {self.trial_timeout}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top k must be at least 1 backbone, got {self.top_k}")
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise ConfigError(f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
+                              f"{', '.join(STRATEGIES)}")
+        unknown = [h for h in self.heads if h not in HEAD_KINDS]
+        if unknown or not self.heads:
+            raise ConfigError(f"unknown head {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
+                              f"{', '.join(HEAD_KINDS)}")
+        if self.top_k is not None and not self.prerank:
+            raise ConfigError("top k needs the transferability pre-ranking; drop top k or turn pre-ranking on")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"unknown pruner {self.pruner!r}; expected one of {', '.join(PRUNERS)}")
         for name, lr_range in (("backbone", self.backbone_lr_range), ("head", self.head_lr_range)):

@@ -1,9 +1,16 @@
 """The one fine-tuning loop every trial runs through. It knows nothing of Optuna.
 
-Reads top to bottom: encode the data once (cached across trials), build the model,
-freeze by depth, AdamW with one learning rate for the head and one for the body,
-linear warm-up then cosine decay, gradient clipping, AMP on CUDA, per-epoch
-validation reported through ``on_epoch``, early stopping, best weights restored.
+Reads top to bottom: encode the data once (cached across trials), build the model with the
+trial's head, then one of two paths that share the same epoch loop:
+
+* **head on features** (linear probe, and the first stage of LP-FT): the frozen body's features
+  come from the on-disk :class:`~automl_tl.feature_cache.FeatureCache`, and only the head trains;
+* **fine-tuning** (last-k groups, full): the body runs on every batch and the trained groups
+  learn at layer-wise decayed rates.
+
+Both use AdamW, linear warm-up then cosine decay, gradient clipping, per-epoch validation
+reported through ``on_epoch``, early stopping, a deadline checked per batch, and restore
+the best epoch's weights. Mixed precision on CUDA.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import math
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +31,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from automl_tl.backbone import Backbone, Preprocessor, TransferModel
+from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
 from automl_tl.config import TrialConfig
 from automl_tl.data import DatasetBundle, Split
+from automl_tl.feature_cache import FeatureCache, samples_hash
+from automl_tl.heads import build_head
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +68,27 @@ class TrialResult:
     seconds: float  # wall-clock, including encoding on a cache miss
     cpu_seconds: float  # process CPU time (all threads)
     samples_seen: int  # training examples passed forward, summed over epochs
-    model: TransferModel | None = None  # best epoch's weights; None when no epoch finished
+    model: TransferModel | None = None  # best epoch's weights; None when no epoch finished (see final_model)
     trial_number: int | None = None  # set by the search
     state: str = ""  # set by the search: COMPLETE, PRUNED or FAIL
     error: str | None = None  # set by the search for failed trials
     extra: dict[str, Any] = field(default_factory=dict)
+    #: builds ``model`` on demand: a linear probe trains only a head, and the body is loaded only if wanted
+    model_builder: Callable[[], TransferModel] | None = None
+
+    @property
+    def has_model(self) -> bool:
+        return self.model is not None or self.model_builder is not None
+
+    def final_model(self) -> TransferModel | None:
+        """The best epoch's whole model (building it from the body and the trained head if needed)."""
+        if self.model is None and self.model_builder is not None:
+            self.model = self.model_builder()
+            self.model_builder = None
+        return self.model
+
+    def release_model(self) -> None:
+        self.model = self.model_builder = None
 
     @property
     def best_epoch(self) -> int | None:
@@ -117,30 +142,50 @@ def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], f
     return factor
 
 
-def parameter_groups(model: TransferModel, config: TrialConfig) -> list[dict[str, Any]]:
-    """AdamW groups: head and body get their own learning rate; biases and norms get no weight decay."""
-    groups = []
-    for part, lr in ((model.head, config.head_lr), (model.body, config.backbone_lr)):
-        trained = [p for p in part.parameters() if p.requires_grad]
-        decay = [p for p in trained if p.ndim >= 2]
-        no_decay = [p for p in trained if p.ndim < 2]
-        if decay:
-            groups.append({"params": decay, "lr": lr, "weight_decay": config.weight_decay})
-        if no_decay:
-            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+def _with_and_without_decay(parameters: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    # Biases and normalisation weights (1-D) get no weight decay.
+    decay = [p for p in parameters if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in parameters if p.requires_grad and p.ndim < 2]
+    return ([{"params": decay, "lr": lr, "weight_decay": weight_decay}] if decay else []) + \
+           ([{"params": no_decay, "lr": lr, "weight_decay": 0.0}] if no_decay else [])
+
+
+def parameter_groups(model: TransferModel, config: TrialConfig, head_lr: float | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: the head at ``head_lr`` (default ``config.head_lr``); each trained body layer group
+    at ``backbone_lr * layer_decay ** k``, k counting groups down from the top one."""
+    groups = _with_and_without_decay(list(model.head.parameters()), config.head_lr if head_lr is None else head_lr,
+                                     config.weight_decay)
+    body = dict(model.body.named_parameters())
+    for distance, names in enumerate(reversed(model.layer_groups)):
+        lr = config.backbone_lr * config.layer_decay ** distance
+        groups += _with_and_without_decay([body[name] for name in names], lr, config.weight_decay)
     return groups
+
+
+@dataclass
+class _Loop:
+    """What the epoch loop needs, whichever path: the trained module and how to feed and judge it."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    batches: Callable[[torch.Generator], Iterator[tuple[Any, torch.Tensor]]]  # one epoch of (inputs, targets)
+    validate: Callable[[], torch.Tensor]  # validation logits, on the CPU
+    description: str
 
 
 class Executor:
     """Runs trials. Keeps encoded data between trials, so each preprocessing is computed once per process."""
 
     def __init__(self, device: torch.device | str | None = None, show_progress: bool | None = None,
-                 max_cached_encodings: int = 6):
+                 max_cached_encodings: int = 6, feature_cache: FeatureCache | None = None):
         self.device = torch.device(device) if device is not None else default_device()
         # Progress bars only on a terminal by default: in logs, the per-trial log lines say enough.
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self._encoded: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()
         self._max_cached = max_cached_encodings
+        self.feature_cache = feature_cache if feature_cache is not None else FeatureCache()
+        self._samples_hashes: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------ data
 
@@ -158,106 +203,203 @@ class Executor:
             self._encoded.popitem(last=False)
         return items
 
+    def features(self, backbone: Backbone, options: InputOptions, data: DatasetBundle, split: Split,
+                 batch_size: int = 64) -> np.ndarray:
+        """The pretrained body's features of ``split`` (float32, one row per example), from the feature cache."""
+        key = (data.fingerprint, split.name)
+        if key not in self._samples_hashes:
+            self._samples_hashes[key] = samples_hash(split.inputs)
+        preprocessor = backbone.preprocessor(options)
+        return self.feature_cache.features(backbone, preprocessor, lambda: self.encoded(preprocessor, data, split),
+                                           self._samples_hashes[key], len(split), self.device, batch_size)
+
     # ------------------------------------------------------------ training
 
     def fit(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
             on_epoch: EpochCallback | None = None, deadline: float | None = None) -> TrialResult:
-        """Fine-tune ``backbone`` on ``data.train``, validate on ``data.val`` after each epoch.
+        """Train ``backbone`` on ``data.train`` as ``config`` says, validating on ``data.val`` after each epoch.
 
         ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it.
-        The returned model holds the best epoch's weights.
+        The result holds the best epoch's weights (see :meth:`TrialResult.final_model`).
         """
         started, cpu_started = time.perf_counter(), time.process_time()
-        torch.manual_seed(config.seed)
-        generator = torch.Generator().manual_seed(config.seed)
+        num_classes = len(data.classes)
+        if config.strategy == "linear_probe":
+            head, history, stop_reason, seen = self._train_head_on_features(
+                config, backbone, data, config.epochs * config.probe_passes, config.epochs, on_epoch, deadline)
+            model_builder = None
+            if head is not None:
+                def model_builder() -> TransferModel:
+                    model = self._build(backbone, config, num_classes)
+                    model.head.load_state_dict(head.state_dict())
+                    model.set_freeze_depth(0)
+                    return model.eval()
+            result = TrialResult(config=config, history=history, stop_reason=stop_reason,
+                                 seconds=time.perf_counter() - started,
+                                 cpu_seconds=time.process_time() - cpu_started, samples_seen=seen,
+                                 model_builder=model_builder)
+            release_memory()
+            return result
 
+        extra: dict[str, Any] = {}
+        probe_head = None
+        if config.strategy == "lp_ft":
+            probe_head, probe_history, _, seen = self._train_head_on_features(
+                config, backbone, data, config.probe_passes, 1, None, deadline)
+            extra["probe_val_accuracy"] = probe_history[-1].val_accuracy if probe_history else None
+        model = self._build(backbone, config, num_classes)
+        if probe_head is not None:
+            model.head.load_state_dict(probe_head.state_dict())
+            model.freeze_norm_statistics = True
+        model.set_freeze_depth(config.trained_depth(model.num_groups))
+        # LP-FT's second stage moves the head as gently as the body, so the probe is not undone.
+        head_lr = config.backbone_lr if config.strategy == "lp_ft" else config.head_lr
+        optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
         preprocessor = backbone.preprocessor(config.input_options)
         train_items = self.encoded(preprocessor, data, data.train)
         val_items = self.encoded(preprocessor, data, data.val)
         train_labels = torch.as_tensor(data.train.labels)
-        val_labels = torch.as_tensor(data.val.labels)
 
-        model = backbone.build(num_classes=len(data.classes)).to(self.device)
-        model.set_freeze_depth(config.freeze_depth)
-        optimizer = torch.optim.AdamW(parameter_groups(model, config))
-        steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(steps_per_epoch * config.epochs, config.warmup_fraction))
-        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        loss_fn = nn.CrossEntropyLoss()
-
-        history: list[EpochRecord] = []
-        best_state: dict[str, torch.Tensor] | None = None
-        stop_reason, samples_seen, epochs_without_gain = STOP_COMPLETED, 0, 0
-        epochs = tqdm(range(1, config.epochs + 1), desc=f"{config.backbone} depth={config.freeze_depth}",
-                      unit="epoch", leave=False, disable=not self.show_progress)
-        for epoch in epochs:
-            epoch_started = time.perf_counter()
-            model.train()
+        def batches(generator: torch.Generator) -> Iterator[tuple[Any, torch.Tensor]]:
             order = torch.randperm(len(train_items), generator=generator)
-            loss_sum, seen = 0.0, 0
-            batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", unit="batch", leave=False,
-                           disable=not self.show_progress)
-            for step in batches:
-                if deadline is not None and time.monotonic() > deadline:
-                    stop_reason = STOP_TIME
-                    break
-                index = order[step * config.batch_size:(step + 1) * config.batch_size]
-                batch = move_to(preprocessor.collate([train_items[i] for i in index], train=True), self.device)
-                targets = train_labels[index].to(self.device)
-                with _autocast(self.device):
-                    loss = loss_fn(model(batch).float(), targets)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-                loss_sum += loss.item() * len(index)
-                seen += len(index)
-            samples_seen += seen
-            if stop_reason == STOP_TIME:
-                break
+            for start in range(0, len(order), config.batch_size):
+                index = order[start:start + config.batch_size]
+                yield preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
 
-            train_seconds = time.perf_counter() - epoch_started
-            val_logits = predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device)
-            val_loss = loss_fn(val_logits, val_labels).item()
-            val_accuracy = (val_logits.argmax(1) == val_labels).float().mean().item()
-            record = EpochRecord(epoch, loss_sum / max(seen, 1), val_loss, val_accuracy, train_seconds,
-                                 time.perf_counter() - epoch_started - train_seconds)
-            is_best = not history or val_accuracy > max(r.val_accuracy for r in history)
-            history.append(record)
-            epochs.set_postfix(val_acc=f"{val_accuracy:.3f}")
-            logger.debug("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f",
-                         epoch, record.train_loss, val_loss, val_accuracy)
-            if is_best:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                epochs_without_gain = 0
-            else:
-                epochs_without_gain += 1
-            if on_epoch is not None and on_epoch(epoch, val_accuracy):
-                stop_reason = STOP_CALLBACK
-                break
-            if epochs_without_gain >= config.early_stopping_patience and epoch < config.epochs:
-                stop_reason = STOP_EARLY
-                break
-        epochs.close()
-
+        loop = _Loop(model, optimizer, math.ceil(len(train_items) / config.batch_size), batches,
+                     lambda: predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device),
+                     f"{config.backbone} {config.strategy} depth={config.trained_depth(model.num_groups)}")
+        history, best_state, stop_reason, seen = self._run_epochs(loop, config, data, config.epochs, on_epoch,
+                                                                  deadline)
         if best_state is not None:
             model.load_state_dict(best_state)
             model.eval()
         result = TrialResult(
             config=config, history=history, stop_reason=stop_reason,
             seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-            samples_seen=samples_seen, model=model if best_state is not None else None,
+            samples_seen=seen, model=model if best_state is not None else None, extra=extra,
         )
         # Free what the trial held before the next one starts (optimizer state can be as big as the model).
-        del optimizer, schedule, best_state
+        del optimizer, loop, best_state
         release_memory()
         return result
+
+    def _build(self, backbone: Backbone, config: TrialConfig, num_classes: int) -> TransferModel:
+        """The pretrained body with the trial's head, freshly initialised from the trial's seed."""
+        torch.manual_seed(config.seed)
+        model = backbone.build(num_classes=num_classes)
+        if config.head.kind != "linear":
+            model.head = build_head(config.head, backbone.embedding_dim, num_classes)
+        return model.to(self.device)
+
+    def _train_head_on_features(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle, passes: int,
+                                epochs: int, on_epoch: EpochCallback | None, deadline: float | None,
+                                ) -> tuple[nn.Module | None, list[EpochRecord], str, int]:
+        """Train the trial's head alone on the frozen body's cached features.
+
+        ``passes`` over the training features are spread over ``epochs`` reported epochs (a pass costs so
+        little that a probe needs many). Returns the best head (None if no epoch finished) and its history.
+        """
+        train_x = torch.as_tensor(self.features(backbone, config.input_options, data, data.train)).to(self.device)
+        val_x = torch.as_tensor(self.features(backbone, config.input_options, data, data.val)).to(self.device)
+        train_y = torch.as_tensor(data.train.labels)
+        torch.manual_seed(config.seed)
+        head = build_head(config.head, train_x.shape[1], len(data.classes)).to(self.device)
+        optimizer = torch.optim.AdamW(_with_and_without_decay(list(head.parameters()), config.head_lr,
+                                                              config.weight_decay))
+        passes_per_epoch = max(1, passes // epochs)
+        steps_per_pass = math.ceil(len(train_x) / config.batch_size)
+
+        def batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for _ in range(passes_per_epoch):
+                order = torch.randperm(len(train_x), generator=generator)
+                for start in range(0, len(order), config.batch_size):
+                    index = order[start:start + config.batch_size]
+                    yield train_x[index.to(self.device)], train_y[index]
+
+        @torch.no_grad()
+        def validate() -> torch.Tensor:
+            head.eval()
+            return head(val_x).float().cpu()
+
+        loop = _Loop(head, optimizer, steps_per_pass * passes_per_epoch, batches, validate,
+                     f"{config.backbone} head on features")
+        history, best_state, stop_reason, seen = self._run_epochs(loop, config, data, epochs, on_epoch, deadline)
+        if best_state is None:
+            return None, history, stop_reason, seen
+        head.load_state_dict(best_state)
+        return head.eval(), history, stop_reason, seen
+
+    def _run_epochs(self, loop: _Loop, config: TrialConfig, data: DatasetBundle, epochs: int,
+                    on_epoch: EpochCallback | None, deadline: float | None,
+                    ) -> tuple[list[EpochRecord], dict[str, torch.Tensor] | None, str, int]:
+        """The epoch loop both paths share; returns the history, the best epoch's state, why it stopped and
+        how many training examples went forward."""
+        generator = torch.Generator().manual_seed(config.seed)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            loop.optimizer, warmup_cosine(loop.steps_per_epoch * epochs, config.warmup_fraction))
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        loss_fn = nn.CrossEntropyLoss()
+        val_labels = torch.as_tensor(data.val.labels)
+        trained = [p for group in loop.optimizer.param_groups for p in group["params"]]
+
+        history: list[EpochRecord] = []
+        best_state: dict[str, torch.Tensor] | None = None
+        stop_reason, samples_seen, epochs_without_gain = STOP_COMPLETED, 0, 0
+        progress = tqdm(range(1, epochs + 1), desc=loop.description, unit="epoch", leave=False,
+                        disable=not self.show_progress)
+        for epoch in progress:
+            epoch_started = time.perf_counter()
+            loop.module.train()
+            loss_sum, seen = 0.0, 0
+            for step, (inputs, targets) in enumerate(tqdm(loop.batches(generator), total=loop.steps_per_epoch,
+                                                          desc=f"epoch {epoch}", unit="batch", leave=False,
+                                                          disable=not self.show_progress)):
+                if deadline is not None and time.monotonic() > deadline:
+                    stop_reason = STOP_TIME
+                    break
+                inputs, targets = move_to(inputs, self.device), targets.to(self.device)
+                with _autocast(self.device):
+                    loss = loss_fn(loop.module(inputs).float(), targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {step}")
+                loop.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(loop.optimizer)
+                nn.utils.clip_grad_norm_(trained, config.grad_clip_norm)
+                scaler.step(loop.optimizer)
+                scaler.update()
+                schedule.step()
+                loss_sum += loss.item() * len(targets)
+                seen += len(targets)
+            samples_seen += seen
+            if stop_reason == STOP_TIME:
+                break
+
+            train_seconds = time.perf_counter() - epoch_started
+            val_logits = loop.validate()
+            val_loss = loss_fn(val_logits, val_labels).item()
+            val_accuracy = (val_logits.argmax(1) == val_labels).float().mean().item()
+            record = EpochRecord(epoch, loss_sum / max(seen, 1), val_loss, val_accuracy, train_seconds,
+                                 time.perf_counter() - epoch_started - train_seconds)
+            is_best = not history or val_accuracy > max(r.val_accuracy for r in history)
+            history.append(record)
+            progress.set_postfix(val_acc=f"{val_accuracy:.3f}")
+            logger.debug("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f",
+                         epoch, record.train_loss, val_loss, val_accuracy)
+            if is_best:
+                best_state = {k: v.detach().clone() for k, v in loop.module.state_dict().items()}
+                epochs_without_gain = 0
+            else:
+                epochs_without_gain += 1
+            if on_epoch is not None and on_epoch(epoch, val_accuracy):
+                stop_reason = STOP_CALLBACK
+                break
+            if epochs_without_gain >= config.early_stopping_patience and epoch < epochs:
+                stop_reason = STOP_EARLY
+                break
+        progress.close()
+        return history, best_state, stop_reason, samples_seen
 
 
 def release_memory() -> None:

@@ -25,6 +25,7 @@ from automl_tl.backbone import InputOptions, TransferModel
 from automl_tl.data import prepare_unlabelled
 from automl_tl.errors import AutomlTLError, ModelFileError
 from automl_tl.executor import default_device, predict_logits
+from automl_tl.heads import HeadSpec, build_head
 from automl_tl.registry import get_backbone
 
 WEIGHTS_FILE = "model.safetensors"
@@ -120,6 +121,12 @@ def load_model_dir(directory: Path, device: torch.device | None = None) -> Predi
         raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
     backbone = get_backbone(config["backbone"]["name"])
     model = backbone.build(num_classes=len(config["classes"]), pretrained=False)
+    try:
+        head = HeadSpec.from_dict(config.get("head"))
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{directory / CONFIG_FILE}: field 'head' is not a valid head: {exc}") from None
+    if head.kind != "linear":
+        model.head = build_head(head, backbone.embedding_dim, len(config["classes"]))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pandas as pd
 import pytest
@@ -11,6 +12,8 @@ from automl_tl.registry import reset_registry
 
 # Tests must never reach a model hub; the offline weights come from installed packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Cached features go to a folder of this test session, never into the user's cache.
+os.environ["AUTOML_TL_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="automl_tl-features-")
 
 
 @pytest.fixture(scope="session")

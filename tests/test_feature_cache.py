@@ -1,0 +1,114 @@
+"""The on-disk feature cache: content-addressed keys, reuse across executors, concurrent writers,
+damaged entries."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from automl_tl import Executor, InputOptions
+from automl_tl.feature_cache import FeatureCache, samples_hash
+from automl_tl.registry import get_registry
+
+SMALL = InputOptions(image_size=32)
+
+
+def features(cache: FeatureCache, bundle, name: str = "mobilenetv2_100", options: InputOptions = SMALL) -> np.ndarray:
+    executor = Executor(show_progress=False, feature_cache=cache)
+    return executor.features(get_registry().get_backbone(name), options, bundle, bundle.train)
+
+
+def entries(root) -> list:
+    return sorted(p for p in root.rglob("*.npy") if not p.name.startswith("."))
+
+
+def test_features_are_computed_once_and_shared_by_later_executors(tmp_path, digits_bundle):
+    first_cache = FeatureCache(tmp_path)
+    first = features(first_cache, digits_bundle)
+    assert first.shape == (len(digits_bundle.train), 1280) and first.dtype == np.float32
+    assert (first_cache.misses, first_cache.hits) == (1, 0)
+    second_cache = FeatureCache(tmp_path)  # a later run: a new process would see the same files
+    np.testing.assert_array_equal(features(second_cache, digits_bundle), first)
+    assert (second_cache.misses, second_cache.hits) == (0, 1)
+    [entry] = entries(tmp_path)
+    assert entry.with_suffix(".json").is_file()  # what the key was made of, for people
+
+
+def test_key_changes_with_backbone_preprocessing_and_samples(tmp_path, digits_bundle, digits_frame):
+    cache = FeatureCache(tmp_path)
+    features(cache, digits_bundle)
+    features(cache, digits_bundle, name="tf_efficientnet_lite0")
+    features(cache, digits_bundle, options=InputOptions(image_size=48))
+    assert len(entries(tmp_path)) == 3 and cache.misses == 3
+    changed = [image.copy() for image in digits_bundle.train.inputs]
+    changed[0][0, 0] ^= 1  # one pixel of one sample
+    assert samples_hash(changed) != samples_hash(digits_bundle.train.inputs)
+
+
+def test_weights_enter_the_key(tmp_path, digits_bundle):
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    cache = FeatureCache(tmp_path)
+    preprocessor = backbone.preprocessor(SMALL)
+    key, description = cache.key(backbone, preprocessor, "samples")
+    assert description["weights"] == backbone.weights_fingerprint() and len(description["weights"]) == 32
+    other = get_registry().get_backbone("tf_efficientnet_lite0")
+    assert other.weights_fingerprint() != backbone.weights_fingerprint()
+
+
+def test_a_damaged_entry_is_computed_again(tmp_path, digits_bundle, caplog):
+    cache = FeatureCache(tmp_path)
+    good = features(cache, digits_bundle)
+    [entry] = entries(tmp_path)
+    entry.write_bytes(b"not a numpy file")
+    again = FeatureCache(tmp_path)
+    np.testing.assert_array_equal(features(again, digits_bundle), good)
+    assert again.misses == 1 and "computing them again" in caplog.text
+    np.save(entry, good[:5])  # a valid array of the wrong shape
+    assert features(FeatureCache(tmp_path), digits_bundle).shape == good.shape
+
+
+def _worker(root: str, queue, barrier) -> None:
+    from automl_tl.data import prepare_dataset
+    from automl_tl_datasets import load_digits
+
+    frame = load_digits().groupby("label", group_keys=False).head(24).reset_index(drop=True)
+    bundle = prepare_dataset(frame, label_column="label", input_column="image", seed=0)
+    cache = FeatureCache(root)
+    get_registry().get_backbone("mobilenetv2_100").weights_fingerprint()  # the slow part of making the key
+    barrier.wait(timeout=120)  # both ask at the same moment
+    result = features(cache, bundle)
+    queue.put((cache.misses, cache.hits, float(result.sum())))
+
+
+def test_two_processes_asking_at_once_compute_the_entry_once(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    queue, barrier = context.Queue(), context.Barrier(2)
+    workers = [context.Process(target=_worker, args=(str(tmp_path), queue, barrier)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted((misses, hits) for misses, hits, _ in results) == [(0, 1), (1, 0)]
+    assert results[0][2] == results[1][2]
+    assert len(entries(tmp_path)) == 1
+    assert not [p for p in tmp_path.rglob(".*") if p.suffix in (".npy", ".tmp")]  # no temporary files left
+
+
+def test_disabled_cache_writes_nothing(tmp_path, digits_bundle):
+    cache = FeatureCache(tmp_path / "never", enabled=False)
+    features(cache, digits_bundle)
+    features(cache, digits_bundle)
+    assert cache.misses == 2 and not os.path.exists(tmp_path / "never")
+
+
+def test_the_default_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOML_TL_FEATURE_CACHE", str(tmp_path / "here"))
+    assert FeatureCache().root == tmp_path / "here"
+    monkeypatch.delenv("AUTOML_TL_FEATURE_CACHE")
+    monkeypatch.setenv("AUTOML_TL_CACHE", str(tmp_path / "cache"))
+    assert FeatureCache().root == tmp_path / "cache" / "features"
