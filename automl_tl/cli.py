@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from automl_tl.backbone import InputOptions
-from automl_tl.config import PRUNERS, SearchConfig
+from automl_tl.config import PRUNERS, SAMPLERS, STRATEGIES, SearchConfig
 from automl_tl.errors import AutomlTLError
+from automl_tl.heads import HEAD_KINDS
 
 logger = logging.getLogger("automl_tl")
 
@@ -75,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-length", type=_positive_int, help="text: tokens per example (default: the backbone's)")
     run.add_argument("--clip-seconds", type=_positive_float, help="audio: seconds per example (default: the backbone's)")
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
+    run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
+                     help="adaptation strategies to search (default: all)")
+    run.add_argument("--heads", nargs="+", choices=HEAD_KINDS, default=list(HEAD_KINDS),
+                     help="head structures to search (default: all)")
+    run.add_argument("--trial-timeout", type=_positive_float, help="hard wall-clock budget per trial, in seconds")
+    run.add_argument("--top-k", type=_positive_int,
+                     help="search only the k backbones ranked best by transferability (default: all)")
+    run.add_argument("--no-prerank", dest="prerank", action="store_false",
+                     help="skip the transferability pre-ranking and its warm-start trials")
+    run.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                     help="recompute frozen-body features in every trial instead of caching them on disk")
     run.add_argument("--modality", choices=("image", "text", "audio"),
                      help="what the input column holds (default: inferred from its values)")
     run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
@@ -122,6 +135,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         backbones=tuple(backbones), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
         storage=args.storage, study_name=args.study_name, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
         max_freeze_depth=args.max_freeze_depth, batch_size=args.batch_size, pruner=args.pruner,
+        sampler=args.sampler, strategies=tuple(args.strategies), heads=tuple(args.heads),
+        trial_timeout=args.trial_timeout, top_k=args.top_k, prerank=args.prerank, feature_cache=args.feature_cache,
         input_options=InputOptions(image_size=args.image_size, max_length=args.max_length,
                                    clip_seconds=args.clip_seconds),
     )
@@ -130,7 +145,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(outcome.leaderboard.drop(columns=["error"]).head(10).to_string(index=False))
     print(f"\nbest trial {outcome.best_trial}: validation accuracy {outcome.best_val_accuracy:.4f}, "
           f"test accuracy {outcome.test_metrics['accuracy']:.4f}")
-    print(f"run directory: {run_dir} (leaderboard.csv, leaderboard.md, summary.json, {'best_model/'})")
+    if outcome.transferability is not None:
+        taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.2f}'}"
+                         for name, tau in outcome.transferability["kendall_tau"].items())
+        print(f"transferability ranking: {', '.join(outcome.transferability['ranking'])} (Kendall tau vs "
+              f"best validation accuracy: {taus})")
+    extra = ", transferability.csv" if outcome.transferability is not None else ""
+    print(f"run directory: {run_dir} (leaderboard.csv, leaderboard.md, summary.json{extra}, best_model/)")
     return 0
 
 

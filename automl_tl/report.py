@@ -1,4 +1,5 @@
-"""What a person reads after a search: the leaderboard (CSV and Markdown) and a JSON summary."""
+"""What a person reads after a search: the leaderboard and the transferability ranking (CSV and Markdown)
+and a JSON summary."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pandas as pd
 
 from automl_tl.model_io import write_json_atomic
 
-LEADERBOARD_COLUMNS = ["trial", "state", "backbone", "freeze_depth", "backbone_lr", "head_lr",
-                       "val_accuracy", "best_epoch", "epochs_run", "stop_reason", "seconds", "cpu_seconds", "error"]
+PARAMETERS = ["backbone", "strategy", "freeze_depth", "backbone_lr", "layer_decay", "head_lr", "head", "head_hidden",
+              "head_dropout"]
+LEADERBOARD_COLUMNS = ["trial", "state", *PARAMETERS, "val_accuracy", "best_epoch", "epochs_run", "stop_reason",
+                       "seconds", "cpu_seconds", "error"]
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
@@ -24,7 +27,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "trial": trial.number,
             "state": trial.state.name,
-            **{name: trial.params.get(name) for name in ("backbone", "freeze_depth", "backbone_lr", "head_lr")},
+            **{name: trial.params.get(name) for name in PARAMETERS},
             "val_accuracy": value,
             "best_epoch": attrs.get("best_epoch"),
             "epochs_run": attrs.get("epochs_run"),
@@ -36,7 +39,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if frame.empty:
         return frame
-    for column in ("freeze_depth", "best_epoch", "epochs_run"):
+    for column in ("freeze_depth", "head_hidden", "best_epoch", "epochs_run"):
         frame[column] = frame[column].astype("Int64")  # whole numbers, with gaps where a trial failed
     return frame.sort_values(["val_accuracy", "trial"], ascending=[False, True], na_position="last").reset_index(drop=True)
 
@@ -45,7 +48,7 @@ def _markdown(frame: pd.DataFrame) -> str:
     shown = frame.drop(columns=["error"]).copy()
     for column in ("backbone_lr", "head_lr"):
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2e}")
-    for column in ("val_accuracy", "seconds", "cpu_seconds"):
+    for column in ("layer_decay", "head_dropout", "val_accuracy", "seconds", "cpu_seconds"):
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}")
     return shown.astype(object).where(shown.notna(), "").to_markdown(index=False, disable_numparse=True)
 
@@ -59,3 +62,17 @@ def write_leaderboard(frame: pd.DataFrame, run_dir: Path) -> None:
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """``summary.json``: the best trial, its parameters and metrics, counts of trials by state."""
     write_json_atomic(run_dir / "summary.json", summary)
+
+
+def write_transferability(frame: pd.DataFrame, kendall_tau: dict[str, float | None], run_dir: Path) -> None:
+    """``transferability.csv`` and ``transferability.md``: each backbone's scores, its rank and its best
+    fine-tuned validation accuracy, and the Kendall tau of each score against that accuracy."""
+    frame.to_csv(run_dir / "transferability.csv", index=False)
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}")
+    taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.3f}'}" for name, tau in kendall_tau.items())
+    (run_dir / "transferability.md").write_text(
+        shown.to_markdown(index=False, disable_numparse=True)
+        + f"\n\nKendall tau between each score and the best validation accuracy: {taus}\n")

@@ -1,9 +1,13 @@
-"""The study: sampler, pruner, storage, budgets, resume, and keeping the best model.
+"""The study: pre-ranking, sampler, pruner, storage, budgets, resume, and keeping the best model.
 
-Every trial runs through the shared :class:`~automl_tl.executor.Executor`; this module
-turns the executor's per-epoch callback into Optuna reports and prunes, and owns the
-trial states. The study lives in a journal file in the run directory (safe for several
-processes on one machine), so running the same command again resumes it.
+Before any fine-tuning, every candidate backbone is scored by transferability on its cached
+features (:mod:`automl_tl.ranking`); the best-ranked are tried first and, with ``top_k``,
+only they are searched. Every trial then runs through the shared
+:class:`~automl_tl.executor.Executor`; this module turns the executor's per-epoch callback
+into Optuna reports and prunes (successive halving or Hyperband over epochs), enforces the
+search's and each trial's wall-clock budget, and owns the trial states. The study lives in a
+journal file in the run directory (safe for several processes on one machine), so running the
+same command again resumes it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import fcntl
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +33,11 @@ from automl_tl.data import DatasetBundle
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
 from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, save_model, write_json_atomic
+from automl_tl.feature_cache import FeatureCache
 from automl_tl.plugins import get_plugin_manager
+from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
-from automl_tl.report import leaderboard, write_leaderboard, write_summary
+from automl_tl.report import leaderboard, write_leaderboard, write_summary, write_transferability
 from automl_tl.space import SearchSpace, suggest_trial_config
 
 logger = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ class SearchOutcome:
     best_params: dict[str, Any]
     best_val_accuracy: float
     test_metrics: dict[str, float]
+    transferability: dict[str, Any] | None = None  # the ranking and each score's Kendall tau; None without pre-ranking
 
 
 def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage | str:
@@ -67,8 +75,11 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage 
 
 def _make_sampler_and_pruner(config: SearchConfig) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     # A few random trials first, then TPE; fewer than Optuna's default 10 because our budgets are small.
-    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.n_trials // 3)),
-                                         multivariate=True)
+    if config.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=config.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.n_trials // 3)),
+                                             multivariate=True)
     if config.pruner == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=config.min_epochs, max_resource=config.max_epochs,
                                                 reduction_factor=3)
@@ -101,20 +112,38 @@ def saved_best_accuracy(run_dir: Path) -> float | None:
 class Search:
     """One study over the configured space; :meth:`run` optimises until the budget is spent."""
 
-    def __init__(self, data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None):
+    def __init__(self, data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
+                 callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None):
+        """``callbacks`` are Optuna study callbacks run after each trial (one may call ``study.stop()``)."""
         self.data = data
+        self.callbacks = list(callbacks or [])
         self.config = config
         self.run_dir = Path(run_dir)
-        self.executor = executor or Executor()
+        self.executor = executor or Executor(feature_cache=FeatureCache(enabled=config.feature_cache))
         self.backbones: dict[str, Backbone] = {
             b.name: b for b in get_registry().resolve_backbones(config.backbones, modality=data.modality)}
         wrong = [b.name for b in self.backbones.values() if b.modality != data.modality]
         if wrong:
             raise ConfigError(f"backbone(s) {', '.join(wrong)} are not for {data.modality} data")
-        max_groups = max(b.build(2, pretrained=False).num_groups for b in self.backbones.values())
-        self.space = SearchSpace.from_config(config, list(self.backbones), max_groups, data.modality)
+        self.ranking: pd.DataFrame | None = None
+        self.space: SearchSpace | None = None
         self._results: dict[int, TrialResult] = {}
         self._deadline: float | None = None
+
+    def prepare(self) -> SearchSpace:
+        """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space."""
+        candidates = list(self.backbones)
+        if self.config.prerank:
+            started = time.perf_counter()
+            self.ranking = rank_backbones(list(self.backbones.values()), self.data, self.executor,
+                                          self.config.input_options)
+            logger.info("pre-ranked %d backbone(s) in %.1fs: %s", len(candidates), time.perf_counter() - started,
+                        ", ".join(self.ranking["backbone"]))
+            if self.config.top_k is not None:
+                candidates = list(self.ranking["backbone"][:self.config.top_k])
+        max_groups = max(self.backbones[name].build(2, pretrained=False).num_groups for name in candidates)
+        self.space = SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality)
+        return self.space
 
     # ------------------------------------------------------------ the study
 
@@ -126,6 +155,8 @@ class Search:
             (self.run_dir / ".write-test").unlink()
         except OSError as exc:
             raise ConfigError(f"cannot write to output directory {self.run_dir}: {exc.strerror}") from None
+        if self.space is None:
+            self.prepare()
         sampler, pruner = _make_sampler_and_pruner(self.config)
         study = optuna.create_study(storage=open_storage(self.config.storage, self.run_dir), sampler=sampler,
                                     pruner=pruner, study_name=self.config.study_name, direction="maximize",
@@ -145,6 +176,10 @@ class Search:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
                               f"(different {', '.join(changed)}); rerun with the original options to continue it, "
                               "or use another --output or --study-name to start a new search")
+        if self.ranking is not None and not study.trials:
+            # A new study: the best-ranked backbones first, as cheap probes, then one strong fine-tuning.
+            for params in warm_start_params(self.ranking, self.space)[:self.config.n_trials]:
+                study.enqueue_trial(params, user_attrs={"warm_start": True})
         return study
 
     def run(self) -> SearchOutcome:
@@ -161,7 +196,7 @@ class Search:
             progress = tqdm(total=remaining, desc="trials", unit="trial", disable=not self.executor.show_progress)
             try:
                 study.optimize(self._objective, n_trials=remaining, timeout=self.config.timeout,
-                               catch=(TrialFailed,), callbacks=[self._after_trial, lambda *_: progress.update()])
+                               catch=(TrialFailed,), callbacks=[self._after_trial, lambda *_: progress.update(), *self.callbacks])
             finally:
                 progress.close()
                 write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
@@ -174,12 +209,20 @@ class Search:
         backbone = self.backbones[config.backbone]
 
         def on_epoch(epoch: int, val_accuracy: float) -> bool:
+            if config.strategy == "linear_probe":
+                # A probe on cached features costs next to nothing: pruning it saves nothing, and its
+                # many passes per epoch would set an unfair bar at each rung for the fine-tuning trials.
+                return False
             trial.report(val_accuracy, step=epoch)
             # After the last epoch there is nothing left to save by pruning: the trial is complete.
             return epoch < config.epochs and trial.should_prune()
 
+        deadline = self._deadline
+        if self.config.trial_timeout is not None:
+            trial_deadline = time.monotonic() + self.config.trial_timeout
+            deadline = trial_deadline if deadline is None else min(deadline, trial_deadline)
         try:
-            result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=self._deadline)
+            result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=deadline)
         except AutomlTLError:
             raise  # the user's problem (data, weights): stop the search with the message
         except Exception as exc:  # anything else fails this trial only
@@ -193,15 +236,15 @@ class Search:
         self._results[trial.number] = result
         self._record(trial, result)
         if result.stop_reason == STOP_CALLBACK:
-            result.model = None
+            result.release_model()
             raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
-        if result.model is None:
+        if not result.has_model:
             # Failed, not pruned: a resumed search with more time should try this trial again.
             trial.set_user_attr("error", "the time budget ran out before the first epoch finished")
             logger.info("trial %d stopped: the time budget ran out before its first epoch finished", trial.number)
             raise TrialFailed("the time budget ran out before the first epoch finished")
         self._keep_if_best(result)
-        result.model = None  # the weights are on disk if they were the best; free them now
+        result.release_model()  # the weights are on disk if they were the best; free them now
         return result.best_val_accuracy
 
     def _record(self, trial: optuna.Trial, result: TrialResult) -> None:
@@ -221,8 +264,9 @@ class Search:
                 return
             backbone = self.backbones[result.config.backbone]
             preprocessor = backbone.preprocessor(result.config.input_options)
-            save_model(result.model, self.run_dir / BEST_MODEL_DIR, {
+            save_model(result.final_model(), self.run_dir / BEST_MODEL_DIR, {
                 "backbone": backbone.describe(),
+                "head": result.config.head.to_dict(),
                 "classes": self.data.classes,
                 "input_column": self.data.input_column,
                 "label_column": self.data.label_column,
@@ -244,9 +288,11 @@ class Search:
         result.state = trial.state.name
         result.error = trial.user_attrs.get("error")
         value = result.best_val_accuracy
-        logger.info("trial %d %s: %s depth=%s backbone_lr=%.1e head_lr=%.1e epochs run=%d -> val_accuracy=%s (%.1fs)",
-                    trial.number, result.state.lower(), result.config.backbone, result.config.freeze_depth,
-                    result.config.backbone_lr, result.config.head_lr, len(result.history),
+        config = result.config
+        logger.info("trial %d %s: %s %s depth=%s backbone_lr=%.1e decay=%.2f head=%s head_lr=%.1e epochs run=%d "
+                    "-> val_accuracy=%s (%.1fs)", trial.number, result.state.lower(), config.backbone,
+                    config.strategy, config.freeze_depth, config.backbone_lr, config.layer_decay, config.head.kind,
+                    config.head_lr, len(result.history),
                     "n/a" if value is None else f"{value:.4f}", result.seconds)
         get_plugin_manager().hook.trial_finished(result=result)
 
@@ -266,16 +312,28 @@ class Search:
                           {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics})
         best_params = study.trials[best_trial].params
         states = board["state"].value_counts().to_dict()
+        transferability = self._transferability(board)
         write_summary(self.run_dir, {
             "study": self.config.study_name, "best_trial": best_trial, "best_params": best_params,
             "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics,
             "trials_by_state": states, "total_seconds": float(board["seconds"].fillna(0).sum()),
             "total_cpu_seconds": float(board["cpu_seconds"].fillna(0).sum()), "data": self.data.summary(),
+            "transferability": transferability,
         })
         logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %.4f",
                     best_trial, best_params, predictor.config["val_accuracy"], test_metrics["accuracy"])
         return SearchOutcome(self.run_dir, study, board, best_trial, best_params,
-                             predictor.config["val_accuracy"], test_metrics)
+                             predictor.config["val_accuracy"], test_metrics, transferability)
+
+    def _transferability(self, board: pd.DataFrame) -> dict[str, Any] | None:
+        """Write each backbone's scores next to its best validation accuracy; return the Kendall taus."""
+        if self.ranking is None:
+            return None
+        finished = board[board["state"].isin(["COMPLETE", "PRUNED"])].dropna(subset=["val_accuracy"])
+        best = finished.groupby("backbone")["val_accuracy"].max().to_dict()
+        frame, taus = with_outcomes(self.ranking, best)
+        write_transferability(frame, taus, self.run_dir)
+        return {"ranking": frame["backbone"].tolist(), "kendall_tau": taus}
 
     def _test_metrics(self, predictor) -> dict[str, float]:
         items = self.executor.encoded(predictor.preprocessor, self.data, self.data.test)

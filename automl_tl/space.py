@@ -1,24 +1,35 @@
 """The search space: the only module that calls ``trial.suggest_*``.
 
-Every parameter keeps one distribution for the whole study, whichever backbone a trial
-picks, so that TPE can learn across backbones and a stored study can be resumed.
-``freeze_depth`` counts the last layer groups that train (0 = head only); a depth at or
-above a backbone's number of groups means full fine-tuning of that backbone.
+Every parameter is suggested in every trial with one distribution for the whole study,
+whichever backbone or strategy a trial picks (a head-only trial still draws a body learning
+rate it ignores). TPE then learns across backbones and strategies, and a stored study can be
+resumed and checked against the space it was made with.
 
-Epochs are the budget, not a searched parameter: every trial is scheduled for
-``max_epochs`` (one warm-up + cosine schedule), and the pruner and early stopping decide how
-many it really runs. Searching the epoch count would make the pruner compare, at epoch 1, a
-trial whose learning rate has fully decayed with one that is still warm, and prune the latter.
+The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
+fine-tuning, LP-FT); ``freeze_depth``, the number of last layer groups that train (last-k and
+LP-FT); the body's peak learning rate and its layer-wise decay; the head's learning rate; and
+the head's structure (linear, or an MLP with a searched hidden width and dropout).
+
+Epochs are the budget, not a searched parameter: every trial is scheduled for ``max_epochs``
+(one warm-up + cosine schedule), and the pruner and early stopping decide how many it really
+runs. Searching the epoch count would make the pruner compare, at epoch 1, a trial whose
+learning rate has fully decayed with one that is still warm, and prune the latter.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, SearchConfig, TrialConfig
+from automl_tl.heads import HeadSpec
+
+LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
+HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
+HEAD_DROPOUT_RANGE = (0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -26,34 +37,63 @@ class SearchSpace:
     """The ranges one study searches; stored with the study so a resume can check it matches."""
 
     backbones: tuple[str, ...]
+    strategies: tuple[str, ...]
+    min_freeze_depth: int
     max_freeze_depth: int
     backbone_lr_range: tuple[float, float]
     head_lr_range: tuple[float, float]
+    heads: tuple[str, ...]
     max_epochs: int
 
     @classmethod
     def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int, modality: str) -> "SearchSpace":
+        """The space for ``backbones`` (the largest has ``max_groups`` layer groups) under the user's limits."""
         depth = max_groups if config.max_freeze_depth is None else min(config.max_freeze_depth, max_groups)
+        strategies = list(config.strategies)
+        if depth < max_groups and "full" in strategies:
+            strategies.remove("full")  # the user capped how much of the body may train
+        if depth == 0:
+            # Nothing of the body may train: a head-only search.
+            strategies = [s for s in strategies if s in ("linear_probe", "last_k")] or ["linear_probe"]
         backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
-        return cls(tuple(backbones), depth, tuple(backbone_lrs), tuple(config.head_lr_range),
-                   config.max_epochs)
+        return cls(tuple(backbones), tuple(strategies) or ("linear_probe",), min(1, depth), depth,
+                   tuple(backbone_lrs), tuple(config.head_lr_range), tuple(config.heads), config.max_epochs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backbones": list(self.backbones), "max_freeze_depth": self.max_freeze_depth,
+        return {"backbones": list(self.backbones), "strategies": list(self.strategies),
+                "min_freeze_depth": self.min_freeze_depth, "max_freeze_depth": self.max_freeze_depth,
                 "backbone_lr_range": list(self.backbone_lr_range), "head_lr_range": list(self.head_lr_range),
-                "max_epochs": self.max_epochs}
+                "heads": list(self.heads), "max_epochs": self.max_epochs}
+
+    def default_params(self) -> dict[str, Any]:
+        """A middle-of-the-road value for every parameter (for warm-start trials): the geometric middle
+        of each learning-rate range, no layer decay, the deepest allowed fine-tuning, a linear head."""
+        return {
+            "backbone": self.backbones[0],
+            "strategy": self.strategies[0],
+            "freeze_depth": self.max_freeze_depth,
+            "backbone_lr": math.sqrt(self.backbone_lr_range[0] * self.backbone_lr_range[1]),
+            "layer_decay": 1.0,
+            "head_lr": min(max(1e-2, self.head_lr_range[0]), self.head_lr_range[1]),
+            "head": self.heads[0],
+            "head_hidden": 256,
+            "head_dropout": 0.0,
+        }
 
 
 def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: SearchConfig) -> TrialConfig:
     """Ask the sampler for one point of ``space`` and turn it into a :class:`TrialConfig`."""
+    backbone = trial.suggest_categorical("backbone", list(space.backbones))
+    strategy = trial.suggest_categorical("strategy", list(space.strategies))
+    freeze_depth = trial.suggest_int("freeze_depth", space.min_freeze_depth, space.max_freeze_depth)
+    backbone_lr = trial.suggest_float("backbone_lr", *space.backbone_lr_range, log=True)
+    layer_decay = trial.suggest_float("layer_decay", *LAYER_DECAY_RANGE)
+    head_lr = trial.suggest_float("head_lr", *space.head_lr_range, log=True)
+    head = HeadSpec(kind=trial.suggest_categorical("head", list(space.heads)),
+                    hidden=trial.suggest_int("head_hidden", *HEAD_HIDDEN_RANGE, log=True),
+                    dropout=trial.suggest_float("head_dropout", *HEAD_DROPOUT_RANGE))
     return TrialConfig(
-        backbone=trial.suggest_categorical("backbone", list(space.backbones)),
-        freeze_depth=trial.suggest_int("freeze_depth", 0, space.max_freeze_depth),
-        # Suggested even for head-only trials, which ignore it, so the distribution never changes.
-        backbone_lr=trial.suggest_float("backbone_lr", *space.backbone_lr_range, log=True),
-        head_lr=trial.suggest_float("head_lr", *space.head_lr_range, log=True),
-        epochs=space.max_epochs,
-        batch_size=search.batch_size,
-        seed=search.seed + trial.number,
-        input_options=search.input_options,
+        backbone=backbone, strategy=strategy, freeze_depth=freeze_depth, backbone_lr=backbone_lr,
+        layer_decay=layer_decay, head_lr=head_lr, head=head, epochs=space.max_epochs,
+        batch_size=search.batch_size, seed=search.seed + trial.number, input_options=search.input_options,
     )

@@ -20,8 +20,9 @@ BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
 
 
 def small_search(**overrides) -> SearchConfig:
+    # Fine-tuning strategies only: linear probes are never pruned, and this search must prune.
     values = dict(backbones=BACKBONES, n_trials=6, seed=0, min_epochs=1, max_epochs=3, max_freeze_depth=2,
-                  input_options=InputOptions(image_size=32))
+                  strategies=("last_k", "lp_ft"), input_options=InputOptions(image_size=32))
     return SearchConfig(**{**values, **overrides})
 
 
