@@ -25,6 +25,9 @@ MODALITIES = ("image", "text", "audio")
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 
+#: weights fingerprints computed in this process, by backbone class, name and weight source
+_WEIGHTS_FINGERPRINTS: dict[tuple[str, str, str], str] = {}
+
 
 @dataclass(frozen=True)
 class InputOptions:
@@ -162,14 +165,14 @@ class Backbone(ABC):
         The default builds the pretrained model once per process and hashes the body's tensors;
         a plugin whose weights sit in one file may override it with that file's hash.
         """
-        cached = getattr(self, "_weights_fingerprint", None)
-        if cached is None:
+        key = (type(self).__qualname__, self.name, self.weight_source)
+        if key not in _WEIGHTS_FINGERPRINTS:
             digest = hashlib.sha256()
             for name, tensor in self.build(num_classes=2).body.state_dict().items():
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-            cached = self._weights_fingerprint = digest.hexdigest()[:32]
-        return cached
+            _WEIGHTS_FINGERPRINTS[key] = digest.hexdigest()[:32]
+        return _WEIGHTS_FINGERPRINTS[key]
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable identity of this backbone, saved with every model."""

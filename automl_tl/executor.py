@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
 from automl_tl.config import TrialConfig
 from automl_tl.data import DatasetBundle, Split
-from automl_tl.feature_cache import FeatureCache, samples_hash
+from automl_tl.feature_cache import DeadlineReached, FeatureCache, samples_hash
 from automl_tl.heads import build_head
 
 logger = logging.getLogger(__name__)
@@ -204,14 +204,17 @@ class Executor:
         return items
 
     def features(self, backbone: Backbone, options: InputOptions, data: DatasetBundle, split: Split,
-                 batch_size: int = 64) -> np.ndarray:
-        """The pretrained body's features of ``split`` (float32, one row per example), from the feature cache."""
+                 batch_size: int = 64, deadline: float | None = None) -> np.ndarray:
+        """The pretrained body's features of ``split`` (float32, one row per example), from the feature cache.
+
+        Computing them (on a cache miss) stops with :class:`DeadlineReached` once ``deadline`` passes."""
         key = (data.fingerprint, split.name)
         if key not in self._samples_hashes:
             self._samples_hashes[key] = samples_hash(split.inputs)
         preprocessor = backbone.preprocessor(options)
         return self.feature_cache.features(backbone, preprocessor, lambda: self.encoded(preprocessor, data, split),
-                                           self._samples_hashes[key], len(split), self.device, batch_size)
+                                           self._samples_hashes[key], len(split), self.device, batch_size,
+                                           deadline)
 
     # ------------------------------------------------------------ training
 
@@ -227,19 +230,18 @@ class Executor:
         if config.strategy == "linear_probe":
             head, history, stop_reason, seen = self._train_head_on_features(
                 config, backbone, data, config.epochs * config.probe_passes, config.epochs, on_epoch, deadline)
-            model_builder = None
-            if head is not None:
-                def model_builder() -> TransferModel:
-                    model = self._build(backbone, config, num_classes)
-                    model.head.load_state_dict(head.state_dict())
-                    model.set_freeze_depth(0)
-                    return model.eval()
-            result = TrialResult(config=config, history=history, stop_reason=stop_reason,
-                                 seconds=time.perf_counter() - started,
-                                 cpu_seconds=time.process_time() - cpu_started, samples_seen=seen,
-                                 model_builder=model_builder)
-            release_memory()
-            return result
+            def model_builder() -> TransferModel:
+                # The body is loaded only if the model is wanted (the search saves the best trial's alone).
+                model = self._build(backbone, config, num_classes)
+                model.head.load_state_dict(head.state_dict())
+                model.set_freeze_depth(0)
+                return model.eval()
+            # No release_memory() here: a head holds next to nothing, and a full garbage collection
+            # would cost more than the whole probe.
+            return TrialResult(config=config, history=history, stop_reason=stop_reason,
+                               seconds=time.perf_counter() - started,
+                               cpu_seconds=time.process_time() - cpu_started, samples_seen=seen,
+                               model_builder=model_builder if head is not None else None)
 
         extra: dict[str, Any] = {}
         probe_head = None
@@ -285,11 +287,11 @@ class Executor:
         return result
 
     def _build(self, backbone: Backbone, config: TrialConfig, num_classes: int) -> TransferModel:
-        """The pretrained body with the trial's head, freshly initialised from the trial's seed."""
-        torch.manual_seed(config.seed)
+        """The pretrained body with the trial's head, freshly initialised from the trial's seed
+        (the same initial head as a probe of the same seed gets)."""
         model = backbone.build(num_classes=num_classes)
-        if config.head.kind != "linear":
-            model.head = build_head(config.head, backbone.embedding_dim, num_classes)
+        torch.manual_seed(config.seed)
+        model.head = build_head(config.head, backbone.embedding_dim, num_classes)
         return model.to(self.device)
 
     def _train_head_on_features(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle, passes: int,
@@ -300,8 +302,12 @@ class Executor:
         ``passes`` over the training features are spread over ``epochs`` reported epochs (a pass costs so
         little that a probe needs many). Returns the best head (None if no epoch finished) and its history.
         """
-        train_x = torch.as_tensor(self.features(backbone, config.input_options, data, data.train)).to(self.device)
-        val_x = torch.as_tensor(self.features(backbone, config.input_options, data, data.val)).to(self.device)
+        try:
+            train_x = self.features(backbone, config.input_options, data, data.train, deadline=deadline)
+            val_x = self.features(backbone, config.input_options, data, data.val, deadline=deadline)
+        except DeadlineReached:  # the budget ran out while computing features: no epoch, nothing stored
+            return None, [], STOP_TIME, 0
+        train_x, val_x = torch.as_tensor(train_x).to(self.device), torch.as_tensor(val_x).to(self.device)
         train_y = torch.as_tensor(data.train.labels)
         torch.manual_seed(config.seed)
         head = build_head(config.head, train_x.shape[1], len(data.classes)).to(self.device)

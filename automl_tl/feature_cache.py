@@ -13,8 +13,6 @@ compute it once and nobody ever reads half a file.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from automl_tl.backbone import Backbone, Preprocessor
+from automl_tl.locking import exclusive_lock
 from automl_tl.weights import cache_root
 
 logger = logging.getLogger(__name__)
@@ -59,15 +58,25 @@ def samples_hash(inputs: Sequence[Any]) -> str:
     return digest.hexdigest()[:32]
 
 
+class DeadlineReached(Exception):
+    """Computing features was stopped because the caller's deadline passed (nothing is stored)."""
+
+
 @torch.no_grad()
 def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequence[Any], device: torch.device,
-                     batch_size: int = 64) -> np.ndarray:
-    """The pretrained body's embedding of every encoded item, in order, as float32 (evaluation mode)."""
+                     batch_size: int = 64, deadline: float | None = None) -> np.ndarray:
+    """The pretrained body's embedding of every encoded item, in order, as float32 (evaluation mode).
+
+    ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
+    :class:`DeadlineReached` is raised.
+    """
     from automl_tl.executor import move_to  # the executor imports this module
 
     model = backbone.build(num_classes=2).to(device).eval()
     rows = []
     for start in range(0, len(items), batch_size):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineReached(f"{backbone.name} features stopped after {start} of {len(items)} samples")
         batch = move_to(preprocessor.collate(items[start:start + batch_size], train=False), device)
         rows.append(model.embed(batch).float().cpu().numpy())
     del model
@@ -97,14 +106,16 @@ class FeatureCache:
         return hashlib.sha256(text.encode()).hexdigest()[:40], description
 
     def features(self, backbone: Backbone, preprocessor: Preprocessor, encode: Callable[[], Sequence[Any]],
-                 samples: str, rows: int, device: torch.device, batch_size: int = 64) -> np.ndarray:
+                 samples: str, rows: int, device: torch.device, batch_size: int = 64,
+                 deadline: float | None = None) -> np.ndarray:
         """The body's features of ``rows`` samples whose raw content hashes to ``samples``.
 
         ``encode`` returns the samples encoded by ``preprocessor``; it is called only on a cache miss.
+        On a miss, computing stops with :class:`DeadlineReached` once ``deadline`` passes.
         """
         if not self.enabled:
             self.misses += 1
-            return compute_features(backbone, preprocessor, encode(), device, batch_size)
+            return compute_features(backbone, preprocessor, encode(), device, batch_size, deadline)
         key, description = self.key(backbone, preprocessor, samples)
         path = self.root / key[:2] / f"{key}.npy"
         found = self._read(path, rows, backbone.embedding_dim)
@@ -112,13 +123,13 @@ class FeatureCache:
             self.hits += 1
             return found
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(path.with_suffix(".lock")):
+        with exclusive_lock(path.with_suffix(".lock")):
             found = self._read(path, rows, backbone.embedding_dim)  # another worker may have written it
             if found is not None:
                 self.hits += 1
                 return found
             started = time.perf_counter()
-            features = compute_features(backbone, preprocessor, encode(), device, batch_size)
+            features = compute_features(backbone, preprocessor, encode(), device, batch_size, deadline)
             _write_atomic(path, features, {**description, "shape": list(features.shape),
                                             "seconds": round(time.perf_counter() - started, 3)})
             self.misses += 1
@@ -140,17 +151,6 @@ class FeatureCache:
                            path, features.shape, (rows, dim))
             return None
         return features
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path):
-    """An exclusive lock on ``lock_path`` shared by every process on this machine."""
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_atomic(path: Path, features: np.ndarray, description: dict[str, Any]) -> None:

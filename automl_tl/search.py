@@ -12,8 +12,6 @@ same command again resumes it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import time
@@ -34,6 +32,7 @@ from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
 from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, save_model, write_json_atomic
 from automl_tl.feature_cache import FeatureCache
+from automl_tl.locking import exclusive_lock
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
@@ -73,13 +72,18 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage 
     return url
 
 
-def _make_sampler_and_pruner(config: SearchConfig) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
+                             ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     # A few random trials first, then TPE; fewer than Optuna's default 10 because our budgets are small.
+    # Warm-start trials already spread the first trials over the backbones, so they stand in for most of
+    # the random ones (TPE counts them as startup trials too): two random trials follow them.
+    startup = max(2, min(10, config.n_trials // 3))
+    if warm_starts:
+        startup = min(startup, warm_starts + 2)
     if config.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=config.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.n_trials // 3)),
-                                             multivariate=True)
+        sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=startup, multivariate=True)
     if config.pruner == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=config.min_epochs, max_resource=config.max_epochs,
                                                 reduction_factor=3)
@@ -88,17 +92,6 @@ def _make_sampler_and_pruner(config: SearchConfig) -> tuple[optuna.samplers.Base
     else:
         pruner = optuna.pruners.NopPruner()
     return sampler, pruner
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock shared by every process on this machine that saves into the run directory."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def saved_best_accuracy(run_dir: Path) -> float | None:
@@ -114,7 +107,10 @@ class Search:
 
     def __init__(self, data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
                  callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None):
-        """``callbacks`` are Optuna study callbacks run after each trial (one may call ``study.stop()``)."""
+        """``callbacks`` are Optuna study callbacks run after each trial (one may call ``study.stop()``).
+
+        A given ``executor`` brings its own feature cache; ``config.feature_cache`` applies to the default one.
+        """
         self.data = data
         self.callbacks = list(callbacks or [])
         self.config = config
@@ -157,7 +153,8 @@ class Search:
             raise ConfigError(f"cannot write to output directory {self.run_dir}: {exc.strerror}") from None
         if self.space is None:
             self.prepare()
-        sampler, pruner = _make_sampler_and_pruner(self.config)
+        warm_starts = [] if self.ranking is None else warm_start_params(self.ranking, self.space)[:self.config.n_trials]
+        sampler, pruner = _make_sampler_and_pruner(self.config, len(warm_starts))
         study = optuna.create_study(storage=open_storage(self.config.storage, self.run_dir), sampler=sampler,
                                     pruner=pruner, study_name=self.config.study_name, direction="maximize",
                                     load_if_exists=True)
@@ -176,27 +173,31 @@ class Search:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
                               f"(different {', '.join(changed)}); rerun with the original options to continue it, "
                               "or use another --output or --study-name to start a new search")
-        if self.ranking is not None and not study.trials:
+        if warm_starts and not study.trials:
             # A new study: the best-ranked backbones first, as cheap probes, then one strong fine-tuning.
-            for params in warm_start_params(self.ranking, self.space)[:self.config.n_trials]:
+            for params in warm_starts:
                 study.enqueue_trial(params, user_attrs={"warm_start": True})
         return study
 
     def run(self) -> SearchOutcome:
-        """Optimise until ``n_trials`` trials have finished (counting earlier runs) or the timeout passes."""
+        """Optimise until ``n_trials`` trials have finished (counting earlier runs) or the timeout passes.
+
+        The timeout covers the whole run, pre-ranking included.
+        """
+        started = time.monotonic()
+        self._deadline = started + self.config.timeout if self.config.timeout else None
         study = self.open_study()
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         remaining = self.config.n_trials - finished
         if finished:
             logger.info("resuming study %r: %d trial(s) already finished, %d to go",
                         self.config.study_name, finished, max(remaining, 0))
-        if remaining > 0:
-            started = time.monotonic()
-            self._deadline = started + self.config.timeout if self.config.timeout else None
+        time_left = None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+        if remaining > 0 and time_left != 0.0:
             progress = tqdm(total=remaining, desc="trials", unit="trial", disable=not self.executor.show_progress)
             try:
-                study.optimize(self._objective, n_trials=remaining, timeout=self.config.timeout,
-                               catch=(TrialFailed,), callbacks=[self._after_trial, lambda *_: progress.update(), *self.callbacks])
+                study.optimize(self._objective, n_trials=remaining, timeout=time_left, catch=(TrialFailed,),
+                               callbacks=[self._after_trial, lambda *_: progress.update(), *self.callbacks])
             finally:
                 progress.close()
                 write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
@@ -258,7 +259,7 @@ class Search:
 
     def _keep_if_best(self, result: TrialResult) -> None:
         """Save the trial's model as ``best_model`` if no better one is saved (atomic, under a lock)."""
-        with _file_lock(self.run_dir / ".best_model.lock"):
+        with exclusive_lock(self.run_dir / ".best_model.lock"):
             saved = saved_best_accuracy(self.run_dir)
             if saved is not None and saved >= result.best_val_accuracy:
                 return

@@ -53,8 +53,8 @@ class SearchSpace:
         if depth < max_groups and "full" in strategies:
             strategies.remove("full")  # the user capped how much of the body may train
         if depth == 0:
-            # Nothing of the body may train: a head-only search.
-            strategies = [s for s in strategies if s in ("linear_probe", "last_k")] or ["linear_probe"]
+            # Nothing of the body may train: a head-only search, on cached features.
+            strategies = ["linear_probe"]
         backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
         return cls(tuple(backbones), tuple(strategies) or ("linear_probe",), min(1, depth), depth,
                    tuple(backbone_lrs), tuple(config.head_lr_range), tuple(config.heads), config.max_epochs)

@@ -1,7 +1,11 @@
-"""Helpers shared by the benchmark scripts: the command line, the machine, and how busy it was."""
+"""Helpers shared by the benchmark scripts: the command line, the machine, how busy it was, and the data sets
+more than one script loads (the Fashion-MNIST subset, the spoken digits split by voice)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -11,10 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from automl_tl import DatasetBundle, Executor, InputOptions
+from automl_tl.data import Split, prepare_dataset
 from automl_tl.registry import get_registry
+
+logger = logging.getLogger("benchmarks")
 
 
 def command_line() -> str:
@@ -115,3 +124,82 @@ def markdown_table(rows: list[dict], formats: dict[str, str], right_aligned: tup
     align = ["right" if column in formats or column in right_aligned else "left" for column in frame.columns]
     # disable_numparse keeps the formatting above (tabulate would re-parse "0.3050" as 0.305)
     return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+# ---------------------------------------------------------------- data sets used by several scripts
+
+
+def stratified_sample(frame: pd.DataFrame, n: int, seed: int, label_column: str = "label") -> pd.DataFrame:
+    """``n`` rows of ``frame`` with the class proportions kept, seeded; all rows when ``n`` >= len."""
+    from sklearn.model_selection import train_test_split
+
+    if n >= len(frame):
+        return frame
+    kept, _ = train_test_split(frame, train_size=n, stratify=frame[label_column], random_state=seed)
+    return kept.sort_index()
+
+
+def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: int) -> DatasetBundle:
+    """Fashion-MNIST: train + validation sampled from the official train split, test from the official test split."""
+    frame = get_registry().get_dataset("fashion-mnist").load()
+    train_pool = frame[frame["split"] == "train"].drop(columns="split").reset_index(drop=True)
+    test_pool = frame[frame["split"] == "test"].drop(columns="split").reset_index(drop=True)
+    train_frame = stratified_sample(train_pool, n_train, seed)
+    test_frame = stratified_sample(test_pool, n_test, seed)
+
+    # prepare_dataset always holds out a test part (at least one example per class); ask for the
+    # smallest one and give those examples back to training, since the official test split is used.
+    bundle = prepare_dataset(train_frame, label_column="label", input_column="image", seed=seed,
+                             val_fraction=val_fraction, test_fraction=0.0)
+    train = Split("train", bundle.train.inputs + bundle.test.inputs,
+                  np.concatenate([bundle.train.labels, bundle.test.labels]))
+    class_index = {c: i for i, c in enumerate(bundle.classes)}
+    test = Split("test", list(test_frame["image"]),
+                 np.array([class_index[c] for c in test_frame["label"]], dtype=np.int64))
+
+    digest = hashlib.sha256(bundle.fingerprint.encode())
+    for image, label in zip(test.inputs, test.labels):
+        digest.update(image.tobytes())
+        digest.update(str(label).encode())
+    bundle = dataclasses.replace(bundle, train=train, test=test, fingerprint=digest.hexdigest()[:16])
+    logger.info("Fashion-MNIST: %d train / %d validation (official train split), %d test (official test split)",
+                len(bundle.train), len(bundle.val), len(bundle.test))
+    return bundle
+
+
+def spoken_digits_bundle(out_dir: str | Path, voices: int, val_voices: int, test_voices: int,
+                         seed: int) -> tuple[DatasetBundle, str]:
+    """Spoken digits (espeak-ng, synthesised once into ``out_dir``) split *by voice*: training, validation and
+    test voices never overlap, so the test accuracy is that on unheard speakers. Returns the bundle and a
+    one-line description."""
+    from automl_tl_datasets.audio import make_spoken_digits
+
+    frame = make_spoken_digits(out_dir, voices=voices, seed=seed)
+    names = sorted(frame["voice"].unique())
+    order = np.random.default_rng(seed).permutation(len(names))
+    test_set = {names[i] for i in order[:test_voices]}
+    val_set = {names[i] for i in order[test_voices:test_voices + val_voices]}
+    # prepare_dataset validates every file and fixes the classes; its own stratified split is replaced below
+    bundle = prepare_dataset(frame[["audio", "label"]], label_column="label", input_column="audio", seed=seed)
+    class_index = {c: i for i, c in enumerate(bundle.classes)}
+
+    def split(name: str, rows: pd.DataFrame) -> Split:
+        return Split(name, list(rows["audio"]), np.array([class_index[c] for c in rows["label"]], dtype=np.int64))
+
+    is_test, is_val = frame["voice"].isin(test_set), frame["voice"].isin(val_set)
+    digest = hashlib.sha256(bundle.fingerprint.encode())
+    digest.update(json.dumps([sorted(val_set), sorted(test_set)]).encode())
+    bundle = dataclasses.replace(bundle, train=split("train", frame[~is_test & ~is_val]),
+                                 val=split("val", frame[is_val]), test=split("test", frame[is_test]),
+                                 fingerprint=digest.hexdigest()[:16])
+    description = (f"spoken digits (espeak-ng), {len(names)} voices: {len(bundle.train)} train / {len(bundle.val)} "
+                   f"validation ({len(val_set)} other voices) / {len(bundle.test)} test ({len(test_set)} "
+                   f"held-out voices: {', '.join(sorted(test_set))})")
+    return bundle, description
+
+
+def fill_sized_defaults(args, sizes: dict[str, dict]) -> None:
+    """Options left unset (None) take the value of ``sizes["quick"]`` under ``--quick``, else ``sizes["full"]``."""
+    for name, value in sizes["quick" if args.quick else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)

@@ -64,22 +64,18 @@ the script stops unless ``--overwrite`` is given, which deletes it first.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from automl_tl.audio import MelSpectrogram, read_audio
 from automl_tl.backbone import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
-from automl_tl.data import DatasetBundle, Split, prepare_dataset
+from automl_tl.data import DatasetBundle, prepare_dataset
 from automl_tl.executor import Executor, accuracy, predict_logits
 from automl_tl.hookspecs import hookimpl
 from automl_tl.plugins import get_plugin_manager
@@ -88,7 +84,7 @@ from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (OtherLoad, clear_run_dir, command_line, machine_line, markdown_table,  # noqa: E402
-                     percent, setup_logging, warm_encodings)
+                     percent, setup_logging, spoken_digits_bundle, warm_encodings)
 
 logger = logging.getLogger("benchmarks.audio_search")
 
@@ -178,30 +174,9 @@ def resolve_names(names: list[str], hop_ms: float) -> list[str]:
 
 def digits_bundle(args: argparse.Namespace) -> tuple[DatasetBundle, str]:
     """Spoken digits split by voice: training, validation and test voices never overlap."""
-    from automl_tl_datasets.audio import make_spoken_digits
-
-    frame = make_spoken_digits(args.digits_dir, voices=args.voices, seed=args.seed)
-    voices = sorted(frame["voice"].unique())
-    order = np.random.default_rng(args.seed).permutation(len(voices))
-    test_voices = {voices[i] for i in order[:args.test_voices]}
-    val_voices = {voices[i] for i in order[args.test_voices:args.test_voices + args.val_voices]}
-    # prepare_dataset validates every file and fixes the classes; its own stratified split is replaced below
-    bundle = prepare_dataset(frame[["audio", "label"]], label_column="label", input_column="audio", seed=args.seed)
-    class_index = {c: i for i, c in enumerate(bundle.classes)}
-
-    def split(name: str, rows: pd.DataFrame) -> Split:
-        return Split(name, list(rows["audio"]), np.array([class_index[c] for c in rows["label"]], dtype=np.int64))
-
-    is_test, is_val = frame["voice"].isin(test_voices), frame["voice"].isin(val_voices)
-    digest = hashlib.sha256(bundle.fingerprint.encode())
-    digest.update(json.dumps([sorted(val_voices), sorted(test_voices)]).encode())
-    bundle = dataclasses.replace(bundle, train=split("train", frame[~is_test & ~is_val]),
-                                 val=split("val", frame[is_val]), test=split("test", frame[is_test]),
-                                 fingerprint=digest.hexdigest()[:16])
-    description = (f"spoken digits (espeak-ng), {len(voices)} voices: {len(bundle.train)} train / {len(bundle.val)} "
-                   f"validation ({len(val_voices)} other voices) / {len(bundle.test)} test ({len(test_voices)} "
-                   f"held-out voices: {', '.join(sorted(test_voices))}); {args.digits_clip} s clips")
-    return bundle, description
+    bundle, description = spoken_digits_bundle(args.digits_dir, args.voices, args.val_voices, args.test_voices,
+                                               args.seed)
+    return bundle, f"{description}; {args.digits_clip} s clips"
 
 
 def asterisk_bundle(args: argparse.Namespace) -> tuple[DatasetBundle, str]:

