@@ -225,31 +225,41 @@ class Executor:
         ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it.
         The result holds the best epoch's weights (see :meth:`TrialResult.final_model`).
         """
-        started, cpu_started = time.perf_counter(), time.process_time()
-        num_classes = len(data.classes)
         if config.strategy == "linear_probe":
-            head, history, stop_reason, seen = self._train_head_on_features(
-                config, backbone, data, config.epochs * config.probe_passes, config.epochs, on_epoch, deadline)
-            def model_builder() -> TransferModel:
-                # The body is loaded only if the model is wanted (the search saves the best trial's alone).
-                model = self._build(backbone, config, num_classes)
-                model.head.load_state_dict(head.state_dict())
-                model.set_freeze_depth(0)
-                return model.eval()
-            # No release_memory() here: a head holds next to nothing, and a full garbage collection
-            # would cost more than the whole probe.
-            return TrialResult(config=config, history=history, stop_reason=stop_reason,
-                               seconds=time.perf_counter() - started,
-                               cpu_seconds=time.process_time() - cpu_started, samples_seen=seen,
-                               model_builder=model_builder if head is not None else None)
+            return self._fit_probe(config, backbone, data, on_epoch, deadline)
+        return self._fit_body(config, backbone, data, on_epoch, deadline)
 
+    def _fit_probe(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
+                   on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:
+        """A linear probe: the head alone, on cached features; the whole model is built only if asked for."""
+        started, cpu_started = time.perf_counter(), time.process_time()
+        head, history, stop_reason, seen = self._train_head_on_features(
+            config, backbone, data, config.epochs * config.probe_passes, config.epochs, on_epoch, deadline)
+
+        def model_builder() -> TransferModel:
+            # The body is loaded only if the model is wanted (the search saves the best trial's alone).
+            model = self._build(backbone, config, len(data.classes))
+            model.head.load_state_dict(head.state_dict())
+            model.set_freeze_depth(0)
+            return model.eval()
+
+        # No release_memory() here: a head holds next to nothing, and a full garbage collection
+        # would cost more than the whole probe.
+        return TrialResult(config=config, history=history, stop_reason=stop_reason,
+                           seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
+                           samples_seen=seen, model_builder=model_builder if head is not None else None)
+
+    def _fit_body(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
+                  on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:
+        """Last-k, full fine-tuning and LP-FT: the body runs on every batch."""
+        started, cpu_started = time.perf_counter(), time.process_time()
         extra: dict[str, Any] = {}
         probe_head = None
         if config.strategy == "lp_ft":
-            probe_head, probe_history, _, seen = self._train_head_on_features(
+            probe_head, probe_history, _, _ = self._train_head_on_features(
                 config, backbone, data, config.probe_passes, 1, None, deadline)
             extra["probe_val_accuracy"] = probe_history[-1].val_accuracy if probe_history else None
-        model = self._build(backbone, config, num_classes)
+        model = self._build(backbone, config, len(data.classes))
         if probe_head is not None:
             model.head.load_state_dict(probe_head.state_dict())
             model.freeze_norm_statistics = True

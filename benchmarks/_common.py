@@ -203,3 +203,11 @@ def fill_sized_defaults(args, sizes: dict[str, dict]) -> None:
     for name, value in sizes["quick" if args.quick else "full"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+
+
+def add_run_options(parser, default_output: str, overwrite_help: str) -> None:
+    """The options every benchmark has: torch threads, the output folder, --overwrite and --verbose."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--output", default=default_output, help=f"output folder (default: {default_output})")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -63,7 +63,7 @@ from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, clear_run_dir, command_line, fashion_mnist_bundle, fill_sized_defaults, machine_line,
+    OtherLoad, add_run_options, clear_run_dir, command_line, fashion_mnist_bundle, fill_sized_defaults, machine_line,
     markdown_table, percent, setup_logging, warm_encodings)
 
 logger = logging.getLogger("benchmarks.feature_cache_speed")
@@ -95,12 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--head-lr", type=float, default=1e-2, help="head learning rate of both trials (default: 1e-2)")
     parser.add_argument("--repeats", type=int, default=None, help=f"runs of each trial, median reported {sized('repeats')}")
     parser.add_argument("--quick", action="store_true", help="a smoke test: a small sample, 32 px, 2 epochs, 1 repeat")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample, the split and the trials (default: 0)")
-    parser.add_argument("--output", default="runs/bench_feature_cache_speed",
-                        help="output folder (default: runs/bench_feature_cache_speed)")
-    parser.add_argument("--overwrite", action="store_true", help="empty an earlier feature cache in OUTPUT first")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_run_options(parser, "runs/bench_feature_cache_speed", "empty an earlier feature cache in OUTPUT first")
     args = parser.parse_args(argv)
     fill_sized_defaults(args, SIZES)
     if args.train < 50 or args.epochs < 1 or args.repeats < 1:
