@@ -113,11 +113,17 @@ def move_to(batch: torch.Tensor | dict[str, torch.Tensor], device: torch.device)
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, preprocessor: Preprocessor, items: Sequence[Any], batch_size: int,
-                   device: torch.device) -> torch.Tensor:
-    """Logits for encoded ``items`` in order, in eval mode, on ``device``; returned on the CPU."""
+                   device: torch.device, deadline: float | None = None) -> torch.Tensor:
+    """Logits for encoded ``items`` in order, in eval mode, on ``device``; returned on the CPU.
+
+    ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
+    :class:`DeadlineReached` is raised.
+    """
     model.eval()
     outputs = []
     for start in range(0, len(items), batch_size):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineReached(f"prediction stopped after {start} of {len(items)} examples")
         batch = move_to(preprocessor.collate(items[start:start + batch_size], train=False), device)
         with _autocast(device):
             outputs.append(model(batch).float().cpu())
@@ -170,7 +176,7 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
     batches: Callable[[torch.Generator], Iterator[tuple[Any, torch.Tensor]]]  # one epoch of (inputs, targets)
-    validate: Callable[[], torch.Tensor]  # validation logits, on the CPU
+    validate: Callable[[float | None], torch.Tensor]  # validation logits on the CPU, given the deadline
     description: str
 
 
@@ -279,7 +285,8 @@ class Executor:
                 yield preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
 
         loop = _Loop(model, optimizer, math.ceil(len(train_items) / config.batch_size), batches,
-                     lambda: predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device),
+                     lambda deadline: predict_logits(model, preprocessor, val_items, config.batch_size * 2,
+                                                     self.device, deadline),
                      f"{config.backbone} {config.strategy} depth={config.trained_depth(model.num_groups)}")
         history, best_state, stop_reason, seen = self._run_epochs(loop, config, data, config.epochs, on_epoch,
                                                                   deadline)
@@ -334,7 +341,7 @@ class Executor:
                     yield train_x[index.to(self.device)], train_y[index]
 
         @torch.no_grad()
-        def validate() -> torch.Tensor:
+        def validate(deadline: float | None) -> torch.Tensor:  # one matrix product: too quick to interrupt
             head.eval()
             return head(val_x).float().cpu()
 
@@ -393,7 +400,11 @@ class Executor:
                 break
 
             train_seconds = time.perf_counter() - epoch_started
-            val_logits = loop.validate()
+            try:
+                val_logits = loop.validate(deadline)
+            except DeadlineReached:  # an epoch counts only once validated: this one does not
+                stop_reason = STOP_TIME
+                break
             val_loss = loss_fn(val_logits, val_labels).item()
             val_accuracy = (val_logits.argmax(1) == val_labels).float().mean().item()
             record = EpochRecord(epoch, loss_sum / max(seen, 1), val_loss, val_accuracy, train_seconds,

@@ -129,3 +129,18 @@ def test_trial_config_refuses_unknown_choices():
         config(layer_decay=1.5)
     with pytest.raises(ValueError, match="unknown head kind 'transformer'"):
         HeadSpec(kind="transformer")
+
+
+def test_validation_past_the_deadline_is_not_counted(executor, digits_bundle):
+    import time
+
+    from automl_tl.feature_cache import DeadlineReached
+
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    model = backbone.build(num_classes=10)
+    preprocessor = backbone.preprocessor(SMALL)
+    items = executor.encoded(preprocessor, digits_bundle, digits_bundle.val)
+    with pytest.raises(DeadlineReached, match="prediction stopped after 0 of"):
+        predict_logits(model, preprocessor, items, 8, executor.device, deadline=time.monotonic() - 1)
+    assert predict_logits(model, preprocessor, items, 8, executor.device, deadline=time.monotonic() + 60).shape == (
+        len(items), 10)
