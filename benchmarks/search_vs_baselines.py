@@ -347,7 +347,9 @@ class CpuBudget:
     def wall_deadline(self) -> float:
         """The ``time.monotonic()`` at which the budget will be spent if CPU keeps being used at the rate so far."""
         elapsed = time.monotonic() - self._wall
-        rate = self.used() / elapsed if elapsed > 1.0 else 1.0  # CPU-seconds per wall-second (threads busy)
+        # CPU-seconds per wall-second (threads busy); before there is anything to measure, assume every
+        # torch thread busy, so the first trial cannot overshoot by the thread count.
+        rate = self.used() / elapsed if elapsed > 5.0 else float(torch.get_num_threads())
         return time.monotonic() + max(self.seconds - self.used(), 0.0) / max(rate, 0.25)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
