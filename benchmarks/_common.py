@@ -211,3 +211,10 @@ def add_run_options(parser, default_output: str, overwrite_help: str) -> None:
     parser.add_argument("--output", default=default_output, help=f"output folder (default: {default_output})")
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+
+def apply_run_options(args) -> None:
+    """Act on :func:`add_run_options`' options: logging at the asked level, and torch's thread count."""
+    setup_logging(args.verbose)
+    if args.threads:
+        torch.set_num_threads(args.threads)

@@ -63,8 +63,8 @@ from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_run_options, clear_run_dir, command_line, fashion_mnist_bundle, fill_sized_defaults, machine_line,
-    markdown_table, percent, setup_logging, warm_encodings)
+    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, fashion_mnist_bundle,
+    fill_sized_defaults, machine_line, markdown_table, percent, warm_encodings)
 
 logger = logging.getLogger("benchmarks.feature_cache_speed")
 T = TypeVar("T")
@@ -164,9 +164,7 @@ def row(method: str, timing: Timing, result: TrialResult | None, note: str) -> d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_run_options(args)
     output = Path(args.output)
     cache_dir = output / "features"
     clear_run_dir(cache_dir, args.overwrite)

@@ -110,8 +110,8 @@ from automl_tl.transferability import SCORES, kendall_tau  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_run_options, clear_run_dir, command_line, fashion_mnist_bundle, fill_sized_defaults, machine_line,
-    markdown_table, percent, setup_logging, spoken_digits_bundle, warm_encodings)
+    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, fashion_mnist_bundle,
+    fill_sized_defaults, machine_line, markdown_table, percent, spoken_digits_bundle, warm_encodings)
 
 logger = logging.getLogger("benchmarks.search_vs_baselines")
 
@@ -592,9 +592,7 @@ def run_dataset(name: str, args: argparse.Namespace, output: Path) -> tuple[str,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_run_options(args)
     output = Path(args.output)
     for name in args.datasets:  # refuse up front rather than after hours of work
         clear_run_dir(output / name, args.overwrite)
