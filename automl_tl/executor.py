@@ -23,7 +23,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,24 @@ STOP_COMPLETED = "completed"  # ran every epoch
 STOP_EARLY = "early_stopping"  # validation accuracy stopped improving
 STOP_CALLBACK = "stopped_by_callback"  # on_epoch asked to stop (the search prunes the trial)
 STOP_TIME = "time_budget"  # the deadline passed
+
+#: words of the RuntimeErrors that mean an allocation failed (CUDA, MPS, and torch's CPU allocator)
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory")
+
+
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of memory at its batch size and again at half of it (see :meth:`Executor.fit`).
+
+    Not an :class:`~automl_tl.errors.AutomlTLError`: the search records the trial as failed and goes on.
+    """
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says an allocation failed: ``torch.OutOfMemoryError`` (CUDA), ``MemoryError``, or a
+    RuntimeError whose message says so (torch's CPU allocator, MPS)."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(words in str(error).lower() for words in _OUT_OF_MEMORY_MESSAGES)
 
 
 @dataclass
@@ -230,10 +248,16 @@ class Executor:
 
         ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it.
         The result holds the best epoch's weights (see :meth:`TrialResult.final_model`).
+
+        A trial that runs out of memory is tried once more at half the batch size (see
+        :func:`fit_with_out_of_memory_retry`); if that runs out of memory too, :class:`TrialOutOfMemory`.
         """
-        if config.strategy == "linear_probe":
-            return self._fit_probe(config, backbone, data, on_epoch, deadline)
-        return self._fit_body(config, backbone, data, on_epoch, deadline)
+        def attempt(trial_config: TrialConfig) -> TrialResult:
+            if trial_config.strategy == "linear_probe":
+                return self._fit_probe(trial_config, backbone, data, on_epoch, deadline)
+            return self._fit_body(trial_config, backbone, data, on_epoch, deadline)
+
+        return fit_with_out_of_memory_retry(attempt, config)
 
     def _fit_probe(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
                    on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:
@@ -427,6 +451,55 @@ class Executor:
                 break
         progress.close()
         return history, best_state, stop_reason, samples_seen
+
+
+def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], config: TrialConfig) -> TrialResult:
+    """``attempt(config)``; if it runs out of memory, free memory and run ``attempt`` once more at half the
+    batch size (at least 1). The result of a retry says so in ``extra["oom_retry"]`` (the batch size asked
+    for and the one used), and its ``config`` holds the batch size used.
+
+    Raises :class:`TrialOutOfMemory` if the retry runs out of memory too, or at once at batch size 1.
+    """
+    # A batch size that fits one backbone or input size may not fit another, and the search
+    # chooses both. One retry at half the batch saves most such trials; a second failure means the
+    # model itself does not fit, and the trial fails with that reason instead of stopping the search.
+    started, cpu_started = time.perf_counter(), time.process_time()
+    try:
+        return attempt(config)
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        first_error = _first_line(error)
+    lost_seconds, lost_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    # Out of the except block on purpose: the traceback, whose frames hold the failed attempt's model,
+    # optimizer and activations, is gone, so release_memory() can really free them.
+    release_memory()
+    size = config.batch_size
+    if size <= 1:
+        raise TrialOutOfMemory(f"out of memory at batch size {size} ({first_error})")
+    smaller = max(1, size // 2)
+    logger.warning("%s %s ran out of memory at batch size %d (%s); retrying it once at batch size %d",
+                   config.backbone, config.strategy, size, first_error, smaller)
+    try:
+        result = attempt(replace(config, batch_size=smaller))
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        message = f"out of memory at batch size {size}, and again at {smaller} ({_first_line(error)})"
+    else:
+        result.extra["oom_retry"] = {"batch_size": size, "retried_with": smaller}
+        # The trial's cost includes the attempt that ran out of memory.
+        result.seconds += lost_seconds
+        result.cpu_seconds += lost_cpu_seconds
+        return result
+    release_memory()  # again outside the except block, for the same reason
+    raise TrialOutOfMemory(message)
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message, shortened (CUDA's out-of-memory messages run to a paragraph)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def release_memory() -> None:

@@ -253,7 +253,10 @@ class Search:
                  "cpu_seconds": round(result.cpu_seconds, 3), "samples_seen": result.samples_seen,
                  "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                  "best_val_accuracy": result.best_val_accuracy,
-                 "val_accuracy_by_epoch": [round(r.val_accuracy, 5) for r in result.history]}
+                 "val_accuracy_by_epoch": [round(r.val_accuracy, 5) for r in result.history],
+                 "batch_size_used": result.config.batch_size}
+        if "oom_retry" in result.extra:  # ran out of memory once and finished at half the batch size
+            attrs["oom_retry"] = result.extra["oom_retry"]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
 
