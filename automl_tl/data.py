@@ -157,7 +157,9 @@ def read_text_file(path: Path) -> str:
 
 
 def _supported_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.rglob("*")) if p.is_file() and _file_modality(p.name) is not None]
+    # A dangling symlink is kept: reading it then fails naming it, where skipping it would lose an example unsaid.
+    return [p for p in sorted(folder.rglob("*"))
+            if (p.is_file() or (p.is_symlink() and not p.exists())) and _file_modality(p.name) is not None]
 
 
 def read_folder(path: Path) -> pd.DataFrame:
@@ -379,12 +381,41 @@ def _give_every_part_every_class(parts: list[np.ndarray], labels: np.ndarray) ->
     return parts
 
 
+def check_known_labels(frame: pd.DataFrame, label_column: str, classes: Sequence[Any], origin: str) -> None:
+    """Refuse a label in ``frame[label_column]`` that is none of ``classes`` (empty cells are fine).
+
+    Predicting ignores labels, but data labelled with a class the model never learnt is not what the
+    model is for (or its labels are misspelt): every such row would silently get one of the known
+    classes. Labels are compared as text, so ``1`` read from a CSV matches the class ``1`` (and ``1.0``,
+    what pandas makes of integers in a column with empty cells, matches it too).
+    """
+    known = {str(c) for c in classes}
+
+    def as_text(value: Any) -> str | None:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        return str(_plain(value))
+
+    unknown = [(row, value) for row, value in enumerate(frame[label_column])
+               if as_text(value) is not None and as_text(value) not in known]
+    if unknown:
+        row, value = unknown[0]
+        shown = ", ".join(map(repr, list(classes)[:10])) + (", ..." if len(classes) > 10 else "")
+        raise DataError(f"label column {label_column!r} of {origin} holds {len(unknown)} label(s) the model was "
+                        f"not trained on, first {_plain(value)!r} at row {row}; its classes: {shown}; "
+                        "drop the column or those rows to predict anyway")
+
+
 def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_column: str,
-                       modality: str = "image") -> list[Any]:
+                       modality: str = "image", label_column: str | None = None,
+                       classes: Sequence[Any] | None = None) -> list[Any]:
     """Raw inputs to predict on: a DataFrame or CSV with ``input_column``, a folder of files, or a list.
 
     Texts in a folder are read from its ``.txt`` files; relative file paths in a CSV are resolved
-    against the CSV's folder.
+    against the CSV's folder. Other columns are ignored, except ``label_column`` when it is given with
+    the model's ``classes``: see :func:`check_known_labels`.
     """
     if isinstance(data, (str, Path)):
         path = Path(data)
@@ -396,11 +427,15 @@ def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_co
         frame = read_table(path)
         if input_column not in frame.columns:
             raise DataError(f"input column {input_column!r} not found in {path}; columns: {', '.join(map(str, frame.columns))}")
+        if label_column is not None and classes is not None and label_column in frame.columns:
+            check_known_labels(frame, label_column, classes, str(path))
         values = list(frame[input_column])
         return resolve_paths(values, path.parent) if modality in FILE_MODALITIES else values
     if isinstance(data, pd.DataFrame):
         if input_column not in data.columns:
             raise DataError(f"input column {input_column!r} not found in the DataFrame; "
                             f"columns: {', '.join(map(str, data.columns))}")
+        if label_column is not None and classes is not None and label_column in data.columns:
+            check_known_labels(data, label_column, classes, "the DataFrame")
         return list(data[input_column])
     return list(data)

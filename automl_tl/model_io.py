@@ -4,6 +4,12 @@ A model directory holds ``model.safetensors`` (weights only: loading runs no cod
 and ``config.json`` (backbone, weight source, classes, preprocessing, the trial that made
 it, its metrics). It is written to a temporary folder first and renamed into place, so a
 crash never leaves half a model behind.
+
+Loading reads those two files and nothing else: no pickle is ever unpickled and no other
+file in the directory (``model.pt``, ``pytorch_model.bin``, ...) is opened, even when
+``model.safetensors`` is missing. A directory that was tampered with (missing file, wrong
+tensor names or shapes, a config that disagrees with the weights) is refused with one
+:class:`~automl_tl.errors.ModelFileError` line naming the file and what was expected.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from automl_tl.backbone import InputOptions, TransferModel
 from automl_tl.data import prepare_unlabelled
-from automl_tl.errors import AutomlTLError, ModelFileError
+from automl_tl.errors import AutomlTLError, ModelFileError, UnknownBackboneError
 from automl_tl.executor import default_device, predict_logits
 from automl_tl.heads import HeadSpec, build_head
 from automl_tl.registry import get_backbone
@@ -76,7 +84,46 @@ def read_model_config(directory: Path) -> dict[str, Any]:
             raise ModelFileError(f"{path} lacks the field {key!r} (a JSON {'object' if kind is dict else 'array'})")
     if not isinstance(config["backbone"].get("name"), str):
         raise ModelFileError(f"{path}: field 'backbone' lacks the backbone's 'name'")
+    classes = config["classes"]
+    if len(classes) < 2 or len({json.dumps(c, sort_keys=True) for c in classes}) != len(classes):
+        raise ModelFileError(f"{path}: field 'classes' holds {len(classes)} class(es) "
+                             f"({', '.join(map(repr, classes[:5]))}); expected at least 2 distinct classes")
+    known = {f.name for f in fields(InputOptions)}
+    for key, value in config["input_options"].items():
+        # bool is an int to Python, but no input size is a yes/no
+        if key not in known or not (value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ModelFileError(f"{path}: field 'input_options' holds {key!r}: {value!r}; expected "
+                                 f"{', '.join(sorted(known))}, each a number or null")
     return config
+
+
+def _check_state(state: Mapping[str, torch.Tensor], model: TransferModel, weights: Path, what: str) -> None:
+    """Refuse tensors that do not fit ``model`` exactly: names missing or unexpected, another shape or kind.
+
+    ``what`` says what the config asked for (backbone, classes, head), so the message tells which side to fix.
+    A few names of each problem are given: a foreign file can miss hundreds of tensors.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = sorted(k for k in state if k not in expected)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s) "
+                        f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    for name, want in expected.items():
+        got = state.get(name)
+        if got is None:
+            continue
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"tensor {name} has shape {list(got.shape)}, expected {list(want.shape)}")
+        elif want.is_floating_point() and not got.is_floating_point():
+            problems.append(f"tensor {name} holds {got.dtype}, expected floating point")
+        if len(problems) >= 3:
+            break
+    if problems:
+        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(problems[:3])}")
 
 
 class Predictor:
@@ -86,10 +133,20 @@ class Predictor:
         self.config = config
         self.classes: list[Any] = config["classes"]
         self.input_column: str = config.get("input_column", "image")
+        self.label_column: str | None = config.get("label_column")  # models saved before it was recorded lack it
         self.backbone = get_backbone(config["backbone"]["name"])
         self.preprocessor = self.backbone.preprocessor(InputOptions(**config["input_options"]))
         self.device = device or default_device()
         self.model = model.to(self.device).eval()
+
+    def read_inputs(self, data: Any) -> list[Any]:
+        """The raw inputs of ``data`` (see :meth:`predict_proba`), checked against what the model was trained on.
+
+        Columns other than the input column are ignored, except the training label column: a class in it that
+        the model never learnt is refused (see :func:`~automl_tl.data.prepare_unlabelled`).
+        """
+        return prepare_unlabelled(data, self.input_column, self.backbone.modality,
+                                  label_column=self.label_column, classes=self.classes)
 
     def predict_proba(self, data: Any, batch_size: int = 64) -> pd.DataFrame:
         """Class probabilities, one row per input and one column per class.
@@ -97,7 +154,7 @@ class Predictor:
         ``data``: a DataFrame or CSV with the training input column, a folder of files, or a list of inputs
         (image paths or arrays, audio paths, or texts).
         """
-        inputs = prepare_unlabelled(data, self.input_column, self.backbone.modality)
+        inputs = self.read_inputs(data)
         items = self.preprocessor.encode(inputs)
         logits = predict_logits(self.model, self.preprocessor, items, batch_size, self.device)
         return pd.DataFrame(torch.softmax(logits, dim=1).numpy(), columns=[str(c) for c in self.classes])
@@ -109,9 +166,15 @@ class Predictor:
 
 
 def load_model_dir(directory: Path, device: torch.device | None = None) -> Predictor:
-    """Load a model directory written by :func:`save_model`; refuses anything that does not match its config."""
+    """Load a model directory written by :func:`save_model`; refuses anything that does not match its config.
+
+    Only ``config.json`` and ``model.safetensors`` are read. Any other file, a pickle such as ``model.pt`` or
+    ``pytorch_model.bin`` included, is ignored: never opened, and never a fallback for a missing
+    ``model.safetensors``. Every refusal is a :class:`~automl_tl.errors.ModelFileError` naming the file.
+    """
     directory = Path(directory)
     config = read_model_config(directory)
+    config_path = directory / CONFIG_FILE
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelFileError(f"no saved model in {directory}: {WEIGHTS_FILE} is missing")
@@ -119,24 +182,29 @@ def load_model_dir(directory: Path, device: torch.device | None = None) -> Predi
         state = load_file(str(weights))  # safetensors: plain tensors, no code is executed
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
-    backbone = get_backbone(config["backbone"]["name"])
-    model = backbone.build(num_classes=len(config["classes"]), pretrained=False)
+    try:
+        backbone = get_backbone(config["backbone"]["name"])
+    except UnknownBackboneError as exc:  # say which file names it: the registry alone cannot
+        close = f" (close names: {', '.join(exc.close_matches)})" if exc.close_matches else ""
+        raise ModelFileError(f"{config_path} names backbone {exc.name!r}, which no installed plugin registers{close}; "
+                             "install the plugin the model was trained with") from None
+    n_classes = len(config["classes"])
+    model = backbone.build(num_classes=n_classes, pretrained=False)
     try:
         head = HeadSpec.from_dict(config.get("head"))
     except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{directory / CONFIG_FILE}: field 'head' is not a valid head: {exc}") from None
+        raise ModelFileError(f"{config_path}: field 'head' is not a valid head: {exc}") from None
     if head.kind != "linear":
-        model.head = build_head(head, backbone.embedding_dim, len(config["classes"]))
+        model.head = build_head(head, backbone.embedding_dim, n_classes)
+    _check_state(state, model, weights, f"{backbone.name}, {n_classes} classes, {head.kind} head")
+    model.load_state_dict(state, strict=True)  # cannot fail now: names and shapes were checked
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first_line = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise ModelFileError(f"{weights} does not match its config ({config['backbone']['name']}, "
-                             f"{len(config['classes'])} classes): {first_line}") from None
-    predictor = Predictor(model, config, device)
+        predictor = Predictor(model, config, device)
+    except (TypeError, ValueError) as exc:  # input options the backbone's preprocessor refuses
+        raise ModelFileError(f"{config_path}: field 'input_options' does not suit {backbone.name}: {exc}") from None
     saved = config["preprocessing"]
     if predictor.preprocessor.describe() != saved:
-        raise ModelFileError(f"{directory / CONFIG_FILE}: the installed backbone {config['backbone']['name']!r} now "
+        raise ModelFileError(f"{config_path}: the installed backbone {config['backbone']['name']!r} now "
                              f"prepares inputs differently from when the model was saved")
     return predictor
 

@@ -9,19 +9,45 @@ Each ``python -m automl_tl.cli`` process spends ~4 s importing torch and scikit-
   parse, dispatch and error handler, with stderr captured; any exception that escapes ``main``
   (what would be a traceback) fails the test.
 
-No case trains a model: every one fails before the first trial.
+Only one search trains a model: ``finished_run``, a real search of one linear-probe trial (a few
+seconds), shared by the tests of mistakes made on a finished run (nothing of it may be lost), of
+predicting with it, and of tampered copies of its saved model.
+
+The bad inputs of issue 5, and where each is tested:
+
+* missing column: ``_missing_label_column``, ``_missing_input_column``, ``test_predict_refuses_bad_data``
+  (``predict_csv_without_the_input_column``)
+* unknown label in predict: ``test_predict_refuses_bad_data`` (``unknown_label``), and
+  ``test_predict_ignores_extra_columns_and_empty_labels``
+* one class only: ``_one_class``; empty dataset: ``_empty_csv``, ``_zero_rows``, ``_folder_without_files``
+* unreadable image / audio / text file: ``corrupt_image_in_folder``, ``_garbage_image`` and the other
+  image cases, ``_garbage_wav_in_folder``, ``_garbage_wav_in_csv``, ``_text_not_utf8``,
+  ``_text_file_dangling_link``, ``_text_file_empty``
+* unknown backbone with close names: ``unknown_backbone_suggests_close_names``
+* malformed storage URL: ``malformed_storage_url``
+* unwritable output directory: ``output_below_a_regular_file``, ``test_search_refuses_a_read_only_output``
+* a plugin that raises at import: ``tests/test_plugins.py::test_plugin_that_fails_to_import_is_named``
+* negative or zero budget: ``zero_trials``, ``test_argparse_errors_exit_2_with_a_message``
+* nothing already finished is lost: ``test_mistakes_on_a_finished_run_lose_nothing``
+* tampered model directories: ``test_predict_refuses_a_broken_model_dir``,
+  ``test_predict_refuses_a_tampered_model``, ``test_pickles_beside_the_model_are_never_read``
 """
 
 from __future__ import annotations
 
+import array
+import hashlib
 import io
 import json
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -310,9 +336,83 @@ def _folder_without_classes(tmp):
     return [tmp / "flat"], ["no class subfolders", str(tmp / "flat")]
 
 
+def _folder_without_files(tmp):
+    for name in ("cat", "dog"):
+        (tmp / "pets" / name).mkdir(parents=True)
+    (tmp / "pets" / "cat" / "notes.md").write_text("not a data file")
+    return [tmp / "pets"], ["folder", str(tmp / "pets"), "holds no image, audio or text files"]
+
+
+def write_wav(path: Path, frequency: float) -> Path:
+    """A real 0.2 s sine wave at 16 kHz."""
+    import soundfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(3200) / 16000
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), 16000)
+    return path
+
+
+def audio_folder(root: Path) -> Path:
+    for name, base in (("low", 220.0), ("high", 880.0)):
+        for i in range(3):
+            write_wav(root / name / f"{i}.wav", base * (1 + i / 10))
+    return root
+
+
+GARBAGE_WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(7, 120))
+
+
+def _garbage_wav_in_folder(tmp):
+    folder = audio_folder(tmp / "sounds")
+    bad = folder / "high" / "1.wav"
+    bad.write_bytes(GARBAGE_WAV)
+    return [folder], ["cannot read audio file", str(bad), "not a wav/flac/ogg file"]
+
+
+def _garbage_wav_in_csv(tmp):
+    folder = audio_folder(tmp / "sounds")
+    bad = folder / "low" / "2.wav"
+    bad.write_bytes(b"\x00" * 64)
+    files = sorted(folder.rglob("*.wav"))
+    csv = tmp / "sounds.csv"
+    pd.DataFrame({"audio": [str(f.relative_to(tmp)) for f in files], "label": [f.parent.name for f in files]}
+                 ).to_csv(csv, index=False)
+    return [csv], ["cannot read audio file", str(bad)]
+
+
+def text_folder(root: Path) -> Path:
+    for name, words in (("good", "a fine film"), ("bad", "a dull plot")):
+        for i in range(3):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / f"{i}.txt").write_text(f"{words} number {i}", encoding="utf-8")
+    return root
+
+
+def _text_not_utf8(tmp):
+    folder = text_folder(tmp / "reviews")
+    bad = folder / "bad" / "1.txt"
+    bad.write_bytes("un film tr\u00e8s ennuyeux".encode("latin-1"))
+    return [folder], ["text file", str(bad), "is not UTF-8", "convert it to UTF-8"]
+
+
+def _text_file_dangling_link(tmp):
+    folder = text_folder(tmp / "reviews")
+    bad = folder / "good" / "moved.txt"
+    bad.symlink_to(tmp / "elsewhere" / "moved.txt")  # the file was moved away: not silently skipped
+    return [folder], ["cannot read text file", str(bad), "No such file or directory"]
+
+
+def _text_file_empty(tmp):
+    folder = text_folder(tmp / "reviews")
+    (folder / "good" / "2.txt").write_text(" \n")
+    return [folder], ["text file", str(folder / "good" / "2.txt"), "is empty"]
+
+
 DATA_MISTAKES = [_missing_label_column, _missing_input_column, _empty_csv, _zero_rows, _one_class, _small_class,
                  _missing_image, _garbage_image, _truncated_png, _huge_bmp_header, _empty_labels, _nonexistent_csv,
-                 _folder_without_classes]
+                 _folder_without_classes, _folder_without_files, _garbage_wav_in_folder, _garbage_wav_in_csv,
+                 _text_not_utf8, _text_file_dangling_link, _text_file_empty]
 
 
 @pytest.mark.parametrize("mistake", DATA_MISTAKES, ids=[m.__name__.strip("_") for m in DATA_MISTAKES])
@@ -331,6 +431,11 @@ def test_search_refuses_bad_data(tmp_path, capsys, monkeypatch, mistake):
     (["search", "--trials", "many"], "argument --trials: expected a whole number, got 'many'"),
     (["search", "--timeout", "0"], "argument --timeout: expected a positive number of seconds, got 0.0"),
     (["search", "--timeout", "-1"], "argument --timeout: expected a positive number of seconds, got -1.0"),
+    (["search", "--timeout", "-5"], "argument --timeout: expected a positive number of seconds, got -5.0"),
+    (["search", "--timeout", "nan"], "argument --timeout: expected a finite number of seconds, got 'nan'"),
+    (["search", "--timeout", "inf"], "argument --timeout: expected a finite number of seconds, got 'inf'"),
+    (["search", "--trials", "-1"], "argument --trials: expected a number >= 1, got -1"),
+    (["search", "--trial-timeout", "-5"], "argument --trial-timeout: expected a positive number of seconds, got -5.0"),
     (["search", "--max-epochs", "0"], "argument --max-epochs: expected a number >= 1, got 0"),
     (["search", "--pruner", "fast"], "argument --pruner: invalid choice: 'fast'"),
     (["search", "--strategies", "freeze_all"], "argument --strategies: invalid choice: 'freeze_all'"),
@@ -453,3 +558,369 @@ def test_predict_refuses_config_that_is_not_an_object(tmp_path, capsys):
     image_folder(tmp_path / "new")
     code, stderr = run_main(["predict", model, "--data", tmp_path / "new", "--output", tmp_path / "p.csv"], capsys)
     assert "config.json" in error_line(code, stderr)
+
+
+# ---------------------------------------------------------------- unwritable output directory
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10  # linux/fs.h
+
+
+def _set_immutable(directory: Path, on: bool) -> None:
+    """``chattr +i`` / ``-i``: an immutable directory refuses new entries even to root."""
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        wanted = flags[0] | FS_IMMUTABLE_FL if on else flags[0] & ~FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, array.array("i", [wanted]))
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def read_only_directory(directory: Path) -> Iterator[Path]:
+    """``directory``, made read-only for whoever runs the tests, and writable again afterwards.
+
+    chmod 0o500 stops an ordinary user but not root (CI runs as root), whose CAP_DAC_OVERRIDE ignores
+    permission bits; for root the directory gets the immutable attribute instead, which stops root
+    too. Skips the test where neither mechanism takes effect (a file system without the attribute).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    as_root = os.geteuid() == 0
+    try:
+        if as_root:
+            _set_immutable(directory, True)
+        else:
+            directory.chmod(0o500)
+    except OSError as exc:
+        pytest.skip(f"cannot make {directory} immutable as root ({exc.strerror}); chmod does not stop root")
+    try:
+        try:
+            (directory / ".probe").mkdir()
+        except OSError:
+            pass
+        else:
+            pytest.skip(f"{directory} stays writable for this user despite "
+                        f"{'the immutable attribute' if as_root else 'chmod 0o500'}")
+        yield directory
+    finally:
+        if as_root:
+            _set_immutable(directory, False)
+        else:
+            directory.chmod(0o700)
+        shutil.rmtree(directory / ".probe", ignore_errors=True)
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["the_directory_itself", "a_new_folder_in_it"])
+def test_search_refuses_a_read_only_output(tmp_path, capsys, below):
+    folder = image_folder(tmp_path / "pets")
+    with read_only_directory(tmp_path / "locked") as locked:
+        output = locked / "run" if below else locked
+        code, stderr = run_main(["search", "--data", folder, "--output", output, *SMALL_SEARCH], capsys)
+        assert sorted(locked.iterdir()) == [], "nothing may be written into a read-only directory"
+    line = error_line(code, stderr)
+    assert "cannot write to output directory" in line and str(output) in line, line
+    assert ("Permission denied" in line) or ("Operation not permitted" in line), line
+
+
+# ---------------------------------------------------------------- a finished run, and mistakes made on it
+
+RUN_FLAGS = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
+             "--no-prerank", "--strategies", "linear_probe", "--heads", "linear"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(image folder, run directory) of a real search that ran to completion: one linear-probe trial."""
+    from automl_tl.cli import main
+
+    tmp = tmp_path_factory.mktemp("finished")
+    folder = image_folder(tmp / "pets")
+    run = tmp / "run"
+    assert main([str(a) for a in ["search", "--data", folder, "--output", run, *RUN_FLAGS]]) == 0
+    for name in ("leaderboard.csv", "summary.json", "best_model/model.safetensors", "best_model/config.json"):
+        assert (run / name).is_file(), name
+    return folder, run
+
+
+JOURNAL = "study.journal"
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``directory`` but the study journal, by relative path."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != JOURNAL}
+
+
+def stored_trials(run: Path) -> list[tuple]:
+    """Number, state, value and parameters of every trial in the run's study."""
+    import optuna
+
+    storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run / JOURNAL)))
+    study = optuna.load_study(study_name="automl_tl", storage=storage)
+    return [(t.number, t.state.name, t.value, t.params) for t in study.trials]
+
+
+def _other_data(tmp: Path, folder: Path) -> list:
+    other = image_folder(tmp / "other", {"cat": 4, "dog": 4, "owl": 4})
+    return [["--data", other, *RUN_FLAGS], ["was made for other data", "use another --output or --study-name"]]
+
+
+def _another_search_space(tmp: Path, folder: Path) -> list:
+    flags = [f if f != "linear_probe" else "full" for f in RUN_FLAGS]
+    return [["--data", folder, *flags], ["was made with another search space", "strategies", "rerun with the original"]]
+
+
+def _backbone_typo(tmp: Path, folder: Path) -> list:
+    flags = [f if f != "mobilenetv2_100" else "mobilenet_v2_100" for f in RUN_FLAGS]
+    return [["--data", folder, *flags], ["unknown backbone 'mobilenet_v2_100'", "did you mean", "mobilenetv2_100"]]
+
+
+def _bad_storage(tmp: Path, folder: Path) -> list:
+    return [["--data", folder, *RUN_FLAGS, "--storage", "sqlit:///study.db"], ["malformed storage URL 'sqlit:///study.db'"]]
+
+
+def _negative_freeze_depth(tmp: Path, folder: Path) -> list:  # passes argparse (type=int), refused by SearchConfig
+    return [["--data", folder, *RUN_FLAGS, "--max-freeze-depth", "-1"], ["max freeze depth must be >= 0, got -1"]]
+
+
+def _image_too_small(tmp: Path, folder: Path) -> list:
+    flags = [f if f != "32" else "8" for f in RUN_FLAGS]
+    return [["--data", folder, *flags], ["image size must be at least 16 pixels, got 8"]]
+
+
+def _data_broken_since(tmp: Path, folder: Path) -> list:
+    broken = tmp / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "dog" / "0.png").write_bytes(b"not a png any more")
+    return [["--data", broken, *RUN_FLAGS], ["cannot read image file", str(broken / "dog" / "0.png")]]
+
+
+RERUN_MISTAKES = [_other_data, _another_search_space, _backbone_typo, _bad_storage, _negative_freeze_depth,
+                  _image_too_small, _data_broken_since]
+
+
+def test_mistakes_on_a_finished_run_lose_nothing(finished_run, tmp_path, capsys):
+    """Each mistake, made with the same --output as a finished search, is one line and exit 2; every file
+    of the run (leaderboard, summary, best model) stays byte for byte as it was, and the study journal
+    keeps its trials. (Optuna's create_study(load_if_exists=True) appends a no-op "create study" record to
+    a journal that exists, so the journal is checked as append-only, not as unchanged bytes.)"""
+    folder, run = finished_run
+    before, journal, trials = snapshot(run), (run / JOURNAL).read_bytes(), stored_trials(run)
+    assert {"leaderboard.csv", "leaderboard.md", "summary.json", "best_model/model.safetensors",
+            "best_model/config.json", "best_model/metrics.json"} <= set(before)
+    assert [state for _, state, _, _ in trials] == ["COMPLETE"]
+    for mistake in RERUN_MISTAKES:
+        args, expected = mistake(tmp_path, folder)
+        code, stderr = run_main(["search", "--output", run, *args], capsys)
+        line = error_line(code, stderr)
+        for fragment in expected:
+            assert fragment in line, f"{mistake.__name__}: {fragment!r} not in {line!r}"
+        assert snapshot(run) == before, f"{mistake.__name__} changed the finished run"
+        assert (run / JOURNAL).read_bytes().startswith(journal), f"{mistake.__name__} rewrote the study journal"
+        assert stored_trials(run) == trials, f"{mistake.__name__} changed the study's trials"
+
+    from automl_tl import load
+
+    assert load(run).config["trial"] == 0  # and the model still loads
+
+
+# ---------------------------------------------------------------- predicting with the finished run
+
+
+def _unknown_label(tmp: Path) -> list:
+    csv = csv_data(tmp, {"cat": 2, "owl": 2})
+    return [csv], ["label column 'label' of", str(csv), "2 label(s) the model was not trained on",
+                   "first 'owl' at row 2", "its classes: 'cat', 'dog'", "drop the column"]
+
+
+def _predict_csv_without_the_input_column(tmp: Path) -> list:
+    csv = edit_csv(csv_data(tmp), lambda f: f.rename(columns={"image": "path"}))
+    return [csv], ["input column 'image' not found in", str(csv), "columns: path, label"]
+
+
+def _predict_image_missing(tmp: Path) -> list:
+    csv = csv_data(tmp)
+    (tmp / "imgs" / "dog1.png").unlink()
+    return [csv], ["image file not found", str(tmp / "imgs" / "dog1.png")]
+
+
+def _predict_folder_of_texts(tmp: Path) -> list:
+    return [text_folder(tmp / "reviews")], ["folder", str(tmp / "reviews"), "holds no image files"]
+
+
+PREDICT_MISTAKES = [_unknown_label, _predict_csv_without_the_input_column, _predict_image_missing,
+                    _predict_folder_of_texts]
+
+
+@pytest.mark.parametrize("mistake", PREDICT_MISTAKES, ids=[m.__name__.strip("_") for m in PREDICT_MISTAKES])
+def test_predict_refuses_bad_data(finished_run, tmp_path, capsys, mistake):
+    _, run = finished_run
+    data_args, expected = mistake(tmp_path)
+    code, stderr = run_main(["predict", run, "--data", *data_args, "--output", tmp_path / "p.csv"], capsys)
+    line = error_line(code, stderr)
+    for fragment in expected:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_ignores_extra_columns_and_empty_labels(finished_run, tmp_path, capsys):
+    _, run = finished_run
+    csv = edit_csv(csv_data(tmp_path), lambda f: f.assign(
+        label=[None if i == 1 else v for i, v in enumerate(f["label"])], notes="taken in 2023"))
+    code, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
+    assert code == 0, stderr
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert list(predictions.columns) == ["image", "prediction", "cat", "dog"]
+    assert len(predictions) == 8 and set(predictions["prediction"]) <= {"cat", "dog"}
+
+
+def test_predict_refuses_an_unwritable_output(finished_run, tmp_path, capsys):
+    _, run = finished_run
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a folder")
+    code, stderr = run_main(["predict", run, "--data", image_folder(tmp_path / "new"), "--output",
+                             blocker / "p.csv"], capsys)
+    line = error_line(code, stderr)
+    assert "cannot write predictions to" in line and str(blocker / "p.csv") in line
+
+
+# ---------------------------------------------------------------- tampered copies of the finished model
+
+
+def _edit_tensors(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(model: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(model / "model.safetensors"))
+        edit(state)
+        save_file(state, str(model / "model.safetensors"))  # a valid safetensors file, with other tensors
+    return damage
+
+
+def _edit_config(**fields) -> Callable[[Path], None]:
+    def damage(model: Path) -> None:
+        config = json.loads((model / "config.json").read_text())
+        config.update(fields)
+        (model / "config.json").write_text(json.dumps(config))
+    return damage
+
+
+def _head_rows(state):
+    import torch
+
+    state["head.weight"] = torch.zeros(3, state["head.weight"].shape[1])
+
+
+def _body_shape(state):
+    import torch
+
+    state["body.conv_stem.weight"] = torch.zeros(8, 3, 3, 3)
+
+
+def _all_replaced(state):
+    import torch
+
+    state.clear()
+    state.update({"weight": torch.zeros(2, 2), "bias": torch.zeros(2)})
+
+
+def _int_tensor(state):
+    import torch
+
+    state["head.bias"] = torch.zeros(2, dtype=torch.int64)
+
+
+TAMPERED = {
+    "head_with_more_rows": (_edit_tensors(_head_rows), [
+        "model.safetensors does not match its config.json", "mobilenetv2_100, 2 classes, linear head",
+        "tensor head.weight has shape [3, 1280], expected [2, 1280]"]),
+    "body_tensor_reshaped": (_edit_tensors(_body_shape), [
+        "tensor body.conv_stem.weight has shape [8, 3, 3, 3], expected [32, 3, 3, 3]"]),
+    "tensor_missing": (_edit_tensors(lambda s: s.pop("head.bias")), ["1 tensor(s) missing (head.bias)"]),
+    "tensor_unexpected": (_edit_tensors(lambda s: s.update(evil=s["head.bias"].clone())),
+                          ["1 unexpected tensor(s) (evil)"]),
+    "every_tensor_foreign": (_edit_tensors(_all_replaced), [
+        "tensor(s) missing (body.conv_stem.weight, body.bn1.weight, body.bn1.bias, ...)",
+        "2 unexpected tensor(s) (bias, weight)"]),
+    "integer_tensor": (_edit_tensors(_int_tensor), ["tensor head.bias holds torch.int64, expected floating point"]),
+    "more_classes_than_the_head": (_edit_config(classes=["cat", "dog", "owl"]), [
+        "3 classes", "tensor head.weight has shape [2, 1280], expected [3, 1280]"]),
+    "one_class": (_edit_config(classes=["cat"]), [
+        "config.json: field 'classes' holds 1 class(es) ('cat'); expected at least 2 distinct classes"]),
+    "repeated_class": (_edit_config(classes=["cat", "cat"]), ["field 'classes' holds 2 class(es)", "2 distinct"]),
+    "unknown_backbone": (_edit_config(backbone={"name": "mobilenetv2_10"}), [
+        "config.json names backbone 'mobilenetv2_10', which no installed plugin registers",
+        "(close names: mobilenetv2_100)"]),
+    "head_kind_changed": (_edit_config(head={"kind": "mlp", "hidden": 16, "dropout": 0.1}), [
+        "mlp head", "4 tensor(s) missing (head.0.weight, head.0.bias, head.3.weight, ...)"]),
+    "unknown_input_option": (_edit_config(input_options={"image_size": 32, "exec": "rm -rf /"}), [
+        "field 'input_options' holds 'exec'", "each a number or null"]),
+    "input_option_not_a_number": (_edit_config(input_options={"image_size": "big"}), [
+        "field 'input_options' holds 'image_size': 'big'"]),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERED))
+def test_predict_refuses_a_tampered_model(finished_run, tmp_path, capsys, name):
+    _, run = finished_run
+    model = tmp_path / "model"
+    shutil.copytree(run / "best_model", model)
+    damage, expected = TAMPERED[name]
+    damage(model)
+    code, stderr = run_main(["predict", model, "--data", image_folder(tmp_path / "new"), "--output",
+                             tmp_path / "p.csv"], capsys)
+    line = error_line(code, stderr)
+    assert str(model) in line, line
+    for fragment in expected:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert len(line) < 500, f"a tampered file must not flood the terminal: {len(line)} characters"
+    assert not (tmp_path / "p.csv").exists()
+
+
+PICKLE_NAMES = ("model.pt", "pytorch_model.bin", "model.pkl")
+
+
+def test_pickles_beside_the_model_are_never_read(finished_run, tmp_path, capsys, monkeypatch):
+    """Pickles dropped into a model directory are ignored (loading reads only config.json and
+    model.safetensors), and are no fallback when model.safetensors is gone; nothing is ever unpickled."""
+    import torch
+
+    from automl_tl import load
+
+    _, run = finished_run
+    model = tmp_path / "model"
+    shutil.copytree(run / "best_model", model)
+    marker = tmp_path / "code_was_executed"
+    for name in PICKLE_NAMES:
+        (model / name).write_bytes(pickle.dumps({"head.weight": CreatesMarker(marker)}))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a saved model must never unpickle")
+
+    for owner, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+        monkeypatch.setattr(owner, name, refuse)
+    new = image_folder(tmp_path / "new")
+    expected = load(run).predict_proba(new)
+    assert load(model).predict_proba(new).equals(expected)  # the same model: the pickles changed nothing
+
+    (model / "model.safetensors").unlink()
+    code, stderr = run_main(["predict", model, "--data", new, "--output", tmp_path / "p.csv"], capsys)
+    line = error_line(code, stderr)
+    assert f"no saved model in {model}: model.safetensors is missing" in line, line
+    assert not marker.exists(), "a pickle in the model directory was unpickled"
+
+
+def test_predictor_refuses_unknown_labels_from_python_too(finished_run, tmp_path):
+    from automl_tl import load
+    from automl_tl.errors import DataError
+
+    _, run = finished_run
+    frame = pd.read_csv(csv_data(tmp_path, {"cat": 1, "dog": 1}))
+    frame["image"] = [str(tmp_path / p) for p in frame["image"]]
+    predictor = load(run)
+    assert len(predictor.predict(frame)) == 2  # known labels: predicted as usual
+    with pytest.raises(DataError, match=r"first 'Dog' at row 1"):
+        predictor.predict(frame.assign(label=["cat", "Dog"]))  # a misspelt class

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from automl_tl.data import prepare_dataset, stratified_split
+from automl_tl.data import check_known_labels, prepare_dataset, prepare_unlabelled, stratified_split
 from automl_tl.errors import DataError
 
 # ---------------------------------------------------------------- helpers
@@ -451,3 +451,31 @@ def test_modality_is_inferred_from_the_first_value():
     assert infer_modality(["x/a.wav"], "audio") == "audio"
     assert infer_modality(["x/a.PNG"], "image") == "image"
     assert infer_modality(["a sentence"], "text") == "text"
+
+
+def test_dangling_link_in_a_class_folder_is_named_not_skipped(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            (tmp_path / label / f"{i}.txt").write_text("fine text", encoding="utf-8")
+    link = tmp_path / "a" / "gone.txt"
+    link.symlink_to(tmp_path / "nowhere.txt")
+    message = data_error(tmp_path)
+    assert "cannot read text file" in message and str(link) in message
+
+
+@pytest.mark.parametrize("labels", [[1, 2, None], [1.0, 2.0, np.nan], ["1", "2", None]])
+def test_known_labels_match_as_text_and_empty_cells_pass(labels):
+    check_known_labels(pd.DataFrame({"label": labels}), "label", [1, 2], "x.csv")  # no error
+
+
+def test_unknown_label_in_predict_data_is_refused_naming_it(tmp_path):
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos", "neg", "neutral"]})
+    with pytest.raises(DataError) as info:
+        prepare_unlabelled(frame, "text", "text", label_column="label", classes=["neg", "pos"])
+    message = str(info.value)
+    assert "label column 'label' of the DataFrame" in message and "first 'neutral' at row 2" in message
+    assert "its classes: 'neg', 'pos'" in message and "\n" not in message
+    # without the model's classes, or with another label column, labels are not looked at
+    assert prepare_unlabelled(frame, "text", "text") == ["a", "b", "c"]
+    assert prepare_unlabelled(frame, "text", "text", label_column="y", classes=["neg", "pos"]) == ["a", "b", "c"]
