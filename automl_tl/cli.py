@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):  # float() takes 'nan' and 'inf'; a nan budget would never run out
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
     return value
@@ -158,10 +161,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from automl_tl.model_io import load
 
-    from automl_tl.data import prepare_unlabelled
-
     predictor = load(args.run_dir)
-    inputs = prepare_unlabelled(args.data, predictor.input_column, predictor.backbone.modality)
+    inputs = predictor.read_inputs(args.data)  # also refuses labels the model never learnt
     probabilities = predictor.predict_proba(inputs)
     classes = predictor.classes
     probabilities.insert(0, "prediction", [classes[i] for i in probabilities.to_numpy().argmax(axis=1)])

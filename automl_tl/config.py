@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -125,16 +126,17 @@ class SearchConfig:
             raise ConfigError("no backbones to search; give at least one name or wildcard")
         if self.n_trials < 1:
             raise ConfigError(f"number of trials must be at least 1, got {self.n_trials}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout}")
+        # 'not 0 < x < inf' also refuses NaN, which compares false with everything and would never run out
+        if self.timeout is not None and not 0 < self.timeout < math.inf:
+            raise ConfigError(f"timeout must be a positive, finite number of seconds, got {self.timeout}")
         if not 1 <= self.min_epochs <= self.max_epochs:
             raise ConfigError(f"epochs must satisfy 1 <= min ({self.min_epochs}) <= max ({self.max_epochs})")
         if self.max_freeze_depth is not None and self.max_freeze_depth < 0:
             raise ConfigError(f"max freeze depth must be >= 0, got {self.max_freeze_depth}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.trial_timeout is not None and self.trial_timeout <= 0:
-            raise ConfigError(f"trial timeout must be a positive number of seconds, got {self.trial_timeout}")
+        if self.trial_timeout is not None and not 0 < self.trial_timeout < math.inf:
+            raise ConfigError(f"trial timeout must be a positive, finite number of seconds, got {self.trial_timeout}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top k must be at least 1 backbone, got {self.top_k}")
         unknown = [s for s in self.strategies if s not in STRATEGIES]
