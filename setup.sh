@@ -12,6 +12,14 @@ if ! command -v espeak-ng >/dev/null 2>&1; then
     echo "note: install espeak-ng (sudo apt-get install espeak-ng) for the audio tests" >&2
   fi
 fi
+# PostgreSQL: the tests run several workers against a real server on 127.0.0.1 (Debian package).
+if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; })
+  else
+    echo "note: install postgresql (sudo apt-get install postgresql) for the distributed-storage tests" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The torch builds these machines carry (pip takes them from local disk); never ask for a newer torch.

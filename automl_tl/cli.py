@@ -94,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--modality", choices=("image", "text", "audio"),
                      help="what the input column holds (default: inferred from its values)")
     run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="worker processes on this machine sharing the study and the cores (default: 1)")
+
+    worker = commands.add_parser("worker", help="join a study made by 'automl-tl search' and run its trials "
+                                                "(from this or any machine that reaches its storage)")
+    worker.add_argument("--storage", required=True, help="the study's storage: a database URL or a *.journal path")
+    worker.add_argument("--study", required=True, help="the study's name (search's --study-name)")
+    worker.add_argument("--output", help="run directory for the best model (default: the study's own)")
+    worker.add_argument("--threads", type=_positive_int, help="torch threads (default: all cores)")
+    worker.add_argument("--timeout", type=_positive_float,
+                        help="hard wall-clock budget of this worker, in seconds (default: the study's)")
+    # used by 'search --workers N', which writes the results itself once every worker is done
+    worker.add_argument("--no-finish", dest="finish", action="store_false", help=argparse.SUPPRESS)
+    worker.add_argument("--no-progress", dest="progress", action="store_false", help=argparse.SUPPRESS)
 
     predict = commands.add_parser("predict", help="predict with the best model of a run")
     predict.add_argument("run_dir", help="run directory of a search, or a saved model directory")
@@ -115,6 +129,17 @@ def _load_search_data(args: argparse.Namespace):
         return args.data, args.label, args.input_column, Path(args.data).stem or "data"
     dataset = get_registry().get_dataset(args.dataset or DEFAULT_DATASET)
     return dataset.load(), dataset.label_column, dataset.input_column, dataset.name
+
+
+def _data_source(args: argparse.Namespace) -> dict:
+    """How other worker processes load the same data (stored with the study)."""
+    from automl_tl.workers import data_source
+
+    if args.data:
+        return data_source(data=args.data, label=args.label, input_column=args.input_column, seed=args.seed,
+                           max_samples=args.max_samples, modality=args.modality)
+    return data_source(dataset=args.dataset or DEFAULT_DATASET, seed=args.seed, max_samples=args.max_samples,
+                       modality=args.modality)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -144,7 +169,13 @@ def cmd_search(args: argparse.Namespace) -> int:
                                    clip_seconds=args.clip_seconds),
     )
     run_dir = Path(args.output or Path("runs") / name)
-    outcome = search(bundle, config, run_dir)
+    outcome = search(bundle, config, run_dir, workers=args.workers, data_source=_data_source(args))
+    _print_outcome(outcome)
+    return 0
+
+
+def _print_outcome(outcome) -> None:
+    run_dir = outcome.run_dir
     print(outcome.leaderboard.drop(columns=["error"]).head(10).to_string(index=False))
     print(f"\nbest trial {outcome.best_trial}: validation accuracy {outcome.best_val_accuracy:.4f}, "
           f"test accuracy {outcome.test_metrics['accuracy']:.4f}")
@@ -155,6 +186,19 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"best validation accuracy: {taus})")
     extra = ", transferability.csv" if outcome.transferability is not None else ""
     print(f"run directory: {run_dir} (leaderboard.csv, leaderboard.md, summary.json{extra}, best_model/)")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import torch
+
+    from automl_tl.workers import join_study
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    outcome = join_study(args.storage, args.study, args.output, timeout=args.timeout, finish=args.finish,
+                         show_progress=None if args.progress else False)
+    if outcome is not None:
+        _print_outcome(outcome)
     return 0
 
 
@@ -198,7 +242,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets}
+COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,3 +169,17 @@ class SearchConfig:
         size = self.input_options.image_size
         if size is not None and size < 16:
             raise ConfigError(f"image size must be at least 16 pixels, got {size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (stored with the study, so that workers elsewhere search the same way)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SearchConfig":
+        """The inverse of :meth:`to_dict` (JSON turned the tuples into lists)."""
+        values = dict(values)
+        values["input_options"] = InputOptions(**(values.get("input_options") or {}))
+        for name in ("backbones", "strategies", "heads", "backbone_lr_range", "head_lr_range"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)

@@ -44,9 +44,15 @@ FORMAT_VERSION = 1
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: readers (and a
+    process killed mid-write) see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as file:
-        json.dump(payload, file, indent=2, default=str)
+        file.write(text)
         temp = Path(file.name)
     os.replace(temp, path)
 
@@ -65,6 +71,24 @@ def save_model(model: TransferModel, directory: Path, config: dict[str, Any]) ->
         os.replace(directory, old)
     os.replace(staging, directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def repair_interrupted_save(directory: Path) -> None:
+    """Undo what a process killed inside :func:`save_model` left beside ``directory``.
+
+    Killed between its two renames, it leaves no ``directory`` but the complete previous model in
+    ``.NAME-old``: that one is put back. Half-written staging folders (``.NAME-*``) are deleted, so
+    kills never fill the disk. Call it where no other process saves into ``directory`` at the same time
+    (the search holds its best-model lock).
+    """
+    directory = Path(directory)
+    old = directory.with_name(f".{directory.name}-old")
+    if not directory.exists() and (old / WEIGHTS_FILE).is_file() and (old / CONFIG_FILE).is_file():
+        os.replace(old, directory)
+    if directory.parent.is_dir():
+        for leftover in directory.parent.glob(f".{directory.name}-*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def read_model_config(directory: Path) -> dict[str, Any]:

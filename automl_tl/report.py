@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from automl_tl.model_io import write_json_atomic
+from automl_tl.model_io import write_json_atomic, write_text_atomic
 
 PARAMETERS = ["backbone", "strategy", "freeze_depth", "backbone_lr", "layer_decay", "head_lr", "head", "head_hidden",
               "head_dropout"]
@@ -55,8 +55,10 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 def write_leaderboard(frame: pd.DataFrame, run_dir: Path) -> None:
     """``leaderboard.csv`` (every column) and ``leaderboard.md`` (for reading) in ``run_dir``."""
-    frame.to_csv(run_dir / "leaderboard.csv", index=False)
-    (run_dir / "leaderboard.md").write_text(_markdown(frame) + "\n" if not frame.empty else "no trials yet\n")
+    # Written aside and renamed into place: several workers may write them at once, and a kill mid-write
+    # must not leave half a file.
+    write_text_atomic(run_dir / "leaderboard.csv", frame.to_csv(index=False))
+    write_text_atomic(run_dir / "leaderboard.md", _markdown(frame) + "\n" if not frame.empty else "no trials yet\n")
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -67,12 +69,12 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 def write_transferability(frame: pd.DataFrame, kendall_tau: dict[str, float | None], run_dir: Path) -> None:
     """``transferability.csv`` and ``transferability.md``: each backbone's scores, its rank and its best
     fine-tuned validation accuracy, and the Kendall tau of each score against that accuracy."""
-    frame.to_csv(run_dir / "transferability.csv", index=False)
+    write_text_atomic(run_dir / "transferability.csv", frame.to_csv(index=False))
     shown = frame.copy()
     for column in shown.columns:
         if pd.api.types.is_float_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}")
     taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.3f}'}" for name, tau in kendall_tau.items())
-    (run_dir / "transferability.md").write_text(
-        shown.to_markdown(index=False, disable_numparse=True)
+    write_text_atomic(
+        run_dir / "transferability.md", shown.to_markdown(index=False, disable_numparse=True)
         + f"\n\nKendall tau between each score and the best validation accuracy: {taus}\n")

@@ -6,14 +6,19 @@ only they are searched. Every trial then runs through the shared
 :class:`~automl_tl.executor.Executor`; this module turns the executor's per-epoch callback
 into Optuna reports and prunes (successive halving or Hyperband over epochs), enforces the
 search's and each trial's wall-clock budget, and owns the trial states. The study lives in a
-journal file in the run directory (safe for several processes on one machine), so running the
-same command again resumes it.
+journal file in the run directory (safe for several processes on one machine) or in a database
+(``--storage postgresql://...``), so running the same command again resumes it: every trial
+carries a heartbeat, and a trial whose worker died is marked failed and run again
+(:mod:`automl_tl.liveness`). Several workers can share one study (:mod:`automl_tl.workers`): the
+study stores the settings and the data's source, and each worker stops when the study as a whole
+has enough trials.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,19 +35,23 @@ from automl_tl.config import SearchConfig, is_journal_path
 from automl_tl.data import DatasetBundle
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
-from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, save_model, write_json_atomic
+from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, repair_interrupted_save, save_model,
+                                write_json_atomic)
 from automl_tl.feature_cache import FeatureCache
+from automl_tl.liveness import SLOT_ATTR, Heartbeat, recover_dead_trials
 from automl_tl.locking import exclusive_lock
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
 from automl_tl.report import leaderboard, write_leaderboard, write_summary, write_transferability
+from automl_tl.sampling import SlotSeededSampler
 from automl_tl.space import SearchSpace, suggest_trial_config
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = "study.journal"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RUNNING = (optuna.trial.TrialState.RUNNING,)
 
 
 class TrialFailed(Exception):
@@ -63,13 +72,25 @@ class SearchOutcome:
     transferability: dict[str, Any] | None = None  # the ranking and each score's Kendall tau; None without pre-ranking
 
 
-def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage | str:
+def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     """The study storage: a journal file in ``run_dir`` by default, or a database URL."""
     if url is None or is_journal_path(url):
         path = run_dir / JOURNAL_FILE if url is None else Path(url)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        try:
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+        except OSError as exc:
+            raise ConfigError(f"cannot open the study journal {path}: {exc.strerror}") from None
         return optuna.storages.journal.JournalStorage(backend)
-    return url
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad credentials: all the user's to fix
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open the study storage {mask_password(url)}: {message}") from None
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
 def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
@@ -81,9 +102,13 @@ def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
     if warm_starts:
         startup = min(startup, warm_starts + 2)
     if config.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=config.seed)
+        def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
+            return optuna.samplers.RandomSampler(seed=seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=startup, multivariate=True)
+        def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+    # seeded per trial: a resumed or shared study draws what an uninterrupted one would have
+    sampler = SlotSeededSampler(make_sampler, config.seed)
     if config.pruner == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=config.min_epochs, max_resource=config.max_epochs,
                                                 reduction_factor=3)
@@ -96,22 +121,33 @@ def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
 
 def saved_best_accuracy(run_dir: Path) -> float | None:
     """Validation accuracy of the model in ``run_dir/best_model``, if there is one."""
+    saved = _saved_best(run_dir)
+    return None if saved is None else saved[0]
+
+
+def _saved_best(run_dir: Path) -> tuple[float, int] | None:
+    """(validation accuracy, trial number) of the model in ``run_dir/best_model``, if there is one."""
     path = run_dir / BEST_MODEL_DIR / CONFIG_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("val_accuracy")
+    config = json.loads(path.read_text())
+    return config.get("val_accuracy"), config.get("trial", -1)
 
 
 class Search:
     """One study over the configured space; :meth:`run` optimises until the budget is spent."""
 
     def __init__(self, data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
-                 callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None):
+                 callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+                 data_source: dict[str, Any] | None = None):
         """``callbacks`` are Optuna study callbacks run after each trial (one may call ``study.stop()``).
 
         A given ``executor`` brings its own feature cache; ``config.feature_cache`` applies to the default one.
+        ``data_source`` says how to load ``data`` again (see :func:`automl_tl.workers.load_data_source`);
+        it is stored with the study so that other workers can join it.
         """
         self.data = data
+        self.data_source = data_source
         self.callbacks = list(callbacks or [])
         self.config = config
         self.run_dir = Path(run_dir)
@@ -125,6 +161,7 @@ class Search:
         self.space: SearchSpace | None = None
         self._results: dict[int, TrialResult] = {}
         self._deadline: float | None = None
+        self._attempts_left = 0  # trials this process may still start in this run
 
     def prepare(self) -> SearchSpace:
         """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space."""
@@ -153,17 +190,30 @@ class Search:
             raise ConfigError(f"cannot write to output directory {self.run_dir}: {exc.strerror}") from None
         if self.space is None:
             self.prepare()
+        storage = open_storage(self.config.storage, self.run_dir)
+        stored = _stored_attrs(storage, self.config.study_name)
+        # (A worker joining has no ranking of its own: the study's maker enqueued the warm starts.)
         warm_starts = [] if self.ranking is None else warm_start_params(self.ranking, self.space)[:self.config.n_trials]
-        sampler, pruner = _make_sampler_and_pruner(self.config, len(warm_starts))
-        study = optuna.create_study(storage=open_storage(self.config.storage, self.run_dir), sampler=sampler,
-                                    pruner=pruner, study_name=self.config.study_name, direction="maximize",
-                                    load_if_exists=True)
+        # the sampler starts as the study's maker set it up, whichever process this is
+        sampler, pruner = _make_sampler_and_pruner(self.config, stored.get("warm_starts", len(warm_starts)))
+        if stored:  # load, not create: a refused resume must not even append to the journal
+            study = optuna.load_study(study_name=self.config.study_name, storage=storage, sampler=sampler,
+                                      pruner=pruner)
+        else:
+            study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner,
+                                        study_name=self.config.study_name, direction="maximize",
+                                        load_if_exists=True)
         stored_data = study.user_attrs.get("data_fingerprint")
         stored_space = study.user_attrs.get("search_space")
         if stored_data is None:
             study.set_user_attr("data_fingerprint", self.data.fingerprint)
             study.set_user_attr("search_space", self.space.to_dict())
             study.set_user_attr("classes", [str(c) for c in self.data.classes])
+            # What a worker elsewhere needs to join: the settings, the data's source, where the run lives.
+            study.set_user_attr("search_config", self.config.to_dict())
+            study.set_user_attr("data_source", self.data_source)
+            study.set_user_attr("run_dir", str(self.run_dir.resolve()))
+            study.set_user_attr("warm_starts", len(warm_starts))
         elif stored_data != self.data.fingerprint:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
                               f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
@@ -173,40 +223,74 @@ class Search:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
                               f"(different {', '.join(changed)}); rerun with the original options to continue it, "
                               "or use another --output or --study-name to start a new search")
-        if warm_starts and not study.trials:
+        if warm_starts and not study.user_attrs.get("warm_starts_enqueued"):
             # A new study: the best-ranked backbones first, as cheap probes, then one strong fine-tuning.
-            for params in warm_starts:
+            # (Counting those already there: a run killed while enqueueing them adds only the rest.)
+            present = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start"))
+            for params in warm_starts[present:]:
                 study.enqueue_trial(params, user_attrs={"warm_start": True})
+            study.set_user_attr("warm_starts_enqueued", True)
         return study
 
-    def run(self) -> SearchOutcome:
+    def run(self, workers: int = 1) -> SearchOutcome:
         """Optimise until ``n_trials`` trials have finished (counting earlier runs) or the timeout passes.
 
-        The timeout covers the whole run, pre-ranking included.
+        The timeout covers the whole run, pre-ranking included. With ``workers`` > 1, that many worker
+        processes share the study (see :func:`automl_tl.workers.run_local_workers`); this process
+        prepares the study, waits for them, and writes the results.
         """
         started = time.monotonic()
         self._deadline = started + self.config.timeout if self.config.timeout else None
         study = self.open_study()
+        if workers > 1:
+            from automl_tl.workers import run_local_workers
+
+            run_local_workers(self, workers, None if self._deadline is None else self._deadline - time.monotonic())
+        else:
+            self.optimize(study)
+        return self._finish(study)
+
+    def optimize(self, study: optuna.Study) -> None:
+        """Run trials in this process until the study has ``n_trials`` finished (or running) trials, this
+        process has started as many as were missing when it began, or the deadline passes.
+
+        Trials of dead workers are recovered first, and again after every trial.
+        """
+        recover_dead_trials(study)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         remaining = self.config.n_trials - finished
         if finished:
             logger.info("resuming study %r: %d trial(s) already finished, %d to go",
                         self.config.study_name, finished, max(remaining, 0))
+        self._attempts_left = remaining  # failed trials count too, so a search that keeps failing ends
         time_left = None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-        if remaining > 0 and time_left != 0.0:
-            progress = tqdm(total=remaining, desc="trials", unit="trial", disable=not self.executor.show_progress)
-            try:
-                study.optimize(self._objective, n_trials=remaining, timeout=time_left, catch=(TrialFailed,),
-                               callbacks=[self._after_trial, lambda *_: progress.update(), *self.callbacks])
-            finally:
-                progress.close()
-                write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
-        return self._finish(study)
+        if self._enough(study) or time_left == 0.0:
+            return
+        progress = tqdm(total=remaining, desc="trials", unit="trial", disable=not self.executor.show_progress)
+        try:
+            study.optimize(self._objective, n_trials=None, timeout=time_left, catch=(TrialFailed,),
+                           callbacks=[self._after_trial, lambda *_: progress.update(), self._stop_when_enough,
+                                      *self.callbacks])
+        finally:
+            progress.close()
+            write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
+
+    def _enough(self, study: optuna.Study) -> bool:
+        """Whether this process should start no more trials: the study's finished and running trials
+        (other workers' included) reach ``n_trials``, or this process used up its attempts."""
+        counted = len(study.get_trials(deepcopy=False, states=FINISHED + RUNNING))
+        return counted >= self.config.n_trials or self._attempts_left <= 0
+
+    def _stop_when_enough(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._attempts_left -= 1
+        recover_dead_trials(study)
+        if self._enough(study):
+            study.stop()
 
     # ------------------------------------------------------------ one trial
 
     def _objective(self, trial: optuna.Trial) -> float:
-        config = suggest_trial_config(trial, self.space, self.config)
+        config = suggest_trial_config(trial, self.space, self.config, slot=trial.user_attrs.get(SLOT_ATTR))
         backbone = self.backbones[config.backbone]
 
         def on_epoch(epoch: int, val_accuracy: float) -> bool:
@@ -223,7 +307,9 @@ class Search:
             trial_deadline = time.monotonic() + self.config.trial_timeout
             deadline = trial_deadline if deadline is None else min(deadline, trial_deadline)
         try:
-            result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=deadline)
+            # trial._trial_id: the storage's id of this trial (Optuna has no public accessor)
+            with Heartbeat(trial.study._storage, trial._trial_id):
+                result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=deadline)
         except AutomlTLError:
             raise  # the user's problem (data, weights): stop the search with the message
         except Exception as exc:  # anything else fails this trial only
@@ -263,8 +349,10 @@ class Search:
     def _keep_if_best(self, result: TrialResult) -> None:
         """Save the trial's model as ``best_model`` if no better one is saved (atomic, under a lock)."""
         with exclusive_lock(self.run_dir / ".best_model.lock"):
-            saved = saved_best_accuracy(self.run_dir)
-            if saved is not None and saved >= result.best_val_accuracy:
+            repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)  # a worker killed while saving
+            # Ties go to the lower trial number, as in the leaderboard, whichever worker finished first.
+            saved = _saved_best(self.run_dir)
+            if saved is not None and (saved[0], -saved[1]) >= (result.best_val_accuracy, -result.trial_number):
                 return
             backbone = self.backbones[result.config.backbone]
             preprocessor = backbone.preprocessor(result.config.input_options)
@@ -303,6 +391,8 @@ class Search:
     # ------------------------------------------------------------ the end
 
     def _finish(self, study: optuna.Study) -> SearchOutcome:
+        with exclusive_lock(self.run_dir / ".best_model.lock"):
+            repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)
         board = leaderboard(study)
         write_leaderboard(board, self.run_dir)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -350,6 +440,15 @@ class Search:
                 "examples": int(len(labels))}
 
 
-def search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None) -> SearchOutcome:
-    """Run (or resume) a search; see :class:`Search`."""
-    return Search(data, config, run_dir, executor).run()
+def _stored_attrs(storage: optuna.storages.BaseStorage | str, study_name: str) -> dict[str, Any]:
+    """The user attributes of a stored study, or {} when there is none yet."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage).user_attrs
+    except KeyError:
+        return {}
+
+
+def search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
+           workers: int = 1, data_source: dict[str, Any] | None = None) -> SearchOutcome:
+    """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``."""
+    return Search(data, config, run_dir, executor, data_source=data_source).run(workers)

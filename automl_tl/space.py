@@ -65,6 +65,14 @@ class SearchSpace:
                 "backbone_lr_range": list(self.backbone_lr_range), "head_lr_range": list(self.head_lr_range),
                 "heads": list(self.heads), "max_epochs": self.max_epochs}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SearchSpace":
+        """The inverse of :meth:`to_dict` (a worker joining a study takes the space stored with it)."""
+        values = dict(values)
+        for name in ("backbones", "strategies", "backbone_lr_range", "head_lr_range", "heads"):
+            values[name] = tuple(values[name])
+        return cls(**values)
+
     def default_params(self) -> dict[str, Any]:
         """A middle-of-the-road value for every parameter (for warm-start trials): the geometric middle
         of each learning-rate range, no layer decay, the deepest allowed fine-tuning, a linear head."""
@@ -81,8 +89,12 @@ class SearchSpace:
         }
 
 
-def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: SearchConfig) -> TrialConfig:
-    """Ask the sampler for one point of ``space`` and turn it into a :class:`TrialConfig`."""
+def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: SearchConfig,
+                         slot: int | None = None) -> TrialConfig:
+    """Ask the sampler for one point of ``space`` and turn it into a :class:`TrialConfig`.
+
+    The trial trains with seed ``search.seed + slot`` (default: the trial's number; see
+    :func:`automl_tl.liveness.trial_slot`)."""
     backbone = trial.suggest_categorical("backbone", list(space.backbones))
     strategy = trial.suggest_categorical("strategy", list(space.strategies))
     freeze_depth = trial.suggest_int("freeze_depth", space.min_freeze_depth, space.max_freeze_depth)
@@ -95,5 +107,6 @@ def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: Search
     return TrialConfig(
         backbone=backbone, strategy=strategy, freeze_depth=freeze_depth, backbone_lr=backbone_lr,
         layer_decay=layer_decay, head_lr=head_lr, head=head, epochs=space.max_epochs,
-        batch_size=search.batch_size, seed=search.seed + trial.number, input_options=search.input_options,
+        batch_size=search.batch_size, seed=search.seed + (trial.number if slot is None else slot),
+        input_options=search.input_options,
     )

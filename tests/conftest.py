@@ -38,3 +38,35 @@ def clean_registry():
     reset_registry()
     yield
     reset_registry()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 for this test session (started by tests/postgres.sh).
+
+    ``AUTOML_TL_TEST_POSTGRES`` names a server to use instead. Without PostgreSQL installed the
+    tests that need it are skipped, except in CI (``CI=true``), where that is a failure.
+    """
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    if os.environ.get("AUTOML_TL_TEST_POSTGRES"):
+        yield os.environ["AUTOML_TL_TEST_POSTGRES"]
+        return
+    script = Path(__file__).with_name("postgres.sh")
+    with socket.socket() as probe:  # a free port on the loopback address
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tempfile.mkdtemp(prefix="automl_tl-postgres-")
+    os.chmod(state, 0o755)
+    started = subprocess.run(["bash", str(script), "start", state, str(port)], capture_output=True, text=True)
+    if started.returncode != 0:
+        message = f"no PostgreSQL server: {started.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(script), "stop", state], capture_output=True)

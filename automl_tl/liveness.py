@@ -1,0 +1,163 @@
+"""Which running trials are still alive: heartbeats, and recovering the trials of dead workers.
+
+A trial that was running when its process died (SIGKILL, the kernel's out-of-memory killer, a
+lost machine) stays ``RUNNING`` in the study forever unless someone notices. Every trial
+therefore records which worker runs it (host and process id) and, while it runs, a heartbeat
+every :data:`HEARTBEAT_INTERVAL` seconds. Before each trial, every worker looks at the study's
+running trials and takes one for dead when
+
+* it belongs to a process on *this* host that no longer exists (found at once, so the same
+  command run again right after a kill recovers the trial immediately), or
+* its heartbeat is older than :data:`GRACE_PERIOD` (any host: a lost machine).
+
+A dead trial is marked ``FAIL`` with the reason and enqueued again with the same parameters, at
+most :data:`MAX_RETRIES` times (a trial that keeps killing its worker is not retried forever).
+Marking it failed succeeds for one worker only, so a trial is never retried twice.
+
+This works the same on every storage (journal file, PostgreSQL, MySQL, SQLite): the marks are
+plain trial attributes, written through Optuna's storage API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from types import TracebackType
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 10.0  # seconds between two heartbeats of a running trial
+GRACE_PERIOD = 60.0  # a running trial silent for this long is taken for dead, whatever its host
+MAX_RETRIES = 2  # times one configuration is run again after its worker died
+
+WORKER_ATTR = "automl_tl:worker"  # system attribute: {"host": ..., "pid": ...} of the process running the trial
+HEARTBEAT_ATTR = "automl_tl:heartbeat"  # system attribute: Unix time of the trial's last heartbeat
+RETRY_OF_ATTR = "retry_of"  # user attribute of a retry: the number of the trial it repeats
+ATTEMPT_ATTR = "attempt"  # user attribute of a retry: 2 for the first retry, 3 for the second...
+
+
+def this_worker() -> dict[str, object]:
+    """The identity recorded on every trial this process runs."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill(0) said it exists
+
+
+class Heartbeat:
+    """While in use, marks the trial as alive every ``interval`` seconds from a background thread.
+
+    ``with Heartbeat(storage, trial_id): ...`` records this worker on the trial, then beats until the
+    block ends. A failed write is logged and retried at the next beat: a storage hiccup must not
+    fail the trial.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float = HEARTBEAT_INTERVAL):
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_until_stopped, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self.storage.set_trial_system_attr(self.trial_id, WORKER_ATTR, this_worker())
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        try:
+            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        except Exception as error:  # noqa: BLE001 - any storage error: try again next time
+            logger.warning("could not record the heartbeat of trial id %d: %s", self.trial_id, error)
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
+
+
+def why_dead(trial: FrozenTrial, now: float | None = None, grace: float = GRACE_PERIOD) -> str | None:
+    """Why a running trial is taken for dead, or None while it looks alive."""
+    now = time.time() if now is None else now
+    worker = trial.system_attrs.get(WORKER_ATTR)
+    if isinstance(worker, dict) and worker.get("host") == socket.gethostname() \
+            and not process_exists(int(worker.get("pid", -1))):
+        return f"its worker (process {worker['pid']} on {worker['host']}) is gone"
+    last_sign = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if last_sign is None and trial.datetime_start is not None:
+        last_sign = trial.datetime_start.timestamp()  # died before its first heartbeat
+    if last_sign is not None and now - float(last_sign) > grace:
+        return f"no heartbeat for {now - float(last_sign):.0f} s"
+    return None
+
+
+def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> list[int]:
+    """Mark the study's dead running trials failed and enqueue each again; returns their numbers."""
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = why_dead(trial, grace=grace)
+        if reason is None:
+            continue
+        attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
+        retried = attempt <= MAX_RETRIES
+        note = "run again as a new trial" if retried else f"not run again: it was attempt {attempt}"
+        # study._storage, trial._trial_id: Optuna has no public way to fail another process's trial.
+        storage = study._storage
+        try:  # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(trial._trial_id, "error", f"interrupted: {reason}; {note}")
+            storage.set_trial_user_attr(trial._trial_id, "stop_reason", "interrupted")
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            continue  # another worker recovered it first (or it just finished after all)
+        if retried:
+            attrs = {k: v for k, v in trial.user_attrs.items() if k in ("warm_start",)}
+            study.enqueue_trial(trial.params, user_attrs={**attrs, RETRY_OF_ATTR: trial.number,
+                                                          ATTEMPT_ATTR: attempt + 1})
+        logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
+        recovered.append(trial.number)
+    return recovered
+
+
+SLOT_ATTR = "slot"  # user attribute: the trial's place in an uninterrupted run (see trial_slot)
+
+
+def trial_slot(study: optuna.Study, trial: FrozenTrial) -> int:
+    """The trial's place in the run as if no worker had ever died: its number, less the interrupted
+    trials before it; a retry takes the slot of the trial it repeats.
+
+    Seeds come from the slot, not the number, so that a resumed run draws and trains exactly as an
+    uninterrupted one would have.
+    """
+    if SLOT_ATTR in trial.user_attrs:
+        return int(trial.user_attrs[SLOT_ATTR])
+    trials = study.get_trials(deepcopy=False)
+    repeated = trial.user_attrs.get(RETRY_OF_ATTR)
+    if repeated is not None and repeated < len(trials):
+        return trial_slot(study, trials[repeated])
+    interrupted = sum(1 for t in trials[:trial.number]
+                      if t.state == TrialState.FAIL and t.user_attrs.get("stop_reason") == "interrupted")
+    return trial.number - interrupted
