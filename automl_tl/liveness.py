@@ -158,6 +158,43 @@ def trial_slot(study: optuna.Study, trial: FrozenTrial) -> int:
     repeated = trial.user_attrs.get(RETRY_OF_ATTR)
     if repeated is not None and repeated < len(trials):
         return trial_slot(study, trials[repeated])
-    interrupted = sum(1 for t in trials[:trial.number]
-                      if t.state == TrialState.FAIL and t.user_attrs.get("stop_reason") == "interrupted")
-    return trial.number - interrupted
+    return trial.number - sum(1 for t in trials[:trial.number] if is_interrupted(t))
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """Whether the trial was failed by :func:`recover_dead_trials` (its retry stands in for it)."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("stop_reason") == "interrupted"
+
+
+class _StudyWithoutInterrupted:
+    """The study as a pruner should see it: without interrupted trials, whose retries stand in for them."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if not is_interrupted(t)]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class InterruptionBlindPruner(optuna.pruners.BasePruner):
+    """``pruner`` deciding as if no worker had died.
+
+    An interrupted trial may have reached a rung of successive halving before its worker died; its
+    retry reaches the same rung with the same value. Counted twice, that value would change the bar
+    for everyone, and a resumed search would prune other trials than an uninterrupted one. (Not used
+    with Hyperband, which reads the study afresh in each bracket and which samplers recognise by type:
+    there an interrupted trial's rungs still count.)
+    """
+
+    def __init__(self, pruner: optuna.pruners.BasePruner):
+        self.pruner = pruner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self.pruner.prune(_StudyWithoutInterrupted(study), trial)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, p
 from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, repair_interrupted_save, save_model,
                                 write_json_atomic)
 from automl_tl.feature_cache import FeatureCache
-from automl_tl.liveness import SLOT_ATTR, Heartbeat, recover_dead_trials
+from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.locking import exclusive_lock
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
@@ -116,7 +116,9 @@ def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs, reduction_factor=3)
     else:
         pruner = optuna.pruners.NopPruner()
-    return sampler, pruner
+    if isinstance(pruner, optuna.pruners.HyperbandPruner):
+        return sampler, pruner  # unwrapped: samplers look for it by type, to see one bracket's trials only
+    return sampler, InterruptionBlindPruner(pruner)
 
 
 def saved_best_accuracy(run_dir: Path) -> float | None:
@@ -290,7 +292,9 @@ class Search:
     # ------------------------------------------------------------ one trial
 
     def _objective(self, trial: optuna.Trial) -> float:
-        config = suggest_trial_config(trial, self.space, self.config, slot=trial.user_attrs.get(SLOT_ATTR))
+        # The slot, read afresh: the sampler recorded it after this Trial object cached its attributes.
+        slot = trial_slot(trial.study, trial.study._storage.get_trial(trial._trial_id))
+        config = suggest_trial_config(trial, self.space, self.config, slot=slot)
         backbone = self.backbones[config.backbone]
 
         def on_epoch(epoch: int, val_accuracy: float) -> bool:

@@ -146,6 +146,11 @@ def test_a_search_killed_with_sigkill_resumes_and_loses_no_finished_trial(tmp_pa
     config = json.loads((run_dir / "best_model" / "config.json").read_text())
     assert config["trial"] == best_of(study)
     assert json.loads((run_dir / "summary.json").read_text())["best_trial"] == best_of(study)
+    # every trial trained with the seed of its place in an uninterrupted run (the retry with the one it repeats)
+    for trial in trials:
+        slot = trial.number - (trial.number > killed_trial.number)
+        assert trial.user_attrs["slot"] == (killed_trial.number if trial in retries else slot)
+    assert config["trial_config"]["seed"] == 3 + study.trials[config["trial"]].user_attrs["slot"]
 
 
 # ---------------------------------------------------------------- several workers
