@@ -218,3 +218,12 @@ def apply_run_options(args) -> None:
     setup_logging(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def fresh_output(args) -> Path:
+    """Act on :func:`add_run_options`' options, then empty ``args.output`` (only with ``--overwrite``) and return it."""
+    apply_run_options(args)
+    output = Path(args.output)
+    clear_run_dir(output, args.overwrite)
+    output.mkdir(parents=True)
+    return output

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +42,8 @@ import optuna
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine_line, markdown_table, setup_logging  # noqa: E402
+from _common import (  # noqa: E402
+    add_run_options, command_line, fresh_output, machine_line, markdown_table)
 
 logger = logging.getLogger("benchmarks.kill_resume")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -108,17 +108,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--earliest", type=float, default=3.0, help="earliest kill, seconds after the start")
     parser.add_argument("--kill-seed", type=int, default=1, help="seed of the random kill moments")
-    parser.add_argument("--output", default="runs/bench_kill_resume")
-    parser.add_argument("--overwrite", action="store_true", help="delete earlier results in OUTPUT first")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_run_options(parser, "runs/bench_kill_resume", "delete earlier results in OUTPUT first")
     args = parser.parse_args()
-    setup_logging(args.verbose)
-    output = Path(args.output)
-    if output.exists():
-        if not args.overwrite:
-            sys.exit(f"{output} holds earlier results; pass --overwrite to delete them")
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
+    output = fresh_output(args)
     env = {**os.environ, "AUTOML_TL_FEATURE_CACHE": str((output / "features").resolve()), "HF_HUB_OFFLINE": "1"}
 
     reference_dir = output / "reference"

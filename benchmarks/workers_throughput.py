@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -45,7 +44,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine_line, markdown_table, setup_logging  # noqa: E402
+from _common import (  # noqa: E402
+    add_run_options, command_line, fresh_output, machine_line, markdown_table)
 
 logger = logging.getLogger("benchmarks.workers_throughput")
 REPO = Path(__file__).resolve().parent.parent
@@ -130,17 +130,9 @@ def main() -> None:
                         help="strategies searched (default: those that train the body, where throughput matters; "
                              "linear probes on cached features take a tenth of a second)")
     parser.add_argument("--postgres", help="a PostgreSQL URL to use (default: start one on 127.0.0.1)")
-    parser.add_argument("--output", default="runs/bench_workers")
-    parser.add_argument("--overwrite", action="store_true", help="delete earlier results in OUTPUT first")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_run_options(parser, "runs/bench_workers", "delete earlier results in OUTPUT first")
     args = parser.parse_args()
-    setup_logging(args.verbose)
-    output = Path(args.output)
-    if output.exists():
-        if not args.overwrite:
-            sys.exit(f"{output} holds earlier results; pass --overwrite to delete them")
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
+    output = fresh_output(args)
     cache = output / "features"
     env = {**os.environ, "AUTOML_TL_FEATURE_CACHE": str(cache.resolve()), "HF_HUB_OFFLINE": "1"}
     # Fill the feature cache once, untimed, so neither timed run pays for it alone.
