@@ -13,7 +13,8 @@ PORT=${3:-54329}
 DATA=$STATE/data
 
 as_owner() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  # from /, which the postgres user can enter (it may not enter the caller's folder)
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 bin_dir() {
