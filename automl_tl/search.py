@@ -40,6 +40,7 @@ from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, rep
 from automl_tl.feature_cache import FeatureCache
 from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.locking import exclusive_lock
+from automl_tl.manifest import build_manifest
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
@@ -50,6 +51,7 @@ from automl_tl.space import SearchSpace, suggest_trial_config
 logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = "study.journal"
+MANIFEST_FILE = "manifest.json"  # package versions, seeds, data hash, backbones, hardware
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = (optuna.trial.TrialState.RUNNING,)
 
@@ -418,6 +420,8 @@ class Search:
             "total_cpu_seconds": float(board["cpu_seconds"].fillna(0).sum()), "data": self.data.summary(),
             "transferability": transferability,
         })
+        write_json_atomic(self.run_dir / MANIFEST_FILE, build_manifest(
+            self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
         logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %.4f",
                     best_trial, best_params, predictor.config["val_accuracy"], test_metrics["accuracy"])
         return SearchOutcome(self.run_dir, study, board, best_trial, best_params,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -139,3 +140,19 @@ def test_storage_file_lives_in_the_run_directory(finished_run):
         optuna.storages.journal.JournalFileBackend(str(outcome.run_dir / "study.journal")))
     study = optuna.load_study(study_name="automl_tl", storage=storage)
     assert len(study.trials) == 6
+
+
+def test_the_run_manifest_says_how_the_results_were_made(finished_run):
+    from importlib import metadata
+
+    outcome, _ = finished_run
+    manifest = json.loads((outcome.run_dir / "manifest.json").read_text())
+    assert manifest["packages"]["torch"] == metadata.version("torch")
+    assert manifest["packages"]["optuna"] == metadata.version("optuna")
+    assert manifest["data"]["fingerprint"] == outcome.study.user_attrs["data_fingerprint"]
+    assert manifest["seeds"]["search"] == small_search().seed
+    searched = {entry["name"]: entry for entry in manifest["backbones"]}
+    assert set(searched) == set(outcome.study.user_attrs["search_space"]["backbones"])
+    for entry in searched.values():
+        assert entry["weight_source"] and entry["weights_sha256_prefix"]  # the probes hashed their weights
+    assert manifest["hardware"]["cpu_count"] == os.cpu_count()
