@@ -37,7 +37,7 @@ from torch import nn
 
 from automl_tl.backbone import Preprocessor
 from automl_tl.data import AUDIO_EXTENSIONS
-from automl_tl.errors import DataError
+from automl_tl.errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ MEL_TRIANGLES = ("hz", "mel")
 
 
 # ---------------------------------------------------------------- reading files
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
@@ -75,7 +70,7 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError, OSError) as exc:
         raise DataError(f"cannot read audio file {path} (corrupt, or not a wav/flac/ogg file): "
-                        f"{_first_line(exc)}") from None
+                        f"{first_line(exc)}") from None
     if samples.shape[0] == 0 or samples.shape[1] == 0:
         raise DataError(f"audio file {path} is empty (0 samples)")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]

@@ -398,8 +398,8 @@ def check_known_labels(frame: pd.DataFrame, label_column: str, classes: Sequence
             value = int(value)
         return str(_plain(value))
 
-    unknown = [(row, value) for row, value in enumerate(frame[label_column])
-               if as_text(value) is not None and as_text(value) not in known]
+    accepted = known | {None}  # empty cells are fine
+    unknown = [(row, value) for row, value in enumerate(frame[label_column]) if as_text(value) not in accepted]
     if unknown:
         row, value = unknown[0]
         shown = ", ".join(map(repr, list(classes)[:10])) + (", ..." if len(classes) > 10 else "")

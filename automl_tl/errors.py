@@ -8,6 +8,14 @@ import difflib
 from collections.abc import Iterable
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of ``error``'s message (its type's name if it has none), cut to ``limit`` characters:
+    how another library's error is quoted inside one of our one-line messages."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
+
+
 class AutomlTLError(Exception):
     """Base class for errors caused by the user's input or environment."""
 

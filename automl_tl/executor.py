@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
 from automl_tl.config import TrialConfig
 from automl_tl.data import DatasetBundle, Split
+from automl_tl.errors import first_line
 from automl_tl.feature_cache import DeadlineReached, FeatureCache, samples_hash
 from automl_tl.heads import build_head
 
@@ -469,7 +470,7 @@ def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], 
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        first_error = _first_line(error)
+        first_error = first_line(error, limit=200)
     lost_seconds, lost_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     # Out of the except block on purpose: the traceback, whose frames hold the failed attempt's model,
     # optimizer and activations, is gone, so release_memory() can really free them.
@@ -485,7 +486,7 @@ def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], 
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        message = f"out of memory at batch size {size}, and again at {smaller} ({_first_line(error)})"
+        message = f"out of memory at batch size {size}, and again at {smaller} ({first_line(error, limit=200)})"
     else:
         result.extra["oom_retry"] = {"batch_size": size, "retried_with": smaller}
         # The trial's cost includes the attempt that ran out of memory.
@@ -494,12 +495,6 @@ def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], 
         return result
     release_memory()  # again outside the except block, for the same reason
     raise TrialOutOfMemory(message)
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an error's message, shortened (CUDA's out-of-memory messages run to a paragraph)."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def release_memory() -> None:

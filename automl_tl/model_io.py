@@ -130,12 +130,15 @@ def _check_state(state: Mapping[str, torch.Tensor], model: TransferModel, weight
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = sorted(k for k in state if k not in expected)
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
     problems = []
     if missing:
-        problems.append(f"{len(missing)} tensor(s) missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+        problems.append(f"{len(missing)} tensor(s) missing ({some(missing)})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) "
-                        f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+        problems.append(f"{len(unexpected)} unexpected tensor(s) ({some(unexpected)})")
     for name, want in expected.items():
         got = state.get(name)
         if got is None:

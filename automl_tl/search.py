@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from automl_tl.backbone import Backbone
 from automl_tl.config import SearchConfig, is_journal_path
 from automl_tl.data import DatasetBundle
-from automl_tl.errors import AutomlTLError, ConfigError
+from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
 from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, repair_interrupted_save, save_model,
                                 write_json_atomic)
@@ -86,8 +86,7 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad credentials: all the user's to fix
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot open the study storage {mask_password(url)}: {message}") from None
+        raise ConfigError(f"cannot open the study storage {mask_password(url)}: {first_line(exc)}") from None
 
 
 def mask_password(url: str) -> str:
@@ -195,18 +194,16 @@ class Search:
         if self.space is None:
             self.prepare()
         storage = open_storage(self.config.storage, self.run_dir)
-        stored = _stored_attrs(storage, self.config.study_name)
+        try:  # load first, create only if missing: a refused resume must not even append to the journal
+            study = optuna.load_study(study_name=self.config.study_name, storage=storage)
+        except KeyError:
+            study = optuna.create_study(storage=storage, study_name=self.config.study_name, direction="maximize",
+                                        load_if_exists=True)
         # (A worker joining has no ranking of its own: the study's maker enqueued the warm starts.)
         warm_starts = [] if self.ranking is None else warm_start_params(self.ranking, self.space)[:self.config.n_trials]
         # the sampler starts as the study's maker set it up, whichever process this is
-        sampler, pruner = _make_sampler_and_pruner(self.config, stored.get("warm_starts", len(warm_starts)))
-        if stored:  # load, not create: a refused resume must not even append to the journal
-            study = optuna.load_study(study_name=self.config.study_name, storage=storage, sampler=sampler,
-                                      pruner=pruner)
-        else:
-            study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner,
-                                        study_name=self.config.study_name, direction="maximize",
-                                        load_if_exists=True)
+        study.sampler, study.pruner = _make_sampler_and_pruner(
+            self.config, study.user_attrs.get("warm_starts", len(warm_starts)))
         stored_data = study.user_attrs.get("data_fingerprint")
         stored_space = study.user_attrs.get("search_space")
         if stored_data is None:
@@ -446,14 +443,6 @@ class Search:
                 "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
                 "macro_f1": float(f1_score(labels, predicted, average="macro")),
                 "examples": int(len(labels))}
-
-
-def _stored_attrs(storage: optuna.storages.BaseStorage | str, study_name: str) -> dict[str, Any]:
-    """The user attributes of a stored study, or {} when there is none yet."""
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage).user_attrs
-    except KeyError:
-        return {}
 
 
 def search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,

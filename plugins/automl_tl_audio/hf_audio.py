@@ -31,16 +31,11 @@ import torch
 from torch import nn
 
 from automl_tl.backbone import TransferModel
-from automl_tl.errors import WeightsNotFoundError
+from automl_tl.errors import WeightsNotFoundError, first_line
 from automl_tl_audio.base import AudioBackbone
 from automl_tl_audio.weights import WeightsMismatchError
 
 logger = logging.getLogger(__name__)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class TransformersAudioBody(nn.Module):
@@ -131,7 +126,7 @@ class TransformersAudioBackbone(AudioBackbone):
         try:
             return AutoConfig.from_pretrained(self.source, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
-            raise WeightsMismatchError(f"cannot read the model config in {self.source}: {_first_line(exc)}") from None
+            raise WeightsMismatchError(f"cannot read the model config in {self.source}: {first_line(exc)}") from None
 
     @cached_property
     def feature_extractor(self) -> Any:
@@ -142,7 +137,7 @@ class TransformersAudioBackbone(AudioBackbone):
             return AutoFeatureExtractor.from_pretrained(self.source, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
             raise WeightsNotFoundError(f"cannot read the feature extractor in {self.source} "
-                                       f"(preprocessor_config.json): {_first_line(exc)}") from None
+                                       f"(preprocessor_config.json): {first_line(exc)}") from None
 
     @property
     def sample_rate(self) -> int:  # type: ignore[override]
@@ -162,7 +157,7 @@ class TransformersAudioBackbone(AudioBackbone):
                 model, info = AutoModel.from_pretrained(self.source, local_files_only=True, trust_remote_code=False,
                                                         output_loading_info=True)
             except (OSError, ValueError) as exc:
-                raise WeightsMismatchError(f"cannot load the model in {self.source}: {_first_line(exc)}") from None
+                raise WeightsMismatchError(f"cannot load the model in {self.source}: {first_line(exc)}") from None
             missing = sorted(info.get("missing_keys", ()))
             mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
             if missing or mismatched:  # transformers would initialise these randomly: refuse instead

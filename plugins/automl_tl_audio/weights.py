@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from automl_tl.errors import WeightsMismatchError, WeightsNotFoundError
+from automl_tl.errors import WeightsMismatchError, WeightsNotFoundError, first_line
 from automl_tl.weights import load_strict, package_folder
 
 __all__ = ["PackageFile", "WeightsMismatchError", "load_strict", "load_torch_file", "package_folder"]
@@ -75,5 +75,5 @@ def load_torch_file(path: Path, allowed_globals: Sequence[Any] = ()) -> Any:
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise WeightsMismatchError(f"cannot read weight file {path}: {first}") from None

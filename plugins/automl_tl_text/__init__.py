@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
-from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError
+from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError, first_line
 from automl_tl.hookspecs import hookimpl
 from automl_tl_text.offline import OFFLINE_CHECKPOINTS, checkpoint_folder, checkpoint_installed
 
@@ -74,11 +74,6 @@ def _quiet_progress() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -117,7 +112,7 @@ class TextPreprocessor(Preprocessor):
                     str(self._source), trust_remote_code=self.trust_remote_code,
                     local_files_only=local or hub_offline())
             except (OSError, ValueError) as exc:
-                raise WeightsNotFoundError(f"cannot load the tokenizer {self._source}: {_first_line(exc)}") from None
+                raise WeightsNotFoundError(f"cannot load the tokenizer {self._source}: {first_line(exc)}") from None
         return self._tokenizer
 
     @property
@@ -314,7 +309,7 @@ class TransformersTextBackbone(Backbone):
                                   "register it with trust_remote_code=True only if you trust its source") from None
             hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if self.weights == "hub" and hub_offline() else ""
             raise WeightsNotFoundError(f"cannot load the {what} of backbone {self.name} from {self.weight_source}"
-                                       f"{hint}: {_first_line(exc)}") from None
+                                       f"{hint}: {first_line(exc)}") from None
 
     @cached_property
     def config(self) -> Any:
