@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pandas as pd
@@ -14,6 +15,11 @@ from automl_tl.registry import reset_registry
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Cached features go to a folder of this test session, never into the user's cache.
 os.environ["AUTOML_TL_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="automl_tl-features-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this session's feature cache: left behind, every test run would leave megabytes in /tmp."""
+    shutil.rmtree(os.environ["AUTOML_TL_FEATURE_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
