@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="worker processes on this machine sharing the study and the cores (default: 1)")
+    run.add_argument("--mlflow", nargs="?", const="mlruns", metavar="URI", dest="tracking_uri",
+                     help="log every trial and the best model to MLflow: a folder (default: ./mlruns), "
+                          "sqlite:///mlflow.db or a tracking server's http:// address")
 
     worker = commands.add_parser("worker", help="join a study made by 'automl-tl search' and run its trials "
                                                 "(from this or any machine that reaches its storage)")
@@ -165,7 +168,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_freeze_depth=args.max_freeze_depth, batch_size=args.batch_size, pruner=args.pruner,
         sampler=args.sampler, strategies=tuple(args.strategies), heads=tuple(args.heads),
         trial_timeout=args.trial_timeout, top_k=args.top_k, prerank=args.prerank, feature_cache=args.feature_cache,
-        input_options=InputOptions(image_size=args.image_size, max_length=args.max_length,
+        tracking_uri=args.tracking_uri, input_options=InputOptions(image_size=args.image_size, max_length=args.max_length,
                                    clip_seconds=args.clip_seconds),
     )
     run_dir = Path(args.output or Path("runs") / name)

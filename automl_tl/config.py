@@ -120,6 +120,9 @@ class SearchConfig:
     prerank: bool = True  # score backbones by transferability first and try the best-ranked first
     top_k: int | None = None  # after pre-ranking, search only the k best-ranked backbones
     feature_cache: bool = True  # keep frozen-body features on disk for every trial and later run
+    #: MLflow tracking URI (a folder, ``sqlite:///...``, ``http://...``): every trial and the best model are
+    #: logged there by the ``automl_tl_mlflow`` plugin. None: not tracked.
+    tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
         if not self.backbones:

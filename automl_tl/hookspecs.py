@@ -8,7 +8,12 @@ with a message that names both plugins. Hook names are plain; the project name
 Lifecycle, in the order the hooks are called:
 
 1. start-up: :func:`register_backbones`, :func:`register_datasets` (once per process);
-2. during a search: :func:`trial_finished` after every trial, whatever its state.
+2. in each process that runs trials of a study (the search's own, and every worker's):
+   :func:`search_started` before the first trial;
+3. during a search: :func:`trial_finished` after every trial, whatever its state;
+4. :func:`search_finished` once the results are written (in the process that writes them).
+
+Observer plugins (trackers such as the MLflow plugin, ``automl_tl_mlflow``) implement 2 to 4.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from automl_tl.backbone import Backbone
+    from automl_tl.config import SearchConfig
     from automl_tl.executor import TrialResult
     from automl_tl.registry import NamedDataset
+    from automl_tl.search import SearchOutcome
 
 PROJECT_NAME = "automl_tl"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -47,9 +56,28 @@ def register_datasets(register: Callable[["NamedDataset"], None]) -> None:
 
 
 @hookspec
+def search_started(run_dir: "Path", study_name: str, config: "SearchConfig") -> None:
+    """A process is about to run trials of the study ``study_name`` whose results go to ``run_dir``.
+
+    Called before pre-ranking in the process that makes the study, and before the first trial in every
+    worker that joins it, so it may be called more than once for one study (observers must be idempotent).
+    Raise :class:`~automl_tl.errors.ConfigError` to refuse to start (for instance a tracker that is not
+    installed). Return value: ignored.
+    """
+
+
+@hookspec
 def trial_finished(result: "TrialResult") -> None:
     """Observe one finished trial (complete, pruned, stopped by the budget or failed).
 
     Called in the worker process that ran the trial, after the trial's state is stored.
     Observers (loggers, trackers) must not change ``result``. Return value: ignored.
+    """
+
+
+@hookspec
+def search_finished(outcome: "SearchOutcome") -> None:
+    """The search is over and its results (leaderboard, summary, best model, test metrics) are in
+    ``outcome.run_dir``. Called once per run of ``automl-tl search`` (or per worker that finishes).
+    Return value: ignored.
     """

@@ -242,6 +242,7 @@ class Search:
         """
         started = time.monotonic()
         self._deadline = started + self.config.timeout if self.config.timeout else None
+        self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
         study = self.open_study()
         if workers > 1:
             from automl_tl.workers import run_local_workers
@@ -250,6 +251,11 @@ class Search:
         else:
             self.optimize(study)
         return self._finish(study)
+
+    def announce_start(self) -> None:
+        """Tell observer plugins that this process is about to run trials of the study."""
+        get_plugin_manager().hook.search_started(run_dir=self.run_dir, study_name=self.config.study_name,
+                                                 config=self.config)
 
     def optimize(self, study: optuna.Study) -> None:
         """Run trials in this process until the study has ``n_trials`` finished (or running) trials, this
@@ -421,8 +427,10 @@ class Search:
             self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
         logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %.4f",
                     best_trial, best_params, predictor.config["val_accuracy"], test_metrics["accuracy"])
-        return SearchOutcome(self.run_dir, study, board, best_trial, best_params,
-                             predictor.config["val_accuracy"], test_metrics, transferability)
+        outcome = SearchOutcome(self.run_dir, study, board, best_trial, best_params,
+                                predictor.config["val_accuracy"], test_metrics, transferability)
+        get_plugin_manager().hook.search_finished(outcome=outcome)
+        return outcome
 
     def _transferability(self, board: pd.DataFrame) -> dict[str, Any] | None:
         """Write each backbone's scores next to its best validation accuracy; return the Kendall taus."""

@@ -143,6 +143,7 @@ def join_study(storage: str, study_name: str, run_dir: str | Path | None = None,
     search.space = SearchSpace.from_dict(attrs["search_space"])
     started = time.monotonic()
     search._deadline = started + config.timeout if config.timeout else None
+    search.announce_start()
     joined = search.open_study()  # checks the data's fingerprint and the space against the stored ones
     logger.info("joined study %r in %s as a worker; run directory %s", study_name, storage, run_dir)
     search.optimize(joined)

@@ -28,17 +28,29 @@ def small_search(**overrides) -> SearchConfig:
 
 
 class _Observer:
+    """Records what each lifecycle hook was called with, in order."""
+
     def __init__(self):
         self.results = []
+        self.events = []
+
+    @hookimpl
+    def search_started(self, run_dir, study_name, config):
+        self.events.append(("started", run_dir, study_name, config))
 
     @hookimpl
     def trial_finished(self, result):
         self.results.append(result)
+        self.events.append(("trial", result.trial_number))
+
+    @hookimpl
+    def search_finished(self, outcome):
+        self.events.append(("finished", outcome))
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, digits_bundle):
-    """One search shared by the tests below, with an observer plugin on the trial_finished hook."""
+    """One search shared by the tests below, with an observer plugin on the lifecycle hooks."""
     run_dir = tmp_path_factory.mktemp("run")
     observer = _Observer()
     get_plugin_manager().register(observer, name="observer")
@@ -85,6 +97,21 @@ def test_hook_trial_finished(finished_run):
     by_state = {r.trial_number: r.state for r in observer.results}
     assert by_state == dict(zip(outcome.leaderboard["trial"], outcome.leaderboard["state"]))
     assert all(r.history for r in observer.results)
+
+
+def test_hook_search_started(finished_run):
+    outcome, observer = finished_run
+    kind, run_dir, study_name, config = observer.events[0]  # before any trial
+    assert (kind, run_dir, study_name) == ("started", outcome.run_dir, "automl_tl")
+    assert config.n_trials == 6 and config.backbones == BACKBONES
+    assert [e[0] for e in observer.events].count("started") == 1
+
+
+def test_hook_search_finished(finished_run):
+    outcome, observer = finished_run
+    assert observer.events[-1] == ("finished", outcome)  # once, after the last trial
+    assert [e[0] for e in observer.events].count("finished") == 1
+    assert (outcome.run_dir / "summary.json").is_file() and (outcome.run_dir / "best_model").is_dir()
 
 
 def test_load_and_predict(finished_run, digits_bundle):
