@@ -240,8 +240,7 @@ class Search:
         processes share the study (see :func:`automl_tl.workers.run_local_workers`); this process
         prepares the study, waits for them, and writes the results.
         """
-        started = time.monotonic()
-        self._deadline = started + self.config.timeout if self.config.timeout else None
+        self.start_clock()
         self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
         study = self.open_study()
         if workers > 1:
@@ -251,6 +250,10 @@ class Search:
         else:
             self.optimize(study)
         return self._finish(study)
+
+    def start_clock(self) -> None:
+        """Start the search's wall-clock budget (``config.timeout``) now."""
+        self._deadline = time.monotonic() + self.config.timeout if self.config.timeout else None
 
     def announce_start(self) -> None:
         """Tell observer plugins that this process is about to run trials of the study."""

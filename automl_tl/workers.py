@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,8 +140,7 @@ def join_study(storage: str, study_name: str, run_dir: str | Path | None = None,
     executor = Executor(feature_cache=FeatureCache(enabled=config.feature_cache), show_progress=show_progress)
     search = Search(data, config, run_dir, executor, data_source=attrs["data_source"])
     search.space = SearchSpace.from_dict(attrs["search_space"])
-    started = time.monotonic()
-    search._deadline = started + config.timeout if config.timeout else None
+    search.start_clock()
     search.announce_start()
     joined = search.open_study()  # checks the data's fingerprint and the space against the stored ones
     logger.info("joined study %r in %s as a worker; run directory %s", study_name, storage, run_dir)

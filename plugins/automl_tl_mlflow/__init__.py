@@ -138,7 +138,7 @@ class MlflowTracker:
             logger.warning("could not log trial %s to MLflow: %s", result.trial_number, first_line(exc))
 
     def _log_trial(self, result: "TrialResult") -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         client = self._client
         tags = {PARENT_TAG: self._parent_run_id, TRIAL_TAG: str(result.trial_number), "state": result.state,
