@@ -188,3 +188,21 @@ def test_two_examples_of_a_class_are_enough_without_a_test_part():
 def test_split_fractions_out_of_range_are_refused(digits_frame):
     with pytest.raises(DataError, match="validation \\+ test < 1, got 0.5 and 0.5"):
         prepare_dataset(digits_frame, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_workers_reload_a_csv_with_the_same_split_without_a_test_part(digits_frame, tmp_path):
+    """Worker processes load the data again from its source: they must split it as the fit did (no test part)."""
+    from PIL import Image
+
+    rows = []
+    for i, (image, label) in enumerate(zip(digits_frame["image"], digits_frame["label"])):
+        if sum(1 for row in rows if row["digit"] == label) < 8:
+            Image.fromarray(image).save(tmp_path / f"{i}.png")
+            rows.append({"file": f"{i}.png", "digit": label})
+    csv = tmp_path / "digits.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+
+    clf = TransferClassifier(**TINY, label_column="digit", workers=2, output_dir=tmp_path / "run").fit(csv)
+    assert len(clf.leaderboard_) == 2 and set(clf.leaderboard_["state"]) == {"COMPLETE"}
+    assert clf.test_metrics_ is None and list(clf.classes_) == list(range(10))
+    assert clf.predict([str(tmp_path / rows[0]["file"])])[0] in clf.classes_
