@@ -419,8 +419,9 @@ class Search:
         })
         write_json_atomic(self.run_dir / MANIFEST_FILE, build_manifest(
             self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
-        logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %s", best_trial, best_params,
-                    predictor.config["val_accuracy"], "n/a" if test_metrics is None else f"{test_metrics['accuracy']:.4f}")
+        test_accuracy = "n/a" if test_metrics is None else f"{test_metrics['accuracy']:.4f}"
+        logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %s",
+                    best_trial, best_params, predictor.config["val_accuracy"], test_accuracy)
         return SearchOutcome(self.run_dir, study, board, best_trial, best_params,
                              predictor.config["val_accuracy"], test_metrics, transferability)
 
