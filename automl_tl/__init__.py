@@ -9,6 +9,7 @@ from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferMod
 from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data import DatasetBundle, prepare_dataset
 from automl_tl.errors import AutomlTLError
+from automl_tl.estimator import TransferClassifier
 from automl_tl.executor import Executor, TrialResult
 from automl_tl.hookspecs import hookimpl
 from automl_tl.model_io import Predictor, load
@@ -19,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutomlTLError", "Backbone", "DatasetBundle", "Executor", "InputOptions", "Predictor", "Preprocessor",
-    "Search", "SearchConfig", "SearchOutcome", "TransferModel", "TrialConfig", "TrialResult", "get_backbone",
-    "get_registry", "hookimpl", "list_backbones", "load", "prepare_dataset", "search",
+    "Search", "SearchConfig", "SearchOutcome", "TransferClassifier", "TransferModel", "TrialConfig", "TrialResult",
+    "get_backbone", "get_registry", "hookimpl", "list_backbones", "load", "prepare_dataset", "search",
 ]

