@@ -257,8 +257,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets,
-            "report": cmd_report}
+COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets}
+COMMANDS["report"] = cmd_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,7 +170,8 @@ class _Page:
         try:
             png = plots.png_bytes(draw())
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the run its report
-            logger.warning("could not draw %s: %s", file_name, first_line(exc), exc_info=logger.isEnabledFor(10))
+            logger.warning("could not draw %s: %s", file_name, first_line(exc),
+                           exc_info=logger.isEnabledFor(logging.DEBUG))
             self.note(f"This figure could not be drawn: {type(exc).__name__}: {first_line(exc, 300)}")
             return
         self.plots_dir.mkdir(parents=True, exist_ok=True)
@@ -271,8 +272,8 @@ _NUMERIC = {"trial", "freeze_depth", "head_hidden", "best_epoch", "epochs_run", 
 
 
 #: the leaderboard's columns as the page shows them: what a reader compares first on the left
-_SHOWN_COLUMNS = ["trial", "state", "val_accuracy", "backbone", "strategy",
-                  *[c for c in LEADERBOARD_COLUMNS if c not in ("trial", "state", "val_accuracy", "backbone", "strategy")]]
+_FIRST_COLUMNS = ["trial", "state", "val_accuracy", "backbone", "strategy"]
+_SHOWN_COLUMNS = [*_FIRST_COLUMNS, *[c for c in LEADERBOARD_COLUMNS if c not in _FIRST_COLUMNS]]
 
 
 def _leaderboard_table(board: pd.DataFrame, best_trial: int | None) -> str:

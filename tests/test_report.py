@@ -222,7 +222,8 @@ def test_a_run_without_a_best_model_still_gets_a_report(tmp_path, digits_bundle)
 
 def test_report_of_failed_and_pruned_trials_says_why_figures_are_missing(tmp_path):
     # a study made by hand with Optuna: what the report draws from trials alone, without a test evaluation
-    study = optuna.create_study(storage=journal(tmp_path / "study.journal"), study_name="automl_tl", direction="maximize")
+    study = optuna.create_study(storage=journal(tmp_path / "study.journal"), study_name="automl_tl",
+                                direction="maximize")
     backbone = optuna.distributions.CategoricalDistribution(["a$b", "<c>"])
     strategy = optuna.distributions.CategoricalDistribution(["linear_probe", "full"])
     for value, state, name in ((0.5, "COMPLETE", "a$b"), (None, "FAIL", "<c>"), (None, "PRUNED", "<c>")):
@@ -254,7 +255,8 @@ def chromium(tmp_path):
             pytest.fail("Debian chromium is not installed (setup.sh installs it as root)")
         pytest.skip("chromium is not installed")
     command = [CHROMIUM, "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+               f"--user-data-dir={tmp_path / 'profile'}"]
     if os.geteuid() == 0:
         command.append("--no-sandbox")  # Chromium refuses to run as root inside its sandbox
     return command
