@@ -87,8 +87,9 @@ def history_chart(board: pd.DataFrame) -> Figure:
         complete = finished[finished["state"] == "COMPLETE"]
         pruned = finished[finished["state"] == "PRUNED"]
         axes.scatter(complete["trial"], complete["val_accuracy"], color=PALETTE[0], zorder=3, label="complete trial")
-        axes.scatter(pruned["trial"], pruned["val_accuracy"], facecolors="none", edgecolors=PALETTE[0], zorder=3,
-                     label="pruned trial (accuracy when stopped)")
+        if not pruned.empty:
+            axes.scatter(pruned["trial"], pruned["val_accuracy"], facecolors="none", edgecolors=PALETTE[0], zorder=3,
+                         label="pruned trial (accuracy when stopped)")
         if not complete.empty:
             trials = board["trial"].sort_values()
             best = complete.set_index("trial")["val_accuracy"].reindex(trials).cummax()
