@@ -20,6 +20,14 @@ if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
     echo "note: install postgresql (sudo apt-get install postgresql) for the distributed-storage tests" >&2
   fi
 fi
+# Chromium: the report test renders report.html in a real headless browser (Debian package).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; })
+  else
+    echo "note: install chromium (sudo apt-get install chromium) for the report's browser test" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The torch builds these machines carry (pip takes them from local disk); never ask for a newer torch.

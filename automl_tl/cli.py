@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--data", required=True, help="CSV with the training input column, or a folder of files")
     predict.add_argument("--output", required=True, help="CSV to write: prediction + one probability column per class")
 
+    report = commands.add_parser("report", help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's "
+                                                "Optuna study alone")
+    report.add_argument("run_dir", help="run directory of a search (the report is written there)")
+    report.add_argument("--storage", help="the study's storage: a database URL or a *.journal path "
+                                          "(default: RUN_DIR/study.journal)")
+    report.add_argument("--study", help="the study's name (search's --study-name; default: automl_tl)")
+
     commands.add_parser("backbones", help="list registered backbones")
     commands.add_parser("datasets", help="list registered data sets")
     return parser
@@ -251,6 +258,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from automl_tl.html_report import rebuild_report
+
+    path = rebuild_report(args.run_dir, storage=args.storage, study_name=args.study)
+    print(f"wrote {path} (figures in {path.parent / 'plots'})")
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -272,7 +287,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets}
+COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "report": cmd_report,
+            "backbones": cmd_backbones, "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

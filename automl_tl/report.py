@@ -1,5 +1,5 @@
 """What a person reads after a search: the leaderboard and the transferability ranking (CSV and Markdown)
-and a JSON summary."""
+and a JSON summary. (The HTML page and its figures are :mod:`automl_tl.html_report` and :mod:`automl_tl.plots`.)"""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from automl_tl.model_io import write_json_atomic, write_text_atomic
 
 PARAMETERS = ["backbone", "strategy", "freeze_depth", "backbone_lr", "layer_decay", "head_lr", "head", "head_hidden",
               "head_dropout"]
+#: Study user attributes that hold what the report needs beyond the trials (see ``Search._finish``):
+TEST_EVALUATION_ATTR = "test_evaluation"  # the best model on the test set: metrics, confusion matrix, per class
+TRANSFERABILITY_ATTR = "transferability"  # the pre-ranking's scores per backbone
+DATA_SUMMARY_ATTR = "data_summary"  # modality, split sizes, columns
+FINISHED_STATES = ("COMPLETE", "PRUNED")
 LEADERBOARD_COLUMNS = ["trial", "state", *PARAMETERS, "val_accuracy", "best_epoch", "epochs_run", "stop_reason",
                        "seconds", "cpu_seconds", "error"]
 
@@ -42,6 +47,12 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     for column in ("freeze_depth", "head_hidden", "best_epoch", "epochs_run"):
         frame[column] = frame[column].astype("Int64")  # whole numbers, with gaps where a trial failed
     return frame.sort_values(["val_accuracy", "trial"], ascending=[False, True], na_position="last").reset_index(drop=True)
+
+
+def best_accuracy_by_backbone(board: pd.DataFrame) -> dict[str, float]:
+    """Each backbone's best validation accuracy over its finished (complete or pruned) trials."""
+    finished = board[board["state"].isin(FINISHED_STATES)].dropna(subset=["val_accuracy"])
+    return {name: float(value) for name, value in finished.groupby("backbone")["val_accuracy"].max().items()}
 
 
 def _markdown(frame: pd.DataFrame) -> str:

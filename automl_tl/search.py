@@ -27,7 +27,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score, f1_score
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
@@ -44,7 +44,8 @@ from automl_tl.manifest import build_manifest
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
-from automl_tl.report import leaderboard, write_leaderboard, write_summary, write_transferability
+from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
+                              leaderboard, write_leaderboard, write_summary, write_transferability)
 from automl_tl.sampling import SlotSeededSampler
 from automl_tl.space import SearchSpace, suggest_trial_config
 
@@ -54,6 +55,10 @@ JOURNAL_FILE = "study.journal"
 MANIFEST_FILE = "manifest.json"  # package versions, seeds, data hash, backbones, hardware
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = (optuna.trial.TrialState.RUNNING,)
+# A study attribute is one JSON text (64 KiB at most in MySQL): the test evaluation keeps the confusion
+# matrix up to this many classes, and the per-class rows up to the second number.
+MAX_CONFUSION_CLASSES = 50
+MAX_PER_CLASS_ROWS = 200
 
 
 class TrialFailed(Exception):
@@ -224,6 +229,9 @@ class Search:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
                               f"(different {', '.join(changed)}); rerun with the original options to continue it, "
                               "or use another --output or --study-name to start a new search")
+        if self.ranking is not None and TRANSFERABILITY_ATTR not in study.user_attrs:
+            # kept with the study, so that the report can be rebuilt from the storage alone
+            study.set_user_attr(TRANSFERABILITY_ATTR, {"scores": _json_records(self.ranking)})
         if warm_starts and not study.user_attrs.get("warm_starts_enqueued"):
             # A new study: the best-ranked backbones first, as cheap probes, then one strong fine-tuning.
             # (Counting those already there: a run killed while enqueueing them adds only the rest.)
@@ -407,13 +415,19 @@ class Search:
             repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)
         board = leaderboard(study)
         write_leaderboard(board, self.run_dir)
+        study.set_user_attr(DATA_SUMMARY_ATTR, {k: v for k, v in self.data.summary().items() if k != "classes"})
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not complete or saved_best_accuracy(self.run_dir) is None:
+            self._write_report(study)  # what there is: the trials, their failures
             raise AutomlTLError(f"no trial finished within the budget; the leaderboard is in {self.run_dir}; "
                                 "raise --timeout or --trials and run the same command again to continue")
         predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
         best_trial = predictor.config["trial"]
-        test_metrics = self._test_metrics(predictor)
+        evaluation = self._test_evaluation(predictor)
+        if evaluation is not None:
+            evaluation.update(trial=best_trial, val_accuracy=predictor.config["val_accuracy"])
+            study.set_user_attr(TEST_EVALUATION_ATTR, evaluation)  # the report reads it from the study
+        test_metrics = None if evaluation is None else evaluation["metrics"]
         write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
                           {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics})
         best_params = study.trials[best_trial].params
@@ -428,6 +442,7 @@ class Search:
         })
         write_json_atomic(self.run_dir / MANIFEST_FILE, build_manifest(
             self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
+        self._write_report(study)
         test_accuracy = "n/a" if test_metrics is None else f"{test_metrics['accuracy']:.4f}"
         logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %s",
                     best_trial, best_params, predictor.config["val_accuracy"], test_accuracy)
@@ -440,23 +455,47 @@ class Search:
         """Write each backbone's scores next to its best validation accuracy; return the Kendall taus."""
         if self.ranking is None:
             return None
-        finished = board[board["state"].isin(["COMPLETE", "PRUNED"])].dropna(subset=["val_accuracy"])
-        best = finished.groupby("backbone")["val_accuracy"].max().to_dict()
-        frame, taus = with_outcomes(self.ranking, best)
+        frame, taus = with_outcomes(self.ranking, best_accuracy_by_backbone(board))
         write_transferability(frame, taus, self.run_dir)
         return {"ranking": frame["backbone"].tolist(), "kendall_tau": taus}
 
-    def _test_metrics(self, predictor) -> dict[str, float] | None:
+    def _write_report(self, study: optuna.Study) -> None:
+        from automl_tl.html_report import write_report  # matplotlib is imported only when a report is drawn
+
+        path = write_report(study, self.run_dir, storage=self.config.storage)
+        logger.info("report: %s", path)
+
+    def _test_evaluation(self, predictor) -> dict[str, Any] | None:
+        """The best model on the test set: the metrics of ``summary.json`` (``metrics``), and for the report
+        the confusion matrix and each class's precision, recall and support (JSON, small enough for a study
+        attribute: left out beyond :data:`MAX_CONFUSION_CLASSES` / :data:`MAX_PER_CLASS_ROWS` classes).
+        None when no test part was held out (the caller tests on data of its own)."""
         if not len(self.data.test):
-            return None  # no test part held out (the caller tests on data of its own)
+            return None
         items = self.executor.encoded(predictor.preprocessor, self.data, self.data.test)
         logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device)
         labels = self.data.test.labels
         predicted = logits.argmax(1).numpy()
-        return {"accuracy": accuracy(logits, labels),
-                "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-                "macro_f1": float(f1_score(labels, predicted, average="macro")),
-                "examples": int(len(labels))}
+        metrics = {"accuracy": accuracy(logits, labels),
+                   "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+                   "macro_f1": float(f1_score(labels, predicted, average="macro")),
+                   "examples": int(len(labels))}
+        classes = [str(c) for c in self.data.classes]
+        indices = list(range(len(classes)))
+        precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices,
+                                                                         zero_division=0)
+        per_class = [{"class": name, "precision": round(float(p), 4), "recall": round(float(r), 4),
+                      "f1": round(float(f), 4), "support": int(n)}
+                     for name, p, r, f, n in zip(classes, precision, recall, f1, support)]
+        matrix = confusion_matrix(labels, predicted, labels=indices).tolist()
+        return {"metrics": metrics, "classes": classes if len(classes) <= MAX_PER_CLASS_ROWS else None,
+                "confusion_matrix": matrix if len(classes) <= MAX_CONFUSION_CLASSES else None,
+                "per_class": per_class if len(classes) <= MAX_PER_CLASS_ROWS else None}
+
+
+def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``frame``'s rows as plain JSON values (numpy numbers made Python ones, NaN made None)."""
+    return json.loads(frame.to_json(orient="records"))
 
 
 def search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,

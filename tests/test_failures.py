@@ -308,9 +308,12 @@ def test_the_run_directory_holds_one_model_and_little_else(failing_run):
     assert [path for path in files if path.suffix in MODEL_SUFFIXES] == [model]
     assert {path.name for path in (run_dir / "best_model").iterdir()} == {"model.safetensors", "config.json",
                                                                           "metrics.json"}
-    # No staging or replaced model folders left behind.
-    assert [path.name for path in run_dir.rglob("*") if path.is_dir()] == ["best_model"]
+    # No staging or replaced model folders left behind (plots/: the report's figures).
+    assert sorted(path.name for path in run_dir.rglob("*") if path.is_dir()) == ["best_model", "plots"]
     model_size = model.stat().st_size
     assert model_size > 1_000_000  # so that the bound below would not hold a second copy
-    # The rest (leaderboard, journal, summary, model config and metrics) is small, whatever the trials did.
-    assert sum(path.stat().st_size for path in files) < model_size + 256 * 1024
+    # The rest (leaderboard, journal, summary, model config and metrics) is small, whatever the trials did;
+    # so is the report, which holds its figures twice (PNG files, and embedded in the page).
+    report = [path for path in files if path.name == "report.html" or path.parent.name == "plots"]
+    assert sum(path.stat().st_size for path in files if path not in report) < model_size + 256 * 1024
+    assert sum(path.stat().st_size for path in report) < 2 * 1024 * 1024
