@@ -41,6 +41,7 @@ from automl_tl.feature_cache import FeatureCache
 from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.locking import exclusive_lock
 from automl_tl.manifest import build_manifest
+from automl_tl.model_card import write_model_card
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
@@ -419,6 +420,7 @@ class Search:
         })
         write_json_atomic(self.run_dir / MANIFEST_FILE, build_manifest(
             self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
+        write_model_card(self.run_dir)  # from the files just written: MODEL_CARD.md
         logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %.4f",
                     best_trial, best_params, predictor.config["val_accuracy"], test_metrics["accuracy"])
         return SearchOutcome(self.run_dir, study, board, best_trial, best_params,
