@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--data", required=True, help="CSV with the training input column, or a folder of files")
     predict.add_argument("--output", required=True, help="CSV to write: prediction + one probability column per class")
 
+    export = commands.add_parser("export", help="export the best model of a run to timm, transformers, TorchScript "
+                                                "or ONNX, with a README on how to load it and the model card")
+    export.add_argument("run_dir", help="run directory of a search, or a saved model directory")
+    export.add_argument("--format", required=True, dest="export_format", metavar="FORMAT",
+                        help="timm (image), transformers (text), torchscript or onnx (any modality)")
+    export.add_argument("--output", help="folder to write (default: RUN_DIR/exports/FORMAT)")
+
     commands.add_parser("backbones", help="list registered backbones")
     commands.add_parser("datasets", help="list registered data sets")
     return parser
@@ -221,6 +228,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from automl_tl.export import EXPORT_INFO_FILE, README_FILE, export_model
+
+    folder = export_model(args.run_dir, args.export_format, args.output)
+    print(f"exported {args.export_format} model to {folder} ({README_FILE}: how to load and run it; "
+          f"{EXPORT_INFO_FILE}: its inputs)")
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -242,7 +258,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets}
+COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "backbones": cmd_backbones, "datasets": cmd_datasets,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
