@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import inspect
 import json
 import logging
@@ -71,6 +72,7 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
     :class:`~automl_tl.errors.AutomlTLError` (one line) for an unknown format, a missing run directory, a
     model the format cannot hold, or an export that does not reproduce the model's logits.
     """
+    fmt = str(fmt).lower()
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
@@ -147,6 +149,8 @@ def _check_target(target: Path) -> None:
 def _copy_model_card(run_dir: Path, path: Path) -> None:
     """The run's model card beside the export (written afresh for runs made before model cards existed)."""
     card = run_dir / MODEL_CARD_FILE
+    if not card.is_file() and run_dir.resolve() == (run_dir.resolve().parent / BEST_MODEL_DIR):
+        card = run_dir.resolve().parent / MODEL_CARD_FILE  # RUN_DIR/best_model given: the run's card
     if card.is_file():
         shutil.copyfile(card, path)
     else:
@@ -439,12 +443,12 @@ class _Exporter:
     # ------------------------------------------------------------ ONNX
 
     def export_onnx(self) -> dict[str, Any]:
-        try:
-            import onnx
-            import onnxruntime
-            import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
-        except ImportError as exc:
-            raise AutomlTLError(f"the ONNX export needs {exc.name}: pip install 'automl-tl[export]'") from None
+        # torch.onnx's exporter needs onnx and onnxscript; onnxruntime runs the check
+        for package in ("onnx", "onnxscript", "onnxruntime"):
+            if importlib.util.find_spec(package) is None:
+                raise AutomlTLError(f"the ONNX export needs {package}: pip install 'automl-tl[export]'")
+        import onnx
+        import onnxruntime
 
         path = self.folder / "model.onnx"
         batch = torch.export.Dim("batch")

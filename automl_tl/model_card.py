@@ -166,8 +166,9 @@ def _search_section(config: dict[str, Any], summary: dict[str, Any] | None, mani
     lines = [
         "## Search", "",
         "| | |", "|---|---|",
-        f"| method | Optuna, {settings.get('sampler')} sampler, {settings.get('pruner')} pruner, seed {settings.get('seed')} |",
-        f"| budget | {settings.get('n_trials')} finished trials; wall clock "
+        f"| method | Optuna, {settings.get('sampler')} sampler, "
+        f"{'no' if settings.get('pruner') == 'none' else settings.get('pruner')} pruner, seed {settings.get('seed')} |",
+        f"| budget | {settings.get('n_trials')} finished trial{'s' if settings.get('n_trials') != 1 else ''}; wall clock "
         f"{_seconds(settings.get('timeout'))}, per trial "
         f"{_seconds(settings.get('trial_timeout'))}; "
         f"{_epochs(settings.get('min_epochs'), settings.get('max_epochs'))} per trial |",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import automl_tl
-from automl_tl import InputOptions, SearchConfig
+from automl_tl import InputOptions, SearchConfig, hookimpl
 from automl_tl.cli import main
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.executor import Executor
@@ -22,7 +22,11 @@ from automl_tl.export import export_model
 from automl_tl.heads import HeadSpec, build_head
 from automl_tl.model_card import MODEL_CARD_FILE, wilson_interval
 from automl_tl.model_io import save_model
+from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import get_backbone
+
+# torch.jit.load is deprecated in favour of torch.export, but TorchScript is what many runtimes load
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 TOLERANCE = 1e-4
 IMAGE_FORMATS = ("timm", "torchscript", "onnx")
@@ -133,6 +137,32 @@ def test_image_export_reproduces_the_logits_on_the_test_digits(image_run, image_
     assert np.array_equal(np.asarray(got).argmax(1), expected.argmax(1).numpy())
 
 
+class _ResnetPlugin:
+    @hookimpl
+    def register_backbones(self, register):
+        from automl_tl_timm import TimmBackbone
+
+        register(TimmBackbone("resnet18", weights="none", name="test/resnet18"))  # plumbing only: random weights
+
+
+def test_timm_export_finds_each_architectures_classifier(clean_registry, tmp_path):
+    """resnet's classifier is ``fc`` (mobilenet's ``classifier``): the export writes it under timm's own name."""
+    import timm
+
+    get_plugin_manager().register(_ResnetPlugin(), name="resnet")
+    try:
+        model_dir = saved_model(tmp_path / "resnet", "test/resnet18", HeadSpec("linear"), InputOptions(image_size=32))
+        folder = export_model(model_dir, "TIMM")  # format names are not case-sensitive
+        predictor = automl_tl.load(model_dir, device="cpu")
+    finally:
+        get_plugin_manager().unregister(name="resnet")
+    images = torch.randn(4, 3, 32, 32)
+    model = timm.create_model("resnet18", num_classes=3, checkpoint_path=str(folder / "model.safetensors")).eval()
+    with torch.no_grad():
+        assert max_abs_diff(model(images), predictor.model(images)) < TOLERANCE
+    assert "fc" in json.loads((folder / "export.json").read_text())["files"]["model.safetensors"]
+
+
 def test_image_export_files_say_what_input_they_expect(image_run, image_exports):
     config = json.loads((image_run / "best_model" / "config.json").read_text())
     card = (image_run / MODEL_CARD_FILE).read_text()
@@ -145,6 +175,8 @@ def test_image_export_files_say_what_input_they_expect(image_run, image_exports)
         assert info["preprocessing"] == config["preprocessing"]
         assert info["check"]["max_abs_diff"] < TOLERANCE and info["check"]["examples"] == 3
         assert (folder / MODEL_CARD_FILE).read_text() == card  # the run's card, copied
+    from_model_dir = export_model(image_run / "best_model", "torchscript", image_run / "from-model-dir")
+    assert (from_model_dir / MODEL_CARD_FILE).read_text() == card
 
 
 def test_image_readme_code_prepares_and_classifies_a_png_like_the_model(image_run, image_exports, digits_bundle,
@@ -212,6 +244,9 @@ def test_text_readme_code_runs_and_matches_the_model(text_run, text_exports, tex
         namespace = {"texts": texts}
         exec(code, namespace)  # noqa: S102 - the README's own code, as a user would run it
         assert max_abs_diff(namespace["logits"], expected) < TOLERANCE, fmt
+        one = {"texts": texts[-1:]}  # a batch of one, without padding: traced with two padded texts
+        exec(code, one)  # noqa: S102
+        assert max_abs_diff(one["logits"], expected[-1:]) < TOLERANCE, fmt
         info = json.loads((folder / "export.json").read_text())
         assert [i["name"] for i in info["inputs"]] == ["input_ids", "attention_mask"]
         assert info["inputs"][0]["dtype"] == "int64" and info["inputs"][0]["shape"] == ["batch", "sequence <= 32"]
