@@ -405,9 +405,10 @@ class Search:
                                 "raise --timeout or --trials and run the same command again to continue")
         predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
         best_trial = predictor.config["trial"]
-        test_metrics = self._test_metrics(predictor)
+        test_metrics = self._metrics(predictor, self.data.test)
         write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
-                          {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics})
+                          {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"],
+                           "validation": self._metrics(predictor, self.data.val), "test": test_metrics})
         best_params = study.trials[best_trial].params
         states = board["state"].value_counts().to_dict()
         transferability = self._transferability(board)
@@ -436,10 +437,11 @@ class Search:
         write_transferability(frame, taus, self.run_dir)
         return {"ranking": frame["backbone"].tolist(), "kendall_tau": taus}
 
-    def _test_metrics(self, predictor) -> dict[str, float]:
-        items = self.executor.encoded(predictor.preprocessor, self.data, self.data.test)
+    def _metrics(self, predictor, split) -> dict[str, float]:
+        """Accuracy, balanced accuracy and macro F1 of the saved best model on ``split`` (validation or test)."""
+        items = self.executor.encoded(predictor.preprocessor, self.data, split)
         logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device)
-        labels = self.data.test.labels
+        labels = split.labels
         predicted = logits.argmax(1).numpy()
         return {"accuracy": accuracy(logits, labels),
                 "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),

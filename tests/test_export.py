@@ -363,8 +363,11 @@ def test_search_writes_a_model_card_with_the_runs_real_numbers(image_run):
     low, high = wilson_interval(test["accuracy"], test["examples"])
     assert row == (f"| test (held out) | {test['examples']} | {test['accuracy']:.4f} (95% interval {low:.2f}–{high:.2f}) "
                    f"| {test['balanced_accuracy']:.4f} | {test['macro_f1']:.4f} |")
-    val_row = next(line for line in card.splitlines() if line.startswith("| validation"))
-    assert f"| {summary['data']['val']} | {summary['val_accuracy']:.4f} |" in val_row
+    validation = json.loads((image_run / "best_model" / "metrics.json").read_text())["validation"]
+    assert validation["examples"] == summary["data"]["val"] == 36
+    assert validation["accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-6)  # the best epoch's, recomputed
+    assert f"| validation (chose the model) | 36 | {validation['accuracy']:.4f} | " \
+           f"{validation['balanced_accuracy']:.4f} | {validation['macro_f1']:.4f} |" in card
     data = summary["data"]
     assert f"{data['train'] + data['val'] + data['test']}: {data['train']} train, {data['val']} validation, " \
            f"{data['test']} test" in card
