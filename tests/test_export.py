@@ -285,9 +285,32 @@ def test_audio_export_reproduces_the_logits_silent_frames_included(crepe_model, 
         session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
         got = session.run(["logits"], {"waveforms": batch.numpy()})[0]
     assert max_abs_diff(got, expected) < TOLERANCE
+    (code,) = code_blocks((folder / "README.md").read_text())
+    namespace = {"waveforms": batch}
+    exec(code, namespace)  # noqa: S102 - the README's own code, as a user would run it
+    assert max_abs_diff(namespace["logits"], expected) < TOLERANCE
     info = json.loads((folder / "export.json").read_text())
     assert info["inputs"][0]["shape"] == ["batch", 8000] and "16000 Hz" in info["inputs"][0]["description"]
     assert "Model card" in (folder / MODEL_CARD_FILE).read_text()  # rendered for a bare model directory
+
+
+def test_aisfx_exports_to_torchscript_and_onnx(tmp_path):
+    backbone = get_backbone("aisfx")
+    if not backbone.weights_available():
+        pytest.skip(f"{backbone.weight_source} is not installed")
+    model_dir = saved_model(tmp_path / "aisfx", "aisfx", HeadSpec("linear"), InputOptions(clip_seconds=0.5))
+    predictor = automl_tl.load(model_dir, device="cpu")
+    t = np.arange(30000) / 44100
+    waveforms = [torch.from_numpy((0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)) for f in (110.0, 880.0, 3000.0)]
+    expected, batch = reference_logits(predictor, waveforms)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(export_model(model_dir, "onnx") / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    assert max_abs_diff(session.run(["logits"], {"waveforms": batch.numpy()})[0], expected) < TOLERANCE
+    with torch.no_grad():
+        got = torch.jit.load(str(export_model(model_dir, "torchscript") / "model.pt"))(batch)
+    assert max_abs_diff(got, expected) < TOLERANCE
 
 
 @pytest.mark.parametrize("fmt, works", [("timm", "torchscript or onnx"), ("transformers", "torchscript or onnx")])
