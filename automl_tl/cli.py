@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: RUN_DIR/study.journal)")
     report.add_argument("--study", help="the study's name (search's --study-name; default: automl_tl)")
 
+    export = commands.add_parser("export", help="export the best model of a run to timm, transformers, TorchScript "
+                                                "or ONNX, with a README on how to load it and the model card")
+    export.add_argument("run_dir", help="run directory of a search, or a saved model directory")
+    export.add_argument("--format", required=True, dest="export_format", metavar="FORMAT",
+                        help="timm (image), transformers (text), torchscript or onnx (any modality)")
+    export.add_argument("--output", help="folder to write (default: RUN_DIR/exports/FORMAT)")
+
     commands.add_parser("backbones", help="list registered backbones")
     commands.add_parser("datasets", help="list registered data sets")
     return parser
@@ -266,6 +273,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from automl_tl.export import EXPORT_INFO_FILE, README_FILE, export_model
+
+    folder = export_model(args.run_dir, args.export_format, args.output)
+    print(f"exported {args.export_format} model to {folder} ({README_FILE}: how to load and run it; "
+          f"{EXPORT_INFO_FILE}: its inputs)")
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -288,7 +304,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "report": cmd_report,
-            "backbones": cmd_backbones, "datasets": cmd_datasets}
+            "export": cmd_export, "backbones": cmd_backbones, "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

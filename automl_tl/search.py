@@ -41,6 +41,7 @@ from automl_tl.feature_cache import FeatureCache
 from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.locking import exclusive_lock
 from automl_tl.manifest import build_manifest
+from automl_tl.model_card import write_model_card
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
@@ -423,13 +424,14 @@ class Search:
                                 "raise --timeout or --trials and run the same command again to continue")
         predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
         best_trial = predictor.config["trial"]
-        evaluation = self._test_evaluation(predictor)
+        evaluation = self._evaluation(predictor, self.data.test)
         if evaluation is not None:
             evaluation.update(trial=best_trial, val_accuracy=predictor.config["val_accuracy"])
             study.set_user_attr(TEST_EVALUATION_ATTR, evaluation)  # the report reads it from the study
         test_metrics = None if evaluation is None else evaluation["metrics"]
         write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
-                          {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics})
+                          {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"],
+                           "validation": self._metrics(predictor, self.data.val), "test": test_metrics})
         best_params = study.trials[best_trial].params
         states = board["state"].value_counts().to_dict()
         transferability = self._transferability(board)
@@ -442,6 +444,7 @@ class Search:
         })
         write_json_atomic(self.run_dir / MANIFEST_FILE, build_manifest(
             self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
+        write_model_card(self.run_dir)  # from the files just written: MODEL_CARD.md
         self._write_report(study)
         test_accuracy = "n/a" if test_metrics is None else f"{test_metrics['accuracy']:.4f}"
         logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %s",
@@ -465,16 +468,16 @@ class Search:
         path = write_report(study, self.run_dir, storage=self.config.storage)
         logger.info("report: %s", path)
 
-    def _test_evaluation(self, predictor) -> dict[str, Any] | None:
-        """The best model on the test set: the metrics of ``summary.json`` (``metrics``), and for the report
-        the confusion matrix and each class's precision, recall and support (JSON, small enough for a study
-        attribute: left out beyond :data:`MAX_CONFUSION_CLASSES` / :data:`MAX_PER_CLASS_ROWS` classes).
-        None when no test part was held out (the caller tests on data of its own)."""
-        if not len(self.data.test):
+    def _evaluation(self, predictor, split) -> dict[str, Any] | None:
+        """The saved best model on ``split`` (validation or test): its ``metrics`` (accuracy, balanced
+        accuracy, macro F1), and for the report the confusion matrix and each class's precision, recall and
+        support (JSON, small enough for a study attribute: left out beyond :data:`MAX_CONFUSION_CLASSES` /
+        :data:`MAX_PER_CLASS_ROWS` classes). None for an empty split (no test part held out)."""
+        if not len(split):
             return None
-        items = self.executor.encoded(predictor.preprocessor, self.data, self.data.test)
+        items = self.executor.encoded(predictor.preprocessor, self.data, split)
         logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device)
-        labels = self.data.test.labels
+        labels = split.labels
         predicted = logits.argmax(1).numpy()
         metrics = {"accuracy": accuracy(logits, labels),
                    "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),

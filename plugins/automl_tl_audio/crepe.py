@@ -99,6 +99,13 @@ class CrepeNet(nn.Module):
         frames, sounding = self.frames(waveforms)
         # an example with no sounding frame (a silent crop) averages all its frames instead
         used = sounding | ~sounding.any(dim=1, keepdim=True)
+        if torch.compiler.is_exporting():
+            # torch.export (ONNX) cannot follow a data-dependent number of frames: compute every frame and
+            # weight the silent ones by zero, which gives the same mean at the cost of computing them
+            batch, count = frames.shape[:2]
+            every = self.penultimate(frames.reshape(batch * count, FRAME)).view(batch, count, -1)
+            weights = used.to(every.dtype).unsqueeze(-1)
+            return (every * weights).sum(dim=1) / weights.sum(dim=1)
         features = self.penultimate(frames[used])
         owner = used.nonzero()[:, 0]
         sums = features.new_zeros(frames.shape[0], features.shape[1]).index_add(0, owner, features)

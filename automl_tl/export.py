@@ -1,0 +1,541 @@
+"""Exporting a run's best model to the formats other tools load: timm, transformers, TorchScript, ONNX.
+
+Each export is a folder holding the model file(s), ``export.json`` (the format, the inputs the model
+expects with their shapes, dtypes and preprocessing, the classes, how to load it), a ``README.md``
+with the same as prose and runnable code, and the run's ``MODEL_CARD.md``.
+
+* ``timm``: ``model.safetensors``, a state dict that ``timm.create_model(NAME, num_classes=N,
+  checkpoint_path=...)`` loads strictly; image models on timm with a linear head only (timm's
+  classifier is one linear layer).
+* ``transformers``: the encoder (``config.json``, ``model.safetensors``) and tokenizer that
+  ``AutoModel`` / ``AutoTokenizer.from_pretrained`` load, plus ``head.safetensors``; the README
+  gives the pooling and head in a few lines of torch. No stock transformers class pools the way
+  sentence-transformers models are fine-tuned here (a masked mean), so the head is not hidden in a
+  ``...ForSequenceClassification`` that would compute something else. Text models only.
+* ``torchscript`` (``model.pt``) and ``onnx`` (``model.onnx``): the whole model, tensors in, logits
+  out, for every modality; the batch dimension (and a text's length) may vary.
+
+Every export is loaded back once it is written and run on a batch it was not traced with; an export
+whose logits differ from the original's by more than :data:`CHECK_TOLERANCE` is refused. The folder
+is written aside and renamed into place, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from automl_tl.errors import AutomlTLError, ConfigError, first_line
+from automl_tl.model_card import MODEL_CARD_FILE, describe_preprocessing, render_model_card
+from automl_tl.model_io import BEST_MODEL_DIR, Predictor, load, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("timm", "transformers", "torchscript", "onnx")
+#: the formats each modality can be exported to (timm also needs a linear head on a timm body)
+FORMATS_BY_MODALITY = {"image": ("timm", "torchscript", "onnx"), "text": ("transformers", "torchscript", "onnx"),
+                       "audio": ("torchscript", "onnx")}
+EXPORT_INFO_FILE = "export.json"
+README_FILE = "README.md"
+EXPORTS_DIR = "exports"
+#: largest max abs difference of logits between an export and the original that is accepted at export time
+CHECK_TOLERANCE = 1e-3
+#: an ONNX file holds at most 2 GB; larger models keep their weights in a side file
+_ONNX_SINGLE_FILE_BYTES = 1_500_000_000
+
+#: the tensor input's name, by modality, for models that take one tensor
+_TENSOR_INPUT_NAMES = {"image": "images", "audio": "waveforms"}
+
+
+def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None) -> Path:
+    """Export the best model of ``run_dir`` (or a saved model directory) to ``fmt``; return the export folder.
+
+    ``fmt`` is one of :data:`FORMATS`. ``output`` is the folder to write (default ``RUN_DIR/exports/FORMAT``);
+    an earlier export there is replaced, any other non-empty folder is refused. Raises
+    :class:`~automl_tl.errors.AutomlTLError` (one line) for an unknown format, a missing run directory, a
+    model the format cannot hold, or an export that does not reproduce the model's logits.
+    """
+    fmt = str(fmt).lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise AutomlTLError(f"run directory not found: {run_dir}")
+    predictor = load(run_dir, device="cpu")
+    _check_supported(fmt, predictor)
+    target = Path(output) if output is not None else run_dir / EXPORTS_DIR / fmt
+    _check_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model_dir = run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
+        exporter = _Exporter(predictor, model_dir, staging, target.resolve())
+        info = getattr(exporter, f"export_{fmt}")()
+        info["check"] = {"max_abs_diff": exporter.max_abs_diff, "examples": exporter.check_examples,
+                         "tolerance": CHECK_TOLERANCE}
+        write_json_atomic(staging / EXPORT_INFO_FILE, info)
+        (staging / README_FILE).write_text(_readme(info))
+        _copy_model_card(run_dir, staging / MODEL_CARD_FILE)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("exported %s to %s (logits within %.1e of the original's)", fmt, target, exporter.max_abs_diff)
+    return target
+
+
+# ---------------------------------------------------------------- checks before any work
+
+
+def _check_supported(fmt: str, predictor: Predictor) -> None:
+    """Refuse, in one line that names the formats that would work, a model the format cannot hold."""
+    backbone = predictor.config["backbone"]
+    modality = predictor.backbone.modality
+    allowed = FORMATS_BY_MODALITY.get(modality, ("torchscript", "onnx"))
+    what = f"{backbone['name']} is a{'n' if modality[0] in 'aeiou' else ''} {modality} model"
+    if fmt == "timm":
+        if modality != "image":
+            raise ConfigError(f"the timm format holds image models only; {what}: export it with "
+                              f"--format {_alternatives(allowed)}")
+        if not backbone.get("timm_name"):
+            raise ConfigError(f"the timm format holds timm architectures only; {what} not built on timm: "
+                              "export it with --format torchscript or onnx")
+        if not isinstance(predictor.model.head, nn.Linear):
+            raise ConfigError(f"timm's classifier is one linear layer, and {backbone['name']}'s head is an MLP: "
+                              "export it with --format torchscript or onnx")
+    if fmt == "transformers":
+        body = predictor.model.body
+        if modality != "text":
+            raise ConfigError(f"the transformers format holds text models only; {what}: export it with "
+                              f"--format {_alternatives(allowed)}")
+        if not (hasattr(body, "transformer") and hasattr(body, "pooling")):
+            raise ConfigError(f"the transformers format holds transformers encoders only; {what} not built on one: "
+                              "export it with --format torchscript or onnx")
+        if backbone.get("trust_remote_code"):
+            raise ConfigError(f"{backbone['name']} runs custom code (trust_remote_code), which an export cannot carry: "
+                              "export it with --format torchscript or onnx")
+
+
+def _alternatives(formats: tuple[str, ...]) -> str:
+    return ", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else formats[0]
+
+
+def _check_target(target: Path) -> None:
+    if target.is_file():
+        raise AutomlTLError(f"export output {target} is a file; expected a folder to write the export into")
+    if target.is_dir() and any(target.iterdir()) and not (target / EXPORT_INFO_FILE).is_file():
+        raise AutomlTLError(f"export output {target} is a non-empty folder that holds no earlier export "
+                            f"({EXPORT_INFO_FILE}); choose another --output")
+
+
+def _copy_model_card(run_dir: Path, path: Path) -> None:
+    """The run's model card beside the export (written afresh for runs made before model cards existed)."""
+    card = run_dir / MODEL_CARD_FILE
+    if not card.is_file() and run_dir.resolve() == (run_dir.resolve().parent / BEST_MODEL_DIR):
+        card = run_dir.resolve().parent / MODEL_CARD_FILE  # RUN_DIR/best_model given: the run's card
+    if card.is_file():
+        shutil.copyfile(card, path)
+    else:
+        path.write_text(render_model_card(run_dir))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+class _TensorInputs(nn.Module):
+    """The model with positional tensor inputs, as tracing and ONNX want them (a text model takes a dict)."""
+
+    def __init__(self, model: nn.Module, names: list[str], keyed: bool):
+        super().__init__()
+        self.model, self.names, self.keyed = model, names, keyed
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(self.names, tensors)) if self.keyed else tensors[0])
+
+
+def _raw_examples(modality: str, preprocessing: dict[str, Any], count: int, seed: int) -> list[Any]:
+    """``count`` made-up raw inputs of ``modality`` of unequal sizes, which the model's preprocessor prepares."""
+    rng = np.random.default_rng(seed)
+    if modality == "image":
+        return [rng.integers(0, 256, (20 + 7 * i, 24 + 5 * i, 3), dtype=np.uint8) for i in range(count)]
+    if modality == "text":
+        words = "the model reads a sentence of words about markets sport music science weather and films".split()
+        # unequal lengths, so batches are padded and the padding path is what gets traced
+        return [" ".join(rng.choice(words, 3 + 6 * i)) for i in range(count)]
+    if modality == "audio":
+        samples = int(preprocessing.get("clip_samples", 16000))
+        waves = [torch.from_numpy(rng.normal(0, 0.1, int(samples * (1.5 - 0.6 * i))).astype(np.float32))
+                 for i in range(count)]
+        waves[-1][: len(waves[-1]) // 2] = 0.0  # a silent stretch, which some audio networks treat apart
+        return waves
+    raise AutomlTLError(f"cannot export a model of modality {modality!r}: no example inputs to trace it with")
+
+
+def input_spec(predictor: Predictor) -> list[dict[str, Any]]:
+    """The export's inputs, in order: name, dtype, shape (named dimensions vary) and how to prepare them."""
+    preprocessing = predictor.config["preprocessing"]
+    modality = predictor.backbone.modality
+    if modality == "image":
+        size = preprocessing.get("size")
+        return [{"name": "images", "dtype": "float32", "shape": ["batch", 3, size, size],
+                 "description": describe_preprocessing(preprocessing) + "; channels first (RGB)"}]
+    if modality == "text":
+        length = f"sequence <= {preprocessing.get('max_length')}"
+        return [{"name": "input_ids", "dtype": "int64", "shape": ["batch", length],
+                 "description": f"token ids of the saved tokenizer (special tokens included), truncated to "
+                                f"{preprocessing.get('max_length')} tokens, padded on the right to the batch's longest "
+                                f"text with id {preprocessing.get('pad_token_id')}"},
+                {"name": "attention_mask", "dtype": "int64", "shape": ["batch", length],
+                 "description": "1 for each token, 0 for padding"}]
+    if modality == "audio":
+        return [{"name": "waveforms", "dtype": "float32", "shape": ["batch", preprocessing.get("clip_samples")],
+                 "description": describe_preprocessing(preprocessing) + "; amplitudes as floats in [-1, 1]"}]
+    return [{"name": "inputs", "dtype": "float32", "shape": ["batch", "..."], "description": json.dumps(preprocessing)}]
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Only warnings from these libraries' loggers meanwhile (the ONNX optimiser logs every rewrite at INFO)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(max(item.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for item, level in zip(loggers, levels):
+            item.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars from transformers while saving and loading."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------- the exporters
+
+
+class _Exporter:
+    """Writes one export of ``predictor``'s model into ``folder`` (to be renamed to ``final``)."""
+
+    def __init__(self, predictor: Predictor, model_dir: Path, folder: Path, final: Path):
+        self.predictor, self.model_dir = predictor, model_dir
+        self.model = predictor.model.eval()
+        self.config = predictor.config
+        self.folder, self.final = folder, final
+        self.modality = predictor.backbone.modality
+        preprocessing = self.config["preprocessing"]
+        prepared = [predictor.preprocessor.collate(predictor.preprocessor.encode(
+            _raw_examples(self.modality, preprocessing, count, seed)), train=False) for count, seed in ((2, 0), (3, 1))]
+        self.keyed = isinstance(prepared[0], dict)
+        self.names = list(prepared[0]) if self.keyed else [_TENSOR_INPUT_NAMES.get(self.modality, "inputs")]
+        # traced with one batch, checked on another of another size (and another text length)
+        self.trace_inputs, self.check_inputs = [tuple(b[n] for n in self.names) if self.keyed else (b,) for b in prepared]
+        self.check_examples = len(self.check_inputs[0])
+        self.wrapper = _TensorInputs(self.model, self.names, self.keyed).eval()
+        with torch.no_grad():
+            self.expected = self.wrapper(*self.check_inputs)
+        self.max_abs_diff = float("nan")
+
+    def _check(self, logits: Any, what: str) -> None:
+        got = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)
+        if tuple(got.shape) != tuple(self.expected.shape):
+            raise AutomlTLError(f"the {what} export returns logits of shape {list(got.shape)}, expected "
+                                f"{list(self.expected.shape)}; it does not reproduce the model")
+        self.max_abs_diff = float((got.float() - self.expected).abs().max())
+        if not self.max_abs_diff <= CHECK_TOLERANCE:
+            raise AutomlTLError(f"the {what} export does not reproduce the model: its logits differ by up to "
+                                f"{self.max_abs_diff:.2e} (> {CHECK_TOLERANCE:g}); export it with another --format")
+
+    def _info(self, fmt: str, files: dict[str, str], load_code: str) -> dict[str, Any]:
+        backbone = self.config["backbone"]
+        return {"format": fmt, "files": files, "backbone": backbone, "modality": self.modality,
+                "head": self.config.get("head"), "classes": self.config["classes"],
+                "inputs": input_spec(self.predictor),
+                "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(self.config["classes"])],
+                           "description": "one score per class, in the order of 'classes'; softmax gives probabilities"},
+                "preprocessing": self.config["preprocessing"], "load": load_code,
+                "source_model": str(self.model_dir.resolve()), "folder": str(self.final)}
+
+    def _save_tokenizer(self) -> None:
+        """The text model's tokenizer, set to pad on the right and cut at the trained length, as in training."""
+        tokenizer = copy.deepcopy(self.predictor.preprocessor.tokenizer)
+        tokenizer.padding_side = "right"
+        tokenizer.model_max_length = self.config["preprocessing"]["max_length"]
+        with _quiet_transformers():
+            tokenizer.save_pretrained(str(self.folder))
+
+    def _tokenize_code(self) -> str:
+        if self.modality != "text":
+            return ""
+        return (f"tokenizer = AutoTokenizer.from_pretrained(folder)\n"
+                f"batch = tokenizer(texts, padding=True, truncation=True, max_length="
+                f"{self.config['preprocessing']['max_length']}, return_tensors=\"pt\", return_token_type_ids=False)\n"
+                "input_ids, attention_mask = batch[\"input_ids\"], batch[\"attention_mask\"]\n")
+
+    # ------------------------------------------------------------ timm
+
+    def export_timm(self) -> dict[str, Any]:
+        import timm
+
+        timm_name = self.config["backbone"]["timm_name"]
+        n_classes = len(self.config["classes"])
+        reference = timm.create_model(timm_name, pretrained=False, num_classes=n_classes)
+        expected = reference.state_dict()
+        state = {name: tensor.detach().contiguous() for name, tensor in self.model.body.state_dict().items()}
+        # timm's classifier is what the body lacks: one weight and one bias, under the model's own name
+        classifier = sorted(name for name in expected if name not in state)
+        prefixes = {name.rsplit(".", 1)[0] for name in classifier}
+        if len(classifier) != 2 or len(prefixes) != 1 or {n.rsplit(".", 1)[1] for n in classifier} != {"weight", "bias"}:
+            raise AutomlTLError(f"cannot map the head of {timm_name} onto timm's classifier (timm expects "
+                                f"{', '.join(classifier) or 'no new tensors'}): export it with --format torchscript or onnx")
+        prefix = prefixes.pop()
+        state[f"{prefix}.weight"] = self.model.head.weight.detach().contiguous()
+        state[f"{prefix}.bias"] = self.model.head.bias.detach().contiguous()
+        wrong = [name for name, tensor in expected.items() if name not in state or state[name].shape != tensor.shape]
+        if wrong or len(state) != len(expected):
+            raise AutomlTLError(f"the body of {timm_name} does not match timm.create_model({timm_name!r}) "
+                                f"(first differing tensor: {(wrong or sorted(set(state) - set(expected)))[0]}): "
+                                "export it with --format torchscript or onnx")
+        path = self.folder / "model.safetensors"
+        save_file(state, str(path))
+        loaded = timm.create_model(timm_name, num_classes=n_classes, checkpoint_path=str(path)).eval()
+        with torch.no_grad():
+            self._check(loaded(*self.check_inputs), "timm")
+        call = f"timm.create_model({timm_name!r}, num_classes={n_classes}, checkpoint_path=folder + \"/model.safetensors\")"
+        code = ("import timm\nimport torch\n\n"
+                f"folder = {str(self.final)!r}\n"
+                f"model = {call}.eval()\n"
+                "with torch.no_grad():\n"
+                "    logits = model(images)  # images: see the input above\n")
+        info = self._info("timm", {"model.safetensors": f"state dict of timm's {timm_name} with a {n_classes}-class "
+                                                         f"classifier ({prefix})"}, code)
+        info["create_model"] = {"model_name": timm_name, "num_classes": n_classes, "checkpoint_path": "model.safetensors"}
+        return info
+
+    # ------------------------------------------------------------ transformers
+
+    def export_transformers(self) -> dict[str, Any]:
+        body = self.model.body
+        transformer, pooling = body.transformer, body.pooling
+        classes = self.config["classes"]
+        transformer.config.id2label = {i: str(c) for i, c in enumerate(classes)}
+        transformer.config.label2id = {str(c): i for i, c in enumerate(classes)}
+        with _quiet_transformers():
+            transformer.save_pretrained(str(self.folder))
+        self._save_tokenizer()
+        head = self.model.head
+        layers = [head] if isinstance(head, nn.Linear) else [m for m in head if isinstance(m, nn.Linear)]
+        names = ["output"] if len(layers) == 1 else ["hidden", "output"]
+        save_file({f"{name}.{kind}": getattr(layer, kind).detach().contiguous()
+                   for name, layer in zip(names, layers) for kind in ("weight", "bias")},
+                  str(self.folder / "head.safetensors"))
+        # an unused pooler was dropped in training; loading without one avoids a randomly initialised pooler
+        no_pooler = pooling != "pooler" and "add_pooling_layer" in inspect.signature(type(transformer).__init__).parameters
+        load_args = ", add_pooling_layer=False" if no_pooler else ""
+        pool = {"mean": ("mask = attention_mask.unsqueeze(-1).float()\n"
+                         "    embedding = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over tokens"),
+                "cls": "embedding = hidden[:, 0]  # the first token's state",
+                "pooler": "embedding = output.pooler_output"}[pooling]
+        hidden_line = "" if pooling == "pooler" else "    hidden = output.last_hidden_state\n"
+        head_lines = ("    x = torch.nn.functional.gelu(embedding @ head[\"hidden.weight\"].T + head[\"hidden.bias\"])\n"
+                      "    logits = x @ head[\"output.weight\"].T + head[\"output.bias\"]\n") if len(layers) == 2 else \
+            "    logits = embedding @ head[\"output.weight\"].T + head[\"output.bias\"]\n"
+        code = ("import torch\nfrom safetensors.torch import load_file\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+                f"folder = {str(self.final)!r}\n"
+                f"encoder = AutoModel.from_pretrained(folder{load_args}).eval()\n"
+                "head = load_file(folder + \"/head.safetensors\")\n"
+                + self._tokenize_code() +
+                "with torch.no_grad():\n"
+                "    output = encoder(input_ids=input_ids, attention_mask=attention_mask)\n"
+                + hidden_line + f"    {pool}\n" + head_lines +
+                "labels = [encoder.config.id2label[i] for i in logits.argmax(1).tolist()]\n")
+        # load it back exactly as the code above does
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        with _quiet_transformers():
+            encoder = AutoModel.from_pretrained(str(self.folder), **({"add_pooling_layer": False} if no_pooler else {}))
+            tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        texts = _raw_examples("text", self.config["preprocessing"], 3, 1)
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=self.config["preprocessing"]["max_length"],
+                          return_tensors="pt", return_token_type_ids=False)
+        loaded_head = load_file(str(self.folder / "head.safetensors"))
+        with torch.no_grad():
+            output = encoder.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            if pooling == "pooler":
+                embedding = output.pooler_output
+            elif pooling == "cls":
+                embedding = output.last_hidden_state[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                embedding = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if len(layers) == 2:
+                embedding = torch.nn.functional.gelu(embedding @ loaded_head["hidden.weight"].T + loaded_head["hidden.bias"])
+            self._check(embedding @ loaded_head["output.weight"].T + loaded_head["output.bias"], "transformers")
+        files = {"config.json": "the encoder's configuration (id2label holds the classes)",
+                 "model.safetensors": "the fine-tuned encoder's weights",
+                 "head.safetensors": "the classification head: " + ("output.weight, output.bias (linear)" if len(layers) == 1
+                                     else "hidden.weight, hidden.bias, GELU, output.weight, output.bias"),
+                 "tokenizer files": "the tokenizer, padding on the right"}
+        info = self._info("transformers", files, code)
+        info["pooling"] = pooling
+        return info
+
+    # ------------------------------------------------------------ TorchScript
+
+    def export_torchscript(self) -> dict[str, Any]:
+        path = self.folder / "model.pt"
+        try:
+            with warnings.catch_warnings():
+                # torch.jit is deprecated in favour of torch.export, but still what many runtimes (C++, mobile) load;
+                # tracer warnings are about Python values frozen into the graph, which the check below tests
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(self.wrapper, self.trace_inputs, check_trace=False, strict=False)
+                traced.save(str(path))
+                loaded = torch.jit.load(str(path))
+                with torch.no_grad():
+                    logits = loaded(*self.check_inputs)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise AutomlTLError(f"cannot trace {self.config['backbone']['name']} to TorchScript: {first_line(exc, 300)}; "
+                                "try --format onnx") from None
+        self._check(logits, "TorchScript")
+        if self.modality == "text":
+            self._save_tokenizer()
+        imports = "import torch\n" + ("from transformers import AutoTokenizer\n" if self.modality == "text" else "")
+        code = (f"{imports}\nfolder = {str(self.final)!r}\n"
+                "model = torch.jit.load(folder + \"/model.pt\").eval()  # TorchScript holds code: load only files you trust\n"
+                + self._tokenize_code() +
+                f"with torch.no_grad():\n    logits = model({', '.join(self.names)})\n")
+        files = {"model.pt": "the whole model as TorchScript: " + ", ".join(self.names) + " -> logits"}
+        if self.modality == "text":
+            files["tokenizer files"] = "the tokenizer, padding on the right"
+        return self._info("torchscript", files, code)
+
+    # ------------------------------------------------------------ ONNX
+
+    def export_onnx(self) -> dict[str, Any]:
+        # torch.onnx's exporter needs onnx and onnxscript; onnxruntime runs the check
+        for package in ("onnx", "onnxscript", "onnxruntime"):
+            if importlib.util.find_spec(package) is None:
+                raise AutomlTLError(f"the ONNX export needs {package}: pip install 'automl-tl[export]'")
+        import onnx
+        import onnxruntime
+
+        path = self.folder / "model.onnx"
+        batch = torch.export.Dim("batch")
+        if self.keyed:
+            length = torch.export.Dim("sequence", max=int(self.config["preprocessing"].get("max_length", 512)))
+            dynamic: tuple[dict[int, Any], ...] = tuple({0: batch, 1: length} for _ in self.names)
+        else:
+            dynamic = ({0: batch},)
+        # one entry per input, inside the tuple of the wrapper's *tensors
+        size = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        try:
+            with warnings.catch_warnings(), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):
+                warnings.filterwarnings("ignore", message=".*axis name.*")  # about naming dynamic axes only
+                # an LSTM's flattened weights, re-set while tracing: the check below tests the result
+                warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+                warnings.simplefilter("ignore", FutureWarning)  # torch's deprecations inside its own exporter
+                torch.onnx.export(self.wrapper, self.trace_inputs, str(path), dynamo=True, input_names=self.names,
+                                  output_names=["logits"], dynamic_shapes=(dynamic,), verbose=False,
+                                  external_data=size > _ONNX_SINGLE_FILE_BYTES)
+        except Exception as exc:  # noqa: BLE001 - torch.export and the ONNX translation raise many kinds
+            raise AutomlTLError(f"cannot export {self.config['backbone']['name']} to ONNX: {_onnx_reason(exc)}; "
+                                "try --format torchscript") from None
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._check(session.run(["logits"], {n: t.numpy() for n, t in zip(self.names, self.check_inputs)})[0], "ONNX")
+        if self.modality == "text":
+            self._save_tokenizer()
+        imports = "import onnxruntime\n" + ("from transformers import AutoTokenizer\n" if self.modality == "text" else "")
+        feeds = ", ".join(f"{n!r}: {n}.numpy()" for n in self.names)
+        code = (f"{imports}\nfolder = {str(self.final)!r}\n"
+                "session = onnxruntime.InferenceSession(folder + \"/model.onnx\", providers=[\"CPUExecutionProvider\"])\n"
+                + self._tokenize_code() +
+                f"logits = session.run([\"logits\"], {{{feeds}}})[0]  # numpy float32 (batch, classes)\n")
+        files = {"model.onnx": "the whole model as ONNX: " + ", ".join(self.names) + " -> logits"}
+        if (self.folder / "model.onnx.data").is_file():
+            files["model.onnx.data"] = "the weights of model.onnx (keep them side by side)"
+        if self.modality == "text":
+            files["tokenizer files"] = "the tokenizer, padding on the right"
+        info = self._info("onnx", files, code)
+        info["opset"] = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                              if o.domain in ("", "ai.onnx")), None)
+        return info
+
+
+def _onnx_reason(error: BaseException) -> str:
+    """The line of torch.onnx's long report that says what failed (its first line only says which step)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    _, found, summary = text.partition("## Exception summary")
+    lines = [line.strip() for line in summary.splitlines() if line.strip()] if found else []
+    return first_line(AutomlTLError(lines[0]), 300) if lines else first_line(error, 300)
+
+
+# ---------------------------------------------------------------- README
+
+
+def image_preparation_code(preprocessing: dict[str, Any]) -> str | None:
+    """Python that prepares one image file as the model was trained (None where a crop makes it longer)."""
+    if preprocessing.get("kind") != "image" or preprocessing.get("crop_pct", 1.0) < 1.0:
+        return None
+    size = preprocessing["size"]
+    return ("import numpy as np\nimport torch\nfrom PIL import Image\n\n"
+            f"image = Image.open(path).convert(\"RGB\").resize(({size}, {size}), "
+            f"Image.Resampling.{preprocessing['interpolation'].upper()})\n"
+            f"mean = np.array({preprocessing['mean']}, dtype=np.float32)\n"
+            f"std = np.array({preprocessing['std']}, dtype=np.float32)\n"
+            "pixels = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std\n"
+            "images = torch.from_numpy(pixels.transpose(2, 0, 1).copy()).unsqueeze(0)  # (1, 3, H, W)\n")
+
+
+def _readme(info: dict[str, Any]) -> str:
+    fmt, backbone = info["format"], info["backbone"]
+    classes = info["classes"]
+    lines = [f"# `{backbone['name']}` classifier, {fmt} export", "",
+             f"Exported by automl_tl from `{info['source_model']}`. The model card is in `{MODEL_CARD_FILE}`; "
+             f"`{EXPORT_INFO_FILE}` holds everything below as JSON.", "", "## Files", ""]
+    lines += [f"- `{name}`: {what}" for name, what in info["files"].items()]
+    lines += ["", "## Input", "", "| name | dtype | shape | what |", "|---|---|---|---|"]
+    lines += [f"| `{i['name']}` | {i['dtype']} | ({', '.join(map(str, i['shape']))}) | {i['description']} |"
+              for i in info["inputs"]]
+    lines += ["", f"Output: `logits`, float32 (batch, {len(classes)}): one score per class, in this order: "
+              + ", ".join(f"`{c}`" for c in classes) + ".", ""]
+    prepare = image_preparation_code(info["preprocessing"])
+    if prepare:
+        lines += ["Preparing an image file at `path` as in training:", "", "```python", prepare.rstrip(), "```", ""]
+    lines += ["## Load and run", "", "```python", info["load"].rstrip(), "```", ""]
+    if info["modality"] == "text":
+        lines += ["`texts` is a list of strings; the tokenizer saved here pads and truncates as in training.", ""]
+    check = info.get("check", {})
+    lines += [f"Checked when exported: on {check.get('examples')} examples the logits of this export differ from "
+              f"the original model's by at most {check.get('max_abs_diff', float('nan')):.1e}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,331 @@
+"""The model card: ``MODEL_CARD.md``, what a person should know before using a run's best model.
+
+It is built only from the files a search leaves in its run directory (``summary.json``,
+``manifest.json``, ``best_model/config.json``, ``best_model/metrics.json``), so it can be written
+again for any finished run and every number in it can be traced to one of those files. The
+search writes it at its end; :mod:`automl_tl.export` copies it next to every export. Given a bare
+model directory (no search files beside it), the card says what it cannot know.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from automl_tl.errors import AutomlTLError
+from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, write_text_atomic
+
+MODEL_CARD_FILE = "MODEL_CARD.md"
+METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.json"
+MANIFEST_FILE = "manifest.json"
+#: below this many test examples, the card warns that the test numbers are rough
+SMALL_TEST_SET = 100
+_CLASSES_SHOWN = 30
+
+_STRATEGY_WORDS = {
+    "linear_probe": "linear probe: the pretrained body stayed frozen; only the new head was trained, on the body's features",
+    "last_k": "last-k fine-tuning: the last `freeze_depth` layer groups of the body and the head were trained",
+    "full": "full fine-tuning: the whole body and the head were trained",
+    "lp_ft": "LP-FT: a linear probe first, then the last `freeze_depth` layer groups fine-tuned with the probed head",
+}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AutomlTLError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AutomlTLError(f"{path} holds a {type(value).__name__}; expected a JSON object")
+    return value
+
+
+def _model_dir(run_dir: Path) -> Path:
+    return run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _listing(values: Any, limit: int = _CLASSES_SHOWN) -> str:
+    values = [str(v) for v in (values or [])]
+    shown = ", ".join(f"`{v}`" for v in values[:limit])
+    return shown + (f", … ({len(values) - limit} more)" if len(values) > limit else "") if values else "–"
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion ``accuracy`` measured on ``n`` examples."""
+    if n <= 0:
+        return (0.0, 1.0)
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - spread), min(1.0, centre + spread))
+
+
+def describe_preprocessing(preprocessing: dict[str, Any]) -> str:
+    """One sentence on how inputs are prepared, from a saved model's ``preprocessing`` field."""
+    kind = preprocessing.get("kind")
+    if kind == "image":
+        size, crop = preprocessing.get("size"), preprocessing.get("crop_pct", 1.0)
+        resize = (f"resized to {size}x{size} pixels" if crop >= 1.0 else
+                  f"shorter side resized to {round(size / crop)} pixels, then the centre {size}x{size} cropped")
+        return (f"RGB images {resize} ({preprocessing.get('interpolation')} interpolation), scaled to [0, 1], "
+                f"normalised with mean {_rounded(preprocessing.get('mean'))} and std {_rounded(preprocessing.get('std'))}")
+    if kind == "text":
+        return (f"texts tokenised by `{preprocessing.get('tokenizer')}` ({preprocessing.get('tokenizer_class')}, "
+                f"{preprocessing.get('vocab_size')} tokens), truncated to {preprocessing.get('max_length')} tokens "
+                "(special tokens included)")
+    if kind == "audio":
+        return (f"mono audio resampled to {preprocessing.get('sample_rate')} Hz; the centre "
+                f"{preprocessing.get('clip_seconds')} s ({preprocessing.get('clip_samples')} samples) of a longer "
+                "recording, a shorter one zero-padded at the end")
+    return json.dumps(preprocessing)
+
+
+def _rounded(values: Any) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]" if isinstance(values, list) else str(values)
+
+
+def _model_section(config: dict[str, Any], manifest: dict[str, Any] | None) -> list[str]:
+    backbone = config.get("backbone", {})
+    name = backbone.get("name", "?")
+    architecture = (f"timm `{backbone['timm_name']}`" if backbone.get("timm_name") else
+                    f"transformers `{backbone.get('model_type')}` from `{backbone.get('source')}`, "
+                    f"{backbone.get('pooling')} pooling" if backbone.get("model_type") else "defined by its plugin")
+    weights_hash = next((entry.get("weights_sha256_prefix") for entry in (manifest or {}).get("backbones", [])
+                         if entry.get("name") == name), None)
+    trial = config.get("trial_config") or {}
+    head = config.get("head") or {"kind": "linear"}
+    head_text = ("linear layer" if head.get("kind") == "linear" else
+                 f"MLP, one hidden layer of {head.get('hidden')} units (GELU, dropout {head.get('dropout'):.2f})")
+    classes = config.get("classes", [])
+    return [
+        "## Model", "",
+        "| | |", "|---|---|",
+        f"| backbone | `{name}` ({architecture}), {backbone.get('embedding_dim')}-d embedding |",
+        f"| pretrained weights | {backbone.get('weight_source')} |",
+        f"| weights hash | {f'`{weights_hash}` (SHA-256 of the body tensors, first 32 hex digits)' if weights_hash else 'not recorded in this run'} |",
+        f"| adaptation | {_STRATEGY_WORDS.get(trial.get('strategy'), trial.get('strategy', '–'))} |",
+        f"| head | {head_text} |",
+        f"| training | best epoch {config.get('best_epoch', '–')} of {trial.get('epochs', '–')}, batch size "
+        f"{trial.get('batch_size', '–')}, AdamW (weight decay {trial.get('weight_decay', '–')}), seed {trial.get('seed', '–')} |",
+        f"| classes | {len(classes)}: {_listing(classes)} |",
+        f"| input | {describe_preprocessing(config.get('preprocessing', {}))} |",
+        f"| files | `model.safetensors` (weights) and `{CONFIG_FILE}` (how to rebuild it) of the saved model |",
+        "",
+    ]
+
+
+def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manifest: dict[str, Any] | None) -> list[str]:
+    data = (summary or {}).get("data") or (manifest or {}).get("data")
+    if not data:
+        return ["## Data", "", f"Not recorded: no {SUMMARY_FILE} or {MANIFEST_FILE} beside this model. "
+                f"Data fingerprint from its {CONFIG_FILE}: `{config.get('data_fingerprint', '–')}`.", ""]
+    total = data["train"] + data["val"] + data["test"]
+    source = ((manifest or {}).get("data") or {}).get("source")
+    if source and source.get("dataset"):
+        source_text = f"registered data set `{source['dataset']}`"
+    elif source and source.get("data"):
+        source_text = f"`{source['data']}`"
+    else:
+        source_text = "data given in Python (no file or data set name recorded)"
+    if source and source.get("max_samples"):
+        source_text += f", a stratified sample of at most {source['max_samples']} examples"
+    split_seed = ((manifest or {}).get("seeds") or {}).get("data_split")
+    return [
+        "## Data", "",
+        "| | |", "|---|---|",
+        f"| source | {source_text} |",
+        f"| modality | {data['modality']}: input column `{data.get('input_column')}`, label column `{data.get('label_column')}` |",
+        f"| examples | {total}: {data['train']} train, {data['val']} validation, {data['test']} test |",
+        f"| classes | {len(data['classes'])} |",
+        f"| split | stratified by class and seeded (split seed {'not recorded' if split_seed is None else split_seed}); "
+        "the test examples took no part in training or in choosing the model |",
+        f"| fingerprint | `{data.get('fingerprint')}` (hash of the inputs, labels and split) |",
+        "",
+    ]
+
+
+def _search_section(config: dict[str, Any], summary: dict[str, Any] | None, manifest: dict[str, Any] | None) -> list[str]:
+    settings = (manifest or {}).get("search")
+    if not summary or not settings:
+        return ["## Search", "", f"Not recorded: no {SUMMARY_FILE} and {MANIFEST_FILE} beside this model. "
+                f"It comes from trial {config.get('trial', '–')} of its search.", ""]
+    states = summary.get("trials_by_state", {})
+    state_text = ", ".join(f"{count} {state.lower()}" for state, count in states.items())
+    lines = [
+        "## Search", "",
+        "| | |", "|---|---|",
+        f"| method | Optuna, {settings.get('sampler')} sampler, "
+        f"{'no' if settings.get('pruner') == 'none' else settings.get('pruner')} pruner, seed {settings.get('seed')} |",
+        f"| budget | {settings.get('n_trials')} finished trial{'s' if settings.get('n_trials') != 1 else ''}; wall clock "
+        f"{_seconds(settings.get('timeout'))}, per trial "
+        f"{_seconds(settings.get('trial_timeout'))}; "
+        f"{_epochs(settings.get('min_epochs'), settings.get('max_epochs'))} per trial |",
+        f"| trials | {sum(states.values())} ({state_text}); {summary.get('total_seconds', 0):.1f} s of training "
+        f"({summary.get('total_cpu_seconds', 0):.1f} CPU-s) |",
+        f"| searched | backbones {_listing(settings.get('backbones'))}; strategies {_listing(settings.get('strategies'))}; "
+        f"heads {_listing(settings.get('heads'))}; head learning rate {_range(settings.get('head_lr_range'))}; "
+        f"body learning rate {_range(settings.get('backbone_lr_range'))} |",
+    ]
+    ranking = summary.get("transferability")
+    if ranking:
+        taus = ", ".join(f"{score} {'n/a' if tau is None else f'{tau:+.2f}'}" for score, tau in ranking["kendall_tau"].items())
+        lines.append(f"| pre-ranking | by transferability: {_listing(ranking['ranking'])} "
+                     f"(Kendall tau against the best validation accuracy: {taus}) |")
+    lines += ["", f"Chosen: trial {summary.get('best_trial')}, by validation accuracy, with", "",
+              "| parameter | value |", "|---|---|"]
+    chosen = (config.get("trial_config") or {})
+    for name in _relevant_parameters(chosen):
+        value = chosen.get(name)
+        lines.append(f"| {name} | {f'{value:.3g}' if isinstance(value, float) else value} |")
+    return lines + [""]
+
+
+def _epochs(least: int | None, most: int | None) -> str:
+    return f"{most} epoch{'s' if most != 1 else ''}" if least == most else f"{least} to {most} epochs"
+
+
+def _seconds(value: float | None) -> str:
+    return "unlimited" if value is None else f"{value:g} s"
+
+
+def _range(values: Any) -> str:
+    return f"{values[0]:g} to {values[1]:g}" if isinstance(values, list) and len(values) == 2 else "the modality's default"
+
+
+def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
+    """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
+    names = ["backbone", "strategy"]
+    if trial_config.get("strategy") != "linear_probe":
+        names += ["freeze_depth", "backbone_lr", "layer_decay"]
+    names += ["head_lr", "epochs"]
+    if trial_config.get("strategy") in ("linear_probe", "lp_ft"):
+        names.append("probe_passes")
+    return [name for name in names if name in trial_config]
+
+
+def _metrics_row(name: str, scores: dict[str, Any], interval: bool = False) -> str:
+    accuracy = _number(scores.get("accuracy"))
+    if interval and scores.get("examples"):
+        low, high = wilson_interval(scores["accuracy"], scores["examples"])
+        accuracy += f" (95% interval {low:.2f}–{high:.2f})"
+    return (f"| {name} | {_number(scores.get('examples'))} | {accuracy} | {_number(scores.get('balanced_accuracy'))} | "
+            f"{_number(scores.get('macro_f1'))} |")
+
+
+def _metrics_section(config: dict[str, Any], metrics: dict[str, Any] | None, val_examples: int | None) -> list[str]:
+    metrics = metrics or {}
+    n_classes = len(config.get("classes", []))
+    # runs before validation metrics were recorded: the accuracy the search saw
+    validation = metrics.get("validation") or {"accuracy": config.get("val_accuracy"), "examples": val_examples}
+    lines = ["## Metrics", "", "| split | examples | accuracy | balanced accuracy | macro F1 |", "|---|---|---|---|---|",
+             _metrics_row("validation (chose the model)", validation)]
+    if metrics.get("test"):
+        lines.append(_metrics_row("test (held out)", metrics["test"], interval=True))
+    elif metrics:
+        lines.append("| test | none held out (the data were all used for training and validation) | | | |")
+    else:
+        lines.append(f"| test | not recorded (no {METRICS_FILE}) | | | |")
+    lines += ["", f"Chance level (uniform guessing): {1 / max(n_classes, 1):.4f}; the 95% interval of test accuracy "
+              "is Wilson's. The validation split chose the model among the trials, so only the test numbers are "
+              "unbiased.", ""]
+    return lines
+
+
+def _limits_section(config: dict[str, Any], summary: dict[str, Any] | None, metrics: dict[str, Any] | None) -> list[str]:
+    data = (summary or {}).get("data") or {}
+    test_n = ((metrics or {}).get("test") or {}).get("examples")
+    n_classes = len(config.get("classes", []))
+    trials = sum(((summary or {}).get("trials_by_state") or {}).values())
+    lines = ["## Limits and intended use", ""]
+    if test_n:
+        lines.append(f"- **Evaluated on** the {test_n} held-out test examples only, drawn from the same source and "
+                     f"split as the training data. **Not evaluated on** data from other sources or times, distribution "
+                     "shift, corrupted or adversarial inputs, the calibration of its probabilities, or subgroups of the "
+                     "data (fairness).")
+        small = test_n < SMALL_TEST_SET
+        lines.append(f"- {'**Small data.** ' if small else ''}One test example moves test accuracy by "
+                     f"{100 / test_n:.1f} points; about {test_n / max(n_classes, 1):.1f} test examples per class. "
+                     + ("Treat the numbers as rough and confirm them on more data before relying on them."
+                        if small else "Per-class performance may vary more than the averages show."))
+    else:
+        lines.append("- **Not evaluated** here: no test metrics were recorded beside this model.")
+    if trials > 1:
+        lines.append(f"- The validation accuracy is the best of {trials} trials, so it is optimistic; the test split, "
+                     "never used to choose, is the fair estimate.")
+    if data.get("train") is not None:
+        lines.append(f"- Trained on {data['train']} examples: it knows only what they show.")
+    lines += [
+        f"- **Inputs**: {describe_preprocessing(config.get('preprocessing', {}))}. Inputs prepared otherwise, "
+        "or unlike the training data, are outside what was tested.",
+        f"- **Intended use**: sorting inputs like the training data into its {n_classes} classes. It always answers "
+        "one of those classes, never \"none of these\"; decisions about people, or where errors are costly, need "
+        "an evaluation of their own first.",
+        f"- The pretrained backbone ({config.get('backbone', {}).get('weight_source')}) brings the biases of the data it "
+        "was pretrained on, and its weights' licence applies to this model too.",
+        "",
+    ]
+    return lines
+
+
+def _reproduce_section(manifest: dict[str, Any] | None) -> list[str]:
+    if not manifest:
+        return []
+    packages = ", ".join(f"{name} {version}" for name, version in manifest.get("packages", {}).items()
+                         if version and name in ("automl_tl", "torch", "timm", "transformers", "optuna"))
+    hardware = manifest.get("hardware", {})
+    device = hardware.get("gpu") or f"CPU, {hardware.get('cpu_count')} cores"
+    return ["## Reproducing", "",
+            f"Python {manifest.get('python')}, {packages}; {device}. Command: `{' '.join(manifest.get('command', []))}`. "
+            f"Everything else (seeds, settings, every package version) is in `{MANIFEST_FILE}`.", ""]
+
+
+def render_model_card(run_dir: str | Path) -> str:
+    """The model card of a run directory (or of a bare model directory) as Markdown text."""
+    run_dir = Path(run_dir)
+    model_dir = _model_dir(run_dir)
+    config = _read_json(model_dir / CONFIG_FILE)
+    if config is None:
+        raise AutomlTLError(f"no saved model in {run_dir}: {CONFIG_FILE} is missing (is it a run directory?)")
+    metrics = _read_json(model_dir / METRICS_FILE)
+    summary = _read_json(run_dir / SUMMARY_FILE) if model_dir != run_dir else None
+    manifest = _read_json(run_dir / MANIFEST_FILE) if model_dir != run_dir else None
+    prefix = f"{BEST_MODEL_DIR}/" if model_dir != run_dir else ""
+    found = {SUMMARY_FILE: summary, MANIFEST_FILE: manifest, f"{prefix}{CONFIG_FILE}": config,
+             f"{prefix}{METRICS_FILE}": metrics}
+    read = [name for name, content in found.items() if content is not None]
+    backbone = config.get("backbone", {})
+    modality = backbone.get("modality", "?")
+    written = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        f"# Model card: `{backbone.get('name')}` fine-tuned for {len(config.get('classes', []))}-class {modality} "
+        "classification", "",
+        f"Written by automl_tl on {written} from the files of `{run_dir.name}`: {', '.join(f'`{name}`' for name in read)}.",
+        "",
+    ]
+    lines += _model_section(config, manifest)
+    lines += _data_section(config, summary, manifest)
+    lines += _search_section(config, summary, manifest)
+    lines += _metrics_section(config, metrics, (summary or {}).get("data", {}).get("val"))
+    lines += _limits_section(config, summary, metrics)
+    lines += _reproduce_section(manifest)
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` (into ``run_dir`` unless ``path`` says where) and return its path."""
+    run_dir = Path(run_dir)
+    target = Path(path) if path is not None else run_dir / MODEL_CARD_FILE
+    write_text_atomic(target, render_model_card(run_dir))
+    return target
