@@ -15,8 +15,6 @@ import base64
 import html
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import pandas as pd
 from automl_tl import plots
 from automl_tl.config import check_storage_url, is_journal_path
 from automl_tl.errors import AutomlTLError, first_line
-from automl_tl.model_io import write_text_atomic
+from automl_tl.model_io import write_bytes_atomic, write_text_atomic
 from automl_tl.ranking import with_outcomes
 from automl_tl.report import (DATA_SUMMARY_ATTR, LEADERBOARD_COLUMNS, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR,
                               best_accuracy_by_backbone, leaderboard)
@@ -175,7 +173,7 @@ class _Page:
             self.note(f"This figure could not be drawn: {type(exc).__name__}: {first_line(exc, 300)}")
             return
         self.plots_dir.mkdir(parents=True, exist_ok=True)
-        _write_bytes_atomic(self.plots_dir / file_name, png)
+        write_bytes_atomic(self.plots_dir / file_name, png)
         self.drawn.add(file_name)
         data = base64.b64encode(png).decode("ascii")
         self.parts.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -189,13 +187,6 @@ class _Page:
 
     def html(self) -> str:
         return "\n".join(self.parts)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    # renamed into place: two workers finishing at once never leave half a PNG
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".tmp", delete=False) as file:
-        file.write(data)
-    os.replace(file.name, path)
 
 
 def _has_values(board: pd.DataFrame) -> bool:

@@ -50,21 +50,44 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: readers (and a
     process killed mid-write) see the old file or the new one, never half of one."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """:func:`write_text_atomic` for bytes (figures, archives)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as file:
-        file.write(text)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".tmp", delete=False) as file:
+        file.write(data)
         temp = Path(file.name)
+    with_usual_permissions(temp)
     os.replace(temp, path)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def with_usual_permissions(path: Path) -> Path:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would have (the umask's), not the private
+    0600 / 0700 that ``tempfile`` uses: results are files a team shares and serves."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
+    return path
 
 
 def save_model(model: TransferModel, directory: Path, config: dict[str, Any]) -> None:
     """Save weights and config into ``directory``, replacing what was there only once both are written."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    staging = with_usual_permissions(Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent)))
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(staging / WEIGHTS_FILE))
     (staging / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2, default=str))
+    with_usual_permissions(staging / WEIGHTS_FILE)  # safetensors writes it private (0600)
     old = directory.with_name(f".{directory.name}-old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)

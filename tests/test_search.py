@@ -183,3 +183,16 @@ def test_the_run_manifest_says_how_the_results_were_made(finished_run):
     for entry in searched.values():
         assert entry["weight_source"] and entry["weights_sha256_prefix"]  # the probes hashed their weights
     assert manifest["hardware"]["cpu_count"] == os.cpu_count()
+
+
+def test_results_get_the_usual_permissions_not_tempfiles_private_ones(finished_run):
+    """Files written aside and renamed into place keep the umask's permissions, so a team can read them."""
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    run_dir = finished_run[0].run_dir
+    for name in ("leaderboard.csv", "summary.json", "report.html", "best_model/model.safetensors",
+                 "best_model/config.json"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name
+    assert stat.S_IMODE((run_dir / "best_model").stat().st_mode) == 0o777 & ~umask
