@@ -429,9 +429,10 @@ class Search:
             evaluation.update(trial=best_trial, val_accuracy=predictor.config["val_accuracy"])
             study.set_user_attr(TEST_EVALUATION_ATTR, evaluation)  # the report reads it from the study
         test_metrics = None if evaluation is None else evaluation["metrics"]
+        validation_metrics = self._evaluation(predictor, self.data.val)["metrics"]
         write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
                           {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"],
-                           "validation": self._metrics(predictor, self.data.val), "test": test_metrics})
+                           "validation": validation_metrics, "test": test_metrics})
         best_params = study.trials[best_trial].params
         states = board["state"].value_counts().to_dict()
         transferability = self._transferability(board)
