@@ -229,7 +229,9 @@ def _print_outcome(outcome) -> None:
         print(f"transferability ranking: {', '.join(outcome.transferability['ranking'])} (Kendall tau vs "
               f"best validation accuracy: {taus})")
     extra = ", transferability.csv" if outcome.transferability is not None else ""
-    print(f"run directory: {run_dir} (leaderboard.csv, leaderboard.md, summary.json{extra}, best_model/)")
+    print(f"run directory: {run_dir} (report.html, MODEL_CARD.md, leaderboard.csv, summary.json{extra}, "
+          "manifest.json, best_model/)")
+    print(f"open {run_dir / 'report.html'} in a browser; 'automl-tl export {run_dir} --format onnx' exports the model")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
