@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from automl_tl.backbone import InputOptions
-from automl_tl.config import PRUNERS, SAMPLERS, STRATEGIES, SearchConfig
+from automl_tl.config import DEFAULT_STRATEGIES, PRUNERS, SAMPLERS, STRATEGIES, SearchConfig
 from automl_tl.errors import AutomlTLError
 from automl_tl.heads import HEAD_KINDS
 
@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clip-seconds", type=_positive_float, help="audio: seconds per example (default: the backbone's)")
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
-                     help="adaptation strategies to search (default: all)")
+    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(DEFAULT_STRATEGIES),
+                     help=f"adaptation strategies to search (default: {' '.join(DEFAULT_STRATEGIES)}; with --shots "
+                          "also nearest_centroid logistic_regression)")
     run.add_argument("--heads", nargs="+", choices=HEAD_KINDS, default=list(HEAD_KINDS),
                      help="head structures to search (default: all)")
     run.add_argument("--trial-timeout", type=_positive_float, help="hard wall-clock budget per trial, in seconds")
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--modality", choices=("image", "text", "audio"),
                      help="what the input column holds (default: inferred from its values)")
     run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
+    run.add_argument("--shots", type=_positive_int, metavar="K",
+                     help="few labels: learn from K examples per class (seeded draw), used for training and model "
+                          "selection alike; every other example is the test set (below 10 shots, validation is "
+                          "by cross-validation of nearest centroid and logistic regression)")
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="worker processes on this machine sharing the study and the cores (default: 1)")
 
@@ -137,9 +142,9 @@ def _data_source(args: argparse.Namespace) -> dict:
 
     if args.data:
         return data_source(data=args.data, label=args.label, input_column=args.input_column, seed=args.seed,
-                           max_samples=args.max_samples, modality=args.modality)
+                           max_samples=args.max_samples, modality=args.modality, shots=args.shots)
     return data_source(dataset=args.dataset or DEFAULT_DATASET, seed=args.seed, max_samples=args.max_samples,
-                       modality=args.modality)
+                       modality=args.modality, shots=args.shots)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -153,7 +158,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if getattr(args, option) is None:
             setattr(args, option, value)
     bundle = prepare_dataset(data, label_column=label, input_column=input_column, seed=args.seed,
-                             max_samples=args.max_samples, modality=args.modality)
+                             max_samples=args.max_samples, modality=args.modality, shots=args.shots)
     backbones = args.backbones or [b.name for b in get_registry().list_backbones(modality=bundle.modality)
                                    if b.weights_available()]
     if not backbones:

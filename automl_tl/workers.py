@@ -41,12 +41,13 @@ DATA_SOURCE_KEYS = ("data", "dataset", "label", "input_column", "seed", "max_sam
 
 def data_source(data: str | Path | None = None, dataset: str | None = None, label: str = "label",
                 input_column: str | None = None, seed: int = 0, max_samples: int | None = None,
-                modality: str | None = None) -> dict[str, Any]:
+                modality: str | None = None, shots: int | None = None) -> dict[str, Any]:
     """How to load a data set again in another process: a file or folder (made absolute), or a registered name."""
     if (data is None) == (dataset is None):
         raise ValueError("a data source is either a path or a registered data set's name")
     return {"data": None if data is None else str(Path(data).resolve()), "dataset": dataset, "label": label,
-            "input_column": input_column, "seed": seed, "max_samples": max_samples, "modality": modality}
+            "input_column": input_column, "seed": seed, "max_samples": max_samples, "modality": modality,
+            "shots": shots}
 
 
 def load_data_source(source: dict[str, Any]) -> DatasetBundle:
@@ -59,7 +60,8 @@ def load_data_source(source: dict[str, Any]) -> DatasetBundle:
     else:
         data, label, input_column = source["data"], source.get("label", "label"), source.get("input_column")
     return prepare_dataset(data, label_column=label, input_column=input_column, seed=source.get("seed", 0),
-                           max_samples=source.get("max_samples"), modality=source.get("modality"))
+                           max_samples=source.get("max_samples"), modality=source.get("modality"),
+                           shots=source.get("shots"))
 
 
 def threads_per_worker(workers: int) -> int:
