@@ -21,7 +21,7 @@ STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft") + EMBEDDING_STRATEGIES
 #: what the search chooses among unless told otherwise; with few labels (``shots``) it adds EMBEDDING_STRATEGIES
 DEFAULT_STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft")
 #: the head each embedding strategy fits (whatever head a trial's parameters name)
-EMBEDDING_HEADS = {"nearest_centroid": "centroid", "logistic_regression": "linear"}
+EMBEDDING_HEADS = {"nearest_centroid": "normalised_linear", "logistic_regression": "normalised_linear"}
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 
@@ -52,9 +52,11 @@ class TrialConfig:
     * ``lp_ft``: linear probe first (``probe_passes`` passes over cached features), then the head and
       the last ``freeze_depth`` groups train together at ``backbone_lr`` (Kumar et al., 2022).
     * ``nearest_centroid``: the body stays frozen; the head is the cosine nearest class mean of the cached
-      embeddings (a :class:`~automl_tl.heads.CentroidHead`); no learning rate or epoch is used.
-    * ``logistic_regression``: the body stays frozen; scikit-learn's logistic regression on the standardised
-      cached embeddings, its ``C`` chosen by cross-validation on the training split, saved as a linear head.
+      embeddings (centred and L2-normalised); no learning rate or epoch is used.
+    * ``logistic_regression``: the body stays frozen; scikit-learn's logistic regression on the same centred,
+      L2-normalised cached embeddings, its ``C`` chosen by cross-validation on the training split.
+
+    Both are saved as a :class:`~automl_tl.heads.NormalisedLinearHead`.
 
     The two embedding strategies always get their own head (``EMBEDDING_HEADS``), whatever ``head`` says.
 

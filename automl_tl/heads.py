@@ -1,9 +1,9 @@
-"""The new classification head put on a pretrained body: a linear layer, a small MLP, or a centroid head.
+"""The new classification head put on a pretrained body: a linear layer, a small MLP, or a normalised linear head.
 
 The head's structure is part of the search space, so it is described by a small frozen
 :class:`HeadSpec` that travels in the trial config and in a saved model's ``config.json``,
-and :func:`build_head` turns it into a module. The centroid head is never searched as a head
-structure: it is what the ``nearest_centroid`` strategy fits (see :mod:`automl_tl.embedding_heads`).
+and :func:`build_head` turns it into a module. The normalised linear head is never searched as a head
+structure: it is what the embedding strategies fit (see :mod:`automl_tl.embedding_heads`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from torch.nn import functional
 
 #: the head structures the search chooses among
 HEAD_KINDS = ("linear", "mlp")
-#: every head a saved model may have: the searched ones and the nearest-centroid strategy's
-ALL_HEAD_KINDS = HEAD_KINDS + ("centroid",)
+#: every head a saved model may have: the searched ones and the one the embedding strategies fit
+ALL_HEAD_KINDS = HEAD_KINDS + ("normalised_linear",)
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """``kind`` "linear", "mlp" (one hidden layer of ``hidden`` units, GELU, then ``dropout``), or "centroid"
-    (:class:`CentroidHead`)."""
+    """``kind`` "linear", "mlp" (one hidden layer of ``hidden`` units, GELU, then ``dropout``), or
+    "normalised_linear" (:class:`NormalisedLinearHead`)."""
 
     kind: str = "linear"
     hidden: int = 256  # used by "mlp" only
@@ -50,8 +50,8 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Module:
     """A freshly initialised head mapping ``in_features``-sized embeddings to ``num_classes`` logits."""
     if spec.kind == "linear":
         return nn.Linear(in_features, num_classes)
-    if spec.kind == "centroid":
-        return CentroidHead(in_features, num_classes)
+    if spec.kind == "normalised_linear":
+        return NormalisedLinearHead(in_features, num_classes)
     return nn.Sequential(
         nn.Linear(in_features, spec.hidden),
         nn.GELU(),
@@ -60,14 +60,14 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Module:
     )
 
 
-class CentroidHead(nn.Module):
-    """Cosine similarity to class centroids, as a linear layer on centred, L2-normalised embeddings.
+class NormalisedLinearHead(nn.Module):
+    """A linear layer on centred, L2-normalised embeddings: ``linear(normalise(x - center))``.
 
-    ``logits = linear(normalise(x - center))``, where ``center`` (a buffer) is the mean training embedding
-    and the linear layer's rows are the unit-length class means of the centred, normalised training
-    embeddings times a temperature, with bias 0. The argmax is the nearest centroid by cosine; the
-    temperature only sharpens the probabilities. Everything is a tensor in the state dict, so the head
-    saves to safetensors like any other.
+    ``center`` (a buffer) is the mean training embedding. The nearest-centroid strategy sets the rows of
+    the linear layer to the unit-length class means of the normalised training embeddings times a
+    temperature, bias 0, so the argmax is the nearest centroid by cosine; logistic regression puts its
+    ``coef_`` and ``intercept_`` there. Everything is a tensor in the state dict, so the head saves to
+    safetensors like any other.
     """
 
     def __init__(self, in_features: int, num_classes: int):
@@ -76,7 +76,7 @@ class CentroidHead(nn.Module):
         self.linear = nn.Linear(in_features, num_classes)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """The embeddings as the centroids see them: centred, then scaled to unit length."""
+        """The embeddings as the fitted classifier sees them: centred, then scaled to unit length."""
         return functional.normalize(x - self.center, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

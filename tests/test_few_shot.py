@@ -126,27 +126,25 @@ def test_strategy_beats_chance_and_the_saved_model_predicts_what_it_fitted(tmp_p
     executor = Executor(device="cpu", show_progress=False)
     backbone, result = fit(executor, ten_shots, strategy)
     assert len(result.history) == 1 and result.history[0].val_accuracy > 0.4  # 20 held-out digits; chance 0.1
-    assert result.config.head.kind == {"nearest_centroid": "centroid", "logistic_regression": "linear"}[strategy]
+    assert result.config.head.kind == "normalised_linear"
 
-    # The classifier, computed here from the cached embeddings without the executor's head.
-    train_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.train)
-    test_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.test)
+    # The classifier, computed here from the cached embeddings without the executor's head: both strategies
+    # see the embeddings centred on the training mean and scaled to unit length.
+    train_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.train).astype(np.float64)
+    test_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.test).astype(np.float64)
     train_y = ten_shots.train.labels
+    center = train_x.mean(0)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
     if strategy == "nearest_centroid":
-        center = train_x.mean(0)
-
-        def unit(v):
-            return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
         means = np.stack([unit(train_x - center)[train_y == c].mean(0) for c in range(10)])
         expected = (unit(test_x - center) @ unit(means).T).argmax(1)
     else:
         assert result.extra["C"] in LOGISTIC_C_GRID
-        mean, scale = train_x.mean(0), train_x.std(0)
-        scale[scale < 1e-12] = 1.0
-        model = LogisticRegression(C=result.extra["C"], max_iter=500, random_state=0)
-        model.fit((train_x - mean) / scale, train_y)
-        expected = model.predict((test_x - mean) / scale)
+        model = LogisticRegression(C=result.extra["C"], max_iter=500, random_state=1)
+        expected = model.fit(unit(train_x - center), train_y).predict(unit(test_x - center))
     assert (expected == ten_shots.test.labels).mean() > 0.5  # 140 unseen digits; chance 0.1
 
     # Saved as safetensors + JSON and loaded back, the model predicts the same classes.
