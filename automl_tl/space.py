@@ -6,9 +6,10 @@ rate it ignores). TPE then learns across backbones and strategies, and a stored 
 resumed and checked against the space it was made with.
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
-fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the embeddings); ``freeze_depth``, the number of last layer groups that train (last-k and
-LP-FT); the body's peak learning rate and its layer-wise decay; the head's learning rate; and
-the head's structure (linear, or an MLP with a searched hidden width and dropout).
+fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the
+embeddings); ``freeze_depth``, the number of last layer groups that train (last-k and LP-FT);
+the body's peak learning rate and its layer-wise decay; the head's learning rate; and the head's
+structure (linear, or an MLP with a searched hidden width and dropout).
 
 Epochs are the budget, not a searched parameter: every trial is scheduled for ``max_epochs``
 (one warm-up + cosine schedule), and the pruner and early stopping decide how many it really
