@@ -31,7 +31,7 @@ feature cache of its own per data set, and reads its test split through its best
 
 How to run
 ----------
-Full benchmark (2 data sets x 3 shot counts x 5 draws; about 30-40 minutes on 2 busy CPU cores)::
+Full benchmark (2 data sets x 3 shot counts x 5 draws; 33 minutes on 2 CPU cores half taken by others)::
 
     OMP_NUM_THREADS=2 python benchmarks/few_shot.py --overwrite
 
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 20], help="shot counts (default: 1 5 20)")
     parser.add_argument("--draws", type=int, default=5, help="seeded draws per shot count (default: 5)")
-    parser.add_argument("--trials", type=int, default=16, help="trials per search (default: 16)")
+    parser.add_argument("--trials", type=int, default=12, help="trials per search (default: 12)")
     parser.add_argument("--pool", type=int, default=1000, help="labelled examples per data set (default: 1,000)")
     parser.add_argument("--image-size", type=int, default=64, help="Fashion-MNIST image side (default: 64)")
     parser.add_argument("--max-length", type=int, default=128, help="BBC News tokens per article (default: 128)")
