@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from automl_tl.config import PRUNERS, SAMPLERS, STRATEGIES
+from automl_tl.config import DEFAULT_STRATEGIES, PRUNERS, SAMPLERS, STRATEGIES
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
 
@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clip-seconds", type=_positive_float, help="audio: seconds per example (default: the backbone's)")
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
-                     help="adaptation strategies to search (default: all)")
+    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(DEFAULT_STRATEGIES),
+                     help=f"adaptation strategies to search (default: {' '.join(DEFAULT_STRATEGIES)}; with --shots "
+                          "also nearest_centroid logistic_regression)")
     run.add_argument("--heads", nargs="+", choices=HEAD_KINDS, default=list(HEAD_KINDS),
                      help="head structures to search (default: all)")
     run.add_argument("--trial-timeout", type=_positive_float, help="hard wall-clock budget per trial, in seconds")
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--modality", choices=("image", "text", "audio"),
                      help="what the input column holds (default: inferred from its values)")
     run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
+    run.add_argument("--shots", type=_positive_int, metavar="K",
+                     help="few labels: learn from K examples per class (seeded draw), used for training and model "
+                          "selection alike; every other example is the test set (below 10 shots, validation is "
+                          "by cross-validation of nearest centroid and logistic regression)")
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="worker processes on this machine sharing the study and the cores (default: 1)")
     run.add_argument("--mlflow", nargs="?", const="mlruns", metavar="URI", dest="tracking_uri",
@@ -159,7 +164,7 @@ def search_estimator_params(args: argparse.Namespace) -> dict:
         strategies=args.strategies, heads=args.heads, trial_timeout=args.trial_timeout, top_k=args.top_k,
         prerank=args.prerank, feature_cache=args.feature_cache, modality=args.modality,
         max_samples=args.max_samples, label_column=args.label, input_column=args.input_column,
-        workers=args.workers, output_dir=args.output, tracking_uri=args.tracking_uri,
+        shots=args.shots, workers=args.workers, output_dir=args.output, tracking_uri=args.tracking_uri,
         test_size=0.15,  # the command line reports test metrics on a held-out part of the data
     )
 

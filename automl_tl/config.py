@@ -14,8 +14,14 @@ PRUNERS = ("successive_halving", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 #: pretrained transformers diverge at body learning rates that CNNs take in their stride
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
+#: heads fitted on the frozen body's cached embeddings in one go (no epochs); see :mod:`automl_tl.embedding_heads`
+EMBEDDING_STRATEGIES = ("nearest_centroid", "logistic_regression")
 #: how much of the body a trial adapts; see :func:`trained_depth`
-STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft")
+STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft") + EMBEDDING_STRATEGIES
+#: what the search chooses among unless told otherwise; with few labels (``shots``) it adds EMBEDDING_STRATEGIES
+DEFAULT_STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft")
+#: the head each embedding strategy fits (whatever head a trial's parameters name)
+EMBEDDING_HEADS = {"nearest_centroid": "normalised_linear", "logistic_regression": "normalised_linear"}
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 
@@ -45,6 +51,14 @@ class TrialConfig:
     * ``full``: every layer group trains.
     * ``lp_ft``: linear probe first (``probe_passes`` passes over cached features), then the head and
       the last ``freeze_depth`` groups train together at ``backbone_lr`` (Kumar et al., 2022).
+    * ``nearest_centroid``: the body stays frozen; the head is the cosine nearest class mean of the cached
+      embeddings (centred and L2-normalised); no learning rate or epoch is used.
+    * ``logistic_regression``: the body stays frozen; scikit-learn's logistic regression on the same centred,
+      L2-normalised cached embeddings, its ``C`` chosen by cross-validation on the training split.
+
+    Both are saved as a :class:`~automl_tl.heads.NormalisedLinearHead`.
+
+    The two embedding strategies always get their own head (``EMBEDDING_HEADS``), whatever ``head`` says.
 
     Trained body groups get ``backbone_lr`` times ``layer_decay`` to the power of their distance from
     the top group (layer-wise learning-rate decay; 1.0 = one rate for the whole body).
@@ -74,10 +88,13 @@ class TrialConfig:
             raise ConfigError(f"layer-wise learning-rate decay must be in (0, 1], got {self.layer_decay}")
         if self.epochs < 1 or self.probe_passes < 1:
             raise ConfigError(f"epochs and probe passes must be at least 1, got {self.epochs} and {self.probe_passes}")
+        if self.strategy in EMBEDDING_HEADS and self.head.kind != EMBEDDING_HEADS[self.strategy]:
+            # frozen dataclass: the fitted head is fixed by the strategy, so say so in the config that is saved
+            object.__setattr__(self, "head", HeadSpec(kind=EMBEDDING_HEADS[self.strategy]))
 
     def trained_depth(self, num_groups: int) -> int:
         """How many of the body's last ``num_groups`` layer groups this trial trains."""
-        if self.strategy == "linear_probe":
+        if self.strategy == "linear_probe" or self.strategy in EMBEDDING_STRATEGIES:
             return 0
         if self.strategy == "full":
             return num_groups
@@ -114,7 +131,8 @@ class SearchConfig:
     pruner: str = "successive_halving"
     sampler: str = "tpe"  # "random": Optuna's random sampler (a baseline)
     input_options: InputOptions = field(default_factory=InputOptions)
-    strategies: tuple[str, ...] = STRATEGIES  # adaptation strategies the search may choose
+    #: adaptation strategies the search may choose; the default set gains EMBEDDING_STRATEGIES with few labels
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     heads: tuple[str, ...] = HEAD_KINDS  # head structures the search may choose
     trial_timeout: float | None = None  # hard wall-clock budget in seconds for one trial
     prerank: bool = True  # score backbones by transferability first and try the best-ranked first

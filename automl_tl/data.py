@@ -35,6 +35,12 @@ TEXT_EXTENSIONS = (".txt",)
 #: the column a folder's files go into, by modality
 FOLDER_COLUMNS = {"image": "image", "audio": "audio", "text": "text"}
 FILE_MODALITIES = ("image", "audio")
+#: how a bundle's models are validated (``DatasetBundle.validation``)
+VALIDATION_HOLDOUT = "holdout"  # on the validation split, apart from the training split
+VALIDATION_CROSS = "cross_validation"  # few shots: the validation split is the training split; cross-validate
+VALIDATION_NONE = "none"  # one shot per class: nothing can be held out
+#: with at least this many shots per class, a quarter of them (rounded down) per class are held out for validation
+MIN_SHOTS_FOR_HOLDOUT = 10
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,17 @@ class DatasetBundle:
     input_column: str
     label_column: str
     fingerprint: str  # hash of inputs, labels and split seed: a stored study is only resumed on the same data
+    shots: int | None = None  # labelled examples per class the search may use (train + val); None: the usual split
+    validation: str = VALIDATION_HOLDOUT  # see VALIDATION_*: with few shots, ``val`` is ``train`` itself
 
     def summary(self) -> dict[str, Any]:
-        return {"modality": self.modality, "classes": [str(c) for c in self.classes],
-                "train": len(self.train), "val": len(self.val), "test": len(self.test),
-                "input_column": self.input_column, "label_column": self.label_column,
-                "fingerprint": self.fingerprint}
+        summary = {"modality": self.modality, "classes": [str(c) for c in self.classes],
+                   "train": len(self.train), "val": len(self.val), "test": len(self.test),
+                   "input_column": self.input_column, "label_column": self.label_column,
+                   "fingerprint": self.fingerprint}
+        if self.shots is not None:
+            summary.update(shots=self.shots, validation=self.validation)
+        return summary
 
 
 # ---------------------------------------------------------------- reading images
@@ -221,8 +232,10 @@ def check_inputs_readable(inputs: Sequence[Any], modality: str, origin: str) -> 
             raise DataError(f"text input{where} is empty or not a string: {str(value)[:40]!r}")
 
 
-def _fingerprint(inputs: Sequence[Any], labels: Sequence[Any], seed: int, fractions: tuple[float, float]) -> str:
-    digest = hashlib.sha256(repr((seed, fractions)).encode())
+def _fingerprint(inputs: Sequence[Any], labels: Sequence[Any], seed: int, fractions: tuple[float, float],
+                 shots: int | None = None) -> str:
+    # (shots only when given, so the fingerprints of ordinary splits stay what they were)
+    digest = hashlib.sha256(repr((seed, fractions) if shots is None else (seed, fractions, shots)).encode())
     for value, label in zip(inputs, labels):
         digest.update(value.tobytes() if isinstance(value, np.ndarray) else str(value).encode())
         digest.update(str(label).encode())
@@ -238,6 +251,7 @@ def prepare_dataset(
     test_fraction: float = 0.15,
     max_samples: int | None = None,
     modality: str | None = None,
+    shots: int | None = None,
 ) -> DatasetBundle:
     """Validate labelled data and split it into stratified, seeded train / validation / test parts.
 
@@ -246,6 +260,20 @@ def prepare_dataset(
     ``max_samples`` keeps a stratified, seeded sample of that many rows first.
     ``modality`` ("image", "audio" or "text") is inferred from the inputs when not given.
     ``test_fraction`` 0 holds out no test part (the caller tests on data of its own, as in cross-validation).
+
+    ``shots`` K (few labels): K examples of every class are drawn (seeded) as the only labelled data the
+    search sees, for training *and* model selection, and every other example is the test set, for an
+    honest report (``val_fraction`` and ``test_fraction`` are then unused). How the K are used:
+
+    * K >= 10 (:data:`MIN_SHOTS_FOR_HOLDOUT`): ``K // 4`` per class are held out as the validation split,
+      the rest train (``validation`` "holdout"); every strategy can be searched.
+    * 2 <= K < 10: too few to hold any out. The validation split *is* the training split
+      (``validation`` "cross_validation"), and the search keeps to the embedding strategies, which validate
+      by stratified k-fold cross-validation on it (k = min(K, 5)); see :mod:`automl_tl.embedding_heads`.
+    * K = 1: nothing can be validated (``validation`` "none"); the search fits nearest centroids, and the
+      best-ranked backbone's (the first trial) is kept, every trial scoring its training accuracy (1.0).
+
+    A class with fewer than K + 1 examples (K to learn from, at least one to test on) is refused.
     """
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise DataError(f"validation and test fractions must satisfy 0 < validation < 1, 0 <= test < 1 and "
@@ -279,12 +307,18 @@ def prepare_dataset(
         raise DataError(f"{origin} has {len(missing)} rows with an empty {input_column!r} or {label_column!r} "
                         f"(first at row {missing.index[0]})")
 
-    parts = ("training", "validation", "test") if test_fraction > 0 else ("training", "validation")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1):
+        raise DataError(f"shots must be a whole number of labelled examples per class, at least 1; got {shots!r}")
+    # one example of every class in each part; few-shot data are checked by _check_shots instead
+    parts = None if shots is not None else (
+        ("training", "validation", "test") if test_fraction > 0 else ("training", "validation"))
     _check_classes(list(frame[label_column]), label_column, origin, parts)
     if max_samples is not None and len(frame) > max_samples:
         frame = _stratified_sample(frame, label_column, max_samples, seed, origin)
         origin = f"a sample of {max_samples} rows of {origin}"
         _check_classes(list(frame[label_column]), label_column, origin, parts)
+    if shots is not None:
+        _check_shots(list(frame[label_column]), label_column, origin, int(shots))
     raw_labels = list(frame[label_column])
     classes = sorted(set(raw_labels), key=lambda c: (str(type(c)), c))
     modality = modality or infer_modality(list(frame[input_column]), input_column)
@@ -298,7 +332,13 @@ def prepare_dataset(
 
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[c] for c in raw_labels], dtype=np.int64)
-    train_idx, val_idx, test_idx = stratified_split(labels, seed, val_fraction, test_fraction)
+    validation = VALIDATION_HOLDOUT
+    if shots is None:
+        train_idx, val_idx, test_idx = stratified_split(labels, seed, val_fraction, test_fraction)
+    else:
+        train_idx, val_idx, test_idx = few_shot_split(labels, int(shots), seed)
+        validation = (VALIDATION_HOLDOUT if shots >= MIN_SHOTS_FOR_HOLDOUT
+                      else VALIDATION_CROSS if shots >= 2 else VALIDATION_NONE)
 
     def take(name: str, idx: np.ndarray) -> Split:
         return Split(name, [inputs[i] for i in idx], labels[idx])
@@ -308,20 +348,61 @@ def prepare_dataset(
         classes=[_plain(c) for c in classes],
         train=take("train", train_idx), val=take("val", val_idx), test=take("test", test_idx),
         input_column=input_column, label_column=label_column,
-        fingerprint=_fingerprint(inputs, raw_labels, seed, (val_fraction, test_fraction)),
+        fingerprint=_fingerprint(inputs, raw_labels, seed, (val_fraction, test_fraction),
+                                 None if shots is None else int(shots)),
+        shots=None if shots is None else int(shots), validation=validation,
     )
-    logger.info("data: %d classes, %d train / %d validation / %d test (%s)",
-                len(classes), len(bundle.train), len(bundle.val), len(bundle.test), origin)
+    if shots is None:
+        logger.info("data: %d classes, %d train / %d validation / %d test (%s)",
+                    len(classes), len(bundle.train), len(bundle.val), len(bundle.test), origin)
+    else:
+        logger.info("data: %d classes, %d shots per class: %d train / %s / %d test, every example not drawn (%s)",
+                    len(classes), shots, len(bundle.train),
+                    f"{len(bundle.val)} validation" if validation == VALIDATION_HOLDOUT else
+                    f"validation by {'nothing' if validation == VALIDATION_NONE else 'cross-validation'}",
+                    len(bundle.test), origin)
     return bundle
 
 
+def few_shot_split(labels: np.ndarray, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train / validation / test for ``shots`` labelled examples per class (seeded).
+
+    ``shots`` of each class are drawn at random; the rest are the test set. With at least
+    :data:`MIN_SHOTS_FOR_HOLDOUT` shots, ``shots // 4`` drawn per class are the validation split;
+    below that, the validation split is the training split (cross-validation, or nothing, decides).
+    """
+    rng = np.random.default_rng(seed)
+    held_out = shots // 4 if shots >= MIN_SHOTS_FOR_HOLDOUT else 0
+    train, val = [], []
+    for label in np.unique(labels):
+        drawn = rng.permutation(np.flatnonzero(labels == label))[:shots]
+        val.append(drawn[:held_out])
+        train.append(drawn[held_out:])
+    train, val = np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    test = np.setdiff1d(np.arange(len(labels)), np.concatenate([train, val]))
+    return train, (val if held_out else train.copy()), test
+
+
+def _check_shots(raw_labels: list[Any], label_column: str, origin: str, shots: int) -> None:
+    """Every class needs ``shots`` examples to learn from and one more to test on."""
+    counts = pd.Series(raw_labels).value_counts(sort=False)
+    too_small = counts[counts < shots + 1]
+    if len(too_small):
+        name, count = _plain(too_small.index[0]), int(too_small.iloc[0])
+        raise DataError(f"class {name!r} in {origin} has {count} example(s); {shots} shots per class need at "
+                        f"least {shots + 1} of every class ({shots} to learn from, 1 or more to test on)")
+
+
 def _check_classes(raw_labels: list[Any], label_column: str, origin: str,
-                   parts: tuple[str, ...] = ("training", "validation", "test")) -> None:
-    """At least two classes, each with an example for every one of ``parts``."""
+                   parts: tuple[str, ...] | None = ("training", "validation", "test")) -> None:
+    """At least two classes, each with an example for every one of ``parts`` (None: any number of
+    examples; few-shot data are checked by :func:`_check_shots`)."""
     counts = pd.Series(raw_labels).value_counts()
     if len(counts) < 2:
         raise DataError(f"label column {label_column!r} of {origin} has {len(counts)} class "
                         f"({_plain(counts.index[0])!r}); expected at least 2")
+    if parts is None:
+        return
     needed = len(parts)  # one example of every class in each part
     too_small = counts[counts < needed]
     if len(too_small):

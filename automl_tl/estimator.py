@@ -51,10 +51,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     backbones: names or wildcards (a string or a list); None: every backbone of the data's modality whose
         weights are installed. n_trials: finished trials to reach. timeout: wall-clock budget of the whole
         search in seconds (None: none). trial_timeout: budget of one trial. seed: seeds the split and the search.
-    strategies, heads: adaptation strategies and head structures to search (None: all). min_epochs,
+    strategies, heads: adaptation strategies and head structures to search (None: the defaults). min_epochs,
         max_epochs, max_freeze_depth, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags.
     image_size, max_length, clip_seconds: input options for images, texts and audio (None: the backbone's).
     modality: "image", "text" or "audio" (None: inferred). max_samples: a stratified sample of the data first.
+    shots: few labels: K examples per class for training and model selection, every other example the test
+        set (see :func:`~automl_tl.data.prepare_dataset`; ``val_size`` and ``test_size`` are then unused).
     label_column, input_column: the columns of a DataFrame (or CSV) given to :meth:`fit` without ``y``.
     val_size: share of the data the search validates on. test_size: share held out for ``test_metrics_``
         (0: none; the command line holds out 0.15).
@@ -79,7 +81,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                  max_length: int | None = None, clip_seconds: float | None = None,
                  pruner: str = "successive_halving", sampler: str = "tpe", trial_timeout: float | None = None,
                  top_k: int | None = None, prerank: bool = True, feature_cache: bool = True,
-                 modality: str | None = None, max_samples: int | None = None, label_column: str = "label",
+                 modality: str | None = None, max_samples: int | None = None, shots: int | None = None,
+                 label_column: str = "label",
                  input_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
                  storage: str | None = None, study_name: str = "automl_tl", output_dir: str | Path | None = None,
                  workers: int = 1, tracking_uri: str | None = None, device: str | None = None,
@@ -106,6 +109,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.feature_cache = feature_cache
         self.modality = modality
         self.max_samples = max_samples
+        self.shots = shots
         self.label_column = label_column
         self.input_column = input_column
         self.val_size = val_size
@@ -139,7 +143,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         data, label_column, input_column, source = self._training_data(X, y)
         bundle = prepare_dataset(data, label_column=label_column, input_column=input_column, seed=self.seed,
                                  val_fraction=self.val_size, test_fraction=self.test_size,
-                                 max_samples=self.max_samples, modality=self.modality)
+                                 max_samples=self.max_samples, modality=self.modality, shots=self.shots)
         config = self._search_config(self._backbone_names(bundle.modality))
         if self.output_dir is not None:
             run_dir, temporary = Path(self.output_dir), None
@@ -187,6 +191,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if not 0 < self.val_size < 1 or not 0 <= self.test_size < 1 or self.val_size + self.test_size >= 1:
             raise ConfigError(f"val_size and test_size must satisfy 0 < val_size < 1, 0 <= test_size < 1 and "
                               f"val_size + test_size < 1, got {self.val_size} and {self.test_size}")
+        if self.shots is not None and (isinstance(self.shots, bool) or not isinstance(self.shots, (int, np.integer))
+                                       or self.shots < 1):
+            raise ConfigError(f"shots must be a whole number of labelled examples per class, at least 1; "
+                              f"got {self.shots!r}")
         self._search_config(("*",))  # SearchConfig checks the rest; the backbones are resolved later
 
     def _backbone_names(self, modality: str) -> tuple[str, ...]:
@@ -202,7 +210,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return tuple(names)
 
     def _search_config(self, backbones: tuple[str, ...]) -> SearchConfig:
-        from automl_tl.config import STRATEGIES
+        from automl_tl.config import DEFAULT_STRATEGIES
         from automl_tl.heads import HEAD_KINDS
 
         return SearchConfig(
@@ -210,7 +218,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             storage=self.storage, study_name=self.study_name, min_epochs=self.min_epochs,
             max_epochs=self.max_epochs, max_freeze_depth=self.max_freeze_depth, batch_size=self.batch_size,
             pruner=self.pruner, sampler=self.sampler,
-            strategies=tuple(STRATEGIES if self.strategies is None else _as_names(self.strategies)),
+            strategies=tuple(DEFAULT_STRATEGIES if self.strategies is None else _as_names(self.strategies)),
             heads=tuple(HEAD_KINDS if self.heads is None else _as_names(self.heads)),
             trial_timeout=self.trial_timeout, top_k=self.top_k, prerank=self.prerank,
             feature_cache=self.feature_cache, tracking_uri=self.tracking_uri,
@@ -223,7 +231,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         from automl_tl.workers import data_source
 
         fractions = {"val_fraction": self.val_size, "test_fraction": self.test_size}
-        common = {"seed": self.seed, "max_samples": self.max_samples, "modality": self.modality, **fractions}
+        common = {"seed": self.seed, "max_samples": self.max_samples, "modality": self.modality, "shots": self.shots,
+                  **fractions}
         if isinstance(X, NamedDataset):
             _no_labels_beside(X, y, f"the registered data set {X.name!r}")
             return X.load(), X.label_column, X.input_column, data_source(dataset=X.name, **common)

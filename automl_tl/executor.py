@@ -8,6 +8,11 @@ trial's head, then one of two paths that share the same epoch loop:
 * **fine-tuning** (last-k groups, full): the body runs on every batch and the trained groups
   learn at layer-wise decayed rates.
 
+The embedding strategies (nearest centroid, logistic regression) take a third, shorter path: the
+head is fitted in one go on the same cached features (:mod:`automl_tl.embedding_heads`) and
+validated on the validation split, or by cross-validation on the training split when the data set
+has too few labels to hold any out; their history has one "epoch".
+
 Both use AdamW, linear warm-up then cosine decay, gradient clipping, per-epoch validation
 reported through ``on_epoch``, early stopping, a deadline checked per batch, and restore
 the best epoch's weights. Mixed precision on CUDA.
@@ -32,8 +37,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
-from automl_tl.config import TrialConfig
-from automl_tl.data import DatasetBundle, Split
+from automl_tl.config import EMBEDDING_STRATEGIES, TrialConfig
+from automl_tl.data import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
+from automl_tl.embedding_heads import FITTERS, cross_validated_logits, head_logits
 from automl_tl.errors import first_line
 from automl_tl.feature_cache import DeadlineReached, FeatureCache, samples_hash
 from automl_tl.heads import build_head
@@ -256,6 +262,8 @@ class Executor:
         def attempt(trial_config: TrialConfig) -> TrialResult:
             if trial_config.strategy == "linear_probe":
                 return self._fit_probe(trial_config, backbone, data, on_epoch, deadline)
+            if trial_config.strategy in EMBEDDING_STRATEGIES:
+                return self._fit_embedding_head(trial_config, backbone, data, on_epoch, deadline)
             return self._fit_body(trial_config, backbone, data, on_epoch, deadline)
 
         return fit_with_out_of_memory_retry(attempt, config)
@@ -279,6 +287,52 @@ class Executor:
         return TrialResult(config=config, history=history, stop_reason=stop_reason,
                            seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
                            samples_seen=seen, model_builder=model_builder if head is not None else None)
+
+    def _fit_embedding_head(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
+                            on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:
+        """Nearest centroid or logistic regression, fitted at once on the cached training features.
+
+        Validated as ``data.validation`` says: on the validation split ("holdout"); by out-of-fold
+        predictions on the training split ("cross_validation", when few-shot data holds nothing out); or,
+        with one example per class ("none"), on the training split itself. One epoch is recorded.
+        """
+        started, cpu_started = time.perf_counter(), time.process_time()
+        holdout = data.validation == VALIDATION_HOLDOUT
+        try:
+            train_x = self.features(backbone, config.input_options, data, data.train, deadline=deadline)
+            val_x = self.features(backbone, config.input_options, data, data.val, deadline=deadline) if holdout else None
+        except DeadlineReached:  # the budget ran out while computing features: nothing fitted
+            return TrialResult(config=config, history=[], stop_reason=STOP_TIME, seconds=time.perf_counter() - started,
+                               cpu_seconds=time.process_time() - cpu_started, samples_seen=0)
+        fit, num_classes, train_y = FITTERS[config.strategy], len(data.classes), data.train.labels
+        fit_started = time.perf_counter()
+        fitted = fit(train_x, train_y, num_classes, config.seed)
+        train_logits = head_logits(fitted.module, train_x)
+        train_seconds = time.perf_counter() - fit_started
+        if holdout:
+            val_logits, val_y = head_logits(fitted.module, val_x), data.val.labels
+        elif data.validation == VALIDATION_CROSS:
+            val_logits, val_y = cross_validated_logits(fit, train_x, train_y, num_classes, config.seed), train_y
+        else:  # nothing can be held out of one example per class
+            val_logits, val_y = train_logits, train_y
+        loss_fn = nn.CrossEntropyLoss()
+        val_accuracy = float((val_logits.argmax(1).numpy() == val_y).mean())
+        record = EpochRecord(1, loss_fn(train_logits, torch.as_tensor(train_y)).item(),
+                             loss_fn(val_logits, torch.as_tensor(val_y)).item(), val_accuracy, train_seconds,
+                             time.perf_counter() - fit_started - train_seconds)
+        stop_reason = STOP_CALLBACK if on_epoch is not None and on_epoch(1, val_accuracy) else STOP_COMPLETED
+        head = fitted.module
+
+        def model_builder() -> TransferModel:
+            model = self._build(backbone, config, num_classes)
+            model.head.load_state_dict(head.state_dict())
+            model.set_freeze_depth(0)
+            return model.eval()
+
+        return TrialResult(config=config, history=[record], stop_reason=stop_reason,
+                           seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
+                           samples_seen=len(train_y), model_builder=model_builder,
+                           extra={**fitted.details, "validation": data.validation})
 
     def _fit_body(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
                   on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:

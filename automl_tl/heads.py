@@ -1,8 +1,9 @@
-"""The new classification head put on a pretrained body: a linear layer, or a small MLP.
+"""The new classification head put on a pretrained body: a linear layer, a small MLP, or a normalised linear head.
 
 The head's structure is part of the search space, so it is described by a small frozen
 :class:`HeadSpec` that travels in the trial config and in a saved model's ``config.json``,
-and :func:`build_head` turns it into a module.
+and :func:`build_head` turns it into a module. The normalised linear head is never searched as a head
+structure: it is what the embedding strategies fit (see :mod:`automl_tl.embedding_heads`).
 """
 
 from __future__ import annotations
@@ -10,22 +11,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from torch import nn
+from torch.nn import functional
 
+#: the head structures the search chooses among
 HEAD_KINDS = ("linear", "mlp")
+#: every head a saved model may have: the searched ones and the one the embedding strategies fit
+ALL_HEAD_KINDS = HEAD_KINDS + ("normalised_linear",)
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """``kind`` "linear", or "mlp" (one hidden layer of ``hidden`` units, GELU, then ``dropout``)."""
+    """``kind`` "linear", "mlp" (one hidden layer of ``hidden`` units, GELU, then ``dropout``), or
+    "normalised_linear" (:class:`NormalisedLinearHead`)."""
 
     kind: str = "linear"
     hidden: int = 256  # used by "mlp" only
     dropout: float = 0.0  # used by "mlp" only
 
     def __post_init__(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise ValueError(f"unknown head kind {self.kind!r}; expected one of {', '.join(HEAD_KINDS)}")
+        if self.kind not in ALL_HEAD_KINDS:
+            raise ValueError(f"unknown head kind {self.kind!r}; expected one of {', '.join(ALL_HEAD_KINDS)}")
         if self.hidden < 1:
             raise ValueError(f"head hidden width must be at least 1, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
@@ -43,9 +50,34 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Module:
     """A freshly initialised head mapping ``in_features``-sized embeddings to ``num_classes`` logits."""
     if spec.kind == "linear":
         return nn.Linear(in_features, num_classes)
+    if spec.kind == "normalised_linear":
+        return NormalisedLinearHead(in_features, num_classes)
     return nn.Sequential(
         nn.Linear(in_features, spec.hidden),
         nn.GELU(),
         nn.Dropout(spec.dropout),
         nn.Linear(spec.hidden, num_classes),
     )
+
+
+class NormalisedLinearHead(nn.Module):
+    """A linear layer on centred, L2-normalised embeddings: ``linear(normalise(x - center))``.
+
+    ``center`` (a buffer) is the mean training embedding. The nearest-centroid strategy sets the rows of
+    the linear layer to the unit-length class means of the normalised training embeddings times a
+    temperature, bias 0, so the argmax is the nearest centroid by cosine; logistic regression puts its
+    ``coef_`` and ``intercept_`` there. Everything is a tensor in the state dict, so the head saves to
+    safetensors like any other.
+    """
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("center", torch.zeros(in_features))
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The embeddings as the fitted classifier sees them: centred, then scaled to unit length."""
+        return functional.normalize(x - self.center, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.normalise(x))

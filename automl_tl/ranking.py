@@ -56,13 +56,18 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
 def warm_start_params(ranking: pd.DataFrame, space: SearchSpace) -> list[dict[str, Any]]:
     """The trials to run first, best-ranked backbone first.
 
-    A linear probe of every backbone (nearly free on cached features, and it checks the ranking
-    against real accuracy), then one fine-tuning of the best-ranked backbone at middle-of-the-range
-    settings, so the sampler starts from a strong, cheap point instead of random ones.
+    With few labels, first a nearest centroid and then a logistic regression of every backbone
+    (fitted in a moment on the cached embeddings). Then a linear probe of every backbone (nearly free on
+    cached features, and it checks the ranking against real accuracy), then one fine-tuning of the
+    best-ranked backbone at middle-of-the-range settings, so the sampler starts from a strong, cheap
+    point instead of random ones.
     """
     order = [name for name in ranking["backbone"] if name in space.backbones]
     base = space.default_params()
     trials = []
+    for strategy in ("nearest_centroid", "logistic_regression"):
+        if strategy in space.strategies:
+            trials += [{**base, "backbone": name, "strategy": strategy} for name in order]
     if "linear_probe" in space.strategies:
         trials += [{**base, "backbone": name, "strategy": "linear_probe"} for name in order]
     fine_tune = next((s for s in ("lp_ft", "full", "last_k") if s in space.strategies), None)

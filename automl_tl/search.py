@@ -31,7 +31,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
-from automl_tl.config import SearchConfig, is_journal_path
+from automl_tl.config import EMBEDDING_STRATEGIES, SearchConfig, is_journal_path
 from automl_tl.data import DatasetBundle
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
@@ -184,7 +184,8 @@ class Search:
             if self.config.top_k is not None:
                 candidates = list(self.ranking["backbone"][:self.config.top_k])
         max_groups = max(self.backbones[name].build(2, pretrained=False).num_groups for name in candidates)
-        self.space = SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality)
+        self.space = SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
+                                             few_labels=self.data.shots is not None, validation=self.data.validation)
         return self.space
 
     # ------------------------------------------------------------ the study
@@ -315,9 +316,10 @@ class Search:
         backbone = self.backbones[config.backbone]
 
         def on_epoch(epoch: int, val_accuracy: float) -> bool:
-            if config.strategy == "linear_probe":
+            if config.strategy == "linear_probe" or config.strategy in EMBEDDING_STRATEGIES:
                 # A probe on cached features costs next to nothing: pruning it saves nothing, and its
                 # many passes per epoch would set an unfair bar at each rung for the fine-tuning trials.
+                # (A head fitted on the embeddings has one "epoch", and nothing left to save either.)
                 return False
             trial.report(val_accuracy, step=epoch)
             # After the last epoch there is nothing left to save by pruning: the trial is complete.

@@ -6,9 +6,10 @@ rate it ignores). TPE then learns across backbones and strategies, and a stored 
 resumed and checked against the space it was made with.
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
-fine-tuning, LP-FT); ``freeze_depth``, the number of last layer groups that train (last-k and
-LP-FT); the body's peak learning rate and its layer-wise decay; the head's learning rate; and
-the head's structure (linear, or an MLP with a searched hidden width and dropout).
+fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the
+embeddings); ``freeze_depth``, the number of last layer groups that train (last-k and LP-FT);
+the body's peak learning rate and its layer-wise decay; the head's learning rate; and the head's
+structure (linear, or an MLP with a searched hidden width and dropout).
 
 Epochs are the budget, not a searched parameter: every trial is scheduled for ``max_epochs``
 (one warm-up + cosine schedule), and the pruner and early stopping decide how many it really
@@ -24,7 +25,10 @@ from typing import Any
 
 import optuna
 
-from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, SearchConfig, TrialConfig
+from automl_tl.config import (DEFAULT_BACKBONE_LR_RANGES, DEFAULT_STRATEGIES, EMBEDDING_STRATEGIES, SearchConfig,
+                              TrialConfig)
+from automl_tl.data import MIN_SHOTS_FOR_HOLDOUT, VALIDATION_CROSS, VALIDATION_HOLDOUT
+from automl_tl.errors import ConfigError
 from automl_tl.heads import HeadSpec
 
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
@@ -46,15 +50,35 @@ class SearchSpace:
     max_epochs: int
 
     @classmethod
-    def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int, modality: str) -> "SearchSpace":
-        """The space for ``backbones`` (the largest has ``max_groups`` layer groups) under the user's limits."""
+    def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int, modality: str,
+                    few_labels: bool = False, validation: str = VALIDATION_HOLDOUT) -> "SearchSpace":
+        """The space for ``backbones`` (the largest has ``max_groups`` layer groups) under the user's limits.
+
+        ``few_labels`` (a few-shot data set): the default strategies gain the embedding strategies.
+        ``validation`` (the data's, see :func:`automl_tl.data.prepare_dataset`): unless "holdout", the
+        validation split is the training split, so only the embedding strategies (cross-validated) are
+        searched, and with nothing to validate ("none"), nearest centroid alone.
+        """
         depth = max_groups if config.max_freeze_depth is None else min(config.max_freeze_depth, max_groups)
         strategies = list(config.strategies)
+        if few_labels and tuple(strategies) == DEFAULT_STRATEGIES:
+            strategies += EMBEDDING_STRATEGIES  # cheap, and the strongest classics when labels are few
         if depth < max_groups and "full" in strategies:
             strategies.remove("full")  # the user capped how much of the body may train
         if depth == 0:
             # Nothing of the body may train: a head-only search, on cached features.
-            strategies = ["linear_probe"]
+            strategies = [s for s in strategies if s in EMBEDDING_STRATEGIES] + ["linear_probe"]
+        if validation != VALIDATION_HOLDOUT:
+            # Any other strategy would be validated on the very examples it trained on.
+            allowed = EMBEDDING_STRATEGIES if validation == VALIDATION_CROSS else ("nearest_centroid",)
+            kept = [s for s in strategies if s in allowed]
+            if not kept:
+                why = ("cross-validate" if validation == VALIDATION_CROSS else
+                       "be fitted with nothing to validate on (one shot per class)")
+                raise ConfigError(f"with fewer than {MIN_SHOTS_FOR_HOLDOUT} shots per class nothing is held out, and only "
+                                  f"{' and '.join(allowed)} can {why}; the strategies asked for were "
+                                  f"{', '.join(strategies)}; add {allowed[0]} to the strategies or use more shots")
+            strategies = kept
         backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
         return cls(tuple(backbones), tuple(strategies) or ("linear_probe",), min(1, depth), depth,
                    tuple(backbone_lrs), tuple(config.head_lr_range), tuple(config.heads), config.max_epochs)
@@ -101,6 +125,7 @@ def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: Search
     backbone_lr = trial.suggest_float("backbone_lr", *space.backbone_lr_range, log=True)
     layer_decay = trial.suggest_float("layer_decay", *LAYER_DECAY_RANGE)
     head_lr = trial.suggest_float("head_lr", *space.head_lr_range, log=True)
+    # (an embedding strategy replaces the head with its own: see TrialConfig)
     head = HeadSpec(kind=trial.suggest_categorical("head", list(space.heads)),
                     hidden=trial.suggest_int("head_hidden", *HEAD_HIDDEN_RANGE, log=True),
                     dropout=trial.suggest_float("head_dropout", *HEAD_DROPOUT_RANGE))

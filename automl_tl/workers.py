@@ -44,13 +44,13 @@ DEFAULT_FRACTIONS = {"val_fraction": 0.15, "test_fraction": 0.15}
 def data_source(data: str | Path | None = None, dataset: str | None = None, label: str = "label",
                 input_column: str | None = None, seed: int = 0, max_samples: int | None = None,
                 modality: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                ) -> dict[str, Any]:
+                shots: int | None = None) -> dict[str, Any]:
     """How to load a data set again in another process: a file or folder (made absolute), or a registered name."""
     if (data is None) == (dataset is None):
         raise ValueError("a data source is either a path or a registered data set's name")
     return {"data": None if data is None else str(Path(data).resolve()), "dataset": dataset, "label": label,
             "input_column": input_column, "seed": seed, "max_samples": max_samples, "modality": modality,
-            "val_fraction": val_fraction, "test_fraction": test_fraction}
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "shots": shots}
 
 
 def load_data_source(source: dict[str, Any]) -> DatasetBundle:
@@ -64,6 +64,7 @@ def load_data_source(source: dict[str, Any]) -> DatasetBundle:
         data, label, input_column = source["data"], source.get("label", "label"), source.get("input_column")
     return prepare_dataset(data, label_column=label, input_column=input_column, seed=source.get("seed", 0),
                            max_samples=source.get("max_samples"), modality=source.get("modality"),
+                           shots=source.get("shots"),
                            **{key: source.get(key, value) for key, value in DEFAULT_FRACTIONS.items()})
 
 

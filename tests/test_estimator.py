@@ -206,3 +206,13 @@ def test_workers_reload_a_csv_with_the_same_split_without_a_test_part(digits_fra
     assert len(clf.leaderboard_) == 2 and set(clf.leaderboard_["state"]) == {"COMPLETE"}
     assert clf.test_metrics_ is None and list(clf.classes_) == list(range(10))
     assert clf.predict([str(tmp_path / rows[0]["file"])])[0] in clf.classes_
+
+
+def test_shots_learn_from_k_per_class_and_test_on_the_rest(digits_arrays):
+    X, y = digits_arrays
+    model = TransferClassifier(backbones="mobilenetv2_100", image_size=32, n_trials=2, shots=5, prerank=False)
+    model.fit(X, y)
+    assert set(model.leaderboard_["strategy"]) <= {"nearest_centroid", "logistic_regression"}
+    assert model.test_metrics_["examples"] == len(y) - 5 * 10  # every example not drawn
+    assert model.test_metrics_["accuracy"] > 0.3  # chance is 0.1
+    assert clone(model).get_params()["shots"] == 5
