@@ -225,18 +225,11 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
             item.setLevel(level)
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No progress bars from transformers while saving and loading."""
-    from transformers.utils import logging as hf_logging
+def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
+    """No progress bars from transformers while saving and loading (the text plugin's own switch)."""
+    from automl_tl_text import quiet_progress
 
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
+    return quiet_progress()
 
 
 # ---------------------------------------------------------------- the exporters

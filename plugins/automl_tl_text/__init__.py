@@ -63,7 +63,7 @@ def hub_offline() -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
+def quiet_progress() -> Iterator[None]:
     """Hide transformers' per-load progress bar (one per trial would flood the logs); restore it after."""
     from transformers.utils import logging as hf_logging
 
@@ -299,7 +299,7 @@ class TransformersTextBackbone(Backbone):
     def _loading(self, what: str) -> Iterator[None]:
         """Turn transformers' loading failures into one-line errors that name this backbone."""
         try:
-            with _quiet_progress():
+            with quiet_progress():
                 yield
         except AutomlTLError:
             raise
