@@ -215,7 +215,7 @@ class Predictor:
         return np.array(self.classes, dtype=object)[probabilities.argmax(axis=1)]
 
 
-def load_model_dir(directory: Path, device: torch.device | None = None) -> Predictor:
+def load_model_dir(directory: Path, device: torch.device | str | None = None) -> Predictor:
     """Load a model directory written by :func:`save_model`; refuses anything that does not match its config.
 
     Only ``config.json`` and ``model.safetensors`` are read. Any other file, a pickle such as ``model.pt`` or
@@ -223,6 +223,7 @@ def load_model_dir(directory: Path, device: torch.device | None = None) -> Predi
     ``model.safetensors``. Every refusal is a :class:`~automl_tl.errors.ModelFileError` naming the file.
     """
     directory = Path(directory)
+    device = torch.device(device) if isinstance(device, str) else device
     config = read_model_config(directory)
     config_path = directory / CONFIG_FILE
     weights = directory / WEIGHTS_FILE
@@ -265,4 +266,4 @@ def load(run_dir: str | Path, device: torch.device | str | None = None) -> Predi
     if not run_dir.exists():
         raise AutomlTLError(f"run directory not found: {run_dir}")
     directory = run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
-    return load_model_dir(directory, torch.device(device) if device is not None else None)
+    return load_model_dir(directory, device)

@@ -92,7 +92,8 @@ def history_chart(board: pd.DataFrame) -> Figure:
                          label="pruned trial (accuracy when stopped)")
         if not complete.empty:
             trials = board["trial"].sort_values()
-            best = complete.set_index("trial")["val_accuracy"].reindex(trials).cummax()
+            # a step line that stays flat across pruned and failed trials (cummax leaves their NaN in place)
+            best = complete.set_index("trial")["val_accuracy"].reindex(trials).cummax().ffill()
             axes.step(best.index, best.to_numpy(dtype=float), where="post", color=PALETTE[3],
                       label="best so far (the study's objective)")
         axes.set(title="Optimisation history", xlabel="trial", ylabel="validation accuracy")

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 
 from automl_tl import InputOptions
@@ -154,7 +153,7 @@ def test_strategy_beats_chance_and_the_saved_model_predicts_what_it_fitted(tmp_p
         "input_column": "image", "input_options": result.config.to_dict()["input_options"],
         "preprocessing": backbone.preprocessor(OPTIONS).describe()})
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
-    predictor = load_model_dir(model_dir, torch.device("cpu"))
+    predictor = load_model_dir(model_dir, "cpu")  # a device given as a string, as in load()
     predicted = predictor.predict(ten_shots.test.inputs)
     assert (predicted == np.array(ten_shots.classes, dtype=object)[expected]).all()
 
