@@ -59,7 +59,8 @@ class FittedHead:
 
 
 #: fit(embeddings, labels, number of classes, seed) -> FittedHead
-HeadFitter = Callable[[np.ndarray, np.ndarray, int, int], FittedHead]
+#: (x, y, num_classes, seed, **the details an earlier fit chose, to refit with the same choices) -> FittedHead
+HeadFitter = Callable[..., FittedHead]
 
 
 def _check_every_class(labels: np.ndarray, num_classes: int) -> None:
@@ -77,16 +78,17 @@ def _normalised(x: np.ndarray, num_classes: int) -> tuple[NormalisedLinearHead, 
         return head, head.normalise(features)
 
 
-def fit_nearest_centroid(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0) -> FittedHead:
+def fit_nearest_centroid(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, *,
+                         temperature: float = CENTROID_TEMPERATURE) -> FittedHead:
     """Cosine nearest class mean of centred, L2-normalised embeddings (``seed`` is unused: nothing is random)."""
     _check_every_class(y, num_classes)
     head, normalised = _normalised(x, num_classes)
     labels = torch.as_tensor(y)
     with torch.no_grad():
         means = torch.stack([normalised[labels == c].mean(0) for c in range(num_classes)])
-        head.linear.weight.copy_(CENTROID_TEMPERATURE * nn.functional.normalize(means, dim=1))
+        head.linear.weight.copy_(temperature * nn.functional.normalize(means, dim=1))
         head.linear.bias.zero_()
-    return FittedHead(head.eval(), {"temperature": CENTROID_TEMPERATURE})
+    return FittedHead(head.eval(), {"temperature": temperature})
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> LogisticRegression:
@@ -121,12 +123,14 @@ def choose_logistic_c(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     return chosen
 
 
-def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0) -> FittedHead:
-    """Multinomial logistic regression on centred, L2-normalised embeddings, ``C`` by cross-validation."""
+def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, *,
+                            C: float | None = None) -> FittedHead:  # noqa: N803 - scikit-learn's name
+    """Multinomial logistic regression on centred, L2-normalised embeddings, ``C`` by cross-validation
+    unless given (a refit with the ``C`` an earlier fit chose)."""
     _check_every_class(y, num_classes)
     head, normalised = _normalised(x, num_classes)
     inputs = normalised.numpy().astype(np.float64)
-    c = choose_logistic_c(inputs, y, seed)
+    c = choose_logistic_c(inputs, y, seed) if C is None else C
     model = _logistic(inputs, y, c, seed)
     coef, intercept = model.coef_, model.intercept_
     if num_classes == 2:  # scikit-learn keeps one row for two classes: logit(class 1) - logit(class 0)

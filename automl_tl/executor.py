@@ -294,7 +294,9 @@ class Executor:
 
         Validated as ``data.validation`` says: on the validation split ("holdout"); by out-of-fold
         predictions on the training split ("cross_validation", when few-shot data holds nothing out); or,
-        with one example per class ("none"), on the training split itself. One epoch is recorded.
+        with one example per class ("none"), on the training split itself. One epoch is recorded. With
+        few-shot data and a held-out validation split, the model built for saving is fitted again on the
+        training and validation shots together.
         """
         started, cpu_started = time.perf_counter(), time.process_time()
         holdout = data.validation == VALIDATION_HOLDOUT
@@ -321,18 +323,28 @@ class Executor:
                              loss_fn(val_logits, torch.as_tensor(val_y)).item(), val_accuracy, train_seconds,
                              time.perf_counter() - fit_started - train_seconds)
         stop_reason = STOP_CALLBACK if on_epoch is not None and on_epoch(1, val_accuracy) else STOP_COMPLETED
-        head = fitted.module
+        extra = {**fitted.details, "validation": data.validation}
+        refit = holdout and data.shots is not None
+        if refit:
+            # Few labels: once validated, the saved head learns from every labelled example (training and
+            # validation shots), as scikit-learn's refit does; the validation accuracy is the held-out one.
+            extra["refit_on"] = "train+validation"
 
-        def model_builder() -> TransferModel:
+        def final_head() -> nn.Module:
+            if not refit:
+                return fitted.module
+            every_x, every_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, data.val.labels])
+            return fit(every_x, every_y, num_classes, config.seed, **fitted.details).module  # the same choices
+
+        def model_builder() -> TransferModel:  # only the trial kept as the best pays for the refit
             model = self._build(backbone, config, num_classes)
-            model.head.load_state_dict(head.state_dict())
+            model.head.load_state_dict(final_head().state_dict())
             model.set_freeze_depth(0)
             return model.eval()
 
         return TrialResult(config=config, history=[record], stop_reason=stop_reason,
                            seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-                           samples_seen=len(train_y), model_builder=model_builder,
-                           extra={**fitted.details, "validation": data.validation})
+                           samples_seen=len(train_y), model_builder=model_builder, extra=extra)
 
     def _fit_body(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
                   on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:

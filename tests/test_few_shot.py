@@ -128,10 +128,13 @@ def test_strategy_beats_chance_and_the_saved_model_predicts_what_it_fitted(tmp_p
     assert result.config.head.kind == "normalised_linear"
 
     # The classifier, computed here from the cached embeddings without the executor's head: both strategies
-    # see the embeddings centred on the training mean and scaled to unit length.
-    train_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.train).astype(np.float64)
+    # see the embeddings centred on the training mean and scaled to unit length. Once validated on the
+    # 2 held-out shots per class, the saved head is fitted again on all 10 (training and validation).
+    assert result.extra["refit_on"] == "train+validation"
+    train_x = np.concatenate([executor.features(backbone, OPTIONS, ten_shots, part).astype(np.float64)
+                              for part in (ten_shots.train, ten_shots.val)])
     test_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.test).astype(np.float64)
-    train_y = ten_shots.train.labels
+    train_y = np.concatenate([ten_shots.train.labels, ten_shots.val.labels])
     center = train_x.mean(0)
 
     def unit(v):
