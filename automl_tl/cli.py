@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from automl_tl.config import DEFAULT_STRATEGIES, PRUNERS, SAMPLERS, STRATEGIES
+from automl_tl.config import DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, STRATEGIES
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(default: none; demo: 300)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--storage", help="Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)")
-    run.add_argument("--study-name", default="automl_tl")
+    run.add_argument("--study-name", default=DEFAULT_STUDY_NAME)
     run.add_argument("--output", help="run directory (default: runs/<data name>)")
     run.add_argument("--min-epochs", type=_positive_int, default=1,
                      help="epochs every trial runs before it can be pruned (default: 1)")

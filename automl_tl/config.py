@@ -20,6 +20,12 @@ EMBEDDING_STRATEGIES = ("nearest_centroid", "logistic_regression")
 STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft") + EMBEDDING_STRATEGIES
 #: what the search chooses among unless told otherwise; with few labels (``shots``) it adds EMBEDDING_STRATEGIES
 DEFAULT_STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft")
+#: strategies whose body stays frozen: they train (or fit) a head on the cached features only
+FROZEN_BODY_STRATEGIES = ("linear_probe",) + EMBEDDING_STRATEGIES
+#: a study's name unless one is given (``--study-name``)
+DEFAULT_STUDY_NAME = "automl_tl"
+#: the study's journal file in the run directory, when no database storage is given
+JOURNAL_FILE = "study.journal"
 #: the head each embedding strategy fits (whatever head a trial's parameters name)
 EMBEDDING_HEADS = {"nearest_centroid": "normalised_linear", "logistic_regression": "normalised_linear"}
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
@@ -94,7 +100,7 @@ class TrialConfig:
 
     def trained_depth(self, num_groups: int) -> int:
         """How many of the body's last ``num_groups`` layer groups this trial trains."""
-        if self.strategy == "linear_probe" or self.strategy in EMBEDDING_STRATEGIES:
+        if self.strategy in FROZEN_BODY_STRATEGIES:
             return 0
         if self.strategy == "full":
             return num_groups
@@ -121,7 +127,7 @@ class SearchConfig:
     timeout: float | None = None  # hard wall-clock budget in seconds for this run of the search
     seed: int = 0
     storage: str | None = None  # Optuna storage URL; default: a journal file in the run directory
-    study_name: str = "automl_tl"
+    study_name: str = DEFAULT_STUDY_NAME
     min_epochs: int = 1  # epochs every trial runs before the pruner may stop it
     max_epochs: int = 3  # the per-trial budget: every trial is scheduled for this many epochs
     max_freeze_depth: int | None = None  # None: up to full fine-tuning

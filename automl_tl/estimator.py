@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from automl_tl.backbone import InputOptions
-from automl_tl.config import SearchConfig
+from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
 from automl_tl.registry import NamedDataset
 
@@ -84,7 +84,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                  modality: str | None = None, max_samples: int | None = None, shots: int | None = None,
                  label_column: str = "label",
                  input_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
-                 storage: str | None = None, study_name: str = "automl_tl", output_dir: str | Path | None = None,
+                 storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, output_dir: str | Path | None = None,
                  workers: int = 1, tracking_uri: str | None = None, device: str | None = None,
                  show_progress: bool | None = None):
         # scikit-learn's rule: __init__ only stores the parameters; fit checks them.
@@ -136,7 +136,6 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         from automl_tl.data import prepare_dataset
         from automl_tl.executor import Executor
         from automl_tl.feature_cache import FeatureCache
-        from automl_tl.model_io import load
         from automl_tl.search import search
 
         self.check_params()
@@ -157,7 +156,6 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
         try:
             outcome = search(bundle, config, run_dir, executor, workers=self.workers, data_source=source)
-            predictor = load(run_dir, device=self.device)
         except BaseException:
             if temporary is not None:
                 temporary.cleanup()
@@ -166,8 +164,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             optuna.logging.set_verbosity(verbosity)
         # Replacing an earlier fit's temporary directory lets its finalizer delete it.
         self._temporary_run_dir = temporary
-        self.predictor_ = predictor
-        self.classes_ = np.asarray(predictor.classes)
+        self.predictor_ = outcome.predictor  # loaded by the search to test it; no second read from disk
+        self.classes_ = np.asarray(outcome.predictor.classes)
         self.modality_ = bundle.modality
         self.run_dir_ = run_dir
         self.leaderboard_ = outcome.leaderboard

@@ -44,7 +44,7 @@ from torch import nn
 
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.model_card import MODEL_CARD_FILE, describe_preprocessing, render_model_card
-from automl_tl.model_io import BEST_MODEL_DIR, Predictor, load, write_json_atomic
+from automl_tl.model_io import BEST_MODEL_DIR, Predictor, load, model_dir_of, with_usual_permissions, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +83,9 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
     target = Path(output) if output is not None else run_dir / EXPORTS_DIR / fmt
     _check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging = with_usual_permissions(Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent)))
     try:
-        model_dir = run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
-        exporter = _Exporter(predictor, model_dir, staging, target.resolve())
+        exporter = _Exporter(predictor, model_dir_of(run_dir), staging, target.resolve())
         info = getattr(exporter, f"export_{fmt}")()
         info["check"] = {"max_abs_diff": exporter.max_abs_diff, "examples": exporter.check_examples,
                          "tolerance": CHECK_TOLERANCE}

@@ -23,7 +23,7 @@ import optuna
 import pandas as pd
 
 from automl_tl import plots
-from automl_tl.config import check_storage_url, is_journal_path
+from automl_tl.config import DEFAULT_STUDY_NAME, JOURNAL_FILE, check_storage_url, is_journal_path
 from automl_tl.errors import AutomlTLError, first_line
 from automl_tl.model_io import write_bytes_atomic, write_text_atomic
 from automl_tl.ranking import with_outcomes
@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
-JOURNAL_FILE = "study.journal"  # as in automl_tl.search (not imported from there: it imports this module)
-DEFAULT_STUDY_NAME = "automl_tl"
 #: fANOVA on fewer complete trials than this says nothing worth a figure
 MIN_IMPORTANCE_TRIALS = 3
 #: every figure the report may draw, by file name (stale ones are removed when a figure is not drawn)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_tl.errors import AutomlTLError
-from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, write_text_atomic
+from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, model_dir_of, write_text_atomic
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 METRICS_FILE = "metrics.json"
@@ -45,10 +45,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise AutomlTLError(f"{path} holds a {type(value).__name__}; expected a JSON object")
     return value
-
-
-def _model_dir(run_dir: Path) -> Path:
-    return run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -294,7 +290,7 @@ def _reproduce_section(manifest: dict[str, Any] | None) -> list[str]:
 def render_model_card(run_dir: str | Path) -> str:
     """The model card of a run directory (or of a bare model directory) as Markdown text."""
     run_dir = Path(run_dir)
-    model_dir = _model_dir(run_dir)
+    model_dir = model_dir_of(run_dir)
     config = _read_json(model_dir / CONFIG_FILE)
     if config is None:
         raise AutomlTLError(f"no saved model in {run_dir}: {CONFIG_FILE} is missing (is it a run directory?)")

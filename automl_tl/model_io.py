@@ -260,10 +260,15 @@ def load_model_dir(directory: Path, device: torch.device | str | None = None) ->
     return predictor
 
 
+def model_dir_of(run_dir: Path) -> Path:
+    """Where the model of ``run_dir`` is: ``RUN_DIR/best_model`` for a search's run directory, else the
+    directory itself (a saved model directory given directly)."""
+    return run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
+
+
 def load(run_dir: str | Path, device: torch.device | str | None = None) -> Predictor:
     """The best model of a search (``RUN_DIR/best_model``), or a model directory itself, ready to predict."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AutomlTLError(f"run directory not found: {run_dir}")
-    directory = run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
-    return load_model_dir(directory, device)
+    return load_model_dir(model_dir_of(run_dir), device)

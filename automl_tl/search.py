@@ -31,12 +31,12 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
-from automl_tl.config import EMBEDDING_STRATEGIES, SearchConfig, is_journal_path
+from automl_tl.config import FROZEN_BODY_STRATEGIES, JOURNAL_FILE, SearchConfig, is_journal_path
 from automl_tl.data import DatasetBundle
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
-from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, load_model_dir, repair_interrupted_save, save_model,
-                                write_json_atomic)
+from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, Predictor, load_model_dir, repair_interrupted_save,
+                                save_model, write_json_atomic)
 from automl_tl.feature_cache import FeatureCache
 from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.locking import exclusive_lock
@@ -52,7 +52,6 @@ from automl_tl.space import SearchSpace, suggest_trial_config
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FILE = "study.journal"
 MANIFEST_FILE = "manifest.json"  # package versions, seeds, data hash, backbones, hardware
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = (optuna.trial.TrialState.RUNNING,)
@@ -78,6 +77,7 @@ class SearchOutcome:
     best_val_accuracy: float
     test_metrics: dict[str, float] | None  # None when the data have no test part
     transferability: dict[str, Any] | None = None  # the ranking and each score's Kendall tau; None without pre-ranking
+    predictor: Predictor | None = None  # the saved best model, loaded (as ``automl_tl.load(run_dir)`` would)
 
 
 def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
@@ -316,7 +316,7 @@ class Search:
         backbone = self.backbones[config.backbone]
 
         def on_epoch(epoch: int, val_accuracy: float) -> bool:
-            if config.strategy == "linear_probe" or config.strategy in EMBEDDING_STRATEGIES:
+            if config.strategy in FROZEN_BODY_STRATEGIES:
                 # A probe on cached features costs next to nothing: pruning it saves nothing, and its
                 # many passes per epoch would set an unfair bar at each rung for the fine-tuning trials.
                 # (A head fitted on the embeddings has one "epoch", and nothing left to save either.)
@@ -453,7 +453,7 @@ class Search:
         logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %s",
                     best_trial, best_params, predictor.config["val_accuracy"], test_accuracy)
         outcome = SearchOutcome(self.run_dir, study, board, best_trial, best_params,
-                                predictor.config["val_accuracy"], test_metrics, transferability)
+                                predictor.config["val_accuracy"], test_metrics, transferability, predictor)
         get_plugin_manager().hook.search_finished(outcome=outcome)
         return outcome
 

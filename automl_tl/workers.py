@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from automl_tl.config import SearchConfig
+from automl_tl.config import JOURNAL_FILE, SearchConfig
 from automl_tl.data import DatasetBundle, prepare_dataset
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.space import SearchSpace
@@ -82,8 +82,6 @@ def run_local_workers(search: "Search", workers: int, time_left: float | None) -
     if search.data_source is None:
         raise ConfigError("several workers need data from a file, a folder or a registered data set "
                           "(a DataFrame in memory cannot be passed to other processes)")
-    from automl_tl.search import JOURNAL_FILE
-
     storage = search.config.storage or str((search.run_dir / JOURNAL_FILE).resolve())
     threads = threads_per_worker(workers)
     command = [sys.executable, "-m", "automl_tl.cli", "worker", "--storage", storage,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,14 +129,18 @@ class MlflowTracker:
         run = client.create_run(self._experiment_id, run_name=Path(run_dir).name, tags={RUN_DIR_TAG: run_dir})
         return run.info.run_id
 
-    @hookimpl
-    def trial_finished(self, result: "TrialResult") -> None:
+    def _log_safely(self, what: str, log: Callable[[], None]) -> None:
+        """Run ``log`` if tracking is on; a tracking error is a warning: it must never cost the search its work."""
         if self._client is None:
             return
         try:
-            self._log_trial(result)
-        except Exception as exc:  # noqa: BLE001 - tracking must never cost the search its trials
-            logger.warning("could not log trial %s to MLflow: %s", result.trial_number, first_line(exc))
+            log()
+        except Exception as exc:  # noqa: BLE001 - the results are on disk whatever MLflow says
+            logger.warning("could not log %s to MLflow: %s", what, first_line(exc))
+
+    @hookimpl
+    def trial_finished(self, result: "TrialResult") -> None:
+        self._log_safely(f"trial {result.trial_number}", lambda: self._log_trial(result))
 
     def _log_trial(self, result: "TrialResult") -> None:
         from mlflow.entities import Metric, Param
@@ -163,12 +168,7 @@ class MlflowTracker:
 
     @hookimpl
     def search_finished(self, outcome: "SearchOutcome") -> None:
-        if self._client is None:
-            return
-        try:
-            self._log_outcome(outcome)
-        except Exception as exc:  # noqa: BLE001 - the results are on disk whatever MLflow says
-            logger.warning("could not log the best model to MLflow: %s", first_line(exc))
+        self._log_safely("the best model", lambda: self._log_outcome(outcome))
 
     def _log_outcome(self, outcome: "SearchOutcome") -> None:
         client, run_id, run_dir = self._client, self._parent_run_id, outcome.run_dir
