@@ -307,8 +307,9 @@ def prepare_dataset(
         raise DataError(f"{origin} has {len(missing)} rows with an empty {input_column!r} or {label_column!r} "
                         f"(first at row {missing.index[0]})")
 
-    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1):
-        raise DataError(f"shots must be a whole number of labelled examples per class, at least 1; got {shots!r}")
+    shots_problem = bad_shots(shots)
+    if shots_problem:
+        raise DataError(shots_problem)
     # one example of every class in each part; few-shot data are checked by _check_shots instead
     parts = None if shots is not None else (
         ("training", "validation", "test") if test_fraction > 0 else ("training", "validation"))
@@ -362,6 +363,13 @@ def prepare_dataset(
                     f"validation by {'nothing' if validation == VALIDATION_NONE else 'cross-validation'}",
                     len(bundle.test), origin)
     return bundle
+
+
+def bad_shots(shots: Any) -> str | None:
+    """What is wrong with ``shots`` as a number of labelled examples per class (None: nothing, or no shots)."""
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1):
+        return f"shots must be a whole number of labelled examples per class, at least 1; got {shots!r}"
+    return None
 
 
 def few_shot_split(labels: np.ndarray, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

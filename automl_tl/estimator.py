@@ -33,6 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig
+from automl_tl.data import bad_shots
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
 from automl_tl.registry import NamedDataset
 
@@ -189,10 +190,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if not 0 < self.val_size < 1 or not 0 <= self.test_size < 1 or self.val_size + self.test_size >= 1:
             raise ConfigError(f"val_size and test_size must satisfy 0 < val_size < 1, 0 <= test_size < 1 and "
                               f"val_size + test_size < 1, got {self.val_size} and {self.test_size}")
-        if self.shots is not None and (isinstance(self.shots, bool) or not isinstance(self.shots, (int, np.integer))
-                                       or self.shots < 1):
-            raise ConfigError(f"shots must be a whole number of labelled examples per class, at least 1; "
-                              f"got {self.shots!r}")
+        shots_problem = bad_shots(self.shots)
+        if shots_problem:
+            raise ConfigError(shots_problem)
         self._search_config(("*",))  # SearchConfig checks the rest; the backbones are resolved later
 
     def _backbone_names(self, modality: str) -> tuple[str, ...]:
