@@ -7,12 +7,14 @@ exits with 130 and resumes when the same command is run again.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
 from pathlib import Path
 
 from automl_tl.config import DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, STRATEGIES
+from automl_tl.metrics import METRIC_NAMES
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
 
@@ -20,9 +22,14 @@ logger = logging.getLogger("automl_tl")
 
 DEFAULT_DATASET = "digits"
 #: With no --data, the built-in demo: real digits and the offline ImageNet backbones, a few minutes on 2 CPU cores.
-DEMO_DEFAULTS = {"image_size": 32, "trials": 12, "timeout": 300.0}
-#: Otherwise: the backbones' pretrained input size, 10 trials, no time limit.
-DATA_DEFAULTS = {"image_size": None, "trials": 10, "timeout": None}
+DEMO_DEFAULTS = {"image_size": 32, "timeout": 240.0}
+#: Otherwise: the backbones' pretrained input size and no time limit; trials: as many as --timeout allows when it
+#: is given, else DEFAULT_TRIALS.
+DATA_DEFAULTS = {"image_size": None, "timeout": None}
+DEFAULT_TRIALS = 10
+#: leaderboard columns the search prints (and their short headers); leaderboard.csv has them all
+TERMINAL_COLUMNS = {"trial": "trial", "state": "state", "backbone": "backbone", "strategy": "strategy",
+                    "freeze_depth": "depth", "val_score": "val_score", "val_loss": "val_loss", "seconds": "seconds"}
 
 
 def _positive_int(text: str) -> int:
@@ -32,6 +39,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction of the data, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
     return value
 
 
@@ -62,9 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input-column", help="input column (default: the only other column, or image/path/file)")
     run.add_argument("--backbones", nargs="+", help="names or wildcards (default: every backbone of the data's "
                                                      "modality whose weights are installed)")
-    run.add_argument("--trials", type=_positive_int, help="finished trials to reach (default: 10; demo: 12)")
-    run.add_argument("--timeout", type=_positive_float, help="hard wall-clock budget for the search, in seconds "
-                                                             "(default: none; demo: 300)")
+    run.add_argument("--trials", type=_positive_int, help=f"finished trials to reach (default: as many as --timeout "
+                                                          f"allows, or {DEFAULT_TRIALS} without it)")
+    run.add_argument("--timeout", type=_positive_float, help="hard wall-clock budget of the whole command, in seconds: "
+                                                             "pre-ranking, trials, refit and test evaluation "
+                                                             "(default: none; demo: 240)")
+    run.add_argument("--metric", choices=METRIC_NAMES,
+                     help="what trials are selected and pruned by (default: balanced_accuracy, with a class-weighted "
+                          "loss, when the largest class has 3x the examples of the smallest; else accuracy)")
+    run.add_argument("--val-size", type=_fraction, default=0.15,
+                     help="share of the labelled data held out to choose among trials (default: 0.15)")
+    run.add_argument("--test-size", type=_fraction,
+                     help="share held out as a test part that no model learns from (default: 0.15 from 2,000 "
+                          "labelled examples up, else 0: then the validation estimate is the one reported)")
+    run.add_argument("--no-refit", dest="refit", action="store_false",
+                     help="keep the best trial's model as it is instead of training its configuration again on "
+                          "training + validation data at the end")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--storage", help="Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)")
     run.add_argument("--study-name", default=DEFAULT_STUDY_NAME)
@@ -82,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
     run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(DEFAULT_STRATEGIES),
-                     help=f"adaptation strategies to search (default: {' '.join(DEFAULT_STRATEGIES)}; with --shots "
-                          "also nearest_centroid logistic_regression)")
+                     help=f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})")
     run.add_argument("--heads", nargs="+", choices=HEAD_KINDS, default=list(HEAD_KINDS),
                      help="head structures to search (default: all)")
     run.add_argument("--trial-timeout", type=_positive_float, help="hard wall-clock budget per trial, in seconds")
@@ -165,7 +194,8 @@ def search_estimator_params(args: argparse.Namespace) -> dict:
         prerank=args.prerank, feature_cache=args.feature_cache, modality=args.modality,
         max_samples=args.max_samples, label_column=args.label, input_column=args.input_column,
         shots=args.shots, workers=args.workers, output_dir=args.output, tracking_uri=args.tracking_uri,
-        test_size=0.15,  # the command line reports test metrics on a held-out part of the data
+        metric=args.metric, refit=args.refit, val_size=args.val_size,
+        test_size=args.test_size,  # None: by the data's size (the estimator's own default is 0)
     )
 
 
@@ -175,6 +205,8 @@ def _fill_defaults(args: argparse.Namespace) -> None:
     for option, value in defaults.items():
         if getattr(args, option) is None:
             setattr(args, option, value)
+    if args.trials is None and args.timeout is None:
+        args.trials = DEFAULT_TRIALS  # without a budget, a number of trials ends the search
 
 
 def _with_config_file(parser: argparse.ArgumentParser, argv: list[str] | None,
@@ -224,10 +256,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _print_outcome(outcome) -> None:
     run_dir = outcome.run_dir
-    print(outcome.leaderboard.drop(columns=["error"]).head(10).to_string(index=False))
-    test = "n/a" if outcome.test_metrics is None else f"{outcome.test_metrics['accuracy']:.4f}"
-    print(f"\nbest trial {outcome.best_trial}: validation accuracy {outcome.best_val_accuracy:.4f}, "
-          f"test accuracy {test}")
+    # the ten best trials in under 100 columns; every column is in leaderboard.csv
+    shown = outcome.leaderboard[list(TERMINAL_COLUMNS)].head(10).rename(columns=TERMINAL_COLUMNS)
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metric, model = summary.get("metric", "accuracy"), summary.get("model", {})
+    test = ("n/a: " + model.get("test", "no test part") if outcome.test_metrics is None
+            else f"{outcome.test_metrics[metric]:.4f} ({outcome.test_metrics['examples']} examples)")
+    print(f"\nbest trial {outcome.best_trial}: validation {metric} {summary.get('val_score', math.nan):.4f}; "
+          f"test {metric} {test}")
+    if model.get("refit"):
+        print(f"refit: {model['refit']}")
     if outcome.transferability is not None:
         taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.2f}'}"
                          for name, tau in outcome.transferability["kendall_tau"].items())

@@ -9,6 +9,7 @@ from typing import Any
 from automl_tl.backbone import InputOptions
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HEAD_KINDS, HeadSpec
+from automl_tl.metrics import METRIC_NAMES
 
 PRUNERS = ("successive_halving", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
@@ -18,8 +19,9 @@ DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "tex
 EMBEDDING_STRATEGIES = ("nearest_centroid", "logistic_regression")
 #: how much of the body a trial adapts; see :func:`trained_depth`
 STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft") + EMBEDDING_STRATEGIES
-#: what the search chooses among unless told otherwise; with few labels (``shots``) it adds EMBEDDING_STRATEGIES
-DEFAULT_STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft")
+#: what the search chooses among unless told otherwise: every strategy (the embedding heads are cheap and, on
+#: small data, often the strongest)
+DEFAULT_STRATEGIES = STRATEGIES
 #: strategies whose body stays frozen: they train (or fit) a head on the cached features only
 FROZEN_BODY_STRATEGIES = ("linear_probe",) + EMBEDDING_STRATEGIES
 #: a study's name unless one is given (``--study-name``)
@@ -86,8 +88,12 @@ class TrialConfig:
     early_stopping_patience: int = 2  # epochs without a better validation accuracy before stopping
     seed: int = 0
     input_options: InputOptions = field(default_factory=InputOptions)
+    metric: str = "accuracy"  # what the best epoch (and the trial's score) is chosen by; see automl_tl.metrics
+    class_weighted: bool = False  # weigh each class inversely to its frequency in the training loss
 
     def __post_init__(self) -> None:
+        if self.metric not in METRIC_NAMES:
+            raise ConfigError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRIC_NAMES)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
         if not 0.0 < self.layer_decay <= 1.0:
@@ -123,7 +129,8 @@ class SearchConfig:
     """What to search over and for how long."""
 
     backbones: tuple[str, ...]  # registered names or wildcards
-    n_trials: int = 10  # finished trials (complete or pruned) to reach, counting earlier runs
+    #: finished trials (complete or pruned) to reach, counting earlier runs; None: as many as the timeout allows
+    n_trials: int | None = 10
     timeout: float | None = None  # hard wall-clock budget in seconds for this run of the search
     seed: int = 0
     storage: str | None = None  # Optuna storage URL; default: a journal file in the run directory
@@ -147,12 +154,20 @@ class SearchConfig:
     #: MLflow tracking URI (a folder, ``sqlite:///...``, ``http://...``): every trial and the best model are
     #: logged there by the ``automl_tl_mlflow`` plugin. None: not tracked.
     tracking_uri: str | None = None
+    #: what trials are selected by (see automl_tl.metrics); None: balanced accuracy on imbalanced data, else accuracy
+    metric: str | None = None
+    #: after the search, train the best configuration again on training + validation data (within the budget)
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if not self.backbones:
             raise ConfigError("no backbones to search; give at least one name or wildcard")
-        if self.n_trials < 1:
+        if self.n_trials is None and self.timeout is None:
+            raise ConfigError("give a number of trials, a timeout, or both: without either the search never ends")
+        if self.n_trials is not None and self.n_trials < 1:
             raise ConfigError(f"number of trials must be at least 1, got {self.n_trials}")
+        if self.metric is not None and self.metric not in METRIC_NAMES:
+            raise ConfigError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRIC_NAMES)}")
         # 'not 0 < x < inf' also refuses NaN, which compares false with everything and would never run out
         if self.timeout is not None and not 0 < self.timeout < math.inf:
             raise ConfigError(f"timeout must be a positive, finite number of seconds, got {self.timeout}")

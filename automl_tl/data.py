@@ -41,6 +41,14 @@ VALIDATION_CROSS = "cross_validation"  # few shots: the validation split is the 
 VALIDATION_NONE = "none"  # one shot per class: nothing can be held out
 #: with at least this many shots per class, a quarter of them (rounded down) per class are held out for validation
 MIN_SHOTS_FOR_HOLDOUT = 10
+#: ``test_fraction=None`` holds out AUTO_TEST_FRACTION as a test part from AUTO_TEST_MIN_EXAMPLES labelled
+#: examples up, and nothing below: on small data every label is worth more to training and validation than to
+#: an extra estimate (the validation estimate is then the one reported)
+AUTO_TEST_MIN_EXAMPLES = 2000
+AUTO_TEST_FRACTION = 0.15
+#: a validation split with fewer examples of some class than this is too noisy to rank trials by alone: the
+#: cheap trials (heads on cached features) are scored by cross-validation on training + validation instead
+MIN_VALIDATION_PER_CLASS = 30
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,18 @@ class Split:
     name: str
     inputs: list[Any]
     labels: np.ndarray
+    #: a split made of others (training + validation, for a refit): its encodings and cached features are
+    #: theirs, concatenated, so nothing is computed again
+    parts: tuple["Split", ...] = ()
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    @classmethod
+    def union(cls, name: str, *parts: "Split") -> "Split":
+        """One split of ``parts`` in order (see ``parts``)."""
+        return cls(name, [x for part in parts for x in part.inputs], np.concatenate([part.labels for part in parts]),
+                   tuple(parts))
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,20 @@ class DatasetBundle:
     fingerprint: str  # hash of inputs, labels and split seed: a stored study is only resumed on the same data
     shots: int | None = None  # labelled examples per class the search may use (train + val); None: the usual split
     validation: str = VALIDATION_HOLDOUT  # see VALIDATION_*: with few shots, ``val`` is ``train`` itself
+    #: below this many validation examples of some class, cheap trials are cross-validated (see small_validation)
+    min_validation_per_class: int = MIN_VALIDATION_PER_CLASS
+
+    @property
+    def small_validation(self) -> bool:
+        """Whether some class has fewer than :data:`MIN_VALIDATION_PER_CLASS` validation examples (held out
+        validation only), so that cheap trials are better scored by cross-validation on training + validation."""
+        if self.validation != VALIDATION_HOLDOUT or not len(self.val):
+            return False
+        return int(np.bincount(self.val.labels, minlength=len(self.classes)).min()) < self.min_validation_per_class
+
+    def train_and_val(self) -> Split:
+        """Training and validation examples together (what a refit learns from)."""
+        return Split.union("train+val", self.train, self.val)
 
     def summary(self) -> dict[str, Any]:
         summary = {"modality": self.modality, "classes": [str(c) for c in self.classes],
@@ -248,7 +279,7 @@ def prepare_dataset(
     input_column: str | None = None,
     seed: int = 0,
     val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
+    test_fraction: float | None = 0.15,
     max_samples: int | None = None,
     modality: str | None = None,
     shots: int | None = None,
@@ -259,7 +290,8 @@ def prepare_dataset(
     guessed when there is one column besides the label (image folders: ``image``).
     ``max_samples`` keeps a stratified, seeded sample of that many rows first.
     ``modality`` ("image", "audio" or "text") is inferred from the inputs when not given.
-    ``test_fraction`` 0 holds out no test part (the caller tests on data of its own, as in cross-validation).
+    ``test_fraction`` 0 holds out no test part (the caller tests on data of its own, as in cross-validation);
+    None holds out :data:`AUTO_TEST_FRACTION` from :data:`AUTO_TEST_MIN_EXAMPLES` labelled examples up, else none.
 
     ``shots`` K (few labels): K examples of every class are drawn (seeded) as the only labelled data the
     search sees, for training *and* model selection, and every other example is the test set, for an
@@ -275,9 +307,7 @@ def prepare_dataset(
 
     A class with fewer than K + 1 examples (K to learn from, at least one to test on) is refused.
     """
-    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise DataError(f"validation and test fractions must satisfy 0 < validation < 1, 0 <= test < 1 and "
-                        f"validation + test < 1, got {val_fraction} and {test_fraction}")
+    check_fractions(val_fraction, test_fraction)
     base_dir: Path | None = None
     if isinstance(data, pd.DataFrame):
         frame, origin = data, "the DataFrame"
@@ -310,6 +340,7 @@ def prepare_dataset(
     shots_problem = bad_shots(shots)
     if shots_problem:
         raise DataError(shots_problem)
+    test_fraction = resolve_test_fraction(test_fraction, min(len(frame), max_samples or len(frame)))
     # one example of every class in each part; few-shot data are checked by _check_shots instead
     parts = None if shots is not None else (
         ("training", "validation", "test") if test_fraction > 0 else ("training", "validation"))
@@ -363,6 +394,22 @@ def prepare_dataset(
                     f"validation by {'nothing' if validation == VALIDATION_NONE else 'cross-validation'}",
                     len(bundle.test), origin)
     return bundle
+
+
+def check_fractions(val_fraction: float, test_fraction: float | None) -> None:
+    """Refuse split fractions that leave no training data (``test_fraction`` None: chosen by the data's size)."""
+    test = AUTO_TEST_FRACTION if test_fraction is None else test_fraction
+    if not 0 < val_fraction < 1 or not 0 <= test < 1 or val_fraction + test >= 1:
+        raise DataError(f"validation and test fractions must satisfy 0 < validation < 1, 0 <= test < 1 and "
+                        f"validation + test < 1, got {val_fraction} and {test_fraction}")
+
+
+def resolve_test_fraction(test_fraction: float | None, labelled_examples: int) -> float:
+    """The test fraction to use: as given, or for None :data:`AUTO_TEST_FRACTION` from
+    :data:`AUTO_TEST_MIN_EXAMPLES` labelled examples up and 0 below."""
+    if test_fraction is not None:
+        return test_fraction
+    return AUTO_TEST_FRACTION if labelled_examples >= AUTO_TEST_MIN_EXAMPLES else 0.0
 
 
 def bad_shots(shots: Any) -> str | None:

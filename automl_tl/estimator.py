@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig
-from automl_tl.data import bad_shots
+from automl_tl.data import AUTO_TEST_FRACTION, bad_shots
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
 from automl_tl.registry import NamedDataset
 
@@ -50,7 +50,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     ``label_column`` is ``--label``):
 
     backbones: names or wildcards (a string or a list); None: every backbone of the data's modality whose
-        weights are installed. n_trials: finished trials to reach. timeout: wall-clock budget of the whole
+        weights are installed. n_trials: finished trials to reach (None: as many as ``timeout`` allows). timeout: wall-clock budget of the whole
         search in seconds (None: none). trial_timeout: budget of one trial. seed: seeds the split and the search.
     strategies, heads: adaptation strategies and head structures to search (None: the defaults). min_epochs,
         max_epochs, max_freeze_depth, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags.
@@ -60,7 +60,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         set (see :func:`~automl_tl.data.prepare_dataset`; ``val_size`` and ``test_size`` are then unused).
     label_column, input_column: the columns of a DataFrame (or CSV) given to :meth:`fit` without ``y``.
     val_size: share of the data the search validates on. test_size: share held out for ``test_metrics_``
-        (0: none; the command line holds out 0.15).
+        (0: none; None: 0.15 from 2,000 labelled examples up, else none, as the command line does).
+    metric: what trials are selected by: "accuracy", "balanced_accuracy", "macro_f1" or "log_loss" (None:
+        balanced accuracy, with a class-weighted loss, when the largest class has 3 or more times the examples of
+        the smallest; else accuracy). refit: train the best configuration again on training + validation at
+        the end, within the budget (the test part, if any, stays held out).
     storage, study_name: the Optuna study (default: a journal in the run directory).
     output_dir: run directory (None: a temporary one per fit; see the module's docstring).
     workers: processes sharing the study (more than 1 needs data from a file, a folder or a registered data set).
@@ -75,7 +79,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     (:class:`~automl_tl.search.SearchOutcome`, with the Optuna study; a pickled classifier drops the study).
     """
 
-    def __init__(self, backbones: str | Sequence[str] | None = None, n_trials: int = 10,
+    def __init__(self, backbones: str | Sequence[str] | None = None, n_trials: int | None = 10,
                  timeout: float | None = None, seed: int = 0, strategies: Sequence[str] | None = None,
                  heads: Sequence[str] | None = None, min_epochs: int = 1, max_epochs: int = 3,
                  max_freeze_depth: int | None = None, batch_size: int = 32, image_size: int | None = None,
@@ -87,7 +91,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                  input_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
                  storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, output_dir: str | Path | None = None,
                  workers: int = 1, tracking_uri: str | None = None, device: str | None = None,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, metric: str | None = None, refit: bool = True):
         # scikit-learn's rule: __init__ only stores the parameters; fit checks them.
         self.backbones = backbones
         self.n_trials = n_trials
@@ -122,6 +126,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.tracking_uri = tracking_uri
         self.device = device
         self.show_progress = show_progress
+        self.metric = metric
+        self.refit = refit
 
     # ------------------------------------------------------------ fitting
 
@@ -185,9 +191,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}")
         for name in ("val_size", "test_size"):
             value = getattr(self, name)
+            if name == "test_size" and value is None:
+                continue  # chosen by the data's size
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 raise ConfigError(f"{name} must be a fraction of the data, got {value!r}")
-        if not 0 < self.val_size < 1 or not 0 <= self.test_size < 1 or self.val_size + self.test_size >= 1:
+        test_size = AUTO_TEST_FRACTION if self.test_size is None else self.test_size
+        if not 0 < self.val_size < 1 or not 0 <= test_size < 1 or self.val_size + test_size >= 1:
             raise ConfigError(f"val_size and test_size must satisfy 0 < val_size < 1, 0 <= test_size < 1 and "
                               f"val_size + test_size < 1, got {self.val_size} and {self.test_size}")
         shots_problem = bad_shots(self.shots)
@@ -219,7 +228,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             strategies=tuple(DEFAULT_STRATEGIES if self.strategies is None else _as_names(self.strategies)),
             heads=tuple(HEAD_KINDS if self.heads is None else _as_names(self.heads)),
             trial_timeout=self.trial_timeout, top_k=self.top_k, prerank=self.prerank,
-            feature_cache=self.feature_cache, tracking_uri=self.tracking_uri,
+            feature_cache=self.feature_cache, tracking_uri=self.tracking_uri, metric=self.metric, refit=self.refit,
             input_options=InputOptions(image_size=self.image_size, max_length=self.max_length,
                                        clip_seconds=self.clip_seconds),
         )

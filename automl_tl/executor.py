@@ -29,30 +29,40 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
 from automl_tl.config import EMBEDDING_STRATEGIES, TrialConfig
 from automl_tl.data import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
-from automl_tl.embedding_heads import FITTERS, cross_validated_logits, head_logits
+from automl_tl.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.errors import first_line
 from automl_tl.feature_cache import DeadlineReached, FeatureCache, samples_hash
 from automl_tl.heads import build_head
+from automl_tl.metrics import all_metrics, class_weights, signed
 
 logger = logging.getLogger(__name__)
 
-#: called after each epoch with (epoch, validation accuracy); returning True stops the trial
+#: called after each epoch with (epoch, validation score: the trial's metric, higher is better); True stops the trial
 EpochCallback = Callable[[int, float], bool]
 
 STOP_COMPLETED = "completed"  # ran every epoch
 STOP_EARLY = "early_stopping"  # validation accuracy stopped improving
 STOP_CALLBACK = "stopped_by_callback"  # on_epoch asked to stop (the search prunes the trial)
 STOP_TIME = "time_budget"  # the deadline passed
+STOP_OVER_BUDGET = "over_budget"  # the first batches showed that one epoch would not finish before the deadline
+#: how validation scored a trial (``TrialResult.extra["validation"]``): cheap trials on a small validation
+#: split are cross-validated on training + validation, and their model is then fitted on both
+VALIDATED_BY_CROSS_VALIDATION = "cross_validation"
+FITTED_ON_TRAIN_AND_VAL = "train+validation"
+#: training steps timed before an epoch's cost is projected against the deadline
+STEPS_BEFORE_PROJECTION = 2
 
 #: words of the RuntimeErrors that mean an allocation failed (CUDA, MPS, and torch's CPU allocator)
 _OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory")
@@ -81,6 +91,13 @@ class EpochRecord:
     val_accuracy: float
     train_seconds: float  # the training batches alone
     val_seconds: float  # evaluating on the validation split
+    val_score: float = math.nan  # the trial's metric, higher is better (log loss negated); see automl_tl.metrics
+    val_metrics: dict[str, float] = field(default_factory=dict)  # every metric, in its own units
+
+    @property
+    def rank_key(self) -> tuple[float, float, int]:
+        """How epochs (and trials) are compared: the score, then the lower validation loss, then the earlier."""
+        return (self.val_score, -self.val_loss, -self.epoch)
 
 
 @dataclass
@@ -116,14 +133,22 @@ class TrialResult:
         self.model = self.model_builder = None
 
     @property
+    def best_record(self) -> EpochRecord | None:
+        """The epoch whose weights the result keeps: the best score, ties to the lower validation loss."""
+        return max(self.history, key=lambda r: r.rank_key) if self.history else None
+
+    @property
     def best_epoch(self) -> int | None:
-        if not self.history:
-            return None
-        return max(self.history, key=lambda r: (r.val_accuracy, -r.epoch)).epoch
+        return None if not self.history else self.best_record.epoch
 
     @property
     def best_val_accuracy(self) -> float | None:
-        return None if not self.history else max(r.val_accuracy for r in self.history)
+        return None if not self.history else self.best_record.val_accuracy
+
+    @property
+    def best_score(self) -> float | None:
+        """The best epoch's validation score (the trial's metric, higher is better)."""
+        return None if not self.history else self.best_record.val_score
 
 
 def default_device() -> torch.device:
@@ -201,8 +226,34 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
     batches: Callable[[torch.Generator], Iterator[tuple[Any, torch.Tensor]]]  # one epoch of (inputs, targets)
-    validate: Callable[[float | None], torch.Tensor]  # validation logits on the CPU, given the deadline
+    #: validation logits on the CPU, given the deadline; None (a refit): nothing to validate, the last epoch is kept
+    validate: Callable[[float | None], torch.Tensor] | None
     description: str
+    num_classes: int
+    train_labels: np.ndarray  # for the class weights of the loss
+    val_labels: np.ndarray | None
+    #: examples validated per epoch: with ``project``, the first steps' cost is projected over a whole epoch and its
+    #: validation, and the trial stops at once (STOP_OVER_BUDGET) when that would not finish before the deadline
+    val_examples: int = 0
+    project: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)  # what the loop measured (``projected_epoch_seconds``)
+
+
+def _empty_result(config: TrialConfig, started: float, cpu_started: float, stop_reason: str = STOP_TIME,
+                  extra: dict[str, Any] | None = None) -> TrialResult:
+    """A trial that produced no model (the budget ran out first)."""
+    return TrialResult(config=config, history=[], stop_reason=stop_reason, seconds=time.perf_counter() - started,
+                       cpu_seconds=time.process_time() - cpu_started, samples_seen=0, extra=extra or {})
+
+
+def epoch_record(epoch: int, train_loss: float, val_logits: torch.Tensor | None, val_labels: np.ndarray | None,
+                 metric: str, train_seconds: float, val_seconds: float) -> EpochRecord:
+    """An epoch's record with every validation metric of ``val_logits`` (None: not validated, all nan)."""
+    if val_logits is None:
+        return EpochRecord(epoch, train_loss, math.nan, math.nan, train_seconds, val_seconds)
+    metrics = all_metrics(val_logits, val_labels)
+    return EpochRecord(epoch, train_loss, metrics["log_loss"], metrics["accuracy"], train_seconds, val_seconds,
+                       signed(metric, metrics[metric]), metrics)
 
 
 class Executor:
@@ -222,6 +273,8 @@ class Executor:
 
     def encoded(self, preprocessor: Preprocessor, data: DatasetBundle, split: Split) -> list[Any]:
         """``split`` encoded by ``preprocessor``, computed on first use and kept (least recently used first out)."""
+        if split.parts:
+            return [item for part in split.parts for item in self.encoded(preprocessor, data, part)]
         key = (json.dumps(preprocessor.cache_key(), sort_keys=True), data.fingerprint, split.name)
         if key in self._encoded:
             self._encoded.move_to_end(key)
@@ -239,6 +292,9 @@ class Executor:
         """The pretrained body's features of ``split`` (float32, one row per example), from the feature cache.
 
         Computing them (on a cache miss) stops with :class:`DeadlineReached` once ``deadline`` passes."""
+        if split.parts:
+            return np.concatenate([self.features(backbone, options, data, part, batch_size, deadline)
+                                   for part in split.parts])
         key = (data.fingerprint, split.name)
         if key not in self._samples_hashes:
             self._samples_hashes[key] = samples_hash(split.inputs)
@@ -250,30 +306,66 @@ class Executor:
     # ------------------------------------------------------------ training
 
     def fit(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-            on_epoch: EpochCallback | None = None, deadline: float | None = None) -> TrialResult:
+            on_epoch: EpochCallback | None = None, deadline: float | None = None, refit: bool = False) -> TrialResult:
         """Train ``backbone`` on ``data.train`` as ``config`` says, validating on ``data.val`` after each epoch.
 
-        ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it.
-        The result holds the best epoch's weights (see :meth:`TrialResult.final_model`).
+        ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it, and a trial that
+        trains the body stops after its first batches when one epoch would not finish before it
+        (``STOP_OVER_BUDGET``). The result holds the best epoch's weights (see :meth:`TrialResult.final_model`).
+
+        Heads on cached features (linear probe, nearest centroid, logistic regression) are scored by
+        cross-validation on training + validation when the validation split is small
+        (:attr:`DatasetBundle.small_validation`), and their model is then fitted on both.
+
+        ``refit``: train on training + validation for ``config.epochs`` with nothing validated, keeping the last
+        epoch (the search's refit of its best configuration).
 
         A trial that runs out of memory is tried once more at half the batch size (see
         :func:`fit_with_out_of_memory_retry`); if that runs out of memory too, :class:`TrialOutOfMemory`.
         """
         def attempt(trial_config: TrialConfig) -> TrialResult:
             if trial_config.strategy == "linear_probe":
-                return self._fit_probe(trial_config, backbone, data, on_epoch, deadline)
+                return self._fit_probe(trial_config, backbone, data, on_epoch, deadline, refit)
             if trial_config.strategy in EMBEDDING_STRATEGIES:
-                return self._fit_embedding_head(trial_config, backbone, data, on_epoch, deadline)
-            return self._fit_body(trial_config, backbone, data, on_epoch, deadline)
+                return self._fit_embedding_head(trial_config, backbone, data, on_epoch, deadline, refit)
+            return self._fit_body(trial_config, backbone, data, on_epoch, deadline, refit)
 
         return fit_with_out_of_memory_retry(attempt, config)
 
     def _fit_probe(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-                   on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:
+                   on_epoch: EpochCallback | None, deadline: float | None, refit: bool) -> TrialResult:
         """A linear probe: the head alone, on cached features; the whole model is built only if asked for."""
         started, cpu_started = time.perf_counter(), time.process_time()
-        head, history, stop_reason, seen = self._train_head_on_features(
-            config, backbone, data, config.epochs * config.probe_passes, config.epochs, on_epoch, deadline)
+        try:
+            train_x = self.features(backbone, config.input_options, data, data.train, deadline=deadline)
+            val_x = self.features(backbone, config.input_options, data, data.val, deadline=deadline)
+        except DeadlineReached:  # the budget ran out while computing features: no epoch, nothing stored
+            return _empty_result(config, started, cpu_started)
+        passes, extra = config.epochs * config.probe_passes, {}
+        if refit or data.small_validation:
+            every_x, every_y = np.concatenate([train_x, val_x]), np.concatenate([data.train.labels, data.val.labels])
+            extra["fitted_on"] = FITTED_ON_TRAIN_AND_VAL
+        if refit:
+            head, history, stop_reason, seen = self._train_head(config, len(data.classes), every_x, every_y, None, None, passes,
+                                                                config.epochs, None, deadline)
+        elif data.small_validation:
+            # Scored by out-of-fold predictions on every labelled example; then fitted on all of them for as many
+            # epochs as scored best.
+            history, stop_reason = self._cross_validated_probe(config, len(data.classes), every_x, every_y,
+                                                               deadline)
+            head, seen = None, 0
+            if stop_reason != STOP_TIME:
+                epochs = max(history, key=lambda r: r.rank_key).epoch
+                head, _, stop_reason, seen = self._train_head(config, len(data.classes), every_x, every_y, None, None,
+                                                              epochs * config.probe_passes, epochs, None, deadline)
+                stop_reason = STOP_TIME if stop_reason == STOP_TIME else STOP_COMPLETED
+                head = None if stop_reason == STOP_TIME else head
+            extra["validation"] = VALIDATED_BY_CROSS_VALIDATION
+        else:
+            head, history, stop_reason, seen = self._train_head(config, len(data.classes), train_x, data.train.labels,
+                                                                val_x,
+                                                                data.val.labels, passes, config.epochs, on_epoch,
+                                                                deadline)
 
         def model_builder() -> TransferModel:
             # The body is loaded only if the model is wanted (the search saves the best trial's alone).
@@ -286,17 +378,39 @@ class Executor:
         # would cost more than the whole probe.
         return TrialResult(config=config, history=history, stop_reason=stop_reason,
                            seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-                           samples_seen=seen, model_builder=model_builder if head is not None else None)
+                           samples_seen=seen, model_builder=model_builder if head is not None else None, extra=extra)
+
+    def _cross_validated_probe(self, config: TrialConfig, num_classes: int, x: np.ndarray, y: np.ndarray,
+                               deadline: float | None) -> tuple[list[EpochRecord], str]:
+        """Per-epoch records of a probe scored by stratified k-fold out-of-fold logits (every fold trains every
+        epoch: no early stopping, so the folds' epochs line up); STOP_TIME if the deadline passed."""
+        folds = StratifiedKFold(n_splits=cross_validation_folds(y), shuffle=True, random_state=config.seed)
+        whole = replace(config, early_stopping_patience=config.epochs + 1)
+        out_of_fold = [torch.zeros(len(y), num_classes) for _ in range(config.epochs)]
+        train_losses = np.zeros(config.epochs)
+        fold_started = time.perf_counter()
+        for train, held_out in folds.split(x, y):
+            logits_by_epoch: list[torch.Tensor] = []
+            _, fold_history, stop_reason, _ = self._train_head(
+                whole, num_classes, x[train], y[train], x[held_out], y[held_out], config.epochs * config.probe_passes,
+                config.epochs, None, deadline, logits_by_epoch)
+            if stop_reason == STOP_TIME:
+                return [], STOP_TIME
+            for epoch, logits in enumerate(logits_by_epoch):
+                out_of_fold[epoch][held_out] = logits
+                train_losses[epoch] += fold_history[epoch].train_loss / folds.n_splits
+        seconds = (time.perf_counter() - fold_started) / config.epochs
+        return [epoch_record(epoch + 1, float(train_losses[epoch]), logits, y, config.metric, seconds, 0.0)
+                for epoch, logits in enumerate(out_of_fold)], STOP_COMPLETED
 
     def _fit_embedding_head(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-                            on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:
-        """Nearest centroid or logistic regression, fitted at once on the cached training features.
+                            on_epoch: EpochCallback | None, deadline: float | None, refit: bool) -> TrialResult:
+        """Nearest centroid or logistic regression, fitted at once on the cached features.
 
-        Validated as ``data.validation`` says: on the validation split ("holdout"); by out-of-fold
-        predictions on the training split ("cross_validation", when few-shot data holds nothing out); or,
-        with one example per class ("none"), on the training split itself. One epoch is recorded. With
-        few-shot data and a held-out validation split, the model built for saving is fitted again on the
-        training and validation shots together.
+        Validated on the validation split ("holdout"), or, when it is small, by out-of-fold predictions on
+        training + validation, the model then fitted on both; with few-shot data that holds nothing out, by
+        out-of-fold predictions on the training split ("cross_validation"), or with one example per class
+        ("none") on the training split itself. One epoch is recorded.
         """
         started, cpu_started = time.perf_counter(), time.process_time()
         holdout = data.validation == VALIDATION_HOLDOUT
@@ -304,58 +418,65 @@ class Executor:
             train_x = self.features(backbone, config.input_options, data, data.train, deadline=deadline)
             val_x = self.features(backbone, config.input_options, data, data.val, deadline=deadline) if holdout else None
         except DeadlineReached:  # the budget ran out while computing features: nothing fitted
-            return TrialResult(config=config, history=[], stop_reason=STOP_TIME, seconds=time.perf_counter() - started,
-                               cpu_seconds=time.process_time() - cpu_started, samples_seen=0)
-        fit, num_classes, train_y = FITTERS[config.strategy], len(data.classes), data.train.labels
+            return _empty_result(config, started, cpu_started)
+        fit = partial(FITTERS[config.strategy], balanced=config.class_weighted)
+        num_classes, extra = len(data.classes), {}
+        x, y = train_x, data.train.labels
+        if holdout and (refit or data.small_validation):
+            x, y = np.concatenate([train_x, val_x]), np.concatenate([data.train.labels, data.val.labels])
+            extra["fitted_on"] = FITTED_ON_TRAIN_AND_VAL
         fit_started = time.perf_counter()
-        fitted = fit(train_x, train_y, num_classes, config.seed)
-        train_logits = head_logits(fitted.module, train_x)
+        fitted = fit(x, y, num_classes, config.seed)
+        train_logits = head_logits(fitted.module, x)
         train_seconds = time.perf_counter() - fit_started
-        if holdout:
-            val_logits, val_y = head_logits(fitted.module, val_x), data.val.labels
-        elif data.validation == VALIDATION_CROSS:
-            val_logits, val_y = cross_validated_logits(fit, train_x, train_y, num_classes, config.seed), train_y
-        else:  # nothing can be held out of one example per class
-            val_logits, val_y = train_logits, train_y
-        loss_fn = nn.CrossEntropyLoss()
-        val_accuracy = float((val_logits.argmax(1).numpy() == val_y).mean())
-        record = EpochRecord(1, loss_fn(train_logits, torch.as_tensor(train_y)).item(),
-                             loss_fn(val_logits, torch.as_tensor(val_y)).item(), val_accuracy, train_seconds,
-                             time.perf_counter() - fit_started - train_seconds)
-        stop_reason = STOP_CALLBACK if on_epoch is not None and on_epoch(1, val_accuracy) else STOP_COMPLETED
-        extra = {**fitted.details, "validation": data.validation}
-        refit = holdout and data.shots is not None
         if refit:
-            # Few labels: once validated, the saved head learns from every labelled example (training and
-            # validation shots), as scikit-learn's refit does; the validation accuracy is the held-out one.
-            extra["refit_on"] = "train+validation"
+            val_logits, val_y = None, None
+        elif holdout and not data.small_validation:
+            val_logits, val_y = head_logits(fitted.module, val_x), data.val.labels
+        elif holdout or data.validation == VALIDATION_CROSS:
+            # (a small validation split: the folds reuse the choices of the fit on all; few shots: nested)
+            val_logits = cross_validated_logits(fit, x, y, num_classes, config.seed,
+                                                fitted.details if holdout else None)
+            val_y = y
+            extra["validation"] = VALIDATED_BY_CROSS_VALIDATION
+        else:  # nothing can be held out of one example per class
+            val_logits, val_y = train_logits, y
+        train_loss = nn.functional.cross_entropy(train_logits, torch.as_tensor(y)).item()
+        record = epoch_record(1, train_loss, val_logits, val_y, config.metric, train_seconds,
+                              time.perf_counter() - fit_started - train_seconds)
+        stop_reason = STOP_CALLBACK if on_epoch is not None and on_epoch(1, record.val_score) else STOP_COMPLETED
+        extra.update(fitted.details, validation=extra.get("validation", data.validation))
 
-        def final_head() -> nn.Module:
-            if not refit:
-                return fitted.module
-            every_x, every_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, data.val.labels])
-            return fit(every_x, every_y, num_classes, config.seed, **fitted.details).module  # the same choices
-
-        def model_builder() -> TransferModel:  # only the trial kept as the best pays for the refit
+        def model_builder() -> TransferModel:
             model = self._build(backbone, config, num_classes)
-            model.head.load_state_dict(final_head().state_dict())
+            model.head.load_state_dict(fitted.module.state_dict())
             model.set_freeze_depth(0)
             return model.eval()
 
         return TrialResult(config=config, history=[record], stop_reason=stop_reason,
                            seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-                           samples_seen=len(train_y), model_builder=model_builder, extra=extra)
+                           samples_seen=len(y), model_builder=model_builder, extra=extra)
 
     def _fit_body(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-                  on_epoch: EpochCallback | None, deadline: float | None) -> TrialResult:
+                  on_epoch: EpochCallback | None, deadline: float | None, refit: bool) -> TrialResult:
         """Last-k, full fine-tuning and LP-FT: the body runs on every batch."""
         started, cpu_started = time.perf_counter(), time.process_time()
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"fitted_on": FITTED_ON_TRAIN_AND_VAL} if refit else {}
+        train_split = data.train_and_val() if refit else data.train
         probe_head = None
         if config.strategy == "lp_ft":
-            probe_head, probe_history, _, _ = self._train_head_on_features(
-                config, backbone, data, config.probe_passes, 1, None, deadline)
-            extra["probe_val_accuracy"] = probe_history[-1].val_accuracy if probe_history else None
+            try:
+                train_x = self.features(backbone, config.input_options, data, train_split, deadline=deadline)
+                val_x = None if refit else self.features(backbone, config.input_options, data, data.val,
+                                                         deadline=deadline)
+            except DeadlineReached:
+                return _empty_result(config, started, cpu_started)
+            probe_head, probe_history, _, _ = self._train_head(
+                config, len(data.classes), train_x, train_split.labels, val_x, None if refit else data.val.labels, config.probe_passes,
+                1, None, deadline)
+            extra["probe_val_accuracy"] = probe_history[-1].val_accuracy if probe_history and not refit else None
+            if probe_head is None:
+                return _empty_result(config, started, cpu_started, extra=extra)
         model = self._build(backbone, config, len(data.classes))
         if probe_head is not None:
             model.head.load_state_dict(probe_head.state_dict())
@@ -365,9 +486,9 @@ class Executor:
         head_lr = config.backbone_lr if config.strategy == "lp_ft" else config.head_lr
         optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
         preprocessor = backbone.preprocessor(config.input_options)
-        train_items = self.encoded(preprocessor, data, data.train)
-        val_items = self.encoded(preprocessor, data, data.val)
-        train_labels = torch.as_tensor(data.train.labels)
+        train_items = self.encoded(preprocessor, data, train_split)
+        val_items = [] if refit else self.encoded(preprocessor, data, data.val)
+        train_labels = torch.as_tensor(train_split.labels)
 
         def batches(generator: torch.Generator) -> Iterator[tuple[Any, torch.Tensor]]:
             order = torch.randperm(len(train_items), generator=generator)
@@ -375,12 +496,16 @@ class Executor:
                 index = order[start:start + config.batch_size]
                 yield preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
 
+        def validate(deadline: float | None) -> torch.Tensor:
+            return predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device, deadline)
+
         loop = _Loop(model, optimizer, math.ceil(len(train_items) / config.batch_size), batches,
-                     lambda deadline: predict_logits(model, preprocessor, val_items, config.batch_size * 2,
-                                                     self.device, deadline),
-                     f"{config.backbone} {config.strategy} depth={config.trained_depth(model.num_groups)}")
-        history, best_state, stop_reason, seen = self._run_epochs(loop, config, data, config.epochs, on_epoch,
-                                                                  deadline)
+                     None if refit else validate,
+                     f"{config.backbone} {config.strategy} depth={config.trained_depth(model.num_groups)}",
+                     len(data.classes), train_split.labels, None if refit else data.val.labels, len(val_items),
+                     project=True)
+        history, best_state, stop_reason, seen = self._run_epochs(loop, config, config.epochs, on_epoch, deadline)
+        extra.update(loop.notes)
         if best_state is not None:
             model.load_state_dict(best_state)
             model.eval()
@@ -402,23 +527,23 @@ class Executor:
         model.head = build_head(config.head, backbone.embedding_dim, num_classes)
         return model.to(self.device)
 
-    def _train_head_on_features(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle, passes: int,
-                                epochs: int, on_epoch: EpochCallback | None, deadline: float | None,
-                                ) -> tuple[nn.Module | None, list[EpochRecord], str, int]:
-        """Train the trial's head alone on the frozen body's cached features.
+    def _train_head(self, config: TrialConfig, num_classes: int, train_x: np.ndarray, train_y: np.ndarray,
+                    val_x: np.ndarray | None, val_y: np.ndarray | None, passes: int, epochs: int,
+                    on_epoch: EpochCallback | None,
+                    deadline: float | None, logits_by_epoch: list[torch.Tensor] | None = None,
+                    ) -> tuple[nn.Module | None, list[EpochRecord], str, int]:
+        """Train the trial's head alone on the frozen body's features ``train_x``.
 
         ``passes`` over the training features are spread over ``epochs`` reported epochs (a pass costs so
-        little that a probe needs many). Returns the best head (None if no epoch finished) and its history.
+        little that a probe needs many). Without ``val_x`` nothing is validated and the last epoch is kept.
+        ``logits_by_epoch`` collects each epoch's validation logits. Returns the best head (None if no epoch
+        finished), its history, why it stopped and how many examples went forward.
         """
-        try:
-            train_x = self.features(backbone, config.input_options, data, data.train, deadline=deadline)
-            val_x = self.features(backbone, config.input_options, data, data.val, deadline=deadline)
-        except DeadlineReached:  # the budget ran out while computing features: no epoch, nothing stored
-            return None, [], STOP_TIME, 0
-        train_x, val_x = torch.as_tensor(train_x).to(self.device), torch.as_tensor(val_x).to(self.device)
-        train_y = torch.as_tensor(data.train.labels)
+        train_x = torch.as_tensor(train_x).to(self.device)
+        features_of_val = None if val_x is None else torch.as_tensor(val_x).to(self.device)
+        train_targets = torch.as_tensor(train_y)
         torch.manual_seed(config.seed)
-        head = build_head(config.head, train_x.shape[1], len(data.classes)).to(self.device)
+        head = build_head(config.head, train_x.shape[1], num_classes).to(self.device)
         optimizer = torch.optim.AdamW(_with_and_without_decay(list(head.parameters()), config.head_lr,
                                                               config.weight_decay))
         passes_per_epoch = max(1, passes // epochs)
@@ -429,32 +554,37 @@ class Executor:
                 order = torch.randperm(len(train_x), generator=generator)
                 for start in range(0, len(order), config.batch_size):
                     index = order[start:start + config.batch_size]
-                    yield train_x[index.to(self.device)], train_y[index]
+                    yield train_x[index.to(self.device)], train_targets[index]
 
         @torch.no_grad()
         def validate(deadline: float | None) -> torch.Tensor:  # one matrix product: too quick to interrupt
             head.eval()
-            return head(val_x).float().cpu()
+            logits = head(features_of_val).float().cpu()
+            if logits_by_epoch is not None:
+                logits_by_epoch.append(logits)
+            return logits
 
-        loop = _Loop(head, optimizer, steps_per_pass * passes_per_epoch, batches, validate,
-                     f"{config.backbone} head on features")
-        history, best_state, stop_reason, seen = self._run_epochs(loop, config, data, epochs, on_epoch, deadline)
+        loop = _Loop(head, optimizer, steps_per_pass * passes_per_epoch, batches,
+                     None if val_x is None else validate, f"{config.backbone} head on features", num_classes,
+                     np.asarray(train_y),
+                     None if val_y is None else np.asarray(val_y))
+        history, best_state, stop_reason, seen = self._run_epochs(loop, config, epochs, on_epoch, deadline)
         if best_state is None:
             return None, history, stop_reason, seen
         head.load_state_dict(best_state)
         return head.eval(), history, stop_reason, seen
 
-    def _run_epochs(self, loop: _Loop, config: TrialConfig, data: DatasetBundle, epochs: int,
-                    on_epoch: EpochCallback | None, deadline: float | None,
+    def _run_epochs(self, loop: _Loop, config: TrialConfig, epochs: int, on_epoch: EpochCallback | None,
+                    deadline: float | None,
                     ) -> tuple[list[EpochRecord], dict[str, torch.Tensor] | None, str, int]:
-        """The epoch loop both paths share; returns the history, the best epoch's state, why it stopped and
-        how many training examples went forward."""
+        """The epoch loop every path shares; returns the history, the best epoch's state (without validation:
+        the last epoch's), why it stopped and how many training examples went forward."""
         generator = torch.Generator().manual_seed(config.seed)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             loop.optimizer, warmup_cosine(loop.steps_per_epoch * epochs, config.warmup_fraction))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        loss_fn = nn.CrossEntropyLoss()
-        val_labels = torch.as_tensor(data.val.labels)
+        weights = class_weights(loop.train_labels, loop.num_classes).to(self.device) if config.class_weighted else None
+        loss_fn = nn.CrossEntropyLoss(weight=weights)
         trained = [p for group in loop.optimizer.param_groups for p in group["params"]]
 
         history: list[EpochRecord] = []
@@ -465,12 +595,18 @@ class Executor:
         for epoch in progress:
             epoch_started = time.perf_counter()
             loop.module.train()
-            loss_sum, seen = 0.0, 0
+            loss_sum, seen, timed_from = 0.0, 0, None
             for step, (inputs, targets) in enumerate(tqdm(loop.batches(generator), total=loop.steps_per_epoch,
                                                           desc=f"epoch {epoch}", unit="batch", leave=False,
                                                           disable=not self.show_progress)):
                 if deadline is not None and time.monotonic() > deadline:
                     stop_reason = STOP_TIME
+                    break
+                if step == 1:
+                    timed_from = time.perf_counter()  # the first step pays one-off costs: time the next ones
+                if (loop.project and epoch == 1 and deadline is not None and timed_from is not None
+                        and step == 1 + STEPS_BEFORE_PROJECTION and self._over_budget(loop, timed_from, deadline)):
+                    stop_reason = STOP_OVER_BUDGET
                     break
                 inputs, targets = move_to(inputs, self.device), targets.to(self.device)
                 with _autocast(self.device):
@@ -487,30 +623,34 @@ class Executor:
                 loss_sum += loss.item() * len(targets)
                 seen += len(targets)
             samples_seen += seen
-            if stop_reason == STOP_TIME:
+            if stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
                 break
 
             train_seconds = time.perf_counter() - epoch_started
+            if loop.validate is None:  # a refit: nothing held out; the last epoch is the model
+                history.append(epoch_record(epoch, loss_sum / max(seen, 1), None, None, config.metric,
+                                            train_seconds, 0.0))
+                best_state = {k: v.detach().clone() for k, v in loop.module.state_dict().items()}
+                continue
             try:
                 val_logits = loop.validate(deadline)
             except DeadlineReached:  # an epoch counts only once validated: this one does not
                 stop_reason = STOP_TIME
                 break
-            val_loss = loss_fn(val_logits, val_labels).item()
-            val_accuracy = (val_logits.argmax(1) == val_labels).float().mean().item()
-            record = EpochRecord(epoch, loss_sum / max(seen, 1), val_loss, val_accuracy, train_seconds,
-                                 time.perf_counter() - epoch_started - train_seconds)
-            is_best = not history or val_accuracy > max(r.val_accuracy for r in history)
+            record = epoch_record(epoch, loss_sum / max(seen, 1), val_logits, loop.val_labels, config.metric,
+                                  train_seconds, time.perf_counter() - epoch_started - train_seconds)
+            is_best = not history or record.rank_key[:2] > max(r.rank_key for r in history)[:2]
             history.append(record)
-            progress.set_postfix(val_acc=f"{val_accuracy:.3f}")
-            logger.debug("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f",
-                         epoch, record.train_loss, val_loss, val_accuracy)
+            progress.set_postfix(val_acc=f"{record.val_accuracy:.3f}")
+            logger.debug("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f, %s %.4f", epoch,
+                         record.train_loss, record.val_loss, record.val_accuracy, config.metric,
+                         record.val_metrics[config.metric])
             if is_best:
                 best_state = {k: v.detach().clone() for k, v in loop.module.state_dict().items()}
                 epochs_without_gain = 0
             else:
                 epochs_without_gain += 1
-            if on_epoch is not None and on_epoch(epoch, val_accuracy):
+            if on_epoch is not None and on_epoch(epoch, record.val_score):
                 stop_reason = STOP_CALLBACK
                 break
             if epochs_without_gain >= config.early_stopping_patience and epoch < epochs:
@@ -518,6 +658,18 @@ class Executor:
                 break
         progress.close()
         return history, best_state, stop_reason, samples_seen
+
+    @staticmethod
+    def _over_budget(loop: _Loop, timed_from: float, deadline: float) -> bool:
+        """Whether one epoch and its validation, projected from the steps timed so far, would end past
+        ``deadline`` (a forward pass is taken as a third of a training step's forward and backward)."""
+        per_step = (time.perf_counter() - timed_from) / STEPS_BEFORE_PROJECTION
+        steps_left = loop.steps_per_epoch - 1 - STEPS_BEFORE_PROJECTION
+        batch_size = max(1, math.ceil(len(loop.train_labels) / loop.steps_per_epoch))
+        projected = per_step * steps_left + per_step / 3 * loop.val_examples / batch_size
+        loop.notes["projected_epoch_seconds"] = round(per_step * loop.steps_per_epoch
+                                                      + per_step / 3 * loop.val_examples / batch_size, 1)
+        return time.monotonic() + projected > deadline
 
 
 def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], config: TrialConfig) -> TrialResult:

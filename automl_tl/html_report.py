@@ -59,7 +59,8 @@ def write_report(study: optuna.Study, run_dir: str | Path, storage: str | None =
     if board.empty:
         page.note("The study has no trials yet.")
     else:
-        page.add(_leaderboard_table(board, None if evaluation is None else evaluation.get("trial")))
+        metric = (study.user_attrs.get("search_space") or {}).get("metric", "accuracy")
+        page.add(_leaderboard_table(board, None if evaluation is None else evaluation.get("trial"), metric))
         page.figure("leaderboard.png", "Validation accuracy of every trial", lambda: plots.leaderboard_chart(board))
     page.add("<h2>Optimisation history</h2>")
     page.figure("history.png", "Optimisation history", lambda: plots.history_chart(board),
@@ -256,16 +257,16 @@ def _param(value: Any) -> str:
 
 #: how each leaderboard column is shown (format spec); others as text
 _FORMATS = {"backbone_lr": ".2e", "head_lr": ".2e", "layer_decay": ".3f", "head_dropout": ".2f",
-            "val_accuracy": ".4f", "seconds": ".1f", "cpu_seconds": ".1f"}
+            "val_score": ".4f", "val_accuracy": ".4f", "val_loss": ".4f", "seconds": ".1f", "cpu_seconds": ".1f"}
 _NUMERIC = {"trial", "freeze_depth", "head_hidden", "best_epoch", "epochs_run", *_FORMATS}
 
 
 #: the leaderboard's columns as the page shows them: what a reader compares first on the left
-_FIRST_COLUMNS = ["trial", "state", "val_accuracy", "backbone", "strategy"]
+_FIRST_COLUMNS = ["trial", "state", "val_score", "val_accuracy", "backbone", "strategy"]
 _SHOWN_COLUMNS = [*_FIRST_COLUMNS, *[c for c in LEADERBOARD_COLUMNS if c not in _FIRST_COLUMNS]]
 
 
-def _leaderboard_table(board: pd.DataFrame, best_trial: int | None) -> str:
+def _leaderboard_table(board: pd.DataFrame, best_trial: int | None, metric: str = "accuracy") -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _SHOWN_COLUMNS)
     body = []
     for row in board.to_dict("records"):
@@ -287,8 +288,9 @@ def _leaderboard_table(board: pd.DataFrame, best_trial: int | None) -> str:
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
     return (f'<div class="scroll"><table id="leaderboard" class="grid"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>"
-            '<p class="legend">Best validation accuracy first; the best model\'s row is highlighted. Pruned trials '
-            "show the accuracy they had when stopped.</p>")
+            f'<p class="legend">val_score is the validation {html.escape(metric.replace("_", " "))} the search '
+            "selected by; the best first (ties: the lower val_loss), the best model's row highlighted. Pruned "
+            "trials show the score they had when stopped.</p>")
 
 
 def _test_section(page: _Page, evaluation: dict[str, Any] | None) -> None:

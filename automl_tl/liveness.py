@@ -134,7 +134,7 @@ def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> lis
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             continue  # another worker recovered it first (or it just finished after all)
         if retried:
-            attrs = {k: v for k, v in trial.user_attrs.items() if k in ("warm_start",)}
+            attrs = {k: v for k, v in trial.user_attrs.items() if k in (WARM_START_ATTR,)}
             study.enqueue_trial(trial.params, user_attrs={**attrs, RETRY_OF_ATTR: trial.number,
                                                           ATTEMPT_ATTR: attempt + 1})
         logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
@@ -143,6 +143,8 @@ def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> lis
 
 
 SLOT_ATTR = "slot"  # user attribute: the trial's place in an uninterrupted run (see trial_slot)
+#: marks a warm start: a trial whose parameters were fixed in advance (see automl_tl.sampling)
+WARM_START_ATTR = "warm_start"
 
 
 def trial_slot(study: optuna.Study, trial: FrozenTrial) -> int:

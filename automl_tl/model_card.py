@@ -179,7 +179,10 @@ def _search_section(config: dict[str, Any], summary: dict[str, Any] | None, mani
         taus = ", ".join(f"{score} {'n/a' if tau is None else f'{tau:+.2f}'}" for score, tau in ranking["kendall_tau"].items())
         lines.append(f"| pre-ranking | by transferability: {_listing(ranking['ranking'])} "
                      f"(Kendall tau against the best validation accuracy: {taus}) |")
-    lines += ["", f"Chosen: trial {summary.get('best_trial')}, by validation accuracy, with", "",
+    metric = str(summary.get("metric", "accuracy")).replace("_", " ")
+    lines += ["", f"Chosen: trial {summary.get('best_trial')}, by validation {metric}"
+              f"{' (the default for imbalanced classes)' if summary.get('metric_chosen') == 'default for the data' and metric != 'accuracy' else ''}"
+              f"{', trained with a class-weighted loss' if summary.get('class_weighted_loss') else ''}, with", "",
               "| parameter | value |", "|---|---|"]
     chosen = (config.get("trial_config") or {})
     for name in _relevant_parameters(chosen):
@@ -236,6 +239,14 @@ def _metrics_section(config: dict[str, Any], metrics: dict[str, Any] | None, val
     lines += ["", f"Chance level (uniform guessing): {1 / max(n_classes, 1):.4f}; the 95% interval of test accuracy "
               "is Wilson's. The validation split chose the model among the trials, so only the test numbers are "
               "unbiased.", ""]
+    measured = metrics.get("model") or {}
+    if measured:
+        learnt = ("training + validation" if measured.get("fitted_on") == "train+validation"
+                  else "the training split")
+        lines += [f"**Which model was measured.** The saved model learnt from {learnt} (refit: "
+                  f"{measured.get('refit', 'n/a')}). The validation figures are those of trial {measured.get('trial')}"
+                  f" as the search scored it ({(metrics.get('validation') or {}).get('validated_by', 'holdout')}), "
+                  f"before any refit; test: {measured.get('test', 'n/a')}.", ""]
     return lines
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from automl_tl.metrics import signed
 from automl_tl.model_io import write_json_atomic, write_text_atomic
 
 PARAMETERS = ["backbone", "strategy", "freeze_depth", "backbone_lr", "layer_decay", "head_lr", "head", "head_hidden",
@@ -19,21 +20,33 @@ TEST_EVALUATION_ATTR = "test_evaluation"  # the best model on the test set: metr
 TRANSFERABILITY_ATTR = "transferability"  # the pre-ranking's scores per backbone
 DATA_SUMMARY_ATTR = "data_summary"  # modality, split sizes, columns
 FINISHED_STATES = ("COMPLETE", "PRUNED")
-LEADERBOARD_COLUMNS = ["trial", "state", *PARAMETERS, "val_accuracy", "best_epoch", "epochs_run", "stop_reason",
-                       "seconds", "cpu_seconds", "error"]
+#: ``val_score`` is the search's metric (``summary.json``'s "metric") in its own units; ``val_loss`` breaks ties
+LEADERBOARD_COLUMNS = ["trial", "state", *PARAMETERS, "val_score", "val_accuracy", "val_loss", "validation",
+                       "best_epoch", "epochs_run", "stop_reason", "seconds", "cpu_seconds", "error"]
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, best validation accuracy first (trials without one last)."""
-    rows = []
+    """One row per trial, best validation score first (ties: lower validation loss, then the earlier trial;
+    trials without a score last)."""
+    rows, order = [], []
     for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.WAITING:
+            continue  # a retry not started yet: it is listed once it runs
         attrs = trial.user_attrs
-        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else attrs.get("best_val_accuracy")
+        accuracy = attrs.get("best_val_accuracy")
+        metric = attrs.get("metric", "accuracy")
+        score = attrs.get("best_val_score", accuracy if metric == "accuracy" else None)
+        loss = attrs.get("best_val_loss")
+        order.append((math.nan if score is None else -signed(metric, score),
+                      math.inf if loss is None or math.isnan(loss) else loss, trial.number))
         rows.append({
             "trial": trial.number,
             "state": trial.state.name,
             **{name: trial.params.get(name) for name in PARAMETERS},
-            "val_accuracy": value,
+            "val_score": score,
+            "val_accuracy": accuracy,
+            "val_loss": loss,
+            "validation": attrs.get("validation"),
             "best_epoch": attrs.get("best_epoch"),
             "epochs_run": attrs.get("epochs_run"),
             "stop_reason": attrs.get("stop_reason"),
@@ -46,7 +59,9 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         return frame
     for column in ("freeze_depth", "head_hidden", "best_epoch", "epochs_run"):
         frame[column] = frame[column].astype("Int64")  # whole numbers, with gaps where a trial failed
-    return frame.sort_values(["val_accuracy", "trial"], ascending=[False, True], na_position="last").reset_index(drop=True)
+    keys = pd.DataFrame(order, columns=["score", "loss", "trial"])
+    ranked = keys.sort_values(["score", "loss", "trial"], na_position="last").index
+    return frame.loc[ranked].reset_index(drop=True)
 
 
 def best_accuracy_by_backbone(board: pd.DataFrame) -> dict[str, float]:
@@ -59,7 +74,7 @@ def _markdown(frame: pd.DataFrame) -> str:
     shown = frame.drop(columns=["error"]).copy()
     for column in ("backbone_lr", "head_lr"):
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2e}")
-    for column in ("layer_decay", "head_dropout", "val_accuracy", "seconds", "cpu_seconds"):
+    for column in ("layer_decay", "head_dropout", "val_score", "val_accuracy", "val_loss", "seconds", "cpu_seconds"):
         shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}")
     return shown.astype(object).where(shown.notna(), "").to_markdown(index=False, disable_numparse=True)
 

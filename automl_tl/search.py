@@ -18,23 +18,27 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
-from automl_tl.config import FROZEN_BODY_STRATEGIES, JOURNAL_FILE, SearchConfig, is_journal_path
-from automl_tl.data import DatasetBundle
+from automl_tl.config import FROZEN_BODY_STRATEGIES, JOURNAL_FILE, SearchConfig, TrialConfig, is_journal_path
+from automl_tl.data import VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
-from automl_tl.executor import STOP_CALLBACK, Executor, TrialResult, accuracy, predict_logits
+from automl_tl.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_CALLBACK, STOP_OVER_BUDGET, STOP_TIME, Executor,
+                                TrialResult, predict_logits)
+from automl_tl.feature_cache import DeadlineReached
+from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
 from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, Predictor, load_model_dir, repair_interrupted_save,
                                 save_model, write_json_atomic)
 from automl_tl.feature_cache import FeatureCache
@@ -47,7 +51,7 @@ from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
 from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
                               leaderboard, write_leaderboard, write_summary, write_transferability)
-from automl_tl.sampling import SlotSeededSampler
+from automl_tl.sampling import WARM_START_ATTR, SlotSeededSampler
 from automl_tl.space import SearchSpace, suggest_trial_config
 
 logger = logging.getLogger(__name__)
@@ -59,6 +63,12 @@ RUNNING = (optuna.trial.TrialState.RUNNING,)
 # matrix up to this many classes, and the per-class rows up to the second number.
 MAX_CONFUSION_CLASSES = 50
 MAX_PER_CLASS_ROWS = 200
+#: study attribute: the warm-start trials' parameters, in order (the sampler gives them to the first slots)
+WARM_START_PARAMS_ATTR = "warm_start_params"
+#: what the budget keeps back, beyond the measured estimates, for writing the results once trials stop: this
+#: many seconds, or this share of a smaller budget
+SAVE_MARGIN_SECONDS = 5.0
+SAVE_MARGIN_FRACTION = 0.05
 
 
 class TrialFailed(Exception):
@@ -100,14 +110,15 @@ def mask_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
-def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
+def _make_sampler_and_pruner(config: SearchConfig, warm_starts: list[dict[str, Any]] | None = None,
                              ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     # A few random trials first, then TPE; fewer than Optuna's default 10 because our budgets are small.
     # Warm-start trials already spread the first trials over the backbones, so they stand in for most of
     # the random ones (TPE counts them as startup trials too): two random trials follow them.
-    startup = max(2, min(10, config.n_trials // 3))
+    warm_starts = warm_starts or []
+    startup = max(2, min(10, (config.n_trials or 30) // 3))
     if warm_starts:
-        startup = min(startup, warm_starts + 2)
+        startup = min(startup, len(warm_starts) + 2)
     if config.sampler == "random":
         def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.RandomSampler(seed=seed)
@@ -115,7 +126,7 @@ def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
         def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
     # seeded per trial: a resumed or shared study draws what an uninterrupted one would have
-    sampler = SlotSeededSampler(make_sampler, config.seed)
+    sampler = SlotSeededSampler(make_sampler, config.seed, warm_starts)
     if config.pruner == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=config.min_epochs, max_resource=config.max_epochs,
                                                 reduction_factor=3)
@@ -130,17 +141,29 @@ def _make_sampler_and_pruner(config: SearchConfig, warm_starts: int = 0,
 
 def saved_best_accuracy(run_dir: Path) -> float | None:
     """Validation accuracy of the model in ``run_dir/best_model``, if there is one."""
-    saved = _saved_best(run_dir)
-    return None if saved is None else saved[0]
+    config = _saved_best_config(run_dir)
+    return None if config is None else config.get("val_accuracy")
 
 
-def _saved_best(run_dir: Path) -> tuple[float, int] | None:
-    """(validation accuracy, trial number) of the model in ``run_dir/best_model``, if there is one."""
+def _saved_best_config(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / BEST_MODEL_DIR / CONFIG_FILE
-    if not path.is_file():
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _rank_key(score: float, val_loss: float | None, trial: int) -> tuple[float, float, int]:
+    """How trials are compared: the score (higher is better), then the lower validation loss, then the earlier
+    trial (a NaN loss, from models saved before losses were kept, counts as the worst)."""
+    loss = math.inf if val_loss is None or math.isnan(val_loss) else val_loss
+    return (score, -loss, -trial)
+
+
+def _saved_best(run_dir: Path) -> tuple[float, float, int] | None:
+    """The rank key (see :func:`_rank_key`) of the model in ``run_dir/best_model``, if there is one."""
+    config = _saved_best_config(run_dir)
+    if config is None:
         return None
-    config = json.loads(path.read_text())
-    return config.get("val_accuracy"), config.get("trial", -1)
+    score = config.get("val_score", config.get("val_accuracy"))  # models saved before scores were kept
+    return _rank_key(score, config.get("val_loss"), config.get("trial", -1))
 
 
 class Search:
@@ -170,7 +193,9 @@ class Search:
         self.space: SearchSpace | None = None
         self._results: dict[int, TrialResult] = {}
         self._deadline: float | None = None
-        self._attempts_left = 0  # trials this process may still start in this run
+        self._attempts_left: float = 0  # trials this process may still start in this run
+        #: measured seconds per example of each backbone's whole model in evaluation (test evaluation's cost)
+        self._inference_cost: dict[str, float] = {}
 
     def prepare(self) -> SearchSpace:
         """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space."""
@@ -184,8 +209,14 @@ class Search:
             if self.config.top_k is not None:
                 candidates = list(self.ranking["backbone"][:self.config.top_k])
         max_groups = max(self.backbones[name].build(2, pretrained=False).num_groups for name in candidates)
+        labels, num_classes = self.data.train.labels, len(self.data.classes)
+        metric = self.config.metric or default_metric(labels, num_classes)
+        weighted = uses_class_weights(metric, labels, num_classes)
+        if self.config.metric is None and metric != "accuracy":
+            logger.info("the classes are imbalanced (the largest has 3 or more times the examples of the smallest): "
+                        "trials are selected by %s%s", metric, ", with a class-weighted loss" if weighted else "")
         self.space = SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
-                                             few_labels=self.data.shots is not None, validation=self.data.validation)
+                                             validation=self.data.validation, metric=metric, class_weighted=weighted)
         return self.space
 
     # ------------------------------------------------------------ the study
@@ -206,11 +237,12 @@ class Search:
         except KeyError:
             study = optuna.create_study(storage=storage, study_name=self.config.study_name, direction="maximize",
                                         load_if_exists=True)
-        # (A worker joining has no ranking of its own: the study's maker enqueued the warm starts.)
-        warm_starts = [] if self.ranking is None else warm_start_params(self.ranking, self.space)[:self.config.n_trials]
+        # (A worker joining has no ranking of its own: it takes the warm starts the study's maker stored.)
+        warm_starts = [] if self.ranking is None else warm_start_params(self.ranking, self.space)
+        warm_starts = warm_starts[:self.config.n_trials] if self.config.n_trials else warm_starts
         # the sampler starts as the study's maker set it up, whichever process this is
         study.sampler, study.pruner = _make_sampler_and_pruner(
-            self.config, study.user_attrs.get("warm_starts", len(warm_starts)))
+            self.config, study.user_attrs.get(WARM_START_PARAMS_ATTR, warm_starts))
         stored_data = study.user_attrs.get("data_fingerprint")
         stored_space = study.user_attrs.get("search_space")
         if stored_data is None:
@@ -222,6 +254,7 @@ class Search:
             study.set_user_attr("data_source", self.data_source)
             study.set_user_attr("run_dir", str(self.run_dir.resolve()))
             study.set_user_attr("warm_starts", len(warm_starts))
+            study.set_user_attr(WARM_START_PARAMS_ATTR, warm_starts)
         elif stored_data != self.data.fingerprint:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
                               f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
@@ -234,13 +267,6 @@ class Search:
         if self.ranking is not None and TRANSFERABILITY_ATTR not in study.user_attrs:
             # kept with the study, so that the report can be rebuilt from the storage alone
             study.set_user_attr(TRANSFERABILITY_ATTR, {"scores": _json_records(self.ranking)})
-        if warm_starts and not study.user_attrs.get("warm_starts_enqueued"):
-            # A new study: the best-ranked backbones first, as cheap probes, then one strong fine-tuning.
-            # (Counting those already there: a run killed while enqueueing them adds only the rest.)
-            present = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start"))
-            for params in warm_starts[present:]:
-                study.enqueue_trial(params, user_attrs={"warm_start": True})
-            study.set_user_attr("warm_starts_enqueued", True)
         return study
 
     def run(self, workers: int = 1) -> SearchOutcome:
@@ -272,21 +298,23 @@ class Search:
 
     def optimize(self, study: optuna.Study) -> None:
         """Run trials in this process until the study has ``n_trials`` finished (or running) trials, this
-        process has started as many as were missing when it began, or the deadline passes.
+        process has started as many as were missing when it began, or the time left for trials runs out (the
+        budget less what testing and refitting the best model will take: see :meth:`time_for_trials`).
 
         Trials of dead workers are recovered first, and again after every trial.
         """
         recover_dead_trials(study)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        remaining = self.config.n_trials - finished
+        remaining = math.inf if self.config.n_trials is None else self.config.n_trials - finished
         if finished:
-            logger.info("resuming study %r: %d trial(s) already finished, %d to go",
-                        self.config.study_name, finished, max(remaining, 0))
+            logger.info("resuming study %r: %d trial(s) already finished, %s to go", self.config.study_name,
+                        finished, "as many as the time allows" if remaining == math.inf else max(remaining, 0))
         self._attempts_left = remaining  # failed trials count too, so a search that keeps failing ends
         time_left = None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-        if self._enough(study) or time_left == 0.0:
+        if self._enough(study) or self._out_of_time():
             return
-        progress = tqdm(total=remaining, desc="trials", unit="trial", disable=not self.executor.show_progress)
+        progress = tqdm(total=None if remaining == math.inf else remaining, desc="trials", unit="trial",
+                        disable=not self.executor.show_progress)
         try:
             study.optimize(self._objective, n_trials=None, timeout=time_left, catch=(TrialFailed,),
                            callbacks=[self._after_trial, lambda *_: progress.update(), self._stop_when_enough,
@@ -298,14 +326,63 @@ class Search:
     def _enough(self, study: optuna.Study) -> bool:
         """Whether this process should start no more trials: the study's finished and running trials
         (other workers' included) reach ``n_trials``, or this process used up its attempts."""
+        if self._attempts_left <= 0:
+            return True
+        if self.config.n_trials is None:
+            return False
         counted = len(study.get_trials(deepcopy=False, states=FINISHED + RUNNING))
-        return counted >= self.config.n_trials or self._attempts_left <= 0
+        return counted >= self.config.n_trials
 
     def _stop_when_enough(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self._attempts_left -= 1
         recover_dead_trials(study)
-        if self._enough(study):
+        if self._enough(study) or self._out_of_time():
             study.stop()
+
+    def time_for_trials(self) -> float | None:
+        """Seconds left for trials: the budget less the estimated cost of what follows them (None: no budget)."""
+        if self._deadline is None:
+            return None
+        return self._deadline - time.monotonic() - self.finish_reserve()
+
+    def _out_of_time(self) -> bool:
+        left = self.time_for_trials()
+        return left is not None and left <= 0
+
+    def finish_reserve(self) -> float:
+        """Seconds kept back from trials for what follows them, measured on the best model so far: testing it
+        (its backbone's measured inference cost per example), refitting it on training + validation (its
+        trial's epochs, scaled to the larger data), and a margin for writing the results (:meth:`_save_margin`)."""
+        config = _saved_best_config(self.run_dir)
+        if config is None:
+            return self._save_margin()
+        backbone = config.get("trial_config", {}).get("backbone")
+        testing = self._inference_cost.get(backbone, 0.0) * len(self.data.test)
+        return testing + self._refit_estimate(config) + self._save_margin()
+
+    def _save_margin(self) -> float:
+        return min(SAVE_MARGIN_SECONDS, SAVE_MARGIN_FRACTION * (self.config.timeout or math.inf))
+
+    def _refit_estimate(self, config: dict[str, Any]) -> float:
+        """Seconds a refit of the saved model ``config`` would take (0 when none is due)."""
+        if not self._refit_due(config):
+            return 0.0
+        scale = (len(self.data.train) + len(self.data.val)) / max(len(self.data.train), 1)
+        return float(config.get("train_seconds_per_epoch") or 0.0) * (config.get("best_epoch") or 1) * scale
+
+    def _refit_due(self, config: dict[str, Any]) -> bool:
+        """Whether the saved model ``config`` is still to be refitted on training + validation."""
+        return (self.config.refit and config.get("fitted_on") != FITTED_ON_TRAIN_AND_VAL and len(self.data.val) > 0
+                and self.data.validation == VALIDATION_HOLDOUT)
+
+    def _trial_deadline(self) -> float | None:
+        """When the trial starting now must stop: the time for trials, or the trial's own budget if sooner."""
+        left = self.time_for_trials()
+        deadline = None if left is None else time.monotonic() + max(left, 0.0)
+        if self.config.trial_timeout is not None:
+            trial_deadline = time.monotonic() + self.config.trial_timeout
+            deadline = trial_deadline if deadline is None else min(deadline, trial_deadline)
+        return deadline
 
     # ------------------------------------------------------------ one trial
 
@@ -315,20 +392,17 @@ class Search:
         config = suggest_trial_config(trial, self.space, self.config, slot=slot)
         backbone = self.backbones[config.backbone]
 
-        def on_epoch(epoch: int, val_accuracy: float) -> bool:
+        def on_epoch(epoch: int, score: float) -> bool:
             if config.strategy in FROZEN_BODY_STRATEGIES:
                 # A probe on cached features costs next to nothing: pruning it saves nothing, and its
                 # many passes per epoch would set an unfair bar at each rung for the fine-tuning trials.
                 # (A head fitted on the embeddings has one "epoch", and nothing left to save either.)
                 return False
-            trial.report(val_accuracy, step=epoch)
+            trial.report(score, step=epoch)
             # After the last epoch there is nothing left to save by pruning: the trial is complete.
             return epoch < config.epochs and trial.should_prune()
 
-        deadline = self._deadline
-        if self.config.trial_timeout is not None:
-            trial_deadline = time.monotonic() + self.config.trial_timeout
-            deadline = trial_deadline if deadline is None else min(deadline, trial_deadline)
+        deadline = self._trial_deadline()
         try:
             # trial._trial_id: the storage's id of this trial (Optuna has no public accessor)
             with Heartbeat(trial.study._storage, trial._trial_id):
@@ -348,6 +422,15 @@ class Search:
         if result.stop_reason == STOP_CALLBACK:
             result.release_model()
             raise optuna.TrialPruned(f"pruned after epoch {result.history[-1].epoch}")
+        if result.stop_reason == STOP_OVER_BUDGET:
+            # Measured, not guessed: the first batches showed the epoch would not end in time. Pruned, so the
+            # sampler learns that this corner of the space does not pay within the budget.
+            projected = result.extra.get("projected_epoch_seconds")
+            message = (f"not run: one epoch would take about {projected:.0f}s, more than the "
+                       f"{max(deadline - time.monotonic(), 0):.0f}s left for trials")
+            trial.set_user_attr("error", message)
+            logger.info("trial %d %s (%s %s)", trial.number, message, config.backbone, config.strategy)
+            raise optuna.TrialPruned(message)
         if not result.has_model:
             # Failed, not pruned: a resumed search with more time should try this trial again.
             trial.set_user_attr("error", "the time budget ran out before the first epoch finished")
@@ -355,46 +438,68 @@ class Search:
             raise TrialFailed("the time budget ran out before the first epoch finished")
         self._keep_if_best(result)
         result.release_model()  # the weights are on disk if they were the best; free them now
-        return result.best_val_accuracy
+        return result.best_score
 
     def _record(self, trial: optuna.Trial, result: TrialResult) -> None:
+        best = result.best_record
         attrs = {"stop_reason": result.stop_reason, "seconds": round(result.seconds, 3),
                  "cpu_seconds": round(result.cpu_seconds, 3), "samples_seen": result.samples_seen,
                  "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                  "best_val_accuracy": result.best_val_accuracy,
                  "val_accuracy_by_epoch": [round(r.val_accuracy, 5) for r in result.history],
-                 "batch_size_used": result.config.batch_size}
-        if "oom_retry" in result.extra:  # ran out of memory once and finished at half the batch size
-            attrs["oom_retry"] = result.extra["oom_retry"]
+                 "batch_size_used": result.config.batch_size, "metric": result.config.metric}
+        if best is not None:
+            attrs.update(best_val_score=best.val_metrics.get(result.config.metric), best_val_loss=best.val_loss)
+        for key in ("validation", "fitted_on", "oom_retry", "projected_epoch_seconds"):
+            if key in result.extra:
+                attrs[key] = result.extra[key]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        if result.config.strategy not in FROZEN_BODY_STRATEGIES and best is not None and len(self.data.val):
+            # the whole model ran on the validation split: what testing it will cost per example
+            self._inference_cost[result.config.backbone] = best.val_seconds / len(self.data.val)
 
     def _keep_if_best(self, result: TrialResult) -> None:
         """Save the trial's model as ``best_model`` if no better one is saved (atomic, under a lock)."""
+        best = result.best_record
         with exclusive_lock(self.run_dir / ".best_model.lock"):
             repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)  # a worker killed while saving
-            # Ties go to the lower trial number, as in the leaderboard, whichever worker finished first.
+            # Ties go to the lower validation loss, then the lower trial number, whichever worker finished first.
             saved = _saved_best(self.run_dir)
-            if saved is not None and (saved[0], -saved[1]) >= (result.best_val_accuracy, -result.trial_number):
+            if saved is not None and saved >= _rank_key(best.val_score, best.val_loss, result.trial_number):
                 return
             backbone = self.backbones[result.config.backbone]
-            preprocessor = backbone.preprocessor(result.config.input_options)
-            save_model(result.final_model(), self.run_dir / BEST_MODEL_DIR, {
-                "backbone": backbone.describe(),
-                "head": result.config.head.to_dict(),
-                "classes": self.data.classes,
-                "input_column": self.data.input_column,
-                "label_column": self.data.label_column,
-                "input_options": result.config.to_dict()["input_options"],
-                "preprocessing": preprocessor.describe(),
+            self._save(result.final_model(), backbone, result.config, {
                 "trial": result.trial_number,
-                "trial_config": result.config.to_dict(),
                 "val_accuracy": result.best_val_accuracy,
+                "val_score": best.val_score,
+                "val_loss": best.val_loss,
+                "val_metrics": best.val_metrics,
+                "validation": result.extra.get("validation", self.data.validation),
+                "fitted_on": result.extra.get("fitted_on", "train"),
                 "best_epoch": result.best_epoch,
-                "data_fingerprint": self.data.fingerprint,
+                "train_seconds_per_epoch": (sum(r.train_seconds for r in result.history) / len(result.history)
+                                            if result.config.strategy not in FROZEN_BODY_STRATEGIES else 0.0),
             })
-            logger.info("trial %d is the best so far (validation accuracy %.4f): saved to %s",
-                        result.trial_number, result.best_val_accuracy, self.run_dir / BEST_MODEL_DIR)
+            logger.info("trial %d is the best so far (validation %s %.4f): saved to %s", result.trial_number,
+                        result.config.metric, best.val_metrics[result.config.metric], self.run_dir / BEST_MODEL_DIR)
+
+    def _save(self, model, backbone: Backbone, config: TrialConfig, details: dict[str, Any]) -> None:
+        """Write ``model`` as ``best_model`` with its config: what it is, how to feed it, and ``details``."""
+        preprocessor = backbone.preprocessor(config.input_options)
+        save_model(model, self.run_dir / BEST_MODEL_DIR, {
+            "backbone": backbone.describe(),
+            "head": config.head.to_dict(),
+            "classes": self.data.classes,
+            "input_column": self.data.input_column,
+            "label_column": self.data.label_column,
+            "input_options": config.to_dict()["input_options"],
+            "preprocessing": preprocessor.describe(),
+            "trial_config": config.to_dict(),
+            "metric": config.metric,
+            "data_fingerprint": self.data.fingerprint,
+            **details,
+        })
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         result = self._results.pop(trial.number, None)
@@ -402,13 +507,13 @@ class Search:
             return
         result.state = trial.state.name
         result.error = trial.user_attrs.get("error")
-        value = result.best_val_accuracy
+        best = result.best_record
         config = result.config
         logger.info("trial %d %s: %s %s depth=%s backbone_lr=%.1e decay=%.2f head=%s head_lr=%.1e epochs run=%d "
-                    "-> val_accuracy=%s (%.1fs)", trial.number, result.state.lower(), config.backbone,
+                    "-> val %s=%s (%.1fs)", trial.number, result.state.lower(), config.backbone,
                     config.strategy, config.freeze_depth, config.backbone_lr, config.layer_decay, config.head.kind,
-                    config.head_lr, len(result.history),
-                    "n/a" if value is None else f"{value:.4f}", result.seconds)
+                    config.head_lr, len(result.history), config.metric,
+                    "n/a" if best is None else f"{best.val_metrics[config.metric]:.4f}", result.seconds)
         get_plugin_manager().hook.trial_finished(result=result)
 
     # ------------------------------------------------------------ the end
@@ -424,23 +529,32 @@ class Search:
             self._write_report(study)  # what there is: the trials, their failures
             raise AutomlTLError(f"no trial finished within the budget; the leaderboard is in {self.run_dir}; "
                                 "raise --timeout or --trials and run the same command again to continue")
+        refit_note = self._refit_best()
         predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
-        best_trial = predictor.config["trial"]
-        evaluation = self._evaluation(predictor, self.data.test)
+        saved = predictor.config
+        best_trial = saved["trial"]
+        evaluation, test_note = self._test_evaluation(predictor)
         if evaluation is not None:
-            evaluation.update(trial=best_trial, val_accuracy=predictor.config["val_accuracy"])
+            evaluation.update(trial=best_trial, val_accuracy=saved["val_accuracy"])
             study.set_user_attr(TEST_EVALUATION_ATTR, evaluation)  # the report reads it from the study
         test_metrics = None if evaluation is None else evaluation["metrics"]
-        validation_metrics = self._evaluation(predictor, self.data.val)["metrics"]
+        metric = saved.get("metric", "accuracy")
+        validation_metrics = {**saved.get("val_metrics", {}), "examples": len(self.data.val),
+                              "validated_by": saved.get("validation", self.data.validation)}
+        measured = {"trial": best_trial, "fitted_on": saved.get("fitted_on", "train"), "refit": refit_note,
+                    "test": test_note}
         write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
-                          {"trial": best_trial, "val_accuracy": predictor.config["val_accuracy"],
-                           "validation": validation_metrics, "test": test_metrics})
+                          {"trial": best_trial, "metric": metric, "val_accuracy": saved["val_accuracy"],
+                           "validation": validation_metrics, "test": test_metrics, "model": measured})
         best_params = study.trials[best_trial].params
         states = board["state"].value_counts().to_dict()
         transferability = self._transferability(board)
         write_summary(self.run_dir, {
             "study": self.config.study_name, "best_trial": best_trial, "best_params": best_params,
-            "val_accuracy": predictor.config["val_accuracy"], "test": test_metrics,
+            "metric": metric, "metric_chosen": "given" if self.config.metric else "default for the data",
+            "class_weighted_loss": self.space.class_weighted,
+            "val_accuracy": saved["val_accuracy"], "val_score": saved.get("val_metrics", {}).get(metric),
+            "validation": validation_metrics, "test": test_metrics, "model": measured,
             "trials_by_state": states, "total_seconds": float(board["seconds"].fillna(0).sum()),
             "total_cpu_seconds": float(board["cpu_seconds"].fillna(0).sum()), "data": self.data.summary(),
             "transferability": transferability,
@@ -450,12 +564,67 @@ class Search:
         write_model_card(self.run_dir)  # from the files just written: MODEL_CARD.md
         self._write_report(study)
         test_accuracy = "n/a" if test_metrics is None else f"{test_metrics['accuracy']:.4f}"
-        logger.info("best trial %d: %s, validation accuracy %.4f, test accuracy %s",
-                    best_trial, best_params, predictor.config["val_accuracy"], test_accuracy)
+        logger.info("best trial %d: %s, validation %s %.4f, test accuracy %s (%s)", best_trial, best_params, metric,
+                    validation_metrics.get(metric, math.nan), test_accuracy,
+                    "the model learnt from training + validation" if saved.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
+                    else "the model learnt from the training split")
         outcome = SearchOutcome(self.run_dir, study, board, best_trial, best_params,
-                                predictor.config["val_accuracy"], test_metrics, transferability, predictor)
+                                saved["val_accuracy"], test_metrics, transferability, predictor)
         get_plugin_manager().hook.search_finished(outcome=outcome)
         return outcome
+
+    def _refit_best(self) -> str:
+        """Train the best trial's configuration again on training + validation, for the epochs it ran best,
+        if the budget allows (the measured estimate and the test evaluation must fit); the refitted model
+        replaces ``best_model`` and keeps its trial's validation figures. Returns what was done, for the record."""
+        config = _saved_best_config(self.run_dir)
+        if not self.config.refit:
+            return "not asked for (--no-refit)"
+        if config.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL:
+            return "none needed: the model was fitted on training + validation"
+        if not self._refit_due(config):
+            return "none: nothing held out for validation to learn from"
+        estimate = self._refit_estimate(config)
+        testing = self._inference_cost.get(config["trial_config"]["backbone"], 0.0) * len(self.data.test)
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic() - testing - self._save_margin()
+            if estimate > left:
+                logger.info("no refit: it would take about %.0fs, and %.0fs of the budget are left", estimate,
+                            max(left, 0))
+                return f"skipped: it would take about {estimate:.0f}s, {max(left, 0):.0f}s of the budget were left"
+        trial_config = TrialConfig.from_dict(config["trial_config"])
+        epochs = config.get("best_epoch") or trial_config.epochs
+        backbone = self.backbones[trial_config.backbone]
+        started = time.perf_counter()
+        deadline = None if self._deadline is None else self._deadline - testing - self._save_margin()
+        result = self.executor.fit(replace(trial_config, epochs=epochs), backbone, self.data, deadline=deadline,
+                                   refit=True)
+        seconds = time.perf_counter() - started
+        if not result.has_model or result.stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
+            logger.info("refit stopped after %.0fs: the budget ran out; the trial's own model is kept", seconds)
+            return f"stopped after {seconds:.0f}s: the budget ran out; the trial's model (training split) is kept"
+        with exclusive_lock(self.run_dir / ".best_model.lock"):
+            details = {k: v for k, v in config.items() if k not in ("backbone", "head", "classes", "input_column",
+                                                                    "label_column", "input_options", "preprocessing",
+                                                                    "trial_config", "metric", "data_fingerprint")}
+            self._save(result.final_model(), backbone, result.config,
+                       {**details, "fitted_on": FITTED_ON_TRAIN_AND_VAL, "refit_seconds": round(seconds, 3),
+                        "refit_epochs": epochs})
+        result.release_model()
+        logger.info("refitted trial %d on training + validation (%d examples, %d epoch(s)) in %.1fs",
+                    config["trial"], len(self.data.train) + len(self.data.val), epochs, seconds)
+        return f"refitted on training + validation ({epochs} epoch(s), {seconds:.0f}s)"
+
+    def _test_evaluation(self, predictor: Predictor) -> tuple[dict[str, Any] | None, str]:
+        """The saved model on the test split, within the budget; and a note of what was done."""
+        if not len(self.data.test):
+            return None, "no test part held out (the validation estimate is the one reported)"
+        try:
+            evaluation = self._evaluation(predictor, self.data.test, self._deadline)
+        except DeadlineReached:
+            logger.info("the budget ran out before the test evaluation finished: no test metrics")
+            return None, "not evaluated: the budget ran out first"
+        return evaluation, "evaluated on the test split, which no model learnt from"
 
     def _transferability(self, board: pd.DataFrame) -> dict[str, Any] | None:
         """Write each backbone's scores next to its best validation accuracy; return the Kendall taus."""
@@ -471,7 +640,7 @@ class Search:
         path = write_report(study, self.run_dir, storage=self.config.storage)
         logger.info("report: %s", path)
 
-    def _evaluation(self, predictor, split) -> dict[str, Any] | None:
+    def _evaluation(self, predictor: Predictor, split: Split, deadline: float | None = None) -> dict[str, Any] | None:
         """The saved best model on ``split`` (validation or test): its ``metrics`` (accuracy, balanced
         accuracy, macro F1), and for the report the confusion matrix and each class's precision, recall and
         support (JSON, small enough for a study attribute: left out beyond :data:`MAX_CONFUSION_CLASSES` /
@@ -479,13 +648,10 @@ class Search:
         if not len(split):
             return None
         items = self.executor.encoded(predictor.preprocessor, self.data, split)
-        logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device)
+        logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device, deadline)
         labels = split.labels
         predicted = logits.argmax(1).numpy()
-        metrics = {"accuracy": accuracy(logits, labels),
-                   "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-                   "macro_f1": float(f1_score(labels, predicted, average="macro")),
-                   "examples": int(len(labels))}
+        metrics = {**all_metrics(logits, labels), "examples": int(len(labels))}
         classes = [str(c) for c in self.data.classes]
         indices = list(range(len(classes)))
         precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices,

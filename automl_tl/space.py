@@ -25,8 +25,7 @@ from typing import Any
 
 import optuna
 
-from automl_tl.config import (DEFAULT_BACKBONE_LR_RANGES, DEFAULT_STRATEGIES, EMBEDDING_STRATEGIES, SearchConfig,
-                              TrialConfig)
+from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, EMBEDDING_STRATEGIES, SearchConfig, TrialConfig
 from automl_tl.data import MIN_SHOTS_FOR_HOLDOUT, VALIDATION_CROSS, VALIDATION_HOLDOUT
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HeadSpec
@@ -48,21 +47,22 @@ class SearchSpace:
     head_lr_range: tuple[float, float]
     heads: tuple[str, ...]
     max_epochs: int
+    metric: str = "accuracy"  # what trials are scored by (see automl_tl.metrics)
+    class_weighted: bool = False  # training weighs classes inversely to their frequency
 
     @classmethod
     def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int, modality: str,
-                    few_labels: bool = False, validation: str = VALIDATION_HOLDOUT) -> "SearchSpace":
+                    validation: str = VALIDATION_HOLDOUT, metric: str = "accuracy",
+                    class_weighted: bool = False) -> "SearchSpace":
         """The space for ``backbones`` (the largest has ``max_groups`` layer groups) under the user's limits.
 
-        ``few_labels`` (a few-shot data set): the default strategies gain the embedding strategies.
+        ``metric`` and ``class_weighted`` are the data's (see :mod:`automl_tl.metrics`).
         ``validation`` (the data's, see :func:`automl_tl.data.prepare_dataset`): unless "holdout", the
         validation split is the training split, so only the embedding strategies (cross-validated) are
         searched, and with nothing to validate ("none"), nearest centroid alone.
         """
         depth = max_groups if config.max_freeze_depth is None else min(config.max_freeze_depth, max_groups)
         strategies = list(config.strategies)
-        if few_labels and tuple(strategies) == DEFAULT_STRATEGIES:
-            strategies += EMBEDDING_STRATEGIES  # cheap, and the strongest classics when labels are few
         if depth < max_groups and "full" in strategies:
             strategies.remove("full")  # the user capped how much of the body may train
         if depth == 0:
@@ -81,13 +81,15 @@ class SearchSpace:
             strategies = kept
         backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
         return cls(tuple(backbones), tuple(strategies) or ("linear_probe",), min(1, depth), depth,
-                   tuple(backbone_lrs), tuple(config.head_lr_range), tuple(config.heads), config.max_epochs)
+                   tuple(backbone_lrs), tuple(config.head_lr_range), tuple(config.heads), config.max_epochs,
+                   metric, class_weighted)
 
     def to_dict(self) -> dict[str, Any]:
         return {"backbones": list(self.backbones), "strategies": list(self.strategies),
                 "min_freeze_depth": self.min_freeze_depth, "max_freeze_depth": self.max_freeze_depth,
                 "backbone_lr_range": list(self.backbone_lr_range), "head_lr_range": list(self.head_lr_range),
-                "heads": list(self.heads), "max_epochs": self.max_epochs}
+                "heads": list(self.heads), "max_epochs": self.max_epochs, "metric": self.metric,
+                "class_weighted": self.class_weighted}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchSpace":
@@ -133,5 +135,5 @@ def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: Search
         backbone=backbone, strategy=strategy, freeze_depth=freeze_depth, backbone_lr=backbone_lr,
         layer_decay=layer_decay, head_lr=head_lr, head=head, epochs=space.max_epochs,
         batch_size=search.batch_size, seed=search.seed + (trial.number if slot is None else slot),
-        input_options=search.input_options,
+        input_options=search.input_options, metric=space.metric, class_weighted=space.class_weighted,
     )

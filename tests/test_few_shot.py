@@ -90,19 +90,17 @@ def test_cli_refuses_bad_shots_in_one_line(tmp_path, digits_frame):
 def test_space_with_few_labels():
     config = SearchConfig(backbones=(BACKBONE,))
     assert config.strategies == DEFAULT_STRATEGIES
+    assert {"nearest_centroid", "logistic_regression"} <= set(DEFAULT_STRATEGIES)  # for every data set
     plain = SearchSpace.from_config(config, [BACKBONE], 7, "image")
-    assert plain.strategies == DEFAULT_STRATEGIES  # normal-sized data: the search is what it was
-    many = SearchSpace.from_config(config, [BACKBONE], 7, "image", few_labels=True, validation=VALIDATION_HOLDOUT)
-    assert many.strategies == DEFAULT_STRATEGIES + ("nearest_centroid", "logistic_regression")
-    few = SearchSpace.from_config(config, [BACKBONE], 7, "image", few_labels=True, validation=VALIDATION_CROSS)
+    assert plain.strategies == DEFAULT_STRATEGIES
+    few = SearchSpace.from_config(config, [BACKBONE], 7, "image", validation=VALIDATION_CROSS)
     assert few.strategies == ("nearest_centroid", "logistic_regression")
-    one = SearchSpace.from_config(config, [BACKBONE], 7, "image", few_labels=True, validation=VALIDATION_NONE)
+    one = SearchSpace.from_config(config, [BACKBONE], 7, "image", validation=VALIDATION_NONE)
     assert one.strategies == ("nearest_centroid",)
     chosen = SearchConfig(backbones=(BACKBONE,), strategies=("linear_probe", "last_k"))
-    assert SearchSpace.from_config(chosen, [BACKBONE], 7, "image", few_labels=True).strategies == ("linear_probe",
-                                                                                                    "last_k")
+    assert SearchSpace.from_config(chosen, [BACKBONE], 7, "image").strategies == ("linear_probe", "last_k")
     with pytest.raises(ConfigError, match="fewer than 10 shots per class nothing is held out.*linear_probe, last_k"):
-        SearchSpace.from_config(chosen, [BACKBONE], 7, "image", few_labels=True, validation=VALIDATION_CROSS)
+        SearchSpace.from_config(chosen, [BACKBONE], 7, "image", validation=VALIDATION_CROSS)
 
 
 # ---------------------------------------------------------------- the strategies on real embeddings
@@ -129,8 +127,9 @@ def test_strategy_beats_chance_and_the_saved_model_predicts_what_it_fitted(tmp_p
 
     # The classifier, computed here from the cached embeddings without the executor's head: both strategies
     # see the embeddings centred on the training mean and scaled to unit length. Once validated on the
-    # 2 held-out shots per class, the saved head is fitted again on all 10 (training and validation).
-    assert result.extra["refit_on"] == "train+validation"
+    # 2 validation shots per class (too few to rank trials by), the head is cross-validated on all 10 shots and
+    # fitted on all of them (training and validation).
+    assert result.extra["fitted_on"] == "train+validation" and result.extra["validation"] == "cross_validation"
     train_x = np.concatenate([executor.features(backbone, OPTIONS, ten_shots, part).astype(np.float64)
                               for part in (ten_shots.train, ten_shots.val)])
     test_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.test).astype(np.float64)

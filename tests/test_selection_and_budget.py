@@ -1,0 +1,188 @@
+"""Every label used and the budget kept: the selection metric, cross-validated cheap trials on small
+validation splits, ties broken by validation loss, the refit on training + validation, a timeout that covers
+the whole search, and no waiting trials left behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from automl_tl import InputOptions, SearchConfig, prepare_dataset, search
+from automl_tl.config import TrialConfig
+from automl_tl.data import AUTO_TEST_MIN_EXAMPLES, resolve_test_fraction
+from automl_tl.executor import FITTED_ON_TRAIN_AND_VAL, STOP_OVER_BUDGET, VALIDATED_BY_CROSS_VALIDATION, Executor
+from automl_tl.feature_cache import FeatureCache
+from automl_tl.metrics import class_weights, default_metric, metric_value, signed, uses_class_weights
+from automl_tl.registry import get_registry
+from automl_tl.report import leaderboard
+
+SMALL = InputOptions(image_size=32)
+
+
+@pytest.fixture
+def executor(tmp_path):
+    return Executor(show_progress=False, feature_cache=FeatureCache(tmp_path / "features"))
+
+
+def trial_config(**overrides) -> TrialConfig:
+    values = dict(backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2,
+                  input_options=SMALL)
+    return TrialConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def imbalanced_frame(digits_frame):
+    """Digits 0-2 of the real digits set, 24 zeros against 6 ones and 6 twos: imbalanced 4 to 1."""
+    parts = [digits_frame[digits_frame.label == 0]]
+    parts += [digits_frame[digits_frame.label == k].head(6) for k in (1, 2)]
+    return pd.concat(parts).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_imbalanced_labels_default_to_balanced_accuracy_and_class_weights():
+    balanced, skewed = np.repeat([0, 1, 2], 10), np.repeat([0, 1, 2], [30, 10, 9])
+    assert default_metric(balanced, 3) == "accuracy" and not uses_class_weights("accuracy", balanced, 3)
+    assert default_metric(skewed, 3) == "balanced_accuracy"
+    assert uses_class_weights("balanced_accuracy", skewed, 3)
+    assert not uses_class_weights("accuracy", skewed, 3)  # asked for accuracy: the frequent classes count more
+    weights = class_weights(skewed, 3)
+    assert torch.allclose(weights * torch.tensor([30.0, 10.0, 9.0]), torch.full((3,), 49 / 3))
+
+
+def test_log_loss_is_minimised_and_the_others_maximised():
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])
+    labels = np.array([0, 1, 1])
+    assert metric_value("accuracy", logits, labels) == pytest.approx(2 / 3)
+    assert metric_value("balanced_accuracy", logits, labels) == pytest.approx(0.75)
+    loss = metric_value("log_loss", logits, labels)
+    assert loss > 0 and signed("log_loss", loss) == -loss and signed("macro_f1", 0.5) == 0.5
+
+
+def test_ties_in_score_go_to_the_lower_validation_loss_not_the_first_trial(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    for number, loss in enumerate((0.9, 0.3, 0.6)):  # the same accuracy, three losses
+        study.add_trial(optuna.trial.create_trial(
+            params={"backbone": "b"}, distributions={"backbone": optuna.distributions.CategoricalDistribution(["b"])},
+            value=0.8, user_attrs={"best_val_accuracy": 0.8, "best_val_score": 0.8, "best_val_loss": loss,
+                                   "metric": "accuracy"}))
+    assert leaderboard(study)["trial"].tolist() == [1, 2, 0]
+
+
+# ---------------------------------------------------------------- every label used
+
+
+def test_test_part_is_held_out_only_from_two_thousand_labelled_examples():
+    assert resolve_test_fraction(None, AUTO_TEST_MIN_EXAMPLES - 1) == 0.0
+    assert resolve_test_fraction(None, AUTO_TEST_MIN_EXAMPLES) == 0.15
+    assert resolve_test_fraction(0.3, 10) == 0.3
+
+
+def test_cheap_trials_on_a_small_validation_split_are_cross_validated_and_fitted_on_every_label(
+        executor, digits_bundle):
+    assert digits_bundle.small_validation  # 3-4 validation digits per class
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    every = len(digits_bundle.train) + len(digits_bundle.val)
+    for strategy in ("linear_probe", "logistic_regression", "nearest_centroid"):
+        result = executor.fit(trial_config(strategy=strategy, probe_passes=3), backbone, digits_bundle)
+        assert result.extra["validation"] == VALIDATED_BY_CROSS_VALIDATION, strategy
+        assert result.extra["fitted_on"] == FITTED_ON_TRAIN_AND_VAL, strategy
+        assert 0.3 < result.best_val_accuracy <= 1.0, strategy
+        model = result.final_model()
+        assert model is not None
+    # the probe's final head learnt from every labelled example, for as many epochs as scored best
+    assert result.samples_seen == every  # nearest centroid: one pass over all of them
+    held_out = dataclasses.replace(digits_bundle, min_validation_per_class=0)
+    result = executor.fit(trial_config(strategy="logistic_regression"), backbone, held_out)
+    assert result.extra["validation"] == "holdout" and "fitted_on" not in result.extra
+    assert result.samples_seen == len(digits_bundle.train)
+
+
+def test_a_refit_trains_on_training_and_validation_for_the_given_epochs(executor, digits_bundle):
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    result = executor.fit(trial_config(strategy="last_k", epochs=2), backbone, digits_bundle, refit=True)
+    every = len(digits_bundle.train) + len(digits_bundle.val)
+    assert result.samples_seen == 2 * every and len(result.history) == 2
+    assert result.extra["fitted_on"] == FITTED_ON_TRAIN_AND_VAL and result.model is not None
+    assert all(math.isnan(r.val_loss) for r in result.history)  # nothing was held out to validate on
+
+
+def test_search_refits_the_best_configuration_and_says_which_model_was_tested(tmp_path, digits_frame):
+    data = prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0, test_fraction=0.2)
+    config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, max_epochs=2, strategies=("last_k",),
+                          max_freeze_depth=1, prerank=False, input_options=SMALL)
+    outcome = search(data, config, tmp_path / "refit", Executor(show_progress=False))
+    saved = json.loads((tmp_path / "refit" / "best_model" / "config.json").read_text())
+    metrics = json.loads((tmp_path / "refit" / "best_model" / "metrics.json").read_text())
+    assert saved["fitted_on"] == FITTED_ON_TRAIN_AND_VAL and saved["refit_epochs"] == saved["best_epoch"]
+    assert metrics["model"]["fitted_on"] == FITTED_ON_TRAIN_AND_VAL and "refitted" in metrics["model"]["refit"]
+    assert metrics["test"]["examples"] == len(data.test) and outcome.test_metrics is not None
+    # the validation figures are the trial's, measured before the refit saw the validation split
+    assert metrics["validation"]["accuracy"] == pytest.approx(outcome.best_val_accuracy)
+    card = (tmp_path / "refit" / "MODEL_CARD.md").read_text()
+    assert "training + validation" in card
+
+    kept = search(data, dataclasses.replace(config, refit=False), tmp_path / "kept", Executor(show_progress=False))
+    saved = json.loads((tmp_path / "kept" / "best_model" / "config.json").read_text())
+    assert saved["fitted_on"] == "train" and kept.best_params == outcome.best_params
+
+
+def test_imbalanced_data_are_selected_by_balanced_accuracy_with_a_class_weighted_loss(tmp_path, imbalanced_frame):
+    data = prepare_dataset(imbalanced_frame, label_column="label", input_column="image", seed=0)
+    config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, strategies=("logistic_regression",),
+                          prerank=False, input_options=SMALL)
+    search(data, config, tmp_path / "run", Executor(show_progress=False))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["metric"] == "balanced_accuracy" and summary["class_weighted_loss"] is True
+    assert summary["metric_chosen"] == "default for the data"
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    complete = board[board.state == "COMPLETE"]
+    assert (complete["val_score"] == summary["val_score"]).any()
+    assert summary["validation"]["balanced_accuracy"] == pytest.approx(summary["val_score"])
+    # asked for outright, the metric is the user's: plain loss
+    search(data, dataclasses.replace(config, metric="log_loss"), tmp_path / "loss", Executor(show_progress=False))
+    summary = json.loads((tmp_path / "loss" / "summary.json").read_text())
+    assert summary["metric"] == "log_loss" and summary["class_weighted_loss"] is False
+    board = pd.read_csv(tmp_path / "loss" / "leaderboard.csv").dropna(subset=["val_score"])
+    assert board["val_score"].is_monotonic_increasing  # the lowest log loss first
+
+
+# ---------------------------------------------------------------- the budget
+
+
+def test_a_fine_tuning_epoch_that_cannot_end_in_time_stops_after_its_first_batches(executor, digits_bundle):
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    config = trial_config(strategy="full", epochs=1, batch_size=2, input_options=InputOptions(image_size=96))
+    started = time.monotonic()
+    result = executor.fit(config, backbone, digits_bundle, deadline=started + 4.0)
+    assert result.stop_reason == STOP_OVER_BUDGET and not result.has_model
+    assert result.extra["projected_epoch_seconds"] > 4.0
+    assert result.samples_seen <= 2 * 4  # a few batches, not the epoch
+
+
+def test_the_timeout_covers_the_whole_search_and_leaves_no_waiting_trials(tmp_path, digits_frame):
+    data = prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0, test_fraction=0.2)
+    budget = 25.0
+    config = SearchConfig(backbones=("mobilenetv2_100", "tf_efficientnet_lite0"), n_trials=None, timeout=budget,
+                          max_epochs=2, input_options=SMALL)
+    started = time.monotonic()
+    outcome = search(data, config, tmp_path / "run", Executor(show_progress=False))
+    elapsed = time.monotonic() - started
+    # at most one batch and one save past the budget (a loaded machine gets a few seconds' grace)
+    assert elapsed <= budget + 5.0
+    states = {t.state for t in outcome.study.trials}
+    assert optuna.trial.TrialState.WAITING not in states
+    # without a number of trials, the search runs until the budget, not to a default count
+    finished = [t for t in outcome.study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                                optuna.trial.TrialState.PRUNED)]
+    assert len(finished) >= 4
+    assert outcome.study.trials[0].user_attrs.get("warm_start")
