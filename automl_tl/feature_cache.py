@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automl_tl.backbone import Backbone, Preprocessor
+from automl_tl.backbone import Backbone, Preprocessor, ordered_for_inference
 from automl_tl.locking import exclusive_lock
 from automl_tl.weights import cache_root
 
@@ -67,21 +67,23 @@ def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequ
                      batch_size: int = 64, deadline: float | None = None) -> np.ndarray:
     """The pretrained body's embedding of every encoded item, in order, as float32 (evaluation mode).
 
+    The batches follow the preprocessor's inference order (texts longest first); the rows, the items' order.
     ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
     :class:`DeadlineReached` is raised.
     """
     from automl_tl.executor import move_to  # the executor imports this module
 
     model = backbone.build(num_classes=2).to(device).eval()
+    ordered, restore = ordered_for_inference(preprocessor, items)
     rows = []
-    for start in range(0, len(items), batch_size):
+    for start in range(0, len(ordered), batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineReached(f"{backbone.name} features stopped after {start} of {len(items)} samples")
-        batch = move_to(preprocessor.collate(items[start:start + batch_size], train=False), device)
+        batch = move_to(preprocessor.collate(ordered[start:start + batch_size], train=False), device)
         rows.append(model.embed(batch).float().cpu().numpy())
     del model
     dim = backbone.embedding_dim
-    return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return restore(np.concatenate(rows).astype(np.float32)) if rows else np.zeros((0, dim), np.float32)
 
 
 class FeatureCache:
