@@ -43,7 +43,7 @@ from automl_tl.locking import exclusive_lock
 from automl_tl.manifest import build_manifest
 from automl_tl.model_card import write_model_card
 from automl_tl.plugins import get_plugin_manager
-from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
+from automl_tl.ranking import rank_backbones, searchable_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
 from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
                               leaderboard, write_leaderboard, write_summary, write_transferability)
@@ -173,16 +173,21 @@ class Search:
         self._attempts_left = 0  # trials this process may still start in this run
 
     def prepare(self) -> SearchSpace:
-        """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space."""
+        """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space.
+
+        The pre-ranking keeps within its share of the time left before ``self._deadline`` (set by
+        :meth:`start_clock`, which :meth:`run` calls first); a backbone it could not rank in time is not searched.
+        """
         candidates = list(self.backbones)
         if self.config.prerank:
             started = time.perf_counter()
             self.ranking = rank_backbones(list(self.backbones.values()), self.data, self.executor,
-                                          self.config.input_options)
-            logger.info("pre-ranked %d backbone(s) in %.1fs: %s", len(candidates), time.perf_counter() - started,
-                        ", ".join(self.ranking["backbone"]))
+                                          self.config.input_options, deadline=self._deadline, seed=self.config.seed)
+            candidates = searchable_backbones(self.ranking)
+            logger.info("pre-ranked %d of %d backbone(s) in %.1fs: %s", self.ranking["rank"].notna().sum(),
+                        len(self.backbones), time.perf_counter() - started, ", ".join(candidates))
             if self.config.top_k is not None:
-                candidates = list(self.ranking["backbone"][:self.config.top_k])
+                candidates = candidates[:self.config.top_k]
         max_groups = max(self.backbones[name].build(2, pretrained=False).num_groups for name in candidates)
         self.space = SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
                                              few_labels=self.data.shots is not None, validation=self.data.validation)
