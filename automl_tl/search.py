@@ -183,15 +183,31 @@ class Search:
             started = time.perf_counter()
             self.ranking = rank_backbones(list(self.backbones.values()), self.data, self.executor,
                                           self.config.input_options, deadline=self._deadline, seed=self.config.seed)
-            candidates = searchable_backbones(self.ranking)
-            logger.info("pre-ranked %d of %d backbone(s) in %.1fs: %s", self.ranking["rank"].notna().sum(),
+            candidates = searchable_backbones(self.ranking)[:self.config.top_k]  # top_k None: every one
+            logger.info("pre-ranked %d of %d backbone(s) in %.1fs; searching %s", self.ranking["rank"].notna().sum(),
                         len(self.backbones), time.perf_counter() - started, ", ".join(candidates))
-            if self.config.top_k is not None:
-                candidates = candidates[:self.config.top_k]
-        max_groups = max(self.backbones[name].build(2, pretrained=False).num_groups for name in candidates)
-        self.space = SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
-                                             few_labels=self.data.shots is not None, validation=self.data.validation)
+        self.space = self._space_for(candidates)
         return self.space
+
+    def _space_for(self, candidates: list[str]) -> SearchSpace:
+        max_groups = max(self.backbones[name].build(2, pretrained=False).num_groups for name in candidates)
+        return SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
+                                       few_labels=self.data.shots is not None, validation=self.data.validation)
+
+    def _keeps_stored_backbones(self, stored_space: dict[str, Any]) -> bool:
+        """Whether a resumed study goes on with the backbones it was made with, although this run's pre-ranking
+        chose others (which backbones it ranks in time depends on the time left and on what is cached: with a
+        larger ``--timeout``, more fit); ``self.space`` then becomes the stored space."""
+        stored = list(stored_space.get("backbones") or [])
+        if self.ranking is None or not stored or not set(stored) <= set(self.backbones):
+            return False
+        space = self._space_for(stored)
+        if space.to_dict() != stored_space:
+            return False
+        logger.info("resuming with the study's backbones %s (this run's pre-ranking chose %s)", ", ".join(stored),
+                    ", ".join(self.space.backbones))
+        self.space = space
+        return True
 
     # ------------------------------------------------------------ the study
 
@@ -231,7 +247,7 @@ class Search:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
                               f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
                               "use another --output or --study-name to start a new search")
-        elif stored_space != self.space.to_dict():
+        elif stored_space != self.space.to_dict() and not self._keeps_stored_backbones(stored_space):
             changed = sorted(k for k in self.space.to_dict() if stored_space.get(k) != self.space.to_dict()[k])
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
                               f"(different {', '.join(changed)}); rerun with the original options to continue it, "
@@ -468,7 +484,7 @@ class Search:
             return None
         frame, taus = with_outcomes(self.ranking, best_accuracy_by_backbone(board))
         write_transferability(frame, taus, self.run_dir)
-        return {"ranking": frame["backbone"].tolist(), "kendall_tau": taus}
+        return {"ranking": frame.dropna(subset=["rank"])["backbone"].tolist(), "kendall_tau": taus}  # ranked only
 
     def _write_report(self, study: optuna.Study) -> None:
         from automl_tl.html_report import write_report  # matplotlib is imported only when a report is drawn

@@ -252,3 +252,21 @@ def test_a_backbone_too_slow_for_the_share_is_measured_left_out_and_not_searched
     assert ranking.loc[slow.name, "seconds_per_example"] >= 0.5  # measured, on the warm-up batch at least
     assert ranking.loc[slow.name, "estimated_seconds"] > 0.5 * len(digits_bundle.train)
     assert "estimated at" in ranking.loc[slow.name, "skipped"] and pd.isna(ranking.loc[slow.name, "logme"])
+
+
+def test_a_resumed_study_keeps_its_backbones_when_the_pre_ranking_fits_more(tmp_path, executor, digits_bundle):
+    real = get_registry().get_backbone("mobilenetv2_100")
+    slow = Slow(real, seconds_per_example=0.02)  # 3.4 s for the 168 training examples: more than a 4 s budget's share
+
+    def opened(**overrides):
+        run = Search(digits_bundle, config(**overrides), tmp_path / "run", executor)
+        run.backbones = {slow.name: slow, real.name: real}
+        run.start_clock()
+        return run, run.open_study()
+
+    first, study = opened(timeout=4)
+    assert list(first.space.backbones) == [real.name]
+    again, resumed = opened(timeout=None)  # "raise --timeout and run the same command again": every one fits
+    assert again.ranking["rank"].notna().all()  # this run ranked both...
+    assert list(again.space.backbones) == [real.name]  # ...and the study goes on with the one it was made with
+    assert resumed.user_attrs["search_space"] == study.user_attrs["search_space"]
