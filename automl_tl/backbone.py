@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -66,6 +66,37 @@ class Preprocessor(ABC):
     def cache_key(self) -> dict[str, Any]:
         """The settings :meth:`encode` depends on; equal keys mean equal encodings, shared across backbones."""
         return self.describe()
+
+    def inference_order(self, items: Sequence[Any]) -> list[int] | None:
+        """The order in which to batch encoded ``items`` for inference, as indices into ``items``.
+
+        ``None`` (the default) keeps the items' own order. A preprocessor whose :meth:`collate` pads to the
+        longest item of a batch returns the items sorted by length, so each batch pads to little; whoever
+        runs the batches puts the outputs back in the input order (:func:`ordered_for_inference`).
+        """
+        return None
+
+
+Rows = TypeVar("Rows")  # a numpy array or a torch tensor, one row per item
+
+
+def ordered_for_inference(preprocessor: Preprocessor, items: Sequence[Any],
+                          ) -> tuple[Sequence[Any], Callable[[Rows], Rows]]:
+    """``items`` in the order ``preprocessor`` batches them best for inference, and a function that puts
+    outputs (one row per item, in that order) back in the order of ``items``."""
+    order = preprocessor.inference_order(items)
+    if order is None:
+        return items, lambda outputs: outputs
+    if sorted(order) != list(range(len(items))):
+        raise ValueError(f"{type(preprocessor).__name__}.inference_order must return a permutation of "
+                         f"0..{len(items) - 1}")
+
+    def restore(outputs: Rows) -> Rows:
+        restored = outputs.clone() if isinstance(outputs, torch.Tensor) else outputs.copy()
+        restored[torch.as_tensor(order) if isinstance(outputs, torch.Tensor) else order] = outputs
+        return restored
+
+    return [items[i] for i in order], restore
 
 
 class TransferModel(nn.Module):

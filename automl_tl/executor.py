@@ -38,7 +38,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
-from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
+from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel, ordered_for_inference
 from automl_tl.config import EMBEDDING_STRATEGIES, TrialConfig
 from automl_tl.data import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
@@ -166,18 +166,20 @@ def predict_logits(model: nn.Module, preprocessor: Preprocessor, items: Sequence
                    device: torch.device, deadline: float | None = None) -> torch.Tensor:
     """Logits for encoded ``items`` in order, in eval mode, on ``device``; returned on the CPU.
 
+    The batches follow the preprocessor's inference order (texts by length), the logits the order of ``items``.
     ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
     :class:`DeadlineReached` is raised.
     """
     model.eval()
+    ordered, restore = ordered_for_inference(preprocessor, items)
     outputs = []
-    for start in range(0, len(items), batch_size):
+    for start in range(0, len(ordered), batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineReached(f"prediction stopped after {start} of {len(items)} examples")
-        batch = move_to(preprocessor.collate(items[start:start + batch_size], train=False), device)
+        batch = move_to(preprocessor.collate(ordered[start:start + batch_size], train=False), device)
         with _autocast(device):
             outputs.append(model(batch).float().cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    return restore(torch.cat(outputs)) if outputs else torch.empty(0)
 
 
 def _autocast(device: torch.device):

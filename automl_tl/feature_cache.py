@@ -6,9 +6,17 @@ file's path, size and modification time). Equal keys therefore mean equal featur
 the run, study or process that asks.
 
 Entries are ``KEY.npy`` (float32, one row per sample, read with ``allow_pickle=False``) plus
-``KEY.json`` (what the key was made of, for people). They are written to a temporary file and
-renamed into place, under a per-key lock, so two workers asking for the same entry at once
-compute it once and nobody ever reads half a file.
+``KEY.json`` (what the key was made of, and the seconds per sample it took, for people and cost
+estimates). They are written to a temporary file and renamed into place, under a per-key lock, so
+two workers asking for the same entry at once compute it once and nobody ever reads half a file.
+
+Some rows of an entry can be asked for first (the pre-ranking scores a sample of the training
+split): they are kept as a partial entry, ``KEY.part.npz`` (row numbers and their features), and
+the computation of the whole entry later computes only the rows it lacks.
+
+Features are computed in the preprocessor's inference order (texts longest first, so batches pad
+to little) and returned in the samples' order; :func:`measure_inference` times a few batches
+beforehand, so a caller can tell what computing them will cost before committing to it.
 """
 
 from __future__ import annotations
@@ -20,19 +28,27 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from automl_tl.backbone import Backbone, Preprocessor
+from automl_tl.backbone import Backbone, Preprocessor, ordered_for_inference
 from automl_tl.locking import exclusive_lock
 from automl_tl.weights import cache_root
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+PARTIAL_SUFFIX = ".part.npz"  # some rows of an entry: arrays "index", "features" and "seconds_per_example"
+
+#: measuring a backbone's cost: one warm-up batch of this many examples (first-call costs: lazy
+#: initialisation, memory allocation), then a few timed batches of a few random examples
+MEASURE_WARMUP_EXAMPLES = 2
+MEASURE_BATCH_SIZE = 8
+MEASURE_BATCHES = 2
 
 
 def default_feature_root() -> Path:
@@ -67,21 +83,78 @@ def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequ
                      batch_size: int = 64, deadline: float | None = None) -> np.ndarray:
     """The pretrained body's embedding of every encoded item, in order, as float32 (evaluation mode).
 
+    The batches follow the preprocessor's inference order (texts longest first); the rows, the items' order.
     ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
     :class:`DeadlineReached` is raised.
     """
     from automl_tl.executor import move_to  # the executor imports this module
 
     model = backbone.build(num_classes=2).to(device).eval()
+    ordered, restore = ordered_for_inference(preprocessor, items)
     rows = []
-    for start in range(0, len(items), batch_size):
+    for start in range(0, len(ordered), batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineReached(f"{backbone.name} features stopped after {start} of {len(items)} samples")
-        batch = move_to(preprocessor.collate(items[start:start + batch_size], train=False), device)
+        batch = move_to(preprocessor.collate(ordered[start:start + batch_size], train=False), device)
         rows.append(model.embed(batch).float().cpu().numpy())
     del model
     dim = backbone.embedding_dim
-    return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return restore(np.concatenate(rows).astype(np.float32)) if rows else np.zeros((0, dim), np.float32)
+
+
+@dataclass(frozen=True)
+class InferenceCost:
+    """What computing a backbone's features costs on this device, as measured by :func:`measure_inference`."""
+
+    seconds_per_example: float  # the body's forward pass, batches included (collate, transfer)
+    load_seconds: float  # building the pretrained model, paid once per computation
+    examples_timed: int  # 0: only the warm-up batch was timed (an overestimate: it holds first-call costs)
+
+    def estimate(self, examples: int) -> float:
+        """Seconds to compute the features of ``examples`` encoded examples, the model's loading included."""
+        return self.load_seconds + self.seconds_per_example * examples
+
+
+@torch.no_grad()
+def measure_inference(backbone: Backbone, preprocessor: Preprocessor, items: Sequence[Any], device: torch.device,
+                      batch_size: int = MEASURE_BATCH_SIZE, batches: int = MEASURE_BATCHES,
+                      max_seconds: float | None = None, seed: int = 0) -> InferenceCost:
+    """Time the pretrained body on a few batches of the encoded ``items``: the model is built, run on a
+    warm-up batch of :data:`MEASURE_WARMUP_EXAMPLES`, then on ``batches`` batches of ``batch_size`` other
+    items drawn at random (seeded), in the preprocessor's inference order.
+
+    A timed batch is skipped once the measurement (loading included) would pass ``max_seconds``; with none
+    timed, the warm-up's seconds per example stand in. Costs a few seconds at most for a large encoder on a CPU.
+    """
+    from automl_tl.executor import move_to  # the executor imports this module
+
+    started = time.perf_counter()
+    model = backbone.build(num_classes=2).to(device).eval()
+    load_seconds = time.perf_counter() - started
+    chosen = np.random.default_rng(seed).permutation(len(items))[:MEASURE_WARMUP_EXAMPLES + batch_size * batches]
+    warmup = [items[i] for i in chosen[:MEASURE_WARMUP_EXAMPLES]]
+    timed, _ = ordered_for_inference(preprocessor, [items[i] for i in chosen[MEASURE_WARMUP_EXAMPLES:]])
+
+    def seconds_of(batch_items: Sequence[Any]) -> float:
+        batch_started = time.perf_counter()
+        model.embed(move_to(preprocessor.collate(batch_items, train=False), device)).float().cpu()  # waits for it
+        return time.perf_counter() - batch_started
+
+    if not warmup:
+        return InferenceCost(0.0, load_seconds, 0)
+    per_example = seconds_of(warmup) / len(warmup)
+    seconds, examples = 0.0, 0
+    for start in range(0, len(timed), batch_size):
+        batch_items = timed[start:start + batch_size]
+        expected = (seconds / examples if examples else per_example) * len(batch_items)
+        if max_seconds is not None and time.perf_counter() - started + expected > max_seconds:
+            break
+        seconds += seconds_of(batch_items)
+        examples += len(batch_items)
+    cost = InferenceCost(seconds / examples if examples else per_example, load_seconds, examples)
+    logger.debug("%s: %.4fs per example (%d timed), %.1fs to load", backbone.name, cost.seconds_per_example,
+                 examples, load_seconds)
+    return cost
 
 
 class FeatureCache:
@@ -105,37 +178,92 @@ class FeatureCache:
         text = json.dumps(description, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:40], description
 
+    def _path(self, backbone: Backbone, preprocessor: Preprocessor, samples: str) -> tuple[Path, dict[str, Any]]:
+        key, description = self.key(backbone, preprocessor, samples)
+        return self.root / key[:2] / f"{key}.npy", description
+
     def features(self, backbone: Backbone, preprocessor: Preprocessor, encode: Callable[[], Sequence[Any]],
                  samples: str, rows: int, device: torch.device, batch_size: int = 64,
-                 deadline: float | None = None) -> np.ndarray:
+                 deadline: float | None = None, index: Sequence[int] | None = None) -> np.ndarray:
         """The body's features of ``rows`` samples whose raw content hashes to ``samples``.
 
         ``encode`` returns the samples encoded by ``preprocessor``; it is called only on a cache miss.
-        On a miss, computing stops with :class:`DeadlineReached` once ``deadline`` passes.
+        ``index`` (row numbers) asks for those rows only: what is computed for them is kept as a partial
+        entry, which the computation of every row later completes rather than repeats.
+        On a miss, computing stops with :class:`DeadlineReached` once ``deadline`` passes (nothing is stored).
         """
+        wanted = None if index is None else np.asarray(index, dtype=np.int64)
         if not self.enabled:
             self.misses += 1
-            return compute_features(backbone, preprocessor, encode(), device, batch_size, deadline)
-        key, description = self.key(backbone, preprocessor, samples)
-        path = self.root / key[:2] / f"{key}.npy"
-        found = self._read(path, rows, backbone.embedding_dim)
+            items = encode()
+            return compute_features(backbone, preprocessor, items if wanted is None else [items[i] for i in wanted],
+                                    device, batch_size, deadline)
+        path, description = self._path(backbone, preprocessor, samples)
+        found = self._lookup(path, rows, backbone.embedding_dim, wanted)
         if found is not None:
             self.hits += 1
-            return found
+            return found[0]
         path.parent.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(path.with_suffix(".lock")):
-            found = self._read(path, rows, backbone.embedding_dim)  # another worker may have written it
+            found = self._lookup(path, rows, backbone.embedding_dim, wanted)  # another worker may have written it
             if found is not None:
                 self.hits += 1
-                return found
+                return found[0]
             started = time.perf_counter()
-            features = compute_features(backbone, preprocessor, encode(), device, batch_size, deadline)
-            _write_atomic(path, features, {**description, "shape": list(features.shape),
-                                            "seconds": round(time.perf_counter() - started, 3)})
+            known_index, known, known_seconds = self._read_partial(path, rows, backbone.embedding_dim)
+            missing = np.setdiff1d(np.arange(rows) if wanted is None else wanted, known_index)
+            items = encode()
+            computed = (compute_features(backbone, preprocessor, [items[i] for i in missing], device, batch_size,
+                                         deadline) if len(missing) else known[:0])
+            seconds = time.perf_counter() - started
+            # seconds per sample over every row computed so far, the partial entry's included
+            per_example = (known_seconds * len(known_index) + seconds) / max(len(known_index) + len(missing), 1)
+            merged_index = np.concatenate([known_index, missing])
+            order = np.argsort(merged_index, kind="stable")
+            merged_index, merged = merged_index[order], np.concatenate([known, computed])[order]
             self.misses += 1
-            logger.info("computed %s features of %d samples in %.1fs (cached in %s)", backbone.name, rows,
-                        time.perf_counter() - started, path.parent)
-            return features
+            if len(merged_index) == rows:  # every row: the whole entry, which supersedes the partial one
+                _write_atomic(path, merged, {**description, "shape": list(merged.shape), "seconds": round(seconds, 3),
+                                             "seconds_per_example": per_example})
+                path.with_name(path.stem + PARTIAL_SUFFIX).unlink(missing_ok=True)
+                logger.info("computed %s features of %d samples in %.1fs (cached in %s)", backbone.name,
+                            len(missing), seconds, path.parent)
+                return merged if wanted is None else merged[wanted]
+            _write_partial(path, merged_index, merged, per_example)
+            logger.info("computed %s features of %d of %d samples in %.1fs (kept in %s)", backbone.name,
+                        len(missing), rows, seconds, path.parent)
+            return merged[np.searchsorted(merged_index, wanted)]
+
+    def cached_seconds_per_example(self, backbone: Backbone, preprocessor: Preprocessor, samples: str, rows: int,
+                                  index: Sequence[int] | None = None) -> float | None:
+        """If the features of the ``rows`` samples (or of the rows in ``index``) are cached, the seconds per
+        sample their computation took (NaN when the entry does not say); None when they are not cached."""
+        if not self.enabled:
+            return None
+        path, _ = self._path(backbone, preprocessor, samples)
+        found = self._lookup(path, rows, backbone.embedding_dim,
+                             None if index is None else np.asarray(index, dtype=np.int64))
+        return None if found is None else found[1]
+
+    def _lookup(self, path: Path, rows: int, dim: int, wanted: np.ndarray | None,
+                ) -> tuple[np.ndarray, float] | None:
+        """The cached features of every row (or of the ``wanted`` rows), with their seconds per sample."""
+        whole = self._read(path, rows, dim)
+        if whole is not None:
+            try:
+                per_example = float(json.loads(path.with_suffix(".json").read_text()).get("seconds_per_example", "nan"))
+            except (OSError, ValueError, TypeError, AttributeError):
+                per_example = float("nan")
+            return (whole if wanted is None else whole[wanted]), per_example
+        if wanted is None:
+            return None
+        known_index, known, per_example = self._read_partial(path, rows, dim)
+        if len(known_index) == 0:
+            return None
+        positions = np.searchsorted(known_index, wanted).clip(max=len(known_index) - 1)
+        if (known_index[positions] != wanted).any():  # some wanted row is not in the partial entry
+            return None
+        return known[positions], per_example
 
     @staticmethod
     def _read(path: Path, rows: int, dim: int) -> np.ndarray | None:
@@ -152,6 +280,29 @@ class FeatureCache:
             return None
         return features
 
+    @staticmethod
+    def _read_partial(path: Path, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Row numbers (sorted), features and seconds per sample of the partial entry; nothing if none is usable."""
+        nothing = np.zeros(0, np.int64), np.zeros((0, dim), np.float32), 0.0
+        partial = path.with_name(path.stem + PARTIAL_SUFFIX)
+        if not partial.is_file():
+            return nothing
+        try:
+            with np.load(partial, allow_pickle=False) as stored:
+                index, features = stored["index"], stored["features"]
+                per_example = float(stored["seconds_per_example"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable partial features %s (%s); computing them again", partial, exc)
+            return nothing
+        usable = (index.ndim == 1 and index.dtype == np.int64 and features.shape == (len(index), dim)
+                  and features.dtype == np.float32 and np.isfinite(features).all()
+                  and (np.diff(index) > 0).all() and (len(index) == 0 or (index[0] >= 0 and index[-1] < rows)))
+        if not usable:
+            logger.warning("ignoring partial features %s that do not fit %d samples of %d dimensions",
+                           partial, rows, dim)
+            return nothing
+        return index, features, per_example
+
 
 def _write_atomic(path: Path, features: np.ndarray, description: dict[str, Any]) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".npy", delete=False) as file:
@@ -162,3 +313,11 @@ def _write_atomic(path: Path, features: np.ndarray, description: dict[str, Any])
         json.dump(description, file, indent=2, default=str)
         temp = Path(file.name)
     os.replace(temp, path.with_suffix(".json"))
+
+
+def _write_partial(path: Path, index: np.ndarray, features: np.ndarray, seconds_per_example: float) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz", delete=False) as file:
+        np.savez(file, index=index.astype(np.int64), features=features,
+                 seconds_per_example=np.float64(seconds_per_example))
+        temp = Path(file.name)
+    os.replace(temp, path.with_name(path.stem + PARTIAL_SUFFIX))

@@ -326,7 +326,7 @@ def _transferability_section(page: _Page, stored: dict[str, Any] | None, board: 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     rows = []
     for row in table.to_dict("records"):
-        cells = [f'<td class="num">{row["rank"]}</td>', f"<td>{html.escape(str(row['backbone']))}</td>"]
+        cells = [f'<td class="num">{_number(row["rank"], ".0f")}</td>', f"<td>{html.escape(str(row['backbone']))}</td>"]
         cells += [f'<td class="num">{_number(row[c], ".4g")}</td>' for c in scores]
         cells.append(f'<td class="num">{_number(row["best_val_accuracy"], ".4f")}</td>')
         rows.append(f"<tr>{''.join(cells)}</tr>")

@@ -47,7 +47,7 @@ from automl_tl.locking import exclusive_lock
 from automl_tl.manifest import build_manifest
 from automl_tl.model_card import write_model_card
 from automl_tl.plugins import get_plugin_manager
-from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
+from automl_tl.ranking import rank_backbones, searchable_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
 from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
                               leaderboard, write_leaderboard, write_summary, write_transferability)
@@ -198,16 +198,26 @@ class Search:
         self._inference_cost: dict[str, float] = {}
 
     def prepare(self) -> SearchSpace:
-        """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space."""
+        """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space.
+
+        The pre-ranking keeps within its share of the time left before ``self._deadline`` (set by
+        :meth:`start_clock`, which :meth:`run` calls first); a backbone it could not rank in time is not searched.
+        """
         candidates = list(self.backbones)
         if self.config.prerank:
             started = time.perf_counter()
             self.ranking = rank_backbones(list(self.backbones.values()), self.data, self.executor,
-                                          self.config.input_options)
-            logger.info("pre-ranked %d backbone(s) in %.1fs: %s", len(candidates), time.perf_counter() - started,
-                        ", ".join(self.ranking["backbone"]))
-            if self.config.top_k is not None:
-                candidates = list(self.ranking["backbone"][:self.config.top_k])
+                                          self.config.input_options, deadline=self._deadline, seed=self.config.seed)
+            candidates = searchable_backbones(self.ranking)[:self.config.top_k]  # top_k None: every one
+            for row in self.ranking.dropna(subset=["seconds_per_example"]).itertuples():
+                self._inference_cost[row.backbone] = float(row.seconds_per_example)  # what testing a model costs
+            logger.info("pre-ranked %d of %d backbone(s) in %.1fs; searching %s", self.ranking["rank"].notna().sum(),
+                        len(self.backbones), time.perf_counter() - started, ", ".join(candidates))
+        self.space = self._space_for(candidates)
+        return self.space
+
+    def _space_for(self, candidates: list[str]) -> SearchSpace:
+        """The space over ``candidates``, scored by the metric the data call for (see :mod:`automl_tl.metrics`)."""
         max_groups = max(self.backbones[name].build(2, pretrained=False).num_groups for name in candidates)
         labels, num_classes = self.data.train.labels, len(self.data.classes)
         metric = self.config.metric or default_metric(labels, num_classes)
@@ -215,9 +225,23 @@ class Search:
         if self.config.metric is None and metric != "accuracy":
             logger.info("the classes are imbalanced (the largest has 3 or more times the examples of the smallest): "
                         "trials are selected by %s%s", metric, ", with a class-weighted loss" if weighted else "")
-        self.space = SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
-                                             validation=self.data.validation, metric=metric, class_weighted=weighted)
-        return self.space
+        return SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
+                                       validation=self.data.validation, metric=metric, class_weighted=weighted)
+
+    def _keeps_stored_backbones(self, stored_space: dict[str, Any]) -> bool:
+        """Whether a resumed study goes on with the backbones it was made with, although this run's pre-ranking
+        chose others (which backbones it ranks in time depends on the time left and on what is cached: with a
+        larger ``--timeout``, more fit); ``self.space`` then becomes the stored space."""
+        stored = list(stored_space.get("backbones") or [])
+        if self.ranking is None or not stored or not set(stored) <= set(self.backbones):
+            return False
+        space = self._space_for(stored)
+        if space.to_dict() != stored_space:
+            return False
+        logger.info("resuming with the study's backbones %s (this run's pre-ranking chose %s)", ", ".join(stored),
+                    ", ".join(self.space.backbones))
+        self.space = space
+        return True
 
     # ------------------------------------------------------------ the study
 
@@ -259,7 +283,7 @@ class Search:
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
                               f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
                               "use another --output or --study-name to start a new search")
-        elif stored_space != self.space.to_dict():
+        elif stored_space != self.space.to_dict() and not self._keeps_stored_backbones(stored_space):
             changed = sorted(k for k in self.space.to_dict() if stored_space.get(k) != self.space.to_dict()[k])
             raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
                               f"(different {', '.join(changed)}); rerun with the original options to continue it, "
@@ -632,7 +656,7 @@ class Search:
             return None
         frame, taus = with_outcomes(self.ranking, best_accuracy_by_backbone(board))
         write_transferability(frame, taus, self.run_dir)
-        return {"ranking": frame["backbone"].tolist(), "kendall_tau": taus}
+        return {"ranking": frame.dropna(subset=["rank"])["backbone"].tolist(), "kendall_tau": taus}  # ranked only
 
     def _write_report(self, study: optuna.Study) -> None:
         from automl_tl.html_report import write_report  # matplotlib is imported only when a report is drawn

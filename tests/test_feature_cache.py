@@ -1,15 +1,17 @@
 """The on-disk feature cache: content-addressed keys, reuse across executors, concurrent writers,
-damaged entries."""
+damaged entries, some rows first (a partial entry the whole one completes), and measuring the cost."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 
 import numpy as np
+import torch
 
 from automl_tl import Executor, InputOptions
-from automl_tl.feature_cache import FeatureCache, samples_hash
+from automl_tl.feature_cache import FeatureCache, compute_features, measure_inference, samples_hash
 from automl_tl.registry import get_registry
 
 SMALL = InputOptions(image_size=32)
@@ -125,3 +127,57 @@ def test_a_deadline_stops_computing_features_and_stores_nothing(tmp_path, digits
     result = executor.fit(config, backbone, digits_bundle, deadline=time.monotonic() - 1)
     assert result.stop_reason == "time_budget" and result.history == [] and not result.has_model
     assert entries(tmp_path) == []
+
+
+def test_rows_asked_for_first_are_kept_and_the_whole_entry_computes_only_the_rest(tmp_path, digits_bundle, caplog):
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    preprocessor = backbone.preprocessor(SMALL)
+    split = digits_bundle.train
+    items = preprocessor.encode(split.inputs)
+    cache = FeatureCache(tmp_path)
+    samples, rows, cpu = samples_hash(split.inputs), len(split), torch.device("cpu")
+
+    def ask(index=None):
+        return cache.features(backbone, preprocessor, lambda: items, samples, rows, cpu, index=index)
+
+    first = ask(np.arange(0, rows, 3))
+    assert first.shape == (len(range(0, rows, 3)), backbone.embedding_dim) and cache.misses == 1
+    assert entries(tmp_path) == [] and len(list(tmp_path.rglob("*.part.npz"))) == 1
+    np.testing.assert_array_equal(ask(np.arange(0, rows, 6)), first[::2])  # rows already there: a hit
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert cache.cached_seconds_per_example(backbone, preprocessor, samples, rows, np.arange(0, rows, 3)) > 0
+    assert cache.cached_seconds_per_example(backbone, preprocessor, samples, rows) is None  # not every row yet
+    with caplog.at_level(logging.INFO, logger="automl_tl.feature_cache"):
+        every = ask()
+    assert f"features of {rows - len(first)} samples" in caplog.text  # only the rows it lacked
+    assert len(entries(tmp_path)) == 1 and not list(tmp_path.rglob("*.part.npz"))
+    np.testing.assert_array_equal(every[::3], first)
+    fresh = compute_features(backbone, preprocessor, items, cpu)  # all at once, uncached
+    np.testing.assert_allclose(every, fresh, rtol=1e-4, atol=1e-5)
+    assert cache.cached_seconds_per_example(backbone, preprocessor, samples, rows) > 0
+
+
+def test_a_damaged_partial_entry_is_computed_again(tmp_path, digits_bundle, caplog):
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    preprocessor = backbone.preprocessor(SMALL)
+    items = preprocessor.encode(digits_bundle.train.inputs)
+    samples, rows = samples_hash(digits_bundle.train.inputs), len(items)
+    cache = FeatureCache(tmp_path)
+    good = cache.features(backbone, preprocessor, lambda: items, samples, rows, torch.device("cpu"), index=[1, 2])
+    [partial] = tmp_path.rglob("*.part.npz")
+    np.savez(partial, index=np.array([2, 1]), features=good, seconds_per_example=np.float64(1.0))  # not sorted
+    again = cache.features(backbone, preprocessor, lambda: items, samples, rows, torch.device("cpu"), index=[1, 2])
+    np.testing.assert_allclose(again, good, rtol=1e-5)
+    assert cache.misses == 2 and "ignoring partial features" in caplog.text
+
+
+def test_measuring_the_cost_of_inference(digits_bundle):
+    registry = get_registry()
+    preprocessor = registry.get_backbone("mobilenetv2_100").preprocessor(SMALL)
+    items = preprocessor.encode(digits_bundle.train.inputs)
+    cost = measure_inference(registry.get_backbone("mobilenetv2_100"), preprocessor, items, torch.device("cpu"))
+    assert cost.examples_timed == 16 and 0 < cost.seconds_per_example < 1 and cost.load_seconds > 0
+    assert cost.estimate(100) == cost.load_seconds + 100 * cost.seconds_per_example
+    capped = measure_inference(registry.get_backbone("mobilenetv2_100"), preprocessor, items, torch.device("cpu"),
+                               max_seconds=0)
+    assert capped.examples_timed == 0 and capped.seconds_per_example > 0  # the warm-up's figure

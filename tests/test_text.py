@@ -156,6 +156,33 @@ def test_dynamic_padding_and_truncation(minilm):
 
 
 @needs_minilm
+def test_inference_in_length_order_gives_the_outputs_of_data_order(minilm, minilm_model):
+    from automl_tl.executor import predict_logits
+    from automl_tl.feature_cache import compute_features
+
+    preprocessor = minilm.preprocessor(InputOptions(max_length=64))
+    words = "the central bank raised its interest rates again after a long meeting on inflation".split()
+    texts = [" ".join(words[:n]) for n in (3, 14, 1, 9, 2, 14, 5, 11, 1, 7, 4, 13)]  # short and long, mixed
+    items = preprocessor.encode(texts)
+    order = preprocessor.inference_order(items)
+    assert sorted(order) == list(range(len(items)))
+    assert [len(items[i]) for i in order] == sorted(map(len, items), reverse=True)  # longest first
+    assert order[:2] == [1, 5]  # ties keep the data's order
+
+    minilm_model.eval()
+    with torch.no_grad():  # the reference: batches of 4 in data order, each padded to its longest text
+        expected = torch.cat([minilm_model.embed(preprocessor.collate(items[start:start + 4], train=False))
+                              for start in range(0, len(items), 4)])
+        expected_logits = minilm_model.head(expected)
+    features = compute_features(minilm, preprocessor, items, torch.device("cpu"), batch_size=4)
+    torch.testing.assert_close(torch.as_tensor(features), expected, atol=1e-5, rtol=1e-4)
+    logits = predict_logits(minilm_model, preprocessor, items, 4, torch.device("cpu"))
+    torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=1e-4)
+    # each text's row is its own: the row of a long text differs from the rows beside it in length order
+    assert not torch.allclose(torch.as_tensor(features[1]), torch.as_tensor(features[2]), atol=1e-3)
+
+
+@needs_minilm
 def test_standalone_preprocessor_from_a_folder(minilm):
     preprocessor = TextPreprocessor(minilm.location, max_length=16, name="minilm")
     assert preprocessor.describe() == {**minilm.preprocessor(InputOptions(max_length=16)).describe(),

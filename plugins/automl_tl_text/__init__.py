@@ -20,7 +20,9 @@ the pooler when it is used. Freeze depth ``k`` therefore trains the last ``k`` e
 An unused pooler is removed from the body, so every body parameter can receive a gradient.
 
 Inputs are tokenised once per data set without padding (truncated to ``max_length`` tokens)
-and padded per batch to that batch's longest text.
+and padded per batch to that batch's longest text; for inference (features, validation,
+prediction) the texts are batched longest first, so a batch pads to little, and the outputs put
+back in the data's order.
 """
 
 from __future__ import annotations
@@ -145,6 +147,11 @@ class TextPreprocessor(Preprocessor):
             input_ids[row, :len(item)] = torch.as_tensor(item, dtype=torch.long)
             attention_mask[row, :len(item)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def inference_order(self, items: Sequence[Sequence[int]]) -> list[int]:
+        """Longest texts first: each batch then pads to about its own length (and one that does not fit in
+        memory fails at once, not after the rest)."""
+        return sorted(range(len(items)), key=lambda index: len(items[index]), reverse=True)
 
     @cached_property
     def _vocab_sha256(self) -> str:
