@@ -115,6 +115,7 @@ import torch
 from PIL import Image
 
 from automl_tl.backbone import Backbone, InputOptions
+from automl_tl.errors import AutomlTLError, DataError
 from automl_tl.executor import default_device
 from automl_tl.feature_cache import FeatureCache, samples_hash
 from automl_tl.registry import get_registry
@@ -155,7 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"the search's --timeout in seconds, the budget B {sized('timeout')}")
     parser.add_argument("--search-args", default="",
-                        help="extra options appended to the search command, as one string (default: none)")
+                        help="extra options appended to the search command, as one string; write it "
+                             "--search-args='--no-prerank' when it starts with a dash (default: none)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the samples, splits, mess and baselines' folds; the search keeps its default "
                              "(default: 0)")
@@ -501,6 +503,25 @@ def spoken_digits(folder: Path, args: argparse.Namespace, output: Path) -> Colle
                       f"voices, {len(test)} test clips of {len(test_voices)} other voices", mess)
 
 
+def check_source(name: str) -> None:
+    """Refuse now (:class:`~automl_tl.errors.DataError`, saying what to install) if the collection's source is
+    missing, rather than after the collections before it have run."""
+    if name == "fashion-mnist":
+        from automl_tl_datasets import FASHION_MNIST_DIR
+
+        if not FASHION_MNIST_DIR.is_dir():
+            raise DataError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}; install it with "
+                            "'apt-get install dataset-fashion-mnist'")
+    elif name == "bbc-news":
+        from automl_tl_datasets.text import bbc_news_folder
+
+        bbc_news_folder()
+    else:
+        from automl_tl_datasets.audio import espeak_variants
+
+        espeak_variants()
+
+
 def write_collection(name: str, folder: Path, args: argparse.Namespace, output: Path) -> Collection:
     """The collection ``name`` written under ``folder``."""
     if name == "fashion-mnist":
@@ -805,6 +826,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
     output = Path(args.output).resolve()
     for name in args.collections:  # refuse up front rather than after an hour of work
+        try:
+            check_source(name)
+        except AutomlTLError as exc:
+            sys.exit(f"{name}: {exc}")
         clear_run_dir(output / name, args.overwrite)
     output.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(output / "features")
