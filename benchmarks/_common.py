@@ -49,18 +49,25 @@ def _busy_cpu_seconds() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (and been waited for)."""
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
+
+
 class OtherLoad:
     """Share of the machine's CPUs that *other* processes used between ``start()`` and ``stop()``.
 
     On a machine with few cores, a second busy process slows PyTorch's threads several-fold,
     so a benchmark reports this next to its timings. ``None`` where ``/proc/stat`` is missing.
+    A child process this one ran and waited for in between (a command it timed) is not "other".
     """
 
     def __init__(self):
         self.share: float | None = None
 
     def start(self) -> "OtherLoad":
-        self._busy, self._own, self._wall = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        self._busy, self._own, self._wall = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
         return self
 
     def stop(self) -> float | None:
@@ -68,7 +75,7 @@ class OtherLoad:
         wall = time.perf_counter() - self._wall
         if busy is None or self._busy is None or wall <= 0:
             return None
-        other = (busy - self._busy) - (time.process_time() - self._own)
+        other = (busy - self._busy) - (_own_cpu_seconds() - self._own)
         self.share = min(max(other / (wall * (os.cpu_count() or 1)), 0.0), 1.0)
         return self.share
 
