@@ -70,7 +70,7 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def is_imbalanced(labels: np.ndarray, num_classes: int) -> bool:
     """Whether the largest class has at least :data:`IMBALANCE_RATIO` times the examples of the smallest."""
     counts = class_counts(labels, num_classes)
-    return counts.min() > 0 and counts.max() >= IMBALANCE_RATIO * counts.min()
+    return bool(counts.min() > 0 and counts.max() >= IMBALANCE_RATIO * counts.min())
 
 
 def default_metric(labels: np.ndarray, num_classes: int) -> str:
