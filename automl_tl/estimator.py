@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------ fitting
 
-    def fit(self, X: Any, y: Any = None) -> "TransferClassifier":
+    def fit(self, X: Any, y: Any = None, started: float | None = None) -> "TransferClassifier":
         """Search on labelled data and keep the best model; returns ``self``.
 
         ``X`` is one of: a DataFrame (with ``y``: its input column, named by ``input_column`` or guessed;
@@ -139,7 +140,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         paths or texts; an array of images, (N, H, W) or (N, H, W, C), uint8 or float in [0, 1]; a path to a
         CSV file or to a folder with one subfolder per class (without ``y``); or a registered data set
         (:class:`~automl_tl.registry.NamedDataset`, from ``get_registry().get_dataset(name)``).
+
+        ``timeout`` counts from ``started`` (a ``time.monotonic()`` value; default: now, before the data are read).
         """
+        started = time.monotonic() if started is None else started
         from automl_tl.data import prepare_dataset
         from automl_tl.executor import Executor
         from automl_tl.feature_cache import FeatureCache
@@ -162,7 +166,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
         try:
-            outcome = search(bundle, config, run_dir, executor, workers=self.workers, data_source=source)
+            outcome = search(bundle, config, run_dir, executor, workers=self.workers, data_source=source,
+                             started=started)
         except BaseException:
             if temporary is not None:
                 temporary.cleanup()

@@ -293,14 +293,15 @@ class Search:
             study.set_user_attr(TRANSFERABILITY_ATTR, {"scores": _json_records(self.ranking)})
         return study
 
-    def run(self, workers: int = 1) -> SearchOutcome:
+    def run(self, workers: int = 1, started: float | None = None) -> SearchOutcome:
         """Optimise until ``n_trials`` trials have finished (counting earlier runs) or the timeout passes.
 
-        The timeout covers the whole run, pre-ranking included. With ``workers`` > 1, that many worker
+        The timeout covers the whole run from ``started`` (default: now; see :meth:`start_clock`), pre-ranking,
+        refit and test evaluation included. With ``workers`` > 1, that many worker
         processes share the study (see :func:`automl_tl.workers.run_local_workers`); this process
         prepares the study, waits for them, and writes the results.
         """
-        self.start_clock()
+        self.start_clock(started)
         self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
         study = self.open_study()
         if workers > 1:
@@ -311,9 +312,11 @@ class Search:
             self.optimize(study)
         return self._finish(study)
 
-    def start_clock(self) -> None:
-        """Start the search's wall-clock budget (``config.timeout``) now."""
-        self._deadline = time.monotonic() + self.config.timeout if self.config.timeout else None
+    def start_clock(self, started: float | None = None) -> None:
+        """Start the search's wall-clock budget (``config.timeout``) at ``started`` (a ``time.monotonic()``
+        value: when the command began, so that reading the data counts too), or now."""
+        started = time.monotonic() if started is None else started
+        self._deadline = started + self.config.timeout if self.config.timeout else None
 
     def announce_start(self) -> None:
         """Tell observer plugins that this process is about to run trials of the study."""
@@ -695,6 +698,7 @@ def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
-           workers: int = 1, data_source: dict[str, Any] | None = None) -> SearchOutcome:
-    """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``."""
-    return Search(data, config, run_dir, executor, data_source=data_source).run(workers)
+           workers: int = 1, data_source: dict[str, Any] | None = None, started: float | None = None) -> SearchOutcome:
+    """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``. ``started`` (a
+    ``time.monotonic()`` value) is when the budget began: by default, now."""
+    return Search(data, config, run_dir, executor, data_source=data_source).run(workers, started)
