@@ -46,7 +46,7 @@ from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
 from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
-                              leaderboard, write_leaderboard, write_summary, write_transferability)
+                              leaderboard, write_leaderboard, write_skipped, write_summary, write_transferability)
 from automl_tl.sampling import SlotSeededSampler
 from automl_tl.space import SearchSpace, suggest_trial_config
 
@@ -241,6 +241,7 @@ class Search:
             for params in warm_starts[present:]:
                 study.enqueue_trial(params, user_attrs={"warm_start": True})
             study.set_user_attr("warm_starts_enqueued", True)
+        write_skipped(self.run_dir, self.data.skipped)  # now, so that it is there even if the search fails later
         return study
 
     def run(self, workers: int = 1) -> SearchOutcome:
