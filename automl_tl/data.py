@@ -90,6 +90,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 #: a large image is decoded reduced to no less than this many times the side it is resized to, so that the
 #: final resampling stays as good as from the full image (PIL's "reducing gap")
 REDUCING_GAP = 3.0
+#: the image modes PIL's ``Image.reduce`` works in
+_REDUCIBLE_MODES = ("L", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr")
 #: above this many pixels a PNG is checked by its chunks' checksums (``verify``) instead of being decoded
 VERIFY_PNG_ABOVE = 16_000_000
 #: label cells that mean "no label" (compared stripped and case-blind): empty, and what pandas reads as missing
@@ -232,8 +234,8 @@ def read_image(value: Any, origin: str = "", size: int | None = None, max_pixels
         ImageOps.exif_transpose(image, in_place=True)  # (decodes the file: truncated files fail here)
         factor = 1 if least is None else min(image.size) // least
         if factor >= 2:
-            if image.mode not in ("L", "RGB", "RGBA", "I", "F"):
-                image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+            if image.mode not in _REDUCIBLE_MODES:  # bilevel images to grey (a byte a pixel, as "1" is held), others RGB
+                image = image.convert("L" if image.mode == "1" else "RGB")
             image = image.reduce(factor)
         return image.convert("RGB")
 
@@ -385,7 +387,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if kind == "Parquet":
             return pd.read_parquet(path)
         if kind == "JSON Lines":
-            return pd.read_json(path, lines=True, dtype=False, convert_dates=False, encoding="utf-8")
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
         if kind == "Excel":
             return pd.read_excel(path, sheet_name=0)
         text, encoding = decode_text(path.read_bytes(), path)
@@ -716,14 +718,12 @@ def prepare_dataset(
     # from here on the index is the row's position in the user's table, as every message counts rows
     frame = frame[[input_column, label_column]].reset_index(drop=True)
     no_label = frame[label_column].map(_is_missing_label).to_numpy(dtype=bool)
-    unlabelled_inputs = list(frame[input_column][no_label])
-    skipped = [SkippedRow(int(row), input_excerpt(value), NO_LABEL, NO_LABEL)
-               for row, value in zip(frame.index[no_label], frame[input_column][no_label])]
+    unlabelled_inputs, unlabelled_rows = list(frame[input_column][no_label]), list(frame.index[no_label])
     if no_label.all():
         raise DataError(f"{origin} has no labelled rows: all {len(frame)} have an empty {label_column!r}")
     if no_label.any():
         logger.warning("%d of %d rows of %s have no %r: kept apart as unlabelled data, not trained on (first at row "
-                       "%d)", int(no_label.sum()), len(frame), origin, label_column, skipped[0].row)
+                       "%d)", len(unlabelled_rows), len(frame), origin, label_column, unlabelled_rows[0])
         frame = frame[~no_label]
     frame = frame.assign(**{label_column: _labels_as_written(list(frame[label_column]))})
 
@@ -748,6 +748,8 @@ def prepare_dataset(
         inputs = resolve_paths(inputs, base_dir)
         unlabelled_inputs = resolve_paths(unlabelled_inputs, base_dir)
 
+    skipped = [SkippedRow(int(row), input_excerpt(value), NO_LABEL, NO_LABEL)
+               for row, value in zip(unlabelled_rows, unlabelled_inputs)]
     unreadable = find_unreadable(inputs, modality, origin, list(frame.index), max_image_pixels)
     _apply_bad_input_policy(unreadable, len(inputs), origin, on_bad_input, max_bad_fraction)
     if unreadable:
