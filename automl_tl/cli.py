@@ -254,6 +254,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(outcome) -> None:
+    from automl_tl.report import SKIPPED_FILE
+
     run_dir = outcome.run_dir
     print(outcome.leaderboard.drop(columns=["error"]).head(10).to_string(index=False))
     test = "n/a" if outcome.test_metrics is None else f"{outcome.test_metrics['accuracy']:.4f}"
@@ -266,7 +268,7 @@ def _print_outcome(outcome) -> None:
               f"best validation accuracy: {taus})")
     extra = ", transferability.csv" if outcome.transferability is not None else ""
     print(f"run directory: {run_dir} (report.html, MODEL_CARD.md, leaderboard.csv, summary.json{extra}, "
-          "manifest.json, best_model/)")
+          f"{SKIPPED_FILE}, manifest.json, best_model/)")
     print(f"open {run_dir / 'report.html'} in a browser; 'automl-tl export {run_dir} --format onnx' exports the model")
 
 

@@ -702,6 +702,8 @@ def prepare_dataset(
         if path.is_dir():
             frame = read_folder(path)
             label_column, input_column = "label", str(frame.columns[0])
+            # a folder's kind of files says it, even where its first file cannot be read
+            modality = modality or next(m for m, column in FOLDER_COLUMNS.items() if column == input_column)
         elif path.suffix.lower() in TABLE_EXTENSIONS or path.is_file():
             frame, base_dir = read_table(path), path.parent
         else:

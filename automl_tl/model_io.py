@@ -263,7 +263,7 @@ class Predictor:
             except UnreadableInputError as exc:
                 if on_bad_input == BAD_INPUT_ERROR:
                     raise
-                errors[index] = f"{exc.file}: {exc.reason}" if exc.file else exc.reason
+                errors[index] = exc.reason  # (the row's input column names the file)
                 first = first or exc
         if modality == "text":
             good = [i for i, error in enumerate(errors) if not error]

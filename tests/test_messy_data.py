@@ -295,6 +295,20 @@ def test_skipped_csv_keeps_a_spreadsheet_from_running_a_cell(tmp_path):
     assert write_skipped(tmp_path, []).read_text() == "row,file,reason\n"  # written empty too
 
 
+def test_a_text_folder_reads_latin1_files_and_skips_a_binary_one(tmp_path, caplog):
+    for label, words in (("good", "a fine film"), ("bad", "a dull plot")):
+        (tmp_path / label).mkdir()
+        for index in range(6):
+            (tmp_path / label / f"{index + 1}.txt").write_text(f"{words} number {index}", encoding="utf-8")
+    (tmp_path / "bad" / "0.txt").write_bytes(b"\x00\x01\x02 binary \xff")  # the first file read: not text
+    (tmp_path / "good" / "1.txt").write_bytes("un très bon film".encode("latin-1"))
+    bundle = prepare_dataset(tmp_path, test_fraction=0)
+    assert bundle.modality == "text" and "un très bon film" in all_inputs(bundle)
+    assert [(r.row, r.file, r.kind) for r in bundle.skipped] == [(0, str(tmp_path / "bad" / "0.txt"),
+                                                                  "unsupported format")]
+    assert "1 text file(s) are not UTF-8 and were read as cp1252" in caplog.text
+
+
 # ---------------------------------------------------------------- tables
 
 
