@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from automl_tl.config import DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, STRATEGIES
-from automl_tl.data import (BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_ON_BAD_INPUT,
-                            TABLE_EXTENSIONS)
+from automl_tl.data import (BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
+                            DEFAULT_ON_BAD_INPUT, TABLE_EXTENSIONS)
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
 

@@ -234,7 +234,7 @@ def read_image(value: Any, origin: str = "", size: int | None = None, max_pixels
         ImageOps.exif_transpose(image, in_place=True)  # (decodes the file: truncated files fail here)
         factor = 1 if least is None else min(image.size) // least
         if factor >= 2:
-            if image.mode not in _REDUCIBLE_MODES:  # bilevel images to grey (a byte a pixel, as "1" is held), others RGB
+            if image.mode not in _REDUCIBLE_MODES:  # (bilevel to grey: a byte a pixel, as PIL holds "1")
                 image = image.convert("L" if image.mode == "1" else "RGB")
             image = image.reduce(factor)
         return image.convert("RGB")
@@ -606,8 +606,8 @@ def bad_input_options(on_bad_input: Any, max_bad_fraction: Any, max_image_pixels
     if (isinstance(max_bad_fraction, bool) or not isinstance(max_bad_fraction, (int, float, np.number))
             or not 0 <= max_bad_fraction <= 1):
         return f"max_bad_fraction must be a share of the rows between 0 and 1; got {max_bad_fraction!r}"
-    if max_image_pixels is not None and (isinstance(max_image_pixels, bool)
-                                         or not isinstance(max_image_pixels, (int, np.integer)) or max_image_pixels < 1):
+    whole = isinstance(max_image_pixels, (int, np.integer)) and not isinstance(max_image_pixels, bool)
+    if max_image_pixels is not None and (not whole or max_image_pixels < 1):
         return f"max_image_pixels must be a whole number of pixels >= 1 (or None: no limit); got {max_image_pixels!r}"
     return None
 

@@ -477,8 +477,8 @@ def test_search_refuses_bad_data(tmp_path, capsys, monkeypatch, mistake):
     (["search", "--trial-timeout", "0"], "argument --trial-timeout: expected a positive number of seconds, got 0.0"),
     (["search", "--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
     (["predict", "somewhere"], "the following arguments are required: --data, --output"),
-    (["search", "--max-bad-fraction", "1.5"], "argument --max-bad-fraction: expected a share between 0 and 1, got '1.5'"),
-    (["search", "--max-bad-fraction", "nan"], "argument --max-bad-fraction: expected a share between 0 and 1, got 'nan'"),
+    (["search", "--max-bad-fraction", "1.5"], "--max-bad-fraction: expected a share between 0 and 1, got '1.5'"),
+    (["search", "--max-bad-fraction", "nan"], "--max-bad-fraction: expected a share between 0 and 1, got 'nan'"),
     (["search", "--on-bad-input", "ignore"], "argument --on-bad-input: invalid choice: 'ignore'"),
     (["search", "--max-image-pixels", "0"], "argument --max-image-pixels: expected a number >= 1, got 0"),
     (["predict", "run", "--data", "x", "--output", "y", "--on-bad-input", "drop"],
@@ -784,7 +784,8 @@ def _predict_every_image_missing(tmp: Path) -> list:
     csv = csv_data(tmp)
     for file in (tmp / "imgs").iterdir():
         file.unlink()
-    return [csv], ["none of the 8 inputs can be read", "the first: image file not found", str(tmp / "imgs" / "cat0.png")]
+    return [csv], ["none of the 8 inputs can be read", "the first: image file not found",
+                   str(tmp / "imgs" / "cat0.png")]
 
 
 def _predict_missing_image_refused_on_request(tmp: Path) -> list:
@@ -833,7 +834,7 @@ def test_predict_keeps_the_place_of_an_unreadable_row(finished_run, tmp_path, ca
     assert code == 0, stderr
     predictions = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert list(predictions["image"]) == [str(tmp_path / name) for name in pd.read_csv(csv)["image"]]
-    broken = predictions.set_index("image").loc[[str(tmp_path / "imgs" / "cat2.png"), str(tmp_path / "imgs" / "dog1.png")]]
+    broken = predictions.set_index("image").loc[[str(tmp_path / "imgs" / name) for name in ("cat2.png", "dog1.png")]]
     assert (broken["prediction"] == "").all() and (broken[["cat", "dog"]] == "").all().all()
     assert broken["error"].str.contains("corrupt or truncated").iloc[0] and "file not found" in broken["error"].iloc[1]
     readable = predictions[predictions["error"] == ""]
