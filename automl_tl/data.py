@@ -536,6 +536,8 @@ def input_excerpt(value: Any, limit: int = 60) -> str:
     """What names an input in a table of skipped rows: its file, or the start of its text."""
     if isinstance(value, _Unreadable):
         return value.error.file
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, np.ndarray):
         return f"(array, shape {value.shape})"
     if _is_missing(value):

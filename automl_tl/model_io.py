@@ -216,8 +216,9 @@ class Predictor:
         probabilities, errors = self._probabilities(inputs, batch_size, max_image_pixels, on_bad_input)
         table = pd.DataFrame(probabilities, columns=[str(c) for c in self.classes])
         table.insert(0, "prediction", pd.Series(self._labels(probabilities), dtype=object))
-        table.insert(0, self.input_column, pd.Series([input_excerpt(v, limit=10_000) if not isinstance(v, str)
-                                                      else v for v in inputs], dtype=object))
+        # which file (or text) each row is about; an array or an unreadable text file is named, not shown
+        shown = [value if isinstance(value, str) else input_excerpt(value) for value in inputs]
+        table.insert(0, self.input_column, pd.Series(shown, dtype=object))
         table["error"] = errors
         return table
 

@@ -296,6 +296,11 @@ def _small_class(tmp):
     return [csv], ["class 'dog'", "2 example(s)", "at least 3"]
 
 
+def _class_with_one_example(tmp):
+    csv = csv_data(tmp, {"cat": 5, "dog": 1})
+    return [csv], ["class 'dog'", str(csv), "1 example(s)", "at least 3"]
+
+
 def _missing_image(tmp):
     csv = csv_data(tmp)
     (tmp / "imgs" / "dog2.png").unlink()
@@ -441,6 +446,7 @@ def _text_file_empty(tmp):
 
 
 DATA_MISTAKES = [_missing_label_column, _missing_input_column, _empty_csv, _zero_rows, _one_class, _small_class,
+                 _class_with_one_example,
                  _missing_image, _garbage_image, _truncated_png, _huge_bmp_header, _every_image_unreadable,
                  _one_bad_image_refused_on_request, _too_many_bad_images, _only_unlabelled_rows,
                  _a_class_left_too_small_by_skipping, _nonexistent_csv,
