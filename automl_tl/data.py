@@ -729,7 +729,8 @@ def prepare_dataset(
         logger.warning("%d of %d rows of %s have no %r: kept apart as unlabelled data, not trained on (first at row "
                        "%d)", len(unlabelled_rows), len(frame), origin, label_column, unlabelled_rows[0])
         frame = frame[~no_label]
-    frame = frame.assign(**{label_column: _labels_as_written(list(frame[label_column]))})
+    frame = frame.copy()
+    frame[label_column] = pd.Series(_labels_as_written(list(frame[label_column])), index=frame.index, dtype=object)
 
     shots_problem = bad_shots(shots)
     if shots_problem:
