@@ -1,6 +1,7 @@
 """Audio shared by audio backbones: reading files, mel spectrograms in torch, and the preprocessor.
 
-* :func:`read_audio` reads wav / flac / ogg with soundfile, mixes to mono, resamples with
+* :func:`read_audio` reads every format libsndfile does (wav, flac, ogg/opus, aiff, mp3, caf, ...:
+  :data:`~automl_tl.data.AUDIO_EXTENSIONS`) with soundfile, mixes to mono, resamples with
   ``scipy.signal.resample_poly`` and refuses, in one line naming the file, anything a model
   should not be trained on (missing, unsupported, corrupt, empty or silent).
 * :class:`MelFilterbank` and :class:`MelSpectrogram` compute spectrograms with ``torch.stft``
@@ -37,7 +38,7 @@ from torch import nn
 
 from automl_tl.backbone import Preprocessor
 from automl_tl.data import AUDIO_EXTENSIONS
-from automl_tl.errors import DataError, first_line
+from automl_tl.errors import UnreadableInputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -52,33 +53,47 @@ MEL_TRIANGLES = ("hz", "mel")
 # ---------------------------------------------------------------- reading files
 
 
+def check_audio_path(path: Path) -> None:
+    """Refuse (:class:`~automl_tl.errors.UnreadableInputError`) a missing file or an extension libsndfile
+    does not read (:data:`~automl_tl.data.AUDIO_EXTENSIONS`, case-insensitive), without reading the file."""
+    if not path.is_file():
+        raise UnreadableInputError(f"audio file not found: {path}", UnreadableInputError.NOT_FOUND, "", str(path))
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        shown = path.suffix or "(no extension)"
+        raise UnreadableInputError(f"unsupported audio format {shown!r} of {path}; expected one of "
+                                   f"{', '.join(AUDIO_EXTENSIONS)}", UnreadableInputError.UNSUPPORTED,
+                                   f"{shown} is not an audio format libsndfile reads", str(path))
+
+
 def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
     """The samples of an audio file as float32 mono in [-1, 1], resampled to ``sample_rate`` if given.
 
-    Channels are averaged. Raises :class:`~automl_tl.errors.DataError`, one line naming the
-    file, for a missing file, an extension other than :data:`AUDIO_EXTENSIONS`, content
-    soundfile cannot decode, no samples, non-finite samples, or silence (every sample below
+    Channels are averaged. Raises :class:`~automl_tl.errors.UnreadableInputError` (a DataError), one line
+    naming the file, for a missing file, an extension libsndfile does not read (see :func:`check_audio_path`),
+    content soundfile cannot decode, no samples, non-finite samples, or silence (every sample below
     :data:`SILENCE_THRESHOLD`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"audio file not found: {path}")
-    if path.suffix.lower() not in AUDIO_EXTENSIONS:
-        raise DataError(f"unsupported audio format {path.suffix or '(no extension)'!r} of {path}; "
-                        f"expected one of {', '.join(AUDIO_EXTENSIONS)}")
+    check_audio_path(path)
+
+    def refuse(message: str, kind: str, detail: str) -> UnreadableInputError:
+        return UnreadableInputError(message, kind, detail, str(path))
+
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError, OSError) as exc:
-        raise DataError(f"cannot read audio file {path} (corrupt, or not a wav/flac/ogg file): "
-                        f"{first_line(exc)}") from None
+        raise refuse(f"cannot read audio file {path} (corrupt, or not the audio format its extension says): "
+                     f"{first_line(exc)}", UnreadableInputError.UNREADABLE, first_line(exc)) from None
     if samples.shape[0] == 0 or samples.shape[1] == 0:
-        raise DataError(f"audio file {path} is empty (0 samples)")
+        raise refuse(f"audio file {path} is empty (0 samples)", UnreadableInputError.EMPTY, "0 samples")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if not np.isfinite(mono).all():
-        raise DataError(f"audio file {path} holds non-finite samples (NaN or infinity)")
+        raise refuse(f"audio file {path} holds non-finite samples (NaN or infinity)", UnreadableInputError.NOT_FINITE,
+                     "NaN or infinite samples")
     peak = float(np.abs(mono).max())
     if peak < SILENCE_THRESHOLD:
-        raise DataError(f"audio file {path} is silent (peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g})")
+        raise refuse(f"audio file {path} is silent (peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g})",
+                     UnreadableInputError.SILENT, f"peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g}")
     if sample_rate is not None and rate != sample_rate:
         mono = resample(mono, rate, sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)

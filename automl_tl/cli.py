@@ -17,6 +17,8 @@ from pathlib import Path
 
 from automl_tl.config import DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, STRATEGIES
 from automl_tl.metrics import METRIC_NAMES
+from automl_tl.data import (BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
+                            DEFAULT_ON_BAD_INPUT, TABLE_EXTENSIONS)
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
 
@@ -66,6 +68,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:  # (nan fails this too)
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value
+
+
+def _add_bad_input_options(parser: argparse.ArgumentParser, rows: str) -> None:
+    """The bad-input flags ``search`` and ``predict`` share; ``rows`` says what happens to an unreadable one."""
+    parser.add_argument("--on-bad-input", choices=BAD_INPUT_POLICIES, default=DEFAULT_ON_BAD_INPUT,
+                        help=f"an input that cannot be read (missing, corrupt, truncated, too large, unsupported, "
+                             f"empty): {rows}; 'error' refuses at the first (default: {DEFAULT_ON_BAD_INPUT})")
+    parser.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                        help="larger images are unreadable inputs, known from their header before decoding "
+                             f"(default: {DEFAULT_MAX_IMAGE_PIXELS:,}, where PIL itself stops)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automl-tl", description="AutoML for transfer learning.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -74,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("search", help="search backbones, freeze depth and learning rates; save the best model")
     run.add_argument("--config", help="YAML or TOML file of these options (e.g. 'max-epochs: 2'); flags given "
                                       "here override it; its relative paths are relative to its folder")
-    run.add_argument("--data", help="CSV file, or a folder with one subfolder per class (images, audio or .txt files); "
+    run.add_argument("--data", help=f"a table ({' '.join(TABLE_EXTENSIONS)}), or a folder with one subfolder per "
+                                    "class (images, audio or .txt files); "
                                     f"default: the built-in {DEFAULT_DATASET!r} data set")
     run.add_argument("--dataset", help="a registered data set by name (see 'automl-tl datasets')")
     run.add_argument("--label", default="label", help="label column (default: label)")
@@ -131,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="few labels: learn from K examples per class (seeded draw), used for training and model "
                           "selection alike; every other example is the test set (below 10 shots, validation is "
                           "by cross-validation of nearest centroid and logistic regression)")
+    _add_bad_input_options(run, "'skip' leaves its row out and lists it in RUN_DIR/skipped.csv")
+    run.add_argument("--max-bad-fraction", type=_fraction, default=DEFAULT_MAX_BAD_FRACTION, metavar="F",
+                     help="refuse the data when more than this share of the labelled rows cannot be read "
+                          f"(default: {DEFAULT_MAX_BAD_FRACTION}); rows without a label are never trained on")
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="worker processes on this machine sharing the study and the cores (default: 1)")
     run.add_argument("--mlflow", nargs="?", const="mlruns", metavar="URI", dest="tracking_uri",
@@ -151,8 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict with the best model of a run")
     predict.add_argument("run_dir", help="run directory of a search, or a saved model directory")
-    predict.add_argument("--data", required=True, help="CSV with the training input column, or a folder of files")
-    predict.add_argument("--output", required=True, help="CSV to write: prediction + one probability column per class")
+    predict.add_argument("--data", required=True, help="a table (CSV, Parquet, ...) with the training input column, "
+                                                        "or a folder of files")
+    predict.add_argument("--output", required=True, help="CSV to write: the input, prediction, one probability "
+                                                          "column per class, and error (why a row has no prediction)")
+    _add_bad_input_options(predict, "'skip' keeps its row, with no prediction and the reason in the error column")
 
     report = commands.add_parser("report", help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's "
                                                 "Optuna study alone")
@@ -196,6 +226,7 @@ def search_estimator_params(args: argparse.Namespace) -> dict:
         prerank=args.prerank, feature_cache=args.feature_cache, modality=args.modality,
         max_samples=args.max_samples, label_column=args.label, input_column=args.input_column,
         shots=args.shots, workers=args.workers, output_dir=args.output, tracking_uri=args.tracking_uri,
+        on_bad_input=args.on_bad_input, max_bad_fraction=args.max_bad_fraction, max_image_pixels=args.max_image_pixels,
         metric=args.metric, refit=args.refit, val_size=args.val_size,
         test_size=args.test_size,  # None: by the data's size (the estimator's own default is 0)
     )
@@ -269,6 +300,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(outcome) -> None:
+    from automl_tl.report import SKIPPED_FILE
+
     run_dir = outcome.run_dir
     # the ten best trials in under 100 columns; every column is in leaderboard.csv
     shown = outcome.leaderboard[list(TERMINAL_COLUMNS)].head(10).rename(columns=TERMINAL_COLUMNS)
@@ -288,7 +321,7 @@ def _print_outcome(outcome) -> None:
               f"best validation accuracy: {taus})")
     extra = ", transferability.csv" if outcome.transferability is not None else ""
     print(f"run directory: {run_dir} (report.html, MODEL_CARD.md, leaderboard.csv, summary.json{extra}, "
-          "manifest.json, best_model/)")
+          f"{SKIPPED_FILE}, manifest.json, best_model/)")
     print(f"open {run_dir / 'report.html'} in a browser; 'automl-tl export {run_dir} --format onnx' exports the model")
 
 
@@ -310,18 +343,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from automl_tl.model_io import load
 
     predictor = load(args.run_dir)
-    inputs = predictor.read_inputs(args.data)  # also refuses labels the model never learnt
-    probabilities = predictor.predict_proba(inputs)
-    classes = predictor.classes
-    probabilities.insert(0, "prediction", [classes[i] for i in probabilities.to_numpy().argmax(axis=1)])
-    probabilities.insert(0, predictor.input_column, inputs)  # which file (or text) each row is about
+    # refuses labels the model never learnt, and data none of whose inputs can be read
+    table = predictor.predict_table(args.data, max_image_pixels=args.max_image_pixels, on_bad_input=args.on_bad_input)
     output = Path(args.output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        probabilities.to_csv(output, index=False)
+        table.to_csv(output, index=False)
     except OSError as exc:
         raise AutomlTLError(f"cannot write predictions to {output}: {exc.strerror}") from None
-    print(f"wrote {len(probabilities)} predictions to {output}")
+    failed = int((table["error"] != "").sum())
+    unread = f"; {failed} row(s) could not be read and have none (see the error column)" if failed else ""
+    print(f"wrote {len(table) - failed} predictions to {output}{unread}")
     return 0
 
 

@@ -57,3 +57,32 @@ class WeightsMismatchError(AutomlTLError, RuntimeError):
 
     Also a RuntimeError, which is what ``torch.nn.Module.load_state_dict`` raises.
     """
+
+
+class UnreadableInputError(DataError):
+    """One input (an image, audio or text file, an array, a text) cannot be used as it is.
+
+    Its message is the usual one line naming the file; ``kind`` (one of the constants below) says what is
+    wrong in a word or two, and ``detail`` says it without the file's name, for tables of skipped rows
+    (``RUN_DIR/skipped.csv``) where the file has a column of its own. Under the bad-input policy "skip"
+    (:func:`automl_tl.data.prepare_dataset`) such an input is skipped and reported, not fatal.
+    """
+
+    NOT_FOUND = "file not found"
+    UNREADABLE = "corrupt or truncated"
+    TOO_LARGE = "too large"
+    UNSUPPORTED = "unsupported format"
+    EMPTY = "empty"
+    SILENT = "silent"
+    NOT_FINITE = "non-finite values"
+    #: every kind, in the order reports list them
+    KINDS = (NOT_FOUND, UNREADABLE, TOO_LARGE, UNSUPPORTED, EMPTY, SILENT, NOT_FINITE)
+
+    def __init__(self, message: str, kind: str, detail: str, file: str = ""):
+        super().__init__(message)
+        self.kind, self.detail, self.file = kind, detail, file
+
+    @property
+    def reason(self) -> str:
+        """``kind: detail`` (or the kind alone when the detail says nothing more)."""
+        return self.kind if not self.detail or self.detail == self.kind else f"{self.kind}: {self.detail}"

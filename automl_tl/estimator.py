@@ -34,7 +34,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig
-from automl_tl.data import AUTO_TEST_FRACTION, bad_shots
+from automl_tl.data import (AUTO_TEST_FRACTION, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
+                            DEFAULT_ON_BAD_INPUT, bad_input_options, bad_shots)
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
 from automl_tl.registry import NamedDataset
 
@@ -66,6 +67,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         balanced accuracy, with a class-weighted loss, when the largest class has 3 or more times the examples of
         the smallest; else accuracy). refit: train the best configuration again on training + validation at
         the end, within the budget (the test part, if any, stays held out).
+    on_bad_input: "skip" (default) leaves out, and lists in ``run_dir_/skipped.csv``, each input that cannot be
+        read; "error" refuses the data at the first. max_bad_fraction: more than this share of the labelled
+        rows unreadable refuses the data anyway (default 0.1). max_image_pixels: larger images are unreadable
+        (read from the header; None: no limit). Rows without a label are never trained on (see
+        :func:`~automl_tl.data.prepare_dataset`).
     storage, study_name: the Optuna study (default: a journal in the run directory).
     output_dir: run directory (None: a temporary one per fit; see the module's docstring).
     workers: processes sharing the study (more than 1 needs data from a file, a folder or a registered data set).
@@ -90,6 +96,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                  modality: str | None = None, max_samples: int | None = None, shots: int | None = None,
                  label_column: str = "label",
                  input_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
+                 on_bad_input: str = DEFAULT_ON_BAD_INPUT, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                  storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, output_dir: str | Path | None = None,
                  workers: int = 1, tracking_uri: str | None = None, device: str | None = None,
                  show_progress: bool | None = None, metric: str | None = None, refit: bool = True):
@@ -120,6 +128,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.input_column = input_column
         self.val_size = val_size
         self.test_size = test_size
+        self.on_bad_input = on_bad_input
+        self.max_bad_fraction = max_bad_fraction
+        self.max_image_pixels = max_image_pixels
         self.storage = storage
         self.study_name = study_name
         self.output_dir = output_dir
@@ -153,7 +164,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         data, label_column, input_column, source = self._training_data(X, y)
         bundle = prepare_dataset(data, label_column=label_column, input_column=input_column, seed=self.seed,
                                  val_fraction=self.val_size, test_fraction=self.test_size,
-                                 max_samples=self.max_samples, modality=self.modality, shots=self.shots)
+                                 max_samples=self.max_samples, modality=self.modality, shots=self.shots,
+                                 **self._bad_input_params())
         config = self._search_config(self._backbone_names(bundle.modality))
         if self.output_dir is not None:
             run_dir, temporary = Path(self.output_dir), None
@@ -207,7 +219,15 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         shots_problem = bad_shots(self.shots)
         if shots_problem:
             raise ConfigError(shots_problem)
+        options_problem = bad_input_options(**self._bad_input_params())
+        if options_problem:
+            raise ConfigError(options_problem)
         self._search_config(("*",))  # SearchConfig checks the rest; the backbones are resolved later
+
+    def _bad_input_params(self) -> dict[str, Any]:
+        """The bad-row policy, as :func:`~automl_tl.data.prepare_dataset` takes it."""
+        return {"on_bad_input": self.on_bad_input, "max_bad_fraction": self.max_bad_fraction,
+                "max_image_pixels": self.max_image_pixels}
 
     def _backbone_names(self, modality: str) -> tuple[str, ...]:
         """The backbones to search: those named, or every one of ``modality`` whose weights are installed."""
@@ -244,7 +264,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
         fractions = {"val_fraction": self.val_size, "test_fraction": self.test_size}
         common = {"seed": self.seed, "max_samples": self.max_samples, "modality": self.modality, "shots": self.shots,
-                  **fractions}
+                  **fractions, **self._bad_input_params()}
         if isinstance(X, NamedDataset):
             _no_labels_beside(X, y, f"the registered data set {X.name!r}")
             return X.load(), X.label_column, X.input_column, data_source(dataset=X.name, **common)
@@ -272,18 +292,26 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------ predicting
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, shape (n, n_classes), columns in the order of ``classes_``.
+        """Class probabilities, shape (n, n_classes), columns in the order of ``classes_``; a row of NaN for
+        an input that cannot be read (one warning counts them; see ``predictor_.predict_table`` for why).
 
         ``X``: what :meth:`fit` takes as inputs, without labels (a DataFrame needs the training input column).
         """
         check_is_fitted(self, "predictor_")
         inputs = X if isinstance(X, (pd.DataFrame, str, Path)) else _input_list(X)
-        return self.predictor_.predict_proba(inputs).to_numpy()
+        return self.predictor_.predict_proba(inputs, max_image_pixels=self.max_image_pixels).to_numpy()
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each input, as the labels were given to :meth:`fit`."""
+        """The most probable class of each input, as the labels were given to :meth:`fit` (an array of
+        objects with None where an input cannot be read)."""
         check_is_fitted(self, "predictor_")
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        probabilities = self.predict_proba(X)
+        readable = ~np.isnan(probabilities).any(axis=1)
+        if readable.all():
+            return self.classes_[probabilities.argmax(axis=1)]
+        labels = np.full(len(probabilities), None, dtype=object)
+        labels[readable] = self.classes_[probabilities[readable].argmax(axis=1)]
+        return labels
 
     # score(X, y): accuracy, from ClassifierMixin
 

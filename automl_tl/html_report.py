@@ -28,7 +28,7 @@ from automl_tl.errors import AutomlTLError, first_line
 from automl_tl.model_io import write_bytes_atomic, write_text_atomic
 from automl_tl.ranking import with_outcomes
 from automl_tl.report import (DATA_SUMMARY_ATTR, LEADERBOARD_COLUMNS, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR,
-                              best_accuracy_by_backbone, leaderboard)
+                              best_accuracy_by_backbone, describe_skipped, leaderboard)
 from automl_tl.transferability import SCORES
 
 logger = logging.getLogger(__name__)
@@ -223,6 +223,9 @@ def _overview(study: optuna.Study, board: pd.DataFrame, attrs: dict[str, Any], e
                              f"validation / {data.get('test', '?')} test examples, {len(classes)} classes"))
     elif classes:
         rows.append(("classes", str(len(classes))))
+    skipped = describe_skipped(data.get("skipped"))
+    if skipped:
+        rows.append(("rows left out", skipped))
     rows.append(("trials", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "none"))
     if not board.empty:
         rows.append(("time spent in trials", f"{board['seconds'].astype(float).fillna(0).sum():.1f} s wall, "

@@ -1,4 +1,5 @@
-"""Image preprocessing shared by image backbones: decode and resize once, normalise per batch."""
+"""Image preprocessing shared by image backbones: decode (:func:`automl_tl.data.read_image`: EXIF orientation,
+first frame, large files decoded reduced) and resize once, normalise per batch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torchvision.transforms import functional as F
 from automl_tl.backbone import Preprocessor
 from automl_tl.data import read_image
 
+#: changes whenever the decoding of image files changes, so that features cached before are not reused
+DECODING_VERSION = 2  # 2: EXIF orientation applied, large files decoded reduced (see automl_tl.data.read_image)
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
@@ -35,12 +38,13 @@ class ImagePreprocessor(Preprocessor):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def encode_one(self, value: Any) -> torch.Tensor:
-        image = read_image(value)
+        # the side the image is resized to before any crop: a much larger file is decoded reduced towards it
+        scale = self.size if self.crop_pct >= 1.0 else int(round(self.size / self.crop_pct))
+        image = read_image(value, size=scale)
         resample = INTERPOLATIONS[self.interpolation]
         if self.crop_pct >= 1.0:
             image = image.resize((self.size, self.size), resample)
         else:
-            scale = int(round(self.size / self.crop_pct))
             image = F.center_crop(F.resize(image, scale, interpolation=F.InterpolationMode(self.interpolation)),
                                   [self.size, self.size])
         return F.pil_to_tensor(image)  # uint8, 3 x size x size: a quarter of float32's memory
@@ -57,7 +61,9 @@ class ImagePreprocessor(Preprocessor):
 
     def cache_key(self) -> dict[str, Any]:
         # mean, std and flips act in collate(): backbones that differ only there share one encoding
-        return {"kind": "image", "size": self.size, "crop_pct": self.crop_pct, "interpolation": self.interpolation}
+        # ("decoding": how files are decoded, EXIF orientation and reduction of large files, since it changed)
+        return {"kind": "image", "size": self.size, "crop_pct": self.crop_pct, "interpolation": self.interpolation,
+                "decoding": DECODING_VERSION}
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "image", "size": self.size, "crop_pct": self.crop_pct, "interpolation": self.interpolation,

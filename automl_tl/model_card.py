@@ -17,6 +17,7 @@ from typing import Any
 
 from automl_tl.errors import AutomlTLError
 from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, model_dir_of, write_text_atomic
+from automl_tl.report import describe_skipped
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 METRICS_FILE = "metrics.json"
@@ -138,6 +139,7 @@ def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manife
     if source and source.get("max_samples"):
         source_text += f", a stratified sample of at most {source['max_samples']} examples"
     split_seed = ((manifest or {}).get("seeds") or {}).get("data_split")
+    skipped = describe_skipped(data.get("skipped"))
     return [
         "## Data", "",
         "| | |", "|---|---|",
@@ -148,6 +150,7 @@ def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manife
         f"| split | stratified by class and seeded (split seed {'not recorded' if split_seed is None else split_seed}); "
         "the test examples took no part in training or in choosing the model |",
         f"| fingerprint | `{data.get('fingerprint')}` (hash of the inputs, labels and split) |",
+        *([f"| rows left out | {skipped} |"] if skipped else []),
         "",
     ]
 

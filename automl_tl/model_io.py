@@ -15,6 +15,7 @@ tensor names or shapes, a config that disagrees with the weights) is refused wit
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,11 +31,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from automl_tl.backbone import InputOptions, TransferModel
-from automl_tl.data import prepare_unlabelled
-from automl_tl.errors import AutomlTLError, ModelFileError, UnknownBackboneError
+from automl_tl.data import (BAD_INPUT_ERROR, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_ON_BAD_INPUT, check_input, input_excerpt,
+                            prepare_unlabelled)
+from automl_tl.errors import AutomlTLError, DataError, ModelFileError, UnknownBackboneError, UnreadableInputError
 from automl_tl.executor import default_device, predict_logits
 from automl_tl.heads import HeadSpec, build_head
 from automl_tl.registry import get_backbone
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -198,21 +202,86 @@ class Predictor:
         return prepare_unlabelled(data, self.input_column, self.backbone.modality,
                                   label_column=self.label_column, classes=self.classes)
 
-    def predict_proba(self, data: Any, batch_size: int = 64) -> pd.DataFrame:
-        """Class probabilities, one row per input and one column per class.
+    def predict_table(self, data: Any, batch_size: int = 64, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                      on_bad_input: str = DEFAULT_ON_BAD_INPUT) -> pd.DataFrame:
+        """One row per input, in order: the input (its file, or its text), ``prediction``, one probability
+        column per class, and ``error``.
 
-        ``data``: a DataFrame or CSV with the training input column, a folder of files, or a list of inputs
-        (image paths or arrays, audio paths, or texts).
+        An input that cannot be read (missing, corrupt, larger than ``max_image_pixels``, empty...) keeps its
+        row, with no prediction, NaN probabilities and the reason in ``error`` (empty for the others); one
+        warning counts them. Refused (:class:`~automl_tl.errors.DataError`, one line) when no input can be
+        read, or with ``on_bad_input`` "error" at the first that cannot.
         """
         inputs = self.read_inputs(data)
-        items = self.preprocessor.encode(inputs)
-        logits = predict_logits(self.model, self.preprocessor, items, batch_size, self.device)
-        return pd.DataFrame(torch.softmax(logits, dim=1).numpy(), columns=[str(c) for c in self.classes])
+        probabilities, errors = self._probabilities(inputs, batch_size, max_image_pixels, on_bad_input)
+        table = pd.DataFrame(probabilities, columns=[str(c) for c in self.classes])
+        table.insert(0, "prediction", pd.Series(self._labels(probabilities), dtype=object))
+        # which file (or text) each row is about; an array or an unreadable text file is named, not shown
+        shown = [value if isinstance(value, str) else input_excerpt(value) for value in inputs]
+        table.insert(0, self.input_column, pd.Series(shown, dtype=object))
+        table["error"] = errors
+        return table
 
-    def predict(self, data: Any, batch_size: int = 64) -> np.ndarray:
-        """The most probable class of each input, as the labels were given in training."""
-        probabilities = self.predict_proba(data, batch_size).to_numpy()
-        return np.array(self.classes, dtype=object)[probabilities.argmax(axis=1)]
+    def predict_proba(self, data: Any, batch_size: int = 64,
+                      max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> pd.DataFrame:
+        """Class probabilities, one row per input and one column per class (NaN for an input that cannot be
+        read: see :meth:`predict_table`, which also says why).
+
+        ``data``: a DataFrame or table file with the training input column, a folder of files, or a list of
+        inputs (image paths or arrays, audio paths, or texts).
+        """
+        probabilities, _ = self._probabilities(self.read_inputs(data), batch_size, max_image_pixels,
+                                               DEFAULT_ON_BAD_INPUT)
+        return pd.DataFrame(probabilities, columns=[str(c) for c in self.classes])
+
+    def predict(self, data: Any, batch_size: int = 64,
+                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+        """The most probable class of each input, as the labels were given in training (None for an input
+        that cannot be read)."""
+        return self._labels(self.predict_proba(data, batch_size, max_image_pixels).to_numpy())
+
+    def _labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """The class of each row of ``probabilities``; None where the row is NaN (its input was unreadable)."""
+        labels = np.empty(len(probabilities), dtype=object)
+        readable = ~np.isnan(probabilities).any(axis=1)
+        labels[readable] = np.array(self.classes, dtype=object)[probabilities[readable].argmax(axis=1)]
+        return labels
+
+    def _probabilities(self, inputs: list[Any], batch_size: int, max_image_pixels: int | None,
+                       on_bad_input: str) -> tuple[np.ndarray, list[str]]:
+        """Probabilities (NaN rows for inputs that cannot be read) and each row's error ("" when none)."""
+        modality = self.backbone.modality
+        errors = [""] * len(inputs)
+        items: dict[int, Any] = {}
+        first: UnreadableInputError | None = None
+        for index, value in enumerate(inputs):
+            try:
+                # the header (size), the file's existence and format, the text: cheap; decoding happens once,
+                # in encode, one file at a time so that a truncated one fails alone
+                check_input(value, modality, f" (input {index})", max_image_pixels, decode=False)
+                if modality != "text":
+                    items[index] = self.preprocessor.encode([value])[0]
+            except UnreadableInputError as exc:
+                if on_bad_input == BAD_INPUT_ERROR:
+                    raise
+                errors[index] = exc.reason  # (the row's input column names the file)
+                first = first or exc
+        if modality == "text":
+            good = [i for i, error in enumerate(errors) if not error]
+            items = dict(zip(good, self.preprocessor.encode([inputs[i] for i in good])))
+        failed = sum(1 for error in errors if error)
+        if inputs and failed == len(inputs):
+            raise DataError(f"none of the {len(inputs)} inputs can be read, so nothing was predicted; "
+                            f"the first: {first}")
+        if failed:
+            logger.warning("%d of %d inputs cannot be read and have no prediction (their reason is in the 'error' "
+                           "column), the first: %s", failed, len(inputs), first)
+        probabilities = np.full((len(inputs), len(self.classes)), np.nan, dtype=np.float32)
+        if items:
+            order = sorted(items)
+            logits = predict_logits(self.model, self.preprocessor, [items[i] for i in order], batch_size, self.device)
+            probabilities[order] = torch.softmax(logits, dim=1).numpy()
+        return probabilities, errors
 
 
 def load_model_dir(directory: Path, device: torch.device | str | None = None) -> Predictor:

@@ -3,7 +3,9 @@ and a JSON summary. (The HTML page and its figures are :mod:`automl_tl.html_repo
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,10 @@ import optuna
 import pandas as pd
 
 from automl_tl.metrics import signed
+from automl_tl.data import NO_LABEL, SkippedRow
 from automl_tl.model_io import write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 PARAMETERS = ["backbone", "strategy", "freeze_depth", "backbone_lr", "layer_decay", "head_lr", "head", "head_hidden",
               "head_dropout"]
@@ -20,6 +25,11 @@ TEST_EVALUATION_ATTR = "test_evaluation"  # the best model on the test set: metr
 TRANSFERABILITY_ATTR = "transferability"  # the pre-ranking's scores per backbone
 DATA_SUMMARY_ATTR = "data_summary"  # modality, split sizes, columns
 FINISHED_STATES = ("COMPLETE", "PRUNED")
+#: every row of the data left out of training (no label, unreadable input): row, file, reason
+SKIPPED_FILE = "skipped.csv"
+SKIPPED_COLUMNS = ("row", "file", "reason")
+#: a spreadsheet takes a cell starting with one of these for a formula (CSV injection): such a cell is quoted
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 #: ``val_score`` is the search's metric (``summary.json``'s "metric") in its own units; ``val_loss`` breaks ties
 LEADERBOARD_COLUMNS = ["trial", "state", *PARAMETERS, "val_score", "val_accuracy", "val_loss", "validation",
                        "best_epoch", "epochs_run", "stop_reason", "seconds", "cpu_seconds", "error"]
@@ -104,3 +114,40 @@ def write_transferability(frame: pd.DataFrame, kendall_tau: dict[str, float | No
     write_text_atomic(
         run_dir / "transferability.md", shown.to_markdown(index=False, disable_numparse=True)
         + f"\n\nKendall tau between each score and the best validation accuracy: {taus}\n")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` as a spreadsheet shows it but never runs it: a leading ``= + - @`` (or tab, carriage return)
+    gets a ``'`` before it, which spreadsheets read as "this cell is text"."""
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
+def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
+    """``skipped.csv``: one line per row of the data left out (see :class:`~automl_tl.data.SkippedRow`),
+    columns ``row``, ``file``, ``reason``. Written even when nothing was skipped (the header alone), so
+    that a run directory always says so, and a list from an earlier run on other data never lingers."""
+    rows = [(row.row, spreadsheet_safe(row.file), spreadsheet_safe(row.reason)) for row in skipped]
+    path = Path(run_dir) / SKIPPED_FILE
+    write_text_atomic(path, pd.DataFrame(rows, columns=list(SKIPPED_COLUMNS)).to_csv(index=False))
+    if rows:
+        logger.info("%d row(s) of the data are not trained on (no label, or an input that cannot be read): "
+                    "listed in %s", len(rows), path)
+    return path
+
+
+def describe_skipped(counts: dict[str, Any] | None) -> str | None:
+    """One line for people from :meth:`~automl_tl.data.DatasetBundle.skipped_counts` (None when not recorded):
+    "3 without a label (kept as unlabelled), 2 unreadable (corrupt or truncated: 1, too large: 1); listed in
+    skipped.csv"."""
+    if not counts:
+        return None
+    unlabelled, unreadable = counts.get("unlabelled", 0), counts.get("unreadable", 0)
+    if not unlabelled and not unreadable:
+        return f"none: every row was labelled and readable ({SKIPPED_FILE} is empty)"
+    parts = []
+    if unlabelled:
+        parts.append(f"{unlabelled} without a label (kept as unlabelled, not trained on)")
+    if unreadable:
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in (counts.get("by_reason") or {}).items() if kind != NO_LABEL)
+        parts.append(f"{unreadable} unreadable ({kinds})")
+    return f"{', '.join(parts)}; listed in {SKIPPED_FILE}"

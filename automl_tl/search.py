@@ -50,7 +50,7 @@ from automl_tl.plugins import get_plugin_manager
 from automl_tl.ranking import rank_backbones, searchable_backbones, warm_start_params, with_outcomes
 from automl_tl.registry import get_registry
 from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
-                              leaderboard, write_leaderboard, write_summary, write_transferability)
+                              leaderboard, write_leaderboard, write_skipped, write_summary, write_transferability)
 from automl_tl.sampling import WARM_START_ATTR, SlotSeededSampler
 from automl_tl.space import SearchSpace, suggest_trial_config
 
@@ -291,6 +291,7 @@ class Search:
         if self.ranking is not None and TRANSFERABILITY_ATTR not in study.user_attrs:
             # kept with the study, so that the report can be rebuilt from the storage alone
             study.set_user_attr(TRANSFERABILITY_ATTR, {"scores": _json_records(self.ranking)})
+        write_skipped(self.run_dir, self.data.skipped)  # now, so that it is there even if the search fails later
         return study
 
     def run(self, workers: int = 1, started: float | None = None) -> SearchOutcome:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from automl_tl.config import JOURNAL_FILE, SearchConfig
-from automl_tl.data import DatasetBundle, prepare_dataset
+from automl_tl.data import (DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_ON_BAD_INPUT, DatasetBundle,
+                            prepare_dataset)
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.space import SearchSpace
 
@@ -36,21 +37,27 @@ logger = logging.getLogger(__name__)
 #: the keys of a data source: how ``prepare_dataset`` was called, with ``data`` an absolute path
 #: or ``dataset`` a registered data set's name
 DATA_SOURCE_KEYS = ("data", "dataset", "label", "input_column", "seed", "max_samples", "modality", "val_fraction",
-                    "test_fraction")
+                    "test_fraction", "shots", "on_bad_input", "max_bad_fraction", "max_image_pixels")
 #: prepare_dataset's split fractions, for data sources stored before they were recorded
 DEFAULT_FRACTIONS = {"val_fraction": 0.15, "test_fraction": 0.15}
+#: the bad-row policy, which decides what rows a worker keeps, and its defaults (for sources stored before it)
+BAD_INPUT_DEFAULTS = {"on_bad_input": DEFAULT_ON_BAD_INPUT, "max_bad_fraction": DEFAULT_MAX_BAD_FRACTION,
+                      "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS}
 
 
 def data_source(data: str | Path | None = None, dataset: str | None = None, label: str = "label",
                 input_column: str | None = None, seed: int = 0, max_samples: int | None = None,
                 modality: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                shots: int | None = None) -> dict[str, Any]:
+                shots: int | None = None, on_bad_input: str = DEFAULT_ON_BAD_INPUT,
+                max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Any]:
     """How to load a data set again in another process: a file or folder (made absolute), or a registered name."""
     if (data is None) == (dataset is None):
         raise ValueError("a data source is either a path or a registered data set's name")
     return {"data": None if data is None else str(Path(data).resolve()), "dataset": dataset, "label": label,
             "input_column": input_column, "seed": seed, "max_samples": max_samples, "modality": modality,
-            "val_fraction": val_fraction, "test_fraction": test_fraction, "shots": shots}
+            "val_fraction": val_fraction, "test_fraction": test_fraction, "shots": shots,
+            "on_bad_input": on_bad_input, "max_bad_fraction": max_bad_fraction, "max_image_pixels": max_image_pixels}
 
 
 def load_data_source(source: dict[str, Any]) -> DatasetBundle:
@@ -65,7 +72,8 @@ def load_data_source(source: dict[str, Any]) -> DatasetBundle:
     return prepare_dataset(data, label_column=label, input_column=input_column, seed=source.get("seed", 0),
                            max_samples=source.get("max_samples"), modality=source.get("modality"),
                            shots=source.get("shots"),
-                           **{key: source.get(key, value) for key, value in DEFAULT_FRACTIONS.items()})
+                           **{key: source.get(key, value) for key, value in DEFAULT_FRACTIONS.items()},
+                           **{key: source.get(key, value) for key, value in BAD_INPUT_DEFAULTS.items()})
 
 
 def threads_per_worker(workers: int) -> int:

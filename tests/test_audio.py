@@ -16,6 +16,7 @@ import torch
 import automl_tl
 from automl_tl import InputOptions, SearchConfig
 from automl_tl.audio import AudioPreprocessor, MelSpectrogram, hz_to_mel, mel_filterbank, mel_to_hz, read_audio
+from automl_tl.data import AUDIO_EXTENSIONS
 from automl_tl.errors import DataError, WeightsNotFoundError
 from automl_tl.executor import Executor
 from automl_tl_audio import (AisfxBackbone, CrepeBackbone, GE2EBackbone, TransformersAudioBackbone,
@@ -51,7 +52,9 @@ def _bad_files(folder):
     (folder / "song.mp3").write_bytes(b"ID3\x03" + bytes(100))
     (folder / "notes.xyz").write_bytes(b"hello")
     return {"empty.wav": "empty", "silent.wav": "silent", "corrupt.wav": "cannot read", "noise.flac": "cannot read",
-            "song.mp3": "unsupported audio format", "notes.xyz": "unsupported audio format",
+            # (libsndfile reads MP3 from 1.1 on: a broken one is then corrupt, not unsupported)
+            "song.mp3": "cannot read" if ".mp3" in AUDIO_EXTENSIONS else "unsupported audio format",
+            "notes.xyz": "unsupported audio format",
             "missing.ogg": "not found"}
 
 
@@ -275,4 +278,6 @@ def test_search_on_spoken_digits_then_predict(tmp_path):
     broken = frame[["audio", "label"]].copy()
     broken.loc[3, "audio"] = str(tmp_path / "silent.wav")
     with pytest.raises(DataError, match="silent.wav"):
-        automl_tl.prepare_dataset(broken, label_column="label")
+        automl_tl.prepare_dataset(broken, label_column="label", on_bad_input="error")
+    kept = automl_tl.prepare_dataset(broken, label_column="label")  # by default skipped: 1 row of 24
+    assert [(row.row, row.kind) for row in kept.skipped] == [(3, "silent")]

@@ -46,10 +46,10 @@ def test_search_then_predict_from_the_command_line(tmp_path, digits_frame):
     predicted = run_cli("predict", str(run_dir), "--data", str(new_images), "--output", str(predictions_csv))
     assert predicted.returncode == 0, predicted.stderr
     table = pd.read_csv(predictions_csv)
-    assert list(table.columns) == ["image", "prediction"] + [f"digit{i}" for i in range(10)]
+    assert list(table.columns) == ["image", "prediction"] + [f"digit{i}" for i in range(10)] + ["error"]
     assert [Path(p).name for p in table["image"]] == ["sample_3.png", "sample_7.png"]
-    assert set(table["prediction"]) <= {f"digit{i}" for i in range(10)}
-    assert (table.drop(columns=["image", "prediction"]).sum(axis=1) - 1).abs().max() < 1e-4
+    assert set(table["prediction"]) <= {f"digit{i}" for i in range(10)} and table["error"].isna().all()
+    assert (table.drop(columns=["image", "prediction", "error"]).sum(axis=1) - 1).abs().max() < 1e-4
 
     # A CSV naming the same files relative to its own folder gives the same predictions.
     listing = tmp_path / "new" / "list.csv"

@@ -19,7 +19,11 @@ The bad inputs of issue 5, and where each is tested:
   (``predict_csv_without_the_input_column``)
 * unknown label in predict: ``test_predict_refuses_bad_data`` (``unknown_label``), and
   ``test_predict_ignores_extra_columns_and_empty_labels``
-* one class only: ``_one_class``; empty dataset: ``_empty_csv``, ``_zero_rows``, ``_folder_without_files``
+* one class only: ``_one_class``; empty dataset: ``_empty_csv``, ``_zero_rows``, ``_folder_without_files``,
+  ``_only_unlabelled_rows``; no readable file: ``_every_image_unreadable``, ``_predict_every_image_missing``
+* the bad-input policy (issue 11): ``_one_bad_image_refused_on_request``, ``_too_many_bad_images``,
+  ``_a_class_left_too_small_by_skipping``, ``test_predict_keeps_the_place_of_an_unreadable_row``; the skipping
+  itself is tested in ``tests/test_messy_data.py``
 * unreadable image / audio / text file: ``corrupt_image_in_folder``, ``_garbage_image`` and the other
   image cases, ``_garbage_wav_in_folder``, ``_garbage_wav_in_csv``, ``_text_not_utf8``,
   ``_text_file_dangling_link``, ``_text_file_empty``
@@ -292,6 +296,11 @@ def _small_class(tmp):
     return [csv], ["class 'dog'", "2 example(s)", "at least 3"]
 
 
+def _class_with_one_example(tmp):
+    csv = csv_data(tmp, {"cat": 5, "dog": 1})
+    return [csv], ["class 'dog'", str(csv), "1 example(s)", "at least 3"]
+
+
 def _missing_image(tmp):
     csv = csv_data(tmp)
     (tmp / "imgs" / "dog2.png").unlink()
@@ -318,13 +327,40 @@ def _huge_bmp_header(tmp):
     bad.write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
                     + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0))
     edit_csv(csv, lambda f: f.assign(image=["imgs/huge.bmp"] + list(f["image"][1:])))
-    return [csv], ["cannot read image file", str(bad)]
+    return [csv], ["1 of 8 labelled rows", "(12%) cannot be used", "is too large: 30000x30000 pixels", str(bad)]
 
 
-def _empty_labels(tmp):
-    csv = csv_data(tmp)
-    edit_csv(csv, lambda f: f.assign(label=[None if i == 2 else v for i, v in enumerate(f["label"])]))
-    return [csv], ["1 rows with an empty", "'label'", "row 2", str(csv)]
+def _every_image_unreadable(tmp):  # a folder with no readable file
+    folder = image_folder(tmp / "pets")
+    for file in folder.rglob("*.png"):
+        file.write_bytes(b"not a png")
+    return [folder], ["none of the 8 labelled inputs of", str(folder), "can be used", "cannot read image file"]
+
+
+def _one_bad_image_refused_on_request(tmp):
+    csv = csv_data(tmp, {"cat": 10, "dog": 10})
+    (tmp / "imgs" / "dog3.png").write_bytes(b"not a png")  # 1 of 20: skipped by default, not with 'error'
+    return [csv, "--on-bad-input", "error"], ["cannot read image file", str(tmp / "imgs" / "dog3.png")]
+
+
+def _too_many_bad_images(tmp):
+    csv = csv_data(tmp, {"cat": 10, "dog": 10})
+    for name in ("cat1", "dog4", "dog5"):
+        (tmp / "imgs" / f"{name}.png").unlink()
+    return [csv, "--max-bad-fraction", "0.1"], [
+        "3 of 20 labelled rows of", str(csv), "(15%) cannot be used, more than the 10%", "--max-bad-fraction",
+        "the first: image file not found", str(tmp / "imgs" / "cat1.png")]
+
+
+def _only_unlabelled_rows(tmp):
+    csv = edit_csv(csv_data(tmp), lambda f: f.assign(label=None))
+    return [csv], [str(csv), "has no labelled rows: all 8 have an empty 'label'"]
+
+
+def _a_class_left_too_small_by_skipping(tmp):
+    csv = csv_data(tmp, {"cat": 30, "dog": 3})
+    (tmp / "imgs" / "dog1.png").write_bytes(b"broken")
+    return [csv], ["class 'dog'", "once its 1 unreadable row(s) are skipped", "2 example(s)", "at least 3"]
 
 
 def _nonexistent_csv(tmp):
@@ -367,7 +403,7 @@ def _garbage_wav_in_folder(tmp):
     folder = audio_folder(tmp / "sounds")
     bad = folder / "high" / "1.wav"
     bad.write_bytes(GARBAGE_WAV)
-    return [folder], ["cannot read audio file", str(bad), "not a wav/flac/ogg file"]
+    return [folder], ["cannot read audio file", str(bad), "corrupt, or not the audio format its extension says"]
 
 
 def _garbage_wav_in_csv(tmp):
@@ -392,8 +428,8 @@ def text_folder(root: Path) -> Path:
 def _text_not_utf8(tmp):
     folder = text_folder(tmp / "reviews")
     bad = folder / "bad" / "1.txt"
-    bad.write_bytes("un film tr\u00e8s ennuyeux".encode("latin-1"))
-    return [folder], ["text file", str(bad), "is not UTF-8", "convert it to UTF-8"]
+    bad.write_bytes(b"\x00\x01 binary \xff\xfe\x00")  # neither UTF-8 nor any text: a Latin-1 one is read
+    return [folder], ["text file", str(bad), "is not UTF-8", "holds NUL bytes", "convert it to UTF-8"]
 
 
 def _text_file_dangling_link(tmp):
@@ -410,7 +446,10 @@ def _text_file_empty(tmp):
 
 
 DATA_MISTAKES = [_missing_label_column, _missing_input_column, _empty_csv, _zero_rows, _one_class, _small_class,
-                 _missing_image, _garbage_image, _truncated_png, _huge_bmp_header, _empty_labels, _nonexistent_csv,
+                 _class_with_one_example,
+                 _missing_image, _garbage_image, _truncated_png, _huge_bmp_header, _every_image_unreadable,
+                 _one_bad_image_refused_on_request, _too_many_bad_images, _only_unlabelled_rows,
+                 _a_class_left_too_small_by_skipping, _nonexistent_csv,
                  _folder_without_classes, _folder_without_files, _garbage_wav_in_folder, _garbage_wav_in_csv,
                  _text_not_utf8, _text_file_dangling_link, _text_file_empty]
 
@@ -444,6 +483,12 @@ def test_search_refuses_bad_data(tmp_path, capsys, monkeypatch, mistake):
     (["search", "--trial-timeout", "0"], "argument --trial-timeout: expected a positive number of seconds, got 0.0"),
     (["search", "--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
     (["predict", "somewhere"], "the following arguments are required: --data, --output"),
+    (["search", "--max-bad-fraction", "1.5"], "--max-bad-fraction: expected a share between 0 and 1, got '1.5'"),
+    (["search", "--max-bad-fraction", "nan"], "--max-bad-fraction: expected a share between 0 and 1, got 'nan'"),
+    (["search", "--on-bad-input", "ignore"], "argument --on-bad-input: invalid choice: 'ignore'"),
+    (["search", "--max-image-pixels", "0"], "argument --max-image-pixels: expected a number >= 1, got 0"),
+    (["predict", "run", "--data", "x", "--output", "y", "--on-bad-input", "drop"],
+     "argument --on-bad-input: invalid choice: 'drop'"),
 ])
 def test_argparse_errors_exit_2_with_a_message(capsys, argv, expected):
     code, stderr = run_main(argv, capsys)
@@ -741,18 +786,26 @@ def _predict_csv_without_the_input_column(tmp: Path) -> list:
     return [csv], ["input column 'image' not found in", str(csv), "columns: path, label"]
 
 
-def _predict_image_missing(tmp: Path) -> list:
+def _predict_every_image_missing(tmp: Path) -> list:
+    csv = csv_data(tmp)
+    for file in (tmp / "imgs").iterdir():
+        file.unlink()
+    return [csv], ["none of the 8 inputs can be read", "the first: image file not found",
+                   str(tmp / "imgs" / "cat0.png")]
+
+
+def _predict_missing_image_refused_on_request(tmp: Path) -> list:
     csv = csv_data(tmp)
     (tmp / "imgs" / "dog1.png").unlink()
-    return [csv], ["image file not found", str(tmp / "imgs" / "dog1.png")]
+    return [csv, "--on-bad-input", "error"], ["image file not found", str(tmp / "imgs" / "dog1.png")]
 
 
 def _predict_folder_of_texts(tmp: Path) -> list:
     return [text_folder(tmp / "reviews")], ["folder", str(tmp / "reviews"), "holds no image files"]
 
 
-PREDICT_MISTAKES = [_unknown_label, _predict_csv_without_the_input_column, _predict_image_missing,
-                    _predict_folder_of_texts]
+PREDICT_MISTAKES = [_unknown_label, _predict_csv_without_the_input_column, _predict_every_image_missing,
+                    _predict_missing_image_refused_on_request, _predict_folder_of_texts]
 
 
 @pytest.mark.parametrize("mistake", PREDICT_MISTAKES, ids=[m.__name__.strip("_") for m in PREDICT_MISTAKES])
@@ -773,8 +826,27 @@ def test_predict_ignores_extra_columns_and_empty_labels(finished_run, tmp_path, 
     code, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
     assert code == 0, stderr
     predictions = pd.read_csv(tmp_path / "p.csv")
-    assert list(predictions.columns) == ["image", "prediction", "cat", "dog"]
+    assert list(predictions.columns) == ["image", "prediction", "cat", "dog", "error"]
     assert len(predictions) == 8 and set(predictions["prediction"]) <= {"cat", "dog"}
+    assert predictions["error"].isna().all()  # (empty cells)
+
+
+def test_predict_keeps_the_place_of_an_unreadable_row(finished_run, tmp_path, capsys, caplog):
+    _, run = finished_run
+    csv = csv_data(tmp_path)
+    (tmp_path / "imgs" / "dog1.png").unlink()
+    (tmp_path / "imgs" / "cat2.png").write_bytes(b"=HYPERLINK(broken)")
+    code, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
+    assert code == 0, stderr
+    predictions = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(predictions["image"]) == [str(tmp_path / name) for name in pd.read_csv(csv)["image"]]
+    broken = predictions.set_index("image").loc[[str(tmp_path / "imgs" / name) for name in ("cat2.png", "dog1.png")]]
+    assert (broken["prediction"] == "").all() and (broken[["cat", "dog"]] == "").all().all()
+    assert broken["error"].str.contains("corrupt or truncated").iloc[0] and "file not found" in broken["error"].iloc[1]
+    readable = predictions[predictions["error"] == ""]
+    assert len(readable) == 6 and set(readable["prediction"]) <= {"cat", "dog"}
+    assert np.allclose(readable[["cat", "dog"]].astype(float).sum(axis=1), 1.0, atol=1e-5)
+    assert "2 of 8 inputs cannot be read" in caplog.text
 
 
 def test_predict_refuses_an_unwritable_output(finished_run, tmp_path, capsys):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from automl_tl.data import check_known_labels, prepare_dataset, prepare_unlabelled, stratified_split
+from automl_tl.data import NO_LABEL, check_known_labels, prepare_dataset, prepare_unlabelled, stratified_split
 from automl_tl.errors import DataError
 
 # ---------------------------------------------------------------- helpers
@@ -350,18 +350,20 @@ def test_image_header_claiming_a_huge_size_names_the_file(tmp_path):
     bad = tmp_path / "imgs" / "huge.bmp"
     bad.write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
                     + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0))
-    message = data_error(csv)
-    assert "cannot read image file" in message and str(bad) in message
+    message = data_error(csv, on_bad_input="error")
+    assert "is too large: 30000x30000 pixels (900 MP)" in message and str(bad) in message
 
 
-def test_empty_label_cells_are_reported_with_the_row(tmp_path):
+def test_empty_label_cells_are_unlabelled_rows_not_an_error(tmp_path, caplog):
     csv = make_csv(tmp_path, {"x": 4, "y": 4})
     frame = pd.read_csv(csv)
     frame.loc[[3, 6], "label"] = None
     frame.to_csv(csv, index=False)
-    message = data_error(csv)
-    assert "2 rows with an empty" in message and "'label'" in message and "row 3" in message
-    assert str(csv) in message
+    bundle = prepare_dataset(csv, on_bad_input="error", test_fraction=0)  # not bad inputs: no policy refuses them
+    assert len(bundle.train) + len(bundle.val) == 6
+    assert [(r.row, r.kind) for r in bundle.skipped] == [(3, NO_LABEL), (6, NO_LABEL)]
+    assert bundle.unlabelled == (str(tmp_path / "imgs" / "x_3.png"), str(tmp_path / "imgs" / "y_2.png"))
+    assert "2 of 8 rows" in caplog.text and "no 'label'" in caplog.text and "row 3" in caplog.text
 
 
 def test_empty_input_cells_are_reported(tmp_path):
@@ -369,8 +371,8 @@ def test_empty_input_cells_are_reported(tmp_path):
     frame = pd.read_csv(csv)
     frame.loc[5, "image"] = None
     frame.to_csv(csv, index=False)
-    message = data_error(csv)
-    assert "1 rows with an empty 'image'" in message and "row 5" in message
+    message = data_error(csv, on_bad_input="error")
+    assert message == f"image input (row 5 of {csv}) is empty"
 
 
 def test_input_column_that_holds_no_images(tmp_path):
