@@ -2,7 +2,7 @@
 
 Give it labelled data and a budget; it searches pretrained backbones, how much of each
 to fine-tune (freeze depth) and the learning rates, and hands back the best model, a
-leaderboard and a summary. See README.md for the architecture.
+leaderboard and a summary. See docs/architecture.md for the architecture.
 """
 
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
