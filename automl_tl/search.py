@@ -51,7 +51,7 @@ from automl_tl.ranking import rank_backbones, searchable_backbones, warm_start_p
 from automl_tl.registry import get_registry
 from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
                               leaderboard, write_leaderboard, write_skipped, write_summary, write_transferability)
-from automl_tl.sampling import WARM_START_ATTR, SlotSeededSampler
+from automl_tl.sampling import SlotSeededSampler
 from automl_tl.space import SearchSpace, suggest_trial_config
 
 logger = logging.getLogger(__name__)

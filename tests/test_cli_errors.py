@@ -292,13 +292,15 @@ def _one_class(tmp):
 
 
 def _small_class(tmp):
+    # a test part asked for: each class needs one example for training, validation and test
     csv = csv_data(tmp, {"cat": 5, "dog": 2})
-    return [csv], ["class 'dog'", "2 example(s)", "at least 3"]
+    return [csv, "--test-size", "0.2"], ["class 'dog'", "2 example(s)", "at least 3"]
 
 
 def _class_with_one_example(tmp):
+    # below 2,000 examples no test part is held out by default: training and validation need one each
     csv = csv_data(tmp, {"cat": 5, "dog": 1})
-    return [csv], ["class 'dog'", str(csv), "1 example(s)", "at least 3"]
+    return [csv], ["class 'dog'", str(csv), "1 example(s)", "at least 2"]
 
 
 def _missing_image(tmp):
@@ -358,9 +360,9 @@ def _only_unlabelled_rows(tmp):
 
 
 def _a_class_left_too_small_by_skipping(tmp):
-    csv = csv_data(tmp, {"cat": 30, "dog": 3})
+    csv = csv_data(tmp, {"cat": 30, "dog": 2})
     (tmp / "imgs" / "dog1.png").write_bytes(b"broken")
-    return [csv], ["class 'dog'", "once its 1 unreadable row(s) are skipped", "2 example(s)", "at least 3"]
+    return [csv], ["class 'dog'", "once its 1 unreadable row(s) are skipped", "1 example(s)", "at least 2"]
 
 
 def _nonexistent_csv(tmp):

@@ -125,8 +125,9 @@ def test_a_search_writes_a_self_contained_report_with_its_figures(run):
     board = pd.read_csv(run_dir / "leaderboard.csv")
     assert len(page.leaderboard_rows) == len(board) == 4
     assert [int(row[0]) for row in page.leaderboard_rows] == board["trial"].tolist()
-    assert [float(row[2]) for row in page.leaderboard_rows] == pytest.approx(board["val_accuracy"].tolist(), abs=1e-4)
-    assert [row[3] for row in page.leaderboard_rows] == board["backbone"].tolist()
+    assert [float(row[2]) for row in page.leaderboard_rows] == pytest.approx(board["val_score"].tolist(), abs=1e-4)
+    assert [float(row[3]) for row in page.leaderboard_rows] == pytest.approx(board["val_accuracy"].tolist(), abs=1e-4)
+    assert [row[4] for row in page.leaderboard_rows] == board["backbone"].tolist()
     # the best model and its test metrics are on the page
     assert f"{outcome.test_metrics['accuracy']:.4f}" in text
     assert "optuna-dashboard study.journal" in text
