@@ -69,6 +69,9 @@ WARM_START_PARAMS_ATTR = "warm_start_params"
 #: many seconds, or this share of a smaller budget
 SAVE_MARGIN_SECONDS = 5.0
 SAVE_MARGIN_FRACTION = 0.05
+#: the time kept back for a refit is its estimate times this: estimates from one trial's epochs are rough, and a
+#: refit that finds a few seconds too few is skipped
+REFIT_RESERVE_FACTOR = 1.25
 
 
 class TrialFailed(Exception):
@@ -374,8 +377,10 @@ class Search:
         return self._deadline - time.monotonic() - self.finish_reserve()
 
     def _out_of_time(self) -> bool:
+        """Whether the time left for trials is too short to start one (under :meth:`_save_margin`: a trial
+        begun with seconds to spare would stop before its first epoch)."""
         left = self.time_for_trials()
-        return left is not None and left <= 0
+        return left is not None and left < self._save_margin()
 
     def finish_reserve(self) -> float:
         """Seconds kept back from trials for what follows them, measured on the best model so far: testing it
@@ -386,7 +391,7 @@ class Search:
             return self._save_margin()
         backbone = config.get("trial_config", {}).get("backbone")
         testing = self._inference_cost.get(backbone, 0.0) * len(self.data.test)
-        return testing + self._refit_estimate(config) + self._save_margin()
+        return testing + REFIT_RESERVE_FACTOR * self._refit_estimate(config) + self._save_margin()
 
     def _save_margin(self) -> float:
         return min(SAVE_MARGIN_SECONDS, SAVE_MARGIN_FRACTION * (self.config.timeout or math.inf))
