@@ -186,6 +186,14 @@ class Backbone(ABC):
     def preprocessor(self, options: InputOptions) -> Preprocessor:
         """How this backbone's inputs are prepared, given the user's input options."""
 
+    def cheaper_input(self, options: InputOptions) -> tuple[InputOptions, str] | None:
+        """Input options that make this backbone about half as costly per example, and what changed (for
+        people, e.g. "image size 224 -> 112"); None when it takes no smaller input that still makes sense.
+
+        The search falls back on it when one epoch of a fine-tuning trial would not fit the budget left.
+        The default offers nothing: shortening audio clips, for one, changes what is heard."""
+        return None
+
     def weights_available(self) -> bool:
         """Whether pretrained weights can be had on this machine without a network (default searches use only these)."""
         return True

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel, ordered_for_inference
-from automl_tl.config import EMBEDDING_STRATEGIES, TrialConfig
+from automl_tl.config import EMBEDDING_STRATEGIES, FROZEN_BODY_STRATEGIES, TrialConfig
 from automl_tl.data import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.errors import first_line
@@ -63,6 +63,8 @@ VALIDATED_BY_CROSS_VALIDATION = "cross_validation"
 FITTED_ON_TRAIN_AND_VAL = "train+validation"
 #: training steps timed before an epoch's cost is projected against the deadline
 STEPS_BEFORE_PROJECTION = 2
+#: cheaper configurations tried when one epoch of a trial would not fit the budget left (see Executor.fit)
+CHEAPER_ATTEMPTS = 2
 
 #: words of the RuntimeErrors that mean an allocation failed (CUDA, MPS, and torch's CPU allocator)
 _OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory")
@@ -187,17 +189,22 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda")
 
 
-def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """Multiplier of the peak learning rate at each step: linear warm-up, then cosine decay to 0."""
-    warmup = max(1, int(round(warmup_fraction * total_steps)))
+class WarmupCosine:
+    """Multiplier of the peak learning rate at each step: linear warm-up, then cosine decay to 0.
 
-    def factor(step: int) -> float:
+    ``total_steps`` may be lowered while training (a trial re-planned to fewer epochs to fit the budget):
+    the decay then ends with the new last step instead of being cut off high."""
+
+    def __init__(self, total_steps: int, warmup_fraction: float):
+        self.warmup_fraction = warmup_fraction
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        warmup = max(1, int(round(self.warmup_fraction * self.total_steps)))
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
+        progress = (step - warmup) / max(1, self.total_steps - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
 
 
 def _with_and_without_decay(parameters: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -311,9 +318,12 @@ class Executor:
             on_epoch: EpochCallback | None = None, deadline: float | None = None, refit: bool = False) -> TrialResult:
         """Train ``backbone`` on ``data.train`` as ``config`` says, validating on ``data.val`` after each epoch.
 
-        ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it, and a trial that
-        trains the body stops after its first batches when one epoch would not finish before it
-        (``STOP_OVER_BUDGET``). The result holds the best epoch's weights (see :meth:`TrialResult.final_model`).
+        ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it. A trial that
+        trains the body projects its cost from its first batches: it is re-planned to fewer epochs when not all
+        of them would end in time, and stops at once when not even one would (``STOP_OVER_BUDGET``), to be
+        run again cheaper (:func:`cheaper_trial`, up to :data:`CHEAPER_ATTEMPTS` times; not for a refit).
+        ``extra["adapted"]`` lists what was given up, and the result's ``config`` is what ran.
+        The result holds the best epoch's weights (see :meth:`TrialResult.final_model`).
 
         Heads on cached features (linear probe, nearest centroid, logistic regression) are scored by
         cross-validation on training + validation when the validation split is small
@@ -332,7 +342,37 @@ class Executor:
                 return self._fit_embedding_head(trial_config, backbone, data, on_epoch, deadline, refit)
             return self._fit_body(trial_config, backbone, data, on_epoch, deadline, refit)
 
-        return fit_with_out_of_memory_retry(attempt, config)
+        result = fit_with_out_of_memory_retry(attempt, config)
+        return result if refit else self._cheaper_when_over_budget(attempt, result, backbone)
+
+    @staticmethod
+    def _cheaper_when_over_budget(attempt: Callable[[TrialConfig], TrialResult], result: TrialResult,
+                                  backbone: Backbone) -> TrialResult:
+        """While ``result`` says one epoch would not fit the budget, run the trial again at a cheaper
+        configuration (see :func:`cheaper_trial`), up to :data:`CHEAPER_ATTEMPTS` times. What changed is
+        listed in ``extra["adapted"]``, and the measured attempts' seconds count in the result's."""
+        adapted: list[str] = []
+        lost_seconds = lost_cpu_seconds = 0.0
+        for _ in range(CHEAPER_ATTEMPTS):
+            if result.stop_reason != STOP_OVER_BUDGET:
+                break
+            cheaper = cheaper_trial(result.config, backbone, result.extra.get("layer_groups"))
+            if cheaper is None:
+                break
+            config, change = cheaper
+            projected = result.extra.get("projected_epoch_seconds")
+            adapted.append(f"{change} (one epoch would have taken about {projected:.0f}s)")
+            logger.info("%s %s: one epoch would take about %.0fs, more than the budget left; trying %s",
+                        result.config.backbone, result.config.strategy, projected, change)
+            lost_seconds += result.seconds
+            lost_cpu_seconds += result.cpu_seconds
+            release_memory()
+            result = fit_with_out_of_memory_retry(attempt, config)
+        if adapted:
+            result.extra["adapted"] = adapted + result.extra.get("adapted", [])
+            result.seconds += lost_seconds
+            result.cpu_seconds += lost_cpu_seconds
+        return result
 
     def _fit_probe(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
                    on_epoch: EpochCallback | None, deadline: float | None, refit: bool) -> TrialResult:
@@ -507,7 +547,9 @@ class Executor:
                      len(data.classes), train_split.labels, None if refit else data.val.labels, len(val_items),
                      project=True)
         history, best_state, stop_reason, seen = self._run_epochs(loop, config, config.epochs, on_epoch, deadline)
-        extra.update(loop.notes)
+        extra.update(loop.notes, layer_groups=model.num_groups)
+        if "epochs_fitted" in extra:  # the result says what ran: its model, refit and card follow it
+            config = replace(config, epochs=extra["epochs_fitted"])
         if best_state is not None:
             model.load_state_dict(best_state)
             model.eval()
@@ -582,8 +624,8 @@ class Executor:
         """The epoch loop every path shares; returns the history, the best epoch's state (without validation:
         the last epoch's), why it stopped and how many training examples went forward."""
         generator = torch.Generator().manual_seed(config.seed)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            loop.optimizer, warmup_cosine(loop.steps_per_epoch * epochs, config.warmup_fraction))
+        factor = WarmupCosine(loop.steps_per_epoch * epochs, config.warmup_fraction)
+        schedule = torch.optim.lr_scheduler.LambdaLR(loop.optimizer, factor)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         weights = class_weights(loop.train_labels, loop.num_classes).to(self.device) if config.class_weighted else None
         loss_fn = nn.CrossEntropyLoss(weight=weights)
@@ -595,6 +637,8 @@ class Executor:
         progress = tqdm(range(1, epochs + 1), desc=loop.description, unit="epoch", leave=False,
                         disable=not self.show_progress)
         for epoch in progress:
+            if epoch > epochs:  # re-planned to fewer epochs by the first one's measured cost
+                break
             epoch_started = time.perf_counter()
             loop.module.train()
             loss_sum, seen, timed_from = 0.0, 0, None
@@ -607,9 +651,18 @@ class Executor:
                 if step == 1:
                     timed_from = time.perf_counter()  # the first step pays one-off costs: time the next ones
                 if (loop.project and epoch == 1 and deadline is not None and timed_from is not None
-                        and step == 1 + STEPS_BEFORE_PROJECTION and self._over_budget(loop, timed_from, deadline)):
-                    stop_reason = STOP_OVER_BUDGET
-                    break
+                        and step == 1 + STEPS_BEFORE_PROJECTION):
+                    fitting = self._epochs_that_fit(loop, timed_from, deadline, epochs)
+                    if fitting == 0:
+                        stop_reason = STOP_OVER_BUDGET
+                        break
+                    if fitting < epochs:
+                        loop.notes["adapted"] = [f"epochs {epochs} -> {fitting} (one takes about "
+                                                 f"{loop.notes['projected_epoch_seconds']:.0f}s)"]
+                        loop.notes["epochs_fitted"] = epochs = fitting
+                        factor.total_steps = loop.steps_per_epoch * fitting
+                        progress.total = fitting
+                        progress.refresh()
                 inputs, targets = move_to(inputs, self.device), targets.to(self.device)
                 with _autocast(self.device):
                     loss = loss_fn(loop.module(inputs).float(), targets)
@@ -662,16 +715,38 @@ class Executor:
         return history, best_state, stop_reason, samples_seen
 
     @staticmethod
-    def _over_budget(loop: _Loop, timed_from: float, deadline: float) -> bool:
-        """Whether one epoch and its validation, projected from the steps timed so far, would end past
-        ``deadline`` (a forward pass is taken as a third of a training step's forward and backward)."""
+    def _epochs_that_fit(loop: _Loop, timed_from: float, deadline: float, epochs: int) -> int:
+        """How many of ``epochs`` (with their validation) end before ``deadline``, projected from the steps
+        timed so far; 0 when not even the first does. Validating an example is taken to cost as much as
+        training on it (true of a frozen body, three times too much for a trained one): better to plan an
+        epoch fewer than to have the deadline cut the last one short. Epochs after the first get a tenth
+        more for the load of the machine changing."""
         per_step = (time.perf_counter() - timed_from) / STEPS_BEFORE_PROJECTION
-        steps_left = loop.steps_per_epoch - 1 - STEPS_BEFORE_PROJECTION
         batch_size = max(1, math.ceil(len(loop.train_labels) / loop.steps_per_epoch))
-        projected = per_step * steps_left + per_step / 3 * loop.val_examples / batch_size
-        loop.notes["projected_epoch_seconds"] = round(per_step * loop.steps_per_epoch
-                                                      + per_step / 3 * loop.val_examples / batch_size, 1)
-        return time.monotonic() + projected > deadline
+        validation = per_step * loop.val_examples / batch_size
+        epoch_seconds = per_step * loop.steps_per_epoch + validation
+        loop.notes["projected_epoch_seconds"] = round(epoch_seconds, 1)
+        rest_of_first = per_step * (loop.steps_per_epoch - 1 - STEPS_BEFORE_PROJECTION) + validation
+        left = deadline - time.monotonic() - rest_of_first
+        if left < 0:
+            return 0
+        return min(epochs, 1 + int(left // (1.1 * epoch_seconds)))
+
+
+def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | None
+                  ) -> tuple[TrialConfig, str] | None:
+    """``config`` made about half as costly per epoch, and what changed: the backbone's smaller input first
+    (:meth:`Backbone.cheaper_input`), else half as many trained layer groups; None when neither is left."""
+    smaller = backbone.cheaper_input(config.input_options)
+    if smaller is not None:
+        options, change = smaller
+        return replace(config, input_options=options), change
+    depth = config.trained_depth(layer_groups) if layer_groups else config.freeze_depth
+    if config.strategy in FROZEN_BODY_STRATEGIES or depth < 2:
+        return None
+    strategy = "last_k" if config.strategy == "full" else config.strategy
+    return (replace(config, strategy=strategy, freeze_depth=depth // 2),
+            f"{depth} -> {depth // 2} trained layer groups")
 
 
 def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], config: TrialConfig) -> TrialResult:

@@ -32,7 +32,7 @@ SKIPPED_COLUMNS = ("row", "file", "reason")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 #: ``val_score`` is the search's metric (``summary.json``'s "metric") in its own units; ``val_loss`` breaks ties
 LEADERBOARD_COLUMNS = ["trial", "state", *PARAMETERS, "val_score", "val_accuracy", "val_loss", "validation",
-                       "best_epoch", "epochs_run", "stop_reason", "seconds", "cpu_seconds", "error"]
+                       "best_epoch", "epochs_run", "stop_reason", "seconds", "cpu_seconds", "error", "adapted"]
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
@@ -63,6 +63,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "seconds": attrs.get("seconds"),
             "cpu_seconds": attrs.get("cpu_seconds"),
             "error": attrs.get("error"),
+            # what the budget made the trial give up (fewer epochs, a smaller input, fewer trained layers)
+            "adapted": "; ".join(attrs.get("adapted") or []) or None,
         })
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if frame.empty:

@@ -459,8 +459,9 @@ class Search:
             # Measured, not guessed: the first batches showed the epoch would not end in time. Pruned, so the
             # sampler learns that this corner of the space does not pay within the budget.
             projected = result.extra.get("projected_epoch_seconds")
+            tried = f" (also tried: {'; '.join(result.extra['adapted'])})" if result.extra.get("adapted") else ""
             message = (f"not run: one epoch would take about {projected:.0f}s, more than the "
-                       f"{max(deadline - time.monotonic(), 0):.0f}s left for trials")
+                       f"{max(deadline - time.monotonic(), 0):.0f}s left for trials{tried}")
             trial.set_user_attr("error", message)
             logger.info("trial %d %s (%s %s)", trial.number, message, config.backbone, config.strategy)
             raise optuna.TrialPruned(message)
@@ -483,7 +484,7 @@ class Search:
                  "batch_size_used": result.config.batch_size, "metric": result.config.metric}
         if best is not None:
             attrs.update(best_val_score=best.val_metrics.get(result.config.metric), best_val_loss=best.val_loss)
-        for key in ("validation", "fitted_on", "oom_retry", "projected_epoch_seconds"):
+        for key in ("validation", "fitted_on", "oom_retry", "projected_epoch_seconds", "adapted"):
             if key in result.extra:
                 attrs[key] = result.extra[key]
         for key, value in attrs.items():
@@ -511,6 +512,7 @@ class Search:
                 "validation": result.extra.get("validation", self.data.validation),
                 "fitted_on": result.extra.get("fitted_on", "train"),
                 "best_epoch": result.best_epoch,
+                "adapted": result.extra.get("adapted", []),  # what the budget changed in the trial's config
                 "train_seconds_per_epoch": (sum(r.train_seconds for r in result.history) / len(result.history)
                                             if result.config.strategy not in FROZEN_BODY_STRATEGIES else 0.0),
             })

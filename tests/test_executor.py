@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from automl_tl import Executor, InputOptions, TrialConfig
-from automl_tl.executor import STOP_CALLBACK, STOP_COMPLETED, STOP_EARLY, STOP_TIME, parameter_groups, warmup_cosine
+from automl_tl.executor import STOP_CALLBACK, STOP_COMPLETED, STOP_EARLY, STOP_TIME, WarmupCosine, parameter_groups
 from automl_tl.registry import get_registry
 
 OFFLINE_IMAGE_BACKBONES = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
@@ -54,7 +54,7 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
 
 
 def test_warmup_then_cosine_schedule():
-    factor = warmup_cosine(total_steps=100, warmup_fraction=0.1)
+    factor = WarmupCosine(total_steps=100, warmup_fraction=0.1)
     assert factor(0) == pytest.approx(0.1)
     assert factor(9) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(1.0)

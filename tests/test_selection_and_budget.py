@@ -18,7 +18,8 @@ import torch
 from automl_tl import InputOptions, SearchConfig, prepare_dataset, search
 from automl_tl.config import TrialConfig
 from automl_tl.data import AUTO_TEST_MIN_EXAMPLES, resolve_test_fraction
-from automl_tl.executor import FITTED_ON_TRAIN_AND_VAL, STOP_OVER_BUDGET, VALIDATED_BY_CROSS_VALIDATION, Executor
+from automl_tl.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_OVER_BUDGET, STOP_TIME, VALIDATED_BY_CROSS_VALIDATION,
+                                Executor, cheaper_trial)
 from automl_tl.feature_cache import FeatureCache
 from automl_tl.metrics import class_weights, default_metric, metric_value, signed, uses_class_weights
 from automl_tl.registry import get_registry
@@ -161,12 +162,67 @@ def test_imbalanced_data_are_selected_by_balanced_accuracy_with_a_class_weighted
 
 def test_a_fine_tuning_epoch_that_cannot_end_in_time_stops_after_its_first_batches(executor, digits_bundle):
     backbone = get_registry().get_backbone("mobilenetv2_100")
-    config = trial_config(strategy="full", epochs=1, batch_size=2, input_options=InputOptions(image_size=96))
+    # 170 single-image steps of full fine-tuning at 224 px: far more than the 10 s given
+    config = trial_config(strategy="full", epochs=1, batch_size=1, input_options=InputOptions(image_size=224))
+    budget = 10.0
     started = time.monotonic()
-    result = executor.fit(config, backbone, digits_bundle, deadline=started + 4.0)
-    assert result.stop_reason == STOP_OVER_BUDGET and not result.has_model
-    assert result.extra["projected_epoch_seconds"] > 4.0
-    assert result.samples_seen <= 2 * 4  # a few batches, not the epoch
+    result = executor.fit(config, backbone, digits_bundle, deadline=started + budget)
+    # measured, not run: then the cheaper configurations, a smaller image first, each stopped the same way
+    assert result.extra["adapted"][0].startswith("image size 224 -> 112 (one epoch would have taken about")
+    if result.has_model:  # a smaller image (or fewer layers) fitted what was left
+        assert result.config.input_options.image_size < 224 or result.config.strategy == "last_k"
+    else:
+        assert result.stop_reason in (STOP_OVER_BUDGET, STOP_TIME)
+        assert result.samples_seen <= 3 * (2 + 2)  # a few batches an attempt, never a whole epoch
+    assert time.monotonic() - started < budget + 5.0
+
+
+def test_a_trial_whose_epochs_do_not_all_fit_is_replanned_to_fewer_epochs(executor, digits_bundle):
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    config = trial_config(strategy="last_k", freeze_depth=0, epochs=60, early_stopping_patience=60, batch_size=16)
+    budget = 12.0
+    started = time.monotonic()
+    result = executor.fit(config, backbone, digits_bundle, deadline=started + budget)
+    elapsed = time.monotonic() - started
+    assert result.has_model
+    fitted = result.extra["epochs_fitted"]
+    assert 1 <= fitted < 60 and result.config.epochs == fitted  # the result says what ran
+    assert result.extra["adapted"] == [f"epochs 60 -> {fitted} (one takes about "
+                                       f"{result.extra['projected_epoch_seconds']:.0f}s)"]
+    # the whole (shorter) schedule ran: no epoch was cut off by the deadline
+    assert result.stop_reason != STOP_TIME and len(result.history) == fitted
+    assert elapsed < budget + 5.0
+
+
+def test_a_trial_over_budget_at_its_image_size_runs_at_a_smaller_one(executor, digits_bundle):
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    small = trial_config(strategy="full", epochs=1, batch_size=16, input_options=InputOptions(image_size=32))
+    one_epoch_at_32 = executor.fit(small, backbone, digits_bundle).seconds
+    # 128 px has 16 times the pixels of 32 px: one epoch there cannot fit a budget of three at 32 px
+    started = time.monotonic()
+    result = executor.fit(dataclasses.replace(small, input_options=InputOptions(image_size=128)), backbone,
+                          digits_bundle, deadline=started + 3 * one_epoch_at_32 + 2.0)
+    assert result.has_model and result.stop_reason != STOP_OVER_BUDGET
+    assert result.config.input_options.image_size in (64, 32)  # what the saved model will be fed
+    assert result.extra["adapted"][0].startswith("image size 128 -> 64 (one epoch would have taken about")
+    assert result.seconds >= time.monotonic() - started - 0.5  # the attempts over budget count in its cost
+
+
+def test_cheaper_trials_shrink_the_input_first_then_the_trained_layers():
+    images = get_registry().get_backbone("mobilenetv2_100")
+    config = trial_config(strategy="full", input_options=InputOptions(image_size=64))
+    cheaper, change = cheaper_trial(config, images, layer_groups=8)
+    assert cheaper.input_options.image_size == 32 and change == "image size 64 -> 32"
+    assert cheaper.strategy == "full"
+    # below 32 px no smaller image is offered: half the trained layer groups instead
+    cheaper, change = cheaper_trial(cheaper, images, layer_groups=8)
+    assert (cheaper.strategy, cheaper.freeze_depth, change) == ("last_k", 4, "8 -> 4 trained layer groups")
+    assert cheaper_trial(trial_config(strategy="lp_ft", freeze_depth=1), images, layer_groups=8) is None
+    assert cheaper_trial(trial_config(strategy="linear_probe"), images, layer_groups=8) is None
+    text = get_registry().get_backbone("all-MiniLM-L6-v2")
+    cheaper, change = cheaper_trial(trial_config(backbone="all-MiniLM-L6-v2", strategy="lp_ft", freeze_depth=2,
+                                                 input_options=InputOptions()), text, layer_groups=7)
+    assert cheaper.input_options.max_length == 128 and change == "max length 256 -> 128 tokens"
 
 
 def test_the_timeout_covers_the_whole_search_and_leaves_no_waiting_trials(tmp_path, digits_frame):

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ HUB_BACKBONES = ("sentence-transformers/all-MiniLM-L12-v2", "distilbert-base-unc
 _INPUT_SIDE_MARKERS = ("embed", "relative_attention", "position")
 #: texts tokenised per call (bounded memory for large data sets)
 _TOKENIZE_CHUNK = 1024
+#: the shortest text the budget fallback truncates to: shorter, most texts lose their point
+SHORTEST_FALLBACK_LENGTH = 32
 
 
 def hub_offline() -> bool:
@@ -390,6 +393,15 @@ class TransformersTextBackbone(Backbone):
                                                                name=f"{self.weights}:{self.source}",
                                                                trust_remote_code=self.trust_remote_code)
         return self._preprocessors[max_length]
+
+    def cheaper_input(self, options: InputOptions) -> tuple[InputOptions, str] | None:
+        """Texts cut at half the tokens (attention costs grow faster than length), no shorter than
+        :data:`SHORTEST_FALLBACK_LENGTH`; it saves little when most texts were shorter anyway."""
+        length = options.max_length or self.max_length
+        shorter = length // 2
+        if shorter < SHORTEST_FALLBACK_LENGTH:
+            return None
+        return replace(options, max_length=shorter), f"max length {length} -> {shorter} tokens"
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "source": self.source, "weights": self.weights, "pooling": self.pooling,
