@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automl_tl.backbone import Backbone, Preprocessor, ordered_for_inference
+from automl_tl.backbone import Backbone, Preprocessor, TransferModel, ordered_for_inference
 from automl_tl.locking import exclusive_lock
 from automl_tl.weights import cache_root
 
@@ -74,22 +74,28 @@ def samples_hash(inputs: Sequence[Any]) -> str:
     return digest.hexdigest()[:32]
 
 
+def pretrained_model(backbone: Backbone, device: torch.device) -> TransferModel:
+    """The backbone's pretrained model on ``device``, in evaluation mode, for computing features."""
+    return backbone.build(num_classes=2).to(device).eval()
+
+
 class DeadlineReached(Exception):
     """Computing features was stopped because the caller's deadline passed (nothing is stored)."""
 
 
 @torch.no_grad()
 def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequence[Any], device: torch.device,
-                     batch_size: int = 64, deadline: float | None = None) -> np.ndarray:
+                     batch_size: int = 64, deadline: float | None = None,
+                     model: TransferModel | None = None) -> np.ndarray:
     """The pretrained body's embedding of every encoded item, in order, as float32 (evaluation mode).
 
     The batches follow the preprocessor's inference order (texts longest first); the rows, the items' order.
     ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
-    :class:`DeadlineReached` is raised.
+    :class:`DeadlineReached` is raised. ``model``: the pretrained model already built on ``device`` (else built).
     """
     from automl_tl.executor import move_to  # the executor imports this module
 
-    model = backbone.build(num_classes=2).to(device).eval()
+    model = pretrained_model(backbone, device) if model is None else model
     ordered, restore = ordered_for_inference(preprocessor, items)
     rows = []
     for start in range(0, len(ordered), batch_size):
@@ -118,18 +124,20 @@ class InferenceCost:
 @torch.no_grad()
 def measure_inference(backbone: Backbone, preprocessor: Preprocessor, items: Sequence[Any], device: torch.device,
                       batch_size: int = MEASURE_BATCH_SIZE, batches: int = MEASURE_BATCHES,
-                      max_seconds: float | None = None, seed: int = 0) -> InferenceCost:
+                      max_seconds: float | None = None, seed: int = 0,
+                      model: TransferModel | None = None) -> InferenceCost:
     """Time the pretrained body on a few batches of the encoded ``items``: the model is built, run on a
     warm-up batch of :data:`MEASURE_WARMUP_EXAMPLES`, then on ``batches`` batches of ``batch_size`` other
     items drawn at random (seeded), in the preprocessor's inference order.
 
     A timed batch is skipped once the measurement (loading included) would pass ``max_seconds``; with none
     timed, the warm-up's seconds per example stand in. Costs a few seconds at most for a large encoder on a CPU.
+    ``model``: the pretrained model already built on ``device`` (else built, and its loading timed).
     """
     from automl_tl.executor import move_to  # the executor imports this module
 
     started = time.perf_counter()
-    model = backbone.build(num_classes=2).to(device).eval()
+    model = pretrained_model(backbone, device) if model is None else model
     load_seconds = time.perf_counter() - started
     chosen = np.random.default_rng(seed).permutation(len(items))[:MEASURE_WARMUP_EXAMPLES + batch_size * batches]
     warmup = [items[i] for i in chosen[:MEASURE_WARMUP_EXAMPLES]]
@@ -184,20 +192,22 @@ class FeatureCache:
 
     def features(self, backbone: Backbone, preprocessor: Preprocessor, encode: Callable[[], Sequence[Any]],
                  samples: str, rows: int, device: torch.device, batch_size: int = 64,
-                 deadline: float | None = None, index: Sequence[int] | None = None) -> np.ndarray:
+                 deadline: float | None = None, index: Sequence[int] | None = None,
+                 model: TransferModel | None = None) -> np.ndarray:
         """The body's features of ``rows`` samples whose raw content hashes to ``samples``.
 
         ``encode`` returns the samples encoded by ``preprocessor``; it is called only on a cache miss.
         ``index`` (row numbers) asks for those rows only: what is computed for them is kept as a partial
         entry, which the computation of every row later completes rather than repeats.
         On a miss, computing stops with :class:`DeadlineReached` once ``deadline`` passes (nothing is stored).
+        ``model``: the pretrained model already built on ``device``, used on a miss (else one is built).
         """
         wanted = None if index is None else np.asarray(index, dtype=np.int64)
         if not self.enabled:
             self.misses += 1
             items = encode()
             return compute_features(backbone, preprocessor, items if wanted is None else [items[i] for i in wanted],
-                                    device, batch_size, deadline)
+                                    device, batch_size, deadline, model)
         path, description = self._path(backbone, preprocessor, samples)
         found = self._lookup(path, rows, backbone.embedding_dim, wanted)
         if found is not None:
@@ -214,7 +224,7 @@ class FeatureCache:
             missing = np.setdiff1d(np.arange(rows) if wanted is None else wanted, known_index)
             items = encode()
             computed = (compute_features(backbone, preprocessor, [items[i] for i in missing], device, batch_size,
-                                         deadline) if len(missing) else known[:0])
+                                         deadline, model) if len(missing) else known[:0])
             seconds = time.perf_counter() - started
             # seconds per sample over every row computed so far, the partial entry's included
             per_example = (known_seconds * len(known_index) + seconds) / max(len(known_index) + len(missing), 1)

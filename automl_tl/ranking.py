@@ -27,7 +27,7 @@ import pandas as pd
 
 from automl_tl.backbone import Backbone, InputOptions
 from automl_tl.data import DatasetBundle
-from automl_tl.feature_cache import DeadlineReached, measure_inference, samples_hash
+from automl_tl.feature_cache import DeadlineReached, measure_inference, pretrained_model, samples_hash
 from automl_tl.space import SearchSpace
 from automl_tl.transferability import SCORES, kendall_tau, score_features
 
@@ -94,6 +94,7 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
     cache = executor.feature_cache
 
     rows: list[dict[str, Any]] = []
+    built: dict[str, Any] = {}  # the models measured, kept for their features: each is built (loaded) once
     for backbone in backbones:  # what each backbone's features would cost
         preprocessor = backbone.preprocessor(options)
         row: dict[str, Any] = {**dict.fromkeys(RANKING_COLUMNS, math.nan), "backbone": backbone.name,
@@ -107,8 +108,9 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
             row.update(seconds_per_example=cached, estimated_seconds=0.0)  # reading them costs next to nothing
         else:
             items = executor.encoded(preprocessor, data, split)
+            built[backbone.name] = pretrained_model(backbone, executor.device)
             cost = measure_inference(backbone, preprocessor, items, executor.device, max_seconds=measure_allowance,
-                                     seed=seed)
+                                     seed=seed, model=built[backbone.name])
             row.update(seconds_per_example=cost.seconds_per_example, estimated_seconds=cost.estimate(examples))
         rows.append(row)
     by_name = {backbone.name: backbone for backbone in backbones}
@@ -131,7 +133,8 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
         try:
             features = cache.features(backbone, preprocessor,
                                       lambda preprocessor=preprocessor: executor.encoded(preprocessor, data, split),
-                                      samples, len(split), executor.device, deadline=until, index=index)
+                                      samples, len(split), executor.device, deadline=until, index=index,
+                                      model=built.pop(backbone.name, None))
         except DeadlineReached:
             row["skipped"] = "the pre-ranking's share of the budget ran out while computing its features"
             logger.warning("pre-ranking leaves %s out: %s", backbone.name, row["skipped"])
