@@ -167,7 +167,8 @@ def test_trial_timeout_is_a_hard_budget_per_trial(tmp_path, digits_bundle, execu
                                            strategies=("full",), max_freeze_depth=None, pruner="none"),
                      tmp_path / "run", executor)
     board = outcome.leaderboard
-    assert (board["stop_reason"] == "time_budget").all()
+    # 50 epochs do not fit in 6 s: each trial is re-planned to the epochs that do, and says so
+    assert board["adapted"].str.match(r"epochs 50 -> \d+ \(one takes about").all()
     assert (board["seconds"] < 6 + 3).all()  # the deadline is checked every batch
     assert time.monotonic() - started < 60
 
