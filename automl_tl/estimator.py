@@ -37,6 +37,7 @@ from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig
 from automl_tl.data import (AUTO_TEST_FRACTION, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
                             DEFAULT_ON_BAD_INPUT, bad_input_options, bad_shots)
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
+from automl_tl.journal import inspect_journal, journal_path
 from automl_tl.registry import NamedDataset
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if options_problem:
             raise ConfigError(options_problem)
         self._search_config(("*",))  # SearchConfig checks the rest; the backbones are resolved later
+        # a file that is not a journal of ours, or a corrupt one, is refused before any data are read
+        inspect_journal(journal_path(self.storage, None if self.output_dir is None else Path(self.output_dir)))
 
     def _bad_input_params(self) -> dict[str, Any]:
         """The bad-row policy, as :func:`~automl_tl.data.prepare_dataset` takes it."""

@@ -32,7 +32,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
-from automl_tl.config import FROZEN_BODY_STRATEGIES, JOURNAL_FILE, SearchConfig, TrialConfig, is_journal_path
+from automl_tl.config import FROZEN_BODY_STRATEGIES, SearchConfig, TrialConfig
 from automl_tl.data import VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_CALLBACK, STOP_OVER_BUDGET, STOP_TIME, Executor,
@@ -42,6 +42,7 @@ from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
 from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, Predictor, load_model_dir, repair_interrupted_save,
                                 save_model, write_json_atomic)
 from automl_tl.feature_cache import FeatureCache
+from automl_tl.journal import inspect_journal, journal_path, repair_journal
 from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.locking import exclusive_lock
 from automl_tl.manifest import build_manifest
@@ -93,10 +94,17 @@ class SearchOutcome:
     predictor: Predictor | None = None  # the saved best model, loaded (as ``automl_tl.load(run_dir)`` would)
 
 
-def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
-    """The study storage: a journal file in ``run_dir`` by default, or a database URL."""
-    if url is None or is_journal_path(url):
-        path = run_dir / JOURNAL_FILE if url is None else Path(url)
+def open_storage(url: str | None, run_dir: Path, repair: bool = True) -> optuna.storages.BaseStorage:
+    """The study storage: a journal file in ``run_dir`` by default, or a database URL.
+
+    A journal is checked first (:mod:`automl_tl.journal`): a file that is not an Optuna journal, or one with a
+    corrupt record, is refused untouched; with ``repair``, a torn last record is cut off (after a copy is kept),
+    so that appends start on a line of their own. Without ``repair`` (readers such as the report) the file is
+    never changed: Optuna's reader skips a torn last line by itself.
+    """
+    path = journal_path(url, run_dir)
+    if path is not None:
+        repair_journal(path) if repair else inspect_journal(path)
         try:
             backend = optuna.storages.journal.JournalFileBackend(str(path))
         except OSError as exc:
@@ -250,6 +258,9 @@ class Search:
 
     def open_study(self) -> optuna.Study:
         """Create the study, or load it and check it was made for the same data and space."""
+        journal = journal_path(self.config.storage, self.run_dir)
+        if journal is not None:
+            inspect_journal(journal)  # a foreign or corrupt file is refused before anything is written or computed
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / ".write-test").touch()

@@ -1,0 +1,291 @@
+"""Issue 12, the storage, journal, model-file and parameter parts: each bad input is refused in one line
+(exit status 2 from the command line, no traceback) and leaves every file on disk as it was.
+
+* item 4, ``--storage`` naming a file that is not a journal of ours: ``test_storage_refuses_a_foreign_file``,
+  ``test_worker_and_report_refuse_a_foreign_journal_too``
+* item 6, a torn or corrupt ``study.journal``: ``test_a_torn_last_record_is_set_aside_at_every_byte``,
+  ``test_a_search_resumes_from_a_torn_journal``, ``test_a_corrupt_record_is_refused_and_nothing_changes``,
+  ``test_the_report_reads_a_torn_journal_without_changing_it``
+* item 8, a tampered ``config.json``: ``test_a_tampered_config_is_refused_before_anything_is_built``,
+  ``test_predict_refuses_a_tampered_config_in_one_line``
+* item 9, input sizes without an upper bound, and a search whose every trial failed:
+  ``test_input_sizes_have_an_upper_bound``, ``test_a_search_whose_trials_all_failed_says_why``
+* item 7, seeds, parameter types, a read-only export folder: ``test_seeds_must_fit_32_bits``,
+  ``test_estimator_parameters_of_the_wrong_type_are_refused``, ``test_export_to_a_read_only_folder``
+* ``--storage sqlite:///:memory:``: ``test_in_memory_storage_is_refused``
+
+One real search (a frozen MobileNetV2 with an MLP head on 240 digits, two trials, a few seconds) makes the
+journal and the saved model that the tests damage copies of.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from automl_tl import InputOptions, SearchConfig, TransferClassifier, search
+from automl_tl.errors import ConfigError
+from automl_tl.executor import Executor
+
+PREFIX = "automl-tl: error:"
+#: flags that keep a search tiny should a refusal ever fail to fire
+SMALL_SEARCH = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
+                "--no-prerank", "--strategies", "linear_probe", "--heads", "linear"]
+JOURNAL = "study.journal"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def write_png(path: Path, seed: int = 0, size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return path
+
+
+def image_folder(root: Path, counts: dict[str, int] | None = None) -> Path:
+    """root/<class>/<i>.png; by default a valid data set of 2 classes x 4 images."""
+    seed = 0
+    for name, count in (counts or {"cat": 4, "dog": 4}).items():
+        for i in range(count):
+            write_png(root / name / f"{i}.png", seed=seed)
+            seed += 1
+    return root
+
+
+def run_main(argv: list, capsys) -> tuple[int, str]:
+    """``automl_tl.cli.main`` in this process: exit status and stderr (argparse exits by SystemExit)."""
+    from automl_tl.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def error_line(code: int, stderr: str) -> str:
+    """The one error line of a refused command; checks status 2 and that nothing else went wrong."""
+    assert "Traceback" not in stderr, stderr
+    assert code == 2, f"exit status {code}, stderr:\n{stderr}"
+    errors = [line for line in stderr.splitlines() if line.startswith(PREFIX)]
+    assert len(errors) == 1, f"expected one '{PREFIX}' line, stderr:\n{stderr}"
+    assert stderr.strip().splitlines()[-1] == errors[0], f"the error must be the last thing on stderr:\n{stderr}"
+    return errors[0]
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error)
+    assert "\n" not in text.strip(), f"not one line: {text!r}"
+    assert len(text) < 500, f"a tampered file must not flood the terminal: {len(text)} characters"
+    return text
+
+
+def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
+    """SHA-256 and modification time of every file below ``directory``, by relative path."""
+    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+def journal_trials(path: Path) -> list[tuple]:
+    storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.load_study(study_name="automl_tl", storage=storage)
+    return [(t.number, t.state.name, t.params) for t in study.trials]
+
+
+# ---------------------------------------------------------------- one real search
+
+
+def tiny_config(**overrides) -> SearchConfig:
+    values = dict(backbones=("mobilenetv2_100",), n_trials=2, seed=0, max_epochs=1, strategies=("linear_probe",),
+                  heads=("mlp",), prerank=False, input_options=InputOptions(image_size=32))
+    return SearchConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, digits_bundle) -> Path:
+    """The run directory of a real search of two trials (its journal and its saved model with an MLP head)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    search(digits_bundle, tiny_config(), run, Executor(show_progress=False))
+    assert (run / JOURNAL).is_file() and (run / "best_model" / "config.json").is_file()
+    return run
+
+
+# ---------------------------------------------------------------- item 4: --storage on a file not ours
+
+FOREIGN = {
+    "log_lines": b"2024-05-01 12:00:01 server started\n2024-05-01 12:00:02 listening on :80\n",
+    "one_line_without_newline": b"my notes",
+    "json_lines_of_another_program": b'{"level": "info", "msg": "started"}\n',
+    "json_array": b"[1, 2, 3]\n",
+    "binary": bytes(range(256)),
+}
+
+
+@pytest.mark.parametrize("name", list(FOREIGN))
+def test_storage_refuses_a_foreign_file(tmp_path, capsys, name):
+    folder = image_folder(tmp_path / "pets")
+    victim = tmp_path / "victim.log"
+    victim.write_bytes(FOREIGN[name])
+    os.utime(victim, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))  # an mtime a write would change
+    before = snapshot(tmp_path)
+    code, stderr = run_main(["search", "--data", folder, "--output", tmp_path / "run", "--storage", victim,
+                             *SMALL_SEARCH], capsys)
+    line = error_line(code, stderr)
+    assert str(victim) in line and "not an Optuna journal" in line, line
+    assert snapshot(tmp_path) == before, "the foreign file (or anything beside it) was changed"
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="not an Optuna journal"):
+        TransferClassifier(storage=str(victim)).fit(folder)
+    assert snapshot(tmp_path) == before
+
+
+def test_worker_and_report_refuse_a_foreign_journal_too(tmp_path, capsys):
+    victim = tmp_path / "victim.journal"
+    victim.write_bytes(FOREIGN["log_lines"])
+    (tmp_path / "run").mkdir()
+    before = snapshot(tmp_path)
+    for argv in (["worker", "--storage", victim, "--study", "automl_tl"],
+                 ["report", tmp_path / "run", "--storage", victim]):
+        line = error_line(*run_main(argv, capsys))
+        assert str(victim) in line and "not an Optuna journal" in line, line
+        assert snapshot(tmp_path) == before, argv[0]
+
+
+def test_storage_on_a_new_or_empty_file_is_a_fresh_journal(tmp_path):
+    from automl_tl.search import open_storage
+
+    (tmp_path / "empty.journal").write_bytes(b"")
+    for name in ("new.journal", "empty.journal"):
+        storage = open_storage(str(tmp_path / name), tmp_path)
+        optuna.create_study(storage=storage, study_name="s")
+        assert json.loads((tmp_path / name).read_text().splitlines()[0])["op_code"] == 0
+
+
+# ---------------------------------------------------------------- item 6: torn and corrupt journals
+
+
+def _last_record_start(data: bytes) -> int:
+    return data.rstrip(b"\n").rfind(b"\n") + 1
+
+
+def test_a_torn_last_record_is_set_aside_at_every_byte(finished, tmp_path, monkeypatch):
+    """The journal cut at every byte of its last record, as a full disk leaves it: opening it keeps a copy of
+    the torn file, cuts the torn record off (so appends start on a fresh line), and the study loads with every
+    record before it."""
+    from automl_tl import journal
+    from automl_tl.search import open_storage
+
+    # fsync makes a repair durable, and costs milliseconds on a busy disk: a thousand of them, seconds
+    monkeypatch.setattr(journal.os, "fsync", lambda fd: None)
+    data = (finished / JOURNAL).read_bytes()
+    start = _last_record_start(data)
+    assert len(data) - start > 50, "the last record should be a real one"
+    run = tmp_path / "run"
+    run.mkdir()
+    # without the last record: what every reader (Optuna skips an unterminated line) already saw
+    (run / JOURNAL).write_bytes(data[:start])
+    expected = journal_trials(run / JOURNAL)
+    assert len(expected) == 2
+    for cut in range(start, len(data)):  # cut == start: a journal that ends cleanly, nothing to repair
+        (run / JOURNAL).write_bytes(data[:cut])
+        # what open_storage does first; Optuna's replay of the whole journal is left to a few cuts below
+        backup = journal.repair_journal(run / JOURNAL)
+        assert (run / JOURNAL).read_bytes() == data[:start], f"cut at {cut}: the torn record is still there"
+        if cut == start:
+            assert backup is None and not list(run.glob(f"{JOURNAL}.torn-*")), "a clean journal needs no copy"
+        else:
+            assert backup.name.startswith(f"{JOURNAL}.torn-") and backup.read_bytes() == data[:cut], cut
+            backup.unlink()
+        if cut in (start, start + 1, (start + len(data)) // 2, len(data) - 1):  # a few: each load replays it all
+            (run / JOURNAL).write_bytes(data[:cut])
+            study = optuna.load_study(study_name="automl_tl", storage=open_storage(None, run))
+            assert (run / JOURNAL).read_bytes() == data[:start]
+            for backup in run.glob(f"{JOURNAL}.torn-*"):
+                backup.unlink()
+            assert [(t.number, t.state.name, t.params) for t in study.trials] == expected
+            study.set_user_attr("after_repair", cut)  # an append now starts on a line of its own
+            lines = (run / JOURNAL).read_bytes().splitlines()
+            assert all(isinstance(json.loads(line), dict) for line in lines)
+            assert json.loads(lines[-1])["user_attr"] == {"after_repair": cut}
+    assert not (run / f"{JOURNAL}.lock").exists(), "the journal's lock was left behind"
+
+
+@pytest.mark.parametrize("where", ["in_the_middle_of_the_last_record", "just_before_its_newline"])
+def test_a_search_resumes_from_a_torn_journal(finished, tmp_path, digits_bundle, where, caplog):
+    data = (finished / JOURNAL).read_bytes()
+    start = _last_record_start(data)
+    cut = (start + len(data)) // 2 if where.startswith("in") else len(data) - 1
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / JOURNAL).write_bytes(data[:cut])
+    outcome = search(digits_bundle, tiny_config(n_trials=3), run, Executor(show_progress=False))
+    assert len(outcome.study.trials) == 3
+    assert [t.params for t in outcome.study.trials[:2]] == [p for _, _, p in journal_trials(finished / JOURNAL)]
+    lines = (run / JOURNAL).read_bytes().splitlines()
+    assert all(isinstance(json.loads(line), dict) for line in lines), "the journal is still broken"
+    assert len(list(run.glob(f"{JOURNAL}.torn-*"))) == 1
+    assert "torn" in caplog.text and "study.journal.torn-" in caplog.text
+
+
+def _garbage(lines: list[bytes], index: int) -> list[bytes]:
+    return lines[:index] + [b"this is not json at all"] + lines[index + 1:]
+
+
+def _torn_then_appended(lines: list[bytes], index: int) -> list[bytes]:
+    """What an old version left: a torn record with the next run's record appended on the same line."""
+    return lines[:index] + [lines[index][: len(lines[index]) // 2] + lines[index + 1]] + lines[index + 2:]
+
+
+def _not_an_object(lines: list[bytes], index: int) -> list[bytes]:
+    return lines[:index] + [b"[1, 2]"] + lines[index + 1:]
+
+
+def _null(lines: list[bytes], index: int) -> list[bytes]:
+    return lines[:index] + [b"null"] + lines[index + 1:]
+
+
+def _no_op_code(lines: list[bytes], index: int) -> list[bytes]:
+    return lines[:index] + [b'{"worker_id": "x", "study_id": 0}'] + lines[index + 1:]
+
+
+def _bad_last_line(lines: list[bytes], index: int) -> list[bytes]:
+    return lines + [b"{\"op_code\": oops}"]  # terminated, so not torn: written whole, and wrong
+
+
+CORRUPTIONS = [_garbage, _torn_then_appended, _not_an_object, _null, _no_op_code, _bad_last_line]
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=[c.__name__.strip("_") for c in CORRUPTIONS])
+def test_a_corrupt_record_is_refused_and_nothing_changes(finished, tmp_path, capsys, corrupt):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    lines = (run / JOURNAL).read_bytes().splitlines()
+    (run / JOURNAL).write_bytes(b"\n".join(corrupt(lines, 3)) + b"\n")
+    before = snapshot(run)
+    folder = image_folder(tmp_path / "pets")
+    code, stderr = run_main(["search", "--data", folder, "--output", run, *SMALL_SEARCH], capsys)
+    line = error_line(code, stderr)
+    assert str(run / JOURNAL) in line and "corrupt" in line and "line" in line, line
+    assert "--output" in line and "remove" in line, f"the line must say how to start anew: {line}"
+    assert snapshot(run) == before
+
+
+def test_the_report_reads_a_torn_journal_without_changing_it(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    data = (run / JOURNAL).read_bytes()
+    (run / JOURNAL).write_bytes(data[:-10])
+    code, stderr = run_main(["report", run], capsys)
+    assert code == 0, stderr
+    assert (run / JOURNAL).read_bytes() == data[:-10]
+    assert not list(run.glob(f"{JOURNAL}.torn-*"))
