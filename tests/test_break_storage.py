@@ -289,3 +289,108 @@ def test_the_report_reads_a_torn_journal_without_changing_it(finished, tmp_path,
     assert code == 0, stderr
     assert (run / JOURNAL).read_bytes() == data[:-10]
     assert not list(run.glob(f"{JOURNAL}.torn-*"))
+
+
+# ---------------------------------------------------------------- item 9: upper bounds, and why trials failed
+
+
+@pytest.mark.parametrize("options, expected", [
+    (InputOptions(image_size=100000), "image size must be at most 1024 pixels, got 100000"),
+    (InputOptions(image_size=1025), "at most 1024"),
+    (InputOptions(clip_seconds=100000), "clip length must be at most 60 seconds, got 100000"),
+    (InputOptions(clip_seconds=float("inf")), "clip length"),
+    (InputOptions(clip_seconds=float("nan")), "clip length"),
+    (InputOptions(max_length=10**7), "max length must be at most"),
+])
+def test_input_sizes_have_an_upper_bound(options, expected):
+    with pytest.raises(ConfigError, match=expected):
+        tiny_config(input_options=options)
+    with pytest.raises(ConfigError, match=expected):
+        TransferClassifier(image_size=options.image_size, clip_seconds=options.clip_seconds,
+                           max_length=options.max_length).check_params()
+    SearchConfig(backbones=("x",), input_options=InputOptions(image_size=1024, clip_seconds=60, max_length=8192))
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--image-size", "100000", "image size must be at most 1024 pixels"),
+    ("--clip-seconds", "100000", "clip length must be at most 60 seconds"),
+])
+def test_cli_input_sizes_have_an_upper_bound(tmp_path, capsys, flag, value, expected):
+    folder = image_folder(tmp_path / "pets")
+    line = error_line(*run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH,
+                                 flag, value], capsys))
+    assert expected in line, line
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- item 7: seeds, types, a read-only export
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, True, 1.5, "0"])
+def test_seeds_must_fit_32_bits(seed):
+    with pytest.raises(ConfigError, match=r"seed must be a whole number from 0 to 4294967295") as caught:
+        TransferClassifier(seed=seed).check_params()
+    one_line(caught.value)
+    TransferClassifier(seed=2**32 - 1).check_params()
+    TransferClassifier(seed=np.int64(7)).check_params()
+
+
+def test_cli_seed_minus_one(tmp_path, capsys):
+    folder = image_folder(tmp_path / "pets")
+    line = error_line(*run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH,
+                                 "--seed", "-1"], capsys))
+    assert "seed must be a whole number from 0 to 4294967295, got -1" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"image_size": "32"}, "image_size must be a whole number, got '32'"),
+    ({"image_size": 32.0}, "image_size must be a whole number, got 32.0"),
+    ({"image_size": True}, "image_size must be a whole number, got True"),
+    ({"max_length": "64"}, "max_length must be a whole number"),
+    ({"clip_seconds": "2"}, "clip_seconds must be a number of seconds, got '2'"),
+    ({"clip_seconds": False}, "clip_seconds must be a number of seconds, got False"),
+    ({"n_trials": "5"}, "n_trials must be a whole number"),
+    ({"n_trials": 2.5}, "n_trials must be a whole number"),
+    ({"timeout": "60"}, "timeout must be a number of seconds"),
+    ({"trial_timeout": True}, "trial_timeout must be a number of seconds"),
+    ({"batch_size": 8.5}, "batch_size must be a whole number"),
+    ({"max_epochs": True}, "max_epochs must be a whole number"),
+    ({"min_epochs": "1"}, "min_epochs must be a whole number"),
+    ({"max_freeze_depth": "2"}, "max_freeze_depth must be a whole number"),
+    ({"top_k": 1.5}, "top_k must be a whole number"),
+    ({"prerank": "no"}, "prerank must be True or False, got 'no'"),
+    ({"refit": 0}, "refit must be True or False"),
+    ({"feature_cache": None}, "feature_cache must be True or False"),
+    ({"study_name": 5}, "study_name must be a string"),
+    ({"storage": 5}, "storage must be a string"),
+    ({"max_samples": "100"}, "max_samples must be a whole number"),
+    ({"max_samples": 0}, "max_samples must be at least 1"),
+    ({"label_column": 3}, "label_column must be a string"),
+    ({"input_column": ["a"]}, "input_column must be a string"),
+    ({"show_progress": "yes"}, "show_progress must be True, False or None"),
+])
+def test_estimator_parameters_of_the_wrong_type_are_refused(params, expected):
+    with pytest.raises(ConfigError) as caught:
+        TransferClassifier(**params).check_params()
+    assert expected in one_line(caught.value)
+
+
+def test_numpy_numbers_are_fine(tmp_path):
+    TransferClassifier(image_size=np.int64(32), n_trials=np.int32(2), timeout=np.float64(30.0),
+                       clip_seconds=np.float32(1.5), batch_size=np.int64(8)).check_params()
+
+
+# ---------------------------------------------------------------- smaller: storage in memory
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://", "sqlite:///file:x?mode=memory&uri=true"])
+def test_in_memory_storage_is_refused(tmp_path, capsys, url):
+    with pytest.raises(ConfigError, match="in memory") as caught:
+        tiny_config(storage=url)
+    assert "resume" in one_line(caught.value)
+    folder = image_folder(tmp_path / "pets")
+    line = error_line(*run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH,
+                                 "--storage", url], capsys))
+    assert "in memory" in line
+    assert not (tmp_path / "run").exists()
