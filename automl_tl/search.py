@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,6 +74,10 @@ SAVE_MARGIN_FRACTION = 0.05
 #: the time kept back for a refit is its estimate times this: estimates from one trial's epochs are rough, and a
 #: refit that finds a few seconds too few is skipped
 REFIT_RESERVE_FACTOR = 1.25
+
+
+#: a failed trial's reason when the time for it ran out before it had a model
+BUDGET_RAN_OUT = "the time budget ran out before the first epoch finished"
 
 
 class TrialFailed(Exception):
@@ -477,9 +482,9 @@ class Search:
             raise optuna.TrialPruned(message)
         if not result.has_model:
             # Failed, not pruned: a resumed search with more time should try this trial again.
-            trial.set_user_attr("error", "the time budget ran out before the first epoch finished")
-            logger.info("trial %d stopped: the time budget ran out before its first epoch finished", trial.number)
-            raise TrialFailed("the time budget ran out before the first epoch finished")
+            trial.set_user_attr("error", BUDGET_RAN_OUT)
+            logger.info("trial %d stopped: %s", trial.number, BUDGET_RAN_OUT)
+            raise TrialFailed(BUDGET_RAN_OUT)
         self._keep_if_best(result)
         result.release_model()  # the weights are on disk if they were the best; free them now
         return result.best_score
@@ -571,8 +576,7 @@ class Search:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not complete or saved_best_accuracy(self.run_dir) is None:
             self._write_report(study)  # what there is: the trials, their failures
-            raise AutomlTLError(f"no trial finished within the budget; the leaderboard is in {self.run_dir}; "
-                                "raise --timeout or --trials and run the same command again to continue")
+            raise AutomlTLError(self._why_nothing_finished(study))
         refit_note = self._refit_best()
         predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
         saved = predictor.config
@@ -616,6 +620,25 @@ class Search:
                                 saved["val_accuracy"], test_metrics, transferability, predictor)
         get_plugin_manager().hook.search_finished(outcome=outcome)
         return outcome
+
+    def _why_nothing_finished(self, study: optuna.Study) -> str:
+        """The one line that ends a search without a model: the failed trials' most common reason when they
+        failed for one other than the budget (out of memory, say), else that the budget was too short."""
+        trials = study.get_trials(deepcopy=False)
+        failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+        # the first line of each reason: a traceback-like message counts once, however long
+        reasons = Counter((str(t.user_attrs.get("error") or "").strip() or "no reason recorded").splitlines()[0]
+                          for t in failed)
+        where = f"the leaderboard is in {self.run_dir}"
+        if reasons:
+            reason, count = reasons.most_common(1)[0]
+            if reason != BUDGET_RAN_OUT:  # a budget raised would not help a trial that fails on its own
+                scope = (f"all {len(trials)} trials failed" if len(failed) == len(trials) else
+                         f"{len(failed)} of {len(trials)} trials failed")
+                return (f"no trial finished: {scope}, {count} of them with: {_shortened(reason, 300)}; "
+                        f"{where} (its error column gives each trial's reason)")
+        return (f"no trial finished within the budget; {where}; raise --timeout or --trials and run the same "
+                "command again to continue")
 
     def _refit_best(self) -> str:
         """Train the best trial's configuration again on training + validation, for the epochs it ran best,
@@ -707,6 +730,10 @@ class Search:
         return {"metrics": metrics, "classes": classes if len(classes) <= MAX_PER_CLASS_ROWS else None,
                 "confusion_matrix": matrix if len(classes) <= MAX_CONFUSION_CLASSES else None,
                 "per_class": per_class if len(classes) <= MAX_PER_CLASS_ROWS else None}
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -29,11 +29,16 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
-from automl_tl import InputOptions, SearchConfig, TransferClassifier, search
-from automl_tl.errors import ConfigError
+from automl_tl import Backbone, InputOptions, SearchConfig, TransferClassifier, TransferModel, hookimpl, search
+from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.executor import Executor
+from automl_tl.image import ImagePreprocessor
+from automl_tl.plugins import get_plugin_manager
+from automl_tl.registry import reset_registry
 
 PREFIX = "automl-tl: error:"
 #: flags that keep a search tiny should a refusal ever fail to fire
@@ -321,6 +326,63 @@ def test_cli_input_sizes_have_an_upper_bound(tmp_path, capsys, flag, value, expe
                                  flag, value], capsys))
     assert expected in line, line
     assert not (tmp_path / "run").exists()
+
+
+class _Body(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 480000000000 bytes")
+
+
+class _FailingBackbone(Backbone):
+    """A tiny real network whose every forward pass fails, as one that runs out of memory on every input does."""
+
+    modality = "image"
+    name = "test/fails_always"
+
+    @property
+    def weight_source(self) -> str:
+        return "seeded random initialisation (a test backbone)"
+
+    @property
+    def embedding_dim(self) -> int:
+        return 4
+
+    def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
+        body = _Body()
+        return TransferModel(body, nn.Linear(4, num_classes), [["conv.weight", "conv.bias"]])
+
+    def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
+        return ImagePreprocessor(size=options.image_size or 16, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                 interpolation="bilinear")
+
+
+class _Registers:
+    @hookimpl
+    def register_backbones(self, register):
+        register(_FailingBackbone())
+
+
+def test_a_search_whose_trials_all_failed_says_why(tmp_path, digits_bundle):
+    manager = get_plugin_manager()
+    manager.register(_Registers(), name="failing-backbone")
+    reset_registry()
+    try:
+        config = SearchConfig(backbones=("test/fails_always",), n_trials=3, max_epochs=1, prerank=False,
+                              strategies=("last_k",), heads=("linear",), input_options=InputOptions(image_size=16))
+        with pytest.raises(AutomlTLError) as caught:
+            search(digits_bundle, config, tmp_path, Executor(show_progress=False))
+    finally:
+        manager.unregister(name="failing-backbone")
+        reset_registry()
+    line = one_line(caught.value)
+    assert "all 3 trials failed" in line and "3 of them with" in line, line
+    assert "can't allocate memory" in line, line
+    assert "raise --timeout" not in line and "within the budget" not in line, line
+    assert (tmp_path / "leaderboard.csv").is_file()
 
 
 # ---------------------------------------------------------------- item 7: seeds, types, a read-only export
