@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from automl_tl import Backbone, InputOptions, SearchConfig, TransferClassifier, TransferModel, hookimpl, search
-from automl_tl.errors import AutomlTLError, ConfigError
+from automl_tl import Backbone, InputOptions, SearchConfig, TransferClassifier, TransferModel, hookimpl, load, search
+from automl_tl.errors import AutomlTLError, ConfigError, ModelFileError
 from automl_tl.executor import Executor
 from automl_tl.image import ImagePreprocessor
 from automl_tl.plugins import get_plugin_manager
@@ -294,6 +295,152 @@ def test_the_report_reads_a_torn_journal_without_changing_it(finished, tmp_path,
     assert code == 0, stderr
     assert (run / JOURNAL).read_bytes() == data[:-10]
     assert not list(run.glob(f"{JOURNAL}.torn-*"))
+
+
+# ---------------------------------------------------------------- item 8: a tampered config.json
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    """An edit of the config that sets ``path`` (dotted) to ``value`` (a function of the config, or a value)."""
+    def edit(config: dict) -> None:
+        *parents, last = path.split(".")
+        target = config
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[last] = value(config) if callable(value) else value
+    return edit
+
+
+def _drop(key: str) -> Callable[[dict], None]:
+    return lambda config: config.pop(key)
+
+
+#: name: (edit of config.json, fragments of the one-line refusal)
+TAMPERED_CONFIGS = {
+    "a_million_classes": (_set("classes", [f"class{i}" for i in range(10**6)]),
+                          ["field 'classes'", "1000000 classes", "at most 100000"]),
+    "classes_that_are_not_labels": (_set("classes", [{"a": 1}, [2], None]),
+                                    ["field 'classes'", "{'a': 1}", "a string or a number"]),
+    "a_class_that_is_null": (_set("classes", lambda c: c["classes"][:-1] + [None]), ["field 'classes'", "None"]),
+    "eleven_classes_for_ten_rows": (_set("classes", [str(i) for i in range(11)]),
+                                    ["head.3.weight", "[10, ", "expected [11, "]),
+    "classes_not_a_list": (_set("classes", "0123456789"), ["field 'classes'"]),
+    "hidden_200000": (_set("head.hidden", 200000), ["field 'head.hidden'", "200000", "at most"]),
+    "hidden_10_to_the_12": (_set("head.hidden", 10**12), ["field 'head.hidden'", "at most"]),
+    "hidden_2.5": (_set("head.hidden", 2.5), ["field 'head.hidden'", "2.5", "whole number"]),
+    "hidden_true": (_set("head.hidden", True), ["field 'head.hidden'", "True", "whole number"]),
+    "hidden_zero": (_set("head.hidden", 0), ["field 'head.hidden'", "at least 1"]),
+    "hidden_a_string": (_set("head.hidden", "256"), ["field 'head.hidden'", "'256'"]),
+    "hidden_other_than_the_weights": (_set("head.hidden", lambda c: c["head"]["hidden"] + 1),
+                                      ["head.0.weight", "does not match"]),
+    "dropout_1.5": (_set("head.dropout", 1.5), ["field 'head.dropout'", "1.5"]),
+    "dropout_a_string": (_set("head.dropout", "none"), ["field 'head.dropout'", "'none'"]),
+    "head_kind_unknown": (_set("head.kind", "transformer"), ["field 'head.kind'", "'transformer'"]),
+    "head_key_unknown": (_set("head.exec", "rm -rf /"), ["field 'head'", "'exec'"]),
+    "head_not_an_object": (_set("head", [1, 2]), ["field 'head'", "a JSON object"]),
+    "head_kind_linear_for_mlp_weights": (_set("head.kind", "linear"), ["head.weight", "missing"]),
+    "image_size_a_million": (_set("input_options.image_size", 10**6),
+                             ["field 'input_options' holds 'image_size': 1000000", "at most 1024 pixels"]),
+    "image_size_negative": (_set("input_options.image_size", -5), ["'image_size': -5", "at least 16"]),
+    "image_size_31.5": (_set("input_options.image_size", 31.5), ["'image_size': 31.5", "whole number"]),
+    "image_size_true": (_set("input_options.image_size", True), ["'image_size': True"]),
+    "clip_seconds_a_day": (_set("input_options.clip_seconds", 86400), ["'clip_seconds': 86400", "at most 60"]),
+    "max_length_zero": (_set("input_options.max_length", 0), ["'max_length': 0", "at least 1"]),
+    "format_version_999": (_set("format_version", 999), ["field 'format_version'", "999", "expected 1"]),
+    "format_version_a_string": (_set("format_version", "1"), ["field 'format_version'", "'1'"]),
+    "format_version_true": (_set("format_version", True), ["field 'format_version'", "True"]),
+    "format_version_missing": (_drop("format_version"), ["lacks the field 'format_version'", "expected 1"]),
+    "backbone_name_a_number": (_set("backbone.name", 7), ["field 'backbone.name'"]),
+    "input_column_a_list": (_set("input_column", ["image"]), ["field 'input_column'"]),
+    "label_column_a_number": (_set("label_column", 3), ["field 'label_column'"]),
+}
+
+
+def _tampered_copy(finished: Path, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(finished / "best_model", model)
+    config = json.loads((model / "config.json").read_text())
+    edit(config)
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Fails the test if a model (body or head) is built, or a tensor is read from the weights file."""
+    from automl_tl import model_io
+    from automl_tl.registry import get_backbone
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built (or tensors loaded) before the config and the weights' header "
+                             "were checked")
+
+    monkeypatch.setattr(model_io, "build_head", refuse)
+    monkeypatch.setattr(model_io, "load_file", refuse)
+    monkeypatch.setattr(type(get_backbone("mobilenetv2_100")), "build", refuse)
+
+
+@pytest.mark.parametrize("name", list(TAMPERED_CONFIGS))
+def test_a_tampered_config_is_refused_before_anything_is_built(finished, tmp_path, name, nothing_built):
+    edit, expected = TAMPERED_CONFIGS[name]
+    model = _tampered_copy(finished, tmp_path, edit)
+    with pytest.raises(ModelFileError) as caught:
+        load(model)
+    line = one_line(caught.value)
+    assert str(model / "config.json") in line or str(model / "model.safetensors") in line, line
+    for fragment in expected:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "normalised_linear"])
+def test_head_shapes_are_those_of_the_head_built(kind):
+    """What the weights' header is checked against, before building, is what would be built."""
+    from automl_tl.heads import HeadSpec, build_head, head_shapes
+
+    spec = HeadSpec(kind=kind, hidden=24)
+    built = {name: tuple(tensor.shape) for name, tensor in build_head(spec, 40, 7).state_dict().items()}
+    assert head_shapes(spec, 40, 7) == built
+
+
+@pytest.mark.parametrize("fields", [{"hidden": 2.5}, {"hidden": True}, {"hidden": 10**12}, {"dropout": "0.1"},
+                                    {"kind": 3}])
+def test_a_head_spec_of_the_wrong_type_is_refused(fields):
+    from automl_tl.heads import HeadSpec
+
+    with pytest.raises(ValueError, match="head"):
+        HeadSpec(kind=fields.pop("kind", "mlp"), **fields)
+
+
+def test_the_untampered_model_loads(finished):
+    predictor = load(finished)
+    assert len(predictor.classes) == 10 and predictor.config["head"]["kind"] == "mlp"
+
+
+@pytest.mark.parametrize("name", ["a_million_classes", "hidden_2.5", "image_size_31.5", "format_version_999"])
+def test_predict_refuses_a_tampered_config_in_one_line(finished, tmp_path, capsys, name):
+    edit, expected = TAMPERED_CONFIGS[name]
+    model = _tampered_copy(finished, tmp_path, edit)
+    data = image_folder(tmp_path / "new")
+    line = error_line(*run_main(["predict", model, "--data", data, "--output", tmp_path / "p.csv"], capsys))
+    for fragment in expected:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_weights_header_claiming_a_huge_tensor_is_refused(finished, tmp_path, nothing_built):
+    """The header is read, not the tensors: an extra tensor it lists is refused before anything is loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(finished / "best_model", model)
+
+    with safe_open(str(model / "model.safetensors"), "pt") as weights:
+        state = {key: weights.get_tensor(key) for key in weights.keys()}
+    state["evil"] = torch.zeros(1)
+    save_file(state, str(model / "model.safetensors"))
+    with pytest.raises(ModelFileError, match=r"1 unexpected tensor\(s\) \(evil\)"):
+        load(model)
 
 
 # ---------------------------------------------------------------- item 9: upper bounds, and why trials failed
