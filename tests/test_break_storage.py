@@ -20,11 +20,13 @@ journal and the saved model that the tests damage copies of.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,46 @@ def journal_trials(path: Path) -> list[tuple]:
     storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     study = optuna.load_study(study_name="automl_tl", storage=storage)
     return [(t.number, t.state.name, t.params) for t in study.trials]
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10  # linux/fs.h
+
+
+def _set_immutable(directory: Path, on: bool) -> None:
+    """``chattr +i`` / ``-i``: an immutable directory refuses new entries even to root."""
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        wanted = flags[0] | FS_IMMUTABLE_FL if on else flags[0] & ~FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, array.array("i", [wanted]))
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def read_only_directory(directory: Path) -> Iterator[Path]:
+    """``directory`` made read-only for whoever runs the tests (chmod for a user, the immutable attribute for
+    root, whom permission bits do not stop), and writable again afterwards; skips where neither works."""
+    directory.mkdir(parents=True, exist_ok=True)
+    as_root = os.geteuid() == 0
+    try:
+        _set_immutable(directory, True) if as_root else directory.chmod(0o500)
+    except OSError as exc:
+        pytest.skip(f"cannot make {directory} read-only ({exc.strerror})")
+    try:
+        try:
+            (directory / ".probe").mkdir()
+        except OSError:
+            pass
+        else:
+            pytest.skip(f"{directory} stays writable for this user")
+        yield directory
+    finally:
+        _set_immutable(directory, False) if as_root else directory.chmod(0o700)
+        shutil.rmtree(directory / ".probe", ignore_errors=True)
 
 
 # ---------------------------------------------------------------- one real search
@@ -588,6 +630,15 @@ def test_estimator_parameters_of_the_wrong_type_are_refused(params, expected):
 def test_numpy_numbers_are_fine(tmp_path):
     TransferClassifier(image_size=np.int64(32), n_trials=np.int32(2), timeout=np.float64(30.0),
                        clip_seconds=np.float32(1.5), batch_size=np.int64(8)).check_params()
+
+
+def test_export_to_a_read_only_folder(finished, tmp_path, capsys):
+    with read_only_directory(tmp_path / "locked") as locked:
+        for output in (locked, locked / "onnx"):
+            line = error_line(*run_main(["export", finished, "--format", "torchscript", "--output", output], capsys))
+            assert "cannot write the export to" in line and str(output) in line, line
+            assert ("Permission denied" in line) or ("Operation not permitted" in line), line
+            assert sorted(locked.iterdir()) == []
 
 
 # ---------------------------------------------------------------- smaller: storage in memory
