@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from automl_tl.config import DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, STRATEGIES
+from automl_tl.config import (DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS,
+                              MAX_LENGTH_RANGE, PRUNERS, SAMPLERS, STRATEGIES)
 from automl_tl.metrics import METRIC_NAMES
 from automl_tl.data import (BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
                             DEFAULT_ON_BAD_INPUT, TABLE_EXTENSIONS)
@@ -130,10 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="epochs each trial is scheduled for; pruning and early stopping may cut it (default: 3)")
     run.add_argument("--max-freeze-depth", type=int, help="largest number of trained layer groups (default: all)")
     run.add_argument("--batch-size", type=_positive_int, default=32)
-    run.add_argument("--image-size", type=_positive_int, help="image side in pixels (smaller is faster on CPU; "
+    run.add_argument("--image-size", type=_positive_int, help=f"image side in pixels, {IMAGE_SIZE_RANGE[0]} to "
+                                                               f"{IMAGE_SIZE_RANGE[1]} (smaller is faster on CPU; "
                                                                "default: the backbone's pretrained size; demo: 32)")
-    run.add_argument("--max-length", type=_positive_int, help="text: tokens per example (default: the backbone's)")
-    run.add_argument("--clip-seconds", type=_positive_float, help="audio: seconds per example (default: the backbone's)")
+    run.add_argument("--max-length", type=_positive_int, help=f"text: tokens per example, at most "
+                                                               f"{MAX_LENGTH_RANGE[1]} (default: the backbone's)")
+    run.add_argument("--clip-seconds", type=_positive_float, help=f"audio: seconds per example, at most "
+                                                                  f"{MAX_CLIP_SECONDS:g} (default: the backbone's)")
     run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
     run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(DEFAULT_STRATEGIES),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from automl_tl.backbone import InputOptions
@@ -33,6 +34,74 @@ EMBEDDING_HEADS = {"nearest_centroid": "normalised_linear", "logistic_regression
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 
+#: the largest seed: numpy's and the samplers' seeds are unsigned 32-bit numbers
+MAX_SEED = 2**32 - 1
+#: input sizes, bounded so that a slip of the keyboard (``--image-size 100000``) is refused at once rather than
+#: ending, after the data are read, in every trial running out of memory. 1024 pixels is over four times the
+#: 224 that the shipped image backbones were pretrained at (a batch of 32 such images is 400 MB of floats before
+#: any activation); a minute of audio is over 25 times the longest pretrained clip (2.3 s); 8192 tokens is the
+#: longest context of common text encoders.
+IMAGE_SIZE_RANGE = (16, 1024)
+MAX_CLIP_SECONDS = 60.0
+MAX_LENGTH_RANGE = (1, 8192)
+
+
+def is_whole_number(value: Any) -> bool:
+    """Whether ``value`` is an integer (numpy's too); a bool is not, though Python counts it as one."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real_number(value: Any) -> bool:
+    """Whether ``value`` is a real number (an integer, a float, numpy's); a bool is not."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_types(values: dict[str, Any], kinds: dict[str, str]) -> None:
+    """Refuse (:class:`~automl_tl.errors.ConfigError`, naming the parameter) a value of ``values`` that is not
+    of the kind ``kinds`` gives its name: "int", "float" (seconds), "number", "bool" or "str", each followed by
+    "?" where None is allowed too."""
+    expected = {"int": ("a whole number", is_whole_number), "float": ("a number of seconds", is_real_number),
+                "number": ("a number", is_real_number), "bool": ("True or False", lambda v: isinstance(v, bool)),
+                "str": ("a string", lambda v: isinstance(v, str))}
+    for name, kind in kinds.items():
+        value = values[name]
+        if kind.endswith("?") and value is None:
+            continue
+        what, test = expected[kind.rstrip("?")]
+        if not test(value):
+            what = "True, False or None" if kind == "bool?" else what
+            raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a seed numpy and the samplers cannot take: a whole number from 0 to :data:`MAX_SEED`."""
+    if not is_whole_number(seed) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+
+
+def check_input_options(options: "InputOptions") -> None:
+    """Refuse input sizes of the wrong type or outside their range (see :data:`IMAGE_SIZE_RANGE`,
+    :data:`MAX_CLIP_SECONDS`, :data:`MAX_LENGTH_RANGE`)."""
+    check_types({"image_size": options.image_size, "max_length": options.max_length,
+                 "clip_seconds": options.clip_seconds},
+                {"image_size": "int?", "max_length": "int?", "clip_seconds": "float?"})
+    size = options.image_size
+    if size is not None and size < IMAGE_SIZE_RANGE[0]:
+        raise ConfigError(f"image size must be at least {IMAGE_SIZE_RANGE[0]} pixels, got {size}")
+    if size is not None and size > IMAGE_SIZE_RANGE[1]:
+        raise ConfigError(f"image size must be at most {IMAGE_SIZE_RANGE[1]} pixels, got {size}")
+    length = options.max_length
+    if length is not None and length < MAX_LENGTH_RANGE[0]:
+        raise ConfigError(f"max length must be at least {MAX_LENGTH_RANGE[0]} token, got {length}")
+    if length is not None and length > MAX_LENGTH_RANGE[1]:
+        raise ConfigError(f"max length must be at most {MAX_LENGTH_RANGE[1]} tokens, got {length}")
+    seconds = options.clip_seconds
+    if seconds is not None and not seconds > 0:  # (NaN fails this too)
+        raise ConfigError(f"clip length must be a positive number of seconds, got {seconds}")
+    if seconds is not None and not seconds <= MAX_CLIP_SECONDS:
+        raise ConfigError(f"clip length must be at most {MAX_CLIP_SECONDS:g} seconds, got {seconds:g}")
+
+
 def is_journal_path(storage: str) -> bool:
     """Whether a storage option names a journal file rather than a database URL."""
     return "://" not in storage and storage.endswith((".journal", ".log"))
@@ -41,9 +110,19 @@ def is_journal_path(storage: str) -> bool:
 def check_storage_url(storage: str) -> None:
     """Refuse a storage option that is neither a journal file path nor a database URL we support."""
     scheme = storage.split("://", 1)[0] if "://" in storage else ""
+    if scheme.startswith("sqlite") and _in_memory(storage.split("://", 1)[1]):
+        raise ConfigError(f"storage {storage!r} keeps the study in memory, so it is lost when the search ends: a "
+                          "rerun cannot resume it and workers cannot share it; give a file (sqlite:///study.db or "
+                          "a *.journal path), or leave --storage out for RUN_DIR/study.journal")
     if not is_journal_path(storage) and (scheme not in STORAGE_SCHEMES or not storage.split("://", 1)[1]):
         raise ConfigError(f"malformed storage URL {storage!r}; expected a journal file path (*.journal) or "
                           f"SCHEME://... with SCHEME one of {', '.join(STORAGE_SCHEMES)}")
+
+
+def _in_memory(location: str) -> bool:
+    """Whether an SQLite URL's part after ``://`` names an in-memory database (SQLAlchemy: an empty path,
+    ``/:memory:``, or a URI with ``mode=memory``)."""
+    return location in ("", "/") or ":memory:" in location or "mode=memory" in location
 
 
 @dataclass(frozen=True)
@@ -160,8 +239,15 @@ class SearchConfig:
     refit: bool = True
 
     def __post_init__(self) -> None:
+        # types first: a string where a number belongs would otherwise fail a comparison with a TypeError
+        check_types(asdict_shallow(self), _SEARCH_TYPES)
+        check_seed(self.seed)
         if not self.backbones:
             raise ConfigError("no backbones to search; give at least one name or wildcard")
+        for name in ("backbones", "strategies", "heads"):
+            names = getattr(self, name)
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"{name} must be names (strings), got {names!r}")
         if self.n_trials is None and self.timeout is None:
             raise ConfigError("give a number of trials, a timeout, or both: without either the search never ends")
         if self.n_trials is not None and self.n_trials < 1:
@@ -198,19 +284,14 @@ class SearchConfig:
         for name, lr_range in (("backbone", self.backbone_lr_range), ("head", self.head_lr_range)):
             if lr_range is None:
                 continue
+            if not isinstance(lr_range, (tuple, list)) or len(lr_range) != 2 or not all(map(is_real_number, lr_range)):
+                raise ConfigError(f"{name} learning-rate range must be two numbers (low, high), got {lr_range!r}")
             low, high = lr_range
             if not 0 < low <= high:
                 raise ConfigError(f"{name} learning-rate range must satisfy 0 < low <= high, got ({low}, {high})")
         if self.storage is not None:
             check_storage_url(self.storage)
-        options = self.input_options
-        if options.max_length is not None and options.max_length < 1:
-            raise ConfigError(f"max length must be at least 1 token, got {options.max_length}")
-        if options.clip_seconds is not None and options.clip_seconds <= 0:
-            raise ConfigError(f"clip length must be a positive number of seconds, got {options.clip_seconds}")
-        size = self.input_options.image_size
-        if size is not None and size < 16:
-            raise ConfigError(f"image size must be at least 16 pixels, got {size}")
+        check_input_options(self.input_options)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings (stored with the study, so that workers elsewhere search the same way)."""
@@ -225,3 +306,15 @@ class SearchConfig:
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+
+#: the kind of each scalar field of :class:`SearchConfig` (see :func:`check_types`)
+_SEARCH_TYPES = {"n_trials": "int?", "timeout": "float?", "storage": "str?", "study_name": "str",
+                 "min_epochs": "int", "max_epochs": "int", "max_freeze_depth": "int?", "batch_size": "int",
+                 "pruner": "str", "sampler": "str", "trial_timeout": "float?", "prerank": "bool", "top_k": "int?",
+                 "feature_cache": "bool", "tracking_uri": "str?", "metric": "str?", "refit": "bool"}
+
+
+def asdict_shallow(instance: Any) -> dict[str, Any]:
+    """A dataclass's fields by name, values as they are (``dataclasses.asdict`` would copy them deeply)."""
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}

@@ -33,10 +33,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from automl_tl.backbone import InputOptions
-from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig
+from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig, check_types
 from automl_tl.data import (AUTO_TEST_FRACTION, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
                             DEFAULT_ON_BAD_INPUT, bad_input_options, bad_shots)
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
+from automl_tl.journal import inspect_journal, journal_path
 from automl_tl.registry import NamedDataset
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,17 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         is read; :meth:`fit` calls it first."""
         if isinstance(self.workers, bool) or not isinstance(self.workers, (int, np.integer)) or self.workers < 1:
             raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}")
+        # the parameters only the estimator has (SearchConfig checks the types of the rest)
+        check_types(vars(self), _ESTIMATOR_TYPES)
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be at least 1 example, got {self.max_samples}")
+        if self.output_dir is not None and not isinstance(self.output_dir, (str, Path)):
+            raise ConfigError(f"output_dir must be a folder path (a string or a Path), got {self.output_dir!r}")
+        for name in ("backbones", "strategies", "heads"):
+            names = getattr(self, name)
+            if names is not None and not (isinstance(names, str) or isinstance(names, Sequence)
+                                          and all(isinstance(n, str) for n in names)):
+                raise ConfigError(f"{name} must be a name or a list of names, got {names!r}")
         for name in ("val_size", "test_size"):
             value = getattr(self, name)
             if name == "test_size" and value is None:
@@ -223,6 +235,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if options_problem:
             raise ConfigError(options_problem)
         self._search_config(("*",))  # SearchConfig checks the rest; the backbones are resolved later
+        # a file that is not a journal of ours, or a corrupt one, is refused before any data are read
+        inspect_journal(journal_path(self.storage, None if self.output_dir is None else Path(self.output_dir)))
 
     def _bad_input_params(self) -> dict[str, Any]:
         """The bad-row policy, as :func:`~automl_tl.data.prepare_dataset` takes it."""
@@ -323,6 +337,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if state.get("search_outcome_") is not None:
             state["search_outcome_"] = dataclasses.replace(state["search_outcome_"], study=None)
         return state
+
+
+#: the kind of each parameter only the estimator has (see :func:`~automl_tl.config.check_types`)
+_ESTIMATOR_TYPES = {"max_samples": "int?", "label_column": "str", "input_column": "str?", "modality": "str?",
+                    "show_progress": "bool?"}
 
 
 def _no_labels_beside(X: Any, y: Any, origin: str) -> None:

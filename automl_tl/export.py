@@ -82,8 +82,15 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
     _check_supported(fmt, predictor)
     target = Path(output) if output is not None else run_dir / EXPORTS_DIR / fmt
     _check_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = with_usual_permissions(Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent)))
+    try:  # a read-only folder is refused now, before the export's work
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():  # an earlier export (or an empty folder) there is replaced: it must be writable
+            probe, probe_path = tempfile.mkstemp(prefix=".write-test-", dir=target)
+            os.close(probe)
+            os.unlink(probe_path)
+        staging = with_usual_permissions(Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent)))
+    except OSError as exc:
+        raise AutomlTLError(f"cannot write the export to {target}: {exc.strerror or exc}") from None
     try:
         exporter = _Exporter(predictor, model_dir_of(run_dir), staging, target.resolve())
         info = getattr(exporter, f"export_{fmt}")()
@@ -95,6 +102,8 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise AutomlTLError(f"cannot write the export to {target}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s to %s (logits within %.1e of the original's)", fmt, target, exporter.max_abs_diff)

@@ -8,6 +8,7 @@ structure: it is what the embedding strategies fit (see :mod:`automl_tl.embeddin
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ from torch.nn import functional
 
 #: the head structures the search chooses among
 HEAD_KINDS = ("linear", "mlp")
+#: the widest MLP head a saved model may ask for: far above what the search tries (space.HEAD_HIDDEN_RANGE), far
+#: below what would exhaust memory (a tampered config.json once asked for 10**12 units)
+MAX_HIDDEN = 16384
 #: every head a saved model may have: the searched ones and the one the embedding strategies fit
 ALL_HEAD_KINDS = HEAD_KINDS + ("normalised_linear",)
 
@@ -31,10 +35,15 @@ class HeadSpec:
     dropout: float = 0.0  # used by "mlp" only
 
     def __post_init__(self) -> None:
-        if self.kind not in ALL_HEAD_KINDS:
+        if not isinstance(self.kind, str) or self.kind not in ALL_HEAD_KINDS:
             raise ValueError(f"unknown head kind {self.kind!r}; expected one of {', '.join(ALL_HEAD_KINDS)}")
-        if self.hidden < 1:
-            raise ValueError(f"head hidden width must be at least 1, got {self.hidden}")
+        # bool is an int to Python, but a width of True is a mistake; 2.5 units cannot be built
+        if not isinstance(self.hidden, numbers.Integral) or isinstance(self.hidden, bool):
+            raise ValueError(f"head hidden width must be a whole number, got {self.hidden!r}")
+        if not 1 <= self.hidden <= MAX_HIDDEN:
+            raise ValueError(f"head hidden width must be from 1 to {MAX_HIDDEN}, got {self.hidden}")
+        if not isinstance(self.dropout, numbers.Real) or isinstance(self.dropout, bool):
+            raise ValueError(f"head dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"head dropout must be in [0, 1), got {self.dropout}")
 
@@ -44,6 +53,17 @@ class HeadSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "HeadSpec":
         return cls(**values) if values else cls()
+
+
+def head_shapes(spec: HeadSpec, in_features: int, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the state dict of ``build_head(spec, in_features, num_classes)``, by name,
+    without building it: what a saved model's weights are checked against before anything is allocated."""
+    if spec.kind == "linear":
+        return {"weight": (num_classes, in_features), "bias": (num_classes,)}
+    if spec.kind == "normalised_linear":
+        return {"center": (in_features,), "linear.weight": (num_classes, in_features), "linear.bias": (num_classes,)}
+    return {"0.weight": (spec.hidden, in_features), "0.bias": (spec.hidden,),
+            "3.weight": (num_classes, spec.hidden), "3.bias": (num_classes,)}
 
 
 def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Module:

@@ -112,7 +112,7 @@ def rebuild_report(run_dir: str | Path, storage: str | None = None, study_name: 
         if is_journal_path(storage) and not Path(storage).is_file():  # opening it would create an empty one
             raise AutomlTLError(f"study journal not found: {storage}")
     try:
-        opened = open_storage(storage, run_dir)
+        opened = open_storage(storage, run_dir, repair=False)  # a report only reads: the journal stays as it is
         study = optuna.load_study(study_name=name, storage=opened)
     except KeyError:
         names = optuna.get_all_study_names(opened)

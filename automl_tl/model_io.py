@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from automl_tl.backbone import InputOptions, TransferModel
@@ -35,7 +36,8 @@ from automl_tl.data import (BAD_INPUT_ERROR, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_O
                             prepare_unlabelled)
 from automl_tl.errors import AutomlTLError, DataError, ModelFileError, UnknownBackboneError, UnreadableInputError
 from automl_tl.executor import default_device, predict_logits
-from automl_tl.heads import HeadSpec, build_head
+from automl_tl.config import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
+from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, build_head, head_shapes
 from automl_tl.registry import get_backbone
 
 logger = logging.getLogger(__name__)
@@ -118,45 +120,171 @@ def repair_interrupted_save(directory: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+#: a config.json larger than this is refused unread (a real one is a few kB, a few MB with 100,000 classes)
+MAX_CONFIG_BYTES = 64 * 2**20
+#: the most classes a saved model may have (ImageNet-21k has 21,841); a tampered config.json once listed 10**6
+MAX_CLASSES = 100_000
+#: the longest backbone name or column name taken from a config.json
+MAX_NAME_LENGTH = 1000
+#: safetensors' dtype names, as torch writes them (messages name torch's)
+_SAFETENSORS_DTYPES = {"BOOL": "torch.bool", "U8": "torch.uint8", "I8": "torch.int8", "I16": "torch.int16",
+                       "I32": "torch.int32", "I64": "torch.int64", "F16": "torch.float16", "BF16": "torch.bfloat16",
+                       "F32": "torch.float32", "F64": "torch.float64"}
+
+
 def read_model_config(directory: Path) -> dict[str, Any]:
-    """The ``config.json`` of a saved model, checked for the fields loading needs."""
+    """The ``config.json`` of a saved model, checked against its schema (see :func:`check_model_config`)."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ModelFileError(f"no saved model in {directory}: {CONFIG_FILE} is missing")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ModelFileError(f"{path} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a model's config may be")
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
-    expected = {"backbone": dict, "classes": list, "input_options": dict, "preprocessing": dict}
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
-    for key, kind in expected.items():
-        if not isinstance(config.get(key), kind):
-            raise ModelFileError(f"{path} lacks the field {key!r} (a JSON {'object' if kind is dict else 'array'})")
-    if not isinstance(config["backbone"].get("name"), str):
-        raise ModelFileError(f"{path}: field 'backbone' lacks the backbone's 'name'")
-    classes = config["classes"]
-    if len(classes) < 2 or len({json.dumps(c, sort_keys=True) for c in classes}) != len(classes):
-        raise ModelFileError(f"{path}: field 'classes' holds {len(classes)} class(es) "
-                             f"({', '.join(map(repr, classes[:5]))}); expected at least 2 distinct classes")
-    known = {f.name for f in fields(InputOptions)}
-    for key, value in config["input_options"].items():
-        # bool is an int to Python, but no input size is a yes/no
-        if key not in known or not (value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
-            raise ModelFileError(f"{path}: field 'input_options' holds {key!r}: {value!r}; expected "
-                                 f"{', '.join(sorted(known))}, each a number or null")
+    check_model_config(config, path)
     return config
 
 
-def _check_state(state: Mapping[str, torch.Tensor], model: TransferModel, weights: Path, what: str) -> None:
-    """Refuse tensors that do not fit ``model`` exactly: names missing or unexpected, another shape or kind.
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut short: a tampered field can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
-    ``what`` says what the config asked for (backbone, classes, head), so the message tells which side to fix.
-    A few names of each problem are given: a foreign file can miss hundreds of tensors.
+
+def _check_number(path: Path, subject: str, value: Any, whole: bool, low: float, high: float, unit: str = "") -> None:
+    """Refuse ``value`` unless it is a number (a whole one if ``whole``; never a bool) in [low, high].
+
+    ``subject`` names the field and its value in the message ("field 'head.hidden' is 2.5"); ``unit`` follows
+    the bounds."""
+    kind = "a whole number" if whole else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        raise ModelFileError(f"{path}: {subject}; expected {kind}")
+    if not value >= low:  # (NaN fails this too)
+        raise ModelFileError(f"{path}: {subject}; expected at least {low:g}{unit}")
+    if not value <= high:
+        raise ModelFileError(f"{path}: {subject}; expected at most {high:g}{unit}")
+
+
+def check_model_config(config: Any, path: Path) -> None:
+    """Refuse a saved model's config that is not what :func:`save_model` writes (one
+    :class:`~automl_tl.errors.ModelFileError` line naming the field): checked before anything is built from it,
+    so that a tampered size (10**6 classes, an MLP head 10**12 wide, 10**6-pixel images) is refused, not
+    allocated.
+
+    The schema: ``format_version`` :data:`FORMAT_VERSION`; ``backbone`` an object with a ``name``; ``classes``
+    from 2 to :data:`MAX_CLASSES` distinct strings or numbers; ``input_options`` the fields of
+    :class:`~automl_tl.backbone.InputOptions`, each null or within the search's bounds; ``preprocessing`` an
+    object; ``head`` (optional) the fields of :class:`~automl_tl.heads.HeadSpec`; ``input_column`` a string and
+    ``label_column`` a string or null, where present. Bool is never taken for a number.
     """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = sorted(k for k in state if k not in expected)
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
+    # the version first, where there is one: another format's fields may differ, and that is the news
+    version = config.get("format_version")
+    if "format_version" in config and (isinstance(version, bool) or not isinstance(version, int)
+                                       or version != FORMAT_VERSION):
+        raise ModelFileError(f"{path}: field 'format_version' is {_shown(version)}; expected {FORMAT_VERSION} (the "
+                             "only format this version of automl_tl reads; a newer one may have saved the model)")
+    expected = {"backbone": dict, "classes": list, "input_options": dict, "preprocessing": dict}
+    for key, kind in expected.items():
+        what = "object" if kind is dict else "array"
+        if key not in config:
+            raise ModelFileError(f"{path} lacks the field {key!r} (a JSON {what})")
+        if not isinstance(config[key], kind):
+            raise ModelFileError(f"{path}: field {key!r} is {_shown(config[key])}; expected a JSON {what}")
+    if "format_version" not in config:
+        raise ModelFileError(f"{path} lacks the field 'format_version' (expected {FORMAT_VERSION})")
+    name = config["backbone"].get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise ModelFileError(f"{path}: field 'backbone.name' is {_shown(name)}; expected the backbone's name "
+                             "(a string)")
+    _check_classes(config["classes"], path)
+    _check_input_options(config["input_options"], path)
+    if config.get("head") is not None:
+        _check_head(config["head"], path)
+    for key, optional in (("input_column", False), ("label_column", True)):
+        if key not in config or (optional and config[key] is None):
+            continue
+        value = config[key]
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
+            raise ModelFileError(f"{path}: field {key!r} is {_shown(value)}; expected a column name (a string"
+                                 f"{' or null' if optional else ''})")
+
+
+def _check_classes(classes: list[Any], path: Path) -> None:
+    if len(classes) > MAX_CLASSES:
+        raise ModelFileError(f"{path}: field 'classes' holds {len(classes)} classes; expected at most {MAX_CLASSES}")
+    for value in classes:
+        # a label as the training data gave it: a string, a number or a yes/no (a bool is a fine label)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not isinstance(value, (str, int, float)) or not finite or isinstance(value, str) and len(value) > 10_000:
+            raise ModelFileError(f"{path}: field 'classes' holds {_shown(value)}; expected each class a string or "
+                                 "a number (a finite one), as the training labels were")
+    if len(classes) < 2 or len({json.dumps(c) for c in classes}) != len(classes):
+        raise ModelFileError(f"{path}: field 'classes' holds {len(classes)} class(es) "
+                             f"({', '.join(map(_shown, classes[:5]))}); expected at least 2 distinct classes")
+
+
+#: each input option's bounds: (whole number?, low, high, unit), as the search takes them (see automl_tl.config)
+_INPUT_OPTION_BOUNDS = {"image_size": (True, IMAGE_SIZE_RANGE[0], IMAGE_SIZE_RANGE[1], " pixels"),
+                        "max_length": (True, MAX_LENGTH_RANGE[0], MAX_LENGTH_RANGE[1], " tokens"),
+                        "clip_seconds": (False, 1e-3, MAX_CLIP_SECONDS, " seconds")}
+
+
+def _check_input_options(options: dict[str, Any], path: Path) -> None:
+    known = {f.name for f in fields(InputOptions)}
+    for key, value in options.items():
+        # bool is an int to Python, but no input size is a yes/no
+        if key not in known or not (value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ModelFileError(f"{path}: field 'input_options' holds {_shown(key)}: {_shown(value)}; expected "
+                                 f"{', '.join(sorted(known))}, each a number or null")
+        if value is not None:
+            whole, low, high, unit = _INPUT_OPTION_BOUNDS[key]
+            _check_number(path, f"field 'input_options' holds {key!r}: {_shown(value)}", value, whole, low, high,
+                          unit)
+
+
+def _check_head(head: Any, path: Path) -> None:
+    if not isinstance(head, dict):
+        raise ModelFileError(f"{path}: field 'head' is {_shown(head)}; expected a JSON object (kind, hidden, dropout)")
+    known = [f.name for f in fields(HeadSpec)]
+    unknown = [key for key in head if key not in known]
+    if unknown:
+        raise ModelFileError(f"{path}: field 'head' holds an unknown key {_shown(unknown[0])}; expected "
+                             f"{', '.join(known)}")
+    kind = head.get("kind", HeadSpec.kind)
+    if not isinstance(kind, str) or kind not in ALL_HEAD_KINDS:
+        raise ModelFileError(f"{path}: field 'head.kind' is {_shown(kind)}; expected one of {', '.join(ALL_HEAD_KINDS)}")
+    if "hidden" in head:
+        _check_number(path, f"field 'head.hidden' is {_shown(head['hidden'])}", head["hidden"], True, 1, MAX_HIDDEN,
+                      " units")
+    if "dropout" in head:
+        dropout = head["dropout"]
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ModelFileError(f"{path}: field 'head.dropout' is {_shown(dropout)}; expected a number in [0, 1)")
+
+
+def read_weights_header(weights: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype name (safetensors', e.g. ``F32``) in ``weights``, by name, from the file's
+    header alone: no tensor is read. Refused (:class:`~automl_tl.errors.ModelFileError`) when the file is not a
+    valid safetensors file (safetensors checks that the header's offsets cover the file exactly)."""
+    try:
+        with safe_open(str(weights), framework="pt") as file:
+            return {name: (tuple(file.get_slice(name).get_shape()), file.get_slice(name).get_dtype())
+                    for name in file.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
+
+
+def _problems(expected: Mapping[str, tuple[tuple[int, ...], bool]], found: Mapping[str, tuple[tuple[int, ...], str]],
+              unexpected: list[str]) -> list[str]:
+    """What differs between the tensors ``expected`` (shape, floating point?) and those ``found`` in a weights
+    file's header (shape, dtype name); ``unexpected`` are the found names that nothing expects. A few names of
+    each problem are given: a foreign file can miss hundreds of tensors."""
+    missing = [k for k in expected if k not in found]
 
     def some(names: list[str]) -> str:
         return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -165,19 +293,43 @@ def _check_state(state: Mapping[str, torch.Tensor], model: TransferModel, weight
     if missing:
         problems.append(f"{len(missing)} tensor(s) missing ({some(missing)})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) ({some(unexpected)})")
-    for name, want in expected.items():
-        got = state.get(name)
-        if got is None:
+        problems.append(f"{len(unexpected)} unexpected tensor(s) ({some(sorted(unexpected))})")
+    for name, (shape, floating) in expected.items():
+        if name not in found:
             continue
-        if tuple(got.shape) != tuple(want.shape):
-            problems.append(f"tensor {name} has shape {list(got.shape)}, expected {list(want.shape)}")
-        elif want.is_floating_point() and not got.is_floating_point():
-            problems.append(f"tensor {name} holds {got.dtype}, expected floating point")
+        got_shape, dtype = found[name]
+        if tuple(got_shape) != tuple(shape):
+            problems.append(f"tensor {name} has shape {list(got_shape)}, expected {list(shape)}")
+        elif floating and not dtype.startswith(("F", "BF")):
+            problems.append(f"tensor {name} holds {_SAFETENSORS_DTYPES.get(dtype, dtype)}, expected floating point")
         if len(problems) >= 3:
             break
+    return problems[:3]
+
+
+def _check_head_in_header(header: Mapping[str, tuple[tuple[int, ...], str]], head: HeadSpec, embedding_dim: int,
+                          n_classes: int, weights: Path, what: str) -> None:
+    """Refuse, before anything is built, weights whose head tensors are not those the config implies, and tensors
+    that belong to neither body nor head: building a head from a tampered config could allocate gigabytes."""
+    expected = {f"head.{name}": (shape, True) for name, shape in head_shapes(head, embedding_dim, n_classes).items()}
+    found = {name: value for name, value in header.items() if name.startswith("head.")}
+    unexpected = [name for name in header if name not in expected and not name.startswith("body.")]
+    problems = _problems(expected, found, unexpected)
     if problems:
-        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(problems[:3])}")
+        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(problems)}")
+
+
+def _check_state(header: Mapping[str, tuple[tuple[int, ...], str]], model: TransferModel, weights: Path,
+                 what: str) -> None:
+    """Refuse tensors that do not fit ``model`` exactly: names missing or unexpected, another shape or kind.
+
+    ``header`` is the weights file's (see :func:`read_weights_header`): checked before any tensor is read.
+    ``what`` says what the config asked for (backbone, classes, head), so the message tells which side to fix.
+    """
+    expected = {name: (tuple(t.shape), t.is_floating_point()) for name, t in model.state_dict().items()}
+    problems = _problems(expected, header, [name for name in header if name not in expected])
+    if problems:
+        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(problems)}")
 
 
 class Predictor:
@@ -298,10 +450,7 @@ def load_model_dir(directory: Path, device: torch.device | str | None = None) ->
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelFileError(f"no saved model in {directory}: {WEIGHTS_FILE} is missing")
-    try:
-        state = load_file(str(weights))  # safetensors: plain tensors, no code is executed
-    except (SafetensorError, OSError) as exc:
-        raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
+    header = read_weights_header(weights)  # names, shapes and dtypes only: no tensor is read yet
     try:
         backbone = get_backbone(config["backbone"]["name"])
     except UnknownBackboneError as exc:  # say which file names it: the registry alone cannot
@@ -309,14 +458,20 @@ def load_model_dir(directory: Path, device: torch.device | str | None = None) ->
         raise ModelFileError(f"{config_path} names backbone {exc.name!r}, which no installed plugin registers{close}; "
                              "install the plugin the model was trained with") from None
     n_classes = len(config["classes"])
-    model = backbone.build(num_classes=n_classes, pretrained=False)
     try:
         head = HeadSpec.from_dict(config.get("head"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # (the schema check leaves nothing for this to find)
         raise ModelFileError(f"{config_path}: field 'head' is not a valid head: {exc}") from None
+    what = f"{backbone.name}, {n_classes} classes, {head.kind} head"
+    _check_head_in_header(header, head, backbone.embedding_dim, n_classes, weights, what)
+    model = backbone.build(num_classes=n_classes, pretrained=False)
     if head.kind != "linear":
         model.head = build_head(head, backbone.embedding_dim, n_classes)
-    _check_state(state, model, weights, f"{backbone.name}, {n_classes} classes, {head.kind} head")
+    _check_state(header, model, weights, what)
+    try:
+        state = load_file(str(weights))  # safetensors: plain tensors, no code is executed
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
     model.load_state_dict(state, strict=True)  # cannot fail now: names and shapes were checked
     try:
         predictor = Predictor(model, config, device)

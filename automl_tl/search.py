@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
-from automl_tl.config import FROZEN_BODY_STRATEGIES, JOURNAL_FILE, SearchConfig, TrialConfig, is_journal_path
+from automl_tl.config import FROZEN_BODY_STRATEGIES, SearchConfig, TrialConfig
 from automl_tl.data import VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_CALLBACK, STOP_OVER_BUDGET, STOP_TIME, Executor,
@@ -42,6 +43,7 @@ from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
 from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, Predictor, load_model_dir, repair_interrupted_save,
                                 save_model, write_json_atomic)
 from automl_tl.feature_cache import FeatureCache
+from automl_tl.journal import inspect_journal, journal_path, repair_journal
 from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.locking import exclusive_lock
 from automl_tl.manifest import build_manifest
@@ -74,6 +76,10 @@ SAVE_MARGIN_FRACTION = 0.05
 REFIT_RESERVE_FACTOR = 1.25
 
 
+#: a failed trial's reason when the time for it ran out before it had a model
+BUDGET_RAN_OUT = "the time budget ran out before the first epoch finished"
+
+
 class TrialFailed(Exception):
     """A trial raised; the search records it as failed and goes on."""
 
@@ -93,10 +99,17 @@ class SearchOutcome:
     predictor: Predictor | None = None  # the saved best model, loaded (as ``automl_tl.load(run_dir)`` would)
 
 
-def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
-    """The study storage: a journal file in ``run_dir`` by default, or a database URL."""
-    if url is None or is_journal_path(url):
-        path = run_dir / JOURNAL_FILE if url is None else Path(url)
+def open_storage(url: str | None, run_dir: Path, repair: bool = True) -> optuna.storages.BaseStorage:
+    """The study storage: a journal file in ``run_dir`` by default, or a database URL.
+
+    A journal is checked first (:mod:`automl_tl.journal`): a file that is not an Optuna journal, or one with a
+    corrupt record, is refused untouched; with ``repair``, a torn last record is cut off (after a copy is kept),
+    so that appends start on a line of their own. Without ``repair`` (readers such as the report) the file is
+    never changed: Optuna's reader skips a torn last line by itself.
+    """
+    path = journal_path(url, run_dir)
+    if path is not None:
+        repair_journal(path) if repair else inspect_journal(path)
         try:
             backend = optuna.storages.journal.JournalFileBackend(str(path))
         except OSError as exc:
@@ -250,6 +263,9 @@ class Search:
 
     def open_study(self) -> optuna.Study:
         """Create the study, or load it and check it was made for the same data and space."""
+        journal = journal_path(self.config.storage, self.run_dir)
+        if journal is not None:
+            inspect_journal(journal)  # a foreign or corrupt file is refused before anything is written or computed
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / ".write-test").touch()
@@ -467,9 +483,9 @@ class Search:
             raise optuna.TrialPruned(message)
         if not result.has_model:
             # Failed, not pruned: a resumed search with more time should try this trial again.
-            trial.set_user_attr("error", "the time budget ran out before the first epoch finished")
-            logger.info("trial %d stopped: the time budget ran out before its first epoch finished", trial.number)
-            raise TrialFailed("the time budget ran out before the first epoch finished")
+            trial.set_user_attr("error", BUDGET_RAN_OUT)
+            logger.info("trial %d stopped: %s", trial.number, BUDGET_RAN_OUT)
+            raise TrialFailed(BUDGET_RAN_OUT)
         self._keep_if_best(result)
         result.release_model()  # the weights are on disk if they were the best; free them now
         return result.best_score
@@ -562,8 +578,7 @@ class Search:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not complete or saved_best_accuracy(self.run_dir) is None:
             self._write_report(study)  # what there is: the trials, their failures
-            raise AutomlTLError(f"no trial finished within the budget; the leaderboard is in {self.run_dir}; "
-                                "raise --timeout or --trials and run the same command again to continue")
+            raise AutomlTLError(self._why_nothing_finished(study))
         refit_note = self._refit_best()
         predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
         saved = predictor.config
@@ -607,6 +622,25 @@ class Search:
                                 saved["val_accuracy"], test_metrics, transferability, predictor)
         get_plugin_manager().hook.search_finished(outcome=outcome)
         return outcome
+
+    def _why_nothing_finished(self, study: optuna.Study) -> str:
+        """The one line that ends a search without a model: the failed trials' most common reason when they
+        failed for one other than the budget (out of memory, say), else that the budget was too short."""
+        trials = study.get_trials(deepcopy=False)
+        failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+        # the first line of each reason: a traceback-like message counts once, however long
+        reasons = Counter((str(t.user_attrs.get("error") or "").strip() or "no reason recorded").splitlines()[0]
+                          for t in failed)
+        where = f"the leaderboard is in {self.run_dir}"
+        if reasons:
+            reason, count = reasons.most_common(1)[0]
+            if reason != BUDGET_RAN_OUT:  # a budget raised would not help a trial that fails on its own
+                scope = (f"all {len(trials)} trials failed" if len(failed) == len(trials) else
+                         f"{len(failed)} of {len(trials)} trials failed")
+                return (f"no trial finished: {scope}, {count} of them with: {_shortened(reason, 300)}; "
+                        f"{where} (its error column gives each trial's reason)")
+        return (f"no trial finished within the budget; {where}; raise --timeout or --trials and run the same "
+                "command again to continue")
 
     def _refit_best(self) -> str:
         """Train the best trial's configuration again on training + validation, for the epochs it ran best,
@@ -698,6 +732,10 @@ class Search:
         return {"metrics": metrics, "classes": classes if len(classes) <= MAX_PER_CLASS_ROWS else None,
                 "confusion_matrix": matrix if len(classes) <= MAX_CONFUSION_CLASSES else None,
                 "per_class": per_class if len(classes) <= MAX_PER_CLASS_ROWS else None}
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
