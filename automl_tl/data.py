@@ -137,7 +137,8 @@ class SkippedRow:
     """A row of the user's data that is not trained on, and why.
 
     ``row`` counts the data rows of the table (or the files of a folder, sorted) from 0, the header not
-    counted, as every message does; ``file`` is the input's file, or the start of its text;
+    counted (messages name a table file's row by its line instead: see :func:`row_name`); ``file`` is the
+    input's file, or the start of its text;
     ``kind`` is :data:`NO_LABEL` or one of :attr:`UnreadableInputError.KINDS`, ``reason`` the whole story.
     """
 
@@ -845,7 +846,7 @@ def check_input(value: Any, modality: str, origin: str = "", max_image_pixels: i
 
     Images: see :func:`check_image`; audio: read whole (silence and non-finite samples are refused),
     unless ``decode`` is false (the file's existence and extension only); texts: empty or not a string.
-    ``origin`` (" (row 3 of data.csv)") is added where the value itself names nothing (arrays, texts).
+    ``origin`` (" (line 5 of data.csv)") is added where the value itself names nothing (arrays, texts).
     """
     if isinstance(value, _Unreadable):
         raise value.error
@@ -1237,7 +1238,7 @@ def prepare_dataset(
     kept = [input_column, label_column] + ([group_column] if group_column is not None else []) \
         + (["split"] if given_splits else [])
 
-    # from here on the index is the row's position in the user's table, as every message counts rows
+    # from here on the index is the row's position in the user's table (messages name it by its line: row_name)
     frame = frame[kept].reset_index(drop=True)
     no_label = frame[label_column].map(_is_missing_label).to_numpy(dtype=bool)
     unlabelled_inputs, unlabelled_rows = list(frame[input_column][no_label]), list(frame.index[no_label])
