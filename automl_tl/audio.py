@@ -37,7 +37,7 @@ from scipy.signal import resample_poly
 from torch import nn
 
 from automl_tl.backbone import Preprocessor
-from automl_tl.data import AUDIO_EXTENSIONS
+from automl_tl.data import AUDIO_EXTENSIONS, input_excerpt, is_existing_file
 from automl_tl.errors import UnreadableInputError, first_line
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ MEL_TRIANGLES = ("hz", "mel")
 def check_audio_path(path: Path) -> None:
     """Refuse (:class:`~automl_tl.errors.UnreadableInputError`) a missing file or an extension libsndfile
     does not read (:data:`~automl_tl.data.AUDIO_EXTENSIONS`, case-insensitive), without reading the file."""
-    if not path.is_file():
-        raise UnreadableInputError(f"audio file not found: {path}", UnreadableInputError.NOT_FOUND, "", str(path))
+    if not is_existing_file(path):  # (False too for a text too long to be a file name)
+        shown = input_excerpt(str(path), 200)
+        raise UnreadableInputError(f"audio file not found: {shown}", UnreadableInputError.NOT_FOUND, "", shown)
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
         shown = path.suffix or "(no extension)"
         raise UnreadableInputError(f"unsupported audio format {shown!r} of {path}; expected one of "
@@ -73,7 +74,7 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
     content soundfile cannot decode, no samples, non-finite samples, or silence (every sample below
     :data:`SILENCE_THRESHOLD`).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     check_audio_path(path)
 
     def refuse(message: str, kind: str, detail: str) -> UnreadableInputError:

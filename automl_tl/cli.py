@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", help="a registered data set by name (see 'automl-tl datasets')")
     run.add_argument("--label", default="label", help="label column (default: label)")
     run.add_argument("--input-column", help="input column (default: the only other column, or image/path/file)")
+    run.add_argument("--group-column", metavar="COLUMN",
+                     help="column of groups (patient, speaker, session...) whose rows must stay together in one of "
+                          "training, validation and test; identical inputs always do (default: none)")
     run.add_argument("--backbones", nargs="+", help="names or wildcards (default: every backbone of the data's "
                                                      "modality whose weights are installed)")
     run.add_argument("--trials", type=_positive_int, help=f"finished trials to reach (default: as many as --timeout "
@@ -229,7 +232,8 @@ def search_estimator_params(args: argparse.Namespace) -> dict:
         strategies=args.strategies, heads=args.heads, trial_timeout=args.trial_timeout, top_k=args.top_k,
         prerank=args.prerank, feature_cache=args.feature_cache, modality=args.modality,
         max_samples=args.max_samples, label_column=args.label, input_column=args.input_column,
-        shots=args.shots, workers=args.workers, output_dir=args.output, tracking_uri=args.tracking_uri,
+        group_column=args.group_column, shots=args.shots, workers=args.workers, output_dir=args.output,
+        tracking_uri=args.tracking_uri,
         on_bad_input=args.on_bad_input, max_bad_fraction=args.max_bad_fraction, max_image_pixels=args.max_image_pixels,
         metric=args.metric, refit=args.refit, val_size=args.val_size,
         test_size=args.test_size,  # None: by the data's size (the estimator's own default is 0)

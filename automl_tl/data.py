@@ -29,7 +29,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +100,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 REDUCING_GAP = 3.0
 #: the image modes PIL's ``Image.reduce`` works in
 _REDUCIBLE_MODES = ("L", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr")
-#: above this many pixels a PNG is checked by its chunks' checksums (``verify``) instead of being decoded
-VERIFY_PNG_ABOVE = 16_000_000
+#: from this many pixels on a PNG is checked by its chunks' checksums (``verify``) instead of being decoded:
+#: every PNG, so that an image is decoded once, by the encoder, not also by the check
+VERIFY_PNG_ABOVE = 0
 #: label cells that mean "no label" (compared stripped and case-blind): empty, and what pandas reads as missing
 MISSING_LABEL_TEXTS = ("", "na", "n/a", "nan", "null", "none")
 #: the reason recorded for a row without a label
@@ -136,7 +137,8 @@ class SkippedRow:
     """A row of the user's data that is not trained on, and why.
 
     ``row`` counts the data rows of the table (or the files of a folder, sorted) from 0, the header not
-    counted, as every message does; ``file`` is the input's file, or the start of its text;
+    counted (messages name a table file's row by its line instead: see :func:`row_name`); ``file`` is the
+    input's file, or the start of its text;
     ``kind`` is :data:`NO_LABEL` or one of :attr:`UnreadableInputError.KINDS`, ``reason`` the whole story.
     """
 
@@ -178,6 +180,17 @@ class DatasetBundle:
     skipped: tuple[SkippedRow, ...] = ()
     #: the inputs of the rows without a label (not read nor checked), for semi-supervised use later
     unlabelled: tuple[Any, ...] = ()
+    #: identical inputs found (see :func:`prepare_dataset`): ``rows`` repeating an earlier row's input, ``sets``
+    #: of copies, ``conflicting_labels`` (inputs given with different labels), and with split folders
+    #: ``across_given_splits`` (validation or test rows identical to a training row)
+    duplicates: dict[str, int] = field(default_factory=lambda: {"rows": 0, "sets": 0, "conflicting_labels": 0})
+    #: the user's column of groups (patient, speaker...), and how many groups the split kept whole
+    group_column: str | None = None
+    groups: int | None = None
+    #: hidden files of a folder left out (``.DS_Store``, ``._x.png``, ``.ipynb_checkpoints/``...)
+    hidden_skipped: int = 0
+    #: the split folders the split was taken from (``("train", "val", "test")`` or part of it; empty: none)
+    given_splits: tuple[str, ...] = ()
 
     def skipped_counts(self) -> dict[str, Any]:
         """How many rows were left out: ``unlabelled``, ``unreadable``, and ``by_reason`` (kind -> count)."""
@@ -187,10 +200,17 @@ class DatasetBundle:
                 "by_reason": dict(sorted(kinds.items(), key=lambda item: -item[1]))}
 
     def summary(self) -> dict[str, Any]:
+        """What the data are, for summary.json and the manifest: modality, classes, split sizes, columns,
+        fingerprint, rows left out, duplicates found, hidden files left out (and groups, split folders, shots)."""
         summary = {"modality": self.modality, "classes": [str(c) for c in self.classes],
                    "train": len(self.train), "val": len(self.val), "test": len(self.test),
                    "input_column": self.input_column, "label_column": self.label_column,
-                   "fingerprint": self.fingerprint, "skipped": self.skipped_counts()}
+                   "fingerprint": self.fingerprint, "skipped": self.skipped_counts(),
+                   "duplicates": dict(self.duplicates), "hidden_skipped": self.hidden_skipped}
+        if self.group_column is not None:
+            summary.update(group_column=self.group_column, groups=self.groups)
+        if self.given_splits:
+            summary["given_splits"] = list(self.given_splits)
         if self.shots is not None:
             summary.update(shots=self.shots, validation=self.validation)
         return summary
@@ -204,14 +224,20 @@ _PIL_LIMIT_LOCK = threading.RLock()
 
 
 @contextmanager
-def _pil_limit_lifted() -> Iterator[None]:
-    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+def _pil_limit_lifted(path: Path | None = None) -> Iterator[None]:
+    """PIL's own pixel limit lifted (ours is checked instead) while PIL reads ``path``; whatever PIL warns
+    meanwhile (a possible decompression bomb, corrupt EXIF data, ...) is logged once naming the file,
+    instead of printed raw without it."""
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             yield
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+            said = [w for w in caught if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
+            for message in dict.fromkeys(f"{w.category.__name__}: {first_line(w.message)}" for w in said):
+                logger.warning("image file %s: %s", path if path is not None else "(unnamed)", message)
 
 
 def _megapixels(pixels: int) -> str:
@@ -222,11 +248,12 @@ def _megapixels(pixels: int) -> str:
 def _open_image(path: Path, origin: str, max_pixels: int | None) -> Iterator[Image.Image]:
     """``path`` opened (header read, nothing decoded) and checked against ``max_pixels``; any failure to
     read it, there or in the ``with`` block, becomes an :class:`UnreadableInputError` naming it."""
-    if not path.is_file():
-        raise UnreadableInputError(f"image file not found: {path}{origin}", UnreadableInputError.NOT_FOUND,
-                                   "", str(path))
+    if not is_existing_file(path):
+        shown = input_excerpt(str(path), 200)
+        raise UnreadableInputError(f"image file not found: {shown}{origin}", UnreadableInputError.NOT_FOUND,
+                                   "", shown)
     try:
-        with _pil_limit_lifted(), Image.open(path) as image:
+        with _pil_limit_lifted(path), Image.open(path) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 detail = (f"{width}x{height} pixels ({_megapixels(width * height)} MP), more than the limit of "
@@ -245,19 +272,22 @@ def _open_image(path: Path, origin: str, max_pixels: int | None) -> Iterator[Ima
 
 
 def read_image(value: Any, origin: str = "", size: int | None = None, max_pixels: int | None = None) -> Image.Image:
-    """An RGB PIL image from a path or an array (HxW or HxWxC; uint8, or float in [0, 1]).
+    """An RGB PIL image (8 bits a channel) from a path or an array (HxW or HxWxC; uint8, uint16, or float in
+    [0, 1]).
 
-    A file's EXIF orientation is applied and an animation gives its first frame. ``size``: the side the
-    caller resizes the image to; a much larger image is decoded reduced (JPEG at 1/2 to 1/8 scale while
-    decoding, other formats by box reduction after it) to no less than :data:`REDUCING_GAP` times it.
-    ``max_pixels``: a file with more pixels is refused from its header, before anything is decoded.
+    A file's EXIF orientation is applied and an animation gives its first frame. 16-bit, 32-bit and float
+    images are scaled to 8 bits by their range (see :func:`as_rgb`), transparent pixels are made white.
+    ``size``: the side the caller resizes the image to; a much larger image is decoded reduced (JPEG at 1/2
+    to 1/8 scale while decoding, other formats by box reduction after it) to no less than
+    :data:`REDUCING_GAP` times it. ``max_pixels``: a file with more pixels is refused from its header, before
+    anything is decoded. A ``~`` at the start of a path is the home folder.
     Raises :class:`~automl_tl.errors.UnreadableInputError` (a DataError) naming the file.
     """
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return as_rgb(value)
     if isinstance(value, np.ndarray):
         return _image_from_array(value, origin)
-    path = Path(str(value))
+    path = Path(str(value)).expanduser()
     with _open_image(path, origin, max_pixels) as image:
         least = None if size is None else round(size * REDUCING_GAP)
         if least is not None and image.format == "JPEG":
@@ -265,10 +295,68 @@ def read_image(value: Any, origin: str = "", size: int | None = None, max_pixels
         ImageOps.exif_transpose(image, in_place=True)  # (decodes the file: truncated files fail here)
         factor = 1 if least is None else min(image.size) // least
         if factor >= 2:
-            if image.mode not in _REDUCIBLE_MODES:  # (bilevel to grey: a byte a pixel, as PIL holds "1")
-                image = image.convert("L" if image.mode == "1" else "RGB")
+            if image.mode.startswith("I;16"):
+                image = image.convert("I")  # (lossless; PIL reduces 32-bit integers, not 16-bit ones)
+            elif image.mode not in _REDUCIBLE_MODES:  # (bilevel to grey: a byte a pixel, as PIL holds "1")
+                image = image.convert("L" if image.mode == "1" else "RGBA" if _has_alpha(image) else "RGB")
             image = image.reduce(factor)
-        return image.convert("RGB")
+        return as_rgb(image)
+
+
+#: the background transparent pixels are shown on (as an image viewer on a white page shows them)
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+#: image modes of one channel wider than 8 bits, which PIL's own conversion to RGB clips at 255
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or (image.mode in ("P", "L", "RGB")
+                                                                and "transparency" in image.info)
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, done right where PIL's ``convert("RGB")`` is not.
+
+    * 16-bit grey (``I;16``): divided by 257, so 65535 is 255 (PIL clips every value above 255 to 255).
+    * 32-bit integer grey (``I``): values within 0..255 are kept, within 0..65535 divided by 257 (16-bit data
+      read as ``I``), any other range is stretched from its minimum to its maximum.
+    * float grey (``F``): values within [0, 1] times 255, within [0, 255] kept, any other range stretched from
+      its minimum to its maximum; NaN and infinities are 0.
+    * transparency (``LA``, ``PA``, ``RGBA``, a palette or grey image with a transparent colour):
+      composited on white (:data:`TRANSPARENT_BACKGROUND`); PIL would drop the alpha and show whatever colour
+      a transparent pixel happens to hold (often black).
+    * CMYK, YCbCr, bilevel, palette: PIL's conversion (CMYK by its inks: (1 - C) (1 - K) of red, ...).
+    """
+    if image.mode in _WIDE_GREY_MODES:
+        return Image.fromarray(_grey_to_8_bits(np.asarray(image))).convert("RGB")
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
+        background.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _grey_to_8_bits(values: np.ndarray) -> np.ndarray:
+    """One channel of any integer or float type as uint8, by its type's range or its own (see :func:`as_rgb`)."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == np.uint16:
+        return np.round(values.astype(np.float32) / 257).astype(np.uint8)
+    floating = values.dtype.kind == "f"
+    values = values.astype(np.float64)
+    finite = np.isfinite(values)
+    values = np.where(finite, values, 0.0)
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+    if floating and low >= 0 and high <= 1:
+        scaled = values * 255
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif not floating and low >= 0 and high <= 65535:
+        scaled = values / 257
+    else:  # a range of its own (negative values, or beyond 16 bits): stretched to 0..255
+        scaled = (values - low) * (255 / ((high - low) or 1.0))
+    return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
 def check_image(value: Any, origin: str = "", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
@@ -276,19 +364,20 @@ def check_image(value: Any, origin: str = "", max_pixels: int | None = DEFAULT_M
     """Raise :class:`~automl_tl.errors.UnreadableInputError` if ``value`` is not a usable image.
 
     Affordable on every input of a data set: the header gives the size (checked against ``max_pixels``);
-    with ``decode``, a JPEG is decoded at 1/8 scale, a PNG above :data:`VERIFY_PNG_ABOVE` pixels is checked
-    by its chunks' checksums, and anything else is decoded (so that truncated files are found now).
+    with ``decode``, a PNG is checked by its chunks' checksums without decoding it (truncated or damaged
+    files fail them), a JPEG is decoded at 1/8 scale, and anything else is decoded (so that truncated files
+    are found now). So a PNG is decoded once in a search, when it is encoded for a backbone.
     """
     if isinstance(value, Image.Image):
         return
     if isinstance(value, np.ndarray):
         _image_from_array(value, origin)
         return
-    path = Path(str(value))
+    path = Path(str(value)).expanduser()
     with _open_image(path, origin, max_pixels) as image:
         if not decode:
             return
-        if image.format == "PNG" and image.size[0] * image.size[1] > VERIFY_PNG_ABOVE:
+        if image.format == "PNG" and image.size[0] * image.size[1] >= VERIFY_PNG_ABOVE:
             image.verify()
             return
         if image.format == "JPEG":
@@ -303,18 +392,37 @@ def _image_from_array(array: np.ndarray, origin: str) -> Image.Image:
 
     if array.ndim not in (2, 3) or array.size == 0 or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise refuse(f"has shape {array.shape}; expected HxW or HxWxC with C in 1, 3, 4")
-    if array.dtype != np.uint8:
+    if array.dtype == np.uint16:
+        array = _grey_to_8_bits(array)  # by 16 bits' range, as a 16-bit file is read
+    elif array.dtype != np.uint8:
         if (not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all()
                 or array.min() < 0 or array.max() > 1):
             raise refuse(f"has dtype {array.dtype} and range [{array.min()}, {array.max()}]; "
-                         "expected uint8, or float in [0, 1]")
+                         "expected uint8, uint16, or float in [0, 1]")
         array = np.round(array * 255).astype(np.uint8)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    return Image.fromarray(array).convert("RGB")
+    return as_rgb(Image.fromarray(array))
 
 
 # ---------------------------------------------------------------- tables and folders
+
+
+def is_existing_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False, not an error, for a name the system cannot even look up (a text
+    too long for a file name, one with a NUL byte) that a table holds where a path was expected."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _looks_like_file(value: Any) -> str | None:
+    """The modality of a value that looks like an image or audio file's path (None: it does not)."""
+    if isinstance(value, Path) or (isinstance(value, str) and "\n" not in value and len(value) <= 4096):
+        modality = _file_modality(str(value).strip())
+        return modality if modality in FILE_MODALITIES else None
+    return None
 
 
 def _file_modality(name: str) -> str | None:
@@ -329,20 +437,30 @@ def _file_modality(name: str) -> str | None:
 
 
 def infer_modality(values: Sequence[Any], column: str) -> str:
-    """The modality of an input column, from its first non-empty value: image arrays or paths, audio paths,
-    or else text."""
+    """The modality of an input column: image arrays, or else what most of its texts are (image paths,
+    audio paths, or texts), with a warning when some values look like the other kind."""
     present = [v for v in values if not _is_missing(v)]
     if not present:
         raise DataError(f"column {column!r} holds no inputs: every cell is empty")
     first = present[0]
     if isinstance(first, (np.ndarray, Image.Image)):
         return "image"
-    if isinstance(first, (str, Path)) and _file_modality(str(first)) in FILE_MODALITIES:
-        return _file_modality(str(first))
-    if isinstance(first, str):
-        return "text"
-    raise DataError(f"cannot tell the modality of column {column!r} from its first value {str(first)[:60]!r}; "
-                    "expected image paths or arrays, audio paths (wav, flac, aiff, mp3, ...) or texts")
+    if not isinstance(first, (str, Path)):
+        raise DataError(f"cannot tell the modality of column {column!r} from its first value {str(first)[:60]!r}; "
+                        "expected image paths or arrays, audio paths (wav, flac, aiff, mp3, ...) or texts")
+    kinds = Counter(_looks_like_file(v) or "text" for v in present if isinstance(v, (str, Path)))
+    # by majority: one image path at the top of a column of texts (or the reverse) must not decide for all
+    modality = max(kinds, key=lambda kind: (kinds[kind], kind == (_looks_like_file(first) or "text")))
+    others = {kind: count for kind, count in kinds.items() if kind != modality}
+    if others:
+        other, count = max(others.items(), key=lambda item: item[1])
+        example = next(v for v in present if isinstance(v, (str, Path)) and (_looks_like_file(v) or "text") == other)
+        described = "texts" if other == "text" else f"{other} paths"
+        logger.warning("column %r holds %d of %d values that look like %s (first %r) among %s: read as %s; "
+                       "give --modality %s (modality=) if that is wrong", column, count, len(present), described,
+                       input_excerpt(example), "texts" if modality == "text" else f"{modality} paths",
+                       "texts" if modality == "text" else f"{modality} files", other)
+    return modality
 
 
 def decode_text(raw: bytes, path: Path) -> tuple[str, str]:
@@ -399,6 +517,35 @@ def _canonical_ints(column: pd.Series) -> pd.Series:
     return pd.Series([int(v) if isinstance(v, str) else None for v in column], index=column.index, dtype=object)
 
 
+#: spreadsheet files no reader of ours reads, by extension -> what they are
+UNREAD_SPREADSHEETS = {".xls": "an Excel 97-2003 workbook", ".ods": "an OpenDocument spreadsheet",
+                       ".numbers": "an Apple Numbers document", ".xlsb": "a binary Excel workbook"}
+#: the attribute of a frame read by :func:`read_table` that holds each row's line number in its file
+LINES_ATTR = "automl_tl_lines"
+#: the attribute of a frame read from delimited text that says how it was read (for "column not found")
+READ_AS_ATTR = "automl_tl_read_as"
+_DELIMITER_NAMES = {",": "commas (,)", ";": "semicolons (;)", "\t": "tabs", "|": "bars (|)"}
+
+
+def _csv_lines(text: str, delimiter: str, rows: int) -> list[int] | None:
+    """The line of the file (the header is line 1) on which each of ``rows`` data records starts, as
+    pandas reads them (blank lines skipped, a quoted cell may span lines); None if the two readers disagree."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    starts, end = [], 0
+    for record in reader:
+        start, end = end + 1, reader.line_num
+        if record:  # (a blank line is no record, for pandas either)
+            starts.append(start)
+    starts = starts[1:]  # the header
+    return starts if len(starts) == rows else None
+
+
+def row_name(row: int, lines: Sequence[int] | None) -> str:
+    """How a message names the data row ``row`` (counted from 0): by its line in the file when known
+    ("line 7", the header being line 1), else by its position ("row 5")."""
+    return f"line {lines[row]}" if lines is not None and 0 <= row < len(lines) else f"row {row}"
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a table file (see :data:`TABLE_EXTENSIONS`); file paths in it are made absolute relative to its
     folder later.
@@ -412,21 +559,31 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix in UNREAD_SPREADSHEETS:
+        raise DataError(f"{path} is {UNREAD_SPREADSHEETS[suffix]}, which automl-tl does not read; save it as .xlsx "
+                        "or .csv (one header row, one example per row)")
     kind = {".parquet": "Parquet", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines", ".xlsx": "Excel",
             ".xlsm": "Excel"}.get(suffix, "CSV")
     try:
         if kind == "Parquet":
-            return pd.read_parquet(path)
+            return pd.read_parquet(path)  # (no lines: messages count its rows from 0)
         if kind == "JSON Lines":
-            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+            written = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+            frame.attrs[LINES_ATTR] = written if len(written) == len(frame) else None
+            return frame
         if kind == "Excel":
-            return pd.read_excel(path, sheet_name=0)
+            frame = pd.read_excel(path, sheet_name=0)
+            frame.attrs[LINES_ATTR] = None  # (a sheet's rows are not lines; blank rows make its numbers unsure)
+            return frame
         text, encoding = decode_text(path.read_bytes(), path)
         if encoding not in ("utf-8", "utf-16"):
             logger.warning("%s is not UTF-8: read as %s (check its accented letters; save it as UTF-8 to be sure)",
                            path, encoding)
         delimiter = "\t" if suffix == ".tsv" else _sniff_delimiter(text)
         frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, na_values=[""])
+        lines = _csv_lines(text, delimiter, len(frame))
+        read_as = f"read as delimited text in {encoding.upper()}, fields separated by {_DELIMITER_NAMES[delimiter]}"
     except ImportError as exc:  # pyarrow or openpyxl missing: a dependency of automl_tl, but installs vary
         raise DataError(f"cannot read {kind} file {path}: {first_line(exc)}") from None
     except UnreadableInputError as exc:
@@ -438,7 +595,10 @@ def read_table(path: Path) -> pd.DataFrame:
         if kind == "CSV":
             raise
         raise DataError(f"cannot read {kind} file {path}: {type(exc).__name__}: {first_line(exc)}") from None
-    return frame.apply(_canonical_ints) if len(frame.columns) else frame
+    frame = frame.apply(_canonical_ints) if len(frame.columns) else frame
+    frame.attrs[LINES_ATTR] = lines
+    frame.attrs[READ_AS_ATTR] = read_as
+    return frame
 
 
 def read_text_file(path: Path) -> str:
@@ -486,38 +646,135 @@ def _read_text_files(files: Sequence[Path]) -> list[Any]:
     return texts
 
 
+#: folder names that say "a split of the data", by the split they give
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden or system clutter, never data: ``.DS_Store``, macOS's
+    ``._photo.png`` resource forks, ``.ipynb_checkpoints/``, ``.git/``, a zip's ``__MACOSX/``."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _files_below(folder: Path) -> tuple[list[Path], int]:
+    """Every image, audio or text file below ``folder``, sorted, and how many hidden files (see
+    :func:`is_hidden`, also every file inside a hidden folder) were left out."""
+    found, hidden = [], 0
+    for p in sorted(folder.rglob("*")):
+        # A dangling symlink is kept: reading it then fails naming it, where skipping it would lose an example unsaid.
+        if not (p.is_file() or (p.is_symlink() and not p.exists())):
+            continue
+        if any(is_hidden(part) for part in p.relative_to(folder).parts):
+            hidden += 1
+        elif _file_modality(p.name) is not None:
+            found.append(p)
+    return found, hidden
+
+
 def _supported_files(folder: Path) -> list[Path]:
-    # A dangling symlink is kept: reading it then fails naming it, where skipping it would lose an example unsaid.
-    return [p for p in sorted(folder.rglob("*"))
-            if (p.is_file() or (p.is_symlink() and not p.exists())) and _file_modality(p.name) is not None]
+    return _files_below(folder)[0]
 
 
-def read_folder(path: Path) -> pd.DataFrame:
-    """A DataFrame (columns ``image``, ``audio`` or ``text``, and ``label``) from a folder with one subfolder per class.
+def _holds_class_folders(folder: Path) -> bool:
+    """A split folder (``train/``...) holds class folders and no data file of its own."""
+    entries = [p for p in folder.iterdir() if not is_hidden(p.name)]
+    return (any(p.is_dir() for p in entries)
+            and not any(p.is_file() and _file_modality(p.name) is not None for p in entries))
 
-    Text files are read into the ``text`` column (one that cannot be read stands there as a marker that
-    :func:`check_input` refuses, naming it); image and audio files are listed by path.
-    """
-    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
+
+@dataclass(frozen=True)
+class FolderContents:
+    """What :func:`read_folder_contents` found: the table, hidden files left out, and the split folders
+    (``("train", "val", "test")`` or part of it, in that order; empty for a folder of class folders)."""
+
+    frame: pd.DataFrame
+    hidden: int
+    splits: tuple[str, ...]
+
+
+def read_folder_contents(path: Path) -> FolderContents:
+    """The files of a folder of class folders, or of a folder laid out in split folders (``train/``,
+    ``val/``, ``test/`` and their usual other names, :data:`SPLIT_FOLDERS`) each holding class folders; then
+    the table has a ``split`` column. Hidden files and folders are left out and counted, with one warning."""
+    top = sorted(p for p in path.iterdir() if p.is_dir() and not is_hidden(p.name))
+    hidden = sum(1 for p in path.iterdir() if is_hidden(p.name) and p.is_file())
+    hidden += sum(1 for p in path.iterdir() if is_hidden(p.name) and p.is_dir() for f in p.rglob("*") if f.is_file())
+    split_dirs = [p for p in top if p.name.lower() in SPLIT_FOLDERS and _holds_class_folders(p)]
+    if split_dirs:
+        classes_beside = [p.name for p in top if p not in split_dirs]
+        if classes_beside:
+            raise DataError(f"folder {path} has the split folder(s) {', '.join(p.name for p in split_dirs)} (holding "
+                            f"class folders) beside class folders ({', '.join(classes_beside[:5])}); put every class "
+                            "folder inside the split folders, or the split folders' classes beside the others")
+        named = Counter(SPLIT_FOLDERS[p.name.lower()] for p in split_dirs)
+        twice = [split for split, count in named.items() if count > 1]
+        if twice:
+            raise DataError(f"folder {path} has two {twice[0]} folders "
+                            f"({', '.join(p.name for p in split_dirs if SPLIT_FOLDERS[p.name.lower()] == twice[0])})"
+                            "; keep one")
+        if "train" not in named:
+            raise DataError(f"folder {path} is laid out in split folders ({', '.join(p.name for p in split_dirs)}) "
+                            "but has no train folder to learn from; add train/ (with one folder per class)")
+        parts = sorted(split_dirs, key=lambda p: SPLIT_ORDER.index(SPLIT_FOLDERS[p.name.lower()]))
+    else:
+        parts = [path]
+    files: list[tuple[Path, str, str]] = []
+    for part in parts:
+        split = SPLIT_FOLDERS[part.name.lower()] if split_dirs else ""
+        class_dirs = sorted(p for p in part.iterdir() if p.is_dir())
+        for class_dir in class_dirs:
+            if is_hidden(class_dir.name):
+                if part is not path:  # (the top level's hidden folders are counted above)
+                    hidden += sum(1 for f in class_dir.rglob("*") if f.is_file())
+                continue
+            below, hidden_below = _files_below(class_dir)
+            hidden += hidden_below
+            files += [(file, class_dir.name, split) for file in below]
+        if split_dirs:
+            hidden += sum(1 for p in part.iterdir() if p.is_file() and is_hidden(p.name))
+    if not any(p.is_dir() and not is_hidden(p.name) for part in parts for p in part.iterdir()):
         raise DataError(f"folder {path} has no class subfolders; expected one subfolder per class")
-    files = [(file, class_dir.name) for class_dir in class_dirs for file in _supported_files(class_dir)]
+    if hidden:
+        logger.warning("left out %d hidden file(s) of %s (names starting with '.', such as .DS_Store or ._photo.png, "
+                       "and everything in hidden folders such as .ipynb_checkpoints/)", hidden, path)
     if not files:
         raise DataError(f"folder {path} holds no image, audio or text files "
                         f"({', '.join(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS + TEXT_EXTENSIONS)})")
-    kinds = sorted({_file_modality(file.name) for file, _ in files})
+    kinds = sorted({_file_modality(file.name) for file, _, _ in files})
     if len(kinds) > 1:
         raise DataError(f"folder {path} mixes {' and '.join(kinds)} files; expected one kind")
     modality = kinds[0]
     column = FOLDER_COLUMNS[modality]
-    if modality == "text":
-        return pd.DataFrame({column: _read_text_files([f for f, _ in files]), "label": [label for _, label in files]})
-    return pd.DataFrame({column: [str(f) for f, _ in files], "label": [label for _, label in files]})
+    inputs = _read_text_files([f for f, _, _ in files]) if modality == "text" else [str(f) for f, _, _ in files]
+    frame = pd.DataFrame({column: inputs, "label": [label for _, label, _ in files]})
+    if split_dirs:
+        frame["split"] = [split for _, _, split in files]
+        logger.info("folder %s is laid out in split folders (%s): used as given", path,
+                    ", ".join(f"{p.name}/" for p in parts))
+    return FolderContents(frame, hidden, tuple(SPLIT_FOLDERS[p.name.lower()] for p in parts) if split_dirs else ())
+
+
+def read_folder(path: Path) -> pd.DataFrame:
+    """A DataFrame (columns ``image``, ``audio`` or ``text``, and ``label``) from a folder with one subfolder per
+    class, or laid out in split folders (then with a ``split`` column too: see :func:`read_folder_contents`).
+
+    Text files are read into the ``text`` column (one that cannot be read stands there as a marker that
+    :func:`check_input` refuses, naming it); image and audio files are listed by path. Hidden files and
+    folders (:func:`is_hidden`) are left out, at every depth.
+    """
+    return read_folder_contents(path).frame
 
 
 def list_input_files(path: Path) -> list[str]:
-    """Every image, audio or text file below ``path``, sorted (for predicting on an unlabelled folder)."""
-    return [str(p) for p in _supported_files(path)]
+    """Every image, audio or text file below ``path``, sorted, hidden ones left out (for predicting on an
+    unlabelled folder)."""
+    files, hidden = _files_below(path)
+    if hidden:
+        logger.warning("left out %d hidden file(s) of %s (names starting with '.', and hidden folders' files)",
+                       hidden, path)
+    return [str(p) for p in files]
 
 
 def _guess_input_column(frame: pd.DataFrame, label_column: str, origin: str) -> str:
@@ -532,10 +789,16 @@ def _guess_input_column(frame: pd.DataFrame, label_column: str, origin: str) -> 
 
 
 def resolve_paths(values: list[Any], base_dir: Path | None) -> list[Any]:
-    """Make relative file paths absolute against ``base_dir`` (the folder of the CSV)."""
-    if base_dir is None:
-        return values
-    return [str(base_dir / v) if isinstance(v, str) and not Path(v).is_absolute() else v for v in values]
+    """Make relative file paths absolute against ``base_dir`` (the folder of the CSV); a path starting with
+    ``~`` is below the home folder (as a shell would read it)."""
+    def resolved(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.startswith("~"):
+            return str(Path(value).expanduser())
+        return str(base_dir / value) if base_dir is not None and not Path(value).is_absolute() else value
+
+    return [resolved(v) for v in values]
 
 
 # ---------------------------------------------------------------- the bad-row policy
@@ -583,7 +846,7 @@ def check_input(value: Any, modality: str, origin: str = "", max_image_pixels: i
 
     Images: see :func:`check_image`; audio: read whole (silence and non-finite samples are refused),
     unless ``decode`` is false (the file's existence and extension only); texts: empty or not a string.
-    ``origin`` (" (row 3 of data.csv)") is added where the value itself names nothing (arrays, texts).
+    ``origin`` (" (line 5 of data.csv)") is added where the value itself names nothing (arrays, texts).
     """
     if isinstance(value, _Unreadable):
         raise value.error
@@ -609,16 +872,18 @@ def check_input(value: Any, modality: str, origin: str = "", max_image_pixels: i
 
 
 def find_unreadable(inputs: Sequence[Any], modality: str, origin: str, rows: Sequence[int] | None = None,
-                    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, UnreadableInputError]]:
+                    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, lines: Sequence[int] | None = None
+                    ) -> list[tuple[int, UnreadableInputError]]:
     """Every input that cannot be used, as (its position in ``inputs``, why), read once each.
 
-    ``rows``: each input's row in the user's table, for the messages (default: its position).
+    ``rows``: each input's row in the user's table (default: its position); ``lines``: each row's line in
+    its file, which messages name it by when given (see :func:`row_name`).
     """
     rows = range(len(inputs)) if rows is None else rows
     found = []
     for position, (value, row) in enumerate(zip(inputs, rows)):
         try:
-            check_input(value, modality, f" (row {row} of {origin})", max_image_pixels)
+            check_input(value, modality, f" ({row_name(int(row), lines)} of {origin})", max_image_pixels)
         except UnreadableInputError as exc:
             found.append((position, exc))
     return found
@@ -665,13 +930,195 @@ def _apply_bad_input_policy(unreadable: list[tuple[int, UnreadableInputError]], 
                    origin, named, "; ..." if len(unreadable) > _ROWS_NAMED else "")
 
 
+def _file_digest(path: str) -> tuple[str, int, str]:
+    """A file's resolved path, size and SHA-256 (of its bytes: the same content under any name)."""
+    resolved = Path(path).expanduser().resolve()
+    with open(resolved, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    return str(resolved), resolved.stat().st_size, digest
+
+
+def _content_keys(inputs: Sequence[Any], modality: str) -> tuple[list[str], dict[str, tuple[str, int, str]]]:
+    """What makes two inputs the same, one key each: a file's content (its SHA-256, so one file by two paths,
+    or a copy, is the same input), a text with its spacing evened out, an array's bytes, shape and type; and
+    the digests of the files (by the path as given), which the fingerprint uses too."""
+    files: dict[str, tuple[str, int, str]] = {}
+    keys = []
+    for value in inputs:
+        if modality in FILE_MODALITIES and isinstance(value, (str, Path)):
+            name = str(value)
+            if name not in files:
+                try:
+                    files[name] = _file_digest(name)
+                except OSError:  # (read a moment ago; gone since): the path is all there is to go by
+                    files[name] = (name, -1, "")
+            keys.append("file:" + (files[name][2] or files[name][0]))
+        elif isinstance(value, np.ndarray):
+            keys.append("array:" + hashlib.sha256(repr((value.dtype.str, value.shape)).encode()
+                                                  + np.ascontiguousarray(value).tobytes()).hexdigest())
+        elif isinstance(value, Image.Image):
+            keys.append("pil:" + hashlib.sha256(repr((value.mode, value.size)).encode() + value.tobytes()).hexdigest())
+        elif isinstance(value, str):
+            keys.append("text:" + " ".join(value.split()))
+        else:
+            keys.append(f"{type(value).__name__}:{value!r}")
+    return keys, files
+
+
+def _connected_groups(keys: Sequence[str], user_groups: Sequence[Any] | None) -> np.ndarray:
+    """Each row's group (numbered 0, 1, ... in order of first row): rows with the same key are one group, and
+    so are rows of the same user group; both at once, so that a duplicate joins the groups of its copies."""
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for values in (keys, user_groups or ()):
+        first: dict[Any, int] = {}
+        for i, value in enumerate(values):
+            if _is_missing(value):  # (an empty group cell: the row is a group of its own)
+                continue
+            a, b = root(i), root(first.setdefault(value, i))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    roots = [root(i) for i in range(len(keys))]
+    numbers: dict[int, int] = {}
+    return np.array([numbers.setdefault(r, len(numbers)) for r in roots], dtype=np.int64)
+
+
+def _duplicate_counts(keys: Sequence[str], labels: np.ndarray) -> dict[str, int]:
+    """``rows``: rows whose input an earlier row has already; ``sets``: inputs given more than once;
+    ``conflicting_labels``: inputs given with different labels."""
+    labels_of: dict[str, set[int]] = {}
+    counts = Counter(keys)
+    for key, label in zip(keys, labels):
+        labels_of.setdefault(key, set()).add(int(label))
+    return {"rows": len(keys) - len(counts), "sets": sum(1 for c in counts.values() if c > 1),
+            "conflicting_labels": sum(1 for v in labels_of.values() if len(v) > 1)}
+
+
+def stratified_group_split(labels: np.ndarray, groups: np.ndarray, seed: int, val_fraction: float,
+                           test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train / validation / test, every group (see :func:`_connected_groups`) whole in one part,
+    the class proportions of each part as close to the data's as whole groups allow (seeded).
+
+    First every part gets one group of every class (rarest classes first, smallest groups first), so that a
+    class in at least as many groups as there are parts is in every part; then the other groups, largest
+    first, each go to the part that lacks the most of its classes (relative to each class's size).
+    ``test_fraction`` 0 leaves the test part empty.
+    """
+    fractions = [1 - val_fraction - test_fraction, val_fraction] + ([test_fraction] if test_fraction > 0 else [])
+    _, rows_group = np.unique(groups, return_inverse=True)
+    _, rows_class = np.unique(labels, return_inverse=True)
+    n_groups, n_classes = int(rows_group.max()) + 1, int(rows_class.max()) + 1
+    # (group, class) pairs with their counts, sorted by group: a group's classes are one slice
+    pairs, pair_counts = np.unique(rows_group * n_classes + rows_class, return_counts=True)
+    pair_group, pair_class = pairs // n_classes, pairs % n_classes
+    starts = np.searchsorted(pair_group, np.arange(n_groups + 1))
+    sizes = np.bincount(rows_group, minlength=n_groups)
+    totals = np.bincount(rows_class, minlength=n_classes).astype(float)
+    target = np.array(fractions)[:, None] * totals[None, :]
+    current = np.zeros_like(target)
+    part_of = np.full(n_groups, -1)
+    rank = np.empty(n_groups, dtype=np.int64)
+    rank[np.random.default_rng(seed).permutation(n_groups)] = np.arange(n_groups)
+
+    def assign(group: int, part: int) -> None:
+        part_of[group] = part
+        current[part, pair_class[starts[group]:starts[group + 1]]] += pair_counts[starts[group]:starts[group + 1]]
+
+    by_class = np.lexsort((rank[pair_group], pair_class))  # the pairs of each class, in the seeded order
+    class_starts = np.searchsorted(pair_class[by_class], np.arange(n_classes + 1))
+    for c in np.argsort(np.bincount(pair_class, minlength=n_classes), kind="stable"):
+        members = by_class[class_starts[c]:class_starts[c + 1]]
+        for part in range(len(fractions)):
+            if current[part, c] > 0:
+                continue
+            free = members[part_of[pair_group[members]] < 0]
+            if not len(free):
+                break
+            # the smallest group, then the one with the most of this class (ties: the seeded order)
+            best = free[np.lexsort((-pair_counts[free], sizes[pair_group[free]]))[0]]
+            assign(int(pair_group[best]), part)
+    rest = np.flatnonzero(part_of < 0)
+    for group in rest[np.lexsort((rank[rest], -sizes[rest]))]:  # largest first
+        span = slice(starts[group], starts[group + 1])
+        classes, counts = pair_class[span], pair_counts[span]
+        lacking = ((target[:, classes] - current[:, classes]) * (counts / totals[classes])).sum(axis=1)
+        assign(int(group), int(np.argmax(lacking)))
+    parts = [np.sort(np.flatnonzero(part_of[rows_group] == part)) for part in range(len(fractions))]
+    return parts[0], parts[1], parts[2] if test_fraction > 0 else np.array([], dtype=np.int64)
+
+
+def _check_group_classes(labels: np.ndarray, groups: np.ndarray, classes: Sequence[Any], needed: int,
+                         origin: str, what: str, parts: str) -> None:
+    """Every class in at least ``needed`` groups, since a group stays in one part."""
+    for c, name in enumerate(classes):
+        rows = labels == c
+        in_groups = len(np.unique(groups[rows]))
+        if in_groups < needed:
+            raise DataError(f"class {_plain(name)!r} in {origin} has its {int(rows.sum())} example(s) in {in_groups} "
+                            f"group{'s' if in_groups != 1 else ''} ({what}), and a group stays in one part; each "
+                            f"class needs at least {needed} groups ({parts})")
+
+
+def _given_split(labels: np.ndarray, groups: np.ndarray | None, given: np.ndarray, seed: int,
+                 val_fraction: float, test_fraction: float, classes: Sequence[Any], origin: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / validation / test as the split folders give them; a part with no folder is carved out of the
+    train folder (stratified, by groups where there are any), with its fraction of the train folder."""
+    train = np.flatnonzero(given == "train")
+    val, test = np.flatnonzero(given == "val"), np.flatnonzero(given == "test")
+    for part, rows in (("val", val), ("test", test)):
+        unknown = sorted(set(labels[rows].tolist()) - set(labels[train].tolist()))
+        if unknown:
+            raise DataError(f"class {_plain(classes[unknown[0]])!r} is in the {part} folder of {origin} but not in "
+                            "its train folder: a model cannot learn it; add examples of it to train/, or remove it")
+    carve_val, carve_test = not len(val), not len(test) and test_fraction > 0
+    if carve_val or carve_test:
+        names = [_plain(classes[c]) for c in labels[train]]
+        parts = ("training",) + (("validation",) if carve_val else ()) + (("test",) if carve_test else ())
+        _check_classes(names, "label", f"the train folder of {origin}", parts)
+        fractions = (val_fraction if carve_val else 0.0, test_fraction if carve_test else 0.0)
+        if not carve_val:  # only a test part to carve: it takes the place of the validation part below
+            fractions = (test_fraction, 0.0)
+        sub_labels = labels[train]
+        if groups is not None and len(np.unique(groups[train])) < len(train):
+            rest, first, second = stratified_group_split(sub_labels, groups[train], seed, *fractions)
+        else:
+            rest, first, second = stratified_split(sub_labels, seed, *fractions)
+        if carve_val:
+            train, val, test = train[rest], train[first], (train[second] if carve_test else test)
+        else:
+            train, test = train[rest], train[first]
+    missing = [f"{part} lacks {_plain(classes[c])!r}" for part, rows in (("validation", val), ("test", test))
+               if len(rows) for c in sorted(set(labels[train].tolist()) - set(labels[rows].tolist()))]
+    if missing:
+        logger.warning("the split folders of %s: %s%s (their scores leave those classes out)", origin,
+                       "; ".join(missing[:3]), "; ..." if len(missing) > 3 else "")
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
 def _fingerprint(inputs: Sequence[Any], labels: Sequence[Any], seed: int, fractions: tuple[float, float],
-                 shots: int | None = None) -> str:
-    # (shots only when given, so the fingerprints of ordinary splits stay what they were)
+                 shots: int | None = None, files: dict[str, tuple[str, int, str]] | None = None,
+                 split_by: Any = None) -> str:
+    """A hash of the inputs, labels and how they are split: files by resolved path, size and content (so the
+    same data named by another path, from another folder, give the same hash, and a file changed in place
+    another), arrays by their bytes, texts as they are. ``split_by``: what else decides the split (groups,
+    split folders), when anything does."""
+    # (shots and split_by only when given, so the fingerprints of ordinary splits stay what they were)
     digest = hashlib.sha256(repr((seed, fractions) if shots is None else (seed, fractions, shots)).encode())
     for value, label in zip(inputs, labels):
-        digest.update(value.tobytes() if isinstance(value, np.ndarray) else str(value).encode())
+        if files is not None and isinstance(value, (str, Path)) and str(value) in files:
+            digest.update(repr(files[str(value)]).encode())
+        else:
+            digest.update(value.tobytes() if isinstance(value, np.ndarray) else str(value).encode())
         digest.update(str(label).encode())
+    if split_by is not None:
+        digest.update(repr(split_by).encode())
     return digest.hexdigest()[:16]
 
 
@@ -688,15 +1135,32 @@ def prepare_dataset(
     on_bad_input: str = DEFAULT_ON_BAD_INPUT,
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    group_column: str | None = None,
 ) -> DatasetBundle:
     """Validate labelled data and split it into stratified, seeded train / validation / test parts.
 
-    ``data`` is a DataFrame, a table file (see :func:`read_table`) or a folder path. ``input_column`` is
-    guessed when there is one column besides the label (image folders: ``image``).
+    ``data`` is a DataFrame, a table file (see :func:`read_table`) or a folder path (``~`` is the home
+    folder). ``input_column`` is guessed when there is one column besides the label (image folders: ``image``).
     ``max_samples`` keeps a stratified, seeded sample of that many rows first.
-    ``modality`` ("image", "audio" or "text") is inferred from the inputs when not given.
+    ``modality`` ("image", "audio" or "text") is inferred from the inputs when not given (by majority:
+    :func:`infer_modality`).
     ``test_fraction`` 0 holds out no test part (the caller tests on data of its own, as in cross-validation);
     None holds out :data:`AUTO_TEST_FRACTION` from :data:`AUTO_TEST_MIN_EXAMPLES` labelled examples up, else none.
+
+    Groups. Identical inputs (one file named by two paths, two files of the same content, the same text up
+    to spacing, equal arrays) are one group, and a group is never split across train, validation and test:
+    a copy of a training example in the test part would be a test passed by memory. ``group_column`` names a
+    column of groups of the user's own (patient, speaker, session...): its rows join the same group too (an
+    empty cell is a group of its own). The split is then stratified by groups
+    (:func:`stratified_group_split`), every class in every part when it is in enough groups, else refused in
+    one line; without any group of more than one row the split is the usual :func:`stratified_split`.
+    An input given with different labels keeps each of its rows (and label), in one part, with a warning;
+    ``summary()["duplicates"]`` counts the repeated rows, the repeated inputs and those with conflicting labels.
+
+    Split folders. A folder laid out ``train/``, ``val/``, ``test/`` (or ``training/``, ``validation/``,
+    ``dev/``, ``testing/``...: :data:`SPLIT_FOLDERS`) with class folders inside is split as given; a part
+    without a folder is carved out of ``train/`` (``val_fraction``, ``test_fraction`` of it). ``shots`` are
+    refused with such a folder.
 
     ``shots`` K (few labels): K examples of every class are drawn (seeded) as the only labelled data the
     search sees, for training *and* model selection, and every other example is the test set, for an
@@ -710,7 +1174,8 @@ def prepare_dataset(
     * K = 1: nothing can be validated (``validation`` "none"); the search fits nearest centroids, and the
       best-ranked backbone's (the first trial) is kept, every trial scoring its training accuracy (1.0).
 
-    A class with fewer than K + 1 examples (K to learn from, at least one to test on) is refused.
+    A class with fewer than K + 1 examples (K to learn from, at least one to test on) is refused. With groups,
+    the K are drawn from K different groups, and the other rows of a drawn group are tested on by no one.
 
     Bad rows. A row whose label is empty (or ``NA``, ``null``...: :data:`MISSING_LABEL_TEXTS`) is unlabelled:
     left out, counted in one warning, its input kept in ``unlabelled`` (not read). Every labelled input is
@@ -719,45 +1184,69 @@ def prepare_dataset(
     ``max_bad_fraction`` of the labelled rows (or all of them): then, as with "error" at the first one, the
     data are refused in one line. ``skipped`` lists every row left out (:class:`SkippedRow`). With
     ``max_samples``, only the sampled rows are read, and those skipped are not replaced. Rows left out
-    change the fingerprint only by their absence.
+    change the fingerprint only by their absence. Messages name a table file's rows by their line in the
+    file (the header is line 1), a DataFrame's by position.
     """
     check_fractions(val_fraction, test_fraction)
     options_problem = bad_input_options(on_bad_input, max_bad_fraction, max_image_pixels)
     if options_problem:
         raise ConfigError(options_problem)
     base_dir: Path | None = None
+    lines: list[int] | None = None
+    hidden, given_splits = 0, ()
     if isinstance(data, pd.DataFrame):
         frame, origin = data, "the DataFrame"
     else:
-        path = Path(data)
+        path = Path(data).expanduser()
         origin = str(path)
         if path.is_dir():
-            frame = read_folder(path)
+            contents = read_folder_contents(path)
+            frame, hidden, given_splits = contents.frame, contents.hidden, contents.splits
             label_column, input_column = "label", str(frame.columns[0])
             # a folder's kind of files says it, even where its first file cannot be read
             modality = modality or next(m for m, column in FOLDER_COLUMNS.items() if column == input_column)
+            if given_splits and shots is not None:
+                raise DataError(f"folder {path} is laid out in split folders ({', '.join(given_splits)}), which "
+                                "fix the split, and shots draw one of their own; give the train folder alone "
+                                "(shots then test on every example not drawn)")
         elif path.suffix.lower() in TABLE_EXTENSIONS or path.is_file():
             frame, base_dir = read_table(path), path.parent
+            lines = frame.attrs.get(LINES_ATTR)
         else:
             raise DataError(f"data path not found: {path}; expected a table file (CSV, ...) or a folder")
 
+    columns = ", ".join(map(str, frame.columns))
+    if frame.attrs.get(READ_AS_ATTR):  # what was recognised, so that a wrongly split file is seen as such
+        columns += f" ({frame.attrs[READ_AS_ATTR]})"
     if len(frame) == 0:
         raise DataError(f"{origin} holds no rows")
     if label_column not in frame.columns:
-        raise DataError(f"label column {label_column!r} not found in {origin}; columns: {', '.join(map(str, frame.columns))}")
+        raise DataError(f"label column {label_column!r} not found in {origin}; columns: {columns}")
     input_column = input_column or _guess_input_column(frame, label_column, origin)
+    if input_column == label_column:
+        raise DataError(f"the label column and the input column are both {label_column!r}: a model would learn "
+                        f"to read its answer; name the input column with --input-column (columns: {columns})")
     if input_column not in frame.columns:
-        raise DataError(f"input column {input_column!r} not found in {origin}; columns: {', '.join(map(str, frame.columns))}")
+        raise DataError(f"input column {input_column!r} not found in {origin}; columns: {columns}")
+    if group_column is not None:
+        if group_column not in frame.columns:
+            raise DataError(f"group column {group_column!r} not found in {origin}; columns: {columns}")
+        for role, name in (("label", label_column), ("input", input_column)):
+            if group_column == name:
+                raise DataError(f"the group column and the {role} column are both {name!r}; name the column of "
+                                "groups (patient, speaker, session...) with --group-column")
+    kept = [input_column, label_column] + ([group_column] if group_column is not None else []) \
+        + (["split"] if given_splits else [])
 
-    # from here on the index is the row's position in the user's table, as every message counts rows
-    frame = frame[[input_column, label_column]].reset_index(drop=True)
+    # from here on the index is the row's position in the user's table (messages name it by its line: row_name)
+    frame = frame[kept].reset_index(drop=True)
     no_label = frame[label_column].map(_is_missing_label).to_numpy(dtype=bool)
     unlabelled_inputs, unlabelled_rows = list(frame[input_column][no_label]), list(frame.index[no_label])
     if no_label.all():
         raise DataError(f"{origin} has no labelled rows: all {len(frame)} have an empty {label_column!r}")
     if no_label.any():
-        logger.warning("%d of %d rows of %s have no %r: kept apart as unlabelled data, not trained on (first at row "
-                       "%d)", len(unlabelled_rows), len(frame), origin, label_column, unlabelled_rows[0])
+        logger.warning("%d of %d rows of %s have no %r: kept apart as unlabelled data, not trained on (first at %s)",
+                       len(unlabelled_rows), len(frame), origin, label_column, row_name(unlabelled_rows[0], lines))
         frame = frame[~no_label]
     frame = frame.copy()
     frame[label_column] = pd.Series(_labels_as_written(list(frame[label_column])), index=frame.index, dtype=object)
@@ -766,8 +1255,9 @@ def prepare_dataset(
     if shots_problem:
         raise DataError(shots_problem)
     test_fraction = resolve_test_fraction(test_fraction, min(len(frame), max_samples or len(frame)))
-    # one example of every class in each part; few-shot data are checked by _check_shots instead
-    parts = None if shots is not None else (
+    # one example of every class in each part; few-shot data are checked by _check_shots instead, split
+    # folders once split (a part carved out of train/ needs its examples there)
+    parts = None if shots is not None or given_splits else (
         ("training", "validation", "test") if test_fraction > 0 else ("training", "validation"))
     _check_classes(list(frame[label_column]), label_column, origin, parts)
     if max_samples is not None and len(frame) > max_samples:
@@ -786,7 +1276,7 @@ def prepare_dataset(
 
     skipped = [SkippedRow(int(row), input_excerpt(value), NO_LABEL, NO_LABEL)
                for row, value in zip(unlabelled_rows, unlabelled_inputs)]
-    unreadable = find_unreadable(inputs, modality, origin, list(frame.index), max_image_pixels)
+    unreadable = find_unreadable(inputs, modality, origin, list(frame.index), max_image_pixels, lines)
     _apply_bad_input_policy(unreadable, len(inputs), origin, on_bad_input, max_bad_fraction)
     if unreadable:
         rows = list(frame.index)
@@ -805,13 +1295,57 @@ def prepare_dataset(
 
     class_index = {c: i for i, c in enumerate(classes)}
     labels = np.array([class_index[c] for c in raw_labels], dtype=np.int64)
+    keys, files = _content_keys(inputs, modality)
+    duplicates = _duplicate_counts(keys, labels)
+    user_groups = list(frame[group_column]) if group_column is not None else None
+    groups = _connected_groups(keys, user_groups)
+    grouped = len(np.unique(groups)) < len(groups)  # some group of two rows or more: the split keeps it whole
+    what = ("identical inputs" if group_column is None
+            else f"identical inputs or the same {group_column!r}")
+    if duplicates["conflicting_labels"]:
+        labels_of: dict[str, set[int]] = {}
+        for key, label in zip(keys, labels):
+            labels_of.setdefault(key, set()).add(int(label))
+        first = next(key for key, found in labels_of.items() if len(found) > 1)
+        logger.warning("%d input(s) of %s are given with different labels, first %s (%s): every row is kept, with "
+                       "its label, and its copies stay in the same part of the split; fix the labels if they are "
+                       "mistakes", duplicates["conflicting_labels"], origin, input_excerpt(inputs[keys.index(first)]),
+                       ", ".join(sorted(str(_plain(classes[c])) for c in labels_of[first])))
+    if duplicates["rows"]:
+        logger.info("%d row(s) of %s repeat another row's input (%d input(s) given more than once): each set of "
+                    "copies is kept in one part of the split", duplicates["rows"], origin, duplicates["sets"])
+
     validation = VALIDATION_HOLDOUT
-    if shots is None:
-        train_idx, val_idx, test_idx = stratified_split(labels, seed, val_fraction, test_fraction)
+    split_by: Any = None
+    if given_splits:
+        given = np.asarray(frame["split"].tolist())
+        train_idx, val_idx, test_idx = _given_split(labels, groups if grouped else None, given, seed, val_fraction,
+                                                    test_fraction, classes, origin)
+        split_by = ("folders", given.tolist(), groups.tolist() if grouped else None)
+        train_groups = set(groups[train_idx].tolist())
+        across = int(sum(1 for i in np.concatenate([val_idx, test_idx]) if groups[i] in train_groups))
+        duplicates["across_given_splits"] = across
+        if across:
+            logger.warning("%d validation or test example(s) of %s are identical to training examples (as the "
+                           "split folders give them): their scores flatter the model; remove the copies",
+                           across, origin)
+    elif shots is None:
+        if grouped:
+            needed = 3 if test_fraction > 0 else 2
+            _check_group_classes(labels, groups, classes, needed, origin, what,
+                                 "one each for training, validation" + (" and test" if needed == 3 else ""))
+            train_idx, val_idx, test_idx = stratified_group_split(labels, groups, seed, val_fraction, test_fraction)
+        else:
+            train_idx, val_idx, test_idx = stratified_split(labels, seed, val_fraction, test_fraction)
     else:
-        train_idx, val_idx, test_idx = few_shot_split(labels, int(shots), seed)
+        if grouped:
+            _check_group_classes(labels, groups, classes, int(shots) + 1, origin, what,
+                                 f"{shots} to learn from, 1 or more to test on")
+        train_idx, val_idx, test_idx = few_shot_split(labels, int(shots), seed, groups if grouped else None)
         validation = (VALIDATION_HOLDOUT if shots >= MIN_SHOTS_FOR_HOLDOUT
                       else VALIDATION_CROSS if shots >= 2 else VALIDATION_NONE)
+    if grouped and not given_splits:
+        split_by = ("groups", group_column, groups.tolist())
 
     def take(name: str, idx: np.ndarray) -> Split:
         return Split(name, [inputs[i] for i in idx], labels[idx])
@@ -822,9 +1356,12 @@ def prepare_dataset(
         train=take("train", train_idx), val=take("val", val_idx), test=take("test", test_idx),
         input_column=input_column, label_column=label_column,
         fingerprint=_fingerprint(inputs, raw_labels, seed, (val_fraction, test_fraction),
-                                 None if shots is None else int(shots)),
+                                 None if shots is None else int(shots), files, split_by),
         shots=None if shots is None else int(shots), validation=validation,
         skipped=tuple(sorted(skipped, key=lambda r: r.row)), unlabelled=tuple(unlabelled_inputs),
+        duplicates=duplicates, group_column=group_column,
+        groups=int(len(np.unique(groups))) if group_column is not None else None,
+        hidden_skipped=hidden, given_splits=given_splits,
     )
     if shots is None:
         logger.info("data: %d classes, %d train / %d validation / %d test (%s)",
@@ -861,22 +1398,40 @@ def bad_shots(shots: Any) -> str | None:
     return None
 
 
-def few_shot_split(labels: np.ndarray, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def few_shot_split(labels: np.ndarray, shots: int, seed: int, groups: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train / validation / test for ``shots`` labelled examples per class (seeded).
 
     ``shots`` of each class are drawn at random; the rest are the test set. With at least
     :data:`MIN_SHOTS_FOR_HOLDOUT` shots, ``shots // 4`` drawn per class are the validation split;
     below that, the validation split is the training split (cross-validation, or nothing, decides).
+    ``groups`` (one per example; see :func:`_connected_groups`): the shots of a class come from as many
+    different groups, and no example of a drawn group is in the test set (a copy of a training example
+    tests nothing); every class needs ``shots`` + 1 groups.
     """
     rng = np.random.default_rng(seed)
     held_out = shots // 4 if shots >= MIN_SHOTS_FOR_HOLDOUT else 0
     train, val = [], []
+    drawn_groups: set[int] = set()
     for label in np.unique(labels):
-        drawn = rng.permutation(np.flatnonzero(labels == label))[:shots]
+        candidates = rng.permutation(np.flatnonzero(labels == label))
+        if groups is None:
+            drawn = candidates[:shots]
+        else:
+            picked: list[int] = []
+            for i in candidates:
+                if len(picked) == shots:
+                    break
+                if int(groups[i]) not in drawn_groups:
+                    drawn_groups.add(int(groups[i]))
+                    picked.append(int(i))
+            drawn = np.array(picked, dtype=np.int64)
         val.append(drawn[:held_out])
         train.append(drawn[held_out:])
     train, val = np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
     test = np.setdiff1d(np.arange(len(labels)), np.concatenate([train, val]))
+    if groups is not None:
+        test = test[~np.isin(groups[test], list(drawn_groups))]
     return train, (val if held_out else train.copy()), test
 
 
@@ -995,8 +1550,9 @@ def check_known_labels(frame: pd.DataFrame, label_column: str, classes: Sequence
     if unknown:
         row, value = unknown[0]
         shown = ", ".join(map(repr, list(classes)[:10])) + (", ..." if len(classes) > 10 else "")
+        where = row_name(row, frame.attrs.get(LINES_ATTR))  # a table file's line, a DataFrame's row
         raise DataError(f"label column {label_column!r} of {origin} holds {len(unknown)} label(s) the model was "
-                        f"not trained on, first {_plain(value)!r} at row {row}; its classes: {shown}; "
+                        f"not trained on, first {_plain(value)!r} at {where}; its classes: {shown}; "
                         "drop the column or those rows to predict anyway")
 
 
@@ -1011,7 +1567,7 @@ def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_co
     the model's ``classes``: see :func:`check_known_labels`.
     """
     if isinstance(data, (str, Path)):
-        path = Path(data)
+        path = Path(data).expanduser()
         if path.is_dir():
             files = [f for f in list_input_files(path) if _file_modality(f) == modality]
             if not files:

@@ -62,6 +62,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     shots: few labels: K examples per class for training and model selection, every other example the test
         set (see :func:`~automl_tl.data.prepare_dataset`; ``val_size`` and ``test_size`` are then unused).
     label_column, input_column: the columns of a DataFrame (or CSV) given to :meth:`fit` without ``y``.
+    group_column: a column of groups (patient, speaker, session...) of a DataFrame or table: a group's rows are
+        never split across training, validation and test (identical inputs never are, with or without it;
+        see :func:`~automl_tl.data.prepare_dataset`).
     val_size: share of the data the search validates on. test_size: share held out for ``test_metrics_``
         (0: none; None: 0.15 from 2,000 labelled examples up, else none, as the command line does).
     metric: what trials are selected by: "accuracy", "balanced_accuracy", "macro_f1" or "log_loss" (None:
@@ -96,7 +99,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                  top_k: int | None = None, prerank: bool = True, feature_cache: bool = True,
                  modality: str | None = None, max_samples: int | None = None, shots: int | None = None,
                  label_column: str = "label",
-                 input_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
+                 input_column: str | None = None, group_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
                  on_bad_input: str = DEFAULT_ON_BAD_INPUT, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                  storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, output_dir: str | Path | None = None,
@@ -127,6 +130,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.shots = shots
         self.label_column = label_column
         self.input_column = input_column
+        self.group_column = group_column
         self.val_size = val_size
         self.test_size = test_size
         self.on_bad_input = on_bad_input
@@ -166,7 +170,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         bundle = prepare_dataset(data, label_column=label_column, input_column=input_column, seed=self.seed,
                                  val_fraction=self.val_size, test_fraction=self.test_size,
                                  max_samples=self.max_samples, modality=self.modality, shots=self.shots,
-                                 **self._bad_input_params())
+                                 group_column=self.group_column, **self._bad_input_params())
         config = self._search_config(self._backbone_names(bundle.modality))
         if self.output_dir is not None:
             run_dir, temporary = Path(self.output_dir), None
@@ -231,6 +235,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         shots_problem = bad_shots(self.shots)
         if shots_problem:
             raise ConfigError(shots_problem)
+        if self.group_column is not None and (not isinstance(self.group_column, str) or not self.group_column):
+            raise ConfigError(f"group_column must be a column's name, got {self.group_column!r}")
         options_problem = bad_input_options(**self._bad_input_params())
         if options_problem:
             raise ConfigError(options_problem)
@@ -278,7 +284,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
         fractions = {"val_fraction": self.val_size, "test_fraction": self.test_size}
         common = {"seed": self.seed, "max_samples": self.max_samples, "modality": self.modality, "shots": self.shots,
-                  **fractions, **self._bad_input_params()}
+                  "group_column": self.group_column, **fractions, **self._bad_input_params()}
         if isinstance(X, NamedDataset):
             _no_labels_beside(X, y, f"the registered data set {X.name!r}")
             return X.load(), X.label_column, X.input_column, data_source(dataset=X.name, **common)
@@ -298,6 +304,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if y is None:
             raise DataError("y is missing: labels are needed unless X is a DataFrame with a label column, "
                             "a CSV file, a folder or a registered data set")
+        if self.group_column is not None:
+            raise ConfigError(f"group_column={self.group_column!r} names a column, and X is a "
+                              f"{type(X).__name__}, which has none; give X as a DataFrame (or a table file) that "
+                              "holds the groups")
         inputs = _input_list(X)
         column = self.input_column or DEFAULT_INPUT_COLUMN
         return pd.DataFrame({column: inputs, self.label_column: _labels(y, len(inputs))}), \

@@ -14,7 +14,9 @@ from automl_tl.backbone import Preprocessor
 from automl_tl.data import read_image
 
 #: changes whenever the decoding of image files changes, so that features cached before are not reused
-DECODING_VERSION = 2  # 2: EXIF orientation applied, large files decoded reduced (see automl_tl.data.read_image)
+#: (2: EXIF orientation applied, large files decoded reduced; 3: 16-bit, float and transparent images scaled
+#: and composited on white, see automl_tl.data.as_rgb)
+DECODING_VERSION = 3
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 #: the keys of a data source: how ``prepare_dataset`` was called, with ``data`` an absolute path
 #: or ``dataset`` a registered data set's name
 DATA_SOURCE_KEYS = ("data", "dataset", "label", "input_column", "seed", "max_samples", "modality", "val_fraction",
-                    "test_fraction", "shots", "on_bad_input", "max_bad_fraction", "max_image_pixels")
+                    "test_fraction", "shots", "on_bad_input", "max_bad_fraction", "max_image_pixels", "group_column")
 #: prepare_dataset's split fractions, for data sources stored before they were recorded
 DEFAULT_FRACTIONS = {"val_fraction": 0.15, "test_fraction": 0.15}
 #: the bad-row policy, which decides what rows a worker keeps, and its defaults (for sources stored before it)
@@ -50,14 +50,16 @@ def data_source(data: str | Path | None = None, dataset: str | None = None, labe
                 modality: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15,
                 shots: int | None = None, on_bad_input: str = DEFAULT_ON_BAD_INPUT,
                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Any]:
+                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                group_column: str | None = None) -> dict[str, Any]:
     """How to load a data set again in another process: a file or folder (made absolute), or a registered name."""
     if (data is None) == (dataset is None):
         raise ValueError("a data source is either a path or a registered data set's name")
-    return {"data": None if data is None else str(Path(data).resolve()), "dataset": dataset, "label": label,
+    return {"data": None if data is None else str(Path(data).expanduser().resolve()), "dataset": dataset, "label": label,
             "input_column": input_column, "seed": seed, "max_samples": max_samples, "modality": modality,
             "val_fraction": val_fraction, "test_fraction": test_fraction, "shots": shots,
-            "on_bad_input": on_bad_input, "max_bad_fraction": max_bad_fraction, "max_image_pixels": max_image_pixels}
+            "on_bad_input": on_bad_input, "max_bad_fraction": max_bad_fraction, "max_image_pixels": max_image_pixels,
+            "group_column": group_column}
 
 
 def load_data_source(source: dict[str, Any]) -> DatasetBundle:
@@ -71,7 +73,7 @@ def load_data_source(source: dict[str, Any]) -> DatasetBundle:
         data, label, input_column = source["data"], source.get("label", "label"), source.get("input_column")
     return prepare_dataset(data, label_column=label, input_column=input_column, seed=source.get("seed", 0),
                            max_samples=source.get("max_samples"), modality=source.get("modality"),
-                           shots=source.get("shots"),
+                           shots=source.get("shots"), group_column=source.get("group_column"),
                            **{key: source.get(key, value) for key, value in DEFAULT_FRACTIONS.items()},
                            **{key: source.get(key, value) for key, value in BAD_INPUT_DEFAULTS.items()})
 

@@ -780,7 +780,7 @@ def test_mistakes_on_a_finished_run_lose_nothing(finished_run, tmp_path, capsys)
 def _unknown_label(tmp: Path) -> list:
     csv = csv_data(tmp, {"cat": 2, "owl": 2})
     return [csv], ["label column 'label' of", str(csv), "2 label(s) the model was not trained on",
-                   "first 'owl' at row 2", "its classes: 'cat', 'dog'", "drop the column"]
+                   "first 'owl' at line 4", "its classes: 'cat', 'dog'", "drop the column"]
 
 
 def _predict_csv_without_the_input_column(tmp: Path) -> list:

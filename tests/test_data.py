@@ -363,7 +363,8 @@ def test_empty_label_cells_are_unlabelled_rows_not_an_error(tmp_path, caplog):
     assert len(bundle.train) + len(bundle.val) == 6
     assert [(r.row, r.kind) for r in bundle.skipped] == [(3, NO_LABEL), (6, NO_LABEL)]
     assert bundle.unlabelled == (str(tmp_path / "imgs" / "x_3.png"), str(tmp_path / "imgs" / "y_2.png"))
-    assert "2 of 8 rows" in caplog.text and "no 'label'" in caplog.text and "row 3" in caplog.text
+    assert "2 of 8 rows" in caplog.text and "no 'label'" in caplog.text
+    assert "first at line 5" in caplog.text  # row 3 of the data: the header is line 1
 
 
 def test_empty_input_cells_are_reported(tmp_path):
@@ -372,7 +373,7 @@ def test_empty_input_cells_are_reported(tmp_path):
     frame.loc[5, "image"] = None
     frame.to_csv(csv, index=False)
     message = data_error(csv, on_bad_input="error")
-    assert message == f"image input (row 5 of {csv}) is empty"
+    assert message == f"image input (line 7 of {csv}) is empty"
 
 
 def test_input_column_that_holds_no_images(tmp_path):
