@@ -180,8 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", help="run directory of a search, or a saved model directory")
     predict.add_argument("--data", required=True, help="a table (CSV, Parquet, ...) with the training input column, "
                                                         "or a folder of files")
-    predict.add_argument("--output", required=True, help="CSV to write: the input, prediction, one probability "
-                                                          "column per class, and error (why a row has no prediction)")
+    predict.add_argument("--output", required=True, help="CSV to write: the input's columns as written, prediction, "
+                                                          "proba:CLASS for each class, and error (why a row has no "
+                                                          "prediction)")
+    predict.add_argument("--keep-columns", nargs="*", metavar="COLUMN",
+                         help="copy only these columns of a table into the output (the input column always; "
+                              "default: every column; given alone: none but the input column)")
     _add_bad_input_options(predict, "'skip' keeps its row, with no prediction and the reason in the error column")
 
     report = commands.add_parser("report", help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's "
@@ -340,18 +344,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from automl_tl.model_io import load
+    from automl_tl.model_io import ERROR_COLUMN, load
+    from automl_tl.report import spreadsheet_safe_table
 
     predictor = load(args.run_dir)
     # refuses labels the model never learnt, and data none of whose inputs can be read
-    table = predictor.predict_table(args.data, max_image_pixels=args.max_image_pixels, on_bad_input=args.on_bad_input)
+    table = predictor.predict_table(args.data, max_image_pixels=args.max_image_pixels, on_bad_input=args.on_bad_input,
+                                    keep_columns=args.keep_columns)
     output = Path(args.output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False)
+        # texts copied from the input (or a class name) must not become live formulas in a spreadsheet
+        spreadsheet_safe_table(table).to_csv(output, index=False)
     except OSError as exc:
         raise AutomlTLError(f"cannot write predictions to {output}: {exc.strerror}") from None
-    failed = int((table["error"] != "").sum())
+    failed = int((table[ERROR_COLUMN] != "").sum())
     unread = f"; {failed} row(s) could not be read and have none (see the error column)" if failed else ""
     print(f"wrote {len(table) - failed} predictions to {output}{unread}")
     return 0

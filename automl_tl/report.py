@@ -122,6 +122,19 @@ def spreadsheet_safe(text: str) -> str:
     return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
 
 
+def spreadsheet_safe_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` for a CSV that people open in a spreadsheet: every text cell (and text column
+    name) passed through :func:`spreadsheet_safe`; numbers and empty cells stay as they are."""
+    safe = frame.rename(columns=lambda name: spreadsheet_safe(name) if isinstance(name, str) else name)
+    for column in range(safe.shape[1]):
+        values = safe.iloc[:, column]
+        if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            # (not Series.map, which would make a column of whole numbers and gaps floats: 1 written as 1.0)
+            safe.isetitem(column, pd.Series([spreadsheet_safe(v) if isinstance(v, str) else v for v in values],
+                                            index=values.index, dtype=values.dtype))
+    return safe
+
+
 def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
     """``skipped.csv``: one line per row of the data left out (see :class:`~automl_tl.data.SkippedRow`),
     columns ``row``, ``file``, ``reason``. Written even when nothing was skipped (the header alone), so

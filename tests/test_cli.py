@@ -46,7 +46,7 @@ def test_search_then_predict_from_the_command_line(tmp_path, digits_frame):
     predicted = run_cli("predict", str(run_dir), "--data", str(new_images), "--output", str(predictions_csv))
     assert predicted.returncode == 0, predicted.stderr
     table = pd.read_csv(predictions_csv)
-    assert list(table.columns) == ["image", "prediction"] + [f"digit{i}" for i in range(10)] + ["error"]
+    assert list(table.columns) == ["image", "prediction"] + [f"proba:digit{i}" for i in range(10)] + ["error"]
     assert [Path(p).name for p in table["image"]] == ["sample_3.png", "sample_7.png"]
     assert set(table["prediction"]) <= {f"digit{i}" for i in range(10)} and table["error"].isna().all()
     assert (table.drop(columns=["image", "prediction", "error"]).sum(axis=1) - 1).abs().max() < 1e-4
@@ -56,7 +56,9 @@ def test_search_then_predict_from_the_command_line(tmp_path, digits_frame):
     pd.DataFrame({"image": ["sample_3.png", "sample_7.png"]}).to_csv(listing, index=False)
     again = run_cli("predict", str(run_dir), "--data", str(listing), "--output", str(tmp_path / "p2.csv"))
     assert again.returncode == 0, again.stderr
-    assert list(pd.read_csv(tmp_path / "p2.csv")["prediction"]) == list(table["prediction"])
+    again_table = pd.read_csv(tmp_path / "p2.csv")
+    assert list(again_table["prediction"]) == list(table["prediction"])
+    assert list(again_table["image"]) == ["sample_3.png", "sample_7.png"]  # as written, to join back
 
 
 def test_backbones_lists_modality_and_weight_source():
