@@ -1,0 +1,263 @@
+"""Issue 12, the part a user sees after a search: predictions, the model card and report, the command line.
+
+One real search (``nasty_run``: one linear-probe trial of mobilenetv2_100 at 32 pixels, a few seconds) is
+shared by the tests. Its classes are chosen to break things: ``prediction``, ``image`` and ``error`` are the
+names of columns ``predict`` used to write, and the others hold ``|``, backticks, a newline and raw HTML.
+
+Where each case of the issue is tested:
+
+* item 7, ``predict`` on a header-only CSV and ``predict([])``: ``test_predicting_nothing_*``
+* item 7, a class named like an output or input column: ``test_probability_columns_cannot_collide``
+* item 7, ``--backbones hub/NAME`` offline: ``test_hub_backbone_without_network_is_refused_at_once``
+* item 10, other columns and paths as written: ``test_predict_keeps_the_input_columns_and_paths_as_written``,
+  ``test_keep_columns_*``; formulas: ``test_predictions_csv_cannot_run_formulas``
+* item 11, model card escaping: ``test_model_card_escapes_class_names``; report: ``test_report_escapes_class_names``
+* the smaller ones: ``test_only_the_parameters_a_strategy_uses_are_shown``, ``test_pruned_trials_say_at_which_epoch``,
+  ``test_tables_fit_100_columns``, ``test_every_option_has_help_and_every_command_an_example``,
+  ``test_low_level_search_prints_no_optuna_lines``, ``test_empty_config_file_is_refused``
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+PREFIX = "automl-tl: error:"
+RUN_FLAGS = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
+             "--no-prerank", "--strategies", "linear_probe", "--heads", "linear"]
+#: class names that broke the predictions table, the model card or the report
+NASTY_CLASSES = ["prediction", "image", "error", "a|b `c`", "<b>bold</b>\nnext line"]
+
+
+def write_png(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return path
+
+
+def labelled_csv(directory: Path, classes: list[str], per_class: int = 3) -> Path:
+    """directory/data.csv: an id column, relative image paths, a label column."""
+    rows = []
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_png(directory / "imgs" / f"{c}_{i}.png", seed=10 * c + i)
+            rows.append({"id": f"id-{c}-{i}", "image": f"imgs/{c}_{i}.png", "label": name})
+    path = directory / "data.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def run_main(argv: list, capsys) -> tuple[int, str, str]:
+    """``automl_tl.cli.main`` in this process: exit status, stdout, stderr (argparse exits by SystemExit)."""
+    from automl_tl.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(code: int, stderr: str) -> str:
+    """The one error line of a refused command; checks exit status 2 and that there is no traceback."""
+    assert "Traceback" not in stderr, stderr
+    assert code == 2, f"exit status {code}, stderr:\n{stderr}"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len([line for line in lines if line.startswith(PREFIX)]) == 1, stderr
+    assert lines[-1].startswith(PREFIX), f"the error must be the last thing on stderr:\n{stderr}"
+    return lines[-1]
+
+
+def files_below(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def nasty_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(training CSV, run directory) of a real one-trial search on classes with nasty names."""
+    from automl_tl.cli import main
+
+    tmp = tmp_path_factory.mktemp("nasty")
+    csv = labelled_csv(tmp / "train", NASTY_CLASSES)
+    run = tmp / "run"
+    assert main([str(a) for a in ["search", "--data", csv, "--output", run, *RUN_FLAGS]]) == 0
+    assert (run / "best_model" / "model.safetensors").is_file()
+    return csv, run
+
+
+def new_csv(directory: Path, **columns) -> Path:
+    """directory/new.csv with three images to predict (relative paths) and any extra columns."""
+    for i in range(3):
+        write_png(directory / "new" / f"{i}.png", seed=100 + i)
+    path = directory / "new.csv"
+    pd.DataFrame({"id": [7, 8, 9], "image": [f"new/{i}.png" for i in range(3)], **columns}).to_csv(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------- predictions people can use (items 7 and 10)
+
+
+def test_probability_columns_cannot_collide(nasty_run, tmp_path, capsys):
+    _, run = nasty_run
+    code, _, stderr = run_main(["predict", run, "--data", new_csv(tmp_path), "--output", tmp_path / "p.csv"], capsys)
+    assert code == 0, stderr
+    from automl_tl import load
+
+    classes = load(run).classes
+    assert sorted(classes) == sorted(NASTY_CLASSES)
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(table.columns) == ["id", "image", "prediction", *[f"proba:{c}" for c in classes], "error"]
+    assert set(table["prediction"]) <= set(NASTY_CLASSES)
+    probabilities = table[[f"proba:{c}" for c in classes]].astype(float)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # the prediction is the most probable class, read back from its own column
+    assert list(table["prediction"]) == [classes[i] for i in probabilities.to_numpy().argmax(axis=1)]
+
+
+def test_predict_keeps_the_input_columns_and_paths_as_written(nasty_run, tmp_path, capsys, monkeypatch):
+    _, run = nasty_run
+    csv = new_csv(tmp_path, notes=["first", "second", "third"])
+    monkeypatch.chdir(tmp_path)  # paths as the user wrote them, relative to the CSV's folder
+    code, _, stderr = run_main(["predict", run, "--data", "new.csv", "--output", "p.csv"], capsys)
+    assert code == 0, stderr
+    table = pd.read_csv(tmp_path / "p.csv")
+    written = pd.read_csv(csv)
+    assert list(table.columns[:3]) == ["id", "image", "notes"]
+    assert list(table["id"]) == [7, 8, 9] and list(table["notes"]) == ["first", "second", "third"]
+    assert list(table["image"]) == list(written["image"]) == ["new/0.png", "new/1.png", "new/2.png"]
+
+
+def test_keep_columns_selects_what_is_copied(nasty_run, tmp_path, capsys):
+    _, run = nasty_run
+    csv = new_csv(tmp_path, notes=["a", "b", "c"], prediction=["old", "old", "old"])
+    # a column named like one predict writes is refused, not overwritten; leaving it out works
+    code, _, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
+    line = error_line(code, stderr)
+    assert "'prediction'" in line and str(csv) in line and "--keep-columns" in line, line
+    assert not (tmp_path / "p.csv").exists()
+
+    code, _, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv",
+                                "--keep-columns", "id"], capsys)
+    assert code == 0, stderr
+    assert list(pd.read_csv(tmp_path / "p.csv").columns[:3]) == ["id", "image", "prediction"]
+
+    code, _, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "q.csv",
+                                "--keep-columns", "idd"], capsys)
+    line = error_line(code, stderr)
+    assert "--keep-columns" in line and "'idd'" in line and "id, image, notes, prediction" in line, line
+    assert not (tmp_path / "q.csv").exists()
+
+
+def test_predictions_csv_cannot_run_formulas(nasty_run, tmp_path, capsys):
+    _, run = nasty_run
+    texts = ['=HYPERLINK("http://evil","x")', "+1+2", "@SUM(A1)"]
+    csv = new_csv(tmp_path, notes=texts)
+    extra = pd.read_csv(csv).assign(more=["-3+4", "\tTab", "plain"])
+    extra.to_csv(csv, index=False)
+    code, _, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
+    assert code == 0, stderr
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(table["notes"]) == [f"'{t}" for t in texts]
+    assert list(table["more"]) == ["'-3+4", "'\tTab", "plain"]
+    assert list(table["id"]) == [7, 8, 9]  # numbers are numbers, not texts to neutralise
+
+
+def test_spreadsheet_safe_table_is_the_one_rule_for_every_csv():
+    from automl_tl.report import spreadsheet_safe, spreadsheet_safe_table
+
+    frame = pd.DataFrame({"=name": ["\rCR", "=1", "ok", None], "n": [-1, 2, 3, 4], "x": [-1.5, None, 0, 1]})
+    safe = spreadsheet_safe_table(frame)
+    assert list(safe.columns) == ["'=name", "n", "x"]
+    assert list(safe["'=name"][:3]) == ["'\rCR", "'=1", "ok"] and pd.isna(safe["'=name"][3])
+    assert safe["n"].tolist() == [-1, 2, 3, 4] and safe["x"].iloc[0] == -1.5
+    assert list(frame["=name"][:2]) == ["\rCR", "=1"]  # the caller's table is left alone
+    classes = pd.DataFrame({"prediction": pd.Series([0, 1, None, "=x"], dtype=object), "n": [1, 2, 3, 4]})
+    assert spreadsheet_safe_table(classes).to_csv(index=False) == "prediction,n\n0,1\n1,2\n,3\n'=x,4\n"  # 1, not 1.0
+    assert [spreadsheet_safe(t) for t in ("@x", "+x", "-x", "\tx", "x=")] == ["'@x", "'+x", "'-x", "'\tx", "x="]
+
+
+def test_predicting_nothing_is_refused_like_scikit_learn(nasty_run, tmp_path, capsys):
+    from automl_tl import load
+    from automl_tl.errors import DataError
+
+    _, run = nasty_run
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("id,image\n")
+    code, _, stderr = run_main(["predict", run, "--data", header_only, "--output", tmp_path / "p.csv"], capsys)
+    line = error_line(code, stderr)
+    assert str(header_only) in line and "no inputs to predict" in line, line
+    assert not (tmp_path / "p.csv").exists()
+
+    predictor = load(run)
+    for nothing in ([], pd.DataFrame({"image": []}), header_only):
+        for method in (predictor.predict, predictor.predict_proba, predictor.predict_table):
+            with pytest.raises(ValueError, match="no inputs to predict") as caught:
+                method(nothing)
+            assert isinstance(caught.value, DataError)  # one line at the command line, like every data error
+
+
+def test_predicting_nothing_with_the_estimator(nasty_run):
+    from automl_tl import TransferClassifier, load
+
+    _, run = nasty_run
+    clf = TransferClassifier()
+    clf.predictor_ = load(run)  # as fit leaves it
+    clf.classes_ = np.asarray(clf.predictor_.classes)
+    for nothing in ([], np.zeros((0, 8, 8, 3), dtype=np.uint8)):
+        with pytest.raises(ValueError, match="no inputs to predict"):
+            clf.predict(nothing)
+        with pytest.raises(ValueError, match="no inputs to predict"):
+            clf.predict_proba(nothing)
+
+
+# ---------------------------------------------------------------- the model card and the report (item 11)
+
+
+def _cells(row: str) -> list[str]:
+    """The cells of one Markdown table row (a ``|`` escaped with a backslash is no separator)."""
+    import re
+
+    return re.split(r"(?<!\\)\|", row.strip())[1:-1]
+
+
+def test_model_card_escapes_class_names(nasty_run):
+    markdown_it = pytest.importorskip("markdown_it")
+    _, run = nasty_run
+    card = (run / "MODEL_CARD.md").read_text()
+    lines = card.splitlines()
+    for index, line in enumerate(lines):  # every row of every table has as many cells as its header
+        if line.startswith("|") and index and not lines[index - 1].startswith("|"):
+            width = len(_cells(line))
+            for row in lines[index + 1:]:
+                if not row.startswith("|"):
+                    break
+                assert len(_cells(row)) == width, row
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(card)
+    assert "<b>" not in html  # raw HTML is shown, never rendered
+    classes_cell = html.split("<td>classes</td>")[1].split("</td>")[0]
+    for name in NASTY_CLASSES:  # each class shown as it is, a line break as \n
+        shown = name.replace("\n", "\\n").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        assert f"<code>{shown}</code>" in classes_cell, (name, classes_cell)
+
+
+def test_markdown_helpers_keep_any_text_in_its_cell():
+    from automl_tl.model_card import code, plain
+
+    assert code("plain") == "`plain`"
+    assert code("a`b") == "``a`b``" and code("`x") == "`` `x ``"
+    assert code("a|b") == "`a\\|b`" and code("a|b", in_table=False) == "`a|b`"
+    assert code("two\nlines\r\nthree") == "`two\\nlines\\nthree`"
+    assert plain("<i>x</i> | *y*\nz & _w_") == "&lt;i&gt;x&lt;/i&gt; \\| \\*y\\* z &amp; \\_w\\_"
+
+
+def test_report_escapes_class_names(nasty_run):
+    _, run = nasty_run
+    page = (run / "report.html").read_text()
+    assert "<b>bold</b>" not in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page or "bold" not in page
