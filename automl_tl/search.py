@@ -192,6 +192,8 @@ class Search:
         wrong = [b.name for b in self.backbones.values() if b.modality != data.modality]
         if wrong:
             raise ConfigError(f"backbone(s) {', '.join(wrong)} are not for {data.modality} data")
+        for backbone in self.backbones.values():
+            backbone.check_weights_reachable()  # hub weights offline: refused now, not after a minute of retries
         self.ranking: pd.DataFrame | None = None
         self.space: SearchSpace | None = None
         self._results: dict[int, TrialResult] = {}

@@ -261,3 +261,67 @@ def test_report_escapes_class_names(nasty_run):
     page = (run / "report.html").read_text()
     assert "<b>bold</b>" not in page
     assert "&lt;b&gt;bold&lt;/b&gt;" in page or "bold" not in page
+
+
+# ---------------------------------------------------------------- hub backbones without a network (item 7)
+
+
+def text_csv(directory: Path) -> Path:
+    rows = [{"text": f"{word} review number {i}", "label": word} for word in ("good", "bad") for i in range(4)]
+    path = directory / "reviews.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+HUB_CASES = {"timm": ("hub/resnet18", "image"), "transformers": ("hub/distilbert-base-uncased", "text")}
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "hub_unreachable"])
+@pytest.mark.parametrize("kind", list(HUB_CASES))
+def test_hub_backbone_without_network_is_refused_at_once(tmp_path, capsys, monkeypatch, kind, offline):
+    import time
+
+    backbone, modality = HUB_CASES[kind]
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # a hub that cannot be reached: nothing listens on this port
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached either
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    data = labelled_csv(tmp_path / "pets", ["cat", "dog"]) if modality == "image" else text_csv(tmp_path)
+    started = time.monotonic()
+    code, _, stderr = run_main(["search", "--data", data, "--output", tmp_path / "run", "--backbones", backbone,
+                                "--trials", "1", "--max-epochs", "1", "--image-size", "32"], capsys)
+    line = error_line(code, stderr)
+    assert time.monotonic() - started < 20, "refused only after retrying the network"
+    assert f"backbone {backbone}" in line and "not in the local cache" in line, line
+    assert ("HF_HUB_OFFLINE is set" if offline else "cannot reach") in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_cached_hub_weights_need_no_network(tmp_path, monkeypatch):
+    """Weights in the local Hugging Face cache are used offline: no refusal."""
+    import timm
+
+    from automl_tl.registry import get_backbone
+
+    cache = tmp_path / "hub"
+    repo = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"cached")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    get_backbone("hub/resnet18").check_weights_reachable()  # no error
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    from automl_tl.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="hub/resnet18"):
+        get_backbone("hub/resnet18").check_weights_reachable()
