@@ -16,9 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from automl_tl.config import EMBEDDING_STRATEGIES
 from automl_tl.errors import AutomlTLError
 from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, model_dir_of, write_text_atomic
 from automl_tl.report import describe_skipped
+from automl_tl.space import STRATEGY_PARAMETERS
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 METRICS_FILE = "metrics.json"
@@ -233,11 +235,12 @@ def _range(values: Any) -> str:
 
 def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
     """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
-    names = ["backbone", "strategy"]
-    if trial_config.get("strategy") != "linear_probe":
-        names += ["freeze_depth", "backbone_lr", "layer_decay"]
-    names += ["head_lr", "epochs"]
-    if trial_config.get("strategy") in ("linear_probe", "lp_ft"):
+    strategy = trial_config.get("strategy")
+    searched = STRATEGY_PARAMETERS.get(strategy, ("freeze_depth", "backbone_lr", "layer_decay", "head_lr"))
+    names = ["backbone", "strategy", *(name for name in searched if name != "head")]  # (the head: see Model)
+    if strategy not in EMBEDDING_STRATEGIES:  # a head fitted in one go has no epochs
+        names.append("epochs")
+    if strategy in ("linear_probe", "lp_ft"):
         names.append("probe_passes")
     return [name for name in names if name in trial_config]
 
