@@ -512,3 +512,15 @@ def test_low_level_search_prints_no_optuna_lines(digits_bundle, tmp_path, capfd)
         assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the caller's setting, given back
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("name, text", [("job.yaml", ""), ("job.yml", "# only a comment\n\n"),
+                                        ("job.toml", ""), ("job.yaml", "{}\n")])
+def test_empty_config_file_is_refused(tmp_path, capsys, monkeypatch, name, text):
+    """An empty file would run the built-in demo in its place: refused in one line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text(text)
+    code, _, stderr = run_main(["search", "--config", tmp_path / name], capsys)
+    line = error_line(code, stderr)
+    assert f"config file {tmp_path / name}" in line and "no options" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
