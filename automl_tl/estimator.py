@@ -290,6 +290,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         an input that cannot be read (one warning counts them; see ``predictor_.predict_table`` for why).
 
         ``X``: what :meth:`fit` takes as inputs, without labels (a DataFrame needs the training input column).
+        No input at all raises :class:`~automl_tl.errors.EmptyInputError`, a ``ValueError``, as scikit-learn does.
         """
         check_is_fitted(self, "predictor_")
         inputs = X if isinstance(X, (pd.DataFrame, str, Path)) else _input_list(X)

@@ -295,7 +295,8 @@ class Predictor:
         read: see :meth:`predict_table`, which also says why).
 
         ``data``: a DataFrame or table file with the training input column, a folder of files, or a list of
-        inputs (image paths or arrays, audio paths, or texts).
+        inputs (image paths or arrays, audio paths, or texts); none at all raises
+        :class:`~automl_tl.errors.EmptyInputError` (see :meth:`read_inputs`).
         """
         probabilities, _ = self._probabilities(self.read_inputs(data), batch_size, max_image_pixels,
                                                DEFAULT_ON_BAD_INPUT)
