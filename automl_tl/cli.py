@@ -358,8 +358,7 @@ def terminal_table(frame: pd.DataFrame, width: int | None = None, unwrapped: Seq
 
     lines = [line(columns)]
     for row in zip(*cells):
-        wrapped = [textwrap.wrap(cell, w, break_on_hyphens=False) or [""] if len(cell) > w else [cell]
-                   for cell, w in zip(row, widths)]
+        wrapped = [textwrap.wrap(cell, w) or [""] if len(cell) > w else [cell] for cell, w in zip(row, widths)]
         for k in range(max(map(len, wrapped))):
             lines.append(line([parts[k] if k < len(parts) else "" for parts in wrapped]))
     return "\n".join(lines)

