@@ -198,6 +198,12 @@ class Backbone(ABC):
         """Whether pretrained weights can be had on this machine without a network (default searches use only these)."""
         return True
 
+    def check_weights_reachable(self) -> None:
+        """Raise :class:`~automl_tl.errors.WeightsNotFoundError` (one line naming this backbone) at once when its
+        pretrained weights can be had neither on this machine nor from the network; called before a search
+        starts. The default checks nothing: the weights are where the plugin put them (see
+        :func:`automl_tl.weights.check_hub_download` for weights from a model hub)."""
+
     def weights_fingerprint(self) -> str:
         """A hash of the pretrained weights, so cached features are never reused across other weights.
 

@@ -11,9 +11,15 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from automl_tl.config import (DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS,
                               MAX_LENGTH_RANGE, PRUNERS, SAMPLERS, STRATEGIES)
@@ -47,16 +53,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction of the data, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -70,6 +66,8 @@ def _positive_float(text: str) -> float:
 
 
 def _fraction(text: str) -> float:
+    """A share of the data between 0 and 1 (--val-size, --test-size, --max-bad-fraction); whether a share
+    leaves enough to train on is the estimator's check, which knows the data."""
     try:
         value = float(text)
     except ValueError:
@@ -89,12 +87,21 @@ def _add_bad_input_options(parser: argparse.ArgumentParser, rows: str) -> None:
                              f"(default: {DEFAULT_MAX_IMAGE_PIXELS:,}, where PIL itself stops)")
 
 
+def _example(*commands: str) -> dict:
+    """A subcommand parser's keyword arguments that end its --help with example command lines."""
+    return {"epilog": "example:\n" + "\n".join(f"  {command}" for command in commands),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``automl-tl`` argument parser: one subcommand per task, each ending its --help with an example."""
     parser = argparse.ArgumentParser(prog="automl-tl", description="AutoML for transfer learning.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("search", help="search backbones, freeze depth and learning rates; save the best model")
+    run = commands.add_parser("search", help="search backbones, freeze depth and learning rates; save the best model",
+                              **_example("automl-tl search --data train.csv --label species --timeout 600 "
+                                         "--output runs/species"))
     run.add_argument("--config", help="YAML or TOML file of these options (e.g. 'max-epochs: 2'); flags given "
                                       "here override it; its relative paths are relative to its folder")
     run.add_argument("--data", help=f"a table ({' '.join(TABLE_EXTENSIONS)}), or a folder with one subfolder per "
@@ -124,16 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-refit", dest="refit", action="store_false",
                      help="keep the best trial's model as it is instead of training its configuration again on "
                           "training + validation data at the end")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0,
+                     help="seeds the data split, the sampler and each trial's training (default: 0)")
     run.add_argument("--storage", help="Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)")
-    run.add_argument("--study-name", default=DEFAULT_STUDY_NAME)
+    run.add_argument("--study-name", default=DEFAULT_STUDY_NAME,
+                     help="the Optuna study's name in --storage; another name starts another study there "
+                          f"(default: {DEFAULT_STUDY_NAME})")
     run.add_argument("--output", help="run directory (default: runs/<data name>)")
     run.add_argument("--min-epochs", type=_positive_int, default=1,
                      help="epochs every trial runs before it can be pruned (default: 1)")
     run.add_argument("--max-epochs", type=_positive_int, default=3,
                      help="epochs each trial is scheduled for; pruning and early stopping may cut it (default: 3)")
     run.add_argument("--max-freeze-depth", type=int, help="largest number of trained layer groups (default: all)")
-    run.add_argument("--batch-size", type=_positive_int, default=32)
+    run.add_argument("--batch-size", type=_positive_int, default=32,
+                     help="examples per training step; halved once for a trial that runs out of memory (default: 32)")
     run.add_argument("--image-size", type=_positive_int, help=f"image side in pixels, {IMAGE_SIZE_RANGE[0]} to "
                                                                f"{IMAGE_SIZE_RANGE[1]} (smaller is faster on CPU; "
                                                                "default: the backbone's pretrained size; demo: 32)")
@@ -141,8 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                f"{MAX_LENGTH_RANGE[1]} (default: the backbone's)")
     run.add_argument("--clip-seconds", type=_positive_float, help=f"audio: seconds per example, at most "
                                                                   f"{MAX_CLIP_SECONDS:g} (default: the backbone's)")
-    run.add_argument("--pruner", choices=PRUNERS, default="successive_halving")
-    run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    run.add_argument("--pruner", choices=PRUNERS, default="successive_halving",
+                     help="how weak fine-tuning trials are stopped after --min-epochs; 'none' runs every trial to "
+                          "the end (default: successive_halving)")
+    run.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                     help="how the next trial's parameters are chosen: Optuna's TPE, or 'random' as a baseline "
+                          "(default: tpe)")
     run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(DEFAULT_STRATEGIES),
                      help=f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})")
     run.add_argument("--heads", nargs="+", choices=HEAD_KINDS, default=list(HEAD_KINDS),
@@ -172,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "sqlite:///mlflow.db or a tracking server's http:// address")
 
     worker = commands.add_parser("worker", help="join a study made by 'automl-tl search' and run its trials "
-                                                "(from this or any machine that reaches its storage)")
+                                                "(from this or any machine that reaches its storage)",
+                                 **_example("automl-tl worker --storage postgresql://user:pw@db/automl "
+                                            "--study species"))
     worker.add_argument("--storage", required=True, help="the study's storage: a database URL or a *.journal path")
     worker.add_argument("--study", required=True, help="the study's name (search's --study-name)")
     worker.add_argument("--output", help="run directory for the best model (default: the study's own)")
@@ -183,30 +200,38 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--no-finish", dest="finish", action="store_false", help=argparse.SUPPRESS)
     worker.add_argument("--no-progress", dest="progress", action="store_false", help=argparse.SUPPRESS)
 
-    predict = commands.add_parser("predict", help="predict with the best model of a run")
+    predict = commands.add_parser("predict", help="predict with the best model of a run",
+                                  **_example("automl-tl predict runs/species --data new.csv --output predictions.csv "
+                                             "--keep-columns id"))
     predict.add_argument("run_dir", help="run directory of a search, or a saved model directory")
     predict.add_argument("--data", required=True, help="a table (CSV, Parquet, ...) with the training input column, "
                                                         "or a folder of files")
-    predict.add_argument("--output", required=True, help="CSV to write: the input, prediction, one probability "
-                                                          "column per class, and error (why a row has no prediction)")
+    predict.add_argument("--output", required=True, help="CSV to write: the input's columns as written, prediction, "
+                                                          "proba:CLASS for each class, and error (why a row has no "
+                                                          "prediction)")
+    predict.add_argument("--keep-columns", nargs="*", metavar="COLUMN",
+                         help="copy only these columns of a table into the output (the input column always; "
+                              "default: every column; given alone: none but the input column)")
     _add_bad_input_options(predict, "'skip' keeps its row, with no prediction and the reason in the error column")
 
     report = commands.add_parser("report", help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's "
-                                                "Optuna study alone")
+                                                "Optuna study alone", **_example("automl-tl report runs/species"))
     report.add_argument("run_dir", help="run directory of a search (the report is written there)")
     report.add_argument("--storage", help="the study's storage: a database URL or a *.journal path "
                                           "(default: RUN_DIR/study.journal)")
     report.add_argument("--study", help="the study's name (search's --study-name; default: automl_tl)")
 
     export = commands.add_parser("export", help="export the best model of a run to timm, transformers, TorchScript "
-                                                "or ONNX, with a README on how to load it and the model card")
+                                                "or ONNX, with a README on how to load it and the model card",
+                                 **_example("automl-tl export runs/species --format onnx"))
     export.add_argument("run_dir", help="run directory of a search, or a saved model directory")
     export.add_argument("--format", required=True, dest="export_format", metavar="FORMAT",
                         help="timm (image), transformers (text), torchscript or onnx (any modality)")
     export.add_argument("--output", help="folder to write (default: RUN_DIR/exports/FORMAT)")
 
-    commands.add_parser("backbones", help="list registered backbones")
-    commands.add_parser("datasets", help="list registered data sets")
+    commands.add_parser("backbones", help="list registered backbones", **_example("automl-tl backbones"))
+    commands.add_parser("datasets", help="list registered data sets",
+                        **_example("automl-tl datasets", "automl-tl search --dataset bbc-news --timeout 600"))
     return parser
 
 
@@ -307,13 +332,57 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def terminal_width() -> int:
+    """The terminal's width in columns; 100 when the output is not a terminal (``COLUMNS`` overrides)."""
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def terminal_table(frame: pd.DataFrame, width: int | None = None, unwrapped: Sequence[str] = ()) -> str:
+    """``frame`` as text of at most ``width`` columns (default: :func:`terminal_width`): while it is wider, the
+    widest text column (not one named in ``unwrapped``, never narrower than its header) loses a character, and
+    its cells wrap onto more lines. Numbers are right-aligned (floats to 4 significant digits), gaps left empty."""
+    width = width or terminal_width()
+    columns = [str(c) for c in frame.columns]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+               for c in frame.columns]
+
+    def text(value: Any) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:.4g}" if isinstance(value, float) else " ".join(str(value).split())
+
+    cells = [[text(v) for v in frame[c]] for c in frame.columns]
+    widths = [max([len(name), *map(len, column)]) for name, column in zip(columns, cells)]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        narrowable = [i for i, name in enumerate(columns)
+                      if not numeric[i] and name not in unwrapped and widths[i] > max(len(name), 8)]
+        if not narrowable:
+            break  # as narrow as it goes: longer lines than asked, rather than cut names
+        widths[max(narrowable, key=lambda i: widths[i])] -= 1
+
+    def line(parts: Sequence[str]) -> str:
+        return "  ".join(part.rjust(w) if numeric[i] else part.ljust(w)
+                         for i, (part, w) in enumerate(zip(parts, widths))).rstrip()
+
+    lines = [line(columns)]
+    for row in zip(*cells):
+        wrapped = [textwrap.wrap(cell, w) or [""] if len(cell) > w else [cell] for cell, w in zip(row, widths)]
+        for k in range(max(map(len, wrapped))):
+            lines.append(line([parts[k] if k < len(parts) else "" for parts in wrapped]))
+    return "\n".join(lines)
+
+
+def terminal_leaderboard(board: pd.DataFrame, rows: int = 10) -> str:
+    """The ``rows`` best trials of a leaderboard with the columns people compare first (``TERMINAL_COLUMNS``),
+    fitted to the terminal; every column is in ``leaderboard.csv``."""
+    return terminal_table(board[list(TERMINAL_COLUMNS)].head(rows).rename(columns=TERMINAL_COLUMNS))
+
+
 def _print_outcome(outcome) -> None:
     from automl_tl.report import SKIPPED_FILE
 
     run_dir = outcome.run_dir
-    # the ten best trials in under 100 columns; every column is in leaderboard.csv
-    shown = outcome.leaderboard[list(TERMINAL_COLUMNS)].head(10).rename(columns=TERMINAL_COLUMNS)
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(terminal_leaderboard(outcome.leaderboard))
     summary = json.loads((run_dir / "summary.json").read_text())
     metric, model = summary.get("metric", "accuracy"), summary.get("model", {})
     test = ("n/a: " + model.get("test", "no test part") if outcome.test_metrics is None
@@ -348,18 +417,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from automl_tl.model_io import load
+    from automl_tl.model_io import ERROR_COLUMN, load
+    from automl_tl.report import spreadsheet_safe_table
 
     predictor = load(args.run_dir)
     # refuses labels the model never learnt, and data none of whose inputs can be read
-    table = predictor.predict_table(args.data, max_image_pixels=args.max_image_pixels, on_bad_input=args.on_bad_input)
+    table = predictor.predict_table(args.data, max_image_pixels=args.max_image_pixels, on_bad_input=args.on_bad_input,
+                                    keep_columns=args.keep_columns)
     output = Path(args.output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False)
+        # texts copied from the input (or a class name) must not become live formulas in a spreadsheet
+        spreadsheet_safe_table(table).to_csv(output, index=False)
     except OSError as exc:
         raise AutomlTLError(f"cannot write predictions to {output}: {exc.strerror}") from None
-    failed = int((table["error"] != "").sum())
+    failed = int((table[ERROR_COLUMN] != "").sum())
     unread = f"; {failed} row(s) could not be read and have none (see the error column)" if failed else ""
     print(f"wrote {len(table) - failed} predictions to {output}{unread}")
     return 0
@@ -383,15 +455,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from automl_tl.registry import get_registry
 
     registry = get_registry()
     rows = [{"name": b.name, "modality": b.modality, "weights": b.weight_source,
              "installed": "yes" if b.weights_available() else "no", "plugin": registry.owner("backbone", b.name)}
             for b in registry.list_backbones()]
-    print(pd.DataFrame(rows).to_string(index=False) if rows else "no backbones registered")
+    # the full weight source wraps in its column; names are never wrapped (they are typed back)
+    print(terminal_table(pd.DataFrame(rows), unwrapped=("name",)) if rows else "no backbones registered")
     return 0
 
 

@@ -29,7 +29,7 @@ NOT_IN_FILES = ("help", "config")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping a ``.yaml``, ``.yml`` or ``.toml`` file holds (empty for an empty YAML file)."""
+    """The mapping a ``.yaml``, ``.yml`` or ``.toml`` file holds; a file without any option is refused."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".toml"):
@@ -52,11 +52,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         kind = "TOML" if suffix == ".toml" else "YAML"
         raise ConfigError(f"cannot parse config file {path} as {kind}: {' '.join(first_line(exc).split())}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
+    if not isinstance(values, (dict, type(None))):
         raise ConfigError(f"config file {path} holds a {type(values).__name__}; expected a mapping of option "
                           "names to values (e.g. 'max-epochs: 2')")
+    if not values:  # an empty file (or comments alone) would silently run the built-in demo instead
+        raise ConfigError(f"config file {path} holds no options; write them in it (e.g. 'data: train.csv'), "
+                          "or leave out --config to run the built-in demo")
     return values
 
 

@@ -24,6 +24,13 @@ class DataError(AutomlTLError):
     """The data given (file, folder, column, labels) cannot be used as it is."""
 
 
+class EmptyInputError(DataError, ValueError):
+    """Nothing to predict on: an empty list, array or DataFrame, or a table of a header alone.
+
+    Also a ValueError, which is what scikit-learn raises for an input of 0 samples.
+    """
+
+
 class UnknownBackboneError(AutomlTLError):
     """A backbone name (or pattern) matches nothing registered."""
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
@@ -179,18 +178,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             run_dir = Path(temporary.name)
         executor = Executor(device=self.device, show_progress=self.show_progress,
                             feature_cache=FeatureCache(enabled=self.feature_cache))
-        # automl_tl logs one line per trial, which says more than Optuna's own (quieted for the search only)
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
-        try:
+        try:  # (Optuna's own log lines are quieted by the search itself)
             outcome = search(bundle, config, run_dir, executor, workers=self.workers, data_source=source,
                              started=started)
         except BaseException:
             if temporary is not None:
                 temporary.cleanup()
             raise
-        finally:
-            optuna.logging.set_verbosity(verbosity)
         # Replacing an earlier fit's temporary directory lets its finalizer delete it.
         self._temporary_run_dir = temporary
         self.predictor_ = outcome.predictor  # loaded by the search to test it; no second read from disk
@@ -320,6 +314,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         an input that cannot be read (one warning counts them; see ``predictor_.predict_table`` for why).
 
         ``X``: what :meth:`fit` takes as inputs, without labels (a DataFrame needs the training input column).
+        No input at all raises :class:`~automl_tl.errors.EmptyInputError`, a ``ValueError``, as scikit-learn does.
         """
         check_is_fitted(self, "predictor_")
         inputs = X if isinstance(X, (pd.DataFrame, str, Path)) else _input_list(X)

@@ -29,6 +29,7 @@ from automl_tl.model_io import write_bytes_atomic, write_text_atomic
 from automl_tl.ranking import with_outcomes
 from automl_tl.report import (DATA_SUMMARY_ATTR, LEADERBOARD_COLUMNS, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR,
                               best_accuracy_by_backbone, describe_skipped, leaderboard)
+from automl_tl.space import used_parameters
 from automl_tl.transferability import SCORES
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ def _overview(study: optuna.Study, board: pd.DataFrame, attrs: dict[str, Any], e
         best += [(f"test {name.replace('_', ' ')}", _number(metrics.get(name), ".4f"))
                  for name in ("accuracy", "balanced_accuracy", "macro_f1")]
         best.append(("test examples", str(metrics.get("examples", ""))))
-        best += [(name, _param(value)) for name, value in params.items()]
+        best += [(name, _param(value)) for name, value in used_parameters(params).items()]
         parts += ["<h3>Best model</h3>", _key_values(best)]
     else:
         parts.append('<p class="note">No best model was evaluated on the test set: no trial completed, or the '

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from automl_tl.config import EMBEDDING_STRATEGIES
 from automl_tl.errors import AutomlTLError
 from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, model_dir_of, write_text_atomic
 from automl_tl.report import describe_skipped
+from automl_tl.space import STRATEGY_PARAMETERS
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 METRICS_FILE = "metrics.json"
@@ -54,9 +57,32 @@ def _number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def code(value: Any, in_table: bool = True) -> str:
+    """``value`` as a Markdown code span that shows it exactly and can break nothing around it.
+
+    Names come from the user (classes, columns, files, the command): inside a code span raw HTML and
+    Markdown are shown, not rendered; the fence is one backtick longer than any run of backticks in the
+    text; a line break is shown as ``\\n`` (a table row is one line); and in a table ``|`` is escaped, as
+    GitHub's tables require even inside a code span.
+    """
+    text = re.sub(r"\r\n|\r|\n", r"\\n", str(value))
+    if in_table:
+        text = text.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    padded = f" {text} " if text.startswith(("`", " ")) or text.endswith(("`", " ")) or not text.strip() else text
+    return f"{fence}{padded}{fence}"
+
+
+def plain(value: Any) -> str:
+    """``value`` as plain text in a Markdown table cell: no HTML, no Markdown markup, no line break, no ``|``."""
+    text = re.sub(r"\s*(\r\n|\r|\n)\s*", " ", str(value))
+    text = re.sub(r"([\\`*_\[\]|~])", r"\\\1", text)  # Markdown's own characters, escaped
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _listing(values: Any, limit: int = _CLASSES_SHOWN) -> str:
     values = [str(v) for v in (values or [])]
-    shown = ", ".join(f"`{v}`" for v in values[:limit])
+    shown = ", ".join(code(v) for v in values[:limit])
     return shown + (f", … ({len(values) - limit} more)" if len(values) > limit else "") if values else "–"
 
 
@@ -79,7 +105,7 @@ def describe_preprocessing(preprocessing: dict[str, Any]) -> str:
         return (f"RGB images {resize} ({preprocessing.get('interpolation')} interpolation), scaled to [0, 1], "
                 f"normalised with mean {_rounded(preprocessing.get('mean'))} and std {_rounded(preprocessing.get('std'))}")
     if kind == "text":
-        return (f"texts tokenised by `{preprocessing.get('tokenizer')}` ({preprocessing.get('tokenizer_class')}, "
+        return (f"texts tokenised by {code(preprocessing.get('tokenizer'))} ({preprocessing.get('tokenizer_class')}, "
                 f"{preprocessing.get('vocab_size')} tokens), truncated to {preprocessing.get('max_length')} tokens "
                 "(special tokens included)")
     if kind == "audio":
@@ -96,8 +122,8 @@ def _rounded(values: Any) -> str:
 def _model_section(config: dict[str, Any], manifest: dict[str, Any] | None) -> list[str]:
     backbone = config.get("backbone", {})
     name = backbone.get("name", "?")
-    architecture = (f"timm `{backbone['timm_name']}`" if backbone.get("timm_name") else
-                    f"transformers `{backbone.get('model_type')}` from `{backbone.get('source')}`, "
+    architecture = (f"timm {code(backbone['timm_name'])}" if backbone.get("timm_name") else
+                    f"transformers {code(backbone.get('model_type'))} from {code(backbone.get('source'))}, "
                     f"{backbone.get('pooling')} pooling" if backbone.get("model_type") else "defined by its plugin")
     weights_hash = next((entry.get("weights_sha256_prefix") for entry in (manifest or {}).get("backbones", [])
                          if entry.get("name") == name), None)
@@ -109,10 +135,10 @@ def _model_section(config: dict[str, Any], manifest: dict[str, Any] | None) -> l
     return [
         "## Model", "",
         "| | |", "|---|---|",
-        f"| backbone | `{name}` ({architecture}), {backbone.get('embedding_dim')}-d embedding |",
-        f"| pretrained weights | {backbone.get('weight_source')} |",
+        f"| backbone | {code(name)} ({architecture}), {backbone.get('embedding_dim')}-d embedding |",
+        f"| pretrained weights | {plain(backbone.get('weight_source'))} |",
         f"| weights hash | {f'`{weights_hash}` (SHA-256 of the body tensors, first 32 hex digits)' if weights_hash else 'not recorded in this run'} |",
-        f"| adaptation | {_STRATEGY_WORDS.get(trial.get('strategy'), trial.get('strategy', '–'))} |",
+        f"| adaptation | {_STRATEGY_WORDS.get(trial.get('strategy')) or plain(trial.get('strategy', '–'))} |",
         f"| head | {head_text} |",
         f"| training | best epoch {config.get('best_epoch', '–')} of {trial.get('epochs', '–')}, batch size "
         f"{trial.get('batch_size', '–')}, AdamW (weight decay {trial.get('weight_decay', '–')}), seed {trial.get('seed', '–')} |",
@@ -127,13 +153,13 @@ def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manife
     data = (summary or {}).get("data") or (manifest or {}).get("data")
     if not data:
         return ["## Data", "", f"Not recorded: no {SUMMARY_FILE} or {MANIFEST_FILE} beside this model. "
-                f"Data fingerprint from its {CONFIG_FILE}: `{config.get('data_fingerprint', '–')}`.", ""]
+                f"Data fingerprint from its {CONFIG_FILE}: {code(config.get('data_fingerprint', '–'), in_table=False)}.", ""]
     total = data["train"] + data["val"] + data["test"]
     source = ((manifest or {}).get("data") or {}).get("source")
     if source and source.get("dataset"):
-        source_text = f"registered data set `{source['dataset']}`"
+        source_text = f"registered data set {code(source['dataset'])}"
     elif source and source.get("data"):
-        source_text = f"`{source['data']}`"
+        source_text = code(source['data'])
     else:
         source_text = "data given in Python (no file or data set name recorded)"
     if source and source.get("max_samples"):
@@ -144,12 +170,13 @@ def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manife
         "## Data", "",
         "| | |", "|---|---|",
         f"| source | {source_text} |",
-        f"| modality | {data['modality']}: input column `{data.get('input_column')}`, label column `{data.get('label_column')}` |",
+        f"| modality | {data['modality']}: input column {code(data.get('input_column'))}, label column "
+        f"{code(data.get('label_column'))} |",
         f"| examples | {total}: {data['train']} train, {data['val']} validation, {data['test']} test |",
         f"| classes | {len(data['classes'])} |",
         f"| split | stratified by class and seeded (split seed {'not recorded' if split_seed is None else split_seed}); "
         "the test examples took no part in training or in choosing the model |",
-        f"| fingerprint | `{data.get('fingerprint')}` (hash of the inputs, labels and split) |",
+        f"| fingerprint | {code(data.get('fingerprint'))} (hash of the inputs, labels and split) |",
         *([f"| rows left out | {skipped} |"] if skipped else []),
         "",
     ]
@@ -208,11 +235,12 @@ def _range(values: Any) -> str:
 
 def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
     """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
-    names = ["backbone", "strategy"]
-    if trial_config.get("strategy") != "linear_probe":
-        names += ["freeze_depth", "backbone_lr", "layer_decay"]
-    names += ["head_lr", "epochs"]
-    if trial_config.get("strategy") in ("linear_probe", "lp_ft"):
+    strategy = trial_config.get("strategy")
+    searched = STRATEGY_PARAMETERS.get(strategy, ("freeze_depth", "backbone_lr", "layer_decay", "head_lr"))
+    names = ["backbone", "strategy", *(name for name in searched if name != "head")]  # (the head: see Model)
+    if strategy not in EMBEDDING_STRATEGIES:  # a head fitted in one go has no epochs
+        names.append("epochs")
+    if strategy in ("linear_probe", "lp_ft"):
         names.append("probe_passes")
     return [name for name in names if name in trial_config]
 
@@ -297,7 +325,7 @@ def _reproduce_section(manifest: dict[str, Any] | None) -> list[str]:
     hardware = manifest.get("hardware", {})
     device = hardware.get("gpu") or f"CPU, {hardware.get('cpu_count')} cores"
     return ["## Reproducing", "",
-            f"Python {manifest.get('python')}, {packages}; {device}. Command: `{' '.join(manifest.get('command', []))}`. "
+            f"Python {manifest.get('python')}, {packages}; {device}. Command: {code(' '.join(map(str, manifest.get('command', []))), in_table=False)}. "
             f"Everything else (seeds, settings, every package version) is in `{MANIFEST_FILE}`.", ""]
 
 
@@ -319,9 +347,10 @@ def render_model_card(run_dir: str | Path) -> str:
     modality = backbone.get("modality", "?")
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines = [
-        f"# Model card: `{backbone.get('name')}` fine-tuned for {len(config.get('classes', []))}-class {modality} "
+        f"# Model card: {code(backbone.get('name'), in_table=False)} fine-tuned for {len(config.get('classes', []))}-class {modality} "
         "classification", "",
-        f"Written by automl_tl on {written} from the files of `{run_dir.name}`: {', '.join(f'`{name}`' for name in read)}.",
+        f"Written by automl_tl on {written} from the files of {code(run_dir.name, in_table=False)}: "
+        f"{', '.join(code(name, in_table=False) for name in read)}.",
         "",
     ]
     lines += _model_section(config, manifest)

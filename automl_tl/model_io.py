@@ -33,8 +33,9 @@ from safetensors.torch import load_file, save_file
 
 from automl_tl.backbone import InputOptions, TransferModel
 from automl_tl.data import (BAD_INPUT_ERROR, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_ON_BAD_INPUT, check_input, input_excerpt,
-                            prepare_unlabelled)
-from automl_tl.errors import AutomlTLError, DataError, ModelFileError, UnknownBackboneError, UnreadableInputError
+                            prepare_unlabelled, read_table)
+from automl_tl.errors import (AutomlTLError, DataError, EmptyInputError, ModelFileError, UnknownBackboneError,
+                              UnreadableInputError)
 from automl_tl.executor import default_device, predict_logits
 from automl_tl.config import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
 from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, build_head, head_shapes
@@ -46,6 +47,27 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 BEST_MODEL_DIR = "best_model"
 FORMAT_VERSION = 1
+#: the columns a predictions table adds after the input's own: the class, one probability per class, why not
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "proba:"
+ERROR_COLUMN = "error"
+
+
+def probability_columns(classes: list[Any]) -> list[str]:
+    """The probability columns of a predictions table, ``proba:CLASS``: the prefix keeps them apart from the
+    input's columns and from ``prediction`` and ``error``, whatever the classes are called. Classes whose text
+    is the same (``1`` and ``"1"``) are told apart by their Python spelling (``proba:1``, ``proba:'1'``)."""
+    names = [f"{PROBABILITY_PREFIX}{c}" for c in classes]
+    if len(set(names)) < len(names):
+        names = [f"{PROBABILITY_PREFIX}{c!r}" for c in classes]
+    return names
+
+
+def _origin(data: Any) -> str:
+    """How a message names what was given to predict on."""
+    if isinstance(data, (str, Path)):
+        return str(data)
+    return "the DataFrame" if isinstance(data, pd.DataFrame) else f"the {type(data).__name__} of inputs"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -349,15 +371,27 @@ class Predictor:
         """The raw inputs of ``data`` (see :meth:`predict_proba`), checked against what the model was trained on.
 
         Columns other than the input column are ignored, except the training label column: a class in it that
-        the model never learnt is refused (see :func:`~automl_tl.data.prepare_unlabelled`).
+        the model never learnt is refused (see :func:`~automl_tl.data.prepare_unlabelled`). No input at all
+        (an empty list or DataFrame, a table of a header alone) is refused with
+        :class:`~automl_tl.errors.EmptyInputError`, a ``ValueError`` as in scikit-learn.
         """
-        return prepare_unlabelled(data, self.input_column, self.backbone.modality,
-                                  label_column=self.label_column, classes=self.classes)
+        inputs = prepare_unlabelled(data, self.input_column, self.backbone.modality,
+                                    label_column=self.label_column, classes=self.classes)
+        if not inputs:
+            raise EmptyInputError(f"no inputs to predict on: {_origin(data)} holds none; expected at least one")
+        return inputs
 
     def predict_table(self, data: Any, batch_size: int = 64, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                      on_bad_input: str = DEFAULT_ON_BAD_INPUT) -> pd.DataFrame:
-        """One row per input, in order: the input (its file, or its text), ``prediction``, one probability
-        column per class, and ``error``.
+                      on_bad_input: str = DEFAULT_ON_BAD_INPUT,
+                      keep_columns: list[str] | None = None) -> pd.DataFrame:
+        """One row per input, in order: the input's own columns (of a table or DataFrame; the file or text
+        of a folder or list), ``prediction``, one ``proba:CLASS`` column per class (see
+        :func:`probability_columns`), and ``error``.
+
+        The input's columns are copied as given, relative paths included, so that the table joins back to
+        the input. ``keep_columns`` copies only those (the input column always); None: every one. A column
+        named like one this table adds is refused (:class:`~automl_tl.errors.DataError`): rename it or
+        leave it out.
 
         An input that cannot be read (missing, corrupt, larger than ``max_image_pixels``, empty...) keeps its
         row, with no prediction, NaN probabilities and the reason in ``error`` (empty for the others); one
@@ -365,14 +399,47 @@ class Predictor:
         read, or with ``on_bad_input`` "error" at the first that cannot.
         """
         inputs = self.read_inputs(data)
+        given = self._kept_columns(data, keep_columns)
         probabilities, errors = self._probabilities(inputs, batch_size, max_image_pixels, on_bad_input)
-        table = pd.DataFrame(probabilities, columns=[str(c) for c in self.classes])
-        table.insert(0, "prediction", pd.Series(self._labels(probabilities), dtype=object))
-        # which file (or text) each row is about; an array or an unreadable text file is named, not shown
-        shown = [value if isinstance(value, str) else input_excerpt(value) for value in inputs]
-        table.insert(0, self.input_column, pd.Series(shown, dtype=object))
-        table["error"] = errors
+        table = pd.DataFrame(probabilities, columns=probability_columns(self.classes))
+        table.insert(0, PREDICTION_COLUMN, pd.Series(self._labels(probabilities), dtype=object))
+        # which file (or text) each row is about, as given; an array or an unreadable text file is named, not shown
+        written = inputs if given is None else list(given[self.input_column])
+        shown = pd.Series([value if isinstance(value, str) else input_excerpt(value) for value in written], dtype=object)
+        if given is None:
+            table.insert(0, self.input_column, shown)
+        else:
+            for position, column in enumerate(given.columns):
+                table.insert(position, column, shown if column == self.input_column else given[column].to_numpy())
+        table[ERROR_COLUMN] = errors
         return table
+
+    def _kept_columns(self, data: Any, keep_columns: list[str] | None) -> pd.DataFrame | None:
+        """The columns of the table ``data`` that a predictions table copies (see :meth:`predict_table`);
+        None when ``data`` is no table (a folder, a list of inputs)."""
+        if isinstance(data, pd.DataFrame):
+            frame = data
+        elif isinstance(data, (str, Path)) and not Path(data).is_dir():
+            frame = read_table(Path(data))  # read again, as written: read_inputs resolved its relative paths
+        else:
+            if keep_columns:
+                raise DataError(f"--keep-columns (keep_columns=) names columns, but {_origin(data)} is no table")
+            return None
+        columns = [str(c) for c in frame.columns]
+        if keep_columns is not None:
+            unknown = [c for c in keep_columns if c not in columns]
+            if unknown:
+                raise DataError(f"--keep-columns (keep_columns=) names {unknown[0]!r}, which is not a column of "
+                                f"{_origin(data)}; its columns: {', '.join(columns)}")
+        kept = [c for c, name in zip(frame.columns, columns)
+                if name == self.input_column or keep_columns is None or name in keep_columns]
+        added = {PREDICTION_COLUMN, ERROR_COLUMN, *probability_columns(self.classes)}
+        clash = next((str(c) for c in kept if str(c) in added), None)
+        if clash is not None:
+            raise DataError(f"column {clash!r} of {_origin(data)} has the name of a column predict writes "
+                            f"({PREDICTION_COLUMN}, {PROBABILITY_PREFIX}CLASS, {ERROR_COLUMN}); rename it, or leave "
+                            "it out with --keep-columns (keep_columns= in Python)")
+        return frame[kept].reset_index(drop=True)
 
     def predict_proba(self, data: Any, batch_size: int = 64,
                       max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> pd.DataFrame:
@@ -380,7 +447,8 @@ class Predictor:
         read: see :meth:`predict_table`, which also says why).
 
         ``data``: a DataFrame or table file with the training input column, a folder of files, or a list of
-        inputs (image paths or arrays, audio paths, or texts).
+        inputs (image paths or arrays, audio paths, or texts); none at all raises
+        :class:`~automl_tl.errors.EmptyInputError` (see :meth:`read_inputs`).
         """
         probabilities, _ = self._probabilities(self.read_inputs(data), batch_size, max_image_pixels,
                                                DEFAULT_ON_BAD_INPUT)

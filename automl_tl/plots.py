@@ -22,6 +22,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from automl_tl.config import FROZEN_BODY_STRATEGIES
+
 #: Render settings for every figure: user strings (class names, backbones) may hold '$', which must not
 #: be read as mathtext; a fixed DPI keeps the PNG files small and identical when rebuilt.
 STYLE = {"text.parse_math": False, "figure.dpi": 100, "savefig.dpi": 100, "font.size": 10,
@@ -141,13 +143,14 @@ def cost_chart(board: pd.DataFrame) -> Figure:
 
 
 def trained_depth(strategy: str, freeze_depth: float) -> float:
-    """The layer groups a trial trained, as the figure places it: a linear probe none (0), full fine-tuning
-    all (``inf``, drawn right of the deepest searched depth), last-k and LP-FT their ``freeze_depth``."""
-    if strategy == "linear_probe":
+    """The layer groups a trial trained, as the figure places it: a frozen body (linear probe, the embedding
+    heads) none (0), full fine-tuning all (``inf``, drawn right of the deepest searched depth), last-k and LP-FT
+    their ``freeze_depth`` (which the leaderboard leaves empty for the others: they do not use it)."""
+    if strategy in FROZEN_BODY_STRATEGIES:
         return 0.0
     if strategy == "full":
         return math.inf
-    return float(freeze_depth)
+    return math.nan if pd.isna(freeze_depth) else float(freeze_depth)
 
 
 def freeze_depth_chart(board: pd.DataFrame, strategies: Sequence[str] = ("linear_probe", "last_k", "full", "lp_ft")

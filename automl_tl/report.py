@@ -14,6 +14,8 @@ import pandas as pd
 
 from automl_tl.metrics import signed
 from automl_tl.data import NO_LABEL, SkippedRow
+from automl_tl.executor import STOP_CALLBACK
+from automl_tl.space import used_parameters
 from automl_tl.model_io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         if trial.state == optuna.trial.TrialState.WAITING:
             continue  # a retry not started yet: it is listed once it runs
         attrs = trial.user_attrs
+        used = used_parameters(trial.params)  # a parameter the trial's strategy ignores is left empty
         accuracy = attrs.get("best_val_accuracy")
         metric = attrs.get("metric", "accuracy")
         score = attrs.get("best_val_score", accuracy if metric == "accuracy" else None)
@@ -52,14 +55,14 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         rows.append({
             "trial": trial.number,
             "state": trial.state.name,
-            **{name: trial.params.get(name) for name in PARAMETERS},
+            **{name: used.get(name) for name in PARAMETERS},
             "val_score": score,
             "val_accuracy": accuracy,
             "val_loss": loss,
             "validation": attrs.get("validation"),
             "best_epoch": attrs.get("best_epoch"),
             "epochs_run": attrs.get("epochs_run"),
-            "stop_reason": attrs.get("stop_reason"),
+            "stop_reason": describe_stop(attrs.get("stop_reason"), attrs.get("epochs_run")),
             "seconds": attrs.get("seconds"),
             "cpu_seconds": attrs.get("cpu_seconds"),
             "error": attrs.get("error"),
@@ -74,6 +77,13 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     keys = pd.DataFrame(order, columns=["score", "loss", "trial"])
     ranked = keys.sort_values(["score", "loss", "trial"], na_position="last").index
     return frame.loc[ranked].reset_index(drop=True)
+
+
+def describe_stop(reason: str | None, epochs_run: int | None) -> str | None:
+    """A trial's stop reason as the leaderboard shows it: the pruner's stop as "pruned at epoch N"."""
+    if reason == STOP_CALLBACK and epochs_run:
+        return f"pruned at epoch {epochs_run}"
+    return reason
 
 
 def best_accuracy_by_backbone(board: pd.DataFrame) -> dict[str, float]:
@@ -122,6 +132,19 @@ def spreadsheet_safe(text: str) -> str:
     """``text`` as a spreadsheet shows it but never runs it: a leading ``= + - @`` (or tab, carriage return)
     gets a ``'`` before it, which spreadsheets read as "this cell is text"."""
     return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
+def spreadsheet_safe_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` for a CSV that people open in a spreadsheet: every text cell (and text column
+    name) passed through :func:`spreadsheet_safe`; numbers and empty cells stay as they are."""
+    safe = frame.rename(columns=lambda name: spreadsheet_safe(name) if isinstance(name, str) else name)
+    for column in range(safe.shape[1]):
+        values = safe.iloc[:, column]
+        if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            # (not Series.map, which would make a column of whole numbers and gaps floats: 1 written as 1.0)
+            safe.isetitem(column, pd.Series([spreadsheet_safe(v) if isinstance(v, str) else v for v in values],
+                                            index=values.index, dtype=values.dtype))
+    return safe
 
 
 def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:

@@ -16,13 +16,14 @@ has enough trials.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from automl_tl.registry import get_registry
 from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
                               leaderboard, write_leaderboard, write_skipped, write_summary, write_transferability)
 from automl_tl.sampling import SlotSeededSampler
-from automl_tl.space import SearchSpace, suggest_trial_config
+from automl_tl.space import SearchSpace, describe_parameters, suggest_trial_config, used_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,19 @@ def _saved_best(run_dir: Path) -> tuple[float, float, int] | None:
     return _rank_key(score, config.get("val_loss"), config.get("trial", -1))
 
 
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines ("A new study created", "Trial 0 finished ...") off for a search: automl_tl logs one
+    line per trial that says more, through :mod:`logging`. Optuna's warnings and errors still show; the
+    caller's verbosity is given back after."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 class Search:
     """One study over the configured space; :meth:`run` optimises until the budget is spent."""
 
@@ -205,6 +219,8 @@ class Search:
         wrong = [b.name for b in self.backbones.values() if b.modality != data.modality]
         if wrong:
             raise ConfigError(f"backbone(s) {', '.join(wrong)} are not for {data.modality} data")
+        for backbone in self.backbones.values():
+            backbone.check_weights_reachable()  # hub weights offline: refused now, not after a minute of retries
         self.ranking: pd.DataFrame | None = None
         self.space: SearchSpace | None = None
         self._results: dict[int, TrialResult] = {}
@@ -322,15 +338,16 @@ class Search:
         prepares the study, waits for them, and writes the results.
         """
         self.start_clock(started)
-        self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
-        study = self.open_study()
-        if workers > 1:
-            from automl_tl.workers import run_local_workers
+        with quiet_optuna():
+            self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
+            study = self.open_study()
+            if workers > 1:
+                from automl_tl.workers import run_local_workers
 
-            run_local_workers(self, workers, None if self._deadline is None else self._deadline - time.monotonic())
-        else:
-            self.optimize(study)
-        return self._finish(study)
+                run_local_workers(self, workers, None if self._deadline is None else self._deadline - time.monotonic())
+            else:
+                self.optimize(study)
+            return self._finish(study)
 
     def start_clock(self, started: float | None = None) -> None:
         """Start the search's wall-clock budget (``config.timeout``) at ``started`` (a ``time.monotonic()``
@@ -560,11 +577,10 @@ class Search:
         result.error = trial.user_attrs.get("error")
         best = result.best_record
         config = result.config
-        logger.info("trial %d %s: %s %s depth=%s backbone_lr=%.1e decay=%.2f head=%s head_lr=%.1e epochs run=%d "
-                    "-> val %s=%s (%.1fs)", trial.number, result.state.lower(), config.backbone,
-                    config.strategy, config.freeze_depth, config.backbone_lr, config.layer_decay, config.head.kind,
-                    config.head_lr, len(result.history), config.metric,
-                    "n/a" if best is None else f"{best.val_metrics[config.metric]:.4f}", result.seconds)
+        logger.info("trial %d %s: %s %s %s epochs run=%d -> val %s=%s (%.1fs)", trial.number, result.state.lower(),
+                    config.backbone, config.strategy, describe_parameters(trial.params), len(result.history),
+                    config.metric, "n/a" if best is None else f"{best.val_metrics[config.metric]:.4f}",
+                    result.seconds)
         get_plugin_manager().hook.trial_finished(result=result)
 
     # ------------------------------------------------------------ the end
@@ -596,7 +612,7 @@ class Search:
         write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
                           {"trial": best_trial, "metric": metric, "val_accuracy": saved["val_accuracy"],
                            "validation": validation_metrics, "test": test_metrics, "model": measured})
-        best_params = study.trials[best_trial].params
+        best_params = used_parameters(study.trials[best_trial].params)  # what the best model used
         states = board["state"].value_counts().to_dict()
         transferability = self._transferability(board)
         write_summary(self.run_dir, {

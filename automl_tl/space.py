@@ -3,7 +3,8 @@
 Every parameter is suggested in every trial with one distribution for the whole study,
 whichever backbone or strategy a trial picks (a head-only trial still draws a body learning
 rate it ignores). TPE then learns across backbones and strategies, and a stored study can be
-resumed and checked against the space it was made with.
+resumed and checked against the space it was made with. What people read (the leaderboard, the log
+lines, ``best_params``) shows only the parameters a trial's strategy used: :func:`used_parameters`.
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
 fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the
@@ -20,6 +21,7 @@ learning rate has fully decayed with one that is still warm, and prune the latte
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,48 @@ from automl_tl.heads import HeadSpec
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
 HEAD_DROPOUT_RANGE = (0.0, 0.5)
+
+#: the searched parameters each strategy's trials use (the others are drawn too, see above, and ignored): a
+#: frozen body needs no body learning rate, decay or depth; full fine-tuning trains every group whatever the
+#: depth; the embedding strategies fit their own head (no head learning rate, no head structure)
+_BODY_PARAMETERS = ("backbone_lr", "layer_decay")
+_HEAD_PARAMETERS = ("head_lr", "head")
+STRATEGY_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "linear_probe": _HEAD_PARAMETERS,
+    "last_k": ("freeze_depth", *_BODY_PARAMETERS, *_HEAD_PARAMETERS),
+    "full": (*_BODY_PARAMETERS, *_HEAD_PARAMETERS),
+    "lp_ft": ("freeze_depth", *_BODY_PARAMETERS, *_HEAD_PARAMETERS),
+    "nearest_centroid": (),
+    "logistic_regression": (),
+}
+#: used by an MLP head only
+MLP_HEAD_PARAMETERS = ("head_hidden", "head_dropout")
+_SHORT_NAMES = {"freeze_depth": "depth", "layer_decay": "decay"}
+
+
+def used_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of a trial (``trial.params``) that shaped its model, in the order they are drawn: what
+    the leaderboard, the logs and ``best_params`` show (see :data:`STRATEGY_PARAMETERS`). A strategy this
+    version does not know keeps every parameter."""
+    strategy = params.get("strategy")
+    if strategy not in STRATEGY_PARAMETERS:
+        return dict(params)
+    names = {"backbone", "strategy", *STRATEGY_PARAMETERS[strategy]}
+    if "head" in names and params.get("head") == "mlp":
+        names.update(MLP_HEAD_PARAMETERS)
+    return {name: value for name, value in params.items() if name in names}
+
+
+def describe_parameters(params: Mapping[str, Any]) -> str:
+    """The used parameters but the backbone and strategy, for a log line: ``depth=2 backbone_lr=3.2e-04 ...``."""
+    shown = []
+    for name, value in used_parameters(params).items():
+        if name in ("backbone", "strategy"):
+            continue
+        text = (f"{value:.2f}" if name in ("layer_decay", "head_dropout") else f"{value:.1e}") \
+            if isinstance(value, float) else str(value)
+        shown.append(f"{_SHORT_NAMES.get(name, name)}={text}")
+    return " ".join(shown)
 
 
 @dataclass(frozen=True)

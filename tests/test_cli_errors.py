@@ -828,7 +828,9 @@ def test_predict_ignores_extra_columns_and_empty_labels(finished_run, tmp_path, 
     code, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
     assert code == 0, stderr
     predictions = pd.read_csv(tmp_path / "p.csv")
-    assert list(predictions.columns) == ["image", "prediction", "cat", "dog", "error"]
+    # the input's columns are copied as they are (empty labels stay empty), then the predictions
+    assert list(predictions.columns) == ["image", "label", "notes", "prediction", "proba:cat", "proba:dog", "error"]
+    assert predictions["label"].isna().sum() == 1 and set(predictions["notes"]) == {"taken in 2023"}
     assert len(predictions) == 8 and set(predictions["prediction"]) <= {"cat", "dog"}
     assert predictions["error"].isna().all()  # (empty cells)
 
@@ -841,13 +843,14 @@ def test_predict_keeps_the_place_of_an_unreadable_row(finished_run, tmp_path, ca
     code, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
     assert code == 0, stderr
     predictions = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
-    assert list(predictions["image"]) == [str(tmp_path / name) for name in pd.read_csv(csv)["image"]]
-    broken = predictions.set_index("image").loc[[str(tmp_path / "imgs" / name) for name in ("cat2.png", "dog1.png")]]
-    assert (broken["prediction"] == "").all() and (broken[["cat", "dog"]] == "").all().all()
+    assert list(predictions["image"]) == list(pd.read_csv(csv)["image"])  # as written, relative to the CSV
+    broken = predictions.set_index("image").loc[[f"imgs/{name}" for name in ("cat2.png", "dog1.png")]]
+    probabilities = ["proba:cat", "proba:dog"]
+    assert (broken["prediction"] == "").all() and (broken[probabilities] == "").all().all()
     assert broken["error"].str.contains("corrupt or truncated").iloc[0] and "file not found" in broken["error"].iloc[1]
     readable = predictions[predictions["error"] == ""]
     assert len(readable) == 6 and set(readable["prediction"]) <= {"cat", "dog"}
-    assert np.allclose(readable[["cat", "dog"]].astype(float).sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(readable[probabilities].astype(float).sum(axis=1), 1.0, atol=1e-5)
     assert "2 of 8 inputs cannot be read" in caplog.text
 
 

@@ -456,7 +456,7 @@ def test_numeric_labels_are_written_back_as_the_user_wrote_them(messy_run, capsy
     assert main(["predict", str(run), "--data", str(csv), "--output", str(tmp / "p.csv")]) == 0
     assert "2 row(s) could not be read" in capsys.readouterr().out
     predictions = pd.read_csv(tmp / "p.csv", dtype=str, keep_default_na=False)
-    assert list(predictions.columns) == ["image", "prediction", "0", "1", "error"]
+    assert list(predictions.columns[-4:]) == ["prediction", "proba:0", "proba:1", "error"]
     failed = predictions[predictions["error"] != ""]
-    assert list(failed.index) == [3, 32] and (failed["prediction"] == "").all() and (failed["0"] == "").all()
+    assert list(failed.index) == [3, 32] and (failed["prediction"] == "").all() and (failed["proba:0"] == "").all()
     assert set(predictions.drop(index=[3, 32])["prediction"]) <= {"0", "1"}

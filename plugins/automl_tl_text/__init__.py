@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -45,6 +44,7 @@ from torch import nn
 from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
 from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError, first_line
 from automl_tl.hookspecs import hookimpl
+from automl_tl.weights import check_hub_download, hub_offline
 from automl_tl_text.offline import OFFLINE_CHECKPOINTS, checkpoint_folder, checkpoint_installed
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ _TOKENIZE_CHUNK = 1024
 SHORTEST_FALLBACK_LENGTH = 32
 
 
-def hub_offline() -> bool:
-    """Whether the user asked transformers to stay off the network."""
-    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 @contextlib.contextmanager
@@ -290,6 +286,17 @@ class TransformersTextBackbone(Backbone):
         if self.weights == "local":
             return (Path(self.source) / "config.json").is_file()
         return False  # cannot know without the network; the user asks for hub backbones by name
+
+    def check_weights_reachable(self) -> None:
+        """A hub checkpoint not in the local cache, with the hub off limits or unreachable: refused at once."""
+        if self.weights == "hub":
+            from huggingface_hub import try_to_load_from_cache
+
+            def cached(file: str) -> bool:
+                return isinstance(try_to_load_from_cache(self.source, file), str)
+
+            check_hub_download(self.name, self.weight_source, cached("config.json") and (
+                cached("model.safetensors") or cached("pytorch_model.bin")))
 
     @cached_property
     def location(self) -> str:

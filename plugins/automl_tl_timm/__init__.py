@@ -19,6 +19,7 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -29,6 +30,7 @@ from automl_tl.backbone import Backbone, InputOptions, TransferModel
 from automl_tl.errors import WeightsNotFoundError
 from automl_tl.hookspecs import hookimpl
 from automl_tl.image import ImagePreprocessor
+from automl_tl.weights import check_hub_download
 from automl_tl_timm.offline_weights import OFFLINE_WEIGHTS, find_weight_file, load_offline_state_dict, load_strict
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,30 @@ class TimmBackbone(Backbone):
         if self.weights == "hub":
             return False  # cannot know without the network; the user asks for hub backbones by name
         return self.weights == "none" or Path(self.weights).is_file()
+
+    def check_weights_reachable(self) -> None:
+        """Hub weights not in the local cache, with the hub off limits or unreachable: refused at once."""
+        if self.weights == "hub":
+            check_hub_download(self.name, self.weight_source, self._hub_weights_cached())
+
+    def _hub_weights_cached(self) -> bool:
+        """Whether timm finds this architecture's pretrained weights without a network: in the Hugging Face
+        cache (its ``hf_hub_id``) or in torch hub's checkpoint folder (its ``url``)."""
+        cfg = timm.models.get_pretrained_cfg(self.timm_name)
+        if cfg is None:
+            return False
+        if cfg.hf_hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo, _, revision = cfg.hf_hub_id.partition("@")
+            for file in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                         "open_clip_pytorch_model.bin"):
+                if isinstance(try_to_load_from_cache(repo, file, revision=revision or None), str):
+                    return True
+        if cfg.url:
+            file = Path(urlsplit(cfg.url).path).name
+            return (Path(torch.hub.get_dir()) / "checkpoints" / file).is_file()
+        return False
 
     @cached_property
     def _pretrained_cfg(self) -> dict[str, Any]:
