@@ -278,6 +278,9 @@ def _metrics_section(config: dict[str, Any], metrics: dict[str, Any] | None, val
                   f"{measured.get('refit', 'n/a')}). The validation figures are those of trial {measured.get('trial')}"
                   f" as the search scored it ({(metrics.get('validation') or {}).get('validated_by', 'holdout')}), "
                   f"before any refit; test: {measured.get('test', 'n/a')}.", ""]
+    if config.get("adapted"):  # the budget changed the trial: say what the saved model is not
+        lines += ["**Given up for the budget.** The trial that made this model was run cheaper than sampled, "
+                  f"to fit the time left: {'; '.join(map(str, config['adapted']))}.", ""]
     return lines
 
 

@@ -170,6 +170,10 @@ def test_trial_timeout_is_a_hard_budget_per_trial(tmp_path, digits_bundle, execu
     # 50 epochs do not fit in 6 s: each trial is re-planned to the epochs that do, and says so
     assert board["adapted"].str.match(r"epochs 50 -> \d+ \(one takes about").all()
     assert (board["seconds"] < 6 + 3).all()  # the deadline is checked every batch
+    # the saved model says it too: its config holds the epochs that ran, its card what was given up
+    saved = json.loads((tmp_path / "run" / "best_model" / "config.json").read_text())
+    assert saved["trial_config"]["epochs"] < 50 and saved["adapted"][0].startswith("epochs 50 -> ")
+    assert "**Given up for the budget.**" in (tmp_path / "run" / "MODEL_CARD.md").read_text()
     assert time.monotonic() - started < 60
 
 

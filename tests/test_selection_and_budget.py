@@ -205,7 +205,8 @@ def test_a_trial_over_budget_at_its_image_size_runs_at_a_smaller_one(executor, d
     assert result.has_model and result.stop_reason != STOP_OVER_BUDGET
     assert result.config.input_options.image_size in (64, 32)  # what the saved model will be fed
     assert result.extra["adapted"][0].startswith("image size 128 -> 64 (one epoch would have taken about")
-    assert result.seconds >= time.monotonic() - started - 0.5  # the attempts over budget count in its cost
+    # the attempts over budget count in its cost (all but the memory released between attempts)
+    assert result.seconds >= 0.9 * (time.monotonic() - started)
 
 
 def test_cheaper_trials_shrink_the_input_first_then_the_trained_layers():
