@@ -73,7 +73,7 @@ from automl_tl.registry import get_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, clear_run_dir, command_line, fashion_mnist_bundle,  # noqa: E402
+from _common import (OtherLoad, clear_run_dir, command_line, image_bundle,  # noqa: E402
                      machine_line, markdown_table, percent, setup_logging, warm_encodings)
 
 logger = logging.getLogger("benchmarks.fashion_mnist_search")
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
-    data = fashion_mnist_bundle(args.train, args.test, args.val_fraction, args.seed)
+    data = image_bundle("fashion-mnist", args.train, args.test, args.val_fraction, args.seed)
     options = InputOptions(image_size=args.image_size)
     # 3 splits per distinct preprocessing must fit in the cache, or encodings would be recomputed mid-run.
     executor = Executor(show_progress=False, max_cached_encodings=3 * len(BACKBONES))

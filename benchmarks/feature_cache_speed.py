@@ -63,7 +63,7 @@ from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, fashion_mnist_bundle,
+    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, image_bundle,
     fill_sized_defaults, machine_line, markdown_table, percent, warm_encodings)
 
 logger = logging.getLogger("benchmarks.feature_cache_speed")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
-    data = fashion_mnist_bundle(args.train, 10, args.val_fraction, args.seed)  # the test split is not used
+    data = image_bundle("fashion-mnist", args.train, 10, args.val_fraction, args.seed)  # the test split is not used
     options = InputOptions(image_size=args.image_size)
     executor = Executor(show_progress=False, feature_cache=FeatureCache(cache_dir))
     encode_seconds = warm_encodings(executor, data, [args.backbone], options)

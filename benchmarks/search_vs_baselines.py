@@ -110,7 +110,7 @@ from automl_tl.transferability import SCORES, kendall_tau  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, fashion_mnist_bundle,
+    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, image_bundle,
     fill_sized_defaults, machine_line, markdown_table, percent, spoken_digits_bundle, warm_encodings)
 
 logger = logging.getLogger("benchmarks.search_vs_baselines")
@@ -232,7 +232,7 @@ class Task:
 def load_data(name: str, args: argparse.Namespace) -> tuple[DatasetBundle, str, InputOptions, int]:
     """The data set, a one-line description, its input options and batch size."""
     if name == "fashion-mnist":
-        data = fashion_mnist_bundle(args.train, args.test, args.val_fraction, args.data_seed)
+        data = image_bundle("fashion-mnist", args.train, args.test, args.val_fraction, args.data_seed)
         description = (f"Fashion-MNIST at {args.image_size} px: {len(data.train)} train / {len(data.val)} validation "
                        f"(official train split) / {len(data.test)} test (official test split)")
         return data, description, InputOptions(image_size=args.image_size), 32
