@@ -178,8 +178,9 @@ def require_data(*names: str) -> None:
     for name in names:
         if name in DEBIAN_DATA and not _debian_data_installed(name):
             packages = " ".join(DEBIAN_DATA[name])
-            raise DataError(f"the data set {name!r} needs Debian's {packages}, which is not installed: install it with "
-                            f"'sudo apt-get install {packages}' or 'sudo ./setup.sh --benchmarks' "
+            them = "it" if len(DEBIAN_DATA[name]) == 1 else "them"
+            raise DataError(f"the data set {name!r} needs Debian's {packages}, not installed here: install {them} "
+                            f"with 'sudo apt-get install {packages}' or 'sudo ./setup.sh --benchmarks' "
                             "(every benchmark's --quick run needs no extra package)")
 
 
