@@ -93,3 +93,23 @@ def test_require_data_names_the_debian_packages(dataset: str, module: str, attri
         require_data(dataset)
     assert "\n" not in str(raised.value) and "sudo ./setup.sh --benchmarks" in str(raised.value)
     require_data("digits", "bbc-news")  # no Debian package: nothing to check, nothing refused
+
+
+def test_setup_benchmarks_installs_the_packages_the_benchmarks_name(monkeypatch: pytest.MonkeyPatch):
+    """``./setup.sh --benchmarks`` apt-installs exactly the Debian data packages that ``require_data`` asks for."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from _common import DEBIAN_DATA
+
+    setup = (BENCHMARKS.parent / "setup.sh").read_text()
+    listed = re.search(r"BENCHMARK_PACKAGES=\(([^)]*)\)", setup)
+    assert listed, "setup.sh lists no BENCHMARK_PACKAGES"
+    assert sorted(listed.group(1).split()) == sorted(p for packages in DEBIAN_DATA.values() for p in packages)
+
+
+def test_setup_refuses_an_unknown_option_at_once():
+    """A misspelt ``--benchmarks`` stops setup.sh before it installs anything (it would take minutes), saying
+    what the option is called."""
+    result = subprocess.run(["bash", str(BENCHMARKS.parent / "setup.sh"), "--benchmark"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "--benchmarks" in result.stderr
+    assert result.stdout == ""
