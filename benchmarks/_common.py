@@ -267,7 +267,8 @@ def add_quick_option(parser: argparse.ArgumentParser, sizes: dict[str, dict[str,
     backbone, and data that needs no extra package), done in seconds, still printing its table; its figures
     mean nothing. ``sizes["quick"]`` (applied by :func:`fill_sized_defaults`) and ``what`` go into the help.
     """
-    shown = ", ".join(f"{name.replace('_', '-')} {_shown(value)}" for name, value in (sizes or {}).get("quick", {}).items())
+    quick = (sizes or {}).get("quick", {})
+    shown = ", ".join(f"{name.replace('_', '-')} {_shown(value)}" for name, value in quick.items())
     detail = "; ".join(part for part in (what, shown) if part)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of the same code path on tiny sizes, done in seconds; its figures mean "
