@@ -23,7 +23,7 @@ How to run
     python benchmarks/workers_throughput.py --budget 60 --trials 8 --overwrite   # a quicker look
     python benchmarks/workers_throughput.py --quick --postgres URL --output runs/bench_workers_quick --overwrite
 
-``--quick`` is a plumbing check (30 s budgets, 120 digits, MobileNetV2 alone, 1 epoch, no warm-up, 2 trials by
+``--quick`` is a plumbing check (20 s budgets, 120 digits, MobileNetV2 alone, 1 epoch, no warm-up, 2 trials by
 one worker on PostgreSQL; each worker pays the interpreter's start-up, which ``--timeout`` counts, so it takes a
 minute or more on 2 cores and its figures mean nothing).
 """
@@ -64,7 +64,7 @@ SIZES = {
     "full": {"budget": 120.0, "trials": 12, "epochs": 2, "samples": 300, "postgres_workers": 4, "backbones": None,
              "warm_up": True},
     # one worker on PostgreSQL: the same storage, checks and table, without two more interpreters' start-up
-    "quick": {"budget": 30.0, "trials": 2, "epochs": 1, "samples": 120, "postgres_workers": 1,
+    "quick": {"budget": 20.0, "trials": 2, "epochs": 1, "samples": 120, "postgres_workers": 1,
               "backbones": ("mobilenetv2_100",), "warm_up": False},
 }
 
