@@ -264,15 +264,16 @@ def add_quick_option(parser: argparse.ArgumentParser, sizes: dict[str, dict[str,
     """``--quick``, which every benchmark has (``tests/test_benchmarks_quick.py`` runs each one with it).
 
     A smoke run: the script's own code path on tiny sizes (a few examples, tiny budgets, one seed, the smallest
-    backbone, and data that needs no extra package), done in seconds, still printing its table; its figures
-    mean nothing. ``sizes["quick"]`` (applied by :func:`fill_sized_defaults`) and ``what`` go into the help.
+    backbone, and data that needs no extra package), done in seconds (a minute or two for the scripts that start
+    other processes, each paying the interpreter's start-up), still printing its table; its figures mean nothing. ``sizes["quick"]`` (applied by :func:`fill_sized_defaults`) and ``what`` go into the help.
     """
     quick = (sizes or {}).get("quick", {})
     shown = ", ".join(f"{name.replace('_', '-')} {_shown(value)}" for name, value in quick.items())
     detail = "; ".join(part for part in (what, shown) if part)
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of the same code path on tiny sizes, done in seconds; its figures mean "
-                             "nothing" + (f" ({detail})" if detail else ""))
+                        help="a smoke run of the same code path on tiny sizes, in seconds (a minute or two for a "
+                             "script that starts other processes); its figures mean nothing"
+                             + (f" ({detail})" if detail else ""))
 
 
 def _shown(value: Any) -> str:
