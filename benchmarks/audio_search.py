@@ -52,10 +52,13 @@ Modest run (the defaults; about 30-40 minutes on one CPU thread)::
 
     python benchmarks/audio_search.py --trials 8 --timeout 900 --threads 1 --output runs/bench_audio --overwrite
 
-Quick check of the plumbing (a few minutes)::
+Quick check of the plumbing (seconds: the spoken digits alone, which need no Debian data package, by 4 voices,
+GE2E alone, 2 trials of 1 epoch; the figures mean nothing)::
 
-    python benchmarks/audio_search.py --voices 8 --val-voices 2 --test-voices 2 --asterisk-per-language 12 \\
-        --trials 2 --max-epochs 1 --probe-epochs 2 --output runs/bench_audio_smoke --overwrite
+    python benchmarks/audio_search.py --quick --output runs/bench_audio_smoke --overwrite
+
+The Asterisk prompts need Debian's ``asterisk-core-sounds-{en,es,fr,it,ru}-wav`` (``sudo ./setup.sh --benchmarks``
+installs them); without them the script stops at once, saying so.
 
 An existing search in the output folder is never resumed (a resumed search would time nothing):
 the script stops unless ``--overwrite`` is given, which deletes it first.
@@ -83,24 +86,34 @@ from automl_tl.registry import get_registry, reset_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, clear_run_dir, command_line, machine_line, markdown_table,  # noqa: E402
-                     percent, setup_logging, spoken_digits_bundle, warm_encodings)
+from _common import (OtherLoad, add_quick_option, clear_run_dir, command_line, fill_sized_defaults,  # noqa: E402
+                     machine_line, markdown_table, percent, require_data, run_main, setup_logging, size_help,
+                     spoken_digits_bundle, warm_encodings)
 
 logger = logging.getLogger("benchmarks.audio_search")
 
-DEFAULT_BACKBONES = ("ge2e-speaker", "crepe-tiny", "aisfx")
 DATASETS = ("digits", "asterisk")
 LOGMEL_RATE = 16000
+#: sizes of the full run and of --quick; an option given on the command line wins over both
+SIZES = {
+    "full": {"datasets": DATASETS, "voices": 24, "val_voices": 4, "test_voices": 4,
+             "backbones": ("ge2e-speaker", "crepe-tiny", "aisfx"), "trials": 8, "max_epochs": 3, "probe_epochs": 10},
+    "quick": {"datasets": ("digits",), "voices": 4, "val_voices": 1, "test_voices": 1, "backbones": ("ge2e-speaker",),
+              "trials": 2, "max_epochs": 1, "probe_epochs": 1},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    def sized(name: str) -> str:
+        return size_help(SIZES, name)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS),
-                        help="data sets to run (default: both)")
-    parser.add_argument("--voices", type=int, default=24, help="espeak-ng voices for the spoken digits (default: 24)")
-    parser.add_argument("--val-voices", type=int, default=4, help="voices held out for validation (default: 4)")
-    parser.add_argument("--test-voices", type=int, default=4, help="voices held out for the test (default: 4)")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
+                        help=f"data sets to run {sized('datasets')}")
+    parser.add_argument("--voices", type=int, default=None, help=f"espeak-ng voices for the spoken digits {sized('voices')}")
+    parser.add_argument("--val-voices", type=int, default=None, help=f"voices held out for validation {sized('val_voices')}")
+    parser.add_argument("--test-voices", type=int, default=None, help=f"voices held out for the test {sized('test_voices')}")
     parser.add_argument("--digits-dir", default="runs/audio_data/spoken_digits",
                         help="where the synthesised digits are cached (default: runs/audio_data/spoken_digits)")
     parser.add_argument("--digits-clip", type=float, default=1.3,
@@ -109,19 +122,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Asterisk prompts sampled per language (default: 60)")
     parser.add_argument("--asterisk-clip", type=float, default=1.5,
                         help="seconds per Asterisk clip (the median prompt is 1.1-1.5 s; default: 1.5)")
-    parser.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES),
-                        help=f"backbones the search may pick (default: {' '.join(DEFAULT_BACKBONES)})")
+    parser.add_argument("--backbones", nargs="+", default=None,
+                        help=f"backbones the search may pick {sized('backbones')}")
     parser.add_argument("--probe-backbones", nargs="+", default=None,
                         help="backbones given a linear-probe row (default: the search's)")
     parser.add_argument("--crepe-hop-ms", type=float, default=10.0,
                         help="frame hop of the CREPE backbones in ms (default: 10, CREPE's own; see above)")
-    parser.add_argument("--trials", type=int, default=8, help="search trials per data set (default: 8)")
+    parser.add_argument("--trials", type=int, default=None, help=f"search trials per data set {sized('trials')}")
     parser.add_argument("--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)")
-    parser.add_argument("--max-epochs", type=int, default=3, help="epochs each trial is scheduled for (default: 3)")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help=f"epochs each trial is scheduled for {sized('max_epochs')}")
     parser.add_argument("--timeout", type=float, default=None,
                         help="wall-clock budget of each search in seconds (default: none)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: 32)")
-    parser.add_argument("--probe-epochs", type=int, default=10, help="epochs of each linear probe (default: 10)")
+    parser.add_argument("--probe-epochs", type=int, default=None, help=f"epochs of each linear probe {sized('probe_epochs')}")
     parser.add_argument("--probe-lr", type=float, default=3e-2,
                         help="head learning rate of the probes (default: 3e-2; of 1e-2, 3e-2 and 1e-1 it did "
                              "best for ge2e-speaker and aisfx in a trial run on the digits)")
@@ -131,7 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="runs/bench_audio", help="output directory (default: runs/bench_audio)")
     parser.add_argument("--overwrite", action="store_true", help="delete earlier searches in OUTPUT first")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_quick_option(parser, SIZES)
     args = parser.parse_args(argv)
+    fill_sized_defaults(args, SIZES)
     if args.voices - args.val_voices - args.test_voices < 2 or min(args.val_voices, args.test_voices) < 1:
         parser.error("need at least 2 training voices and 1 each for validation and test")
     if args.asterisk_per_language < 10:
@@ -323,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         get_plugin_manager().register(_CrepeHopPlugin(args.crepe_hop_ms), name="benchmark-crepe-hop")
         reset_registry()
 
+    if "asterisk" in args.datasets:  # refuse now, not after the spoken digits have run
+        require_data("asterisk-languages")
     output = Path(args.output)
     for name in args.datasets:
         run_dir = output / name / "search"
@@ -345,4 +363,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

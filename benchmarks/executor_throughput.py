@@ -17,11 +17,9 @@ Training samples per second of two loops that train the same model on the same d
 Both loops read the same pre-encoded uint8 tensors from the executor's encode cache, which
 is filled before any timing starts, and neither figure includes building the model (the
 bare loop's timer starts after ``build``; the executor's figure is the sum of its per-epoch
-``EpochRecord.seconds``, which start after ``build``). ``EpochRecord.seconds`` includes the
-per-epoch validation; the benchmark wraps ``automl_tl.executor.predict_logits`` with a
-timer and subtracts the time spent in it, and keeps the validation split tiny (one example
-per class) so that what remains of it (loss, accuracy, copying the best weights) is small.
-That remainder stays in the executor's time, so the ratio errs against the executor.
+``EpochRecord.train_seconds``, the training batches of each epoch alone, which start after
+``build``). Each epoch's validation is timed apart by the executor (``EpochRecord.val_seconds``)
+and is in neither figure; the validation split is kept tiny (one example per class) anyway.
 
 The *end-to-end* columns add model building to both, and for the executor everything
 ``fit`` does (``TrialResult.seconds``: building, validation, restoring the best weights,
@@ -42,9 +40,10 @@ Full benchmark (about 2 minutes on 2 idle CPU cores; these are the defaults)::
     python benchmarks/executor_throughput.py --examples 512 --image-size 64 --batch-size 32 \\
         --epochs 1 --repeats 8 --output runs/bench_executor_throughput/results.md
 
-Quick check (well under a minute)::
+Quick check of the plumbing (seconds; the built-in digits, MobileNetV2 at 32 px, one run of each loop; the
+figures mean nothing)::
 
-    python benchmarks/executor_throughput.py --examples 64 --epochs 1 --repeats 1 --image-size 32
+    python benchmarks/executor_throughput.py --quick
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-import automl_tl.executor as executor_module
 from automl_tl.backbone import Backbone, InputOptions
 from automl_tl.config import TrialConfig
 from automl_tl.data import DatasetBundle, Split
@@ -70,31 +68,45 @@ from automl_tl.executor import Executor
 from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import OtherLoad, command_line, machine_line, percent  # noqa: E402
+from _common import (OtherLoad, add_quick_option, command_line, fill_sized_defaults, machine_line,  # noqa: E402
+                     load_dataset, percent, run_main, setup_logging, size_help)
 
 logger = logging.getLogger("benchmarks.executor_throughput")
+
+#: sizes of the full run and of --quick; an option given on the command line wins over both
+SIZES = {
+    "full": {"backbone": "tf_efficientnet_lite0", "dataset": "fashion-mnist", "examples": 512, "image_size": 64,
+             "repeats": 8, "warmup_batches": 3},
+    "quick": {"backbone": "mobilenetv2_100", "dataset": "digits", "examples": 64, "image_size": 32, "repeats": 1,
+              "warmup_batches": 1},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="default: tf_efficientnet_lite0")
-    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"),
-                        help="registered data set to draw examples from (default: fashion-mnist)")
-    parser.add_argument("--examples", type=int, default=512, help="training examples (default: 512)")
-    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
+    parser.add_argument("--backbone", default=None, help=f"image backbone {size_help(SIZES, 'backbone')}")
+    parser.add_argument("--dataset", default=None, choices=("fashion-mnist", "digits"),
+                        help=f"registered data set to draw examples from {size_help(SIZES, 'dataset')}")
+    parser.add_argument("--examples", type=int, default=None, help=f"training examples {size_help(SIZES, 'examples')}")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help=f"image side in pixels {size_help(SIZES, 'image_size')}")
     parser.add_argument("--batch-size", type=int, default=32, help="default: 32")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default: 1)")
-    parser.add_argument("--repeats", type=int, default=8, help="timed runs of each loop (default: 8)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed runs of each loop {size_help(SIZES, 'repeats')}")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of body and head (default: 1e-3)")
-    parser.add_argument("--warmup-batches", type=int, default=3, help="untimed bare-loop batches first (default: 3)")
+    parser.add_argument("--warmup-batches", type=int, default=None,
+                        help=f"untimed bare-loop batches first {size_help(SIZES, 'warmup_batches')}")
     parser.add_argument("--max-other-load", type=float, default=0.05,
                         help="a pair counts as clean when other processes used at most this share of the CPUs "
                              "during both its runs (default: 0.05)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the table to this Markdown file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_quick_option(parser, SIZES)
     args = parser.parse_args(argv)
+    fill_sized_defaults(args, SIZES)
     if args.examples < args.batch_size or args.epochs < 1 or args.repeats < 1:
         parser.error("need --examples >= --batch-size, --epochs >= 1 and --repeats >= 1")
     return args
@@ -105,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_bundle(dataset: str, n_train: int, seed: int) -> DatasetBundle:
     """``n_train`` stratified training examples and a validation split of one example per class."""
-    frame = get_registry().get_dataset(dataset).load()
+    frame = load_dataset(dataset)
     if "split" in frame.columns:
         frame = frame[frame["split"] == "train"].reset_index(drop=True)
     classes = sorted(frame["label"].unique(), key=str)
@@ -160,38 +172,14 @@ def bare_loop(backbone: Backbone, items: list, labels: torch.Tensor, preprocesso
     return {"samples": samples, "train_s": time.perf_counter() - started, "build_s": build_seconds}
 
 
-class ValidationTimer:
-    """Wraps ``automl_tl.executor.predict_logits`` (which ``fit`` calls once per epoch to validate) with a timer."""
-
-    def __init__(self):
-        self.seconds = 0.0
-        self._original = executor_module.predict_logits
-
-    def __enter__(self):
-        original = self._original
-
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - started
-
-        executor_module.predict_logits = timed
-        return self
-
-    def __exit__(self, *exc):
-        executor_module.predict_logits = self._original
-
-
 def executor_run(executor: Executor, backbone: Backbone, data: DatasetBundle, config: TrialConfig) -> dict:
-    with ValidationTimer() as timer:
-        result = executor.fit(config, backbone, data)
-    epoch_seconds = sum(r.seconds for r in result.history)
+    """One ``Executor.fit``: samples trained, seconds of the training batches alone (the sum of the epochs'
+    ``train_seconds``), of validation (``val_seconds``), and of the whole call."""
+    result = executor.fit(config, backbone, data)
     if len(result.history) != config.epochs:
         raise RuntimeError(f"executor ran {len(result.history)} of {config.epochs} epochs ({result.stop_reason})")
-    return {"samples": result.samples_seen, "train_s": epoch_seconds - timer.seconds,
-            "validation_s": timer.seconds, "fit_s": result.seconds}
+    return {"samples": result.samples_seen, "train_s": sum(r.train_seconds for r in result.history),
+            "validation_s": sum(r.val_seconds for r in result.history), "fit_s": result.seconds}
 
 
 # ---------------------------------------------------------------- report
@@ -199,10 +187,8 @@ def executor_run(executor: Executor, backbone: Backbone, data: DatasetBundle, co
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("timm", "PIL", "automl_tl_timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)
+    logging.getLogger("automl_tl_timm").setLevel(logging.WARNING)
 
     data = make_bundle(args.dataset, args.examples, args.seed)
     backbone = get_registry().get_backbone(args.backbone)
@@ -283,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
            f"processes used <= {100 * args.max_other_load:.0f}% of the CPUs); " if clean else
            f"no pair ran with other processes under {100 * args.max_other_load:.0f}% of the CPUs; ")
         + f"end-to-end (medians) {e2e['executor'] / e2e['bare']:.3f}.",
-        f"Executor training time = sum of EpochRecord.seconds minus time in validation predict_logits "
-        f"({len(data.val)} examples, median {validation:.2f}s per run); end-to-end adds model building to both, "
-        "and for the executor everything else fit() does.",
+        f"Executor training time = sum of EpochRecord.train_seconds, the training batches alone; validation "
+        f"({len(data.val)} examples, EpochRecord.val_seconds, median {validation:.2f}s per run) is not in it. "
+        "End-to-end adds model building to both, and for the executor everything else fit() does.",
     ])
     table = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
                                            colalign=("left", "right", "right", "left", "right", "right", "right"))
@@ -298,4 +284,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -45,10 +45,10 @@ A longer search (25 trials; about 10 minutes on 2 idle cores, the timeout caps i
 Run it alone: on 2 cores another busy process slows PyTorch several-fold and inflates CPU
 time too; the "CPU used by others" column says how much of that happened.
 
-Quick check of the plumbing (about a minute)::
+Quick check of the plumbing (seconds: the built-in digits instead of Fashion-MNIST, so that it needs no Debian
+package, MobileNetV2 alone at 32 px, 2 trials of 1 epoch; the figures mean nothing)::
 
-    python benchmarks/fashion_mnist_search.py --trials 3 --max-epochs 1 --train 300 --test 200 \\
-        --image-size 32 --output runs/bench_smoke --overwrite
+    python benchmarks/fashion_mnist_search.py --quick --output runs/bench_smoke --overwrite
 
 An existing search in ``OUTPUT/search`` is never resumed (a resumed search would time
 nothing): the script stops unless ``--overwrite`` is given, which deletes it first.
@@ -73,28 +73,46 @@ from automl_tl.registry import get_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, clear_run_dir, command_line, fashion_mnist_bundle,  # noqa: E402
-                     machine_line, markdown_table, percent, setup_logging, warm_encodings)
+from _common import (OtherLoad, add_quick_option, clear_run_dir, command_line, fill_sized_defaults,  # noqa: E402
+                     image_bundle, machine_line, markdown_table, percent, run_main, setup_logging, size_help,
+                     warm_encodings)
 
 logger = logging.getLogger("benchmarks.fashion_mnist_search")
 
-BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")
-BASELINE_BACKBONE = "tf_efficientnet_lite0"
+#: sizes of the full run and of --quick; an option given on the command line wins over both
+SIZES = {
+    "full": {"dataset": "fashion-mnist", "backbones": ("tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                                                       "tf_efficientnet_lite2", "mobilenetv2_100"),
+             "baseline_backbone": "tf_efficientnet_lite0", "train": 2000, "test": 1000, "image_size": 64,
+             "trials": 10, "max_epochs": 3},
+    "quick": {"dataset": "digits", "backbones": ("mobilenetv2_100",), "baseline_backbone": "mobilenetv2_100",
+              "train": 100, "test": 50, "image_size": 32, "trials": 2, "max_epochs": 1},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=2000,
-                        help="examples sampled from the official train split, for train + validation (default: 2000)")
-    parser.add_argument("--test", type=int, default=1000,
-                        help="examples sampled from the official test split (default: 1000)")
+    parser.add_argument("--dataset", choices=("fashion-mnist", "digits"), default=None,
+                        help=f"registered image data set; digits have no official test split, so a stratified part "
+                             f"is held out {size_help(SIZES, 'dataset')}")
+    parser.add_argument("--backbones", nargs="+", default=None,
+                        help=f"backbones the search may pick {size_help(SIZES, 'backbones')}")
+    parser.add_argument("--baseline-backbone", default=None,
+                        help=f"backbone of the two fixed baselines {size_help(SIZES, 'baseline_backbone')}")
+    parser.add_argument("--train", type=int, default=None,
+                        help=f"examples sampled from the official train split, for train + validation "
+                             f"{size_help(SIZES, 'train')}")
+    parser.add_argument("--test", type=int, default=None,
+                        help=f"examples sampled from the official test split {size_help(SIZES, 'test')}")
     parser.add_argument("--val-fraction", type=float, default=0.15,
                         help="share of the train sample held out for validation (default: 0.15)")
-    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
-    parser.add_argument("--trials", type=int, default=10, help="search trials (default: 10)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help=f"image side in pixels {size_help(SIZES, 'image_size')}")
+    parser.add_argument("--trials", type=int, default=None, help=f"search trials {size_help(SIZES, 'trials')}")
     parser.add_argument("--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)")
-    parser.add_argument("--max-epochs", type=int, default=3, help="epochs each trial is scheduled for (default: 3)")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help=f"epochs each trial is scheduled for {size_help(SIZES, 'max_epochs')}")
     parser.add_argument("--timeout", type=float, default=None,
                         help="wall-clock budget of the search in seconds (default: none)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: 32)")
@@ -106,7 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="output directory (default: runs/bench_fashion_mnist_search)")
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier search in OUTPUT/search first")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_quick_option(parser, SIZES)
     args = parser.parse_args(argv)
+    fill_sized_defaults(args, SIZES)
     if args.train < 50 or args.test < 10:
         parser.error("--train must be >= 50 and --test >= 10 (stratified over 10 classes)")
     if args.min_epochs < 1 or args.max_epochs < args.min_epochs:
@@ -118,11 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace, run_dir: Path) -> dict:
-    config = SearchConfig(backbones=BACKBONES, n_trials=args.trials, timeout=args.timeout, seed=args.seed,
+    config = SearchConfig(backbones=tuple(args.backbones), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
                           min_epochs=args.min_epochs, max_epochs=args.max_epochs, batch_size=args.batch_size,
                           input_options=InputOptions(image_size=args.image_size))
     logger.info("search: %d trials, %d-%d epochs, backbones %s", args.trials, args.min_epochs, args.max_epochs,
-                ", ".join(BACKBONES))
+                ", ".join(args.backbones))
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
         outcome = search(data, config, run_dir, executor)
@@ -199,22 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
-    data = fashion_mnist_bundle(args.train, args.test, args.val_fraction, args.seed)
+    data = image_bundle(args.dataset, args.train, args.test, args.val_fraction, args.seed)
     options = InputOptions(image_size=args.image_size)
+    encoded = list(dict.fromkeys([*args.backbones, args.baseline_backbone]))
     # 3 splits per distinct preprocessing must fit in the cache, or encodings would be recomputed mid-run.
-    executor = Executor(show_progress=False, max_cached_encodings=3 * len(BACKBONES))
-    encode_seconds = warm_encodings(executor, data, list(BACKBONES), options)
-    logger.info("encoded all splits for %d backbones in %.1fs (not counted in any row)", len(BACKBONES), encode_seconds)
+    executor = Executor(show_progress=False, max_cached_encodings=3 * len(encoded))
+    encode_seconds = warm_encodings(executor, data, encoded, options)
+    logger.info("encoded all splits for %d backbones in %.1fs (not counted in any row)", len(encoded), encode_seconds)
 
     searched = run_search(executor, data, args, run_dir)
     epochs = searched["_epochs"]
-    lite0 = get_registry().get_backbone(BASELINE_BACKBONE)
-    all_groups = lite0.build(len(data.classes), pretrained=False).num_groups
-    common = dict(backbone=BASELINE_BACKBONE, epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+    baseline = get_registry().get_backbone(args.baseline_backbone)
+    all_groups = baseline.build(len(data.classes), pretrained=False).num_groups
+    common = dict(backbone=args.baseline_backbone, epochs=epochs, batch_size=args.batch_size, seed=args.seed,
                   input_options=options)
-    full = run_baseline(executor, data, "full fine-tune lite0", TrialConfig(
+    short = args.baseline_backbone.replace("tf_efficientnet_", "")  # "lite0", as the table has always said
+    full = run_baseline(executor, data, f"full fine-tune {short}", TrialConfig(
         freeze_depth=all_groups, backbone_lr=args.finetune_lr, head_lr=args.finetune_lr, **common))
-    probe = run_baseline(executor, data, "linear probe lite0", TrialConfig(
+    probe = run_baseline(executor, data, f"linear probe {short}", TrialConfig(
         freeze_depth=0, backbone_lr=args.finetune_lr, head_lr=args.probe_lr, **common))
     rows = [searched, full, probe]
 
@@ -222,9 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     header = "\n".join([
         f"command: {command_line()}",
         machine_line(executor.device),
-        f"data: Fashion-MNIST at {args.image_size}x{args.image_size} px, {len(data.train)} train / "
-        f"{len(data.val)} validation (official train split) / {len(data.test)} test (official test split), "
-        f"seed {args.seed}",
+        f"data: {args.dataset} at {args.image_size}x{args.image_size} px, {len(data.train)} train / "
+        f"{len(data.val)} validation (train split) / {len(data.test)} test (test split), seed {args.seed}",
         f"search: {args.trials} trials requested ({states}), epochs {args.min_epochs}-{args.max_epochs}, "
         f"timeout {args.timeout or 'none'}; baselines run for the best trial's {epochs} epoch(s)",
     ])
@@ -246,4 +267,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -30,7 +30,8 @@ The full measurement (a few minutes on 2 CPU cores; run it alone on the machine)
 
     python benchmarks/feature_cache_speed.py --overwrite
 
-Quick check of the plumbing (under a minute)::
+Quick check of the plumbing (seconds: 100 of the built-in digits, which need no Debian package, MobileNetV2
+at 32 px, one repeat; the figures mean nothing)::
 
     OMP_NUM_THREADS=1 python benchmarks/feature_cache_speed.py --quick --output runs/bench_cache_smoke --overwrite
 
@@ -63,29 +64,30 @@ from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, fashion_mnist_bundle,
-    fill_sized_defaults, machine_line, markdown_table, percent, warm_encodings)
+    OtherLoad, add_quick_option, add_run_options, apply_run_options, clear_run_dir, command_line, fill_sized_defaults,
+    image_bundle, machine_line, markdown_table, percent, run_main, size_help, warm_encodings)
 
 logger = logging.getLogger("benchmarks.feature_cache_speed")
 T = TypeVar("T")
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"train": 2000, "image_size": 64, "epochs": 3, "repeats": 3},
-    "quick": {"train": 300, "image_size": 32, "epochs": 2, "repeats": 1},
+    "full": {"dataset": "fashion-mnist", "backbone": "tf_efficientnet_lite0", "train": 2000, "image_size": 64,
+             "epochs": 3, "repeats": 3},
+    "quick": {"dataset": "digits", "backbone": "mobilenetv2_100", "train": 100, "image_size": 32, "epochs": 2,
+              "repeats": 1},
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    full, quick = SIZES["full"], SIZES["quick"]
-
     def sized(name: str) -> str:
-        return f"(default: {full[name]}; --quick: {quick[name]})"
+        return size_help(SIZES, name)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0",
-                        help="image backbone (default: tf_efficientnet_lite0)")
+    parser.add_argument("--dataset", choices=("fashion-mnist", "digits"), default=None,
+                        help=f"registered image data set {sized('dataset')}")
+    parser.add_argument("--backbone", default=None, help=f"image backbone {sized('backbone')}")
     parser.add_argument("--train", type=int, default=None,
                         help=f"examples of the official train split, for train + validation {sized('train')}")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share held out for validation (default: 0.15)")
@@ -94,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of both trials (default: 32)")
     parser.add_argument("--head-lr", type=float, default=1e-2, help="head learning rate of both trials (default: 1e-2)")
     parser.add_argument("--repeats", type=int, default=None, help=f"runs of each trial, median reported {sized('repeats')}")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: a small sample, 32 px, 2 epochs, 1 repeat")
+    add_quick_option(parser, SIZES)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample, the split and the trials (default: 0)")
     add_run_options(parser, "runs/bench_feature_cache_speed", "empty an earlier feature cache in OUTPUT first")
     args = parser.parse_args(argv)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
-    data = fashion_mnist_bundle(args.train, 10, args.val_fraction, args.seed)  # the test split is not used
+    data = image_bundle(args.dataset, args.train, 10, args.val_fraction, args.seed)  # the test split is not used
     options = InputOptions(image_size=args.image_size)
     executor = Executor(show_progress=False, feature_cache=FeatureCache(cache_dir))
     encode_seconds = warm_encodings(executor, data, [args.backbone], options)
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"command: {command_line()}",
         machine_line(executor.device),
-        f"data: Fashion-MNIST at {args.image_size} px, {len(data.train)} train / {len(data.val)} validation; "
+        f"data: {args.dataset} at {args.image_size} px, {len(data.train)} train / {len(data.val)} validation; "
         f"backbone {args.backbone}; {args.epochs} epoch(s), batch {args.batch_size}, head lr {args.head_lr:g}, "
         f"linear head, early stopping off; median of {args.repeats} run(s)",
         "",
@@ -222,4 +224,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

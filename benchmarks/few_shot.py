@@ -35,9 +35,12 @@ Full benchmark (2 data sets x 3 shot counts x 5 draws; 33 minutes on 2 CPU cores
 
     OMP_NUM_THREADS=2 python benchmarks/few_shot.py --overwrite
 
-Quick check of the plumbing (a few minutes)::
+Quick check of the plumbing (seconds: a pool of 100 of the built-in digits, which need no Debian package, at
+32 px, MobileNetV2 alone, 2 shots, 2 draws of 2 trials; the figures mean nothing)::
 
     python benchmarks/few_shot.py --quick --output runs/bench_few_shot_quick --overwrite
+
+``--datasets digits`` runs the same on scikit-learn's digits (a sample of all 1,797) instead of Fashion-MNIST.
 """
 
 from __future__ import annotations
@@ -65,13 +68,22 @@ from automl_tl.registry import get_registry
 from automl_tl.search import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_run_options, command_line, fresh_output, machine_line,  # noqa: E402
-                     markdown_table, percent, stratified_sample)
+from _common import (OtherLoad, add_quick_option, add_run_options, command_line, fill_sized_defaults,  # noqa: E402
+                     fresh_output, load_dataset, machine_line, markdown_table, percent, run_main, size_help,
+                     stratified_sample)
 
 logger = logging.getLogger("benchmarks.few_shot")
 
-DATASETS = ("fashion-mnist", "bbc-news")
-IMAGE_BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100")
+DATASETS = ("fashion-mnist", "bbc-news", "digits")
+#: sizes of the full run and of --quick; an option given on the command line wins over both
+SIZES = {
+    "full": {"datasets": ("fashion-mnist", "bbc-news"), "shots": (1, 5, 20), "draws": 5, "trials": 12, "pool": 1000,
+             "image_size": 64, "max_length": 128,
+             "image_backbones": ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
+                                 "mobilenetv2_100")},
+    "quick": {"datasets": ("digits",), "shots": (2,), "draws": 2, "trials": 2, "pool": 100, "image_size": 32,
+              "max_length": 64, "image_backbones": ("mobilenetv2_100",)},
+}
 SHORT = {"nearest_centroid": "NC", "logistic_regression": "LR", "linear_probe": "LP", "last_k": "last-k",
          "full": "full", "lp_ft": "LP-FT"}
 
@@ -79,20 +91,23 @@ SHORT = {"nearest_centroid": "NC", "logistic_regression": "LR", "linear_probe": 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 20], help="shot counts (default: 1 5 20)")
-    parser.add_argument("--draws", type=int, default=5, help="seeded draws per shot count (default: 5)")
-    parser.add_argument("--trials", type=int, default=12, help="trials per search (default: 12)")
-    parser.add_argument("--pool", type=int, default=1000, help="labelled examples per data set (default: 1,000)")
-    parser.add_argument("--image-size", type=int, default=64, help="Fashion-MNIST image side (default: 64)")
-    parser.add_argument("--max-length", type=int, default=128, help="BBC News tokens per article (default: 128)")
+    def sized(name: str) -> str:
+        return size_help(SIZES, name)
+
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, help=f"data sets {sized('datasets')}")
+    parser.add_argument("--shots", type=int, nargs="+", default=None, help=f"shot counts {sized('shots')}")
+    parser.add_argument("--draws", type=int, default=None, help=f"seeded draws per shot count {sized('draws')}")
+    parser.add_argument("--trials", type=int, default=None, help=f"trials per search {sized('trials')}")
+    parser.add_argument("--pool", type=int, default=None, help=f"labelled examples per data set {sized('pool')}")
+    parser.add_argument("--image-size", type=int, default=None, help=f"image side {sized('image_size')}")
+    parser.add_argument("--image-backbones", nargs="+", default=None,
+                        help=f"backbones of the image data sets {sized('image_backbones')}")
+    parser.add_argument("--max-length", type=int, default=None, help=f"BBC News tokens per article {sized('max_length')}")
     parser.add_argument("--mpnet", action="store_true", help="BBC News: add all-mpnet-base-v2 if installed")
-    parser.add_argument("--quick", action="store_true",
-                        help="plumbing check: 2 draws, 6 trials, a pool of 300, 32 px, 64 tokens")
+    add_quick_option(parser, SIZES)
     add_run_options(parser, "runs/bench_few_shot", "delete OUTPUT first (it holds an earlier run)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.draws, args.trials, args.pool, args.image_size, args.max_length = 2, 6, 300, 32, 64
+    fill_sized_defaults(args, SIZES)
     if min(args.shots) < 1 or args.draws < 2:
         parser.error("shots must be >= 1 and draws >= 2 (a standard deviation needs two)")
     return args
@@ -102,12 +117,16 @@ def load_pool(name: str, args: argparse.Namespace) -> tuple[pd.DataFrame, str, l
     """The labelled pool, its input column, the backbones, the input options and a one-line description."""
     registry = get_registry()
     if name == "fashion-mnist":
-        frame = registry.get_dataset("fashion-mnist").load()
+        frame = load_dataset("fashion-mnist")
         test = frame[frame["split"] == "test"].drop(columns="split").reset_index(drop=True)
         pool = stratified_sample(test, args.pool, seed=0).reset_index(drop=True)
-        return (pool, "image", list(IMAGE_BACKBONES), InputOptions(image_size=args.image_size),
+        return (pool, "image", list(args.image_backbones), InputOptions(image_size=args.image_size),
                 f"Fashion-MNIST, {len(pool)} images of the official test split at {args.image_size} px")
-    frame = registry.get_dataset("bbc-news").load()
+    if name == "digits":
+        pool = stratified_sample(load_dataset("digits"), args.pool, seed=0).reset_index(drop=True)
+        return (pool, "image", list(args.image_backbones), InputOptions(image_size=args.image_size),
+                f"digits (scikit-learn), {len(pool)} of 1,797 images at {args.image_size} px")
+    frame = load_dataset("bbc-news")
     pool = stratified_sample(frame, args.pool, seed=0).reset_index(drop=True)
     backbones = ["all-MiniLM-L6-v2"]
     if args.mpnet and registry.get_backbone("all-mpnet-base-v2").weights_available():
@@ -229,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

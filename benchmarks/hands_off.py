@@ -27,6 +27,10 @@ the way a user would have them, then made messy the way collections come (``--cl
   and two are named ``.WAV``: *odd*. *Bad*: an empty file, a WAV header with no samples, random
   bytes named ``.wav``, a silent clip and a path that does not exist.
 
+A fourth collection, **digits** (scikit-learn's 1,797 handwritten digits, 8 x 8 grey, always installed), is
+written and made messy exactly as fashion-mnist is, its test set a stratified part held out first; ``--quick``
+runs it alone, so that the smoke run needs no Debian package.
+
 In every training CSV about 5 % of the rows (``--unlabelled``) have an empty label: *unlabelled*.
 The first row is always a plain file (so that a tool guessing the modality from it can). The
 test CSVs are clean and never seen by the search.
@@ -48,7 +52,7 @@ For each collection, in order, never two things at once:
    ``LogisticRegressionCV`` (10 values of C, stratified 5-fold cross-validation on the training
    rows). The table shows the backbone with the best *test* accuracy: an oracle that favours the
    probe. Every backbone is in ``results.json``.
-4. **classical**: raw pixels (28 x 28 grey, the images' own size: upscaling adds nothing),
+4. **classical**: raw pixels (28 x 28 grey, or 8 x 8: the images' own size: upscaling adds nothing),
    TF-IDF of the whole text (word uni- and bigrams, sublinear tf, ``min_df=2``), or the mean and
    standard deviation over time of the 64-band log-mel spectrogram of the whole clip at 16 kHz
    (:func:`automl_tl.audio.read_audio`, :func:`automl_tl.audio.log_mel_spectrogram`), into the same
@@ -73,10 +77,13 @@ about 15)::
 
     OMP_NUM_THREADS=2 python benchmarks/hands_off.py --overwrite
 
-Quick check of the plumbing (tiny collections, 60 s budgets; 1-2 minutes per collection besides the
-search, spoken digits 6 more for crepe-full's features on a busy machine)::
+Quick check of the plumbing (the digits collection alone, 80 training rows, a 30 s budget, the search stopping
+after 2 trials, the search and the probe on MobileNetV2 alone; under a minute on 2 idle cores, most of it the two commands' start-up; the figures
+mean nothing)::
 
     OMP_NUM_THREADS=1 python benchmarks/hands_off.py --quick --output runs/bench_hands_off_quick --overwrite
+
+``--quick --collections bbc-news spoken-digits`` runs the other collections at the quick sizes.
 
 The same collections without the mess (a control: what the search scores on tidy files)::
 
@@ -121,12 +128,14 @@ from automl_tl.feature_cache import FeatureCache, samples_hash
 from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line,
-                     fill_sized_defaults, machine_line, percent, stratified_sample)
+from _common import (OtherLoad, add_quick_option, add_run_options, apply_run_options, clear_run_dir,  # noqa: E402
+                     command_line, fill_sized_defaults, load_dataset, machine_line, percent, require_data, run_main,
+                     size_help, stratified_sample)
 
 logger = logging.getLogger("benchmarks.hands_off")
 
-COLLECTIONS = ("fashion-mnist", "bbc-news", "spoken-digits")
+COLLECTIONS = ("fashion-mnist", "bbc-news", "spoken-digits", "digits")
+IMAGE_COLLECTIONS = ("fashion-mnist", "digits")
 LABEL = "label"
 GOAL_POINTS = 2.0  # the search's test accuracy must beat the oracle probe's by this many points
 GOAL_WALL_RATIO = 1.02  # and its wall-clock stay within this multiple of the budget
@@ -137,49 +146,58 @@ LR_CS = 10
 LR_FOLDS = 5
 WIDTH = 100  # columns of the printed report
 
+#: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"timeout": 600.0, "images": 520, "image_test": 600, "texts": None, "voices": 40, "test_voices": 12},
-    "quick": {"timeout": 60.0, "images": 80, "image_test": 40, "texts": 200, "voices": 8, "test_voices": 2},
+    "full": {"collections": ("fashion-mnist", "bbc-news", "spoken-digits"), "timeout": 600.0, "search_args": "",
+             "probe_backbones": None, "images": 520, "image_test": 600, "texts": None, "voices": 40,
+             "test_voices": 12},
+    # the search stays hands-off but for the backbone and image size, which keep a 30 s budget enough on 2 cores,
+    # and 2 trials, after which it ends without waiting for the budget; 80 rows, so that the 6 bad ones (the huge
+    # PNG included) stay under the search's 10 % --max-bad-fraction
+    "quick": {"collections": ("digits",), "timeout": 30.0,
+              "search_args": "--backbones mobilenetv2_100 --image-size 32 --trials 2",
+              "probe_backbones": ("mobilenetv2_100",), "images": 80, "image_test": 20, "texts": 200, "voices": 8,
+              "test_voices": 2},
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    full, quick = SIZES["full"], SIZES["quick"]
-
     def sized(name: str) -> str:
-        return f"(default: {full[name] if full[name] is not None else 'all'}; --quick: {quick[name]})"
+        return size_help(SIZES, name)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collections", nargs="+", choices=COLLECTIONS, default=list(COLLECTIONS),
-                        help="collections to run (default: all three)")
+    parser.add_argument("--collections", nargs="+", choices=COLLECTIONS, default=None,
+                        help=f"collections to run {sized('collections')}")
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"the search's --timeout in seconds, the budget B {sized('timeout')}")
-    parser.add_argument("--search-args", default="",
+    parser.add_argument("--search-args", default=None,
                         help="extra options appended to the search command, as one string; write it "
-                             "--search-args='--no-prerank' when it starts with a dash (default: none)")
+                             "--search-args='--no-prerank' when it starts with a dash (default: none; --quick: "
+                             f"'{SIZES['quick']['search_args']}')")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the samples, splits, mess and baselines' folds; the search keeps its default "
                              "(default: 0)")
-    parser.add_argument("--probe-backbones", nargs="+", metavar="NAME",
+    parser.add_argument("--probe-backbones", nargs="+", metavar="NAME", default=None,
                         help="backbones of the probe baseline (default: every installed backbone of the modality, "
-                             "as the search; names of other modalities are ignored)")
+                             f"as the search; --quick: {' '.join(SIZES['quick']['probe_backbones'])}; names of other "
+                             "modalities are ignored)")
     parser.add_argument("--clean", action="store_true",
                         help="a control: write the collections without the mess (no unlabelled, odd or bad rows)")
     parser.add_argument("--unlabelled", type=float, default=0.05,
                         help="share of training rows written without a label (default: 0.05)")
     group = parser.add_argument_group("sizes")
     group.add_argument("--images", type=int, default=None,
-                       help=f"fashion-mnist: training rows, of the official train split {sized('images')}")
+                       help=f"fashion-mnist and digits: training rows, of the train split {sized('images')}")
     group.add_argument("--image-test", type=int, default=None,
-                       help=f"fashion-mnist: test images, of the official test split {sized('image_test')}")
+                       help=f"fashion-mnist and digits: test images, of the test split {sized('image_test')}")
     group.add_argument("--texts", type=int, default=None,
                        help=f"bbc-news: articles sampled (stratified) of 2,225, 30 %% of them the test set "
                             f"{sized('texts')}")
     group.add_argument("--voices", type=int, default=None, help=f"spoken-digits: espeak-ng voices {sized('voices')}")
     group.add_argument("--test-voices", type=int, default=None,
                        help=f"spoken-digits: voices of the test set {sized('test_voices')}")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny collections and a 60 s budget")
+    add_quick_option(parser, SIZES)
     add_run_options(parser, "runs/bench_hands_off", "delete OUTPUT/<collection> of the collections asked for first")
     args = parser.parse_args(argv)
     fill_sized_defaults(args, SIZES)
@@ -331,11 +349,19 @@ ODD_IMAGES = ("huge", "cmyk", "cmyk", "cmyk", "exif-rotated", "exif-rotated", "e
 BAD_IMAGES = ("truncated", "truncated", "empty", "not-an-image", "missing")
 
 
-def fashion_mnist(folder: Path, args: argparse.Namespace) -> Collection:
-    """Fashion-MNIST as image files under ``folder/data``, messy unless ``--clean`` (see the module docstring)."""
-    frame = get_registry().get_dataset("fashion-mnist").load()
-    train_pool = frame[frame["split"] == "train"].reset_index(drop=True)
-    test_pool = frame[frame["split"] == "test"].reset_index(drop=True)
+def image_collection(name: str, folder: Path, args: argparse.Namespace) -> Collection:
+    """Fashion-MNIST or the digits as image files under ``folder/data``, messy unless ``--clean`` (see the module
+    docstring). The digits have no official test split: a stratified part of ``--image-test`` is held out first."""
+    from sklearn.model_selection import train_test_split
+
+    frame = load_dataset(name)
+    if "split" in frame.columns:
+        train_pool = frame[frame["split"] == "train"].reset_index(drop=True)
+        test_pool = frame[frame["split"] == "test"].reset_index(drop=True)
+    else:
+        train_pool, test_pool = train_test_split(frame, test_size=args.image_test, stratify=frame[LABEL],
+                                                 random_state=args.seed)
+        train_pool, test_pool = train_pool.reset_index(drop=True), test_pool.reset_index(drop=True)
     train = stratified_sample(train_pool, args.images, args.seed).reset_index(drop=True)
     test = stratified_sample(test_pool, args.image_test, args.seed).reset_index(drop=True)
     rng = np.random.default_rng(args.seed)
@@ -367,17 +393,19 @@ def fashion_mnist(folder: Path, args: argparse.Namespace) -> Collection:
         Image.fromarray(image).save(images / f"test-{i:05d}.png")
         test_names.append(f"images/test-{i:05d}.png")
     write_csv(data / "test.csv", pd.DataFrame({"image": test_names, LABEL: test["label"]}))
-    return Collection("fashion-mnist", "image", data / "train.csv", data / "test.csv", kinds, list(train["image"]),
+    height, width = np.asarray(train["image"].iloc[0]).shape
+    return Collection(name, "image", data / "train.csv", data / "test.csv", kinds, list(train["image"]),
                       labels, list(test["image"]), [str(v) for v in test["label"]],
-                      f"Fashion-MNIST 28x28: {len(train)} training rows of the official train split (PNG and "
-                      f"JPEG files), {len(test)} test images of the official test split", mess)
+                      f"{'Fashion-MNIST' if name == 'fashion-mnist' else 'digits'} {height}x{width}: {len(train)} "
+                      f"training rows of the train split (PNG and JPEG files), {len(test)} test images of the test "
+                      "split", mess)
 
 
 def bbc_news(folder: Path, args: argparse.Namespace) -> Collection:
     """BBC News as CSV files under ``folder/data``, messy unless ``--clean`` (see the module docstring)."""
     from sklearn.model_selection import train_test_split
 
-    frame = get_registry().get_dataset("bbc-news").load()
+    frame = load_dataset("bbc-news")
     if args.texts is not None:
         frame = stratified_sample(frame, args.texts, args.seed)
     train, test = train_test_split(frame, test_size=0.3, stratify=frame[LABEL], random_state=args.seed)
@@ -507,11 +535,9 @@ def check_source(name: str) -> None:
     """Refuse now (:class:`~automl_tl.errors.DataError`, saying what to install) if the collection's source is
     missing, rather than after the collections before it have run."""
     if name == "fashion-mnist":
-        from automl_tl_datasets import FASHION_MNIST_DIR
-
-        if not FASHION_MNIST_DIR.is_dir():
-            raise DataError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}; install it with "
-                            "'apt-get install dataset-fashion-mnist'")
+        require_data(name)
+    elif name == "digits":
+        return  # scikit-learn ships them
     elif name == "bbc-news":
         from automl_tl_datasets.text import bbc_news_folder
 
@@ -524,8 +550,8 @@ def check_source(name: str) -> None:
 
 def write_collection(name: str, folder: Path, args: argparse.Namespace, output: Path) -> Collection:
     """The collection ``name`` written under ``folder``."""
-    if name == "fashion-mnist":
-        return fashion_mnist(folder, args)
+    if name in IMAGE_COLLECTIONS:
+        return image_collection(name, folder, args)
     if name == "bbc-news":
         return bbc_news(folder, args)
     return spoken_digits(folder, args, output)
@@ -728,7 +754,8 @@ def run_classical(collection: Collection, seed: int) -> dict[str, Any]:
             return np.stack([np.asarray(image, dtype=np.float32).reshape(-1) / 255.0 for image in images])
 
         train, test = pixels(train_inputs), pixels(collection.test_inputs)
-        what, scale = "pixels (28x28 grey) + LR", True
+        height, width = np.asarray(train_inputs[0]).shape
+        what, scale = f"pixels ({height}x{width} grey) + LR", True
     else:
         train, test = logmel_statistics(train_inputs), logmel_statistics(collection.test_inputs)
         what, scale = "log-mel mean+std (64 bands, 16 kHz, whole clip) + LR", True
@@ -828,8 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.collections:  # refuse up front rather than after an hour of work
         try:
             check_source(name)
-        except AutomlTLError as exc:
-            sys.exit(f"{name}: {exc}")
+        except AutomlTLError as exc:  # one line naming the collection, exit status 2 (run_main)
+            raise DataError(f"{name}: {exc}") from exc
         clear_run_dir(output / name, args.overwrite)
     output.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(output / "features")
@@ -852,4 +879,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

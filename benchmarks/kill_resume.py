@@ -22,7 +22,11 @@ How to run
 ::
 
     OMP_NUM_THREADS=2 python benchmarks/kill_resume.py --overwrite              # 10 runs, about 15 min
-    OMP_NUM_THREADS=2 python benchmarks/kill_resume.py --runs 2 --trials 4 --overwrite   # plumbing check
+    OMP_NUM_THREADS=2 python benchmarks/kill_resume.py --runs 2 --trials 4 --overwrite   # a short look
+    python benchmarks/kill_resume.py --quick --output runs/bench_kill_resume_quick --overwrite   # plumbing check
+
+``--quick``: one killed run, 2 trials of 1 epoch on 120 digits with MobileNetV2 alone (three commands, each
+paying the interpreter's start-up: well under a minute on an idle machine; the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -43,10 +47,17 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_run_options, command_line, fresh_output, machine_line, markdown_table)
+    add_quick_option, add_run_options, command_line, fill_sized_defaults, fresh_output, machine_line, markdown_table,
+    run_main, size_help)
 
 logger = logging.getLogger("benchmarks.kill_resume")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: sizes of the full run and of --quick; an option given on the command line wins over both
+SIZES = {
+    "full": {"runs": 10, "trials": 12, "epochs": 3, "samples": 800,
+             "backbones": ("mobilenetv2_100", "tf_efficientnet_lite0")},
+    "quick": {"runs": 1, "trials": 2, "epochs": 1, "samples": 120, "backbones": ("mobilenetv2_100",)},
+}
 
 
 def search_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -98,18 +109,26 @@ def phase_at(study: optuna.Study | None, run_dir: Path) -> str:
     return "pre-ranking" if done == 0 else f"between trials / finishing ({done} done)"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=800, help="digits used (stratified)")
-    parser.add_argument("--backbones", nargs="+", default=["mobilenetv2_100", "tf_efficientnet_lite0"])
+    parser.add_argument("--runs", type=int, default=None, help=f"killed and resumed runs {size_help(SIZES, 'runs')}")
+    parser.add_argument("--trials", type=int, default=None, help=f"trials of each search {size_help(SIZES, 'trials')}")
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs per trial {size_help(SIZES, 'epochs')}")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"digits used (stratified) {size_help(SIZES, 'samples')}")
+    parser.add_argument("--backbones", nargs="+", default=None, help=f"image backbones {size_help(SIZES, 'backbones')}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--earliest", type=float, default=3.0, help="earliest kill, seconds after the start")
     parser.add_argument("--kill-seed", type=int, default=1, help="seed of the random kill moments")
+    add_quick_option(parser, SIZES)
     add_run_options(parser, "runs/bench_kill_resume", "delete earlier results in OUTPUT first")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    fill_sized_defaults(args, SIZES)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     output = fresh_output(args)
     env = {**os.environ, "AUTOML_TL_FEATURE_CACHE": str((output / "features").resolve()), "HF_HUB_OFFLINE": "1"}
 
@@ -177,7 +196,8 @@ def main() -> None:
         f"accuracy): {same_total} of {len(rows)}", ""])
     print(text)
     (output / "results.md").write_text(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -66,10 +66,14 @@ One data set at a time (the tables are independent)::
 
     python benchmarks/search_vs_baselines.py --datasets fashion-mnist --output runs/bench_svb_fmnist --overwrite
 
-Quick check of the plumbing (tiny data, 2 backbones per data set, a reduced grid, 1 seed,
-1 epoch, a budget of 40 % of the grid so that every run gets a few trials; about 3 minutes)::
+Quick check of the plumbing (seconds: 100 of the built-in digits instead of Fashion-MNIST, so that it needs no
+Debian package, the first backbone alone, a reduced grid, 1 seed, 1 epoch, a budget of 40 % of the grid so that
+every run gets a few trials; the figures mean nothing)::
 
     OMP_NUM_THREADS=1 python benchmarks/search_vs_baselines.py --quick --output runs/bench_svb_smoke --overwrite
+
+``--datasets digits`` runs the image table on scikit-learn's digits (images from 1,797, test part held out
+stratified) instead of Fashion-MNIST; the other sizes are those of Fashion-MNIST.
 
 Earlier results in ``OUTPUT/<data set>`` are never resumed (a resumed search would time
 nothing): the script stops unless ``--overwrite`` is given, which deletes them first.
@@ -110,15 +114,16 @@ from automl_tl.transferability import SCORES, kendall_tau  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_run_options, apply_run_options, clear_run_dir, command_line, fashion_mnist_bundle,
-    fill_sized_defaults, machine_line, markdown_table, percent, spoken_digits_bundle, warm_encodings)
+    OtherLoad, add_quick_option, add_run_options, apply_run_options, clear_run_dir, command_line, fill_sized_defaults,
+    image_bundle, machine_line, markdown_table, percent, run_main, size_help, spoken_digits_bundle, warm_encodings)
 
 logger = logging.getLogger("benchmarks.search_vs_baselines")
 
-DATASETS = ("fashion-mnist", "bbc-news", "spoken-digits")
-#: the offline backbones of each data set's modality; --quick keeps the first two (the cheapest)
+DATASETS = ("fashion-mnist", "bbc-news", "spoken-digits", "digits")
+#: the offline backbones of each data set's modality, cheapest first (--backbones-per-dataset keeps the first N)
 BACKBONES = {
     "fashion-mnist": ("tf_efficientnet_lite0", "mobilenetv2_100", "tf_efficientnet_lite1"),
+    "digits": ("mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1"),
     "bbc-news": ("all-MiniLM-L6-v2", "all-mpnet-base-v2"),
     "spoken-digits": ("ge2e-speaker", "aisfx", "crepe-tiny"),
 }
@@ -136,11 +141,13 @@ LINEAR_HEAD = {"head": "linear", "head_hidden": 256, "head_dropout": 0.0}  # wid
 SIZES = {
     # Validation and test parts are large on purpose: with a few dozen examples, one example is several
     # percent, and which configuration "wins" would be chance.
-    "full": {"seeds": 5, "budget_fraction": 0.14, "max_epochs": 2, "image_epochs": 3, "train": 1200, "test": 2000,
+    "full": {"datasets": ("fashion-mnist", "bbc-news", "spoken-digits"), "backbones_per_dataset": None,
+             "seeds": 5, "budget_fraction": 0.14, "max_epochs": 2, "image_epochs": 3, "train": 1200, "test": 2000,
              "image_size": 64,
              "val_fraction": 0.35, "bbc_samples": 1000, "bbc_test_fraction": 0.35, "max_length": 64, "voices": 30,
              "val_voices": 6, "test_voices": 6},
-    "quick": {"seeds": 1, "budget_fraction": 0.4, "max_epochs": 1, "image_epochs": 1, "train": 200, "test": 100,
+    "quick": {"datasets": ("digits",), "backbones_per_dataset": 1,
+              "seeds": 1, "budget_fraction": 0.4, "max_epochs": 1, "image_epochs": 1, "train": 100, "test": 50,
               "image_size": 32,
               "val_fraction": 0.15, "bbc_samples": 100, "bbc_test_fraction": 0.15, "max_length": 32, "voices": 8,
               "val_voices": 2, "test_voices": 2},
@@ -148,15 +155,15 @@ SIZES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    full, quick = SIZES["full"], SIZES["quick"]
-
     def sized(name: str, unit: str = "") -> str:
-        return f"(default: {full[name]}{unit}; --quick: {quick[name]}{unit})"
+        return size_help(SIZES, name, unit)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS),
-                        help="data sets to run, one table each (default: all three)")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
+                        help=f"data sets to run, one table each {sized('datasets')}")
+    parser.add_argument("--backbones-per-dataset", type=int, default=None,
+                        help=f"the first N (cheapest) offline backbones of each data set {sized('backbones_per_dataset')}")
     parser.add_argument("--seeds", type=int, default=None, help=f"seeds of the search and of random search {sized('seeds')}")
     parser.add_argument("--budget-fraction", type=float, default=None,
                         help=f"CPU budget of the search and of random search, as a share of the grid's "
@@ -174,7 +181,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_argument_group("data")
     group.add_argument("--data-seed", type=int, default=0, help="seed of the samples and splits (default: 0)")
     group.add_argument("--train", type=int, default=None,
-                       help=f"Fashion-MNIST: examples of the official train split, for train + validation {sized('train')}")
+                       help=f"Fashion-MNIST (or digits): examples of the official train split, for train + validation {sized('train')}")
     group.add_argument("--test", type=int, default=None,
                        help=f"Fashion-MNIST: examples of the official test split {sized('test')}")
     group.add_argument("--image-size", type=int, default=None, help=f"Fashion-MNIST: image side {sized('image_size', ' px')}")
@@ -193,8 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--digits-clip", type=float, default=1.3, help="spoken digits: seconds per clip (default: 1.3)")
     group.add_argument("--digits-dir", default="runs/audio_data/spoken_digits",
                        help="where the synthesised digits are cached (default: runs/audio_data/spoken_digits)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke test: tiny data, the first 2 backbones, a reduced grid, 1 seed, 1 epoch, budget 0.4")
+    add_quick_option(parser, SIZES, "a reduced grid")
     add_run_options(parser, "runs/bench_search_vs_baselines", "delete earlier results in OUTPUT/<data set> first")
     args = parser.parse_args(argv)
     fill_sized_defaults(args, SIZES)
@@ -231,10 +237,10 @@ class Task:
 
 def load_data(name: str, args: argparse.Namespace) -> tuple[DatasetBundle, str, InputOptions, int]:
     """The data set, a one-line description, its input options and batch size."""
-    if name == "fashion-mnist":
-        data = fashion_mnist_bundle(args.train, args.test, args.val_fraction, args.data_seed)
-        description = (f"Fashion-MNIST at {args.image_size} px: {len(data.train)} train / {len(data.val)} validation "
-                       f"(official train split) / {len(data.test)} test (official test split)")
+    if name in ("fashion-mnist", "digits"):
+        data = image_bundle(name, args.train, args.test, args.val_fraction, args.data_seed)
+        description = (f"{name} at {args.image_size} px: {len(data.train)} train / {len(data.val)} validation "
+                       f"(train split) / {len(data.test)} test (test split)")
         return data, description, InputOptions(image_size=args.image_size), 32
     if name == "bbc-news":
         from automl_tl_datasets.text import load_bbc_news
@@ -254,7 +260,7 @@ def load_task(name: str, args: argparse.Namespace) -> Task:
     """The data set and the backbones of its modality whose weights are installed."""
     data, description, options, batch_size = load_data(name, args)
     registry = get_registry()
-    wanted = list(BACKBONES[name][:2] if args.quick else BACKBONES[name])
+    wanted = list(BACKBONES[name][:args.backbones_per_dataset])  # [:None]: all
     backbones = [b for b in wanted if registry.get_backbone(b).weights_available()]
     notes = []
     missing = [b for b in wanted if b not in backbones]
@@ -369,14 +375,14 @@ class BudgetedExecutor(Executor):
     budget: CpuBudget | None = None
 
     def fit(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle, on_epoch: EpochCallback | None = None,
-            deadline: float | None = None) -> TrialResult:
+            deadline: float | None = None, refit: bool = False) -> TrialResult:
         if self.budget is not None:
             if self.budget.used() >= self.budget.seconds:
                 # Spent: do not even build the model. No epoch finished, so the search records a failed trial.
                 return TrialResult(config, [], STOP_TIME, 0.0, 0.0, 0)
             cap = self.budget.wall_deadline()
             deadline = cap if deadline is None else min(deadline, cap)
-        return super().fit(config, backbone, data, on_epoch=on_epoch, deadline=deadline)
+        return super().fit(config, backbone, data, on_epoch=on_epoch, deadline=deadline, refit=refit)
 
 
 def fresh_cache(path: Path) -> FeatureCache:
@@ -617,4 +623,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
