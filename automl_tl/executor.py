@@ -350,9 +350,10 @@ class Executor:
                                   backbone: Backbone) -> TrialResult:
         """While ``result`` says one epoch would not fit the budget, run the trial again at a cheaper
         configuration (see :func:`cheaper_trial`), up to :data:`CHEAPER_ATTEMPTS` times. What changed is
-        listed in ``extra["adapted"]``, and the measured attempts' seconds count in the result's."""
+        listed in ``extra["adapted"]``, and every attempt's seconds count in the result's."""
         adapted: list[str] = []
-        lost_seconds = lost_cpu_seconds = 0.0
+        # the attempts' wall-clock, from the end of the first: what each one spent releasing memory included
+        started, cpu_started = time.perf_counter() - result.seconds, time.process_time() - result.cpu_seconds
         for _ in range(CHEAPER_ATTEMPTS):
             if result.stop_reason != STOP_OVER_BUDGET:
                 break
@@ -364,14 +365,11 @@ class Executor:
             adapted.append(f"{change} (one epoch would have taken about {projected:.0f}s)")
             logger.info("%s %s: one epoch would take about %.0fs, more than the budget left; trying %s",
                         result.config.backbone, result.config.strategy, projected, change)
-            lost_seconds += result.seconds
-            lost_cpu_seconds += result.cpu_seconds
-            release_memory()
             result = fit_with_out_of_memory_retry(attempt, config)
         if adapted:
             result.extra["adapted"] = adapted + result.extra.get("adapted", [])
-            result.seconds += lost_seconds
-            result.cpu_seconds += lost_cpu_seconds
+            result.seconds = time.perf_counter() - started
+            result.cpu_seconds = time.process_time() - cpu_started
         return result
 
     def _fit_probe(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,

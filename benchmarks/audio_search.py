@@ -224,14 +224,14 @@ def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace
     board, params = outcome.leaderboard, outcome.best_params
     best = board[board["trial"] == outcome.best_trial].iloc[0]
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(board["state"].value_counts().to_dict().items()))
-    depth = int(params["freeze_depth"])
+    depth = int(params.get("freeze_depth", 0))  # a strategy on the frozen body has no depth
     groups = get_registry().get_backbone(params["backbone"]).build(2, pretrained=False).num_groups
     return {"method": f"search ({states})", "test accuracy": outcome.test_metrics["accuracy"],
             "val accuracy": outcome.best_val_accuracy, "CPU s": cpu, "wall s": wall,
             "backbone": params["backbone"],
             "freeze depth": f"{depth} of {groups}" if depth < groups else f"all {groups}",
-            "epochs": int(best["epochs_run"]), "head lr": params["head_lr"],
-            "backbone lr": params["backbone_lr"] if depth > 0 else None,
+            "epochs": int(best["epochs_run"]), "head lr": params.get("head_lr"),
+            "backbone lr": params.get("backbone_lr"),
             "CPU used by others": percent(load.share)}
 
 

@@ -160,9 +160,9 @@ def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace
         "wall s": wall,
         "epochs (run/set)": f"{int(best['epochs_run'])}/{args.max_epochs}",
         "backbone": params["backbone"],
-        "freeze depth": int(params["freeze_depth"]),
-        "backbone lr": params["backbone_lr"] if params["freeze_depth"] > 0 else None,
-        "head lr": params["head_lr"],
+        "freeze depth": int(params.get("freeze_depth", 0)),  # best_params holds what the strategy used
+        "backbone lr": params.get("backbone_lr"),
+        "head lr": params.get("head_lr"),
         "CPU used by others": percent(load.share),
         # kept for the baselines and the notes, dropped from the table
         "_epochs": int(best["epochs_run"]),  # the baselines train as many epochs as the best trial ran

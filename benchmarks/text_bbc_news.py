@@ -149,10 +149,10 @@ def run_search(executor: Executor, data: DatasetBundle, backbones: list[str], ar
         "CPU s": cpu,
         "wall s": wall,
         "model": params["backbone"],
-        "freeze depth": str(int(params["freeze_depth"])),
+        "freeze depth": str(int(params.get("freeze_depth", 0))),  # best_params holds what the strategy used
         "epochs (run/set)": f"{int(best['epochs_run'])}/{int(params.get('epochs', args.max_epochs))}",
-        "lr (body / head)": f"{params['backbone_lr']:.1e} / {params['head_lr']:.1e}" if params["freeze_depth"] > 0
-        else f"- / {params['head_lr']:.1e}",
+        "lr (body / head)": " / ".join(f"{params[name]:.1e}" if name in params else "-"
+                                       for name in ("backbone_lr", "head_lr")),
         "CPU used by others": percent(load.share),
         "_trials_by_state": board["state"].value_counts().to_dict(),
     }
