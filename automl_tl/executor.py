@@ -342,18 +342,18 @@ class Executor:
                 return self._fit_embedding_head(trial_config, backbone, data, on_epoch, deadline, refit)
             return self._fit_body(trial_config, backbone, data, on_epoch, deadline, refit)
 
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = fit_with_out_of_memory_retry(attempt, config)
-        return result if refit else self._cheaper_when_over_budget(attempt, result, backbone)
+        return result if refit else self._cheaper_when_over_budget(attempt, result, backbone, started, cpu_started)
 
     @staticmethod
     def _cheaper_when_over_budget(attempt: Callable[[TrialConfig], TrialResult], result: TrialResult,
-                                  backbone: Backbone) -> TrialResult:
+                                  backbone: Backbone, started: float, cpu_started: float) -> TrialResult:
         """While ``result`` says one epoch would not fit the budget, run the trial again at a cheaper
         configuration (see :func:`cheaper_trial`), up to :data:`CHEAPER_ATTEMPTS` times. What changed is
-        listed in ``extra["adapted"]``, and every attempt's seconds count in the result's."""
+        listed in ``extra["adapted"]``, and the result's seconds are those of every attempt since ``started``
+        (``time.perf_counter()``; ``cpu_started``: ``time.process_time()``), memory released between them included."""
         adapted: list[str] = []
-        # the attempts' wall-clock, from the end of the first: what each one spent releasing memory included
-        started, cpu_started = time.perf_counter() - result.seconds, time.process_time() - result.cpu_seconds
         for _ in range(CHEAPER_ATTEMPTS):
             if result.stop_reason != STOP_OVER_BUDGET:
                 break

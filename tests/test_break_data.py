@@ -26,46 +26,10 @@ from PIL import Image
 from automl_tl.data import check_input, prepare_dataset, prepare_unlabelled, read_folder, read_image
 from automl_tl.errors import ConfigError, DataError, UnreadableInputError
 
-PREFIX = "automl-tl: error:"
+from cli_helpers import error_line, image_folder, run_main, write_png
+
 
 # ---------------------------------------------------------------- helpers
-
-
-def write_png(path: Path, seed: int = 0, size: int = 8) -> Path:
-    """A small random RGB PNG (random pixels: every seed gives another file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def image_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
-    """root/<class>/<i>.png, counts[class] distinct images per class."""
-    for name, count in counts.items():
-        for i in range(count):
-            write_png(root / name / f"{i}.png", seed=seed)
-            seed += 1
-    return root
-
-
-def run_main(argv: list, capsys) -> tuple[int, str]:
-    """``automl_tl.cli.main`` in this process: exit status and stderr."""
-    from automl_tl.cli import main
-
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def error_line(code: int, stderr: str) -> str:
-    """The one error line of a refused command (exit 2, no traceback, the error last)."""
-    assert "Traceback" not in stderr, stderr
-    assert code == 2, f"exit status {code}, stderr:\n{stderr}"
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith(PREFIX), stderr
-    assert sum(line.startswith(PREFIX) for line in lines) == 1, stderr
-    return lines[-1]
 
 
 def split_of(bundle) -> dict:

@@ -20,20 +20,17 @@ journal and the saved model that the tests damage copies of.
 
 from __future__ import annotations
 
-import array
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from automl_tl import Backbone, InputOptions, SearchConfig, TransferClassifier, TransferModel, hookimpl, load, search
@@ -43,7 +40,8 @@ from automl_tl.image import ImagePreprocessor
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import reset_registry
 
-PREFIX = "automl-tl: error:"
+from cli_helpers import error_line, image_folder, read_only_directory, run_main
+
 #: flags that keep a search tiny should a refusal ever fail to fire
 SMALL_SEARCH = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
                 "--no-prerank", "--strategies", "linear_probe", "--heads", "linear"]
@@ -51,44 +49,6 @@ JOURNAL = "study.journal"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def write_png(path: Path, seed: int = 0, size: int = 8) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="PNG")
-    return path
-
-
-def image_folder(root: Path, counts: dict[str, int] | None = None) -> Path:
-    """root/<class>/<i>.png; by default a valid data set of 2 classes x 4 images."""
-    seed = 0
-    for name, count in (counts or {"cat": 4, "dog": 4}).items():
-        for i in range(count):
-            write_png(root / name / f"{i}.png", seed=seed)
-            seed += 1
-    return root
-
-
-def run_main(argv: list, capsys) -> tuple[int, str]:
-    """``automl_tl.cli.main`` in this process: exit status and stderr (argparse exits by SystemExit)."""
-    from automl_tl.cli import main
-
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def error_line(code: int, stderr: str) -> str:
-    """The one error line of a refused command; checks status 2 and that nothing else went wrong."""
-    assert "Traceback" not in stderr, stderr
-    assert code == 2, f"exit status {code}, stderr:\n{stderr}"
-    errors = [line for line in stderr.splitlines() if line.startswith(PREFIX)]
-    assert len(errors) == 1, f"expected one '{PREFIX}' line, stderr:\n{stderr}"
-    assert stderr.strip().splitlines()[-1] == errors[0], f"the error must be the last thing on stderr:\n{stderr}"
-    return errors[0]
 
 
 def one_line(error: BaseException) -> str:
@@ -110,44 +70,6 @@ def journal_trials(path: Path) -> list[tuple]:
     return [(t.number, t.state.name, t.params) for t in study.trials]
 
 
-FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10  # linux/fs.h
-
-
-def _set_immutable(directory: Path, on: bool) -> None:
-    """``chattr +i`` / ``-i``: an immutable directory refuses new entries even to root."""
-    import fcntl
-
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        flags = array.array("i", [0])
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
-        wanted = flags[0] | FS_IMMUTABLE_FL if on else flags[0] & ~FS_IMMUTABLE_FL
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, array.array("i", [wanted]))
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def read_only_directory(directory: Path) -> Iterator[Path]:
-    """``directory`` made read-only for whoever runs the tests (chmod for a user, the immutable attribute for
-    root, whom permission bits do not stop), and writable again afterwards; skips where neither works."""
-    directory.mkdir(parents=True, exist_ok=True)
-    as_root = os.geteuid() == 0
-    try:
-        _set_immutable(directory, True) if as_root else directory.chmod(0o500)
-    except OSError as exc:
-        pytest.skip(f"cannot make {directory} read-only ({exc.strerror})")
-    try:
-        try:
-            (directory / ".probe").mkdir()
-        except OSError:
-            pass
-        else:
-            pytest.skip(f"{directory} stays writable for this user")
-        yield directory
-    finally:
-        _set_immutable(directory, False) if as_root else directory.chmod(0o700)
-        shutil.rmtree(directory / ".probe", ignore_errors=True)
 
 
 # ---------------------------------------------------------------- one real search

@@ -39,7 +39,6 @@ The bad inputs of issue 5, and where each is tested:
 
 from __future__ import annotations
 
-import array
 import hashlib
 import io
 import json
@@ -49,9 +48,8 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,28 +57,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-PREFIX = "automl-tl: error:"
+from cli_helpers import error_line, image_folder, read_only_directory, run_main, write_png
+
 # flags that keep a search tiny should an error check ever fail to fire
 SMALL_SEARCH = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1"]
 
 # ---------------------------------------------------------------- data on disk
-
-
-def write_png(path: Path, seed: int = 0, size: int = 8) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="PNG")
-    return path
-
-
-def image_folder(root: Path, counts: dict[str, int] | None = None) -> Path:
-    """root/<class>/<i>.png; by default a valid data set of 2 classes x 4 images."""
-    seed = 0
-    for name, count in (counts or {"cat": 4, "dog": 4}).items():
-        for i in range(count):
-            write_png(root / name / f"{i}.png", seed=seed)
-            seed += 1
-    return root
 
 
 def csv_data(directory: Path, counts: dict[str, int] | None = None) -> Path:
@@ -128,28 +110,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "automl_tl.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180)
-
-
-def error_line(code: int, stderr: str) -> str:
-    """The one error line of a refused command; checks status 2 and that nothing else went wrong."""
-    assert "Traceback" not in stderr, stderr
-    assert code == 2, f"exit status {code}, stderr:\n{stderr}"
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(PREFIX)]
-    assert len(errors) == 1, f"expected one '{PREFIX}' line, stderr:\n{stderr}"
-    assert lines[-1] == errors[0], f"the error must be the last thing on stderr:\n{stderr}"
-    return errors[0]
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    """``automl_tl.cli.main`` in this process: exit status and stderr (argparse exits by SystemExit)."""
-    from automl_tl.cli import main
-
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- subprocess cases
@@ -609,55 +569,6 @@ def test_predict_refuses_config_that_is_not_an_object(tmp_path, capsys):
 
 # ---------------------------------------------------------------- unwritable output directory
 
-FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10  # linux/fs.h
-
-
-def _set_immutable(directory: Path, on: bool) -> None:
-    """``chattr +i`` / ``-i``: an immutable directory refuses new entries even to root."""
-    import fcntl
-
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        flags = array.array("i", [0])
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
-        wanted = flags[0] | FS_IMMUTABLE_FL if on else flags[0] & ~FS_IMMUTABLE_FL
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, array.array("i", [wanted]))
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def read_only_directory(directory: Path) -> Iterator[Path]:
-    """``directory``, made read-only for whoever runs the tests, and writable again afterwards.
-
-    chmod 0o500 stops an ordinary user but not root (CI runs as root), whose CAP_DAC_OVERRIDE ignores
-    permission bits; for root the directory gets the immutable attribute instead, which stops root
-    too. Skips the test where neither mechanism takes effect (a file system without the attribute).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    as_root = os.geteuid() == 0
-    try:
-        if as_root:
-            _set_immutable(directory, True)
-        else:
-            directory.chmod(0o500)
-    except OSError as exc:
-        pytest.skip(f"cannot make {directory} immutable as root ({exc.strerror}); chmod does not stop root")
-    try:
-        try:
-            (directory / ".probe").mkdir()
-        except OSError:
-            pass
-        else:
-            pytest.skip(f"{directory} stays writable for this user despite "
-                        f"{'the immutable attribute' if as_root else 'chmod 0o500'}")
-        yield directory
-    finally:
-        if as_root:
-            _set_immutable(directory, False)
-        else:
-            directory.chmod(0o700)
-        shutil.rmtree(directory / ".probe", ignore_errors=True)
 
 
 @pytest.mark.parametrize("below", [False, True], ids=["the_directory_itself", "a_new_folder_in_it"])
