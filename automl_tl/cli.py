@@ -496,13 +496,19 @@ def main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():
             if getattr(args, "config", None):
                 args = _with_config_file(parser, argv, args)
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
+            sys.stdout.flush()  # here, where a reader gone away is caught, not at the interpreter's exit
+            return status
     except AutomlTLError as exc:
         print(f"automl-tl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("automl-tl: interrupted; finished trials are kept, run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``automl-tl backbones | head``): stop as a C program would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a program stopped this way
 
 
 if __name__ == "__main__":

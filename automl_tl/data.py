@@ -103,8 +103,9 @@ _REDUCIBLE_MODES = ("L", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "I", "F", "CMY
 #: from this many pixels on a PNG is checked by its chunks' checksums (``verify``) instead of being decoded:
 #: every PNG, so that an image is decoded once, by the encoder, not also by the check
 VERIFY_PNG_ABOVE = 0
-#: label cells that mean "no label" (compared stripped and case-blind): empty, and what pandas reads as missing
-MISSING_LABEL_TEXTS = ("", "na", "n/a", "nan", "null", "none")
+#: label cells that mean "no label" (compared stripped and case-blind): empty, and what exports write for a
+#: missing value; not "none", which names a class in many collections (no defect, no object, no event)
+MISSING_LABEL_TEXTS = ("", "na", "n/a", "nan", "null")
 #: the reason recorded for a row without a label
 NO_LABEL = "no label (kept as unlabelled)"
 #: skipped rows named in a log line
@@ -137,7 +138,7 @@ class SkippedRow:
     """A row of the user's data that is not trained on, and why.
 
     ``row`` counts the data rows of the table (or the files of a folder, sorted) from 0, the header not
-    counted (messages name a table file's row by its line instead: see :func:`row_name`); ``file`` is the
+    counted (messages name a table file's row by its ``line`` instead: see :func:`row_name`); ``file`` is the
     input's file, or the start of its text;
     ``kind`` is :data:`NO_LABEL` or one of :attr:`UnreadableInputError.KINDS`, ``reason`` the whole story.
     """
@@ -146,6 +147,7 @@ class SkippedRow:
     file: str
     kind: str
     reason: str
+    line: int | None = None  # the row's line in its table file (the header being line 1), when read from one
 
 
 @dataclass(frozen=True)
@@ -496,7 +498,11 @@ def _sniff_delimiter(text: str) -> str:
     sample = text[:65536]
     best, best_share = ",", -1.0
     for delimiter in DELIMITERS:
-        records = [r for r in itertools.islice(csv.reader(io.StringIO(sample), delimiter=delimiter), 100) if r]
+        try:  # (newline="": a carriage return inside a cell is the cell's, as pandas reads it)
+            records = [r for r in itertools.islice(csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter),
+                                                   100) if r]
+        except csv.Error:  # e.g. a quote left open at the end of the sample
+            continue
         if len(sample) < len(text) and len(records) > 2:
             records = records[:-1]  # the sample may end in the middle of a row
         if not records or len(records[0]) < 2:
@@ -530,12 +536,15 @@ _DELIMITER_NAMES = {",": "commas (,)", ";": "semicolons (;)", "\t": "tabs", "|":
 def _csv_lines(text: str, delimiter: str, rows: int) -> list[int] | None:
     """The line of the file (the header is line 1) on which each of ``rows`` data records starts, as
     pandas reads them (blank lines skipped, a quoted cell may span lines); None if the two readers disagree."""
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     starts, end = [], 0
-    for record in reader:
-        start, end = end + 1, reader.line_num
-        if record:  # (a blank line is no record, for pandas either)
-            starts.append(start)
+    try:
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if record:  # (a blank line is no record, for pandas either)
+                starts.append(start)
+    except csv.Error:
+        return None
     starts = starts[1:]  # the header
     return starts if len(starts) == rows else None
 
@@ -1274,14 +1283,17 @@ def prepare_dataset(
         inputs = resolve_paths(inputs, base_dir)
         unlabelled_inputs = resolve_paths(unlabelled_inputs, base_dir)
 
-    skipped = [SkippedRow(int(row), input_excerpt(value), NO_LABEL, NO_LABEL)
+    def line_of(row: int) -> int | None:
+        return lines[row] if lines is not None and 0 <= row < len(lines) else None
+
+    skipped = [SkippedRow(int(row), input_excerpt(value), NO_LABEL, NO_LABEL, line_of(int(row)))
                for row, value in zip(unlabelled_rows, unlabelled_inputs)]
     unreadable = find_unreadable(inputs, modality, origin, list(frame.index), max_image_pixels, lines)
     _apply_bad_input_policy(unreadable, len(inputs), origin, on_bad_input, max_bad_fraction)
     if unreadable:
         rows = list(frame.index)
-        skipped += [SkippedRow(int(rows[i]), exc.file or input_excerpt(inputs[i]), exc.kind, exc.reason)
-                    for i, exc in unreadable]
+        skipped += [SkippedRow(int(rows[i]), exc.file or input_excerpt(inputs[i]), exc.kind, exc.reason,
+                               line_of(int(rows[i]))) for i, exc in unreadable]
         bad = {i for i, _ in unreadable}
         keep = [i for i in range(len(inputs)) if i not in bad]
         inputs = [inputs[i] for i in keep]

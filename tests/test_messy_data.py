@@ -288,11 +288,11 @@ def test_skipped_csv_keeps_a_spreadsheet_from_running_a_cell(tmp_path):
             SkippedRow(4, "+1 great film", NO_LABEL, NO_LABEL), SkippedRow(9, "@SUM(A1)", "empty", "-empty text"),
             SkippedRow(12, "plain.png", "corrupt or truncated", "corrupt or truncated: bad")]
     written = pd.read_csv(write_skipped(tmp_path, rows), keep_default_na=False)
-    assert list(written.columns) == ["row", "file", "reason"]
+    assert list(written.columns) == ["row", "line", "file", "reason"]
     assert list(written["file"]) == ["'=HYPERLINK(\"http://x\")", "'+1 great film", "'@SUM(A1)", "plain.png"]
     assert list(written["reason"])[2:] == ["'-empty text", "corrupt or truncated: bad"]
-    assert (tmp_path / SKIPPED_FILE).read_text().splitlines()[0] == "row,file,reason"
-    assert write_skipped(tmp_path, []).read_text() == "row,file,reason\n"  # written empty too
+    assert (tmp_path / SKIPPED_FILE).read_text().splitlines()[0] == "row,line,file,reason"
+    assert write_skipped(tmp_path, []).read_text() == "row,line,file,reason\n"  # written empty too
 
 
 def test_a_text_folder_reads_latin1_files_and_skips_a_binary_one(tmp_path, caplog):
@@ -432,6 +432,7 @@ def test_skipped_csv_lists_every_row_left_out(messy_run):
     tmp, _, run = messy_run
     skipped = pd.read_csv(run / SKIPPED_FILE)
     assert list(skipped["row"]) == [3, 4, 32, 33]
+    assert list(skipped["line"]) == [5, 6, 34, 35]  # as the log's messages name them: the header is line 1
     assert list(skipped["file"]) == [str(tmp / "imgs" / name) for name in ("cut.jpg", "new.png", "huge.png", "0.png")]
     assert skipped["reason"][0].startswith("corrupt or truncated: ") and skipped["reason"][1] == NO_LABEL
     assert skipped["reason"][2].startswith("too large: 20000x20000 pixels") and skipped["reason"][3] == NO_LABEL
