@@ -21,11 +21,12 @@ from typing import Any
 
 import pandas as pd
 
-from automl_tl.config import (DEFAULT_STRATEGIES, DEFAULT_STUDY_NAME, IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS,
-                              MAX_LENGTH_RANGE, PRUNERS, SAMPLERS, STRATEGIES)
+from automl_tl.config import (DEFAULT_STUDY_NAME, IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE, PRUNERS,
+                              SAMPLERS)
+from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
 from automl_tl.metrics import METRIC_NAMES
-from automl_tl.data import (BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
-                            DEFAULT_ON_BAD_INPUT, TABLE_EXTENSIONS)
+from automl_tl.data.bundle import BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
+from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS, TABLE_EXTENSIONS
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
 
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                      help="how the next trial's parameters are chosen: Optuna's TPE, or 'random' as a baseline "
                           "(default: tpe)")
-    run.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(DEFAULT_STRATEGIES),
+    run.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=list(DEFAULT_STRATEGIES),
                      help=f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})")
     run.add_argument("--heads", nargs="+", choices=HEAD_KINDS, default=list(HEAD_KINDS),
                      help="head structures to search (default: all)")
@@ -379,7 +380,7 @@ def terminal_leaderboard(board: pd.DataFrame, rows: int = 10) -> str:
 
 
 def _print_outcome(outcome) -> None:
-    from automl_tl.report import SKIPPED_FILE
+    from automl_tl.results.report import SKIPPED_FILE
 
     run_dir = outcome.run_dir
     print(terminal_leaderboard(outcome.leaderboard))
@@ -405,7 +406,7 @@ def _print_outcome(outcome) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import torch
 
-    from automl_tl.workers import join_study
+    from automl_tl.search.study import join_study
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -417,8 +418,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from automl_tl.model_io import ERROR_COLUMN, load
-    from automl_tl.report import spreadsheet_safe_table
+    from automl_tl.results.model_io import ERROR_COLUMN, load
+    from automl_tl.results.report import spreadsheet_safe_table
 
     predictor = load(args.run_dir)
     # refuses labels the model never learnt, and data none of whose inputs can be read
@@ -438,7 +439,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from automl_tl.html_report import rebuild_report
+    from automl_tl.results.html_report import rebuild_report
 
     path = rebuild_report(args.run_dir, storage=args.storage, study_name=args.study)
     print(f"wrote {path} (figures in {path.parent / 'plots'})")
@@ -446,7 +447,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from automl_tl.export import EXPORT_INFO_FILE, README_FILE, export_model
+    from automl_tl.results.export import EXPORT_INFO_FILE, README_FILE, export_model
 
     folder = export_model(args.run_dir, args.export_format, args.output)
     print(f"exported {args.export_format} model to {folder} ({README_FILE}: how to load and run it; "

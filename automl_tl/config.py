@@ -11,26 +11,16 @@ from automl_tl.backbone import InputOptions
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HEAD_KINDS, HeadSpec
 from automl_tl.metrics import METRIC_NAMES
+from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy
 
 PRUNERS = ("successive_halving", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 #: pretrained transformers diverge at body learning rates that CNNs take in their stride
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
-#: heads fitted on the frozen body's cached embeddings in one go (no epochs); see :mod:`automl_tl.embedding_heads`
-EMBEDDING_STRATEGIES = ("nearest_centroid", "logistic_regression")
-#: how much of the body a trial adapts; see :func:`trained_depth`
-STRATEGIES = ("linear_probe", "last_k", "full", "lp_ft") + EMBEDDING_STRATEGIES
-#: what the search chooses among unless told otherwise: every strategy (the embedding heads are cheap and, on
-#: small data, often the strongest)
-DEFAULT_STRATEGIES = STRATEGIES
-#: strategies whose body stays frozen: they train (or fit) a head on the cached features only
-FROZEN_BODY_STRATEGIES = ("linear_probe",) + EMBEDDING_STRATEGIES
 #: a study's name unless one is given (``--study-name``)
 DEFAULT_STUDY_NAME = "automl_tl"
 #: the study's journal file in the run directory, when no database storage is given
 JOURNAL_FILE = "study.journal"
-#: the head each embedding strategy fits (whatever head a trial's parameters name)
-EMBEDDING_HEADS = {"nearest_centroid": "normalised_linear", "logistic_regression": "normalised_linear"}
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 
@@ -145,7 +135,7 @@ class TrialConfig:
 
     Both are saved as a :class:`~automl_tl.heads.NormalisedLinearHead`.
 
-    The two embedding strategies always get their own head (``EMBEDDING_HEADS``), whatever ``head`` says.
+    The two embedding strategies always get their own head (``Strategy.embedding_head``), whatever ``head`` says.
 
     Trained body groups get ``backbone_lr`` times ``layer_decay`` to the power of their distance from
     the top group (layer-wise learning-rate decay; 1.0 = one rate for the whole body).
@@ -173,23 +163,18 @@ class TrialConfig:
     def __post_init__(self) -> None:
         if self.metric not in METRIC_NAMES:
             raise ConfigError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRIC_NAMES)}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        strategy = get_strategy(self.strategy)
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"layer-wise learning-rate decay must be in (0, 1], got {self.layer_decay}")
         if self.epochs < 1 or self.probe_passes < 1:
             raise ConfigError(f"epochs and probe passes must be at least 1, got {self.epochs} and {self.probe_passes}")
-        if self.strategy in EMBEDDING_HEADS and self.head.kind != EMBEDDING_HEADS[self.strategy]:
+        if strategy.embedding_head is not None and self.head.kind != strategy.embedding_head:
             # frozen dataclass: the fitted head is fixed by the strategy, so say so in the config that is saved
-            object.__setattr__(self, "head", HeadSpec(kind=EMBEDDING_HEADS[self.strategy]))
+            object.__setattr__(self, "head", HeadSpec(kind=strategy.embedding_head))
 
     def trained_depth(self, num_groups: int) -> int:
         """How many of the body's last ``num_groups`` layer groups this trial trains."""
-        if self.strategy in FROZEN_BODY_STRATEGIES:
-            return 0
-        if self.strategy == "full":
-            return num_groups
-        return min(self.freeze_depth, num_groups)
+        return int(get_strategy(self.strategy).trained_depth(self.freeze_depth, num_groups))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,7 +208,7 @@ class SearchConfig:
     pruner: str = "successive_halving"
     sampler: str = "tpe"  # "random": Optuna's random sampler (a baseline)
     input_options: InputOptions = field(default_factory=InputOptions)
-    #: adaptation strategies the search may choose; the default set gains EMBEDDING_STRATEGIES with few labels
+    #: adaptation strategies the search may choose (see automl_tl.strategies)
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     heads: tuple[str, ...] = HEAD_KINDS  # head structures the search may choose
     trial_timeout: float | None = None  # hard wall-clock budget in seconds for one trial
@@ -267,10 +252,10 @@ class SearchConfig:
             raise ConfigError(f"trial timeout must be a positive, finite number of seconds, got {self.trial_timeout}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top k must be at least 1 backbone, got {self.top_k}")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
         if unknown or not self.strategies:
             raise ConfigError(f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
-                              f"{', '.join(STRATEGIES)}")
+                              f"{', '.join(STRATEGY_NAMES)}")
         unknown = [h for h in self.heads if h not in HEAD_KINDS]
         if unknown or not self.heads:
             raise ConfigError(f"unknown head {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "

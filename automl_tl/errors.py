@@ -72,7 +72,7 @@ class UnreadableInputError(DataError):
     Its message is the usual one line naming the file; ``kind`` (one of the constants below) says what is
     wrong in a word or two, and ``detail`` says it without the file's name, for tables of skipped rows
     (``RUN_DIR/skipped.csv``) where the file has a column of its own. Under the bad-input policy "skip"
-    (:func:`automl_tl.data.prepare_dataset`) such an input is skipped and reported, not fatal.
+    (:func:`automl_tl.data.bundle.prepare_dataset`) such an input is skipped and reported, not fatal.
     """
 
     NOT_FOUND = "file not found"

@@ -33,10 +33,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig, check_types
-from automl_tl.data import (AUTO_TEST_FRACTION, DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS,
-                            DEFAULT_ON_BAD_INPUT, bad_input_options, bad_shots)
+from automl_tl.data.bundle import (AUTO_TEST_FRACTION, DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT,
+                                   bad_input_options, bad_shots)
+from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
-from automl_tl.journal import inspect_journal, journal_path
+from automl_tl.storage import inspect_journal, journal_path
 from automl_tl.registry import NamedDataset
 
 logger = logging.getLogger(__name__)
@@ -59,11 +60,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     image_size, max_length, clip_seconds: input options for images, texts and audio (None: the backbone's).
     modality: "image", "text" or "audio" (None: inferred). max_samples: a stratified sample of the data first.
     shots: few labels: K examples per class for training and model selection, every other example the test
-        set (see :func:`~automl_tl.data.prepare_dataset`; ``val_size`` and ``test_size`` are then unused).
+        set (see :func:`~automl_tl.data.bundle.prepare_dataset`; ``val_size`` and ``test_size`` are then unused).
     label_column, input_column: the columns of a DataFrame (or CSV) given to :meth:`fit` without ``y``.
     group_column: a column of groups (patient, speaker, session...) of a DataFrame or table: a group's rows are
         never split across training, validation and test (identical inputs never are, with or without it;
-        see :func:`~automl_tl.data.prepare_dataset`).
+        see :func:`~automl_tl.data.bundle.prepare_dataset`).
     val_size: share of the data the search validates on. test_size: share held out for ``test_metrics_``
         (0: none; None: 0.15 from 2,000 labelled examples up, else none, as the command line does).
     metric: what trials are selected by: "accuracy", "balanced_accuracy", "macro_f1" or "log_loss" (None:
@@ -74,7 +75,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         read; "error" refuses the data at the first. max_bad_fraction: more than this share of the labelled
         rows unreadable refuses the data anyway (default 0.1). max_image_pixels: larger images are unreadable
         (read from the header; None: no limit). Rows without a label are never trained on (see
-        :func:`~automl_tl.data.prepare_dataset`).
+        :func:`~automl_tl.data.bundle.prepare_dataset`).
     storage, study_name: the Optuna study (default: a journal in the run directory).
     output_dir: run directory (None: a temporary one per fit; see the module's docstring).
     workers: processes sharing the study (more than 1 needs data from a file, a folder or a registered data set).
@@ -82,11 +83,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         ``http://...``; None: no tracking).
     device: torch device (None: a GPU if there is one). show_progress: progress bars (None: on a terminal only).
 
-    Fitted attributes: ``classes_``, ``predictor_`` (:class:`~automl_tl.model_io.Predictor`), ``leaderboard_``
+    Fitted attributes: ``classes_``, ``predictor_`` (:class:`~automl_tl.results.model_io.Predictor`), ``leaderboard_``
     (DataFrame, one row per trial), ``best_trial_``, ``best_params_``, ``best_score_`` (validation accuracy of
     the best trial), ``test_metrics_`` (dict, or None without a test part), ``transferability_`` (ranking and
     Kendall taus, or None without pre-ranking), ``run_dir_``, ``modality_``, ``search_outcome_``
-    (:class:`~automl_tl.search.SearchOutcome`, with the Optuna study; a pickled classifier drops the study).
+    (:class:`~automl_tl.search.study.SearchOutcome`, with the Optuna study; a pickled classifier drops the study).
     """
 
     def __init__(self, backbones: str | Sequence[str] | None = None, n_trials: int | None = 10,
@@ -159,10 +160,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         ``timeout`` counts from ``started`` (a ``time.monotonic()`` value; default: now, before the data are read).
         """
         started = time.monotonic() if started is None else started
-        from automl_tl.data import prepare_dataset
-        from automl_tl.executor import Executor
-        from automl_tl.feature_cache import FeatureCache
-        from automl_tl.search import search
+        from automl_tl.data.bundle import prepare_dataset
+        from automl_tl.train.executor import Executor
+        from automl_tl.train.feature_cache import FeatureCache
+        from automl_tl.search.study import run_search
 
         self.check_params()
         data, label_column, input_column, source = self._training_data(X, y)
@@ -179,7 +180,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         executor = Executor(device=self.device, show_progress=self.show_progress,
                             feature_cache=FeatureCache(enabled=self.feature_cache))
         try:  # (Optuna's own log lines are quieted by the search itself)
-            outcome = search(bundle, config, run_dir, executor, workers=self.workers, data_source=source,
+            outcome = run_search(bundle, config, run_dir, executor, workers=self.workers, data_source=source,
                              started=started)
         except BaseException:
             if temporary is not None:
@@ -239,7 +240,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         inspect_journal(journal_path(self.storage, None if self.output_dir is None else Path(self.output_dir)))
 
     def _bad_input_params(self) -> dict[str, Any]:
-        """The bad-row policy, as :func:`~automl_tl.data.prepare_dataset` takes it."""
+        """The bad-row policy, as :func:`~automl_tl.data.bundle.prepare_dataset` takes it."""
         return {"on_bad_input": self.on_bad_input, "max_bad_fraction": self.max_bad_fraction,
                 "max_image_pixels": self.max_image_pixels}
 
@@ -256,7 +257,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return tuple(names)
 
     def _search_config(self, backbones: tuple[str, ...]) -> SearchConfig:
-        from automl_tl.config import DEFAULT_STRATEGIES
+        from automl_tl.strategies import DEFAULT_STRATEGIES
         from automl_tl.heads import HEAD_KINDS
 
         return SearchConfig(
@@ -274,7 +275,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     def _training_data(self, X: Any, y: Any) -> tuple[Any, str, str | None, dict[str, Any] | None]:
         """What prepare_dataset takes: (data, label column, input column, data source for other workers or None)."""
-        from automl_tl.workers import data_source
+        from automl_tl.data.source import data_source
 
         fractions = {"val_fraction": self.val_size, "test_fraction": self.test_size}
         common = {"seed": self.seed, "max_samples": self.max_samples, "modality": self.modality, "shots": self.shots,

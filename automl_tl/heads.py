@@ -3,7 +3,7 @@
 The head's structure is part of the search space, so it is described by a small frozen
 :class:`HeadSpec` that travels in the trial config and in a saved model's ``config.json``,
 and :func:`build_head` turns it into a module. The normalised linear head is never searched as a head
-structure: it is what the embedding strategies fit (see :mod:`automl_tl.embedding_heads`).
+structure: it is what the embedding strategies fit (see :mod:`automl_tl.train.embedding_heads`).
 """
 
 from __future__ import annotations

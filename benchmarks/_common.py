@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from automl_tl import DatasetBundle, Executor, InputOptions
-from automl_tl.data import Split, prepare_dataset
+from automl_tl.data.bundle import Split, prepare_dataset
 from automl_tl.errors import AutomlTLError, DataError
 from automl_tl.registry import get_registry
 

@@ -12,19 +12,19 @@ Two real, offline audio data sets, one table each:
 * **Asterisk prompts**: telephony prompts in five languages (Debian's
   ``asterisk-core-sounds-{en,es,fr,it,ru}-wav``, 8 kHz), ``--asterisk-per-language`` sampled per
   language, labelled by language, split stratified (15 % validation, 15 % test) by
-  :func:`automl_tl.data.prepare_dataset`. Each language is read by one speaker, so this is as
+  :func:`automl_tl.data.bundle.prepare_dataset`. Each language is read by one speaker, so this is as
   much speaker identification as language identification; a speaker encoder is expected to win.
 
 Rows:
 
-* **search**: :func:`automl_tl.search.search` over ``--backbones`` (default the offline audio
+* **search**: :func:`automl_tl.search.study.search` over ``--backbones`` (default the offline audio
   backbones that are practical on a CPU), freeze depth, learning rates and epochs; the test
   accuracy is that of the best trial's saved model, as the search reports it;
 * **linear probe <backbone>**: each of ``--probe-backbones`` with the body frozen (freeze depth 0),
   ``head_lr = --probe-lr`` for ``--probe-epochs`` epochs (early-stopping patience 3), run through the
-  same :class:`~automl_tl.executor.Executor` instance as the search;
+  same :class:`~automl_tl.train.executor.Executor` instance as the search;
 * **log-mel + logistic regression**: the mean and standard deviation over time of a 64-band log-mel
-  spectrogram (16 kHz, 25 ms windows every 10 ms, :func:`automl_tl.audio.log_mel_spectrogram`) of
+  spectrogram (16 kHz, 25 ms windows every 10 ms, :func:`automl_tl.modalities.audio.log_mel_spectrogram`) of
   each whole recording, standardised, into scikit-learn's ``LogisticRegression``; the regularisation
   strength ``C`` is chosen on the validation split from 0.01, 0.1, 1, 10.
 
@@ -75,15 +75,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_tl.audio import MelSpectrogram, read_audio
+from automl_tl.modalities.audio import MelSpectrogram
+from automl_tl.data.readers import read_audio
 from automl_tl.backbone import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
-from automl_tl.data import DatasetBundle, prepare_dataset
-from automl_tl.executor import Executor, accuracy, predict_logits
+from automl_tl.data.bundle import DatasetBundle, prepare_dataset
+from automl_tl.train.executor import Executor, accuracy, predict_logits
 from automl_tl.hookspecs import hookimpl
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import get_registry, reset_registry
-from automl_tl.search import search
+from automl_tl.search.study import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (OtherLoad, add_quick_option, clear_run_dir, command_line, fill_sized_defaults,  # noqa: E402

@@ -63,8 +63,8 @@ from torch import nn
 
 from automl_tl.backbone import Backbone, InputOptions
 from automl_tl.config import TrialConfig
-from automl_tl.data import DatasetBundle, Split
-from automl_tl.executor import Executor
+from automl_tl.data.bundle import DatasetBundle, Split
+from automl_tl.train.executor import Executor
 from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script

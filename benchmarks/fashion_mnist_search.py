@@ -3,11 +3,11 @@
 What is measured
 ----------------
 On one stratified, seeded Fashion-MNIST subset (default 2,000 examples of the official
-*train* split, divided by :func:`automl_tl.data.prepare_dataset` into train and validation,
+*train* split, divided by :func:`automl_tl.data.bundle.prepare_dataset` into train and validation,
 and 1,000 examples of the official *test* split as the test set), at one small input size
 (default 64 px), three ways of fitting a classifier:
 
-* **search**: :func:`automl_tl.search.search` over the four backbones with offline ImageNet
+* **search**: :func:`automl_tl.search.study.search` over the four backbones with offline ImageNet
   weights (``tf_efficientnet_lite0/1/2``, ``mobilenetv2_100``), freeze depth, learning rates
   and epochs; the test accuracy is that of the best trial's saved model, as the search
   reports it;
@@ -16,7 +16,7 @@ and 1,000 examples of the official *test* split as the test set), at one small i
 * **linear probe lite0**: ``tf_efficientnet_lite0`` with the body frozen (freeze depth 0),
   ``head_lr = 1e-2`` (``--probe-lr``).
 
-Both baselines run through the same :class:`~automl_tl.executor.Executor` instance as the
+Both baselines run through the same :class:`~automl_tl.train.executor.Executor` instance as the
 search (``Executor.fit`` with a ``TrialConfig``), for as many epochs as the best trial was
 configured with, and are evaluated on the same test split.
 
@@ -67,10 +67,10 @@ import torch
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
-from automl_tl.data import DatasetBundle
-from automl_tl.executor import Executor, accuracy, predict_logits
+from automl_tl.data.bundle import DatasetBundle
+from automl_tl.train.executor import Executor, accuracy, predict_logits
 from automl_tl.registry import get_registry
-from automl_tl.search import search
+from automl_tl.search.study import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (OtherLoad, add_quick_option, clear_run_dir, command_line, fill_sized_defaults,  # noqa: E402

@@ -5,12 +5,12 @@ What is measured
 On the Fashion-MNIST subset of ``fashion_mnist_search.py`` (default 2,000 examples of the
 official train split, divided into train and validation; ``--image-size`` 64 px) with one
 backbone (``--backbone``, default ``tf_efficientnet_lite0``), the same head-only trial two ways,
-both through :meth:`automl_tl.executor.Executor.fit` with the same epochs, batch size, head
+both through :meth:`automl_tl.train.executor.Executor.fit` with the same epochs, batch size, head
 learning rate, linear head and seed, early stopping off (every epoch runs):
 
 * **cached**: ``TrialConfig(strategy="linear_probe", probe_passes=1)``: one pass over the frozen
   body's training features per epoch, read from the on-disk
-  :class:`~automl_tl.feature_cache.FeatureCache`, which was filled just before (a fresh folder);
+  :class:`~automl_tl.train.feature_cache.FeatureCache`, which was filled just before (a fresh folder);
 * **uncached**: ``TrialConfig(strategy="last_k", freeze_depth=0)`` with ``FeatureCache(enabled=False)``:
   the frozen body runs on every training batch and on the validation split in every epoch.
 
@@ -57,9 +57,9 @@ import torch
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import TrialConfig
-from automl_tl.data import DatasetBundle
-from automl_tl.executor import Executor, TrialResult
-from automl_tl.feature_cache import FeatureCache
+from automl_tl.data.bundle import DatasetBundle
+from automl_tl.train.executor import Executor, TrialResult
+from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script

@@ -7,16 +7,16 @@ For each data set, a fixed pool of labelled examples: a stratified, seeded sampl
 Fashion-MNIST *test* split (default 1,000 images, 64 px, the four offline ImageNet backbones) and
 of BBC News (default 1,000 articles, 128 tokens, all-MiniLM-L6-v2, plus all-mpnet-base-v2 when its
 weights are installed and ``--mpnet`` is given). For each shot count K and each of ``--draws`` seeded
-draws, :func:`automl_tl.data.prepare_dataset` with ``shots=K`` draws K examples per class; every other
+draws, :func:`automl_tl.data.bundle.prepare_dataset` with ``shots=K`` draws K examples per class; every other
 example of the pool is the test set, the same for every method of that draw. Four ways to classify:
 
-* **search**: :func:`automl_tl.search.search` on the K-shot bundle (its default space: with fewer
+* **search**: :func:`automl_tl.search.study.search` on the K-shot bundle (its default space: with fewer
   than 10 shots it searches nearest centroid and logistic regression over the backbones, validated
   by cross-validation on the K shots; with 1 shot nearest centroid, nothing to validate; from 10
   shots a quarter of the shots is the validation split and every strategy is searched); the test
   accuracy is that of its saved best model, as the search reports it; "picked" counts what it chose;
 * **nearest centroid** and **logistic regression** (``C`` by cross-validation on the shots when every
-  class has 2 or more): :mod:`automl_tl.embedding_heads` fitted on all K shots per class;
+  class has 2 or more): :mod:`automl_tl.train.embedding_heads` fitted on all K shots per class;
 * **linear probe**: the ``linear_probe`` strategy through :meth:`Executor.fit` on the bundle's
   training and validation splits (below 10 shots the validation split is the training split, so its
   best epoch is chosen on training accuracy), head lr 1e-2, linear head, 3 epochs of 10 passes.
@@ -60,12 +60,12 @@ import torch
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
-from automl_tl.data import VALIDATION_HOLDOUT, DatasetBundle, Split, few_shot_split, prepare_dataset
-from automl_tl.embedding_heads import FITTERS, head_logits
-from automl_tl.executor import Executor
-from automl_tl.feature_cache import FeatureCache
+from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split, few_shot_split, prepare_dataset
+from automl_tl.train.embedding_heads import FITTERS, head_logits
+from automl_tl.train.executor import Executor
+from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.registry import get_registry
-from automl_tl.search import search
+from automl_tl.search.study import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (OtherLoad, add_quick_option, add_run_options, command_line, fill_sized_defaults,  # noqa: E402

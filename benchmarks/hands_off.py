@@ -55,7 +55,7 @@ For each collection, in order, never two things at once:
 4. **classical**: raw pixels (28 x 28 grey, or 8 x 8: the images' own size: upscaling adds nothing),
    TF-IDF of the whole text (word uni- and bigrams, sublinear tf, ``min_df=2``), or the mean and
    standard deviation over time of the 64-band log-mel spectrogram of the whole clip at 16 kHz
-   (:func:`automl_tl.audio.read_audio`, :func:`automl_tl.audio.log_mel_spectrogram`), into the same
+   (:func:`automl_tl.data.readers.read_audio`, :func:`automl_tl.modalities.audio.log_mel_spectrogram`), into the same
    ``LogisticRegressionCV``. Probe and classical learn from the clean content of every labelled
    row that is not bad (odd rows included, as their original arrays, texts or WAV files).
 
@@ -123,8 +123,8 @@ from PIL import Image
 
 from automl_tl.backbone import Backbone, InputOptions
 from automl_tl.errors import AutomlTLError, DataError
-from automl_tl.executor import default_device
-from automl_tl.feature_cache import FeatureCache, samples_hash
+from automl_tl.train.device import default_device
+from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
@@ -443,7 +443,7 @@ def write_converted_clip(source: Path, stem: Path, variant: str) -> str:
     """The clip ``source`` written as ``variant``: a soundfile format name, "stereo-44k" or "uppercase"."""
     import soundfile
 
-    from automl_tl.audio import resample
+    from automl_tl.data.readers import resample
 
     samples, rate = soundfile.read(str(source), dtype="float32")
     if variant == "stereo-44k":
@@ -727,7 +727,8 @@ def run_probes(collection: Collection, cache: FeatureCache, seed: int,
 
 def logmel_statistics(paths: Sequence[str]) -> np.ndarray:
     """Mean and standard deviation over time of each whole clip's 64-band log-mel spectrogram at 16 kHz."""
-    from automl_tl.audio import log_mel_spectrogram, read_audio
+    from automl_tl.modalities.audio import log_mel_spectrogram
+    from automl_tl.data.readers import read_audio
 
     rows = []
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 What is measured
 ----------------
-One search (:class:`automl_tl.search.Search`, in this process) of ``--trials`` trials (default
+One search (:class:`automl_tl.search.study.Search`, in this process) of ``--trials`` trials (default
 30) over real offline backbones (``--backbones``, default ``mobilenetv2_100`` and
 ``tf_efficientnet_lite0``) on real data: ``--train`` of scikit-learn's handwritten digits
 (default 600, split train / validation / test by ``prepare_dataset``) at ``--image-size`` px
@@ -49,10 +49,10 @@ import torch
 
 from automl_tl.backbone import InputOptions
 from automl_tl.config import SearchConfig
-from automl_tl.data import prepare_dataset
-from automl_tl.executor import Executor
-from automl_tl.feature_cache import FeatureCache
-from automl_tl.search import Search
+from automl_tl.data.bundle import prepare_dataset
+from automl_tl.train.executor import Executor
+from automl_tl.train.feature_cache import FeatureCache
+from automl_tl.search.study import Search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402

@@ -4,9 +4,9 @@ What is measured
 ----------------
 About ``--examples`` Fashion-MNIST training images (default 3,000: the training part of a
 stratified, seeded draw from the official train split) at ``--image-size`` 32 px, and the four offline image backbones. The
-pre-ranking (:func:`automl_tl.ranking.rank_backbones`) runs twice in a fresh feature cache:
+pre-ranking (:func:`automl_tl.rank.ranking.rank_backbones`) runs twice in a fresh feature cache:
 
-1. on its default stratified sample (:data:`automl_tl.ranking.PRERANK_SAMPLE_SIZE` examples);
+1. on its default stratified sample (:data:`automl_tl.rank.ranking.PRERANK_SAMPLE_SIZE` examples);
 2. on every example (the sample's rows come from the cache: only the rest is computed).
 
 For each transferability score, the table gives both rankings and their Kendall tau, and the
@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 from automl_tl.backbone import InputOptions
-from automl_tl.data import prepare_dataset
-from automl_tl.executor import Executor
-from automl_tl.feature_cache import FeatureCache
-from automl_tl.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, stratified_sample
+from automl_tl.data.bundle import prepare_dataset
+from automl_tl.train.executor import Executor
+from automl_tl.train.feature_cache import FeatureCache
+from automl_tl.rank.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, stratified_sample
 from automl_tl.registry import get_registry
-from automl_tl.transferability import SCORES, kendall_tau
+from automl_tl.rank.transferability import SCORES, kendall_tau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (add_quick_option, command_line, fill_sized_defaults, load_dataset, machine_line,  # noqa: E402

@@ -13,7 +13,7 @@ depth x body / head learning rates x layer decay x head {linear, MLP}):
   full fine-tuning and LP-FT (freeze depth = the deepest) each x two body learning rates
   (images and audio 1e-4, 1e-3; text 3e-5, 3e-4) with a linear head, at head lr 1e-2 and layer
   decay 1.0 (``--grid-layer-decays`` adds more for full fine-tuning). It is one
-  :class:`~automl_tl.search.Search` with every point enqueued, no pruner, no pre-ranking and a
+  :class:`~automl_tl.search.study.Search` with every point enqueued, no pruner, no pre-ranking and a
   feature cache of its own (empty at the start). Its whole cost is reported; its test accuracy is
   that of the point with the best validation accuracy.
 * **(a) search**: the full search -- transferability pre-ranking and warm-start trials, TPE,
@@ -103,14 +103,14 @@ import torch  # noqa: E402
 
 from automl_tl.backbone import Backbone, InputOptions  # noqa: E402
 from automl_tl.config import SearchConfig, TrialConfig  # noqa: E402
-from automl_tl.data import DatasetBundle, prepare_dataset  # noqa: E402
+from automl_tl.data.bundle import DatasetBundle, prepare_dataset  # noqa: E402
 from automl_tl.errors import AutomlTLError  # noqa: E402
-from automl_tl.executor import STOP_TIME, EpochCallback, Executor, TrialResult  # noqa: E402
-from automl_tl.feature_cache import FeatureCache  # noqa: E402
+from automl_tl.train.executor import STOP_TIME, EpochCallback, Executor, TrialResult  # noqa: E402
+from automl_tl.train.feature_cache import FeatureCache  # noqa: E402
 from automl_tl.registry import get_registry  # noqa: E402
-from automl_tl.search import Search, SearchOutcome  # noqa: E402
-from automl_tl.space import SearchSpace  # noqa: E402
-from automl_tl.transferability import SCORES, kendall_tau  # noqa: E402
+from automl_tl.search.study import Search, SearchOutcome  # noqa: E402
+from automl_tl.search.space import SearchSpace  # noqa: E402
+from automl_tl.rank.transferability import SCORES, kendall_tau  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402

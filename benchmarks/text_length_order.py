@@ -6,7 +6,7 @@ From BBC News (the ``bbc-news`` data set), ``--texts`` texts (default 500) in a 
 ``--long`` of them (default 50) whole articles, the rest only their title line, the mix of short texts
 with a few long ones that a collection of short texts tends to hold. The features of
 ``--backbone`` (default ``all-MiniLM-L6-v2``, at ``--max-length`` 128 tokens, batches of 64) are computed
-twice by :func:`automl_tl.feature_cache.compute_features`:
+twice by :func:`automl_tl.train.feature_cache.compute_features`:
 
 * **data order**: the preprocessor's inference order switched off, so each batch pads to the longest
   text among 64 taken as they come (what the engine did before);
@@ -40,7 +40,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from automl_tl.backbone import InputOptions  # noqa: E402
-from automl_tl.feature_cache import compute_features  # noqa: E402
+from automl_tl.train.feature_cache import compute_features  # noqa: E402
 from automl_tl.registry import get_registry  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script

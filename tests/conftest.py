@@ -33,7 +33,7 @@ def digits_frame() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def digits_bundle(digits_frame):
-    from automl_tl.data import prepare_dataset
+    from automl_tl.data.bundle import prepare_dataset
 
     return prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0)
 

@@ -15,10 +15,11 @@ import torch
 
 import automl_tl
 from automl_tl import InputOptions, SearchConfig
-from automl_tl.audio import AudioPreprocessor, MelSpectrogram, hz_to_mel, mel_filterbank, mel_to_hz, read_audio
-from automl_tl.data import AUDIO_EXTENSIONS
+from automl_tl.modalities.audio import AudioPreprocessor, MelSpectrogram, hz_to_mel, mel_filterbank, mel_to_hz
+from automl_tl.data.readers import read_audio
+from automl_tl.data.readers import AUDIO_EXTENSIONS
 from automl_tl.errors import DataError, WeightsNotFoundError
-from automl_tl.executor import Executor
+from automl_tl.train.executor import Executor
 from automl_tl_audio import (AisfxBackbone, CrepeBackbone, GE2EBackbone, TransformersAudioBackbone,
                              WeightsMismatchError, bins_to_hz, hz_to_bins, offline_backbones)
 from automl_tl_audio import weights as weights_module
@@ -268,7 +269,7 @@ def test_search_on_spoken_digits_then_predict(tmp_path):
     assert data.modality == "audio"
     config = SearchConfig(backbones=("ge2e-speaker",), n_trials=2, max_epochs=1, max_freeze_depth=1,
                           input_options=InputOptions(clip_seconds=1.0), batch_size=8)
-    outcome = automl_tl.search(data, config, tmp_path / "run", Executor(device="cpu", show_progress=False))
+    outcome = automl_tl.run_search(data, config, tmp_path / "run", Executor(device="cpu", show_progress=False))
     assert outcome.leaderboard["state"].isin(["COMPLETE", "PRUNED"]).all()
     predictor = automl_tl.load(tmp_path / "run", device="cpu")
     predicted = predictor.predict(list(frame.audio[:4]))

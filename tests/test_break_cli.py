@@ -180,7 +180,7 @@ def test_predictions_csv_cannot_run_formulas(nasty_run, tmp_path, capsys):
 
 
 def test_spreadsheet_safe_table_is_the_one_rule_for_every_csv():
-    from automl_tl.report import spreadsheet_safe, spreadsheet_safe_table
+    from automl_tl.results.report import spreadsheet_safe, spreadsheet_safe_table
 
     frame = pd.DataFrame({"=name": ["\rCR", "=1", "ok", None], "n": [-1, 2, 3, 4], "x": [-1.5, None, 0, 1]})
     safe = spreadsheet_safe_table(frame)
@@ -258,7 +258,7 @@ def test_model_card_escapes_class_names(nasty_run):
 
 
 def test_markdown_helpers_keep_any_text_in_its_cell():
-    from automl_tl.model_card import code, plain
+    from automl_tl.results.model_card import code, plain
 
     assert code("plain") == "`plain`"
     assert code("a`b") == "``a`b``" and code("`x") == "`` `x ``"
@@ -345,7 +345,7 @@ def synthetic_study(rows: list[dict]):
     """An in-memory Optuna study holding finished trials with the given params, state and attributes."""
     import optuna
 
-    from automl_tl.space import HEAD_DROPOUT_RANGE, HEAD_HIDDEN_RANGE, LAYER_DECAY_RANGE
+    from automl_tl.search.space import HEAD_DROPOUT_RANGE, HEAD_HIDDEN_RANGE, LAYER_DECAY_RANGE
 
     distributions = {
         "backbone": optuna.distributions.CategoricalDistribution(["mobilenetv2_100", "x" * 45]),
@@ -373,8 +373,8 @@ def synthetic_study(rows: list[dict]):
 
 
 def test_only_the_parameters_a_strategy_uses_are_shown():
-    from automl_tl.report import leaderboard
-    from automl_tl.space import used_parameters
+    from automl_tl.results.report import leaderboard
+    from automl_tl.strategies import used_parameters
 
     every = {"backbone": "b", "strategy": "last_k", "freeze_depth": 3, "backbone_lr": 1e-3, "layer_decay": 0.8,
              "head_lr": 1e-2, "head": "mlp", "head_hidden": 128, "head_dropout": 0.2}
@@ -411,8 +411,8 @@ def test_the_search_logs_and_reports_only_used_parameters(nasty_run):
 
 
 def test_the_report_shows_the_best_models_used_parameters(tmp_path):
-    from automl_tl.html_report import write_report
-    from automl_tl.report import TEST_EVALUATION_ATTR
+    from automl_tl.results.html_report import write_report
+    from automl_tl.results.report import TEST_EVALUATION_ATTR
 
     study = synthetic_study([{"params": {"strategy": "linear_probe"}}])
     study.set_user_attr(TEST_EVALUATION_ATTR, {"trial": 0, "val_accuracy": 0.5,
@@ -423,7 +423,7 @@ def test_the_report_shows_the_best_models_used_parameters(tmp_path):
 
 
 def test_pruned_trials_say_at_which_epoch():
-    from automl_tl.report import leaderboard
+    from automl_tl.results.report import leaderboard
 
     board = leaderboard(synthetic_study([
         {"params": {"strategy": "last_k"}, "state": "PRUNED", "attrs": {"stop_reason": "stopped_by_callback"}},
@@ -455,7 +455,7 @@ def column_text(table: str, header: str, row: str) -> str:
 def test_tables_fit_100_columns(capsys, monkeypatch):
     from automl_tl.cli import terminal_leaderboard
     from automl_tl.registry import list_backbones
-    from automl_tl.report import leaderboard
+    from automl_tl.results.report import leaderboard
 
     monkeypatch.delenv("COLUMNS", raising=False)  # not a terminal: 100 columns
     code, out, _ = run_main(["backbones"], capsys)
@@ -507,14 +507,15 @@ def test_fraction_options_are_checked_once(capsys):
 
 
 def test_the_freeze_depth_figure_takes_trials_without_a_depth():
-    from automl_tl import plots
-    from automl_tl.report import leaderboard
+    from automl_tl.results import plots
+    from automl_tl.results.report import leaderboard
+    from automl_tl.strategies import trained_depth
 
     board = leaderboard(synthetic_study([{"params": {"strategy": s}} for s in (
         "linear_probe", "full", "last_k", "nearest_centroid", "logistic_regression")]))
     assert board["freeze_depth"].isna().sum() == 4
     assert plots.png_bytes(plots.freeze_depth_chart(board)).startswith(b"\x89PNG")
-    assert [plots.trained_depth(s, pd.NA) for s in ("linear_probe", "nearest_centroid", "full")] == [0, 0, float("inf")]
+    assert [trained_depth(s, pd.NA) for s in ("linear_probe", "nearest_centroid", "full")] == [0, 0, float("inf")]
 
 
 def test_low_level_search_prints_no_optuna_lines(digits_bundle, tmp_path, capfd):
@@ -527,7 +528,7 @@ def test_low_level_search_prints_no_optuna_lines(digits_bundle, tmp_path, capfd)
     try:
         config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=1, max_epochs=1, prerank=False,
                               strategies=("linear_probe",), heads=("linear",), input_options=InputOptions(image_size=32))
-        automl_tl.search(digits_bundle, config, tmp_path / "run")
+        automl_tl.run_search(digits_bundle, config, tmp_path / "run")
         printed = capfd.readouterr()
         assert "[I " not in printed.err + printed.out, printed.err
         assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the caller's setting, given back

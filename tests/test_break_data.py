@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from automl_tl.data import check_input, prepare_dataset, prepare_unlabelled, read_folder, read_image
+from automl_tl.data.bundle import prepare_dataset, prepare_unlabelled
+from automl_tl.data.readers import check_input, read_folder, read_image
 from automl_tl.errors import ConfigError, DataError, UnreadableInputError
 
 from cli_helpers import error_line, image_folder, run_main, write_png
@@ -125,7 +126,7 @@ def test_conflicting_labels_of_one_input_are_kept_together_and_counted(caplog):
 
 
 def test_no_duplicates_no_group_column_keeps_the_usual_split(digits_frame):
-    from automl_tl.data import stratified_split
+    from automl_tl.data.bundle import stratified_split
 
     bundle = prepare_dataset(digits_frame, seed=3)
     labels = np.concatenate([bundle.train.labels, bundle.val.labels, bundle.test.labels])
@@ -210,7 +211,7 @@ def test_cli_and_estimator_take_a_group_column(tmp_path, capsys):
 
 
 def test_workers_rebuild_the_grouped_split(tmp_path):
-    from automl_tl.workers import data_source, load_data_source
+    from automl_tl.data.source import data_source, load_data_source
 
     csv = tmp_path / "notes.csv"
     patients_frame().to_csv(csv, index=False)
@@ -512,7 +513,8 @@ def test_a_label_written_none_is_a_class_not_a_missing_label(tmp_path):
 
 
 def test_line_numbers_in_predict_label_messages(tmp_path):
-    from automl_tl.data import check_known_labels, read_table
+    from automl_tl.data.bundle import check_known_labels
+    from automl_tl.data.readers import read_table
 
     csv = tmp_path / "new.csv"
     csv.write_text("text,label\nhello,a\nworld,owl\n")
@@ -526,7 +528,7 @@ def test_line_numbers_in_predict_label_messages(tmp_path):
 def test_every_image_is_decoded_once(tmp_path, monkeypatch):
     from PIL import ImageFile
 
-    from automl_tl.image import ImagePreprocessor
+    from automl_tl.modalities.image import ImagePreprocessor
 
     root = image_folder(tmp_path / "pets", {"cat": 4, "dog": 4})
     decoded: list = []

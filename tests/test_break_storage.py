@@ -33,10 +33,10 @@ import pytest
 import torch
 from torch import nn
 
-from automl_tl import Backbone, InputOptions, SearchConfig, TransferClassifier, TransferModel, hookimpl, load, search
+from automl_tl import Backbone, InputOptions, SearchConfig, TransferClassifier, TransferModel, hookimpl, load, run_search
 from automl_tl.errors import AutomlTLError, ConfigError, ModelFileError
-from automl_tl.executor import Executor
-from automl_tl.image import ImagePreprocessor
+from automl_tl.train.executor import Executor
+from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import reset_registry
 
@@ -85,7 +85,7 @@ def tiny_config(**overrides) -> SearchConfig:
 def finished(tmp_path_factory, digits_bundle) -> Path:
     """The run directory of a real search of two trials (its journal and its saved model with an MLP head)."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    search(digits_bundle, tiny_config(), run, Executor(show_progress=False))
+    run_search(digits_bundle, tiny_config(), run, Executor(show_progress=False))
     assert (run / JOURNAL).is_file() and (run / "best_model" / "config.json").is_file()
     return run
 
@@ -132,7 +132,7 @@ def test_worker_and_report_refuse_a_foreign_journal_too(tmp_path, capsys):
 
 
 def test_storage_on_a_new_or_empty_file_is_a_fresh_journal(tmp_path):
-    from automl_tl.search import open_storage
+    from automl_tl.storage import open_storage
 
     (tmp_path / "empty.journal").write_bytes(b"")
     for name in ("new.journal", "empty.journal"):
@@ -152,11 +152,11 @@ def test_a_torn_last_record_is_set_aside_at_every_byte(finished, tmp_path, monke
     """The journal cut at every byte of its last record, as a full disk leaves it: opening it keeps a copy of
     the torn file, cuts the torn record off (so appends start on a fresh line), and the study loads with every
     record before it."""
-    from automl_tl import journal
-    from automl_tl.search import open_storage
+    from automl_tl import storage
+    from automl_tl.storage import open_storage
 
     # fsync makes a repair durable, and costs milliseconds on a busy disk: a thousand of them, seconds
-    monkeypatch.setattr(journal.os, "fsync", lambda fd: None)
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: None)
     data = (finished / JOURNAL).read_bytes()
     start = _last_record_start(data)
     assert len(data) - start > 50, "the last record should be a real one"
@@ -169,7 +169,7 @@ def test_a_torn_last_record_is_set_aside_at_every_byte(finished, tmp_path, monke
     for cut in range(start, len(data)):  # cut == start: a journal that ends cleanly, nothing to repair
         (run / JOURNAL).write_bytes(data[:cut])
         # what open_storage does first; Optuna's replay of the whole journal is left to a few cuts below
-        backup = journal.repair_journal(run / JOURNAL)
+        backup = storage.repair_journal(run / JOURNAL)
         assert (run / JOURNAL).read_bytes() == data[:start], f"cut at {cut}: the torn record is still there"
         if cut == start:
             assert backup is None and not list(run.glob(f"{JOURNAL}.torn-*")), "a clean journal needs no copy"
@@ -198,7 +198,7 @@ def test_a_search_resumes_from_a_torn_journal(finished, tmp_path, digits_bundle,
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     (run / JOURNAL).write_bytes(data[:cut])
-    outcome = search(digits_bundle, tiny_config(n_trials=3), run, Executor(show_progress=False))
+    outcome = run_search(digits_bundle, tiny_config(n_trials=3), run, Executor(show_progress=False))
     assert len(outcome.study.trials) == 3
     assert [t.params for t in outcome.study.trials[:2]] == [p for _, _, p in journal_trials(finished / JOURNAL)]
     lines = (run / JOURNAL).read_bytes().splitlines()
@@ -332,7 +332,7 @@ def _tampered_copy(finished: Path, tmp_path: Path, edit: Callable[[dict], None])
 @pytest.fixture
 def nothing_built(monkeypatch):
     """Fails the test if a model (body or head) is built, or a tensor is read from the weights file."""
-    from automl_tl import model_io
+    from automl_tl.results import model_io
     from automl_tl.registry import get_backbone
 
     def refuse(*args, **kwargs):
@@ -485,7 +485,7 @@ def test_a_search_whose_trials_all_failed_says_why(tmp_path, digits_bundle):
         config = SearchConfig(backbones=("test/fails_always",), n_trials=3, max_epochs=1, prerank=False,
                               strategies=("last_k",), heads=("linear",), input_options=InputOptions(image_size=16))
         with pytest.raises(AutomlTLError) as caught:
-            search(digits_bundle, config, tmp_path, Executor(show_progress=False))
+            run_search(digits_bundle, config, tmp_path, Executor(show_progress=False))
     finally:
         manager.unregister(name="failing-backbone")
         reset_registry()

@@ -1,4 +1,4 @@
-"""automl_tl.data: reading image folders, CSV files and DataFrames; validation; seeded stratified splits.
+"""automl_tl.data.bundle: reading image folders, CSV files and DataFrames; validation; seeded stratified splits.
 
 Every user mistake must raise DataError with a one-line message that names the file, column,
 row, class or value at fault and says what was expected. All inputs are real files in tmp_path.
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from automl_tl.data import NO_LABEL, check_known_labels, prepare_dataset, prepare_unlabelled, stratified_split
+from automl_tl.data.bundle import NO_LABEL, check_known_labels, prepare_dataset, prepare_unlabelled, stratified_split
 from automl_tl.errors import DataError
 
 # ---------------------------------------------------------------- helpers
@@ -449,7 +449,7 @@ def test_folder_mixing_kinds_of_files_is_refused(tmp_path):
 
 
 def test_modality_is_inferred_from_the_first_value():
-    from automl_tl.data import infer_modality
+    from automl_tl.data.readers import infer_modality
 
     assert infer_modality(["x/a.wav"], "audio") == "audio"
     assert infer_modality(["x/a.PNG"], "image") == "image"

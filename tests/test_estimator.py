@@ -18,7 +18,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score, train_test_split
 
 from automl_tl import TransferClassifier
-from automl_tl.data import prepare_dataset
+from automl_tl.data.bundle import prepare_dataset
 from automl_tl.errors import ConfigError, DataError
 
 TINY = dict(backbones="mobilenetv2_100", image_size=32, n_trials=2, strategies=["linear_probe"], max_epochs=1)

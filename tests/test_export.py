@@ -17,11 +17,11 @@ import automl_tl
 from automl_tl import InputOptions, SearchConfig, hookimpl
 from automl_tl.cli import main
 from automl_tl.errors import AutomlTLError, ConfigError
-from automl_tl.executor import Executor
-from automl_tl.export import export_model
+from automl_tl.train.executor import Executor
+from automl_tl.results.export import export_model
 from automl_tl.heads import HeadSpec, build_head
-from automl_tl.model_card import MODEL_CARD_FILE, wilson_interval
-from automl_tl.model_io import save_model
+from automl_tl.results.model_card import MODEL_CARD_FILE, wilson_interval
+from automl_tl.results.model_io import save_model
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import get_backbone
 
@@ -56,7 +56,7 @@ def image_run(tmp_path_factory, digits_bundle):
     run_dir = tmp_path_factory.mktemp("image-run")
     config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, seed=0, min_epochs=1, max_epochs=1,
                           strategies=("linear_probe",), heads=("linear",), input_options=InputOptions(image_size=32))
-    automl_tl.search(digits_bundle, config, run_dir, Executor(show_progress=False))
+    automl_tl.run_search(digits_bundle, config, run_dir, Executor(show_progress=False))
     return run_dir
 
 
@@ -86,7 +86,7 @@ def text_run(tmp_path_factory, text_data):
     config = SearchConfig(backbones=("all-MiniLM-L6-v2",), n_trials=1, min_epochs=1, max_epochs=1,
                           strategies=("linear_probe",), heads=("mlp",), batch_size=16, pruner="none",
                           input_options=InputOptions(max_length=32))
-    automl_tl.search(text_data, config, run_dir, Executor(show_progress=False))
+    automl_tl.run_search(text_data, config, run_dir, Executor(show_progress=False))
     return run_dir
 
 
@@ -181,7 +181,7 @@ def test_image_export_files_say_what_input_they_expect(image_run, image_exports)
 
 def test_image_readme_code_prepares_and_classifies_a_png_like_the_model(image_run, image_exports, digits_bundle,
                                                                        tmp_path):
-    from automl_tl.data import read_image
+    from automl_tl.data.readers import read_image
 
     predictor = automl_tl.load(image_run, device="cpu")
     path = tmp_path / "digit.png"

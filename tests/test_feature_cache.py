@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from automl_tl import Executor, InputOptions
-from automl_tl.feature_cache import FeatureCache, compute_features, measure_inference, samples_hash
+from automl_tl.train.feature_cache import FeatureCache, compute_features, measure_inference, samples_hash
 from automl_tl.registry import get_registry
 
 SMALL = InputOptions(image_size=32)
@@ -72,7 +72,7 @@ def test_a_damaged_entry_is_computed_again(tmp_path, digits_bundle, caplog):
 
 
 def _worker(root: str, queue, barrier) -> None:
-    from automl_tl.data import prepare_dataset
+    from automl_tl.data.bundle import prepare_dataset
     from automl_tl_datasets import load_digits
 
     frame = load_digits().groupby("label", group_keys=False).head(24).reset_index(drop=True)
@@ -147,7 +147,7 @@ def test_rows_asked_for_first_are_kept_and_the_whole_entry_computes_only_the_res
     assert (cache.misses, cache.hits) == (1, 1)
     assert cache.cached_seconds_per_example(backbone, preprocessor, samples, rows, np.arange(0, rows, 3)) > 0
     assert cache.cached_seconds_per_example(backbone, preprocessor, samples, rows) is None  # not every row yet
-    with caplog.at_level(logging.INFO, logger="automl_tl.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="automl_tl.train.feature_cache"):
         every = ask()
     assert f"features of {rows - len(first)} samples" in caplog.text  # only the rows it lacked
     assert len(entries(tmp_path)) == 1 and not list(tmp_path.rglob("*.part.npz"))

@@ -24,11 +24,11 @@ import pytest
 import soundfile
 from PIL import Image
 
-from automl_tl.audio import read_audio
-from automl_tl.data import (AUDIO_EXTENSIONS, NO_LABEL, SkippedRow, check_image, prepare_dataset, read_folder,
-                            read_image, read_table)
+from automl_tl.data.readers import read_audio
+from automl_tl.data.bundle import NO_LABEL, SkippedRow, prepare_dataset
+from automl_tl.data.readers import AUDIO_EXTENSIONS, check_image, read_folder, read_image, read_table
 from automl_tl.errors import ConfigError, DataError, UnreadableInputError
-from automl_tl.report import SKIPPED_FILE, write_skipped
+from automl_tl.results.report import SKIPPED_FILE, write_skipped
 
 MP3 = "MP3" in soundfile.available_formats()
 needs_mp3 = pytest.mark.skipif(not MP3, reason=f"libsndfile {soundfile.__libsndfile_version__} reads no MP3 "
@@ -371,7 +371,7 @@ def test_a_broken_parquet_file_is_one_line(tmp_path):
 def test_the_policy_travels_in_config_files_and_worker_data_sources(tmp_path):
     from automl_tl import TransferClassifier
     from automl_tl.cli import _with_config_file, build_parser, search_estimator_params
-    from automl_tl.workers import load_data_source
+    from automl_tl.data.source import load_data_source
 
     csv = image_csv(tmp_path, per_class=6)
     bilevel_png(tmp_path / "imgs" / "big.png", 1200, 1000)

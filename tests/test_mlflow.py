@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from automl_tl import InputOptions, SearchConfig, search
+from automl_tl import InputOptions, SearchConfig, run_search
 from automl_tl.cli import main
 from automl_tl.errors import ConfigError
-from automl_tl.executor import Executor
+from automl_tl.train.executor import Executor
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -36,8 +36,8 @@ def tracked_run(tmp_path_factory, digits_bundle):
     base = tmp_path_factory.mktemp("tracked")
     store = base / "mlruns"
     run_dir = base / "run"
-    first = search(digits_bundle, tiny_search(str(store)), run_dir, Executor(show_progress=False))
-    resumed = search(digits_bundle, tiny_search(str(store), n_trials=4), run_dir, Executor(show_progress=False))
+    first = run_search(digits_bundle, tiny_search(str(store)), run_dir, Executor(show_progress=False))
+    resumed = run_search(digits_bundle, tiny_search(str(store), n_trials=4), run_dir, Executor(show_progress=False))
     client = mlflow.MlflowClient(tracking_uri=store.resolve().as_uri())
     return first, resumed, client, run_dir
 
@@ -102,5 +102,5 @@ def test_a_tracker_that_cannot_start_refuses_before_any_trial(tmp_path, digits_b
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be")
     with pytest.raises(ConfigError, match="cannot log to MLflow"):
-        search(digits_bundle, tiny_search(str(blocker / "mlruns")), tmp_path / "run", Executor(show_progress=False))
+        run_search(digits_bundle, tiny_search(str(blocker / "mlruns")), tmp_path / "run", Executor(show_progress=False))
     assert not (tmp_path / "run" / "study.journal").exists()

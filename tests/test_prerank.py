@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from automl_tl import InputOptions, SearchConfig, search
+from automl_tl import InputOptions, SearchConfig, run_search
 from automl_tl.backbone import Backbone
 from automl_tl.errors import ConfigError
-from automl_tl.executor import Executor
-from automl_tl.feature_cache import FeatureCache
-from automl_tl.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, searchable_backbones, stratified_sample
+from automl_tl.train.executor import Executor
+from automl_tl.train.feature_cache import FeatureCache
+from automl_tl.rank.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, searchable_backbones, stratified_sample
 from automl_tl.registry import get_registry
-from automl_tl.search import Search
+from automl_tl.search.study import Search
 
 SMALL = InputOptions(image_size=32)
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
@@ -123,7 +123,7 @@ def test_ranking_scores_each_backbone_on_its_cached_training_features(executor, 
 
 
 def test_search_tries_the_best_ranked_backbones_first_and_reports_the_ranking(tmp_path, digits_bundle, executor):
-    outcome = search(digits_bundle, config(n_trials=6, strategies=("linear_probe", "lp_ft", "nearest_centroid")),
+    outcome = run_search(digits_bundle, config(n_trials=6, strategies=("linear_probe", "lp_ft", "nearest_centroid")),
                      tmp_path / "run", executor)
     ranking = pd.read_csv(tmp_path / "run" / "transferability.csv")
     assert set(ranking["backbone"]) == set(BACKBONES)
@@ -147,7 +147,7 @@ def test_search_tries_the_best_ranked_backbones_first_and_reports_the_ranking(tm
 
 
 def test_top_k_searches_only_the_best_ranked(tmp_path, digits_bundle, executor):
-    outcome = search(digits_bundle, config(n_trials=3, top_k=1), tmp_path / "run", executor)
+    outcome = run_search(digits_bundle, config(n_trials=3, top_k=1), tmp_path / "run", executor)
     top = outcome.transferability["ranking"][0]
     assert set(outcome.leaderboard["backbone"]) == {top}
     stored = outcome.study.user_attrs["search_space"]["backbones"]
@@ -155,7 +155,7 @@ def test_top_k_searches_only_the_best_ranked(tmp_path, digits_bundle, executor):
 
 
 def test_without_prerank_no_ranking_and_no_warm_starts(tmp_path, digits_bundle, executor):
-    outcome = search(digits_bundle, config(n_trials=2, prerank=False, sampler="random"), tmp_path / "run", executor)
+    outcome = run_search(digits_bundle, config(n_trials=2, prerank=False, sampler="random"), tmp_path / "run", executor)
     assert outcome.transferability is None and not (tmp_path / "run" / "transferability.csv").exists()
     assert not any(t.user_attrs.get("warm_start") for t in outcome.study.trials)
     assert executor.feature_cache.misses + executor.feature_cache.hits <= 4  # only what probes asked for
@@ -163,7 +163,7 @@ def test_without_prerank_no_ranking_and_no_warm_starts(tmp_path, digits_bundle, 
 
 def test_trial_timeout_is_a_hard_budget_per_trial(tmp_path, digits_bundle, executor):
     started = time.monotonic()
-    outcome = search(digits_bundle, config(n_trials=2, max_epochs=50, trial_timeout=6, prerank=False,
+    outcome = run_search(digits_bundle, config(n_trials=2, max_epochs=50, trial_timeout=6, prerank=False,
                                            strategies=("full",), max_freeze_depth=None, pruner="none"),
                      tmp_path / "run", executor)
     board = outcome.leaderboard
@@ -210,7 +210,7 @@ def test_large_data_is_ranked_on_a_sample_whose_features_the_probes_reuse(execut
     assert ranking.loc[0, "seconds_per_example"] > 0 and ranking.loc[0, "estimated_seconds"] > 0
     assert not list(executor.feature_cache.root.rglob("*[0-9a-f].npy"))  # only the sample's rows so far
     assert len(list(executor.feature_cache.root.rglob("*.part.npz"))) == 1
-    with caplog.at_level(logging.INFO, logger="automl_tl.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="automl_tl.train.feature_cache"):
         every = executor.features(backbone, SMALL, digits_bundle, digits_bundle.train)
     rest = len(digits_bundle.train) - 50
     assert f"features of {rest} samples" in caplog.text  # the probe computes only the rows not yet there
@@ -225,7 +225,7 @@ def test_features_are_computed_cheapest_first(executor, digits_bundle, caplog):
     registry = get_registry()
     large = AtSize(registry.get_backbone("tf_efficientnet_lite2"), 128)
     small = AtSize(registry.get_backbone("mobilenetv2_100"), 32)
-    with caplog.at_level(logging.INFO, logger="automl_tl.ranking"):
+    with caplog.at_level(logging.INFO, logger="automl_tl.rank.ranking"):
         ranking = rank_backbones([large, small], digits_bundle, executor, SMALL, sample_size=40)
     computed = [record.args[0] for record in caplog.records if record.msg.startswith("pre-ranking: features of")]
     assert computed == [small.name, large.name]

@@ -29,12 +29,12 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix
 
 import automl_tl
-from automl_tl import InputOptions, SearchConfig, search
+from automl_tl import InputOptions, SearchConfig, run_search
 from automl_tl.cli import main
 from automl_tl.errors import AutomlTLError
-from automl_tl.executor import Executor
-from automl_tl.html_report import PLOT_FILES, write_report
-from automl_tl.report import TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR
+from automl_tl.train.executor import Executor
+from automl_tl.results.html_report import PLOT_FILES, write_report
+from automl_tl.results.report import TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
 ALWAYS_DRAWN = {"leaderboard.png", "history.png", "cost.png", "freeze_depth.png", "confusion_matrix.png",
@@ -47,7 +47,7 @@ def run(tmp_path_factory, digits_bundle):
     run_dir = tmp_path_factory.mktemp("report-run")
     config = SearchConfig(backbones=BACKBONES, n_trials=4, seed=0, max_epochs=2, max_freeze_depth=2,
                           input_options=InputOptions(image_size=32))
-    outcome = search(digits_bundle, config, run_dir, Executor(show_progress=False))
+    outcome = run_search(digits_bundle, config, run_dir, Executor(show_progress=False))
     return outcome, optuna.load_study(study_name="automl_tl", storage=journal(run_dir / "study.journal"))
 
 
@@ -215,7 +215,7 @@ def test_a_run_without_a_best_model_still_gets_a_report(tmp_path, digits_bundle)
     config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, timeout=1e-3, max_epochs=1, prerank=False,
                           input_options=InputOptions(image_size=32))
     with pytest.raises(AutomlTLError, match="no trial finished"):
-        search(digits_bundle, config, tmp_path / "run", Executor(show_progress=False))
+        run_search(digits_bundle, config, tmp_path / "run", Executor(show_progress=False))
     text = (tmp_path / "run" / "report.html").read_text()
     assert "No best model was evaluated on the test set" in text
     assert "The study has no trials yet" in text and "Pre-ranking did not run" in text

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 import automl_tl
-from automl_tl import InputOptions, SearchConfig, hookimpl, prepare_dataset, search
+from automl_tl import InputOptions, SearchConfig, hookimpl, prepare_dataset, run_search
 from automl_tl.errors import ConfigError
-from automl_tl.executor import Executor
+from automl_tl.train.executor import Executor
 from automl_tl.plugins import get_plugin_manager
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
@@ -55,7 +55,7 @@ def finished_run(tmp_path_factory, digits_bundle):
     observer = _Observer()
     get_plugin_manager().register(observer, name="observer")
     try:
-        outcome = search(digits_bundle, small_search(), run_dir, Executor(show_progress=False))
+        outcome = run_search(digits_bundle, small_search(), run_dir, Executor(show_progress=False))
     finally:
         get_plugin_manager().unregister(name="observer")
     return outcome, observer
@@ -129,30 +129,30 @@ def test_load_and_predict(finished_run, digits_bundle):
 
 def test_rerun_resumes_instead_of_starting_over(tmp_path, digits_bundle):
     executor = Executor(show_progress=False)
-    first = search(digits_bundle, small_search(n_trials=2, pruner="none"), tmp_path, executor)
+    first = run_search(digits_bundle, small_search(n_trials=2, pruner="none"), tmp_path, executor)
     first_params = [t.params for t in first.study.trials]
-    second = search(digits_bundle, small_search(n_trials=3, pruner="none"), tmp_path, executor)
+    second = run_search(digits_bundle, small_search(n_trials=3, pruner="none"), tmp_path, executor)
     trials = second.study.trials
     assert len(trials) == 3
     assert [t.params for t in trials[:2]] == first_params
-    again = search(digits_bundle, small_search(n_trials=3, pruner="none"), tmp_path, executor)
+    again = run_search(digits_bundle, small_search(n_trials=3, pruner="none"), tmp_path, executor)
     assert len(again.study.trials) == 3  # budget already reached: nothing new runs
     assert again.best_trial == second.best_trial
 
 
 def test_resume_refuses_other_data_or_space(tmp_path, digits_bundle, digits_frame):
     executor = Executor(show_progress=False)
-    search(digits_bundle, small_search(n_trials=1, max_epochs=1), tmp_path, executor)
+    run_search(digits_bundle, small_search(n_trials=1, max_epochs=1), tmp_path, executor)
     with pytest.raises(ConfigError, match="another search space.*backbones"):
-        search(digits_bundle, small_search(n_trials=2, max_epochs=1, backbones=("mobilenetv2_100",)), tmp_path, executor)
+        run_search(digits_bundle, small_search(n_trials=2, max_epochs=1, backbones=("mobilenetv2_100",)), tmp_path, executor)
     other = prepare_dataset(digits_frame, input_column="image", seed=1)
     with pytest.raises(ConfigError, match="other data"):
-        search(other, small_search(n_trials=2, max_epochs=1), tmp_path, executor)
+        run_search(other, small_search(n_trials=2, max_epochs=1), tmp_path, executor)
 
 
 def test_timeout_is_a_hard_budget(tmp_path, digits_bundle):
     started = time.monotonic()
-    outcome = search(digits_bundle, small_search(n_trials=100, timeout=6, pruner="none", max_epochs=3),
+    outcome = run_search(digits_bundle, small_search(n_trials=100, timeout=6, pruner="none", max_epochs=3),
                      tmp_path, Executor(show_progress=False))
     elapsed = time.monotonic() - started
     assert len(outcome.leaderboard) < 100

@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-from automl_tl import InputOptions, SearchConfig, prepare_dataset, search
+from automl_tl import InputOptions, SearchConfig, prepare_dataset, run_search
 from automl_tl.config import TrialConfig
-from automl_tl.data import AUTO_TEST_MIN_EXAMPLES, resolve_test_fraction
-from automl_tl.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_OVER_BUDGET, STOP_TIME, VALIDATED_BY_CROSS_VALIDATION,
+from automl_tl.data.bundle import AUTO_TEST_MIN_EXAMPLES, resolve_test_fraction
+from automl_tl.train.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_OVER_BUDGET, STOP_TIME, VALIDATED_BY_CROSS_VALIDATION,
                                 Executor, cheaper_trial)
-from automl_tl.feature_cache import FeatureCache
+from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.metrics import class_weights, default_metric, metric_value, signed, uses_class_weights
 from automl_tl.registry import get_registry
-from automl_tl.report import leaderboard
+from automl_tl.results.report import leaderboard
 
 SMALL = InputOptions(image_size=32)
 
@@ -121,7 +121,7 @@ def test_search_refits_the_best_configuration_and_says_which_model_was_tested(tm
     data = prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0, test_fraction=0.2)
     config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, max_epochs=2, strategies=("last_k",),
                           max_freeze_depth=1, prerank=False, input_options=SMALL)
-    outcome = search(data, config, tmp_path / "refit", Executor(show_progress=False))
+    outcome = run_search(data, config, tmp_path / "refit", Executor(show_progress=False))
     saved = json.loads((tmp_path / "refit" / "best_model" / "config.json").read_text())
     metrics = json.loads((tmp_path / "refit" / "best_model" / "metrics.json").read_text())
     assert saved["fitted_on"] == FITTED_ON_TRAIN_AND_VAL and saved["refit_epochs"] == saved["best_epoch"]
@@ -132,7 +132,7 @@ def test_search_refits_the_best_configuration_and_says_which_model_was_tested(tm
     card = (tmp_path / "refit" / "MODEL_CARD.md").read_text()
     assert "training + validation" in card
 
-    kept = search(data, dataclasses.replace(config, refit=False), tmp_path / "kept", Executor(show_progress=False))
+    kept = run_search(data, dataclasses.replace(config, refit=False), tmp_path / "kept", Executor(show_progress=False))
     saved = json.loads((tmp_path / "kept" / "best_model" / "config.json").read_text())
     assert saved["fitted_on"] == "train" and kept.best_params == outcome.best_params
 
@@ -141,7 +141,7 @@ def test_imbalanced_data_are_selected_by_balanced_accuracy_with_a_class_weighted
     data = prepare_dataset(imbalanced_frame, label_column="label", input_column="image", seed=0)
     config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, strategies=("logistic_regression",),
                           prerank=False, input_options=SMALL)
-    search(data, config, tmp_path / "run", Executor(show_progress=False))
+    run_search(data, config, tmp_path / "run", Executor(show_progress=False))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["metric"] == "balanced_accuracy" and summary["class_weighted_loss"] is True
     assert summary["metric_chosen"] == "default for the data"
@@ -150,7 +150,7 @@ def test_imbalanced_data_are_selected_by_balanced_accuracy_with_a_class_weighted
     assert (complete["val_score"] == summary["val_score"]).any()
     assert summary["validation"]["balanced_accuracy"] == pytest.approx(summary["val_score"])
     # asked for outright, the metric is the user's: plain loss
-    search(data, dataclasses.replace(config, metric="log_loss"), tmp_path / "loss", Executor(show_progress=False))
+    run_search(data, dataclasses.replace(config, metric="log_loss"), tmp_path / "loss", Executor(show_progress=False))
     summary = json.loads((tmp_path / "loss" / "summary.json").read_text())
     assert summary["metric"] == "log_loss" and summary["class_weighted_loss"] is False
     board = pd.read_csv(tmp_path / "loss" / "leaderboard.csv").dropna(subset=["val_score"])
@@ -241,7 +241,7 @@ def test_the_timeout_covers_the_whole_search_and_leaves_no_waiting_trials(tmp_pa
     config = SearchConfig(backbones=("mobilenetv2_100", "tf_efficientnet_lite0"), n_trials=None, timeout=budget,
                           max_epochs=2, input_options=SMALL)
     started = time.monotonic()
-    outcome = search(data, config, tmp_path / "run", Executor(show_progress=False))
+    outcome = run_search(data, config, tmp_path / "run", Executor(show_progress=False))
     elapsed = time.monotonic() - started
     # at most one batch and one save past the budget (a loaded machine gets a few seconds' grace)
     assert elapsed <= budget + 5.0

@@ -10,10 +10,10 @@ import torch
 
 from automl_tl import Executor, InputOptions, TrialConfig
 from automl_tl.errors import ConfigError
-from automl_tl.executor import predict_logits, parameter_groups
-from automl_tl.feature_cache import FeatureCache
+from automl_tl.train.executor import predict_logits, parameter_groups
+from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.heads import HeadSpec
-from automl_tl.model_io import load_model_dir, save_model
+from automl_tl.results.model_io import load_model_dir, save_model
 from automl_tl.registry import get_registry
 
 SMALL = InputOptions(image_size=32)
@@ -145,7 +145,7 @@ def test_trial_config_refuses_unknown_choices():
 def test_validation_past_the_deadline_is_not_counted(executor, digits_bundle):
     import time
 
-    from automl_tl.feature_cache import DeadlineReached
+    from automl_tl.train.device import DeadlineReached
 
     backbone = get_registry().get_backbone("mobilenetv2_100")
     model = backbone.build(num_classes=10)

@@ -157,8 +157,8 @@ def test_dynamic_padding_and_truncation(minilm):
 
 @needs_minilm
 def test_inference_in_length_order_gives_the_outputs_of_data_order(minilm, minilm_model):
-    from automl_tl.executor import predict_logits
-    from automl_tl.feature_cache import compute_features
+    from automl_tl.train.executor import predict_logits
+    from automl_tl.train.feature_cache import compute_features
 
     preprocessor = minilm.preprocessor(InputOptions(max_length=64))
     words = "the central bank raised its interest rates again after a long meeting on inflation".split()
@@ -324,7 +324,7 @@ def test_search_on_bbc_news_end_to_end(tmp_path):
     config = SearchConfig(backbones=("all-MiniLM-L6-v2",), n_trials=2, min_epochs=1, max_epochs=1,
                           max_freeze_depth=1, batch_size=16, head_lr_range=(1e-2, 5e-2), pruner="none",
                           input_options=Options(max_length=32))
-    outcome = automl_tl.search(data, config, tmp_path / "run")
+    outcome = automl_tl.run_search(data, config, tmp_path / "run")
     assert len(outcome.leaderboard) == 2 and (tmp_path / "run" / "best_model" / "model.safetensors").is_file()
     predictor = automl_tl.load(tmp_path / "run")
     predicted = predictor.predict(["The striker scored twice as the club won the cup final.",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from automl_tl import transferability as tr
-from automl_tl.transferability import (
+from automl_tl.rank import transferability as tr
+from automl_tl.rank.transferability import (
     SCORES,
     h_score,
     kendall_tau,

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from automl_tl.liveness import (ATTEMPT_ATTR, GRACE_PERIOD, HEARTBEAT_ATTR, MAX_RETRIES, RETRY_OF_ATTR, WORKER_ATTR,
+from automl_tl.search.liveness import (ATTEMPT_ATTR, GRACE_PERIOD, HEARTBEAT_ATTR, MAX_RETRIES, RETRY_OF_ATTR, WORKER_ATTR,
                                 recover_dead_trials)
 
 SEARCH = ["search", "--dataset", "digits", "--max-samples", "120", "--backbones", "mobilenetv2_100",
@@ -202,7 +202,7 @@ def test_a_worker_refuses_a_study_it_cannot_join(tmp_path, capsys):
 
 def test_a_fresh_sampler_draws_what_the_first_one_would_have_for_the_same_slot(tmp_path):
     """What a process killed and started again relies on: draws depend on history and slot only."""
-    from automl_tl.sampling import SlotSeededSampler
+    from automl_tl.search.sampling import SlotSeededSampler
 
     def make(seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=2, multivariate=True)
@@ -232,7 +232,7 @@ def test_a_fresh_sampler_draws_what_the_first_one_would_have_for_the_same_slot(t
 
 
 def test_a_save_cut_between_its_renames_is_repaired(tmp_path):
-    from automl_tl.model_io import repair_interrupted_save
+    from automl_tl.results.model_io import repair_interrupted_save
 
     best = tmp_path / "best_model"
     old = tmp_path / ".best_model-old"

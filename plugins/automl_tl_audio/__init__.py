@@ -13,7 +13,7 @@ name               network                                package      rate     
 =================  =====================================  ===========  =========  ======  ============
 
 Every body takes waveforms ``(batch, samples)`` and computes its own features (see
-:mod:`automl_tl.audio`). Transformers audio encoders (wav2vec 2.0, HuBERT, AST, ...) work from a
+:mod:`automl_tl.modalities.audio`). Transformers audio encoders (wav2vec 2.0, HuBERT, AST, ...) work from a
 local checkpoint folder: register a :class:`TransformersAudioBackbone` in your own plugin.
 """
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from automl_tl.audio import AudioPreprocessor
+from automl_tl.modalities.audio import AudioPreprocessor
 from automl_tl.backbone import Backbone, InputOptions, TransferModel
 from automl_tl.errors import ConfigError
 from automl_tl_audio.weights import PackageFile
@@ -17,7 +17,7 @@ from automl_tl_audio.weights import PackageFile
 class AudioBackbone(Backbone):
     """An audio backbone: its body takes waveforms ``(batch, samples)`` at :attr:`sample_rate` and returns embeddings.
 
-    Inputs are prepared by :class:`~automl_tl.audio.AudioPreprocessor` (read, resample, crop or
+    Inputs are prepared by :class:`~automl_tl.modalities.audio.AudioPreprocessor` (read, resample, crop or
     pad to ``InputOptions.clip_seconds``, or :attr:`default_clip_seconds`); the body computes its
     own features (mel spectrogram, frames), so they run where the model runs.
     """

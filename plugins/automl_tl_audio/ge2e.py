@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from automl_tl.audio import MelSpectrogram
+from automl_tl.modalities.audio import MelSpectrogram
 from automl_tl_audio.base import PackagedAudioBackbone, parameter_names
 from automl_tl_audio.weights import PackageFile, WeightsMismatchError, load_strict, load_torch_file
 

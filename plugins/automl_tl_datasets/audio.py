@@ -145,7 +145,7 @@ def load_asterisk_prompts(languages: Sequence[str] = ASTERISK_LANGUAGES, root: s
     languages). Silent files (Asterisk ships ``silence/*.wav``) and unreadable ones are left out.
     ``max_per_language`` keeps a seeded random sample of that many prompts per language.
     """
-    from automl_tl.audio import read_audio
+    from automl_tl.data.readers import read_audio
 
     root = Path(root)
     frames = []

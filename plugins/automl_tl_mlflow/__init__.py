@@ -33,8 +33,8 @@ from automl_tl.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from automl_tl.config import SearchConfig
-    from automl_tl.executor import TrialResult
-    from automl_tl.search import SearchOutcome
+    from automl_tl.train.executor import TrialResult
+    from automl_tl.search.study import SearchOutcome
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from torch import nn
 from automl_tl.backbone import Backbone, InputOptions, TransferModel
 from automl_tl.errors import WeightsNotFoundError
 from automl_tl.hookspecs import hookimpl
-from automl_tl.image import ImagePreprocessor
+from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.weights import check_hub_download
 from automl_tl_timm.offline_weights import OFFLINE_WEIGHTS, find_weight_file, load_offline_state_dict, load_strict
 

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from automl_tl import Backbone, InputOptions, TransferModel, hookimpl
-from automl_tl.image import ImagePreprocessor
+from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.registry import NamedDataset
 
 #: torchvision's MobileNetV2: features[0] is the stem, features[1..17] the inverted-residual

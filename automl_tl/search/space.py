@@ -21,63 +21,22 @@ learning rate has fully decayed with one that is still warm, and prune the latte
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import pandas as pd
 
-from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, EMBEDDING_STRATEGIES, SearchConfig, TrialConfig
-from automl_tl.data import MIN_SHOTS_FOR_HOLDOUT, VALIDATION_CROSS, VALIDATION_HOLDOUT
+from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, SearchConfig, TrialConfig
+from automl_tl.strategies import (EMBEDDING_STRATEGIES, FINE_TUNING_STRATEGIES, FULL, LINEAR_PROBE, LOGISTIC_REGRESSION,
+                                  NEAREST_CENTROID)
+from automl_tl.data.bundle import MIN_SHOTS_FOR_HOLDOUT, VALIDATION_CROSS, VALIDATION_HOLDOUT
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HeadSpec
 
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
 HEAD_DROPOUT_RANGE = (0.0, 0.5)
-
-#: the searched parameters each strategy's trials use (the others are drawn too, see above, and ignored): a
-#: frozen body needs no body learning rate, decay or depth; full fine-tuning trains every group whatever the
-#: depth; the embedding strategies fit their own head (no head learning rate, no head structure)
-_BODY_PARAMETERS = ("backbone_lr", "layer_decay")
-_HEAD_PARAMETERS = ("head_lr", "head")
-STRATEGY_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "linear_probe": _HEAD_PARAMETERS,
-    "last_k": ("freeze_depth", *_BODY_PARAMETERS, *_HEAD_PARAMETERS),
-    "full": (*_BODY_PARAMETERS, *_HEAD_PARAMETERS),
-    "lp_ft": ("freeze_depth", *_BODY_PARAMETERS, *_HEAD_PARAMETERS),
-    "nearest_centroid": (),
-    "logistic_regression": (),
-}
-#: used by an MLP head only
-MLP_HEAD_PARAMETERS = ("head_hidden", "head_dropout")
-_SHORT_NAMES = {"freeze_depth": "depth", "layer_decay": "decay"}
-
-
-def used_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters of a trial (``trial.params``) that shaped its model, in the order they are drawn: what
-    the leaderboard, the logs and ``best_params`` show (see :data:`STRATEGY_PARAMETERS`). A strategy this
-    version does not know keeps every parameter."""
-    strategy = params.get("strategy")
-    if strategy not in STRATEGY_PARAMETERS:
-        return dict(params)
-    names = {"backbone", "strategy", *STRATEGY_PARAMETERS[strategy]}
-    if "head" in names and params.get("head") == "mlp":
-        names.update(MLP_HEAD_PARAMETERS)
-    return {name: value for name, value in params.items() if name in names}
-
-
-def describe_parameters(params: Mapping[str, Any]) -> str:
-    """The used parameters but the backbone and strategy, for a log line: ``depth=2 backbone_lr=3.2e-04 ...``."""
-    shown = []
-    for name, value in used_parameters(params).items():
-        if name in ("backbone", "strategy"):
-            continue
-        text = (f"{value:.2f}" if name in ("layer_decay", "head_dropout") else f"{value:.1e}") \
-            if isinstance(value, float) else str(value)
-        shown.append(f"{_SHORT_NAMES.get(name, name)}={text}")
-    return " ".join(shown)
-
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -101,20 +60,20 @@ class SearchSpace:
         """The space for ``backbones`` (the largest has ``max_groups`` layer groups) under the user's limits.
 
         ``metric`` and ``class_weighted`` are the data's (see :mod:`automl_tl.metrics`).
-        ``validation`` (the data's, see :func:`automl_tl.data.prepare_dataset`): unless "holdout", the
+        ``validation`` (the data's, see :func:`automl_tl.data.bundle.prepare_dataset`): unless "holdout", the
         validation split is the training split, so only the embedding strategies (cross-validated) are
         searched, and with nothing to validate ("none"), nearest centroid alone.
         """
         depth = max_groups if config.max_freeze_depth is None else min(config.max_freeze_depth, max_groups)
         strategies = list(config.strategies)
-        if depth < max_groups and "full" in strategies:
-            strategies.remove("full")  # the user capped how much of the body may train
+        if depth < max_groups and FULL in strategies:
+            strategies.remove(FULL)  # the user capped how much of the body may train
         if depth == 0:
             # Nothing of the body may train: a head-only search, on cached features.
-            strategies = [s for s in strategies if s in EMBEDDING_STRATEGIES] + ["linear_probe"]
+            strategies = [s for s in strategies if s in EMBEDDING_STRATEGIES] + [LINEAR_PROBE]
         if validation != VALIDATION_HOLDOUT:
             # Any other strategy would be validated on the very examples it trained on.
-            allowed = EMBEDDING_STRATEGIES if validation == VALIDATION_CROSS else ("nearest_centroid",)
+            allowed = EMBEDDING_STRATEGIES if validation == VALIDATION_CROSS else (NEAREST_CENTROID,)
             kept = [s for s in strategies if s in allowed]
             if not kept:
                 why = ("cross-validate" if validation == VALIDATION_CROSS else
@@ -124,7 +83,7 @@ class SearchSpace:
                                   f"{', '.join(strategies)}; add {allowed[0]} to the strategies or use more shots")
             strategies = kept
         backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
-        return cls(tuple(backbones), tuple(strategies) or ("linear_probe",), min(1, depth), depth,
+        return cls(tuple(backbones), tuple(strategies) or (LINEAR_PROBE,), min(1, depth), depth,
                    tuple(backbone_lrs), tuple(config.head_lr_range), tuple(config.heads), config.max_epochs,
                    metric, class_weighted)
 
@@ -164,7 +123,7 @@ def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: Search
     """Ask the sampler for one point of ``space`` and turn it into a :class:`TrialConfig`.
 
     The trial trains with seed ``search.seed + slot`` (default: the trial's number; see
-    :func:`automl_tl.liveness.trial_slot`)."""
+    :func:`automl_tl.search.liveness.trial_slot`)."""
     backbone = trial.suggest_categorical("backbone", list(space.backbones))
     strategy = trial.suggest_categorical("strategy", list(space.strategies))
     freeze_depth = trial.suggest_int("freeze_depth", space.min_freeze_depth, space.max_freeze_depth)
@@ -181,3 +140,25 @@ def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: Search
         batch_size=search.batch_size, seed=search.seed + (trial.number if slot is None else slot),
         input_options=search.input_options, metric=space.metric, class_weighted=space.class_weighted,
     )
+
+
+def warm_start_params(ranking: pd.DataFrame, space: SearchSpace) -> list[dict[str, Any]]:
+    """The trials to run first, best-ranked backbone first, cheapest kind first.
+
+    A nearest centroid of every backbone (a moment on the cached embeddings), then a linear probe of every
+    backbone (nearly free on cached features, and it checks the ranking against real accuracy), then one
+    fine-tuning of the best-ranked backbone at middle-of-the-range settings, so the sampler starts from a
+    strong point instead of random ones, then a logistic regression of every backbone (seconds each: its
+    regularisation is cross-validated).
+    """
+    order = [name for name in ranking["backbone"] if name in space.backbones]
+    base = space.default_params()
+
+    def of_every_backbone(strategy: str) -> list[dict[str, Any]]:
+        return [{**base, "backbone": name, "strategy": strategy} for name in order] if strategy in space.strategies else []
+
+    trials = of_every_backbone(NEAREST_CENTROID) + of_every_backbone(LINEAR_PROBE)
+    fine_tune = next((s for s in FINE_TUNING_STRATEGIES if s in space.strategies), None)
+    if order and fine_tune is not None:
+        trials.append({**base, "backbone": order[0], "strategy": fine_tune})
+    return trials + of_every_backbone(LOGISTIC_REGRESSION)

@@ -32,11 +32,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from automl_tl.backbone import InputOptions, TransferModel
-from automl_tl.data import (BAD_INPUT_ERROR, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_ON_BAD_INPUT, check_input, input_excerpt,
-                            prepare_unlabelled, read_table)
+from automl_tl.data.bundle import BAD_INPUT_ERROR, DEFAULT_ON_BAD_INPUT, prepare_unlabelled
+from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS, check_input, input_excerpt, read_table
 from automl_tl.errors import (AutomlTLError, DataError, EmptyInputError, ModelFileError, UnknownBackboneError,
                               UnreadableInputError)
-from automl_tl.executor import default_device, predict_logits
+from automl_tl.train.executor import predict_logits
+from automl_tl.train.device import default_device
 from automl_tl.config import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
 from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, build_head, head_shapes
 from automl_tl.registry import get_backbone
@@ -371,7 +372,7 @@ class Predictor:
         """The raw inputs of ``data`` (see :meth:`predict_proba`), checked against what the model was trained on.
 
         Columns other than the input column are ignored, except the training label column: a class in it that
-        the model never learnt is refused (see :func:`~automl_tl.data.prepare_unlabelled`). No input at all
+        the model never learnt is refused (see :func:`~automl_tl.data.bundle.prepare_unlabelled`). No input at all
         (an empty list or DataFrame, a table of a header alone) is refused with
         :class:`~automl_tl.errors.EmptyInputError`, a ``ValueError`` as in scikit-learn.
         """

@@ -1,5 +1,5 @@
 """What a person reads after a search: the leaderboard and the transferability ranking (CSV and Markdown)
-and a JSON summary. (The HTML page and its figures are :mod:`automl_tl.html_report` and :mod:`automl_tl.plots`.)"""
+and a JSON summary. (The HTML page and its figures are :mod:`automl_tl.results.html_report` and :mod:`automl_tl.results.plots`.)"""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import optuna
 import pandas as pd
 
 from automl_tl.metrics import signed
-from automl_tl.data import NO_LABEL, SkippedRow
-from automl_tl.executor import STOP_CALLBACK
-from automl_tl.space import used_parameters
-from automl_tl.model_io import write_json_atomic, write_text_atomic
+from automl_tl.data.bundle import NO_LABEL, SkippedRow
+from automl_tl.train.executor import STOP_CALLBACK
+from automl_tl.strategies import used_parameters
+from automl_tl.results.model_io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def spreadsheet_safe_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
-    """``skipped.csv``: one line per row of the data left out (see :class:`~automl_tl.data.SkippedRow`),
+    """``skipped.csv``: one line per row of the data left out (see :class:`~automl_tl.data.bundle.SkippedRow`),
     columns ``row`` (from 0), ``line`` (in the table file, as messages name it; empty for a folder), ``file``,
     ``reason``. Written even when nothing was skipped (the header alone), so
     that a run directory always says so, and a list from an earlier run on other data never lingers."""
@@ -162,7 +162,7 @@ def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
 
 
 def describe_skipped(counts: dict[str, Any] | None) -> str | None:
-    """One line for people from :meth:`~automl_tl.data.DatasetBundle.skipped_counts` (None when not recorded):
+    """One line for people from :meth:`~automl_tl.data.bundle.DatasetBundle.skipped_counts` (None when not recorded):
     "3 without a label (kept as unlabelled), 2 unreadable (corrupt or truncated: 1, too large: 1); listed in
     skipped.csv"."""
     if not counts:

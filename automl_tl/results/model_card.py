@@ -3,7 +3,7 @@
 It is built only from the files a search leaves in its run directory (``summary.json``,
 ``manifest.json``, ``best_model/config.json``, ``best_model/metrics.json``), so it can be written
 again for any finished run and every number in it can be traced to one of those files. The
-search writes it at its end; :mod:`automl_tl.export` copies it next to every export. Given a bare
+search writes it at its end; :mod:`automl_tl.results.export` copies it next to every export. Given a bare
 model directory (no search files beside it), the card says what it cannot know.
 """
 
@@ -16,11 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from automl_tl.config import EMBEDDING_STRATEGIES
 from automl_tl.errors import AutomlTLError
-from automl_tl.model_io import BEST_MODEL_DIR, CONFIG_FILE, model_dir_of, write_text_atomic
-from automl_tl.report import describe_skipped
-from automl_tl.space import STRATEGY_PARAMETERS
+from automl_tl.results.model_io import BEST_MODEL_DIR, CONFIG_FILE, model_dir_of, write_text_atomic
+from automl_tl.results.report import describe_skipped
+from automl_tl.strategies import LINEAR_PROBE, STRATEGIES
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
 METRICS_FILE = "metrics.json"
@@ -30,12 +29,6 @@ MANIFEST_FILE = "manifest.json"
 SMALL_TEST_SET = 100
 _CLASSES_SHOWN = 30
 
-_STRATEGY_WORDS = {
-    "linear_probe": "linear probe: the pretrained body stayed frozen; only the new head was trained, on the body's features",
-    "last_k": "last-k fine-tuning: the last `freeze_depth` layer groups of the body and the head were trained",
-    "full": "full fine-tuning: the whole body and the head were trained",
-    "lp_ft": "LP-FT: a linear probe first, then the last `freeze_depth` layer groups fine-tuned with the probed head",
-}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -138,7 +131,7 @@ def _model_section(config: dict[str, Any], manifest: dict[str, Any] | None) -> l
         f"| backbone | {code(name)} ({architecture}), {backbone.get('embedding_dim')}-d embedding |",
         f"| pretrained weights | {plain(backbone.get('weight_source'))} |",
         f"| weights hash | {f'`{weights_hash}` (SHA-256 of the body tensors, first 32 hex digits)' if weights_hash else 'not recorded in this run'} |",
-        f"| adaptation | {_STRATEGY_WORDS.get(trial.get('strategy')) or plain(trial.get('strategy', '–'))} |",
+        f"| adaptation | {_strategy_words(trial.get('strategy'))} |",
         f"| head | {head_text} |",
         f"| training | best epoch {config.get('best_epoch', '–')} of {trial.get('epochs', '–')}, batch size "
         f"{trial.get('batch_size', '–')}, AdamW (weight decay {trial.get('weight_decay', '–')}), seed {trial.get('seed', '–')} |",
@@ -233,14 +226,21 @@ def _range(values: Any) -> str:
     return f"{values[0]:g} to {values[1]:g}" if isinstance(values, list) and len(values) == 2 else "the modality's default"
 
 
+def _strategy_words(strategy: Any) -> str:
+    """The card's sentence for ``strategy`` (its name, escaped, for one this version does not know)."""
+    known = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+    return known.description if known is not None else plain(strategy if strategy is not None else "–")
+
+
 def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
     """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
     strategy = trial_config.get("strategy")
-    searched = STRATEGY_PARAMETERS.get(strategy, ("freeze_depth", "backbone_lr", "layer_decay", "head_lr"))
+    known = STRATEGIES.get(strategy)
+    searched = known.parameters if known else ("freeze_depth", "backbone_lr", "layer_decay", "head_lr")
     names = ["backbone", "strategy", *(name for name in searched if name != "head")]  # (the head: see Model)
-    if strategy not in EMBEDDING_STRATEGIES:  # a head fitted in one go has no epochs
+    if known is None or known.runs_epochs:  # a head fitted in one go has no epochs
         names.append("epochs")
-    if strategy in ("linear_probe", "lp_ft"):
+    if known is not None and (known.name == LINEAR_PROBE or known.probe_first):
         names.append("probe_passes")
     return [name for name in names if name in trial_config]
 

@@ -143,7 +143,7 @@ def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> lis
 
 
 SLOT_ATTR = "slot"  # user attribute: the trial's place in an uninterrupted run (see trial_slot)
-#: marks a warm start: a trial whose parameters were fixed in advance (see automl_tl.sampling)
+#: marks a warm start: a trial whose parameters were fixed in advance (see automl_tl.search.sampling)
 WARM_START_ATTR = "warm_start"
 
 

@@ -2,7 +2,7 @@
 
 Optuna's samplers keep one random stream per process: a search killed and run again restarts that
 stream and draws other configurations than the uninterrupted run would have. :class:`SlotSeededSampler`
-makes a fresh sampler for every trial, seeded with ``seed + slot`` (:func:`automl_tl.liveness.trial_slot`),
+makes a fresh sampler for every trial, seeded with ``seed + slot`` (:func:`automl_tl.search.liveness.trial_slot`),
 so the same history gives the same next trial, whether the search ran in one go, was resumed, or is one
 of several workers. TPE itself stays as it is: it reads the finished trials from the study each time.
 
@@ -21,7 +21,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from automl_tl.liveness import SLOT_ATTR, WARM_START_ATTR, WORKER_ATTR, this_worker, trial_slot
+from automl_tl.search.liveness import SLOT_ATTR, WARM_START_ATTR, WORKER_ATTR, this_worker, trial_slot
 
 
 class SlotSeededSampler(BaseSampler):

@@ -19,6 +19,7 @@ Every refusal is a :class:`~automl_tl.errors.ConfigError` naming the file.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import shutil
@@ -27,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.storages.journal import JournalFileSymlinkLock
 
 from automl_tl.config import JOURNAL_FILE, is_journal_path
-from automl_tl.errors import ConfigError
+from automl_tl.errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +152,30 @@ def repair_journal(path: Path) -> Path | None:
                    "or a process was killed while writing); it was cut off and the journal as it was is kept in %s",
                    path, state.size - state.torn_at, backup)
     return backup
+
+
+def open_storage(url: str | None, run_dir: Path, repair: bool = True) -> optuna.storages.BaseStorage:
+    """The study storage: a journal file in ``run_dir`` by default, or a database URL.
+
+    A journal is checked first (:mod:`automl_tl.storage`): a file that is not an Optuna journal, or one with a
+    corrupt record, is refused untouched; with ``repair``, a torn last record is cut off (after a copy is kept),
+    so that appends start on a line of their own. Without ``repair`` (readers such as the report) the file is
+    never changed: Optuna's reader skips a torn last line by itself.
+    """
+    path = journal_path(url, run_dir)
+    if path is not None:
+        repair_journal(path) if repair else inspect_journal(path)
+        try:
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+        except OSError as exc:
+            raise ConfigError(f"cannot open the study journal {path}: {exc.strerror}") from None
+        return optuna.storages.journal.JournalStorage(backend)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad credentials: all the user's to fix
+        raise ConfigError(f"cannot open the study storage {mask_password(url)}: {first_line(exc)}") from None
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)

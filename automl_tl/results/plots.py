@@ -1,6 +1,6 @@
 """The report's figures, drawn with matplotlib's Agg renderer from plain tables (no Optuna, no files).
 
-Each function takes the leaderboard (:func:`automl_tl.report.leaderboard`) or a part of the study's
+Each function takes the leaderboard (:func:`automl_tl.results.report.leaderboard`) or a part of the study's
 stored results and returns a :class:`matplotlib.figure.Figure`; :func:`png_bytes` renders one. Figures
 are made without pyplot, so nothing global (backend, open-figure list) is touched and nothing leaks
 between reports. Every figure has a title and labelled axes; colours follow the backbone (or strategy)
@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from automl_tl.config import FROZEN_BODY_STRATEGIES
+from automl_tl.strategies import FINE_TUNING_STRATEGIES, LINEAR_PROBE, trained_depth
 
 #: Render settings for every figure: user strings (class names, backbones) may hold '$', which must not
 #: be read as mathtext; a fixed DPI keeps the PNG files small and identical when rebuilt.
@@ -142,18 +142,7 @@ def cost_chart(board: pd.DataFrame) -> Figure:
     return figure
 
 
-def trained_depth(strategy: str, freeze_depth: float) -> float:
-    """The layer groups a trial trained, as the figure places it: a frozen body (linear probe, the embedding
-    heads) none (0), full fine-tuning all (``inf``, drawn right of the deepest searched depth), last-k and LP-FT
-    their ``freeze_depth`` (which the leaderboard leaves empty for the others: they do not use it)."""
-    if strategy in FROZEN_BODY_STRATEGIES:
-        return 0.0
-    if strategy == "full":
-        return math.inf
-    return math.nan if pd.isna(freeze_depth) else float(freeze_depth)
-
-
-def freeze_depth_chart(board: pd.DataFrame, strategies: Sequence[str] = ("linear_probe", "last_k", "full", "lp_ft")
+def freeze_depth_chart(board: pd.DataFrame, strategies: Sequence[str] = (LINEAR_PROBE, *FINE_TUNING_STRATEGIES)
                        ) -> Figure:
     """Validation accuracy against the layer groups trained, one colour per strategy (pruned trials hollow)."""
     with matplotlib.rc_context(STYLE):

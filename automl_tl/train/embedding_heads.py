@@ -19,7 +19,7 @@ similarities), and both are saved as a :class:`~automl_tl.heads.NormalisedLinear
   shots and tied at 20.)
 
 :func:`cross_validated_logits` gives out-of-fold predictions, how these strategies are validated when
-there are too few labels to hold any out (see :func:`automl_tl.data.prepare_dataset`'s ``shots``).
+there are too few labels to hold any out (see :func:`automl_tl.data.bundle.prepare_dataset`'s ``shots``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from automl_tl.strategies import LOGISTIC_REGRESSION, NEAREST_CENTROID
 from automl_tl.heads import NormalisedLinearHead
 
 #: scales cosine similarities (in [-1, 1]) into logits; only the probabilities depend on it, never the argmax
@@ -155,8 +156,7 @@ def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, seed
     return FittedHead(head.eval(), {"C": c, **({"balanced": True} if balanced else {})})
 
 
-FITTERS: dict[str, HeadFitter] = {"nearest_centroid": fit_nearest_centroid,
-                                  "logistic_regression": fit_logistic_regression}
+FITTERS: dict[str, HeadFitter] = {NEAREST_CENTROID: fit_nearest_centroid, LOGISTIC_REGRESSION: fit_logistic_regression}
 
 
 @torch.no_grad()

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from automl_tl.backbone import Backbone, Preprocessor, TransferModel, ordered_for_inference
-from automl_tl.locking import exclusive_lock
+from automl_tl.files import exclusive_lock
+from automl_tl.train.device import batched_inference, move_to
 from automl_tl.weights import cache_root
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,6 @@ def pretrained_model(backbone: Backbone, device: torch.device) -> TransferModel:
     return backbone.build(num_classes=2).to(device).eval()
 
 
-class DeadlineReached(Exception):
-    """Computing features was stopped because the caller's deadline passed (nothing is stored)."""
-
-
 @torch.no_grad()
 def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequence[Any], device: torch.device,
                      batch_size: int = 64, deadline: float | None = None,
@@ -93,19 +90,12 @@ def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequ
     ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
     :class:`DeadlineReached` is raised. ``model``: the pretrained model already built on ``device`` (else built).
     """
-    from automl_tl.executor import move_to  # the executor imports this module
-
     model = pretrained_model(backbone, device) if model is None else model
-    ordered, restore = ordered_for_inference(preprocessor, items)
-    rows = []
-    for start in range(0, len(ordered), batch_size):
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineReached(f"{backbone.name} features stopped after {start} of {len(items)} samples")
-        batch = move_to(preprocessor.collate(ordered[start:start + batch_size], train=False), device)
-        rows.append(model.embed(batch).float().cpu().numpy())
-    del model
-    dim = backbone.embedding_dim
-    return restore(np.concatenate(rows).astype(np.float32)) if rows else np.zeros((0, dim), np.float32)
+    features = batched_inference(lambda batch: model.embed(batch).float().cpu(), preprocessor, items, batch_size,
+                                 device, deadline, what=f"{backbone.name} features")
+    if features is None:
+        return np.zeros((0, backbone.embedding_dim), np.float32)
+    return features.numpy().astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -134,8 +124,6 @@ def measure_inference(backbone: Backbone, preprocessor: Preprocessor, items: Seq
     timed, the warm-up's seconds per example stand in. Costs a few seconds at most for a large encoder on a CPU.
     ``model``: the pretrained model already built on ``device`` (else built, and its loading timed).
     """
-    from automl_tl.executor import move_to  # the executor imports this module
-
     started = time.perf_counter()
     model = pretrained_model(backbone, device) if model is None else model
     load_seconds = time.perf_counter() - started

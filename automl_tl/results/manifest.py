@@ -18,7 +18,7 @@ import torch
 
 from automl_tl.backbone import _WEIGHTS_FINGERPRINTS, Backbone
 from automl_tl.config import SearchConfig
-from automl_tl.data import DatasetBundle
+from automl_tl.data.bundle import DatasetBundle
 
 #: the packages whose versions change results
 PACKAGES = ("automl_tl", "torch", "torchvision", "timm", "transformers", "optuna", "numpy", "pandas",

@@ -1,7 +1,7 @@
 """Transferability pre-ranking: score each candidate backbone on cached features before fine-tuning.
 
 The features come from the shared feature cache (so the probes and LP-FT trials that follow reuse
-them); the scores are those of :mod:`automl_tl.transferability`. Best-ranked first, the ranking
+them); the scores are those of :mod:`automl_tl.rank.transferability`. Best-ranked first, the ranking
 decides which backbones are tried first (warm-start trials) and, with ``top_k``, which are searched
 at all. After the search, :func:`with_outcomes` puts each backbone's best fine-tuned accuracy next to
 its scores with the Kendall rank correlation.
@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from automl_tl.backbone import Backbone, InputOptions
-from automl_tl.data import DatasetBundle
-from automl_tl.feature_cache import DeadlineReached, measure_inference, pretrained_model, samples_hash
-from automl_tl.space import SearchSpace
-from automl_tl.transferability import SCORES, kendall_tau, score_features
+from automl_tl.data.bundle import DatasetBundle
+from automl_tl.train.feature_cache import measure_inference, pretrained_model, samples_hash
+from automl_tl.train.device import DeadlineReached
+from automl_tl.rank.transferability import SCORES, kendall_tau, score_features
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
     ``seconds_per_example`` of its inference, the ``estimated_seconds`` of the features the ranking needed,
     and the seconds spent (``feature_seconds``: from the cache when present; ``score_seconds``).
 
-    Backbones are measured first (:func:`~automl_tl.feature_cache.measure_inference`), then their features
+    Backbones are measured first (:func:`~automl_tl.train.feature_cache.measure_inference`), then their features
     computed cheapest first. With ``deadline`` (a ``time.monotonic()`` value), the ranking ends within
     ``budget_share`` of the time left: a backbone whose features would not fit is left unranked, its reason in
     ``skipped``. Ranked backbones come first, best first; the unranked follow, cheapest first.
@@ -163,28 +163,6 @@ def searchable_backbones(ranking: pd.DataFrame) -> list[str]:
         return list(ranked["backbone"])
     by_cost = ranking.sort_values("estimated_seconds", na_position="last", kind="stable")
     return list(by_cost["backbone"][:1])
-
-
-def warm_start_params(ranking: pd.DataFrame, space: SearchSpace) -> list[dict[str, Any]]:
-    """The trials to run first, best-ranked backbone first, cheapest kind first.
-
-    A nearest centroid of every backbone (a moment on the cached embeddings), then a linear probe of every
-    backbone (nearly free on cached features, and it checks the ranking against real accuracy), then one
-    fine-tuning of the best-ranked backbone at middle-of-the-range settings, so the sampler starts from a
-    strong point instead of random ones, then a logistic regression of every backbone (seconds each: its
-    regularisation is cross-validated).
-    """
-    order = [name for name in ranking["backbone"] if name in space.backbones]
-    base = space.default_params()
-
-    def of_every_backbone(strategy: str) -> list[dict[str, Any]]:
-        return [{**base, "backbone": name, "strategy": strategy} for name in order] if strategy in space.strategies else []
-
-    trials = of_every_backbone("nearest_centroid") + of_every_backbone("linear_probe")
-    fine_tune = next((s for s in ("lp_ft", "full", "last_k") if s in space.strategies), None)
-    if order and fine_tune is not None:
-        trials.append({**base, "backbone": order[0], "strategy": fine_tune})
-    return trials + of_every_backbone("logistic_regression")
 
 
 def with_outcomes(ranking: pd.DataFrame, best_accuracy: dict[str, float]) -> tuple[pd.DataFrame, dict[str, float]]:

@@ -3,7 +3,7 @@
 Everything on the page comes from the study (trials, their parameters and user attributes; the study's
 user attributes: the best model's test evaluation, the transferability scores, the data's summary), so
 ``automl-tl report RUN_DIR`` rebuilds the same page after the CSV and JSON files are gone, or from a
-database study on another machine. The figures (:mod:`automl_tl.plots`) are also written as PNG files
+database study on another machine. The figures (:mod:`automl_tl.results.plots`) are also written as PNG files
 to ``RUN_DIR/plots/`` and embedded in the page as base64 data URIs; the CSS is inline and nothing is
 fetched, so the file opens offline and can be mailed as it is. A figure that cannot be drawn (too few
 trials, no test evaluation, an error) is replaced by a line saying why; it never stops the run.
@@ -22,15 +22,16 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from automl_tl import plots
+from automl_tl.results import plots
 from automl_tl.config import DEFAULT_STUDY_NAME, JOURNAL_FILE, check_storage_url, is_journal_path
 from automl_tl.errors import AutomlTLError, first_line
-from automl_tl.model_io import write_bytes_atomic, write_text_atomic
-from automl_tl.ranking import with_outcomes
-from automl_tl.report import (DATA_SUMMARY_ATTR, LEADERBOARD_COLUMNS, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR,
+from automl_tl.results.model_io import write_bytes_atomic, write_text_atomic
+from automl_tl.rank.ranking import with_outcomes
+from automl_tl.results.report import (DATA_SUMMARY_ATTR, LEADERBOARD_COLUMNS, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR,
                               best_accuracy_by_backbone, describe_skipped, leaderboard)
-from automl_tl.space import used_parameters
-from automl_tl.transferability import SCORES
+from automl_tl.storage import mask_password, open_storage
+from automl_tl.strategies import used_parameters
+from automl_tl.rank.transferability import SCORES
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ def rebuild_report(run_dir: str | Path, storage: str | None = None, study_name: 
     directory, a run directory without a study, or a study name the storage does not hold raise
     :class:`~automl_tl.errors.AutomlTLError` with one line saying what was expected.
     """
-    from automl_tl.search import mask_password, open_storage  # imports torch: only when rebuilding
-
     run_dir = Path(run_dir)
     name = study_name or DEFAULT_STUDY_NAME
     if not run_dir.is_dir():
@@ -195,8 +194,6 @@ def _has_values(board: pd.DataFrame) -> bool:
 
 def _dashboard_command(storage: str | None, run_dir: Path) -> str:
     """The ``optuna-dashboard`` command that opens this study (run from the run directory for a journal)."""
-    from automl_tl.search import mask_password
-
     if storage is None or (is_journal_path(storage) and Path(storage).resolve() == (run_dir / JOURNAL_FILE).resolve()):
         return f"optuna-dashboard {JOURNAL_FILE}"
     return f"optuna-dashboard {storage if is_journal_path(storage) else mask_password(storage)}"

@@ -1,15 +1,15 @@
 """The study: pre-ranking, sampler, pruner, storage, budgets, resume, and keeping the best model.
 
 Before any fine-tuning, every candidate backbone is scored by transferability on its cached
-features (:mod:`automl_tl.ranking`); the best-ranked are tried first and, with ``top_k``,
+features (:mod:`automl_tl.rank.ranking`); the best-ranked are tried first and, with ``top_k``,
 only they are searched. Every trial then runs through the shared
-:class:`~automl_tl.executor.Executor`; this module turns the executor's per-epoch callback
+:class:`~automl_tl.train.executor.Executor`; this module turns the executor's per-epoch callback
 into Optuna reports and prunes (successive halving or Hyperband over epochs), enforces the
 search's and each trial's wall-clock budget, and owns the trial states. The study lives in a
 journal file in the run directory (safe for several processes on one machine) or in a database
 (``--storage postgresql://...``), so running the same command again resumes it: every trial
 carries a heartbeat, and a trial whose worker died is marked failed and run again
-(:mod:`automl_tl.liveness`). Several workers can share one study (:mod:`automl_tl.workers`): the
+(:mod:`automl_tl.search.liveness`). Several workers can share one study (:mod:`automl_tl.search.workers`): the
 study stores the settings and the data's source, and each worker stops when the study as a whole
 has enough trials.
 """
@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,28 +33,33 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
-from automl_tl.config import FROZEN_BODY_STRATEGIES, SearchConfig, TrialConfig
-from automl_tl.data import VALIDATION_HOLDOUT, DatasetBundle, Split
-from automl_tl.errors import AutomlTLError, ConfigError, first_line
-from automl_tl.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_CALLBACK, STOP_OVER_BUDGET, STOP_TIME, Executor,
+from automl_tl.config import SearchConfig, TrialConfig, check_storage_url
+from automl_tl.data.source import load_data_source
+from automl_tl.strategies import get_strategy
+from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split
+from automl_tl.errors import AutomlTLError, ConfigError
+from automl_tl.train.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_CALLBACK, STOP_OVER_BUDGET, STOP_TIME, Executor,
                                 TrialResult, predict_logits)
-from automl_tl.feature_cache import DeadlineReached
+from automl_tl.train.device import DeadlineReached
 from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
-from automl_tl.model_io import (BEST_MODEL_DIR, CONFIG_FILE, Predictor, load_model_dir, repair_interrupted_save,
+from automl_tl.results.model_io import (BEST_MODEL_DIR, CONFIG_FILE, Predictor, load_model_dir, repair_interrupted_save,
                                 save_model, write_json_atomic)
-from automl_tl.feature_cache import FeatureCache
-from automl_tl.journal import inspect_journal, journal_path, repair_journal
-from automl_tl.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
-from automl_tl.locking import exclusive_lock
-from automl_tl.manifest import build_manifest
-from automl_tl.model_card import write_model_card
+from automl_tl.train.feature_cache import FeatureCache
+from automl_tl.storage import inspect_journal, journal_path
+from automl_tl.search.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
+from automl_tl.files import exclusive_lock
+from automl_tl.results.manifest import build_manifest
+from automl_tl.results.model_card import write_model_card
 from automl_tl.plugins import get_plugin_manager
-from automl_tl.ranking import rank_backbones, searchable_backbones, warm_start_params, with_outcomes
+from automl_tl.rank.ranking import rank_backbones, searchable_backbones, with_outcomes
+from automl_tl.search.space import warm_start_params
 from automl_tl.registry import get_registry
-from automl_tl.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
+from automl_tl.results.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
                               leaderboard, write_leaderboard, write_skipped, write_summary, write_transferability)
-from automl_tl.sampling import SlotSeededSampler
-from automl_tl.space import SearchSpace, describe_parameters, suggest_trial_config, used_parameters
+from automl_tl.search.sampling import SlotSeededSampler
+from automl_tl.search.space import SearchSpace, suggest_trial_config
+from automl_tl.strategies import describe_parameters, used_parameters
+from automl_tl.storage import open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -98,33 +102,6 @@ class SearchOutcome:
     test_metrics: dict[str, float] | None  # None when the data have no test part
     transferability: dict[str, Any] | None = None  # the ranking and each score's Kendall tau; None without pre-ranking
     predictor: Predictor | None = None  # the saved best model, loaded (as ``automl_tl.load(run_dir)`` would)
-
-
-def open_storage(url: str | None, run_dir: Path, repair: bool = True) -> optuna.storages.BaseStorage:
-    """The study storage: a journal file in ``run_dir`` by default, or a database URL.
-
-    A journal is checked first (:mod:`automl_tl.journal`): a file that is not an Optuna journal, or one with a
-    corrupt record, is refused untouched; with ``repair``, a torn last record is cut off (after a copy is kept),
-    so that appends start on a line of their own. Without ``repair`` (readers such as the report) the file is
-    never changed: Optuna's reader skips a torn last line by itself.
-    """
-    path = journal_path(url, run_dir)
-    if path is not None:
-        repair_journal(path) if repair else inspect_journal(path)
-        try:
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-        except OSError as exc:
-            raise ConfigError(f"cannot open the study journal {path}: {exc.strerror}") from None
-        return optuna.storages.journal.JournalStorage(backend)
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad credentials: all the user's to fix
-        raise ConfigError(f"cannot open the study storage {mask_password(url)}: {first_line(exc)}") from None
-
-
-def mask_password(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***`` (for messages and logs)."""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
 def _make_sampler_and_pruner(config: SearchConfig, warm_starts: list[dict[str, Any]] | None = None,
@@ -205,7 +182,7 @@ class Search:
         """``callbacks`` are Optuna study callbacks run after each trial (one may call ``study.stop()``).
 
         A given ``executor`` brings its own feature cache; ``config.feature_cache`` applies to the default one.
-        ``data_source`` says how to load ``data`` again (see :func:`automl_tl.workers.load_data_source`);
+        ``data_source`` says how to load ``data`` again (see :func:`automl_tl.data.source.load_data_source`);
         it is stored with the study so that other workers can join it.
         """
         self.data = data
@@ -334,7 +311,7 @@ class Search:
 
         The timeout covers the whole run from ``started`` (default: now; see :meth:`start_clock`), pre-ranking,
         refit and test evaluation included. With ``workers`` > 1, that many worker
-        processes share the study (see :func:`automl_tl.workers.run_local_workers`); this process
+        processes share the study (see :func:`automl_tl.search.workers.run_local_workers`); this process
         prepares the study, waits for them, and writes the results.
         """
         self.start_clock(started)
@@ -342,7 +319,7 @@ class Search:
             self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
             study = self.open_study()
             if workers > 1:
-                from automl_tl.workers import run_local_workers
+                from automl_tl.search.workers import run_local_workers
 
                 run_local_workers(self, workers, None if self._deadline is None else self._deadline - time.monotonic())
             else:
@@ -459,7 +436,7 @@ class Search:
         backbone = self.backbones[config.backbone]
 
         def on_epoch(epoch: int, score: float) -> bool:
-            if config.strategy in FROZEN_BODY_STRATEGIES:
+            if get_strategy(config.strategy).frozen_body:
                 # A probe on cached features costs next to nothing: pruning it saves nothing, and its
                 # many passes per epoch would set an unfair bar at each rung for the fine-tuning trials.
                 # (A head fitted on the embeddings has one "epoch", and nothing left to save either.)
@@ -522,7 +499,7 @@ class Search:
                 attrs[key] = result.extra[key]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if result.config.strategy not in FROZEN_BODY_STRATEGIES and best is not None and len(self.data.val):
+        if not get_strategy(result.config.strategy).frozen_body and best is not None and len(self.data.val):
             # the whole model ran on the validation split: what testing it will cost per example
             self._inference_cost[result.config.backbone] = best.val_seconds / len(self.data.val)
 
@@ -547,7 +524,7 @@ class Search:
                 "best_epoch": result.best_epoch,
                 "adapted": result.extra.get("adapted", []),  # what the budget changed in the trial's config
                 "train_seconds_per_epoch": (sum(r.train_seconds for r in result.history) / len(result.history)
-                                            if result.config.strategy not in FROZEN_BODY_STRATEGIES else 0.0),
+                                            if not get_strategy(result.config.strategy).frozen_body else 0.0),
             })
             logger.info("trial %d is the best so far (validation %s %.4f): saved to %s", result.trial_number,
                         result.config.metric, best.val_metrics[result.config.metric], self.run_dir / BEST_MODEL_DIR)
@@ -720,7 +697,7 @@ class Search:
         return {"ranking": frame.dropna(subset=["rank"])["backbone"].tolist(), "kendall_tau": taus}  # ranked only
 
     def _write_report(self, study: optuna.Study) -> None:
-        from automl_tl.html_report import write_report  # matplotlib is imported only when a report is drawn
+        from automl_tl.results.html_report import write_report  # matplotlib is imported only when a report is drawn
 
         path = write_report(study, self.run_dir, storage=self.config.storage)
         logger.info("report: %s", path)
@@ -759,8 +736,53 @@ def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))
 
 
-def search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
-           workers: int = 1, data_source: dict[str, Any] | None = None, started: float | None = None) -> SearchOutcome:
+def run_search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
+               workers: int = 1, data_source: dict[str, Any] | None = None, started: float | None = None) -> SearchOutcome:
     """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``. ``started`` (a
     ``time.monotonic()`` value) is when the budget began: by default, now."""
     return Search(data, config, run_dir, executor, data_source=data_source).run(workers, started)
+
+
+def join_study(storage: str, study_name: str, run_dir: str | Path | None = None, timeout: float | None = None,
+               finish: bool = True, show_progress: bool | None = None) -> "SearchOutcome | None":
+    """Join the study ``study_name`` in ``storage`` as one more worker, and run trials until it has enough.
+
+    The data are loaded from the source stored with the study. ``run_dir`` (default: the study's own)
+    receives the best model. With ``finish``, the worker then writes the leaderboard, the summary and
+    the test metrics like ``automl-tl search`` does, and returns them.
+    """
+    check_storage_url(storage)
+    opened = open_storage(storage, Path("."))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=opened)
+    except KeyError:
+        raise ConfigError(f"no study {study_name!r} in {storage}; start one with "
+                          f"'automl-tl search --storage {storage} --study-name {study_name} ...'") from None
+    attrs = study.user_attrs
+    if "search_config" not in attrs or "search_space" not in attrs:
+        raise ConfigError(f"study {study_name!r} in {storage} was not made by 'automl-tl search' "
+                          "(it has no stored settings to join)")
+    if not attrs.get("data_source"):
+        raise ConfigError(f"study {study_name!r} was made with data in memory; a worker can join only a study "
+                          "whose data came from a file, a folder or a registered data set")
+    overrides: dict[str, Any] = {"storage": storage, "study_name": study_name}
+    if timeout is not None:
+        overrides["timeout"] = timeout
+    config = SearchConfig.from_dict({**attrs["search_config"], **overrides})
+    data = load_data_source(attrs["data_source"])
+    run_dir = Path(run_dir or attrs.get("run_dir") or Path("runs") / study_name)
+    executor = Executor(feature_cache=FeatureCache(enabled=config.feature_cache), show_progress=show_progress)
+    search = Search(data, config, run_dir, executor, data_source=attrs["data_source"])
+    search.space = SearchSpace.from_dict(attrs["search_space"])
+    search.start_clock()
+    search.announce_start()
+    joined = search.open_study()  # checks the data's fingerprint and the space against the stored ones
+    logger.info("joined study %r in %s as a worker; run directory %s", study_name, storage, run_dir)
+    search.optimize(joined)
+    if not finish:
+        return None
+    if saved_best_accuracy(run_dir) is None:
+        logger.info("this worker kept no model in %s (the study had its trials, or others' were better); "
+                    "the study's results are where its other workers write them", run_dir)
+        return None
+    return search._finish(joined)

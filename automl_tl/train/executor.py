@@ -4,12 +4,12 @@ Reads top to bottom: encode the data once (cached across trials), build the mode
 trial's head, then one of two paths that share the same epoch loop:
 
 * **head on features** (linear probe, and the first stage of LP-FT): the frozen body's features
-  come from the on-disk :class:`~automl_tl.feature_cache.FeatureCache`, and only the head trains;
+  come from the on-disk :class:`~automl_tl.train.feature_cache.FeatureCache`, and only the head trains;
 * **fine-tuning** (last-k groups, full): the body runs on every batch and the trained groups
   learn at layer-wise decayed rates.
 
 The embedding strategies (nearest centroid, logistic regression) take a third, shorter path: the
-head is fitted in one go on the same cached features (:mod:`automl_tl.embedding_heads`) and
+head is fitted in one go on the same cached features (:mod:`automl_tl.train.embedding_heads`) and
 validated on the validation split, or by cross-validation on the training split when the data set
 has too few labels to hold any out; their history has one "epoch".
 
@@ -38,12 +38,14 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
-from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel, ordered_for_inference
-from automl_tl.config import EMBEDDING_STRATEGIES, FROZEN_BODY_STRATEGIES, TrialConfig
-from automl_tl.data import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
-from automl_tl.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
+from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
+from automl_tl.config import TrialConfig
+from automl_tl.strategies import FULL, LAST_K, get_strategy
+from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
+from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.errors import first_line
-from automl_tl.feature_cache import DeadlineReached, FeatureCache, samples_hash
+from automl_tl.train.device import DeadlineReached, autocast, batched_inference, default_device, move_to
+from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.heads import build_head
 from automl_tl.metrics import all_metrics, class_weights, signed
 
@@ -155,40 +157,19 @@ class TrialResult:
         return None if not self.history else self.best_record.val_score
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def move_to(batch: torch.Tensor | dict[str, torch.Tensor], device: torch.device):
-    if isinstance(batch, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return batch.to(device, non_blocking=True)
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, preprocessor: Preprocessor, items: Sequence[Any], batch_size: int,
                    device: torch.device, deadline: float | None = None) -> torch.Tensor:
-    """Logits for encoded ``items`` in order, in eval mode, on ``device``; returned on the CPU.
-
-    The batches follow the preprocessor's inference order (texts by length), the logits the order of ``items``.
-    ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it,
-    :class:`DeadlineReached` is raised.
-    """
+    """Logits for encoded ``items`` in order, in eval mode, on ``device``; returned on the CPU (see
+    :func:`~automl_tl.train.device.batched_inference`: past ``deadline``, :class:`DeadlineReached`)."""
     model.eval()
-    ordered, restore = ordered_for_inference(preprocessor, items)
-    outputs = []
-    for start in range(0, len(ordered), batch_size):
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineReached(f"prediction stopped after {start} of {len(items)} examples")
-        batch = move_to(preprocessor.collate(ordered[start:start + batch_size], train=False), device)
-        with _autocast(device):
-            outputs.append(model(batch).float().cpu())
-    return restore(torch.cat(outputs)) if outputs else torch.empty(0)
 
+    def forward(batch: Any) -> torch.Tensor:
+        with autocast(device):
+            return model(batch).float().cpu()
 
-def _autocast(device: torch.device):
-    # Mixed precision only where it pays: on CUDA. On the CPU, float32 is faster for these models.
-    return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda")
+    logits = batched_inference(forward, preprocessor, items, batch_size, device, deadline, what="prediction")
+    return torch.empty(0) if logits is None else logits
 
 
 class WarmupCosine:
@@ -338,10 +319,11 @@ class Executor:
         :func:`fit_with_out_of_memory_retry`); if that runs out of memory too, :class:`TrialOutOfMemory`.
         """
         def attempt(trial_config: TrialConfig) -> TrialResult:
-            if trial_config.strategy == "linear_probe":
-                return self._fit_probe(trial_config, backbone, data, on_epoch, deadline, refit)
-            if trial_config.strategy in EMBEDDING_STRATEGIES:
+            strategy = get_strategy(trial_config.strategy)
+            if not strategy.runs_epochs:
                 return self._fit_embedding_head(trial_config, backbone, data, on_epoch, deadline, refit)
+            if strategy.frozen_body:
+                return self._fit_probe(trial_config, backbone, data, on_epoch, deadline, refit)
             return self._fit_body(trial_config, backbone, data, on_epoch, deadline, refit)
 
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -506,7 +488,7 @@ class Executor:
         extra: dict[str, Any] = {"fitted_on": FITTED_ON_TRAIN_AND_VAL} if refit else {}
         train_split = data.train_and_val() if refit else data.train
         probe_head = None
-        if config.strategy == "lp_ft":
+        if get_strategy(config.strategy).probe_first:
             try:
                 train_x = self.features(backbone, config.input_options, data, train_split, deadline=deadline)
                 val_x = None if refit else self.features(backbone, config.input_options, data, data.val,
@@ -525,7 +507,7 @@ class Executor:
             model.freeze_norm_statistics = True
         model.set_freeze_depth(config.trained_depth(model.num_groups))
         # LP-FT's second stage moves the head as gently as the body, so the probe is not undone.
-        head_lr = config.backbone_lr if config.strategy == "lp_ft" else config.head_lr
+        head_lr = config.backbone_lr if get_strategy(config.strategy).probe_first else config.head_lr
         optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
         preprocessor = backbone.preprocessor(config.input_options)
         train_items = self.encoded(preprocessor, data, train_split)
@@ -665,7 +647,7 @@ class Executor:
                         progress.total = fitting
                         progress.refresh()
                 inputs, targets = move_to(inputs, self.device), targets.to(self.device)
-                with _autocast(self.device):
+                with autocast(self.device):
                     loss = loss_fn(loop.module(inputs).float(), targets)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {step}")
@@ -762,9 +744,9 @@ def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | N
         options, change = smaller
         return replace(config, input_options=options), change
     depth = config.trained_depth(layer_groups) if layer_groups else config.freeze_depth
-    if config.strategy in FROZEN_BODY_STRATEGIES or depth < 2:
+    if get_strategy(config.strategy).frozen_body or depth < 2:
         return None
-    strategy = "last_k" if config.strategy == "full" else config.strategy
+    strategy = LAST_K if config.strategy == FULL else config.strategy
     return (replace(config, strategy=strategy, freeze_depth=depth // 2),
             f"{depth} -> {depth // 2} trained layer groups")
 

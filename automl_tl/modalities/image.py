@@ -1,4 +1,4 @@
-"""Image preprocessing shared by image backbones: decode (:func:`automl_tl.data.read_image`: EXIF orientation,
+"""Image preprocessing shared by image backbones: decode (:func:`automl_tl.data.readers.read_image`: EXIF orientation,
 first frame, large files decoded reduced) and resize once, normalise per batch."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from PIL import Image
 from torchvision.transforms import functional as F
 
 from automl_tl.backbone import Preprocessor
-from automl_tl.data import read_image
+from automl_tl.data.readers import read_image
 
 #: changes whenever the decoding of image files changes, so that features cached before are not reused
 #: (2: EXIF orientation applied, large files decoded reduced; 3: 16-bit, float and transparent images scaled
-#: and composited on white, see automl_tl.data.as_rgb)
+#: and composited on white, see automl_tl.data.readers.as_rgb)
 DECODING_VERSION = 3
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
                   "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}

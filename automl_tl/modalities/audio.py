@@ -1,7 +1,7 @@
 """Audio shared by audio backbones: reading files, mel spectrograms in torch, and the preprocessor.
 
 * :func:`read_audio` reads every format libsndfile does (wav, flac, ogg/opus, aiff, mp3, caf, ...:
-  :data:`~automl_tl.data.AUDIO_EXTENSIONS`) with soundfile, mixes to mono, resamples with
+  :data:`~automl_tl.data.readers.AUDIO_EXTENSIONS`) with soundfile, mixes to mono, resamples with
   ``scipy.signal.resample_poly`` and refuses, in one line naming the file, anything a model
   should not be trained on (missing, unsupported, corrupt, empty or silent).
 * :class:`MelFilterbank` and :class:`MelSpectrogram` compute spectrograms with ``torch.stft``
@@ -25,87 +25,22 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 import torch
-from scipy.signal import resample_poly
 from torch import nn
 
 from automl_tl.backbone import Preprocessor
-from automl_tl.data import AUDIO_EXTENSIONS, input_excerpt, is_existing_file
-from automl_tl.errors import UnreadableInputError, first_line
+from automl_tl.data.readers import read_audio
 
 logger = logging.getLogger(__name__)
 
-#: a file whose every sample is quieter than this (full scale = 1.0, i.e. -80 dBFS) is refused as silent
-SILENCE_THRESHOLD = 1e-4
 
 MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "unit_sum", None)
 MEL_TRIANGLES = ("hz", "mel")
-
-
-# ---------------------------------------------------------------- reading files
-
-
-def check_audio_path(path: Path) -> None:
-    """Refuse (:class:`~automl_tl.errors.UnreadableInputError`) a missing file or an extension libsndfile
-    does not read (:data:`~automl_tl.data.AUDIO_EXTENSIONS`, case-insensitive), without reading the file."""
-    if not is_existing_file(path):  # (False too for a text too long to be a file name)
-        shown = input_excerpt(str(path), 200)
-        raise UnreadableInputError(f"audio file not found: {shown}", UnreadableInputError.NOT_FOUND, "", shown)
-    if path.suffix.lower() not in AUDIO_EXTENSIONS:
-        shown = path.suffix or "(no extension)"
-        raise UnreadableInputError(f"unsupported audio format {shown!r} of {path}; expected one of "
-                                   f"{', '.join(AUDIO_EXTENSIONS)}", UnreadableInputError.UNSUPPORTED,
-                                   f"{shown} is not an audio format libsndfile reads", str(path))
-
-
-def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
-    """The samples of an audio file as float32 mono in [-1, 1], resampled to ``sample_rate`` if given.
-
-    Channels are averaged. Raises :class:`~automl_tl.errors.UnreadableInputError` (a DataError), one line
-    naming the file, for a missing file, an extension libsndfile does not read (see :func:`check_audio_path`),
-    content soundfile cannot decode, no samples, non-finite samples, or silence (every sample below
-    :data:`SILENCE_THRESHOLD`).
-    """
-    path = Path(path).expanduser()
-    check_audio_path(path)
-
-    def refuse(message: str, kind: str, detail: str) -> UnreadableInputError:
-        return UnreadableInputError(message, kind, detail, str(path))
-
-    try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError, OSError) as exc:
-        raise refuse(f"cannot read audio file {path} (corrupt, or not the audio format its extension says): "
-                     f"{first_line(exc)}", UnreadableInputError.UNREADABLE, first_line(exc)) from None
-    if samples.shape[0] == 0 or samples.shape[1] == 0:
-        raise refuse(f"audio file {path} is empty (0 samples)", UnreadableInputError.EMPTY, "0 samples")
-    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if not np.isfinite(mono).all():
-        raise refuse(f"audio file {path} holds non-finite samples (NaN or infinity)", UnreadableInputError.NOT_FINITE,
-                     "NaN or infinite samples")
-    peak = float(np.abs(mono).max())
-    if peak < SILENCE_THRESHOLD:
-        raise refuse(f"audio file {path} is silent (peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g})",
-                     UnreadableInputError.SILENT, f"peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g}")
-    if sample_rate is not None and rate != sample_rate:
-        mono = resample(mono, rate, sample_rate)
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """``samples`` resampled from ``from_rate`` to ``to_rate`` Hz with a polyphase filter (anti-aliased)."""
-    if from_rate == to_rate:
-        return samples
-    common = math.gcd(int(from_rate), int(to_rate))
-    return resample_poly(samples, int(to_rate) // common, int(from_rate) // common).astype(np.float32)
 
 
 # ---------------------------------------------------------------- mel spectrograms

@@ -43,8 +43,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
-from automl_tl.model_card import MODEL_CARD_FILE, describe_preprocessing, render_model_card
-from automl_tl.model_io import BEST_MODEL_DIR, Predictor, load, model_dir_of, with_usual_permissions, write_json_atomic
+from automl_tl.results.model_card import MODEL_CARD_FILE, describe_preprocessing, render_model_card
+from automl_tl.results.model_io import BEST_MODEL_DIR, Predictor, load, model_dir_of, with_usual_permissions, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

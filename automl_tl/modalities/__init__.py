@@ -1,0 +1,1 @@
+"""Modalities: the preprocessing that every backbone of one modality shares (image, audio)."""
