@@ -29,6 +29,7 @@ from automl_tl.data.bundle import BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, 
 from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS, TABLE_EXTENSIONS
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.heads import HEAD_KINDS
+from automl_tl.layout import SUMMARY_FILE
 
 logger = logging.getLogger("automl_tl")
 
@@ -380,11 +381,11 @@ def terminal_leaderboard(board: pd.DataFrame, rows: int = 10) -> str:
 
 
 def _print_outcome(outcome) -> None:
-    from automl_tl.results.report import SKIPPED_FILE
+    from automl_tl.layout import SKIPPED_FILE
 
     run_dir = outcome.run_dir
     print(terminal_leaderboard(outcome.leaderboard))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     metric, model = summary.get("metric", "accuracy"), summary.get("model", {})
     test = ("n/a: " + model.get("test", "no test part") if outcome.test_metrics is None
             else f"{outcome.test_metrics[metric]:.4f} ({outcome.test_metrics['examples']} examples)")

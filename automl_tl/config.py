@@ -19,8 +19,6 @@ SAMPLERS = ("tpe", "random")
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
 #: a study's name unless one is given (``--study-name``)
 DEFAULT_STUDY_NAME = "automl_tl"
-#: the study's journal file in the run directory, when no database storage is given
-JOURNAL_FILE = "study.journal"
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 

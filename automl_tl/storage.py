@@ -31,7 +31,8 @@ from typing import Any
 import optuna
 from optuna.storages.journal import JournalFileSymlinkLock
 
-from automl_tl.config import JOURNAL_FILE, is_journal_path
+from automl_tl.config import is_journal_path
+from automl_tl.layout import JOURNAL_FILE
 from automl_tl.errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)

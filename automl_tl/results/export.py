@@ -43,8 +43,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
-from automl_tl.results.model_card import MODEL_CARD_FILE, describe_preprocessing, render_model_card
-from automl_tl.results.model_io import BEST_MODEL_DIR, Predictor, load, model_dir_of, with_usual_permissions, write_json_atomic
+from automl_tl.results.model_card import describe_preprocessing, render_model_card
+from automl_tl.layout import MODEL_CARD_FILE
+from automl_tl.results.model_io import Predictor, load, model_dir_of
+from automl_tl.files import with_usual_permissions, write_json_atomic
+from automl_tl.layout import BEST_MODEL_DIR
+from automl_tl.layout import EXPORTS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,6 @@ FORMATS_BY_MODALITY = {"image": ("timm", "torchscript", "onnx"), "text": ("trans
                        "audio": ("torchscript", "onnx")}
 EXPORT_INFO_FILE = "export.json"
 README_FILE = "README.md"
-EXPORTS_DIR = "exports"
 #: largest max abs difference of logits between an export and the original that is accepted at export time
 CHECK_TOLERANCE = 1e-3
 #: an ONNX file holds at most 2 GB; larger models keep their weights in a side file

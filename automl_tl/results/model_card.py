@@ -17,31 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from automl_tl.errors import AutomlTLError
-from automl_tl.results.model_io import BEST_MODEL_DIR, CONFIG_FILE, model_dir_of, write_text_atomic
+from automl_tl.results.model_io import model_dir_of
+from automl_tl.files import write_text_atomic
+from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE
 from automl_tl.results.report import describe_skipped
 from automl_tl.strategies import LINEAR_PROBE, STRATEGIES
+from automl_tl.layout import MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE, SUMMARY_FILE
+from automl_tl.files import read_json
 
-MODEL_CARD_FILE = "MODEL_CARD.md"
-METRICS_FILE = "metrics.json"
-SUMMARY_FILE = "summary.json"
-MANIFEST_FILE = "manifest.json"
 #: below this many test examples, the card warns that the test numbers are rough
 SMALL_TEST_SET = 100
 _CLASSES_SHOWN = 30
-
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when the file is absent."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AutomlTLError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise AutomlTLError(f"{path} holds a {type(value).__name__}; expected a JSON object")
-    return value
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -336,12 +322,12 @@ def render_model_card(run_dir: str | Path) -> str:
     """The model card of a run directory (or of a bare model directory) as Markdown text."""
     run_dir = Path(run_dir)
     model_dir = model_dir_of(run_dir)
-    config = _read_json(model_dir / CONFIG_FILE)
+    config = read_json(model_dir / CONFIG_FILE)
     if config is None:
         raise AutomlTLError(f"no saved model in {run_dir}: {CONFIG_FILE} is missing (is it a run directory?)")
-    metrics = _read_json(model_dir / METRICS_FILE)
-    summary = _read_json(run_dir / SUMMARY_FILE) if model_dir != run_dir else None
-    manifest = _read_json(run_dir / MANIFEST_FILE) if model_dir != run_dir else None
+    metrics = read_json(model_dir / METRICS_FILE)
+    summary = read_json(run_dir / SUMMARY_FILE) if model_dir != run_dir else None
+    manifest = read_json(run_dir / MANIFEST_FILE) if model_dir != run_dir else None
     prefix = f"{BEST_MODEL_DIR}/" if model_dir != run_dir else ""
     found = {SUMMARY_FILE: summary, MANIFEST_FILE: manifest, f"{prefix}{CONFIG_FILE}": config,
              f"{prefix}{METRICS_FILE}": metrics}

@@ -41,12 +41,11 @@ from automl_tl.train.device import default_device
 from automl_tl.config import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
 from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, build_head, head_shapes
 from automl_tl.registry import get_backbone
+from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE
+from automl_tl.files import with_usual_permissions
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-BEST_MODEL_DIR = "best_model"
 FORMAT_VERSION = 1
 #: the columns a predictions table adds after the input's own: the class, one probability per class, why not
 PREDICTION_COLUMN = "prediction"
@@ -69,43 +68,6 @@ def _origin(data: Any) -> str:
     if isinstance(data, (str, Path)):
         return str(data)
     return "the DataFrame" if isinstance(data, pd.DataFrame) else f"the {type(data).__name__} of inputs"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
-    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: readers (and a
-    process killed mid-write) see the old file or the new one, never half of one."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """:func:`write_text_atomic` for bytes (figures, archives)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".tmp", delete=False) as file:
-        file.write(data)
-        temp = Path(file.name)
-    with_usual_permissions(temp)
-    os.replace(temp, path)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def with_usual_permissions(path: Path) -> Path:
-    """Give ``path`` the permissions a plain ``open``/``mkdir`` would have (the umask's), not the private
-    0600 / 0700 that ``tempfile`` uses: results are files a team shares and serves."""
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
-    return path
 
 
 def save_model(model: TransferModel, directory: Path, config: dict[str, Any]) -> None:

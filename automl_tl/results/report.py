@@ -16,7 +16,8 @@ from automl_tl.metrics import signed
 from automl_tl.data.bundle import NO_LABEL, SkippedRow
 from automl_tl.train.executor import STOP_CALLBACK
 from automl_tl.strategies import used_parameters
-from automl_tl.results.model_io import write_json_atomic, write_text_atomic
+from automl_tl.files import write_json_atomic, write_text_atomic
+from automl_tl.layout import LEADERBOARD_CSV, LEADERBOARD_MD, SKIPPED_FILE, SUMMARY_FILE, TRANSFERABILITY_CSV, TRANSFERABILITY_MD
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ TRANSFERABILITY_ATTR = "transferability"  # the pre-ranking's scores per backbon
 DATA_SUMMARY_ATTR = "data_summary"  # modality, split sizes, columns
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 #: every row of the data left out of training (no label, unreadable input): row, file, reason
-SKIPPED_FILE = "skipped.csv"
 SKIPPED_COLUMNS = ("row", "line", "file", "reason")
 #: a spreadsheet takes a cell starting with one of these for a formula (CSV injection): such a cell is quoted
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -105,26 +105,26 @@ def write_leaderboard(frame: pd.DataFrame, run_dir: Path) -> None:
     """``leaderboard.csv`` (every column) and ``leaderboard.md`` (for reading) in ``run_dir``."""
     # Written aside and renamed into place: several workers may write them at once, and a kill mid-write
     # must not leave half a file.
-    write_text_atomic(run_dir / "leaderboard.csv", frame.to_csv(index=False))
-    write_text_atomic(run_dir / "leaderboard.md", _markdown(frame) + "\n" if not frame.empty else "no trials yet\n")
+    write_text_atomic(run_dir / LEADERBOARD_CSV, frame.to_csv(index=False))
+    write_text_atomic(run_dir / LEADERBOARD_MD, _markdown(frame) + "\n" if not frame.empty else "no trials yet\n")
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """``summary.json``: the best trial, its parameters and metrics, counts of trials by state."""
-    write_json_atomic(run_dir / "summary.json", summary)
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
 
 
 def write_transferability(frame: pd.DataFrame, kendall_tau: dict[str, float | None], run_dir: Path) -> None:
     """``transferability.csv`` and ``transferability.md``: each backbone's scores, its rank and its best
     fine-tuned validation accuracy, and the Kendall tau of each score against that accuracy."""
-    write_text_atomic(run_dir / "transferability.csv", frame.to_csv(index=False))
+    write_text_atomic(run_dir / TRANSFERABILITY_CSV, frame.to_csv(index=False))
     shown = frame.copy()
     for column in shown.columns:
         if pd.api.types.is_float_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}")
     taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.3f}'}" for name, tau in kendall_tau.items())
     write_text_atomic(
-        run_dir / "transferability.md", shown.to_markdown(index=False, disable_numparse=True)
+        run_dir / TRANSFERABILITY_MD, shown.to_markdown(index=False, disable_numparse=True)
         + f"\n\nKendall tau between each score and the best validation accuracy: {taus}\n")
 
 

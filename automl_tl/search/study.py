@@ -42,8 +42,9 @@ from automl_tl.train.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_CALLBACK, ST
                                 TrialResult, predict_logits)
 from automl_tl.train.device import DeadlineReached
 from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
-from automl_tl.results.model_io import (BEST_MODEL_DIR, CONFIG_FILE, Predictor, load_model_dir, repair_interrupted_save,
-                                save_model, write_json_atomic)
+from automl_tl.results.model_io import Predictor, load_model_dir, repair_interrupted_save, save_model
+from automl_tl.files import write_json_atomic
+from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE
 from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.storage import inspect_journal, journal_path
 from automl_tl.search.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
@@ -60,10 +61,10 @@ from automl_tl.search.sampling import SlotSeededSampler
 from automl_tl.search.space import SearchSpace, suggest_trial_config
 from automl_tl.strategies import describe_parameters, used_parameters
 from automl_tl.storage import open_storage
+from automl_tl.layout import BEST_MODEL_LOCK, MANIFEST_FILE, METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"  # package versions, seeds, data hash, backbones, hardware
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = (optuna.trial.TrialState.RUNNING,)
 # A study attribute is one JSON text (64 KiB at most in MySQL): the test evaluation keeps the confusion
@@ -506,7 +507,7 @@ class Search:
     def _keep_if_best(self, result: TrialResult) -> None:
         """Save the trial's model as ``best_model`` if no better one is saved (atomic, under a lock)."""
         best = result.best_record
-        with exclusive_lock(self.run_dir / ".best_model.lock"):
+        with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
             repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)  # a worker killed while saving
             # Ties go to the lower validation loss, then the lower trial number, whichever worker finished first.
             saved = _saved_best(self.run_dir)
@@ -563,7 +564,7 @@ class Search:
     # ------------------------------------------------------------ the end
 
     def _finish(self, study: optuna.Study) -> SearchOutcome:
-        with exclusive_lock(self.run_dir / ".best_model.lock"):
+        with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
             repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)
         board = leaderboard(study)
         write_leaderboard(board, self.run_dir)
@@ -586,7 +587,7 @@ class Search:
                               "validated_by": saved.get("validation", self.data.validation)}
         measured = {"trial": best_trial, "fitted_on": saved.get("fitted_on", "train"), "refit": refit_note,
                     "test": test_note}
-        write_json_atomic(self.run_dir / BEST_MODEL_DIR / "metrics.json",
+        write_json_atomic(self.run_dir / BEST_MODEL_DIR / METRICS_FILE,
                           {"trial": best_trial, "metric": metric, "val_accuracy": saved["val_accuracy"],
                            "validation": validation_metrics, "test": test_metrics, "model": measured})
         best_params = used_parameters(study.trials[best_trial].params)  # what the best model used
@@ -665,7 +666,7 @@ class Search:
         if not result.has_model or result.stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
             logger.info("refit stopped after %.0fs: the budget ran out; the trial's own model is kept", seconds)
             return f"stopped after {seconds:.0f}s: the budget ran out; the trial's model (training split) is kept"
-        with exclusive_lock(self.run_dir / ".best_model.lock"):
+        with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
             details = {k: v for k, v in config.items() if k not in ("backbone", "head", "classes", "input_column",
                                                                     "label_column", "input_options", "preprocessing",
                                                                     "trial_config", "metric", "data_fingerprint")}

@@ -21,7 +21,7 @@ import sys
 from typing import TYPE_CHECKING
 
 
-from automl_tl.config import JOURNAL_FILE
+from automl_tl.layout import JOURNAL_FILE
 from automl_tl.errors import AutomlTLError, ConfigError
 
 if TYPE_CHECKING:

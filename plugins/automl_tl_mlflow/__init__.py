@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from automl_tl.errors import ConfigError, first_line
 from automl_tl.hookspecs import hookimpl
+from automl_tl.layout import RESULT_FILES  # logged with the best model (those that exist)
 
 if TYPE_CHECKING:
     from automl_tl.config import SearchConfig
@@ -41,9 +42,6 @@ logger = logging.getLogger(__name__)
 RUN_DIR_TAG = "automl_tl.run_dir"
 TRIAL_TAG = "automl_tl.trial"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for nesting runs
-#: files of a finished run directory logged with the best model (those that exist)
-RESULT_FILES = ("leaderboard.csv", "leaderboard.md", "summary.json", "manifest.json", "transferability.csv",
-                "report.html", "MODEL_CARD.md")
 
 
 def tracking_uri_for(uri: str) -> str:
