@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _PUBLIC = {
     "AutomlTLError": "automl_tl.errors",
-    "Backbone": "automl_tl.backbone", "InputOptions": "automl_tl.backbone", "Preprocessor": "automl_tl.backbone",
+    "Backbone": "automl_tl.backbone", "InputOptions": "automl_tl.inputs", "Preprocessor": "automl_tl.backbone",
     "TransferModel": "automl_tl.backbone",
     "SearchConfig": "automl_tl.config", "TrialConfig": "automl_tl.config",
     "hookimpl": "automl_tl.hookspecs",
@@ -54,7 +54,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
-    from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
+    from automl_tl.backbone import Backbone, Preprocessor, TransferModel
+    from automl_tl.inputs import InputOptions
     from automl_tl.config import SearchConfig, TrialConfig
     from automl_tl.data.bundle import DatasetBundle, prepare_dataset
     from automl_tl.errors import AutomlTLError

@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from automl_tl.inputs import InputOptions
 
 MODALITIES = ("image", "text", "audio")
 
@@ -27,20 +27,6 @@ Batch = torch.Tensor | dict[str, torch.Tensor]
 
 #: weights fingerprints computed in this process, by backbone class, name and weight source
 _WEIGHTS_FINGERPRINTS: dict[tuple[str, str, str], str] = {}
-
-
-@dataclass(frozen=True)
-class InputOptions:
-    """User choices about input size; each backbone reads the field of its own modality.
-
-    ``image_size``: side in pixels (smaller than the pretrained size is faster on CPU);
-    ``max_length``: tokens per text; ``clip_seconds``: seconds of audio per example.
-    ``None`` keeps the backbone's pretrained default.
-    """
-
-    image_size: int | None = None
-    max_length: int | None = None
-    clip_seconds: float | None = None
 
 
 class Preprocessor(ABC):

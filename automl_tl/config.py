@@ -7,7 +7,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HEAD_KINDS, HeadSpec
 from automl_tl.metrics import METRIC_NAMES
@@ -131,7 +131,7 @@ class TrialConfig:
     * ``logistic_regression``: the body stays frozen; scikit-learn's logistic regression on the same centred,
       L2-normalised cached embeddings, its ``C`` chosen by cross-validation on the training split.
 
-    Both are saved as a :class:`~automl_tl.heads.NormalisedLinearHead`.
+    Both are saved as a :class:`~automl_tl.train.head_modules.NormalisedLinearHead`.
 
     The two embedding strategies always get their own head (``Strategy.embedding_head``), whatever ``head`` says.
 

@@ -31,7 +31,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig, check_types
 from automl_tl.data.bundle import (AUTO_TEST_FRACTION, DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT,
                                    bad_input_options, bad_shots)

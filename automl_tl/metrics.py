@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score
+
+if TYPE_CHECKING:  # torch is imported where a metric is computed: reading the metric names stays cheap
+    import torch
 
 #: the largest class at least this many times the smallest makes a data set imbalanced
 IMBALANCE_RATIO = 3.0
@@ -33,6 +37,8 @@ def _macro_f1(logits: torch.Tensor, labels: np.ndarray) -> float:
 
 
 def _log_loss(logits: torch.Tensor, labels: np.ndarray) -> float:
+    import torch
+
     return float(torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(labels)).item())
 
 
@@ -86,5 +92,7 @@ def uses_class_weights(metric: str, labels: np.ndarray, num_classes: int) -> boo
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """``n / (k * count)`` per class (scikit-learn's "balanced"): each class weighs as much in the loss."""
+    import torch
+
     counts = class_counts(labels, num_classes).astype(np.float64)
     return torch.as_tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)

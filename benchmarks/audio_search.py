@@ -77,7 +77,7 @@ import torch
 
 from automl_tl.modalities.audio import MelSpectrogram
 from automl_tl.data.readers import read_audio
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset
 from automl_tl.train.executor import Executor, accuracy, predict_logits

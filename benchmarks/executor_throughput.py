@@ -61,7 +61,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from automl_tl.backbone import Backbone, InputOptions
+from automl_tl.backbone import Backbone
+from automl_tl.inputs import InputOptions
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import DatasetBundle, Split
 from automl_tl.train.executor import Executor

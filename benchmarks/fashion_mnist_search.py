@@ -65,7 +65,7 @@ from pathlib import Path
 
 import torch
 
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import DatasetBundle
 from automl_tl.train.executor import Executor, accuracy, predict_logits

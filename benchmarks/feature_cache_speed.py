@@ -55,7 +55,7 @@ from typing import TypeVar
 
 import torch
 
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import DatasetBundle
 from automl_tl.train.executor import Executor, TrialResult

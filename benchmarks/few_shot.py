@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split, few_shot_split, prepare_dataset
 from automl_tl.train.embedding_heads import FITTERS, head_logits

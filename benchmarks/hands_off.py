@@ -121,7 +121,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from automl_tl.backbone import Backbone, InputOptions
+from automl_tl.backbone import Backbone
+from automl_tl.inputs import InputOptions
 from automl_tl.errors import AutomlTLError, DataError
 from automl_tl.train.device import default_device
 from automl_tl.train.feature_cache import FeatureCache, samples_hash

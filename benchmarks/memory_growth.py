@@ -47,7 +47,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig
 from automl_tl.data.bundle import prepare_dataset
 from automl_tl.train.executor import Executor

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from automl_tl.backbone import InputOptions
+from automl_tl.inputs import InputOptions
 from automl_tl.data.bundle import prepare_dataset
 from automl_tl.train.executor import Executor
 from automl_tl.train.feature_cache import FeatureCache

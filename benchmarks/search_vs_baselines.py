@@ -101,7 +101,8 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from automl_tl.backbone import Backbone, InputOptions  # noqa: E402
+from automl_tl.backbone import Backbone
+from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig  # noqa: E402
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset  # noqa: E402
 from automl_tl.errors import AutomlTLError  # noqa: E402

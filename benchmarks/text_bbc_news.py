@@ -62,7 +62,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the backbones are offline packag
 
 import torch  # noqa: E402
 
-from automl_tl.backbone import InputOptions  # noqa: E402
+from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig  # noqa: E402
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset  # noqa: E402
 from automl_tl.train.executor import Executor, accuracy, predict_logits  # noqa: E402

@@ -39,7 +39,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from automl_tl.backbone import InputOptions  # noqa: E402
+from automl_tl.inputs import InputOptions
 from automl_tl.train.feature_cache import compute_features  # noqa: E402
 from automl_tl.registry import get_registry  # noqa: E402
 

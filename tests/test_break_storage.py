@@ -359,7 +359,8 @@ def test_a_tampered_config_is_refused_before_anything_is_built(finished, tmp_pat
 @pytest.mark.parametrize("kind", ["linear", "mlp", "normalised_linear"])
 def test_head_shapes_are_those_of_the_head_built(kind):
     """What the weights' header is checked against, before building, is what would be built."""
-    from automl_tl.heads import HeadSpec, build_head, head_shapes
+    from automl_tl.heads import HeadSpec, head_shapes
+    from automl_tl.train.head_modules import build_head
 
     spec = HeadSpec(kind=kind, hidden=24)
     built = {name: tuple(tensor.shape) for name, tensor in build_head(spec, 40, 7).state_dict().items()}

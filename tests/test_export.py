@@ -19,7 +19,8 @@ from automl_tl.cli import main
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.train.executor import Executor
 from automl_tl.results.export import export_model
-from automl_tl.heads import HeadSpec, build_head
+from automl_tl.heads import HeadSpec
+from automl_tl.train.head_modules import build_head
 from automl_tl.results.model_card import wilson_interval
 from automl_tl.layout import MODEL_CARD_FILE
 from automl_tl.results.model_io import save_model

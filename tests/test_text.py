@@ -18,7 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach a model hub
 
-from automl_tl.backbone import InputOptions  # noqa: E402
+from automl_tl.inputs import InputOptions
 from automl_tl.errors import AutomlTLError, ConfigError, WeightsNotFoundError  # noqa: E402
 from automl_tl_text import TextPreprocessor, TransformersTextBackbone  # noqa: E402
 from automl_tl_text.offline import (MARKER_FILE, OFFLINE_CHECKPOINTS, CorruptCheckpointError,  # noqa: E402

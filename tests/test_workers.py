@@ -248,7 +248,7 @@ def test_a_save_cut_between_its_renames_is_repaired(tmp_path):
 
 
 def test_search_settings_survive_the_study_storage():
-    from automl_tl.backbone import InputOptions
+    from automl_tl.inputs import InputOptions
     from automl_tl.config import SearchConfig
 
     config = SearchConfig(backbones=("a", "b*"), n_trials=7, timeout=30.0, strategies=("last_k", "lp_ft"),

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from automl_tl.backbone import Backbone, InputOptions
+from automl_tl.backbone import Backbone
+from automl_tl.inputs import InputOptions
 from automl_tl.data.bundle import DatasetBundle
 from automl_tl.train.feature_cache import measure_inference, pretrained_model, samples_hash
 from automl_tl.train.device import DeadlineReached

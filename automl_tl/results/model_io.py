@@ -31,7 +31,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from automl_tl.backbone import InputOptions, TransferModel
+from automl_tl.backbone import TransferModel
+from automl_tl.inputs import InputOptions
 from automl_tl.data.bundle import BAD_INPUT_ERROR, DEFAULT_ON_BAD_INPUT, prepare_unlabelled
 from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS, check_input, input_excerpt, read_table
 from automl_tl.errors import (AutomlTLError, DataError, EmptyInputError, ModelFileError, UnknownBackboneError,
@@ -39,7 +40,8 @@ from automl_tl.errors import (AutomlTLError, DataError, EmptyInputError, ModelFi
 from automl_tl.train.executor import predict_logits
 from automl_tl.train.device import default_device
 from automl_tl.config import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
-from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, build_head, head_shapes
+from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, head_shapes
+from automl_tl.train.head_modules import build_head
 from automl_tl.registry import get_backbone
 from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE
 from automl_tl.files import with_usual_permissions
@@ -161,7 +163,7 @@ def check_model_config(config: Any, path: Path) -> None:
 
     The schema: ``format_version`` :data:`FORMAT_VERSION`; ``backbone`` an object with a ``name``; ``classes``
     from 2 to :data:`MAX_CLASSES` distinct strings or numbers; ``input_options`` the fields of
-    :class:`~automl_tl.backbone.InputOptions`, each null or within the search's bounds; ``preprocessing`` an
+    :class:`~automl_tl.inputs.InputOptions`, each null or within the search's bounds; ``preprocessing`` an
     object; ``head`` (optional) the fields of :class:`~automl_tl.heads.HeadSpec`; ``input_column`` a string and
     ``label_column`` a string or null, where present. Bool is never taken for a number.
     """

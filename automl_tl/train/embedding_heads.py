@@ -9,7 +9,7 @@ an ordinary body + head in safetensors and predicts exactly what the fitted clas
 
 Both see the embeddings centred on the training mean and scaled to unit length (SimpleShot's
 "CL2N": centring removes the direction every embedding shares, which otherwise dominates cosine
-similarities), and both are saved as a :class:`~automl_tl.heads.NormalisedLinearHead`:
+similarities), and both are saved as a :class:`~automl_tl.train.head_modules.NormalisedLinearHead`:
 
 * nearest centroid: the linear layer's rows are the unit class means times
   :data:`CENTROID_TEMPERATURE`, bias 0 (the argmax is the nearest centroid by cosine);
@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from automl_tl.strategies import LOGISTIC_REGRESSION, NEAREST_CENTROID
-from automl_tl.heads import NormalisedLinearHead
+from automl_tl.train.head_modules import NormalisedLinearHead
 
 #: scales cosine similarities (in [-1, 1]) into logits; only the probabilities depend on it, never the argmax
 CENTROID_TEMPERATURE = 10.0

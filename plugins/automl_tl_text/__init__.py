@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from automl_tl.backbone import Backbone, InputOptions, Preprocessor, TransferModel
+from automl_tl.backbone import Backbone, Preprocessor, TransferModel
+from automl_tl.inputs import InputOptions
 from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError, first_line
 from automl_tl.hookspecs import hookimpl
 from automl_tl.weights import check_hub_download, hub_offline

@@ -26,7 +26,8 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
-from automl_tl.backbone import Backbone, InputOptions, TransferModel
+from automl_tl.backbone import Backbone, TransferModel
+from automl_tl.inputs import InputOptions
 from automl_tl.errors import WeightsNotFoundError
 from automl_tl.hookspecs import hookimpl
 from automl_tl.modalities.image import ImagePreprocessor
