@@ -77,11 +77,11 @@ def _fraction(text: str) -> float:
 FLAG_TYPES = {"count": _positive_int, "seconds": _positive_float, "share": _fraction, "int": int, None: None}
 
 
-def _add_option_flag(parser: argparse.ArgumentParser, option: SearchOption, help: str | None = None) -> None:
-    """The flag of a search option (see :mod:`automl_tl.options`); ``help`` replaces the option's own."""
-    help = option.help if help is None else help
+def _add_option_flag(parser: argparse.ArgumentParser, option: SearchOption, help_text: str | None = None) -> None:
+    """The flag of a search option (see :mod:`automl_tl.options`); ``help_text`` replaces the option's own."""
+    help_text = option.help if help_text is None else help_text
     if option.is_switch:  # "--no-prerank" turns prerank off
-        parser.add_argument(option.flag, dest=option.flag_dest, action="store_false", help=help)
+        parser.add_argument(option.flag, dest=option.flag_dest, action="store_false", help=help_text)
         return
     values: dict[str, Any] = {}  # one value unless the option says otherwise
     if option.many:
@@ -89,7 +89,7 @@ def _add_option_flag(parser: argparse.ArgumentParser, option: SearchOption, help
     elif option.const is not None:  # "--mlflow" alone means its const
         values.update(nargs="?", const=option.const)
     parser.add_argument(option.flag, dest=option.flag_dest, type=FLAG_TYPES[option.parse], choices=option.choices,
-                        default=option.flag_default, help=help, metavar=option.metavar, **values)
+                        default=option.flag_default, help=help_text, metavar=option.metavar, **values)
 
 
 def _example(*commands: str) -> dict:
@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--keep-columns", nargs="*", metavar="COLUMN",
                          help="copy only these columns of a table into the output (the input column always; "
                               "default: every column; given alone: none but the input column)")
-    _add_option_flag(predict, search_option("on_bad_input"),
-                     help=bad_input_help("'skip' keeps its row, with no prediction and the reason in the error column"))
+    kept = "'skip' keeps its row, with no prediction and the reason in the error column"
+    _add_option_flag(predict, search_option("on_bad_input"), help_text=bad_input_help(kept))
     _add_option_flag(predict, search_option("max_image_pixels"))
 
     report = commands.add_parser("report", help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's "

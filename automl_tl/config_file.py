@@ -5,9 +5,9 @@ dashes or underscores (``max-epochs: 2``, ``max_epochs = 2``); an on/off flag ta
 (``no-prerank: true``, or ``prerank: false``); a flag taking several values takes a list (a single
 name is a list of one). Every value goes through the flag's own checks (type, range, choices), so
 a file accepts exactly what the command line does: the search options' keys, kinds, ranges and
-choices are those of their table (:mod:`automl_tl.options`), from which the flags are made. Relative paths of ``data``, ``output`` and a
-journal ``storage`` are relative to the file's folder, wherever the command runs. Any mistake is one
-line naming the file and the option.
+choices are those of their table (:mod:`automl_tl.options`), from which the flags are made. Relative
+paths of ``data``, ``output`` and a journal ``storage`` are relative to the file's folder, wherever
+the command runs. Any mistake is one line naming the file and the option.
 """
 
 from __future__ import annotations

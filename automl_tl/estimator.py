@@ -1,7 +1,8 @@
 """The search as a scikit-learn classifier: ``TransferClassifier(...).fit(X, y).predict(X_new)``.
 
 Every option of ``automl-tl search`` is an explicit keyword argument, so ``get_params``,
-``set_params`` and ``sklearn.base.clone`` work, and the classifier goes into
+``set_params`` and ``sklearn.base.clone`` work (the options' table is :mod:`automl_tl.options`, and a test
+keeps this signature to it), and the classifier goes into
 ``cross_val_score``, ``GridSearchCV`` or a ``Pipeline`` like any other. The command line is a thin
 layer over this class (:func:`automl_tl.cli.cmd_search`).
 

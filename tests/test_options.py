@@ -18,7 +18,8 @@ GROUND_FLOOR = {"__future__", "automl_tl.errors"}
 def test_the_signature_of_transfer_classifier_is_the_table():
     from automl_tl.estimator import TransferClassifier
 
-    signature = {name: parameter.default for name, parameter in inspect.signature(TransferClassifier).parameters.items()}
+    parameters = inspect.signature(TransferClassifier).parameters
+    signature = {name: parameter.default for name, parameter in parameters.items()}
     table = {option.name: option.default for option in search_options()}
     assert sorted(signature) == sorted(table), "TransferClassifier's parameters and automl_tl.options differ"
     differ = {name: (signature[name], table[name]) for name in table if signature[name] != table[name]}
@@ -28,10 +29,12 @@ def test_the_signature_of_transfer_classifier_is_the_table():
 def test_every_row_with_a_flag_is_a_search_flag_with_its_default():
     import argparse
 
-    from automl_tl.cli import build_parser, search_estimator_params
+    from automl_tl.cli import FLAG_TYPES, build_parser, search_estimator_params
+    from automl_tl.options import PARSE_KINDS
 
     parser = build_parser()
     search = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["search"]
+    assert set(FLAG_TYPES) == {*PARSE_KINDS, None}  # the CLI reads every kind of flag text the table names
     flags = {flag: action for action in search._actions for flag in action.option_strings}
     args = parser.parse_args(["search"])
     for option in search_options():
