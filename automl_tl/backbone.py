@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from automl_tl.inputs import InputOptions
 
-MODALITIES = ("image", "text", "audio")
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 

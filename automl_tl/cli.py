@@ -21,15 +21,10 @@ from typing import Any
 
 import pandas as pd
 
-from automl_tl.config import (DEFAULT_STUDY_NAME, IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE, PRUNERS,
-                              SAMPLERS)
-from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
-from automl_tl.metrics import METRIC_NAMES
-from automl_tl.data.bundle import BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
-from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS, TABLE_EXTENSIONS
+from automl_tl.data.readers import TABLE_EXTENSIONS
 from automl_tl.errors import AutomlTLError, ConfigError
-from automl_tl.heads import HEAD_KINDS
 from automl_tl.layout import SUMMARY_FILE
+from automl_tl.options import SearchOption, bad_input_help, search_option, search_options
 
 logger = logging.getLogger("automl_tl")
 
@@ -39,7 +34,7 @@ DEMO_DEFAULTS = {"image_size": 32, "timeout": 240.0}
 #: Otherwise: the backbones' pretrained input size and no time limit; trials: as many as --timeout allows when it
 #: is given, else DEFAULT_TRIALS.
 DATA_DEFAULTS = {"image_size": None, "timeout": None}
-DEFAULT_TRIALS = 10
+DEFAULT_TRIALS = search_option("n_trials").default
 #: leaderboard columns the search prints (and their short headers); leaderboard.csv has them all
 TERMINAL_COLUMNS = {"trial": "trial", "state": "state", "backbone": "backbone", "strategy": "strategy",
                     "freeze_depth": "depth", "val_score": "val_score", "val_loss": "val_loss", "seconds": "seconds"}
@@ -79,14 +74,23 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_bad_input_options(parser: argparse.ArgumentParser, rows: str) -> None:
-    """The bad-input flags ``search`` and ``predict`` share; ``rows`` says what happens to an unreadable one."""
-    parser.add_argument("--on-bad-input", choices=BAD_INPUT_POLICIES, default=DEFAULT_ON_BAD_INPUT,
-                        help=f"an input that cannot be read (missing, corrupt, truncated, too large, unsupported, "
-                             f"empty): {rows}; 'error' refuses at the first (default: {DEFAULT_ON_BAD_INPUT})")
-    parser.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
-                        help="larger images are unreadable inputs, known from their header before decoding "
-                             f"(default: {DEFAULT_MAX_IMAGE_PIXELS:,}, where PIL itself stops)")
+#: how each kind of flag text of :mod:`automl_tl.options` is read and checked (None: text)
+FLAG_TYPES = {"count": _positive_int, "seconds": _positive_float, "share": _fraction, "int": int, None: None}
+
+
+def _add_option_flag(parser: argparse.ArgumentParser, option: SearchOption, help_text: str | None = None) -> None:
+    """The flag of a search option (see :mod:`automl_tl.options`); ``help_text`` replaces the option's own."""
+    help_text = option.help if help_text is None else help_text
+    if option.is_switch:  # "--no-prerank" turns prerank off
+        parser.add_argument(option.flag, dest=option.flag_dest, action="store_false", help=help_text)
+        return
+    values: dict[str, Any] = {}  # one value unless the option says otherwise
+    if option.many:
+        values["nargs"] = "+"
+    elif option.const is not None:  # "--mlflow" alone means its const
+        values.update(nargs="?", const=option.const)
+    parser.add_argument(option.flag, dest=option.flag_dest, type=FLAG_TYPES[option.parse], choices=option.choices,
+                        default=option.flag_default, help=help_text, metavar=option.metavar, **values)
 
 
 def _example(*commands: str) -> dict:
@@ -110,83 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "class (images, audio or .txt files); "
                                     f"default: the built-in {DEFAULT_DATASET!r} data set")
     run.add_argument("--dataset", help="a registered data set by name (see 'automl-tl datasets')")
-    run.add_argument("--label", default="label", help="label column (default: label)")
-    run.add_argument("--input-column", help="input column (default: the only other column, or image/path/file)")
-    run.add_argument("--group-column", metavar="COLUMN",
-                     help="column of groups (patient, speaker, session...) whose rows must stay together in one of "
-                          "training, validation and test; identical inputs always do (default: none)")
-    run.add_argument("--backbones", nargs="+", help="names or wildcards (default: every backbone of the data's "
-                                                     "modality whose weights are installed)")
-    run.add_argument("--trials", type=_positive_int, help=f"finished trials to reach (default: as many as --timeout "
-                                                          f"allows, or {DEFAULT_TRIALS} without it)")
-    run.add_argument("--timeout", type=_positive_float, help="hard wall-clock budget of the whole command, in seconds: "
-                                                             "pre-ranking, trials, refit and test evaluation "
-                                                             "(default: none; demo: 240)")
-    run.add_argument("--metric", choices=METRIC_NAMES,
-                     help="what trials are selected and pruned by (default: balanced_accuracy, with a class-weighted "
-                          "loss, when the largest class has 3x the examples of the smallest; else accuracy)")
-    run.add_argument("--val-size", type=_fraction, default=0.15,
-                     help="share of the labelled data held out to choose among trials (default: 0.15)")
-    run.add_argument("--test-size", type=_fraction,
-                     help="share held out as a test part that no model learns from (default: 0.15 from 2,000 "
-                          "labelled examples up, else 0: then the validation estimate is the one reported)")
-    run.add_argument("--no-refit", dest="refit", action="store_false",
-                     help="keep the best trial's model as it is instead of training its configuration again on "
-                          "training + validation data at the end")
-    run.add_argument("--seed", type=int, default=0,
-                     help="seeds the data split, the sampler and each trial's training (default: 0)")
-    run.add_argument("--storage", help="Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)")
-    run.add_argument("--study-name", default=DEFAULT_STUDY_NAME,
-                     help="the Optuna study's name in --storage; another name starts another study there "
-                          f"(default: {DEFAULT_STUDY_NAME})")
-    run.add_argument("--output", help="run directory (default: runs/<data name>)")
-    run.add_argument("--min-epochs", type=_positive_int, default=1,
-                     help="epochs every trial runs before it can be pruned (default: 1)")
-    run.add_argument("--max-epochs", type=_positive_int, default=3,
-                     help="epochs each trial is scheduled for; pruning and early stopping may cut it (default: 3)")
-    run.add_argument("--max-freeze-depth", type=int, help="largest number of trained layer groups (default: all)")
-    run.add_argument("--batch-size", type=_positive_int, default=32,
-                     help="examples per training step; halved once for a trial that runs out of memory (default: 32)")
-    run.add_argument("--image-size", type=_positive_int, help=f"image side in pixels, {IMAGE_SIZE_RANGE[0]} to "
-                                                               f"{IMAGE_SIZE_RANGE[1]} (smaller is faster on CPU; "
-                                                               "default: the backbone's pretrained size; demo: 32)")
-    run.add_argument("--max-length", type=_positive_int, help=f"text: tokens per example, at most "
-                                                               f"{MAX_LENGTH_RANGE[1]} (default: the backbone's)")
-    run.add_argument("--clip-seconds", type=_positive_float, help=f"audio: seconds per example, at most "
-                                                                  f"{MAX_CLIP_SECONDS:g} (default: the backbone's)")
-    run.add_argument("--pruner", choices=PRUNERS, default="successive_halving",
-                     help="how weak fine-tuning trials are stopped after --min-epochs; 'none' runs every trial to "
-                          "the end (default: successive_halving)")
-    run.add_argument("--sampler", choices=SAMPLERS, default="tpe",
-                     help="how the next trial's parameters are chosen: Optuna's TPE, or 'random' as a baseline "
-                          "(default: tpe)")
-    run.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=list(DEFAULT_STRATEGIES),
-                     help=f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})")
-    run.add_argument("--heads", nargs="+", choices=HEAD_KINDS, default=list(HEAD_KINDS),
-                     help="head structures to search (default: all)")
-    run.add_argument("--trial-timeout", type=_positive_float, help="hard wall-clock budget per trial, in seconds")
-    run.add_argument("--top-k", type=_positive_int,
-                     help="search only the k backbones ranked best by transferability (default: all)")
-    run.add_argument("--no-prerank", dest="prerank", action="store_false",
-                     help="skip the transferability pre-ranking and its warm-start trials")
-    run.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
-                     help="recompute frozen-body features in every trial instead of caching them on disk")
-    run.add_argument("--modality", choices=("image", "text", "audio"),
-                     help="what the input column holds (default: inferred from its values)")
-    run.add_argument("--max-samples", type=_positive_int, help="use at most this many examples (stratified sample)")
-    run.add_argument("--shots", type=_positive_int, metavar="K",
-                     help="few labels: learn from K examples per class (seeded draw), used for training and model "
-                          "selection alike; every other example is the test set (below 10 shots, validation is "
-                          "by cross-validation of nearest centroid and logistic regression)")
-    _add_bad_input_options(run, "'skip' leaves its row out and lists it in RUN_DIR/skipped.csv")
-    run.add_argument("--max-bad-fraction", type=_fraction, default=DEFAULT_MAX_BAD_FRACTION, metavar="F",
-                     help="refuse the data when more than this share of the labelled rows cannot be read "
-                          f"(default: {DEFAULT_MAX_BAD_FRACTION}); rows without a label are never trained on")
-    run.add_argument("--workers", type=_positive_int, default=1,
-                     help="worker processes on this machine sharing the study and the cores (default: 1)")
-    run.add_argument("--mlflow", nargs="?", const="mlruns", metavar="URI", dest="tracking_uri",
-                     help="log every trial and the best model to MLflow: a folder (default: ./mlruns), "
-                          "sqlite:///mlflow.db or a tracking server's http:// address")
+    for option in search_options():  # every flag of a search option, in the table's order
+        if option.flag is not None:
+            _add_option_flag(run, option)
 
     worker = commands.add_parser("worker", help="join a study made by 'automl-tl search' and run its trials "
                                                 "(from this or any machine that reaches its storage)",
@@ -214,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--keep-columns", nargs="*", metavar="COLUMN",
                          help="copy only these columns of a table into the output (the input column always; "
                               "default: every column; given alone: none but the input column)")
-    _add_bad_input_options(predict, "'skip' keeps its row, with no prediction and the reason in the error column")
+    kept = "'skip' keeps its row, with no prediction and the reason in the error column"
+    _add_option_flag(predict, search_option("on_bad_input"), help_text=bad_input_help(kept))
+    _add_option_flag(predict, search_option("max_image_pixels"))
 
     report = commands.add_parser("report", help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's "
                                                 "Optuna study alone", **_example("automl-tl report runs/species"))
@@ -250,21 +182,9 @@ def _search_data(args: argparse.Namespace):
 
 
 def search_estimator_params(args: argparse.Namespace) -> dict:
-    """The options of ``search`` as :class:`~automl_tl.estimator.TransferClassifier` parameters."""
-    return dict(
-        backbones=args.backbones, n_trials=args.trials, timeout=args.timeout, seed=args.seed, storage=args.storage,
-        study_name=args.study_name, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
-        max_freeze_depth=args.max_freeze_depth, batch_size=args.batch_size, image_size=args.image_size,
-        max_length=args.max_length, clip_seconds=args.clip_seconds, pruner=args.pruner, sampler=args.sampler,
-        strategies=args.strategies, heads=args.heads, trial_timeout=args.trial_timeout, top_k=args.top_k,
-        prerank=args.prerank, feature_cache=args.feature_cache, modality=args.modality,
-        max_samples=args.max_samples, label_column=args.label, input_column=args.input_column,
-        group_column=args.group_column, shots=args.shots, workers=args.workers, output_dir=args.output,
-        tracking_uri=args.tracking_uri,
-        on_bad_input=args.on_bad_input, max_bad_fraction=args.max_bad_fraction, max_image_pixels=args.max_image_pixels,
-        metric=args.metric, refit=args.refit, val_size=args.val_size,
-        test_size=args.test_size,  # None: by the data's size (the estimator's own default is 0)
-    )
+    """The options of ``search`` as :class:`~automl_tl.estimator.TransferClassifier` parameters (``test_size``
+    None: by the data's size; the estimator's own default is 0)."""
+    return {option.name: getattr(args, option.flag_dest) for option in search_options() if option.flag is not None}
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from automl_tl.inputs import InputOptions
@@ -12,26 +15,16 @@ from automl_tl.errors import ConfigError
 from automl_tl.heads import HEAD_KINDS, HeadSpec
 from automl_tl.metrics import METRIC_NAMES
 from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy
+from automl_tl.options import option_kinds
+from automl_tl.options import DEFAULT_STUDY_NAME, IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE, PRUNERS, SAMPLERS
 
-PRUNERS = ("successive_halving", "hyperband", "none")
-SAMPLERS = ("tpe", "random")
 #: pretrained transformers diverge at body learning rates that CNNs take in their stride
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
-#: a study's name unless one is given (``--study-name``)
-DEFAULT_STUDY_NAME = "automl_tl"
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 
 
 #: the largest seed: numpy's and the samplers' seeds are unsigned 32-bit numbers
 MAX_SEED = 2**32 - 1
-#: input sizes, bounded so that a slip of the keyboard (``--image-size 100000``) is refused at once rather than
-#: ending, after the data are read, in every trial running out of memory. 1024 pixels is over four times the
-#: 224 that the shipped image backbones were pretrained at (a batch of 32 such images is 400 MB of floats before
-#: any activation); a minute of audio is over 25 times the longest pretrained clip (2.3 s); 8192 tokens is the
-#: longest context of common text encoders.
-IMAGE_SIZE_RANGE = (16, 1024)
-MAX_CLIP_SECONDS = 60.0
-MAX_LENGTH_RANGE = (1, 8192)
 
 
 def is_whole_number(value: Any) -> bool:
@@ -46,11 +39,15 @@ def is_real_number(value: Any) -> bool:
 
 def check_types(values: dict[str, Any], kinds: dict[str, str]) -> None:
     """Refuse (:class:`~automl_tl.errors.ConfigError`, naming the parameter) a value of ``values`` that is not
-    of the kind ``kinds`` gives its name: "int", "float" (seconds), "number", "bool" or "str", each followed by
-    "?" where None is allowed too."""
+    of the kind ``kinds`` gives its name: "int", "float" (seconds), "number", "bool", "str", "names" (a name or
+    a sequence of names), "path" (a string or a Path) or "any" (checked where it is used), each followed by
+    "?" where None is allowed too. The kinds of the search options are in :mod:`automl_tl.options`."""
     expected = {"int": ("a whole number", is_whole_number), "float": ("a number of seconds", is_real_number),
                 "number": ("a number", is_real_number), "bool": ("True or False", lambda v: isinstance(v, bool)),
-                "str": ("a string", lambda v: isinstance(v, str))}
+                "str": ("a string", lambda v: isinstance(v, str)),
+                "names": ("a name or a list of names", _is_names),
+                "path": ("a path (a string or a Path)", lambda v: isinstance(v, (str, Path))),
+                "any": ("anything", lambda v: True)}
     for name, kind in kinds.items():
         value = values[name]
         if kind.endswith("?") and value is None:
@@ -59,6 +56,10 @@ def check_types(values: dict[str, Any], kinds: dict[str, str]) -> None:
         if not test(value):
             what = "True, False or None" if kind == "bool?" else what
             raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, str) or isinstance(value, Sequence) and all(isinstance(n, str) for n in value)
 
 
 def check_seed(seed: Any) -> None:
@@ -70,9 +71,9 @@ def check_seed(seed: Any) -> None:
 def check_input_options(options: "InputOptions") -> None:
     """Refuse input sizes of the wrong type or outside their range (see :data:`IMAGE_SIZE_RANGE`,
     :data:`MAX_CLIP_SECONDS`, :data:`MAX_LENGTH_RANGE`)."""
-    check_types({"image_size": options.image_size, "max_length": options.max_length,
-                 "clip_seconds": options.clip_seconds},
-                {"image_size": "int?", "max_length": "int?", "clip_seconds": "float?"})
+    values = {"image_size": options.image_size, "max_length": options.max_length,
+              "clip_seconds": options.clip_seconds}
+    check_types(values, option_kinds(set(values)))
     size = options.image_size
     if size is not None and size < IMAGE_SIZE_RANGE[0]:
         raise ConfigError(f"image size must be at least {IMAGE_SIZE_RANGE[0]} pixels, got {size}")
@@ -223,7 +224,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         # types first: a string where a number belongs would otherwise fail a comparison with a TypeError
-        check_types(asdict_shallow(self), _SEARCH_TYPES)
+        check_types(asdict_shallow(self), _search_types())
         check_seed(self.seed)
         if not self.backbones:
             raise ConfigError("no backbones to search; give at least one name or wildcard")
@@ -291,11 +292,12 @@ class SearchConfig:
         return cls(**values)
 
 
-#: the kind of each scalar field of :class:`SearchConfig` (see :func:`check_types`)
-_SEARCH_TYPES = {"n_trials": "int?", "timeout": "float?", "storage": "str?", "study_name": "str",
-                 "min_epochs": "int", "max_epochs": "int", "max_freeze_depth": "int?", "batch_size": "int",
-                 "pruner": "str", "sampler": "str", "trial_timeout": "float?", "prerank": "bool", "top_k": "int?",
-                 "feature_cache": "bool", "tracking_uri": "str?", "metric": "str?", "refit": "bool"}
+@functools.cache
+def _search_types() -> dict[str, str]:
+    """The kind of each field of :class:`SearchConfig` that is a search option (see :func:`check_types`), from
+    :mod:`automl_tl.options`; the seed is left to :func:`check_seed`, which names its range too. Built when
+    first asked for: the option table reads this module's constants."""
+    return option_kinds({f.name for f in fields(SearchConfig)} - {"seed"})
 
 
 def asdict_shallow(instance: Any) -> dict[str, Any]:

@@ -4,9 +4,10 @@ The file is a mapping of option names to values; a name is a long flag without i
 dashes or underscores (``max-epochs: 2``, ``max_epochs = 2``); an on/off flag takes true or false
 (``no-prerank: true``, or ``prerank: false``); a flag taking several values takes a list (a single
 name is a list of one). Every value goes through the flag's own checks (type, range, choices), so
-a file accepts exactly what the command line does. Relative paths of ``data``, ``output`` and a
-journal ``storage`` are relative to the file's folder, wherever the command runs. Any mistake is one
-line naming the file and the option.
+a file accepts exactly what the command line does: the search options' keys, kinds, ranges and
+choices are those of their table (:mod:`automl_tl.options`), from which the flags are made. Relative
+paths of ``data``, ``output`` and a journal ``storage`` are relative to the file's folder, wherever
+the command runs. Any mistake is one line naming the file and the option.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import yaml
 
 from automl_tl.config import is_journal_path
 from automl_tl.errors import ConfigError, first_line
+from automl_tl.options import search_options
 
-#: options whose relative paths are taken relative to the config file's folder
-PATH_OPTIONS = ("data", "output")
+#: options (argparse dests) whose relative paths are taken relative to the config file's folder: the command
+#: line's own --data, and the search options that are paths
+PATH_OPTIONS = ("data",) + tuple(o.flag_dest for o in search_options() if o.kind.rstrip("?") == "path")
 #: options a file cannot set
 NOT_IN_FILES = ("help", "config")
 

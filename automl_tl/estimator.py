@@ -1,7 +1,8 @@
 """The search as a scikit-learn classifier: ``TransferClassifier(...).fit(X, y).predict(X_new)``.
 
 Every option of ``automl-tl search`` is an explicit keyword argument, so ``get_params``,
-``set_params`` and ``sklearn.base.clone`` work, and the classifier goes into
+``set_params`` and ``sklearn.base.clone`` work (the options' table is :mod:`automl_tl.options`, and a test
+keeps this signature to it), and the classifier goes into
 ``cross_val_score``, ``GridSearchCV`` or a ``Pipeline`` like any other. The command line is a thin
 layer over this class (:func:`automl_tl.cli.cmd_search`).
 
@@ -32,12 +33,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from automl_tl.inputs import InputOptions
-from automl_tl.config import DEFAULT_STUDY_NAME, SearchConfig, check_types
-from automl_tl.data.bundle import (AUTO_TEST_FRACTION, DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT,
-                                   bad_input_options, bad_shots)
-from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS
+from automl_tl.config import SearchConfig, check_types
+from automl_tl.options import DEFAULT_STUDY_NAME
+from automl_tl.data.bundle import AUTO_TEST_FRACTION, bad_input_options, bad_shots
+from automl_tl.options import DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
+from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
 from automl_tl.storage import inspect_journal, journal_path
+from automl_tl.options import option_kinds, search_options
 from automl_tl.registry import NamedDataset
 
 logger = logging.getLogger(__name__)
@@ -206,10 +209,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         is read; :meth:`fit` calls it first."""
         if isinstance(self.workers, bool) or not isinstance(self.workers, (int, np.integer)) or self.workers < 1:
             raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}")
-        # the parameters only the estimator has (SearchConfig checks the types of the rest)
-        check_types(vars(self), _ESTIMATOR_TYPES)
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"max_samples must be at least 1 example, got {self.max_samples}")
+        # the checks of a parameter of its own, each saying what the value is for, before the table's kinds
         if self.output_dir is not None and not isinstance(self.output_dir, (str, Path)):
             raise ConfigError(f"output_dir must be a folder path (a string or a Path), got {self.output_dir!r}")
         for name in ("backbones", "strategies", "heads"):
@@ -235,6 +235,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         options_problem = bad_input_options(**self._bad_input_params())
         if options_problem:
             raise ConfigError(options_problem)
+        check_types(vars(self), _estimator_types())  # what SearchConfig does not check
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be at least 1 example, got {self.max_samples}")
         self._search_config(("*",))  # SearchConfig checks the rest; the backbones are resolved later
         # a file that is not a journal of ours, or a corrupt one, is refused before any data are read
         inspect_journal(journal_path(self.storage, None if self.output_dir is None else Path(self.output_dir)))
@@ -345,9 +348,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return state
 
 
-#: the kind of each parameter only the estimator has (see :func:`~automl_tl.config.check_types`)
-_ESTIMATOR_TYPES = {"max_samples": "int?", "label_column": "str", "input_column": "str?", "modality": "str?",
-                    "show_progress": "bool?"}
+def _estimator_types() -> dict[str, str]:
+    """The kind of each parameter that :class:`~automl_tl.config.SearchConfig` does not check itself (neither a
+    field of it nor an input option it holds), from :mod:`automl_tl.options`."""
+    held = {f.name for f in dataclasses.fields(SearchConfig)} | {f.name for f in dataclasses.fields(InputOptions)}
+    return option_kinds({o.name for o in search_options()} - held)
 
 
 def _no_labels_beside(X: Any, y: Any, origin: str) -> None:

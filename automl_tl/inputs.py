@@ -17,3 +17,6 @@ class InputOptions:
     image_size: int | None = None
     max_length: int | None = None
     clip_seconds: float | None = None
+
+
+MODALITIES = ("image", "text", "audio")

@@ -32,10 +32,12 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from automl_tl.errors import ConfigError, DataError, UnreadableInputError
-from automl_tl.data.readers import (DEFAULT_MAX_IMAGE_PIXELS, FILE_MODALITIES, FOLDER_COLUMNS, LINES_ATTR, READ_AS_ATTR,
-                                    TABLE_EXTENSIONS, file_modality, find_unreadable, infer_modality, input_excerpt,
-                                    is_missing, list_input_files, read_folder_contents, read_table, read_text_files,
-                                    resolve_paths, row_name)
+from automl_tl.data.readers import (FILE_MODALITIES, FOLDER_COLUMNS, LINES_ATTR, READ_AS_ATTR, TABLE_EXTENSIONS,
+                                    file_modality, find_unreadable, infer_modality, input_excerpt, is_missing,
+                                    list_input_files, read_folder_contents, read_table, read_text_files, resolve_paths,
+                                    row_name)
+from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
+from automl_tl.options import BAD_INPUT_ERROR, BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +57,6 @@ AUTO_TEST_FRACTION = 0.15
 #: cheap trials (heads on cached features) are scored by cross-validation on training + validation instead
 MIN_VALIDATION_PER_CLASS = 30
 
-#: what to do with an input that cannot be read (``on_bad_input``, ``--on-bad-input``)
-BAD_INPUT_SKIP = "skip"  # leave the row out, list it in DatasetBundle.skipped, warn once
-BAD_INPUT_ERROR = "error"  # refuse the data, naming the first such input
-BAD_INPUT_POLICIES = (BAD_INPUT_SKIP, BAD_INPUT_ERROR)
-DEFAULT_ON_BAD_INPUT = BAD_INPUT_SKIP
-#: more than this share of the labelled rows unreadable, the data are refused whatever the policy
-DEFAULT_MAX_BAD_FRACTION = 0.1
 #: label cells that mean "no label" (compared stripped and case-blind): empty, and what exports write for a
 #: missing value; not "none", which names a class in many collections (no defect, no object, no event)
 MISSING_LABEL_TEXTS = ("", "na", "n/a", "nan", "null")

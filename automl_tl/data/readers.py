@@ -29,6 +29,7 @@ from scipy.signal import resample_poly
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from automl_tl.errors import DataError, UnreadableInputError, first_line
+from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +73,6 @@ FOLDER_COLUMNS = {"image": "image", "audio": "audio", "text": "text"}
 
 
 FILE_MODALITIES = ("image", "audio")
-
-
-#: Images with more pixels than this (read from the header, before decoding) are bad inputs (``max_image_pixels``,
-#: ``--max-image-pixels``). It is where PIL itself refuses a file as a possible decompression bomb (twice its
-#: warning threshold): room for any camera's photo and most scans and panoramas, while a PNG or TIFF, which
-#: cannot be decoded reduced, costs at most ~0.5 GB as RGB (a JPEG is decoded reduced, far smaller).
-DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 
 #: a large image is decoded reduced to no less than this many times the side it is resized to, so that the

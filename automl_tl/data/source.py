@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
-from automl_tl.data.bundle import DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT, DatasetBundle, prepare_dataset
-from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS
+from automl_tl.data.bundle import DatasetBundle, prepare_dataset
+from automl_tl.options import DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
+from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
 
 
 #: the keys of a data source: how ``prepare_dataset`` was called, with ``data`` an absolute path

@@ -23,7 +23,8 @@ import optuna
 import pandas as pd
 
 from automl_tl.results import plots
-from automl_tl.config import DEFAULT_STUDY_NAME, check_storage_url, is_journal_path
+from automl_tl.config import check_storage_url, is_journal_path
+from automl_tl.options import DEFAULT_STUDY_NAME
 from automl_tl.layout import JOURNAL_FILE
 from automl_tl.errors import AutomlTLError, first_line
 from automl_tl.files import write_bytes_atomic, write_text_atomic

@@ -33,13 +33,15 @@ from safetensors.torch import load_file, save_file
 
 from automl_tl.backbone import TransferModel
 from automl_tl.inputs import InputOptions
-from automl_tl.data.bundle import BAD_INPUT_ERROR, DEFAULT_ON_BAD_INPUT, prepare_unlabelled
-from automl_tl.data.readers import DEFAULT_MAX_IMAGE_PIXELS, check_input, input_excerpt, read_table
+from automl_tl.data.bundle import prepare_unlabelled
+from automl_tl.options import BAD_INPUT_ERROR, DEFAULT_ON_BAD_INPUT
+from automl_tl.data.readers import check_input, input_excerpt, read_table
+from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
 from automl_tl.errors import (AutomlTLError, DataError, EmptyInputError, ModelFileError, UnknownBackboneError,
                               UnreadableInputError)
 from automl_tl.train.executor import predict_logits
 from automl_tl.train.device import default_device
-from automl_tl.config import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
+from automl_tl.options import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
 from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, head_shapes
 from automl_tl.train.head_modules import build_head
 from automl_tl.registry import get_backbone
