@@ -6,7 +6,8 @@ import importlib.util
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,6 +48,97 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "automl_tl"
 
 
+#: a tensor's shape and dtype name: safetensors' (``F32``) from a weights file's header, torch's (``torch.float32``)
+#: from a tensor (:func:`tensor_specs`)
+TensorSpec = tuple[tuple[int, ...], str]
+#: safetensors' dtype names, as torch writes them (messages name torch's)
+_SAFETENSORS_DTYPES = {"BOOL": "torch.bool", "U8": "torch.uint8", "I8": "torch.int8", "I16": "torch.int16",
+                       "I32": "torch.int32", "I64": "torch.int64", "F16": "torch.float16", "BF16": "torch.bfloat16",
+                       "F32": "torch.float32", "F64": "torch.float64"}
+
+
+def tensor_specs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
+    """Each tensor's shape and torch dtype name, by name."""
+    return {name: (tuple(tensor.shape), str(tensor.dtype)) for name, tensor in state_dict.items()}
+
+
+def expected_specs(module: nn.Module, floating: bool = True) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """What ``module``'s state dict holds: each tensor's shape and whether it must be floating point (never,
+    when ``floating`` is false: a check of names and shapes only)."""
+    return {name: (tuple(tensor.shape), floating and tensor.is_floating_point())
+            for name, tensor in module.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class StateMismatch:
+    """How the tensors ``found`` (a state dict's, or a weights file's header) differ from those ``expected``;
+    false when they fit exactly. The one comparison behind :func:`load_strict` and the check of a saved model
+    (:func:`automl_tl.model_io.load_model_dir`), each phrasing it its own way."""
+
+    #: name -> (shape, whether it must hold floating point), in the module's order
+    expected: Mapping[str, tuple[tuple[int, ...], bool]]
+    found: Mapping[str, TensorSpec]
+    #: found names that nothing expects
+    unexpected: tuple[str, ...]
+
+    @property
+    def missing(self) -> list[str]:
+        """Expected names not found, in the module's order."""
+        return [name for name in self.expected if name not in self.found]
+
+    @property
+    def misshaped(self) -> list[str]:
+        """Names found with another shape than expected."""
+        return [name for name, (shape, _) in self.expected.items()
+                if name in self.found and tuple(self.found[name][0]) != tuple(shape)]
+
+    @property
+    def not_floating(self) -> list[str]:
+        """Names of the right shape that hold no floating point where the module needs it."""
+        return [name for name, (shape, floating) in self.expected.items()
+                if floating and name in self.found and tuple(self.found[name][0]) == tuple(shape)
+                and not self.found[name][1].startswith(("F", "BF", "torch.float", "torch.bfloat"))]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.misshaped or self.not_floating)
+
+    def counts(self) -> str:
+        """How many tensors are missing, unexpected and of another shape, with a few names of each."""
+        missing, unexpected, misshaped = sorted(self.missing), sorted(self.unexpected), sorted(self.misshaped)
+        return (f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+                f"{len(misshaped)} with another shape (e.g. {misshaped[:3]})")
+
+    def problems(self, limit: int = 3) -> list[str]:
+        """At most ``limit`` sentences, the first problems first: a foreign file can miss hundreds of tensors."""
+
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+        problems = []
+        if self.missing:
+            problems.append(f"{len(self.missing)} tensor(s) missing ({some(self.missing)})")
+        if self.unexpected:
+            problems.append(f"{len(self.unexpected)} unexpected tensor(s) ({some(sorted(self.unexpected))})")
+        misshaped, not_floating = set(self.misshaped), set(self.not_floating)
+        for name, (shape, _) in self.expected.items():
+            if len(problems) >= limit:
+                break
+            if name in misshaped:
+                problems.append(f"tensor {name} has shape {list(self.found[name][0])}, expected {list(shape)}")
+            elif name in not_floating:
+                dtype = self.found[name][1]
+                problems.append(f"tensor {name} holds {_SAFETENSORS_DTYPES.get(dtype, dtype)}, expected floating point")
+        return problems[:limit]
+
+
+def compare_state(expected: Mapping[str, tuple[tuple[int, ...], bool]], found: Mapping[str, TensorSpec],
+                  unexpected: Iterable[str] | None = None) -> StateMismatch:
+    """Compare the tensors ``found`` with those ``expected`` (see :func:`expected_specs`); ``unexpected`` are the
+    found names to report as belonging nowhere (default: every found name not expected)."""
+    extra = [name for name in found if name not in expected] if unexpected is None else list(unexpected)
+    return StateMismatch(expected, found, tuple(extra))
+
+
 def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Path | str) -> None:
     """Load ``state_dict`` into ``module`` requiring the same keys and shapes; one readable error naming ``source``.
 
@@ -55,15 +147,10 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WeightsMismatchError(f"weights from {source} are not a state dict of tensors "
                                    f"(found {type(state_dict).__name__})")
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    misshaped = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
-    if missing or unexpected or misshaped:
-        raise WeightsMismatchError(
-            f"weights from {source} do not fit {type(module).__name__}: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(misshaped)} with another shape "
-            f"(e.g. {misshaped[:3]})")
+    # names and shapes only: load_state_dict casts a tensor to its parameter's dtype
+    mismatch = compare_state(expected_specs(module, floating=False), tensor_specs(state_dict))
+    if mismatch:
+        raise WeightsMismatchError(f"weights from {source} do not fit {type(module).__name__}: {mismatch.counts()}")
     module.load_state_dict(state_dict, strict=True)
 
 
