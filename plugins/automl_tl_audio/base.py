@@ -11,7 +11,7 @@ from torch import nn
 from automl_tl.audio import AudioPreprocessor
 from automl_tl.backbone import Backbone, InputOptions, TransferModel
 from automl_tl.errors import ConfigError
-from automl_tl_audio.weights import PackageFile
+from automl_tl_audio.weights import PackagedWeights
 
 
 class AudioBackbone(Backbone):
@@ -47,7 +47,7 @@ class PackagedAudioBackbone(AudioBackbone):
     ``layer_groups()``: its parameter names, group by group, from input to output.
     """
 
-    package_file: PackageFile
+    package_file: PackagedWeights
 
     def __init__(self, name: str):
         self.name = name
