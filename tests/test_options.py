@@ -1,18 +1,13 @@
 """The table of search options (automl_tl.options) against each face that reads it: TransferClassifier's explicit
-signature, the flags of ``automl-tl search``, SearchConfig's defaults; and the table's own ground floor."""
+signature, the flags of ``automl-tl search``, SearchConfig's defaults (what the table may import: pyproject.toml's
+import-linter layers, and tests/test_layout.py)."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
-import sys
-from pathlib import Path
 
 from automl_tl.options import search_options
-
-#: what a row may import at module level: nothing that imports torch, optuna or the modules that read the table
-GROUND_FLOOR = {"__future__", "automl_tl.errors"}
 
 
 def test_the_signature_of_transfer_classifier_is_the_table():
@@ -63,14 +58,3 @@ def test_search_config_defaults_are_the_table_s():
     for field in dataclasses.fields(SearchConfig):
         if field.name in table and field.name not in spelled_out:
             assert field.default == table[field.name], field.name
-
-
-def test_the_table_imports_nothing_above_the_ground_floor():
-    import automl_tl.options
-
-    tree = ast.parse(Path(automl_tl.options.__file__).read_text())
-    # module level only: the table itself is built on first use, from the modules that own its choices
-    imported = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
-    above = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names} - GROUND_FLOOR
-    assert not above, f"automl_tl/options.py imports {above} on import"
