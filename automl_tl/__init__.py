@@ -55,12 +55,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from automl_tl.backbone import Backbone, Preprocessor, TransferModel
-    from automl_tl.inputs import InputOptions
     from automl_tl.config import SearchConfig, TrialConfig
     from automl_tl.data.bundle import DatasetBundle, prepare_dataset
     from automl_tl.errors import AutomlTLError
     from automl_tl.estimator import TransferClassifier
     from automl_tl.hookspecs import hookimpl
+    from automl_tl.inputs import InputOptions
     from automl_tl.registry import get_backbone, get_registry, list_backbones
     from automl_tl.results.export import export_model
     from automl_tl.results.model_card import write_model_card

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
-from automl_tl.inputs import InputOptions
 
+from automl_tl.inputs import InputOptions
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 

@@ -10,13 +10,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from automl_tl.inputs import InputOptions
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HEAD_KINDS, HeadSpec
+from automl_tl.inputs import InputOptions
 from automl_tl.metrics import METRIC_NAMES
+from automl_tl.options import (
+    DEFAULT_STUDY_NAME,
+    IMAGE_SIZE_RANGE,
+    MAX_CLIP_SECONDS,
+    MAX_LENGTH_RANGE,
+    PRUNERS,
+    SAMPLERS,
+    option_kinds,
+)
 from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy
-from automl_tl.options import option_kinds
-from automl_tl.options import DEFAULT_STUDY_NAME, IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE, PRUNERS, SAMPLERS
 
 #: pretrained transformers diverge at body learning rates that CNNs take in their stride
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 from automl_tl.config import is_journal_path

@@ -32,16 +32,20 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, check_types
-from automl_tl.options import DEFAULT_STUDY_NAME
 from automl_tl.data.bundle import AUTO_TEST_FRACTION, bad_input_options, bad_shots
-from automl_tl.options import DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
-from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
 from automl_tl.errors import AutomlTLError, ConfigError, DataError
-from automl_tl.storage import inspect_journal, journal_path
-from automl_tl.options import option_kinds, search_options
+from automl_tl.inputs import InputOptions
+from automl_tl.options import (
+    DEFAULT_MAX_BAD_FRACTION,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_ON_BAD_INPUT,
+    DEFAULT_STUDY_NAME,
+    option_kinds,
+    search_options,
+)
 from automl_tl.registry import NamedDataset
+from automl_tl.storage import inspect_journal, journal_path
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +168,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         """
         started = time.monotonic() if started is None else started
         from automl_tl.data.bundle import prepare_dataset
+        from automl_tl.search.study import run_search
         from automl_tl.train.executor import Executor
         from automl_tl.train.feature_cache import FeatureCache
-        from automl_tl.search.study import run_search
 
         self.check_params()
         data, label_column, input_column, source = self._training_data(X, y)
@@ -260,8 +264,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return tuple(names)
 
     def _search_config(self, backbones: tuple[str, ...]) -> SearchConfig:
-        from automl_tl.strategies import DEFAULT_STRATEGIES
         from automl_tl.heads import HEAD_KINDS
+        from automl_tl.strategies import DEFAULT_STRATEGIES
 
         return SearchConfig(
             backbones=backbones, n_trials=self.n_trials, timeout=self.timeout, seed=self.seed,

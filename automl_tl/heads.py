@@ -12,7 +12,6 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
 #: the head structures the search chooses among
 HEAD_KINDS = ("linear", "mlp")
 #: the widest MLP head a saved model may ask for: far above what the search tries (space.HEAD_HIDDEN_RANGE), far

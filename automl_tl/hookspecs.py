@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 
     from automl_tl.backbone import Backbone
     from automl_tl.config import SearchConfig
-    from automl_tl.train.executor import TrialResult
     from automl_tl.registry import NamedDataset
     from automl_tl.search.study import SearchOutcome
+    from automl_tl.train.executor import TrialResult
 
 PROJECT_NAME = "automl_tl"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)

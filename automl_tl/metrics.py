@@ -9,7 +9,6 @@ reads (leaderboard, summary, report) shows the metric in its own units.
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from typing import TYPE_CHECKING
 
 import numpy as np

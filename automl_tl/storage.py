@@ -19,9 +19,9 @@ Every refusal is a :class:`~automl_tl.errors.ConfigError` naming the file.
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,8 +32,8 @@ import optuna
 from optuna.storages.journal import JournalFileSymlinkLock
 
 from automl_tl.config import is_journal_path
-from automl_tl.layout import JOURNAL_FILE
 from automl_tl.errors import ConfigError, first_line
+from automl_tl.layout import JOURNAL_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -75,21 +75,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_tl.modalities.audio import MelSpectrogram
-from automl_tl.data.readers import read_audio
-from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset
-from automl_tl.train.executor import Executor, accuracy, predict_logits
+from automl_tl.data.readers import read_audio
 from automl_tl.hookspecs import hookimpl
+from automl_tl.inputs import InputOptions
+from automl_tl.modalities.audio import MelSpectrogram
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import get_registry, reset_registry
 from automl_tl.search.study import search
+from automl_tl.train.executor import Executor, accuracy, predict_logits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_quick_option, clear_run_dir, command_line, fill_sized_defaults,  # noqa: E402
-                     machine_line, markdown_table, percent, require_data, run_main, setup_logging, size_help,
-                     spoken_digits_bundle, warm_encodings)
+from _common import (  # noqa: E402
+    OtherLoad,
+    add_quick_option,
+    clear_run_dir,
+    command_line,
+    fill_sized_defaults,
+    machine_line,
+    markdown_table,
+    percent,
+    require_data,
+    run_main,
+    setup_logging,
+    size_help,
+    spoken_digits_bundle,
+    warm_encodings,
+)
 
 logger = logging.getLogger("benchmarks.audio_search")
 

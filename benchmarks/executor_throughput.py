@@ -62,15 +62,25 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from automl_tl.backbone import Backbone
-from automl_tl.inputs import InputOptions
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import DatasetBundle, Split
-from automl_tl.train.executor import Executor
+from automl_tl.inputs import InputOptions
 from automl_tl.registry import get_registry
+from automl_tl.train.executor import Executor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_quick_option, command_line, fill_sized_defaults, machine_line,  # noqa: E402
-                     load_dataset, percent, run_main, setup_logging, size_help)
+from _common import (  # noqa: E402
+    OtherLoad,
+    add_quick_option,
+    command_line,
+    fill_sized_defaults,
+    load_dataset,
+    machine_line,
+    percent,
+    run_main,
+    setup_logging,
+    size_help,
+)
 
 logger = logging.getLogger("benchmarks.executor_throughput")
 

@@ -65,17 +65,29 @@ from pathlib import Path
 
 import torch
 
-from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import DatasetBundle
-from automl_tl.train.executor import Executor, accuracy, predict_logits
+from automl_tl.inputs import InputOptions
 from automl_tl.registry import get_registry
 from automl_tl.search.study import search
+from automl_tl.train.executor import Executor, accuracy, predict_logits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_quick_option, clear_run_dir, command_line, fill_sized_defaults,  # noqa: E402
-                     image_bundle, machine_line, markdown_table, percent, run_main, setup_logging, size_help,
-                     warm_encodings)
+from _common import (  # noqa: E402
+    OtherLoad,
+    add_quick_option,
+    clear_run_dir,
+    command_line,
+    fill_sized_defaults,
+    image_bundle,
+    machine_line,
+    markdown_table,
+    percent,
+    run_main,
+    setup_logging,
+    size_help,
+    warm_encodings,
+)
 
 logger = logging.getLogger("benchmarks.fashion_mnist_search")
 

@@ -55,17 +55,30 @@ from typing import TypeVar
 
 import torch
 
-from automl_tl.inputs import InputOptions
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import DatasetBundle
+from automl_tl.inputs import InputOptions
+from automl_tl.registry import get_registry
 from automl_tl.train.executor import Executor, TrialResult
 from automl_tl.train.feature_cache import FeatureCache
-from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_quick_option, add_run_options, apply_run_options, clear_run_dir, command_line, fill_sized_defaults,
-    image_bundle, machine_line, markdown_table, percent, run_main, size_help, warm_encodings)
+    OtherLoad,
+    add_quick_option,
+    add_run_options,
+    apply_run_options,
+    clear_run_dir,
+    command_line,
+    fill_sized_defaults,
+    image_bundle,
+    machine_line,
+    markdown_table,
+    percent,
+    run_main,
+    size_help,
+    warm_encodings,
+)
 
 logger = logging.getLogger("benchmarks.feature_cache_speed")
 T = TypeVar("T")

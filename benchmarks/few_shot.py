@@ -58,19 +58,31 @@ import numpy as np
 import pandas as pd
 import torch
 
-from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split, few_shot_split, prepare_dataset
+from automl_tl.inputs import InputOptions
+from automl_tl.registry import get_registry
+from automl_tl.search.study import search
 from automl_tl.train.embedding_heads import FITTERS, head_logits
 from automl_tl.train.executor import Executor
 from automl_tl.train.feature_cache import FeatureCache
-from automl_tl.registry import get_registry
-from automl_tl.search.study import search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_quick_option, add_run_options, command_line, fill_sized_defaults,  # noqa: E402
-                     fresh_output, load_dataset, machine_line, markdown_table, percent, run_main, size_help,
-                     stratified_sample)
+from _common import (  # noqa: E402
+    OtherLoad,
+    add_quick_option,
+    add_run_options,
+    command_line,
+    fill_sized_defaults,
+    fresh_output,
+    load_dataset,
+    machine_line,
+    markdown_table,
+    percent,
+    run_main,
+    size_help,
+    stratified_sample,
+)
 
 logger = logging.getLogger("benchmarks.few_shot")
 

@@ -122,16 +122,29 @@ import torch
 from PIL import Image
 
 from automl_tl.backbone import Backbone
-from automl_tl.inputs import InputOptions
 from automl_tl.errors import AutomlTLError, DataError
+from automl_tl.inputs import InputOptions
+from automl_tl.registry import get_registry
 from automl_tl.train.device import default_device
 from automl_tl.train.feature_cache import FeatureCache, samples_hash
-from automl_tl.registry import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_quick_option, add_run_options, apply_run_options, clear_run_dir,  # noqa: E402
-                     command_line, fill_sized_defaults, load_dataset, machine_line, percent, require_data, run_main,
-                     size_help, stratified_sample)
+from _common import (  # noqa: E402
+    OtherLoad,
+    add_quick_option,
+    add_run_options,
+    apply_run_options,
+    clear_run_dir,
+    command_line,
+    fill_sized_defaults,
+    load_dataset,
+    machine_line,
+    percent,
+    require_data,
+    run_main,
+    size_help,
+    stratified_sample,
+)
 
 logger = logging.getLogger("benchmarks.hands_off")
 
@@ -728,8 +741,8 @@ def run_probes(collection: Collection, cache: FeatureCache, seed: int,
 
 def logmel_statistics(paths: Sequence[str]) -> np.ndarray:
     """Mean and standard deviation over time of each whole clip's 64-band log-mel spectrogram at 16 kHz."""
-    from automl_tl.modalities.audio import log_mel_spectrogram
     from automl_tl.data.readers import read_audio
+    from automl_tl.modalities.audio import log_mel_spectrogram
 
     rows = []
     with torch.no_grad():

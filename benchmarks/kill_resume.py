@@ -47,8 +47,16 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_quick_option, add_run_options, command_line, fill_sized_defaults, fresh_output, machine_line, markdown_table,
-    run_main, size_help)
+    add_quick_option,
+    add_run_options,
+    command_line,
+    fill_sized_defaults,
+    fresh_output,
+    machine_line,
+    markdown_table,
+    run_main,
+    size_help,
+)
 
 logger = logging.getLogger("benchmarks.kill_resume")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -47,17 +47,28 @@ from pathlib import Path
 import optuna
 import torch
 
-from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig
 from automl_tl.data.bundle import prepare_dataset
+from automl_tl.inputs import InputOptions
+from automl_tl.search.study import Search
 from automl_tl.train.executor import Executor
 from automl_tl.train.feature_cache import FeatureCache
-from automl_tl.search.study import Search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    add_quick_option, add_run_options, apply_run_options, clear_run_dir, command_line, fill_sized_defaults,
-    load_dataset, machine_line, markdown_table, run_main, size_help, stratified_sample)
+    add_quick_option,
+    add_run_options,
+    apply_run_options,
+    clear_run_dir,
+    command_line,
+    fill_sized_defaults,
+    load_dataset,
+    machine_line,
+    markdown_table,
+    run_main,
+    size_help,
+    stratified_sample,
+)
 
 logger = logging.getLogger("benchmarks.memory_growth")
 

@@ -30,17 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from automl_tl.inputs import InputOptions
 from automl_tl.data.bundle import prepare_dataset
+from automl_tl.inputs import InputOptions
+from automl_tl.rank.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, stratified_sample
+from automl_tl.rank.transferability import SCORES, kendall_tau
+from automl_tl.registry import get_registry
 from automl_tl.train.executor import Executor
 from automl_tl.train.feature_cache import FeatureCache
-from automl_tl.rank.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, stratified_sample
-from automl_tl.registry import get_registry
-from automl_tl.rank.transferability import SCORES, kendall_tau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (add_quick_option, command_line, fill_sized_defaults, load_dataset, machine_line,  # noqa: E402
-                     run_main, size_help)
+from _common import add_quick_option, command_line, fill_sized_defaults, load_dataset, machine_line, run_main, size_help  # noqa: E402
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {

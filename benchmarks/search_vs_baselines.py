@@ -102,21 +102,35 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from automl_tl.backbone import Backbone
-from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig  # noqa: E402
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset  # noqa: E402
 from automl_tl.errors import AutomlTLError  # noqa: E402
+from automl_tl.inputs import InputOptions
+from automl_tl.rank.transferability import SCORES, kendall_tau  # noqa: E402
+from automl_tl.registry import get_registry  # noqa: E402
+from automl_tl.search.space import SearchSpace  # noqa: E402
+from automl_tl.search.study import Search, SearchOutcome  # noqa: E402
 from automl_tl.train.executor import STOP_TIME, EpochCallback, Executor, TrialResult  # noqa: E402
 from automl_tl.train.feature_cache import FeatureCache  # noqa: E402
-from automl_tl.registry import get_registry  # noqa: E402
-from automl_tl.search.study import Search, SearchOutcome  # noqa: E402
-from automl_tl.search.space import SearchSpace  # noqa: E402
-from automl_tl.rank.transferability import SCORES, kendall_tau  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 from _common import (  # noqa: E402
-    OtherLoad, add_quick_option, add_run_options, apply_run_options, clear_run_dir, command_line, fill_sized_defaults,
-    image_bundle, machine_line, markdown_table, percent, run_main, size_help, spoken_digits_bundle, warm_encodings)
+    OtherLoad,
+    add_quick_option,
+    add_run_options,
+    apply_run_options,
+    clear_run_dir,
+    command_line,
+    fill_sized_defaults,
+    image_bundle,
+    machine_line,
+    markdown_table,
+    percent,
+    run_main,
+    size_help,
+    spoken_digits_bundle,
+    warm_encodings,
+)
 
 logger = logging.getLogger("benchmarks.search_vs_baselines")
 

@@ -62,17 +62,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the backbones are offline packag
 
 import torch  # noqa: E402
 
-from automl_tl.inputs import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig  # noqa: E402
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset  # noqa: E402
-from automl_tl.train.executor import Executor, accuracy, predict_logits  # noqa: E402
+from automl_tl.inputs import InputOptions
 from automl_tl.registry import get_registry  # noqa: E402
 from automl_tl.search.study import search  # noqa: E402
+from automl_tl.train.executor import Executor, accuracy, predict_logits  # noqa: E402
 from automl_tl_datasets.text import load_bbc_news  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (OtherLoad, add_quick_option, clear_run_dir, command_line, fill_sized_defaults,  # noqa: E402
-                     machine_line, markdown_table, percent, run_main, setup_logging, size_help, warm_encodings)
+from _common import (  # noqa: E402
+    OtherLoad,
+    add_quick_option,
+    clear_run_dir,
+    command_line,
+    fill_sized_defaults,
+    machine_line,
+    markdown_table,
+    percent,
+    run_main,
+    setup_logging,
+    size_help,
+    warm_encodings,
+)
 
 logger = logging.getLogger("benchmarks.text_bbc_news")
 

@@ -40,12 +40,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from automl_tl.inputs import InputOptions
-from automl_tl.train.feature_cache import compute_features  # noqa: E402
 from automl_tl.registry import get_registry  # noqa: E402
+from automl_tl.train.feature_cache import compute_features  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
-from _common import (add_quick_option, command_line, fill_sized_defaults, load_dataset, machine_line,  # noqa: E402
-                     run_main, size_help)
+from _common import add_quick_option, command_line, fill_sized_defaults, load_dataset, machine_line, run_main, size_help  # noqa: E402
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {

@@ -16,13 +16,20 @@ import torch
 import automl_tl
 from automl_tl import InputOptions, SearchConfig
 from automl_tl import weights as weights_module  # where packaged weights are found
-from automl_tl.modalities.audio import AudioPreprocessor, MelSpectrogram, hz_to_mel, mel_filterbank, mel_to_hz
-from automl_tl.data.readers import read_audio
-from automl_tl.data.readers import AUDIO_EXTENSIONS
+from automl_tl.data.readers import AUDIO_EXTENSIONS, read_audio
 from automl_tl.errors import DataError, WeightsNotFoundError
+from automl_tl.modalities.audio import AudioPreprocessor, MelSpectrogram, hz_to_mel, mel_filterbank, mel_to_hz
 from automl_tl.train.executor import Executor
-from automl_tl_audio import (AisfxBackbone, CrepeBackbone, GE2EBackbone, TransformersAudioBackbone,
-                             WeightsMismatchError, bins_to_hz, hz_to_bins, offline_backbones)
+from automl_tl_audio import (
+    AisfxBackbone,
+    CrepeBackbone,
+    GE2EBackbone,
+    TransformersAudioBackbone,
+    WeightsMismatchError,
+    bins_to_hz,
+    hz_to_bins,
+    offline_backbones,
+)
 from automl_tl_audio.aisfx import AISFX, numpy_checkpoint_globals
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")

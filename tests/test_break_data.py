@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import error_line, image_folder, run_main, write_png
 from PIL import Image
 
 from automl_tl.data.bundle import prepare_dataset, prepare_unlabelled
 from automl_tl.data.readers import check_input, read_folder, read_image
 from automl_tl.errors import ConfigError, DataError, UnreadableInputError
-
-from cli_helpers import error_line, image_folder, run_main, write_png
-
 
 # ---------------------------------------------------------------- helpers
 

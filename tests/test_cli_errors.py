@@ -55,9 +55,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from cli_helpers import error_line, image_folder, read_only_directory, run_main, write_png
+from PIL import Image
 
 # flags that keep a search tiny should an error check ever fail to fire
 SMALL_SEARCH = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1"]

@@ -403,7 +403,7 @@ def test_folder_of_text_files_becomes_a_text_dataset(tmp_path):
     assert bundle.modality == "text" and bundle.input_column == "text"
     assert bundle.classes == ["sport", "tech"]
     everything = bundle.train.inputs + bundle.val.inputs + bundle.test.inputs
-    assert sorted(everything) == sorted(f"{l} story number {i}\n" for l in ("sport", "tech") for i in range(4))
+    assert sorted(everything) == sorted(f"{label} story number {i}\n" for label in ("sport", "tech") for i in range(4))
 
 
 def test_text_column_in_a_csv_is_not_taken_for_paths(tmp_path):

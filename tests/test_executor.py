@@ -9,8 +9,15 @@ import torch
 from torch import nn
 
 from automl_tl import Executor, InputOptions, TrialConfig
-from automl_tl.train.executor import STOP_CALLBACK, STOP_COMPLETED, STOP_EARLY, STOP_TIME, WarmupCosine, parameter_groups
 from automl_tl.registry import get_registry
+from automl_tl.train.executor import (
+    STOP_CALLBACK,
+    STOP_COMPLETED,
+    STOP_EARLY,
+    STOP_TIME,
+    WarmupCosine,
+    parameter_groups,
+)
 
 OFFLINE_IMAGE_BACKBONES = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
 SMALL = InputOptions(image_size=32)

@@ -17,15 +17,15 @@ import automl_tl
 from automl_tl import InputOptions, SearchConfig, hookimpl
 from automl_tl.cli import main
 from automl_tl.errors import AutomlTLError, ConfigError
-from automl_tl.train.executor import Executor
-from automl_tl.results.export import export_model
 from automl_tl.heads import HeadSpec
-from automl_tl.train.head_modules import build_head
-from automl_tl.results.model_card import wilson_interval
 from automl_tl.layout import MODEL_CARD_FILE
-from automl_tl.results.model_io import save_model
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import get_backbone
+from automl_tl.results.export import export_model
+from automl_tl.results.model_card import wilson_interval
+from automl_tl.results.model_io import save_model
+from automl_tl.train.executor import Executor
+from automl_tl.train.head_modules import build_head
 
 # torch.jit.load is deprecated in favour of torch.export, but TorchScript is what many runtimes load
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

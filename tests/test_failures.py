@@ -20,11 +20,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from automl_tl import Backbone, InputOptions, SearchConfig, TransferModel, TrialConfig, hookimpl
-from automl_tl.train.executor import Executor, TrialOutOfMemory, is_out_of_memory
 from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import reset_registry
 from automl_tl.search.study import Search
+from automl_tl.train.executor import Executor, TrialOutOfMemory, is_out_of_memory
 
 EMBEDDING = 2048  # wide enough that the saved model weighs about 2 MB: a second copy on disk would show
 SMALL = InputOptions(image_size=16)

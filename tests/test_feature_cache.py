@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from automl_tl import Executor, InputOptions
-from automl_tl.train.feature_cache import FeatureCache, compute_features, measure_inference, samples_hash
 from automl_tl.registry import get_registry
+from automl_tl.train.feature_cache import FeatureCache, compute_features, measure_inference, samples_hash
 
 SMALL = InputOptions(image_size=32)
 

@@ -9,18 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from test_cli import run_cli, write_image_folder
 
 from automl_tl import InputOptions
 from automl_tl.config import SearchConfig, TrialConfig
-from automl_tl.strategies import DEFAULT_STRATEGIES
 from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, VALIDATION_NONE, prepare_dataset
-from automl_tl.train.embedding_heads import LOGISTIC_C_GRID
 from automl_tl.errors import ConfigError, DataError
-from automl_tl.train.executor import Executor
-from automl_tl.results.model_io import load_model_dir, save_model
 from automl_tl.registry import get_backbone
+from automl_tl.results.model_io import load_model_dir, save_model
 from automl_tl.search.space import SearchSpace
-from test_cli import run_cli, write_image_folder
+from automl_tl.strategies import DEFAULT_STRATEGIES
+from automl_tl.train.embedding_heads import LOGISTIC_C_GRID
+from automl_tl.train.executor import Executor
 
 BACKBONE = "mobilenetv2_100"
 OPTIONS = InputOptions(image_size=32)

@@ -24,12 +24,11 @@ import pytest
 import soundfile
 from PIL import Image
 
-from automl_tl.data.readers import read_audio
 from automl_tl.data.bundle import NO_LABEL, SkippedRow, prepare_dataset
-from automl_tl.data.readers import AUDIO_EXTENSIONS, check_image, read_folder, read_image, read_table
+from automl_tl.data.readers import AUDIO_EXTENSIONS, check_image, read_audio, read_folder, read_image, read_table
 from automl_tl.errors import ConfigError, DataError, UnreadableInputError
-from automl_tl.results.report import write_skipped
 from automl_tl.layout import SKIPPED_FILE
+from automl_tl.results.report import write_skipped
 
 MP3 = "MP3" in soundfile.available_formats()
 needs_mp3 = pytest.mark.skipif(not MP3, reason=f"libsndfile {soundfile.__libsndfile_version__} reads no MP3 "

@@ -162,7 +162,7 @@ def example_plugin_site(tmp_path_factory) -> Path:
 def test_example_plugin_is_discovered_after_install(example_plugin_site):
     backbones = run_cli("backbones", env_extra={"PYTHONPATH": str(example_plugin_site)})
     assert backbones.returncode == 0, backbones.stderr
-    line = next(l for l in backbones.stdout.splitlines() if "example/torchvision_mobilenet_v2" in l)
+    line = next(row for row in backbones.stdout.splitlines() if "example/torchvision_mobilenet_v2" in row)
     assert line.split()[-1] == "example" and " yes " in line
     datasets = run_cli("datasets", env_extra={"PYTHONPATH": str(example_plugin_site)})
     assert "example-digits-small" in datasets.stdout

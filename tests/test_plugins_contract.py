@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from automl_tl.backbone import Backbone, InputOptions, NativeExportFormat, Preprocessor, TransferModel
-from automl_tl.results.export import CORE_FORMATS, export_formats
 from automl_tl.hookspecs import hookimpl
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import reset_registry
+from automl_tl.results.export import CORE_FORMATS, export_formats
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "automl_tl"

@@ -16,11 +16,11 @@ from torch import nn
 from automl_tl import InputOptions, SearchConfig, run_search
 from automl_tl.backbone import Backbone
 from automl_tl.errors import ConfigError
-from automl_tl.train.executor import Executor
-from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.rank.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, searchable_backbones, stratified_sample
 from automl_tl.registry import get_registry
 from automl_tl.search.study import Search
+from automl_tl.train.executor import Executor
+from automl_tl.train.feature_cache import FeatureCache
 
 SMALL = InputOptions(image_size=32)
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")

@@ -32,9 +32,9 @@ import automl_tl
 from automl_tl import InputOptions, SearchConfig, run_search
 from automl_tl.cli import main
 from automl_tl.errors import AutomlTLError
-from automl_tl.train.executor import Executor
 from automl_tl.results.html_report import PLOT_FILES, write_report
 from automl_tl.results.report import TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR
+from automl_tl.train.executor import Executor
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
 ALWAYS_DRAWN = {"leaderboard.png", "history.png", "cost.png", "freeze_depth.png", "confusion_matrix.png",

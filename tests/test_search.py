@@ -14,8 +14,8 @@ import pytest
 import automl_tl
 from automl_tl import InputOptions, SearchConfig, hookimpl, prepare_dataset, run_search
 from automl_tl.errors import ConfigError
-from automl_tl.train.executor import Executor
 from automl_tl.plugins import get_plugin_manager
+from automl_tl.train.executor import Executor
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
 

@@ -18,12 +18,18 @@ import torch
 from automl_tl import InputOptions, SearchConfig, prepare_dataset, run_search
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import AUTO_TEST_MIN_EXAMPLES, resolve_test_fraction
-from automl_tl.train.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_OVER_BUDGET, STOP_TIME, VALIDATED_BY_CROSS_VALIDATION,
-                                Executor, cheaper_trial)
-from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.metrics import class_weights, default_metric, metric_value, signed, uses_class_weights
 from automl_tl.registry import get_registry
 from automl_tl.results.report import leaderboard
+from automl_tl.train.executor import (
+    FITTED_ON_TRAIN_AND_VAL,
+    STOP_OVER_BUDGET,
+    STOP_TIME,
+    VALIDATED_BY_CROSS_VALIDATION,
+    Executor,
+    cheaper_trial,
+)
+from automl_tl.train.feature_cache import FeatureCache
 
 SMALL = InputOptions(image_size=32)
 

@@ -10,11 +10,11 @@ import torch
 
 from automl_tl import Executor, InputOptions, TrialConfig
 from automl_tl.errors import ConfigError
-from automl_tl.train.executor import predict_logits, parameter_groups
-from automl_tl.train.feature_cache import FeatureCache
 from automl_tl.heads import HeadSpec
-from automl_tl.results.model_io import load_model_dir, save_model
 from automl_tl.registry import get_registry
+from automl_tl.results.model_io import load_model_dir, save_model
+from automl_tl.train.executor import parameter_groups, predict_logits
+from automl_tl.train.feature_cache import FeatureCache
 
 SMALL = InputOptions(image_size=32)
 

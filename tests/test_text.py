@@ -18,11 +18,17 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach a model hub
 
-from automl_tl.inputs import InputOptions
 from automl_tl.errors import AutomlTLError, ConfigError, WeightsNotFoundError  # noqa: E402
+from automl_tl.inputs import InputOptions
 from automl_tl_text import TextPreprocessor, TransformersTextBackbone  # noqa: E402
-from automl_tl_text.offline import (MARKER_FILE, OFFLINE_CHECKPOINTS, CorruptCheckpointError,  # noqa: E402
-                                    PartFile, checkpoint_installed, join_split_zip)
+from automl_tl_text.offline import (  # noqa: E402
+    MARKER_FILE,
+    OFFLINE_CHECKPOINTS,
+    CorruptCheckpointError,
+    PartFile,
+    checkpoint_installed,
+    join_split_zip,
+)
 
 MINILM = OFFLINE_CHECKPOINTS["all-MiniLM-L6-v2"]
 needs_minilm = pytest.mark.skipif(not checkpoint_installed(MINILM),
@@ -311,7 +317,8 @@ def test_join_refuses_corrupt_or_missing_parts(tmp_path):
 @needs_minilm
 def test_search_on_bbc_news_end_to_end(tmp_path):
     import automl_tl
-    from automl_tl import InputOptions as Options, SearchConfig
+    from automl_tl import InputOptions as Options
+    from automl_tl import SearchConfig
     from automl_tl_datasets.text import load_bbc_news
 
     try:

@@ -20,8 +20,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from automl_tl.search.liveness import (ATTEMPT_ATTR, GRACE_PERIOD, HEARTBEAT_ATTR, MAX_RETRIES, RETRY_OF_ATTR, WORKER_ATTR,
-                                recover_dead_trials)
+from automl_tl.search.liveness import (
+    ATTEMPT_ATTR,
+    GRACE_PERIOD,
+    HEARTBEAT_ATTR,
+    MAX_RETRIES,
+    RETRY_OF_ATTR,
+    WORKER_ATTR,
+    recover_dead_trials,
+)
 
 SEARCH = ["search", "--dataset", "digits", "--max-samples", "120", "--backbones", "mobilenetv2_100",
           "--image-size", "32", "--no-prerank", "--seed", "3"]
@@ -248,8 +255,8 @@ def test_a_save_cut_between_its_renames_is_repaired(tmp_path):
 
 
 def test_search_settings_survive_the_study_storage():
-    from automl_tl.inputs import InputOptions
     from automl_tl.config import SearchConfig
+    from automl_tl.inputs import InputOptions
 
     config = SearchConfig(backbones=("a", "b*"), n_trials=7, timeout=30.0, strategies=("last_k", "lp_ft"),
                           backbone_lr_range=(1e-5, 1e-3), input_options=InputOptions(image_size=64))

@@ -31,13 +31,32 @@ import pandas as pd
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from automl_tl.data.readers import (
+    FILE_MODALITIES,
+    FOLDER_COLUMNS,
+    LINES_ATTR,
+    READ_AS_ATTR,
+    TABLE_EXTENSIONS,
+    file_modality,
+    find_unreadable,
+    infer_modality,
+    input_excerpt,
+    is_missing,
+    list_input_files,
+    read_folder_contents,
+    read_table,
+    read_text_files,
+    resolve_paths,
+    row_name,
+)
 from automl_tl.errors import ConfigError, DataError, UnreadableInputError
-from automl_tl.data.readers import (FILE_MODALITIES, FOLDER_COLUMNS, LINES_ATTR, READ_AS_ATTR, TABLE_EXTENSIONS,
-                                    file_modality, find_unreadable, infer_modality, input_excerpt, is_missing,
-                                    list_input_files, read_folder_contents, read_table, read_text_files, resolve_paths,
-                                    row_name)
-from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
-from automl_tl.options import BAD_INPUT_ERROR, BAD_INPUT_POLICIES, DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
+from automl_tl.options import (
+    BAD_INPUT_ERROR,
+    BAD_INPUT_POLICIES,
+    DEFAULT_MAX_BAD_FRACTION,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_ON_BAD_INPUT,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import soundfile
-from scipy.signal import resample_poly
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy.signal import resample_poly
 
 from automl_tl.errors import DataError, UnreadableInputError, first_line
 from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS

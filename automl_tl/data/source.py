@@ -9,11 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset
-from automl_tl.options import DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_INPUT
-from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
-
+from automl_tl.options import DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_ON_BAD_INPUT
 
 #: the keys of a data source: how ``prepare_dataset`` was called, with ``data`` an absolute path
 #: or ``dataset`` a registered data set's name

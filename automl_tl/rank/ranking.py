@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from automl_tl.backbone import Backbone
-from automl_tl.inputs import InputOptions
 from automl_tl.data.bundle import DatasetBundle
-from automl_tl.train.feature_cache import measure_inference, pretrained_model, samples_hash
-from automl_tl.train.device import DeadlineReached
+from automl_tl.inputs import InputOptions
 from automl_tl.rank.transferability import SCORES, kendall_tau, score_features
+from automl_tl.train.device import DeadlineReached
+from automl_tl.train.feature_cache import measure_inference, pretrained_model, samples_hash
 
 logger = logging.getLogger(__name__)
 

@@ -22,19 +22,25 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from automl_tl.results import plots
 from automl_tl.config import check_storage_url, is_journal_path
-from automl_tl.options import DEFAULT_STUDY_NAME
-from automl_tl.layout import JOURNAL_FILE
 from automl_tl.errors import AutomlTLError, first_line
 from automl_tl.files import write_bytes_atomic, write_text_atomic
+from automl_tl.layout import JOURNAL_FILE, PLOTS_DIR, REPORT_FILE
+from automl_tl.options import DEFAULT_STUDY_NAME
 from automl_tl.rank.ranking import with_outcomes
-from automl_tl.results.report import (DATA_SUMMARY_ATTR, LEADERBOARD_COLUMNS, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR,
-                              best_accuracy_by_backbone, describe_skipped, leaderboard)
+from automl_tl.rank.transferability import SCORES
+from automl_tl.results import plots
+from automl_tl.results.report import (
+    DATA_SUMMARY_ATTR,
+    LEADERBOARD_COLUMNS,
+    TEST_EVALUATION_ATTR,
+    TRANSFERABILITY_ATTR,
+    best_accuracy_by_backbone,
+    describe_skipped,
+    leaderboard,
+)
 from automl_tl.storage import mask_password, open_storage
 from automl_tl.strategies import used_parameters
-from automl_tl.rank.transferability import SCORES
-from automl_tl.layout import PLOTS_DIR, REPORT_FILE
 
 logger = logging.getLogger(__name__)
 

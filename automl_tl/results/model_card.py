@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from automl_tl.errors import AutomlTLError
+from automl_tl.files import read_json, write_text_atomic
+from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE, SUMMARY_FILE
 from automl_tl.results.model_io import model_dir_of
-from automl_tl.files import write_text_atomic
-from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE
 from automl_tl.results.report import describe_skipped
 from automl_tl.strategies import LINEAR_PROBE, STRATEGIES
-from automl_tl.layout import MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE, SUMMARY_FILE
-from automl_tl.files import read_json
 
 #: below this many test examples, the card warns that the test numbers are rough
 SMALL_TEST_SET = 100

@@ -32,21 +32,32 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from automl_tl.backbone import TransferModel
-from automl_tl.inputs import InputOptions
 from automl_tl.data.bundle import prepare_unlabelled
-from automl_tl.options import BAD_INPUT_ERROR, DEFAULT_ON_BAD_INPUT
 from automl_tl.data.readers import check_input, input_excerpt, read_table
-from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
-from automl_tl.errors import (AutomlTLError, DataError, EmptyInputError, ModelFileError, UnknownBackboneError,
-                              UnreadableInputError)
-from automl_tl.train.executor import predict_logits
-from automl_tl.train.device import default_device
-from automl_tl.options import IMAGE_SIZE_RANGE, MAX_CLIP_SECONDS, MAX_LENGTH_RANGE
-from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, head_shapes
-from automl_tl.train.head_modules import build_head
-from automl_tl.registry import get_backbone
-from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE
+from automl_tl.errors import (
+    AutomlTLError,
+    DataError,
+    EmptyInputError,
+    ModelFileError,
+    UnknownBackboneError,
+    UnreadableInputError,
+)
 from automl_tl.files import with_usual_permissions
+from automl_tl.heads import ALL_HEAD_KINDS, MAX_HIDDEN, HeadSpec, head_shapes
+from automl_tl.inputs import InputOptions
+from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE
+from automl_tl.options import (
+    BAD_INPUT_ERROR,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_ON_BAD_INPUT,
+    IMAGE_SIZE_RANGE,
+    MAX_CLIP_SECONDS,
+    MAX_LENGTH_RANGE,
+)
+from automl_tl.registry import get_backbone
+from automl_tl.train.device import default_device
+from automl_tl.train.executor import predict_logits
+from automl_tl.train.head_modules import build_head
 from automl_tl.weights import TensorSpec, compare_state, expected_specs
 
 logger = logging.getLogger(__name__)

@@ -12,12 +12,19 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from automl_tl.metrics import signed
 from automl_tl.data.bundle import NO_LABEL, SkippedRow
-from automl_tl.train.executor import STOP_CALLBACK
-from automl_tl.strategies import used_parameters
 from automl_tl.files import write_json_atomic, write_text_atomic
-from automl_tl.layout import LEADERBOARD_CSV, LEADERBOARD_MD, SKIPPED_FILE, SUMMARY_FILE, TRANSFERABILITY_CSV, TRANSFERABILITY_MD
+from automl_tl.layout import (
+    LEADERBOARD_CSV,
+    LEADERBOARD_MD,
+    SKIPPED_FILE,
+    SUMMARY_FILE,
+    TRANSFERABILITY_CSV,
+    TRANSFERABILITY_MD,
+)
+from automl_tl.metrics import signed
+from automl_tl.strategies import used_parameters
+from automl_tl.train.executor import STOP_CALLBACK
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,17 @@ import optuna
 import pandas as pd
 
 from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, SearchConfig, TrialConfig
-from automl_tl.strategies import (EMBEDDING_STRATEGIES, FINE_TUNING_STRATEGIES, FULL, LINEAR_PROBE, LOGISTIC_REGRESSION,
-                                  NEAREST_CENTROID)
 from automl_tl.data.bundle import MIN_SHOTS_FOR_HOLDOUT, VALIDATION_CROSS, VALIDATION_HOLDOUT
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HeadSpec
+from automl_tl.strategies import (
+    EMBEDDING_STRATEGIES,
+    FINE_TUNING_STRATEGIES,
+    FULL,
+    LINEAR_PROBE,
+    LOGISTIC_REGRESSION,
+    NEAREST_CENTROID,
+)
 
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale

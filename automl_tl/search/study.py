@@ -34,34 +34,45 @@ from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
 from automl_tl.config import SearchConfig, TrialConfig, check_storage_url
-from automl_tl.data.source import load_data_source
-from automl_tl.strategies import get_strategy
 from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split
+from automl_tl.data.source import load_data_source
 from automl_tl.errors import AutomlTLError, ConfigError
-from automl_tl.train.executor import (FITTED_ON_TRAIN_AND_VAL, STOP_CALLBACK, STOP_OVER_BUDGET, STOP_TIME, Executor,
-                                TrialResult, predict_logits)
-from automl_tl.train.device import DeadlineReached
+from automl_tl.files import exclusive_lock, write_json_atomic
+from automl_tl.layout import BEST_MODEL_DIR, BEST_MODEL_LOCK, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
 from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
-from automl_tl.results.model_io import Predictor, load_model_dir, repair_interrupted_save, save_model
-from automl_tl.files import write_json_atomic
-from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE
-from automl_tl.train.feature_cache import FeatureCache
-from automl_tl.storage import inspect_journal, journal_path
-from automl_tl.search.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
-from automl_tl.files import exclusive_lock
-from automl_tl.results.manifest import build_manifest
-from automl_tl.results.model_card import write_model_card
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.rank.ranking import rank_backbones, searchable_backbones, with_outcomes
-from automl_tl.search.space import warm_start_params
 from automl_tl.registry import get_registry
-from automl_tl.results.report import (DATA_SUMMARY_ATTR, TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, best_accuracy_by_backbone,
-                              leaderboard, write_leaderboard, write_skipped, write_summary, write_transferability)
+from automl_tl.results.manifest import build_manifest
+from automl_tl.results.model_card import write_model_card
+from automl_tl.results.model_io import Predictor, load_model_dir, repair_interrupted_save, save_model
+from automl_tl.results.report import (
+    DATA_SUMMARY_ATTR,
+    TEST_EVALUATION_ATTR,
+    TRANSFERABILITY_ATTR,
+    best_accuracy_by_backbone,
+    leaderboard,
+    write_leaderboard,
+    write_skipped,
+    write_summary,
+    write_transferability,
+)
+from automl_tl.search.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.search.sampling import SlotSeededSampler
-from automl_tl.search.space import SearchSpace, suggest_trial_config
-from automl_tl.strategies import describe_parameters, used_parameters
-from automl_tl.storage import open_storage
-from automl_tl.layout import BEST_MODEL_LOCK, MANIFEST_FILE, METRICS_FILE
+from automl_tl.search.space import SearchSpace, suggest_trial_config, warm_start_params
+from automl_tl.storage import inspect_journal, journal_path, open_storage
+from automl_tl.strategies import describe_parameters, get_strategy, used_parameters
+from automl_tl.train.device import DeadlineReached
+from automl_tl.train.executor import (
+    FITTED_ON_TRAIN_AND_VAL,
+    STOP_CALLBACK,
+    STOP_OVER_BUDGET,
+    STOP_TIME,
+    Executor,
+    TrialResult,
+    predict_logits,
+)
+from automl_tl.train.feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
 

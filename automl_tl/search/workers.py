@@ -20,9 +20,8 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-
-from automl_tl.layout import JOURNAL_FILE
 from automl_tl.errors import AutomlTLError, ConfigError
+from automl_tl.layout import JOURNAL_FILE
 
 if TYPE_CHECKING:
     from automl_tl.search.study import Search

@@ -39,16 +39,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone, Preprocessor, TransferModel
-from automl_tl.inputs import InputOptions
 from automl_tl.config import TrialConfig
-from automl_tl.strategies import FULL, LAST_K, get_strategy
 from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
-from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.errors import first_line
+from automl_tl.inputs import InputOptions
+from automl_tl.metrics import all_metrics, class_weights, signed
+from automl_tl.strategies import FULL, LAST_K, get_strategy
 from automl_tl.train.device import DeadlineReached, autocast, batched_inference, default_device, move_to
+from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.train.head_modules import build_head
-from automl_tl.metrics import all_metrics, class_weights, signed
 
 logger = logging.getLogger(__name__)
 

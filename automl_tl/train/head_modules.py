@@ -4,7 +4,6 @@ the embedding strategies fit. Kept apart from the spec so that reading a configu
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from torch.nn import functional

@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from automl_tl.modalities.audio import AudioPreprocessor
 from automl_tl.backbone import Backbone, TransferModel
-from automl_tl.inputs import InputOptions
 from automl_tl.errors import ConfigError
+from automl_tl.inputs import InputOptions
+from automl_tl.modalities.audio import AudioPreprocessor
 from automl_tl_audio.weights import PackagedWeights
 
 

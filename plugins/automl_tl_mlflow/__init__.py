@@ -34,8 +34,8 @@ from automl_tl.layout import RESULT_FILES  # logged with the best model (those t
 
 if TYPE_CHECKING:
     from automl_tl.config import SearchConfig
-    from automl_tl.train.executor import TrialResult
     from automl_tl.search.study import SearchOutcome
+    from automl_tl.train.executor import TrialResult
 
 logger = logging.getLogger(__name__)
 

@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat, Preprocessor, TransferModel
-from automl_tl.inputs import InputOptions
 from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError, first_line
 from automl_tl.hookspecs import hookimpl
+from automl_tl.inputs import InputOptions
 from automl_tl.weights import check_hub_download, hub_offline
 from automl_tl_text.offline import OFFLINE_CHECKPOINTS, checkpoint_folder, checkpoint_installed
 

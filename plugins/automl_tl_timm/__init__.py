@@ -27,9 +27,9 @@ from timm.models import group_parameters
 from torch import nn
 
 from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat, TransferModel
-from automl_tl.inputs import InputOptions
 from automl_tl.errors import WeightsNotFoundError
 from automl_tl.hookspecs import hookimpl
+from automl_tl.inputs import InputOptions
 from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.weights import check_hub_download
 from automl_tl_timm.export import TIMM_FORMAT, check_timm_export, write_timm_export

@@ -39,8 +39,8 @@ class TorchvisionMobileNetV2(Backbone):
         return 1280
 
     def weights_available(self) -> bool:
-        from automl_tl_timm.offline_weights import find_weight_file
         from automl_tl.errors import WeightsNotFoundError
+        from automl_tl_timm.offline_weights import find_weight_file
 
         try:
             find_weight_file("mobilenetv2_100")
