@@ -70,16 +70,19 @@ class Preprocessor(ABC):
 Rows = TypeVar("Rows")  # a numpy array or a torch tensor, one row per item
 
 
-def ordered_for_inference(preprocessor: Preprocessor, items: Sequence[Any],
-                          ) -> tuple[Sequence[Any], Callable[[Rows], Rows]]:
+def ordered_for_inference(
+    preprocessor: Preprocessor,
+    items: Sequence[Any],
+) -> tuple[Sequence[Any], Callable[[Rows], Rows]]:
     """``items`` in the order ``preprocessor`` batches them best for inference, and a function that puts
     outputs (one row per item, in that order) back in the order of ``items``."""
     order = preprocessor.inference_order(items)
     if order is None:
         return items, lambda outputs: outputs
     if sorted(order) != list(range(len(items))):
-        raise ValueError(f"{type(preprocessor).__name__}.inference_order must return a permutation of "
-                         f"0..{len(items) - 1}")
+        raise ValueError(
+            f"{type(preprocessor).__name__}.inference_order must return a permutation of 0..{len(items) - 1}"
+        )
 
     def restore(outputs: Rows) -> Rows:
         restored = outputs.clone() if isinstance(outputs, torch.Tensor) else outputs.copy()
@@ -106,7 +109,9 @@ class TransferModel(nn.Module):
         if sorted(grouped) != sorted(body_names):
             missing = sorted(set(body_names) - set(grouped))[:3]
             extra = sorted(set(grouped) - set(body_names))[:3]
-            raise ValueError(f"layer groups must cover every body parameter once (ungrouped: {missing}, unknown: {extra})")
+            raise ValueError(
+                f"layer groups must cover every body parameter once (ungrouped: {missing}, unknown: {extra})"
+            )
 
     @property
     def num_groups(self) -> int:
@@ -288,5 +293,9 @@ class Backbone(ABC):
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable identity of this backbone, saved with every model."""
-        return {"name": self.name, "modality": self.modality, "weight_source": self.weight_source,
-                "embedding_dim": self.embedding_dim}
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "weight_source": self.weight_source,
+            "embedding_dim": self.embedding_dim,
+        }

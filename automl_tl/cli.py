@@ -36,8 +36,16 @@ DEMO_DEFAULTS = {"image_size": 32, "timeout": 240.0}
 DATA_DEFAULTS = {"image_size": None, "timeout": None}
 DEFAULT_TRIALS = search_option("n_trials").default
 #: leaderboard columns the search prints (and their short headers); leaderboard.csv has them all
-TERMINAL_COLUMNS = {"trial": "trial", "state": "state", "backbone": "backbone", "strategy": "strategy",
-                    "freeze_depth": "depth", "val_score": "val_score", "val_loss": "val_loss", "seconds": "seconds"}
+TERMINAL_COLUMNS = {
+    "trial": "trial",
+    "state": "state",
+    "backbone": "backbone",
+    "strategy": "strategy",
+    "freeze_depth": "depth",
+    "val_score": "val_score",
+    "val_loss": "val_loss",
+    "seconds": "seconds",
+}
 
 
 def _positive_int(text: str) -> int:
@@ -89,14 +97,24 @@ def _add_option_flag(parser: argparse.ArgumentParser, option: SearchOption, help
         values["nargs"] = "+"
     elif option.const is not None:  # "--mlflow" alone means its const
         values.update(nargs="?", const=option.const)
-    parser.add_argument(option.flag, dest=option.flag_dest, type=FLAG_TYPES[option.parse], choices=option.choices,
-                        default=option.flag_default, help=help_text, metavar=option.metavar, **values)
+    parser.add_argument(
+        option.flag,
+        dest=option.flag_dest,
+        type=FLAG_TYPES[option.parse],
+        choices=option.choices,
+        default=option.flag_default,
+        help=help_text,
+        metavar=option.metavar,
+        **values,
+    )
 
 
 def _example(*commands: str) -> dict:
     """A subcommand parser's keyword arguments that end its --help with example command lines."""
-    return {"epilog": "example:\n" + "\n".join(f"  {command}" for command in commands),
-            "formatter_class": argparse.RawDescriptionHelpFormatter}
+    return {
+        "epilog": "example:\n" + "\n".join(f"  {command}" for command in commands),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,67 +123,106 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("search", help="search backbones, freeze depth and learning rates; save the best model",
-                              **_example("automl-tl search --data train.csv --label species --timeout 600 "
-                                         "--output runs/species"))
-    run.add_argument("--config", help="YAML or TOML file of these options (e.g. 'max-epochs: 2'); flags given "
-                                      "here override it; its relative paths are relative to its folder")
-    run.add_argument("--data", help=f"a table ({' '.join(TABLE_EXTENSIONS)}), or a folder with one subfolder per "
-                                    "class (images, audio or .txt files); "
-                                    f"default: the built-in {DEFAULT_DATASET!r} data set")
+    run = commands.add_parser(
+        "search",
+        help="search backbones, freeze depth and learning rates; save the best model",
+        **_example("automl-tl search --data train.csv --label species --timeout 600 --output runs/species"),
+    )
+    run.add_argument(
+        "--config",
+        help="YAML or TOML file of these options (e.g. 'max-epochs: 2'); flags given "
+        "here override it; its relative paths are relative to its folder",
+    )
+    run.add_argument(
+        "--data",
+        help=f"a table ({' '.join(TABLE_EXTENSIONS)}), or a folder with one subfolder per "
+        "class (images, audio or .txt files); "
+        f"default: the built-in {DEFAULT_DATASET!r} data set",
+    )
     run.add_argument("--dataset", help="a registered data set by name (see 'automl-tl datasets')")
     for option in search_options():  # every flag of a search option, in the table's order
         if option.flag is not None:
             _add_option_flag(run, option)
 
-    worker = commands.add_parser("worker", help="join a study made by 'automl-tl search' and run its trials "
-                                                "(from this or any machine that reaches its storage)",
-                                 **_example("automl-tl worker --storage postgresql://user:pw@db/automl "
-                                            "--study species"))
+    worker = commands.add_parser(
+        "worker",
+        help="join a study made by 'automl-tl search' and run its trials "
+        "(from this or any machine that reaches its storage)",
+        **_example("automl-tl worker --storage postgresql://user:pw@db/automl --study species"),
+    )
     worker.add_argument("--storage", required=True, help="the study's storage: a database URL or a *.journal path")
     worker.add_argument("--study", required=True, help="the study's name (search's --study-name)")
     worker.add_argument("--output", help="run directory for the best model (default: the study's own)")
     worker.add_argument("--threads", type=_positive_int, help="torch threads (default: all cores)")
-    worker.add_argument("--timeout", type=_positive_float,
-                        help="hard wall-clock budget of this worker, in seconds (default: the study's)")
+    worker.add_argument(
+        "--timeout",
+        type=_positive_float,
+        help="hard wall-clock budget of this worker, in seconds (default: the study's)",
+    )
     # used by 'search --workers N', which writes the results itself once every worker is done
     worker.add_argument("--no-finish", dest="finish", action="store_false", help=argparse.SUPPRESS)
     worker.add_argument("--no-progress", dest="progress", action="store_false", help=argparse.SUPPRESS)
 
-    predict = commands.add_parser("predict", help="predict with the best model of a run",
-                                  **_example("automl-tl predict runs/species --data new.csv --output predictions.csv "
-                                             "--keep-columns id"))
+    predict = commands.add_parser(
+        "predict",
+        help="predict with the best model of a run",
+        **_example("automl-tl predict runs/species --data new.csv --output predictions.csv --keep-columns id"),
+    )
     predict.add_argument("run_dir", help="run directory of a search, or a saved model directory")
-    predict.add_argument("--data", required=True, help="a table (CSV, Parquet, ...) with the training input column, "
-                                                        "or a folder of files")
-    predict.add_argument("--output", required=True, help="CSV to write: the input's columns as written, prediction, "
-                                                          "proba:CLASS for each class, and error (why a row has no "
-                                                          "prediction)")
-    predict.add_argument("--keep-columns", nargs="*", metavar="COLUMN",
-                         help="copy only these columns of a table into the output (the input column always; "
-                              "default: every column; given alone: none but the input column)")
+    predict.add_argument(
+        "--data", required=True, help="a table (CSV, Parquet, ...) with the training input column, or a folder of files"
+    )
+    predict.add_argument(
+        "--output",
+        required=True,
+        help="CSV to write: the input's columns as written, prediction, "
+        "proba:CLASS for each class, and error (why a row has no "
+        "prediction)",
+    )
+    predict.add_argument(
+        "--keep-columns",
+        nargs="*",
+        metavar="COLUMN",
+        help="copy only these columns of a table into the output (the input column always; "
+        "default: every column; given alone: none but the input column)",
+    )
     kept = "'skip' keeps its row, with no prediction and the reason in the error column"
     _add_option_flag(predict, search_option("on_bad_input"), help_text=bad_input_help(kept))
     _add_option_flag(predict, search_option("max_image_pixels"))
 
-    report = commands.add_parser("report", help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's "
-                                                "Optuna study alone", **_example("automl-tl report runs/species"))
+    report = commands.add_parser(
+        "report",
+        help="rebuild RUN_DIR/report.html and RUN_DIR/plots/ from the run's Optuna study alone",
+        **_example("automl-tl report runs/species"),
+    )
     report.add_argument("run_dir", help="run directory of a search (the report is written there)")
-    report.add_argument("--storage", help="the study's storage: a database URL or a *.journal path "
-                                          "(default: RUN_DIR/study.journal)")
+    report.add_argument(
+        "--storage", help="the study's storage: a database URL or a *.journal path (default: RUN_DIR/study.journal)"
+    )
     report.add_argument("--study", help="the study's name (search's --study-name; default: automl_tl)")
 
-    export = commands.add_parser("export", help="export the best model of a run to timm, transformers, TorchScript "
-                                                "or ONNX, with a README on how to load it and the model card",
-                                 **_example("automl-tl export runs/species --format onnx"))
+    export = commands.add_parser(
+        "export",
+        help="export the best model of a run to timm, transformers, TorchScript "
+        "or ONNX, with a README on how to load it and the model card",
+        **_example("automl-tl export runs/species --format onnx"),
+    )
     export.add_argument("run_dir", help="run directory of a search, or a saved model directory")
-    export.add_argument("--format", required=True, dest="export_format", metavar="FORMAT",
-                        help="timm (image), transformers (text), torchscript or onnx (any modality)")
+    export.add_argument(
+        "--format",
+        required=True,
+        dest="export_format",
+        metavar="FORMAT",
+        help="timm (image), transformers (text), torchscript or onnx (any modality)",
+    )
     export.add_argument("--output", help="folder to write (default: RUN_DIR/exports/FORMAT)")
 
     commands.add_parser("backbones", help="list registered backbones", **_example("automl-tl backbones"))
-    commands.add_parser("datasets", help="list registered data sets",
-                        **_example("automl-tl datasets", "automl-tl search --dataset bbc-news --timeout 600"))
+    commands.add_parser(
+        "datasets",
+        help="list registered data sets",
+        **_example("automl-tl datasets", "automl-tl search --dataset bbc-news --timeout 600"),
+    )
     return parser
 
 
@@ -197,8 +254,9 @@ def _fill_defaults(args: argparse.Namespace) -> None:
         args.trials = DEFAULT_TRIALS  # without a budget, a number of trials ends the search
 
 
-def _with_config_file(parser: argparse.ArgumentParser, argv: list[str] | None,
-                      args: argparse.Namespace) -> argparse.Namespace:
+def _with_config_file(
+    parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace
+) -> argparse.Namespace:
     """``argv`` parsed again with the options of the file ``args.config`` as defaults: flags given still win."""
     from automl_tl.config_file import options_from_file
     from automl_tl.estimator import TransferClassifier
@@ -265,8 +323,9 @@ def terminal_table(frame: pd.DataFrame, width: int | None = None, unwrapped: Seq
     its cells wrap onto more lines. Numbers are right-aligned (floats to 4 significant digits), gaps left empty."""
     width = width or terminal_width()
     columns = [str(c) for c in frame.columns]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-               for c in frame.columns]
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
+    ]
 
     def text(value: Any) -> str:
         if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
@@ -276,15 +335,19 @@ def terminal_table(frame: pd.DataFrame, width: int | None = None, unwrapped: Seq
     cells = [[text(v) for v in frame[c]] for c in frame.columns]
     widths = [max([len(name), *map(len, column)]) for name, column in zip(columns, cells)]
     while sum(widths) + 2 * (len(widths) - 1) > width:
-        narrowable = [i for i, name in enumerate(columns)
-                      if not numeric[i] and name not in unwrapped and widths[i] > max(len(name), 8)]
+        narrowable = [
+            i
+            for i, name in enumerate(columns)
+            if not numeric[i] and name not in unwrapped and widths[i] > max(len(name), 8)
+        ]
         if not narrowable:
             break  # as narrow as it goes: longer lines than asked, rather than cut names
         widths[max(narrowable, key=lambda i: widths[i])] -= 1
 
     def line(parts: Sequence[str]) -> str:
-        return "  ".join(part.rjust(w) if numeric[i] else part.ljust(w)
-                         for i, (part, w) in enumerate(zip(parts, widths))).rstrip()
+        return "  ".join(
+            part.rjust(w) if numeric[i] else part.ljust(w) for i, (part, w) in enumerate(zip(parts, widths))
+        ).rstrip()
 
     lines = [line(columns)]
     for row in zip(*cells):
@@ -307,20 +370,31 @@ def _print_outcome(outcome) -> None:
     print(terminal_leaderboard(outcome.leaderboard))
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     metric, model = summary.get("metric", "accuracy"), summary.get("model", {})
-    test = ("n/a: " + model.get("test", "no test part") if outcome.test_metrics is None
-            else f"{outcome.test_metrics[metric]:.4f} ({outcome.test_metrics['examples']} examples)")
-    print(f"\nbest trial {outcome.best_trial}: validation {metric} {summary.get('val_score', math.nan):.4f}; "
-          f"test {metric} {test}")
+    test = (
+        "n/a: " + model.get("test", "no test part")
+        if outcome.test_metrics is None
+        else f"{outcome.test_metrics[metric]:.4f} ({outcome.test_metrics['examples']} examples)"
+    )
+    print(
+        f"\nbest trial {outcome.best_trial}: validation {metric} {summary.get('val_score', math.nan):.4f}; "
+        f"test {metric} {test}"
+    )
     if model.get("refit"):
         print(f"refit: {model['refit']}")
     if outcome.transferability is not None:
-        taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.2f}'}"
-                         for name, tau in outcome.transferability["kendall_tau"].items())
-        print(f"transferability ranking: {', '.join(outcome.transferability['ranking'])} (Kendall tau vs "
-              f"best validation accuracy: {taus})")
+        taus = ", ".join(
+            f"{name} {'n/a' if tau is None else f'{tau:+.2f}'}"
+            for name, tau in outcome.transferability["kendall_tau"].items()
+        )
+        print(
+            f"transferability ranking: {', '.join(outcome.transferability['ranking'])} (Kendall tau vs "
+            f"best validation accuracy: {taus})"
+        )
     extra = ", transferability.csv" if outcome.transferability is not None else ""
-    print(f"run directory: {run_dir} (report.html, MODEL_CARD.md, leaderboard.csv, summary.json{extra}, "
-          f"{SKIPPED_FILE}, manifest.json, best_model/)")
+    print(
+        f"run directory: {run_dir} (report.html, MODEL_CARD.md, leaderboard.csv, summary.json{extra}, "
+        f"{SKIPPED_FILE}, manifest.json, best_model/)"
+    )
     print(f"open {run_dir / 'report.html'} in a browser; 'automl-tl export {run_dir} --format onnx' exports the model")
 
 
@@ -331,8 +405,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    outcome = join_study(args.storage, args.study, args.output, timeout=args.timeout, finish=args.finish,
-                         show_progress=None if args.progress else False)
+    outcome = join_study(
+        args.storage,
+        args.study,
+        args.output,
+        timeout=args.timeout,
+        finish=args.finish,
+        show_progress=None if args.progress else False,
+    )
     if outcome is not None:
         _print_outcome(outcome)
     return 0
@@ -344,8 +424,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = load(args.run_dir)
     # refuses labels the model never learnt, and data none of whose inputs can be read
-    table = predictor.predict_table(args.data, max_image_pixels=args.max_image_pixels, on_bad_input=args.on_bad_input,
-                                    keep_columns=args.keep_columns)
+    table = predictor.predict_table(
+        args.data,
+        max_image_pixels=args.max_image_pixels,
+        on_bad_input=args.on_bad_input,
+        keep_columns=args.keep_columns,
+    )
     output = Path(args.output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -371,8 +455,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from automl_tl.results.export import EXPORT_INFO_FILE, README_FILE, export_model
 
     folder = export_model(args.run_dir, args.export_format, args.output)
-    print(f"exported {args.export_format} model to {folder} ({README_FILE}: how to load and run it; "
-          f"{EXPORT_INFO_FILE}: its inputs)")
+    print(
+        f"exported {args.export_format} model to {folder} ({README_FILE}: how to load and run it; "
+        f"{EXPORT_INFO_FILE}: its inputs)"
+    )
     return 0
 
 
@@ -380,9 +466,16 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     from automl_tl.registry import get_registry
 
     registry = get_registry()
-    rows = [{"name": b.name, "modality": b.modality, "weights": b.weight_source,
-             "installed": "yes" if b.weights_available() else "no", "plugin": registry.owner("backbone", b.name)}
-            for b in registry.list_backbones()]
+    rows = [
+        {
+            "name": b.name,
+            "modality": b.modality,
+            "weights": b.weight_source,
+            "installed": "yes" if b.weights_available() else "no",
+            "plugin": registry.owner("backbone", b.name),
+        }
+        for b in registry.list_backbones()
+    ]
     # the full weight source wraps in its column; names are never wrapped (they are typed back)
     print(terminal_table(pd.DataFrame(rows), unwrapped=("name",)) if rows else "no backbones registered")
     return 0
@@ -396,16 +489,26 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "worker": cmd_worker, "predict": cmd_predict, "report": cmd_report,
-            "export": cmd_export, "backbones": cmd_backbones, "datasets": cmd_datasets}
+COMMANDS = {
+    "search": cmd_search,
+    "worker": cmd_worker,
+    "predict": cmd_predict,
+    "report": cmd_report,
+    "export": cmd_export,
+    "backbones": cmd_backbones,
+    "datasets": cmd_datasets,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``automl-tl``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("timm", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import optuna

@@ -49,12 +49,16 @@ def check_types(values: dict[str, Any], kinds: dict[str, str]) -> None:
     of the kind ``kinds`` gives its name: "int", "float" (seconds), "number", "bool", "str", "names" (a name or
     a sequence of names), "path" (a string or a Path) or "any" (checked where it is used), each followed by
     "?" where None is allowed too. The kinds of the search options are in :mod:`automl_tl.options`."""
-    expected = {"int": ("a whole number", is_whole_number), "float": ("a number of seconds", is_real_number),
-                "number": ("a number", is_real_number), "bool": ("True or False", lambda v: isinstance(v, bool)),
-                "str": ("a string", lambda v: isinstance(v, str)),
-                "names": ("a name or a list of names", _is_names),
-                "path": ("a path (a string or a Path)", lambda v: isinstance(v, (str, Path))),
-                "any": ("anything", lambda v: True)}
+    expected = {
+        "int": ("a whole number", is_whole_number),
+        "float": ("a number of seconds", is_real_number),
+        "number": ("a number", is_real_number),
+        "bool": ("True or False", lambda v: isinstance(v, bool)),
+        "str": ("a string", lambda v: isinstance(v, str)),
+        "names": ("a name or a list of names", _is_names),
+        "path": ("a path (a string or a Path)", lambda v: isinstance(v, (str, Path))),
+        "any": ("anything", lambda v: True),
+    }
     for name, kind in kinds.items():
         value = values[name]
         if kind.endswith("?") and value is None:
@@ -78,8 +82,7 @@ def check_seed(seed: Any) -> None:
 def check_input_options(options: "InputOptions") -> None:
     """Refuse input sizes of the wrong type or outside their range (see :data:`IMAGE_SIZE_RANGE`,
     :data:`MAX_CLIP_SECONDS`, :data:`MAX_LENGTH_RANGE`)."""
-    values = {"image_size": options.image_size, "max_length": options.max_length,
-              "clip_seconds": options.clip_seconds}
+    values = {"image_size": options.image_size, "max_length": options.max_length, "clip_seconds": options.clip_seconds}
     check_types(values, option_kinds(set(values)))
     size = options.image_size
     if size is not None and size < IMAGE_SIZE_RANGE[0]:
@@ -107,12 +110,16 @@ def check_storage_url(storage: str) -> None:
     """Refuse a storage option that is neither a journal file path nor a database URL we support."""
     scheme = storage.split("://", 1)[0] if "://" in storage else ""
     if scheme.startswith("sqlite") and _in_memory(storage.split("://", 1)[1]):
-        raise ConfigError(f"storage {storage!r} keeps the study in memory, so it is lost when the search ends: a "
-                          "rerun cannot resume it and workers cannot share it; give a file (sqlite:///study.db or "
-                          "a *.journal path), or leave --storage out for RUN_DIR/study.journal")
+        raise ConfigError(
+            f"storage {storage!r} keeps the study in memory, so it is lost when the search ends: a "
+            "rerun cannot resume it and workers cannot share it; give a file (sqlite:///study.db or "
+            "a *.journal path), or leave --storage out for RUN_DIR/study.journal"
+        )
     if not is_journal_path(storage) and (scheme not in STORAGE_SCHEMES or not storage.split("://", 1)[1]):
-        raise ConfigError(f"malformed storage URL {storage!r}; expected a journal file path (*.journal) or "
-                          f"SCHEME://... with SCHEME one of {', '.join(STORAGE_SCHEMES)}")
+        raise ConfigError(
+            f"malformed storage URL {storage!r}; expected a journal file path (*.journal) or "
+            f"SCHEME://... with SCHEME one of {', '.join(STORAGE_SCHEMES)}"
+        )
 
 
 def _in_memory(location: str) -> bool:
@@ -260,12 +267,16 @@ class SearchConfig:
             raise ConfigError(f"top k must be at least 1 backbone, got {self.top_k}")
         unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
         if unknown or not self.strategies:
-            raise ConfigError(f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
-                              f"{', '.join(STRATEGY_NAMES)}")
+            raise ConfigError(
+                f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
+                f"{', '.join(STRATEGY_NAMES)}"
+            )
         unknown = [h for h in self.heads if h not in HEAD_KINDS]
         if unknown or not self.heads:
-            raise ConfigError(f"unknown head {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
-                              f"{', '.join(HEAD_KINDS)}")
+            raise ConfigError(
+                f"unknown head {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
+                f"{', '.join(HEAD_KINDS)}"
+            )
         if self.top_k is not None and not self.prerank:
             raise ConfigError("top k needs the transferability pre-ranking; drop top k or turn pre-ranking on")
         if self.sampler not in SAMPLERS:

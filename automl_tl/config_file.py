@@ -36,8 +36,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".toml"):
-        raise ConfigError(f"config file {path} has an unknown extension {suffix or '(none)'!r}; "
-                          "expected .yaml, .yml or .toml")
+        raise ConfigError(
+            f"config file {path} has an unknown extension {suffix or '(none)'!r}; expected .yaml, .yml or .toml"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -56,11 +57,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         kind = "TOML" if suffix == ".toml" else "YAML"
         raise ConfigError(f"cannot parse config file {path} as {kind}: {' '.join(first_line(exc).split())}") from None
     if not isinstance(values, (dict, type(None))):
-        raise ConfigError(f"config file {path} holds a {type(values).__name__}; expected a mapping of option "
-                          "names to values (e.g. 'max-epochs: 2')")
+        raise ConfigError(
+            f"config file {path} holds a {type(values).__name__}; expected a mapping of option "
+            "names to values (e.g. 'max-epochs: 2')"
+        )
     if not values:  # an empty file (or comments alone) would silently run the built-in demo instead
-        raise ConfigError(f"config file {path} holds no options; write them in it (e.g. 'data: train.csv'), "
-                          "or leave out --config to run the built-in demo")
+        raise ConfigError(
+            f"config file {path} holds no options; write them in it (e.g. 'data: train.csv'), "
+            "or leave out --config to run the built-in demo"
+        )
     return values
 
 

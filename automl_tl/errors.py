@@ -13,7 +13,7 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     how another library's error is quoted inside one of our one-line messages."""
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
-    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
 
 
 class AutomlTLError(Exception):

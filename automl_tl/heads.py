@@ -58,7 +58,9 @@ def head_shapes(spec: HeadSpec, in_features: int, num_classes: int) -> dict[str,
         return {"weight": (num_classes, in_features), "bias": (num_classes,)}
     if spec.kind == "normalised_linear":
         return {"center": (in_features,), "linear.weight": (num_classes, in_features), "linear.bias": (num_classes,)}
-    return {"0.weight": (spec.hidden, in_features), "0.bias": (spec.hidden,),
-            "3.weight": (num_classes, spec.hidden), "3.bias": (num_classes,)}
-
-
+    return {
+        "0.weight": (spec.hidden, in_features),
+        "0.bias": (spec.hidden,),
+        "3.weight": (num_classes, spec.hidden),
+        "3.bias": (num_classes,),
+    }

@@ -33,5 +33,12 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 
 #: the files of a finished run that a person reads (what a tracker such as MLflow uploads)
-RESULT_FILES = (LEADERBOARD_CSV, LEADERBOARD_MD, SUMMARY_FILE, MANIFEST_FILE, TRANSFERABILITY_CSV, REPORT_FILE,
-                MODEL_CARD_FILE)
+RESULT_FILES = (
+    LEADERBOARD_CSV,
+    LEADERBOARD_MD,
+    SUMMARY_FILE,
+    MANIFEST_FILE,
+    TRANSFERABILITY_CSV,
+    REPORT_FILE,
+    MODEL_CARD_FILE,
+)

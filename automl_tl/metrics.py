@@ -31,8 +31,9 @@ def _balanced_accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
 
 def _macro_f1(logits: torch.Tensor, labels: np.ndarray) -> float:
     # every class of the logits counts, even one the split happens not to predict (F1 0 then)
-    return float(f1_score(labels, logits.argmax(1).numpy(), labels=np.arange(logits.shape[1]), average="macro",
-                          zero_division=0))
+    return float(
+        f1_score(labels, logits.argmax(1).numpy(), labels=np.arange(logits.shape[1]), average="macro", zero_division=0)
+    )
 
 
 def _log_loss(logits: torch.Tensor, labels: np.ndarray) -> float:

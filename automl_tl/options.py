@@ -114,8 +114,10 @@ class SearchOption:
 
 def bad_input_help(rows: str) -> str:
     """The help of ``--on-bad-input``; ``rows`` says what the command does with an unreadable row."""
-    return (f"an input that cannot be read (missing, corrupt, truncated, too large, unsupported, empty): {rows}; "
-            f"'error' refuses at the first (default: {DEFAULT_ON_BAD_INPUT})")
+    return (
+        f"an input that cannot be read (missing, corrupt, truncated, too large, unsupported, empty): {rows}; "
+        f"'error' refuses at the first (default: {DEFAULT_ON_BAD_INPUT})"
+    )
 
 
 @functools.cache
@@ -124,114 +126,310 @@ def search_options() -> tuple[SearchOption, ...]:
     default_trials = 10
     return (
         SearchOption("label_column", "str", "label", "label column (default: label)", flag="--label", dest="label"),
-        SearchOption("input_column", "str?", None,
-                     "input column (default: the only other column, or image/path/file)", flag="--input-column"),
-        SearchOption("group_column", "str?", None,
-                     "column of groups (patient, speaker, session...) whose rows must stay together in one of "
-                     "training, validation and test; identical inputs always do (default: none)",
-                     flag="--group-column", metavar="COLUMN"),
-        SearchOption("backbones", "names?", None, "names or wildcards (default: every backbone of the data's "
-                                                  "modality whose weights are installed)",
-                     flag="--backbones", many=True),
-        SearchOption("n_trials", "int?", default_trials,
-                     f"finished trials to reach (default: as many as --timeout allows, or {default_trials} "
-                     "without it)", flag="--trials", parse="count", dest="trials", cli_default=None),
-        SearchOption("timeout", "float?", None, "hard wall-clock budget of the whole command, in seconds: "
-                                                "pre-ranking, trials, refit and test evaluation "
-                                                "(default: none; demo: 240)",
-                     flag="--timeout", parse="seconds"),
-        SearchOption("metric", "str?", None,
-                     "what trials are selected and pruned by (default: balanced_accuracy, with a class-weighted "
-                     "loss, when the largest class has 3x the examples of the smallest; else accuracy)",
-                     flag="--metric", choices=METRIC_NAMES),
-        SearchOption("val_size", "number", 0.15,
-                     "share of the labelled data held out to choose among trials (default: 0.15)",
-                     flag="--val-size", parse="share"),
+        SearchOption(
+            "input_column",
+            "str?",
+            None,
+            "input column (default: the only other column, or image/path/file)",
+            flag="--input-column",
+        ),
+        SearchOption(
+            "group_column",
+            "str?",
+            None,
+            "column of groups (patient, speaker, session...) whose rows must stay together in one of "
+            "training, validation and test; identical inputs always do (default: none)",
+            flag="--group-column",
+            metavar="COLUMN",
+        ),
+        SearchOption(
+            "backbones",
+            "names?",
+            None,
+            "names or wildcards (default: every backbone of the data's modality whose weights are installed)",
+            flag="--backbones",
+            many=True,
+        ),
+        SearchOption(
+            "n_trials",
+            "int?",
+            default_trials,
+            f"finished trials to reach (default: as many as --timeout allows, or {default_trials} without it)",
+            flag="--trials",
+            parse="count",
+            dest="trials",
+            cli_default=None,
+        ),
+        SearchOption(
+            "timeout",
+            "float?",
+            None,
+            "hard wall-clock budget of the whole command, in seconds: "
+            "pre-ranking, trials, refit and test evaluation "
+            "(default: none; demo: 240)",
+            flag="--timeout",
+            parse="seconds",
+        ),
+        SearchOption(
+            "metric",
+            "str?",
+            None,
+            "what trials are selected and pruned by (default: balanced_accuracy, with a class-weighted "
+            "loss, when the largest class has 3x the examples of the smallest; else accuracy)",
+            flag="--metric",
+            choices=METRIC_NAMES,
+        ),
+        SearchOption(
+            "val_size",
+            "number",
+            0.15,
+            "share of the labelled data held out to choose among trials (default: 0.15)",
+            flag="--val-size",
+            parse="share",
+        ),
         # None: by the data's size, as the command line does; Python holds out no test part unless asked
-        SearchOption("test_size", "number?", 0.0,
-                     "share held out as a test part that no model learns from (default: 0.15 from 2,000 "
-                     "labelled examples up, else 0: then the validation estimate is the one reported)",
-                     flag="--test-size", parse="share", cli_default=None),
-        SearchOption("refit", "bool", True,
-                     "keep the best trial's model as it is instead of training its configuration again on "
-                     "training + validation data at the end", flag="--no-refit"),
-        SearchOption("seed", "int", 0, "seeds the data split, the sampler and each trial's training (default: 0)",
-                     flag="--seed", parse="int"),
-        SearchOption("storage", "str?", None,
-                     "Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)", flag="--storage"),
-        SearchOption("study_name", "str", DEFAULT_STUDY_NAME,
-                     "the Optuna study's name in --storage; another name starts another study there "
-                     f"(default: {DEFAULT_STUDY_NAME})", flag="--study-name"),
-        SearchOption("output_dir", "path?", None, "run directory (default: runs/<data name>)",
-                     flag="--output", dest="output"),
-        SearchOption("min_epochs", "int", 1, "epochs every trial runs before it can be pruned (default: 1)",
-                     flag="--min-epochs", parse="count"),
-        SearchOption("max_epochs", "int", 3,
-                     "epochs each trial is scheduled for; pruning and early stopping may cut it (default: 3)",
-                     flag="--max-epochs", parse="count"),
-        SearchOption("max_freeze_depth", "int?", None, "largest number of trained layer groups (default: all)",
-                     flag="--max-freeze-depth", parse="int"),
-        SearchOption("batch_size", "int", 32,
-                     "examples per training step; halved once for a trial that runs out of memory (default: 32)",
-                     flag="--batch-size", parse="count"),
-        SearchOption("image_size", "int?", None,
-                     f"image side in pixels, {IMAGE_SIZE_RANGE[0]} to {IMAGE_SIZE_RANGE[1]} (smaller is faster on "
-                     "CPU; default: the backbone's pretrained size; demo: 32)", flag="--image-size", parse="count"),
-        SearchOption("max_length", "int?", None,
-                     f"text: tokens per example, at most {MAX_LENGTH_RANGE[1]} (default: the backbone's)",
-                     flag="--max-length", parse="count"),
-        SearchOption("clip_seconds", "float?", None,
-                     f"audio: seconds per example, at most {MAX_CLIP_SECONDS:g} (default: the backbone's)",
-                     flag="--clip-seconds", parse="seconds"),
-        SearchOption("pruner", "str", "successive_halving",
-                     "how weak fine-tuning trials are stopped after --min-epochs; 'none' runs every trial to "
-                     "the end (default: successive_halving)", flag="--pruner", choices=PRUNERS),
-        SearchOption("sampler", "str", "tpe",
-                     "how the next trial's parameters are chosen: Optuna's TPE, or 'random' as a baseline "
-                     "(default: tpe)", flag="--sampler", choices=SAMPLERS),
+        SearchOption(
+            "test_size",
+            "number?",
+            0.0,
+            "share held out as a test part that no model learns from (default: 0.15 from 2,000 "
+            "labelled examples up, else 0: then the validation estimate is the one reported)",
+            flag="--test-size",
+            parse="share",
+            cli_default=None,
+        ),
+        SearchOption(
+            "refit",
+            "bool",
+            True,
+            "keep the best trial's model as it is instead of training its configuration again on "
+            "training + validation data at the end",
+            flag="--no-refit",
+        ),
+        SearchOption(
+            "seed",
+            "int",
+            0,
+            "seeds the data split, the sampler and each trial's training (default: 0)",
+            flag="--seed",
+            parse="int",
+        ),
+        SearchOption(
+            "storage",
+            "str?",
+            None,
+            "Optuna storage URL or *.journal path (default: RUN_DIR/study.journal)",
+            flag="--storage",
+        ),
+        SearchOption(
+            "study_name",
+            "str",
+            DEFAULT_STUDY_NAME,
+            "the Optuna study's name in --storage; another name starts another study there "
+            f"(default: {DEFAULT_STUDY_NAME})",
+            flag="--study-name",
+        ),
+        SearchOption(
+            "output_dir", "path?", None, "run directory (default: runs/<data name>)", flag="--output", dest="output"
+        ),
+        SearchOption(
+            "min_epochs",
+            "int",
+            1,
+            "epochs every trial runs before it can be pruned (default: 1)",
+            flag="--min-epochs",
+            parse="count",
+        ),
+        SearchOption(
+            "max_epochs",
+            "int",
+            3,
+            "epochs each trial is scheduled for; pruning and early stopping may cut it (default: 3)",
+            flag="--max-epochs",
+            parse="count",
+        ),
+        SearchOption(
+            "max_freeze_depth",
+            "int?",
+            None,
+            "largest number of trained layer groups (default: all)",
+            flag="--max-freeze-depth",
+            parse="int",
+        ),
+        SearchOption(
+            "batch_size",
+            "int",
+            32,
+            "examples per training step; halved once for a trial that runs out of memory (default: 32)",
+            flag="--batch-size",
+            parse="count",
+        ),
+        SearchOption(
+            "image_size",
+            "int?",
+            None,
+            f"image side in pixels, {IMAGE_SIZE_RANGE[0]} to {IMAGE_SIZE_RANGE[1]} (smaller is faster on "
+            "CPU; default: the backbone's pretrained size; demo: 32)",
+            flag="--image-size",
+            parse="count",
+        ),
+        SearchOption(
+            "max_length",
+            "int?",
+            None,
+            f"text: tokens per example, at most {MAX_LENGTH_RANGE[1]} (default: the backbone's)",
+            flag="--max-length",
+            parse="count",
+        ),
+        SearchOption(
+            "clip_seconds",
+            "float?",
+            None,
+            f"audio: seconds per example, at most {MAX_CLIP_SECONDS:g} (default: the backbone's)",
+            flag="--clip-seconds",
+            parse="seconds",
+        ),
+        SearchOption(
+            "pruner",
+            "str",
+            "successive_halving",
+            "how weak fine-tuning trials are stopped after --min-epochs; 'none' runs every trial to "
+            "the end (default: successive_halving)",
+            flag="--pruner",
+            choices=PRUNERS,
+        ),
+        SearchOption(
+            "sampler",
+            "str",
+            "tpe",
+            "how the next trial's parameters are chosen: Optuna's TPE, or 'random' as a baseline (default: tpe)",
+            flag="--sampler",
+            choices=SAMPLERS,
+        ),
         # None: the defaults, which the flags spell out
-        SearchOption("strategies", "names?", None,
-                     f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})",
-                     flag="--strategies", choices=STRATEGY_NAMES, many=True, cli_default=list(DEFAULT_STRATEGIES)),
-        SearchOption("heads", "names?", None, "head structures to search (default: all)",
-                     flag="--heads", choices=HEAD_KINDS, many=True, cli_default=list(HEAD_KINDS)),
-        SearchOption("trial_timeout", "float?", None, "hard wall-clock budget per trial, in seconds",
-                     flag="--trial-timeout", parse="seconds"),
-        SearchOption("top_k", "int?", None,
-                     "search only the k backbones ranked best by transferability (default: all)",
-                     flag="--top-k", parse="count"),
-        SearchOption("prerank", "bool", True, "skip the transferability pre-ranking and its warm-start trials",
-                     flag="--no-prerank"),
-        SearchOption("feature_cache", "bool", True,
-                     "recompute frozen-body features in every trial instead of caching them on disk",
-                     flag="--no-feature-cache"),
-        SearchOption("modality", "str?", None, "what the input column holds (default: inferred from its values)",
-                     flag="--modality", choices=MODALITIES),
-        SearchOption("max_samples", "int?", None, "use at most this many examples (stratified sample)",
-                     flag="--max-samples", parse="count"),
-        SearchOption("shots", "int?", None,
-                     "few labels: learn from K examples per class (seeded draw), used for training and model "
-                     "selection alike; every other example is the test set (below 10 shots, validation is "
-                     "by cross-validation of nearest centroid and logistic regression)",
-                     flag="--shots", parse="count", metavar="K"),
-        SearchOption("on_bad_input", "str", DEFAULT_ON_BAD_INPUT,
-                     bad_input_help("'skip' leaves its row out and lists it in RUN_DIR/skipped.csv"),
-                     flag="--on-bad-input", choices=BAD_INPUT_POLICIES),
-        SearchOption("max_image_pixels", "int?", DEFAULT_MAX_IMAGE_PIXELS,
-                     "larger images are unreadable inputs, known from their header before decoding "
-                     f"(default: {DEFAULT_MAX_IMAGE_PIXELS:,}, where PIL itself stops)",
-                     flag="--max-image-pixels", parse="count", metavar="N"),
-        SearchOption("max_bad_fraction", "number", DEFAULT_MAX_BAD_FRACTION,
-                     "refuse the data when more than this share of the labelled rows cannot be read "
-                     f"(default: {DEFAULT_MAX_BAD_FRACTION}); rows without a label are never trained on",
-                     flag="--max-bad-fraction", parse="share", metavar="F"),
-        SearchOption("workers", "int", 1,
-                     "worker processes on this machine sharing the study and the cores (default: 1)",
-                     flag="--workers", parse="count"),
-        SearchOption("tracking_uri", "str?", None,
-                     "log every trial and the best model to MLflow: a folder (default: ./mlruns), "
-                     "sqlite:///mlflow.db or a tracking server's http:// address",
-                     flag="--mlflow", metavar="URI", const="mlruns"),
+        SearchOption(
+            "strategies",
+            "names?",
+            None,
+            f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})",
+            flag="--strategies",
+            choices=STRATEGY_NAMES,
+            many=True,
+            cli_default=list(DEFAULT_STRATEGIES),
+        ),
+        SearchOption(
+            "heads",
+            "names?",
+            None,
+            "head structures to search (default: all)",
+            flag="--heads",
+            choices=HEAD_KINDS,
+            many=True,
+            cli_default=list(HEAD_KINDS),
+        ),
+        SearchOption(
+            "trial_timeout",
+            "float?",
+            None,
+            "hard wall-clock budget per trial, in seconds",
+            flag="--trial-timeout",
+            parse="seconds",
+        ),
+        SearchOption(
+            "top_k",
+            "int?",
+            None,
+            "search only the k backbones ranked best by transferability (default: all)",
+            flag="--top-k",
+            parse="count",
+        ),
+        SearchOption(
+            "prerank",
+            "bool",
+            True,
+            "skip the transferability pre-ranking and its warm-start trials",
+            flag="--no-prerank",
+        ),
+        SearchOption(
+            "feature_cache",
+            "bool",
+            True,
+            "recompute frozen-body features in every trial instead of caching them on disk",
+            flag="--no-feature-cache",
+        ),
+        SearchOption(
+            "modality",
+            "str?",
+            None,
+            "what the input column holds (default: inferred from its values)",
+            flag="--modality",
+            choices=MODALITIES,
+        ),
+        SearchOption(
+            "max_samples",
+            "int?",
+            None,
+            "use at most this many examples (stratified sample)",
+            flag="--max-samples",
+            parse="count",
+        ),
+        SearchOption(
+            "shots",
+            "int?",
+            None,
+            "few labels: learn from K examples per class (seeded draw), used for training and model "
+            "selection alike; every other example is the test set (below 10 shots, validation is "
+            "by cross-validation of nearest centroid and logistic regression)",
+            flag="--shots",
+            parse="count",
+            metavar="K",
+        ),
+        SearchOption(
+            "on_bad_input",
+            "str",
+            DEFAULT_ON_BAD_INPUT,
+            bad_input_help("'skip' leaves its row out and lists it in RUN_DIR/skipped.csv"),
+            flag="--on-bad-input",
+            choices=BAD_INPUT_POLICIES,
+        ),
+        SearchOption(
+            "max_image_pixels",
+            "int?",
+            DEFAULT_MAX_IMAGE_PIXELS,
+            "larger images are unreadable inputs, known from their header before decoding "
+            f"(default: {DEFAULT_MAX_IMAGE_PIXELS:,}, where PIL itself stops)",
+            flag="--max-image-pixels",
+            parse="count",
+            metavar="N",
+        ),
+        SearchOption(
+            "max_bad_fraction",
+            "number",
+            DEFAULT_MAX_BAD_FRACTION,
+            "refuse the data when more than this share of the labelled rows cannot be read "
+            f"(default: {DEFAULT_MAX_BAD_FRACTION}); rows without a label are never trained on",
+            flag="--max-bad-fraction",
+            parse="share",
+            metavar="F",
+        ),
+        SearchOption(
+            "workers",
+            "int",
+            1,
+            "worker processes on this machine sharing the study and the cores (default: 1)",
+            flag="--workers",
+            parse="count",
+        ),
+        SearchOption(
+            "tracking_uri",
+            "str?",
+            None,
+            "log every trial and the best model to MLflow: a folder (default: ./mlruns), "
+            "sqlite:///mlflow.db or a tracking server's http:// address",
+            flag="--mlflow",
+            metavar="URI",
+            const="mlruns",
+        ),
         # Python only: the command line picks the device itself and shows progress on a terminal
         SearchOption("device", "any", None, "torch device (None: a GPU if there is one)"),
         SearchOption("show_progress", "bool?", None, "progress bars (None: on a terminal only)"),

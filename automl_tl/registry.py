@@ -53,7 +53,9 @@ class Registry:
     def _add(self, kind: str, name: str, plugin: str) -> None:
         previous = self._owner.get((kind, name))
         if previous is not None:
-            raise PluginError(f"{kind} {name!r} registered by plugin {plugin!r} is already registered by plugin {previous!r}")
+            raise PluginError(
+                f"{kind} {name!r} registered by plugin {plugin!r} is already registered by plugin {previous!r}"
+            )
         self._owner[(kind, name)] = plugin
 
     def owner(self, kind: str, name: str) -> str:

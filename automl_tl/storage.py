@@ -73,8 +73,10 @@ def _record(line: bytes) -> dict[str, Any] | None:
 
 
 def _start_anew(path: Path) -> str:
-    return (f"move it aside or remove it to start a new search, or use another --output (or --storage) "
-            f"for a new study; {path} itself is left as it is")
+    return (
+        f"move it aside or remove it to start a new search, or use another --output (or --storage) "
+        f"for a new study; {path} itself is left as it is"
+    )
 
 
 def inspect_journal(path: Path | None) -> JournalState | None:
@@ -105,14 +107,18 @@ def inspect_journal(path: Path | None) -> JournalState | None:
     else:  # the only line, torn: ours if it is how a journal begins, as far as it goes
         ours = first.startswith(_JOURNAL_START) or _JOURNAL_START.startswith(first)
     if not ours:
-        raise ConfigError(f"{path} is not an Optuna journal (its first line is not a study's record), so it is "
-                          "not used as the study's storage and not written to; give a new file (*.journal), "
-                          "or a journal a search made")
+        raise ConfigError(
+            f"{path} is not an Optuna journal (its first line is not a study's record), so it is "
+            "not used as the study's storage and not written to; give a new file (*.journal), "
+            "or a journal a search made"
+        )
     for number, line in enumerate(lines[1:], start=2):
         if _record(line) is None:
             shown = line[:60].decode("utf-8", "replace")
-            raise ConfigError(f"study journal {path} is corrupt at line {number} of {len(lines) + bool(tail)} "
-                              f"(not an Optuna record: {shown!r}); {_start_anew(path)}")
+            raise ConfigError(
+                f"study journal {path} is corrupt at line {number} of {len(lines) + bool(tail)} "
+                f"(not an Optuna record: {shown!r}); {_start_anew(path)}"
+            )
     return JournalState(len(data), len(data) - len(tail) if tail else None)
 
 
@@ -145,13 +151,19 @@ def repair_journal(path: Path) -> Path | None:
                 file.flush()
                 os.fsync(file.fileno())
         except OSError as exc:
-            raise ConfigError(f"study journal {path} ends with a torn record (the disk may have been full), and it "
-                              f"cannot be repaired: {exc.strerror}; free some space and run again") from None
+            raise ConfigError(
+                f"study journal {path} ends with a torn record (the disk may have been full), and it "
+                f"cannot be repaired: {exc.strerror}; free some space and run again"
+            ) from None
     finally:
         lock.release()
-    logger.warning("study journal %s ended with a torn record (%d bytes, cut short: the disk may have been full, "
-                   "or a process was killed while writing); it was cut off and the journal as it was is kept in %s",
-                   path, state.size - state.torn_at, backup)
+    logger.warning(
+        "study journal %s ended with a torn record (%d bytes, cut short: the disk may have been full, "
+        "or a process was killed while writing); it was cut off and the journal as it was is kept in %s",
+        path,
+        state.size - state.torn_at,
+        backup,
+    )
     return backup
 
 

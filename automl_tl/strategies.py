@@ -75,23 +75,51 @@ class Strategy:
         return min(depth, num_groups)
 
 
-STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
-    Strategy(LINEAR_PROBE, BODY_FROZEN, HEAD_PARAMETERS,
-             "linear probe: the pretrained body stayed frozen; only the new head was trained, on the body's features"),
-    Strategy(LAST_K, BODY_LAST_GROUPS, ("freeze_depth", *BODY_PARAMETERS, *HEAD_PARAMETERS),
-             "last-k fine-tuning: the last `freeze_depth` layer groups of the body and the head were trained"),
-    Strategy(FULL, BODY_ALL, (*BODY_PARAMETERS, *HEAD_PARAMETERS),
-             "full fine-tuning: the whole body and the head were trained"),
-    Strategy(LP_FT, BODY_LAST_GROUPS, ("freeze_depth", *BODY_PARAMETERS, *HEAD_PARAMETERS),
-             "LP-FT: a linear probe first, then the last `freeze_depth` layer groups fine-tuned with the probed head",
-             probe_first=True),
-    Strategy(NEAREST_CENTROID, BODY_FROZEN, (),
-             "nearest centroid: each class is the mean of its normalised embeddings from the frozen body",
-             embedding_head="normalised_linear"),
-    Strategy(LOGISTIC_REGRESSION, BODY_FROZEN, (),
-             "logistic regression on the frozen body's normalised embeddings, its regularisation chosen by "
-             "cross-validation", embedding_head="normalised_linear"),
-)}
+STRATEGIES: dict[str, Strategy] = {
+    strategy.name: strategy
+    for strategy in (
+        Strategy(
+            LINEAR_PROBE,
+            BODY_FROZEN,
+            HEAD_PARAMETERS,
+            "linear probe: the pretrained body stayed frozen; only the new head was trained, on the body's features",
+        ),
+        Strategy(
+            LAST_K,
+            BODY_LAST_GROUPS,
+            ("freeze_depth", *BODY_PARAMETERS, *HEAD_PARAMETERS),
+            "last-k fine-tuning: the last `freeze_depth` layer groups of the body and the head were trained",
+        ),
+        Strategy(
+            FULL,
+            BODY_ALL,
+            (*BODY_PARAMETERS, *HEAD_PARAMETERS),
+            "full fine-tuning: the whole body and the head were trained",
+        ),
+        Strategy(
+            LP_FT,
+            BODY_LAST_GROUPS,
+            ("freeze_depth", *BODY_PARAMETERS, *HEAD_PARAMETERS),
+            "LP-FT: a linear probe first, then the last `freeze_depth` layer groups fine-tuned with the probed head",
+            probe_first=True,
+        ),
+        Strategy(
+            NEAREST_CENTROID,
+            BODY_FROZEN,
+            (),
+            "nearest centroid: each class is the mean of its normalised embeddings from the frozen body",
+            embedding_head="normalised_linear",
+        ),
+        Strategy(
+            LOGISTIC_REGRESSION,
+            BODY_FROZEN,
+            (),
+            "logistic regression on the frozen body's normalised embeddings, its regularisation chosen by "
+            "cross-validation",
+            embedding_head="normalised_linear",
+        ),
+    )
+}
 #: every strategy's name, in the order they are listed and searched
 STRATEGY_NAMES = tuple(STRATEGIES)
 #: what the search chooses among unless told otherwise: every strategy (the embedding heads are cheap and, on
@@ -144,7 +172,10 @@ def describe_parameters(params: Mapping[str, Any]) -> str:
     for name, value in used_parameters(params).items():
         if name in ("backbone", "strategy"):
             continue
-        text = (f"{value:.2f}" if name in ("layer_decay", "head_dropout") else f"{value:.1e}") \
-            if isinstance(value, float) else str(value)
+        text = (
+            (f"{value:.2f}" if name in ("layer_decay", "head_dropout") else f"{value:.1e}")
+            if isinstance(value, float)
+            else str(value)
+        )
         shown.append(f"{_SHORT_NAMES.get(name, name)}={text}")
     return " ".join(shown)

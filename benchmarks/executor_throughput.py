@@ -86,32 +86,59 @@ logger = logging.getLogger("benchmarks.executor_throughput")
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"backbone": "tf_efficientnet_lite0", "dataset": "fashion-mnist", "examples": 512, "image_size": 64,
-             "repeats": 8, "warmup_batches": 3},
-    "quick": {"backbone": "mobilenetv2_100", "dataset": "digits", "examples": 64, "image_size": 32, "repeats": 1,
-              "warmup_batches": 1},
+    "full": {
+        "backbone": "tf_efficientnet_lite0",
+        "dataset": "fashion-mnist",
+        "examples": 512,
+        "image_size": 64,
+        "repeats": 8,
+        "warmup_batches": 3,
+    },
+    "quick": {
+        "backbone": "mobilenetv2_100",
+        "dataset": "digits",
+        "examples": 64,
+        "image_size": 32,
+        "repeats": 1,
+        "warmup_batches": 1,
+    },
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default=None, help=f"image backbone {size_help(SIZES, 'backbone')}")
-    parser.add_argument("--dataset", default=None, choices=("fashion-mnist", "digits"),
-                        help=f"registered data set to draw examples from {size_help(SIZES, 'dataset')}")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        choices=("fashion-mnist", "digits"),
+        help=f"registered data set to draw examples from {size_help(SIZES, 'dataset')}",
+    )
     parser.add_argument("--examples", type=int, default=None, help=f"training examples {size_help(SIZES, 'examples')}")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help=f"image side in pixels {size_help(SIZES, 'image_size')}")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help=f"image side in pixels {size_help(SIZES, 'image_size')}"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="default: 32")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default: 1)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed runs of each loop {size_help(SIZES, 'repeats')}")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"timed runs of each loop {size_help(SIZES, 'repeats')}"
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of body and head (default: 1e-3)")
-    parser.add_argument("--warmup-batches", type=int, default=None,
-                        help=f"untimed bare-loop batches first {size_help(SIZES, 'warmup_batches')}")
-    parser.add_argument("--max-other-load", type=float, default=0.05,
-                        help="a pair counts as clean when other processes used at most this share of the CPUs "
-                             "during both its runs (default: 0.05)")
+    parser.add_argument(
+        "--warmup-batches",
+        type=int,
+        default=None,
+        help=f"untimed bare-loop batches first {size_help(SIZES, 'warmup_batches')}",
+    )
+    parser.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.05,
+        help="a pair counts as clean when other processes used at most this share of the CPUs "
+        "during both its runs (default: 0.05)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the table to this Markdown file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -135,26 +162,44 @@ def make_bundle(dataset: str, n_train: int, seed: int) -> DatasetBundle:
     n_classes = len(classes)
     val_idx = frame.groupby("label").sample(1, random_state=seed).index.to_numpy()
     rest = frame.drop(index=val_idx)
-    train_idx, _ = train_test_split(rest.index.to_numpy(), train_size=n_train, stratify=rest["label"],
-                                    random_state=seed)
+    train_idx, _ = train_test_split(
+        rest.index.to_numpy(), train_size=n_train, stratify=rest["label"], random_state=seed
+    )
     class_index = {c: i for i, c in enumerate(classes)}
 
     def split(name: str, idx: np.ndarray) -> Split:
         idx = np.sort(idx)
-        return Split(name, list(frame.loc[idx, "image"]),
-                     np.array([class_index[c] for c in frame.loc[idx, "label"]], dtype=np.int64))
+        return Split(
+            name,
+            list(frame.loc[idx, "image"]),
+            np.array([class_index[c] for c in frame.loc[idx, "label"]], dtype=np.int64),
+        )
 
     val = split("val", val_idx)
-    return DatasetBundle(modality="image", classes=[str(c) for c in classes], train=split("train", train_idx),
-                         val=val, test=val, input_column="image", label_column="label",
-                         fingerprint=f"throughput-{dataset}-{n_train}-{seed}-{n_classes}")
+    return DatasetBundle(
+        modality="image",
+        classes=[str(c) for c in classes],
+        train=split("train", train_idx),
+        val=val,
+        test=val,
+        input_column="image",
+        label_column="label",
+        fingerprint=f"throughput-{dataset}-{n_train}-{seed}-{n_classes}",
+    )
 
 
 # ---------------------------------------------------------------- the two loops
 
 
-def bare_loop(backbone: Backbone, items: list, labels: torch.Tensor, preprocessor, num_classes: int,
-              args: argparse.Namespace, max_batches: int | None = None) -> dict:
+def bare_loop(
+    backbone: Backbone,
+    items: list,
+    labels: torch.Tensor,
+    preprocessor,
+    num_classes: int,
+    args: argparse.Namespace,
+    max_batches: int | None = None,
+) -> dict:
     """Build, then time only the training loop; returns samples, train seconds, build seconds."""
     build_started = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -170,7 +215,7 @@ def bare_loop(backbone: Backbone, items: list, labels: torch.Tensor, preprocesso
     for _ in range(args.epochs):
         order = torch.randperm(len(items), generator=generator)
         for start in range(0, len(items), args.batch_size):
-            index = order[start:start + args.batch_size]
+            index = order[start : start + args.batch_size]
             batch = preprocessor.collate([items[i] for i in index], train=True)
             loss = loss_fn(model(batch), labels[index])
             optimizer.zero_grad(set_to_none=True)
@@ -189,8 +234,12 @@ def executor_run(executor: Executor, backbone: Backbone, data: DatasetBundle, co
     result = executor.fit(config, backbone, data)
     if len(result.history) != config.epochs:
         raise RuntimeError(f"executor ran {len(result.history)} of {config.epochs} epochs ({result.stop_reason})")
-    return {"samples": result.samples_seen, "train_s": sum(r.train_seconds for r in result.history),
-            "validation_s": sum(r.val_seconds for r in result.history), "fit_s": result.seconds}
+    return {
+        "samples": result.samples_seen,
+        "train_s": sum(r.train_seconds for r in result.history),
+        "validation_s": sum(r.val_seconds for r in result.history),
+        "fit_s": result.seconds,
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -209,13 +258,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     items = executor.encoded(preprocessor, data, data.train)  # the same tensors for both loops
     executor.encoded(preprocessor, data, data.val)
-    logger.info("%s: %d train / %d validation examples at %d px, encoded in %.1fs (not timed)", args.dataset,
-                len(data.train), len(data.val), args.image_size, time.perf_counter() - started)
+    logger.info(
+        "%s: %d train / %d validation examples at %d px, encoded in %.1fs (not timed)",
+        args.dataset,
+        len(data.train),
+        len(data.val),
+        args.image_size,
+        time.perf_counter() - started,
+    )
     labels = torch.as_tensor(data.train.labels)
     num_groups = backbone.build(len(data.classes), pretrained=False).num_groups
-    config = TrialConfig(backbone=args.backbone, freeze_depth=num_groups, backbone_lr=args.lr, head_lr=args.lr,
-                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                         early_stopping_patience=args.epochs + 1, input_options=options)
+    config = TrialConfig(
+        backbone=args.backbone,
+        freeze_depth=num_groups,
+        backbone_lr=args.lr,
+        head_lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        early_stopping_patience=args.epochs + 1,
+        input_options=options,
+    )
 
     if args.warmup_batches:
         bare_loop(backbone, items, labels, preprocessor, len(data.classes), args, max_batches=args.warmup_batches)
@@ -232,60 +295,85 @@ def main(argv: list[str] | None = None) -> int:
                     run = executor_run(executor, backbone, data, config)
             run["other_load"] = load.share
             runs[kind].append(run)
-            logger.info("repeat %d, %s: %d samples in %.1fs of training -> %.1f samples/s%s; "
-                        "other processes used %s of the CPUs", repeat + 1, kind, run["samples"], run["train_s"],
-                        run["samples"] / run["train_s"],
-                        f" (validation {run['validation_s']:.2f}s excluded)" if kind == "executor" else "",
-                        percent(load.share))
+            logger.info(
+                "repeat %d, %s: %d samples in %.1fs of training -> %.1f samples/s%s; "
+                "other processes used %s of the CPUs",
+                repeat + 1,
+                kind,
+                run["samples"],
+                run["train_s"],
+                run["samples"] / run["train_s"],
+                f" (validation {run['validation_s']:.2f}s excluded)" if kind == "executor" else "",
+                percent(load.share),
+            )
 
     def rates(kind: str, seconds) -> list[float]:
         return [r["samples"] / seconds(r) for r in runs[kind]]
 
     train = {k: rates(k, lambda r: r["train_s"]) for k in runs}
-    end_to_end = {"bare": rates("bare", lambda r: r["build_s"] + r["train_s"]),
-                  "executor": rates("executor", lambda r: r["fit_s"])}
+    end_to_end = {
+        "bare": rates("bare", lambda r: r["build_s"] + r["train_s"]),
+        "executor": rates("executor", lambda r: r["fit_s"]),
+    }
     median = {k: statistics.median(v) for k, v in train.items()}
     best = {k: max(v) for k, v in train.items()}
     e2e = {k: statistics.median(v) for k, v in end_to_end.items()}
     pair_ratios = [e / b for e, b in zip(train["executor"], train["bare"])]
     pair_ratio = statistics.median(pair_ratios)
     # pairs in which neither run shared the machine with another busy process
-    clean = [ratio for ratio, e, b in zip(pair_ratios, runs["executor"], runs["bare"])
-             if max(e["other_load"] or 0.0, b["other_load"] or 0.0) <= args.max_other_load]
+    clean = [
+        ratio
+        for ratio, e, b in zip(pair_ratios, runs["executor"], runs["bare"])
+        if max(e["other_load"] or 0.0, b["other_load"] or 0.0) <= args.max_other_load
+    ]
     rows = []
     for kind, name in (("bare", "bare PyTorch"), ("executor", "Executor.fit")):
-        rows.append({
-            "loop": name,
-            "train samples/s, median": f"{median[kind]:.2f}",
-            "best": f"{best[kind]:.2f}",
-            "all runs": ", ".join(f"{v:.1f}" for v in train[kind]),
-            "ratio, median of pairs": "1.000" if kind == "bare" else f"{pair_ratio:.3f}",
-            "ratio, best": f"{best[kind] / best['bare']:.3f}",
-            "end-to-end samples/s, median": f"{e2e[kind]:.2f}",
-        })
+        rows.append(
+            {
+                "loop": name,
+                "train samples/s, median": f"{median[kind]:.2f}",
+                "best": f"{best[kind]:.2f}",
+                "all runs": ", ".join(f"{v:.1f}" for v in train[kind]),
+                "ratio, median of pairs": "1.000" if kind == "bare" else f"{pair_ratio:.3f}",
+                "ratio, best": f"{best[kind] / best['bare']:.3f}",
+                "end-to-end samples/s, median": f"{e2e[kind]:.2f}",
+            }
+        )
     validation = statistics.median(r["validation_s"] for r in runs["executor"])
     other = [r["other_load"] for k in runs for r in runs[k] if r["other_load"] is not None]
-    header = "\n".join([
-        f"command: {command_line()}",
-        machine_line(executor.device) + (f"; other processes used {percent(min(other))}-{percent(max(other))} "
-                                         "of the CPUs during the runs" if other else ""),
-        f"workload: {args.backbone}, full fine-tuning ({num_groups} layer groups), {args.dataset} "
-        f"{len(data.train)} examples at {args.image_size} px, batch {args.batch_size}, {args.epochs} epoch(s) per run, "
-        f"{args.repeats} run(s) of each, alternating",
-    ])
-    notes = "\n".join([
-        f"executor / bare training samples/s (goal >= 0.95): {pair_ratio:.3f} (median over side-by-side pairs), "
-        f"{best['executor'] / best['bare']:.3f} (best run of each); "
-        + (f"{statistics.median(clean):.3f} (median over the {len(clean)} of {len(pair_ratios)} pairs in which other "
-           f"processes used <= {100 * args.max_other_load:.0f}% of the CPUs); " if clean else
-           f"no pair ran with other processes under {100 * args.max_other_load:.0f}% of the CPUs; ")
-        + f"end-to-end (medians) {e2e['executor'] / e2e['bare']:.3f}.",
-        f"Executor training time = sum of EpochRecord.train_seconds, the training batches alone; validation "
-        f"({len(data.val)} examples, EpochRecord.val_seconds, median {validation:.2f}s per run) is not in it. "
-        "End-to-end adds model building to both, and for the executor everything else fit() does.",
-    ])
-    table = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
-                                           colalign=("left", "right", "right", "left", "right", "right", "right"))
+    header = "\n".join(
+        [
+            f"command: {command_line()}",
+            machine_line(executor.device)
+            + (
+                f"; other processes used {percent(min(other))}-{percent(max(other))} of the CPUs during the runs"
+                if other
+                else ""
+            ),
+            f"workload: {args.backbone}, full fine-tuning ({num_groups} layer groups), {args.dataset} "
+            f"{len(data.train)} examples at {args.image_size} px, batch {args.batch_size}, {args.epochs} epoch(s) per run, "
+            f"{args.repeats} run(s) of each, alternating",
+        ]
+    )
+    notes = "\n".join(
+        [
+            f"executor / bare training samples/s (goal >= 0.95): {pair_ratio:.3f} (median over side-by-side pairs), "
+            f"{best['executor'] / best['bare']:.3f} (best run of each); "
+            + (
+                f"{statistics.median(clean):.3f} (median over the {len(clean)} of {len(pair_ratios)} pairs in which other "
+                f"processes used <= {100 * args.max_other_load:.0f}% of the CPUs); "
+                if clean
+                else f"no pair ran with other processes under {100 * args.max_other_load:.0f}% of the CPUs; "
+            )
+            + f"end-to-end (medians) {e2e['executor'] / e2e['bare']:.3f}.",
+            f"Executor training time = sum of EpochRecord.train_seconds, the training batches alone; validation "
+            f"({len(data.val)} examples, EpochRecord.val_seconds, median {validation:.2f}s per run) is not in it. "
+            "End-to-end adds model building to both, and for the executor everything else fit() does.",
+        ]
+    )
+    table = pd.DataFrame(rows).to_markdown(
+        index=False, disable_numparse=True, colalign=("left", "right", "right", "left", "right", "right", "right")
+    )
     text = f"{header}\n\n{table}\n\n{notes}\n"
     print(text)
     if args.output:

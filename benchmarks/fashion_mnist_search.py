@@ -93,47 +93,100 @@ logger = logging.getLogger("benchmarks.fashion_mnist_search")
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"dataset": "fashion-mnist", "backbones": ("tf_efficientnet_lite0", "tf_efficientnet_lite1",
-                                                       "tf_efficientnet_lite2", "mobilenetv2_100"),
-             "baseline_backbone": "tf_efficientnet_lite0", "train": 2000, "test": 1000, "image_size": 64,
-             "trials": 10, "max_epochs": 3},
-    "quick": {"dataset": "digits", "backbones": ("mobilenetv2_100",), "baseline_backbone": "mobilenetv2_100",
-              "train": 100, "test": 50, "image_size": 32, "trials": 2, "max_epochs": 1},
+    "full": {
+        "dataset": "fashion-mnist",
+        "backbones": ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"),
+        "baseline_backbone": "tf_efficientnet_lite0",
+        "train": 2000,
+        "test": 1000,
+        "image_size": 64,
+        "trials": 10,
+        "max_epochs": 3,
+    },
+    "quick": {
+        "dataset": "digits",
+        "backbones": ("mobilenetv2_100",),
+        "baseline_backbone": "mobilenetv2_100",
+        "train": 100,
+        "test": 50,
+        "image_size": 32,
+        "trials": 2,
+        "max_epochs": 1,
+    },
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=("fashion-mnist", "digits"), default=None,
-                        help=f"registered image data set; digits have no official test split, so a stratified part "
-                             f"is held out {size_help(SIZES, 'dataset')}")
-    parser.add_argument("--backbones", nargs="+", default=None,
-                        help=f"backbones the search may pick {size_help(SIZES, 'backbones')}")
-    parser.add_argument("--baseline-backbone", default=None,
-                        help=f"backbone of the two fixed baselines {size_help(SIZES, 'baseline_backbone')}")
-    parser.add_argument("--train", type=int, default=None,
-                        help=f"examples sampled from the official train split, for train + validation "
-                             f"{size_help(SIZES, 'train')}")
-    parser.add_argument("--test", type=int, default=None,
-                        help=f"examples sampled from the official test split {size_help(SIZES, 'test')}")
-    parser.add_argument("--val-fraction", type=float, default=0.15,
-                        help="share of the train sample held out for validation (default: 0.15)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help=f"image side in pixels {size_help(SIZES, 'image_size')}")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("fashion-mnist", "digits"),
+        default=None,
+        help=f"registered image data set; digits have no official test split, so a stratified part "
+        f"is held out {size_help(SIZES, 'dataset')}",
+    )
+    parser.add_argument(
+        "--backbones", nargs="+", default=None, help=f"backbones the search may pick {size_help(SIZES, 'backbones')}"
+    )
+    parser.add_argument(
+        "--baseline-backbone",
+        default=None,
+        help=f"backbone of the two fixed baselines {size_help(SIZES, 'baseline_backbone')}",
+    )
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=None,
+        help=f"examples sampled from the official train split, for train + validation {size_help(SIZES, 'train')}",
+    )
+    parser.add_argument(
+        "--test",
+        type=int,
+        default=None,
+        help=f"examples sampled from the official test split {size_help(SIZES, 'test')}",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="share of the train sample held out for validation (default: 0.15)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=None, help=f"image side in pixels {size_help(SIZES, 'image_size')}"
+    )
     parser.add_argument("--trials", type=int, default=None, help=f"search trials {size_help(SIZES, 'trials')}")
-    parser.add_argument("--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)")
-    parser.add_argument("--max-epochs", type=int, default=None,
-                        help=f"epochs each trial is scheduled for {size_help(SIZES, 'max_epochs')}")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="wall-clock budget of the search in seconds (default: none)")
+    parser.add_argument(
+        "--min-epochs", type=int, default=1, help="epochs every trial runs before it may be pruned (default: 1)"
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help=f"epochs each trial is scheduled for {size_help(SIZES, 'max_epochs')}",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="wall-clock budget of the search in seconds (default: none)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: 32)")
-    parser.add_argument("--probe-lr", type=float, default=1e-2, help="head learning rate of the linear probe (default: 1e-2)")
-    parser.add_argument("--finetune-lr", type=float, default=1e-3,
-                        help="backbone and head learning rate of the full fine-tune (default: 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, the splits, the search and the baselines")
-    parser.add_argument("--output", default="runs/bench_fashion_mnist_search",
-                        help="output directory (default: runs/bench_fashion_mnist_search)")
+    parser.add_argument(
+        "--probe-lr", type=float, default=1e-2, help="head learning rate of the linear probe (default: 1e-2)"
+    )
+    parser.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=1e-3,
+        help="backbone and head learning rate of the full fine-tune (default: 1e-3)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampling, the splits, the search and the baselines"
+    )
+    parser.add_argument(
+        "--output",
+        default="runs/bench_fashion_mnist_search",
+        help="output directory (default: runs/bench_fashion_mnist_search)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier search in OUTPUT/search first")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_quick_option(parser, SIZES)
@@ -150,11 +203,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace, run_dir: Path) -> dict:
-    config = SearchConfig(backbones=tuple(args.backbones), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
-                          min_epochs=args.min_epochs, max_epochs=args.max_epochs, batch_size=args.batch_size,
-                          input_options=InputOptions(image_size=args.image_size))
-    logger.info("search: %d trials, %d-%d epochs, backbones %s", args.trials, args.min_epochs, args.max_epochs,
-                ", ".join(args.backbones))
+    config = SearchConfig(
+        backbones=tuple(args.backbones),
+        n_trials=args.trials,
+        timeout=args.timeout,
+        seed=args.seed,
+        min_epochs=args.min_epochs,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        input_options=InputOptions(image_size=args.image_size),
+    )
+    logger.info(
+        "search: %d trials, %d-%d epochs, backbones %s",
+        args.trials,
+        args.min_epochs,
+        args.max_epochs,
+        ", ".join(args.backbones),
+    )
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
         outcome = search(data, config, run_dir, executor)
@@ -185,8 +250,15 @@ def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace
 
 def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: TrialConfig) -> dict:
     backbone = get_registry().get_backbone(config.backbone)
-    logger.info("%s: %s freeze_depth=%d backbone_lr=%.1e head_lr=%.1e epochs=%d", method, config.backbone,
-                config.freeze_depth, config.backbone_lr, config.head_lr, config.epochs)
+    logger.info(
+        "%s: %s freeze_depth=%d backbone_lr=%.1e head_lr=%.1e epochs=%d",
+        method,
+        config.backbone,
+        config.freeze_depth,
+        config.backbone_lr,
+        config.head_lr,
+        config.epochs,
+    )
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
         result = executor.fit(config, backbone, data)
@@ -195,8 +267,13 @@ def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: T
         logits = predict_logits(result.model, preprocessor, items, 2 * config.batch_size, executor.device)
     test_accuracy = accuracy(logits, data.test.labels)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
-    logger.info("%s: validation accuracy %.4f, test accuracy %.4f (%.0fs)", method, result.best_val_accuracy,
-                test_accuracy, wall)
+    logger.info(
+        "%s: validation accuracy %.4f, test accuracy %.4f (%.0fs)",
+        method,
+        result.best_val_accuracy,
+        test_accuracy,
+        wall,
+    )
     return {
         "method": method,
         "test accuracy": test_accuracy,
@@ -216,9 +293,18 @@ def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: T
 
 
 def results_table(rows: list[dict]) -> str:
-    return markdown_table(rows, {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}",
-                                 "wall s": "{:.0f}", "backbone lr": "{:.2e}", "head lr": "{:.2e}"},
-                          right_aligned=("freeze depth",))
+    return markdown_table(
+        rows,
+        {
+            "test accuracy": "{:.4f}",
+            "val accuracy": "{:.4f}",
+            "CPU s": "{:.0f}",
+            "wall s": "{:.0f}",
+            "backbone lr": "{:.2e}",
+            "head lr": "{:.2e}",
+        },
+        right_aligned=("freeze depth",),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,32 +329,49 @@ def main(argv: list[str] | None = None) -> int:
     epochs = searched["_epochs"]
     baseline = get_registry().get_backbone(args.baseline_backbone)
     all_groups = baseline.build(len(data.classes), pretrained=False).num_groups
-    common = dict(backbone=args.baseline_backbone, epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-                  input_options=options)
+    common = dict(
+        backbone=args.baseline_backbone,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        input_options=options,
+    )
     short = args.baseline_backbone.replace("tf_efficientnet_", "")  # "lite0", as the table has always said
-    full = run_baseline(executor, data, f"full fine-tune {short}", TrialConfig(
-        freeze_depth=all_groups, backbone_lr=args.finetune_lr, head_lr=args.finetune_lr, **common))
-    probe = run_baseline(executor, data, f"linear probe {short}", TrialConfig(
-        freeze_depth=0, backbone_lr=args.finetune_lr, head_lr=args.probe_lr, **common))
+    full = run_baseline(
+        executor,
+        data,
+        f"full fine-tune {short}",
+        TrialConfig(freeze_depth=all_groups, backbone_lr=args.finetune_lr, head_lr=args.finetune_lr, **common),
+    )
+    probe = run_baseline(
+        executor,
+        data,
+        f"linear probe {short}",
+        TrialConfig(freeze_depth=0, backbone_lr=args.finetune_lr, head_lr=args.probe_lr, **common),
+    )
     rows = [searched, full, probe]
 
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(searched["_trials_by_state"].items()))
-    header = "\n".join([
-        f"command: {command_line()}",
-        machine_line(executor.device),
-        f"data: {args.dataset} at {args.image_size}x{args.image_size} px, {len(data.train)} train / "
-        f"{len(data.val)} validation (train split) / {len(data.test)} test (test split), seed {args.seed}",
-        f"search: {args.trials} trials requested ({states}), epochs {args.min_epochs}-{args.max_epochs}, "
-        f"timeout {args.timeout or 'none'}; baselines run for the best trial's {epochs} epoch(s)",
-    ])
-    notes = "\n".join([
-        f"CPU s = process CPU time (all threads); the search row times the whole search() call "
-        f"(sum of its trials' own CPU time: {searched['_trial_cpu_sum']:.0f} s).",
-        f"Encoding the images once per preprocessing took {encode_seconds:.1f} s wall, before any timing; "
-        "no row includes it.",
-        "CPU used by others = share of the machine's CPUs that other processes used meanwhile (from /proc/stat); "
-        "timings are only comparable between rows where it is near 0%.",
-    ])
+    header = "\n".join(
+        [
+            f"command: {command_line()}",
+            machine_line(executor.device),
+            f"data: {args.dataset} at {args.image_size}x{args.image_size} px, {len(data.train)} train / "
+            f"{len(data.val)} validation (train split) / {len(data.test)} test (test split), seed {args.seed}",
+            f"search: {args.trials} trials requested ({states}), epochs {args.min_epochs}-{args.max_epochs}, "
+            f"timeout {args.timeout or 'none'}; baselines run for the best trial's {epochs} epoch(s)",
+        ]
+    )
+    notes = "\n".join(
+        [
+            f"CPU s = process CPU time (all threads); the search row times the whole search() call "
+            f"(sum of its trials' own CPU time: {searched['_trial_cpu_sum']:.0f} s).",
+            f"Encoding the images once per preprocessing took {encode_seconds:.1f} s wall, before any timing; "
+            "no row includes it.",
+            "CPU used by others = share of the machine's CPUs that other processes used meanwhile (from /proc/stat); "
+            "timings are only comparable between rows where it is near 0%.",
+        ]
+    )
     table = results_table(rows)
     text = f"{header}\n\n{table}\n\n{notes}\n"
     print(text)

@@ -85,10 +85,22 @@ T = TypeVar("T")
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"dataset": "fashion-mnist", "backbone": "tf_efficientnet_lite0", "train": 2000, "image_size": 64,
-             "epochs": 3, "repeats": 3},
-    "quick": {"dataset": "digits", "backbone": "mobilenetv2_100", "train": 100, "image_size": 32, "epochs": 2,
-              "repeats": 1},
+    "full": {
+        "dataset": "fashion-mnist",
+        "backbone": "tf_efficientnet_lite0",
+        "train": 2000,
+        "image_size": 64,
+        "epochs": 3,
+        "repeats": 3,
+    },
+    "quick": {
+        "dataset": "digits",
+        "backbone": "mobilenetv2_100",
+        "train": 100,
+        "image_size": 32,
+        "epochs": 2,
+        "repeats": 1,
+    },
 }
 
 
@@ -96,19 +108,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def sized(name: str) -> str:
         return size_help(SIZES, name)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=("fashion-mnist", "digits"), default=None,
-                        help=f"registered image data set {sized('dataset')}")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("fashion-mnist", "digits"),
+        default=None,
+        help=f"registered image data set {sized('dataset')}",
+    )
     parser.add_argument("--backbone", default=None, help=f"image backbone {sized('backbone')}")
-    parser.add_argument("--train", type=int, default=None,
-                        help=f"examples of the official train split, for train + validation {sized('train')}")
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="share held out for validation (default: 0.15)")
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=None,
+        help=f"examples of the official train split, for train + validation {sized('train')}",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.15, help="share held out for validation (default: 0.15)"
+    )
     parser.add_argument("--image-size", type=int, default=None, help=f"image side in pixels {sized('image_size')}")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs of both trials {sized('epochs')}")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of both trials (default: 32)")
     parser.add_argument("--head-lr", type=float, default=1e-2, help="head learning rate of both trials (default: 1e-2)")
-    parser.add_argument("--repeats", type=int, default=None, help=f"runs of each trial, median reported {sized('repeats')}")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"runs of each trial, median reported {sized('repeats')}"
+    )
     add_quick_option(parser, SIZES)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample, the split and the trials (default: 0)")
     add_run_options(parser, "runs/bench_feature_cache_speed", "empty an earlier feature cache in OUTPUT first")
@@ -154,27 +179,52 @@ def run_trial(executor: Executor, data: DatasetBundle, config: TrialConfig, repe
     results, timings = [], []
     for repeat in range(repeats):
         result, timing = timed(lambda: executor.fit(config, backbone, data))
-        logger.info("%s trial %d/%d: %.2fs wall, %.2fs CPU, validation accuracy %.4f", config.strategy, repeat + 1,
-                    repeats, timing.wall, timing.cpu, result.best_val_accuracy)
+        logger.info(
+            "%s trial %d/%d: %.2fs wall, %.2fs CPU, validation accuracy %.4f",
+            config.strategy,
+            repeat + 1,
+            repeats,
+            timing.wall,
+            timing.cpu,
+            result.best_val_accuracy,
+        )
         results.append(result)
         timings.append(timing)
     loads = [t.other_load for t in timings if t.other_load is not None]
-    return results[-1], Timing(statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings),
-                               max(loads) if loads else None)
+    return results[-1], Timing(
+        statistics.median(t.wall for t in timings),
+        statistics.median(t.cpu for t in timings),
+        max(loads) if loads else None,
+    )
 
 
 def trial_config(args: argparse.Namespace, strategy: str, options: InputOptions) -> TrialConfig:
     """The shared trial: only ``strategy`` differs (and ``probe_passes``, which a last-k trial ignores)."""
-    return TrialConfig(backbone=args.backbone, strategy=strategy, freeze_depth=0, backbone_lr=1e-3,
-                       head_lr=args.head_lr, epochs=args.epochs, probe_passes=1, batch_size=args.batch_size,
-                       seed=args.seed, early_stopping_patience=args.epochs, input_options=options)
+    return TrialConfig(
+        backbone=args.backbone,
+        strategy=strategy,
+        freeze_depth=0,
+        backbone_lr=1e-3,
+        head_lr=args.head_lr,
+        epochs=args.epochs,
+        probe_passes=1,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        early_stopping_patience=args.epochs,
+        input_options=options,
+    )
 
 
 def row(method: str, timing: Timing, result: TrialResult | None, note: str) -> dict:
     """One table row."""
-    return {"method": method, "wall s": timing.wall, "CPU s": timing.cpu,
-            "val accuracy": None if result is None else result.best_val_accuracy, "what runs": note,
-            "CPU used by others": percent(timing.other_load)}
+    return {
+        "method": method,
+        "wall s": timing.wall,
+        "CPU s": timing.cpu,
+        "val accuracy": None if result is None else result.best_val_accuracy,
+        "what runs": note,
+        "CPU used by others": percent(timing.other_load),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,10 +252,18 @@ def main(argv: list[str] | None = None) -> int:
 
     cached_with_fill = Timing(fill.wall + cached.wall, fill.cpu + cached.cpu, fill.other_load)
     rows = [
-        row("cached: linear_probe, probe_passes=1", cached, cached_result,
-            f"head on the cached features, {args.epochs} pass(es)"),
-        row("uncached: last_k, freeze_depth=0", uncached, uncached_result,
-            f"frozen body on every batch and on validation, {args.epochs} epoch(s)"),
+        row(
+            "cached: linear_probe, probe_passes=1",
+            cached,
+            cached_result,
+            f"head on the cached features, {args.epochs} pass(es)",
+        ),
+        row(
+            "uncached: last_k, freeze_depth=0",
+            uncached,
+            uncached_result,
+            f"frozen body on every batch and on validation, {args.epochs} epoch(s)",
+        ),
         row("one-off: filling the cache", fill, None, "body's features of train + validation, written to disk"),
         row("cached trial + filling the cache", cached_with_fill, cached_result, "the first trial on a new cache"),
     ]
@@ -230,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     (output / "results.md").write_text(text)
-    (output / "results.json").write_text(json.dumps(
-        {"rows": rows, "speedup_wall": ratio_wall, "speedup_cpu": ratio_cpu}, indent=2, default=str))
+    (output / "results.json").write_text(
+        json.dumps({"rows": rows, "speedup_wall": ratio_wall, "speedup_cpu": ratio_cpu}, indent=2, default=str)
+    )
     logger.info("wrote %s", output / "results.md")
     return 0
 

@@ -89,20 +89,47 @@ logger = logging.getLogger("benchmarks.few_shot")
 DATASETS = ("fashion-mnist", "bbc-news", "digits")
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"datasets": ("fashion-mnist", "bbc-news"), "shots": (1, 5, 20), "draws": 5, "trials": 12, "pool": 1000,
-             "image_size": 64, "max_length": 128,
-             "image_backbones": ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
-                                 "mobilenetv2_100")},
-    "quick": {"datasets": ("digits",), "shots": (2,), "draws": 2, "trials": 2, "pool": 100, "image_size": 32,
-              "max_length": 64, "image_backbones": ("mobilenetv2_100",)},
+    "full": {
+        "datasets": ("fashion-mnist", "bbc-news"),
+        "shots": (1, 5, 20),
+        "draws": 5,
+        "trials": 12,
+        "pool": 1000,
+        "image_size": 64,
+        "max_length": 128,
+        "image_backbones": (
+            "tf_efficientnet_lite0",
+            "tf_efficientnet_lite1",
+            "tf_efficientnet_lite2",
+            "mobilenetv2_100",
+        ),
+    },
+    "quick": {
+        "datasets": ("digits",),
+        "shots": (2,),
+        "draws": 2,
+        "trials": 2,
+        "pool": 100,
+        "image_size": 32,
+        "max_length": 64,
+        "image_backbones": ("mobilenetv2_100",),
+    },
 }
-SHORT = {"nearest_centroid": "NC", "logistic_regression": "LR", "linear_probe": "LP", "last_k": "last-k",
-         "full": "full", "lp_ft": "LP-FT"}
+SHORT = {
+    "nearest_centroid": "NC",
+    "logistic_regression": "LR",
+    "linear_probe": "LP",
+    "last_k": "last-k",
+    "full": "full",
+    "lp_ft": "LP-FT",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
     def sized(name: str) -> str:
         return size_help(SIZES, name)
 
@@ -112,9 +139,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=None, help=f"trials per search {sized('trials')}")
     parser.add_argument("--pool", type=int, default=None, help=f"labelled examples per data set {sized('pool')}")
     parser.add_argument("--image-size", type=int, default=None, help=f"image side {sized('image_size')}")
-    parser.add_argument("--image-backbones", nargs="+", default=None,
-                        help=f"backbones of the image data sets {sized('image_backbones')}")
-    parser.add_argument("--max-length", type=int, default=None, help=f"BBC News tokens per article {sized('max_length')}")
+    parser.add_argument(
+        "--image-backbones",
+        nargs="+",
+        default=None,
+        help=f"backbones of the image data sets {sized('image_backbones')}",
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=None, help=f"BBC News tokens per article {sized('max_length')}"
+    )
     parser.add_argument("--mpnet", action="store_true", help="BBC News: add all-mpnet-base-v2 if installed")
     add_quick_option(parser, SIZES)
     add_run_options(parser, "runs/bench_few_shot", "delete OUTPUT first (it holds an earlier run)")
@@ -132,23 +165,39 @@ def load_pool(name: str, args: argparse.Namespace) -> tuple[pd.DataFrame, str, l
         frame = load_dataset("fashion-mnist")
         test = frame[frame["split"] == "test"].drop(columns="split").reset_index(drop=True)
         pool = stratified_sample(test, args.pool, seed=0).reset_index(drop=True)
-        return (pool, "image", list(args.image_backbones), InputOptions(image_size=args.image_size),
-                f"Fashion-MNIST, {len(pool)} images of the official test split at {args.image_size} px")
+        return (
+            pool,
+            "image",
+            list(args.image_backbones),
+            InputOptions(image_size=args.image_size),
+            f"Fashion-MNIST, {len(pool)} images of the official test split at {args.image_size} px",
+        )
     if name == "digits":
         pool = stratified_sample(load_dataset("digits"), args.pool, seed=0).reset_index(drop=True)
-        return (pool, "image", list(args.image_backbones), InputOptions(image_size=args.image_size),
-                f"digits (scikit-learn), {len(pool)} of 1,797 images at {args.image_size} px")
+        return (
+            pool,
+            "image",
+            list(args.image_backbones),
+            InputOptions(image_size=args.image_size),
+            f"digits (scikit-learn), {len(pool)} of 1,797 images at {args.image_size} px",
+        )
     frame = load_dataset("bbc-news")
     pool = stratified_sample(frame, args.pool, seed=0).reset_index(drop=True)
     backbones = ["all-MiniLM-L6-v2"]
     if args.mpnet and registry.get_backbone("all-mpnet-base-v2").weights_available():
         backbones.append("all-mpnet-base-v2")
-    return (pool, "text", backbones, InputOptions(max_length=args.max_length),
-            f"BBC News, {len(pool)} of 2,225 articles, {args.max_length} tokens")
+    return (
+        pool,
+        "text",
+        backbones,
+        InputOptions(max_length=args.max_length),
+        f"BBC News, {len(pool)} of 2,225 articles, {args.max_length} tokens",
+    )
 
 
-def pool_features(executor: Executor, pool: pd.DataFrame, input_column: str, backbones: list[str],
-                  options: InputOptions) -> tuple[dict[str, np.ndarray], np.ndarray, list[Any]]:
+def pool_features(
+    executor: Executor, pool: pd.DataFrame, input_column: str, backbones: list[str], options: InputOptions
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[Any]]:
     """Each backbone's frozen features of the whole pool, the pool's labels (as prepare_dataset numbers them)
     and the classes."""
     whole = prepare_dataset(pool, label_column="label", input_column=input_column, seed=0)
@@ -163,8 +212,15 @@ def pool_features(executor: Executor, pool: pd.DataFrame, input_column: str, bac
     return features, labels, whole.classes
 
 
-def baselines(executor: Executor, bundle: DatasetBundle, features: dict[str, np.ndarray], labels: np.ndarray,
-              shots: int, draw: int, options: InputOptions) -> dict[tuple[str, str], float]:
+def baselines(
+    executor: Executor,
+    bundle: DatasetBundle,
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    shots: int,
+    draw: int,
+    options: InputOptions,
+) -> dict[tuple[str, str], float]:
     """Test accuracy of nearest centroid, logistic regression and the linear probe on every backbone."""
     train, val, test = few_shot_split(labels, shots, draw)
     # the same draw as prepare_dataset(shots=...) made: same labels in the same order
@@ -176,8 +232,16 @@ def baselines(executor: Executor, bundle: DatasetBundle, features: dict[str, np.
             head = FITTERS[strategy](x[labelled], labels[labelled], len(bundle.classes), draw).module
             predicted = head_logits(head, x[test]).argmax(1).numpy()
             accuracies[(strategy, name)] = float((predicted == labels[test]).mean())
-        config = TrialConfig(backbone=name, strategy="linear_probe", freeze_depth=0, backbone_lr=1e-3, head_lr=1e-2,
-                             epochs=3, seed=draw, input_options=options)
+        config = TrialConfig(
+            backbone=name,
+            strategy="linear_probe",
+            freeze_depth=0,
+            backbone_lr=1e-3,
+            head_lr=1e-2,
+            epochs=3,
+            seed=draw,
+            input_options=options,
+        )
         result = executor.fit(config, get_registry().get_backbone(name), bundle)
         head = result.final_model().head.cpu()
         predicted = head_logits(head, x[test]).argmax(1).numpy()
@@ -213,30 +277,72 @@ def run_dataset(name: str, args: argparse.Namespace, output: Path) -> tuple[str,
             picked[f"{SHORT.get(params['strategy'], params['strategy'])} {params['backbone']}"] += 1
             for key, value in baselines(executor, bundle, features, labels, shots, draw, options).items():
                 baseline.setdefault(key, []).append(value)
-            logger.info("%s, %d shots, draw %d: search %.4f (%s), %.0f s", name, shots, draw, searched[-1],
-                        params["strategy"], seconds[-1])
+            logger.info(
+                "%s, %d shots, draw %d: search %.4f (%s), %.0f s",
+                name,
+                shots,
+                draw,
+                searched[-1],
+                params["strategy"],
+                seconds[-1],
+            )
         load.stop()
-        how = {"holdout": f"{shots // 4}/class held out", "cross_validation": "cross-validation",
-               "none": "none (1 shot)"}[validation]
-        rows.append({"shots": shots, "method": "search", "backbone": "(searched)", "test accuracy": mean_std(searched),
-                     "picked (of draws)": ", ".join(f"{k} ×{n}" for k, n in picked.most_common()),
-                     "validation": how, "s per run": f"{np.mean(seconds):.0f}",
-                     "CPU used by others": percent(load.share), "_values": searched})
-        for strategy, label in (("nearest_centroid", "nearest centroid"), ("logistic_regression", "logistic regression"),
-                                ("linear_probe", "linear probe")):
+        how = {
+            "holdout": f"{shots // 4}/class held out",
+            "cross_validation": "cross-validation",
+            "none": "none (1 shot)",
+        }[validation]
+        rows.append(
+            {
+                "shots": shots,
+                "method": "search",
+                "backbone": "(searched)",
+                "test accuracy": mean_std(searched),
+                "picked (of draws)": ", ".join(f"{k} ×{n}" for k, n in picked.most_common()),
+                "validation": how,
+                "s per run": f"{np.mean(seconds):.0f}",
+                "CPU used by others": percent(load.share),
+                "_values": searched,
+            }
+        )
+        for strategy, label in (
+            ("nearest_centroid", "nearest centroid"),
+            ("logistic_regression", "logistic regression"),
+            ("linear_probe", "linear probe"),
+        ):
             best = max(backbones, key=lambda b: np.mean(baseline[(strategy, b)]))
-            rows.append({"shots": shots, "method": label, "backbone": best,
-                         "test accuracy": mean_std(baseline[(strategy, best)]), "picked (of draws)": "",
-                         "validation": ("all shots" if strategy != "linear_probe" else
-                                        "training split" if validation != VALIDATION_HOLDOUT else how),
-                         "s per run": "", "CPU used by others": "", "_values": baseline[(strategy, best)]})
+            rows.append(
+                {
+                    "shots": shots,
+                    "method": label,
+                    "backbone": best,
+                    "test accuracy": mean_std(baseline[(strategy, best)]),
+                    "picked (of draws)": "",
+                    "validation": (
+                        "all shots"
+                        if strategy != "linear_probe"
+                        else "training split"
+                        if validation != VALIDATION_HOLDOUT
+                        else how
+                    ),
+                    "s per run": "",
+                    "CPU used by others": "",
+                    "_values": baseline[(strategy, best)],
+                }
+            )
     test_sizes = sorted({len(pool) - shots * len(classes) for shots in args.shots}, reverse=True)
-    section = "\n".join([
-        f"### {description}", "",
-        f"{len(classes)} classes; backbones: {', '.join(backbones)}; {args.draws} draws per shot count; test set: "
-        f"every pool example not drawn ({', '.join(map(str, test_sizes))} for {', '.join(map(str, args.shots))} "
-        f"shots); search: {args.trials} trials. Baselines: the backbone with the best mean test accuracy (oracle).",
-        "", markdown_table(rows, {}), ""])
+    section = "\n".join(
+        [
+            f"### {description}",
+            "",
+            f"{len(classes)} classes; backbones: {', '.join(backbones)}; {args.draws} draws per shot count; test set: "
+            f"every pool example not drawn ({', '.join(map(str, test_sizes))} for {', '.join(map(str, args.shots))} "
+            f"shots); search: {args.trials} trials. Baselines: the backbone with the best mean test accuracy (oracle).",
+            "",
+            markdown_table(rows, {}),
+            "",
+        ]
+    )
     return section, rows
 
 

@@ -162,16 +162,31 @@ WIDTH = 100  # columns of the printed report
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"collections": ("fashion-mnist", "bbc-news", "spoken-digits"), "timeout": 600.0, "search_args": "",
-             "probe_backbones": None, "images": 520, "image_test": 600, "texts": None, "voices": 40,
-             "test_voices": 12},
+    "full": {
+        "collections": ("fashion-mnist", "bbc-news", "spoken-digits"),
+        "timeout": 600.0,
+        "search_args": "",
+        "probe_backbones": None,
+        "images": 520,
+        "image_test": 600,
+        "texts": None,
+        "voices": 40,
+        "test_voices": 12,
+    },
     # the search stays hands-off but for the backbone and image size, which keep a 30 s budget enough on 2 cores,
     # and 2 trials, after which it ends without waiting for the budget; 80 rows, so that the 6 bad ones (the huge
     # PNG included) stay under the search's 10 % --max-bad-fraction
-    "quick": {"collections": ("digits",), "timeout": 30.0,
-              "search_args": "--backbones mobilenetv2_100 --image-size 32 --trials 2",
-              "probe_backbones": ("mobilenetv2_100",), "images": 80, "image_test": 20, "texts": 200, "voices": 8,
-              "test_voices": 2},
+    "quick": {
+        "collections": ("digits",),
+        "timeout": 30.0,
+        "search_args": "--backbones mobilenetv2_100 --image-size 32 --trials 2",
+        "probe_backbones": ("mobilenetv2_100",),
+        "images": 80,
+        "image_test": 20,
+        "texts": 200,
+        "voices": 8,
+        "test_voices": 2,
+    },
 }
 
 
@@ -179,38 +194,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def sized(name: str) -> str:
         return size_help(SIZES, name)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collections", nargs="+", choices=COLLECTIONS, default=None,
-                        help=f"collections to run {sized('collections')}")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help=f"the search's --timeout in seconds, the budget B {sized('timeout')}")
-    parser.add_argument("--search-args", default=None,
-                        help="extra options appended to the search command, as one string; write it "
-                             "--search-args='--no-prerank' when it starts with a dash (default: none; --quick: "
-                             f"'{SIZES['quick']['search_args']}')")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the samples, splits, mess and baselines' folds; the search keeps its default "
-                             "(default: 0)")
-    parser.add_argument("--probe-backbones", nargs="+", metavar="NAME", default=None,
-                        help="backbones of the probe baseline (default: every installed backbone of the modality, "
-                             f"as the search; --quick: {' '.join(SIZES['quick']['probe_backbones'])}; names of other "
-                             "modalities are ignored)")
-    parser.add_argument("--clean", action="store_true",
-                        help="a control: write the collections without the mess (no unlabelled, odd or bad rows)")
-    parser.add_argument("--unlabelled", type=float, default=0.05,
-                        help="share of training rows written without a label (default: 0.05)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--collections", nargs="+", choices=COLLECTIONS, default=None, help=f"collections to run {sized('collections')}"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"the search's --timeout in seconds, the budget B {sized('timeout')}",
+    )
+    parser.add_argument(
+        "--search-args",
+        default=None,
+        help="extra options appended to the search command, as one string; write it "
+        "--search-args='--no-prerank' when it starts with a dash (default: none; --quick: "
+        f"'{SIZES['quick']['search_args']}')",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the samples, splits, mess and baselines' folds; the search keeps its default (default: 0)",
+    )
+    parser.add_argument(
+        "--probe-backbones",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="backbones of the probe baseline (default: every installed backbone of the modality, "
+        f"as the search; --quick: {' '.join(SIZES['quick']['probe_backbones'])}; names of other "
+        "modalities are ignored)",
+    )
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="a control: write the collections without the mess (no unlabelled, odd or bad rows)",
+    )
+    parser.add_argument(
+        "--unlabelled", type=float, default=0.05, help="share of training rows written without a label (default: 0.05)"
+    )
     group = parser.add_argument_group("sizes")
-    group.add_argument("--images", type=int, default=None,
-                       help=f"fashion-mnist and digits: training rows, of the train split {sized('images')}")
-    group.add_argument("--image-test", type=int, default=None,
-                       help=f"fashion-mnist and digits: test images, of the test split {sized('image_test')}")
-    group.add_argument("--texts", type=int, default=None,
-                       help=f"bbc-news: articles sampled (stratified) of 2,225, 30 %% of them the test set "
-                            f"{sized('texts')}")
+    group.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help=f"fashion-mnist and digits: training rows, of the train split {sized('images')}",
+    )
+    group.add_argument(
+        "--image-test",
+        type=int,
+        default=None,
+        help=f"fashion-mnist and digits: test images, of the test split {sized('image_test')}",
+    )
+    group.add_argument(
+        "--texts",
+        type=int,
+        default=None,
+        help=f"bbc-news: articles sampled (stratified) of 2,225, 30 %% of them the test set {sized('texts')}",
+    )
     group.add_argument("--voices", type=int, default=None, help=f"spoken-digits: espeak-ng voices {sized('voices')}")
-    group.add_argument("--test-voices", type=int, default=None,
-                       help=f"spoken-digits: voices of the test set {sized('test_voices')}")
+    group.add_argument(
+        "--test-voices", type=int, default=None, help=f"spoken-digits: voices of the test set {sized('test_voices')}"
+    )
     add_quick_option(parser, SIZES)
     add_run_options(parser, "runs/bench_hands_off", "delete OUTPUT/<collection> of the collections asked for first")
     args = parser.parse_args(argv)
@@ -257,8 +305,12 @@ class Collection:
 
     def counts(self) -> dict[str, int]:
         """Training rows by kind (``labelled`` includes the odd ones)."""
-        return {"labelled": sum(k in ("plain", "odd") for k in self.kinds), "odd": self.kinds.count("odd"),
-                "unlabelled": self.kinds.count("unlabelled"), "bad": self.kinds.count("bad")}
+        return {
+            "labelled": sum(k in ("plain", "odd") for k in self.kinds),
+            "odd": self.kinds.count("odd"),
+            "unlabelled": self.kinds.count("unlabelled"),
+            "bad": self.kinds.count("bad"),
+        }
 
 
 def plan_rows(n: int, unlabelled: float, bad: int, odd: int, rng: np.random.Generator, clean: bool) -> list[str]:
@@ -270,9 +322,9 @@ def plan_rows(n: int, unlabelled: float, bad: int, odd: int, rng: np.random.Gene
     n_unlabelled = round(unlabelled * n)
     for i in order[:n_unlabelled]:
         kinds[i] = "unlabelled"
-    for i in order[n_unlabelled:n_unlabelled + bad]:
+    for i in order[n_unlabelled : n_unlabelled + bad]:
         kinds[i] = "bad"
-    for i in order[n_unlabelled + bad:n_unlabelled + bad + odd]:
+    for i in order[n_unlabelled + bad : n_unlabelled + bad + odd]:
         kinds[i] = "odd"
     return kinds
 
@@ -288,7 +340,7 @@ def write_bilevel_png(path: Path, small: np.ndarray, side: int) -> None:
     the ``side``\\ :sup:`2` pixels are never in memory (PIL would hold one byte per pixel)."""
     scale = side // max(small.shape)
     width_bits = np.zeros((small.shape[0], side), dtype=bool)
-    width_bits[:, :small.shape[1] * scale] = np.repeat(small >= 128, scale, axis=1)
+    width_bits[:, : small.shape[1] * scale] = np.repeat(small >= 128, scale, axis=1)
     lines = [b"\x00" + np.packbits(row).tobytes() for row in width_bits]  # filter byte 0, then the row's bits
     blank = b"\x00" + bytes((side + 7) // 8)
 
@@ -344,7 +396,7 @@ def write_bad_image(folder: Path, stem: str, image: np.ndarray, variant: str) ->
         path = folder / f"{stem}.jpg"
         Image.fromarray(image).convert("RGB").save(path, quality=95)
         data = path.read_bytes()
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif variant == "empty":
         path = folder / f"{stem}.png"
         path.write_bytes(b"")
@@ -358,8 +410,21 @@ def write_bad_image(folder: Path, stem: str, image: np.ndarray, variant: str) ->
     return path.name
 
 
-ODD_IMAGES = ("huge", "cmyk", "cmyk", "cmyk", "exif-rotated", "exif-rotated", "exif-rotated", "palette", "palette",
-              "animated", "animated", "uppercase", "uppercase")
+ODD_IMAGES = (
+    "huge",
+    "cmyk",
+    "cmyk",
+    "cmyk",
+    "exif-rotated",
+    "exif-rotated",
+    "exif-rotated",
+    "palette",
+    "palette",
+    "animated",
+    "animated",
+    "uppercase",
+    "uppercase",
+)
 BAD_IMAGES = ("truncated", "truncated", "empty", "not-an-image", "missing")
 
 
@@ -373,8 +438,9 @@ def image_collection(name: str, folder: Path, args: argparse.Namespace) -> Colle
         train_pool = frame[frame["split"] == "train"].reset_index(drop=True)
         test_pool = frame[frame["split"] == "test"].reset_index(drop=True)
     else:
-        train_pool, test_pool = train_test_split(frame, test_size=args.image_test, stratify=frame[LABEL],
-                                                 random_state=args.seed)
+        train_pool, test_pool = train_test_split(
+            frame, test_size=args.image_test, stratify=frame[LABEL], random_state=args.seed
+        )
         train_pool, test_pool = train_pool.reset_index(drop=True), test_pool.reset_index(drop=True)
     train = stratified_sample(train_pool, args.images, args.seed).reset_index(drop=True)
     test = stratified_sample(test_pool, args.image_test, args.seed).reset_index(drop=True)
@@ -400,19 +466,31 @@ def image_collection(name: str, folder: Path, args: argparse.Namespace) -> Colle
         if kind in ("odd", "bad"):
             mess.append(f"{kind} {variant}: {names[-1]}")
     labels = [None if kind == "unlabelled" else str(label) for kind, label in zip(kinds, train["label"])]
-    write_csv(data / "train.csv", pd.DataFrame({"image": [f"images/{n}" for n in names],
-                                                LABEL: [label or "" for label in labels]}))
+    write_csv(
+        data / "train.csv",
+        pd.DataFrame({"image": [f"images/{n}" for n in names], LABEL: [label or "" for label in labels]}),
+    )
     test_names = []
     for i, image in enumerate(test["image"]):
         Image.fromarray(image).save(images / f"test-{i:05d}.png")
         test_names.append(f"images/test-{i:05d}.png")
     write_csv(data / "test.csv", pd.DataFrame({"image": test_names, LABEL: test["label"]}))
     height, width = np.asarray(train["image"].iloc[0]).shape
-    return Collection(name, "image", data / "train.csv", data / "test.csv", kinds, list(train["image"]),
-                      labels, list(test["image"]), [str(v) for v in test["label"]],
-                      f"{'Fashion-MNIST' if name == 'fashion-mnist' else 'digits'} {height}x{width}: {len(train)} "
-                      f"training rows of the train split (PNG and JPEG files), {len(test)} test images of the test "
-                      "split", mess)
+    return Collection(
+        name,
+        "image",
+        data / "train.csv",
+        data / "test.csv",
+        kinds,
+        list(train["image"]),
+        labels,
+        list(test["image"]),
+        [str(v) for v in test["label"]],
+        f"{'Fashion-MNIST' if name == 'fashion-mnist' else 'digits'} {height}x{width}: {len(train)} "
+        f"training rows of the train split (PNG and JPEG files), {len(test)} test images of the test "
+        "split",
+        mess,
+    )
 
 
 def bbc_news(folder: Path, args: argparse.Namespace) -> Collection:
@@ -436,12 +514,24 @@ def bbc_news(folder: Path, args: argparse.Namespace) -> Collection:
         mess = []
     else:
         write_csv(data / "train.csv", table, sep=";", encoding="cp1252", errors="replace")
-        mess = ["train.csv in cp1252 (characters outside it written as '?') with ';' delimiters",
-                f"bad: {kinds.count('bad')} rows with an empty or blank text"]
+        mess = [
+            "train.csv in cp1252 (characters outside it written as '?') with ';' delimiters",
+            f"bad: {kinds.count('bad')} rows with an empty or blank text",
+        ]
     write_csv(data / "test.csv", test[["text", LABEL]])
-    return Collection("bbc-news", "text", data / "train.csv", data / "test.csv", kinds, list(train["text"]), labels,
-                      list(test["text"]), [str(v) for v in test[LABEL]],
-                      f"BBC News: {len(train)} training articles, {len(test)} test articles (30 %, stratified)", mess)
+    return Collection(
+        "bbc-news",
+        "text",
+        data / "train.csv",
+        data / "test.csv",
+        kinds,
+        list(train["text"]),
+        labels,
+        list(test["text"]),
+        [str(v) for v in test[LABEL]],
+        f"BBC News: {len(train)} training articles, {len(test)} test articles (30 %, stratified)",
+        mess,
+    )
 
 
 def writable_audio_formats() -> list[tuple[str, str]]:
@@ -506,7 +596,7 @@ def spoken_digits(folder: Path, args: argparse.Namespace, output: Path) -> Colle
     frame = make_spoken_digits(output / "espeak-cache", voices=args.voices, seed=args.seed)
     voices = sorted(frame["voice"].unique())
     rng = np.random.default_rng(args.seed)
-    test_voices = {voices[i] for i in rng.permutation(len(voices))[:args.test_voices]}
+    test_voices = {voices[i] for i in rng.permutation(len(voices))[: args.test_voices]}
     is_test = frame["voice"].isin(test_voices)
     train = frame[~is_test].sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
     test = frame[is_test].reset_index(drop=True)
@@ -532,17 +622,29 @@ def spoken_digits(folder: Path, args: argparse.Namespace, output: Path) -> Colle
         if kind in ("odd", "bad"):
             mess.append(f"{kind} {variant}: {names[-1]}")
     labels = [None if kind == "unlabelled" else str(label) for kind, label in zip(kinds, train[LABEL])]
-    write_csv(data / "train.csv", pd.DataFrame({"audio": [f"clips/{n}" for n in names],
-                                                LABEL: [label or "" for label in labels]}))
+    write_csv(
+        data / "train.csv",
+        pd.DataFrame({"audio": [f"clips/{n}" for n in names], LABEL: [label or "" for label in labels]}),
+    )
     test_names = []
     for i, source in enumerate(test["audio"]):
         shutil.copyfile(source, clips / f"test-{i:05d}.wav")
         test_names.append(f"clips/test-{i:05d}.wav")
     write_csv(data / "test.csv", pd.DataFrame({"audio": test_names, LABEL: test[LABEL]}))
-    return Collection("spoken-digits", "audio", data / "train.csv", data / "test.csv", kinds, list(train["audio"]),
-                      labels, list(test["audio"]), [str(v) for v in test[LABEL]],
-                      f"spoken digits (espeak-ng): {len(train)} training clips of {len(voices) - len(test_voices)} "
-                      f"voices, {len(test)} test clips of {len(test_voices)} other voices", mess)
+    return Collection(
+        "spoken-digits",
+        "audio",
+        data / "train.csv",
+        data / "test.csv",
+        kinds,
+        list(train["audio"]),
+        labels,
+        list(test["audio"]),
+        [str(v) for v in test[LABEL]],
+        f"spoken digits (espeak-ng): {len(train)} training clips of {len(voices) - len(test_voices)} "
+        f"voices, {len(test)} test clips of {len(test_voices)} other voices",
+        mess,
+    )
 
 
 def check_source(name: str) -> None:
@@ -598,26 +700,45 @@ def run_logged(command: list[str], log_stem: Path, cwd: Path, env: dict[str, str
 
 def failure(log_stem: Path, status: int) -> str:
     """The last line a failed command wrote on stderr (its error message), or its exit status."""
-    lines = [line.strip() for line in Path(f"{log_stem}.stderr.log").read_text(errors="replace").splitlines()
-             if line.strip()]
+    lines = [
+        line.strip() for line in Path(f"{log_stem}.stderr.log").read_text(errors="replace").splitlines() if line.strip()
+    ]
     return lines[-1] if lines else f"exit status {status}"
 
 
 def run_search(collection: Collection, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The hands-off search, then predict on the test set: exit status, wall seconds, test scores."""
     run_dir = folder / "search"
-    command = cli_command("search", "--data", str(collection.train_csv), "--label", LABEL, "--timeout",
-                          f"{args.timeout:g}", "--output", str(run_dir), *shlex.split(args.search_args))
+    command = cli_command(
+        "search",
+        "--data",
+        str(collection.train_csv),
+        "--label",
+        LABEL,
+        "--timeout",
+        f"{args.timeout:g}",
+        "--output",
+        str(run_dir),
+        *shlex.split(args.search_args),
+    )
     env = {**os.environ, "AUTOML_TL_FEATURE_CACHE": str(run_dir / "feature-cache")}
     logger.info("%s: search, budget %.0f s: %s", collection.name, args.timeout, shlex.join(command))
     with OtherLoad() as load:
         # a safety net only: a search that ignores its budget this badly is stopped and reported
-        status, wall = run_logged(command, folder / "search", collection.train_csv.parent, env,
-                                  limit=3 * args.timeout + 300)
-    result: dict[str, Any] = {"command": shlex.join(command), "exit_status": status, "wall_seconds": wall,
-                              "wall_ratio": wall / args.timeout, "other_load": load.share, "error": None}
-    logger.info("%s: search exited with %d after %.0f s (%.2f x budget)", collection.name, status, wall,
-                wall / args.timeout)
+        status, wall = run_logged(
+            command, folder / "search", collection.train_csv.parent, env, limit=3 * args.timeout + 300
+        )
+    result: dict[str, Any] = {
+        "command": shlex.join(command),
+        "exit_status": status,
+        "wall_seconds": wall,
+        "wall_ratio": wall / args.timeout,
+        "other_load": load.share,
+        "error": None,
+    }
+    logger.info(
+        "%s: search exited with %d after %.0f s (%.2f x budget)", collection.name, status, wall, wall / args.timeout
+    )
     result.update(search_record(run_dir))
     if status != 0:
         result["error"] = failure(folder / "search", status)
@@ -625,16 +746,19 @@ def run_search(collection: Collection, folder: Path, args: argparse.Namespace) -
 
     predictions = folder / "predictions.csv"
     command = cli_command("predict", str(run_dir), "--data", str(collection.test_csv), "--output", str(predictions))
-    status, seconds = run_logged(command, folder / "predict", collection.test_csv.parent, dict(os.environ),
-                                 limit=3 * args.timeout + 300)
+    status, seconds = run_logged(
+        command, folder / "predict", collection.test_csv.parent, dict(os.environ), limit=3 * args.timeout + 300
+    )
     result.update(predict_command=shlex.join(command), predict_exit_status=status, predict_seconds=seconds)
     if status != 0 or not predictions.is_file():
         result["error"] = "predict: " + failure(folder / "predict", status)
         return result
     predicted = pd.read_csv(predictions, dtype=str, keep_default_na=False)
     if "prediction" not in predicted.columns or len(predicted) != len(collection.test_labels):
-        result["error"] = f"predict wrote {len(predicted)} rows (expected {len(collection.test_labels)}) " \
-                          f"with columns {', '.join(predicted.columns)}"
+        result["error"] = (
+            f"predict wrote {len(predicted)} rows (expected {len(collection.test_labels)}) "
+            f"with columns {', '.join(predicted.columns)}"
+        )
         return result
     result.update(scores(collection.test_labels, list(predicted["prediction"])))
     result["predict_failed_rows"] = int((predicted["prediction"] == "").sum())
@@ -671,8 +795,10 @@ def scores(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score
 
     classes = sorted(set(truth))
-    return {"accuracy": float(accuracy_score(truth, predicted)),
-            "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0))}
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0)),
+    }
 
 
 # ---------------------------------------------------------------- baselines
@@ -686,8 +812,13 @@ def logistic_regression(train: Any, labels: Sequence[str], seed: int, scale: boo
     from sklearn.preprocessing import StandardScaler
 
     folds = max(2, min(LR_FOLDS, min(pd.Series(labels).value_counts())))
-    model = LogisticRegressionCV(Cs=LR_CS, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                 scoring="accuracy", max_iter=3000, n_jobs=1)
+    model = LogisticRegressionCV(
+        Cs=LR_CS,
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        scoring="accuracy",
+        max_iter=3000,
+        n_jobs=1,
+    )
     pipeline = make_pipeline(StandardScaler(), model) if scale else make_pipeline(model)
     return pipeline.fit(train, list(labels))
 
@@ -697,15 +828,22 @@ def chosen_c(pipeline: Any) -> float:
     return float(np.atleast_1d(pipeline[-1].C_)[0])
 
 
-def ordered_features(cache: FeatureCache, backbone: Backbone, inputs: list[Any], modality: str,
-                     device: torch.device) -> np.ndarray:
+def ordered_features(
+    cache: FeatureCache, backbone: Backbone, inputs: list[Any], modality: str, device: torch.device
+) -> np.ndarray:
     """The frozen features of ``inputs`` in their order; texts go through the body shortest first (batches pad
     to their longest text) and come back in the original order."""
     order = np.argsort([len(v) for v in inputs], kind="stable") if modality == "text" else np.arange(len(inputs))
     batch_inputs = [inputs[i] for i in order]
     preprocessor = backbone.preprocessor(InputOptions())
-    features = cache.features(backbone, preprocessor, lambda: preprocessor.encode(batch_inputs),
-                              samples_hash(batch_inputs), len(batch_inputs), device)
+    features = cache.features(
+        backbone,
+        preprocessor,
+        lambda: preprocessor.encode(batch_inputs),
+        samples_hash(batch_inputs),
+        len(batch_inputs),
+        device,
+    )
     restored = np.empty_like(features)
     restored[order] = features
     return restored
@@ -717,8 +855,9 @@ def probe_backbones(modality: str, names: list[str] | None) -> list[Backbone]:
     return installed if not names else [b for b in installed if b.name in names]
 
 
-def run_probes(collection: Collection, cache: FeatureCache, seed: int,
-               names: list[str] | None) -> dict[str, dict[str, Any]]:
+def run_probes(
+    collection: Collection, cache: FeatureCache, seed: int, names: list[str] | None
+) -> dict[str, dict[str, Any]]:
     """Logistic regression on each backbone's frozen features of the clean labelled rows."""
     usable = collection.usable()
     train_inputs = [collection.clean_inputs[i] for i in usable]
@@ -731,11 +870,20 @@ def run_probes(collection: Collection, cache: FeatureCache, seed: int,
         test = ordered_features(cache, backbone, collection.test_inputs, collection.modality, device)
         feature_seconds = time.perf_counter() - started
         model = logistic_regression(train, train_labels, seed, scale=True)
-        results[backbone.name] = {**scores(collection.test_labels, list(model.predict(test))), "C": chosen_c(model),
-                                  "feature_seconds": feature_seconds,
-                                  "preprocessing": backbone.preprocessor(InputOptions()).describe()}
-        logger.info("%s: probe %s: test accuracy %.4f (C=%.3g; features %.0f s)", collection.name, backbone.name,
-                    results[backbone.name]["accuracy"], results[backbone.name]["C"], feature_seconds)
+        results[backbone.name] = {
+            **scores(collection.test_labels, list(model.predict(test))),
+            "C": chosen_c(model),
+            "feature_seconds": feature_seconds,
+            "preprocessing": backbone.preprocessor(InputOptions()).describe(),
+        }
+        logger.info(
+            "%s: probe %s: test accuracy %.4f (C=%.3g; features %.0f s)",
+            collection.name,
+            backbone.name,
+            results[backbone.name]["accuracy"],
+            results[backbone.name]["C"],
+            feature_seconds,
+        )
     return results
 
 
@@ -765,6 +913,7 @@ def run_classical(collection: Collection, seed: int) -> dict[str, Any]:
         train, test = vectorizer.fit_transform(train_inputs), vectorizer.transform(collection.test_inputs)
         what, scale = "TF-IDF (1-2 grams, whole texts) + LR", False
     elif collection.modality == "image":
+
         def pixels(images: Sequence[np.ndarray]) -> np.ndarray:
             return np.stack([np.asarray(image, dtype=np.float32).reshape(-1) / 255.0 for image in images])
 
@@ -775,10 +924,13 @@ def run_classical(collection: Collection, seed: int) -> dict[str, Any]:
         train, test = logmel_statistics(train_inputs), logmel_statistics(collection.test_inputs)
         what, scale = "log-mel mean+std (64 bands, 16 kHz, whole clip) + LR", True
     model = logistic_regression(train, train_labels, seed, scale=scale)
-    result = {**scores(collection.test_labels, list(model.predict(test))), "C": chosen_c(model), "method": what,
-              "seconds": time.perf_counter() - started}
-    logger.info("%s: classical %s: test accuracy %.4f (C=%.3g)", collection.name, what, result["accuracy"],
-                result["C"])
+    result = {
+        **scores(collection.test_labels, list(model.predict(test))),
+        "C": chosen_c(model),
+        "method": what,
+        "seconds": time.perf_counter() - started,
+    }
+    logger.info("%s: classical %s: test accuracy %.4f (C=%.3g)", collection.name, what, result["accuracy"], result["C"])
     return result
 
 
@@ -797,41 +949,58 @@ def collection_row(record: dict[str, Any]) -> dict[str, str]:
     counts, search, oracle, classical = record["train_rows"], record["search"], record["oracle"], record["classical"]
     delta = record.get("search_minus_oracle_points")
     return {
-        "collection": record["collection"], "input": record["modality"],
+        "collection": record["collection"],
+        "input": record["modality"],
         "l/u/b/test": f"{counts['labelled']}/{counts['unlabelled']}/{counts['bad']}/{record['test_rows']}",
         "search": pair(search) if search.get("error") is None else "failed",
         "wall (×B)": f"{search['wall_seconds']:.0f} ({search['wall_ratio']:.2f})",
         "probe": pair(record["probes"].get(oracle)) if oracle else "-",
-        "classical": pair(classical), "Δ": "-" if delta is None else f"{delta:+.1f}",
+        "classical": pair(classical),
+        "Δ": "-" if delta is None else f"{delta:+.1f}",
     }
 
 
 def report(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The one table, its legend, the goal line, and a line per collection on what happened."""
     rows = [collection_row(record) for record in records]
-    table = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
-                                           colalign=["left", "left"] + ["right"] * (len(rows[0]) - 2))
-    legend = ("search, probe, classical: test accuracy / macro-F1 in %, on the clean test set; l/u/b/test: "
-              "training rows labelled / unlabelled / bad, and test rows; wall (×B): the search command's "
-              f"wall-clock seconds (its ratio to the budget B = {args.timeout:g} s); probe: logistic regression on "
-              "the frozen features of the backbone with the best test accuracy (oracle); Δ: search minus probe "
-              "accuracy, in points.")
-    met = [r.get("search_minus_oracle_points") is not None and r["search_minus_oracle_points"] >= GOAL_POINTS
-           and r["search"]["wall_ratio"] <= GOAL_WALL_RATIO for r in records]
-    goal = (f"goal: search >= oracle probe + {GOAL_POINTS:g} points and wall <= {GOAL_WALL_RATIO:g} x budget on "
-            f"every collection: {'PASS' if all(met) else 'FAIL'} ({sum(met)} of {len(met)} collections)")
+    table = pd.DataFrame(rows).to_markdown(
+        index=False, disable_numparse=True, colalign=["left", "left"] + ["right"] * (len(rows[0]) - 2)
+    )
+    legend = (
+        "search, probe, classical: test accuracy / macro-F1 in %, on the clean test set; l/u/b/test: "
+        "training rows labelled / unlabelled / bad, and test rows; wall (×B): the search command's "
+        f"wall-clock seconds (its ratio to the budget B = {args.timeout:g} s); probe: logistic regression on "
+        "the frozen features of the backbone with the best test accuracy (oracle); Δ: search minus probe "
+        "accuracy, in points."
+    )
+    met = [
+        r.get("search_minus_oracle_points") is not None
+        and r["search_minus_oracle_points"] >= GOAL_POINTS
+        and r["search"]["wall_ratio"] <= GOAL_WALL_RATIO
+        for r in records
+    ]
+    goal = (
+        f"goal: search >= oracle probe + {GOAL_POINTS:g} points and wall <= {GOAL_WALL_RATIO:g} x budget on "
+        f"every collection: {'PASS' if all(met) else 'FAIL'} ({sum(met)} of {len(met)} collections)"
+    )
     lines = []
     for record in records:
         search = record["search"]
         oracle = record["oracle"]
         probes = ", ".join(f"{name} {100 * p['accuracy']:.1f}" for name, p in record["probes"].items())
-        what = (f"error (exit {search['exit_status']}): {search['error']}" if search.get("error") else
-                f"picked {search.get('picked') or '?'}; trials {search.get('trials_by_state') or '?'}; "
-                f"skipped by the engine: {search.get('skipped_rows', 'no skipped.csv')}")
-        lines.append(f"- {record['collection']}: {record['description']}; {record['train_rows']['odd']} odd rows. "
-                     f"Search: {what}. Probe oracle: {oracle or '-'} (all: {probes or 'none'}). "
-                     f"Classical: {record['classical']['method']}. CPU used by others during the search: "
-                     f"{percent(search.get('other_load'))}.")
+        what = (
+            f"error (exit {search['exit_status']}): {search['error']}"
+            if search.get("error")
+            else f"picked {search.get('picked') or '?'}; trials {search.get('trials_by_state') or '?'}; "
+            f"skipped by the engine: {search.get('skipped_rows', 'no skipped.csv')}"
+        )
+        lines.append(
+            f"- {record['collection']}: {record['description']}; {record['train_rows']['odd']} odd rows. "
+            f"Search: {what}. Probe oracle: {oracle or '-'} (all: {probes or 'none'}). "
+            f"Classical: {record['classical']['method']}. CPU used by others during the search: "
+            f"{percent(search.get('other_load'))}."
+        )
+
     def wrap(text: str, indent: str = "") -> str:
         return textwrap.fill(text, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
 
@@ -845,8 +1014,14 @@ def run_collection(name: str, args: argparse.Namespace, output: Path, cache: Fea
     folder.mkdir(parents=True)
     started = time.perf_counter()
     collection = write_collection(name, folder, args, output)
-    logger.info("%s: wrote %s and %s in %.0f s (%s)", name, collection.train_csv, collection.test_csv,
-                time.perf_counter() - started, collection.counts())
+    logger.info(
+        "%s: wrote %s and %s in %.0f s (%s)",
+        name,
+        collection.train_csv,
+        collection.test_csv,
+        time.perf_counter() - started,
+        collection.counts(),
+    )
     search = run_search(collection, folder, args)
     probes = run_probes(collection, cache, args.seed, args.probe_backbones)
     classical = run_classical(collection, args.seed)
@@ -854,11 +1029,22 @@ def run_collection(name: str, args: argparse.Namespace, output: Path, cache: Fea
     delta = None
     if oracle is not None and search.get("accuracy") is not None:
         delta = 100 * (search["accuracy"] - probes[oracle]["accuracy"])
-    return {"collection": name, "modality": collection.modality, "description": collection.description,
-            "train_csv": str(collection.train_csv), "test_csv": str(collection.test_csv),
-            "train_rows": collection.counts(), "test_rows": len(collection.test_labels), "mess": collection.mess,
-            "search": search, "probes": probes, "oracle": oracle, "classical": classical,
-            "search_minus_oracle_points": delta, "seconds": time.perf_counter() - started}
+    return {
+        "collection": name,
+        "modality": collection.modality,
+        "description": collection.description,
+        "train_csv": str(collection.train_csv),
+        "test_csv": str(collection.test_csv),
+        "train_rows": collection.counts(),
+        "test_rows": len(collection.test_labels),
+        "mess": collection.mess,
+        "search": search,
+        "probes": probes,
+        "oracle": oracle,
+        "classical": classical,
+        "search_minus_oracle_points": delta,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -875,9 +1061,13 @@ def main(argv: list[str] | None = None) -> int:
         clear_run_dir(output / name, args.overwrite)
     output.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(output / "features")
-    head = [f"command: {command_line()}", machine_line(default_device()),
-            f"budget B = {args.timeout:g} s per search; {'clean (--clean)' if args.clean else 'messy'} data; "
-            + f"seed {args.seed}", ""]
+    head = [
+        f"command: {command_line()}",
+        machine_line(default_device()),
+        f"budget B = {args.timeout:g} s per search; {'clean (--clean)' if args.clean else 'messy'} data; "
+        + f"seed {args.seed}",
+        "",
+    ]
     records: list[dict[str, Any]] = []
     text = ""
     for name in args.collections:
@@ -885,9 +1075,19 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s done in %.0f s", name, records[-1]["seconds"])
         text = "\n".join(head) + report(records, args) + "\n"
         (output / "results.md").write_text(text)
-        (output / "results.json").write_text(json.dumps({"command": command_line(), "budget_seconds": args.timeout,
-                                                          "clean": args.clean, "seed": args.seed,
-                                                          "collections": records}, indent=2, default=str))
+        (output / "results.json").write_text(
+            json.dumps(
+                {
+                    "command": command_line(),
+                    "budget_seconds": args.timeout,
+                    "clean": args.clean,
+                    "seed": args.seed,
+                    "collections": records,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     print(text)
     logger.info("wrote %s and %s", output / "results.md", output / "results.json")
     return 0

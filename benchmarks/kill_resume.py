@@ -62,16 +62,40 @@ logger = logging.getLogger("benchmarks.kill_resume")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"runs": 10, "trials": 12, "epochs": 3, "samples": 800,
-             "backbones": ("mobilenetv2_100", "tf_efficientnet_lite0")},
+    "full": {
+        "runs": 10,
+        "trials": 12,
+        "epochs": 3,
+        "samples": 800,
+        "backbones": ("mobilenetv2_100", "tf_efficientnet_lite0"),
+    },
     "quick": {"runs": 1, "trials": 2, "epochs": 1, "samples": 120, "backbones": ("mobilenetv2_100",)},
 }
 
 
 def search_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "automl_tl.cli", "search", "--dataset", "digits", "--max-samples",
-            str(args.samples), "--backbones", *args.backbones, "--image-size", "32", "--trials", str(args.trials),
-            "--max-epochs", str(args.epochs), "--seed", str(args.seed), "--output", str(run_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "automl_tl.cli",
+        "search",
+        "--dataset",
+        "digits",
+        "--max-samples",
+        str(args.samples),
+        "--backbones",
+        *args.backbones,
+        "--image-size",
+        "32",
+        "--trials",
+        str(args.trials),
+        "--max-epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--output",
+        str(run_dir),
+    ]
 
 
 def load_study(run_dir: Path) -> optuna.Study | None:
@@ -88,9 +112,10 @@ def load_study(run_dir: Path) -> optuna.Study | None:
 def finished_values(study: optuna.Study | None) -> dict[int, tuple[str, float | None]]:
     if study is None:
         return {}
-    return {t.number: (t.state.name, t.value if t.state == TrialState.COMPLETE else
-                       t.user_attrs.get("best_val_accuracy"))
-            for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    return {
+        t.number: (t.state.name, t.value if t.state == TrialState.COMPLETE else t.user_attrs.get("best_val_accuracy"))
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+    }
 
 
 def best_model(run_dir: Path) -> tuple[dict, float]:
@@ -122,8 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help=f"killed and resumed runs {size_help(SIZES, 'runs')}")
     parser.add_argument("--trials", type=int, default=None, help=f"trials of each search {size_help(SIZES, 'trials')}")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per trial {size_help(SIZES, 'epochs')}")
-    parser.add_argument("--samples", type=int, default=None,
-                        help=f"digits used (stratified) {size_help(SIZES, 'samples')}")
+    parser.add_argument(
+        "--samples", type=int, default=None, help=f"digits used (stratified) {size_help(SIZES, 'samples')}"
+    )
     parser.add_argument("--backbones", nargs="+", default=None, help=f"image backbones {size_help(SIZES, 'backbones')}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--earliest", type=float, default=3.0, help="earliest kill, seconds after the start")
@@ -145,16 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(search_command(args, reference_dir), env=env, check=True, capture_output=True)
     reference_seconds = time.perf_counter() - started
     reference_config, reference_accuracy = best_model(reference_dir)
-    logger.info("reference run: %.1f s, best %s %s val %.4f", reference_seconds, reference_config["backbone"],
-                reference_config["strategy"], reference_accuracy)
+    logger.info(
+        "reference run: %.1f s, best %s %s val %.4f",
+        reference_seconds,
+        reference_config["backbone"],
+        reference_config["strategy"],
+        reference_accuracy,
+    )
 
     moments = random.Random(args.kill_seed)
     rows = []
     for run in range(1, args.runs + 1):
         run_dir = output / f"run{run:02d}"
         kill_after = moments.uniform(args.earliest, 0.9 * reference_seconds)
-        process = subprocess.Popen(search_command(args, run_dir), env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            search_command(args, run_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             process.wait(timeout=kill_after)
             killed = False  # it finished first
@@ -182,26 +214,45 @@ def main(argv: list[str] | None = None) -> int:
             retries = [t for t in trials if t.user_attrs.get("retry_of") == running[0]]
             retried = "yes" if interrupted.state == TrialState.FAIL and retries else "no"
         config, accuracy = best_model(run_dir) if resumed.returncode == 0 else ({}, None)
-        same = resumed.returncode == 0 and same_configuration(config, reference_config) \
-            and accuracy == reference_accuracy
-        rows.append({"run": run, "killed after s": kill_after if killed else None, "phase at the kill": phase,
-                     "finished before": len(before), "lost": lost, "interrupted trial retried": retried,
-                     "resume s": resume_seconds, "exit": resumed.returncode,
-                     "best val accuracy": accuracy, "same best as uninterrupted": "yes" if same else "no"})
+        same = (
+            resumed.returncode == 0 and same_configuration(config, reference_config) and accuracy == reference_accuracy
+        )
+        rows.append(
+            {
+                "run": run,
+                "killed after s": kill_after if killed else None,
+                "phase at the kill": phase,
+                "finished before": len(before),
+                "lost": lost,
+                "interrupted trial retried": retried,
+                "resume s": resume_seconds,
+                "exit": resumed.returncode,
+                "best val accuracy": accuracy,
+                "same best as uninterrupted": "yes" if same else "no",
+            }
+        )
         logger.info("run %d: %s", run, rows[-1])
 
     table = markdown_table(rows, {"killed after s": "{:.1f}", "resume s": "{:.1f}", "best val accuracy": "{:.4f}"})
     lost_total = sum(r["lost"] for r in rows)
     same_total = sum(r["same best as uninterrupted"] == "yes" for r in rows)
-    text = "\n".join([
-        f"command: {command_line()}", machine_line("cpu"), "",
-        f"search: digits ({args.samples}), {', '.join(args.backbones)} at 32 px, {args.trials} trials, "
-        f"{args.epochs} epochs, seed {args.seed}; uninterrupted reference: {reference_seconds:.1f} s wall, best "
-        f"{reference_config['backbone']} / {reference_config['strategy']}, val accuracy {reference_accuracy:.4f}",
-        "", table, "",
-        f"- finished trials lost: {lost_total} in {len(rows)} runs (goal: 0)",
-        f"- resumed runs whose best model is the uninterrupted run's (same configuration and validation "
-        f"accuracy): {same_total} of {len(rows)}", ""])
+    text = "\n".join(
+        [
+            f"command: {command_line()}",
+            machine_line("cpu"),
+            "",
+            f"search: digits ({args.samples}), {', '.join(args.backbones)} at 32 px, {args.trials} trials, "
+            f"{args.epochs} epochs, seed {args.seed}; uninterrupted reference: {reference_seconds:.1f} s wall, best "
+            f"{reference_config['backbone']} / {reference_config['strategy']}, val accuracy {reference_accuracy:.4f}",
+            "",
+            table,
+            "",
+            f"- finished trials lost: {lost_total} in {len(rows)} runs (goal: 0)",
+            f"- resumed runs whose best model is the uninterrupted run's (same configuration and validation "
+            f"accuracy): {same_total} of {len(rows)}",
+            "",
+        ]
+    )
     print(text)
     (output / "results.md").write_text(text)
     return 0

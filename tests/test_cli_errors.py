@@ -86,8 +86,14 @@ def edit_csv(path: Path, edit) -> Path:
 def model_dir(directory: Path) -> Path:
     """A hand-made model directory with a valid config.json and no weights."""
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"format_version": 1, "backbone": {"name": "mobilenetv2_100"}, "classes": ["cat", "dog"],
-              "input_column": "image", "input_options": {"image_size": 32}, "preprocessing": {}}
+    config = {
+        "format_version": 1,
+        "backbone": {"name": "mobilenetv2_100"},
+        "classes": ["cat", "dog"],
+        "input_column": "image",
+        "input_options": {"image_size": 32},
+        "preprocessing": {},
+    }
     (directory / "config.json").write_text(json.dumps(config))
     return directory
 
@@ -107,8 +113,14 @@ class CreatesMarker:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "automl_tl.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "automl_tl.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 # ---------------------------------------------------------------- subprocess cases
@@ -132,15 +144,30 @@ def case_zero_trials(tmp: Path):
 
 def case_unknown_backbone_suggests_close_names(tmp: Path):
     folder = image_folder(tmp / "pets")
-    args = ["search", "--data", folder, "--output", tmp / "run", "--backbones", "tf_efficientnet_lit0",
-            "--image-size", "32", "--trials", "1", "--max-epochs", "1"]
+    args = [
+        "search",
+        "--data",
+        folder,
+        "--output",
+        tmp / "run",
+        "--backbones",
+        "tf_efficientnet_lit0",
+        "--image-size",
+        "32",
+        "--trials",
+        "1",
+        "--max-epochs",
+        "1",
+    ]
     return args, ["unknown backbone 'tf_efficientnet_lit0'", "did you mean", "tf_efficientnet_lite0"]
 
 
 def case_malformed_storage_url(tmp: Path):
     folder = image_folder(tmp / "pets")
-    return (["search", "--data", folder, "--output", tmp / "run", "--storage", "foo://bar", *SMALL_SEARCH],
-            ["malformed storage URL 'foo://bar'", "sqlite"])
+    return (
+        ["search", "--data", folder, "--output", tmp / "run", "--storage", "foo://bar", *SMALL_SEARCH],
+        ["malformed storage URL 'foo://bar'", "sqlite"],
+    )
 
 
 def case_output_below_a_regular_file(tmp: Path):
@@ -148,15 +175,19 @@ def case_output_below_a_regular_file(tmp: Path):
     blocker = tmp / "somefile"
     blocker.write_text("a file, not a folder")
     output = blocker / "run"
-    return (["search", "--data", folder, "--output", output, *SMALL_SEARCH],
-            ["cannot write to output directory", str(output)])
+    return (
+        ["search", "--data", folder, "--output", output, *SMALL_SEARCH],
+        ["cannot write to output directory", str(output)],
+    )
 
 
 def case_predict_run_dir_missing(tmp: Path):
     image_folder(tmp / "new")
     missing = tmp / "no_such_run"
-    return (["predict", missing, "--data", tmp / "new", "--output", tmp / "p.csv"],
-            ["run directory not found", str(missing)])
+    return (
+        ["predict", missing, "--data", tmp / "new", "--output", tmp / "p.csv"],
+        ["run directory not found", str(missing)],
+    )
 
 
 def case_predict_pickle_in_safetensors(tmp: Path):
@@ -164,15 +195,25 @@ def case_predict_pickle_in_safetensors(tmp: Path):
     marker = tmp / "code_was_executed"
     (model / "model.safetensors").write_bytes(pickle.dumps({"weight": CreatesMarker(marker)}))
     image_folder(tmp / "new")
-    return (["predict", model, "--data", tmp / "new", "--output", tmp / "p.csv"],
-            ["model.safetensors", "is not a valid safetensors file"])
+    return (
+        ["predict", model, "--data", tmp / "new", "--output", tmp / "p.csv"],
+        ["model.safetensors", "is not a valid safetensors file"],
+    )
 
 
-SUBPROCESS_CASES = {f.__name__[len("case_"):]: f for f in (
-    case_data_path_missing, case_corrupt_image_in_folder, case_zero_trials,
-    case_unknown_backbone_suggests_close_names, case_malformed_storage_url, case_output_below_a_regular_file,
-    case_predict_run_dir_missing, case_predict_pickle_in_safetensors,
-)}
+SUBPROCESS_CASES = {
+    f.__name__[len("case_") :]: f
+    for f in (
+        case_data_path_missing,
+        case_corrupt_image_in_folder,
+        case_zero_trials,
+        case_unknown_backbone_suggests_close_names,
+        case_malformed_storage_url,
+        case_output_below_a_regular_file,
+        case_predict_run_dir_missing,
+        case_predict_pickle_in_safetensors,
+    )
+}
 
 
 @pytest.fixture(scope="module")
@@ -278,15 +319,18 @@ def _truncated_png(tmp):
     csv = csv_data(tmp)
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
-    (tmp / "imgs" / "cat3.png").write_bytes(buffer.getvalue()[:-len(buffer.getvalue()) // 3])
+    (tmp / "imgs" / "cat3.png").write_bytes(buffer.getvalue()[: -len(buffer.getvalue()) // 3])
     return [csv], ["cannot read image file", str(tmp / "imgs" / "cat3.png")]
 
 
 def _huge_bmp_header(tmp):
     csv = csv_data(tmp)
     bad = tmp / "imgs" / "huge.bmp"
-    bad.write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
-                    + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0))
+    bad.write_bytes(
+        b"BM"
+        + struct.pack("<IHHI", 54, 0, 0, 54)
+        + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    )
     edit_csv(csv, lambda f: f.assign(image=["imgs/huge.bmp"] + list(f["image"][1:])))
     return [csv], ["1 of 8 labelled rows", "(12%) cannot be used", "is too large: 30000x30000 pixels", str(bad)]
 
@@ -309,8 +353,13 @@ def _too_many_bad_images(tmp):
     for name in ("cat1", "dog4", "dog5"):
         (tmp / "imgs" / f"{name}.png").unlink()
     return [csv, "--max-bad-fraction", "0.1"], [
-        "3 of 20 labelled rows of", str(csv), "(15%) cannot be used, more than the 10%", "--max-bad-fraction",
-        "the first: image file not found", str(tmp / "imgs" / "cat1.png")]
+        "3 of 20 labelled rows of",
+        str(csv),
+        "(15%) cannot be used, more than the 10%",
+        "--max-bad-fraction",
+        "the first: image file not found",
+        str(tmp / "imgs" / "cat1.png"),
+    ]
 
 
 def _only_unlabelled_rows(tmp):
@@ -373,8 +422,9 @@ def _garbage_wav_in_csv(tmp):
     bad.write_bytes(b"\x00" * 64)
     files = sorted(folder.rglob("*.wav"))
     csv = tmp / "sounds.csv"
-    pd.DataFrame({"audio": [str(f.relative_to(tmp)) for f in files], "label": [f.parent.name for f in files]}
-                 ).to_csv(csv, index=False)
+    pd.DataFrame({"audio": [str(f.relative_to(tmp)) for f in files], "label": [f.parent.name for f in files]}).to_csv(
+        csv, index=False
+    )
     return [csv], ["cannot read audio file", str(bad)]
 
 
@@ -406,13 +456,32 @@ def _text_file_empty(tmp):
     return [folder], ["text file", str(folder / "good" / "2.txt"), "is empty"]
 
 
-DATA_MISTAKES = [_missing_label_column, _missing_input_column, _empty_csv, _zero_rows, _one_class, _small_class,
-                 _class_with_one_example,
-                 _missing_image, _garbage_image, _truncated_png, _huge_bmp_header, _every_image_unreadable,
-                 _one_bad_image_refused_on_request, _too_many_bad_images, _only_unlabelled_rows,
-                 _a_class_left_too_small_by_skipping, _nonexistent_csv,
-                 _folder_without_classes, _folder_without_files, _garbage_wav_in_folder, _garbage_wav_in_csv,
-                 _text_not_utf8, _text_file_dangling_link, _text_file_empty]
+DATA_MISTAKES = [
+    _missing_label_column,
+    _missing_input_column,
+    _empty_csv,
+    _zero_rows,
+    _one_class,
+    _small_class,
+    _class_with_one_example,
+    _missing_image,
+    _garbage_image,
+    _truncated_png,
+    _huge_bmp_header,
+    _every_image_unreadable,
+    _one_bad_image_refused_on_request,
+    _too_many_bad_images,
+    _only_unlabelled_rows,
+    _a_class_left_too_small_by_skipping,
+    _nonexistent_csv,
+    _folder_without_classes,
+    _folder_without_files,
+    _garbage_wav_in_folder,
+    _garbage_wav_in_csv,
+    _text_not_utf8,
+    _text_file_dangling_link,
+    _text_file_empty,
+]
 
 
 @pytest.mark.parametrize("mistake", DATA_MISTAKES, ids=[m.__name__.strip("_") for m in DATA_MISTAKES])
@@ -426,31 +495,42 @@ def test_search_refuses_bad_data(tmp_path, capsys, monkeypatch, mistake):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["search", "--trials", "-3"], "argument --trials: expected a number >= 1, got -3"),
-    (["search", "--trials", "many"], "argument --trials: expected a whole number, got 'many'"),
-    (["search", "--timeout", "0"], "argument --timeout: expected a positive number of seconds, got 0.0"),
-    (["search", "--timeout", "-1"], "argument --timeout: expected a positive number of seconds, got -1.0"),
-    (["search", "--timeout", "-5"], "argument --timeout: expected a positive number of seconds, got -5.0"),
-    (["search", "--timeout", "nan"], "argument --timeout: expected a finite number of seconds, got 'nan'"),
-    (["search", "--timeout", "inf"], "argument --timeout: expected a finite number of seconds, got 'inf'"),
-    (["search", "--trials", "-1"], "argument --trials: expected a number >= 1, got -1"),
-    (["search", "--trial-timeout", "-5"], "argument --trial-timeout: expected a positive number of seconds, got -5.0"),
-    (["search", "--max-epochs", "0"], "argument --max-epochs: expected a number >= 1, got 0"),
-    (["search", "--pruner", "fast"], "argument --pruner: invalid choice: 'fast'"),
-    (["search", "--strategies", "freeze_all"], "argument --strategies: invalid choice: 'freeze_all'"),
-    (["search", "--heads", "attention"], "argument --heads: invalid choice: 'attention'"),
-    (["search", "--top-k", "0"], "argument --top-k: expected a number >= 1, got 0"),
-    (["search", "--trial-timeout", "0"], "argument --trial-timeout: expected a positive number of seconds, got 0.0"),
-    (["search", "--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
-    (["predict", "somewhere"], "the following arguments are required: --data, --output"),
-    (["search", "--max-bad-fraction", "1.5"], "--max-bad-fraction: expected a share between 0 and 1, got '1.5'"),
-    (["search", "--max-bad-fraction", "nan"], "--max-bad-fraction: expected a share between 0 and 1, got 'nan'"),
-    (["search", "--on-bad-input", "ignore"], "argument --on-bad-input: invalid choice: 'ignore'"),
-    (["search", "--max-image-pixels", "0"], "argument --max-image-pixels: expected a number >= 1, got 0"),
-    (["predict", "run", "--data", "x", "--output", "y", "--on-bad-input", "drop"],
-     "argument --on-bad-input: invalid choice: 'drop'"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["search", "--trials", "-3"], "argument --trials: expected a number >= 1, got -3"),
+        (["search", "--trials", "many"], "argument --trials: expected a whole number, got 'many'"),
+        (["search", "--timeout", "0"], "argument --timeout: expected a positive number of seconds, got 0.0"),
+        (["search", "--timeout", "-1"], "argument --timeout: expected a positive number of seconds, got -1.0"),
+        (["search", "--timeout", "-5"], "argument --timeout: expected a positive number of seconds, got -5.0"),
+        (["search", "--timeout", "nan"], "argument --timeout: expected a finite number of seconds, got 'nan'"),
+        (["search", "--timeout", "inf"], "argument --timeout: expected a finite number of seconds, got 'inf'"),
+        (["search", "--trials", "-1"], "argument --trials: expected a number >= 1, got -1"),
+        (
+            ["search", "--trial-timeout", "-5"],
+            "argument --trial-timeout: expected a positive number of seconds, got -5.0",
+        ),
+        (["search", "--max-epochs", "0"], "argument --max-epochs: expected a number >= 1, got 0"),
+        (["search", "--pruner", "fast"], "argument --pruner: invalid choice: 'fast'"),
+        (["search", "--strategies", "freeze_all"], "argument --strategies: invalid choice: 'freeze_all'"),
+        (["search", "--heads", "attention"], "argument --heads: invalid choice: 'attention'"),
+        (["search", "--top-k", "0"], "argument --top-k: expected a number >= 1, got 0"),
+        (
+            ["search", "--trial-timeout", "0"],
+            "argument --trial-timeout: expected a positive number of seconds, got 0.0",
+        ),
+        (["search", "--sampler", "grid"], "argument --sampler: invalid choice: 'grid'"),
+        (["predict", "somewhere"], "the following arguments are required: --data, --output"),
+        (["search", "--max-bad-fraction", "1.5"], "--max-bad-fraction: expected a share between 0 and 1, got '1.5'"),
+        (["search", "--max-bad-fraction", "nan"], "--max-bad-fraction: expected a share between 0 and 1, got 'nan'"),
+        (["search", "--on-bad-input", "ignore"], "argument --on-bad-input: invalid choice: 'ignore'"),
+        (["search", "--max-image-pixels", "0"], "argument --max-image-pixels: expected a number >= 1, got 0"),
+        (
+            ["predict", "run", "--data", "x", "--output", "y", "--on-bad-input", "drop"],
+            "argument --on-bad-input: invalid choice: 'drop'",
+        ),
+    ],
+)
 def test_argparse_errors_exit_2_with_a_message(capsys, argv, expected):
     code, stderr = run_main(argv, capsys)
     assert code == 2 and "Traceback" not in stderr
@@ -462,11 +542,14 @@ def test_data_and_dataset_together(tmp_path, capsys):
     assert "--data or --dataset" in error_line(code, stderr)
 
 
-@pytest.mark.parametrize("counts, max_samples, expected", [
-    ({"cat": 5, "dog": 1}, 3, ["class 'dog'", "1 example"]),  # checked before sampling
-    ({"cat": 4, "dog": 4, "owl": 4}, 2, ["stratified sample of 2 rows", "data.csv"]),  # fewer samples than classes
-    ({"cat": 30, "dog": 3}, 10, ["class 'dog'", "a sample of 10 rows"]),  # the sample leaves a class too small
-])
+@pytest.mark.parametrize(
+    "counts, max_samples, expected",
+    [
+        ({"cat": 5, "dog": 1}, 3, ["class 'dog'", "1 example"]),  # checked before sampling
+        ({"cat": 4, "dog": 4, "owl": 4}, 2, ["stratified sample of 2 rows", "data.csv"]),  # fewer samples than classes
+        ({"cat": 30, "dog": 3}, 10, ["class 'dog'", "a sample of 10 rows"]),  # the sample leaves a class too small
+    ],
+)
 def test_max_samples_that_cannot_be_stratified(tmp_path, capsys, counts, max_samples, expected):
     csv = csv_data(tmp_path, counts)
     code, stderr = run_main(["search", "--data", csv, "--max-samples", max_samples, *SMALL_SEARCH], capsys)
@@ -477,8 +560,9 @@ def test_max_samples_that_cannot_be_stratified(tmp_path, capsys, counts, max_sam
 
 def test_max_samples_with_missing_label_column_names_the_column(tmp_path, capsys):
     csv = csv_data(tmp_path)
-    code, stderr = run_main(["search", "--data", csv, "--label", "species", "--max-samples", "4", *SMALL_SEARCH],
-                            capsys)
+    code, stderr = run_main(
+        ["search", "--data", csv, "--label", "species", "--max-samples", "4", *SMALL_SEARCH], capsys
+    )
     line = error_line(code, stderr)
     assert "label column 'species' not found" in line and "columns: image, label" in line
 
@@ -486,8 +570,22 @@ def test_max_samples_with_missing_label_column_names_the_column(tmp_path, capsys
 def test_max_samples_on_an_image_folder_uses_its_folder_labels(tmp_path, capsys):
     # --label applies to tables; an image folder's labels are its subfolders, with or without --max-samples
     folder = image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
-    code, stderr = run_main(["search", "--data", folder, "--label", "species", "--max-samples", "9",
-                             "--output", tmp_path / "run", "--backbones", "no_such_backbone"], capsys)
+    code, stderr = run_main(
+        [
+            "search",
+            "--data",
+            folder,
+            "--label",
+            "species",
+            "--max-samples",
+            "9",
+            "--output",
+            tmp_path / "run",
+            "--backbones",
+            "no_such_backbone",
+        ],
+        capsys,
+    )
     assert "unknown backbone 'no_such_backbone'" in error_line(code, stderr)  # got past the data
 
 
@@ -543,10 +641,13 @@ def test_predict_refuses_a_torch_pickle_renamed_to_safetensors(tmp_path, capsys)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("config", [
-    {"backbone": {"name": "mobilenetv2_100"}, "classes": ["a", "b"], "input_options": {}},  # a field missing
-    {"backbone": {"name": "mobilenetv2_100"}, "classes": ["a", "b"], "preprocessing": {}},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"backbone": {"name": "mobilenetv2_100"}, "classes": ["a", "b"], "input_options": {}},  # a field missing
+        {"backbone": {"name": "mobilenetv2_100"}, "classes": ["a", "b"], "preprocessing": {}},
+    ],
+)
 def test_predict_refuses_config_missing_a_field(tmp_path, capsys, config):
     model = tmp_path / "model"
     model.mkdir()
@@ -569,7 +670,6 @@ def test_predict_refuses_config_that_is_not_an_object(tmp_path, capsys):
 # ---------------------------------------------------------------- unwritable output directory
 
 
-
 @pytest.mark.parametrize("below", [False, True], ids=["the_directory_itself", "a_new_folder_in_it"])
 def test_search_refuses_a_read_only_output(tmp_path, capsys, below):
     folder = image_folder(tmp_path / "pets")
@@ -584,8 +684,21 @@ def test_search_refuses_a_read_only_output(tmp_path, capsys, below):
 
 # ---------------------------------------------------------------- a finished run, and mistakes made on it
 
-RUN_FLAGS = ["--backbones", "mobilenetv2_100", "--image-size", "32", "--trials", "1", "--max-epochs", "1",
-             "--no-prerank", "--strategies", "linear_probe", "--heads", "linear"]
+RUN_FLAGS = [
+    "--backbones",
+    "mobilenetv2_100",
+    "--image-size",
+    "32",
+    "--trials",
+    "1",
+    "--max-epochs",
+    "1",
+    "--no-prerank",
+    "--strategies",
+    "linear_probe",
+    "--heads",
+    "linear",
+]
 
 
 @pytest.fixture(scope="module")
@@ -607,8 +720,11 @@ JOURNAL = "study.journal"
 
 def snapshot(directory: Path) -> dict[str, str]:
     """SHA-256 of every file below ``directory`` but the study journal, by relative path."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != JOURNAL}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != JOURNAL
+    }
 
 
 def stored_trials(run: Path) -> list[tuple]:
@@ -636,7 +752,10 @@ def _backbone_typo(tmp: Path, folder: Path) -> list:
 
 
 def _bad_storage(tmp: Path, folder: Path) -> list:
-    return [["--data", folder, *RUN_FLAGS, "--storage", "sqlit:///study.db"], ["malformed storage URL 'sqlit:///study.db'"]]
+    return [
+        ["--data", folder, *RUN_FLAGS, "--storage", "sqlit:///study.db"],
+        ["malformed storage URL 'sqlit:///study.db'"],
+    ]
 
 
 def _negative_freeze_depth(tmp: Path, folder: Path) -> list:  # passes argparse (type=int), refused by SearchConfig
@@ -655,8 +774,15 @@ def _data_broken_since(tmp: Path, folder: Path) -> list:
     return [["--data", broken, *RUN_FLAGS], ["cannot read image file", str(broken / "dog" / "0.png")]]
 
 
-RERUN_MISTAKES = [_other_data, _another_search_space, _backbone_typo, _bad_storage, _negative_freeze_depth,
-                  _image_too_small, _data_broken_since]
+RERUN_MISTAKES = [
+    _other_data,
+    _another_search_space,
+    _backbone_typo,
+    _bad_storage,
+    _negative_freeze_depth,
+    _image_too_small,
+    _data_broken_since,
+]
 
 
 def test_mistakes_on_a_finished_run_lose_nothing(finished_run, tmp_path, capsys):
@@ -666,8 +792,14 @@ def test_mistakes_on_a_finished_run_lose_nothing(finished_run, tmp_path, capsys)
     a journal that exists, so the journal is checked as append-only, not as unchanged bytes.)"""
     folder, run = finished_run
     before, journal, trials = snapshot(run), (run / JOURNAL).read_bytes(), stored_trials(run)
-    assert {"leaderboard.csv", "leaderboard.md", "summary.json", "best_model/model.safetensors",
-            "best_model/config.json", "best_model/metrics.json"} <= set(before)
+    assert {
+        "leaderboard.csv",
+        "leaderboard.md",
+        "summary.json",
+        "best_model/model.safetensors",
+        "best_model/config.json",
+        "best_model/metrics.json",
+    } <= set(before)
     assert [state for _, state, _, _ in trials] == ["COMPLETE"]
     for mistake in RERUN_MISTAKES:
         args, expected = mistake(tmp_path, folder)
@@ -689,8 +821,14 @@ def test_mistakes_on_a_finished_run_lose_nothing(finished_run, tmp_path, capsys)
 
 def _unknown_label(tmp: Path) -> list:
     csv = csv_data(tmp, {"cat": 2, "owl": 2})
-    return [csv], ["label column 'label' of", str(csv), "2 label(s) the model was not trained on",
-                   "first 'owl' at line 4", "its classes: 'cat', 'dog'", "drop the column"]
+    return [csv], [
+        "label column 'label' of",
+        str(csv),
+        "2 label(s) the model was not trained on",
+        "first 'owl' at line 4",
+        "its classes: 'cat', 'dog'",
+        "drop the column",
+    ]
 
 
 def _predict_csv_without_the_input_column(tmp: Path) -> list:
@@ -702,8 +840,11 @@ def _predict_every_image_missing(tmp: Path) -> list:
     csv = csv_data(tmp)
     for file in (tmp / "imgs").iterdir():
         file.unlink()
-    return [csv], ["none of the 8 inputs can be read", "the first: image file not found",
-                   str(tmp / "imgs" / "cat0.png")]
+    return [csv], [
+        "none of the 8 inputs can be read",
+        "the first: image file not found",
+        str(tmp / "imgs" / "cat0.png"),
+    ]
 
 
 def _predict_missing_image_refused_on_request(tmp: Path) -> list:
@@ -716,8 +857,13 @@ def _predict_folder_of_texts(tmp: Path) -> list:
     return [text_folder(tmp / "reviews")], ["folder", str(tmp / "reviews"), "holds no image files"]
 
 
-PREDICT_MISTAKES = [_unknown_label, _predict_csv_without_the_input_column, _predict_every_image_missing,
-                    _predict_missing_image_refused_on_request, _predict_folder_of_texts]
+PREDICT_MISTAKES = [
+    _unknown_label,
+    _predict_csv_without_the_input_column,
+    _predict_every_image_missing,
+    _predict_missing_image_refused_on_request,
+    _predict_folder_of_texts,
+]
 
 
 @pytest.mark.parametrize("mistake", PREDICT_MISTAKES, ids=[m.__name__.strip("_") for m in PREDICT_MISTAKES])
@@ -733,8 +879,10 @@ def test_predict_refuses_bad_data(finished_run, tmp_path, capsys, mistake):
 
 def test_predict_ignores_extra_columns_and_empty_labels(finished_run, tmp_path, capsys):
     _, run = finished_run
-    csv = edit_csv(csv_data(tmp_path), lambda f: f.assign(
-        label=[None if i == 1 else v for i, v in enumerate(f["label"])], notes="taken in 2023"))
+    csv = edit_csv(
+        csv_data(tmp_path),
+        lambda f: f.assign(label=[None if i == 1 else v for i, v in enumerate(f["label"])], notes="taken in 2023"),
+    )
     code, stderr = run_main(["predict", run, "--data", csv, "--output", tmp_path / "p.csv"], capsys)
     assert code == 0, stderr
     predictions = pd.read_csv(tmp_path / "p.csv")
@@ -768,8 +916,9 @@ def test_predict_refuses_an_unwritable_output(finished_run, tmp_path, capsys):
     _, run = finished_run
     blocker = tmp_path / "afile"
     blocker.write_text("a file, not a folder")
-    code, stderr = run_main(["predict", run, "--data", image_folder(tmp_path / "new"), "--output",
-                             blocker / "p.csv"], capsys)
+    code, stderr = run_main(
+        ["predict", run, "--data", image_folder(tmp_path / "new"), "--output", blocker / "p.csv"], capsys
+    )
     line = error_line(code, stderr)
     assert "cannot write predictions to" in line and str(blocker / "p.csv") in line
 
@@ -784,6 +933,7 @@ def _edit_tensors(edit: Callable[[dict], None]) -> Callable[[Path], None]:
         state = load_file(str(model / "model.safetensors"))
         edit(state)
         save_file(state, str(model / "model.safetensors"))  # a valid safetensors file, with other tensors
+
     return damage
 
 
@@ -792,6 +942,7 @@ def _edit_config(**fields) -> Callable[[Path], None]:
         config = json.loads((model / "config.json").read_text())
         config.update(fields)
         (model / "config.json").write_text(json.dumps(config))
+
     return damage
 
 
@@ -821,32 +972,59 @@ def _int_tensor(state):
 
 
 TAMPERED = {
-    "head_with_more_rows": (_edit_tensors(_head_rows), [
-        "model.safetensors does not match its config.json", "mobilenetv2_100, 2 classes, linear head",
-        "tensor head.weight has shape [3, 1280], expected [2, 1280]"]),
-    "body_tensor_reshaped": (_edit_tensors(_body_shape), [
-        "tensor body.conv_stem.weight has shape [8, 3, 3, 3], expected [32, 3, 3, 3]"]),
+    "head_with_more_rows": (
+        _edit_tensors(_head_rows),
+        [
+            "model.safetensors does not match its config.json",
+            "mobilenetv2_100, 2 classes, linear head",
+            "tensor head.weight has shape [3, 1280], expected [2, 1280]",
+        ],
+    ),
+    "body_tensor_reshaped": (
+        _edit_tensors(_body_shape),
+        ["tensor body.conv_stem.weight has shape [8, 3, 3, 3], expected [32, 3, 3, 3]"],
+    ),
     "tensor_missing": (_edit_tensors(lambda s: s.pop("head.bias")), ["1 tensor(s) missing (head.bias)"]),
-    "tensor_unexpected": (_edit_tensors(lambda s: s.update(evil=s["head.bias"].clone())),
-                          ["1 unexpected tensor(s) (evil)"]),
-    "every_tensor_foreign": (_edit_tensors(_all_replaced), [
-        "2 tensor(s) missing (head.weight, head.bias)",  # the head is checked first: before anything is built
-        "2 unexpected tensor(s) (bias, weight)"]),
+    "tensor_unexpected": (
+        _edit_tensors(lambda s: s.update(evil=s["head.bias"].clone())),
+        ["1 unexpected tensor(s) (evil)"],
+    ),
+    "every_tensor_foreign": (
+        _edit_tensors(_all_replaced),
+        [
+            "2 tensor(s) missing (head.weight, head.bias)",  # the head is checked first: before anything is built
+            "2 unexpected tensor(s) (bias, weight)",
+        ],
+    ),
     "integer_tensor": (_edit_tensors(_int_tensor), ["tensor head.bias holds torch.int64, expected floating point"]),
-    "more_classes_than_the_head": (_edit_config(classes=["cat", "dog", "owl"]), [
-        "3 classes", "tensor head.weight has shape [2, 1280], expected [3, 1280]"]),
-    "one_class": (_edit_config(classes=["cat"]), [
-        "config.json: field 'classes' holds 1 class(es) ('cat'); expected at least 2 distinct classes"]),
+    "more_classes_than_the_head": (
+        _edit_config(classes=["cat", "dog", "owl"]),
+        ["3 classes", "tensor head.weight has shape [2, 1280], expected [3, 1280]"],
+    ),
+    "one_class": (
+        _edit_config(classes=["cat"]),
+        ["config.json: field 'classes' holds 1 class(es) ('cat'); expected at least 2 distinct classes"],
+    ),
     "repeated_class": (_edit_config(classes=["cat", "cat"]), ["field 'classes' holds 2 class(es)", "2 distinct"]),
-    "unknown_backbone": (_edit_config(backbone={"name": "mobilenetv2_10"}), [
-        "config.json names backbone 'mobilenetv2_10', which no installed plugin registers",
-        "(close names: mobilenetv2_100)"]),
-    "head_kind_changed": (_edit_config(head={"kind": "mlp", "hidden": 16, "dropout": 0.1}), [
-        "mlp head", "4 tensor(s) missing (head.0.weight, head.0.bias, head.3.weight, ...)"]),
-    "unknown_input_option": (_edit_config(input_options={"image_size": 32, "exec": "rm -rf /"}), [
-        "field 'input_options' holds 'exec'", "each a number or null"]),
-    "input_option_not_a_number": (_edit_config(input_options={"image_size": "big"}), [
-        "field 'input_options' holds 'image_size': 'big'"]),
+    "unknown_backbone": (
+        _edit_config(backbone={"name": "mobilenetv2_10"}),
+        [
+            "config.json names backbone 'mobilenetv2_10', which no installed plugin registers",
+            "(close names: mobilenetv2_100)",
+        ],
+    ),
+    "head_kind_changed": (
+        _edit_config(head={"kind": "mlp", "hidden": 16, "dropout": 0.1}),
+        ["mlp head", "4 tensor(s) missing (head.0.weight, head.0.bias, head.3.weight, ...)"],
+    ),
+    "unknown_input_option": (
+        _edit_config(input_options={"image_size": 32, "exec": "rm -rf /"}),
+        ["field 'input_options' holds 'exec'", "each a number or null"],
+    ),
+    "input_option_not_a_number": (
+        _edit_config(input_options={"image_size": "big"}),
+        ["field 'input_options' holds 'image_size': 'big'"],
+    ),
 }
 
 
@@ -857,8 +1035,9 @@ def test_predict_refuses_a_tampered_model(finished_run, tmp_path, capsys, name):
     shutil.copytree(run / "best_model", model)
     damage, expected = TAMPERED[name]
     damage(model)
-    code, stderr = run_main(["predict", model, "--data", image_folder(tmp_path / "new"), "--output",
-                             tmp_path / "p.csv"], capsys)
+    code, stderr = run_main(
+        ["predict", model, "--data", image_folder(tmp_path / "new"), "--output", tmp_path / "p.csv"], capsys
+    )
     line = error_line(code, stderr)
     assert str(model) in line, line
     for fragment in expected:

@@ -98,8 +98,9 @@ def test_a_yaml_and_a_toml_file_give_the_same_run(job_folder, capsys):
 
 def test_flags_override_the_file(job_folder, capsys, tmp_path):
     output = tmp_path / "override"
-    code, out, err = run_main(["search", "--config", job_folder / "job.yaml", "--trials", "1", "--heads", "mlp",
-                               "--output", output], capsys)
+    code, out, err = run_main(
+        ["search", "--config", job_folder / "job.yaml", "--trials", "1", "--heads", "mlp", "--output", output], capsys
+    )
     assert code == 0, err
     assert not (job_folder / "run_yaml").exists()  # --output won over the file's output
     board = pd.read_csv(output / "leaderboard.csv")
@@ -126,6 +127,7 @@ def _write(name: str, text: str):
         path = folder / name
         path.write_text(text)
         return path
+
     return make
 
 
@@ -144,8 +146,11 @@ MISTAKES = [
     (_write("job.yaml", "study-name: 2024\n"), [], ["option 'study-name'", "expected text, got 2024"]),
     (_write("job.yaml", "no-prerank: yes please\n"), [], ["option 'no-prerank'", "expected true or false"]),
     (_write("job.yaml", "timeout:\n"), [], ["option 'timeout' has no value"]),
-    (_write("job.yaml", "max-epochs: 2\nmax_epochs: 3\n"), [],
-     ["option 'max_epochs' is given twice (as 'max-epochs' too)"]),
+    (
+        _write("job.yaml", "max-epochs: 2\nmax_epochs: 3\n"),
+        [],
+        ["option 'max_epochs' is given twice (as 'max-epochs' too)"],
+    ),
     (_write("job.yaml", "config: other.yaml\n"), [], ["unknown option 'config'"]),
     (_write("job.yaml", "image-size: 8\n"), [], ["image size must be at least 16 pixels, got 8"]),
     (_write("job.yaml", "min-epochs: 5\n"), ["--max-epochs", "2"], ["1 <= min (5) <= max (2)"]),

@@ -228,11 +228,14 @@ def test_dataframe_of_float_arrays_in_unit_range_is_accepted():
     assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 8
 
 
-@pytest.mark.parametrize("bad", [
-    np.full((8, 8), 1.5, np.float32),  # 0..255-scaled floats are a classic mistake
-    np.full((8, 8), -0.1, np.float64),
-    np.full((8, 8), np.nan, np.float32),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.full((8, 8), 1.5, np.float32),  # 0..255-scaled floats are a classic mistake
+        np.full((8, 8), -0.1, np.float64),
+        np.full((8, 8), np.nan, np.float32),
+    ],
+)
 def test_float_arrays_outside_unit_range_are_rejected_naming_the_row(bad):
     frame = array_frame({"a": 4, "b": 4}, dtype=np.float32)
     frame.at[5, "image"] = bad
@@ -348,8 +351,11 @@ def test_image_header_claiming_a_huge_size_names_the_file(tmp_path):
     frame.loc[0, "image"] = "imgs/huge.bmp"
     frame.to_csv(csv, index=False)
     bad = tmp_path / "imgs" / "huge.bmp"
-    bad.write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
-                    + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0))
+    bad.write_bytes(
+        b"BM"
+        + struct.pack("<IHHI", 54, 0, 0, 54)
+        + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    )
     message = data_error(csv, on_bad_input="error")
     assert "is too large: 30000x30000 pixels (900 MP)" in message and str(bad) in message
 
@@ -383,8 +389,9 @@ def test_input_column_that_holds_no_images(tmp_path):
     assert "column 'value'" in message and "image paths" in message
 
 
-@pytest.mark.parametrize("name, expected", [("no_such_folder", "data path not found"),
-                                            ("no_such_file.csv", "data file not found")])
+@pytest.mark.parametrize(
+    "name, expected", [("no_such_folder", "data path not found"), ("no_such_file.csv", "data file not found")]
+)
 def test_data_path_that_does_not_exist(tmp_path, name, expected):
     path = tmp_path / name
     message = data_error(path)
@@ -408,18 +415,31 @@ def test_folder_of_text_files_becomes_a_text_dataset(tmp_path):
 
 def test_text_column_in_a_csv_is_not_taken_for_paths(tmp_path):
     csv = tmp_path / "reviews.csv"
-    pd.DataFrame({"review": ["good", "great film", "loved it", "bad", "awful", "boring plot"],
-                  "label": ["pos"] * 3 + ["neg"] * 3}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {
+            "review": ["good", "great film", "loved it", "bad", "awful", "boring plot"],
+            "label": ["pos"] * 3 + ["neg"] * 3,
+        }
+    ).to_csv(csv, index=False)
     bundle = prepare_dataset(csv)
     assert bundle.modality == "text"
     assert set(bundle.train.inputs + bundle.val.inputs + bundle.test.inputs) == {
-        "good", "great film", "loved it", "bad", "awful", "boring plot"}
+        "good",
+        "great film",
+        "loved it",
+        "bad",
+        "awful",
+        "boring plot",
+    }
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"\xff\xfe\x00 not utf-8 \xff", "is not UTF-8"),
-    (b"   \n\n", "is empty"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"\xff\xfe\x00 not utf-8 \xff", "is not UTF-8"),
+        (b"   \n\n", "is empty"),
+    ],
+)
 def test_bad_text_file_is_named(tmp_path, content, expected):
     for label in ("a", "b"):
         (tmp_path / label).mkdir()

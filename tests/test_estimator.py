@@ -110,8 +110,14 @@ def test_cross_val_score_fits_every_fold_on_its_own(digits_arrays, own_tempdir):
 
 
 def test_get_params_set_params_and_clone_round_trip():
-    clf = TransferClassifier(backbones=["mobilenetv2_100"], n_trials=3, timeout=60.0, heads=("mlp",),
-                             output_dir="somewhere", show_progress=False)
+    clf = TransferClassifier(
+        backbones=["mobilenetv2_100"],
+        n_trials=3,
+        timeout=60.0,
+        heads=("mlp",),
+        output_dir="somewhere",
+        show_progress=False,
+    )
     params = clf.get_params()
     names = list(inspect.signature(TransferClassifier).parameters)
     assert sorted(params) == sorted(names)
@@ -137,15 +143,18 @@ def test_predicting_before_fitting_raises_not_fitted(digits_arrays):
             method(X[:3])
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({"image_size": 8}, "image size must be at least 16 pixels, got 8"),
-    ({"strategies": ["freeze_all"]}, "unknown strategy 'freeze_all'"),
-    ({"val_size": 0.0}, "val_size and test_size must satisfy"),
-    ({"val_size": 0.6, "test_size": 0.4}, "val_size + test_size < 1"),
-    ({"workers": 0}, "workers must be a whole number >= 1, got 0"),
-    ({"min_epochs": 4}, "1 <= min (4) <= max (3)"),
-    ({"storage": "nowhere"}, "malformed storage URL 'nowhere'"),
-])
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"image_size": 8}, "image size must be at least 16 pixels, got 8"),
+        ({"strategies": ["freeze_all"]}, "unknown strategy 'freeze_all'"),
+        ({"val_size": 0.0}, "val_size and test_size must satisfy"),
+        ({"val_size": 0.6, "test_size": 0.4}, "val_size + test_size < 1"),
+        ({"workers": 0}, "workers must be a whole number >= 1, got 0"),
+        ({"min_epochs": 4}, "1 <= min (4) <= max (3)"),
+        ({"storage": "nowhere"}, "malformed storage URL 'nowhere'"),
+    ],
+)
 def test_bad_parameters_are_refused_before_any_data_is_read(tmp_path, params, expected):
     missing = tmp_path / "no_such.csv"
     with pytest.raises(ConfigError) as error:
@@ -153,14 +162,17 @@ def test_bad_parameters_are_refused_before_any_data_is_read(tmp_path, params, ex
     assert expected in str(error.value)
 
 
-@pytest.mark.parametrize("X, y, expected", [
-    ("some.csv", [1, 2], "y is given with some.csv, which brings its own labels"),
-    ([f"text {i}" for i in range(6)], None, "y is missing"),
-    ([f"text {i}" for i in range(6)], [0, 1, 0], "X has 6 examples but y has 3 labels"),
-    (np.zeros((6, 4), dtype=np.uint8), [0, 1] * 3, "X has shape (6, 4)"),
-    (pd.DataFrame({"text": ["a"] * 6, "label": [0, 1] * 3}), [0, 1] * 3, "already has a column 'label'"),
-    ({"a": 1}, [0], "X is a dict"),
-])
+@pytest.mark.parametrize(
+    "X, y, expected",
+    [
+        ("some.csv", [1, 2], "y is given with some.csv, which brings its own labels"),
+        ([f"text {i}" for i in range(6)], None, "y is missing"),
+        ([f"text {i}" for i in range(6)], [0, 1, 0], "X has 6 examples but y has 3 labels"),
+        (np.zeros((6, 4), dtype=np.uint8), [0, 1] * 3, "X has shape (6, 4)"),
+        (pd.DataFrame({"text": ["a"] * 6, "label": [0, 1] * 3}), [0, 1] * 3, "already has a column 'label'"),
+        ({"a": 1}, [0], "X is a dict"),
+    ],
+)
 def test_data_mistakes_are_one_line_errors(X, y, expected):
     with pytest.raises(DataError) as error:
         TransferClassifier().fit(X, y)

@@ -24,8 +24,9 @@ SMALL = InputOptions(image_size=32)
 
 
 def config(**overrides) -> TrialConfig:
-    values = dict(backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2,
-                  input_options=SMALL)
+    values = dict(
+        backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
+    )
     return TrialConfig(**{**values, **overrides})
 
 
@@ -40,7 +41,7 @@ def test_freeze_depth_trains_exactly_the_last_groups(name):
         model.train()
         model(torch.randn(2, 3, 32, 32)).sum().backward()
         with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
-        expected = {f"body.{p}" for group in model.layer_groups[max(n - depth, 0):] for p in group}
+        expected = {f"body.{p}" for group in model.layer_groups[max(n - depth, 0) :] for p in group}
         expected |= {"head.weight", "head.bias"}
         assert with_grad == expected, f"depth {depth}"
 
@@ -88,8 +89,9 @@ def test_fit_trains_only_unfrozen_weights_and_records_cost(digits_bundle):
     backbone = get_registry().get_backbone("mobilenetv2_100")
     pretrained = backbone.build(num_classes=10).state_dict()
     seen_epochs = []
-    result = Executor(show_progress=False).fit(config(), backbone, digits_bundle,
-                                               on_epoch=lambda e, acc: seen_epochs.append((e, acc)) and False)
+    result = Executor(show_progress=False).fit(
+        config(), backbone, digits_bundle, on_epoch=lambda e, acc: seen_epochs.append((e, acc)) and False
+    )
     assert result.stop_reason == STOP_COMPLETED
     assert [e for e, _ in seen_epochs] == [1, 2]
     assert [r.val_accuracy for r in result.history] == [acc for _, acc in seen_epochs]
@@ -133,5 +135,7 @@ def test_encodings_are_computed_once_and_shared_between_trials(digits_bundle):
     first = executor.encoded(preprocessor, digits_bundle, digits_bundle.train)
     again = executor.encoded(backbone.preprocessor(SMALL), digits_bundle, digits_bundle.train)
     assert again is first
-    other_size = executor.encoded(backbone.preprocessor(InputOptions(image_size=48)), digits_bundle, digits_bundle.train)
+    other_size = executor.encoded(
+        backbone.preprocessor(InputOptions(image_size=48)), digits_bundle, digits_bundle.train
+    )
     assert other_size is not first and other_size[0].shape == (3, 48, 48)

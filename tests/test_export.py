@@ -56,8 +56,16 @@ def code_blocks(readme: str) -> list[str]:
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory, digits_bundle):
     run_dir = tmp_path_factory.mktemp("image-run")
-    config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, seed=0, min_epochs=1, max_epochs=1,
-                          strategies=("linear_probe",), heads=("linear",), input_options=InputOptions(image_size=32))
+    config = SearchConfig(
+        backbones=("mobilenetv2_100",),
+        n_trials=2,
+        seed=0,
+        min_epochs=1,
+        max_epochs=1,
+        strategies=("linear_probe",),
+        heads=("linear",),
+        input_options=InputOptions(image_size=32),
+    )
     automl_tl.run_search(digits_bundle, config, run_dir, Executor(show_progress=False))
     return run_dir
 
@@ -85,9 +93,17 @@ def text_data():
 def text_run(tmp_path_factory, text_data):
     """An MLP head on MiniLM's mean-pooled tokens: the export must reproduce pooling and head."""
     run_dir = tmp_path_factory.mktemp("text-run")
-    config = SearchConfig(backbones=("all-MiniLM-L6-v2",), n_trials=1, min_epochs=1, max_epochs=1,
-                          strategies=("linear_probe",), heads=("mlp",), batch_size=16, pruner="none",
-                          input_options=InputOptions(max_length=32))
+    config = SearchConfig(
+        backbones=("all-MiniLM-L6-v2",),
+        n_trials=1,
+        min_epochs=1,
+        max_epochs=1,
+        strategies=("linear_probe",),
+        heads=("mlp",),
+        batch_size=16,
+        pruner="none",
+        input_options=InputOptions(max_length=32),
+    )
     automl_tl.run_search(text_data, config, run_dir, Executor(show_progress=False))
     return run_dir
 
@@ -104,10 +120,21 @@ def saved_model(directory, backbone_name: str, head: HeadSpec, options: InputOpt
     model = backbone.build(num_classes=len(classes))
     if head.kind != "linear":
         model.head = build_head(head, backbone.embedding_dim, len(classes))
-    save_model(model, directory, {
-        "backbone": backbone.describe(), "head": head.to_dict(), "classes": list(classes),
-        "input_column": "input", "label_column": "label", "input_options": vars(options),
-        "preprocessing": backbone.preprocessor(options).describe(), "trial": 0, "val_accuracy": 0.5})
+    save_model(
+        model,
+        directory,
+        {
+            "backbone": backbone.describe(),
+            "head": head.to_dict(),
+            "classes": list(classes),
+            "input_column": "input",
+            "label_column": "label",
+            "input_options": vars(options),
+            "preprocessing": backbone.preprocessor(options).describe(),
+            "trial": 0,
+            "val_accuracy": 0.5,
+        },
+    )
     return directory
 
 
@@ -171,8 +198,14 @@ def test_image_export_files_say_what_input_they_expect(image_run, image_exports)
     for fmt, folder in image_exports.items():
         info = json.loads((folder / "export.json").read_text())
         assert info["format"] == fmt and info["classes"] == list(range(10))
-        assert info["inputs"] == [{"name": "images", "dtype": "float32", "shape": ["batch", 3, 32, 32],
-                                   "description": info["inputs"][0]["description"]}]
+        assert info["inputs"] == [
+            {
+                "name": "images",
+                "dtype": "float32",
+                "shape": ["batch", 3, 32, 32],
+                "description": info["inputs"][0]["description"],
+            }
+        ]
         assert "resized to 32x32" in info["inputs"][0]["description"] and "0.485" in info["inputs"][0]["description"]
         assert info["preprocessing"] == config["preprocessing"]
         assert info["check"]["max_abs_diff"] < TOLERANCE and info["check"]["examples"] == 3
@@ -181,8 +214,9 @@ def test_image_export_files_say_what_input_they_expect(image_run, image_exports)
     assert (from_model_dir / MODEL_CARD_FILE).read_text() == card
 
 
-def test_image_readme_code_prepares_and_classifies_a_png_like_the_model(image_run, image_exports, digits_bundle,
-                                                                       tmp_path):
+def test_image_readme_code_prepares_and_classifies_a_png_like_the_model(
+    image_run, image_exports, digits_bundle, tmp_path
+):
     from automl_tl.data.readers import read_image
 
     predictor = automl_tl.load(image_run, device="cpu")
@@ -210,8 +244,9 @@ def test_text_export_reproduces_the_logits_on_the_test_texts(text_run, text_expo
     expected, _ = reference_logits(predictor, texts)
     folder = text_exports[fmt]
     # every text export carries the tokenizer, set up to pad and truncate as in training
-    batch = AutoTokenizer.from_pretrained(str(folder))(texts, padding=True, truncation=True, max_length=32,
-                                                       return_tensors="pt", return_token_type_ids=False)
+    batch = AutoTokenizer.from_pretrained(str(folder))(
+        texts, padding=True, truncation=True, max_length=32, return_tensors="pt", return_token_type_ids=False
+    )
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if fmt == "transformers":
         from safetensors.torch import load_file
@@ -223,8 +258,10 @@ def test_text_export_reproduces_the_logits_on_the_test_texts(text_run, text_expo
             hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).float()
         pooled = (hidden * weights).sum(1) / weights.sum(1)  # sentence-transformers' mean pooling
-        got = torch.nn.functional.gelu(pooled @ head["hidden.weight"].T + head["hidden.bias"]) @ head["output.weight"].T \
+        got = (
+            torch.nn.functional.gelu(pooled @ head["hidden.weight"].T + head["hidden.bias"]) @ head["output.weight"].T
             + head["output.bias"]
+        )
     elif fmt == "torchscript":
         with torch.no_grad():
             got = torch.jit.load(str(folder / "model.pt"))(ids, mask)
@@ -263,8 +300,9 @@ def crepe_model(tmp_path_factory):
     backbone = get_backbone("crepe-tiny")
     if not backbone.weights_available():
         pytest.skip(f"{backbone.weight_source} is not installed")
-    return saved_model(tmp_path_factory.mktemp("crepe") / "model", "crepe-tiny", HeadSpec("linear"),
-                       InputOptions(clip_seconds=0.5))
+    return saved_model(
+        tmp_path_factory.mktemp("crepe") / "model", "crepe-tiny", HeadSpec("linear"), InputOptions(clip_seconds=0.5)
+    )
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -307,8 +345,9 @@ def test_aisfx_exports_to_torchscript_and_onnx(tmp_path):
     expected, batch = reference_logits(predictor, waveforms)
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(export_model(model_dir, "onnx") / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(export_model(model_dir, "onnx") / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     assert max_abs_diff(session.run(["logits"], {"waveforms": batch.numpy()})[0], expected) < TOLERANCE
     with torch.no_grad():
         got = torch.jit.load(str(export_model(model_dir, "torchscript") / "model.pt"))(batch)
@@ -326,8 +365,9 @@ def test_audio_refuses_formats_that_cannot_hold_it(crepe_model, tmp_path, fmt, w
 
 
 def test_timm_refuses_an_mlp_head_naming_the_formats_that_work(tmp_path):
-    model_dir = saved_model(tmp_path / "mlp", "mobilenetv2_100", HeadSpec("mlp", hidden=32),
-                            InputOptions(image_size=32))
+    model_dir = saved_model(
+        tmp_path / "mlp", "mobilenetv2_100", HeadSpec("mlp", hidden=32), InputOptions(image_size=32)
+    )
     with pytest.raises(ConfigError, match="head is an MLP: export it with --format torchscript or onnx"):
         export_model(model_dir, "timm")
     assert not (model_dir / "exports").exists()
@@ -339,11 +379,17 @@ def _cli(capsys, *argv):
     return status, out, err
 
 
-@pytest.mark.parametrize("fmt, message", [
-    ("bogus", "unknown export format 'bogus'; expected one of timm, transformers, torchscript, onnx"),
-    ("transformers", "the transformers format holds text models only; mobilenetv2_100 is an image model: "
-                     "export it with --format timm, torchscript or onnx"),
-])
+@pytest.mark.parametrize(
+    "fmt, message",
+    [
+        ("bogus", "unknown export format 'bogus'; expected one of timm, transformers, torchscript, onnx"),
+        (
+            "transformers",
+            "the transformers format holds text models only; mobilenetv2_100 is an image model: "
+            "export it with --format timm, torchscript or onnx",
+        ),
+    ],
+)
 def test_cli_refuses_unknown_or_unsupported_formats_in_one_line(image_run, capsys, fmt, message):
     status, out, err = _cli(capsys, image_run, "--format", fmt)
     assert status == 2 and err == f"automl-tl: error: {message}\n" and not out
@@ -386,16 +432,22 @@ def test_search_writes_a_model_card_with_the_runs_real_numbers(image_run):
     test = summary["test"]
     row = next(line for line in card.splitlines() if line.startswith("| test (held out)"))
     low, high = wilson_interval(test["accuracy"], test["examples"])
-    assert row == (f"| test (held out) | {test['examples']} | {test['accuracy']:.4f} (95% interval {low:.2f}–{high:.2f}) "
-                   f"| {test['balanced_accuracy']:.4f} | {test['macro_f1']:.4f} |")
+    assert row == (
+        f"| test (held out) | {test['examples']} | {test['accuracy']:.4f} (95% interval {low:.2f}–{high:.2f}) "
+        f"| {test['balanced_accuracy']:.4f} | {test['macro_f1']:.4f} |"
+    )
     validation = json.loads((image_run / "best_model" / "metrics.json").read_text())["validation"]
     assert validation["examples"] == summary["data"]["val"] == 36
     assert validation["accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-6)  # the best epoch's, recomputed
-    assert f"| validation (chose the model) | 36 | {validation['accuracy']:.4f} | " \
-           f"{validation['balanced_accuracy']:.4f} | {validation['macro_f1']:.4f} |" in card
+    assert (
+        f"| validation (chose the model) | 36 | {validation['accuracy']:.4f} | "
+        f"{validation['balanced_accuracy']:.4f} | {validation['macro_f1']:.4f} |" in card
+    )
     data = summary["data"]
-    assert f"{data['train'] + data['val'] + data['test']}: {data['train']} train, {data['val']} validation, " \
-           f"{data['test']} test" in card
+    assert (
+        f"{data['train'] + data['val'] + data['test']}: {data['train']} train, {data['val']} validation, "
+        f"{data['test']} test" in card
+    )
     assert f"`{data['fingerprint']}`" in card
     weights_hash = manifest["backbones"][0]["weights_sha256_prefix"]
     assert weights_hash and f"`{weights_hash}`" in card

@@ -58,8 +58,10 @@ class _OutOfMemoryBody(_TinyBody):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # Only with autograd on: training keeps every activation for the backward pass, inference does not.
         if torch.is_grad_enabled() and len(images) > self.max_rows:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(images) * 96} MiB. "
-                                         f"GPU 0 has a total capacity of {self.max_rows * 96} MiB")
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate {len(images) * 96} MiB. "
+                f"GPU 0 has a total capacity of {self.max_rows * 96} MiB"
+            )
         return super().forward(images)
 
 
@@ -98,13 +100,16 @@ class TinyBackbone(Backbone):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             body = self.body()
-        groups = [[name for name, _ in body.named_parameters() if name.startswith(f"{layer}.")]
-                  for layer in ("conv1", "conv2", "fc")]
+        groups = [
+            [name for name, _ in body.named_parameters() if name.startswith(f"{layer}.")]
+            for layer in ("conv1", "conv2", "fc")
+        ]
         return TransferModel(body, nn.Linear(EMBEDDING, num_classes), groups)
 
     def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
-        return ImagePreprocessor(size=options.image_size or 16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                                 interpolation="bilinear")
+        return ImagePreprocessor(
+            size=options.image_size or 16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"
+        )
 
 
 class OutOfMemoryAbove(TinyBackbone):
@@ -145,29 +150,46 @@ class _CorruptingPreprocessor(ImagePreprocessor):
 
 class CorruptExample(TinyBackbone):
     def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
-        return _CorruptingPreprocessor(size=options.image_size or 16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                                       interpolation="bilinear")
+        return _CorruptingPreprocessor(
+            size=options.image_size or 16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"
+        )
 
 
 def trial(backbone: str, strategy: str = "last_k", **overrides) -> TrialConfig:
-    values = dict(backbone=backbone, strategy=strategy, freeze_depth=2, backbone_lr=1e-3, head_lr=1e-2, epochs=2,
-                  batch_size=BATCH, input_options=SMALL)
+    values = dict(
+        backbone=backbone,
+        strategy=strategy,
+        freeze_depth=2,
+        backbone_lr=1e-3,
+        head_lr=1e-2,
+        epochs=2,
+        batch_size=BATCH,
+        input_options=SMALL,
+    )
     return TrialConfig(**{**values, **overrides})
 
 
 # ------------------------------------------------------------ the executor alone
 
 
-@pytest.mark.parametrize("error, expected", [
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                  "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"), True),
-    (RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"), True),
-    (MemoryError(), True),
-    (RuntimeError("stack expects each tensor to be equal size, but got [3, 16, 16] at entry 0"), False),
-    (FloatingPointError("training loss became nan at epoch 1, step 0"), False),
-    (ValueError("too many values; out of memory is not what this says"), False),  # only RuntimeErrors are read
-])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"
+            ),
+            True,
+        ),
+        (RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"), True),
+        (MemoryError(), True),
+        (RuntimeError("stack expects each tensor to be equal size, but got [3, 16, 16] at entry 0"), False),
+        (FloatingPointError("training loss became nan at epoch 1, step 0"), False),
+        (ValueError("too many values; out of memory is not what this says"), False),  # only RuntimeErrors are read
+    ],
+)
 def test_out_of_memory_errors_are_recognised(error, expected):
     assert is_out_of_memory(error) is expected
 
@@ -175,16 +197,20 @@ def test_out_of_memory_errors_are_recognised(error, expected):
 def test_out_of_memory_is_retried_once_at_half_the_batch_size(digits_bundle, caplog):
     backbone = OutOfMemoryAbove("test/oom_above_20", max_rows=FITS_ROWS)
     epochs = []
-    result = Executor(show_progress=False).fit(trial(backbone.name), backbone, digits_bundle,
-                                               on_epoch=lambda epoch, accuracy: epochs.append(epoch) and False)
+    result = Executor(show_progress=False).fit(
+        trial(backbone.name), backbone, digits_bundle, on_epoch=lambda epoch, accuracy: epochs.append(epoch) and False
+    )
     assert backbone.builds == 2  # the attempt at 32 rows, then one at 16
     assert result.extra["oom_retry"] == {"batch_size": BATCH, "retried_with": BATCH // 2}
     assert result.config.batch_size == BATCH // 2
     assert result.stop_reason == "completed" and epochs == [1, 2]
     assert result.samples_seen == 2 * len(digits_bundle.train)
     assert result.model is not None
-    assert any("out of memory at batch size 32" in r.getMessage() and "batch size 16" in r.getMessage()
-               for r in caplog.records if r.levelname == "WARNING")
+    assert any(
+        "out of memory at batch size 32" in r.getMessage() and "batch size 16" in r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING"
+    )
 
 
 def test_out_of_memory_again_fails_the_trial_naming_both_batch_sizes(digits_bundle):
@@ -247,10 +273,21 @@ def failing_run(tmp_path_factory, digits_bundle):
     manager.register(_FailingBackbones(), name="failing-backbones")
     reset_registry()
     try:
-        config = SearchConfig(backbones=tuple(sorted({name for name, _ in PLAN})), n_trials=len(PLAN), seed=0,
-                              min_epochs=1, max_epochs=2, strategies=("last_k", "full"), heads=("linear",),
-                              backbone_lr_range=(1e-3, 3e-3), head_lr_range=(1e-2, 3e-2), batch_size=BATCH,
-                              pruner="none", prerank=False, input_options=SMALL)
+        config = SearchConfig(
+            backbones=tuple(sorted({name for name, _ in PLAN})),
+            n_trials=len(PLAN),
+            seed=0,
+            min_epochs=1,
+            max_epochs=2,
+            strategies=("last_k", "full"),
+            heads=("linear",),
+            backbone_lr_range=(1e-3, 3e-3),
+            head_lr_range=(1e-2, 3e-2),
+            batch_size=BATCH,
+            pruner="none",
+            prerank=False,
+            input_options=SMALL,
+        )
         search = Search(digits_bundle, config, tmp_path_factory.mktemp("failing-run"), Executor(show_progress=False))
         study = search.open_study()
         for backbone, strategy in PLAN:
@@ -306,8 +343,11 @@ def test_the_run_directory_holds_one_model_and_little_else(failing_run):
     files = [path for path in run_dir.rglob("*") if path.is_file()]
     model = run_dir / "best_model" / "model.safetensors"
     assert [path for path in files if path.suffix in MODEL_SUFFIXES] == [model]
-    assert {path.name for path in (run_dir / "best_model").iterdir()} == {"model.safetensors", "config.json",
-                                                                          "metrics.json"}
+    assert {path.name for path in (run_dir / "best_model").iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "metrics.json",
+    }
     # No staging or replaced model folders left behind (plots/: the report's figures).
     assert sorted(path.name for path in run_dir.rglob("*") if path.is_dir()) == ["best_model", "plots"]
     model_size = model.stat().st_size

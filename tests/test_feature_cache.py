@@ -122,8 +122,15 @@ def test_a_deadline_stops_computing_features_and_stores_nothing(tmp_path, digits
 
     executor = Executor(show_progress=False, feature_cache=FeatureCache(tmp_path))
     backbone = get_registry().get_backbone("mobilenetv2_100")
-    config = TrialConfig(backbone=backbone.name, freeze_depth=0, backbone_lr=1e-3, head_lr=1e-2, epochs=1,
-                         strategy="linear_probe", input_options=SMALL)
+    config = TrialConfig(
+        backbone=backbone.name,
+        freeze_depth=0,
+        backbone_lr=1e-3,
+        head_lr=1e-2,
+        epochs=1,
+        strategy="linear_probe",
+        input_options=SMALL,
+    )
     result = executor.fit(config, backbone, digits_bundle, deadline=time.monotonic() - 1)
     assert result.stop_reason == "time_budget" and result.history == [] and not result.has_model
     assert entries(tmp_path) == []
@@ -178,6 +185,7 @@ def test_measuring_the_cost_of_inference(digits_bundle):
     cost = measure_inference(registry.get_backbone("mobilenetv2_100"), preprocessor, items, torch.device("cpu"))
     assert cost.examples_timed == 16 and 0 < cost.seconds_per_example < 1 and cost.load_seconds > 0
     assert cost.estimate(100) == cost.load_seconds + 100 * cost.seconds_per_example
-    capped = measure_inference(registry.get_backbone("mobilenetv2_100"), preprocessor, items, torch.device("cpu"),
-                               max_seconds=0)
+    capped = measure_inference(
+        registry.get_backbone("mobilenetv2_100"), preprocessor, items, torch.device("cpu"), max_seconds=0
+    )
     assert capped.examples_timed == 0 and capped.seconds_per_example > 0  # the warm-up's figure

@@ -66,8 +66,11 @@ def test_many_shots_hold_a_quarter_out_and_one_shot_validates_nothing(digits_fra
 
 def test_bad_shots_are_refused_naming_the_class_and_its_count(digits_frame):
     small = pd.concat([digits_frame[digits_frame.label != 7], digits_frame[digits_frame.label == 7].head(4)])
-    with pytest.raises(DataError, match=r"^class 7 in the DataFrame has 4 example\(s\); 4 shots per class need at "
-                                        r"least 5 of every class"):
+    with pytest.raises(
+        DataError,
+        match=r"^class 7 in the DataFrame has 4 example\(s\); 4 shots per class need at "
+        r"least 5 of every class",
+    ):
         prepare_dataset(small, shots=4)
     prepare_dataset(small, shots=3)  # 3 to learn from, 1 to test on
     for bad in (0, -2, 2.5, True):
@@ -82,7 +85,8 @@ def test_cli_refuses_bad_shots_in_one_line(tmp_path, digits_frame):
     assert too_many.returncode == 2
     assert too_many.stderr.strip().splitlines() == [
         f"automl-tl: error: class 'digit0' in {data_dir} has 6 example(s); 6 shots per class need at least 7 of "
-        "every class (6 to learn from, 1 or more to test on)"]
+        "every class (6 to learn from, 1 or more to test on)"
+    ]
     zero = run_cli("search", "--data", str(data_dir), "--shots", "0")
     assert zero.returncode == 2 and "argument --shots: expected a number >= 1, got 0" in zero.stderr
     assert "Traceback" not in too_many.stderr + zero.stderr
@@ -114,8 +118,15 @@ def ten_shots(digits_frame):
 
 def fit(executor, bundle, strategy):
     backbone = get_backbone(BACKBONE)
-    config = TrialConfig(backbone=BACKBONE, freeze_depth=0, backbone_lr=1e-3, head_lr=1e-2, epochs=3,
-                         strategy=strategy, input_options=OPTIONS)
+    config = TrialConfig(
+        backbone=BACKBONE,
+        freeze_depth=0,
+        backbone_lr=1e-3,
+        head_lr=1e-2,
+        epochs=3,
+        strategy=strategy,
+        input_options=OPTIONS,
+    )
     return backbone, executor.fit(config, backbone, bundle)
 
 
@@ -131,8 +142,12 @@ def test_strategy_beats_chance_and_the_saved_model_predicts_what_it_fitted(tmp_p
     # 2 validation shots per class (too few to rank trials by), the head is cross-validated on all 10 shots and
     # fitted on all of them (training and validation).
     assert result.extra["fitted_on"] == "train+validation" and result.extra["validation"] == "cross_validation"
-    train_x = np.concatenate([executor.features(backbone, OPTIONS, ten_shots, part).astype(np.float64)
-                              for part in (ten_shots.train, ten_shots.val)])
+    train_x = np.concatenate(
+        [
+            executor.features(backbone, OPTIONS, ten_shots, part).astype(np.float64)
+            for part in (ten_shots.train, ten_shots.val)
+        ]
+    )
     test_x = executor.features(backbone, OPTIONS, ten_shots, ten_shots.test).astype(np.float64)
     train_y = np.concatenate([ten_shots.train.labels, ten_shots.val.labels])
     center = train_x.mean(0)
@@ -151,10 +166,18 @@ def test_strategy_beats_chance_and_the_saved_model_predicts_what_it_fitted(tmp_p
 
     # Saved as safetensors + JSON and loaded back, the model predicts the same classes.
     model_dir = tmp_path / "model"
-    save_model(result.final_model(), model_dir, {
-        "backbone": backbone.describe(), "head": result.config.head.to_dict(), "classes": ten_shots.classes,
-        "input_column": "image", "input_options": result.config.to_dict()["input_options"],
-        "preprocessing": backbone.preprocessor(OPTIONS).describe()})
+    save_model(
+        result.final_model(),
+        model_dir,
+        {
+            "backbone": backbone.describe(),
+            "head": result.config.head.to_dict(),
+            "classes": ten_shots.classes,
+            "input_column": "image",
+            "input_options": result.config.to_dict()["input_options"],
+            "preprocessing": backbone.preprocessor(OPTIONS).describe(),
+        },
+    )
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
     predictor = load_model_dir(model_dir, "cpu")  # a device given as a string, as in load()
     predicted = predictor.predict(ten_shots.test.inputs)
@@ -179,8 +202,22 @@ def test_search_with_shots_picks_among_the_strategies_and_reports_on_the_rest(tm
     data_dir = tmp_path / "digits"
     write_image_folder(data_dir, digits_frame, per_class=24)
     run_dir = tmp_path / "run"
-    searched = run_cli("search", "--data", str(data_dir), "--shots", "5", "--backbones", BACKBONE,
-                       "tf_efficientnet_lite0", "--trials", "5", "--image-size", "32", "--output", str(run_dir))
+    searched = run_cli(
+        "search",
+        "--data",
+        str(data_dir),
+        "--shots",
+        "5",
+        "--backbones",
+        BACKBONE,
+        "tf_efficientnet_lite0",
+        "--trials",
+        "5",
+        "--image-size",
+        "32",
+        "--output",
+        str(run_dir),
+    )
     assert searched.returncode == 0, searched.stderr
     board = pd.read_csv(run_dir / "leaderboard.csv")
     assert len(board) == 5 and set(board["state"]) == {"COMPLETE"}

@@ -31,8 +31,9 @@ from automl_tl.layout import SKIPPED_FILE
 from automl_tl.results.report import write_skipped
 
 MP3 = "MP3" in soundfile.available_formats()
-needs_mp3 = pytest.mark.skipif(not MP3, reason=f"libsndfile {soundfile.__libsndfile_version__} reads no MP3 "
-                                               "(1.1 and later do)")
+needs_mp3 = pytest.mark.skipif(
+    not MP3, reason=f"libsndfile {soundfile.__libsndfile_version__} reads no MP3 (1.1 and later do)"
+)
 
 # ---------------------------------------------------------------- files
 
@@ -111,8 +112,11 @@ def test_aiff_mp3_and_opus_clips_in_a_csv_are_an_audio_data_set(tmp_path):
     pd.DataFrame(clips, columns=["audio", "label"]).to_csv(csv, index=False)
     bundle = prepare_dataset(csv, test_fraction=0)
     assert bundle.modality == "audio" and bundle.classes == ["high", "low"] and bundle.skipped == ()
-    for file, rate, frequency in ((tmp_path / "low0.AIF", 16000, 220), (tmp_path / "high0.mp3", 16000, 880),
-                                  (opus, 48000, 880)):
+    for file, rate, frequency in (
+        (tmp_path / "low0.AIF", 16000, 220),
+        (tmp_path / "high0.mp3", 16000, 880),
+        (opus, 48000, 880),
+    ):
         samples = read_audio(file)
         assert abs(len(samples) - rate / 2) < 0.1 * rate, file  # (MP3 and Opus pad a little)
         assert abs(peak_frequency(samples, rate) - frequency) < 10, file
@@ -217,8 +221,9 @@ def test_a_truncated_jpeg_is_skipped_and_listed(tmp_path):
     csv = image_csv(tmp_path, per_class=6)
     broken = truncated_jpeg(tmp_path / "imgs" / "cut.jpg")
     frame = pd.read_csv(csv)
-    pd.concat([frame.iloc[:3], pd.DataFrame([{"image": "imgs/cut.jpg", "label": "dog"}]), frame.iloc[3:]]
-              ).to_csv(csv, index=False)
+    pd.concat([frame.iloc[:3], pd.DataFrame([{"image": "imgs/cut.jpg", "label": "dog"}]), frame.iloc[3:]]).to_csv(
+        csv, index=False
+    )
     bundle = prepare_dataset(csv, test_fraction=0)
     assert [(r.row, r.file, r.kind) for r in bundle.skipped] == [(3, str(broken), "corrupt or truncated")]
     assert "truncated" in bundle.skipped[0].reason and str(broken) not in all_inputs(bundle)
@@ -242,8 +247,10 @@ def test_rows_without_a_label_are_kept_apart_and_counted_once(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if "no 'label'" in r.getMessage()]
     assert len(warned) == 1 and "3 of 10 rows" in warned[0]
     # their absence is all that changes the fingerprint: the same labelled rows alone give the same one
-    labelled = prepare_dataset(pd.read_csv(csv).drop(index=[1, 4, 7]).assign(
-        image=lambda f: [str(tmp_path / p) for p in f["image"]]), test_fraction=0)
+    labelled = prepare_dataset(
+        pd.read_csv(csv).drop(index=[1, 4, 7]).assign(image=lambda f: [str(tmp_path / p) for p in f["image"]]),
+        test_fraction=0,
+    )
     assert labelled.fingerprint == bundle.fingerprint
 
 
@@ -263,17 +270,22 @@ def test_more_bad_rows_than_max_bad_fraction_refuses_in_one_line(tmp_path):
     with pytest.raises(DataError) as caught:
         prepare_dataset(csv)
     message = str(caught.value)
-    assert message == (f"3 of 20 labelled rows of {csv} (15%) cannot be used, more than the 10% that "
-                       f"--max-bad-fraction (max_bad_fraction) allows; the first: image file not found: "
-                       f"{tmp_path / 'imgs' / '2.png'}")
+    assert message == (
+        f"3 of 20 labelled rows of {csv} (15%) cannot be used, more than the 10% that "
+        f"--max-bad-fraction (max_bad_fraction) allows; the first: image file not found: "
+        f"{tmp_path / 'imgs' / '2.png'}"
+    )
     assert len(prepare_dataset(csv, max_bad_fraction=0.2).skipped) == 3
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({"on_bad_input": "ignore"}, "on_bad_input must be one of skip, error; got 'ignore'"),
-    ({"max_bad_fraction": 1.5}, "max_bad_fraction must be a share of the rows between 0 and 1; got 1.5"),
-    ({"max_image_pixels": 0}, "max_image_pixels must be a whole number of pixels >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"on_bad_input": "ignore"}, "on_bad_input must be one of skip, error; got 'ignore'"),
+        ({"max_bad_fraction": 1.5}, "max_bad_fraction must be a share of the rows between 0 and 1; got 1.5"),
+        ({"max_image_pixels": 0}, "max_image_pixels must be a whole number of pixels >= 1"),
+    ],
+)
 def test_bad_input_options_are_refused(tmp_path, options, expected):
     from automl_tl import TransferClassifier
 
@@ -284,12 +296,15 @@ def test_bad_input_options_are_refused(tmp_path, options, expected):
 
 
 def test_skipped_csv_keeps_a_spreadsheet_from_running_a_cell(tmp_path):
-    rows = [SkippedRow(0, "=HYPERLINK(\"http://x\")", NO_LABEL, NO_LABEL),
-            SkippedRow(4, "+1 great film", NO_LABEL, NO_LABEL), SkippedRow(9, "@SUM(A1)", "empty", "-empty text"),
-            SkippedRow(12, "plain.png", "corrupt or truncated", "corrupt or truncated: bad")]
+    rows = [
+        SkippedRow(0, '=HYPERLINK("http://x")', NO_LABEL, NO_LABEL),
+        SkippedRow(4, "+1 great film", NO_LABEL, NO_LABEL),
+        SkippedRow(9, "@SUM(A1)", "empty", "-empty text"),
+        SkippedRow(12, "plain.png", "corrupt or truncated", "corrupt or truncated: bad"),
+    ]
     written = pd.read_csv(write_skipped(tmp_path, rows), keep_default_na=False)
     assert list(written.columns) == ["row", "line", "file", "reason"]
-    assert list(written["file"]) == ["'=HYPERLINK(\"http://x\")", "'+1 great film", "'@SUM(A1)", "plain.png"]
+    assert list(written["file"]) == ['\'=HYPERLINK("http://x")', "'+1 great film", "'@SUM(A1)", "plain.png"]
     assert list(written["reason"])[2:] == ["'-empty text", "corrupt or truncated: bad"]
     assert (tmp_path / SKIPPED_FILE).read_text().splitlines()[0] == "row,line,file,reason"
     assert write_skipped(tmp_path, []).read_text() == "row,line,file,reason\n"  # written empty too
@@ -304,8 +319,9 @@ def test_a_text_folder_reads_latin1_files_and_skips_a_binary_one(tmp_path, caplo
     (tmp_path / "good" / "1.txt").write_bytes("un très bon film".encode("latin-1"))
     bundle = prepare_dataset(tmp_path, test_fraction=0)
     assert bundle.modality == "text" and "un très bon film" in all_inputs(bundle)
-    assert [(r.row, r.file, r.kind) for r in bundle.skipped] == [(0, str(tmp_path / "bad" / "0.txt"),
-                                                                  "unsupported format")]
+    assert [(r.row, r.file, r.kind) for r in bundle.skipped] == [
+        (0, str(tmp_path / "bad" / "0.txt"), "unsupported format")
+    ]
     assert "1 text file(s) are not UTF-8 and were read as cp1252" in caplog.text
 
 
@@ -313,9 +329,21 @@ def test_a_text_folder_reads_latin1_files_and_skips_a_binary_one(tmp_path, caplo
 
 
 def texts_frame() -> pd.DataFrame:
-    return pd.DataFrame({"text": ["un café noir, sans sucre", "café au lait", "un grand café", "café crème",
-                                  "thé vert; très chaud", "thé à la menthe", "un thé noir", "thé glacé"],
-                         "label": ["café"] * 4 + ["thé"] * 4})
+    return pd.DataFrame(
+        {
+            "text": [
+                "un café noir, sans sucre",
+                "café au lait",
+                "un grand café",
+                "café crème",
+                "thé vert; très chaud",
+                "thé à la menthe",
+                "un thé noir",
+                "thé glacé",
+            ],
+            "label": ["café"] * 4 + ["thé"] * 4,
+        }
+    )
 
 
 def test_a_latin1_csv_is_read_with_a_warning(tmp_path, caplog):
@@ -326,9 +354,17 @@ def test_a_latin1_csv_is_read_with_a_warning(tmp_path, caplog):
     assert "is not UTF-8: read as cp1252" in caplog.text
 
 
-@pytest.mark.parametrize("name, sep, encoding", [("semicolon.csv", ";", "utf-8"), ("tabs.tsv", "\t", "utf-8"),
-                                                 ("tabs.csv", "\t", "utf-8"), ("bom.csv", ",", "utf-8-sig"),
-                                                 ("pipes.csv", "|", "utf-8"), ("excel.txt", "\t", "utf-16")])
+@pytest.mark.parametrize(
+    "name, sep, encoding",
+    [
+        ("semicolon.csv", ";", "utf-8"),
+        ("tabs.tsv", "\t", "utf-8"),
+        ("tabs.csv", "\t", "utf-8"),
+        ("bom.csv", ",", "utf-8-sig"),
+        ("pipes.csv", "|", "utf-8"),
+        ("excel.txt", "\t", "utf-16"),
+    ],
+)
 def test_delimiters_and_byte_order_marks(tmp_path, name, sep, encoding):
     path = tmp_path / name
     path.write_bytes(texts_frame().to_csv(index=False, sep=sep).encode(encoding))
@@ -341,8 +377,11 @@ def test_parquet_jsonl_and_excel_tables_keep_numeric_labels_as_ints(tmp_path, su
     frame = texts_frame().assign(label=[0, 0, 0, 0, 1, 1, 1, 1]).astype({"label": float})
     frame.loc[len(frame)] = ["une boisson sans étiquette", np.nan]  # an unlabelled row: the column is float
     path = tmp_path / f"drinks{suffix}"
-    {".parquet": lambda: frame.to_parquet(path), ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     ".xlsx": lambda: frame.to_excel(path, index=False)}[suffix]()
+    {
+        ".parquet": lambda: frame.to_parquet(path),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        ".xlsx": lambda: frame.to_excel(path, index=False),
+    }[suffix]()
     bundle = prepare_dataset(path)
     assert bundle.classes == [0, 1] and all(type(c) is int for c in bundle.classes)
     assert bundle.unlabelled == ("une boisson sans étiquette",)
@@ -389,9 +428,16 @@ def test_the_policy_travels_in_config_files_and_worker_data_sources(tmp_path):
     assert (source["on_bad_input"], source["max_bad_fraction"], source["max_image_pixels"]) == ("skip", 0.2, 1_000_000)
     rebuilt = load_data_source(source)
     assert [r.kind for r in rebuilt.skipped] == ["too large"]  # 1.2 MP > 1 MP: what the maker skipped
-    assert rebuilt.fingerprint == prepare_dataset(csv, seed=source["seed"], val_fraction=source["val_fraction"],
-                                                  test_fraction=source["test_fraction"],
-                                                  max_image_pixels=1_000_000).fingerprint
+    assert (
+        rebuilt.fingerprint
+        == prepare_dataset(
+            csv,
+            seed=source["seed"],
+            val_fraction=source["val_fraction"],
+            test_fraction=source["test_fraction"],
+            max_image_pixels=1_000_000,
+        ).fingerprint
+    )
     old = {k: v for k, v in source.items() if k not in ("on_bad_input", "max_bad_fraction", "max_image_pixels")}
     assert load_data_source(old).skipped == ()  # stored before the policy: the defaults
 
@@ -421,9 +467,31 @@ def messy_run(tmp_path_factory):
     csv = tmp / "messy.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     run = tmp / "run"
-    code = main([str(a) for a in ["search", "--data", csv, "--output", run, "--backbones", "mobilenetv2_100",
-                                  "--image-size", "32", "--trials", "2", "--max-epochs", "1", "--no-prerank",
-                                  "--strategies", "linear_probe", "--heads", "linear"]])
+    code = main(
+        [
+            str(a)
+            for a in [
+                "search",
+                "--data",
+                csv,
+                "--output",
+                run,
+                "--backbones",
+                "mobilenetv2_100",
+                "--image-size",
+                "32",
+                "--trials",
+                "2",
+                "--max-epochs",
+                "1",
+                "--no-prerank",
+                "--strategies",
+                "linear_probe",
+                "--heads",
+                "linear",
+            ]
+        ]
+    )
     assert code == 0
     return tmp, csv, run
 
@@ -441,10 +509,15 @@ def test_skipped_csv_lists_every_row_left_out(messy_run):
 def test_summary_report_and_card_count_the_rows_left_out(messy_run):
     _, _, run = messy_run
     counts = json.loads((run / "summary.json").read_text())["data"]["skipped"]
-    assert counts == {"unlabelled": 2, "unreadable": 2,
-                      "by_reason": {NO_LABEL: 2, "corrupt or truncated": 1, "too large": 1}}
-    shown = ("2 without a label (kept as unlabelled, not trained on), 2 unreadable (corrupt or truncated: 1, "
-             "too large: 1); listed in skipped.csv")
+    assert counts == {
+        "unlabelled": 2,
+        "unreadable": 2,
+        "by_reason": {NO_LABEL: 2, "corrupt or truncated": 1, "too large": 1},
+    }
+    shown = (
+        "2 without a label (kept as unlabelled, not trained on), 2 unreadable (corrupt or truncated: 1, "
+        "too large: 1); listed in skipped.csv"
+    )
     assert shown in (run / "report.html").read_text()
     assert f"| rows left out | {shown} |" in (run / "MODEL_CARD.md").read_text()
 

@@ -16,9 +16,18 @@ mlflow = pytest.importorskip("mlflow")
 
 
 def tiny_search(tracking_uri: str, n_trials: int = 3) -> SearchConfig:
-    return SearchConfig(backbones=("mobilenetv2_100",), n_trials=n_trials, seed=0, max_epochs=1,
-                        strategies=("linear_probe", "last_k"), max_freeze_depth=1, heads=("linear",),
-                        prerank=False, input_options=InputOptions(image_size=32), tracking_uri=tracking_uri)
+    return SearchConfig(
+        backbones=("mobilenetv2_100",),
+        n_trials=n_trials,
+        seed=0,
+        max_epochs=1,
+        strategies=("linear_probe", "last_k"),
+        max_freeze_depth=1,
+        heads=("linear",),
+        prerank=False,
+        input_options=InputOptions(image_size=32),
+        tracking_uri=tracking_uri,
+    )
 
 
 def trial_runs(client, experiment_id: str) -> dict[int, object]:
@@ -85,10 +94,32 @@ def test_the_best_model_and_the_results_are_logged_on_the_parent_run(tracked_run
 def test_the_cli_logs_to_any_tracking_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["search", "--backbones", "mobilenetv2_100", "--trials", "2", "--max-epochs", "1",
-                 "--strategies", "linear_probe", "--heads", "linear", "--no-prerank", "--image-size", "32",
-                 "--max-samples", "200", "--study-name", "digits-job", "--output", str(tmp_path / "run"),
-                 "--mlflow", uri])
+    code = main(
+        [
+            "search",
+            "--backbones",
+            "mobilenetv2_100",
+            "--trials",
+            "2",
+            "--max-epochs",
+            "1",
+            "--strategies",
+            "linear_probe",
+            "--heads",
+            "linear",
+            "--no-prerank",
+            "--image-size",
+            "32",
+            "--max-samples",
+            "200",
+            "--study-name",
+            "digits-job",
+            "--output",
+            str(tmp_path / "run"),
+            "--mlflow",
+            uri,
+        ]
+    )
     assert code == 0
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("digits-job")

@@ -74,12 +74,14 @@ def test_offline_weights_load_strictly(timm_name: str) -> None:
 @pytest.mark.parametrize("timm_name", ["tf_efficientnet_lite0", "mobilenetv2_100"])
 def test_chelsea_is_a_cat(timm_name: str) -> None:
     import skimage.data as skimage_data
+
     cls, prob = _top1(_pretrained(timm_name), skimage_data.chelsea())
     assert cls in CAT_CLASSES, (cls, prob)
 
 
 def test_coffee_is_espresso() -> None:
     import skimage.data as skimage_data
+
     cls, prob = _top1(_pretrained("tf_efficientnet_lite0"), skimage_data.coffee())
     assert cls == ESPRESSO, (cls, prob)
 
@@ -87,6 +89,7 @@ def test_coffee_is_espresso() -> None:
 def test_mobilenetv2_matches_torchvision() -> None:
     # The file is torchvision's own: after renaming, timm must compute the same function.
     import torchvision
+
     timm_model = _pretrained("mobilenetv2_100")
     tv_model = torchvision.models.mobilenet_v2()
     raw = torch.load(find_weight_file("mobilenetv2_100"), map_location="cpu", weights_only=True)

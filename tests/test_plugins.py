@@ -23,8 +23,9 @@ EXAMPLE_PLUGIN = ROOT / "examples" / "automl_tl_example_plugin"
 
 def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "automl_tl.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "automl_tl.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_builtin_plugins_are_registered_through_entry_points():
@@ -37,8 +38,7 @@ def test_builtin_plugins_are_registered_through_entry_points():
 
 def test_every_hook_has_a_test():
     """Like datasette's: each hook specification needs a test named test_hook_<name> somewhere in tests/."""
-    hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-             if hasattr(fn, "automl_tl_spec")]
+    hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "automl_tl_spec")]
     assert hooks, "no hook specifications found"
     sources = "".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
     untested = [name for name in hooks if f"def test_hook_{name}(" not in sources]
@@ -72,8 +72,16 @@ class _DatasetPlugin:
     def register_datasets(self, register):
         import pandas as pd
 
-        register(NamedDataset("tiny", "three rows", "image", "image", "label",
-                              lambda: pd.DataFrame({"image": ["a.png"] * 3, "label": [0, 1, 1]})))
+        register(
+            NamedDataset(
+                "tiny",
+                "three rows",
+                "image",
+                "image",
+                "label",
+                lambda: pd.DataFrame({"image": ["a.png"] * 3, "label": [0, 1, 1]}),
+            )
+        )
 
 
 def test_hook_register_datasets(clean_registry):
@@ -99,7 +107,9 @@ def test_duplicate_name_is_refused_naming_both_plugins(clean_registry):
     manager = get_plugin_manager()
     manager.register(_DuplicatePlugin(), name="copycat")
     try:
-        with pytest.raises(PluginError, match=r"'mobilenetv2_100'.*'copycat'.*'timm'|'mobilenetv2_100'.*'timm'.*'copycat'"):
+        with pytest.raises(
+            PluginError, match=r"'mobilenetv2_100'.*'copycat'.*'timm'|'mobilenetv2_100'.*'timm'.*'copycat'"
+        ):
             build_registry(manager)
     finally:
         manager.unregister(name="copycat")
@@ -113,8 +123,12 @@ def test_unknown_backbone_suggests_close_names():
 
 def test_wildcards_expand_in_order_without_repeats():
     chosen = get_registry().resolve_backbones(["mobilenetv2_100", "tf_efficientnet_lite*", "tf_efficientnet_lite0"])
-    assert [b.name for b in chosen] == ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1",
-                                        "tf_efficientnet_lite2"]
+    assert [b.name for b in chosen] == [
+        "mobilenetv2_100",
+        "tf_efficientnet_lite0",
+        "tf_efficientnet_lite1",
+        "tf_efficientnet_lite2",
+    ]
     with pytest.raises(UnknownBackboneError):
         get_registry().resolve_backbones(["resnet*"], modality="image")
 
@@ -154,8 +168,23 @@ def test_plugin_that_fails_to_import_is_named(tmp_path):
 def example_plugin_site(tmp_path_factory) -> Path:
     """The example third-party plugin, really installed by pip into a folder of its own."""
     site = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(EXAMPLE_PLUGIN)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(EXAMPLE_PLUGIN),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return site
 
 
@@ -182,8 +211,14 @@ def test_example_plugin_backbone_meets_the_contract(example_plugin_site, monkeyp
 
     from automl_tl import Executor, InputOptions, TrialConfig
 
-    config = TrialConfig(backbone=backbone.name, freeze_depth=0, backbone_lr=1e-3, head_lr=3e-2, epochs=2,
-                         input_options=InputOptions(image_size=32))
+    config = TrialConfig(
+        backbone=backbone.name,
+        freeze_depth=0,
+        backbone_lr=1e-3,
+        head_lr=3e-2,
+        epochs=2,
+        input_options=InputOptions(image_size=32),
+    )
     result = Executor(show_progress=False).fit(config, backbone, digits_bundle)
     assert len(result.history) == 2 and result.model is not None
     assert result.best_val_accuracy > 0.3  # real ImageNet features: far above the 0.1 of chance

@@ -36,8 +36,12 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module))
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
             if function in ("import_module", "__import__"):
                 found.append((node.lineno, node.args[0].value))
@@ -46,9 +50,11 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
 
 def test_the_checker_sees_every_kind_of_import():
     """Guard against a check that passes because it sees nothing."""
-    source = ("import automl_tl_a\nfrom automl_tl_b.x import y\nimport importlib\n"
-              "def f():\n    from automl_tl_c import z\n    importlib.import_module('automl_tl_d')\n"
-              "    __import__('automl_tl_e')\nfrom . import automl_tl_f\n")
+    source = (
+        "import automl_tl_a\nfrom automl_tl_b.x import y\nimport importlib\n"
+        "def f():\n    from automl_tl_c import z\n    importlib.import_module('automl_tl_d')\n"
+        "    __import__('automl_tl_e')\nfrom . import automl_tl_f\n"
+    )
     tops = {name.split(".")[0] for _, name in imported_modules(ast.parse(source))}
     assert {"automl_tl_a", "automl_tl_b", "automl_tl_c", "automl_tl_d", "automl_tl_e"} <= tops
     assert "automl_tl_f" not in tops  # a relative import stays inside the core
@@ -59,9 +65,12 @@ def test_no_core_module_imports_a_plugin_package():
     assert {"automl_tl_timm", "automl_tl_text", "automl_tl_audio"} <= plugins
     files = sorted(CORE.rglob("*.py"))  # sub-packages included
     assert len(files) > 20
-    offenders = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-                 for path in files for line, name in imported_modules(ast.parse(path.read_text(), str(path)))
-                 if name.split(".")[0] in plugins]
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in files
+        for line, name in imported_modules(ast.parse(path.read_text(), str(path)))
+        if name.split(".")[0] in plugins
+    ]
     assert not offenders, "the core must not import plugins: " + "; ".join(offenders)
 
 

@@ -123,8 +123,12 @@ def test_ranking_scores_each_backbone_on_its_cached_training_features(executor, 
 
 
 def test_search_tries_the_best_ranked_backbones_first_and_reports_the_ranking(tmp_path, digits_bundle, executor):
-    outcome = run_search(digits_bundle, config(n_trials=6, strategies=("linear_probe", "lp_ft", "nearest_centroid")),
-                     tmp_path / "run", executor)
+    outcome = run_search(
+        digits_bundle,
+        config(n_trials=6, strategies=("linear_probe", "lp_ft", "nearest_centroid")),
+        tmp_path / "run",
+        executor,
+    )
     ranking = pd.read_csv(tmp_path / "run" / "transferability.csv")
     assert set(ranking["backbone"]) == set(BACKBONES)
     assert ranking["logme"].is_monotonic_decreasing
@@ -163,9 +167,20 @@ def test_without_prerank_no_ranking_and_no_warm_starts(tmp_path, digits_bundle, 
 
 def test_trial_timeout_is_a_hard_budget_per_trial(tmp_path, digits_bundle, executor):
     started = time.monotonic()
-    outcome = run_search(digits_bundle, config(n_trials=2, max_epochs=50, trial_timeout=6, prerank=False,
-                                           strategies=("full",), max_freeze_depth=None, pruner="none"),
-                     tmp_path / "run", executor)
+    outcome = run_search(
+        digits_bundle,
+        config(
+            n_trials=2,
+            max_epochs=50,
+            trial_timeout=6,
+            prerank=False,
+            strategies=("full",),
+            max_freeze_depth=None,
+            pruner="none",
+        ),
+        tmp_path / "run",
+        executor,
+    )
     board = outcome.leaderboard
     # 50 epochs do not fit in 6 s: each trial is re-planned to the epochs that do, and says so
     assert board["adapted"].str.match(r"epochs 50 -> \d+ \(one takes about").all()

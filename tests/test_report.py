@@ -37,16 +37,29 @@ from automl_tl.results.report import TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR
 from automl_tl.train.executor import Executor
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
-ALWAYS_DRAWN = {"leaderboard.png", "history.png", "cost.png", "freeze_depth.png", "confusion_matrix.png",
-                "per_class.png", "transferability.png"}
+ALWAYS_DRAWN = {
+    "leaderboard.png",
+    "history.png",
+    "cost.png",
+    "freeze_depth.png",
+    "confusion_matrix.png",
+    "per_class.png",
+    "transferability.png",
+}
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, digits_bundle):
     """A finished search and its study (read back from the journal, as a later process would)."""
     run_dir = tmp_path_factory.mktemp("report-run")
-    config = SearchConfig(backbones=BACKBONES, n_trials=4, seed=0, max_epochs=2, max_freeze_depth=2,
-                          input_options=InputOptions(image_size=32))
+    config = SearchConfig(
+        backbones=BACKBONES,
+        n_trials=4,
+        seed=0,
+        max_epochs=2,
+        max_freeze_depth=2,
+        input_options=InputOptions(image_size=32),
+    )
     outcome = run_search(digits_bundle, config, run_dir, Executor(show_progress=False))
     return outcome, optuna.load_study(study_name="automl_tl", storage=journal(run_dir / "study.journal"))
 
@@ -176,8 +189,12 @@ def test_report_rebuilds_from_the_study_alone(run, tmp_path, capsys):
 def test_report_from_a_database_study(run, tmp_path, capsys):
     outcome, _ = run
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    optuna.copy_study(from_study_name="automl_tl", from_storage=journal(outcome.run_dir / "study.journal"),
-                      to_storage=url, to_study_name="pets")
+    optuna.copy_study(
+        from_study_name="automl_tl",
+        from_storage=journal(outcome.run_dir / "study.journal"),
+        to_storage=url,
+        to_study_name="pets",
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert main(["report", str(elsewhere), "--storage", url, "--study", "pets"]) == 0
@@ -212,8 +229,14 @@ def test_report_refuses_bad_input_in_one_line(run, tmp_path, capsys):
 
 def test_a_run_without_a_best_model_still_gets_a_report(tmp_path, digits_bundle):
     # the whole budget is gone before the first trial: no model, no test evaluation, yet a page
-    config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, timeout=1e-3, max_epochs=1, prerank=False,
-                          input_options=InputOptions(image_size=32))
+    config = SearchConfig(
+        backbones=("mobilenetv2_100",),
+        n_trials=2,
+        timeout=1e-3,
+        max_epochs=1,
+        prerank=False,
+        input_options=InputOptions(image_size=32),
+    )
     with pytest.raises(AutomlTLError, match="no trial finished"):
         run_search(digits_bundle, config, tmp_path / "run", Executor(show_progress=False))
     text = (tmp_path / "run" / "report.html").read_text()
@@ -223,23 +246,36 @@ def test_a_run_without_a_best_model_still_gets_a_report(tmp_path, digits_bundle)
 
 def test_report_of_failed_and_pruned_trials_says_why_figures_are_missing(tmp_path):
     # a study made by hand with Optuna: what the report draws from trials alone, without a test evaluation
-    study = optuna.create_study(storage=journal(tmp_path / "study.journal"), study_name="automl_tl",
-                                direction="maximize")
+    study = optuna.create_study(
+        storage=journal(tmp_path / "study.journal"), study_name="automl_tl", direction="maximize"
+    )
     backbone = optuna.distributions.CategoricalDistribution(["a$b", "<c>"])
     strategy = optuna.distributions.CategoricalDistribution(["linear_probe", "full"])
     for value, state, name in ((0.5, "COMPLETE", "a$b"), (None, "FAIL", "<c>"), (None, "PRUNED", "<c>")):
-        study.add_trial(optuna.trial.create_trial(
-            params={"backbone": name, "strategy": "full"}, distributions={"backbone": backbone, "strategy": strategy},
-            value=value, state=optuna.trial.TrialState[state],
-            user_attrs={"cpu_seconds": 2.0, "best_val_accuracy": 0.25} if state == "PRUNED" else
-            {"error": "RuntimeError: " + "x" * 200} if state == "FAIL" else {"cpu_seconds": 1.0}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"backbone": name, "strategy": "full"},
+                distributions={"backbone": backbone, "strategy": strategy},
+                value=value,
+                state=optuna.trial.TrialState[state],
+                user_attrs={"cpu_seconds": 2.0, "best_val_accuracy": 0.25}
+                if state == "PRUNED"
+                else {"error": "RuntimeError: " + "x" * 200}
+                if state == "FAIL"
+                else {"cpu_seconds": 1.0},
+            )
+        )
     path = write_report(study, tmp_path)
     text = path.read_text()
     assert "need at least 3 complete trials; this study has 1" in text
     assert "No test evaluation is stored" in text
     assert "&lt;c&gt;" in text and "<c>" not in text  # user strings are escaped
-    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"leaderboard.png", "history.png", "cost.png",
-                                                                 "freeze_depth.png"}
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+        "leaderboard.png",
+        "history.png",
+        "cost.png",
+        "freeze_depth.png",
+    }
     assert set(PLOT_FILES) >= {p.name for p in (tmp_path / "plots").iterdir()}
 
 
@@ -255,9 +291,17 @@ def chromium(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("Debian chromium is not installed (setup.sh installs it as root)")
         pytest.skip("chromium is not installed")
-    command = [CHROMIUM, "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'profile'}"]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     if os.geteuid() == 0:
         command.append("--no-sandbox")  # Chromium refuses to run as root inside its sandbox
     return command
@@ -277,8 +321,9 @@ def test_chromium_renders_the_report_with_every_image_decoded(run, chromium, tmp
     assert len(shown.leaderboard_rows) == 4
 
     shot = tmp_path / "report.png"
-    taken = subprocess.run([*chromium, "--window-size=1280,2400", f"--screenshot={shot}", url], capture_output=True,
-                           text=True, timeout=120)
+    taken = subprocess.run(
+        [*chromium, "--window-size=1280,2400", f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120
+    )
     assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
     with Image.open(shot) as image:
         assert image.size == (1280, 2400)
@@ -291,10 +336,21 @@ def test_chromium_renders_the_report_with_every_image_decoded(run, chromium, tmp
 
 
 def _wsgi_get(app, path: str) -> tuple[str, dict]:
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
-               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
-               "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
-               "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
     status = []
     body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
     return status[0], json.loads(body)
@@ -323,8 +379,11 @@ def test_the_optuna_dashboard_command_opens_the_journal(run):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([str(command), str(outcome.run_dir / "study.journal"), "--port", str(port), "--quiet"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [str(command), str(outcome.run_dir / "study.journal"), "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         listing, deadline = None, time.monotonic() + 60
         while listing is None and time.monotonic() < deadline and server.poll() is None:

@@ -22,8 +22,16 @@ BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
 
 def small_search(**overrides) -> SearchConfig:
     # Fine-tuning strategies only: linear probes are never pruned, and this search must prune.
-    values = dict(backbones=BACKBONES, n_trials=6, seed=0, min_epochs=1, max_epochs=3, max_freeze_depth=2,
-                  strategies=("last_k", "lp_ft"), input_options=InputOptions(image_size=32))
+    values = dict(
+        backbones=BACKBONES,
+        n_trials=6,
+        seed=0,
+        min_epochs=1,
+        max_epochs=3,
+        max_freeze_depth=2,
+        strategies=("last_k", "lp_ft"),
+        input_options=InputOptions(image_size=32),
+    )
     return SearchConfig(**{**values, **overrides})
 
 
@@ -144,7 +152,9 @@ def test_resume_refuses_other_data_or_space(tmp_path, digits_bundle, digits_fram
     executor = Executor(show_progress=False)
     run_search(digits_bundle, small_search(n_trials=1, max_epochs=1), tmp_path, executor)
     with pytest.raises(ConfigError, match="another search space.*backbones"):
-        run_search(digits_bundle, small_search(n_trials=2, max_epochs=1, backbones=("mobilenetv2_100",)), tmp_path, executor)
+        run_search(
+            digits_bundle, small_search(n_trials=2, max_epochs=1, backbones=("mobilenetv2_100",)), tmp_path, executor
+        )
     other = prepare_dataset(digits_frame, input_column="image", seed=1)
     with pytest.raises(ConfigError, match="other data"):
         run_search(other, small_search(n_trials=2, max_epochs=1), tmp_path, executor)
@@ -152,8 +162,12 @@ def test_resume_refuses_other_data_or_space(tmp_path, digits_bundle, digits_fram
 
 def test_timeout_is_a_hard_budget(tmp_path, digits_bundle):
     started = time.monotonic()
-    outcome = run_search(digits_bundle, small_search(n_trials=100, timeout=6, pruner="none", max_epochs=3),
-                     tmp_path, Executor(show_progress=False))
+    outcome = run_search(
+        digits_bundle,
+        small_search(n_trials=100, timeout=6, pruner="none", max_epochs=3),
+        tmp_path,
+        Executor(show_progress=False),
+    )
     elapsed = time.monotonic() - started
     assert len(outcome.leaderboard) < 100
     # Kept to within about one epoch (~1 s here) plus start-up and the final test evaluation.
@@ -164,7 +178,8 @@ def test_timeout_is_a_hard_budget(tmp_path, digits_bundle):
 def test_storage_file_lives_in_the_run_directory(finished_run):
     outcome, _ = finished_run
     storage = optuna.storages.journal.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(outcome.run_dir / "study.journal")))
+        optuna.storages.journal.JournalFileBackend(str(outcome.run_dir / "study.journal"))
+    )
     study = optuna.load_study(study_name="automl_tl", storage=storage)
     assert len(study.trials) == 6
 
@@ -192,7 +207,12 @@ def test_results_get_the_usual_permissions_not_tempfiles_private_ones(finished_r
     umask = os.umask(0o022)
     os.umask(umask)
     run_dir = finished_run[0].run_dir
-    for name in ("leaderboard.csv", "summary.json", "report.html", "best_model/model.safetensors",
-                 "best_model/config.json"):
+    for name in (
+        "leaderboard.csv",
+        "summary.json",
+        "report.html",
+        "best_model/model.safetensors",
+        "best_model/config.json",
+    ):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name
     assert stat.S_IMODE((run_dir / "best_model").stat().st_mode) == 0o777 & ~umask

@@ -40,8 +40,9 @@ def executor(tmp_path):
 
 
 def trial_config(**overrides) -> TrialConfig:
-    values = dict(backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2,
-                  input_options=SMALL)
+    values = dict(
+        backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
+    )
     return TrialConfig(**{**values, **overrides})
 
 
@@ -78,10 +79,19 @@ def test_log_loss_is_minimised_and_the_others_maximised():
 def test_ties_in_score_go_to_the_lower_validation_loss_not_the_first_trial(tmp_path):
     study = optuna.create_study(direction="maximize")
     for number, loss in enumerate((0.9, 0.3, 0.6)):  # the same accuracy, three losses
-        study.add_trial(optuna.trial.create_trial(
-            params={"backbone": "b"}, distributions={"backbone": optuna.distributions.CategoricalDistribution(["b"])},
-            value=0.8, user_attrs={"best_val_accuracy": 0.8, "best_val_score": 0.8, "best_val_loss": loss,
-                                   "metric": "accuracy"}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"backbone": "b"},
+                distributions={"backbone": optuna.distributions.CategoricalDistribution(["b"])},
+                value=0.8,
+                user_attrs={
+                    "best_val_accuracy": 0.8,
+                    "best_val_score": 0.8,
+                    "best_val_loss": loss,
+                    "metric": "accuracy",
+                },
+            )
+        )
     assert leaderboard(study)["trial"].tolist() == [1, 2, 0]
 
 
@@ -95,7 +105,8 @@ def test_test_part_is_held_out_only_from_two_thousand_labelled_examples():
 
 
 def test_cheap_trials_on_a_small_validation_split_are_cross_validated_and_fitted_on_every_label(
-        executor, digits_bundle):
+    executor, digits_bundle
+):
     assert digits_bundle.small_validation  # 3-4 validation digits per class
     backbone = get_registry().get_backbone("mobilenetv2_100")
     every = len(digits_bundle.train) + len(digits_bundle.val)
@@ -125,8 +136,15 @@ def test_a_refit_trains_on_training_and_validation_for_the_given_epochs(executor
 
 def test_search_refits_the_best_configuration_and_says_which_model_was_tested(tmp_path, digits_frame):
     data = prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0, test_fraction=0.2)
-    config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, max_epochs=2, strategies=("last_k",),
-                          max_freeze_depth=1, prerank=False, input_options=SMALL)
+    config = SearchConfig(
+        backbones=("mobilenetv2_100",),
+        n_trials=2,
+        max_epochs=2,
+        strategies=("last_k",),
+        max_freeze_depth=1,
+        prerank=False,
+        input_options=SMALL,
+    )
     outcome = run_search(data, config, tmp_path / "refit", Executor(show_progress=False))
     saved = json.loads((tmp_path / "refit" / "best_model" / "config.json").read_text())
     metrics = json.loads((tmp_path / "refit" / "best_model" / "metrics.json").read_text())
@@ -145,8 +163,13 @@ def test_search_refits_the_best_configuration_and_says_which_model_was_tested(tm
 
 def test_imbalanced_data_are_selected_by_balanced_accuracy_with_a_class_weighted_loss(tmp_path, imbalanced_frame):
     data = prepare_dataset(imbalanced_frame, label_column="label", input_column="image", seed=0)
-    config = SearchConfig(backbones=("mobilenetv2_100",), n_trials=2, strategies=("logistic_regression",),
-                          prerank=False, input_options=SMALL)
+    config = SearchConfig(
+        backbones=("mobilenetv2_100",),
+        n_trials=2,
+        strategies=("logistic_regression",),
+        prerank=False,
+        input_options=SMALL,
+    )
     run_search(data, config, tmp_path / "run", Executor(show_progress=False))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["metric"] == "balanced_accuracy" and summary["class_weighted_loss"] is True
@@ -193,8 +216,9 @@ def test_a_trial_whose_epochs_do_not_all_fit_is_replanned_to_fewer_epochs(execut
     assert result.has_model
     fitted = result.extra["epochs_fitted"]
     assert 1 <= fitted < 60 and result.config.epochs == fitted  # the result says what ran
-    assert result.extra["adapted"] == [f"epochs 60 -> {fitted} (one takes about "
-                                       f"{result.extra['projected_epoch_seconds']:.0f}s)"]
+    assert result.extra["adapted"] == [
+        f"epochs 60 -> {fitted} (one takes about {result.extra['projected_epoch_seconds']:.0f}s)"
+    ]
     # the whole (shorter) schedule ran: no epoch was cut off by the deadline
     assert result.stop_reason != STOP_TIME and len(result.history) == fitted
     assert elapsed < budget + 5.0
@@ -211,8 +235,12 @@ def test_a_trial_over_budget_at_its_image_size_runs_at_a_smaller_one(executor, d
     # 160 px has 16 times the pixels of 40 px (an epoch costs 4 times more or so on a CPU, where the small sizes
     # pay their overheads): it cannot fit the time of 3.5 epochs at 40 px, and each smaller attempt costs a second
     started = time.monotonic()
-    result = executor.fit(dataclasses.replace(small, input_options=InputOptions(image_size=160)), backbone,
-                          digits_bundle, deadline=started + 3.5 * one_epoch_at_40)
+    result = executor.fit(
+        dataclasses.replace(small, input_options=InputOptions(image_size=160)),
+        backbone,
+        digits_bundle,
+        deadline=started + 3.5 * one_epoch_at_40,
+    )
     elapsed = time.monotonic() - started
     assert result.extra["adapted"][0].startswith("image size 160 -> 80 (one epoch would have taken about")
     if result.has_model:  # 80 px fitted (or 40 px, after 80 px was over budget too)
@@ -236,16 +264,24 @@ def test_cheaper_trials_shrink_the_input_first_then_the_trained_layers():
     assert cheaper_trial(trial_config(strategy="lp_ft", freeze_depth=1), images, layer_groups=8) is None
     assert cheaper_trial(trial_config(strategy="linear_probe"), images, layer_groups=8) is None
     text = get_registry().get_backbone("all-MiniLM-L6-v2")
-    cheaper, change = cheaper_trial(trial_config(backbone="all-MiniLM-L6-v2", strategy="lp_ft", freeze_depth=2,
-                                                 input_options=InputOptions()), text, layer_groups=7)
+    cheaper, change = cheaper_trial(
+        trial_config(backbone="all-MiniLM-L6-v2", strategy="lp_ft", freeze_depth=2, input_options=InputOptions()),
+        text,
+        layer_groups=7,
+    )
     assert cheaper.input_options.max_length == 128 and change == "max length 256 -> 128 tokens"
 
 
 def test_the_timeout_covers_the_whole_search_and_leaves_no_waiting_trials(tmp_path, digits_frame):
     data = prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0, test_fraction=0.2)
     budget = 25.0
-    config = SearchConfig(backbones=("mobilenetv2_100", "tf_efficientnet_lite0"), n_trials=None, timeout=budget,
-                          max_epochs=2, input_options=SMALL)
+    config = SearchConfig(
+        backbones=("mobilenetv2_100", "tf_efficientnet_lite0"),
+        n_trials=None,
+        timeout=budget,
+        max_epochs=2,
+        input_options=SMALL,
+    )
     started = time.monotonic()
     outcome = run_search(data, config, tmp_path / "run", Executor(show_progress=False))
     elapsed = time.monotonic() - started
@@ -254,7 +290,8 @@ def test_the_timeout_covers_the_whole_search_and_leaves_no_waiting_trials(tmp_pa
     states = {t.state for t in outcome.study.trials}
     assert optuna.trial.TrialState.WAITING not in states
     # without a number of trials, the search runs until the budget, not to a default count
-    finished = [t for t in outcome.study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                                optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t for t in outcome.study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     assert len(finished) >= 4
     assert outcome.study.trials[0].user_attrs.get("warm_start")

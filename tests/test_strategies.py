@@ -20,8 +20,9 @@ SMALL = InputOptions(image_size=32)
 
 
 def config(**overrides) -> TrialConfig:
-    values = dict(backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2,
-                  input_options=SMALL)
+    values = dict(
+        backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
+    )
     return TrialConfig(**{**values, **overrides})
 
 
@@ -55,8 +56,9 @@ def test_linear_probe_trains_the_head_on_cached_features_only(executor, held_out
     # The cached features are exactly what the body computes: the model's validation accuracy
     # through the whole network equals the one the probe measured on features.
     preprocessor = backbone.preprocessor(SMALL)
-    logits = predict_logits(model, preprocessor, executor.encoded(preprocessor, digits_bundle, digits_bundle.val),
-                            64, executor.device)
+    logits = predict_logits(
+        model, preprocessor, executor.encoded(preprocessor, digits_bundle, digits_bundle.val), 64, executor.device
+    )
     accuracy = (logits.argmax(1).numpy() == digits_bundle.val.labels).mean()
     assert accuracy == pytest.approx(result.best_val_accuracy, abs=1e-6)
     assert accuracy > 0.5  # pretrained features separate digits far above chance (0.1)
@@ -81,7 +83,7 @@ def test_fine_tuning_strategies_train_the_right_groups(executor, digits_bundle, 
     result = executor.fit(config(strategy=strategy, freeze_depth=depth, epochs=1), backbone, digits_bundle)
     groups = result.model.layer_groups
     trained_groups = len(groups) if expected is None else expected
-    trained = {name for group in groups[len(groups) - trained_groups:] for name in group}
+    trained = {name for group in groups[len(groups) - trained_groups :] for name in group}
     for name, tensor in pristine.body.named_parameters():
         changed = not torch.equal(tensor, dict(result.model.body.named_parameters())[name])
         assert changed == (name in trained), name
@@ -96,8 +98,9 @@ def test_lp_ft_starts_fine_tuning_from_the_probed_head(executor, held_out_bundle
     lp_ft = executor.fit(config(strategy="lp_ft", epochs=1, probe_passes=10, backbone_lr=1e-8), backbone, digits_bundle)
     assert lp_ft.extra["probe_val_accuracy"] == pytest.approx(probe.best_val_accuracy)
     assert lp_ft.best_val_accuracy == pytest.approx(probe.best_val_accuracy, abs=1.5 / len(digits_bundle.val))
-    scratch = executor.fit(config(strategy="last_k", freeze_depth=1, epochs=1, backbone_lr=1e-8, head_lr=1e-8),
-                           backbone, digits_bundle)
+    scratch = executor.fit(
+        config(strategy="last_k", freeze_depth=1, epochs=1, backbone_lr=1e-8, head_lr=1e-8), backbone, digits_bundle
+    )
     assert scratch.best_val_accuracy < probe.best_val_accuracy - 0.3  # a random head is near chance
 
 
@@ -109,7 +112,7 @@ def test_layer_wise_learning_rate_decay():
     assert {lr_of[id(p)] for p in model.head.parameters()} == {5e-2}
     body = dict(model.body.named_parameters())
     for distance, names in enumerate(reversed(model.layer_groups[-3:])):
-        assert {lr_of[id(body[n])] for n in names} == {1e-3 * 0.5 ** distance}
+        assert {lr_of[id(body[n])] for n in names} == {1e-3 * 0.5**distance}
     frozen = [body[n] for group in model.layer_groups[:-3] for n in group]
     assert not any(id(p) in lr_of for p in frozen)
 
@@ -122,15 +125,25 @@ def test_mlp_head_is_trained_saved_and_loaded(executor, digits_bundle, tmp_path,
     model = result.final_model()
     assert [type(m).__name__ for m in model.head] == ["Linear", "GELU", "Dropout", "Linear"]
     assert model.head[0].out_features == 48 and model.head[2].p == 0.2
-    save_model(model, tmp_path / "model", {"backbone": backbone.describe(), "head": head.to_dict(),
-                                          "classes": digits_bundle.classes, "input_column": "image",
-                                          "input_options": {"image_size": 32}, "preprocessing":
-                                          backbone.preprocessor(SMALL).describe()})
+    save_model(
+        model,
+        tmp_path / "model",
+        {
+            "backbone": backbone.describe(),
+            "head": head.to_dict(),
+            "classes": digits_bundle.classes,
+            "input_column": "image",
+            "input_options": {"image_size": 32},
+            "preprocessing": backbone.preprocessor(SMALL).describe(),
+        },
+    )
     loaded = load_model_dir(tmp_path / "model", executor.device)
     preprocessor = backbone.preprocessor(SMALL)
     items = executor.encoded(preprocessor, digits_bundle, digits_bundle.test)
-    torch.testing.assert_close(predict_logits(loaded.model, preprocessor, items, 64, executor.device),
-                               predict_logits(model, preprocessor, items, 64, executor.device))
+    torch.testing.assert_close(
+        predict_logits(loaded.model, preprocessor, items, 64, executor.device),
+        predict_logits(model, preprocessor, items, 64, executor.device),
+    )
 
 
 def test_trial_config_refuses_unknown_choices():
@@ -154,4 +167,6 @@ def test_validation_past_the_deadline_is_not_counted(executor, digits_bundle):
     with pytest.raises(DeadlineReached, match="prediction stopped after 0 of"):
         predict_logits(model, preprocessor, items, 8, executor.device, deadline=time.monotonic() - 1)
     assert predict_logits(model, preprocessor, items, 8, executor.device, deadline=time.monotonic() + 60).shape == (
-        len(items), 10)
+        len(items),
+        10,
+    )

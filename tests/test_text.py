@@ -31,8 +31,9 @@ from automl_tl_text.offline import (  # noqa: E402
 )
 
 MINILM = OFFLINE_CHECKPOINTS["all-MiniLM-L6-v2"]
-needs_minilm = pytest.mark.skipif(not checkpoint_installed(MINILM),
-                                  reason=f"offline MiniLM not installed ({MINILM.pip_command})")
+needs_minilm = pytest.mark.skipif(
+    not checkpoint_installed(MINILM), reason=f"offline MiniLM not installed ({MINILM.pip_command})"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +52,16 @@ def minilm_model(minilm):
 
 @needs_minilm
 def test_minilm_paraphrases_are_closer_than_unrelated_sentences(minilm, minilm_model):
-    pairs = [("A man is playing a guitar.", "Someone is playing an instrument."),
-             ("The cat sleeps on the sofa.", "A kitten is napping on the couch."),
-             ("Interest rates were raised by the central bank.", "The bank increased its lending rates.")]
-    unrelated = [("A man is playing a guitar.", "The bank increased its lending rates."),
-                 ("The cat sleeps on the sofa.", "Someone is playing an instrument."),
-                 ("Interest rates were raised by the central bank.", "A kitten is napping on the couch.")]
+    pairs = [
+        ("A man is playing a guitar.", "Someone is playing an instrument."),
+        ("The cat sleeps on the sofa.", "A kitten is napping on the couch."),
+        ("Interest rates were raised by the central bank.", "The bank increased its lending rates."),
+    ]
+    unrelated = [
+        ("A man is playing a guitar.", "The bank increased its lending rates."),
+        ("The cat sleeps on the sofa.", "Someone is playing an instrument."),
+        ("Interest rates were raised by the central bank.", "A kitten is napping on the couch."),
+    ]
     preprocessor = minilm.preprocessor(InputOptions())
     minilm_model.eval()
 
@@ -89,12 +94,14 @@ def test_freeze_depth_trains_exactly_the_last_groups(minilm, minilm_model, depth
     batch = preprocessor.collate(preprocessor.encode(["short text", "a somewhat longer text to pad against"]), True)
     torch.nn.functional.cross_entropy(model(batch), torch.tensor([0, 2])).backward()
 
-    trained_groups = model.layer_groups[max(model.num_groups - depth, 0):]
-    expected = {f"body.{n}" for group in trained_groups for n in group} | {f"head.{n}" for n, _ in model.head.named_parameters()}
+    trained_groups = model.layer_groups[max(model.num_groups - depth, 0) :]
+    expected = {f"body.{n}" for group in trained_groups for n in group} | {
+        f"head.{n}" for n, _ in model.head.named_parameters()
+    }
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad == expected
     # frozen layers run without dropout; trained ones with it
-    frozen_layers = [m for m in model.body.transformer.encoder.layer[:6 - min(depth, 6)]]
+    frozen_layers = [m for m in model.body.transformer.encoder.layer[: 6 - min(depth, 6)]]
     assert all(not m.training for m in frozen_layers)
     assert depth == 0 or model.body.transformer.encoder.layer[5].training
 
@@ -104,11 +111,13 @@ def _tiny_checkpoint(folder: Path, kind: str, tokenizer_source: Path) -> Path:
     from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig, MPNetConfig
 
     common = dict(vocab_size=30522, pad_token_id=0)
-    config = {"mpnet": MPNetConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                                   **common),
-              "distilbert": DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common),
-              "bert": BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                 **common)}[kind]
+    config = {
+        "mpnet": MPNetConfig(
+            hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, **common
+        ),
+        "distilbert": DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common),
+        "bert": BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common),
+    }[kind]
     AutoModel.from_config(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True).save_pretrained(folder)
     return folder
@@ -151,8 +160,8 @@ def test_dynamic_padding_and_truncation(minilm):
     assert set(batch) == {"input_ids", "attention_mask"}
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (2, lengths[1])
     assert batch["attention_mask"].sum(1).tolist() == lengths[:2]
-    assert (batch["input_ids"][0, lengths[0]:] == preprocessor.pad_token_id).all()
-    assert batch["attention_mask"][0, lengths[0]:].sum() == 0
+    assert (batch["input_ids"][0, lengths[0] :] == preprocessor.pad_token_id).all()
+    assert batch["attention_mask"][0, lengths[0] :].sum() == 0
     json.dumps(preprocessor.describe())
 
     with pytest.raises(ConfigError, match="out of range"):
@@ -177,8 +186,12 @@ def test_inference_in_length_order_gives_the_outputs_of_data_order(minilm, minil
 
     minilm_model.eval()
     with torch.no_grad():  # the reference: batches of 4 in data order, each padded to its longest text
-        expected = torch.cat([minilm_model.embed(preprocessor.collate(items[start:start + 4], train=False))
-                              for start in range(0, len(items), 4)])
+        expected = torch.cat(
+            [
+                minilm_model.embed(preprocessor.collate(items[start : start + 4], train=False))
+                for start in range(0, len(items), 4)
+            ]
+        )
         expected_logits = minilm_model.head(expected)
     features = compute_features(minilm, preprocessor, items, torch.device("cpu"), batch_size=4)
     torch.testing.assert_close(torch.as_tensor(features), expected, atol=1e-5, rtol=1e-4)
@@ -191,8 +204,10 @@ def test_inference_in_length_order_gives_the_outputs_of_data_order(minilm, minil
 @needs_minilm
 def test_standalone_preprocessor_from_a_folder(minilm):
     preprocessor = TextPreprocessor(minilm.location, max_length=16, name="minilm")
-    assert preprocessor.describe() == {**minilm.preprocessor(InputOptions(max_length=16)).describe(),
-                                       "tokenizer": "minilm"}
+    assert preprocessor.describe() == {
+        **minilm.preprocessor(InputOptions(max_length=16)).describe(),
+        "tokenizer": "minilm",
+    }
 
 
 # ---------------------------------------------------------------- building without weights
@@ -262,7 +277,7 @@ def _split_zip(tmp_path: Path, n_parts: int = 3) -> list[Path]:
     for i in range(n_parts):
         part = tmp_path / "packages" / f"part_{i + 1:03d}" / f"tiny.zip.{i + 1:03d}"
         part.parent.mkdir(parents=True)
-        part.write_bytes(data[i * size:(i + 1) * size])
+        part.write_bytes(data[i * size : (i + 1) * size])
         parts.append(part)
     return parts
 
@@ -328,12 +343,24 @@ def test_search_on_bbc_news_end_to_end(tmp_path):
     frame = frame.groupby("label", group_keys=False).head(12).reset_index(drop=True)
     data = automl_tl.prepare_dataset(frame, label_column="label", input_column="text", seed=0)
     assert data.modality == "text"
-    config = SearchConfig(backbones=("all-MiniLM-L6-v2",), n_trials=2, min_epochs=1, max_epochs=1,
-                          max_freeze_depth=1, batch_size=16, head_lr_range=(1e-2, 5e-2), pruner="none",
-                          input_options=Options(max_length=32))
+    config = SearchConfig(
+        backbones=("all-MiniLM-L6-v2",),
+        n_trials=2,
+        min_epochs=1,
+        max_epochs=1,
+        max_freeze_depth=1,
+        batch_size=16,
+        head_lr_range=(1e-2, 5e-2),
+        pruner="none",
+        input_options=Options(max_length=32),
+    )
     outcome = automl_tl.run_search(data, config, tmp_path / "run")
     assert len(outcome.leaderboard) == 2 and (tmp_path / "run" / "best_model" / "model.safetensors").is_file()
     predictor = automl_tl.load(tmp_path / "run")
-    predicted = predictor.predict(["The striker scored twice as the club won the cup final.",
-                                   "Shares fell after the company reported lower quarterly profits."])
+    predicted = predictor.predict(
+        [
+            "The striker scored twice as the club won the cup final.",
+            "Shares fell after the company reported lower quarterly profits.",
+        ]
+    )
     assert set(predicted) <= set(data.classes) and len(predicted) == 2

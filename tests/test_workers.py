@@ -30,8 +30,20 @@ from automl_tl.search.liveness import (
     recover_dead_trials,
 )
 
-SEARCH = ["search", "--dataset", "digits", "--max-samples", "120", "--backbones", "mobilenetv2_100",
-          "--image-size", "32", "--no-prerank", "--seed", "3"]
+SEARCH = [
+    "search",
+    "--dataset",
+    "digits",
+    "--max-samples",
+    "120",
+    "--backbones",
+    "mobilenetv2_100",
+    "--image-size",
+    "32",
+    "--no-prerank",
+    "--seed",
+    "3",
+]
 
 
 def cli(*args: str, **kwargs) -> list[str]:
@@ -39,13 +51,15 @@ def cli(*args: str, **kwargs) -> list[str]:
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        cli(*args), capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
 
 
 def journal_study(run_dir: Path) -> optuna.Study:
     storage = optuna.storages.journal.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run_dir / "study.journal")))
+        optuna.storages.journal.JournalFileBackend(str(run_dir / "study.journal"))
+    )
     return optuna.load_study(study_name="automl_tl", storage=storage)
 
 
@@ -61,7 +75,8 @@ def best_of(study: optuna.Study) -> int:
 def _study_with_running_trial(tmp_path: Path, worker: dict, heartbeat: float) -> tuple[optuna.Study, int]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.journal.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal"))
+    )
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
     storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
@@ -89,8 +104,9 @@ def test_a_silent_trial_elsewhere_is_recovered_only_after_the_grace_period(tmp_p
     study, number = _study_with_running_trial(tmp_path, {"host": "another-machine", "pid": 1}, time.time())
     assert recover_dead_trials(study) == []  # beating recently: alive
     assert study.get_trials()[number].state == TrialState.RUNNING
-    study, number = _study_with_running_trial(tmp_path / "old", {"host": "another-machine", "pid": 1},
-                                              time.time() - GRACE_PERIOD - 5)
+    study, number = _study_with_running_trial(
+        tmp_path / "old", {"host": "another-machine", "pid": 1}, time.time() - GRACE_PERIOD - 5
+    )
     assert recover_dead_trials(study) == [number]
     assert "no heartbeat for" in study.get_trials()[number].user_attrs["error"]
 
@@ -109,8 +125,13 @@ def test_a_trial_that_keeps_killing_its_worker_is_not_retried_forever(tmp_path):
 def test_a_search_killed_with_sigkill_resumes_and_loses_no_finished_trial(tmp_path):
     run_dir = tmp_path / "run"
     args = [*SEARCH, "--output", run_dir, "--trials", "5", "--max-epochs", "2", "--strategies", "last_k", "full"]
-    process = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        cli(*args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     before: dict[int, float] = {}
     killed_trial = None
     deadline = time.monotonic() + 300
@@ -166,8 +187,24 @@ def test_a_search_killed_with_sigkill_resumes_and_loses_no_finished_trial(tmp_pa
 def test_four_workers_on_postgresql_record_every_trial_once(tmp_path, postgres_url):
     study_name = f"workers-{uuid.uuid4().hex[:8]}"
     run_dir = tmp_path / "run"
-    result = run_cli(*SEARCH, "--output", run_dir, "--storage", postgres_url, "--study-name", study_name,
-                     "--workers", "4", "--trials", "8", "--max-epochs", "1", "--strategies", "linear_probe", "last_k")
+    result = run_cli(
+        *SEARCH,
+        "--output",
+        run_dir,
+        "--storage",
+        postgres_url,
+        "--study-name",
+        study_name,
+        "--workers",
+        "4",
+        "--trials",
+        "8",
+        "--max-epochs",
+        "1",
+        "--strategies",
+        "linear_probe",
+        "last_k",
+    )
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name=study_name, storage=postgres_url)
     trials = study.get_trials()
@@ -217,17 +254,20 @@ def test_a_fresh_sampler_draws_what_the_first_one_would_have_for_the_same_slot(t
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", -5, 5)
         kind = trial.suggest_categorical("kind", ["a", "b"])
-        return -(x - 1) ** 2 + (kind == "b")
+        return -((x - 1) ** 2) + (kind == "b")
 
     storage = optuna.storages.journal.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "a.journal")))
-    first = optuna.create_study(storage=storage, study_name="a", direction="maximize",
-                                sampler=SlotSeededSampler(make, seed=7))
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "a.journal"))
+    )
+    first = optuna.create_study(
+        storage=storage, study_name="a", direction="maximize", sampler=SlotSeededSampler(make, seed=7)
+    )
     first.optimize(objective, n_trials=6)
     uninterrupted = [t.params for t in first.trials]
     # a second study: the same first four trials, then a "new process" (a new sampler object) goes on
-    other = optuna.create_study(storage=storage, study_name="b", direction="maximize",
-                                sampler=SlotSeededSampler(make, seed=7))
+    other = optuna.create_study(
+        storage=storage, study_name="b", direction="maximize", sampler=SlotSeededSampler(make, seed=7)
+    )
     other.optimize(objective, n_trials=4)
     resumed = optuna.load_study(study_name="b", storage=storage, sampler=SlotSeededSampler(make, seed=7))
     resumed.optimize(objective, n_trials=2)
@@ -258,7 +298,13 @@ def test_search_settings_survive_the_study_storage():
     from automl_tl.config import SearchConfig
     from automl_tl.inputs import InputOptions
 
-    config = SearchConfig(backbones=("a", "b*"), n_trials=7, timeout=30.0, strategies=("last_k", "lp_ft"),
-                          backbone_lr_range=(1e-5, 1e-3), input_options=InputOptions(image_size=64))
+    config = SearchConfig(
+        backbones=("a", "b*"),
+        n_trials=7,
+        timeout=30.0,
+        strategies=("last_k", "lp_ft"),
+        backbone_lr_range=(1e-5, 1e-3),
+        input_options=InputOptions(image_size=64),
+    )
     stored = json.loads(json.dumps(config.to_dict()))
     assert SearchConfig.from_dict(stored) == config

@@ -102,8 +102,12 @@ class Split:
     @classmethod
     def union(cls, name: str, *parts: "Split") -> "Split":
         """One split of ``parts`` in order (see ``parts``)."""
-        return cls(name, [x for part in parts for x in part.inputs], np.concatenate([part.labels for part in parts]),
-                   tuple(parts))
+        return cls(
+            name,
+            [x for part in parts for x in part.inputs],
+            np.concatenate([part.labels for part in parts]),
+            tuple(parts),
+        )
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,7 @@ class DatasetBundle:
     def train_and_val(self) -> Split:
         """Training and validation examples together (what a refit learns from)."""
         return Split.union("train+val", self.train, self.val)
+
     #: every row left out: without a label, or with an input that cannot be read (see :class:`SkippedRow`)
     skipped: tuple[SkippedRow, ...] = ()
     #: the inputs of the rows without a label (not read nor checked), for semi-supervised use later
@@ -171,17 +176,28 @@ class DatasetBundle:
         """How many rows were left out: ``unlabelled``, ``unreadable``, and ``by_reason`` (kind -> count)."""
         kinds = Counter(row.kind for row in self.skipped)
         unlabelled = kinds.get(NO_LABEL, 0)
-        return {"unlabelled": unlabelled, "unreadable": len(self.skipped) - unlabelled,
-                "by_reason": dict(sorted(kinds.items(), key=lambda item: -item[1]))}
+        return {
+            "unlabelled": unlabelled,
+            "unreadable": len(self.skipped) - unlabelled,
+            "by_reason": dict(sorted(kinds.items(), key=lambda item: -item[1])),
+        }
 
     def summary(self) -> dict[str, Any]:
         """What the data are, for summary.json and the manifest: modality, classes, split sizes, columns,
         fingerprint, rows left out, duplicates found, hidden files left out (and groups, split folders, shots)."""
-        summary = {"modality": self.modality, "classes": [str(c) for c in self.classes],
-                   "train": len(self.train), "val": len(self.val), "test": len(self.test),
-                   "input_column": self.input_column, "label_column": self.label_column,
-                   "fingerprint": self.fingerprint, "skipped": self.skipped_counts(),
-                   "duplicates": dict(self.duplicates), "hidden_skipped": self.hidden_skipped}
+        summary = {
+            "modality": self.modality,
+            "classes": [str(c) for c in self.classes],
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+            "input_column": self.input_column,
+            "label_column": self.label_column,
+            "fingerprint": self.fingerprint,
+            "skipped": self.skipped_counts(),
+            "duplicates": dict(self.duplicates),
+            "hidden_skipped": self.hidden_skipped,
+        }
         if self.group_column is not None:
             summary.update(group_column=self.group_column, groups=self.groups)
         if self.given_splits:
@@ -204,8 +220,10 @@ def _guess_input_column(frame: pd.DataFrame, label_column: str, origin: str) -> 
     for name in ("image", "audio", "text", "path", "file", "filepath", "filename"):
         if name in candidates:
             return name
-    raise DataError(f"cannot tell which column of {origin} holds the inputs (columns: {', '.join(map(str, frame.columns))}); "
-                    "name it with --input-column")
+    raise DataError(
+        f"cannot tell which column of {origin} holds the inputs (columns: {', '.join(map(str, frame.columns))}); "
+        "name it with --input-column"
+    )
 
 
 # ---------------------------------------------------------------- the bad-row policy
@@ -228,8 +246,11 @@ def bad_input_options(on_bad_input: Any, max_bad_fraction: Any, max_image_pixels
     """What is wrong with the bad-input options (None: nothing); see :func:`prepare_dataset`."""
     if on_bad_input not in BAD_INPUT_POLICIES:
         return f"on_bad_input must be one of {', '.join(BAD_INPUT_POLICIES)}; got {on_bad_input!r}"
-    if (isinstance(max_bad_fraction, bool) or not isinstance(max_bad_fraction, (int, float, np.number))
-            or not 0 <= max_bad_fraction <= 1):
+    if (
+        isinstance(max_bad_fraction, bool)
+        or not isinstance(max_bad_fraction, (int, float, np.number))
+        or not 0 <= max_bad_fraction <= 1
+    ):
         return f"max_bad_fraction must be a share of the rows between 0 and 1; got {max_bad_fraction!r}"
     whole = isinstance(max_image_pixels, (int, np.integer)) and not isinstance(max_image_pixels, bool)
     if max_image_pixels is not None and (not whole or max_image_pixels < 1):
@@ -237,8 +258,13 @@ def bad_input_options(on_bad_input: Any, max_bad_fraction: Any, max_image_pixels
     return None
 
 
-def _apply_bad_input_policy(unreadable: list[tuple[int, UnreadableInputError]], total: int, origin: str,
-                            on_bad_input: str, max_bad_fraction: float) -> None:
+def _apply_bad_input_policy(
+    unreadable: list[tuple[int, UnreadableInputError]],
+    total: int,
+    origin: str,
+    on_bad_input: str,
+    max_bad_fraction: float,
+) -> None:
     """Refuse the data when the policy says so; else warn once about what is skipped."""
     if not unreadable:
         return
@@ -249,12 +275,20 @@ def _apply_bad_input_policy(unreadable: list[tuple[int, UnreadableInputError]], 
     if len(unreadable) == total:
         raise DataError(f"none of the {total} labelled inputs of {origin} can be used; the first: {first}")
     if share > max_bad_fraction:
-        raise DataError(f"{len(unreadable)} of {total} labelled rows of {origin} ({share:.0%}) cannot be used, more "
-                        f"than the {max_bad_fraction:.0%} that --max-bad-fraction (max_bad_fraction) allows; "
-                        f"the first: {first}")
+        raise DataError(
+            f"{len(unreadable)} of {total} labelled rows of {origin} ({share:.0%}) cannot be used, more "
+            f"than the {max_bad_fraction:.0%} that --max-bad-fraction (max_bad_fraction) allows; "
+            f"the first: {first}"
+        )
     named = "; ".join(f"{exc.file or 'row'}: {exc.reason}" for _, exc in unreadable[:_ROWS_NAMED])
-    logger.warning("skipped %d of %d labelled rows of %s that cannot be used: %s%s", len(unreadable), total,
-                   origin, named, "; ..." if len(unreadable) > _ROWS_NAMED else "")
+    logger.warning(
+        "skipped %d of %d labelled rows of %s that cannot be used: %s%s",
+        len(unreadable),
+        total,
+        origin,
+        named,
+        "; ..." if len(unreadable) > _ROWS_NAMED else "",
+    )
 
 
 def _file_digest(path: str) -> tuple[str, int, str]:
@@ -281,8 +315,12 @@ def _content_keys(inputs: Sequence[Any], modality: str) -> tuple[list[str], dict
                     files[name] = (name, -1, "")
             keys.append("file:" + (files[name][2] or files[name][0]))
         elif isinstance(value, np.ndarray):
-            keys.append("array:" + hashlib.sha256(repr((value.dtype.str, value.shape)).encode()
-                                                  + np.ascontiguousarray(value).tobytes()).hexdigest())
+            keys.append(
+                "array:"
+                + hashlib.sha256(
+                    repr((value.dtype.str, value.shape)).encode() + np.ascontiguousarray(value).tobytes()
+                ).hexdigest()
+            )
         elif isinstance(value, Image.Image):
             keys.append("pil:" + hashlib.sha256(repr((value.mode, value.size)).encode() + value.tobytes()).hexdigest())
         elif isinstance(value, str):
@@ -323,12 +361,16 @@ def _duplicate_counts(keys: Sequence[str], labels: np.ndarray) -> dict[str, int]
     counts = Counter(keys)
     for key, label in zip(keys, labels):
         labels_of.setdefault(key, set()).add(int(label))
-    return {"rows": len(keys) - len(counts), "sets": sum(1 for c in counts.values() if c > 1),
-            "conflicting_labels": sum(1 for v in labels_of.values() if len(v) > 1)}
+    return {
+        "rows": len(keys) - len(counts),
+        "sets": sum(1 for c in counts.values() if c > 1),
+        "conflicting_labels": sum(1 for v in labels_of.values() if len(v) > 1),
+    }
 
 
-def stratified_group_split(labels: np.ndarray, groups: np.ndarray, seed: int, val_fraction: float,
-                           test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stratified_group_split(
+    labels: np.ndarray, groups: np.ndarray, seed: int, val_fraction: float, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train / validation / test, every group (see :func:`_connected_groups`) whole in one part,
     the class proportions of each part as close to the data's as whole groups allow (seeded).
 
@@ -355,12 +397,12 @@ def stratified_group_split(labels: np.ndarray, groups: np.ndarray, seed: int, va
 
     def assign(group: int, part: int) -> None:
         part_of[group] = part
-        current[part, pair_class[starts[group]:starts[group + 1]]] += pair_counts[starts[group]:starts[group + 1]]
+        current[part, pair_class[starts[group] : starts[group + 1]]] += pair_counts[starts[group] : starts[group + 1]]
 
     by_class = np.lexsort((rank[pair_group], pair_class))  # the pairs of each class, in the seeded order
     class_starts = np.searchsorted(pair_class[by_class], np.arange(n_classes + 1))
     for c in np.argsort(np.bincount(pair_class, minlength=n_classes), kind="stable"):
-        members = by_class[class_starts[c]:class_starts[c + 1]]
+        members = by_class[class_starts[c] : class_starts[c + 1]]
         for part in range(len(fractions)):
             if current[part, c] > 0:
                 continue
@@ -380,21 +422,31 @@ def stratified_group_split(labels: np.ndarray, groups: np.ndarray, seed: int, va
     return parts[0], parts[1], parts[2] if test_fraction > 0 else np.array([], dtype=np.int64)
 
 
-def _check_group_classes(labels: np.ndarray, groups: np.ndarray, classes: Sequence[Any], needed: int,
-                         origin: str, what: str, parts: str) -> None:
+def _check_group_classes(
+    labels: np.ndarray, groups: np.ndarray, classes: Sequence[Any], needed: int, origin: str, what: str, parts: str
+) -> None:
     """Every class in at least ``needed`` groups, since a group stays in one part."""
     for c, name in enumerate(classes):
         rows = labels == c
         in_groups = len(np.unique(groups[rows]))
         if in_groups < needed:
-            raise DataError(f"class {_plain(name)!r} in {origin} has its {int(rows.sum())} example(s) in {in_groups} "
-                            f"group{'s' if in_groups != 1 else ''} ({what}), and a group stays in one part; each "
-                            f"class needs at least {needed} groups ({parts})")
+            raise DataError(
+                f"class {_plain(name)!r} in {origin} has its {int(rows.sum())} example(s) in {in_groups} "
+                f"group{'s' if in_groups != 1 else ''} ({what}), and a group stays in one part; each "
+                f"class needs at least {needed} groups ({parts})"
+            )
 
 
-def _given_split(labels: np.ndarray, groups: np.ndarray | None, given: np.ndarray, seed: int,
-                 val_fraction: float, test_fraction: float, classes: Sequence[Any], origin: str
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _given_split(
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    given: np.ndarray,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    classes: Sequence[Any],
+    origin: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train / validation / test as the split folders give them; a part with no folder is carved out of the
     train folder (stratified, by groups where there are any), with its fraction of the train folder."""
     train = np.flatnonzero(given == "train")
@@ -402,8 +454,10 @@ def _given_split(labels: np.ndarray, groups: np.ndarray | None, given: np.ndarra
     for part, rows in (("val", val), ("test", test)):
         unknown = sorted(set(labels[rows].tolist()) - set(labels[train].tolist()))
         if unknown:
-            raise DataError(f"class {_plain(classes[unknown[0]])!r} is in the {part} folder of {origin} but not in "
-                            "its train folder: a model cannot learn it; add examples of it to train/, or remove it")
+            raise DataError(
+                f"class {_plain(classes[unknown[0]])!r} is in the {part} folder of {origin} but not in "
+                "its train folder: a model cannot learn it; add examples of it to train/, or remove it"
+            )
     carve_val, carve_test = not len(val), not len(test) and test_fraction > 0
     if carve_val or carve_test:
         names = [_plain(classes[c]) for c in labels[train]]
@@ -421,17 +475,31 @@ def _given_split(labels: np.ndarray, groups: np.ndarray | None, given: np.ndarra
             train, val, test = train[rest], train[first], (train[second] if carve_test else test)
         else:
             train, test = train[rest], train[first]
-    missing = [f"{part} lacks {_plain(classes[c])!r}" for part, rows in (("validation", val), ("test", test))
-               if len(rows) for c in sorted(set(labels[train].tolist()) - set(labels[rows].tolist()))]
+    missing = [
+        f"{part} lacks {_plain(classes[c])!r}"
+        for part, rows in (("validation", val), ("test", test))
+        if len(rows)
+        for c in sorted(set(labels[train].tolist()) - set(labels[rows].tolist()))
+    ]
     if missing:
-        logger.warning("the split folders of %s: %s%s (their scores leave those classes out)", origin,
-                       "; ".join(missing[:3]), "; ..." if len(missing) > 3 else "")
+        logger.warning(
+            "the split folders of %s: %s%s (their scores leave those classes out)",
+            origin,
+            "; ".join(missing[:3]),
+            "; ..." if len(missing) > 3 else "",
+        )
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def _fingerprint(inputs: Sequence[Any], labels: Sequence[Any], seed: int, fractions: tuple[float, float],
-                 shots: int | None = None, files: dict[str, tuple[str, int, str]] | None = None,
-                 split_by: Any = None) -> str:
+def _fingerprint(
+    inputs: Sequence[Any],
+    labels: Sequence[Any],
+    seed: int,
+    fractions: tuple[float, float],
+    shots: int | None = None,
+    files: dict[str, tuple[str, int, str]] | None = None,
+    split_by: Any = None,
+) -> str:
     """A hash of the inputs, labels and how they are split: files by resolved path, size and content (so the
     same data named by another path, from another folder, give the same hash, and a file changed in place
     another), arrays by their bytes, texts as they are. ``split_by``: what else decides the split (groups,
@@ -533,9 +601,11 @@ def prepare_dataset(
             # a folder's kind of files says it, even where its first file cannot be read
             modality = modality or next(m for m, column in FOLDER_COLUMNS.items() if column == input_column)
             if given_splits and shots is not None:
-                raise DataError(f"folder {path} is laid out in split folders ({', '.join(given_splits)}), which "
-                                "fix the split, and shots draw one of their own; give the train folder alone "
-                                "(shots then test on every example not drawn)")
+                raise DataError(
+                    f"folder {path} is laid out in split folders ({', '.join(given_splits)}), which "
+                    "fix the split, and shots draw one of their own; give the train folder alone "
+                    "(shots then test on every example not drawn)"
+                )
         elif path.suffix.lower() in TABLE_EXTENSIONS or path.is_file():
             frame, base_dir = read_table(path), path.parent
             lines = frame.attrs.get(LINES_ATTR)
@@ -551,8 +621,10 @@ def prepare_dataset(
         raise DataError(f"label column {label_column!r} not found in {origin}; columns: {columns}")
     input_column = input_column or _guess_input_column(frame, label_column, origin)
     if input_column == label_column:
-        raise DataError(f"the label column and the input column are both {label_column!r}: a model would learn "
-                        f"to read its answer; name the input column with --input-column (columns: {columns})")
+        raise DataError(
+            f"the label column and the input column are both {label_column!r}: a model would learn "
+            f"to read its answer; name the input column with --input-column (columns: {columns})"
+        )
     if input_column not in frame.columns:
         raise DataError(f"input column {input_column!r} not found in {origin}; columns: {columns}")
     if group_column is not None:
@@ -560,10 +632,15 @@ def prepare_dataset(
             raise DataError(f"group column {group_column!r} not found in {origin}; columns: {columns}")
         for role, name in (("label", label_column), ("input", input_column)):
             if group_column == name:
-                raise DataError(f"the group column and the {role} column are both {name!r}; name the column of "
-                                "groups (patient, speaker, session...) with --group-column")
-    kept = [input_column, label_column] + ([group_column] if group_column is not None else []) \
+                raise DataError(
+                    f"the group column and the {role} column are both {name!r}; name the column of "
+                    "groups (patient, speaker, session...) with --group-column"
+                )
+    kept = (
+        [input_column, label_column]
+        + ([group_column] if group_column is not None else [])
         + (["split"] if given_splits else [])
+    )
 
     # from here on the index is the row's position in the user's table (messages name it by its line: row_name)
     frame = frame[kept].reset_index(drop=True)
@@ -572,8 +649,14 @@ def prepare_dataset(
     if no_label.all():
         raise DataError(f"{origin} has no labelled rows: all {len(frame)} have an empty {label_column!r}")
     if no_label.any():
-        logger.warning("%d of %d rows of %s have no %r: kept apart as unlabelled data, not trained on (first at %s)",
-                       len(unlabelled_rows), len(frame), origin, label_column, row_name(unlabelled_rows[0], lines))
+        logger.warning(
+            "%d of %d rows of %s have no %r: kept apart as unlabelled data, not trained on (first at %s)",
+            len(unlabelled_rows),
+            len(frame),
+            origin,
+            label_column,
+            row_name(unlabelled_rows[0], lines),
+        )
         frame = frame[~no_label]
     frame = frame.copy()
     frame[label_column] = pd.Series(_labels_as_written(list(frame[label_column])), index=frame.index, dtype=object)
@@ -584,8 +667,11 @@ def prepare_dataset(
     test_fraction = resolve_test_fraction(test_fraction, min(len(frame), max_samples or len(frame)))
     # one example of every class in each part; few-shot data are checked by _check_shots instead, split
     # folders once split (a part carved out of train/ needs its examples there)
-    parts = None if shots is not None or given_splits else (
-        ("training", "validation", "test") if test_fraction > 0 else ("training", "validation"))
+    parts = (
+        None
+        if shots is not None or given_splits
+        else (("training", "validation", "test") if test_fraction > 0 else ("training", "validation"))
+    )
     _check_classes(list(frame[label_column]), label_column, origin, parts)
     if max_samples is not None and len(frame) > max_samples:
         frame = _stratified_sample(frame, label_column, max_samples, seed, origin)
@@ -604,14 +690,18 @@ def prepare_dataset(
     def line_of(row: int) -> int | None:
         return lines[row] if lines is not None and 0 <= row < len(lines) else None
 
-    skipped = [SkippedRow(int(row), input_excerpt(value), NO_LABEL, NO_LABEL, line_of(int(row)))
-               for row, value in zip(unlabelled_rows, unlabelled_inputs)]
+    skipped = [
+        SkippedRow(int(row), input_excerpt(value), NO_LABEL, NO_LABEL, line_of(int(row)))
+        for row, value in zip(unlabelled_rows, unlabelled_inputs)
+    ]
     unreadable = find_unreadable(inputs, modality, origin, list(frame.index), max_image_pixels, lines)
     _apply_bad_input_policy(unreadable, len(inputs), origin, on_bad_input, max_bad_fraction)
     if unreadable:
         rows = list(frame.index)
-        skipped += [SkippedRow(int(rows[i]), exc.file or input_excerpt(inputs[i]), exc.kind, exc.reason,
-                               line_of(int(rows[i]))) for i, exc in unreadable]
+        skipped += [
+            SkippedRow(int(rows[i]), exc.file or input_excerpt(inputs[i]), exc.kind, exc.reason, line_of(int(rows[i])))
+            for i, exc in unreadable
+        ]
         bad = {i for i, _ in unreadable}
         keep = [i for i in range(len(inputs)) if i not in bad]
         inputs = [inputs[i] for i in keep]
@@ -630,50 +720,76 @@ def prepare_dataset(
     user_groups = list(frame[group_column]) if group_column is not None else None
     groups = _connected_groups(keys, user_groups)
     grouped = len(np.unique(groups)) < len(groups)  # some group of two rows or more: the split keeps it whole
-    what = ("identical inputs" if group_column is None
-            else f"identical inputs or the same {group_column!r}")
+    what = "identical inputs" if group_column is None else f"identical inputs or the same {group_column!r}"
     if duplicates["conflicting_labels"]:
         labels_of: dict[str, set[int]] = {}
         for key, label in zip(keys, labels):
             labels_of.setdefault(key, set()).add(int(label))
         first = next(key for key, found in labels_of.items() if len(found) > 1)
-        logger.warning("%d input(s) of %s are given with different labels, first %s (%s): every row is kept, with "
-                       "its label, and its copies stay in the same part of the split; fix the labels if they are "
-                       "mistakes", duplicates["conflicting_labels"], origin, input_excerpt(inputs[keys.index(first)]),
-                       ", ".join(sorted(str(_plain(classes[c])) for c in labels_of[first])))
+        logger.warning(
+            "%d input(s) of %s are given with different labels, first %s (%s): every row is kept, with "
+            "its label, and its copies stay in the same part of the split; fix the labels if they are "
+            "mistakes",
+            duplicates["conflicting_labels"],
+            origin,
+            input_excerpt(inputs[keys.index(first)]),
+            ", ".join(sorted(str(_plain(classes[c])) for c in labels_of[first])),
+        )
     if duplicates["rows"]:
-        logger.info("%d row(s) of %s repeat another row's input (%d input(s) given more than once): each set of "
-                    "copies is kept in one part of the split", duplicates["rows"], origin, duplicates["sets"])
+        logger.info(
+            "%d row(s) of %s repeat another row's input (%d input(s) given more than once): each set of "
+            "copies is kept in one part of the split",
+            duplicates["rows"],
+            origin,
+            duplicates["sets"],
+        )
 
     validation = VALIDATION_HOLDOUT
     split_by: Any = None
     if given_splits:
         given = np.asarray(frame["split"].tolist())
-        train_idx, val_idx, test_idx = _given_split(labels, groups if grouped else None, given, seed, val_fraction,
-                                                    test_fraction, classes, origin)
+        train_idx, val_idx, test_idx = _given_split(
+            labels, groups if grouped else None, given, seed, val_fraction, test_fraction, classes, origin
+        )
         split_by = ("folders", given.tolist(), groups.tolist() if grouped else None)
         train_groups = set(groups[train_idx].tolist())
         across = int(sum(1 for i in np.concatenate([val_idx, test_idx]) if groups[i] in train_groups))
         duplicates["across_given_splits"] = across
         if across:
-            logger.warning("%d validation or test example(s) of %s are identical to training examples (as the "
-                           "split folders give them): their scores flatter the model; remove the copies",
-                           across, origin)
+            logger.warning(
+                "%d validation or test example(s) of %s are identical to training examples (as the "
+                "split folders give them): their scores flatter the model; remove the copies",
+                across,
+                origin,
+            )
     elif shots is None:
         if grouped:
             needed = 3 if test_fraction > 0 else 2
-            _check_group_classes(labels, groups, classes, needed, origin, what,
-                                 "one each for training, validation" + (" and test" if needed == 3 else ""))
+            _check_group_classes(
+                labels,
+                groups,
+                classes,
+                needed,
+                origin,
+                what,
+                "one each for training, validation" + (" and test" if needed == 3 else ""),
+            )
             train_idx, val_idx, test_idx = stratified_group_split(labels, groups, seed, val_fraction, test_fraction)
         else:
             train_idx, val_idx, test_idx = stratified_split(labels, seed, val_fraction, test_fraction)
     else:
         if grouped:
-            _check_group_classes(labels, groups, classes, int(shots) + 1, origin, what,
-                                 f"{shots} to learn from, 1 or more to test on")
+            _check_group_classes(
+                labels, groups, classes, int(shots) + 1, origin, what, f"{shots} to learn from, 1 or more to test on"
+            )
         train_idx, val_idx, test_idx = few_shot_split(labels, int(shots), seed, groups if grouped else None)
-        validation = (VALIDATION_HOLDOUT if shots >= MIN_SHOTS_FOR_HOLDOUT
-                      else VALIDATION_CROSS if shots >= 2 else VALIDATION_NONE)
+        validation = (
+            VALIDATION_HOLDOUT
+            if shots >= MIN_SHOTS_FOR_HOLDOUT
+            else VALIDATION_CROSS
+            if shots >= 2
+            else VALIDATION_NONE
+        )
     if grouped and not given_splits:
         split_by = ("groups", group_column, groups.tolist())
 
@@ -683,25 +799,51 @@ def prepare_dataset(
     bundle = DatasetBundle(
         modality=modality,
         classes=[_plain(c) for c in classes],
-        train=take("train", train_idx), val=take("val", val_idx), test=take("test", test_idx),
-        input_column=input_column, label_column=label_column,
-        fingerprint=_fingerprint(inputs, raw_labels, seed, (val_fraction, test_fraction),
-                                 None if shots is None else int(shots), files, split_by),
-        shots=None if shots is None else int(shots), validation=validation,
-        skipped=tuple(sorted(skipped, key=lambda r: r.row)), unlabelled=tuple(unlabelled_inputs),
-        duplicates=duplicates, group_column=group_column,
+        train=take("train", train_idx),
+        val=take("val", val_idx),
+        test=take("test", test_idx),
+        input_column=input_column,
+        label_column=label_column,
+        fingerprint=_fingerprint(
+            inputs,
+            raw_labels,
+            seed,
+            (val_fraction, test_fraction),
+            None if shots is None else int(shots),
+            files,
+            split_by,
+        ),
+        shots=None if shots is None else int(shots),
+        validation=validation,
+        skipped=tuple(sorted(skipped, key=lambda r: r.row)),
+        unlabelled=tuple(unlabelled_inputs),
+        duplicates=duplicates,
+        group_column=group_column,
         groups=int(len(np.unique(groups))) if group_column is not None else None,
-        hidden_skipped=hidden, given_splits=given_splits,
+        hidden_skipped=hidden,
+        given_splits=given_splits,
     )
     if shots is None:
-        logger.info("data: %d classes, %d train / %d validation / %d test (%s)",
-                    len(classes), len(bundle.train), len(bundle.val), len(bundle.test), origin)
+        logger.info(
+            "data: %d classes, %d train / %d validation / %d test (%s)",
+            len(classes),
+            len(bundle.train),
+            len(bundle.val),
+            len(bundle.test),
+            origin,
+        )
     else:
-        logger.info("data: %d classes, %d shots per class: %d train / %s / %d test, every example not drawn (%s)",
-                    len(classes), shots, len(bundle.train),
-                    f"{len(bundle.val)} validation" if validation == VALIDATION_HOLDOUT else
-                    f"validation by {'nothing' if validation == VALIDATION_NONE else 'cross-validation'}",
-                    len(bundle.test), origin)
+        logger.info(
+            "data: %d classes, %d shots per class: %d train / %s / %d test, every example not drawn (%s)",
+            len(classes),
+            shots,
+            len(bundle.train),
+            f"{len(bundle.val)} validation"
+            if validation == VALIDATION_HOLDOUT
+            else f"validation by {'nothing' if validation == VALIDATION_NONE else 'cross-validation'}",
+            len(bundle.test),
+            origin,
+        )
     return bundle
 
 
@@ -709,8 +851,10 @@ def check_fractions(val_fraction: float, test_fraction: float | None) -> None:
     """Refuse split fractions that leave no training data (``test_fraction`` None: chosen by the data's size)."""
     test = AUTO_TEST_FRACTION if test_fraction is None else test_fraction
     if not 0 < val_fraction < 1 or not 0 <= test < 1 or val_fraction + test >= 1:
-        raise DataError(f"validation and test fractions must satisfy 0 < validation < 1, 0 <= test < 1 and "
-                        f"validation + test < 1, got {val_fraction} and {test_fraction}")
+        raise DataError(
+            f"validation and test fractions must satisfy 0 < validation < 1, 0 <= test < 1 and "
+            f"validation + test < 1, got {val_fraction} and {test_fraction}"
+        )
 
 
 def resolve_test_fraction(test_fraction: float | None, labelled_examples: int) -> float:
@@ -728,8 +872,9 @@ def bad_shots(shots: Any) -> str | None:
     return None
 
 
-def few_shot_split(labels: np.ndarray, shots: int, seed: int, groups: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def few_shot_split(
+    labels: np.ndarray, shots: int, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train / validation / test for ``shots`` labelled examples per class (seeded).
 
     ``shots`` of each class are drawn at random; the rest are the test set. With at least
@@ -771,26 +916,36 @@ def _check_shots(raw_labels: list[Any], label_column: str, origin: str, shots: i
     too_small = counts[counts < shots + 1]
     if len(too_small):
         name, count = _plain(too_small.index[0]), int(too_small.iloc[0])
-        raise DataError(f"class {name!r} in {origin} has {count} example(s); {shots} shots per class need at "
-                        f"least {shots + 1} of every class ({shots} to learn from, 1 or more to test on)")
+        raise DataError(
+            f"class {name!r} in {origin} has {count} example(s); {shots} shots per class need at "
+            f"least {shots + 1} of every class ({shots} to learn from, 1 or more to test on)"
+        )
 
 
-def _check_classes(raw_labels: list[Any], label_column: str, origin: str,
-                   parts: tuple[str, ...] | None = ("training", "validation", "test")) -> None:
+def _check_classes(
+    raw_labels: list[Any],
+    label_column: str,
+    origin: str,
+    parts: tuple[str, ...] | None = ("training", "validation", "test"),
+) -> None:
     """At least two classes, each with an example for every one of ``parts`` (None: any number of
     examples; few-shot data are checked by :func:`_check_shots`)."""
     counts = pd.Series(raw_labels).value_counts()
     if len(counts) < 2:
-        raise DataError(f"label column {label_column!r} of {origin} has {len(counts)} class "
-                        f"({_plain(counts.index[0])!r}); expected at least 2")
+        raise DataError(
+            f"label column {label_column!r} of {origin} has {len(counts)} class "
+            f"({_plain(counts.index[0])!r}); expected at least 2"
+        )
     if parts is None:
         return
     needed = len(parts)  # one example of every class in each part
     too_small = counts[counts < needed]
     if len(too_small):
         name, count = _plain(too_small.index[0]), int(too_small.iloc[0])
-        raise DataError(f"class {name!r} in {origin} has {count} example(s); each class needs at least "
-                        f"{needed} (one each for {', '.join(parts[:-1])} and {parts[-1]})")
+        raise DataError(
+            f"class {name!r} in {origin} has {count} example(s); each class needs at least "
+            f"{needed} (one each for {', '.join(parts[:-1])} and {parts[-1]})"
+        )
 
 
 def _stratified_sample(frame: pd.DataFrame, label_column: str, size: int, seed: int, origin: str) -> pd.DataFrame:
@@ -798,8 +953,9 @@ def _stratified_sample(frame: pd.DataFrame, label_column: str, size: int, seed: 
     try:
         kept, _ = train_test_split(frame, train_size=size, stratify=frame[label_column], random_state=seed)
     except ValueError as exc:  # fewer rows kept than there are classes
-        raise DataError(f"cannot take a stratified sample of {size} rows of {origin}: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise DataError(
+            f"cannot take a stratified sample of {size} rows of {origin}: {str(exc).splitlines()[0]}"
+        ) from None
     return kept.sort_index()
 
 
@@ -808,8 +964,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def stratified_split(labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train / validation / test, stratified by label; at least one example per class in each.
 
     ``test_fraction`` 0 leaves the test part empty.
@@ -823,13 +980,17 @@ def stratified_split(labels: np.ndarray, seed: int, val_fraction: float, test_fr
     if test_fraction > 0:
         test_size = part_size(test_fraction, len(labels))
         if len(labels) - test_size < 2 * n_classes:
-            raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
+            raise DataError(
+                f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test"
+            )
         rest, test = train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
     else:
         rest, test = indices, indices[:0]
     val_size = part_size(val_fraction, len(labels))
     if len(rest) - val_size < n_classes:
-        raise DataError(f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test")
+        raise DataError(
+            f"{len(labels)} examples are too few to split {n_classes} classes into train, validation and test"
+        )
     train, val = train_test_split(rest, test_size=val_size, stratify=labels[rest], random_state=seed)
     # stratified rounding can leave a small class out of a part (3 of 100 examples: none in test)
     if len(test):
@@ -881,14 +1042,20 @@ def check_known_labels(frame: pd.DataFrame, label_column: str, classes: Sequence
         row, value = unknown[0]
         shown = ", ".join(map(repr, list(classes)[:10])) + (", ..." if len(classes) > 10 else "")
         where = row_name(row, frame.attrs.get(LINES_ATTR))  # a table file's line, a DataFrame's row
-        raise DataError(f"label column {label_column!r} of {origin} holds {len(unknown)} label(s) the model was "
-                        f"not trained on, first {_plain(value)!r} at {where}; its classes: {shown}; "
-                        "drop the column or those rows to predict anyway")
+        raise DataError(
+            f"label column {label_column!r} of {origin} holds {len(unknown)} label(s) the model was "
+            f"not trained on, first {_plain(value)!r} at {where}; its classes: {shown}; "
+            "drop the column or those rows to predict anyway"
+        )
 
 
-def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_column: str,
-                       modality: str = "image", label_column: str | None = None,
-                       classes: Sequence[Any] | None = None) -> list[Any]:
+def prepare_unlabelled(
+    data: pd.DataFrame | str | Path | Sequence[Any],
+    input_column: str,
+    modality: str = "image",
+    label_column: str | None = None,
+    classes: Sequence[Any] | None = None,
+) -> list[Any]:
     """Raw inputs to predict on: a DataFrame or CSV with ``input_column``, a folder of files, or a list.
 
     Texts in a folder are read from its ``.txt`` files (one that cannot be read is a marker in its place that
@@ -905,15 +1072,19 @@ def prepare_unlabelled(data: pd.DataFrame | str | Path | Sequence[Any], input_co
             return read_text_files([Path(f) for f in files]) if modality == "text" else files
         frame = read_table(path)
         if input_column not in frame.columns:
-            raise DataError(f"input column {input_column!r} not found in {path}; columns: {', '.join(map(str, frame.columns))}")
+            raise DataError(
+                f"input column {input_column!r} not found in {path}; columns: {', '.join(map(str, frame.columns))}"
+            )
         if label_column is not None and classes is not None and label_column in frame.columns:
             check_known_labels(frame, label_column, classes, str(path))
         values = list(frame[input_column])
         return resolve_paths(values, path.parent) if modality in FILE_MODALITIES else values
     if isinstance(data, pd.DataFrame):
         if input_column not in data.columns:
-            raise DataError(f"input column {input_column!r} not found in the DataFrame; "
-                            f"columns: {', '.join(map(str, data.columns))}")
+            raise DataError(
+                f"input column {input_column!r} not found in the DataFrame; "
+                f"columns: {', '.join(map(str, data.columns))}"
+            )
         if label_column is not None and classes is not None and label_column in data.columns:
             check_known_labels(data, label_column, classes, "the DataFrame")
         return list(data[input_column])

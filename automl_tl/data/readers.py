@@ -38,9 +38,18 @@ IMAGE_EXTENSIONS = (".png", ".apng", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", "
 
 
 #: soundfile format -> the extensions its files go by (a format not listed goes by its own name: FLAC -> .flac)
-_AUDIO_FORMAT_EXTENSIONS = {"AIFF": (".aiff", ".aif", ".aifc"), "AU": (".au", ".snd"), "OGG": (".ogg", ".oga", ".opus"),
-                            "MP3": (".mp3",), "MPEG": (".mp3",), "WAVEX": (".wav",), "NIST": (".nist", ".sph"),
-                            "IRCAM": (".sf", ".ircam"), "SVX": (".svx", ".8svx"), "MPC2K": (".mpc",)}
+_AUDIO_FORMAT_EXTENSIONS = {
+    "AIFF": (".aiff", ".aif", ".aifc"),
+    "AU": (".au", ".snd"),
+    "OGG": (".ogg", ".oga", ".opus"),
+    "MP3": (".mp3",),
+    "MPEG": (".mp3",),
+    "WAVEX": (".wav",),
+    "NIST": (".nist", ".sph"),
+    "IRCAM": (".sf", ".ircam"),
+    "SVX": (".svx", ".8svx"),
+    "MPC2K": (".mpc",),
+}
 
 
 #: formats libsndfile reads that are not sound collections: header-less samples, Matlab / Octave data files
@@ -48,8 +57,12 @@ _NOT_AUDIO_FORMATS = ("RAW", "MAT4", "MAT5")
 
 
 def _audio_extensions() -> tuple[str, ...]:
-    extensions = [extension for name in soundfile.available_formats() if name not in _NOT_AUDIO_FORMATS
-                  for extension in _AUDIO_FORMAT_EXTENSIONS.get(name, (f".{name.lower()}",))]
+    extensions = [
+        extension
+        for name in soundfile.available_formats()
+        if name not in _NOT_AUDIO_FORMATS
+        for extension in _AUDIO_FORMAT_EXTENSIONS.get(name, (f".{name.lower()}",))
+    ]
     return tuple(dict.fromkeys(extensions))
 
 
@@ -121,16 +134,21 @@ def _open_image(path: Path, origin: str, max_pixels: int | None) -> Iterator[Ima
     read it, there or in the ``with`` block, becomes an :class:`UnreadableInputError` naming it."""
     if not is_existing_file(path):
         shown = input_excerpt(str(path), 200)
-        raise UnreadableInputError(f"image file not found: {shown}{origin}", UnreadableInputError.NOT_FOUND,
-                                   "", shown)
+        raise UnreadableInputError(f"image file not found: {shown}{origin}", UnreadableInputError.NOT_FOUND, "", shown)
     try:
         with _pil_limit_lifted(path), Image.open(path) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                detail = (f"{width}x{height} pixels ({_megapixels(width * height)} MP), more than the limit of "
-                          f"{_megapixels(max_pixels)} MP (--max-image-pixels)")
-                raise UnreadableInputError(f"image file {path}{origin} is too large: {detail}",
-                                           UnreadableInputError.TOO_LARGE, detail, str(path))
+                detail = (
+                    f"{width}x{height} pixels ({_megapixels(width * height)} MP), more than the limit of "
+                    f"{_megapixels(max_pixels)} MP (--max-image-pixels)"
+                )
+                raise UnreadableInputError(
+                    f"image file {path}{origin} is too large: {detail}",
+                    UnreadableInputError.TOO_LARGE,
+                    detail,
+                    str(path),
+                )
             yield image
     except UnreadableInputError:
         raise
@@ -138,8 +156,9 @@ def _open_image(path: Path, origin: str, max_pixels: int | None) -> Iterator[Ima
         # (UnidentifiedImageError is an OSError; a corrupt header can make PIL raise any of the others)
         unknown = isinstance(exc, UnidentifiedImageError) and path.suffix.lower() not in IMAGE_EXTENSIONS
         kind = UnreadableInputError.UNSUPPORTED if unknown else UnreadableInputError.UNREADABLE
-        raise UnreadableInputError(f"cannot read image file {path}{origin}: {first_line(exc)}", kind,
-                                   first_line(exc), str(path)) from None
+        raise UnreadableInputError(
+            f"cannot read image file {path}{origin}: {first_line(exc)}", kind, first_line(exc), str(path)
+        ) from None
 
 
 def read_image(value: Any, origin: str = "", size: int | None = None, max_pixels: int | None = None) -> Image.Image:
@@ -183,8 +202,9 @@ _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or (image.mode in ("P", "L", "RGB")
-                                                                and "transparency" in image.info)
+    return image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or (
+        image.mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
@@ -232,8 +252,9 @@ def _grey_to_8_bits(values: np.ndarray) -> np.ndarray:
     return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
-def check_image(value: Any, origin: str = "", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                decode: bool = True) -> None:
+def check_image(
+    value: Any, origin: str = "", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, decode: bool = True
+) -> None:
     """Raise :class:`~automl_tl.errors.UnreadableInputError` if ``value`` is not a usable image.
 
     Affordable on every input of a data set: the header gives the size (checked against ``max_pixels``);
@@ -260,18 +281,25 @@ def check_image(value: Any, origin: str = "", max_pixels: int | None = DEFAULT_M
 
 def _image_from_array(array: np.ndarray, origin: str) -> Image.Image:
     def refuse(detail: str) -> UnreadableInputError:
-        return UnreadableInputError(f"image array{origin} {detail}", UnreadableInputError.UNSUPPORTED, detail,
-                                    f"(array, shape {array.shape})")
+        return UnreadableInputError(
+            f"image array{origin} {detail}", UnreadableInputError.UNSUPPORTED, detail, f"(array, shape {array.shape})"
+        )
 
     if array.ndim not in (2, 3) or array.size == 0 or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise refuse(f"has shape {array.shape}; expected HxW or HxWxC with C in 1, 3, 4")
     if array.dtype == np.uint16:
         array = _grey_to_8_bits(array)  # by 16 bits' range, as a 16-bit file is read
     elif array.dtype != np.uint8:
-        if (not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all()
-                or array.min() < 0 or array.max() > 1):
-            raise refuse(f"has dtype {array.dtype} and range [{array.min()}, {array.max()}]; "
-                         "expected uint8, uint16, or float in [0, 1]")
+        if (
+            not np.issubdtype(array.dtype, np.floating)
+            or not np.isfinite(array).all()
+            or array.min() < 0
+            or array.max() > 1
+        ):
+            raise refuse(
+                f"has dtype {array.dtype} and range [{array.min()}, {array.max()}]; "
+                "expected uint8, uint16, or float in [0, 1]"
+            )
         array = np.round(array * 255).astype(np.uint8)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
@@ -316,8 +344,10 @@ def infer_modality(values: Sequence[Any], column: str) -> str:
     if isinstance(first, (np.ndarray, Image.Image)):
         return "image"
     if not isinstance(first, (str, Path)):
-        raise DataError(f"cannot tell the modality of column {column!r} from its first value {str(first)[:60]!r}; "
-                        "expected image paths or arrays, audio paths (wav, flac, aiff, mp3, ...) or texts")
+        raise DataError(
+            f"cannot tell the modality of column {column!r} from its first value {str(first)[:60]!r}; "
+            "expected image paths or arrays, audio paths (wav, flac, aiff, mp3, ...) or texts"
+        )
     kinds = Counter(_looks_like_file(v) or "text" for v in present if isinstance(v, (str, Path)))
     # by majority: one image path at the top of a column of texts (or the reverse) must not decide for all
     modality = max(kinds, key=lambda kind: (kinds[kind], kind == (_looks_like_file(first) or "text")))
@@ -326,10 +356,18 @@ def infer_modality(values: Sequence[Any], column: str) -> str:
         other, count = max(others.items(), key=lambda item: item[1])
         example = next(v for v in present if isinstance(v, (str, Path)) and (_looks_like_file(v) or "text") == other)
         described = "texts" if other == "text" else f"{other} paths"
-        logger.warning("column %r holds %d of %d values that look like %s (first %r) among %s: read as %s; "
-                       "give --modality %s (modality=) if that is wrong", column, count, len(present), described,
-                       input_excerpt(example), "texts" if modality == "text" else f"{modality} paths",
-                       "texts" if modality == "text" else f"{modality} files", other)
+        logger.warning(
+            "column %r holds %d of %d values that look like %s (first %r) among %s: read as %s; "
+            "give --modality %s (modality=) if that is wrong",
+            column,
+            count,
+            len(present),
+            described,
+            input_excerpt(example),
+            "texts" if modality == "text" else f"{modality} paths",
+            "texts" if modality == "text" else f"{modality} files",
+            other,
+        )
     return modality
 
 
@@ -337,6 +375,7 @@ def decode_text(raw: bytes, path: Path) -> tuple[str, str]:
     """``raw`` as text and the encoding it was read in: UTF-8 (a byte-order mark or none), UTF-16 with a
     byte-order mark, else cp1252 or, failing that, Latin-1. Bytes that no text holds (NUL without a
     UTF-16 mark) are refused as an :class:`~automl_tl.errors.UnreadableInputError`."""
+
     def refuse(detail: str) -> UnreadableInputError:
         return UnreadableInputError(f"text file {path} {detail}", UnreadableInputError.UNSUPPORTED, detail, str(path))
 
@@ -344,14 +383,17 @@ def decode_text(raw: bytes, path: Path) -> tuple[str, str]:
         try:
             return raw.decode("utf-16"), "utf-16"
         except UnicodeDecodeError as exc:
-            raise refuse(f"is not UTF-8 nor valid UTF-16 (it starts with a UTF-16 byte-order mark; byte {exc.start} "
-                         "is wrong); convert it to UTF-8") from None
+            raise refuse(
+                f"is not UTF-8 nor valid UTF-16 (it starts with a UTF-16 byte-order mark; byte {exc.start} "
+                "is wrong); convert it to UTF-8"
+            ) from None
     try:
         return raw.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as exc:
         if b"\x00" in raw:
-            raise refuse(f"is not UTF-8 (byte {exc.start}) and holds NUL bytes: binary, not text; "
-                         "convert it to UTF-8") from None
+            raise refuse(
+                f"is not UTF-8 (byte {exc.start}) and holds NUL bytes: binary, not text; convert it to UTF-8"
+            ) from None
     for encoding in ("cp1252", "latin-1"):  # Latin-1 reads any bytes; cp1252 leaves five of them undefined
         try:
             return raw.decode(encoding), encoding
@@ -367,8 +409,9 @@ def _sniff_delimiter(text: str) -> str:
     best, best_share = ",", -1.0
     for delimiter in DELIMITERS:
         try:  # (newline="": a carriage return inside a cell is the cell's, as pandas reads it)
-            records = [r for r in itertools.islice(csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter),
-                                                   100) if r]
+            records = [
+                r for r in itertools.islice(csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter), 100) if r
+            ]
         except csv.Error:  # e.g. a quote left open at the end of the sample
             continue
         if len(sample) < len(text) and len(records) > 2:
@@ -392,8 +435,12 @@ def _canonical_ints(column: pd.Series) -> pd.Series:
 
 
 #: spreadsheet files no reader of ours reads, by extension -> what they are
-UNREAD_SPREADSHEETS = {".xls": "an Excel 97-2003 workbook", ".ods": "an OpenDocument spreadsheet",
-                       ".numbers": "an Apple Numbers document", ".xlsb": "a binary Excel workbook"}
+UNREAD_SPREADSHEETS = {
+    ".xls": "an Excel 97-2003 workbook",
+    ".ods": "an OpenDocument spreadsheet",
+    ".numbers": "an Apple Numbers document",
+    ".xlsb": "a binary Excel workbook",
+}
 
 
 #: the attribute of a frame read by :func:`read_table` that holds each row's line number in its file
@@ -443,10 +490,17 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in UNREAD_SPREADSHEETS:
-        raise DataError(f"{path} is {UNREAD_SPREADSHEETS[suffix]}, which automl-tl does not read; save it as .xlsx "
-                        "or .csv (one header row, one example per row)")
-    kind = {".parquet": "Parquet", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines", ".xlsx": "Excel",
-            ".xlsm": "Excel"}.get(suffix, "CSV")
+        raise DataError(
+            f"{path} is {UNREAD_SPREADSHEETS[suffix]}, which automl-tl does not read; save it as .xlsx "
+            "or .csv (one header row, one example per row)"
+        )
+    kind = {
+        ".parquet": "Parquet",
+        ".jsonl": "JSON Lines",
+        ".ndjson": "JSON Lines",
+        ".xlsx": "Excel",
+        ".xlsm": "Excel",
+    }.get(suffix, "CSV")
     try:
         if kind == "Parquet":
             return pd.read_parquet(path)  # (no lines: messages count its rows from 0)
@@ -461,8 +515,9 @@ def read_table(path: Path) -> pd.DataFrame:
             return frame
         text, encoding = decode_text(path.read_bytes(), path)
         if encoding not in ("utf-8", "utf-16"):
-            logger.warning("%s is not UTF-8: read as %s (check its accented letters; save it as UTF-8 to be sure)",
-                           path, encoding)
+            logger.warning(
+                "%s is not UTF-8: read as %s (check its accented letters; save it as UTF-8 to be sure)", path, encoding
+            )
         delimiter = "\t" if suffix == ".tsv" else _sniff_delimiter(text)
         frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, na_values=[""])
         lines = _csv_lines(text, delimiter, len(frame))
@@ -494,8 +549,9 @@ def _read_text_file(path: Path) -> tuple[str, str]:
         raw = path.read_bytes()
     except OSError as exc:
         kind = UnreadableInputError.NOT_FOUND if isinstance(exc, FileNotFoundError) else UnreadableInputError.UNREADABLE
-        raise UnreadableInputError(f"cannot read text file {path}: {exc.strerror}", kind, exc.strerror or "",
-                                   str(path)) from None
+        raise UnreadableInputError(
+            f"cannot read text file {path}: {exc.strerror}", kind, exc.strerror or "", str(path)
+        ) from None
     text, encoding = decode_text(raw, path)
     if not text.strip():
         raise UnreadableInputError(f"text file {path} is empty", UnreadableInputError.EMPTY, "empty text", str(path))
@@ -524,14 +580,26 @@ def read_text_files(files: Sequence[Path]) -> list[Any]:
         if encoding not in ("utf-8", "utf-16"):
             not_utf8.append((file, encoding))
     if not_utf8:
-        logger.warning("%d text file(s) are not UTF-8 and were read as %s, first %s (save them as UTF-8 to be sure)",
-                       len(not_utf8), " or ".join(sorted({e for _, e in not_utf8})), not_utf8[0][0])
+        logger.warning(
+            "%d text file(s) are not UTF-8 and were read as %s, first %s (save them as UTF-8 to be sure)",
+            len(not_utf8),
+            " or ".join(sorted({e for _, e in not_utf8})),
+            not_utf8[0][0],
+        )
     return texts
 
 
 #: folder names that say "a split of the data", by the split they give
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "dev": "val", "test": "test", "testing": "test"}
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -565,8 +633,9 @@ def _supported_files(folder: Path) -> list[Path]:
 def _holds_class_folders(folder: Path) -> bool:
     """A split folder (``train/``...) holds class folders and no data file of its own."""
     entries = [p for p in folder.iterdir() if not is_hidden(p.name)]
-    return (any(p.is_dir() for p in entries)
-            and not any(p.is_file() and file_modality(p.name) is not None for p in entries))
+    return any(p.is_dir() for p in entries) and not any(
+        p.is_file() and file_modality(p.name) is not None for p in entries
+    )
 
 
 @dataclass(frozen=True)
@@ -590,18 +659,24 @@ def read_folder_contents(path: Path) -> FolderContents:
     if split_dirs:
         classes_beside = [p.name for p in top if p not in split_dirs]
         if classes_beside:
-            raise DataError(f"folder {path} has the split folder(s) {', '.join(p.name for p in split_dirs)} (holding "
-                            f"class folders) beside class folders ({', '.join(classes_beside[:5])}); put every class "
-                            "folder inside the split folders, or the split folders' classes beside the others")
+            raise DataError(
+                f"folder {path} has the split folder(s) {', '.join(p.name for p in split_dirs)} (holding "
+                f"class folders) beside class folders ({', '.join(classes_beside[:5])}); put every class "
+                "folder inside the split folders, or the split folders' classes beside the others"
+            )
         named = Counter(SPLIT_FOLDERS[p.name.lower()] for p in split_dirs)
         twice = [split for split, count in named.items() if count > 1]
         if twice:
-            raise DataError(f"folder {path} has two {twice[0]} folders "
-                            f"({', '.join(p.name for p in split_dirs if SPLIT_FOLDERS[p.name.lower()] == twice[0])})"
-                            "; keep one")
+            raise DataError(
+                f"folder {path} has two {twice[0]} folders "
+                f"({', '.join(p.name for p in split_dirs if SPLIT_FOLDERS[p.name.lower()] == twice[0])})"
+                "; keep one"
+            )
         if "train" not in named:
-            raise DataError(f"folder {path} is laid out in split folders ({', '.join(p.name for p in split_dirs)}) "
-                            "but has no train folder to learn from; add train/ (with one folder per class)")
+            raise DataError(
+                f"folder {path} is laid out in split folders ({', '.join(p.name for p in split_dirs)}) "
+                "but has no train folder to learn from; add train/ (with one folder per class)"
+            )
         parts = sorted(split_dirs, key=lambda p: SPLIT_ORDER.index(SPLIT_FOLDERS[p.name.lower()]))
     else:
         parts = [path]
@@ -622,11 +697,17 @@ def read_folder_contents(path: Path) -> FolderContents:
     if not any(p.is_dir() and not is_hidden(p.name) for part in parts for p in part.iterdir()):
         raise DataError(f"folder {path} has no class subfolders; expected one subfolder per class")
     if hidden:
-        logger.warning("left out %d hidden file(s) of %s (names starting with '.', such as .DS_Store or ._photo.png, "
-                       "and everything in hidden folders such as .ipynb_checkpoints/)", hidden, path)
+        logger.warning(
+            "left out %d hidden file(s) of %s (names starting with '.', such as .DS_Store or ._photo.png, "
+            "and everything in hidden folders such as .ipynb_checkpoints/)",
+            hidden,
+            path,
+        )
     if not files:
-        raise DataError(f"folder {path} holds no image, audio or text files "
-                        f"({', '.join(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS + TEXT_EXTENSIONS)})")
+        raise DataError(
+            f"folder {path} holds no image, audio or text files "
+            f"({', '.join(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS + TEXT_EXTENSIONS)})"
+        )
     kinds = sorted({file_modality(file.name) for file, _, _ in files})
     if len(kinds) > 1:
         raise DataError(f"folder {path} mixes {' and '.join(kinds)} files; expected one kind")
@@ -636,8 +717,9 @@ def read_folder_contents(path: Path) -> FolderContents:
     frame = pd.DataFrame({column: inputs, "label": [label for _, label, _ in files]})
     if split_dirs:
         frame["split"] = [split for _, _, split in files]
-        logger.info("folder %s is laid out in split folders (%s): used as given", path,
-                    ", ".join(f"{p.name}/" for p in parts))
+        logger.info(
+            "folder %s is laid out in split folders (%s): used as given", path, ", ".join(f"{p.name}/" for p in parts)
+        )
     return FolderContents(frame, hidden, tuple(SPLIT_FOLDERS[p.name.lower()] for p in parts) if split_dirs else ())
 
 
@@ -657,14 +739,16 @@ def list_input_files(path: Path) -> list[str]:
     unlabelled folder)."""
     files, hidden = _files_below(path)
     if hidden:
-        logger.warning("left out %d hidden file(s) of %s (names starting with '.', and hidden folders' files)",
-                       hidden, path)
+        logger.warning(
+            "left out %d hidden file(s) of %s (names starting with '.', and hidden folders' files)", hidden, path
+        )
     return [str(p) for p in files]
 
 
 def resolve_paths(values: list[Any], base_dir: Path | None) -> list[Any]:
     """Make relative file paths absolute against ``base_dir`` (the folder of the CSV); a path starting with
     ``~`` is below the home folder (as a shell would read it)."""
+
     def resolved(value: Any) -> Any:
         if not isinstance(value, str):
             return value
@@ -695,11 +779,16 @@ def input_excerpt(value: Any, limit: int = 60) -> str:
     if is_missing(value):
         return ""
     text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_input(value: Any, modality: str, origin: str = "", max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                decode: bool = True) -> None:
+def check_input(
+    value: Any,
+    modality: str,
+    origin: str = "",
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    decode: bool = True,
+) -> None:
     """Raise :class:`~automl_tl.errors.UnreadableInputError` if ``value`` cannot be used as a ``modality`` input.
 
     Images: see :func:`check_image`; audio: read whole (silence and non-finite samples are refused),
@@ -716,22 +805,32 @@ def check_input(value: Any, modality: str, origin: str = "", max_image_pixels: i
         from automl_tl.data.readers import check_audio_path, read_audio
 
         if not isinstance(value, (str, Path)):
-            raise UnreadableInputError(f"audio input{origin} is a {type(value).__name__}; expected a file path",
-                                       UnreadableInputError.UNSUPPORTED, f"a {type(value).__name__}, not a path")
+            raise UnreadableInputError(
+                f"audio input{origin} is a {type(value).__name__}; expected a file path",
+                UnreadableInputError.UNSUPPORTED,
+                f"a {type(value).__name__}, not a path",
+            )
         if decode:
             read_audio(value)
         else:
             check_audio_path(Path(value))
     elif not isinstance(value, str) or not value.strip():
         detail = "empty text" if isinstance(value, str) else f"not a text but a {type(value).__name__}"
-        raise UnreadableInputError(f"text input{origin} is empty or not a string: {str(value)[:40]!r}",
-                                   UnreadableInputError.EMPTY if isinstance(value, str) else
-                                   UnreadableInputError.UNSUPPORTED, detail)
+        raise UnreadableInputError(
+            f"text input{origin} is empty or not a string: {str(value)[:40]!r}",
+            UnreadableInputError.EMPTY if isinstance(value, str) else UnreadableInputError.UNSUPPORTED,
+            detail,
+        )
 
 
-def find_unreadable(inputs: Sequence[Any], modality: str, origin: str, rows: Sequence[int] | None = None,
-                    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, lines: Sequence[int] | None = None
-                    ) -> list[tuple[int, UnreadableInputError]]:
+def find_unreadable(
+    inputs: Sequence[Any],
+    modality: str,
+    origin: str,
+    rows: Sequence[int] | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    lines: Sequence[int] | None = None,
+) -> list[tuple[int, UnreadableInputError]]:
     """Every input that cannot be used, as (its position in ``inputs``, why), read once each.
 
     ``rows``: each input's row in the user's table (default: its position); ``lines``: each row's line in
@@ -747,8 +846,9 @@ def find_unreadable(inputs: Sequence[Any], modality: str, origin: str, rows: Seq
     return found
 
 
-def check_inputs_readable(inputs: Sequence[Any], modality: str, origin: str,
-                          max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+def check_inputs_readable(
+    inputs: Sequence[Any], modality: str, origin: str, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> None:
     """Read every input once so that a missing or broken file (or an empty text) is refused now, naming it."""
     unreadable = find_unreadable(inputs, modality, origin, max_image_pixels=max_image_pixels)
     if unreadable:
@@ -767,9 +867,12 @@ def check_audio_path(path: Path) -> None:
         raise UnreadableInputError(f"audio file not found: {shown}", UnreadableInputError.NOT_FOUND, "", shown)
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
         shown = path.suffix or "(no extension)"
-        raise UnreadableInputError(f"unsupported audio format {shown!r} of {path}; expected one of "
-                                   f"{', '.join(AUDIO_EXTENSIONS)}", UnreadableInputError.UNSUPPORTED,
-                                   f"{shown} is not an audio format libsndfile reads", str(path))
+        raise UnreadableInputError(
+            f"unsupported audio format {shown!r} of {path}; expected one of {', '.join(AUDIO_EXTENSIONS)}",
+            UnreadableInputError.UNSUPPORTED,
+            f"{shown} is not an audio format libsndfile reads",
+            str(path),
+        )
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
@@ -789,18 +892,27 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError, OSError) as exc:
-        raise refuse(f"cannot read audio file {path} (corrupt, or not the audio format its extension says): "
-                     f"{first_line(exc)}", UnreadableInputError.UNREADABLE, first_line(exc)) from None
+        raise refuse(
+            f"cannot read audio file {path} (corrupt, or not the audio format its extension says): {first_line(exc)}",
+            UnreadableInputError.UNREADABLE,
+            first_line(exc),
+        ) from None
     if samples.shape[0] == 0 or samples.shape[1] == 0:
         raise refuse(f"audio file {path} is empty (0 samples)", UnreadableInputError.EMPTY, "0 samples")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if not np.isfinite(mono).all():
-        raise refuse(f"audio file {path} holds non-finite samples (NaN or infinity)", UnreadableInputError.NOT_FINITE,
-                     "NaN or infinite samples")
+        raise refuse(
+            f"audio file {path} holds non-finite samples (NaN or infinity)",
+            UnreadableInputError.NOT_FINITE,
+            "NaN or infinite samples",
+        )
     peak = float(np.abs(mono).max())
     if peak < SILENCE_THRESHOLD:
-        raise refuse(f"audio file {path} is silent (peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g})",
-                     UnreadableInputError.SILENT, f"peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g}")
+        raise refuse(
+            f"audio file {path} is silent (peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g})",
+            UnreadableInputError.SILENT,
+            f"peak amplitude {peak:.1e} < {SILENCE_THRESHOLD:g}",
+        )
     if sample_rate is not None and rate != sample_rate:
         mono = resample(mono, rate, sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -69,8 +69,16 @@ def mel_to_hz(mel: np.ndarray | float, scale: str = "slaney") -> np.ndarray:
     return np.where(mel >= 15.0, 1000.0 * np.exp((mel - 15.0) * (np.log(6.4) / 27.0)), mel * (200.0 / 3.0))
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None,
-                   scale: str = "slaney", norm: str | None = "slaney", triangles: str = "hz") -> torch.Tensor:
+def mel_filterbank(
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    scale: str = "slaney",
+    norm: str | None = "slaney",
+    triangles: str = "hz",
+) -> torch.Tensor:
     """Triangular mel filters, shape ``(n_mels, n_fft // 2 + 1)``, to multiply a power spectrum with.
 
     Band edges are ``n_mels + 2`` points equally spaced in mel between ``f_min`` and ``f_max``.
@@ -109,11 +117,23 @@ class MelFilterbank(nn.Module):
     part of its state dict (they are computed, not learnt, so saved models stay small and strict).
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None,
-                 scale: str = "slaney", norm: str | None = "slaney", triangles: str = "hz"):
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int,
+        n_mels: int,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        scale: str = "slaney",
+        norm: str | None = "slaney",
+        triangles: str = "hz",
+    ):
         super().__init__()
-        self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, scale, norm,
-                                                       triangles), persistent=False)
+        self.register_buffer(
+            "filters",
+            mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, scale, norm, triangles),
+            persistent=False,
+        )
 
     def forward(self, power: torch.Tensor) -> torch.Tensor:
         return torch.matmul(self.filters, power)
@@ -128,10 +148,23 @@ class MelSpectrogram(nn.Module):
     power spectra overflow float16.
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, win_length: int | None = None,
-                 f_min: float = 0.0, f_max: float | None = None, scale: str = "slaney", norm: str | None = "slaney",
-                 triangles: str = "hz", power: float = 2.0, center: bool = True, pad_mode: str = "reflect",
-                 periodic_window: bool = True):
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int,
+        hop_length: int,
+        n_mels: int,
+        win_length: int | None = None,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        scale: str = "slaney",
+        norm: str | None = "slaney",
+        triangles: str = "hz",
+        power: float = 2.0,
+        center: bool = True,
+        pad_mode: str = "reflect",
+        periodic_window: bool = True,
+    ):
         super().__init__()
         self.n_fft, self.hop_length, self.power = n_fft, hop_length, power
         self.win_length = win_length or n_fft
@@ -147,14 +180,29 @@ class MelSpectrogram(nn.Module):
                 pad_mode = "constant"
             else:
                 pad_mode = self.pad_mode
-            spectrum = torch.stft(waveforms, self.n_fft, self.hop_length, self.win_length, self.window,
-                                  center=self.center, pad_mode=pad_mode, return_complex=True)
+            spectrum = torch.stft(
+                waveforms,
+                self.n_fft,
+                self.hop_length,
+                self.win_length,
+                self.window,
+                center=self.center,
+                pad_mode=pad_mode,
+                return_complex=True,
+            )
             power = spectrum.abs().pow(self.power)
             return self.mel(power)
 
 
-def log_mel_spectrogram(waveforms: torch.Tensor, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160,
-                        n_mels: int = 64, floor: float = 1e-6, **options: Any) -> torch.Tensor:
+def log_mel_spectrogram(
+    waveforms: torch.Tensor,
+    sample_rate: int = 16000,
+    n_fft: int = 400,
+    hop_length: int = 160,
+    n_mels: int = 64,
+    floor: float = 1e-6,
+    **options: Any,
+) -> torch.Tensor:
     """Natural log of a mel power spectrogram, ``(batch, n_mels, frames)``; ``floor`` is added before the log.
 
     Defaults: 25 ms windows every 10 ms at 16 kHz, 64 Slaney mel bands. ``options`` go to
@@ -202,7 +250,7 @@ class AudioPreprocessor(Preprocessor):
         excess = waveform.shape[-1] - self.clip_samples
         if excess > 0:
             start = int(torch.randint(0, excess + 1, ())) if train else excess // 2
-            return waveform[start:start + self.clip_samples]
+            return waveform[start : start + self.clip_samples]
         if excess < 0:
             return torch.nn.functional.pad(waveform, (0, -excess))
         return waveform
@@ -211,5 +259,9 @@ class AudioPreprocessor(Preprocessor):
         return torch.stack([self.crop(item, train) for item in items]).float()
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "audio", "sample_rate": self.sample_rate, "clip_seconds": self.clip_seconds,
-                "clip_samples": self.clip_samples}
+        return {
+            "kind": "audio",
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.clip_seconds,
+            "clip_samples": self.clip_samples,
+        }

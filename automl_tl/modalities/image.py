@@ -17,8 +17,14 @@ from automl_tl.data.readers import read_image
 #: (2: EXIF orientation applied, large files decoded reduced; 3: 16-bit, float and transparent images scaled
 #: and composited on white, see automl_tl.data.readers.as_rgb)
 DECODING_VERSION = 3
-INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+INTERPOLATIONS = {
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+}
 
 
 class ImagePreprocessor(Preprocessor):
@@ -31,8 +37,15 @@ class ImagePreprocessor(Preprocessor):
     ``hflip`` is set (off by default: it is wrong for digits and text-like images).
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic",
-                 crop_pct: float = 1.0, hflip: bool = False):
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str = "bicubic",
+        crop_pct: float = 1.0,
+        hflip: bool = False,
+    ):
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {', '.join(INTERPOLATIONS)}")
         self.size, self.crop_pct, self.interpolation, self.hflip = size, crop_pct, interpolation, hflip
@@ -47,8 +60,9 @@ class ImagePreprocessor(Preprocessor):
         if self.crop_pct >= 1.0:
             image = image.resize((self.size, self.size), resample)
         else:
-            image = F.center_crop(F.resize(image, scale, interpolation=F.InterpolationMode(self.interpolation)),
-                                  [self.size, self.size])
+            image = F.center_crop(
+                F.resize(image, scale, interpolation=F.InterpolationMode(self.interpolation)), [self.size, self.size]
+            )
         return F.pil_to_tensor(image)  # uint8, 3 x size x size: a quarter of float32's memory
 
     def encode(self, inputs: Sequence[Any]) -> list[torch.Tensor]:
@@ -64,9 +78,21 @@ class ImagePreprocessor(Preprocessor):
     def cache_key(self) -> dict[str, Any]:
         # mean, std and flips act in collate(): backbones that differ only there share one encoding
         # ("decoding": how files are decoded, EXIF orientation and reduction of large files, since it changed)
-        return {"kind": "image", "size": self.size, "crop_pct": self.crop_pct, "interpolation": self.interpolation,
-                "decoding": DECODING_VERSION}
+        return {
+            "kind": "image",
+            "size": self.size,
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+            "decoding": DECODING_VERSION,
+        }
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "image", "size": self.size, "crop_pct": self.crop_pct, "interpolation": self.interpolation,
-                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "hflip": self.hflip}
+        return {
+            "kind": "image",
+            "size": self.size,
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "hflip": self.hflip,
+        }

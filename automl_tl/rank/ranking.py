@@ -43,8 +43,17 @@ PRERANK_BUDGET_SHARE = 0.3
 #: of the pre-ranking's time, measuring the backbones' costs uses at most about this share (split among them)
 MEASURE_SHARE = 0.2
 #: the ranking frame's columns (stored with the study, written to transferability.csv)
-RANKING_COLUMNS = ("backbone", "rank", *SCORES, "scored_examples", "seconds_per_example", "estimated_seconds",
-                   "feature_seconds", "score_seconds", "skipped")
+RANKING_COLUMNS = (
+    "backbone",
+    "rank",
+    *SCORES,
+    "scored_examples",
+    "seconds_per_example",
+    "estimated_seconds",
+    "feature_seconds",
+    "score_seconds",
+    "skipped",
+)
 
 
 def stratified_sample(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -65,14 +74,22 @@ def stratified_sample(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
         if taken[position] < counts[position]:
             taken[position] += 1
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(labels == label), number, replace=False)
-              for label, number in zip(classes, taken)]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == label), number, replace=False) for label, number in zip(classes, taken)
+    ]
     return np.sort(np.concatenate(chosen))
 
 
-def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor: Any, options: InputOptions,
-                   deadline: float | None = None, budget_share: float = PRERANK_BUDGET_SHARE,
-                   sample_size: int = PRERANK_SAMPLE_SIZE, seed: int = 0) -> pd.DataFrame:
+def rank_backbones(
+    backbones: Sequence[Backbone],
+    data: DatasetBundle,
+    executor: Any,
+    options: InputOptions,
+    deadline: float | None = None,
+    budget_share: float = PRERANK_BUDGET_SHARE,
+    sample_size: int = PRERANK_SAMPLE_SIZE,
+    seed: int = 0,
+) -> pd.DataFrame:
     """One row per backbone: its ``rank`` (1 = best), each transferability score on the features of a
     stratified sample of at most ``sample_size`` training examples (``scored_examples``), the measured
     ``seconds_per_example`` of its inference, the ``estimated_seconds`` of the features the ranking needed,
@@ -98,11 +115,18 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
     built: dict[str, Any] = {}  # the models measured, kept for their features: each is built (loaded) once
     for backbone in backbones:  # what each backbone's features would cost
         preprocessor = backbone.preprocessor(options)
-        row: dict[str, Any] = {**dict.fromkeys(RANKING_COLUMNS, math.nan), "backbone": backbone.name,
-                               "scored_examples": examples, "skipped": None}
+        row: dict[str, Any] = {
+            **dict.fromkeys(RANKING_COLUMNS, math.nan),
+            "backbone": backbone.name,
+            "scored_examples": examples,
+            "skipped": None,
+        }
         out_of_time = until is not None and time.monotonic() >= until
-        cached = None if out_of_time else cache.cached_seconds_per_example(backbone, preprocessor, samples,
-                                                                           len(split), index)
+        cached = (
+            None
+            if out_of_time
+            else cache.cached_seconds_per_example(backbone, preprocessor, samples, len(split), index)
+        )
         if out_of_time:
             row["skipped"] = "no time left to measure its cost"
         elif cached is not None:
@@ -110,8 +134,15 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
         else:
             items = executor.encoded(preprocessor, data, split)
             built[backbone.name] = pretrained_model(backbone, executor.device)
-            cost = measure_inference(backbone, preprocessor, items, executor.device, max_seconds=measure_allowance,
-                                     seed=seed, model=built[backbone.name])
+            cost = measure_inference(
+                backbone,
+                preprocessor,
+                items,
+                executor.device,
+                max_seconds=measure_allowance,
+                seed=seed,
+                model=built[backbone.name],
+            )
             row.update(seconds_per_example=cost.seconds_per_example, estimated_seconds=cost.estimate(examples))
         rows.append(row)
     by_name = {backbone.name: backbone for backbone in backbones}
@@ -123,36 +154,55 @@ def rank_backbones(backbones: Sequence[Backbone], data: DatasetBundle, executor:
         backbone = by_name[row["backbone"]]
         left = None if until is None else until - time.monotonic()
         if left is not None and row["estimated_seconds"] > left:
-            row["skipped"] = (f"its features were estimated at {row['estimated_seconds']:.1f}s; "
-                              f"{max(left, 0.0):.1f}s were left of the pre-ranking's share of the budget")
+            row["skipped"] = (
+                f"its features were estimated at {row['estimated_seconds']:.1f}s; "
+                f"{max(left, 0.0):.1f}s were left of the pre-ranking's share of the budget"
+            )
             logger.warning("pre-ranking leaves %s out: %s", backbone.name, row["skipped"])
             continue
-        logger.info("pre-ranking: features of %s on %d examples (estimated %.1fs)", backbone.name, examples,
-                    row["estimated_seconds"])
+        logger.info(
+            "pre-ranking: features of %s on %d examples (estimated %.1fs)",
+            backbone.name,
+            examples,
+            row["estimated_seconds"],
+        )
         feature_started = time.perf_counter()
         preprocessor = backbone.preprocessor(options)
         try:
-            features = cache.features(backbone, preprocessor,
-                                      lambda preprocessor=preprocessor: executor.encoded(preprocessor, data, split),
-                                      samples, len(split), executor.device, deadline=until, index=index,
-                                      model=built.pop(backbone.name, None))
+            features = cache.features(
+                backbone,
+                preprocessor,
+                lambda preprocessor=preprocessor: executor.encoded(preprocessor, data, split),
+                samples,
+                len(split),
+                executor.device,
+                deadline=until,
+                index=index,
+                model=built.pop(backbone.name, None),
+            )
         except DeadlineReached:
             row["skipped"] = "the pre-ranking's share of the budget ran out while computing its features"
             logger.warning("pre-ranking leaves %s out: %s", backbone.name, row["skipped"])
             continue
         score_started = time.perf_counter()
         scores = score_features(features, labels)
-        row.update(scores, feature_seconds=round(score_started - feature_started, 3),
-                   score_seconds=round(time.perf_counter() - score_started, 3))
-        logger.info("transferability of %s: %s", backbone.name,
-                    ", ".join(f"{name} {value:.4g}" for name, value in scores.items()))
+        row.update(
+            scores,
+            feature_seconds=round(score_started - feature_started, 3),
+            score_seconds=round(time.perf_counter() - score_started, 3),
+        )
+        logger.info(
+            "transferability of %s: %s",
+            backbone.name,
+            ", ".join(f"{name} {value:.4g}" for name, value in scores.items()),
+        )
 
     frame = pd.DataFrame(rows, columns=[c for c in RANKING_COLUMNS if c != "rank"])
     ranked = frame["skipped"].isna()
-    frame = pd.concat([frame[ranked].sort_values(PRIMARY_SCORE, ascending=False, kind="stable"), frame[~ranked]],
-                      ignore_index=True)
-    frame.insert(1, "rank", pd.array([*range(1, int(ranked.sum()) + 1), *[None] * int((~ranked).sum())],
-                                     dtype="Int64"))
+    frame = pd.concat(
+        [frame[ranked].sort_values(PRIMARY_SCORE, ascending=False, kind="stable"), frame[~ranked]], ignore_index=True
+    )
+    frame.insert(1, "rank", pd.array([*range(1, int(ranked.sum()) + 1), *[None] * int((~ranked).sum())], dtype="Int64"))
     return frame
 
 

@@ -70,9 +70,7 @@ def _validate_features(features: object) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise TransferabilityInputError(f"features must be a numeric array: {exc}") from None
     if array.ndim != 2:
-        raise TransferabilityInputError(
-            f"features must be a 2-D array (samples x dimensions); got shape {array.shape}"
-        )
+        raise TransferabilityInputError(f"features must be a 2-D array (samples x dimensions); got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise TransferabilityInputError(
             f"features must have at least one sample and one dimension; got shape {array.shape}"
@@ -97,9 +95,7 @@ def _validate_labels(labels: object, n_samples: int) -> np.ndarray:
         raise TransferabilityInputError(f"labels must be in 0..C-1; got negative label {int(array.min())}")
     counts = np.bincount(array)
     if np.count_nonzero(counts) < 2:
-        raise TransferabilityInputError(
-            f"labels must contain at least 2 classes; got only class {int(array[0])}"
-        )
+        raise TransferabilityInputError(f"labels must contain at least 2 classes; got only class {int(array[0])}")
     missing = np.flatnonzero(counts == 0)
     if missing.size:
         raise TransferabilityInputError(
@@ -199,9 +195,7 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     one_hot[np.arange(n), labels] = 1.0
     sigma, projected = _gram_spectrum(features, one_hot)
     class_sizes = np.bincount(labels, minlength=n_classes)  # |y|^2 of a one-hot column
-    evidences = [
-        _logme_class_evidence(sigma, projected[:, c], float(class_sizes[c]), n, d) for c in range(n_classes)
-    ]
+    evidences = [_logme_class_evidence(sigma, projected[:, c], float(class_sizes[c]), n, d) for c in range(n_classes)]
     return float(np.mean(evidences))
 
 

@@ -88,10 +88,18 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
         raise AutomlTLError(f"cannot write the export to {target}: {exc.strerror or exc}") from None
     try:
         exporter = _Exporter(predictor, model_dir_of(run_dir), staging, target.resolve())
-        info = exporter.export_torchscript() if fmt == "torchscript" else exporter.export_onnx() if fmt == "onnx" \
+        info = (
+            exporter.export_torchscript()
+            if fmt == "torchscript"
+            else exporter.export_onnx()
+            if fmt == "onnx"
             else exporter.export_native(fmt)
-        info["check"] = {"max_abs_diff": exporter.max_abs_diff, "examples": exporter.check_examples,
-                         "tolerance": CHECK_TOLERANCE}
+        )
+        info["check"] = {
+            "max_abs_diff": exporter.max_abs_diff,
+            "examples": exporter.check_examples,
+            "tolerance": CHECK_TOLERANCE,
+        }
         write_json_atomic(staging / EXPORT_INFO_FILE, info)
         (staging / README_FILE).write_text(_readme(info))
         _copy_model_card(run_dir, staging / MODEL_CARD_FILE)
@@ -139,8 +147,12 @@ def _check_supported(fmt: str, predictor: Predictor) -> None:
     works = _alternatives((*native, *CORE_FORMATS))
     other = _native_formats()[fmt]  # another backbone's: export_model refused unknown formats
     if other.modality != modality:
-        raise ConfigError(f"the {fmt} format holds {other.modality} models only; {what}: export it with --format {works}")
-    raise ConfigError(f"the {fmt} format holds {other.holds} only; {what} {other.outside}: export it with --format {works}")
+        raise ConfigError(
+            f"the {fmt} format holds {other.modality} models only; {what}: export it with --format {works}"
+        )
+    raise ConfigError(
+        f"the {fmt} format holds {other.holds} only; {what} {other.outside}: export it with --format {works}"
+    )
 
 
 def _alternatives(formats: tuple[str, ...]) -> str:
@@ -151,8 +163,10 @@ def _check_target(target: Path) -> None:
     if target.is_file():
         raise AutomlTLError(f"export output {target} is a file; expected a folder to write the export into")
     if target.is_dir() and any(target.iterdir()) and not (target / EXPORT_INFO_FILE).is_file():
-        raise AutomlTLError(f"export output {target} is a non-empty folder that holds no earlier export "
-                            f"({EXPORT_INFO_FILE}); choose another --output")
+        raise AutomlTLError(
+            f"export output {target} is a non-empty folder that holds no earlier export "
+            f"({EXPORT_INFO_FILE}); choose another --output"
+        )
 
 
 def _copy_model_card(run_dir: Path, path: Path) -> None:
@@ -191,8 +205,10 @@ def _raw_examples(modality: str, preprocessing: dict[str, Any], count: int, seed
         return [" ".join(rng.choice(words, 3 + 6 * i)) for i in range(count)]
     if modality == "audio":
         samples = int(preprocessing.get("clip_samples", 16000))
-        waves = [torch.from_numpy(rng.normal(0, 0.1, int(samples * (1.5 - 0.6 * i))).astype(np.float32))
-                 for i in range(count)]
+        waves = [
+            torch.from_numpy(rng.normal(0, 0.1, int(samples * (1.5 - 0.6 * i))).astype(np.float32))
+            for i in range(count)
+        ]
         waves[-1][: len(waves[-1]) // 2] = 0.0  # a silent stretch, which some audio networks treat apart
         return waves
     raise AutomlTLError(f"cannot export a model of modality {modality!r}: no example inputs to trace it with")
@@ -204,19 +220,41 @@ def input_spec(predictor: Predictor) -> list[dict[str, Any]]:
     modality = predictor.backbone.modality
     if modality == "image":
         size = preprocessing.get("size")
-        return [{"name": "images", "dtype": "float32", "shape": ["batch", 3, size, size],
-                 "description": describe_preprocessing(preprocessing) + "; channels first (RGB)"}]
+        return [
+            {
+                "name": "images",
+                "dtype": "float32",
+                "shape": ["batch", 3, size, size],
+                "description": describe_preprocessing(preprocessing) + "; channels first (RGB)",
+            }
+        ]
     if modality == "text":
         length = f"sequence <= {preprocessing.get('max_length')}"
-        return [{"name": "input_ids", "dtype": "int64", "shape": ["batch", length],
-                 "description": f"token ids of the saved tokenizer (special tokens included), truncated to "
-                                f"{preprocessing.get('max_length')} tokens, padded on the right to the batch's longest "
-                                f"text with id {preprocessing.get('pad_token_id')}"},
-                {"name": "attention_mask", "dtype": "int64", "shape": ["batch", length],
-                 "description": "1 for each token, 0 for padding"}]
+        return [
+            {
+                "name": "input_ids",
+                "dtype": "int64",
+                "shape": ["batch", length],
+                "description": f"token ids of the saved tokenizer (special tokens included), truncated to "
+                f"{preprocessing.get('max_length')} tokens, padded on the right to the batch's longest "
+                f"text with id {preprocessing.get('pad_token_id')}",
+            },
+            {
+                "name": "attention_mask",
+                "dtype": "int64",
+                "shape": ["batch", length],
+                "description": "1 for each token, 0 for padding",
+            },
+        ]
     if modality == "audio":
-        return [{"name": "waveforms", "dtype": "float32", "shape": ["batch", preprocessing.get("clip_samples")],
-                 "description": describe_preprocessing(preprocessing) + "; amplitudes as floats in [-1, 1]"}]
+        return [
+            {
+                "name": "waveforms",
+                "dtype": "float32",
+                "shape": ["batch", preprocessing.get("clip_samples")],
+                "description": describe_preprocessing(preprocessing) + "; amplitudes as floats in [-1, 1]",
+            }
+        ]
     return [{"name": "inputs", "dtype": "float32", "shape": ["batch", "..."], "description": json.dumps(preprocessing)}]
 
 
@@ -247,41 +285,70 @@ class _Exporter:
         self.folder, self.final = folder, final
         self.modality = predictor.backbone.modality
         preprocessing = self.config["preprocessing"]
-        prepared = [predictor.preprocessor.collate(predictor.preprocessor.encode(
-            _raw_examples(self.modality, preprocessing, count, seed)), train=False) for count, seed in ((2, 0), (3, 1))]
+        prepared = [
+            predictor.preprocessor.collate(
+                predictor.preprocessor.encode(_raw_examples(self.modality, preprocessing, count, seed)), train=False
+            )
+            for count, seed in ((2, 0), (3, 1))
+        ]
         self.keyed = isinstance(prepared[0], dict)
         self.names = list(prepared[0]) if self.keyed else [_TENSOR_INPUT_NAMES.get(self.modality, "inputs")]
         # traced with one batch, checked on another of another size (and another text length)
-        self.trace_inputs, self.check_inputs = [tuple(b[n] for n in self.names) if self.keyed else (b,) for b in prepared]
+        self.trace_inputs, self.check_inputs = [
+            tuple(b[n] for n in self.names) if self.keyed else (b,) for b in prepared
+        ]
         self.check_examples = len(self.check_inputs[0])
         self.wrapper = _TensorInputs(self.model, self.names, self.keyed).eval()
         with torch.no_grad():
             self.expected = self.wrapper(*self.check_inputs)
         self.max_abs_diff = float("nan")
         # what the backbone gets to write its own files: the check batch's raw inputs are those of (3, 1) above
-        self.context = ExportContext(model=self.model, config=self.config, preprocessor=predictor.preprocessor,
-                                     folder=folder, final=final, check_raw=_raw_examples(self.modality, preprocessing, 3, 1),
-                                     check_inputs=self.check_inputs, check=self._check)
+        self.context = ExportContext(
+            model=self.model,
+            config=self.config,
+            preprocessor=predictor.preprocessor,
+            folder=folder,
+            final=final,
+            check_raw=_raw_examples(self.modality, preprocessing, 3, 1),
+            check_inputs=self.check_inputs,
+            check=self._check,
+        )
 
     def _check(self, logits: Any, what: str) -> None:
         got = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)
         if tuple(got.shape) != tuple(self.expected.shape):
-            raise AutomlTLError(f"the {what} export returns logits of shape {list(got.shape)}, expected "
-                                f"{list(self.expected.shape)}; it does not reproduce the model")
+            raise AutomlTLError(
+                f"the {what} export returns logits of shape {list(got.shape)}, expected "
+                f"{list(self.expected.shape)}; it does not reproduce the model"
+            )
         self.max_abs_diff = float((got.float() - self.expected).abs().max())
         if not self.max_abs_diff <= CHECK_TOLERANCE:
-            raise AutomlTLError(f"the {what} export does not reproduce the model: its logits differ by up to "
-                                f"{self.max_abs_diff:.2e} (> {CHECK_TOLERANCE:g}); export it with another --format")
+            raise AutomlTLError(
+                f"the {what} export does not reproduce the model: its logits differ by up to "
+                f"{self.max_abs_diff:.2e} (> {CHECK_TOLERANCE:g}); export it with another --format"
+            )
 
     def _info(self, fmt: str, files: dict[str, str], load_code: str) -> dict[str, Any]:
         backbone = self.config["backbone"]
-        return {"format": fmt, "files": files, "backbone": backbone, "modality": self.modality,
-                "head": self.config.get("head"), "classes": self.config["classes"],
-                "inputs": input_spec(self.predictor),
-                "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(self.config["classes"])],
-                           "description": "one score per class, in the order of 'classes'; softmax gives probabilities"},
-                "preprocessing": self.config["preprocessing"], "load": load_code,
-                "source_model": str(self.model_dir.resolve()), "folder": str(self.final)}
+        return {
+            "format": fmt,
+            "files": files,
+            "backbone": backbone,
+            "modality": self.modality,
+            "head": self.config.get("head"),
+            "classes": self.config["classes"],
+            "inputs": input_spec(self.predictor),
+            "output": {
+                "name": "logits",
+                "dtype": "float32",
+                "shape": ["batch", len(self.config["classes"])],
+                "description": "one score per class, in the order of 'classes'; softmax gives probabilities",
+            },
+            "preprocessing": self.config["preprocessing"],
+            "load": load_code,
+            "source_model": str(self.model_dir.resolve()),
+            "folder": str(self.final),
+        }
 
     def _input_files(self) -> ExportFiles:
         """What the backbone writes beside a whole-model export to prepare raw inputs (nothing by default)."""
@@ -309,14 +376,18 @@ class _Exporter:
                 with torch.no_grad():
                     logits = loaded(*self.check_inputs)
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise AutomlTLError(f"cannot trace {self.config['backbone']['name']} to TorchScript: {first_line(exc, 300)}; "
-                                "try --format onnx") from None
+            raise AutomlTLError(
+                f"cannot trace {self.config['backbone']['name']} to TorchScript: {first_line(exc, 300)}; "
+                "try --format onnx"
+            ) from None
         self._check(logits, "TorchScript")
         inputs = self._input_files()
-        code = (f"import torch\n{inputs.imports}\nfolder = {str(self.final)!r}\n"
-                "model = torch.jit.load(folder + \"/model.pt\").eval()  # TorchScript holds code: load only files you trust\n"
-                + inputs.code +
-                f"with torch.no_grad():\n    logits = model({', '.join(self.names)})\n")
+        code = (
+            f"import torch\n{inputs.imports}\nfolder = {str(self.final)!r}\n"
+            'model = torch.jit.load(folder + "/model.pt").eval()  # TorchScript holds code: load only files you trust\n'
+            + inputs.code
+            + f"with torch.no_grad():\n    logits = model({', '.join(self.names)})\n"
+        )
         files = {"model.pt": "the whole model as TorchScript: " + ", ".join(self.names) + " -> logits", **inputs.files}
         return self._info("torchscript", files, code)
 
@@ -345,27 +416,45 @@ class _Exporter:
                 # an LSTM's flattened weights, re-set while tracing: the check below tests the result
                 warnings.filterwarnings("ignore", message=".*were assigned during export.*")
                 warnings.simplefilter("ignore", FutureWarning)  # torch's deprecations inside its own exporter
-                torch.onnx.export(self.wrapper, self.trace_inputs, str(path), dynamo=True, input_names=self.names,
-                                  output_names=["logits"], dynamic_shapes=(dynamic,), verbose=False,
-                                  external_data=size > _ONNX_SINGLE_FILE_BYTES)
+                torch.onnx.export(
+                    self.wrapper,
+                    self.trace_inputs,
+                    str(path),
+                    dynamo=True,
+                    input_names=self.names,
+                    output_names=["logits"],
+                    dynamic_shapes=(dynamic,),
+                    verbose=False,
+                    external_data=size > _ONNX_SINGLE_FILE_BYTES,
+                )
         except Exception as exc:  # noqa: BLE001 - torch.export and the ONNX translation raise many kinds
-            raise AutomlTLError(f"cannot export {self.config['backbone']['name']} to ONNX: {_onnx_reason(exc)}; "
-                                "try --format torchscript") from None
+            raise AutomlTLError(
+                f"cannot export {self.config['backbone']['name']} to ONNX: {_onnx_reason(exc)}; "
+                "try --format torchscript"
+            ) from None
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self._check(session.run(["logits"], {n: t.numpy() for n, t in zip(self.names, self.check_inputs)})[0], "ONNX")
         inputs = self._input_files()
         feeds = ", ".join(f"{n!r}: {n}.numpy()" for n in self.names)
-        code = (f"import onnxruntime\n{inputs.imports}\nfolder = {str(self.final)!r}\n"
-                "session = onnxruntime.InferenceSession(folder + \"/model.onnx\", providers=[\"CPUExecutionProvider\"])\n"
-                + inputs.code +
-                f"logits = session.run([\"logits\"], {{{feeds}}})[0]  # numpy float32 (batch, classes)\n")
+        code = (
+            f"import onnxruntime\n{inputs.imports}\nfolder = {str(self.final)!r}\n"
+            'session = onnxruntime.InferenceSession(folder + "/model.onnx", providers=["CPUExecutionProvider"])\n'
+            + inputs.code
+            + f'logits = session.run(["logits"], {{{feeds}}})[0]  # numpy float32 (batch, classes)\n'
+        )
         files = {"model.onnx": "the whole model as ONNX: " + ", ".join(self.names) + " -> logits"}
         if (self.folder / "model.onnx.data").is_file():
             files["model.onnx.data"] = "the weights of model.onnx (keep them side by side)"
         files.update(inputs.files)
         info = self._info("onnx", files, code)
-        info["opset"] = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-                              if o.domain in ("", "ai.onnx")), None)
+        info["opset"] = next(
+            (
+                o.version
+                for o in onnx.load(str(path), load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx")
+            ),
+            None,
+        )
         return info
 
 
@@ -385,27 +474,42 @@ def image_preparation_code(preprocessing: dict[str, Any]) -> str | None:
     if preprocessing.get("kind") != "image" or preprocessing.get("crop_pct", 1.0) < 1.0:
         return None
     size = preprocessing["size"]
-    return ("import numpy as np\nimport torch\nfrom PIL import Image\n\n"
-            f"image = Image.open(path).convert(\"RGB\").resize(({size}, {size}), "
-            f"Image.Resampling.{preprocessing['interpolation'].upper()})\n"
-            f"mean = np.array({preprocessing['mean']}, dtype=np.float32)\n"
-            f"std = np.array({preprocessing['std']}, dtype=np.float32)\n"
-            "pixels = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std\n"
-            "images = torch.from_numpy(pixels.transpose(2, 0, 1).copy()).unsqueeze(0)  # (1, 3, H, W)\n")
+    return (
+        "import numpy as np\nimport torch\nfrom PIL import Image\n\n"
+        f'image = Image.open(path).convert("RGB").resize(({size}, {size}), '
+        f"Image.Resampling.{preprocessing['interpolation'].upper()})\n"
+        f"mean = np.array({preprocessing['mean']}, dtype=np.float32)\n"
+        f"std = np.array({preprocessing['std']}, dtype=np.float32)\n"
+        "pixels = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std\n"
+        "images = torch.from_numpy(pixels.transpose(2, 0, 1).copy()).unsqueeze(0)  # (1, 3, H, W)\n"
+    )
 
 
 def _readme(info: dict[str, Any]) -> str:
     fmt, backbone = info["format"], info["backbone"]
     classes = info["classes"]
-    lines = [f"# `{backbone['name']}` classifier, {fmt} export", "",
-             f"Exported by automl_tl from `{info['source_model']}`. The model card is in `{MODEL_CARD_FILE}`; "
-             f"`{EXPORT_INFO_FILE}` holds everything below as JSON.", "", "## Files", ""]
+    lines = [
+        f"# `{backbone['name']}` classifier, {fmt} export",
+        "",
+        f"Exported by automl_tl from `{info['source_model']}`. The model card is in `{MODEL_CARD_FILE}`; "
+        f"`{EXPORT_INFO_FILE}` holds everything below as JSON.",
+        "",
+        "## Files",
+        "",
+    ]
     lines += [f"- `{name}`: {what}" for name, what in info["files"].items()]
     lines += ["", "## Input", "", "| name | dtype | shape | what |", "|---|---|---|---|"]
-    lines += [f"| `{i['name']}` | {i['dtype']} | ({', '.join(map(str, i['shape']))}) | {i['description']} |"
-              for i in info["inputs"]]
-    lines += ["", f"Output: `logits`, float32 (batch, {len(classes)}): one score per class, in this order: "
-              + ", ".join(f"`{c}`" for c in classes) + ".", ""]
+    lines += [
+        f"| `{i['name']}` | {i['dtype']} | ({', '.join(map(str, i['shape']))}) | {i['description']} |"
+        for i in info["inputs"]
+    ]
+    lines += [
+        "",
+        f"Output: `logits`, float32 (batch, {len(classes)}): one score per class, in this order: "
+        + ", ".join(f"`{c}`" for c in classes)
+        + ".",
+        "",
+    ]
     prepare = image_preparation_code(info["preprocessing"])
     if prepare:
         lines += ["Preparing an image file at `path` as in training:", "", "```python", prepare.rstrip(), "```", ""]
@@ -413,6 +517,9 @@ def _readme(info: dict[str, Any]) -> str:
     if info["modality"] == "text":
         lines += ["`texts` is a list of strings; the tokenizer saved here pads and truncates as in training.", ""]
     check = info.get("check", {})
-    lines += [f"Checked when exported: on {check.get('examples')} examples the logits of this export differ from "
-              f"the original model's by at most {check.get('max_abs_diff', float('nan')):.1e}.", ""]
+    lines += [
+        f"Checked when exported: on {check.get('examples')} examples the logits of this export differ from "
+        f"the original model's by at most {check.get('max_abs_diff', float('nan')):.1e}.",
+        "",
+    ]
     return "\n".join(lines)

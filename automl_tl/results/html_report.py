@@ -47,8 +47,16 @@ logger = logging.getLogger(__name__)
 #: fANOVA on fewer complete trials than this says nothing worth a figure
 MIN_IMPORTANCE_TRIALS = 3
 #: every figure the report may draw, by file name (stale ones are removed when a figure is not drawn)
-PLOT_FILES = ("leaderboard.png", "history.png", "importance.png", "cost.png", "freeze_depth.png",
-              "confusion_matrix.png", "per_class.png", "transferability.png")
+PLOT_FILES = (
+    "leaderboard.png",
+    "history.png",
+    "importance.png",
+    "cost.png",
+    "freeze_depth.png",
+    "confusion_matrix.png",
+    "per_class.png",
+    "transferability.png",
+)
 
 
 def write_report(study: optuna.Study, run_dir: str | Path, storage: str | None = None) -> Path:
@@ -72,19 +80,29 @@ def write_report(study: optuna.Study, run_dir: str | Path, storage: str | None =
         page.add(_leaderboard_table(board, None if evaluation is None else evaluation.get("trial"), metric))
         page.figure("leaderboard.png", "Validation accuracy of every trial", lambda: plots.leaderboard_chart(board))
     page.add("<h2>Optimisation history</h2>")
-    page.figure("history.png", "Optimisation history", lambda: plots.history_chart(board),
-                missing=None if _has_values(board) else "No trial has a validation accuracy yet.")
+    page.figure(
+        "history.png",
+        "Optimisation history",
+        lambda: plots.history_chart(board),
+        missing=None if _has_values(board) else "No trial has a validation accuracy yet.",
+    )
     page.add("<h2>Parameter importances</h2>")
     importances, why_not = parameter_importances(study)
-    page.figure("importance.png", "Parameter importances", lambda: plots.importance_chart(importances),
-                missing=why_not)
+    page.figure("importance.png", "Parameter importances", lambda: plots.importance_chart(importances), missing=why_not)
     page.add("<h2>Cost: best accuracy per backbone against CPU-seconds</h2>")
-    page.figure("cost.png", "Best validation accuracy per backbone against CPU-seconds",
-                lambda: plots.cost_chart(board),
-                missing=None if _has_values(board) else "No trial has a validation accuracy yet.")
+    page.figure(
+        "cost.png",
+        "Best validation accuracy per backbone against CPU-seconds",
+        lambda: plots.cost_chart(board),
+        missing=None if _has_values(board) else "No trial has a validation accuracy yet.",
+    )
     page.add("<h2>Freeze depth</h2>")
-    page.figure("freeze_depth.png", "Freeze depth against validation accuracy", lambda: plots.freeze_depth_chart(board),
-                missing=None if _has_values(board) else "No trial has a validation accuracy yet.")
+    page.figure(
+        "freeze_depth.png",
+        "Freeze depth against validation accuracy",
+        lambda: plots.freeze_depth_chart(board),
+        missing=None if _has_values(board) else "No trial has a validation accuracy yet.",
+    )
     page.add("<h2>Best model on the test set</h2>")
     _test_section(page, evaluation)
     page.add("<h2>Transferability pre-ranking</h2>")
@@ -110,8 +128,10 @@ def rebuild_report(run_dir: str | Path, storage: str | None = None, study_name: 
         raise AutomlTLError(f"run directory not found: {run_dir}")
     if storage is None:
         if not (run_dir / JOURNAL_FILE).is_file():
-            raise AutomlTLError(f"no study in {run_dir}: {JOURNAL_FILE} is missing (a run that kept its study in "
-                                "a database needs --storage URL)")
+            raise AutomlTLError(
+                f"no study in {run_dir}: {JOURNAL_FILE} is missing (a run that kept its study in "
+                "a database needs --storage URL)"
+            )
         shown = str(run_dir / JOURNAL_FILE)
     else:
         check_storage_url(storage)
@@ -123,8 +143,10 @@ def rebuild_report(run_dir: str | Path, storage: str | None = None, study_name: 
         study = optuna.load_study(study_name=name, storage=opened)
     except KeyError:
         names = optuna.get_all_study_names(opened)
-        raise AutomlTLError(f"no study {name!r} in {shown}; it holds "
-                            f"{', '.join(map(repr, names)) if names else 'no study'} (give --study NAME)") from None
+        raise AutomlTLError(
+            f"no study {name!r} in {shown}; it holds "
+            f"{', '.join(map(repr, names)) if names else 'no study'} (give --study NAME)"
+        ) from None
     except AutomlTLError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt journal, a database that is not Optuna's
@@ -137,8 +159,10 @@ def parameter_importances(study: optuna.Study) -> tuple[dict[str, float] | None,
     a sentence saying why there is none (too few complete trials, or Optuna's own refusal)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < MIN_IMPORTANCE_TRIALS:
-        return None, (f"Parameter importances need at least {MIN_IMPORTANCE_TRIALS} complete trials; "
-                      f"this study has {len(complete)}.")
+        return None, (
+            f"Parameter importances need at least {MIN_IMPORTANCE_TRIALS} complete trials; "
+            f"this study has {len(complete)}."
+        )
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
@@ -174,16 +198,19 @@ class _Page:
         try:
             png = plots.png_bytes(draw())
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the run its report
-            logger.warning("could not draw %s: %s", file_name, first_line(exc),
-                           exc_info=logger.isEnabledFor(logging.DEBUG))
+            logger.warning(
+                "could not draw %s: %s", file_name, first_line(exc), exc_info=logger.isEnabledFor(logging.DEBUG)
+            )
             self.note(f"This figure could not be drawn: {type(exc).__name__}: {first_line(exc, 300)}")
             return
         self.plots_dir.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.plots_dir / file_name, png)
         self.drawn.add(file_name)
         data = base64.b64encode(png).decode("ascii")
-        self.parts.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-                          f'<figcaption>{PLOTS_DIR}/{file_name}</figcaption></figure>')
+        self.parts.append(
+            f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{PLOTS_DIR}/{file_name}</figcaption></figure>"
+        )
 
     def remove_stale_plots(self) -> None:
         """Delete figures an earlier report drew that this one did not (they would describe another state)."""
@@ -217,15 +244,21 @@ def _key_values(rows: list[tuple[str, str]]) -> str:
     return f'<table class="kv">{cells}</table>'
 
 
-def _overview(study: optuna.Study, board: pd.DataFrame, attrs: dict[str, Any], evaluation: dict[str, Any] | None,
-              dashboard: str) -> str:
+def _overview(
+    study: optuna.Study, board: pd.DataFrame, attrs: dict[str, Any], evaluation: dict[str, Any] | None, dashboard: str
+) -> str:
     data = attrs.get(DATA_SUMMARY_ATTR) or {}
     classes = attrs.get("classes") or []
     states = board["state"].value_counts().to_dict() if not board.empty else {}
     rows = [("study", study.study_name)]
     if data:
-        rows.append(("data", f"{data.get('modality', '?')}: {data.get('train', '?')} train / {data.get('val', '?')} "
-                             f"validation / {data.get('test', '?')} test examples, {len(classes)} classes"))
+        rows.append(
+            (
+                "data",
+                f"{data.get('modality', '?')}: {data.get('train', '?')} train / {data.get('val', '?')} "
+                f"validation / {data.get('test', '?')} test examples, {len(classes)} classes",
+            )
+        )
     elif classes:
         rows.append(("classes", str(len(classes))))
     skipped = describe_skipped(data.get("skipped"))
@@ -233,8 +266,13 @@ def _overview(study: optuna.Study, board: pd.DataFrame, attrs: dict[str, Any], e
         rows.append(("rows left out", skipped))
     rows.append(("trials", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "none"))
     if not board.empty:
-        rows.append(("time spent in trials", f"{board['seconds'].astype(float).fillna(0).sum():.1f} s wall, "
-                                             f"{board['cpu_seconds'].astype(float).fillna(0).sum():.1f} CPU-seconds"))
+        rows.append(
+            (
+                "time spent in trials",
+                f"{board['seconds'].astype(float).fillna(0).sum():.1f} s wall, "
+                f"{board['cpu_seconds'].astype(float).fillna(0).sum():.1f} CPU-seconds",
+            )
+        )
     ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
     if ends:
         rows.append(("last trial finished", max(ends).strftime("%Y-%m-%d %H:%M:%S")))
@@ -245,15 +283,19 @@ def _overview(study: optuna.Study, board: pd.DataFrame, attrs: dict[str, Any], e
         trials = study.get_trials(deepcopy=False)
         params = trials[trial].params if trial is not None and 0 <= trial < len(trials) else {}
         best = [("trial", str(trial)), ("validation accuracy", _number(evaluation.get("val_accuracy"), ".4f"))]
-        best += [(f"test {name.replace('_', ' ')}", _number(metrics.get(name), ".4f"))
-                 for name in ("accuracy", "balanced_accuracy", "macro_f1")]
+        best += [
+            (f"test {name.replace('_', ' ')}", _number(metrics.get(name), ".4f"))
+            for name in ("accuracy", "balanced_accuracy", "macro_f1")
+        ]
         best.append(("test examples", str(metrics.get("examples", ""))))
         best += [(name, _param(value)) for name, value in used_parameters(params).items()]
         parts += ["<h3>Best model</h3>", _key_values(best)]
     else:
-        parts.append('<p class="note">No best model was evaluated on the test set: no trial completed, or the '
-                     "run stopped before its end. The trials so far are below.</p>")
-    parts.append(f'<p>Browse the study interactively (from this folder): <code>{html.escape(dashboard)}</code></p>')
+        parts.append(
+            '<p class="note">No best model was evaluated on the test set: no trial completed, or the '
+            "run stopped before its end. The trials so far are below.</p>"
+        )
+    parts.append(f"<p>Browse the study interactively (from this folder): <code>{html.escape(dashboard)}</code></p>")
     return "\n".join(parts)
 
 
@@ -264,8 +306,17 @@ def _param(value: Any) -> str:
 
 
 #: how each leaderboard column is shown (format spec); others as text
-_FORMATS = {"backbone_lr": ".2e", "head_lr": ".2e", "layer_decay": ".3f", "head_dropout": ".2f",
-            "val_score": ".4f", "val_accuracy": ".4f", "val_loss": ".4f", "seconds": ".1f", "cpu_seconds": ".1f"}
+_FORMATS = {
+    "backbone_lr": ".2e",
+    "head_lr": ".2e",
+    "layer_decay": ".3f",
+    "head_dropout": ".2f",
+    "val_score": ".4f",
+    "val_accuracy": ".4f",
+    "val_loss": ".4f",
+    "seconds": ".1f",
+    "cpu_seconds": ".1f",
+}
 _NUMERIC = {"trial", "freeze_depth", "head_hidden", "best_epoch", "epochs_run", *_FORMATS}
 
 
@@ -294,33 +345,45 @@ def _leaderboard_table(board: pd.DataFrame, best_trial: int | None, metric: str 
             cells.append(f"<td{css}>{html.escape(text)}</td>")
         css = ' class="best"' if row["trial"] == best_trial else f' class="{str(row["state"]).lower()}"'
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
-    return (f'<div class="scroll"><table id="leaderboard" class="grid"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>"
-            f'<p class="legend">val_score is the validation {html.escape(metric.replace("_", " "))} the search '
-            "selected by; the best first (ties: the lower val_loss), the best model's row highlighted. Pruned "
-            "trials show the score they had when stopped.</p>")
+    return (
+        f'<div class="scroll"><table id="leaderboard" class="grid"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+        f'<p class="legend">val_score is the validation {html.escape(metric.replace("_", " "))} the search '
+        "selected by; the best first (ties: the lower val_loss), the best model's row highlighted. Pruned "
+        "trials show the score they had when stopped.</p>"
+    )
 
 
 def _test_section(page: _Page, evaluation: dict[str, Any] | None) -> None:
     if evaluation is None:
         page.note("No test evaluation is stored in the study (the search has not finished with a best model).")
         return
-    matrix, classes, per_class = evaluation.get("confusion_matrix"), evaluation.get("classes"), \
-        evaluation.get("per_class")
-    page.figure("confusion_matrix.png", "Confusion matrix on the test set",
-                lambda: plots.confusion_chart(matrix, classes),
-                missing=None if matrix is not None and classes else
-                "The confusion matrix is kept only for up to 50 classes.")
+    matrix, classes, per_class = (
+        evaluation.get("confusion_matrix"),
+        evaluation.get("classes"),
+        evaluation.get("per_class"),
+    )
+    page.figure(
+        "confusion_matrix.png",
+        "Confusion matrix on the test set",
+        lambda: plots.confusion_chart(matrix, classes),
+        missing=None if matrix is not None and classes else "The confusion matrix is kept only for up to 50 classes.",
+    )
     if not per_class:
         page.note("Per-class precision and recall are kept only for up to 200 classes.")
         return
     if len(per_class) <= 50:
         page.figure("per_class.png", "Precision and recall per class", lambda: plots.per_class_chart(per_class))
-    rows = "".join(f"<tr><td>{html.escape(str(r['class']))}</td><td class=\"num\">{r['precision']:.4f}</td>"
-                   f"<td class=\"num\">{r['recall']:.4f}</td><td class=\"num\">{r['f1']:.4f}</td>"
-                   f"<td class=\"num\">{r['support']}</td></tr>" for r in per_class)
-    page.add('<table id="per-class" class="grid"><thead><tr><th>class</th><th>precision</th><th>recall</th>'
-             f"<th>F1</th><th>support</th></tr></thead><tbody>{rows}</tbody></table>")
+    rows = "".join(
+        f'<tr><td>{html.escape(str(r["class"]))}</td><td class="num">{r["precision"]:.4f}</td>'
+        f'<td class="num">{r["recall"]:.4f}</td><td class="num">{r["f1"]:.4f}</td>'
+        f'<td class="num">{r["support"]}</td></tr>'
+        for r in per_class
+    )
+    page.add(
+        '<table id="per-class" class="grid"><thead><tr><th>class</th><th>precision</th><th>recall</th>'
+        f"<th>F1</th><th>support</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _transferability_section(page: _Page, stored: dict[str, Any] | None, board: pd.DataFrame) -> None:
@@ -338,14 +401,21 @@ def _transferability_section(page: _Page, stored: dict[str, Any] | None, board: 
         cells += [f'<td class="num">{_number(row[c], ".4g")}</td>' for c in scores]
         cells.append(f'<td class="num">{_number(row["best_val_accuracy"], ".4f")}</td>')
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    page.add(f'<table id="transferability" class="grid"><thead><tr>{head}</tr></thead>'
-             f"<tbody>{''.join(rows)}</tbody></table>")
-    page.add("<p>Kendall tau of each score against the best validation accuracy: "
-             + html.escape(", ".join(f"{n} {'n/a' if t is None else f'{t:+.3f}'}" for n, t in taus.items())) + "</p>")
+    page.add(
+        f'<table id="transferability" class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+    page.add(
+        "<p>Kendall tau of each score against the best validation accuracy: "
+        + html.escape(", ".join(f"{n} {'n/a' if t is None else f'{t:+.3f}'}" for n, t in taus.items()))
+        + "</p>"
+    )
     tried = table["best_val_accuracy"].notna().sum()
-    page.figure("transferability.png", "Transferability score against fine-tuned accuracy",
-                lambda: plots.transferability_chart(table, taus, scores),
-                missing=None if tried else "No ranked backbone has finished a trial yet.")
+    page.figure(
+        "transferability.png",
+        "Transferability score against fine-tuned accuracy",
+        lambda: plots.transferability_chart(table, taus, scores),
+        missing=None if tried else "No ranked backbone has finished a trial yet.",
+    )
 
 
 _CSS = """
@@ -388,7 +458,9 @@ window.addEventListener("load", function () {
 
 
 def _document(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            f"<h1>{html.escape(title)}</h1>\n{body}\n<script>{_SCRIPT}</script>\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{body}\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
+    )

@@ -77,18 +77,27 @@ def describe_preprocessing(preprocessing: dict[str, Any]) -> str:
     kind = preprocessing.get("kind")
     if kind == "image":
         size, crop = preprocessing.get("size"), preprocessing.get("crop_pct", 1.0)
-        resize = (f"resized to {size}x{size} pixels" if crop >= 1.0 else
-                  f"shorter side resized to {round(size / crop)} pixels, then the centre {size}x{size} cropped")
-        return (f"RGB images {resize} ({preprocessing.get('interpolation')} interpolation), scaled to [0, 1], "
-                f"normalised with mean {_rounded(preprocessing.get('mean'))} and std {_rounded(preprocessing.get('std'))}")
+        resize = (
+            f"resized to {size}x{size} pixels"
+            if crop >= 1.0
+            else f"shorter side resized to {round(size / crop)} pixels, then the centre {size}x{size} cropped"
+        )
+        return (
+            f"RGB images {resize} ({preprocessing.get('interpolation')} interpolation), scaled to [0, 1], "
+            f"normalised with mean {_rounded(preprocessing.get('mean'))} and std {_rounded(preprocessing.get('std'))}"
+        )
     if kind == "text":
-        return (f"texts tokenised by {code(preprocessing.get('tokenizer'))} ({preprocessing.get('tokenizer_class')}, "
-                f"{preprocessing.get('vocab_size')} tokens), truncated to {preprocessing.get('max_length')} tokens "
-                "(special tokens included)")
+        return (
+            f"texts tokenised by {code(preprocessing.get('tokenizer'))} ({preprocessing.get('tokenizer_class')}, "
+            f"{preprocessing.get('vocab_size')} tokens), truncated to {preprocessing.get('max_length')} tokens "
+            "(special tokens included)"
+        )
     if kind == "audio":
-        return (f"mono audio resampled to {preprocessing.get('sample_rate')} Hz; the centre "
-                f"{preprocessing.get('clip_seconds')} s ({preprocessing.get('clip_samples')} samples) of a longer "
-                "recording, a shorter one zero-padded at the end")
+        return (
+            f"mono audio resampled to {preprocessing.get('sample_rate')} Hz; the centre "
+            f"{preprocessing.get('clip_seconds')} s ({preprocessing.get('clip_samples')} samples) of a longer "
+            "recording, a shorter one zero-padded at the end"
+        )
     return json.dumps(preprocessing)
 
 
@@ -99,19 +108,35 @@ def _rounded(values: Any) -> str:
 def _model_section(config: dict[str, Any], manifest: dict[str, Any] | None) -> list[str]:
     backbone = config.get("backbone", {})
     name = backbone.get("name", "?")
-    architecture = (f"timm {code(backbone['timm_name'])}" if backbone.get("timm_name") else
-                    f"transformers {code(backbone.get('model_type'))} from {code(backbone.get('source'))}, "
-                    f"{backbone.get('pooling')} pooling" if backbone.get("model_type") else "defined by its plugin")
-    weights_hash = next((entry.get("weights_sha256_prefix") for entry in (manifest or {}).get("backbones", [])
-                         if entry.get("name") == name), None)
+    architecture = (
+        f"timm {code(backbone['timm_name'])}"
+        if backbone.get("timm_name")
+        else f"transformers {code(backbone.get('model_type'))} from {code(backbone.get('source'))}, "
+        f"{backbone.get('pooling')} pooling"
+        if backbone.get("model_type")
+        else "defined by its plugin"
+    )
+    weights_hash = next(
+        (
+            entry.get("weights_sha256_prefix")
+            for entry in (manifest or {}).get("backbones", [])
+            if entry.get("name") == name
+        ),
+        None,
+    )
     trial = config.get("trial_config") or {}
     head = config.get("head") or {"kind": "linear"}
-    head_text = ("linear layer" if head.get("kind") == "linear" else
-                 f"MLP, one hidden layer of {head.get('hidden')} units (GELU, dropout {head.get('dropout'):.2f})")
+    head_text = (
+        "linear layer"
+        if head.get("kind") == "linear"
+        else f"MLP, one hidden layer of {head.get('hidden')} units (GELU, dropout {head.get('dropout'):.2f})"
+    )
     classes = config.get("classes", [])
     return [
-        "## Model", "",
-        "| | |", "|---|---|",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
         f"| backbone | {code(name)} ({architecture}), {backbone.get('embedding_dim')}-d embedding |",
         f"| pretrained weights | {plain(backbone.get('weight_source'))} |",
         f"| weights hash | {f'`{weights_hash}` (SHA-256 of the body tensors, first 32 hex digits)' if weights_hash else 'not recorded in this run'} |",
@@ -129,14 +154,19 @@ def _model_section(config: dict[str, Any], manifest: dict[str, Any] | None) -> l
 def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manifest: dict[str, Any] | None) -> list[str]:
     data = (summary or {}).get("data") or (manifest or {}).get("data")
     if not data:
-        return ["## Data", "", f"Not recorded: no {SUMMARY_FILE} or {MANIFEST_FILE} beside this model. "
-                f"Data fingerprint from its {CONFIG_FILE}: {code(config.get('data_fingerprint', '–'), in_table=False)}.", ""]
+        return [
+            "## Data",
+            "",
+            f"Not recorded: no {SUMMARY_FILE} or {MANIFEST_FILE} beside this model. "
+            f"Data fingerprint from its {CONFIG_FILE}: {code(config.get('data_fingerprint', '–'), in_table=False)}.",
+            "",
+        ]
     total = data["train"] + data["val"] + data["test"]
     source = ((manifest or {}).get("data") or {}).get("source")
     if source and source.get("dataset"):
         source_text = f"registered data set {code(source['dataset'])}"
     elif source and source.get("data"):
-        source_text = code(source['data'])
+        source_text = code(source["data"])
     else:
         source_text = "data given in Python (no file or data set name recorded)"
     if source and source.get("max_samples"):
@@ -144,8 +174,10 @@ def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manife
     split_seed = ((manifest or {}).get("seeds") or {}).get("data_split")
     skipped = describe_skipped(data.get("skipped"))
     return [
-        "## Data", "",
-        "| | |", "|---|---|",
+        "## Data",
+        "",
+        "| | |",
+        "|---|---|",
         f"| source | {source_text} |",
         f"| modality | {data['modality']}: input column {code(data.get('input_column'))}, label column "
         f"{code(data.get('label_column'))} |",
@@ -159,16 +191,25 @@ def _data_section(config: dict[str, Any], summary: dict[str, Any] | None, manife
     ]
 
 
-def _search_section(config: dict[str, Any], summary: dict[str, Any] | None, manifest: dict[str, Any] | None) -> list[str]:
+def _search_section(
+    config: dict[str, Any], summary: dict[str, Any] | None, manifest: dict[str, Any] | None
+) -> list[str]:
     settings = (manifest or {}).get("search")
     if not summary or not settings:
-        return ["## Search", "", f"Not recorded: no {SUMMARY_FILE} and {MANIFEST_FILE} beside this model. "
-                f"It comes from trial {config.get('trial', '–')} of its search.", ""]
+        return [
+            "## Search",
+            "",
+            f"Not recorded: no {SUMMARY_FILE} and {MANIFEST_FILE} beside this model. "
+            f"It comes from trial {config.get('trial', '–')} of its search.",
+            "",
+        ]
     states = summary.get("trials_by_state", {})
     state_text = ", ".join(f"{count} {state.lower()}" for state, count in states.items())
     lines = [
-        "## Search", "",
-        "| | |", "|---|---|",
+        "## Search",
+        "",
+        "| | |",
+        "|---|---|",
         f"| method | Optuna, {settings.get('sampler')} sampler, "
         f"{'no' if settings.get('pruner') == 'none' else settings.get('pruner')} pruner, seed {settings.get('seed')} |",
         f"| budget | {settings.get('n_trials')} finished trial{'s' if settings.get('n_trials') != 1 else ''}; wall clock "
@@ -183,15 +224,24 @@ def _search_section(config: dict[str, Any], summary: dict[str, Any] | None, mani
     ]
     ranking = summary.get("transferability")
     if ranking:
-        taus = ", ".join(f"{score} {'n/a' if tau is None else f'{tau:+.2f}'}" for score, tau in ranking["kendall_tau"].items())
-        lines.append(f"| pre-ranking | by transferability: {_listing(ranking['ranking'])} "
-                     f"(Kendall tau against the best validation accuracy: {taus}) |")
+        taus = ", ".join(
+            f"{score} {'n/a' if tau is None else f'{tau:+.2f}'}" for score, tau in ranking["kendall_tau"].items()
+        )
+        lines.append(
+            f"| pre-ranking | by transferability: {_listing(ranking['ranking'])} "
+            f"(Kendall tau against the best validation accuracy: {taus}) |"
+        )
     metric = str(summary.get("metric", "accuracy")).replace("_", " ")
-    lines += ["", f"Chosen: trial {summary.get('best_trial')}, by validation {metric}"
-              f"{' (the default for imbalanced classes)' if summary.get('metric_chosen') == 'default for the data' and metric != 'accuracy' else ''}"
-              f"{', trained with a class-weighted loss' if summary.get('class_weighted_loss') else ''}, with", "",
-              "| parameter | value |", "|---|---|"]
-    chosen = (config.get("trial_config") or {})
+    lines += [
+        "",
+        f"Chosen: trial {summary.get('best_trial')}, by validation {metric}"
+        f"{' (the default for imbalanced classes)' if summary.get('metric_chosen') == 'default for the data' and metric != 'accuracy' else ''}"
+        f"{', trained with a class-weighted loss' if summary.get('class_weighted_loss') else ''}, with",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+    ]
+    chosen = config.get("trial_config") or {}
     for name in _relevant_parameters(chosen):
         value = chosen.get(name)
         lines.append(f"| {name} | {f'{value:.3g}' if isinstance(value, float) else value} |")
@@ -207,7 +257,9 @@ def _seconds(value: float | None) -> str:
 
 
 def _range(values: Any) -> str:
-    return f"{values[0]:g} to {values[1]:g}" if isinstance(values, list) and len(values) == 2 else "the modality's default"
+    return (
+        f"{values[0]:g} to {values[1]:g}" if isinstance(values, list) and len(values) == 2 else "the modality's default"
+    )
 
 
 def _strategy_words(strategy: Any) -> str:
@@ -234,8 +286,10 @@ def _metrics_row(name: str, scores: dict[str, Any], interval: bool = False) -> s
     if interval and scores.get("examples"):
         low, high = wilson_interval(scores["accuracy"], scores["examples"])
         accuracy += f" (95% interval {low:.2f}–{high:.2f})"
-    return (f"| {name} | {_number(scores.get('examples'))} | {accuracy} | {_number(scores.get('balanced_accuracy'))} | "
-            f"{_number(scores.get('macro_f1'))} |")
+    return (
+        f"| {name} | {_number(scores.get('examples'))} | {accuracy} | {_number(scores.get('balanced_accuracy'))} | "
+        f"{_number(scores.get('macro_f1'))} |"
+    )
 
 
 def _metrics_section(config: dict[str, Any], metrics: dict[str, Any] | None, val_examples: int | None) -> list[str]:
@@ -243,59 +297,84 @@ def _metrics_section(config: dict[str, Any], metrics: dict[str, Any] | None, val
     n_classes = len(config.get("classes", []))
     # runs before validation metrics were recorded: the accuracy the search saw
     validation = metrics.get("validation") or {"accuracy": config.get("val_accuracy"), "examples": val_examples}
-    lines = ["## Metrics", "", "| split | examples | accuracy | balanced accuracy | macro F1 |", "|---|---|---|---|---|",
-             _metrics_row("validation (chose the model)", validation)]
+    lines = [
+        "## Metrics",
+        "",
+        "| split | examples | accuracy | balanced accuracy | macro F1 |",
+        "|---|---|---|---|---|",
+        _metrics_row("validation (chose the model)", validation),
+    ]
     if metrics.get("test"):
         lines.append(_metrics_row("test (held out)", metrics["test"], interval=True))
     elif metrics:
         lines.append("| test | none held out (the data were all used for training and validation) | | | |")
     else:
         lines.append(f"| test | not recorded (no {METRICS_FILE}) | | | |")
-    lines += ["", f"Chance level (uniform guessing): {1 / max(n_classes, 1):.4f}; the 95% interval of test accuracy "
-              "is Wilson's. The validation split chose the model among the trials, so only the test numbers are "
-              "unbiased.", ""]
+    lines += [
+        "",
+        f"Chance level (uniform guessing): {1 / max(n_classes, 1):.4f}; the 95% interval of test accuracy "
+        "is Wilson's. The validation split chose the model among the trials, so only the test numbers are "
+        "unbiased.",
+        "",
+    ]
     measured = metrics.get("model") or {}
     if measured:
-        learnt = ("training + validation" if measured.get("fitted_on") == "train+validation"
-                  else "the training split")
-        lines += [f"**Which model was measured.** The saved model learnt from {learnt} (refit: "
-                  f"{measured.get('refit', 'n/a')}). The validation figures are those of trial {measured.get('trial')}"
-                  f" as the search scored it ({(metrics.get('validation') or {}).get('validated_by', 'holdout')}), "
-                  f"before any refit; test: {measured.get('test', 'n/a')}.", ""]
+        learnt = "training + validation" if measured.get("fitted_on") == "train+validation" else "the training split"
+        lines += [
+            f"**Which model was measured.** The saved model learnt from {learnt} (refit: "
+            f"{measured.get('refit', 'n/a')}). The validation figures are those of trial {measured.get('trial')}"
+            f" as the search scored it ({(metrics.get('validation') or {}).get('validated_by', 'holdout')}), "
+            f"before any refit; test: {measured.get('test', 'n/a')}.",
+            "",
+        ]
     if config.get("adapted"):  # the budget changed the trial: say what the saved model is not
-        lines += ["**Given up for the budget.** The trial that made this model was run cheaper than sampled, "
-                  f"to fit the time left: {'; '.join(map(str, config['adapted']))}.", ""]
+        lines += [
+            "**Given up for the budget.** The trial that made this model was run cheaper than sampled, "
+            f"to fit the time left: {'; '.join(map(str, config['adapted']))}.",
+            "",
+        ]
     return lines
 
 
-def _limits_section(config: dict[str, Any], summary: dict[str, Any] | None, metrics: dict[str, Any] | None) -> list[str]:
+def _limits_section(
+    config: dict[str, Any], summary: dict[str, Any] | None, metrics: dict[str, Any] | None
+) -> list[str]:
     data = (summary or {}).get("data") or {}
     test_n = ((metrics or {}).get("test") or {}).get("examples")
     n_classes = len(config.get("classes", []))
     trials = sum(((summary or {}).get("trials_by_state") or {}).values())
     lines = ["## Limits and intended use", ""]
     if test_n:
-        lines.append(f"- **Evaluated on** the {test_n} held-out test examples only, drawn from the same source and "
-                     f"split as the training data. **Not evaluated on** data from other sources or times, distribution "
-                     "shift, corrupted or adversarial inputs, the calibration of its probabilities, or subgroups of the "
-                     "data (fairness).")
+        lines.append(
+            f"- **Evaluated on** the {test_n} held-out test examples only, drawn from the same source and "
+            f"split as the training data. **Not evaluated on** data from other sources or times, distribution "
+            "shift, corrupted or adversarial inputs, the calibration of its probabilities, or subgroups of the "
+            "data (fairness)."
+        )
         small = test_n < SMALL_TEST_SET
-        lines.append(f"- {'**Small data.** ' if small else ''}One test example moves test accuracy by "
-                     f"{100 / test_n:.1f} points; about {test_n / max(n_classes, 1):.1f} test examples per class. "
-                     + ("Treat the numbers as rough and confirm them on more data before relying on them."
-                        if small else "Per-class performance may vary more than the averages show."))
+        lines.append(
+            f"- {'**Small data.** ' if small else ''}One test example moves test accuracy by "
+            f"{100 / test_n:.1f} points; about {test_n / max(n_classes, 1):.1f} test examples per class. "
+            + (
+                "Treat the numbers as rough and confirm them on more data before relying on them."
+                if small
+                else "Per-class performance may vary more than the averages show."
+            )
+        )
     else:
         lines.append("- **Not evaluated** here: no test metrics were recorded beside this model.")
     if trials > 1:
-        lines.append(f"- The validation accuracy is the best of {trials} trials, so it is optimistic; the test split, "
-                     "never used to choose, is the fair estimate.")
+        lines.append(
+            f"- The validation accuracy is the best of {trials} trials, so it is optimistic; the test split, "
+            "never used to choose, is the fair estimate."
+        )
     if data.get("train") is not None:
         lines.append(f"- Trained on {data['train']} examples: it knows only what they show.")
     lines += [
         f"- **Inputs**: {describe_preprocessing(config.get('preprocessing', {}))}. Inputs prepared otherwise, "
         "or unlike the training data, are outside what was tested.",
         f"- **Intended use**: sorting inputs like the training data into its {n_classes} classes. It always answers "
-        "one of those classes, never \"none of these\"; decisions about people, or where errors are costly, need "
+        'one of those classes, never "none of these"; decisions about people, or where errors are costly, need '
         "an evaluation of their own first.",
         f"- The pretrained backbone ({config.get('backbone', {}).get('weight_source')}) brings the biases of the data it "
         "was pretrained on, and its weights' licence applies to this model too.",
@@ -307,13 +386,20 @@ def _limits_section(config: dict[str, Any], summary: dict[str, Any] | None, metr
 def _reproduce_section(manifest: dict[str, Any] | None) -> list[str]:
     if not manifest:
         return []
-    packages = ", ".join(f"{name} {version}" for name, version in manifest.get("packages", {}).items()
-                         if version and name in ("automl_tl", "torch", "timm", "transformers", "optuna"))
+    packages = ", ".join(
+        f"{name} {version}"
+        for name, version in manifest.get("packages", {}).items()
+        if version and name in ("automl_tl", "torch", "timm", "transformers", "optuna")
+    )
     hardware = manifest.get("hardware", {})
     device = hardware.get("gpu") or f"CPU, {hardware.get('cpu_count')} cores"
-    return ["## Reproducing", "",
-            f"Python {manifest.get('python')}, {packages}; {device}. Command: {code(' '.join(map(str, manifest.get('command', []))), in_table=False)}. "
-            f"Everything else (seeds, settings, every package version) is in `{MANIFEST_FILE}`.", ""]
+    return [
+        "## Reproducing",
+        "",
+        f"Python {manifest.get('python')}, {packages}; {device}. Command: {code(' '.join(map(str, manifest.get('command', []))), in_table=False)}. "
+        f"Everything else (seeds, settings, every package version) is in `{MANIFEST_FILE}`.",
+        "",
+    ]
 
 
 def render_model_card(run_dir: str | Path) -> str:
@@ -327,15 +413,20 @@ def render_model_card(run_dir: str | Path) -> str:
     summary = read_json(run_dir / SUMMARY_FILE) if model_dir != run_dir else None
     manifest = read_json(run_dir / MANIFEST_FILE) if model_dir != run_dir else None
     prefix = f"{BEST_MODEL_DIR}/" if model_dir != run_dir else ""
-    found = {SUMMARY_FILE: summary, MANIFEST_FILE: manifest, f"{prefix}{CONFIG_FILE}": config,
-             f"{prefix}{METRICS_FILE}": metrics}
+    found = {
+        SUMMARY_FILE: summary,
+        MANIFEST_FILE: manifest,
+        f"{prefix}{CONFIG_FILE}": config,
+        f"{prefix}{METRICS_FILE}": metrics,
+    }
     read = [name for name, content in found.items() if content is not None]
     backbone = config.get("backbone", {})
     modality = backbone.get("modality", "?")
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines = [
         f"# Model card: {code(backbone.get('name'), in_table=False)} fine-tuned for {len(config.get('classes', []))}-class {modality} "
-        "classification", "",
+        "classification",
+        "",
         f"Written by automl_tl on {written} from the files of {code(run_dir.name, in_table=False)}: "
         f"{', '.join(code(name, in_table=False) for name in read)}.",
         "",

@@ -127,6 +127,8 @@ MAX_CONFIG_BYTES = 64 * 2**20
 MAX_CLASSES = 100_000
 #: the longest backbone name or column name taken from a config.json
 MAX_NAME_LENGTH = 1000
+
+
 def read_model_config(directory: Path) -> dict[str, Any]:
     """The ``config.json`` of a saved model, checked against its schema (see :func:`check_model_config`)."""
     path = Path(directory) / CONFIG_FILE
@@ -146,7 +148,7 @@ def read_model_config(directory: Path) -> dict[str, Any]:
 def _shown(value: Any, limit: int = 60) -> str:
     """``repr(value)``, cut short: a tampered field can be megabytes long."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_number(path: Path, subject: str, value: Any, whole: bool, low: float, high: float, unit: str = "") -> None:
@@ -179,10 +181,13 @@ def check_model_config(config: Any, path: Path) -> None:
         raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
     # the version first, where there is one: another format's fields may differ, and that is the news
     version = config.get("format_version")
-    if "format_version" in config and (isinstance(version, bool) or not isinstance(version, int)
-                                       or version != FORMAT_VERSION):
-        raise ModelFileError(f"{path}: field 'format_version' is {_shown(version)}; expected {FORMAT_VERSION} (the "
-                             "only format this version of automl_tl reads; a newer one may have saved the model)")
+    if "format_version" in config and (
+        isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION
+    ):
+        raise ModelFileError(
+            f"{path}: field 'format_version' is {_shown(version)}; expected {FORMAT_VERSION} (the "
+            "only format this version of automl_tl reads; a newer one may have saved the model)"
+        )
     expected = {"backbone": dict, "classes": list, "input_options": dict, "preprocessing": dict}
     for key, kind in expected.items():
         what = "object" if kind is dict else "array"
@@ -194,8 +199,9 @@ def check_model_config(config: Any, path: Path) -> None:
         raise ModelFileError(f"{path} lacks the field 'format_version' (expected {FORMAT_VERSION})")
     name = config["backbone"].get("name")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
-        raise ModelFileError(f"{path}: field 'backbone.name' is {_shown(name)}; expected the backbone's name "
-                             "(a string)")
+        raise ModelFileError(
+            f"{path}: field 'backbone.name' is {_shown(name)}; expected the backbone's name (a string)"
+        )
     _check_classes(config["classes"], path)
     _check_input_options(config["input_options"], path)
     if config.get("head") is not None:
@@ -205,8 +211,10 @@ def check_model_config(config: Any, path: Path) -> None:
             continue
         value = config[key]
         if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
-            raise ModelFileError(f"{path}: field {key!r} is {_shown(value)}; expected a column name (a string"
-                                 f"{' or null' if optional else ''})")
+            raise ModelFileError(
+                f"{path}: field {key!r} is {_shown(value)}; expected a column name (a string"
+                f"{' or null' if optional else ''})"
+            )
 
 
 def _check_classes(classes: list[Any], path: Path) -> None:
@@ -216,17 +224,23 @@ def _check_classes(classes: list[Any], path: Path) -> None:
         # a label as the training data gave it: a string, a number or a yes/no (a bool is a fine label)
         finite = not isinstance(value, float) or math.isfinite(value)
         if not isinstance(value, (str, int, float)) or not finite or isinstance(value, str) and len(value) > 10_000:
-            raise ModelFileError(f"{path}: field 'classes' holds {_shown(value)}; expected each class a string or "
-                                 "a number (a finite one), as the training labels were")
+            raise ModelFileError(
+                f"{path}: field 'classes' holds {_shown(value)}; expected each class a string or "
+                "a number (a finite one), as the training labels were"
+            )
     if len(classes) < 2 or len({json.dumps(c) for c in classes}) != len(classes):
-        raise ModelFileError(f"{path}: field 'classes' holds {len(classes)} class(es) "
-                             f"({', '.join(map(_shown, classes[:5]))}); expected at least 2 distinct classes")
+        raise ModelFileError(
+            f"{path}: field 'classes' holds {len(classes)} class(es) "
+            f"({', '.join(map(_shown, classes[:5]))}); expected at least 2 distinct classes"
+        )
 
 
 #: each input option's bounds: (whole number?, low, high, unit), as the search takes them (see automl_tl.config)
-_INPUT_OPTION_BOUNDS = {"image_size": (True, IMAGE_SIZE_RANGE[0], IMAGE_SIZE_RANGE[1], " pixels"),
-                        "max_length": (True, MAX_LENGTH_RANGE[0], MAX_LENGTH_RANGE[1], " tokens"),
-                        "clip_seconds": (False, 1e-3, MAX_CLIP_SECONDS, " seconds")}
+_INPUT_OPTION_BOUNDS = {
+    "image_size": (True, IMAGE_SIZE_RANGE[0], IMAGE_SIZE_RANGE[1], " pixels"),
+    "max_length": (True, MAX_LENGTH_RANGE[0], MAX_LENGTH_RANGE[1], " tokens"),
+    "clip_seconds": (False, 1e-3, MAX_CLIP_SECONDS, " seconds"),
+}
 
 
 def _check_input_options(options: dict[str, Any], path: Path) -> None:
@@ -234,12 +248,13 @@ def _check_input_options(options: dict[str, Any], path: Path) -> None:
     for key, value in options.items():
         # bool is an int to Python, but no input size is a yes/no
         if key not in known or not (value is None or isinstance(value, (int, float)) and not isinstance(value, bool)):
-            raise ModelFileError(f"{path}: field 'input_options' holds {_shown(key)}: {_shown(value)}; expected "
-                                 f"{', '.join(sorted(known))}, each a number or null")
+            raise ModelFileError(
+                f"{path}: field 'input_options' holds {_shown(key)}: {_shown(value)}; expected "
+                f"{', '.join(sorted(known))}, each a number or null"
+            )
         if value is not None:
             whole, low, high, unit = _INPUT_OPTION_BOUNDS[key]
-            _check_number(path, f"field 'input_options' holds {key!r}: {_shown(value)}", value, whole, low, high,
-                          unit)
+            _check_number(path, f"field 'input_options' holds {key!r}: {_shown(value)}", value, whole, low, high, unit)
 
 
 def _check_head(head: Any, path: Path) -> None:
@@ -248,14 +263,18 @@ def _check_head(head: Any, path: Path) -> None:
     known = [f.name for f in fields(HeadSpec)]
     unknown = [key for key in head if key not in known]
     if unknown:
-        raise ModelFileError(f"{path}: field 'head' holds an unknown key {_shown(unknown[0])}; expected "
-                             f"{', '.join(known)}")
+        raise ModelFileError(
+            f"{path}: field 'head' holds an unknown key {_shown(unknown[0])}; expected {', '.join(known)}"
+        )
     kind = head.get("kind", HeadSpec.kind)
     if not isinstance(kind, str) or kind not in ALL_HEAD_KINDS:
-        raise ModelFileError(f"{path}: field 'head.kind' is {_shown(kind)}; expected one of {', '.join(ALL_HEAD_KINDS)}")
+        raise ModelFileError(
+            f"{path}: field 'head.kind' is {_shown(kind)}; expected one of {', '.join(ALL_HEAD_KINDS)}"
+        )
     if "hidden" in head:
-        _check_number(path, f"field 'head.hidden' is {_shown(head['hidden'])}", head["hidden"], True, 1, MAX_HIDDEN,
-                      " units")
+        _check_number(
+            path, f"field 'head.hidden' is {_shown(head['hidden'])}", head["hidden"], True, 1, MAX_HIDDEN, " units"
+        )
     if "dropout" in head:
         dropout = head["dropout"]
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
@@ -268,14 +287,17 @@ def read_weights_header(weights: Path) -> dict[str, TensorSpec]:
     valid safetensors file (safetensors checks that the header's offsets cover the file exactly)."""
     try:
         with safe_open(str(weights), framework="pt") as file:
-            return {name: (tuple(file.get_slice(name).get_shape()), file.get_slice(name).get_dtype())
-                    for name in file.keys()}
+            return {
+                name: (tuple(file.get_slice(name).get_shape()), file.get_slice(name).get_dtype())
+                for name in file.keys()
+            }
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
 
 
-def _check_head_in_header(header: Mapping[str, TensorSpec], head: HeadSpec, embedding_dim: int,
-                          n_classes: int, weights: Path, what: str) -> None:
+def _check_head_in_header(
+    header: Mapping[str, TensorSpec], head: HeadSpec, embedding_dim: int, n_classes: int, weights: Path, what: str
+) -> None:
     """Refuse, before anything is built, weights whose head tensors are not those the config implies, and tensors
     that belong to neither body nor head: building a head from a tampered config could allocate gigabytes."""
     expected = {f"head.{name}": (shape, True) for name, shape in head_shapes(head, embedding_dim, n_classes).items()}
@@ -307,15 +329,21 @@ class Predictor:
         (an empty list or DataFrame, a table of a header alone) is refused with
         :class:`~automl_tl.errors.EmptyInputError`, a ``ValueError`` as in scikit-learn.
         """
-        inputs = prepare_unlabelled(data, self.input_column, self.backbone.modality,
-                                    label_column=self.label_column, classes=self.classes)
+        inputs = prepare_unlabelled(
+            data, self.input_column, self.backbone.modality, label_column=self.label_column, classes=self.classes
+        )
         if not inputs:
             raise EmptyInputError(f"no inputs to predict on: {_origin(data)} holds none; expected at least one")
         return inputs
 
-    def predict_table(self, data: Any, batch_size: int = 64, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                      on_bad_input: str = DEFAULT_ON_BAD_INPUT,
-                      keep_columns: list[str] | None = None) -> pd.DataFrame:
+    def predict_table(
+        self,
+        data: Any,
+        batch_size: int = 64,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        on_bad_input: str = DEFAULT_ON_BAD_INPUT,
+        keep_columns: list[str] | None = None,
+    ) -> pd.DataFrame:
         """One row per input, in order: the input's own columns (of a table or DataFrame; the file or text
         of a folder or list), ``prediction``, one ``proba:CLASS`` column per class (see
         :func:`probability_columns`), and ``error``.
@@ -337,7 +365,9 @@ class Predictor:
         table.insert(0, PREDICTION_COLUMN, pd.Series(self._labels(probabilities), dtype=object))
         # which file (or text) each row is about, as given; an array or an unreadable text file is named, not shown
         written = inputs if given is None else list(given[self.input_column])
-        shown = pd.Series([value if isinstance(value, str) else input_excerpt(value) for value in written], dtype=object)
+        shown = pd.Series(
+            [value if isinstance(value, str) else input_excerpt(value) for value in written], dtype=object
+        )
         if given is None:
             table.insert(0, self.input_column, shown)
         else:
@@ -361,20 +391,28 @@ class Predictor:
         if keep_columns is not None:
             unknown = [c for c in keep_columns if c not in columns]
             if unknown:
-                raise DataError(f"--keep-columns (keep_columns=) names {unknown[0]!r}, which is not a column of "
-                                f"{_origin(data)}; its columns: {', '.join(columns)}")
-        kept = [c for c, name in zip(frame.columns, columns)
-                if name == self.input_column or keep_columns is None or name in keep_columns]
+                raise DataError(
+                    f"--keep-columns (keep_columns=) names {unknown[0]!r}, which is not a column of "
+                    f"{_origin(data)}; its columns: {', '.join(columns)}"
+                )
+        kept = [
+            c
+            for c, name in zip(frame.columns, columns)
+            if name == self.input_column or keep_columns is None or name in keep_columns
+        ]
         added = {PREDICTION_COLUMN, ERROR_COLUMN, *probability_columns(self.classes)}
         clash = next((str(c) for c in kept if str(c) in added), None)
         if clash is not None:
-            raise DataError(f"column {clash!r} of {_origin(data)} has the name of a column predict writes "
-                            f"({PREDICTION_COLUMN}, {PROBABILITY_PREFIX}CLASS, {ERROR_COLUMN}); rename it, or leave "
-                            "it out with --keep-columns (keep_columns= in Python)")
+            raise DataError(
+                f"column {clash!r} of {_origin(data)} has the name of a column predict writes "
+                f"({PREDICTION_COLUMN}, {PROBABILITY_PREFIX}CLASS, {ERROR_COLUMN}); rename it, or leave "
+                "it out with --keep-columns (keep_columns= in Python)"
+            )
         return frame[kept].reset_index(drop=True)
 
-    def predict_proba(self, data: Any, batch_size: int = 64,
-                      max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> pd.DataFrame:
+    def predict_proba(
+        self, data: Any, batch_size: int = 64, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    ) -> pd.DataFrame:
         """Class probabilities, one row per input and one column per class (NaN for an input that cannot be
         read: see :meth:`predict_table`, which also says why).
 
@@ -382,12 +420,14 @@ class Predictor:
         inputs (image paths or arrays, audio paths, or texts); none at all raises
         :class:`~automl_tl.errors.EmptyInputError` (see :meth:`read_inputs`).
         """
-        probabilities, _ = self._probabilities(self.read_inputs(data), batch_size, max_image_pixels,
-                                               DEFAULT_ON_BAD_INPUT)
+        probabilities, _ = self._probabilities(
+            self.read_inputs(data), batch_size, max_image_pixels, DEFAULT_ON_BAD_INPUT
+        )
         return pd.DataFrame(probabilities, columns=[str(c) for c in self.classes])
 
-    def predict(self, data: Any, batch_size: int = 64,
-                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    def predict(
+        self, data: Any, batch_size: int = 64, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    ) -> np.ndarray:
         """The most probable class of each input, as the labels were given in training (None for an input
         that cannot be read)."""
         return self._labels(self.predict_proba(data, batch_size, max_image_pixels).to_numpy())
@@ -399,8 +439,9 @@ class Predictor:
         labels[readable] = np.array(self.classes, dtype=object)[probabilities[readable].argmax(axis=1)]
         return labels
 
-    def _probabilities(self, inputs: list[Any], batch_size: int, max_image_pixels: int | None,
-                       on_bad_input: str) -> tuple[np.ndarray, list[str]]:
+    def _probabilities(
+        self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
+    ) -> tuple[np.ndarray, list[str]]:
         """Probabilities (NaN rows for inputs that cannot be read) and each row's error ("" when none)."""
         modality = self.backbone.modality
         errors = [""] * len(inputs)
@@ -423,11 +464,17 @@ class Predictor:
             items = dict(zip(good, self.preprocessor.encode([inputs[i] for i in good])))
         failed = sum(1 for error in errors if error)
         if inputs and failed == len(inputs):
-            raise DataError(f"none of the {len(inputs)} inputs can be read, so nothing was predicted; "
-                            f"the first: {first}")
+            raise DataError(
+                f"none of the {len(inputs)} inputs can be read, so nothing was predicted; the first: {first}"
+            )
         if failed:
-            logger.warning("%d of %d inputs cannot be read and have no prediction (their reason is in the 'error' "
-                           "column), the first: %s", failed, len(inputs), first)
+            logger.warning(
+                "%d of %d inputs cannot be read and have no prediction (their reason is in the 'error' "
+                "column), the first: %s",
+                failed,
+                len(inputs),
+                first,
+            )
         probabilities = np.full((len(inputs), len(self.classes)), np.nan, dtype=np.float32)
         if items:
             order = sorted(items)
@@ -455,8 +502,10 @@ def load_model_dir(directory: Path, device: torch.device | str | None = None) ->
         backbone = get_backbone(config["backbone"]["name"])
     except UnknownBackboneError as exc:  # say which file names it: the registry alone cannot
         close = f" (close names: {', '.join(exc.close_matches)})" if exc.close_matches else ""
-        raise ModelFileError(f"{config_path} names backbone {exc.name!r}, which no installed plugin registers{close}; "
-                             "install the plugin the model was trained with") from None
+        raise ModelFileError(
+            f"{config_path} names backbone {exc.name!r}, which no installed plugin registers{close}; "
+            "install the plugin the model was trained with"
+        ) from None
     n_classes = len(config["classes"])
     try:
         head = HeadSpec.from_dict(config.get("head"))
@@ -482,8 +531,10 @@ def load_model_dir(directory: Path, device: torch.device | str | None = None) ->
         raise ModelFileError(f"{config_path}: field 'input_options' does not suit {backbone.name}: {exc}") from None
     saved = config["preprocessing"]
     if predictor.preprocessor.describe() != saved:
-        raise ModelFileError(f"{config_path}: the installed backbone {config['backbone']['name']!r} now "
-                             f"prepares inputs differently from when the model was saved")
+        raise ModelFileError(
+            f"{config_path}: the installed backbone {config['backbone']['name']!r} now "
+            f"prepares inputs differently from when the model was saved"
+        )
     return predictor
 
 

@@ -26,8 +26,15 @@ from automl_tl.strategies import FINE_TUNING_STRATEGIES, LINEAR_PROBE, trained_d
 
 #: Render settings for every figure: user strings (class names, backbones) may hold '$', which must not
 #: be read as mathtext; a fixed DPI keeps the PNG files small and identical when rebuilt.
-STYLE = {"text.parse_math": False, "figure.dpi": 100, "savefig.dpi": 100, "font.size": 10,
-         "axes.titlesize": 12, "axes.grid": True, "grid.alpha": 0.3}
+STYLE = {
+    "text.parse_math": False,
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 12,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
 PALETTE = matplotlib.colormaps["tab10"].colors
 WIDE = (9.0, 4.2)
 
@@ -66,16 +73,23 @@ def leaderboard_chart(board: pd.DataFrame) -> Figure:
             if pd.isna(row.val_accuracy):  # failed (or stopped before its first epoch)
                 axes.plot(row.trial, 0.02, marker="x", color="0.3", linestyle="none")
                 continue
-            axes.bar(row.trial, row.val_accuracy, color=palette.get(str(row.backbone), "0.5"), edgecolor="black",
-                     linewidth=0.4, hatch="//" if row.state == "PRUNED" else None)
+            axes.bar(
+                row.trial,
+                row.val_accuracy,
+                color=palette.get(str(row.backbone), "0.5"),
+                edgecolor="black",
+                linewidth=0.4,
+                hatch="//" if row.state == "PRUNED" else None,
+            )
         handles = [Patch(facecolor=colour, label=name) for name, colour in palette.items()]
         if (rows["state"] == "PRUNED").any():
             handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="pruned"))
         if rows["val_accuracy"].isna().any():
             handles.append(Line2D([], [], marker="x", color="0.3", linestyle="none", label="failed"))
         axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
-        axes.set(title="Validation accuracy of every trial", xlabel="trial", ylabel="validation accuracy",
-                 ylim=(0, 1.02))
+        axes.set(
+            title="Validation accuracy of every trial", xlabel="trial", ylabel="validation accuracy", ylim=(0, 1.02)
+        )
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
@@ -90,14 +104,25 @@ def history_chart(board: pd.DataFrame) -> Figure:
         pruned = finished[finished["state"] == "PRUNED"]
         axes.scatter(complete["trial"], complete["val_accuracy"], color=PALETTE[0], zorder=3, label="complete trial")
         if not pruned.empty:
-            axes.scatter(pruned["trial"], pruned["val_accuracy"], facecolors="none", edgecolors=PALETTE[0], zorder=3,
-                         label="pruned trial (accuracy when stopped)")
+            axes.scatter(
+                pruned["trial"],
+                pruned["val_accuracy"],
+                facecolors="none",
+                edgecolors=PALETTE[0],
+                zorder=3,
+                label="pruned trial (accuracy when stopped)",
+            )
         if not complete.empty:
             trials = board["trial"].sort_values()
             # a step line that stays flat across pruned and failed trials (cummax leaves their NaN in place)
             best = complete.set_index("trial")["val_accuracy"].reindex(trials).cummax().ffill()
-            axes.step(best.index, best.to_numpy(dtype=float), where="post", color=PALETTE[3],
-                      label="best so far (the study's objective)")
+            axes.step(
+                best.index,
+                best.to_numpy(dtype=float),
+                where="post",
+                color=PALETTE[3],
+                label="best so far (the study's objective)",
+            )
         axes.set(title="Optimisation history", xlabel="trial", ylabel="validation accuracy")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend(loc="lower right", fontsize=9)
@@ -113,9 +138,12 @@ def importance_chart(importances: dict[str, float]) -> Figure:
         axes.barh(names, [importances[n] for n in names], color=PALETTE[0])
         for y, name in enumerate(names):
             axes.text(importances[name], y, f" {importances[name]:.2f}", va="center", fontsize=9)
-        axes.set(title="Parameter importances (fANOVA over the complete trials)",
-                 xlabel="importance (share of the variance of validation accuracy)", ylabel="parameter",
-                 xlim=(0, max(1e-9, max(importances.values())) * 1.15))
+        axes.set(
+            title="Parameter importances (fANOVA over the complete trials)",
+            xlabel="importance (share of the variance of validation accuracy)",
+            ylabel="parameter",
+            xlim=(0, max(1e-9, max(importances.values())) * 1.15),
+        )
     return figure
 
 
@@ -134,16 +162,19 @@ def cost_chart(board: pd.DataFrame) -> Figure:
             if not shown.any():
                 continue
             axes.step(spent[shown], best[shown], where="post", color=palette[str(name)], marker="o", label=str(name))
-        axes.set(title="Best validation accuracy per backbone against the CPU-seconds spent on it",
-                 xlabel="CPU-seconds spent on the backbone (cumulative, in trial order)",
-                 ylabel="best validation accuracy so far")
+        axes.set(
+            title="Best validation accuracy per backbone against the CPU-seconds spent on it",
+            xlabel="CPU-seconds spent on the backbone (cumulative, in trial order)",
+            ylabel="best validation accuracy so far",
+        )
         if axes.lines:
             axes.legend(loc="lower right", fontsize=9)
     return figure
 
 
-def freeze_depth_chart(board: pd.DataFrame, strategies: Sequence[str] = (LINEAR_PROBE, *FINE_TUNING_STRATEGIES)
-                       ) -> Figure:
+def freeze_depth_chart(
+    board: pd.DataFrame, strategies: Sequence[str] = (LINEAR_PROBE, *FINE_TUNING_STRATEGIES)
+) -> Figure:
     """Validation accuracy against the layer groups trained, one colour per strategy (pruned trials hollow)."""
     with matplotlib.rc_context(STYLE):
         figure = _figure()
@@ -151,8 +182,12 @@ def freeze_depth_chart(board: pd.DataFrame, strategies: Sequence[str] = (LINEAR_
         finished = _finished(board).dropna(subset=["strategy"]).copy()
         finished["depth"] = [trained_depth(s, d) for s, d in zip(finished["strategy"], finished["freeze_depth"])]
         finite = finished.loc[np.isfinite(finished["depth"]), "depth"]
-        deepest = int(max(finite.max() if not finite.empty else 0, board["freeze_depth"].astype(float).max(skipna=True)
-                          if board["freeze_depth"].notna().any() else 0))
+        deepest = int(
+            max(
+                finite.max() if not finite.empty else 0,
+                board["freeze_depth"].astype(float).max(skipna=True) if board["freeze_depth"].notna().any() else 0,
+            )
+        )
         full_at = deepest + 1  # where "all groups" is drawn
         finished["x"] = finished["depth"].replace(math.inf, full_at)
         seen = [s for s in strategies if s in set(finished["strategy"])]
@@ -164,15 +199,24 @@ def freeze_depth_chart(board: pd.DataFrame, strategies: Sequence[str] = (LINEAR_
             for state, face in (("COMPLETE", colour), ("PRUNED", "none")):
                 part = rows[rows["state"] == state]
                 if not part.empty:
-                    axes.scatter(part["x"] + offset, part["val_accuracy"], facecolors=face, edgecolors=colour, s=40,
-                                 zorder=3, label=strategy if state == "COMPLETE" else f"{strategy} (pruned)")
+                    axes.scatter(
+                        part["x"] + offset,
+                        part["val_accuracy"],
+                        facecolors=face,
+                        edgecolors=colour,
+                        s=40,
+                        zorder=3,
+                        label=strategy if state == "COMPLETE" else f"{strategy} (pruned)",
+                    )
         ticks = list(range(full_at + 1))
         labels = [str(t) for t in ticks[:-1]] + ["all"]
         axes.set_xticks(ticks, labels)
         axes.set_xlim(-0.5, full_at + 0.5)
-        axes.set(title="Layer groups trained against validation accuracy",
-                 xlabel="layer groups of the body trained (freeze_depth; linear probe = 0, full = all)",
-                 ylabel="validation accuracy")
+        axes.set(
+            title="Layer groups trained against validation accuracy",
+            xlabel="layer groups of the body trained (freeze_depth; linear probe = 0, full = all)",
+            ylabel="validation accuracy",
+        )
         if seen:
             axes.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return figure
@@ -191,17 +235,31 @@ def confusion_chart(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> 
         bar.locator = MaxNLocator(integer=True)
         bar.update_ticks()
         labels = [c if len(c) <= 18 else c[:17] + "…" for c in classes]
-        axes.set_xticks(range(n), labels, rotation=45 if max(map(len, labels), default=0) > 3 else 0, ha="right"
-                        if max(map(len, labels), default=0) > 3 else "center")
+        axes.set_xticks(
+            range(n),
+            labels,
+            rotation=45 if max(map(len, labels), default=0) > 3 else 0,
+            ha="right" if max(map(len, labels), default=0) > 3 else "center",
+        )
         axes.set_yticks(range(n), labels)
         axes.grid(False)
         if n <= 30:
             threshold = counts.max() / 2 if counts.size else 0
             for (row, column), value in np.ndenumerate(counts):
-                axes.text(column, row, str(value), ha="center", va="center", fontsize=8 if n > 15 else 10,
-                          color="white" if value > threshold else "black")
-        axes.set(title=f"Confusion matrix of the best model (test set, {int(counts.sum())} examples)",
-                 xlabel="predicted class", ylabel="true class")
+                axes.text(
+                    column,
+                    row,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=8 if n > 15 else 10,
+                    color="white" if value > threshold else "black",
+                )
+        axes.set(
+            title=f"Confusion matrix of the best model (test set, {int(counts.sum())} examples)",
+            xlabel="predicted class",
+            ylabel="true class",
+        )
     return figure
 
 
@@ -216,8 +274,12 @@ def per_class_chart(per_class: Sequence[dict[str, Any]]) -> Figure:
         axes.bar(x + 0.2, [row["recall"] for row in per_class], width=0.4, color=PALETTE[1], label="recall")
         long_names = max(map(len, names), default=0) > 3
         axes.set_xticks(x, names, rotation=45 if long_names else 0, ha="right" if long_names else "center")
-        axes.set(title="Precision and recall per class (best model, test set)", xlabel="class", ylabel="score",
-                 ylim=(0, 1.05))
+        axes.set(
+            title="Precision and recall per class (best model, test set)",
+            xlabel="class",
+            ylabel="score",
+            ylim=(0, 1.05),
+        )
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return figure
 
@@ -235,11 +297,19 @@ def transferability_chart(table: pd.DataFrame, kendall_tau: dict[str, float | No
                 if value is None or (isinstance(value, float) and math.isnan(value)):
                     continue
                 axes.scatter(value, row.best_val_accuracy, color=palette[str(row.backbone)], s=50, zorder=3)
-                axes.annotate(str(row.backbone), (value, row.best_val_accuracy), textcoords="offset points",
-                              xytext=(4, 4), fontsize=8)
+                axes.annotate(
+                    str(row.backbone),
+                    (value, row.best_val_accuracy),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=8,
+                )
             axes.margins(0.25)  # room for the names written beside the points
             tau = kendall_tau.get(score)
-            axes.set(title=f"{score} (Kendall tau {'n/a' if tau is None else f'{tau:+.2f}'})", xlabel=score,
-                     ylabel="best validation accuracy")
+            axes.set(
+                title=f"{score} (Kendall tau {'n/a' if tau is None else f'{tau:+.2f}'})",
+                xlabel=score,
+                ylabel="best validation accuracy",
+            )
         figure.suptitle("Transferability score (before any fine-tuning) against the best validation accuracy reached")
     return figure

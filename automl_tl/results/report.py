@@ -28,8 +28,17 @@ from automl_tl.train.executor import STOP_CALLBACK
 
 logger = logging.getLogger(__name__)
 
-PARAMETERS = ["backbone", "strategy", "freeze_depth", "backbone_lr", "layer_decay", "head_lr", "head", "head_hidden",
-              "head_dropout"]
+PARAMETERS = [
+    "backbone",
+    "strategy",
+    "freeze_depth",
+    "backbone_lr",
+    "layer_decay",
+    "head_lr",
+    "head",
+    "head_hidden",
+    "head_dropout",
+]
 #: Study user attributes that hold what the report needs beyond the trials (see ``Search._finish``):
 TEST_EVALUATION_ATTR = "test_evaluation"  # the best model on the test set: metrics, confusion matrix, per class
 TRANSFERABILITY_ATTR = "transferability"  # the pre-ranking's scores per backbone
@@ -40,8 +49,22 @@ SKIPPED_COLUMNS = ("row", "line", "file", "reason")
 #: a spreadsheet takes a cell starting with one of these for a formula (CSV injection): such a cell is quoted
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 #: ``val_score`` is the search's metric (``summary.json``'s "metric") in its own units; ``val_loss`` breaks ties
-LEADERBOARD_COLUMNS = ["trial", "state", *PARAMETERS, "val_score", "val_accuracy", "val_loss", "validation",
-                       "best_epoch", "epochs_run", "stop_reason", "seconds", "cpu_seconds", "error", "adapted"]
+LEADERBOARD_COLUMNS = [
+    "trial",
+    "state",
+    *PARAMETERS,
+    "val_score",
+    "val_accuracy",
+    "val_loss",
+    "validation",
+    "best_epoch",
+    "epochs_run",
+    "stop_reason",
+    "seconds",
+    "cpu_seconds",
+    "error",
+    "adapted",
+]
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
@@ -57,25 +80,32 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         metric = attrs.get("metric", "accuracy")
         score = attrs.get("best_val_score", accuracy if metric == "accuracy" else None)
         loss = attrs.get("best_val_loss")
-        order.append((math.nan if score is None else -signed(metric, score),
-                      math.inf if loss is None or math.isnan(loss) else loss, trial.number))
-        rows.append({
-            "trial": trial.number,
-            "state": trial.state.name,
-            **{name: used.get(name) for name in PARAMETERS},
-            "val_score": score,
-            "val_accuracy": accuracy,
-            "val_loss": loss,
-            "validation": attrs.get("validation"),
-            "best_epoch": attrs.get("best_epoch"),
-            "epochs_run": attrs.get("epochs_run"),
-            "stop_reason": describe_stop(attrs.get("stop_reason"), attrs.get("epochs_run")),
-            "seconds": attrs.get("seconds"),
-            "cpu_seconds": attrs.get("cpu_seconds"),
-            "error": attrs.get("error"),
-            # what the budget made the trial give up (fewer epochs, a smaller input, fewer trained layers)
-            "adapted": "; ".join(attrs.get("adapted") or []) or None,
-        })
+        order.append(
+            (
+                math.nan if score is None else -signed(metric, score),
+                math.inf if loss is None or math.isnan(loss) else loss,
+                trial.number,
+            )
+        )
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                **{name: used.get(name) for name in PARAMETERS},
+                "val_score": score,
+                "val_accuracy": accuracy,
+                "val_loss": loss,
+                "validation": attrs.get("validation"),
+                "best_epoch": attrs.get("best_epoch"),
+                "epochs_run": attrs.get("epochs_run"),
+                "stop_reason": describe_stop(attrs.get("stop_reason"), attrs.get("epochs_run")),
+                "seconds": attrs.get("seconds"),
+                "cpu_seconds": attrs.get("cpu_seconds"),
+                "error": attrs.get("error"),
+                # what the budget made the trial give up (fewer epochs, a smaller input, fewer trained layers)
+                "adapted": "; ".join(attrs.get("adapted") or []) or None,
+            }
+        )
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if frame.empty:
         return frame
@@ -102,9 +132,13 @@ def best_accuracy_by_backbone(board: pd.DataFrame) -> dict[str, float]:
 def _markdown(frame: pd.DataFrame) -> str:
     shown = frame.drop(columns=["error"]).copy()
     for column in ("backbone_lr", "head_lr"):
-        shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2e}")
+        shown[column] = shown[column].map(
+            lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2e}"
+        )
     for column in ("layer_decay", "head_dropout", "val_score", "val_accuracy", "val_loss", "seconds", "cpu_seconds"):
-        shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}")
+        shown[column] = shown[column].map(
+            lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+        )
     return shown.astype(object).where(shown.notna(), "").to_markdown(index=False, disable_numparse=True)
 
 
@@ -131,8 +165,10 @@ def write_transferability(frame: pd.DataFrame, kendall_tau: dict[str, float | No
             shown[column] = shown[column].map(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}")
     taus = ", ".join(f"{name} {'n/a' if tau is None else f'{tau:+.3f}'}" for name, tau in kendall_tau.items())
     write_text_atomic(
-        run_dir / TRANSFERABILITY_MD, shown.to_markdown(index=False, disable_numparse=True)
-        + f"\n\nKendall tau between each score and the best validation accuracy: {taus}\n")
+        run_dir / TRANSFERABILITY_MD,
+        shown.to_markdown(index=False, disable_numparse=True)
+        + f"\n\nKendall tau between each score and the best validation accuracy: {taus}\n",
+    )
 
 
 def spreadsheet_safe(text: str) -> str:
@@ -149,8 +185,14 @@ def spreadsheet_safe_table(frame: pd.DataFrame) -> pd.DataFrame:
         values = safe.iloc[:, column]
         if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
             # (not Series.map, which would make a column of whole numbers and gaps floats: 1 written as 1.0)
-            safe.isetitem(column, pd.Series([spreadsheet_safe(v) if isinstance(v, str) else v for v in values],
-                                            index=values.index, dtype=values.dtype))
+            safe.isetitem(
+                column,
+                pd.Series(
+                    [spreadsheet_safe(v) if isinstance(v, str) else v for v in values],
+                    index=values.index,
+                    dtype=values.dtype,
+                ),
+            )
     return safe
 
 
@@ -163,8 +205,11 @@ def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
     path = Path(run_dir) / SKIPPED_FILE
     write_text_atomic(path, pd.DataFrame(rows, columns=list(SKIPPED_COLUMNS)).to_csv(index=False))
     if rows:
-        logger.info("%d row(s) of the data are not trained on (no label, or an input that cannot be read): "
-                    "listed in %s", len(rows), path)
+        logger.info(
+            "%d row(s) of the data are not trained on (no label, or an input that cannot be read): listed in %s",
+            len(rows),
+            path,
+        )
     return path
 
 

@@ -83,8 +83,9 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -103,8 +104,11 @@ def why_dead(trial: FrozenTrial, now: float | None = None, grace: float = GRACE_
     """Why a running trial is taken for dead, or None while it looks alive."""
     now = time.time() if now is None else now
     worker = trial.system_attrs.get(WORKER_ATTR)
-    if isinstance(worker, dict) and worker.get("host") == socket.gethostname() \
-            and not process_exists(int(worker.get("pid", -1))):
+    if (
+        isinstance(worker, dict)
+        and worker.get("host") == socket.gethostname()
+        and not process_exists(int(worker.get("pid", -1)))
+    ):
         return f"its worker (process {worker['pid']} on {worker['host']}) is gone"
     last_sign = trial.system_attrs.get(HEARTBEAT_ATTR)
     if last_sign is None and trial.datetime_start is not None:
@@ -135,8 +139,9 @@ def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> lis
             continue  # another worker recovered it first (or it just finished after all)
         if retried:
             attrs = {k: v for k, v in trial.user_attrs.items() if k in (WARM_START_ATTR,)}
-            study.enqueue_trial(trial.params, user_attrs={**attrs, RETRY_OF_ATTR: trial.number,
-                                                          ATTEMPT_ATTR: attempt + 1})
+            study.enqueue_trial(
+                trial.params, user_attrs={**attrs, RETRY_OF_ATTR: trial.number, ATTEMPT_ATTR: attempt + 1}
+            )
         logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
         recovered.append(trial.number)
     return recovered
@@ -160,7 +165,7 @@ def trial_slot(study: optuna.Study, trial: FrozenTrial) -> int:
     repeated = trial.user_attrs.get(RETRY_OF_ATTR)
     if repeated is not None and repeated < len(trials):
         return trial_slot(study, trials[repeated])
-    return trial.number - sum(1 for t in trials[:trial.number] if is_interrupted(t))
+    return trial.number - sum(1 for t in trials[: trial.number] if is_interrupted(t))
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:

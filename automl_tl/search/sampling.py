@@ -28,8 +28,7 @@ class SlotSeededSampler(BaseSampler):
     """Delegates each trial to ``make_sampler(seed + slot)``, made when the trial starts; the trial in slot ``k``
     takes the parameters ``fixed[k]`` where given."""
 
-    def __init__(self, make_sampler: Callable[[int], BaseSampler], seed: int,
-                 fixed: Sequence[dict[str, Any]] = ()):
+    def __init__(self, make_sampler: Callable[[int], BaseSampler], seed: int, fixed: Sequence[dict[str, Any]] = ()):
         self.make_sampler = make_sampler
         self.seed = seed
         self.fixed = list(fixed)
@@ -53,20 +52,23 @@ class SlotSeededSampler(BaseSampler):
             return {}
         return self._current.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         if self._fixed_now is not None:
             return {}
         return self._current.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         if self._fixed_now is not None and param_name in self._fixed_now:
             return self._fixed_now[param_name]
         return self._current.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
         self._current.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

@@ -44,6 +44,7 @@ LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
 HEAD_DROPOUT_RANGE = (0.0, 0.5)
 
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The ranges one study searches; stored with the study so a resume can check it matches."""
@@ -60,9 +61,16 @@ class SearchSpace:
     class_weighted: bool = False  # training weighs classes inversely to their frequency
 
     @classmethod
-    def from_config(cls, config: SearchConfig, backbones: list[str], max_groups: int, modality: str,
-                    validation: str = VALIDATION_HOLDOUT, metric: str = "accuracy",
-                    class_weighted: bool = False) -> "SearchSpace":
+    def from_config(
+        cls,
+        config: SearchConfig,
+        backbones: list[str],
+        max_groups: int,
+        modality: str,
+        validation: str = VALIDATION_HOLDOUT,
+        metric: str = "accuracy",
+        class_weighted: bool = False,
+    ) -> "SearchSpace":
         """The space for ``backbones`` (the largest has ``max_groups`` layer groups) under the user's limits.
 
         ``metric`` and ``class_weighted`` are the data's (see :mod:`automl_tl.metrics`).
@@ -82,23 +90,44 @@ class SearchSpace:
             allowed = EMBEDDING_STRATEGIES if validation == VALIDATION_CROSS else (NEAREST_CENTROID,)
             kept = [s for s in strategies if s in allowed]
             if not kept:
-                why = ("cross-validate" if validation == VALIDATION_CROSS else
-                       "be fitted with nothing to validate on (one shot per class)")
-                raise ConfigError(f"with fewer than {MIN_SHOTS_FOR_HOLDOUT} shots per class nothing is held out, and only "
-                                  f"{' and '.join(allowed)} can {why}; the strategies asked for were "
-                                  f"{', '.join(strategies)}; add {allowed[0]} to the strategies or use more shots")
+                why = (
+                    "cross-validate"
+                    if validation == VALIDATION_CROSS
+                    else "be fitted with nothing to validate on (one shot per class)"
+                )
+                raise ConfigError(
+                    f"with fewer than {MIN_SHOTS_FOR_HOLDOUT} shots per class nothing is held out, and only "
+                    f"{' and '.join(allowed)} can {why}; the strategies asked for were "
+                    f"{', '.join(strategies)}; add {allowed[0]} to the strategies or use more shots"
+                )
             strategies = kept
         backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
-        return cls(tuple(backbones), tuple(strategies) or (LINEAR_PROBE,), min(1, depth), depth,
-                   tuple(backbone_lrs), tuple(config.head_lr_range), tuple(config.heads), config.max_epochs,
-                   metric, class_weighted)
+        return cls(
+            tuple(backbones),
+            tuple(strategies) or (LINEAR_PROBE,),
+            min(1, depth),
+            depth,
+            tuple(backbone_lrs),
+            tuple(config.head_lr_range),
+            tuple(config.heads),
+            config.max_epochs,
+            metric,
+            class_weighted,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backbones": list(self.backbones), "strategies": list(self.strategies),
-                "min_freeze_depth": self.min_freeze_depth, "max_freeze_depth": self.max_freeze_depth,
-                "backbone_lr_range": list(self.backbone_lr_range), "head_lr_range": list(self.head_lr_range),
-                "heads": list(self.heads), "max_epochs": self.max_epochs, "metric": self.metric,
-                "class_weighted": self.class_weighted}
+        return {
+            "backbones": list(self.backbones),
+            "strategies": list(self.strategies),
+            "min_freeze_depth": self.min_freeze_depth,
+            "max_freeze_depth": self.max_freeze_depth,
+            "backbone_lr_range": list(self.backbone_lr_range),
+            "head_lr_range": list(self.head_lr_range),
+            "heads": list(self.heads),
+            "max_epochs": self.max_epochs,
+            "metric": self.metric,
+            "class_weighted": self.class_weighted,
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchSpace":
@@ -124,8 +153,9 @@ class SearchSpace:
         }
 
 
-def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: SearchConfig,
-                         slot: int | None = None) -> TrialConfig:
+def suggest_trial_config(
+    trial: optuna.Trial, space: SearchSpace, search: SearchConfig, slot: int | None = None
+) -> TrialConfig:
     """Ask the sampler for one point of ``space`` and turn it into a :class:`TrialConfig`.
 
     The trial trains with seed ``search.seed + slot`` (default: the trial's number; see
@@ -137,14 +167,25 @@ def suggest_trial_config(trial: optuna.Trial, space: SearchSpace, search: Search
     layer_decay = trial.suggest_float("layer_decay", *LAYER_DECAY_RANGE)
     head_lr = trial.suggest_float("head_lr", *space.head_lr_range, log=True)
     # (an embedding strategy replaces the head with its own: see TrialConfig)
-    head = HeadSpec(kind=trial.suggest_categorical("head", list(space.heads)),
-                    hidden=trial.suggest_int("head_hidden", *HEAD_HIDDEN_RANGE, log=True),
-                    dropout=trial.suggest_float("head_dropout", *HEAD_DROPOUT_RANGE))
+    head = HeadSpec(
+        kind=trial.suggest_categorical("head", list(space.heads)),
+        hidden=trial.suggest_int("head_hidden", *HEAD_HIDDEN_RANGE, log=True),
+        dropout=trial.suggest_float("head_dropout", *HEAD_DROPOUT_RANGE),
+    )
     return TrialConfig(
-        backbone=backbone, strategy=strategy, freeze_depth=freeze_depth, backbone_lr=backbone_lr,
-        layer_decay=layer_decay, head_lr=head_lr, head=head, epochs=space.max_epochs,
-        batch_size=search.batch_size, seed=search.seed + (trial.number if slot is None else slot),
-        input_options=search.input_options, metric=space.metric, class_weighted=space.class_weighted,
+        backbone=backbone,
+        strategy=strategy,
+        freeze_depth=freeze_depth,
+        backbone_lr=backbone_lr,
+        layer_decay=layer_decay,
+        head_lr=head_lr,
+        head=head,
+        epochs=space.max_epochs,
+        batch_size=search.batch_size,
+        seed=search.seed + (trial.number if slot is None else slot),
+        input_options=search.input_options,
+        metric=space.metric,
+        class_weighted=space.class_weighted,
     )
 
 
@@ -161,7 +202,9 @@ def warm_start_params(ranking: pd.DataFrame, space: SearchSpace) -> list[dict[st
     base = space.default_params()
 
     def of_every_backbone(strategy: str) -> list[dict[str, Any]]:
-        return [{**base, "backbone": name, "strategy": strategy} for name in order] if strategy in space.strategies else []
+        return (
+            [{**base, "backbone": name, "strategy": strategy} for name in order] if strategy in space.strategies else []
+        )
 
     trials = of_every_backbone(NEAREST_CENTROID) + of_every_backbone(LINEAR_PROBE)
     fine_tune = next((s for s in FINE_TUNING_STRATEGIES if s in space.strategies), None)

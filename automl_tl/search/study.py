@@ -116,8 +116,10 @@ class SearchOutcome:
     predictor: Predictor | None = None  # the saved best model, loaded (as ``automl_tl.load(run_dir)`` would)
 
 
-def _make_sampler_and_pruner(config: SearchConfig, warm_starts: list[dict[str, Any]] | None = None,
-                             ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+def _make_sampler_and_pruner(
+    config: SearchConfig,
+    warm_starts: list[dict[str, Any]] | None = None,
+) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     # A few random trials first, then TPE; fewer than Optuna's default 10 because our budgets are small.
     # Warm-start trials already spread the first trials over the backbones, so they stand in for most of
     # the random ones (TPE counts them as startup trials too): two random trials follow them.
@@ -126,16 +128,20 @@ def _make_sampler_and_pruner(config: SearchConfig, warm_starts: list[dict[str, A
     if warm_starts:
         startup = min(startup, len(warm_starts) + 2)
     if config.sampler == "random":
+
         def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.RandomSampler(seed=seed)
     else:
+
         def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
     # seeded per trial: a resumed or shared study draws what an uninterrupted one would have
     sampler = SlotSeededSampler(make_sampler, config.seed, warm_starts)
     if config.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=config.min_epochs, max_resource=config.max_epochs,
-                                                reduction_factor=3)
+        pruner = optuna.pruners.HyperbandPruner(
+            min_resource=config.min_epochs, max_resource=config.max_epochs, reduction_factor=3
+        )
     elif config.pruner == "successive_halving":
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_epochs, reduction_factor=3)
     else:
@@ -188,9 +194,15 @@ def quiet_optuna() -> Iterator[None]:
 class Search:
     """One study over the configured space; :meth:`run` optimises until the budget is spent."""
 
-    def __init__(self, data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
-                 callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
-                 data_source: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        data: DatasetBundle,
+        config: SearchConfig,
+        run_dir: str | Path,
+        executor: Executor | None = None,
+        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+        data_source: dict[str, Any] | None = None,
+    ):
         """``callbacks`` are Optuna study callbacks run after each trial (one may call ``study.stop()``).
 
         A given ``executor`` brings its own feature cache; ``config.feature_cache`` applies to the default one.
@@ -204,7 +216,8 @@ class Search:
         self.run_dir = Path(run_dir)
         self.executor = executor or Executor(feature_cache=FeatureCache(enabled=config.feature_cache))
         self.backbones: dict[str, Backbone] = {
-            b.name: b for b in get_registry().resolve_backbones(config.backbones, modality=data.modality)}
+            b.name: b for b in get_registry().resolve_backbones(config.backbones, modality=data.modality)
+        }
         wrong = [b.name for b in self.backbones.values() if b.modality != data.modality]
         if wrong:
             raise ConfigError(f"backbone(s) {', '.join(wrong)} are not for {data.modality} data")
@@ -227,13 +240,24 @@ class Search:
         candidates = list(self.backbones)
         if self.config.prerank:
             started = time.perf_counter()
-            self.ranking = rank_backbones(list(self.backbones.values()), self.data, self.executor,
-                                          self.config.input_options, deadline=self._deadline, seed=self.config.seed)
-            candidates = searchable_backbones(self.ranking)[:self.config.top_k]  # top_k None: every one
+            self.ranking = rank_backbones(
+                list(self.backbones.values()),
+                self.data,
+                self.executor,
+                self.config.input_options,
+                deadline=self._deadline,
+                seed=self.config.seed,
+            )
+            candidates = searchable_backbones(self.ranking)[: self.config.top_k]  # top_k None: every one
             for row in self.ranking.dropna(subset=["seconds_per_example"]).itertuples():
                 self._inference_cost[row.backbone] = float(row.seconds_per_example)  # what testing a model costs
-            logger.info("pre-ranked %d of %d backbone(s) in %.1fs; searching %s", self.ranking["rank"].notna().sum(),
-                        len(self.backbones), time.perf_counter() - started, ", ".join(candidates))
+            logger.info(
+                "pre-ranked %d of %d backbone(s) in %.1fs; searching %s",
+                self.ranking["rank"].notna().sum(),
+                len(self.backbones),
+                time.perf_counter() - started,
+                ", ".join(candidates),
+            )
         self.space = self._space_for(candidates)
         return self.space
 
@@ -244,10 +268,21 @@ class Search:
         metric = self.config.metric or default_metric(labels, num_classes)
         weighted = uses_class_weights(metric, labels, num_classes)
         if self.config.metric is None and metric != "accuracy":
-            logger.info("the classes are imbalanced (the largest has 3 or more times the examples of the smallest): "
-                        "trials are selected by %s%s", metric, ", with a class-weighted loss" if weighted else "")
-        return SearchSpace.from_config(self.config, candidates, max_groups, self.data.modality,
-                                       validation=self.data.validation, metric=metric, class_weighted=weighted)
+            logger.info(
+                "the classes are imbalanced (the largest has 3 or more times the examples of the smallest): "
+                "trials are selected by %s%s",
+                metric,
+                ", with a class-weighted loss" if weighted else "",
+            )
+        return SearchSpace.from_config(
+            self.config,
+            candidates,
+            max_groups,
+            self.data.modality,
+            validation=self.data.validation,
+            metric=metric,
+            class_weighted=weighted,
+        )
 
     def _keeps_stored_backbones(self, stored_space: dict[str, Any]) -> bool:
         """Whether a resumed study goes on with the backbones it was made with, although this run's pre-ranking
@@ -259,8 +294,11 @@ class Search:
         space = self._space_for(stored)
         if space.to_dict() != stored_space:
             return False
-        logger.info("resuming with the study's backbones %s (this run's pre-ranking chose %s)", ", ".join(stored),
-                    ", ".join(self.space.backbones))
+        logger.info(
+            "resuming with the study's backbones %s (this run's pre-ranking chose %s)",
+            ", ".join(stored),
+            ", ".join(self.space.backbones),
+        )
         self.space = space
         return True
 
@@ -283,14 +321,16 @@ class Search:
         try:  # load first, create only if missing: a refused resume must not even append to the journal
             study = optuna.load_study(study_name=self.config.study_name, storage=storage)
         except KeyError:
-            study = optuna.create_study(storage=storage, study_name=self.config.study_name, direction="maximize",
-                                        load_if_exists=True)
+            study = optuna.create_study(
+                storage=storage, study_name=self.config.study_name, direction="maximize", load_if_exists=True
+            )
         # (A worker joining has no ranking of its own: it takes the warm starts the study's maker stored.)
         warm_starts = [] if self.ranking is None else warm_start_params(self.ranking, self.space)
-        warm_starts = warm_starts[:self.config.n_trials] if self.config.n_trials else warm_starts
+        warm_starts = warm_starts[: self.config.n_trials] if self.config.n_trials else warm_starts
         # the sampler starts as the study's maker set it up, whichever process this is
         study.sampler, study.pruner = _make_sampler_and_pruner(
-            self.config, study.user_attrs.get(WARM_START_PARAMS_ATTR, warm_starts))
+            self.config, study.user_attrs.get(WARM_START_PARAMS_ATTR, warm_starts)
+        )
         stored_data = study.user_attrs.get("data_fingerprint")
         stored_space = study.user_attrs.get("search_space")
         if stored_data is None:
@@ -304,14 +344,18 @@ class Search:
             study.set_user_attr("warm_starts", len(warm_starts))
             study.set_user_attr(WARM_START_PARAMS_ATTR, warm_starts)
         elif stored_data != self.data.fingerprint:
-            raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
-                              f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
-                              "use another --output or --study-name to start a new search")
+            raise ConfigError(
+                f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
+                f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
+                "use another --output or --study-name to start a new search"
+            )
         elif stored_space != self.space.to_dict() and not self._keeps_stored_backbones(stored_space):
             changed = sorted(k for k in self.space.to_dict() if stored_space.get(k) != self.space.to_dict()[k])
-            raise ConfigError(f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
-                              f"(different {', '.join(changed)}); rerun with the original options to continue it, "
-                              "or use another --output or --study-name to start a new search")
+            raise ConfigError(
+                f"study {self.config.study_name!r} in {self.run_dir} was made with another search space "
+                f"(different {', '.join(changed)}); rerun with the original options to continue it, "
+                "or use another --output or --study-name to start a new search"
+            )
         if self.ranking is not None and TRANSFERABILITY_ATTR not in study.user_attrs:
             # kept with the study, so that the report can be rebuilt from the storage alone
             study.set_user_attr(TRANSFERABILITY_ATTR, {"scores": _json_records(self.ranking)})
@@ -346,8 +390,9 @@ class Search:
 
     def announce_start(self) -> None:
         """Tell observer plugins that this process is about to run trials of the study."""
-        get_plugin_manager().hook.search_started(run_dir=self.run_dir, study_name=self.config.study_name,
-                                                 config=self.config)
+        get_plugin_manager().hook.search_started(
+            run_dir=self.run_dir, study_name=self.config.study_name, config=self.config
+        )
 
     def optimize(self, study: optuna.Study) -> None:
         """Run trials in this process until the study has ``n_trials`` finished (or running) trials, this
@@ -360,18 +405,30 @@ class Search:
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         remaining = math.inf if self.config.n_trials is None else self.config.n_trials - finished
         if finished:
-            logger.info("resuming study %r: %d trial(s) already finished, %s to go", self.config.study_name,
-                        finished, "as many as the time allows" if remaining == math.inf else max(remaining, 0))
+            logger.info(
+                "resuming study %r: %d trial(s) already finished, %s to go",
+                self.config.study_name,
+                finished,
+                "as many as the time allows" if remaining == math.inf else max(remaining, 0),
+            )
         self._attempts_left = remaining  # failed trials count too, so a search that keeps failing ends
         time_left = None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
         if self._enough(study) or self._out_of_time():
             return
-        progress = tqdm(total=None if remaining == math.inf else remaining, desc="trials", unit="trial",
-                        disable=not self.executor.show_progress)
+        progress = tqdm(
+            total=None if remaining == math.inf else remaining,
+            desc="trials",
+            unit="trial",
+            disable=not self.executor.show_progress,
+        )
         try:
-            study.optimize(self._objective, n_trials=None, timeout=time_left, catch=(TrialFailed,),
-                           callbacks=[self._after_trial, lambda *_: progress.update(), self._stop_when_enough,
-                                      *self.callbacks])
+            study.optimize(
+                self._objective,
+                n_trials=None,
+                timeout=time_left,
+                catch=(TrialFailed,),
+                callbacks=[self._after_trial, lambda *_: progress.update(), self._stop_when_enough, *self.callbacks],
+            )
         finally:
             progress.close()
             write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
@@ -427,8 +484,12 @@ class Search:
 
     def _refit_due(self, config: dict[str, Any]) -> bool:
         """Whether the saved model ``config`` is still to be refitted on training + validation."""
-        return (self.config.refit and config.get("fitted_on") != FITTED_ON_TRAIN_AND_VAL and len(self.data.val) > 0
-                and self.data.validation == VALIDATION_HOLDOUT)
+        return (
+            self.config.refit
+            and config.get("fitted_on") != FITTED_ON_TRAIN_AND_VAL
+            and len(self.data.val) > 0
+            and self.data.validation == VALIDATION_HOLDOUT
+        )
 
     def _trial_deadline(self) -> float | None:
         """When the trial starting now must stop: the time for trials, or the trial's own budget if sooner."""
@@ -465,10 +526,17 @@ class Search:
         except AutomlTLError:
             raise  # the user's problem (data, weights): stop the search with the message
         except Exception as exc:  # anything else fails this trial only
-            logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+            logger.warning(
+                "trial %d failed: %s: %s",
+                trial.number,
+                type(exc).__name__,
+                exc,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            self._results[trial.number] = TrialResult(config, [], "error", 0.0, 0.0, 0, error=str(exc),
-                                                      trial_number=trial.number)
+            self._results[trial.number] = TrialResult(
+                config, [], "error", 0.0, 0.0, 0, error=str(exc), trial_number=trial.number
+            )
             raise TrialFailed(str(exc)) from exc
 
         result.trial_number = trial.number
@@ -482,8 +550,10 @@ class Search:
             # sampler learns that this corner of the space does not pay within the budget.
             projected = result.extra.get("projected_epoch_seconds")
             tried = f" (also tried: {'; '.join(result.extra['adapted'])})" if result.extra.get("adapted") else ""
-            message = (f"not run: one epoch would take about {projected:.0f}s, more than the "
-                       f"{max(deadline - time.monotonic(), 0):.0f}s left for trials{tried}")
+            message = (
+                f"not run: one epoch would take about {projected:.0f}s, more than the "
+                f"{max(deadline - time.monotonic(), 0):.0f}s left for trials{tried}"
+            )
             trial.set_user_attr("error", message)
             logger.info("trial %d %s (%s %s)", trial.number, message, config.backbone, config.strategy)
             raise optuna.TrialPruned(message)
@@ -498,12 +568,18 @@ class Search:
 
     def _record(self, trial: optuna.Trial, result: TrialResult) -> None:
         best = result.best_record
-        attrs = {"stop_reason": result.stop_reason, "seconds": round(result.seconds, 3),
-                 "cpu_seconds": round(result.cpu_seconds, 3), "samples_seen": result.samples_seen,
-                 "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                 "best_val_accuracy": result.best_val_accuracy,
-                 "val_accuracy_by_epoch": [round(r.val_accuracy, 5) for r in result.history],
-                 "batch_size_used": result.config.batch_size, "metric": result.config.metric}
+        attrs = {
+            "stop_reason": result.stop_reason,
+            "seconds": round(result.seconds, 3),
+            "cpu_seconds": round(result.cpu_seconds, 3),
+            "samples_seen": result.samples_seen,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy,
+            "val_accuracy_by_epoch": [round(r.val_accuracy, 5) for r in result.history],
+            "batch_size_used": result.config.batch_size,
+            "metric": result.config.metric,
+        }
         if best is not None:
             attrs.update(best_val_score=best.val_metrics.get(result.config.metric), best_val_loss=best.val_loss)
         for key in ("validation", "fitted_on", "oom_retry", "projected_epoch_seconds", "adapted"):
@@ -525,38 +601,55 @@ class Search:
             if saved is not None and saved >= _rank_key(best.val_score, best.val_loss, result.trial_number):
                 return
             backbone = self.backbones[result.config.backbone]
-            self._save(result.final_model(), backbone, result.config, {
-                "trial": result.trial_number,
-                "val_accuracy": result.best_val_accuracy,
-                "val_score": best.val_score,
-                "val_loss": best.val_loss,
-                "val_metrics": best.val_metrics,
-                "validation": result.extra.get("validation", self.data.validation),
-                "fitted_on": result.extra.get("fitted_on", "train"),
-                "best_epoch": result.best_epoch,
-                "adapted": result.extra.get("adapted", []),  # what the budget changed in the trial's config
-                "train_seconds_per_epoch": (sum(r.train_seconds for r in result.history) / len(result.history)
-                                            if not get_strategy(result.config.strategy).frozen_body else 0.0),
-            })
-            logger.info("trial %d is the best so far (validation %s %.4f): saved to %s", result.trial_number,
-                        result.config.metric, best.val_metrics[result.config.metric], self.run_dir / BEST_MODEL_DIR)
+            self._save(
+                result.final_model(),
+                backbone,
+                result.config,
+                {
+                    "trial": result.trial_number,
+                    "val_accuracy": result.best_val_accuracy,
+                    "val_score": best.val_score,
+                    "val_loss": best.val_loss,
+                    "val_metrics": best.val_metrics,
+                    "validation": result.extra.get("validation", self.data.validation),
+                    "fitted_on": result.extra.get("fitted_on", "train"),
+                    "best_epoch": result.best_epoch,
+                    "adapted": result.extra.get("adapted", []),  # what the budget changed in the trial's config
+                    "train_seconds_per_epoch": (
+                        sum(r.train_seconds for r in result.history) / len(result.history)
+                        if not get_strategy(result.config.strategy).frozen_body
+                        else 0.0
+                    ),
+                },
+            )
+            logger.info(
+                "trial %d is the best so far (validation %s %.4f): saved to %s",
+                result.trial_number,
+                result.config.metric,
+                best.val_metrics[result.config.metric],
+                self.run_dir / BEST_MODEL_DIR,
+            )
 
     def _save(self, model, backbone: Backbone, config: TrialConfig, details: dict[str, Any]) -> None:
         """Write ``model`` as ``best_model`` with its config: what it is, how to feed it, and ``details``."""
         preprocessor = backbone.preprocessor(config.input_options)
-        save_model(model, self.run_dir / BEST_MODEL_DIR, {
-            "backbone": backbone.describe(),
-            "head": config.head.to_dict(),
-            "classes": self.data.classes,
-            "input_column": self.data.input_column,
-            "label_column": self.data.label_column,
-            "input_options": config.to_dict()["input_options"],
-            "preprocessing": preprocessor.describe(),
-            "trial_config": config.to_dict(),
-            "metric": config.metric,
-            "data_fingerprint": self.data.fingerprint,
-            **details,
-        })
+        save_model(
+            model,
+            self.run_dir / BEST_MODEL_DIR,
+            {
+                "backbone": backbone.describe(),
+                "head": config.head.to_dict(),
+                "classes": self.data.classes,
+                "input_column": self.data.input_column,
+                "label_column": self.data.label_column,
+                "input_options": config.to_dict()["input_options"],
+                "preprocessing": preprocessor.describe(),
+                "trial_config": config.to_dict(),
+                "metric": config.metric,
+                "data_fingerprint": self.data.fingerprint,
+                **details,
+            },
+        )
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         result = self._results.pop(trial.number, None)
@@ -566,10 +659,18 @@ class Search:
         result.error = trial.user_attrs.get("error")
         best = result.best_record
         config = result.config
-        logger.info("trial %d %s: %s %s %s epochs run=%d -> val %s=%s (%.1fs)", trial.number, result.state.lower(),
-                    config.backbone, config.strategy, describe_parameters(trial.params), len(result.history),
-                    config.metric, "n/a" if best is None else f"{best.val_metrics[config.metric]:.4f}",
-                    result.seconds)
+        logger.info(
+            "trial %d %s: %s %s %s epochs run=%d -> val %s=%s (%.1fs)",
+            trial.number,
+            result.state.lower(),
+            config.backbone,
+            config.strategy,
+            describe_parameters(trial.params),
+            len(result.history),
+            config.metric,
+            "n/a" if best is None else f"{best.val_metrics[config.metric]:.4f}",
+            result.seconds,
+        )
         get_plugin_manager().hook.trial_finished(result=result)
 
     # ------------------------------------------------------------ the end
@@ -594,37 +695,83 @@ class Search:
             study.set_user_attr(TEST_EVALUATION_ATTR, evaluation)  # the report reads it from the study
         test_metrics = None if evaluation is None else evaluation["metrics"]
         metric = saved.get("metric", "accuracy")
-        validation_metrics = {**saved.get("val_metrics", {}), "examples": len(self.data.val),
-                              "validated_by": saved.get("validation", self.data.validation)}
-        measured = {"trial": best_trial, "fitted_on": saved.get("fitted_on", "train"), "refit": refit_note,
-                    "test": test_note}
-        write_json_atomic(self.run_dir / BEST_MODEL_DIR / METRICS_FILE,
-                          {"trial": best_trial, "metric": metric, "val_accuracy": saved["val_accuracy"],
-                           "validation": validation_metrics, "test": test_metrics, "model": measured})
+        validation_metrics = {
+            **saved.get("val_metrics", {}),
+            "examples": len(self.data.val),
+            "validated_by": saved.get("validation", self.data.validation),
+        }
+        measured = {
+            "trial": best_trial,
+            "fitted_on": saved.get("fitted_on", "train"),
+            "refit": refit_note,
+            "test": test_note,
+        }
+        write_json_atomic(
+            self.run_dir / BEST_MODEL_DIR / METRICS_FILE,
+            {
+                "trial": best_trial,
+                "metric": metric,
+                "val_accuracy": saved["val_accuracy"],
+                "validation": validation_metrics,
+                "test": test_metrics,
+                "model": measured,
+            },
+        )
         best_params = used_parameters(study.trials[best_trial].params)  # what the best model used
         states = board["state"].value_counts().to_dict()
         transferability = self._transferability(board)
-        write_summary(self.run_dir, {
-            "study": self.config.study_name, "best_trial": best_trial, "best_params": best_params,
-            "metric": metric, "metric_chosen": "given" if self.config.metric else "default for the data",
-            "class_weighted_loss": self.space.class_weighted,
-            "val_accuracy": saved["val_accuracy"], "val_score": saved.get("val_metrics", {}).get(metric),
-            "validation": validation_metrics, "test": test_metrics, "model": measured,
-            "trials_by_state": states, "total_seconds": float(board["seconds"].fillna(0).sum()),
-            "total_cpu_seconds": float(board["cpu_seconds"].fillna(0).sum()), "data": self.data.summary(),
-            "transferability": transferability,
-        })
-        write_json_atomic(self.run_dir / MANIFEST_FILE, build_manifest(
-            self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source))
+        write_summary(
+            self.run_dir,
+            {
+                "study": self.config.study_name,
+                "best_trial": best_trial,
+                "best_params": best_params,
+                "metric": metric,
+                "metric_chosen": "given" if self.config.metric else "default for the data",
+                "class_weighted_loss": self.space.class_weighted,
+                "val_accuracy": saved["val_accuracy"],
+                "val_score": saved.get("val_metrics", {}).get(metric),
+                "validation": validation_metrics,
+                "test": test_metrics,
+                "model": measured,
+                "trials_by_state": states,
+                "total_seconds": float(board["seconds"].fillna(0).sum()),
+                "total_cpu_seconds": float(board["cpu_seconds"].fillna(0).sum()),
+                "data": self.data.summary(),
+                "transferability": transferability,
+            },
+        )
+        write_json_atomic(
+            self.run_dir / MANIFEST_FILE,
+            build_manifest(
+                self.config, self.data, [self.backbones[name] for name in self.space.backbones], self.data_source
+            ),
+        )
         write_model_card(self.run_dir)  # from the files just written: MODEL_CARD.md
         self._write_report(study)
         test_accuracy = "n/a" if test_metrics is None else f"{test_metrics['accuracy']:.4f}"
-        logger.info("best trial %d: %s, validation %s %.4f, test accuracy %s (%s)", best_trial, best_params, metric,
-                    validation_metrics.get(metric, math.nan), test_accuracy,
-                    "the model learnt from training + validation" if saved.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
-                    else "the model learnt from the training split")
-        outcome = SearchOutcome(self.run_dir, study, board, best_trial, best_params,
-                                saved["val_accuracy"], test_metrics, transferability, predictor)
+        logger.info(
+            "best trial %d: %s, validation %s %.4f, test accuracy %s (%s)",
+            best_trial,
+            best_params,
+            metric,
+            validation_metrics.get(metric, math.nan),
+            test_accuracy,
+            "the model learnt from training + validation"
+            if saved.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
+            else "the model learnt from the training split",
+        )
+        outcome = SearchOutcome(
+            self.run_dir,
+            study,
+            board,
+            best_trial,
+            best_params,
+            saved["val_accuracy"],
+            test_metrics,
+            transferability,
+            predictor,
+        )
         get_plugin_manager().hook.search_finished(outcome=outcome)
         return outcome
 
@@ -634,18 +781,26 @@ class Search:
         trials = study.get_trials(deepcopy=False)
         failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
         # the first line of each reason: a traceback-like message counts once, however long
-        reasons = Counter((str(t.user_attrs.get("error") or "").strip() or "no reason recorded").splitlines()[0]
-                          for t in failed)
+        reasons = Counter(
+            (str(t.user_attrs.get("error") or "").strip() or "no reason recorded").splitlines()[0] for t in failed
+        )
         where = f"the leaderboard is in {self.run_dir}"
         if reasons:
             reason, count = reasons.most_common(1)[0]
             if reason != BUDGET_RAN_OUT:  # a budget raised would not help a trial that fails on its own
-                scope = (f"all {len(trials)} trials failed" if len(failed) == len(trials) else
-                         f"{len(failed)} of {len(trials)} trials failed")
-                return (f"no trial finished: {scope}, {count} of them with: {_shortened(reason, 300)}; "
-                        f"{where} (its error column gives each trial's reason)")
-        return (f"no trial finished within the budget; {where}; raise --timeout or --trials and run the same "
-                "command again to continue")
+                scope = (
+                    f"all {len(trials)} trials failed"
+                    if len(failed) == len(trials)
+                    else f"{len(failed)} of {len(trials)} trials failed"
+                )
+                return (
+                    f"no trial finished: {scope}, {count} of them with: {_shortened(reason, 300)}; "
+                    f"{where} (its error column gives each trial's reason)"
+                )
+        return (
+            f"no trial finished within the budget; {where}; raise --timeout or --trials and run the same "
+            "command again to continue"
+        )
 
     def _refit_best(self) -> str:
         """Train the best trial's configuration again on training + validation, for the epochs it ran best,
@@ -663,30 +818,59 @@ class Search:
         if self._deadline is not None:
             left = self._deadline - time.monotonic() - testing - self._save_margin()
             if estimate > left:
-                logger.info("no refit: it would take about %.0fs, and %.0fs of the budget are left", estimate,
-                            max(left, 0))
+                logger.info(
+                    "no refit: it would take about %.0fs, and %.0fs of the budget are left", estimate, max(left, 0)
+                )
                 return f"skipped: it would take about {estimate:.0f}s, {max(left, 0):.0f}s of the budget were left"
         trial_config = TrialConfig.from_dict(config["trial_config"])
         epochs = config.get("best_epoch") or trial_config.epochs
         backbone = self.backbones[trial_config.backbone]
         started = time.perf_counter()
         deadline = None if self._deadline is None else self._deadline - testing - self._save_margin()
-        result = self.executor.fit(replace(trial_config, epochs=epochs), backbone, self.data, deadline=deadline,
-                                   refit=True)
+        result = self.executor.fit(
+            replace(trial_config, epochs=epochs), backbone, self.data, deadline=deadline, refit=True
+        )
         seconds = time.perf_counter() - started
         if not result.has_model or result.stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
             logger.info("refit stopped after %.0fs: the budget ran out; the trial's own model is kept", seconds)
             return f"stopped after {seconds:.0f}s: the budget ran out; the trial's model (training split) is kept"
         with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
-            details = {k: v for k, v in config.items() if k not in ("backbone", "head", "classes", "input_column",
-                                                                    "label_column", "input_options", "preprocessing",
-                                                                    "trial_config", "metric", "data_fingerprint")}
-            self._save(result.final_model(), backbone, result.config,
-                       {**details, "fitted_on": FITTED_ON_TRAIN_AND_VAL, "refit_seconds": round(seconds, 3),
-                        "refit_epochs": epochs})
+            details = {
+                k: v
+                for k, v in config.items()
+                if k
+                not in (
+                    "backbone",
+                    "head",
+                    "classes",
+                    "input_column",
+                    "label_column",
+                    "input_options",
+                    "preprocessing",
+                    "trial_config",
+                    "metric",
+                    "data_fingerprint",
+                )
+            }
+            self._save(
+                result.final_model(),
+                backbone,
+                result.config,
+                {
+                    **details,
+                    "fitted_on": FITTED_ON_TRAIN_AND_VAL,
+                    "refit_seconds": round(seconds, 3),
+                    "refit_epochs": epochs,
+                },
+            )
         result.release_model()
-        logger.info("refitted trial %d on training + validation (%d examples, %d epoch(s)) in %.1fs",
-                    config["trial"], len(self.data.train) + len(self.data.val), epochs, seconds)
+        logger.info(
+            "refitted trial %d on training + validation (%d examples, %d epoch(s)) in %.1fs",
+            config["trial"],
+            len(self.data.train) + len(self.data.val),
+            epochs,
+            seconds,
+        )
         return f"refitted on training + validation ({epochs} epoch(s), {seconds:.0f}s)"
 
     def _test_evaluation(self, predictor: Predictor) -> tuple[dict[str, Any] | None, str]:
@@ -728,19 +912,30 @@ class Search:
         metrics = {**all_metrics(logits, labels), "examples": int(len(labels))}
         classes = [str(c) for c in self.data.classes]
         indices = list(range(len(classes)))
-        precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices,
-                                                                         zero_division=0)
-        per_class = [{"class": name, "precision": round(float(p), 4), "recall": round(float(r), 4),
-                      "f1": round(float(f), 4), "support": int(n)}
-                     for name, p, r, f, n in zip(classes, precision, recall, f1, support)]
+        precision, recall, f1, support = precision_recall_fscore_support(
+            labels, predicted, labels=indices, zero_division=0
+        )
+        per_class = [
+            {
+                "class": name,
+                "precision": round(float(p), 4),
+                "recall": round(float(r), 4),
+                "f1": round(float(f), 4),
+                "support": int(n),
+            }
+            for name, p, r, f, n in zip(classes, precision, recall, f1, support)
+        ]
         matrix = confusion_matrix(labels, predicted, labels=indices).tolist()
-        return {"metrics": metrics, "classes": classes if len(classes) <= MAX_PER_CLASS_ROWS else None,
-                "confusion_matrix": matrix if len(classes) <= MAX_CONFUSION_CLASSES else None,
-                "per_class": per_class if len(classes) <= MAX_PER_CLASS_ROWS else None}
+        return {
+            "metrics": metrics,
+            "classes": classes if len(classes) <= MAX_PER_CLASS_ROWS else None,
+            "confusion_matrix": matrix if len(classes) <= MAX_CONFUSION_CLASSES else None,
+            "per_class": per_class if len(classes) <= MAX_PER_CLASS_ROWS else None,
+        }
 
 
 def _shortened(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -748,15 +943,28 @@ def _json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))
 
 
-def run_search(data: DatasetBundle, config: SearchConfig, run_dir: str | Path, executor: Executor | None = None,
-               workers: int = 1, data_source: dict[str, Any] | None = None, started: float | None = None) -> SearchOutcome:
+def run_search(
+    data: DatasetBundle,
+    config: SearchConfig,
+    run_dir: str | Path,
+    executor: Executor | None = None,
+    workers: int = 1,
+    data_source: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> SearchOutcome:
     """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``. ``started`` (a
     ``time.monotonic()`` value) is when the budget began: by default, now."""
     return Search(data, config, run_dir, executor, data_source=data_source).run(workers, started)
 
 
-def join_study(storage: str, study_name: str, run_dir: str | Path | None = None, timeout: float | None = None,
-               finish: bool = True, show_progress: bool | None = None) -> "SearchOutcome | None":
+def join_study(
+    storage: str,
+    study_name: str,
+    run_dir: str | Path | None = None,
+    timeout: float | None = None,
+    finish: bool = True,
+    show_progress: bool | None = None,
+) -> "SearchOutcome | None":
     """Join the study ``study_name`` in ``storage`` as one more worker, and run trials until it has enough.
 
     The data are loaded from the source stored with the study. ``run_dir`` (default: the study's own)
@@ -768,15 +976,20 @@ def join_study(storage: str, study_name: str, run_dir: str | Path | None = None,
     try:
         study = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError:
-        raise ConfigError(f"no study {study_name!r} in {storage}; start one with "
-                          f"'automl-tl search --storage {storage} --study-name {study_name} ...'") from None
+        raise ConfigError(
+            f"no study {study_name!r} in {storage}; start one with "
+            f"'automl-tl search --storage {storage} --study-name {study_name} ...'"
+        ) from None
     attrs = study.user_attrs
     if "search_config" not in attrs or "search_space" not in attrs:
-        raise ConfigError(f"study {study_name!r} in {storage} was not made by 'automl-tl search' "
-                          "(it has no stored settings to join)")
+        raise ConfigError(
+            f"study {study_name!r} in {storage} was not made by 'automl-tl search' (it has no stored settings to join)"
+        )
     if not attrs.get("data_source"):
-        raise ConfigError(f"study {study_name!r} was made with data in memory; a worker can join only a study "
-                          "whose data came from a file, a folder or a registered data set")
+        raise ConfigError(
+            f"study {study_name!r} was made with data in memory; a worker can join only a study "
+            "whose data came from a file, a folder or a registered data set"
+        )
     overrides: dict[str, Any] = {"storage": storage, "study_name": study_name}
     if timeout is not None:
         overrides["timeout"] = timeout
@@ -794,7 +1007,10 @@ def join_study(storage: str, study_name: str, run_dir: str | Path | None = None,
     if not finish:
         return None
     if saved_best_accuracy(run_dir) is None:
-        logger.info("this worker kept no model in %s (the study had its trials, or others' were better); "
-                    "the study's results are where its other workers write them", run_dir)
+        logger.info(
+            "this worker kept no model in %s (the study had its trials, or others' were better); "
+            "the study's results are where its other workers write them",
+            run_dir,
+        )
         return None
     return search._finish(joined)

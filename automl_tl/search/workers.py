@@ -41,18 +41,34 @@ def run_local_workers(search: "Search", workers: int, time_left: float | None) -
     of the cores and what is left of the time budget. Ctrl-C stops them all; what they finished is kept.
     """
     if search.data_source is None:
-        raise ConfigError("several workers need data from a file, a folder or a registered data set "
-                          "(a DataFrame in memory cannot be passed to other processes)")
+        raise ConfigError(
+            "several workers need data from a file, a folder or a registered data set "
+            "(a DataFrame in memory cannot be passed to other processes)"
+        )
     storage = search.config.storage or str((search.run_dir / JOURNAL_FILE).resolve())
     threads = threads_per_worker(workers)
-    command = [sys.executable, "-m", "automl_tl.cli", "worker", "--storage", storage,
-               "--study", search.config.study_name, "--output", str(search.run_dir.resolve()),
-               "--threads", str(threads), "--no-finish", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "automl_tl.cli",
+        "worker",
+        "--storage",
+        storage,
+        "--study",
+        search.config.study_name,
+        "--output",
+        str(search.run_dir.resolve()),
+        "--threads",
+        str(threads),
+        "--no-finish",
+        "--no-progress",
+    ]
     if time_left is not None:
         command += ["--timeout", f"{max(time_left, 1.0):.1f}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    logger.info("starting %d workers on study %r with %d torch thread(s) each", workers, search.config.study_name,
-                threads)
+    logger.info(
+        "starting %d workers on study %r with %d torch thread(s) each", workers, search.config.study_name, threads
+    )
     processes = [subprocess.Popen(command, env=env) for _ in range(workers)]
     try:
         codes = [process.wait() for process in processes]
@@ -65,8 +81,8 @@ def run_local_workers(search: "Search", workers: int, time_left: float | None) -
         raise
     failed = [(i, code) for i, code in enumerate(codes) if code != 0]
     if failed:
-        raise AutomlTLError(f"{len(failed)} of {workers} workers failed (exit status "
-                            f"{', '.join(str(code) for _, code in failed)}); their messages are above; "
-                            "run the same command again to continue the study")
-
-
+        raise AutomlTLError(
+            f"{len(failed)} of {workers} workers failed (exit status "
+            f"{', '.join(str(code) for _, code in failed)}); their messages are above; "
+            "run the same command again to continue the study"
+        )

@@ -34,9 +34,15 @@ def autocast(device: torch.device) -> torch.autocast:
 
 
 @torch.no_grad()
-def batched_inference(forward: Callable[[Any], torch.Tensor], preprocessor: Preprocessor, items: Sequence[Any],
-                      batch_size: int, device: torch.device, deadline: float | None = None,
-                      what: str = "inference") -> torch.Tensor | None:
+def batched_inference(
+    forward: Callable[[Any], torch.Tensor],
+    preprocessor: Preprocessor,
+    items: Sequence[Any],
+    batch_size: int,
+    device: torch.device,
+    deadline: float | None = None,
+    what: str = "inference",
+) -> torch.Tensor | None:
     """``forward`` (a batch on ``device`` -> a CPU tensor, one row per item) over the encoded ``items``, the rows
     in the items' order; None when there are none.
 
@@ -49,5 +55,5 @@ def batched_inference(forward: Callable[[Any], torch.Tensor], preprocessor: Prep
     for start in range(0, len(ordered), batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineReached(f"{what} stopped after {start} of {len(items)} examples")
-        outputs.append(forward(move_to(preprocessor.collate(ordered[start:start + batch_size], train=False), device)))
+        outputs.append(forward(move_to(preprocessor.collate(ordered[start : start + batch_size], train=False), device)))
     return restore(torch.cat(outputs)) if outputs else None

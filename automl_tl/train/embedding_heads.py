@@ -79,8 +79,15 @@ def _normalised(x: np.ndarray, num_classes: int) -> tuple[NormalisedLinearHead, 
         return head, head.normalise(features)
 
 
-def fit_nearest_centroid(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, *,
-                         temperature: float = CENTROID_TEMPERATURE, balanced: bool = False) -> FittedHead:
+def fit_nearest_centroid(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    *,
+    temperature: float = CENTROID_TEMPERATURE,
+    balanced: bool = False,
+) -> FittedHead:
     """Cosine nearest class mean of centred, L2-normalised embeddings (``seed`` is unused: nothing is random;
     ``balanced`` changes nothing: every class has one centroid, whatever its size)."""
     _check_every_class(y, num_classes)
@@ -93,8 +100,9 @@ def fit_nearest_centroid(x: np.ndarray, y: np.ndarray, num_classes: int, seed: i
     return FittedHead(head.eval(), {"temperature": temperature})
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, c: float, seed: int, balanced: bool = False,
-              start: LogisticRegression | None = None) -> LogisticRegression:
+def _logistic(
+    x: np.ndarray, y: np.ndarray, c: float, seed: int, balanced: bool = False, start: LogisticRegression | None = None
+) -> LogisticRegression:
     """Logistic regression of strength ``c`` on ``x``; ``start`` (fitted at a smaller C on the same rows) is
     refitted from where it stopped, which saves most iterations along a grid of growing C."""
     # One BLAS thread: these problems are tiny, and on a busy machine several spinning BLAS threads made
@@ -102,9 +110,16 @@ def _logistic(x: np.ndarray, y: np.ndarray, c: float, seed: int, balanced: bool 
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         # a large C on separable data stops at the iteration cap; that model still predicts well
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = start if start is not None else LogisticRegression(
-            max_iter=LOGISTIC_MAX_ITER, random_state=seed, class_weight="balanced" if balanced else None,
-            warm_start=True)
+        model = (
+            start
+            if start is not None
+            else LogisticRegression(
+                max_iter=LOGISTIC_MAX_ITER,
+                random_state=seed,
+                class_weight="balanced" if balanced else None,
+                warm_start=True,
+            )
+        )
         return model.set_params(C=c).fit(x, y)
 
 
@@ -137,8 +152,9 @@ def choose_logistic_c(x: np.ndarray, y: np.ndarray, seed: int, balanced: bool = 
     return chosen
 
 
-def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, *,
-                            C: float | None = None, balanced: bool = False) -> FittedHead:  # noqa: N803 - sklearn's name
+def fit_logistic_regression(
+    x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0, *, C: float | None = None, balanced: bool = False
+) -> FittedHead:  # noqa: N803 - sklearn's name
     """Multinomial logistic regression on centred, L2-normalised embeddings, ``C`` by cross-validation
     unless given (a refit with the ``C`` an earlier fit chose); ``balanced`` weighs classes inversely to
     their frequency (imbalanced data selected by balanced accuracy or macro F1)."""
@@ -171,8 +187,9 @@ def cross_validation_folds(y: np.ndarray) -> int:
     return min(int(np.bincount(y).min()), MAX_FOLDS)
 
 
-def cross_validated_logits(fit: HeadFitter, x: np.ndarray, y: np.ndarray, num_classes: int,
-                           seed: int, choices: dict[str, Any] | None = None) -> torch.Tensor:
+def cross_validated_logits(
+    fit: HeadFitter, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, choices: dict[str, Any] | None = None
+) -> torch.Tensor:
     """Out-of-fold logits of ``fit`` by stratified k-fold (k = the smallest class's count, at most 5): each
     example is predicted by a head fitted without it, every fold's training part holding every class.
 

@@ -159,8 +159,14 @@ class TrialResult:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, preprocessor: Preprocessor, items: Sequence[Any], batch_size: int,
-                   device: torch.device, deadline: float | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    preprocessor: Preprocessor,
+    items: Sequence[Any],
+    batch_size: int,
+    device: torch.device,
+    deadline: float | None = None,
+) -> torch.Tensor:
     """Logits for encoded ``items`` in order, in eval mode, on ``device``; returned on the CPU (see
     :func:`~automl_tl.train.device.batched_inference`: past ``deadline``, :class:`DeadlineReached`)."""
     model.eval()
@@ -195,18 +201,20 @@ def _with_and_without_decay(parameters: list[nn.Parameter], lr: float, weight_de
     # Biases and normalisation weights (1-D) get no weight decay.
     decay = [p for p in parameters if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in parameters if p.requires_grad and p.ndim < 2]
-    return ([{"params": decay, "lr": lr, "weight_decay": weight_decay}] if decay else []) + \
-           ([{"params": no_decay, "lr": lr, "weight_decay": 0.0}] if no_decay else [])
+    return ([{"params": decay, "lr": lr, "weight_decay": weight_decay}] if decay else []) + (
+        [{"params": no_decay, "lr": lr, "weight_decay": 0.0}] if no_decay else []
+    )
 
 
 def parameter_groups(model: TransferModel, config: TrialConfig, head_lr: float | None = None) -> list[dict[str, Any]]:
     """AdamW groups: the head at ``head_lr`` (default ``config.head_lr``); each trained body layer group
     at ``backbone_lr * layer_decay ** k``, k counting groups down from the top one."""
-    groups = _with_and_without_decay(list(model.head.parameters()), config.head_lr if head_lr is None else head_lr,
-                                     config.weight_decay)
+    groups = _with_and_without_decay(
+        list(model.head.parameters()), config.head_lr if head_lr is None else head_lr, config.weight_decay
+    )
     body = dict(model.body.named_parameters())
     for distance, names in enumerate(reversed(model.layer_groups)):
-        lr = config.backbone_lr * config.layer_decay ** distance
+        lr = config.backbone_lr * config.layer_decay**distance
         groups += _with_and_without_decay([body[name] for name in names], lr, config.weight_decay)
     return groups
 
@@ -232,28 +240,60 @@ class _Loop:
     notes: dict[str, Any] = field(default_factory=dict)  # what the loop measured (``projected_epoch_seconds``)
 
 
-def _empty_result(config: TrialConfig, started: float, cpu_started: float, stop_reason: str = STOP_TIME,
-                  extra: dict[str, Any] | None = None) -> TrialResult:
+def _empty_result(
+    config: TrialConfig,
+    started: float,
+    cpu_started: float,
+    stop_reason: str = STOP_TIME,
+    extra: dict[str, Any] | None = None,
+) -> TrialResult:
     """A trial that produced no model (the budget ran out first)."""
-    return TrialResult(config=config, history=[], stop_reason=stop_reason, seconds=time.perf_counter() - started,
-                       cpu_seconds=time.process_time() - cpu_started, samples_seen=0, extra=extra or {})
+    return TrialResult(
+        config=config,
+        history=[],
+        stop_reason=stop_reason,
+        seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
+        samples_seen=0,
+        extra=extra or {},
+    )
 
 
-def epoch_record(epoch: int, train_loss: float, val_logits: torch.Tensor | None, val_labels: np.ndarray | None,
-                 metric: str, train_seconds: float, val_seconds: float) -> EpochRecord:
+def epoch_record(
+    epoch: int,
+    train_loss: float,
+    val_logits: torch.Tensor | None,
+    val_labels: np.ndarray | None,
+    metric: str,
+    train_seconds: float,
+    val_seconds: float,
+) -> EpochRecord:
     """An epoch's record with every validation metric of ``val_logits`` (None: not validated, all nan)."""
     if val_logits is None:
         return EpochRecord(epoch, train_loss, math.nan, math.nan, train_seconds, val_seconds)
     metrics = all_metrics(val_logits, val_labels)
-    return EpochRecord(epoch, train_loss, metrics["log_loss"], metrics["accuracy"], train_seconds, val_seconds,
-                       signed(metric, metrics[metric]), metrics)
+    return EpochRecord(
+        epoch,
+        train_loss,
+        metrics["log_loss"],
+        metrics["accuracy"],
+        train_seconds,
+        val_seconds,
+        signed(metric, metrics[metric]),
+        metrics,
+    )
 
 
 class Executor:
     """Runs trials. Keeps encoded data between trials, so each preprocessing is computed once per process."""
 
-    def __init__(self, device: torch.device | str | None = None, show_progress: bool | None = None,
-                 max_cached_encodings: int = 6, feature_cache: FeatureCache | None = None):
+    def __init__(
+        self,
+        device: torch.device | str | None = None,
+        show_progress: bool | None = None,
+        max_cached_encodings: int = 6,
+        feature_cache: FeatureCache | None = None,
+    ):
         self.device = torch.device(device) if device is not None else default_device()
         # Progress bars only on a terminal by default: in logs, the per-trial log lines say enough.
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
@@ -280,26 +320,48 @@ class Executor:
             self._encoded.popitem(last=False)
         return items
 
-    def features(self, backbone: Backbone, options: InputOptions, data: DatasetBundle, split: Split,
-                 batch_size: int = 64, deadline: float | None = None) -> np.ndarray:
+    def features(
+        self,
+        backbone: Backbone,
+        options: InputOptions,
+        data: DatasetBundle,
+        split: Split,
+        batch_size: int = 64,
+        deadline: float | None = None,
+    ) -> np.ndarray:
         """The pretrained body's features of ``split`` (float32, one row per example), from the feature cache.
 
         Computing them (on a cache miss) stops with :class:`DeadlineReached` once ``deadline`` passes."""
         if split.parts:
-            return np.concatenate([self.features(backbone, options, data, part, batch_size, deadline)
-                                   for part in split.parts])
+            return np.concatenate(
+                [self.features(backbone, options, data, part, batch_size, deadline) for part in split.parts]
+            )
         key = (data.fingerprint, split.name)
         if key not in self._samples_hashes:
             self._samples_hashes[key] = samples_hash(split.inputs)
         preprocessor = backbone.preprocessor(options)
-        return self.feature_cache.features(backbone, preprocessor, lambda: self.encoded(preprocessor, data, split),
-                                           self._samples_hashes[key], len(split), self.device, batch_size,
-                                           deadline)
+        return self.feature_cache.features(
+            backbone,
+            preprocessor,
+            lambda: self.encoded(preprocessor, data, split),
+            self._samples_hashes[key],
+            len(split),
+            self.device,
+            batch_size,
+            deadline,
+        )
 
     # ------------------------------------------------------------ training
 
-    def fit(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-            on_epoch: EpochCallback | None = None, deadline: float | None = None, refit: bool = False) -> TrialResult:
+    def fit(
+        self,
+        config: TrialConfig,
+        backbone: Backbone,
+        data: DatasetBundle,
+        on_epoch: EpochCallback | None = None,
+        deadline: float | None = None,
+        refit: bool = False,
+    ) -> TrialResult:
         """Train ``backbone`` on ``data.train`` as ``config`` says, validating on ``data.val`` after each epoch.
 
         ``deadline`` is a ``time.monotonic()`` value; the loop stops at the first batch past it. A trial that
@@ -319,6 +381,7 @@ class Executor:
         A trial that runs out of memory is tried once more at half the batch size (see
         :func:`fit_with_out_of_memory_retry`); if that runs out of memory too, :class:`TrialOutOfMemory`.
         """
+
         def attempt(trial_config: TrialConfig) -> TrialResult:
             strategy = get_strategy(trial_config.strategy)
             if not strategy.runs_epochs:
@@ -332,8 +395,13 @@ class Executor:
         return result if refit else self._cheaper_when_over_budget(attempt, result, backbone, started, cpu_started)
 
     @staticmethod
-    def _cheaper_when_over_budget(attempt: Callable[[TrialConfig], TrialResult], result: TrialResult,
-                                  backbone: Backbone, started: float, cpu_started: float) -> TrialResult:
+    def _cheaper_when_over_budget(
+        attempt: Callable[[TrialConfig], TrialResult],
+        result: TrialResult,
+        backbone: Backbone,
+        started: float,
+        cpu_started: float,
+    ) -> TrialResult:
         """While ``result`` says one epoch would not fit the budget, run the trial again at a cheaper
         configuration (see :func:`cheaper_trial`), up to :data:`CHEAPER_ATTEMPTS` times. What changed is
         listed in ``extra["adapted"]``, and the result's seconds are those of every attempt since ``started``
@@ -348,8 +416,13 @@ class Executor:
             config, change = cheaper
             projected = result.extra.get("projected_epoch_seconds")
             adapted.append(f"{change} (one epoch would have taken about {projected:.0f}s)")
-            logger.info("%s %s: one epoch would take about %.0fs, more than the budget left; trying %s",
-                        result.config.backbone, result.config.strategy, projected, change)
+            logger.info(
+                "%s %s: one epoch would take about %.0fs, more than the budget left; trying %s",
+                result.config.backbone,
+                result.config.strategy,
+                projected,
+                change,
+            )
             result = fit_with_out_of_memory_retry(attempt, config)
         if adapted:
             result.extra["adapted"] = adapted + result.extra.get("adapted", [])
@@ -357,8 +430,15 @@ class Executor:
             result.cpu_seconds = time.process_time() - cpu_started
         return result
 
-    def _fit_probe(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-                   on_epoch: EpochCallback | None, deadline: float | None, refit: bool) -> TrialResult:
+    def _fit_probe(
+        self,
+        config: TrialConfig,
+        backbone: Backbone,
+        data: DatasetBundle,
+        on_epoch: EpochCallback | None,
+        deadline: float | None,
+        refit: bool,
+    ) -> TrialResult:
         """A linear probe: the head alone, on cached features; the whole model is built only if asked for."""
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
@@ -371,26 +451,44 @@ class Executor:
             every_x, every_y = np.concatenate([train_x, val_x]), np.concatenate([data.train.labels, data.val.labels])
             extra["fitted_on"] = FITTED_ON_TRAIN_AND_VAL
         if refit:
-            head, history, stop_reason, seen = self._train_head(config, len(data.classes), every_x, every_y, None, None, passes,
-                                                                config.epochs, None, deadline)
+            head, history, stop_reason, seen = self._train_head(
+                config, len(data.classes), every_x, every_y, None, None, passes, config.epochs, None, deadline
+            )
         elif data.small_validation:
             # Scored by out-of-fold predictions on every labelled example; then fitted on all of them for as many
             # epochs as scored best.
-            history, stop_reason = self._cross_validated_probe(config, len(data.classes), every_x, every_y,
-                                                               deadline)
+            history, stop_reason = self._cross_validated_probe(config, len(data.classes), every_x, every_y, deadline)
             head, seen = None, 0
             if stop_reason != STOP_TIME:
                 epochs = max(history, key=lambda r: r.rank_key).epoch
-                head, _, stop_reason, seen = self._train_head(config, len(data.classes), every_x, every_y, None, None,
-                                                              epochs * config.probe_passes, epochs, None, deadline)
+                head, _, stop_reason, seen = self._train_head(
+                    config,
+                    len(data.classes),
+                    every_x,
+                    every_y,
+                    None,
+                    None,
+                    epochs * config.probe_passes,
+                    epochs,
+                    None,
+                    deadline,
+                )
                 stop_reason = STOP_TIME if stop_reason == STOP_TIME else STOP_COMPLETED
                 head = None if stop_reason == STOP_TIME else head
             extra["validation"] = VALIDATED_BY_CROSS_VALIDATION
         else:
-            head, history, stop_reason, seen = self._train_head(config, len(data.classes), train_x, data.train.labels,
-                                                                val_x,
-                                                                data.val.labels, passes, config.epochs, on_epoch,
-                                                                deadline)
+            head, history, stop_reason, seen = self._train_head(
+                config,
+                len(data.classes),
+                train_x,
+                data.train.labels,
+                val_x,
+                data.val.labels,
+                passes,
+                config.epochs,
+                on_epoch,
+                deadline,
+            )
 
         def model_builder() -> TransferModel:
             # The body is loaded only if the model is wanted (the search saves the best trial's alone).
@@ -401,12 +499,20 @@ class Executor:
 
         # No release_memory() here: a head holds next to nothing, and a full garbage collection
         # would cost more than the whole probe.
-        return TrialResult(config=config, history=history, stop_reason=stop_reason,
-                           seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-                           samples_seen=seen, model_builder=model_builder if head is not None else None, extra=extra)
+        return TrialResult(
+            config=config,
+            history=history,
+            stop_reason=stop_reason,
+            seconds=time.perf_counter() - started,
+            cpu_seconds=time.process_time() - cpu_started,
+            samples_seen=seen,
+            model_builder=model_builder if head is not None else None,
+            extra=extra,
+        )
 
-    def _cross_validated_probe(self, config: TrialConfig, num_classes: int, x: np.ndarray, y: np.ndarray,
-                               deadline: float | None) -> tuple[list[EpochRecord], str]:
+    def _cross_validated_probe(
+        self, config: TrialConfig, num_classes: int, x: np.ndarray, y: np.ndarray, deadline: float | None
+    ) -> tuple[list[EpochRecord], str]:
         """Per-epoch records of a probe scored by stratified k-fold out-of-fold logits (every fold trains every
         epoch: no early stopping, so the folds' epochs line up); STOP_TIME if the deadline passed."""
         folds = StratifiedKFold(n_splits=cross_validation_folds(y), shuffle=True, random_state=config.seed)
@@ -417,19 +523,38 @@ class Executor:
         for train, held_out in folds.split(x, y):
             logits_by_epoch: list[torch.Tensor] = []
             _, fold_history, stop_reason, _ = self._train_head(
-                whole, num_classes, x[train], y[train], x[held_out], y[held_out], config.epochs * config.probe_passes,
-                config.epochs, None, deadline, logits_by_epoch)
+                whole,
+                num_classes,
+                x[train],
+                y[train],
+                x[held_out],
+                y[held_out],
+                config.epochs * config.probe_passes,
+                config.epochs,
+                None,
+                deadline,
+                logits_by_epoch,
+            )
             if stop_reason == STOP_TIME:
                 return [], STOP_TIME
             for epoch, logits in enumerate(logits_by_epoch):
                 out_of_fold[epoch][held_out] = logits
                 train_losses[epoch] += fold_history[epoch].train_loss / folds.n_splits
         seconds = (time.perf_counter() - fold_started) / config.epochs
-        return [epoch_record(epoch + 1, float(train_losses[epoch]), logits, y, config.metric, seconds, 0.0)
-                for epoch, logits in enumerate(out_of_fold)], STOP_COMPLETED
+        return [
+            epoch_record(epoch + 1, float(train_losses[epoch]), logits, y, config.metric, seconds, 0.0)
+            for epoch, logits in enumerate(out_of_fold)
+        ], STOP_COMPLETED
 
-    def _fit_embedding_head(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-                            on_epoch: EpochCallback | None, deadline: float | None, refit: bool) -> TrialResult:
+    def _fit_embedding_head(
+        self,
+        config: TrialConfig,
+        backbone: Backbone,
+        data: DatasetBundle,
+        on_epoch: EpochCallback | None,
+        deadline: float | None,
+        refit: bool,
+    ) -> TrialResult:
         """Nearest centroid or logistic regression, fitted at once on the cached features.
 
         Validated on the validation split ("holdout"), or, when it is small, by out-of-fold predictions on
@@ -441,7 +566,9 @@ class Executor:
         holdout = data.validation == VALIDATION_HOLDOUT
         try:
             train_x = self.features(backbone, config.input_options, data, data.train, deadline=deadline)
-            val_x = self.features(backbone, config.input_options, data, data.val, deadline=deadline) if holdout else None
+            val_x = (
+                self.features(backbone, config.input_options, data, data.val, deadline=deadline) if holdout else None
+            )
         except DeadlineReached:  # the budget ran out while computing features: nothing fitted
             return _empty_result(config, started, cpu_started)
         fit = partial(FITTERS[config.strategy], balanced=config.class_weighted)
@@ -460,15 +587,23 @@ class Executor:
             val_logits, val_y = head_logits(fitted.module, val_x), data.val.labels
         elif holdout or data.validation == VALIDATION_CROSS:
             # (a small validation split: the folds reuse the choices of the fit on all; few shots: nested)
-            val_logits = cross_validated_logits(fit, x, y, num_classes, config.seed,
-                                                fitted.details if holdout else None)
+            val_logits = cross_validated_logits(
+                fit, x, y, num_classes, config.seed, fitted.details if holdout else None
+            )
             val_y = y
             extra["validation"] = VALIDATED_BY_CROSS_VALIDATION
         else:  # nothing can be held out of one example per class
             val_logits, val_y = train_logits, y
         train_loss = nn.functional.cross_entropy(train_logits, torch.as_tensor(y)).item()
-        record = epoch_record(1, train_loss, val_logits, val_y, config.metric, train_seconds,
-                              time.perf_counter() - fit_started - train_seconds)
+        record = epoch_record(
+            1,
+            train_loss,
+            val_logits,
+            val_y,
+            config.metric,
+            train_seconds,
+            time.perf_counter() - fit_started - train_seconds,
+        )
         stop_reason = STOP_CALLBACK if on_epoch is not None and on_epoch(1, record.val_score) else STOP_COMPLETED
         extra.update(fitted.details, validation=extra.get("validation", data.validation))
 
@@ -478,12 +613,26 @@ class Executor:
             model.set_freeze_depth(0)
             return model.eval()
 
-        return TrialResult(config=config, history=[record], stop_reason=stop_reason,
-                           seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-                           samples_seen=len(y), model_builder=model_builder, extra=extra)
+        return TrialResult(
+            config=config,
+            history=[record],
+            stop_reason=stop_reason,
+            seconds=time.perf_counter() - started,
+            cpu_seconds=time.process_time() - cpu_started,
+            samples_seen=len(y),
+            model_builder=model_builder,
+            extra=extra,
+        )
 
-    def _fit_body(self, config: TrialConfig, backbone: Backbone, data: DatasetBundle,
-                  on_epoch: EpochCallback | None, deadline: float | None, refit: bool) -> TrialResult:
+    def _fit_body(
+        self,
+        config: TrialConfig,
+        backbone: Backbone,
+        data: DatasetBundle,
+        on_epoch: EpochCallback | None,
+        deadline: float | None,
+        refit: bool,
+    ) -> TrialResult:
         """Last-k, full fine-tuning and LP-FT: the body runs on every batch."""
         started, cpu_started = time.perf_counter(), time.process_time()
         extra: dict[str, Any] = {"fitted_on": FITTED_ON_TRAIN_AND_VAL} if refit else {}
@@ -492,13 +641,23 @@ class Executor:
         if get_strategy(config.strategy).probe_first:
             try:
                 train_x = self.features(backbone, config.input_options, data, train_split, deadline=deadline)
-                val_x = None if refit else self.features(backbone, config.input_options, data, data.val,
-                                                         deadline=deadline)
+                val_x = (
+                    None if refit else self.features(backbone, config.input_options, data, data.val, deadline=deadline)
+                )
             except DeadlineReached:
                 return _empty_result(config, started, cpu_started)
             probe_head, probe_history, _, _ = self._train_head(
-                config, len(data.classes), train_x, train_split.labels, val_x, None if refit else data.val.labels, config.probe_passes,
-                1, None, deadline)
+                config,
+                len(data.classes),
+                train_x,
+                train_split.labels,
+                val_x,
+                None if refit else data.val.labels,
+                config.probe_passes,
+                1,
+                None,
+                deadline,
+            )
             extra["probe_val_accuracy"] = probe_history[-1].val_accuracy if probe_history and not refit else None
             if probe_head is None:
                 return _empty_result(config, started, cpu_started, extra=extra)
@@ -518,17 +677,25 @@ class Executor:
         def batches(generator: torch.Generator) -> Iterator[tuple[Any, torch.Tensor]]:
             order = torch.randperm(len(train_items), generator=generator)
             for start in range(0, len(order), config.batch_size):
-                index = order[start:start + config.batch_size]
+                index = order[start : start + config.batch_size]
                 yield preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
 
         def validate(deadline: float | None) -> torch.Tensor:
             return predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device, deadline)
 
-        loop = _Loop(model, optimizer, math.ceil(len(train_items) / config.batch_size), batches,
-                     None if refit else validate,
-                     f"{config.backbone} {config.strategy} depth={config.trained_depth(model.num_groups)}",
-                     len(data.classes), train_split.labels, None if refit else data.val.labels, len(val_items),
-                     project=True)
+        loop = _Loop(
+            model,
+            optimizer,
+            math.ceil(len(train_items) / config.batch_size),
+            batches,
+            None if refit else validate,
+            f"{config.backbone} {config.strategy} depth={config.trained_depth(model.num_groups)}",
+            len(data.classes),
+            train_split.labels,
+            None if refit else data.val.labels,
+            len(val_items),
+            project=True,
+        )
         history, best_state, stop_reason, seen = self._run_epochs(loop, config, config.epochs, on_epoch, deadline)
         extra.update(loop.notes, layer_groups=model.num_groups)
         if "epochs_fitted" in extra:  # the result says what ran: its model, refit and card follow it
@@ -537,9 +704,14 @@ class Executor:
             model.load_state_dict(best_state)
             model.eval()
         result = TrialResult(
-            config=config, history=history, stop_reason=stop_reason,
-            seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started,
-            samples_seen=seen, model=model if best_state is not None else None, extra=extra,
+            config=config,
+            history=history,
+            stop_reason=stop_reason,
+            seconds=time.perf_counter() - started,
+            cpu_seconds=time.process_time() - cpu_started,
+            samples_seen=seen,
+            model=model if best_state is not None else None,
+            extra=extra,
         )
         # Free what the trial held before the next one starts (optimizer state can be as big as the model).
         del optimizer, loop, best_state
@@ -554,11 +726,20 @@ class Executor:
         model.head = build_head(config.head, backbone.embedding_dim, num_classes)
         return model.to(self.device)
 
-    def _train_head(self, config: TrialConfig, num_classes: int, train_x: np.ndarray, train_y: np.ndarray,
-                    val_x: np.ndarray | None, val_y: np.ndarray | None, passes: int, epochs: int,
-                    on_epoch: EpochCallback | None,
-                    deadline: float | None, logits_by_epoch: list[torch.Tensor] | None = None,
-                    ) -> tuple[nn.Module | None, list[EpochRecord], str, int]:
+    def _train_head(
+        self,
+        config: TrialConfig,
+        num_classes: int,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        val_x: np.ndarray | None,
+        val_y: np.ndarray | None,
+        passes: int,
+        epochs: int,
+        on_epoch: EpochCallback | None,
+        deadline: float | None,
+        logits_by_epoch: list[torch.Tensor] | None = None,
+    ) -> tuple[nn.Module | None, list[EpochRecord], str, int]:
         """Train the trial's head alone on the frozen body's features ``train_x``.
 
         ``passes`` over the training features are spread over ``epochs`` reported epochs (a pass costs so
@@ -571,8 +752,9 @@ class Executor:
         train_targets = torch.as_tensor(train_y)
         torch.manual_seed(config.seed)
         head = build_head(config.head, train_x.shape[1], num_classes).to(self.device)
-        optimizer = torch.optim.AdamW(_with_and_without_decay(list(head.parameters()), config.head_lr,
-                                                              config.weight_decay))
+        optimizer = torch.optim.AdamW(
+            _with_and_without_decay(list(head.parameters()), config.head_lr, config.weight_decay)
+        )
         passes_per_epoch = max(1, passes // epochs)
         steps_per_pass = math.ceil(len(train_x) / config.batch_size)
 
@@ -580,7 +762,7 @@ class Executor:
             for _ in range(passes_per_epoch):
                 order = torch.randperm(len(train_x), generator=generator)
                 for start in range(0, len(order), config.batch_size):
-                    index = order[start:start + config.batch_size]
+                    index = order[start : start + config.batch_size]
                     yield train_x[index.to(self.device)], train_targets[index]
 
         @torch.no_grad()
@@ -591,19 +773,31 @@ class Executor:
                 logits_by_epoch.append(logits)
             return logits
 
-        loop = _Loop(head, optimizer, steps_per_pass * passes_per_epoch, batches,
-                     None if val_x is None else validate, f"{config.backbone} head on features", num_classes,
-                     np.asarray(train_y),
-                     None if val_y is None else np.asarray(val_y))
+        loop = _Loop(
+            head,
+            optimizer,
+            steps_per_pass * passes_per_epoch,
+            batches,
+            None if val_x is None else validate,
+            f"{config.backbone} head on features",
+            num_classes,
+            np.asarray(train_y),
+            None if val_y is None else np.asarray(val_y),
+        )
         history, best_state, stop_reason, seen = self._run_epochs(loop, config, epochs, on_epoch, deadline)
         if best_state is None:
             return None, history, stop_reason, seen
         head.load_state_dict(best_state)
         return head.eval(), history, stop_reason, seen
 
-    def _run_epochs(self, loop: _Loop, config: TrialConfig, epochs: int, on_epoch: EpochCallback | None,
-                    deadline: float | None,
-                    ) -> tuple[list[EpochRecord], dict[str, torch.Tensor] | None, str, int]:
+    def _run_epochs(
+        self,
+        loop: _Loop,
+        config: TrialConfig,
+        epochs: int,
+        on_epoch: EpochCallback | None,
+        deadline: float | None,
+    ) -> tuple[list[EpochRecord], dict[str, torch.Tensor] | None, str, int]:
         """The epoch loop every path shares; returns the history, the best epoch's state (without validation:
         the last epoch's), why it stopped and how many training examples went forward."""
         generator = torch.Generator().manual_seed(config.seed)
@@ -618,31 +812,46 @@ class Executor:
         best_state: dict[str, torch.Tensor] | None = None
         stop_reason, samples_seen, epochs_without_gain = STOP_COMPLETED, 0, 0
         epoch_walls: list[float] = []  # each finished epoch's wall-clock, validation and bookkeeping included
-        progress = tqdm(range(1, epochs + 1), desc=loop.description, unit="epoch", leave=False,
-                        disable=not self.show_progress)
+        progress = tqdm(
+            range(1, epochs + 1), desc=loop.description, unit="epoch", leave=False, disable=not self.show_progress
+        )
         for epoch in progress:
             if epoch > epochs:  # re-planned to fewer epochs by the first one's measured cost
                 break
             epoch_started = time.perf_counter()
             loop.module.train()
             loss_sum, seen, timed_from = 0.0, 0, None
-            for step, (inputs, targets) in enumerate(tqdm(loop.batches(generator), total=loop.steps_per_epoch,
-                                                          desc=f"epoch {epoch}", unit="batch", leave=False,
-                                                          disable=not self.show_progress)):
+            for step, (inputs, targets) in enumerate(
+                tqdm(
+                    loop.batches(generator),
+                    total=loop.steps_per_epoch,
+                    desc=f"epoch {epoch}",
+                    unit="batch",
+                    leave=False,
+                    disable=not self.show_progress,
+                )
+            ):
                 if deadline is not None and time.monotonic() > deadline:
                     stop_reason = STOP_TIME
                     break
                 if step == 1:
                     timed_from = time.perf_counter()  # the first step pays one-off costs: time the next ones
-                if (loop.project and epoch == 1 and deadline is not None and timed_from is not None
-                        and step == 1 + STEPS_BEFORE_PROJECTION):
+                if (
+                    loop.project
+                    and epoch == 1
+                    and deadline is not None
+                    and timed_from is not None
+                    and step == 1 + STEPS_BEFORE_PROJECTION
+                ):
                     fitting = self._epochs_that_fit(loop, timed_from, deadline, epochs)
                     if fitting == 0:
                         stop_reason = STOP_OVER_BUDGET
                         break
                     if fitting < epochs:
-                        loop.notes["adapted"] = [f"epochs {epochs} -> {fitting} (one takes about "
-                                                 f"{loop.notes['projected_epoch_seconds']:.0f}s)"]
+                        loop.notes["adapted"] = [
+                            f"epochs {epochs} -> {fitting} (one takes about "
+                            f"{loop.notes['projected_epoch_seconds']:.0f}s)"
+                        ]
                         loop.notes["epochs_fitted"] = epochs = fitting
                         factor.total_steps = loop.steps_per_epoch * fitting
                         progress.total = fitting
@@ -667,8 +876,9 @@ class Executor:
 
             train_seconds = time.perf_counter() - epoch_started
             if loop.validate is None:  # a refit: nothing held out; the last epoch is the model
-                history.append(epoch_record(epoch, loss_sum / max(seen, 1), None, None, config.metric,
-                                            train_seconds, 0.0))
+                history.append(
+                    epoch_record(epoch, loss_sum / max(seen, 1), None, None, config.metric, train_seconds, 0.0)
+                )
                 best_state = {k: v.detach().clone() for k, v in loop.module.state_dict().items()}
                 continue
             try:
@@ -676,14 +886,27 @@ class Executor:
             except DeadlineReached:  # an epoch counts only once validated: this one does not
                 stop_reason = STOP_TIME
                 break
-            record = epoch_record(epoch, loss_sum / max(seen, 1), val_logits, loop.val_labels, config.metric,
-                                  train_seconds, time.perf_counter() - epoch_started - train_seconds)
+            record = epoch_record(
+                epoch,
+                loss_sum / max(seen, 1),
+                val_logits,
+                loop.val_labels,
+                config.metric,
+                train_seconds,
+                time.perf_counter() - epoch_started - train_seconds,
+            )
             is_best = not history or record.rank_key[:2] > max(r.rank_key for r in history)[:2]
             history.append(record)
             progress.set_postfix(val_acc=f"{record.val_accuracy:.3f}")
-            logger.debug("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f, %s %.4f", epoch,
-                         record.train_loss, record.val_loss, record.val_accuracy, config.metric,
-                         record.val_metrics[config.metric])
+            logger.debug(
+                "epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f, %s %.4f",
+                epoch,
+                record.train_loss,
+                record.val_loss,
+                record.val_accuracy,
+                config.metric,
+                record.val_metrics[config.metric],
+            )
             if is_best:
                 best_state = {k: v.detach().clone() for k, v in loop.module.state_dict().items()}
                 epochs_without_gain = 0
@@ -701,8 +924,9 @@ class Executor:
                 if fitting < epochs:  # later epochs ran slower than the first steps said: plan again
                     first_plan = loop.notes.get("adapted", [f"epochs {epochs} -> "])[0].split(" -> ")[0]
                     loop.notes["projected_epoch_seconds"] = round(float(np.mean(epoch_walls)), 1)
-                    loop.notes["adapted"] = [f"{first_plan} -> {fitting} (one takes about "
-                                             f"{loop.notes['projected_epoch_seconds']:.0f}s)"]
+                    loop.notes["adapted"] = [
+                        f"{first_plan} -> {fitting} (one takes about {loop.notes['projected_epoch_seconds']:.0f}s)"
+                    ]
                     loop.notes["epochs_fitted"] = epochs = fitting
                     factor.total_steps = loop.steps_per_epoch * fitting
                     progress.total = fitting
@@ -736,8 +960,7 @@ class Executor:
         return min(epochs, 1 + int(left // (1.1 * epoch_seconds)))
 
 
-def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | None
-                  ) -> tuple[TrialConfig, str] | None:
+def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | None) -> tuple[TrialConfig, str] | None:
     """``config`` made about half as costly per epoch, and what changed: the backbone's smaller input first
     (:meth:`Backbone.cheaper_input`), else half as many trained layer groups; None when neither is left."""
     smaller = backbone.cheaper_input(config.input_options)
@@ -748,8 +971,10 @@ def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | N
     if get_strategy(config.strategy).frozen_body or depth < 2:
         return None
     strategy = LAST_K if config.strategy == FULL else config.strategy
-    return (replace(config, strategy=strategy, freeze_depth=depth // 2),
-            f"{depth} -> {depth // 2} trained layer groups")
+    return (
+        replace(config, strategy=strategy, freeze_depth=depth // 2),
+        f"{depth} -> {depth // 2} trained layer groups",
+    )
 
 
 def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], config: TrialConfig) -> TrialResult:
@@ -777,8 +1002,14 @@ def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], 
     if size <= 1:
         raise TrialOutOfMemory(f"out of memory at batch size {size} ({first_error})")
     smaller = max(1, size // 2)
-    logger.warning("%s %s ran out of memory at batch size %d (%s); retrying it once at batch size %d",
-                   config.backbone, config.strategy, size, first_error, smaller)
+    logger.warning(
+        "%s %s ran out of memory at batch size %d (%s); retrying it once at batch size %d",
+        config.backbone,
+        config.strategy,
+        size,
+        first_error,
+        smaller,
+    )
     try:
         result = attempt(replace(config, batch_size=smaller))
     except Exception as error:

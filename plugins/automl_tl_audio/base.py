@@ -36,8 +36,11 @@ class AudioBackbone(Backbone):
         return AudioPreprocessor(self.sample_rate, seconds)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "sample_rate": self.sample_rate,
-                "default_clip_seconds": self.default_clip_seconds}
+        return {
+            **super().describe(),
+            "sample_rate": self.sample_rate,
+            "default_clip_seconds": self.default_clip_seconds,
+        }
 
 
 class PackagedAudioBackbone(AudioBackbone):

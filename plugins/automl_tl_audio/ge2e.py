@@ -43,10 +43,21 @@ class GE2EBody(nn.Module):
     def __init__(self):
         super().__init__()
         # librosa.feature.melspectrogram's defaults, which resemblyzer used: periodic Hann, reflect padding
-        self.features = MelSpectrogram(SAMPLE_RATE, n_fft=WINDOW, hop_length=HOP, n_mels=N_MELS, scale="slaney",
-                                       norm="slaney", triangles="hz", power=2.0, center=True, pad_mode="reflect")
-        self.lstm = nn.ModuleList([nn.LSTM(N_MELS if i == 0 else HIDDEN, HIDDEN, batch_first=True)
-                                   for i in range(LAYERS)])
+        self.features = MelSpectrogram(
+            SAMPLE_RATE,
+            n_fft=WINDOW,
+            hop_length=HOP,
+            n_mels=N_MELS,
+            scale="slaney",
+            norm="slaney",
+            triangles="hz",
+            power=2.0,
+            center=True,
+            pad_mode="reflect",
+        )
+        self.lstm = nn.ModuleList(
+            [nn.LSTM(N_MELS if i == 0 else HIDDEN, HIDDEN, batch_first=True) for i in range(LAYERS)]
+        )
         self.linear = nn.Linear(HIDDEN, HIDDEN)
 
     def layer_groups(self) -> list[list[str]]:

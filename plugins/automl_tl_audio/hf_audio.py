@@ -58,14 +58,21 @@ class TransformersAudioBody(nn.Module):
         if self.raw_waveform:
             values = waveforms.float()
             if self.normalize:  # zero mean, unit variance per example, as Wav2Vec2FeatureExtractor does
-                values = (values - values.mean(dim=1, keepdim=True)) / (values.var(dim=1, keepdim=True,
-                                                                                  unbiased=False) + 1e-7).sqrt()
+                values = (values - values.mean(dim=1, keepdim=True)) / (
+                    values.var(dim=1, keepdim=True, unbiased=False) + 1e-7
+                ).sqrt()
             return {"input_values": values}
         extractor = self.feature_extractor
-        features = extractor([w.detach().float().cpu().numpy() for w in waveforms],
-                             sampling_rate=extractor.sampling_rate, return_tensors="pt")
-        return {key: value.to(waveforms.device) for key, value in features.items()
-                if key in extractor.model_input_names and key != "attention_mask"}
+        features = extractor(
+            [w.detach().float().cpu().numpy() for w in waveforms],
+            sampling_rate=extractor.sampling_rate,
+            return_tensors="pt",
+        )
+        return {
+            key: value.to(waveforms.device)
+            for key, value in features.items()
+            if key in extractor.model_input_names and key != "attention_mask"
+        }
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         hidden = self.model(**self.inputs(waveforms)).last_hidden_state
@@ -74,9 +81,13 @@ class TransformersAudioBody(nn.Module):
 
 def encoder_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The ``nn.ModuleList`` of encoder layers: the longest one whose name ends in ``layers`` or ``layer``."""
-    candidates = [(name, module) for name, module in model.named_modules()
-                  if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layers", "layer")
-                  and any(True for _ in module.parameters())]
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and name.split(".")[-1] in ("layers", "layer")
+        and any(True for _ in module.parameters())
+    ]
     if not candidates:
         raise ValueError(f"cannot find the encoder layers of {type(model).__name__}")
     return max(candidates, key=lambda item: len(item[1]))
@@ -90,7 +101,7 @@ def transformer_layer_groups(body: TransformersAudioBody) -> list[list[str]]:
     seen_layers = False
     for name, _ in body.named_parameters():
         if name.startswith(prefix):
-            index = int(name[len(prefix):].split(".", 1)[0])
+            index = int(name[len(prefix) :].split(".", 1)[0])
             groups[index + 1].append(name)
             seen_layers = True
         else:
@@ -115,8 +126,10 @@ class TransformersAudioBackbone(AudioBackbone):
 
     def _check_folder(self) -> None:
         if not (self.source / "config.json").is_file():
-            raise WeightsNotFoundError(f"no transformers checkpoint in {self.source}: config.json is missing; "
-                                       "give a folder written by save_pretrained")
+            raise WeightsNotFoundError(
+                f"no transformers checkpoint in {self.source}: config.json is missing; "
+                "give a folder written by save_pretrained"
+            )
 
     @cached_property
     def config(self) -> Any:
@@ -136,8 +149,9 @@ class TransformersAudioBackbone(AudioBackbone):
         try:
             return AutoFeatureExtractor.from_pretrained(self.source, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
-            raise WeightsNotFoundError(f"cannot read the feature extractor in {self.source} "
-                                       f"(preprocessor_config.json): {first_line(exc)}") from None
+            raise WeightsNotFoundError(
+                f"cannot read the feature extractor in {self.source} (preprocessor_config.json): {first_line(exc)}"
+            ) from None
 
     @property
     def sample_rate(self) -> int:  # type: ignore[override]
@@ -154,16 +168,19 @@ class TransformersAudioBackbone(AudioBackbone):
         if pretrained:
             self._check_folder()
             try:
-                model, info = AutoModel.from_pretrained(self.source, local_files_only=True, trust_remote_code=False,
-                                                        output_loading_info=True)
+                model, info = AutoModel.from_pretrained(
+                    self.source, local_files_only=True, trust_remote_code=False, output_loading_info=True
+                )
             except (OSError, ValueError) as exc:
                 raise WeightsMismatchError(f"cannot load the model in {self.source}: {first_line(exc)}") from None
             missing = sorted(info.get("missing_keys", ()))
             mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
             if missing or mismatched:  # transformers would initialise these randomly: refuse instead
-                raise WeightsMismatchError(f"weights in {self.source} do not fit {type(model).__name__}: "
-                                           f"{len(missing)} missing {missing[:3]}, {len(mismatched)} mis-shaped "
-                                           f"{mismatched[:3]}")
+                raise WeightsMismatchError(
+                    f"weights in {self.source} do not fit {type(model).__name__}: "
+                    f"{len(missing)} missing {missing[:3]}, {len(mismatched)} mis-shaped "
+                    f"{mismatched[:3]}"
+                )
         else:
             model = AutoModel.from_config(self.config, trust_remote_code=False)
         body = TransformersAudioBody(model, self.feature_extractor)

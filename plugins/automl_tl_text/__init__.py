@@ -62,8 +62,6 @@ _TOKENIZE_CHUNK = 1024
 SHORTEST_FALLBACK_LENGTH = 32
 
 
-
-
 @contextlib.contextmanager
 def quiet_progress() -> Iterator[None]:
     """Hide transformers' per-load progress bar (one per trial would flood the logs); restore it after."""
@@ -89,8 +87,7 @@ class TextPreprocessor(Preprocessor):
     tokenizer in :meth:`describe` (default: the source given).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, name: str | None = None,
-                 trust_remote_code: bool = False):
+    def __init__(self, tokenizer: Any, max_length: int, name: str | None = None, trust_remote_code: bool = False):
         if max_length < 2:
             raise ConfigError(f"text max length must be at least 2 tokens, got {max_length}")
         self.max_length = int(max_length)
@@ -111,8 +108,8 @@ class TextPreprocessor(Preprocessor):
             local = Path(str(self._source)).expanduser().is_dir()
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(
-                    str(self._source), trust_remote_code=self.trust_remote_code,
-                    local_files_only=local or hub_offline())
+                    str(self._source), trust_remote_code=self.trust_remote_code, local_files_only=local or hub_offline()
+                )
             except (OSError, ValueError) as exc:
                 raise WeightsNotFoundError(f"cannot load the tokenizer {self._source}: {first_line(exc)}") from None
         return self._tokenizer
@@ -133,8 +130,14 @@ class TextPreprocessor(Preprocessor):
         texts = [self._as_text(value, i) for i, value in enumerate(inputs)]
         ids: list[list[int]] = []
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            encoded = self.tokenizer(texts[start:start + _TOKENIZE_CHUNK], truncation=True, max_length=self.max_length,
-                                     padding=False, return_attention_mask=False, return_token_type_ids=False)
+            encoded = self.tokenizer(
+                texts[start : start + _TOKENIZE_CHUNK],
+                truncation=True,
+                max_length=self.max_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
             ids.extend(list(map(int, row)) for row in encoded["input_ids"])
         return ids
 
@@ -144,8 +147,8 @@ class TextPreprocessor(Preprocessor):
         input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
         for row, item in enumerate(items):
-            input_ids[row, :len(item)] = torch.as_tensor(item, dtype=torch.long)
-            attention_mask[row, :len(item)] = 1
+            input_ids[row, : len(item)] = torch.as_tensor(item, dtype=torch.long)
+            attention_mask[row, : len(item)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def inference_order(self, items: Sequence[Sequence[int]]) -> list[int]:
@@ -159,9 +162,15 @@ class TextPreprocessor(Preprocessor):
         return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "text", "tokenizer": self.name, "tokenizer_class": type(self.tokenizer).__name__,
-                "vocab_size": len(self.tokenizer), "vocab_sha256": self._vocab_sha256,
-                "pad_token_id": self.pad_token_id, "max_length": self.max_length}
+        return {
+            "kind": "text",
+            "tokenizer": self.name,
+            "tokenizer_class": type(self.tokenizer).__name__,
+            "vocab_size": len(self.tokenizer),
+            "vocab_sha256": self._vocab_sha256,
+            "pad_token_id": self.pad_token_id,
+            "max_length": self.max_length,
+        }
 
 
 # ---------------------------------------------------------------- the model
@@ -230,7 +239,7 @@ def text_layer_groups(body: TextEncoderBody) -> list[list[str]]:
     pooler: list[str] = []
     for name, _ in body.named_parameters():
         if name.startswith(prefix):
-            groups[1 + int(name[len(prefix):].split(".")[0])].append(name)
+            groups[1 + int(name[len(prefix) :].split(".")[0])].append(name)
         elif name.startswith("transformer.pooler."):
             pooler.append(name)
         elif any(marker in name.lower() for marker in _INPUT_SIDE_MARKERS) or not any(groups[1:]):
@@ -250,17 +259,33 @@ class TransformersTextBackbone(Backbone):
 
     modality = "text"
 
-    def __init__(self, name: str, source: str | Path, pooling: str = "mean", max_length: int = 128,
-                 trust_remote_code: bool = False, weights: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        source: str | Path,
+        pooling: str = "mean",
+        max_length: int = 128,
+        trust_remote_code: bool = False,
+        weights: str | None = None,
+    ):
         if pooling not in POOLINGS:
             raise ConfigError(f"backbone {name}: unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
         if weights is None:
-            weights = ("offline" if str(source) in OFFLINE_CHECKPOINTS
-                       else "local" if Path(str(source)).expanduser().is_dir() else "hub")
+            weights = (
+                "offline"
+                if str(source) in OFFLINE_CHECKPOINTS
+                else "local"
+                if Path(str(source)).expanduser().is_dir()
+                else "hub"
+            )
         if weights not in WEIGHT_KINDS:
-            raise ConfigError(f"backbone {name}: unknown weights {weights!r}; expected one of {', '.join(WEIGHT_KINDS)}")
+            raise ConfigError(
+                f"backbone {name}: unknown weights {weights!r}; expected one of {', '.join(WEIGHT_KINDS)}"
+            )
         if weights == "offline" and str(source) not in OFFLINE_CHECKPOINTS:
-            raise ConfigError(f"backbone {name}: no offline checkpoint {source!r}; known: {', '.join(OFFLINE_CHECKPOINTS)}")
+            raise ConfigError(
+                f"backbone {name}: no offline checkpoint {source!r}; known: {', '.join(OFFLINE_CHECKPOINTS)}"
+            )
         if max_length < 2:
             raise ConfigError(f"backbone {name}: max length must be at least 2 tokens, got {max_length}")
         self.name = name
@@ -296,8 +321,11 @@ class TransformersTextBackbone(Backbone):
             def cached(file: str) -> bool:
                 return isinstance(try_to_load_from_cache(self.source, file), str)
 
-            check_hub_download(self.name, self.weight_source, cached("config.json") and (
-                cached("model.safetensors") or cached("pytorch_model.bin")))
+            check_hub_download(
+                self.name,
+                self.weight_source,
+                cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin")),
+            )
 
     @cached_property
     def location(self) -> str:
@@ -310,8 +338,7 @@ class TransformersTextBackbone(Backbone):
 
     @property
     def _load_kwargs(self) -> dict[str, Any]:
-        return {"trust_remote_code": self.trust_remote_code,
-                "local_files_only": self.weights != "hub" or hub_offline()}
+        return {"trust_remote_code": self.trust_remote_code, "local_files_only": self.weights != "hub" or hub_offline()}
 
     @contextlib.contextmanager
     def _loading(self, what: str) -> Iterator[None]:
@@ -323,11 +350,18 @@ class TransformersTextBackbone(Backbone):
             raise
         except (OSError, ValueError) as exc:
             if "trust_remote_code" in str(exc) and not self.trust_remote_code:
-                raise ConfigError(f"backbone {self.name}: {self.source} needs custom code (trust_remote_code=True); "
-                                  "register it with trust_remote_code=True only if you trust its source") from None
-            hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if self.weights == "hub" and hub_offline() else ""
-            raise WeightsNotFoundError(f"cannot load the {what} of backbone {self.name} from {self.weight_source}"
-                                       f"{hint}: {first_line(exc)}") from None
+                raise ConfigError(
+                    f"backbone {self.name}: {self.source} needs custom code (trust_remote_code=True); "
+                    "register it with trust_remote_code=True only if you trust its source"
+                ) from None
+            hint = (
+                " (HF_HUB_OFFLINE is set and it is not in the local cache)"
+                if self.weights == "hub" and hub_offline()
+                else ""
+            )
+            raise WeightsNotFoundError(
+                f"cannot load the {what} of backbone {self.name} from {self.weight_source}{hint}: {first_line(exc)}"
+            ) from None
 
     @cached_property
     def config(self) -> Any:
@@ -363,24 +397,32 @@ class TransformersTextBackbone(Backbone):
 
         with self._loading("weights" if pretrained else "config"):
             if pretrained:
-                model, info = AutoModel.from_pretrained(self.location, dtype=torch.float32, output_loading_info=True,
-                                                        **self._load_kwargs)
+                model, info = AutoModel.from_pretrained(
+                    self.location, dtype=torch.float32, output_loading_info=True, **self._load_kwargs
+                )
             else:
-                model, info = AutoModel.from_config(self.config, dtype=torch.float32,
-                                                    trust_remote_code=self.trust_remote_code), None
+                model, info = (
+                    AutoModel.from_config(self.config, dtype=torch.float32, trust_remote_code=self.trust_remote_code),
+                    None,
+                )
         if self.pooling != "pooler" and isinstance(getattr(model, "pooler", None), nn.Module):
             model.pooler = None  # unused by mean / CLS pooling: drop it, as add_pooling_layer=False would
         if self.pooling == "pooler" and not isinstance(getattr(model, "pooler", None), nn.Module):
-            raise ConfigError(f"backbone {self.name}: pooling 'pooler' asked for, but {type(model).__name__} has no pooler")
+            raise ConfigError(
+                f"backbone {self.name}: pooling 'pooler' asked for, but {type(model).__name__} has no pooler"
+            )
         if info is not None:
             # Loaded strictly: a missing weight would silently stay random (the pooler only matters when used).
-            missing = sorted(k for k in info.get("missing_keys", ())
-                             if self.pooling == "pooler" or not k.startswith("pooler."))
+            missing = sorted(
+                k for k in info.get("missing_keys", ()) if self.pooling == "pooler" or not k.startswith("pooler.")
+            )
             mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
             if missing or mismatched:
-                bad = (missing or mismatched)
-                raise WeightsNotFoundError(f"backbone {self.name}: {self.weight_source} lacks or mismatches "
-                                           f"{len(bad)} weight(s) of {type(model).__name__} (first: {bad[0]})")
+                bad = missing or mismatched
+                raise WeightsNotFoundError(
+                    f"backbone {self.name}: {self.weight_source} lacks or mismatches "
+                    f"{len(bad)} weight(s) of {type(model).__name__} (first: {bad[0]})"
+                )
         return model
 
     def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
@@ -393,13 +435,17 @@ class TransformersTextBackbone(Backbone):
         max_length = options.max_length or self.max_length
         limit = self.max_positions
         if not 2 <= max_length <= limit:
-            raise ConfigError(f"text max length {max_length} is out of range for backbone {self.name}: "
-                              f"expected 2 to {limit} tokens")
+            raise ConfigError(
+                f"text max length {max_length} is out of range for backbone {self.name}: expected 2 to {limit} tokens"
+            )
         # One preprocessor per length, reused by every trial (the tokenizer and its fingerprint load once).
         if max_length not in self._preprocessors:
-            self._preprocessors[max_length] = TextPreprocessor(self.tokenizer, max_length,
-                                                               name=f"{self.weights}:{self.source}",
-                                                               trust_remote_code=self.trust_remote_code)
+            self._preprocessors[max_length] = TextPreprocessor(
+                self.tokenizer,
+                max_length,
+                name=f"{self.weights}:{self.source}",
+                trust_remote_code=self.trust_remote_code,
+            )
         return self._preprocessors[max_length]
 
     def cheaper_input(self, options: InputOptions) -> tuple[InputOptions, str] | None:
@@ -436,9 +482,15 @@ class TransformersTextBackbone(Backbone):
         return write_tokenizer(context)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "source": self.source, "weights": self.weights, "pooling": self.pooling,
-                "max_length": self.max_length, "trust_remote_code": self.trust_remote_code,
-                "model_type": getattr(self.config, "model_type", None)}
+        return {
+            **super().describe(),
+            "source": self.source,
+            "weights": self.weights,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "trust_remote_code": self.trust_remote_code,
+            "model_type": getattr(self.config, "model_type", None),
+        }
 
 
 @hookimpl

@@ -24,8 +24,9 @@ from torch import nn
 from automl_tl.backbone import ExportContext, ExportFiles, NativeExportFormat
 from automl_tl.errors import ConfigError
 
-TRANSFORMERS_FORMAT = NativeExportFormat(name="transformers", modality="text", holds="transformers encoders",
-                                         outside="not built on one")
+TRANSFORMERS_FORMAT = NativeExportFormat(
+    name="transformers", modality="text", holds="transformers encoders", outside="not built on one"
+)
 #: what the README says of the saved tokenizer
 _TOKENIZER_FILES = {"tokenizer files": "the tokenizer, padding on the right"}
 
@@ -34,8 +35,10 @@ def check_transformers_export(config: dict[str, Any]) -> None:
     """Refuse a checkpoint whose custom code (``trust_remote_code``) an export cannot carry."""
     backbone = config["backbone"]
     if backbone.get("trust_remote_code"):
-        raise ConfigError(f"{backbone['name']} runs custom code (trust_remote_code), which an export cannot carry: "
-                          "export it with --format torchscript or onnx")
+        raise ConfigError(
+            f"{backbone['name']} runs custom code (trust_remote_code), which an export cannot carry: "
+            "export it with --format torchscript or onnx"
+        )
 
 
 def _quiet() -> Any:
@@ -56,17 +59,20 @@ def save_tokenizer(context: ExportContext) -> None:
 
 def tokenize_code(config: dict[str, Any]) -> str:
     """README lines that turn ``texts`` into ``input_ids`` and ``attention_mask`` with the saved tokenizer."""
-    return (f"tokenizer = AutoTokenizer.from_pretrained(folder)\n"
-            f"batch = tokenizer(texts, padding=True, truncation=True, max_length="
-            f"{config['preprocessing']['max_length']}, return_tensors=\"pt\", return_token_type_ids=False)\n"
-            "input_ids, attention_mask = batch[\"input_ids\"], batch[\"attention_mask\"]\n")
+    return (
+        f"tokenizer = AutoTokenizer.from_pretrained(folder)\n"
+        f"batch = tokenizer(texts, padding=True, truncation=True, max_length="
+        f'{config["preprocessing"]["max_length"]}, return_tensors="pt", return_token_type_ids=False)\n'
+        'input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]\n'
+    )
 
 
 def write_tokenizer(context: ExportContext) -> ExportFiles:
     """The tokenizer beside a TorchScript or ONNX export, and the code that prepares texts with it."""
     save_tokenizer(context)
-    return ExportFiles(dict(_TOKENIZER_FILES), tokenize_code(context.config),
-                       imports="from transformers import AutoTokenizer\n")
+    return ExportFiles(
+        dict(_TOKENIZER_FILES), tokenize_code(context.config), imports="from transformers import AutoTokenizer\n"
+    )
 
 
 def write_transformers_export(context: ExportContext) -> ExportFiles:
@@ -82,29 +88,45 @@ def write_transformers_export(context: ExportContext) -> ExportFiles:
     head = model.head
     layers = [head] if isinstance(head, nn.Linear) else [m for m in head if isinstance(m, nn.Linear)]
     names = ["output"] if len(layers) == 1 else ["hidden", "output"]
-    save_file({f"{name}.{kind}": getattr(layer, kind).detach().contiguous()
-               for name, layer in zip(names, layers) for kind in ("weight", "bias")},
-              str(context.folder / "head.safetensors"))
+    save_file(
+        {
+            f"{name}.{kind}": getattr(layer, kind).detach().contiguous()
+            for name, layer in zip(names, layers)
+            for kind in ("weight", "bias")
+        },
+        str(context.folder / "head.safetensors"),
+    )
     # an unused pooler was dropped in training; loading without one avoids a randomly initialised pooler
     no_pooler = pooling != "pooler" and "add_pooling_layer" in inspect.signature(type(transformer).__init__).parameters
     load_args = ", add_pooling_layer=False" if no_pooler else ""
-    pool = {"mean": ("mask = attention_mask.unsqueeze(-1).float()\n"
-                     "    embedding = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over tokens"),
-            "cls": "embedding = hidden[:, 0]  # the first token's state",
-            "pooler": "embedding = output.pooler_output"}[pooling]
+    pool = {
+        "mean": (
+            "mask = attention_mask.unsqueeze(-1).float()\n"
+            "    embedding = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over tokens"
+        ),
+        "cls": "embedding = hidden[:, 0]  # the first token's state",
+        "pooler": "embedding = output.pooler_output",
+    }[pooling]
     hidden_line = "" if pooling == "pooler" else "    hidden = output.last_hidden_state\n"
-    head_lines = ("    x = torch.nn.functional.gelu(embedding @ head[\"hidden.weight\"].T + head[\"hidden.bias\"])\n"
-                  "    logits = x @ head[\"output.weight\"].T + head[\"output.bias\"]\n") if len(layers) == 2 else \
-        "    logits = embedding @ head[\"output.weight\"].T + head[\"output.bias\"]\n"
-    code = ("import torch\nfrom safetensors.torch import load_file\nfrom transformers import AutoModel, AutoTokenizer\n\n"
-            f"folder = {str(context.final)!r}\n"
-            f"encoder = AutoModel.from_pretrained(folder{load_args}).eval()\n"
-            "head = load_file(folder + \"/head.safetensors\")\n"
-            + tokenize_code(config) +
-            "with torch.no_grad():\n"
-            "    output = encoder(input_ids=input_ids, attention_mask=attention_mask)\n"
-            + hidden_line + f"    {pool}\n" + head_lines +
-            "labels = [encoder.config.id2label[i] for i in logits.argmax(1).tolist()]\n")
+    head_lines = (
+        (
+            '    x = torch.nn.functional.gelu(embedding @ head["hidden.weight"].T + head["hidden.bias"])\n'
+            '    logits = x @ head["output.weight"].T + head["output.bias"]\n'
+        )
+        if len(layers) == 2
+        else '    logits = embedding @ head["output.weight"].T + head["output.bias"]\n'
+    )
+    code = (
+        "import torch\nfrom safetensors.torch import load_file\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+        f"folder = {str(context.final)!r}\n"
+        f"encoder = AutoModel.from_pretrained(folder{load_args}).eval()\n"
+        'head = load_file(folder + "/head.safetensors")\n' + tokenize_code(config) + "with torch.no_grad():\n"
+        "    output = encoder(input_ids=input_ids, attention_mask=attention_mask)\n"
+        + hidden_line
+        + f"    {pool}\n"
+        + head_lines
+        + "labels = [encoder.config.id2label[i] for i in logits.argmax(1).tolist()]\n"
+    )
     # load it back exactly as the code above does
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
@@ -112,8 +134,14 @@ def write_transformers_export(context: ExportContext) -> ExportFiles:
     with _quiet():
         encoder = AutoModel.from_pretrained(str(context.folder), **({"add_pooling_layer": False} if no_pooler else {}))
         tokenizer = AutoTokenizer.from_pretrained(str(context.folder))
-    batch = tokenizer(context.check_raw, padding=True, truncation=True, max_length=config["preprocessing"]["max_length"],
-                      return_tensors="pt", return_token_type_ids=False)
+    batch = tokenizer(
+        context.check_raw,
+        padding=True,
+        truncation=True,
+        max_length=config["preprocessing"]["max_length"],
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
     loaded_head = load_file(str(context.folder / "head.safetensors"))
     with torch.no_grad():
         output = encoder.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -125,11 +153,19 @@ def write_transformers_export(context: ExportContext) -> ExportFiles:
             mask = batch["attention_mask"].unsqueeze(-1).float()
             embedding = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         if len(layers) == 2:
-            embedding = torch.nn.functional.gelu(embedding @ loaded_head["hidden.weight"].T + loaded_head["hidden.bias"])
+            embedding = torch.nn.functional.gelu(
+                embedding @ loaded_head["hidden.weight"].T + loaded_head["hidden.bias"]
+            )
         context.check(embedding @ loaded_head["output.weight"].T + loaded_head["output.bias"], "transformers")
-    files = {"config.json": "the encoder's configuration (id2label holds the classes)",
-             "model.safetensors": "the fine-tuned encoder's weights",
-             "head.safetensors": "the classification head: " + ("output.weight, output.bias (linear)" if len(layers) == 1
-                                 else "hidden.weight, hidden.bias, GELU, output.weight, output.bias"),
-             **_TOKENIZER_FILES}
+    files = {
+        "config.json": "the encoder's configuration (id2label holds the classes)",
+        "model.safetensors": "the fine-tuned encoder's weights",
+        "head.safetensors": "the classification head: "
+        + (
+            "output.weight, output.bias (linear)"
+            if len(layers) == 1
+            else "hidden.weight, hidden.bias, GELU, output.weight, output.bias"
+        ),
+        **_TOKENIZER_FILES,
+    }
     return ExportFiles(files, code, info={"pooling": pooling})

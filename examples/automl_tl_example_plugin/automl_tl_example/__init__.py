@@ -56,15 +56,18 @@ class TorchvisionMobileNetV2(Backbone):
             state = torch.load(find_weight_file("mobilenetv2_100"), map_location="cpu", weights_only=True)
             network.load_state_dict(state, strict=True)
         body = _Body(network)
-        groups = [[name for name, _ in body.named_parameters()
-                   if int(name.split(".")[1]) in stage] for stage in STAGES]
+        groups = [[name for name, _ in body.named_parameters() if int(name.split(".")[1]) in stage] for stage in STAGES]
         return TransferModel(body, nn.Linear(1280, num_classes), groups)
 
     def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
         # torchvision's ImageNet recipe: bilinear, resize 256 / crop 224, ImageNet mean and std.
-        return ImagePreprocessor(size=options.image_size or 224, mean=(0.485, 0.456, 0.406),
-                                 std=(0.229, 0.224, 0.225), interpolation="bilinear",
-                                 crop_pct=1.0 if options.image_size else 0.875)
+        return ImagePreprocessor(
+            size=options.image_size or 224,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            interpolation="bilinear",
+            crop_pct=1.0 if options.image_size else 0.875,
+        )
 
 
 def _small_digits():
@@ -81,5 +84,13 @@ def register_backbones(register) -> None:
 
 @hookimpl
 def register_datasets(register) -> None:
-    register(NamedDataset("example-digits-small", "300 of scikit-learn's digits (30 per class)",
-                          "image", "image", "label", _small_digits))
+    register(
+        NamedDataset(
+            "example-digits-small",
+            "300 of scikit-learn's digits (30 per class)",
+            "image",
+            "image",
+            "label",
+            _small_digits,
+        )
+    )
