@@ -802,8 +802,6 @@ def check_input(
     if modality == "image":
         check_image(value, origin if not isinstance(value, str) else "", max_image_pixels, decode)
     elif modality == "audio":
-        from automl_tl.data.readers import check_audio_path, read_audio
-
         if not isinstance(value, (str, Path)):
             raise UnreadableInputError(
                 f"audio input{origin} is a {type(value).__name__}; expected a file path",

@@ -11,6 +11,7 @@ from typing import Any
 
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset
 from automl_tl.options import DEFAULT_MAX_BAD_FRACTION, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_ON_BAD_INPUT
+from automl_tl.registry import get_registry
 
 #: the keys of a data source: how ``prepare_dataset`` was called, with ``data`` an absolute path
 #: or ``dataset`` a registered data set's name
@@ -84,8 +85,6 @@ def data_source(
 def load_data_source(source: dict[str, Any]) -> DatasetBundle:
     """The data set a :func:`data_source` describes, prepared (split) exactly as its maker did."""
     if source.get("dataset"):
-        from automl_tl.registry import get_registry
-
         dataset = get_registry().get_dataset(source["dataset"])
         data, label, input_column = dataset.load(), dataset.label_column, dataset.input_column
     else:

@@ -60,6 +60,7 @@ from automl_tl.results.report import (
 from automl_tl.search.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.search.sampling import SlotSeededSampler
 from automl_tl.search.space import SearchSpace, suggest_trial_config, warm_start_params
+from automl_tl.search.workers import run_local_workers
 from automl_tl.storage import inspect_journal, journal_path, open_storage
 from automl_tl.strategies import describe_parameters, get_strategy, used_parameters
 from automl_tl.train.device import DeadlineReached
@@ -375,8 +376,6 @@ class Search:
             self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
             study = self.open_study()
             if workers > 1:
-                from automl_tl.search.workers import run_local_workers
-
                 run_local_workers(self, workers, None if self._deadline is None else self._deadline - time.monotonic())
             else:
                 self.optimize(study)
