@@ -2,6 +2,9 @@
 
 User mistakes print one line on stderr and exit with status 2; an interrupted search
 exits with 130 and resumes when the same command is run again.
+
+Each command imports what it runs inside its own function: ``automl-tl --help`` and a mistyped flag then cost
+no torch, Optuna or plugin (tests/test_layout.py holds it).
 """
 
 from __future__ import annotations
