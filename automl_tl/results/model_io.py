@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from automl_tl.backbone import TransferModel
+from automl_tl.backbone import Backbone, TransferModel
 from automl_tl.data.bundle import prepare_unlabelled
 from automl_tl.data.readers import check_input, input_excerpt, read_table
 from automl_tl.errors import (
@@ -311,12 +311,19 @@ def _check_head_in_header(
 class Predictor:
     """A fine-tuned model ready to predict; get one with :func:`load`."""
 
-    def __init__(self, model: TransferModel, config: dict[str, Any], device: torch.device | None = None):
+    def __init__(
+        self,
+        model: TransferModel,
+        config: dict[str, Any],
+        device: torch.device | None = None,
+        backbone: Backbone | None = None,
+    ):
+        """``backbone``: the registered backbone ``config`` names, when the caller has already resolved it."""
         self.config = config
         self.classes: list[Any] = config["classes"]
         self.input_column: str = config.get("input_column", "image")
         self.label_column: str | None = config.get("label_column")  # models saved before it was recorded lack it
-        self.backbone = get_backbone(config["backbone"]["name"])
+        self.backbone = backbone if backbone is not None else get_backbone(config["backbone"]["name"])
         self.preprocessor = self.backbone.preprocessor(InputOptions(**config["input_options"]))
         self.device = device or default_device()
         self.model = model.to(self.device).eval()
@@ -526,7 +533,7 @@ def load_model_dir(directory: Path, device: torch.device | str | None = None) ->
         raise ModelFileError(f"{weights} is not a valid safetensors file: {exc}") from None
     model.load_state_dict(state, strict=True)  # cannot fail now: names and shapes were checked
     try:
-        predictor = Predictor(model, config, device)
+        predictor = Predictor(model, config, device, backbone)
     except (TypeError, ValueError) as exc:  # input options the backbone's preprocessor refuses
         raise ModelFileError(f"{config_path}: field 'input_options' does not suit {backbone.name}: {exc}") from None
     saved = config["preprocessing"]
