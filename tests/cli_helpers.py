@@ -18,6 +18,22 @@ from PIL import Image
 
 #: how every refusal of the command line starts (see automl_tl.cli)
 PREFIX = "automl-tl: error:"
+#: flags that keep a search tiny: one linear probe of one small backbone on 32-pixel images
+TINY_SEARCH = [
+    "--backbones",
+    "mobilenetv2_100",
+    "--image-size",
+    "32",
+    "--trials",
+    "1",
+    "--max-epochs",
+    "1",
+    "--no-prerank",
+    "--strategies",
+    "linear_probe",
+    "--heads",
+    "linear",
+]
 
 
 def write_png(path: Path, seed: int = 0, size: int = 8) -> Path:

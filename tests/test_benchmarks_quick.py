@@ -9,6 +9,7 @@ one line saying what to install, exit status 2, never in a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,8 +23,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = sorted(path for path in BENCHMARKS.glob("*.py") if not path.name.startswith("_"))
 #: a Markdown table: a header row, then the row of dashes under it
 TABLE = re.compile(r"^\|.+\|\n\|[-:| ]+\|$", re.MULTILINE)
-#: what a quick run may take at most, on 2 busy cores (the slowest start several interpreters)
-LIMIT_SECONDS = 900
+#: what the quick runs may take at most together, on 2 busy cores (some start interpreters of their own)
+LIMIT_SECONDS = 1500
 
 
 def run_script(script: Path, *args: str, cwd: Path, prelude: str = "") -> subprocess.CompletedProcess:
@@ -55,21 +56,85 @@ def test_every_benchmark_is_found():
     assert len(SCRIPTS) >= 13
 
 
+#: runs each script as ``python SCRIPT ARGS`` would (``runpy``, as ``__main__``, with its own ``sys.argv``, working
+#: folder and standard streams at the file-descriptor level), one after another in one interpreter: torch, timm
+#: and transformers are imported once for all of them instead of once per script
+DRIVER = """
+import json, os, runpy, sys, time
+plan = json.loads(sys.argv[1])
+results = {}
+for run in plan:
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(run["stdout"], "w") as out, open(run["stderr"], "w") as err:
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        os.chdir(run["cwd"])
+        sys.argv = [run["script"], *run["args"]]
+        started, code = time.monotonic(), 0
+        try:
+            runpy.run_path(run["script"], run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+    os.close(saved[0]); os.close(saved[1])
+    results[run["script"]] = {"code": code, "seconds": round(time.monotonic() - started, 1)}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, dict]:
+    """Every script's ``--quick`` run (exit status, stdout, stderr), all in one interpreter (see :data:`DRIVER`)."""
+    root = tmp_path_factory.mktemp("quick")
+    plan = []
+    for script in SCRIPTS:
+        args = ["--quick"]
+        if script.stem == "workers_throughput":  # its PostgreSQL row needs a real server
+            args += ["--postgres", request.getfixturevalue("postgres_url")]
+        if script.stem == "audio_search" and shutil.which("espeak-ng") is None:
+            continue  # skipped below
+        cwd = root / script.stem  # where the scripts' relative default outputs land
+        cwd.mkdir()
+        plan.append(
+            {
+                "script": str(script),
+                "args": args,
+                "cwd": str(cwd),
+                "stdout": str(cwd / "stdout.txt"),
+                "stderr": str(cwd / "stderr.txt"),
+            }
+        )
+    driven = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(plan)],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_SECONDS,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=root,
+    )
+    assert driven.returncode == 0, driven.stderr[-4000:]
+    results = json.loads(driven.stdout.strip().splitlines()[-1])
+    for run in plan:
+        results[run["script"]].update(stdout=Path(run["stdout"]).read_text(), stderr=Path(run["stderr"]).read_text())
+    return results
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=[path.stem for path in SCRIPTS])
-def test_benchmark_quick_run_prints_its_table(script: Path, tmp_path: Path, request: pytest.FixtureRequest):
-    args = ["--quick"]
-    if script.stem == "workers_throughput":  # its PostgreSQL row needs a real server
-        args += ["--postgres", request.getfixturevalue("postgres_url")]
+def test_benchmark_quick_run_prints_its_table(script: Path, quick_runs: dict[str, dict]):
     if script.stem == "audio_search" and shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (./setup.sh installs it as root); the spoken digits need it")
-
-    result = run_script(script, *args, cwd=tmp_path)
+    result = quick_runs[str(script)]
 
     # (stderr may hold Optuna's own warnings, with the traceback of a trial that failed by design: not checked)
-    assert result.returncode == 0, f"{script.name} --quick exited with {result.returncode}:\n{result.stderr[-4000:]}"
+    assert result["code"] == 0, f"{script.name} --quick exited with {result['code']}:\n{result['stderr'][-4000:]}"
     # the table, headed by the command line that produced it
-    assert re.search(rf"^command: .*{re.escape(script.name)} --quick", result.stdout, re.MULTILINE), result.stdout
-    assert TABLE.search(result.stdout), f"no Markdown table in the output of {script.name}:\n{result.stdout}"
+    assert re.search(rf"^command: .*{re.escape(script.name)} --quick", result["stdout"], re.MULTILINE), result["stdout"]
+    assert TABLE.search(result["stdout"]), f"no Markdown table in the output of {script.name}:\n{result['stdout']}"
 
 
 def test_missing_debian_data_set_is_one_line_naming_the_package(tmp_path: Path):

@@ -26,24 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import PREFIX, TINY_SEARCH
 from PIL import Image
 
-PREFIX = "automl-tl: error:"
-RUN_FLAGS = [
-    "--backbones",
-    "mobilenetv2_100",
-    "--image-size",
-    "32",
-    "--trials",
-    "1",
-    "--max-epochs",
-    "1",
-    "--no-prerank",
-    "--strategies",
-    "linear_probe",
-    "--heads",
-    "linear",
-]
+RUN_FLAGS = TINY_SEARCH
 #: class names that broke the predictions table, the model card or the report
 NASTY_CLASSES = ["prediction", "image", "error", "a|b `c`", "<b>bold</b>\nnext line"]
 

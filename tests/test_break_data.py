@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import error_line, image_folder, run_main, write_png
+from cli_helpers import TINY_SEARCH, error_line, image_folder, run_main, write_png
 from PIL import Image
 
 from automl_tl.data.bundle import prepare_dataset, prepare_unlabelled
@@ -424,24 +424,7 @@ def test_the_fingerprint_follows_the_files_not_their_spelling(tmp_path, monkeypa
 def test_the_cli_resumes_the_same_csv_named_from_its_folder(tmp_path, capsys, monkeypatch):
     csv = image_csv(tmp_path / "data")
     run = tmp_path / "run"
-    flags = [
-        "--output",
-        run,
-        "--backbones",
-        "mobilenetv2_100",
-        "--image-size",
-        "32",
-        "--trials",
-        "1",
-        "--max-epochs",
-        "1",
-        "--no-prerank",
-        "--strategies",
-        "linear_probe",
-        "--heads",
-        "linear",
-        "--no-refit",
-    ]
+    flags = ["--output", run, *TINY_SEARCH, "--no-refit"]
     code, err = run_main(["search", "--data", csv.resolve(), *flags], capsys)
     assert code == 0, err
     monkeypatch.chdir(csv.parent)

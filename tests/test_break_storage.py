@@ -31,7 +31,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from cli_helpers import error_line, image_folder, read_only_directory, run_main
+from cli_helpers import TINY_SEARCH, error_line, image_folder, read_only_directory, run_main
 from torch import nn
 
 from automl_tl import (
@@ -51,21 +51,7 @@ from automl_tl.registry import reset_registry
 from automl_tl.train.executor import Executor
 
 #: flags that keep a search tiny should a refusal ever fail to fire
-SMALL_SEARCH = [
-    "--backbones",
-    "mobilenetv2_100",
-    "--image-size",
-    "32",
-    "--trials",
-    "1",
-    "--max-epochs",
-    "1",
-    "--no-prerank",
-    "--strategies",
-    "linear_probe",
-    "--heads",
-    "linear",
-]
+SMALL_SEARCH = TINY_SEARCH
 JOURNAL = "study.journal"
 
 

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import error_line, image_folder, read_only_directory, run_main, write_png
+from cli_helpers import TINY_SEARCH, error_line, image_folder, read_only_directory, run_main, write_png
 from PIL import Image
 
 # flags that keep a search tiny should an error check ever fail to fire
@@ -684,21 +684,7 @@ def test_search_refuses_a_read_only_output(tmp_path, capsys, below):
 
 # ---------------------------------------------------------------- a finished run, and mistakes made on it
 
-RUN_FLAGS = [
-    "--backbones",
-    "mobilenetv2_100",
-    "--image-size",
-    "32",
-    "--trials",
-    "1",
-    "--max-epochs",
-    "1",
-    "--no-prerank",
-    "--strategies",
-    "linear_probe",
-    "--heads",
-    "linear",
-]
+RUN_FLAGS = TINY_SEARCH
 
 
 @pytest.fixture(scope="module")
