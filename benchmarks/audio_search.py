@@ -29,7 +29,7 @@ Rows:
   strength ``C`` is chosen on the validation split from 0.01, 0.1, 1, 10.
 
 Costs: *CPU s* is process CPU time (all threads, ``time.process_time()``) and *wall s*
-``time.perf_counter()``, around the whole ``search()`` call, around ``Executor.fit`` plus the test
+``time.perf_counter()``, around the whole ``run_search()`` call, around ``Executor.fit`` plus the test
 prediction of a probe, or around feature extraction plus fitting plus prediction for the baseline.
 Files are read and resampled once for every distinct preprocessing *before* any timing starts
 (the executor's encode cache, and the 16 kHz waveforms for the baseline); that one-off cost is
@@ -83,7 +83,7 @@ from automl_tl.inputs import InputOptions
 from automl_tl.modalities.audio import MelSpectrogram
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.registry import get_registry, reset_registry
-from automl_tl.search.study import search
+from automl_tl.search.study import run_search
 from automl_tl.train.executor import Executor, accuracy, predict_logits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
@@ -280,7 +280,7 @@ def asterisk_bundle(args: argparse.Namespace) -> tuple[DatasetBundle, str]:
 # ---------------------------------------------------------------- rows
 
 
-def run_search(
+def timed_search(
     executor: Executor,
     data: DatasetBundle,
     args: argparse.Namespace,
@@ -303,7 +303,7 @@ def run_search(
     )
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
-        outcome = search(data, config, run_dir, executor)
+        outcome = run_search(data, config, run_dir, executor)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
     board, params = outcome.leaderboard, outcome.best_params
     best = board[board["trial"] == outcome.best_trial].iloc[0]
@@ -449,7 +449,7 @@ def run_dataset(name: str, args: argparse.Namespace, executor: Executor, output:
     read_seconds = time.perf_counter() - started
     logger.info("%s: read and resampled every file in %.1fs (not counted in any row)", name, read_seconds)
 
-    rows = [run_search(executor, data, args, search_names, options, output / name / "search")]
+    rows = [timed_search(executor, data, args, search_names, options, output / name / "search")]
     rows += [run_probe(executor, data, args, probe, options) for probe in probe_names]
     rows.append(run_logmel_baseline(data, waveforms, args.seed))
     header = (
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     executor = Executor(show_progress=False, max_cached_encodings=12)
     sections = [run_dataset(name, args, executor, output) for name in args.datasets]
     notes = (
-        "CPU s = process CPU time (all threads) of the whole search() call, of a probe's fit and test "
+        "CPU s = process CPU time (all threads) of the whole run_search() call, of a probe's fit and test "
         "prediction, or of the baseline's features, fitting and prediction. CPU used by others = share of the "
         "machine's CPUs other processes used meanwhile (from /proc/stat); timings are only comparable between "
         "rows where it is near 0%."

@@ -21,7 +21,7 @@ search (``Executor.fit`` with a ``TrialConfig``), for as many epochs as the best
 configured with, and are evaluated on the same test split.
 
 Costs: *CPU s* is process CPU time (all threads) measured with ``time.process_time()``
-around the whole ``search()`` call (so it includes Optuna, model saving and the final test
+around the whole ``run_search()`` call (so it includes Optuna, model saving and the final test
 evaluation) or around ``Executor.fit`` plus the test prediction for a baseline; *wall s*
 is ``time.perf_counter()`` around the same. Images are encoded (decoded and resized) for
 every distinct preprocessing *before* any timing starts, so no row pays for encoding;
@@ -69,7 +69,7 @@ from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import DatasetBundle
 from automl_tl.inputs import InputOptions
 from automl_tl.registry import get_registry
-from automl_tl.search.study import search
+from automl_tl.search.study import run_search
 from automl_tl.train.executor import Executor, accuracy, predict_logits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- runs
 
 
-def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace, run_dir: Path) -> dict:
+def timed_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace, run_dir: Path) -> dict:
     config = SearchConfig(
         backbones=tuple(args.backbones),
         n_trials=args.trials,
@@ -222,7 +222,7 @@ def run_search(executor: Executor, data: DatasetBundle, args: argparse.Namespace
     )
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
-        outcome = search(data, config, run_dir, executor)
+        outcome = run_search(data, config, run_dir, executor)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
 
     board = outcome.leaderboard
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     encode_seconds = warm_encodings(executor, data, encoded, options)
     logger.info("encoded all splits for %d backbones in %.1fs (not counted in any row)", len(encoded), encode_seconds)
 
-    searched = run_search(executor, data, args, run_dir)
+    searched = timed_search(executor, data, args, run_dir)
     epochs = searched["_epochs"]
     baseline = get_registry().get_backbone(args.baseline_backbone)
     all_groups = baseline.build(len(data.classes), pretrained=False).num_groups
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     notes = "\n".join(
         [
-            f"CPU s = process CPU time (all threads); the search row times the whole search() call "
+            f"CPU s = process CPU time (all threads); the search row times the whole run_search() call "
             f"(sum of its trials' own CPU time: {searched['_trial_cpu_sum']:.0f} s).",
             f"Encoding the images once per preprocessing took {encode_seconds:.1f} s wall, before any timing; "
             "no row includes it.",

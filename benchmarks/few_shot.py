@@ -62,7 +62,7 @@ from automl_tl.config import SearchConfig, TrialConfig
 from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split, few_shot_split, prepare_dataset
 from automl_tl.inputs import InputOptions
 from automl_tl.registry import get_registry
-from automl_tl.search.study import search
+from automl_tl.search.study import run_search
 from automl_tl.train.embedding_heads import FITTERS, head_logits
 from automl_tl.train.executor import Executor
 from automl_tl.train.feature_cache import FeatureCache
@@ -270,7 +270,9 @@ def run_dataset(name: str, args: argparse.Namespace, output: Path) -> tuple[str,
             validation = bundle.validation
             config = SearchConfig(backbones=tuple(backbones), n_trials=args.trials, seed=draw, input_options=options)
             started = time.perf_counter()
-            outcome = search(bundle, config, output / name / f"search-{shots}shot-draw{draw}", executor=search_executor)
+            outcome = run_search(
+                bundle, config, output / name / f"search-{shots}shot-draw{draw}", executor=search_executor
+            )
             seconds.append(time.perf_counter() - started)
             searched.append(outcome.test_metrics["accuracy"])
             params = outcome.best_params

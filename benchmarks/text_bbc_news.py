@@ -22,7 +22,7 @@ tokens (default 128), three ways of fitting a classifier:
 All three are scored on the same test split.
 
 Costs: *CPU s* is process CPU time (all threads, ``time.process_time()``) and *wall s* is
-``time.perf_counter()``, around the whole ``search()`` call (Optuna, model saving and the
+``time.perf_counter()``, around the whole ``run_search()`` call (Optuna, model saving and the
 final test evaluation included), around ``Executor.fit`` plus the test prediction for the
 probe, and around fit plus predict for TF-IDF. Tokenising the splits for each backbone happens
 once *before* any timing (the executor caches it across trials); its cost is printed under
@@ -66,7 +66,7 @@ from automl_tl.config import SearchConfig, TrialConfig  # noqa: E402
 from automl_tl.data.bundle import DatasetBundle, prepare_dataset  # noqa: E402
 from automl_tl.inputs import InputOptions
 from automl_tl.registry import get_registry  # noqa: E402
-from automl_tl.search.study import search  # noqa: E402
+from automl_tl.search.study import run_search  # noqa: E402
 from automl_tl.train.executor import Executor, accuracy, predict_logits  # noqa: E402
 from automl_tl_datasets.text import load_bbc_news  # noqa: E402
 
@@ -186,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- runs
 
 
-def run_search(
+def timed_search(
     executor: Executor, data: DatasetBundle, backbones: list[str], args: argparse.Namespace, run_dir: Path
 ) -> dict:
     config = SearchConfig(
@@ -203,7 +203,7 @@ def run_search(
     logger.info("search: %d trials of %d epoch(s), backbones %s", args.trials, args.max_epochs, ", ".join(backbones))
     wall_started, cpu_started = time.perf_counter(), time.process_time()
     with OtherLoad() as load:
-        outcome = search(data, config, run_dir, executor)
+        outcome = run_search(data, config, run_dir, executor)
     cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
     board = outcome.leaderboard
     best = board[board["trial"] == outcome.best_trial].iloc[0]
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     rows = [
-        run_search(executor, data, backbones, args, run_dir),
+        timed_search(executor, data, backbones, args, run_dir),
         run_probe(executor, data, args),
         run_tfidf(data, args.seed),
     ]
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     notes = "\n".join(
         [
-            "CPU s = process CPU time (all threads); the search row times the whole search() call.",
+            "CPU s = process CPU time (all threads); the search row times the whole run_search() call.",
             f"Tokenising the splits once per backbone took {encode_seconds:.1f} s wall, before any timing; no row includes it.",
             "The linear probe trains on train and picks its best epoch on validation; TF-IDF + logistic regression "
             "trains on train + validation and reads whole articles.",
