@@ -12,9 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score
 
-if TYPE_CHECKING:  # torch is imported where a metric is computed: reading the metric names stays cheap
+if TYPE_CHECKING:  # torch and scikit-learn are imported where a metric is computed: reading the names stays cheap
     import torch
 
 #: the largest class at least this many times the smallest makes a data set imbalanced
@@ -26,11 +25,15 @@ def _accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
 
 
 def _balanced_accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
     return float(balanced_accuracy_score(labels, logits.argmax(1).numpy()))
 
 
 def _macro_f1(logits: torch.Tensor, labels: np.ndarray) -> float:
     # every class of the logits counts, even one the split happens not to predict (F1 0 then)
+    from sklearn.metrics import f1_score
+
     return float(
         f1_score(labels, logits.argmax(1).numpy(), labels=np.arange(logits.shape[1]), average="macro", zero_division=0)
     )

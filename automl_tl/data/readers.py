@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import soundfile
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy.signal import resample_poly
 
 from automl_tl.errors import DataError, UnreadableInputError, first_line
 from automl_tl.options import DEFAULT_MAX_IMAGE_PIXELS
@@ -920,5 +919,7 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """``samples`` resampled from ``from_rate`` to ``to_rate`` Hz with a polyphase filter (anti-aliased)."""
     if from_rate == to_rate:
         return samples
+    from scipy.signal import resample_poly  # here: scipy.signal takes over a second to import, for audio alone
+
     common = math.gcd(int(from_rate), int(to_rate))
     return resample_poly(samples, int(to_rate) // common, int(from_rate) // common).astype(np.float32)

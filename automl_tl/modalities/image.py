@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms import functional as F
 
 from automl_tl.backbone import Preprocessor
 from automl_tl.data.readers import read_image
@@ -53,6 +52,9 @@ class ImagePreprocessor(Preprocessor):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def encode_one(self, value: Any) -> torch.Tensor:
+        # (torchvision imported here: its import pulls in torch._dynamo, seconds that listing backbones need not pay)
+        from torchvision.transforms import functional as F
+
         # the side the image is resized to before any crop: a much larger file is decoded reduced towards it
         scale = self.size if self.crop_pct >= 1.0 else int(round(self.size / self.crop_pct))
         image = read_image(value, size=scale)

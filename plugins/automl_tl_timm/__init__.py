@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import timm
 import torch
-from timm.models import group_parameters
 from torch import nn
 
 from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat, TransferModel
@@ -41,6 +39,14 @@ logger = logging.getLogger(__name__)
 HUB_BACKBONES = ("resnet18", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224")
 #: the smallest image side the budget fallback goes down to: below it, ImageNet features are of little use
 SMALLEST_FALLBACK_SIZE = 32
+
+
+def _timm() -> Any:
+    """timm, imported when a model or its configuration is first needed: importing it takes seconds (it imports
+    torchvision's models and torch._dynamo), which listing the backbones or refusing bad input should not pay."""
+    import timm
+
+    return timm
 
 
 class TimmBackbone(Backbone):
@@ -84,7 +90,7 @@ class TimmBackbone(Backbone):
     def _hub_weights_cached(self) -> bool:
         """Whether timm finds this architecture's pretrained weights without a network: in the Hugging Face
         cache (its ``hf_hub_id``) or in torch hub's checkpoint folder (its ``url``)."""
-        cfg = timm.models.get_pretrained_cfg(self.timm_name)
+        cfg = _timm().models.get_pretrained_cfg(self.timm_name)
         if cfg is None:
             return False
         if cfg.hf_hub_id:
@@ -106,20 +112,20 @@ class TimmBackbone(Backbone):
 
     @cached_property
     def _pretrained_cfg(self) -> dict[str, Any]:
-        cfg = timm.models.get_pretrained_cfg(self.timm_name)
+        cfg = _timm().models.get_pretrained_cfg(self.timm_name)
         if cfg is None:
-            return timm.data.resolve_model_data_config(timm.create_model(self.timm_name, pretrained=False))
+            return _timm().data.resolve_model_data_config(_timm().create_model(self.timm_name, pretrained=False))
         return cfg.to_dict()
 
     @cached_property
     def embedding_dim(self) -> int:
-        return timm.create_model(self.timm_name, pretrained=False, num_classes=0).num_features
+        return _timm().create_model(self.timm_name, pretrained=False, num_classes=0).num_features
 
     def imagenet_model(self, pretrained: bool = True) -> nn.Module:
         """The full timm model with its original classifier and pretrained weights loaded strictly."""
         if pretrained and self.weights == "hub":
-            return timm.create_model(self.timm_name, pretrained=True)
-        model = timm.create_model(self.timm_name, pretrained=False)
+            return _timm().create_model(self.timm_name, pretrained=True)
+        model = _timm().create_model(self.timm_name, pretrained=False)
         if not pretrained or self.weights == "none":
             return model
         if self.weights == "offline":
@@ -132,7 +138,7 @@ class TimmBackbone(Backbone):
     def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
         body = self.imagenet_model(pretrained)
         body.reset_classifier(0)  # the body now returns the pooled embedding
-        groups = group_parameters(body, body.group_matcher(coarse=True))
+        groups = _timm().models.group_parameters(body, body.group_matcher(coarse=True))
         head = nn.Linear(body.num_features, num_classes)
         return TransferModel(body, head, [list(names) for names in groups.values()])
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -31,6 +30,8 @@ def write_timm_export(timm_name: str, context: ExportContext) -> ExportFiles:
     """The body's and head's tensors under timm's names for ``timm_name``, checked by loading them into timm."""
     model = context.model
     n_classes = len(context.config["classes"])
+    import timm  # here, not on import: importing timm takes seconds (see automl_tl_timm._timm)
+
     reference = timm.create_model(timm_name, pretrained=False, num_classes=n_classes)
     expected = reference.state_dict()
     state = {name: tensor.detach().contiguous() for name, tensor in model.body.state_dict().items()}
