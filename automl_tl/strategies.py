@@ -150,7 +150,8 @@ def trained_depth(strategy: str, freeze_depth: float) -> float:
         depth = float(freeze_depth)
     except (TypeError, ValueError):  # None, or pandas' NA
         depth = math.nan
-    return get_strategy(strategy).trained_depth(depth, math.inf)
+    known = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+    return depth if known is None else known.trained_depth(depth, math.inf)  # (one of a later version: its depth)
 
 
 def used_parameters(params: Mapping[str, Any]) -> dict[str, Any]:

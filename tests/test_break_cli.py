@@ -597,6 +597,7 @@ def test_the_freeze_depth_figure_takes_trials_without_a_depth():
     assert board["freeze_depth"].isna().sum() == 4
     assert plots.png_bytes(plots.freeze_depth_chart(board)).startswith(b"\x89PNG")
     assert [trained_depth(s, pd.NA) for s in ("linear_probe", "nearest_centroid", "full")] == [0, 0, float("inf")]
+    assert trained_depth("a_later_versions_strategy", 3) == 3.0  # a study from a newer version still draws
 
 
 def test_low_level_search_prints_no_optuna_lines(digits_bundle, tmp_path, capfd):
