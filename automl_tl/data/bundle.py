@@ -207,10 +207,7 @@ class DatasetBundle:
         return summary
 
 
-# ---------------------------------------------------------------- reading images
-
-
-# ---------------------------------------------------------------- tables and folders
+# ---------------------------------------------------------------- columns
 
 
 def _guess_input_column(frame: pd.DataFrame, label_column: str, origin: str) -> str:

@@ -34,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 
 IMAGE_EXTENSIONS = (".png", ".apng", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
 #: soundfile format -> the extensions its files go by (a format not listed goes by its own name: FLAC -> .flac)
 _AUDIO_FORMAT_EXTENSIONS = {
     "AIFF": (".aiff", ".aif", ".aifc"),
@@ -49,8 +47,6 @@ _AUDIO_FORMAT_EXTENSIONS = {
     "SVX": (".svx", ".8svx"),
     "MPC2K": (".mpc",),
 }
-
-
 #: formats libsndfile reads that are not sound collections: header-less samples, Matlab / Octave data files
 _NOT_AUDIO_FORMATS = ("RAW", "MAT4", "MAT5")
 
@@ -67,39 +63,27 @@ def _audio_extensions() -> tuple[str, ...]:
 
 #: every audio file extension this machine's libsndfile reads (matched case-insensitively)
 AUDIO_EXTENSIONS = _audio_extensions()
-
-
 TEXT_EXTENSIONS = (".txt",)
-
-
 #: table files read by :func:`read_table` (any other file is read as delimited text)
 TABLE_EXTENSIONS = (".csv", ".tsv", ".txt", ".parquet", ".jsonl", ".ndjson", ".xlsx", ".xlsm")
-
-
 #: delimiters a CSV file may use, sniffed in this order of preference
 DELIMITERS = (",", ";", "\t", "|")
-
-
 #: the column a folder's files go into, by modality
 FOLDER_COLUMNS = {"image": "image", "audio": "audio", "text": "text"}
-
-
 FILE_MODALITIES = ("image", "audio")
+
+
+# ---------------------------------------------------------------- reading images
 
 
 #: a large image is decoded reduced to no less than this many times the side it is resized to, so that the
 #: final resampling stays as good as from the full image (PIL's "reducing gap")
 REDUCING_GAP = 3.0
-
-
 #: the image modes PIL's ``Image.reduce`` works in
 _REDUCIBLE_MODES = ("L", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr")
-
-
 #: from this many pixels on a PNG is checked by its chunks' checksums (``verify``) instead of being decoded:
 #: every PNG, so that an image is decoded once, by the encoder, not also by the check
 VERIFY_PNG_ABOVE = 0
-
 
 # PIL refuses (or warns about) large images in Image.open, from a limit of its own; ours, the user's
 # max_image_pixels, is checked instead, so PIL's is lifted while we open a file (one thread at a time).
@@ -303,6 +287,9 @@ def _image_from_array(array: np.ndarray, origin: str) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     return as_rgb(Image.fromarray(array))
+
+
+# ---------------------------------------------------------------- tables, texts and folders
 
 
 def is_existing_file(path: Path) -> bool:
@@ -758,6 +745,9 @@ def resolve_paths(values: list[Any], base_dir: Path | None) -> list[Any]:
     return [resolved(v) for v in values]
 
 
+# ---------------------------------------------------------------- checking that an input can be read
+
+
 def is_missing(value: Any) -> bool:
     """An empty cell: None, NaN, pandas' NA, or a text of nothing but spaces."""
     if value is None or value is pd.NA or value is pd.NaT:
@@ -850,6 +840,9 @@ def check_inputs_readable(
     unreadable = find_unreadable(inputs, modality, origin, max_image_pixels=max_image_pixels)
     if unreadable:
         raise unreadable[0][1]
+
+
+# ---------------------------------------------------------------- sound files
 
 
 #: a file whose every sample is quieter than this (full scale = 1.0, i.e. -80 dBFS) is refused as silent

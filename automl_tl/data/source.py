@@ -31,12 +31,8 @@ DATA_SOURCE_KEYS = (
     "max_image_pixels",
     "group_column",
 )
-
-
 #: prepare_dataset's split fractions, for data sources stored before they were recorded
 DEFAULT_FRACTIONS = {"val_fraction": 0.15, "test_fraction": 0.15}
-
-
 #: the bad-row policy, which decides what rows a worker keeps, and its defaults (for sources stored before it)
 BAD_INPUT_DEFAULTS = {
     "on_bad_input": DEFAULT_ON_BAD_INPUT,
