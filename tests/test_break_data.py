@@ -577,8 +577,45 @@ def test_every_image_is_decoded_once(tmp_path, monkeypatch):
     assert len(decoded) == len(bundle.train)
 
 
-def test_a_truncated_png_is_still_found_without_decoding(tmp_path):
-    path = write_png(tmp_path / "t.png", size=32)
+#: the formats whose files are checked from their structure, not decoded, and how each is written
+STRUCTURE_CHECKED = {
+    "t.gif": {},
+    "t.webp": {"lossless": True},
+    "t.bmp": {},
+    "t.tif": {"compression": "tiff_lzw"},
+    "u.tif": {},  # (uncompressed)
+}
+
+
+def write_image_as(path: Path, size: int = 48, **options) -> Path:
+    rng = np.random.default_rng(len(path.name))
+    Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(path, **options)
+    return path
+
+
+@pytest.mark.parametrize("name", STRUCTURE_CHECKED)
+def test_gif_webp_bmp_and_tiff_are_decoded_once(tmp_path, monkeypatch, name):
+    from automl_tl.modalities.image import ImagePreprocessor
+
+    path = write_image_as(tmp_path / name, **STRUCTURE_CHECKED[name])
+    decoded: list = []
+    original = Image.Image.load  # (every format's loading ends in it, the file's own decoder before it)
+    monkeypatch.setattr(
+        Image.Image, "load", lambda self: (getattr(self, "filename", "") and decoded.append(1), original(self))[1]
+    )
+    check_input(path, "image")
+    assert decoded == []  # checked from its structure only
+    ImagePreprocessor(32, (0.5,) * 3, (0.5,) * 3).encode([path])
+    assert decoded
+
+
+@pytest.mark.parametrize("name", ["t.png", *STRUCTURE_CHECKED])
+def test_a_truncated_file_is_still_found_without_decoding(tmp_path, name):
+    path = (
+        write_png(tmp_path / name, size=32)
+        if name == "t.png"
+        else write_image_as(tmp_path / name, **STRUCTURE_CHECKED.get(name, {}))
+    )
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(UnreadableInputError, match="cannot read image file"):
         check_input(path, "image")

@@ -81,9 +81,6 @@ FILE_MODALITIES = ("image", "audio")
 REDUCING_GAP = 3.0
 #: the image modes PIL's ``Image.reduce`` works in
 _REDUCIBLE_MODES = ("L", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr")
-#: from this many pixels on a PNG is checked by its chunks' checksums (``verify``) instead of being decoded:
-#: every PNG, so that an image is decoded once, by the encoder, not also by the check
-VERIFY_PNG_ABOVE = 0
 
 # PIL refuses (or warns about) large images in Image.open, from a limit of its own; ours, the user's
 # max_image_pixels, is checked instead, so PIL's is lifted while we open a file (one thread at a time).
@@ -241,9 +238,10 @@ def check_image(
     """Raise :class:`~automl_tl.errors.UnreadableInputError` if ``value`` is not a usable image.
 
     Affordable on every input of a data set: the header gives the size (checked against ``max_pixels``);
-    with ``decode``, a PNG is checked by its chunks' checksums without decoding it (truncated or damaged
-    files fail them), a JPEG is decoded at 1/8 scale, and anything else is decoded (so that truncated files
-    are found now). So a PNG is decoded once in a search, when it is encoded for a backbone.
+    with ``decode``, the file's structure is checked without decoding its pixels where the format allows
+    (see :func:`_structure_is_whole`: PNG, GIF, WebP, uncompressed BMP, TIFF), a JPEG is decoded at 1/8
+    scale, and anything else is decoded (so that truncated files are found now). So most images are decoded
+    once in a search, when they are encoded for a backbone, not also by this check.
     """
     if isinstance(value, Image.Image):
         return
@@ -252,14 +250,71 @@ def check_image(
         return
     path = Path(str(value)).expanduser()
     with _open_image(path, origin, max_pixels) as image:
-        if not decode:
-            return
-        if image.format == "PNG" and image.size[0] * image.size[1] >= VERIFY_PNG_ABOVE:
-            image.verify()
+        if not decode or _structure_is_whole(image, path):
             return
         if image.format == "JPEG":
             image.draft(None, (1, 1))
         image.load()
+
+
+def _structure_is_whole(image: Image.Image, path: Path) -> bool:
+    """Whether ``image``'s file was checked whole from its structure alone, without decoding its pixels:
+    a truncated file (what a failed copy or a full disk leaves) fails this (``OSError``). False where its
+    format cannot be checked so (JPEG, run-length BMP, ...): the caller decodes it instead.
+
+    PNG: every chunk's checksum (PIL's ``verify``). GIF: the first frame's data blocks all present. WebP:
+    the RIFF container as long as its header says. Uncompressed BMP (and any raw layout): the pixel rows
+    within the file. TIFF: every strip or tile within the file.
+    """
+    if image.format == "PNG":
+        image.verify()
+        return True
+    size = path.stat().st_size
+    if image.format == "WEBP":
+        with path.open("rb") as file:
+            header = file.read(12)
+        declared = int.from_bytes(header[4:8], "little") + 8 if header[:4] == b"RIFF" else None
+        if declared is None or size < declared:
+            raise OSError(f"truncated WebP file: {size} bytes of {declared}")
+        return True
+    if image.format == "TIFF":
+        tags = image.tag_v2  # type: ignore[attr-defined]
+        offsets, counts = tags.get(273) or tags.get(324), tags.get(279) or tags.get(325)
+        if not offsets or not counts:
+            return False
+        end = max(offset + count for offset, count in zip(offsets, counts))
+        if end > size:
+            raise OSError(f"truncated TIFF file: its image data end at byte {end}, the file has {size}")
+        return True
+    if len(image.tile) != 1:
+        return False
+    tile = image.tile[0]
+    if image.format == "GIF" and tile.codec_name == "gif":
+        _check_gif_blocks(path, tile.offset)
+        return True
+    stride = tile.args[1] if tile.codec_name == "raw" and isinstance(tile.args, tuple) and len(tile.args) > 1 else 0
+    if isinstance(stride, int) and stride > 0:
+        end = tile.offset + stride * (tile.extents[3] - tile.extents[1])
+        if end > size:
+            raise OSError(f"truncated {image.format} file: its pixel rows end at byte {end}, the file has {size}")
+        return True
+    return False
+
+
+def _check_gif_blocks(path: Path, offset: int) -> None:
+    """The LZW data blocks of a GIF frame starting at ``offset`` all present up to their terminator (each
+    block is a length byte, then that many bytes; a zero length ends them)."""
+    with path.open("rb") as file:
+        file.seek(offset)
+        while True:
+            length = file.read(1)
+            if not length:
+                raise OSError("truncated GIF file: its first frame's data end before their terminator")
+            if length[0] == 0:
+                return
+            block = file.read(length[0])
+            if len(block) < length[0]:
+                raise OSError("truncated GIF file: its first frame's data end before their terminator")
 
 
 def _image_from_array(array: np.ndarray, origin: str) -> Image.Image:
