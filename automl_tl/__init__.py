@@ -38,7 +38,7 @@ _PUBLIC = {
     "SearchOutcome": "automl_tl.search.study",
     "run_search": "automl_tl.search.study",
     "Predictor": "automl_tl.results.model_io",
-    "load": "automl_tl.results.model_io",
+    "load": "automl_tl.results.loading",
     "export_model": "automl_tl.results.export",
     "write_model_card": "automl_tl.results.model_card",
 }
@@ -93,7 +93,8 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from automl_tl.inputs import InputOptions
     from automl_tl.registry import get_backbone, get_registry, list_backbones
     from automl_tl.results.export import export_model
+    from automl_tl.results.loading import load
     from automl_tl.results.model_card import write_model_card
-    from automl_tl.results.model_io import Predictor, load
+    from automl_tl.results.model_io import Predictor
     from automl_tl.search.study import Search, SearchOutcome, run_search
     from automl_tl.train.executor import Executor, TrialResult

@@ -384,6 +384,9 @@ def _print_outcome(outcome) -> None:
     )
     if model.get("refit"):
         print(f"refit: {model['refit']}")
+    ensemble = summary.get("ensemble") or {}
+    if ensemble.get("reason"):
+        print(f"ensemble: {'kept, ' + model['kept'] if ensemble.get('kept') else 'none'}: {ensemble['reason']}")
     if outcome.transferability is not None:
         taus = ", ".join(
             f"{name} {'n/a' if tau is None else f'{tau:+.2f}'}"
@@ -422,7 +425,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from automl_tl.results.model_io import ERROR_COLUMN, load
+    from automl_tl.results.loading import load
+    from automl_tl.results.model_io import ERROR_COLUMN
     from automl_tl.results.report import spreadsheet_safe_table
 
     predictor = load(args.run_dir)

@@ -235,6 +235,9 @@ class SearchConfig:
     metric: str | None = None
     #: after the search, train the best configuration again on training + validation data (within the budget)
     refit: bool = True
+    #: after the search, a weighted average of the best trial and the probes, kept when it beats the best single
+    #: model on validation rows it was not chosen on (see automl_tl.search.ensembling)
+    ensemble: bool = True
 
     def __post_init__(self) -> None:
         # types first: a string where a number belongs would otherwise fail a comparison with a TypeError

@@ -77,7 +77,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     metric: what trials are selected by: "accuracy", "balanced_accuracy", "macro_f1" or "log_loss" (None:
         balanced accuracy, with a class-weighted loss, when the largest class has 3 or more times the examples of
         the smallest; else accuracy). refit: train the best configuration again on training + validation at
-        the end, within the budget (the test part, if any, stays held out).
+        the end, within the budget (the test part, if any, stays held out). ensemble: after the trials, try a
+        weighted average of the best trial and the probes (greedy selection on validation), kept only when it
+        beats the best single model on validation rows it was not chosen on.
     on_bad_input: "skip" (default) leaves out, and lists in ``run_dir_/skipped.csv``, each input that cannot be
         read; "error" refuses the data at the first. max_bad_fraction: more than this share of the labelled
         rows unreadable refuses the data anyway (default 0.1). max_image_pixels: larger images are unreadable
@@ -138,6 +140,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         show_progress: bool | None = None,
         metric: str | None = None,
         refit: bool = True,
+        ensemble: bool = True,
     ):
         # scikit-learn's rule: __init__ only stores the parameters; fit checks them.
         self.backbones = backbones
@@ -179,6 +182,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.show_progress = show_progress
         self.metric = metric
         self.refit = refit
+        self.ensemble = ensemble
 
     # ------------------------------------------------------------ fitting
 
@@ -335,6 +339,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             tracking_uri=self.tracking_uri,
             metric=self.metric,
             refit=self.refit,
+            ensemble=self.ensemble,
             input_options=InputOptions(
                 image_size=self.image_size, max_length=self.max_length, clip_seconds=self.clip_seconds
             ),

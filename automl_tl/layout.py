@@ -7,7 +7,9 @@ RUN_DIR/
   transferability.csv/.md  the pre-ranking                 skipped.csv     the rows not trained on
   manifest.json          versions, seeds, data hash       report.html     the report, plots/ its figures
   MODEL_CARD.md          what the best model is and how it was measured
-  best_model/            model.safetensors + config.json (+ metrics.json): what automl_tl.load() reads
+  best_model/            model.safetensors + config.json (+ metrics.json): the best single model
+  ensemble_model/        ensemble.json + member_N/ model folders: when kept, what automl_tl.load() reads
+  trial_predictions/     each finished trial's validation probabilities, what the ensemble is chosen from
   exports/               what automl-tl export writes
 ```
 """
@@ -27,6 +29,9 @@ BEST_MODEL_DIR = "best_model"
 #: held while the best model is compared and replaced (workers share a run directory)
 BEST_MODEL_LOCK = ".best_model.lock"
 EXPORTS_DIR = "exports"
+ENSEMBLE_DIR = "ensemble_model"
+ENSEMBLE_FILE = "ensemble.json"
+TRIAL_PREDICTIONS_DIR = "trial_predictions"
 #: inside a model folder
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -207,6 +207,15 @@ def search_options() -> tuple[SearchOption, ...]:
             flag="--no-refit",
         ),
         SearchOption(
+            "ensemble",
+            "bool",
+            True,
+            "keep the best single model instead of trying, after the trials, a weighted average of the best "
+            "trial and the probes (greedy ensemble selection on validation, kept only when it beats the best "
+            "single model on validation rows it was not chosen on)",
+            flag="--no-ensemble",
+        ),
+        SearchOption(
             "seed",
             "int",
             0,

@@ -40,8 +40,10 @@ from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.files import with_usual_permissions, write_json_atomic
 from automl_tl.layout import BEST_MODEL_DIR, EXPORTS_DIR, MODEL_CARD_FILE
 from automl_tl.registry import list_backbones
+from automl_tl.results.ensemble import is_ensemble_dir
+from automl_tl.results.loading import kept_model_dir
 from automl_tl.results.model_card import describe_preprocessing, render_model_card
-from automl_tl.results.model_io import Predictor, load, model_dir_of
+from automl_tl.results.model_io import Predictor, load_model_dir, model_dir_of
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,13 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AutomlTLError(f"run directory not found: {run_dir}")
-    predictor = load(run_dir, device="cpu")
+    if is_ensemble_dir(kept_model_dir(run_dir)):
+        raise AutomlTLError(
+            f"the model {run_dir} keeps is an ensemble ({kept_model_dir(run_dir)}), and an ensemble cannot be "
+            f"exported yet: export its best single model (automl-tl export {model_dir_of(run_dir)} --format "
+            f"{fmt}), or search again with --no-ensemble"
+        )
+    predictor = load_model_dir(model_dir_of(run_dir), device="cpu")
     _check_supported(fmt, predictor)
     target = Path(output) if output is not None else run_dir / EXPORTS_DIR / fmt
     _check_target(target)

@@ -32,6 +32,7 @@ from automl_tl.rank.transferability import SCORES
 from automl_tl.results import plots
 from automl_tl.results.report import (
     DATA_SUMMARY_ATTR,
+    ENSEMBLE_ATTR,
     LEADERBOARD_COLUMNS,
     TEST_EVALUATION_ATTR,
     TRANSFERABILITY_ATTR,
@@ -103,6 +104,8 @@ def write_report(study: optuna.Study, run_dir: str | Path, storage: str | None =
         lambda: plots.freeze_depth_chart(board),
         missing=None if _has_values(board) else "No trial has a validation accuracy yet.",
     )
+    page.add("<h2>Ensemble</h2>")
+    _ensemble_section(page, attrs.get(ENSEMBLE_ATTR))
     page.add("<h2>Best model on the test set</h2>")
     _test_section(page, evaluation)
     page.add("<h2>Transferability pre-ranking</h2>")
@@ -352,6 +355,25 @@ def _leaderboard_table(board: pd.DataFrame, best_trial: int | None, metric: str 
         "selected by; the best first (ties: the lower val_loss), the best model's row highlighted. Pruned "
         "trials show the score they had when stopped.</p>"
     )
+
+
+def _ensemble_section(page: _Page, ensemble: dict[str, Any] | None) -> None:
+    """Whether the search kept an ensemble, why, and its members (the test section is then the ensemble's)."""
+    if not ensemble:
+        page.note("No ensemble was tried (a search of an earlier version, or one that has not finished).")
+        return
+    reason = html.escape(str(ensemble.get("reason", "")))
+    if not ensemble.get("kept"):
+        page.add(f"<p>None kept: {reason}.</p>")
+        return
+    page.add(
+        f"<p>Kept, and what <code>automl_tl.load()</code> returns: the weighted average of the class "
+        f"probabilities of {len(ensemble['members'])} models, chosen by greedy ensemble selection among "
+        f"{html.escape(str(ensemble.get('candidates')))} finished trials; {reason}. The test figures below are "
+        "the ensemble's.</p>"
+    )
+    members = pd.DataFrame(ensemble["members"], columns=["trial", "backbone", "strategy", "weight"])
+    page.add(members.to_html(index=False, border=0, classes="grid", escape=True))
 
 
 def _test_section(page: _Page, evaluation: dict[str, Any] | None) -> None:

@@ -18,7 +18,15 @@ from typing import Any
 
 from automl_tl.errors import AutomlTLError
 from automl_tl.files import read_json, write_text_atomic
-from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE, SUMMARY_FILE
+from automl_tl.layout import (
+    BEST_MODEL_DIR,
+    CONFIG_FILE,
+    ENSEMBLE_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    SUMMARY_FILE,
+)
 from automl_tl.results.model_io import model_dir_of
 from automl_tl.results.report import describe_skipped
 from automl_tl.strategies import LINEAR_PROBE, STRATEGIES
@@ -248,6 +256,37 @@ def _search_section(
     return lines + [""]
 
 
+def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
+    """What the run keeps when it is an ensemble: its members and why it was kept; one line when none was."""
+    ensemble = (summary or {}).get("ensemble")
+    if not ensemble:
+        return []
+    if not ensemble.get("kept"):
+        return ["## Ensemble", "", f"None: {plain(ensemble.get('reason', 'not recorded'))}.", ""]
+    checked = ensemble.get("cross_validated") or {}
+    metric = str(checked.get("metric", summary.get("metric", "accuracy"))).replace("_", " ")
+    lines = [
+        "## Ensemble",
+        "",
+        f"`automl_tl.load()` returns the weighted average of the class probabilities of "
+        f"{len(ensemble['members'])} models (`{ENSEMBLE_DIR}/`), chosen by greedy ensemble selection with "
+        f"replacement (Caruana et al. 2004) among {ensemble.get('candidates')} finished trials on "
+        f"{ensemble.get('rows')} validation predictions (held-out or out-of-fold rows). On validation rows it was not chosen on "
+        f"({checked.get('folds')}-fold), its {metric} was {_number(checked.get('ensemble'))} against "
+        f"{_number(checked.get('single'))} for the best single model. The test figures below are the "
+        "ensemble's; the Model section describes its best member.",
+        "",
+        "| trial | backbone | strategy | weight |",
+        "|---|---|---|---|",
+    ]
+    for member in ensemble["members"]:
+        lines.append(
+            f"| {member.get('trial')} | {code(member.get('backbone'))} | {plain(member.get('strategy'))} | "
+            f"{_number(member.get('weight'))} |"
+        )
+    return lines + [""]
+
+
 def _epochs(least: int | None, most: int | None) -> str:
     return f"{most} epoch{'s' if most != 1 else ''}" if least == most else f"{least} to {most} epochs"
 
@@ -434,6 +473,7 @@ def render_model_card(run_dir: str | Path) -> str:
     lines += _model_section(config, manifest)
     lines += _data_section(config, summary, manifest)
     lines += _search_section(config, summary, manifest)
+    lines += _ensemble_section(summary)
     lines += _metrics_section(config, metrics, (summary or {}).get("data", {}).get("val"))
     lines += _limits_section(config, summary, metrics)
     lines += _reproduce_section(manifest)

@@ -35,7 +35,6 @@ from automl_tl.backbone import Backbone, TransferModel
 from automl_tl.data.bundle import prepare_unlabelled
 from automl_tl.data.readers import check_input, input_excerpt, read_table
 from automl_tl.errors import (
-    AutomlTLError,
     DataError,
     EmptyInputError,
     ModelFileError,
@@ -95,6 +94,12 @@ def save_model(model: TransferModel, directory: Path, config: dict[str, Any]) ->
     save_file(state, str(staging / WEIGHTS_FILE))
     (staging / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2, default=str))
     with_usual_permissions(staging / WEIGHTS_FILE)  # safetensors writes it private (0600)
+    replace_directory(staging, directory)
+
+
+def replace_directory(staging: Path, directory: Path) -> None:
+    """Put the complete folder ``staging`` in the place of ``directory`` (two renames: the old one is kept
+    as ``.NAME-old`` until the new one is in place; see :func:`repair_interrupted_save`)."""
     old = directory.with_name(f".{directory.name}-old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -103,17 +108,18 @@ def save_model(model: TransferModel, directory: Path, config: dict[str, Any]) ->
     shutil.rmtree(old, ignore_errors=True)
 
 
-def repair_interrupted_save(directory: Path) -> None:
-    """Undo what a process killed inside :func:`save_model` left beside ``directory``.
+def repair_interrupted_save(directory: Path, marker_files: tuple[str, ...] = (WEIGHTS_FILE, CONFIG_FILE)) -> None:
+    """Undo what a process killed inside :func:`save_model` (or any :func:`replace_directory`) left beside
+    ``directory``.
 
-    Killed between its two renames, it leaves no ``directory`` but the complete previous model in
-    ``.NAME-old``: that one is put back. Half-written staging folders (``.NAME-*``) are deleted, so
-    kills never fill the disk. Call it where no other process saves into ``directory`` at the same time
-    (the search holds its best-model lock).
+    Killed between its two renames, it leaves no ``directory`` but the complete previous one in
+    ``.NAME-old`` (complete: it holds ``marker_files``): that one is put back. Half-written staging folders
+    (``.NAME-*``) are deleted, so kills never fill the disk. Call it where no other process saves into
+    ``directory`` at the same time (the search holds its best-model lock).
     """
     directory = Path(directory)
     old = directory.with_name(f".{directory.name}-old")
-    if not directory.exists() and (old / WEIGHTS_FILE).is_file() and (old / CONFIG_FILE).is_file():
+    if not directory.exists() and all((old / name).is_file() for name in marker_files):
         os.replace(old, directory)
     if directory.parent.is_dir():
         for leftover in directory.parent.glob(f".{directory.name}-*"):
@@ -549,11 +555,3 @@ def model_dir_of(run_dir: Path) -> Path:
     """Where the model of ``run_dir`` is: ``RUN_DIR/best_model`` for a search's run directory, else the
     directory itself (a saved model directory given directly)."""
     return run_dir / BEST_MODEL_DIR if (run_dir / BEST_MODEL_DIR).is_dir() else run_dir
-
-
-def load(run_dir: str | Path, device: torch.device | str | None = None) -> Predictor:
-    """The best model of a search (``RUN_DIR/best_model``), or a model directory itself, ready to predict."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise AutomlTLError(f"run directory not found: {run_dir}")
-    return load_model_dir(model_dir_of(run_dir), device)

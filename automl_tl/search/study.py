@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
@@ -38,16 +40,34 @@ from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.data.source import load_data_source
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.files import exclusive_lock, write_json_atomic
-from automl_tl.layout import BEST_MODEL_DIR, BEST_MODEL_LOCK, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
+from automl_tl.layout import (
+    BEST_MODEL_DIR,
+    BEST_MODEL_LOCK,
+    CONFIG_FILE,
+    ENSEMBLE_DIR,
+    ENSEMBLE_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+)
 from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.rank.ranking import rank_backbones, searchable_backbones, with_outcomes
 from automl_tl.registry import get_registry
+from automl_tl.results.ensemble import EnsemblePredictor, save_ensemble
+from automl_tl.results.ensemble_selection import ENSEMBLE_ROUNDS
+from automl_tl.results.loading import kept_model_dir, load_kept_model
 from automl_tl.results.manifest import build_manifest
 from automl_tl.results.model_card import write_model_card
-from automl_tl.results.model_io import Predictor, load_model_dir, repair_interrupted_save, save_model
+from automl_tl.results.model_io import (
+    Predictor,
+    load_model_dir,
+    read_model_config,
+    repair_interrupted_save,
+    save_model,
+)
 from automl_tl.results.report import (
     DATA_SUMMARY_ATTR,
+    ENSEMBLE_ATTR,
     TEST_EVALUATION_ATTR,
     TRANSFERABILITY_ATTR,
     best_accuracy_by_backbone,
@@ -57,12 +77,19 @@ from automl_tl.results.report import (
     write_summary,
     write_transferability,
 )
+from automl_tl.search.ensembling import (
+    Candidate,
+    choose_ensemble,
+    ensemble_candidates,
+    validation_probabilities,
+    write_trial_predictions,
+)
 from automl_tl.search.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
 from automl_tl.search.sampling import SlotSeededSampler
 from automl_tl.search.space import SearchSpace, suggest_trial_config, warm_start_params
 from automl_tl.search.workers import run_local_workers
 from automl_tl.storage import inspect_journal, journal_path, open_storage
-from automl_tl.strategies import describe_parameters, get_strategy, used_parameters
+from automl_tl.strategies import FROZEN_BODY_STRATEGIES, describe_parameters, get_strategy, used_parameters
 from automl_tl.train.device import DeadlineReached
 from automl_tl.train.executor import (
     FITTED_ON_TRAIN_AND_VAL,
@@ -92,6 +119,8 @@ SAVE_MARGIN_FRACTION = 0.05
 #: the time kept back for a refit is its estimate times this: estimates from one trial's epochs are rough, and a
 #: refit that finds a few seconds too few is skipped
 REFIT_RESERVE_FACTOR = 1.25
+#: seconds counted for writing each ensemble member (its whole model: body and head)
+ENSEMBLE_SAVE_SECONDS = 1.0
 
 
 #: a failed trial's reason when the time for it ran out before it had a model
@@ -561,6 +590,9 @@ class Search:
             trial.set_user_attr("error", BUDGET_RAN_OUT)
             logger.info("trial %d stopped: %s", trial.number, BUDGET_RAN_OUT)
             raise TrialFailed(BUDGET_RAN_OUT)
+        probabilities = validation_probabilities(result, self.data)
+        if probabilities is not None:
+            write_trial_predictions(self.run_dir, trial.number, probabilities)  # for the ensemble at the end
         self._keep_if_best(result)
         result.release_model()  # the weights are on disk if they were the best; free them now
         return result.best_score
@@ -578,6 +610,7 @@ class Search:
             "val_accuracy_by_epoch": [round(r.val_accuracy, 5) for r in result.history],
             "batch_size_used": result.config.batch_size,
             "metric": result.config.metric,
+            "trial_config": result.config.to_dict(),  # what an ensemble rebuilds the trial's model from
         }
         if best is not None:
             attrs.update(best_val_score=best.val_metrics.get(result.config.metric), best_val_loss=best.val_loss)
@@ -630,25 +663,25 @@ class Search:
             )
 
     def _save(self, model, backbone: Backbone, config: TrialConfig, details: dict[str, Any]) -> None:
-        """Write ``model`` as ``best_model`` with its config: what it is, how to feed it, and ``details``."""
+        """Write ``model`` as ``best_model`` with its config (see :meth:`_model_config`)."""
+        save_model(model, self.run_dir / BEST_MODEL_DIR, self._model_config(backbone, config, details))
+
+    def _model_config(self, backbone: Backbone, config: TrialConfig, details: dict[str, Any]) -> dict[str, Any]:
+        """A saved model's config: what it is, how to feed it, and ``details`` (the trial, its figures)."""
         preprocessor = backbone.preprocessor(config.input_options)
-        save_model(
-            model,
-            self.run_dir / BEST_MODEL_DIR,
-            {
-                "backbone": backbone.describe(),
-                "head": config.head.to_dict(),
-                "classes": self.data.classes,
-                "input_column": self.data.input_column,
-                "label_column": self.data.label_column,
-                "input_options": config.to_dict()["input_options"],
-                "preprocessing": preprocessor.describe(),
-                "trial_config": config.to_dict(),
-                "metric": config.metric,
-                "data_fingerprint": self.data.fingerprint,
-                **details,
-            },
-        )
+        return {
+            "backbone": backbone.describe(),
+            "head": config.head.to_dict(),
+            "classes": self.data.classes,
+            "input_column": self.data.input_column,
+            "label_column": self.data.label_column,
+            "input_options": config.to_dict()["input_options"],
+            "preprocessing": preprocessor.describe(),
+            "trial_config": config.to_dict(),
+            "metric": config.metric,
+            "data_fingerprint": self.data.fingerprint,
+            **details,
+        }
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         result = self._results.pop(trial.number, None)
@@ -685,8 +718,10 @@ class Search:
             self._write_report(study)  # what there is: the trials, their failures
             raise AutomlTLError(self._why_nothing_finished(study))
         refit_note = self._refit_best()
-        predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
-        saved = predictor.config
+        ensemble = self._ensemble(study)
+        study.set_user_attr(ENSEMBLE_ATTR, ensemble)  # the report reads it from the study
+        predictor = load_kept_model(kept_model_dir(self.run_dir), self.executor.device)
+        saved = read_model_config(self.run_dir / BEST_MODEL_DIR)  # the best single model (the ensemble's anchor)
         best_trial = saved["trial"]
         evaluation, test_note = self._test_evaluation(predictor)
         if evaluation is not None:
@@ -704,18 +739,19 @@ class Search:
             "fitted_on": saved.get("fitted_on", "train"),
             "refit": refit_note,
             "test": test_note,
+            "kept": _describe_kept(ensemble),
         }
-        write_json_atomic(
-            self.run_dir / BEST_MODEL_DIR / METRICS_FILE,
-            {
-                "trial": best_trial,
-                "metric": metric,
-                "val_accuracy": saved["val_accuracy"],
-                "validation": validation_metrics,
-                "test": test_metrics,
-                "model": measured,
-            },
-        )
+        metrics_record = {
+            "trial": best_trial,
+            "metric": metric,
+            "val_accuracy": saved["val_accuracy"],
+            "validation": validation_metrics,
+            "test": test_metrics,
+            "model": measured,
+        }
+        # (beside the model measured: the test figures are the kept model's, the ensemble's when one is kept)
+        for folder in dict.fromkeys((BEST_MODEL_DIR, kept_model_dir(self.run_dir).name)):
+            write_json_atomic(self.run_dir / folder / METRICS_FILE, metrics_record)
         best_params = used_parameters(study.trials[best_trial].params)  # what the best model used
         states = board["state"].value_counts().to_dict()
         transferability = self._transferability(board)
@@ -738,6 +774,7 @@ class Search:
                 "total_cpu_seconds": float(board["cpu_seconds"].fillna(0).sum()),
                 "data": self.data.summary(),
                 "transferability": transferability,
+                "ensemble": ensemble,
             },
         )
         write_json_atomic(
@@ -883,6 +920,142 @@ class Search:
             return None, "not evaluated: the budget ran out first"
         return evaluation, "evaluated on the test split, which no model learnt from"
 
+    def _logits_on(self, predictor: Predictor, split: Split, deadline: float | None) -> torch.Tensor:
+        """The kept model's logits on ``split``; an ensemble's are the logarithms of its averaged probabilities.
+        A frozen-body model (or member) is run on the cached features, the others on the encoded inputs."""
+        members = predictor.members if isinstance(predictor, EnsemblePredictor) else [predictor]
+        weights = predictor.weights if isinstance(predictor, EnsemblePredictor) else [1.0]
+        if len(members) == 1:
+            return self._member_logits(members[0], split, deadline)
+        total = sum(w * torch.softmax(self._member_logits(m, split, deadline), 1) for w, m in zip(weights, members))
+        return torch.log(total.clamp_min(1e-12))
+
+    def _member_logits(self, predictor: Predictor, split: Split, deadline: float | None) -> torch.Tensor:
+        trial_config = predictor.config.get("trial_config", {})
+        strategy = trial_config.get("strategy")
+        if strategy in FROZEN_BODY_STRATEGIES and predictor.backbone.name in self.backbones:
+            options = TrialConfig.from_dict(trial_config).input_options
+            features = self.executor.features(predictor.backbone, options, self.data, split, deadline=deadline)
+            with torch.no_grad():
+                head = predictor.model.head.eval()
+                return head(torch.as_tensor(features, device=predictor.device)).float().cpu()
+        items = self.executor.encoded(predictor.preprocessor, self.data, split)
+        return predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device, deadline)
+
+    def _ensemble(self, study: optuna.Study) -> dict[str, Any]:
+        """Try an ensemble of the best trial and the probes (see :mod:`automl_tl.search.ensembling`): written as
+        ``ensemble_model`` when kept (what ``automl_tl.load`` then returns), else an earlier one is removed.
+        Returns the record for the summary: kept or not, why, the members and their weights."""
+        directory = self.run_dir / ENSEMBLE_DIR
+        with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
+            repair_interrupted_save(directory, (ENSEMBLE_FILE,))
+        record = self._build_ensemble(study, directory)
+        if not record["kept"]:
+            shutil.rmtree(directory, ignore_errors=True)
+        logger.info("ensemble: %s: %s", "kept" if record["kept"] else "none", record["reason"])
+        return record
+
+    def _build_ensemble(self, study: optuna.Study, directory: Path) -> dict[str, Any]:
+        if not self.config.ensemble:
+            return {"kept": False, "reason": "not asked for (--no-ensemble)"}
+        if self.data.validation != VALIDATION_HOLDOUT or not len(self.data.val):
+            return {"kept": False, "reason": "no validation split to choose members on"}
+        best = _saved_best_config(self.run_dir)
+        metric = best.get("metric", "accuracy")
+        candidates, labels = ensemble_candidates(self.run_dir, study, self.data, best["trial"])
+        choice = choose_ensemble(candidates, labels, metric, self.config.seed)
+        record: dict[str, Any] = {
+            "kept": False,
+            "reason": choice.reason,
+            "candidates": len(candidates),
+            "rows": len(labels),
+        }
+        if choice.cross_validated is not None:
+            checked = choice.cross_validated
+            record["cross_validated"] = {
+                "ensemble": abs(checked.ensemble),
+                "single": abs(checked.single),
+                "folds": checked.folds,
+                "metric": metric,
+            }
+        if choice.selection is None:
+            return record
+        chosen = [(candidates[i], float(choice.selection.weights[i])) for i in choice.selection.members]
+        rebuilt = [c for c, _ in chosen if c.trial != best["trial"]]
+        estimate = sum(c.seconds for c in rebuilt) + ENSEMBLE_SAVE_SECONDS * len(chosen)
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic() - self._save_margin()
+            if estimate > left:
+                record["reason"] = (
+                    f"skipped: building its {len(chosen)} members would take about {estimate:.0f}s, "
+                    f"{max(left, 0):.0f}s of the budget were left"
+                )
+                return record
+        members = []
+        for candidate, weight in chosen:
+            if candidate.trial == best["trial"]:
+                anchor = load_model_dir(self.run_dir / BEST_MODEL_DIR, "cpu")
+                members.append((weight, anchor.model, anchor.config))
+                continue
+            model, config = self._rebuild_member(candidate)
+            if model is None:
+                record["reason"] = "skipped: the budget ran out while its members were rebuilt"
+                return record
+            members.append((weight, model, config))
+        save_ensemble(
+            directory,
+            members,
+            {
+                "kind": "weighted average of probabilities",
+                "classes": self.data.classes,
+                "input_column": self.data.input_column,
+                "label_column": self.data.label_column,
+                "metric": metric,
+                "data_fingerprint": self.data.fingerprint,
+                "selection": {
+                    "method": "greedy ensemble selection with replacement (Caruana et al. 2004)",
+                    "rounds": ENSEMBLE_ROUNDS,
+                    "candidates": len(candidates),
+                    "validation_chosen_on": abs(choice.selection.score),
+                    "cross_validated": record.get("cross_validated"),
+                },
+            },
+        )
+        record.update(
+            kept=True,
+            members=[
+                {"trial": c.trial, "backbone": c.config.backbone, "strategy": c.config.strategy, "weight": round(w, 4)}
+                for c, w in chosen
+            ],
+            validation_chosen_on=abs(choice.selection.score),
+        )
+        return record
+
+    def _rebuild_member(self, candidate: Candidate) -> tuple[Any, dict[str, Any]]:
+        """A frozen-body trial's model trained again from the cached features (on training + validation
+        with refit on, for the epochs it scored best at); (None, {}) when the budget ran out."""
+        config = candidate.config
+        refit = self.config.refit and self._refit_due({"fitted_on": candidate.attrs.get("fitted_on")})
+        if refit:
+            config = replace(config, epochs=candidate.attrs.get("best_epoch") or config.epochs)
+        backbone = self.backbones[config.backbone]
+        deadline = None if self._deadline is None else self._deadline - self._save_margin()
+        result = self.executor.fit(config, backbone, self.data, deadline=deadline, refit=refit)
+        if not result.has_model or result.stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
+            return None, {}
+        details = {
+            "trial": candidate.trial,
+            "val_accuracy": candidate.attrs.get("best_val_accuracy"),
+            "val_score": candidate.attrs.get("best_val_score"),
+            "val_loss": candidate.attrs.get("best_val_loss"),
+            "validation": candidate.attrs.get("validation", self.data.validation),
+            "fitted_on": result.extra.get("fitted_on", "train"),
+            "best_epoch": candidate.attrs.get("best_epoch"),
+        }
+        model = result.final_model()
+        result.release_model()
+        return model, self._model_config(backbone, result.config, details)
+
     def _transferability(self, board: pd.DataFrame) -> dict[str, Any] | None:
         """Write each backbone's scores next to its best validation accuracy; return the Kendall taus."""
         if self.ranking is None:
@@ -904,8 +1077,7 @@ class Search:
         :data:`MAX_PER_CLASS_ROWS` classes). None for an empty split (no test part held out)."""
         if not len(split):
             return None
-        items = self.executor.encoded(predictor.preprocessor, self.data, split)
-        logits = predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device, deadline)
+        logits = self._logits_on(predictor, split, deadline)
         labels = split.labels
         predicted = logits.argmax(1).numpy()
         metrics = {**all_metrics(logits, labels), "examples": int(len(labels))}
@@ -931,6 +1103,14 @@ class Search:
             "confusion_matrix": matrix if len(classes) <= MAX_CONFUSION_CLASSES else None,
             "per_class": per_class if len(classes) <= MAX_PER_CLASS_ROWS else None,
         }
+
+
+def _describe_kept(ensemble: dict[str, Any]) -> str:
+    """What ``automl_tl.load(run_dir)`` returns, in words."""
+    if not ensemble.get("kept"):
+        return "the best trial's model (best_model)"
+    trials = ", ".join(str(member["trial"]) for member in ensemble["members"])
+    return f"an ensemble of {len(ensemble['members'])} models (trials {trials}; {ENSEMBLE_DIR})"
 
 
 def _shortened(text: str, limit: int) -> str:

@@ -100,6 +100,9 @@ class EpochRecord:
     val_seconds: float  # evaluating on the validation split
     val_score: float = math.nan  # the trial's metric, higher is better (log loss negated); see automl_tl.metrics
     val_metrics: dict[str, float] = field(default_factory=dict)  # every metric, in its own units
+    #: the validation logits (CPU) the metrics came from, for ensemble selection after the search; their rows are
+    #: the validation split's, or training + validation's when the trial was cross-validated (see TrialResult)
+    val_logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def rank_key(self) -> tuple[float, float, int]:
@@ -281,6 +284,7 @@ def epoch_record(
         val_seconds,
         signed(metric, metrics[metric]),
         metrics,
+        val_logits,
     )
 
 

@@ -1,0 +1,178 @@
+"""An ensemble of saved models on disk, and loading it back to predict: the weighted average of its
+members' class probabilities.
+
+```
+ensemble_model/
+  ensemble.json   format_version, classes, input and label columns, metric, the members (folder, weight,
+                  trial, backbone, strategy) and how they were chosen (see automl_tl.results.ensemble_selection)
+  member_0/       a model directory as automl_tl.results.model_io writes it (model.safetensors + config.json)
+  member_1/ ...
+```
+
+Loading reads ``ensemble.json`` (checked against its schema before any member is built) and then each
+member as :func:`~automl_tl.results.model_io.load_model_dir` does, so the same safety holds: safetensors
+and JSON only, nothing unpickled, every refusal one :class:`~automl_tl.errors.ModelFileError` line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from automl_tl.errors import ModelFileError
+from automl_tl.files import with_usual_permissions
+from automl_tl.layout import ENSEMBLE_FILE
+from automl_tl.results.model_io import (
+    MAX_CONFIG_BYTES,
+    Predictor,
+    load_model_dir,
+    replace_directory,
+    save_model,
+)
+
+ENSEMBLE_FORMAT_VERSION = 1
+#: the most members an ensemble file may list (greedy selection makes at most 25 additions)
+MAX_MEMBERS = 64
+#: a member's folder inside the ensemble's: nothing else is opened, so a tampered file cannot point elsewhere
+_MEMBER_FOLDER = re.compile(r"member_[0-9]{1,3}")
+
+
+def member_folder(index: int) -> str:
+    return f"member_{index}"
+
+
+def save_ensemble(
+    directory: Path, members: Sequence[tuple[float, Any, dict[str, Any]]], config: dict[str, Any]
+) -> None:
+    """Write an ensemble into ``directory``: each member (weight, model, the model's config as
+    :func:`~automl_tl.results.model_io.save_model` takes it) in its own folder, and ``ensemble.json`` from
+    ``config`` (classes, columns, metric, selection) with the members listed. What was there is replaced
+    only once everything is written."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = with_usual_permissions(Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent)))
+    try:
+        listed = []
+        for index, (weight, model, model_config) in enumerate(members):
+            save_model(model, staging / member_folder(index), model_config)
+            listed.append({**_member_summary(model_config), "folder": member_folder(index), "weight": float(weight)})
+        payload = {"format_version": ENSEMBLE_FORMAT_VERSION, **config, "members": listed}
+        (staging / ENSEMBLE_FILE).write_text(json.dumps(payload, indent=2, default=str))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_directory(staging, directory)
+
+
+def _member_summary(model_config: dict[str, Any]) -> dict[str, Any]:
+    trial_config = model_config.get("trial_config", {})
+    return {
+        "trial": model_config.get("trial"),
+        "backbone": trial_config.get("backbone"),
+        "strategy": trial_config.get("strategy"),
+        "fitted_on": model_config.get("fitted_on"),
+    }
+
+
+def is_ensemble_dir(directory: Path) -> bool:
+    return (Path(directory) / ENSEMBLE_FILE).is_file()
+
+
+def read_ensemble_config(directory: Path) -> dict[str, Any]:
+    """``ensemble.json`` of ``directory``, checked: its format version, 1 to :data:`MAX_MEMBERS` members each
+    naming a ``member_N`` folder and a finite positive weight, the weights summing to 1."""
+    path = Path(directory) / ENSEMBLE_FILE
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ModelFileError(f"{path} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} it may be")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
+    version = config.get("format_version")
+    if isinstance(version, bool) or version != ENSEMBLE_FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: field 'format_version' is {version!r}; expected {ENSEMBLE_FORMAT_VERSION} (the only "
+            "ensemble format this version of automl_tl reads)"
+        )
+    members = config.get("members")
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+        count = len(members) if isinstance(members, list) else "no list of"
+        raise ModelFileError(f"{path}: field 'members' holds {count} members; expected 1 to {MAX_MEMBERS}")
+    for position, member in enumerate(members):
+        where = f"{path}: member {position}"
+        if not isinstance(member, dict):
+            raise ModelFileError(f"{where} is not a JSON object")
+        folder, weight = member.get("folder"), member.get("weight")
+        if not isinstance(folder, str) or not _MEMBER_FOLDER.fullmatch(folder):
+            raise ModelFileError(f"{where}: field 'folder' is {folder!r}; expected member_N")
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not (math.isfinite(weight) and weight > 0)
+        ):
+            raise ModelFileError(f"{where}: field 'weight' is {weight!r}; expected a positive number")
+    total = sum(member["weight"] for member in members)
+    if abs(total - 1.0) > 1e-6:
+        raise ModelFileError(f"{path}: the members' weights sum to {total:g}; expected 1")
+    return config
+
+
+def load_ensemble_dir(directory: Path, device: torch.device | str | None = None) -> EnsemblePredictor:
+    """Load an ensemble written by :func:`save_ensemble`; every member is loaded (and checked) as
+    :func:`~automl_tl.results.model_io.load_model_dir` does, and must have the ensemble's classes and input
+    column."""
+    directory = Path(directory)
+    config = read_ensemble_config(directory)
+    members = [load_model_dir(directory / member["folder"], device) for member in config["members"]]
+    first = members[0]
+    for member, listed in zip(members, config["members"]):
+        if member.classes != first.classes or member.input_column != first.input_column:
+            raise ModelFileError(
+                f"{directory / listed['folder']}: its classes or input column differ from the first member's"
+            )
+        if member.backbone.modality != first.backbone.modality:
+            raise ModelFileError(
+                f"{directory / listed['folder']}: a {member.backbone.modality} model among "
+                f"{first.backbone.modality} ones"
+            )
+    return EnsemblePredictor(members, [member["weight"] for member in config["members"]], config)
+
+
+class EnsemblePredictor(Predictor):
+    """Predicts with the weighted average of its members' class probabilities; otherwise a :class:`Predictor`
+    (the same tables, columns and bad-input policy). Each member reads the inputs itself."""
+
+    def __init__(self, members: Sequence[Predictor], weights: Sequence[float], config: dict[str, Any]):
+        # (no Predictor.__init__: there is no one model here; what the tables need comes from the members)
+        self.members = list(members)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        first = self.members[0]
+        self.config = config
+        self.classes = first.classes
+        self.input_column = first.input_column
+        self.label_column = first.label_column
+        self.backbone = first.backbone  # (its modality reads the inputs; every member has the same)
+        self.device = first.device
+
+    def _probabilities(
+        self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
+    ) -> tuple[np.ndarray, list[str]]:
+        total: np.ndarray | None = None
+        errors: list[str] = []
+        for weight, member in zip(self.weights, self.members):
+            probabilities, errors = member._probabilities(inputs, batch_size, max_image_pixels, on_bad_input)
+            weighted = weight * probabilities.astype(np.float64)
+            total = weighted if total is None else total + weighted
+        return total.astype(np.float32), errors
