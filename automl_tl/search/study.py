@@ -121,6 +121,8 @@ SAVE_MARGIN_FRACTION = 0.05
 REFIT_RESERVE_FACTOR = 1.25
 #: seconds counted for writing each ensemble member (its whole model: body and head)
 ENSEMBLE_SAVE_SECONDS = 1.0
+#: the members the ensemble's reserve is counted for (the budget keeps back their rebuilding and testing)
+ENSEMBLE_RESERVE_MEMBERS = 4
 
 
 #: a failed trial's reason when the time for it ran out before it had a model
@@ -260,6 +262,8 @@ class Search:
         self._attempts_left: float = 0  # trials this process may still start in this run
         #: measured seconds per example of each backbone's whole model in evaluation (test evaluation's cost)
         self._inference_cost: dict[str, float] = {}
+        #: (backbone, seconds) of each frozen-body trial this process ran: what the ensemble's reserve is measured on
+        self._frozen_trials: list[tuple[str, float]] = []
 
     def prepare(self) -> SearchSpace:
         """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space.
@@ -492,13 +496,34 @@ class Search:
     def finish_reserve(self) -> float:
         """Seconds kept back from trials for what follows them, measured on the best model so far: testing it
         (its backbone's measured inference cost per example), refitting it on training + validation (its
-        trial's epochs, scaled to the larger data), and a margin for writing the results (:meth:`_save_margin`)."""
+        trial's epochs, scaled to the larger data), the ensemble (:meth:`_ensemble_reserve`), and a margin for
+        writing the results (:meth:`_save_margin`)."""
         config = _saved_best_config(self.run_dir)
         if config is None:
             return self._save_margin()
         backbone = config.get("trial_config", {}).get("backbone")
         testing = self._inference_cost.get(backbone, 0.0) * len(self.data.test)
-        return testing + REFIT_RESERVE_FACTOR * self._refit_estimate(config) + self._save_margin()
+        refit = REFIT_RESERVE_FACTOR * self._refit_estimate(config)
+        return testing + refit + self._ensemble_reserve() + self._save_margin()
+
+    def _ensemble_reserve(self) -> float:
+        """Seconds kept back for the ensemble, measured on this run's frozen-body trials: rebuilding
+        :data:`ENSEMBLE_RESERVE_MEMBERS` of them (their mean cost each), saving them, and their backbones'
+        features of the test split (the pre-ranking's measured cost per example)."""
+        if not self.config.ensemble or not self._frozen_trials:
+            return 0.0
+        seconds = [s for _, s in self._frozen_trials]
+        rebuild = sum(seconds) / len(seconds) * ENSEMBLE_RESERVE_MEMBERS
+        testing = self._test_features_cost({name for name, _ in self._frozen_trials})
+        return rebuild + ENSEMBLE_SAVE_SECONDS * ENSEMBLE_RESERVE_MEMBERS + testing
+
+    def _test_features_cost(self, backbones: set[str]) -> float:
+        """Seconds the features of the test split would take on ``backbones`` (the pre-ranking's measured
+        cost per example; 0 without pre-ranking)."""
+        if self.ranking is None or "seconds_per_example" not in self.ranking:
+            return 0.0
+        costs = dict(zip(self.ranking["backbone"], pd.to_numeric(self.ranking["seconds_per_example"]).fillna(0.0)))
+        return sum(float(costs.get(name, 0.0)) for name in backbones) * len(self.data.test)
 
     def _save_margin(self) -> float:
         return min(SAVE_MARGIN_SECONDS, SAVE_MARGIN_FRACTION * (self.config.timeout or math.inf))
@@ -619,6 +644,8 @@ class Search:
                 attrs[key] = result.extra[key]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        if get_strategy(result.config.strategy).frozen_body and best is not None:
+            self._frozen_trials.append((result.config.backbone, result.seconds))  # what an ensemble member costs
         if not get_strategy(result.config.strategy).frozen_body and best is not None and len(self.data.val):
             # the whole model ran on the validation split: what testing it will cost per example
             self._inference_cost[result.config.backbone] = best.val_seconds / len(self.data.val)
@@ -984,7 +1011,8 @@ class Search:
         rebuilt = [c for c, _ in chosen if c.trial != best["trial"]]
         estimate = sum(c.seconds for c in rebuilt) + ENSEMBLE_SAVE_SECONDS * len(chosen)
         if self._deadline is not None:
-            left = self._deadline - time.monotonic() - self._save_margin()
+            testing = self._test_features_cost({c.config.backbone for c in rebuilt})
+            left = self._deadline - time.monotonic() - testing - self._save_margin()
             if estimate > left:
                 record["reason"] = (
                     f"skipped: building its {len(chosen)} members would take about {estimate:.0f}s, "
