@@ -384,6 +384,10 @@ def _print_outcome(outcome) -> None:
     )
     if model.get("refit"):
         print(f"refit: {model['refit']}")
+    calibration = summary.get("calibration") or {}
+    if calibration.get("rows"):
+        ece = "" if outcome.test_metrics is None else f"; test ECE {outcome.test_metrics.get('ece', math.nan):.4f}"
+        print(f"probabilities calibrated: temperature {calibration['temperature']:.3f}{ece}")
     ensemble = summary.get("ensemble") or {}
     if ensemble.get("reason"):
         print(f"ensemble: {'kept, ' + model['kept'] if ensemble.get('kept') else 'none'}: {ensemble['reason']}")

@@ -238,6 +238,8 @@ class SearchConfig:
     #: after the search, a weighted average of the best trial and the probes, kept when it beats the best single
     #: model on validation rows it was not chosen on (see automl_tl.search.ensembling)
     ensemble: bool = True
+    #: after the search, temperature scaling of the kept model's probabilities, fitted on validation predictions
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         # types first: a string where a number belongs would otherwise fail a comparison with a TypeError

@@ -79,7 +79,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         the smallest; else accuracy). refit: train the best configuration again on training + validation at
         the end, within the budget (the test part, if any, stays held out). ensemble: after the trials, try a
         weighted average of the best trial and the probes (greedy selection on validation), kept only when it
-        beats the best single model on validation rows it was not chosen on.
+        beats the best single model on validation rows it was not chosen on. calibrate: divide the kept model's
+        logits by a temperature fitted on validation predictions it was not trained on (``predict_proba``
+        then returns calibrated probabilities; the predicted classes do not change).
     on_bad_input: "skip" (default) leaves out, and lists in ``run_dir_/skipped.csv``, each input that cannot be
         read; "error" refuses the data at the first. max_bad_fraction: more than this share of the labelled
         rows unreadable refuses the data anyway (default 0.1). max_image_pixels: larger images are unreadable
@@ -141,6 +143,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         metric: str | None = None,
         refit: bool = True,
         ensemble: bool = True,
+        calibrate: bool = True,
     ):
         # scikit-learn's rule: __init__ only stores the parameters; fit checks them.
         self.backbones = backbones
@@ -183,6 +186,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.metric = metric
         self.refit = refit
         self.ensemble = ensemble
+        self.calibrate = calibrate
 
     # ------------------------------------------------------------ fitting
 
@@ -340,6 +344,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             metric=self.metric,
             refit=self.refit,
             ensemble=self.ensemble,
+            calibrate=self.calibrate,
             input_options=InputOptions(
                 image_size=self.image_size, max_length=self.max_length, clip_seconds=self.clip_seconds
             ),

@@ -216,6 +216,14 @@ def search_options() -> tuple[SearchOption, ...]:
             flag="--no-ensemble",
         ),
         SearchOption(
+            "calibrate",
+            "bool",
+            True,
+            "leave the kept model's probabilities as they come instead of calibrating them by temperature "
+            "scaling fitted on validation predictions it was not trained on",
+            flag="--no-calibration",
+        ),
+        SearchOption(
             "seed",
             "int",
             0,

@@ -1,5 +1,6 @@
 """Ensembles from what the search paid for: greedy selection over the trials' validation predictions, kept
-only when it beats the best single model on rows it was not chosen on; saved, loaded, refused when tampered."""
+only when it beats the best single model on rows it was not chosen on; saved, loaded, refused when tampered;
+the kept model's probabilities calibrated by temperature scaling."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import automl_tl
 from automl_tl import InputOptions, SearchConfig, prepare_dataset, run_search
 from automl_tl.errors import AutomlTLError, ModelFileError
 from automl_tl.layout import ENSEMBLE_DIR, ENSEMBLE_FILE, SUMMARY_FILE, TRIAL_PREDICTIONS_DIR
+from automl_tl.results.calibration import expected_calibration_error, fit_temperature, log_probabilities, softmax
 from automl_tl.results.ensemble import EnsemblePredictor, load_ensemble_dir
 from automl_tl.results.ensemble_selection import best_single, cross_validated_scores, greedy_selection
 from automl_tl.results.model_io import Predictor
@@ -101,7 +103,9 @@ def test_the_kept_ensemble_predicts_the_weighted_average_of_its_members(ensemble
     frame = pd.DataFrame({"image": data.test.inputs})
     averaged = sum(w * m.predict_proba(frame).to_numpy() for w, m in zip(predictor.weights, predictor.members))
     probabilities = predictor.predict_proba(frame).to_numpy()
-    assert np.allclose(probabilities, averaged, atol=1e-6)
+    # (calibrated: the average's logarithms divided by the temperature fitted on validation)
+    assert predictor.temperature != 1.0
+    assert np.allclose(probabilities, softmax(log_probabilities(averaged), predictor.temperature), atol=1e-5)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     # the search's test figure (members run on cached features) is what the loaded ensemble predicts
     truth = np.array(data.classes)[data.test.labels]
@@ -122,6 +126,48 @@ def test_without_ensemble_the_same_run_keeps_its_best_model_and_removes_the_ense
     assert type(automl_tl.load(run_dir)) is Predictor
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     assert summary["ensemble"] == {"kept": False, "reason": "not asked for (--no-ensemble)"}
+    # the best model is calibrated now, on its own trial's validation predictions
+    assert summary["calibration"]["temperature"] == automl_tl.load(run_dir).temperature != 1.0
+
+
+def test_probabilities_are_calibrated_on_validation_and_measured_on_test(ensembled_run):
+    outcome, _, _ = ensembled_run
+    summary = json.loads((outcome.run_dir / SUMMARY_FILE).read_text())
+    calibration = summary["calibration"]
+    assert calibration["validation_ece_after"] < calibration["validation_ece_before"]
+    assert json.loads((outcome.run_dir / ENSEMBLE_DIR / ENSEMBLE_FILE).read_text())["temperature"] == pytest.approx(
+        calibration["temperature"]
+    )
+    assert 0 <= outcome.test_metrics["ece"] <= 1
+    assert "reliability.png" in (outcome.run_dir / "report.html").read_text()
+    assert "Calibrated probabilities" in (outcome.run_dir / "MODEL_CARD.md").read_text()
+
+
+def test_without_calibration_the_probabilities_are_the_models_own(ensembled_run, tmp_path):
+    outcome, data, config = ensembled_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(outcome.run_dir, run_dir)
+    from dataclasses import replace
+
+    run_search(data, replace(config, calibrate=False), run_dir, Executor(show_progress=False))
+    predictor = automl_tl.load(run_dir)
+    frame = pd.DataFrame({"image": data.test.inputs[:5]})
+    averaged = sum(w * m.predict_proba(frame).to_numpy() for w, m in zip(predictor.weights, predictor.members))
+    assert predictor.temperature == 1.0
+    assert np.allclose(predictor.predict_proba(frame).to_numpy(), averaged, atol=1e-5)
+
+
+def test_temperature_scaling_undoes_overconfidence():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 2000)
+    calibrated = rng.normal(size=(2000, 5))
+    calibrated[np.arange(2000), labels] += 1.5
+    # draw the labels from the calibrated model itself, so that temperature 1 is right for it
+    drawn = np.array([rng.choice(5, p=row) for row in softmax(calibrated)])
+    temperature = fit_temperature(calibrated * 4, drawn)  # the same model, four times too sure
+    assert temperature == pytest.approx(4, rel=0.15)
+    before = expected_calibration_error(softmax(calibrated * 4), drawn)
+    assert expected_calibration_error(softmax(calibrated * 4, temperature), drawn) < before / 3
 
 
 def test_an_ensemble_is_not_exported_in_place_of_its_best_model(ensembled_run, tmp_path):
@@ -140,6 +186,9 @@ def test_an_ensemble_is_not_exported_in_place_of_its_best_model(ensembled_run, t
         (lambda c: c.update(members=c["members"] * 40), "expected 1 to 64"),
         (lambda c: c.update(format_version=2), "field 'format_version' is 2"),
         (lambda c: c["members"][1].update(weight=c["members"][1]["weight"] + 0.5), "weights sum to"),
+        (lambda c: c.update(temperature=-1), "field 'temperature' is -1"),
+        (lambda c: c.update(temperature="2"), "field 'temperature' is '2'"),
+        (lambda c: c.update(temperature=1e9), "field 'temperature' is 1000000000.0"),
     ],
 )
 def test_a_tampered_ensemble_file_is_refused_before_any_member_is_loaded(ensembled_run, tmp_path, tamper, message):

@@ -31,6 +31,7 @@ import torch
 from automl_tl.errors import ModelFileError
 from automl_tl.files import with_usual_permissions
 from automl_tl.layout import ENSEMBLE_FILE
+from automl_tl.results.calibration import TEMPERATURE_RANGE, check_temperature, log_probabilities, softmax
 from automl_tl.results.model_io import (
     MAX_CONFIG_BYTES,
     Predictor,
@@ -123,6 +124,11 @@ def read_ensemble_config(directory: Path) -> dict[str, Any]:
             or not (math.isfinite(weight) and weight > 0)
         ):
             raise ModelFileError(f"{where}: field 'weight' is {weight!r}; expected a positive number")
+    if "temperature" in config and not check_temperature(config["temperature"]):
+        raise ModelFileError(
+            f"{path}: field 'temperature' is {config['temperature']!r}; expected a number from "
+            f"{TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}"
+        )
     total = sum(member["weight"] for member in members)
     if abs(total - 1.0) > 1e-6:
         raise ModelFileError(f"{path}: the members' weights sum to {total:g}; expected 1")
@@ -165,6 +171,8 @@ class EnsemblePredictor(Predictor):
         self.label_column = first.label_column
         self.backbone = first.backbone  # (its modality reads the inputs; every member has the same)
         self.device = first.device
+        #: the averaged probabilities' logarithms are divided by it before the softmax (see Predictor.temperature)
+        self.temperature = float(config.get("temperature", 1.0))
 
     def _probabilities(
         self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
@@ -175,4 +183,6 @@ class EnsemblePredictor(Predictor):
             probabilities, errors = member._probabilities(inputs, batch_size, max_image_pixels, on_bad_input)
             weighted = weight * probabilities.astype(np.float64)
             total = weighted if total is None else total + weighted
+        readable = ~np.isnan(total).any(axis=1)
+        total[readable] = softmax(log_probabilities(total[readable]), self.temperature)
         return total.astype(np.float32), errors

@@ -391,6 +391,22 @@ def _test_section(page: _Page, evaluation: dict[str, Any] | None) -> None:
         lambda: plots.confusion_chart(matrix, classes),
         missing=None if matrix is not None and classes else "The confusion matrix is kept only for up to 50 classes.",
     )
+    calibration = evaluation.get("calibration")
+    if calibration:
+        page.add(
+            f"<p>Probabilities: temperature {calibration['temperature']:.3f} (fitted on validation); expected "
+            f"calibration error on the test set {_number(calibration.get('ece_before'), '.4f')} as trained, "
+            f"{_number(calibration.get('ece_after'), '.4f')} calibrated.</p>"
+        )
+        page.figure(
+            "reliability.png",
+            "Reliability diagram on the test set",
+            lambda: plots.reliability_chart(
+                calibration.get("reliability_before") or [],
+                calibration.get("reliability_after") or [],
+                float(calibration["temperature"]),
+            ),
+        )
     if not per_class:
         page.note("Per-class precision and recall are kept only for up to 200 classes.")
         return

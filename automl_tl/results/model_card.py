@@ -366,6 +366,16 @@ def _metrics_section(config: dict[str, Any], metrics: dict[str, Any] | None, val
             f"before any refit; test: {measured.get('test', 'n/a')}.",
             "",
         ]
+    calibration = (metrics.get("test") or {}) if metrics else {}
+    temperature = (metrics or {}).get("model", {}).get("temperature")
+    if temperature is not None and temperature != 1.0:
+        ece = calibration.get("ece")
+        lines += [
+            f"**Calibrated probabilities.** The logits are divided by a temperature of {temperature:.3f}, fitted on "
+            "validation predictions the model was not trained on (temperature scaling); the predicted classes do "
+            "not change." + (f" Expected calibration error on the test set: {ece:.4f}." if ece is not None else ""),
+            "",
+        ]
     if config.get("adapted"):  # the budget changed the trial: say what the saved model is not
         lines += [
             "**Given up for the budget.** The trial that made this model was run cheaper than sampled, "

@@ -54,6 +54,7 @@ from automl_tl.options import (
     MAX_LENGTH_RANGE,
 )
 from automl_tl.registry import get_backbone
+from automl_tl.results.calibration import TEMPERATURE_RANGE, check_temperature
 from automl_tl.train.device import default_device
 from automl_tl.train.executor import predict_logits
 from automl_tl.train.head_modules import build_head
@@ -212,6 +213,11 @@ def check_model_config(config: Any, path: Path) -> None:
     _check_input_options(config["input_options"], path)
     if config.get("head") is not None:
         _check_head(config["head"], path)
+    if "temperature" in config and not check_temperature(config["temperature"]):
+        raise ModelFileError(
+            f"{path}: field 'temperature' is {_shown(config['temperature'])}; expected a number from "
+            f"{TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}"
+        )
     for key, optional in (("input_column", False), ("label_column", True)):
         if key not in config or (optional and config[key] is None):
             continue
@@ -333,6 +339,8 @@ class Predictor:
         self.preprocessor = self.backbone.preprocessor(InputOptions(**config["input_options"]))
         self.device = device or default_device()
         self.model = model.to(self.device).eval()
+        #: the logits are divided by it before the softmax (temperature scaling fitted on validation; 1: none)
+        self.temperature = float(config.get("temperature", 1.0))
 
     def read_inputs(self, data: Any) -> list[Any]:
         """The raw inputs of ``data`` (see :meth:`predict_proba`), checked against what the model was trained on.
@@ -492,7 +500,7 @@ class Predictor:
         if items:
             order = sorted(items)
             logits = predict_logits(self.model, self.preprocessor, [items[i] for i in order], batch_size, self.device)
-            probabilities[order] = torch.softmax(logits, dim=1).numpy()
+            probabilities[order] = torch.softmax(logits / self.temperature, dim=1).numpy()
         return probabilities, errors
 
 

@@ -284,6 +284,35 @@ def per_class_chart(per_class: Sequence[dict[str, Any]]) -> Figure:
     return figure
 
 
+def reliability_chart(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]], temperature: float) -> Figure:
+    """Reliability diagram of the test set: accuracy against mean confidence per confidence bin, before and
+    after temperature scaling (the diagonal is calibrated); marker area follows the bin's examples."""
+    with matplotlib.rc_context(STYLE):
+        figure = _figure((5.5, 4.6))
+        axes = figure.add_subplot()
+        axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+        for rows, colour, name in (
+            (before, PALETTE[1], "as trained"),
+            (after, PALETTE[0], f"temperature {temperature:.2f}"),
+        ):
+            if not rows:
+                continue
+            confidence = [row["confidence"] for row in rows]
+            accuracy = [row["accuracy"] for row in rows]
+            sizes = [12 + 4 * math.sqrt(row["examples"]) for row in rows]
+            axes.plot(confidence, accuracy, color=colour, linewidth=1)
+            axes.scatter(confidence, accuracy, s=sizes, color=colour, label=name, zorder=3)
+        axes.set(
+            title="Reliability of the kept model (test set)",
+            xlabel="confidence (top class probability)",
+            ylabel="accuracy",
+            xlim=(0, 1.02),
+            ylim=(0, 1.02),
+        )
+        axes.legend(loc="upper left", fontsize=9)
+    return figure
+
+
 def transferability_chart(table: pd.DataFrame, kendall_tau: dict[str, float | None], scores: Sequence[str]) -> Figure:
     """One panel per transferability score: each backbone's score against its best fine-tuned validation accuracy."""
     tried = table.dropna(subset=["best_val_accuracy"])

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 import torch
@@ -53,6 +54,7 @@ from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.rank.ranking import rank_backbones, searchable_backbones, with_outcomes
 from automl_tl.registry import get_registry
+from automl_tl.results.calibration import calibration_summary, fit_temperature, log_probabilities
 from automl_tl.results.ensemble import EnsemblePredictor, save_ensemble
 from automl_tl.results.ensemble_selection import ENSEMBLE_ROUNDS
 from automl_tl.results.loading import kept_model_dir, load_kept_model
@@ -81,6 +83,7 @@ from automl_tl.search.ensembling import (
     Candidate,
     choose_ensemble,
     ensemble_candidates,
+    read_trial_predictions,
     validation_probabilities,
     write_trial_predictions,
 )
@@ -121,6 +124,8 @@ SAVE_MARGIN_FRACTION = 0.05
 REFIT_RESERVE_FACTOR = 1.25
 #: seconds counted for writing each ensemble member (its whole model: body and head)
 ENSEMBLE_SAVE_SECONDS = 1.0
+#: the fewest validation predictions a temperature is fitted on
+MIN_CALIBRATION_ROWS = 20
 #: the members the ensemble's reserve is counted for (the budget keeps back their rebuilding and testing)
 ENSEMBLE_RESERVE_MEMBERS = 4
 
@@ -745,8 +750,9 @@ class Search:
             self._write_report(study)  # what there is: the trials, their failures
             raise AutomlTLError(self._why_nothing_finished(study))
         refit_note = self._refit_best()
-        ensemble = self._ensemble(study)
+        ensemble, chosen_on = self._ensemble(study)
         study.set_user_attr(ENSEMBLE_ATTR, ensemble)  # the report reads it from the study
+        calibration = self._calibrate(study, chosen_on)
         predictor = load_kept_model(kept_model_dir(self.run_dir), self.executor.device)
         saved = read_model_config(self.run_dir / BEST_MODEL_DIR)  # the best single model (the ensemble's anchor)
         best_trial = saved["trial"]
@@ -767,6 +773,7 @@ class Search:
             "refit": refit_note,
             "test": test_note,
             "kept": _describe_kept(ensemble),
+            "temperature": calibration["temperature"],
         }
         metrics_record = {
             "trial": best_trial,
@@ -802,6 +809,7 @@ class Search:
                 "data": self.data.summary(),
                 "transferability": transferability,
                 "ensemble": ensemble,
+                "calibration": calibration,
             },
         )
         write_json_atomic(
@@ -969,24 +977,27 @@ class Search:
         items = self.executor.encoded(predictor.preprocessor, self.data, split)
         return predict_logits(predictor.model, predictor.preprocessor, items, 64, self.executor.device, deadline)
 
-    def _ensemble(self, study: optuna.Study) -> dict[str, Any]:
+    def _ensemble(self, study: optuna.Study) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
         """Try an ensemble of the best trial and the probes (see :mod:`automl_tl.search.ensembling`): written as
         ``ensemble_model`` when kept (what ``automl_tl.load`` then returns), else an earlier one is removed.
-        Returns the record for the summary: kept or not, why, the members and their weights."""
+        Returns the record for the summary (kept or not, why, the members and their weights) and, when kept,
+        its averaged probabilities on the validation rows it was chosen on, with their labels."""
         directory = self.run_dir / ENSEMBLE_DIR
         with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
             repair_interrupted_save(directory, (ENSEMBLE_FILE,))
-        record = self._build_ensemble(study, directory)
+        record, chosen_on = self._build_ensemble(study, directory)
         if not record["kept"]:
             shutil.rmtree(directory, ignore_errors=True)
         logger.info("ensemble: %s: %s", "kept" if record["kept"] else "none", record["reason"])
-        return record
+        return record, chosen_on
 
-    def _build_ensemble(self, study: optuna.Study, directory: Path) -> dict[str, Any]:
+    def _build_ensemble(
+        self, study: optuna.Study, directory: Path
+    ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
         if not self.config.ensemble:
-            return {"kept": False, "reason": "not asked for (--no-ensemble)"}
+            return {"kept": False, "reason": "not asked for (--no-ensemble)"}, None
         if self.data.validation != VALIDATION_HOLDOUT or not len(self.data.val):
-            return {"kept": False, "reason": "no validation split to choose members on"}
+            return {"kept": False, "reason": "no validation split to choose members on"}, None
         best = _saved_best_config(self.run_dir)
         metric = best.get("metric", "accuracy")
         candidates, labels = ensemble_candidates(self.run_dir, study, self.data, best["trial"])
@@ -1006,7 +1017,7 @@ class Search:
                 "metric": metric,
             }
         if choice.selection is None:
-            return record
+            return record, None
         chosen = [(candidates[i], float(choice.selection.weights[i])) for i in choice.selection.members]
         rebuilt = [c for c, _ in chosen if c.trial != best["trial"]]
         estimate = sum(c.seconds for c in rebuilt) + ENSEMBLE_SAVE_SECONDS * len(chosen)
@@ -1018,17 +1029,18 @@ class Search:
                     f"skipped: building its {len(chosen)} members would take about {estimate:.0f}s, "
                     f"{max(left, 0):.0f}s of the budget were left"
                 )
-                return record
+                return record, None
         members = []
         for candidate, weight in chosen:
             if candidate.trial == best["trial"]:
                 anchor = load_model_dir(self.run_dir / BEST_MODEL_DIR, "cpu")
-                members.append((weight, anchor.model, anchor.config))
+                # (its own temperature, from an earlier end of this run, is not the ensemble's: left out)
+                members.append((weight, anchor.model, {k: v for k, v in anchor.config.items() if k != "temperature"}))
                 continue
             model, config = self._rebuild_member(candidate)
             if model is None:
                 record["reason"] = "skipped: the budget ran out while its members were rebuilt"
-                return record
+                return record, None
             members.append((weight, model, config))
         save_ensemble(
             directory,
@@ -1057,7 +1069,47 @@ class Search:
             ],
             validation_chosen_on=abs(choice.selection.score),
         )
+        average = sum(w * c.probabilities for c, w in chosen)
+        return record, (average, labels)
+
+    def _calibrate(self, study: optuna.Study, ensemble_rows: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+        """Fit the kept model's temperature on validation predictions it was not trained on (the ensemble's
+        average on its rows; else the best trial's own, held out or out of fold) and write it into the kept
+        model's file (1 when not calibrated). Returns the record for the summary."""
+        temperature, record = 1.0, {"temperature": 1.0}
+        if not self.config.calibrate:
+            record["reason"] = "not asked for (--no-calibration)"
+        else:
+            rows = ensemble_rows or self._best_trial_rows()
+            if rows is None or len(rows[1]) < MIN_CALIBRATION_ROWS:
+                record["reason"] = "too few validation predictions of the kept model to fit a temperature on"
+            else:
+                logits = log_probabilities(rows[0])
+                temperature = fit_temperature(logits, rows[1])
+                fitted = calibration_summary(logits, rows[1], temperature)
+                record = {
+                    "temperature": round(temperature, 4),
+                    "rows": len(rows[1]),
+                    "validation_ece_before": round(fitted["ece_before"], 4),
+                    "validation_ece_after": round(fitted["ece_after"], 4),
+                }
+        kept = kept_model_dir(self.run_dir)
+        path = kept / (ENSEMBLE_FILE if kept.name == ENSEMBLE_DIR else CONFIG_FILE)
+        with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
+            stored = json.loads(path.read_text())
+            write_json_atomic(path, {**stored, "temperature": round(temperature, 4)})
+        logger.info("probabilities calibrated: temperature %.3f (%s)", temperature, record.get("reason", "fitted"))
         return record
+
+    def _best_trial_rows(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The best trial's validation probabilities as the trial left them, with their rows' labels."""
+        best = _saved_best_config(self.run_dir)
+        probabilities = read_trial_predictions(self.run_dir, best["trial"], self.data)
+        if probabilities is None:
+            return None
+        if len(probabilities) == len(self.data.val):
+            return probabilities, np.asarray(self.data.val.labels)
+        return probabilities, np.concatenate([self.data.train.labels, self.data.val.labels])
 
     def _rebuild_member(self, candidate: Candidate) -> tuple[Any, dict[str, Any]]:
         """A frozen-body trial's model trained again from the cached features (on training + validation
@@ -1105,10 +1157,12 @@ class Search:
         :data:`MAX_PER_CLASS_ROWS` classes). None for an empty split (no test part held out)."""
         if not len(split):
             return None
-        logits = self._logits_on(predictor, split, deadline)
+        raw = self._logits_on(predictor, split, deadline)
+        logits = raw / predictor.temperature  # as predict_proba gives them
         labels = split.labels
         predicted = logits.argmax(1).numpy()
-        metrics = {**all_metrics(logits, labels), "examples": int(len(labels))}
+        calibration = calibration_summary(raw.numpy(), labels, predictor.temperature)
+        metrics = {**all_metrics(logits, labels), "ece": calibration["ece_after"], "examples": int(len(labels))}
         classes = [str(c) for c in self.data.classes]
         indices = list(range(len(classes)))
         precision, recall, f1, support = precision_recall_fscore_support(
@@ -1130,6 +1184,7 @@ class Search:
             "classes": classes if len(classes) <= MAX_PER_CLASS_ROWS else None,
             "confusion_matrix": matrix if len(classes) <= MAX_CONFUSION_CLASSES else None,
             "per_class": per_class if len(classes) <= MAX_PER_CLASS_ROWS else None,
+            "calibration": {"temperature": predictor.temperature, **calibration},
         }
 
 
