@@ -103,6 +103,8 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
             if fmt == "onnx"
             else exporter.export_native(fmt)
         )
+        # the logits are the model's own: divided by this, their softmax is what predict_proba gives
+        info["temperature"] = predictor.temperature
         info["check"] = {
             "max_abs_diff": exporter.max_abs_diff,
             "examples": exporter.check_examples,
