@@ -44,7 +44,7 @@ TERMINAL_COLUMNS = {
     "state": "state",
     "backbone": "backbone",
     "strategy": "strategy",
-    "freeze_depth": "depth",
+    "trained_groups": "groups",
     "val_score": "val_score",
     "val_loss": "val_loss",
     "seconds": "seconds",
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "search",
-        help="search backbones, freeze depth and learning rates; save the best model",
+        help="search backbones, strategies, trained layer groups and learning rates; save the best model",
         **_example("automl-tl search --data train.csv --label species --timeout 600 --output runs/species"),
     )
     run.add_argument(

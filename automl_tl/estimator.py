@@ -63,7 +63,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         weights are installed. n_trials: finished trials to reach (None: as many as ``timeout`` allows). timeout: wall-clock budget of the whole
         search in seconds (None: none). trial_timeout: budget of one trial. seed: seeds the split and the search.
     strategies, heads: adaptation strategies and head structures to search (None: the defaults). min_epochs,
-        max_epochs, max_freeze_depth, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags.
+        max_epochs, max_trained_groups, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags
+        (``max_trained_groups``: the most layer groups of the body, counted from the head, a trial may train).
     image_size, max_length, clip_seconds: input options for images, texts and audio (None: the backbone's).
     modality: "image", "text" or "audio" (None: inferred). max_samples: a stratified sample of the data first.
     shots: few labels: K examples per class for training and model selection, every other example the test
@@ -107,7 +108,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         heads: Sequence[str] | None = None,
         min_epochs: int = 1,
         max_epochs: int = 3,
-        max_freeze_depth: int | None = None,
+        max_trained_groups: int | None = None,
         batch_size: int = 32,
         image_size: int | None = None,
         max_length: int | None = None,
@@ -148,7 +149,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.heads = heads
         self.min_epochs = min_epochs
         self.max_epochs = max_epochs
-        self.max_freeze_depth = max_freeze_depth
+        self.max_trained_groups = max_trained_groups
         self.batch_size = batch_size
         self.image_size = image_size
         self.max_length = max_length
@@ -322,7 +323,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             study_name=self.study_name,
             min_epochs=self.min_epochs,
             max_epochs=self.max_epochs,
-            max_freeze_depth=self.max_freeze_depth,
+            max_trained_groups=self.max_trained_groups,
             batch_size=self.batch_size,
             pruner=self.pruner,
             sampler=self.sampler,

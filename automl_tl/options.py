@@ -249,11 +249,12 @@ def search_options() -> tuple[SearchOption, ...]:
             parse="count",
         ),
         SearchOption(
-            "max_freeze_depth",
+            "max_trained_groups",
             "int?",
             None,
-            "largest number of trained layer groups (default: all)",
-            flag="--max-freeze-depth",
+            "most layer groups of the body, counted from the head, that a trial may train; 0: the head only "
+            "(default: all)",
+            flag="--max-trained-groups",
             parse="int",
         ),
         SearchOption(

@@ -21,7 +21,7 @@ from automl_tl.files import read_json, write_text_atomic
 from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, MODEL_CARD_FILE, SUMMARY_FILE
 from automl_tl.results.model_io import model_dir_of
 from automl_tl.results.report import describe_skipped
-from automl_tl.strategies import LINEAR_PROBE, STRATEGIES
+from automl_tl.strategies import LINEAR_PROBE, STRATEGIES, current_names
 
 #: below this many test examples, the card warns that the test numbers are rough
 SMALL_TEST_SET = 100
@@ -241,7 +241,7 @@ def _search_section(
         "| parameter | value |",
         "|---|---|",
     ]
-    chosen = config.get("trial_config") or {}
+    chosen = current_names(config.get("trial_config") or {})  # (an earlier version's model: under today's names)
     for name in _relevant_parameters(chosen):
         value = chosen.get(name)
         lines.append(f"| {name} | {f'{value:.3g}' if isinstance(value, float) else value} |")
@@ -272,7 +272,7 @@ def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
     """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
     strategy = trial_config.get("strategy")
     known = STRATEGIES.get(strategy)
-    searched = known.parameters if known else ("freeze_depth", "backbone_lr", "layer_decay", "head_lr")
+    searched = known.parameters if known else ("trained_groups", "backbone_lr", "layer_decay", "head_lr")
     names = ["backbone", "strategy", *(name for name in searched if name != "head")]  # (the head: see Model)
     if known is None or known.runs_epochs:  # a head fitted in one go has no epochs
         names.append("epochs")
