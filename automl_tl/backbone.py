@@ -16,6 +16,7 @@ A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 from __future__ import annotations
 
 import hashlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,13 @@ class TransferModel(nn.Module):
             parameter.requires_grad_(name in trained)
         for parameter in self.head.parameters():
             parameter.requires_grad_(True)
+
+    def set_freeze_depth(self, depth: int) -> None:
+        """The name :meth:`set_trained_groups` had in earlier versions (``depth`` counted the groups that train)."""
+        warnings.warn(
+            "TransferModel.set_freeze_depth was renamed to set_trained_groups", DeprecationWarning, stacklevel=2
+        )
+        self.set_trained_groups(depth)
 
     #: keep every BatchNorm's running statistics as they are, even in trained groups (LP-FT sets it, so
     #: the probed head keeps seeing features normalised the way it was trained on)

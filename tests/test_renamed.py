@@ -6,12 +6,14 @@ groups that *train*, is now ``trained_groups`` (and ``max_freeze_depth`` / ``--m
   (``tests/data/make_freeze_depth_study.py`` says how): three finished trials, a trial failed as interrupted
   with its retry waiting, a trial whose worker is gone; its params, stored space, settings and warm starts use
   the old names. It is resumed, reported (journal and SQLite) and read as a joining worker would.
+* Config files, ``TransferClassifier`` arguments and the command line's flag under the old name.
 * A saved model whose ``config.json`` holds the old name.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from cli_helpers import TINY_SEARCH, error_line, image_folder, run_main
 
 from automl_tl import InputOptions, SearchConfig, TrialConfig, run_search
 from automl_tl.strategies import current_names, used_parameters
@@ -165,6 +168,90 @@ def test_parameter_importances_of_an_old_study_use_the_new_name(tmp_path):
     assert why_not is None and "trained_groups" in importances and "freeze_depth" not in importances
 
 
+# ---------------------------------------------------------------- options under their old names
+
+
+def test_transfer_classifier_takes_max_freeze_depth_with_a_warning(caplog):
+    from sklearn.base import clone
+
+    from automl_tl import TransferClassifier
+
+    with caplog.at_level(logging.WARNING):
+        clf = TransferClassifier(max_freeze_depth=1)
+    assert "max_freeze_depth was renamed to max_trained_groups" in caplog.text
+    assert clf.max_trained_groups == 1 and not hasattr(clf, "max_freeze_depth")
+    assert clf.get_params()["max_trained_groups"] == 1 and "max_freeze_depth" not in clf.get_params()
+    assert clone(clf).max_trained_groups == 1
+    assert clf.set_params(max_freeze_depth=3).max_trained_groups == 3
+    with pytest.raises(TypeError, match="both 'max_freeze_depth' and 'max_trained_groups'"):
+        TransferClassifier(max_freeze_depth=1, max_trained_groups=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_frozen_depth'"):
+        TransferClassifier(max_frozen_depth=1)
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("job.yaml", "max-freeze-depth: 1\n"),
+        ("job.yml", "max_freeze_depth: 1\n"),
+        ("job.toml", "max_freeze_depth = 1\n"),
+        ("job.yaml", '{"max_freeze_depth": 1}\n'),  # JSON is YAML
+    ],
+)
+def test_a_config_file_takes_max_freeze_depth_with_a_warning(tmp_path, caplog, name, text):
+    from automl_tl.cli import build_parser
+    from automl_tl.config_file import options_from_file
+
+    search = next(a for a in build_parser()._actions if a.dest == "command").choices["search"]
+    job = tmp_path / name
+    job.write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert options_from_file(job, search) == {"max_trained_groups": 1}
+    assert f"config file {job}:" in caplog.text and "freeze" in caplog.text
+    assert "was renamed to 'max-trained-groups'" in caplog.text or "renamed to 'max_trained_groups'" in caplog.text
+
+
+def test_a_config_file_with_both_names_is_refused(tmp_path):
+    from automl_tl.cli import build_parser
+    from automl_tl.config_file import options_from_file
+    from automl_tl.errors import ConfigError
+
+    search = next(a for a in build_parser()._actions if a.dest == "command").choices["search"]
+    job = tmp_path / "job.yaml"
+    job.write_text("max-trained-groups: 1\nmax-freeze-depth: 2\n")
+    with pytest.raises(ConfigError, match="given twice"):
+        options_from_file(job, search)
+
+
+def test_the_old_flag_is_read_as_the_new_one_and_hidden(capsys, caplog):
+    from automl_tl.cli import build_parser, search_estimator_params
+
+    args = build_parser().parse_args(["search", "--max-freeze-depth", "1"])
+    assert search_estimator_params(args)["max_trained_groups"] == 1
+    assert build_parser().parse_args(["search"]).max_trained_groups is None  # no default of its own
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--max-trained-groups" in help_text and "freeze" not in help_text
+
+
+def test_the_old_flag_warns_and_is_checked_as_the_new_one(tmp_path, capsys, caplog):
+    folder = image_folder(tmp_path / "images")
+    with caplog.at_level(logging.WARNING):
+        code, err = run_main(["search", "--data", folder, *TINY_SEARCH, "--max-freeze-depth", "-1"], capsys)
+    assert "max trained groups must be >= 0, got -1" in error_line(code, err)
+    assert "--max-freeze-depth was renamed to --max-trained-groups" in caplog.text
+
+
+def test_a_config_file_s_old_key_goes_through_the_new_one_s_checks(tmp_path, capsys, caplog):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data: {image_folder(tmp_path / 'images')}\nmax-freeze-depth: -1\n")
+    with caplog.at_level(logging.WARNING):
+        code, err = run_main(["search", "--config", job, *TINY_SEARCH], capsys)
+    assert f"config file {job}: max trained groups must be >= 0, got -1" in error_line(code, err)
+    assert "'max-freeze-depth' was renamed to 'max-trained-groups'" in caplog.text
+
+
 # ---------------------------------------------------------------- a saved model of an earlier version
 
 
@@ -207,3 +294,18 @@ def test_an_old_saved_model_is_refitted_on_resume(old_model_run, tmp_path, digit
     saved = json.loads((run_dir / "best_model" / "config.json").read_text())
     assert saved["trial_config"]["trained_groups"] == 1 and "freeze_depth" not in saved["trial_config"]
     assert outcome.predictor is not None
+
+
+def test_set_freeze_depth_is_set_trained_groups_with_a_deprecation_warning():
+    from torch import nn
+
+    from automl_tl import TransferModel
+
+    model = TransferModel(
+        nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)),
+        nn.Linear(2, 2),
+        [["0.weight", "0.bias"], ["1.weight", "1.bias"]],
+    )
+    with pytest.warns(DeprecationWarning, match="renamed to set_trained_groups"):
+        model.set_freeze_depth(1)
+    assert [p.requires_grad for p in model.body.parameters()] == [False, False, True, True]
