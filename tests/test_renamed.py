@@ -94,12 +94,25 @@ def test_the_stored_settings_and_space_read_as_today_s(tmp_path):
 # ---------------------------------------------------------------- an earlier version's study
 
 
-def test_an_old_study_reopens_with_its_warm_starts_and_retry_under_the_new_name(tmp_path, digits_bundle):
+def in_sqlite(run_dir: Path, tmp_path: Path) -> str:
+    """The old study moved from ``run_dir``'s journal into an SQLite database; its URL."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.copy_study(
+        from_study_name="automl_tl", from_storage=journal(run_dir), to_storage=url, to_study_name="automl_tl"
+    )
+    (run_dir / "study.journal").unlink()
+    return url
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_an_old_study_reopens_with_its_warm_starts_and_retry_under_the_new_name(tmp_path, digits_bundle, kind):
     from automl_tl.search.study import Search
 
     run_dir = old_run(tmp_path / "run")
-    study = Search(digits_bundle, SearchConfig(n_trials=6, **SETTINGS), run_dir, Executor(show_progress=False))
-    study = study.open_study()  # the stored space (min/max_freeze_depth) is the same space: no refusal
+    storage = in_sqlite(run_dir, tmp_path) if kind == "sqlite" else None
+    config = SearchConfig(n_trials=6, storage=storage, **SETTINGS)
+    study = Search(digits_bundle, config, run_dir, Executor(show_progress=False)).open_study()
+    # (the stored space, with min/max_freeze_depth, is the same space: no refusal)
     fixed = study.sampler.fixed  # the stored warm starts, which the sampler gives to the first slots
     assert [params["trained_groups"] for params in fixed] == [2, 2]
     assert not any("freeze_depth" in params for params in fixed)
@@ -141,12 +154,7 @@ def test_automl_tl_report_rebuilds_an_old_study(tmp_path, capsys, kind):
     run_dir = old_run(tmp_path / "run")
     args = ["report", str(run_dir)]
     if kind == "sqlite":  # the same study in a database
-        url = f"sqlite:///{tmp_path / 'study.db'}"
-        optuna.copy_study(
-            from_study_name="automl_tl", from_storage=journal(run_dir), to_storage=url, to_study_name="automl_tl"
-        )
-        (run_dir / "study.journal").unlink()
-        args += ["--storage", url]
+        args += ["--storage", in_sqlite(run_dir, tmp_path)]
     stale = run_dir / "plots" / "freeze_depth.png"  # the figure's name in the earlier version's report
     stale.parent.mkdir()
     stale.write_bytes(b"\x89PNG")
