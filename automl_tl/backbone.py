@@ -6,8 +6,8 @@ A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 * how to build a :class:`TransferModel` (pretrained body + fresh head for N classes);
 * how its inputs are prepared (a :class:`Preprocessor`);
 * its embedding size;
-* its body's **layer groups**, ordered from input to output, so that *freeze depth*
-  ("how many of the last groups train"; 0 = head only) means the same everywhere;
+* its body's **layer groups**, ordered from input to output, so that *trained groups*
+  ("how many of the groups, counted from the head, train"; 0 = head only) means the same everywhere;
 * optionally, the **native export formats** its own library loads (:meth:`Backbone.native_export_formats`)
   and the files beside a whole-model export that prepare its raw inputs (:meth:`Backbone.write_export_inputs`).
   The core exports every model to its own formats (:mod:`automl_tl.results.export`) and knows no backbone's internals.
@@ -16,6 +16,7 @@ A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 from __future__ import annotations
 
 import hashlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,19 +125,26 @@ class TransferModel(nn.Module):
         """The body's embedding of a batch (what the head sees)."""
         return self.body(batch)
 
-    def set_freeze_depth(self, depth: int) -> None:
-        """Train the head and the last ``depth`` layer groups; freeze the rest.
+    def set_trained_groups(self, groups: int) -> None:
+        """Train the head and the body's last ``groups`` layer groups (counted from the head); freeze the rest.
 
-        ``depth`` larger than the number of groups trains the whole body.
+        ``groups`` larger than the number of groups trains the whole body; 0 trains the head only.
         """
-        if depth < 0:
-            raise ValueError(f"freeze depth must be >= 0, got {depth}")
-        first_trained = max(self.num_groups - depth, 0)
+        if groups < 0:
+            raise ValueError(f"trained groups must be >= 0, got {groups}")
+        first_trained = max(self.num_groups - groups, 0)
         trained = {name for group in self.layer_groups[first_trained:] for name in group}
         for name, parameter in self.body.named_parameters():
             parameter.requires_grad_(name in trained)
         for parameter in self.head.parameters():
             parameter.requires_grad_(True)
+
+    def set_freeze_depth(self, depth: int) -> None:
+        """The name :meth:`set_trained_groups` had in earlier versions (``depth`` counted the groups that train)."""
+        warnings.warn(
+            "TransferModel.set_freeze_depth was renamed to set_trained_groups", DeprecationWarning, stacklevel=2
+        )
+        self.set_trained_groups(depth)
 
     #: keep every BatchNorm's running statistics as they are, even in trained groups (LP-FT sets it, so
     #: the probed head keeps seeing features normalised the way it was trained on)

@@ -27,7 +27,7 @@ import pandas as pd
 from automl_tl.data.readers import TABLE_EXTENSIONS
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.layout import SUMMARY_FILE
-from automl_tl.options import SearchOption, bad_input_help, search_option, search_options
+from automl_tl.options import SearchOption, bad_input_help, renamed_warning, search_option, search_options
 
 logger = logging.getLogger("automl_tl")
 
@@ -44,7 +44,7 @@ TERMINAL_COLUMNS = {
     "state": "state",
     "backbone": "backbone",
     "strategy": "strategy",
-    "freeze_depth": "depth",
+    "trained_groups": "groups",
     "val_score": "val_score",
     "val_loss": "val_loss",
     "seconds": "seconds",
@@ -87,6 +87,22 @@ def _fraction(text: str) -> float:
 
 #: how each kind of flag text of :mod:`automl_tl.options` is read and checked (None: text)
 FLAG_TYPES = {"count": _positive_int, "seconds": _positive_float, "share": _fraction, "int": int, None: None}
+#: the parsed arguments' list of (old flag, new flag) given under an earlier version's name, warned about in main
+RENAMED_FLAGS_DEST = "_renamed_flags"
+
+
+class _RenamedFlag(argparse.Action):
+    """A flag under the name an earlier version gave it (:attr:`SearchOption.old_flags`): read as the new flag,
+    hidden from ``--help``, and noted in the parsed arguments so that :func:`main` warns once logging is set up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str = "", **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        noted = getattr(namespace, RENAMED_FLAGS_DEST, None) or []
+        setattr(namespace, RENAMED_FLAGS_DEST, [*noted, (option_string, self.new_flag)])
 
 
 def _add_option_flag(parser: argparse.ArgumentParser, option: SearchOption, help_text: str | None = None) -> None:
@@ -110,6 +126,18 @@ def _add_option_flag(parser: argparse.ArgumentParser, option: SearchOption, help
         metavar=option.metavar,
         **values,
     )
+    for old_flag in option.old_flags:
+        parser.add_argument(
+            old_flag,
+            dest=option.flag_dest,
+            type=FLAG_TYPES[option.parse],
+            choices=option.choices,
+            default=option.flag_default,  # the new flag's (argparse's get_default reads either)
+            help=argparse.SUPPRESS,
+            action=_RenamedFlag,
+            new_flag=option.flag,
+            **values,
+        )
 
 
 def _example(*commands: str) -> dict:
@@ -128,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "search",
-        help="search backbones, freeze depth and learning rates; save the best model",
+        help="search backbones, strategies, trained layer groups and learning rates; save the best model",
         **_example("automl-tl search --data train.csv --label species --timeout 600 --output runs/species"),
     )
     run.add_argument(
@@ -522,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("timm", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for old_flag, new_flag in getattr(args, RENAMED_FLAGS_DEST, None) or ():
+        logger.warning(renamed_warning(old_flag, new_flag))
     import optuna
 
     # Our own log line per trial (and per failure) says more than Optuna's, without tracebacks.

@@ -23,7 +23,7 @@ from automl_tl.options import (
     SAMPLERS,
     option_kinds,
 )
-from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, get_strategy
+from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, current_names, get_strategy
 
 #: pretrained transformers diverge at body learning rates that CNNs take in their stride
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
@@ -136,11 +136,11 @@ class TrialConfig:
 
     * ``linear_probe``: the body stays frozen; only the head trains, on the body's features
       (computed once and cached), for ``epochs * probe_passes`` passes.
-    * ``last_k``: the head and the last ``freeze_depth`` layer groups train (0 = head only, with the
-      body run on every batch).
+    * ``last_k``: the head and the body's last ``trained_groups`` layer groups (counted from the head) train
+      (0 = head only, with the body run on every batch).
     * ``full``: every layer group trains.
     * ``lp_ft``: linear probe first (``probe_passes`` passes over cached features), then the head and
-      the last ``freeze_depth`` groups train together at ``backbone_lr`` (Kumar et al., 2022).
+      the last ``trained_groups`` groups train together at ``backbone_lr`` (Kumar et al., 2022).
     * ``nearest_centroid``: the body stays frozen; the head is the cosine nearest class mean of the cached
       embeddings (centred and L2-normalised); no learning rate or epoch is used.
     * ``logistic_regression``: the body stays frozen; scikit-learn's logistic regression on the same centred,
@@ -155,7 +155,9 @@ class TrialConfig:
     """
 
     backbone: str
-    freeze_depth: int  # how many of the last layer groups train (last_k, lp_ft); 0 = head only
+    #: how many of the body's layer groups, counted from the head, train (last_k, lp_ft); 0 = head only.
+    #: (Earlier versions called it ``freeze_depth``.)
+    trained_groups: int
     backbone_lr: float  # peak learning rate of the trained body groups
     head_lr: float  # peak learning rate of the new head
     epochs: int
@@ -187,15 +189,16 @@ class TrialConfig:
 
     def trained_depth(self, num_groups: int) -> int:
         """How many of the body's last ``num_groups`` layer groups this trial trains."""
-        return int(get_strategy(self.strategy).trained_depth(self.freeze_depth, num_groups))
+        return int(get_strategy(self.strategy).trained_depth(self.trained_groups, num_groups))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
-        """The inverse of :meth:`to_dict` (for configs read back from JSON)."""
-        values = dict(values)
+        """The inverse of :meth:`to_dict` (for configs read back from JSON: a saved model's, an earlier
+        version's too, whose names :func:`~automl_tl.strategies.current_names` brings up to date)."""
+        values = current_names(values)
         values["head"] = HeadSpec.from_dict(values.get("head"))
         values["input_options"] = InputOptions(**(values.get("input_options") or {}))
         return cls(**values)
@@ -214,7 +217,8 @@ class SearchConfig:
     study_name: str = DEFAULT_STUDY_NAME
     min_epochs: int = 1  # epochs every trial runs before the pruner may stop it
     max_epochs: int = 3  # the per-trial budget: every trial is scheduled for this many epochs
-    max_freeze_depth: int | None = None  # None: up to full fine-tuning
+    #: the most layer groups of a body (counted from the head) a trial may train; None: up to full fine-tuning
+    max_trained_groups: int | None = None
     backbone_lr_range: tuple[float, float] | None = None  # None: DEFAULT_BACKBONE_LR_RANGES of the data's modality
     head_lr_range: tuple[float, float] = (1e-4, 1e-1)
     batch_size: int = 32
@@ -262,8 +266,8 @@ class SearchConfig:
             raise ConfigError(f"timeout must be a positive, finite number of seconds, got {self.timeout}")
         if not 1 <= self.min_epochs <= self.max_epochs:
             raise ConfigError(f"epochs must satisfy 1 <= min ({self.min_epochs}) <= max ({self.max_epochs})")
-        if self.max_freeze_depth is not None and self.max_freeze_depth < 0:
-            raise ConfigError(f"max freeze depth must be >= 0, got {self.max_freeze_depth}")
+        if self.max_trained_groups is not None and self.max_trained_groups < 0:
+            raise ConfigError(f"max trained groups must be >= 0, got {self.max_trained_groups}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.trial_timeout is not None and not 0 < self.trial_timeout < math.inf:
@@ -306,8 +310,9 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchConfig":
-        """The inverse of :meth:`to_dict` (JSON turned the tuples into lists)."""
-        values = dict(values)
+        """The inverse of :meth:`to_dict` (JSON turned the tuples into lists); the settings an earlier version
+        stored with its study are read under today's names (:func:`~automl_tl.strategies.current_names`)."""
+        values = current_names(values)
         values["input_options"] = InputOptions(**(values.get("input_options") or {}))
         for name in ("backbones", "strategies", "heads", "backbone_lr_range", "head_lr_range"):
             if values.get(name) is not None:

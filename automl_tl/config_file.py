@@ -3,7 +3,8 @@
 The file is a mapping of option names to values; a name is a long flag without its dashes, with
 dashes or underscores (``max-epochs: 2``, ``max_epochs = 2``); an on/off flag takes true or false
 (``no-prerank: true``, or ``prerank: false``); a flag taking several values takes a list (a single
-name is a list of one). Every value goes through the flag's own checks (type, range, choices), so
+name is a list of one); an option's name in earlier versions (``max-freeze-depth``) is still read, with a
+warning. Every value goes through the flag's own checks (type, range, choices), so
 a file accepts exactly what the command line does: the search options' keys, kinds, ranges and
 choices are those of their table (:mod:`automl_tl.options`), from which the flags are made. Relative
 paths of ``data``, ``output`` and a journal ``storage`` are relative to the file's folder, wherever
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ import yaml
 
 from automl_tl.config import is_journal_path
 from automl_tl.errors import ConfigError, first_line
-from automl_tl.options import search_options
+from automl_tl.options import renamed_option, renamed_warning, search_options
+
+logger = logging.getLogger(__name__)
 
 #: options (argparse dests) whose relative paths are taken relative to the config file's folder: the command
 #: line's own --data, and the search options that are paths
@@ -78,6 +82,11 @@ def options_from_file(path: str | Path, parser: argparse.ArgumentParser) -> dict
     given_as: dict[str, str] = {}  # dest -> the key that set it
     for key, value in read_config_file(path).items():
         name = str(key).replace("-", "_")
+        renamed = renamed_option(name)
+        if renamed is not None and renamed.flag is not None and name not in keys:  # an earlier version's key
+            new = renamed.flag[2:] if "-" in str(key) else renamed.name
+            logger.warning("config file %s: %s", path, renamed_warning(repr(str(key)), repr(new)))
+            name = renamed.flag[2:].replace("-", "_")
         if name not in keys:
             known = sorted({k.replace("_", "-") for k, (_, direct) in keys.items() if not direct})
             close = difflib.get_close_matches(str(key).replace("_", "-"), known, n=3, cutoff=0.6)

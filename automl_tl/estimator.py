@@ -42,6 +42,8 @@ from automl_tl.options import (
     DEFAULT_ON_BAD_INPUT,
     DEFAULT_STUDY_NAME,
     option_kinds,
+    renamed_option,
+    renamed_warning,
     search_options,
 )
 from automl_tl.registry import NamedDataset
@@ -63,7 +65,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         weights are installed. n_trials: finished trials to reach (None: as many as ``timeout`` allows). timeout: wall-clock budget of the whole
         search in seconds (None: none). trial_timeout: budget of one trial. seed: seeds the split and the search.
     strategies, heads: adaptation strategies and head structures to search (None: the defaults). min_epochs,
-        max_epochs, max_freeze_depth, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags.
+        max_epochs, max_trained_groups, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags
+        (``max_trained_groups``: the most layer groups of the body, counted from the head, a trial may train;
+        earlier versions called it ``max_freeze_depth``, which is still taken, with a warning).
     image_size, max_length, clip_seconds: input options for images, texts and audio (None: the backbone's).
     modality: "image", "text" or "audio" (None: inferred). max_samples: a stratified sample of the data first.
     shots: few labels: K examples per class for training and model selection, every other example the test
@@ -111,7 +115,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         heads: Sequence[str] | None = None,
         min_epochs: int = 1,
         max_epochs: int = 3,
-        max_freeze_depth: int | None = None,
+        max_trained_groups: int | None = None,
         batch_size: int = 32,
         image_size: int | None = None,
         max_length: int | None = None,
@@ -144,8 +148,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         refit: bool = True,
         ensemble: bool = True,
         calibrate: bool = True,
+        **renamed: Any,
     ):
-        # scikit-learn's rule: __init__ only stores the parameters; fit checks them.
+        # scikit-learn's rule: __init__ only stores the parameters; fit checks them. (``renamed``: parameters
+        # under the names earlier versions gave them, stored under today's; scikit-learn never sees them.)
         self.backbones = backbones
         self.n_trials = n_trials
         self.timeout = timeout
@@ -154,7 +160,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.heads = heads
         self.min_epochs = min_epochs
         self.max_epochs = max_epochs
-        self.max_freeze_depth = max_freeze_depth
+        self.max_trained_groups = max_trained_groups
         self.batch_size = batch_size
         self.image_size = image_size
         self.max_length = max_length
@@ -187,6 +193,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.refit = refit
         self.ensemble = ensemble
         self.calibrate = calibrate
+        for name, value in _current_params(renamed, self).items():
+            setattr(self, name, value)
+
+    def set_params(self, **params: Any) -> "TransferClassifier":
+        """scikit-learn's ``set_params``; a parameter may also go by the name an earlier version gave it."""
+        return super().set_params(**_current_params(params))
 
     # ------------------------------------------------------------ fitting
 
@@ -330,7 +342,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             study_name=self.study_name,
             min_epochs=self.min_epochs,
             max_epochs=self.max_epochs,
-            max_freeze_depth=self.max_freeze_depth,
+            max_trained_groups=self.max_trained_groups,
             batch_size=self.batch_size,
             pruner=self.pruner,
             sampler=self.sampler,
@@ -486,3 +498,23 @@ def _input_list(X: Any) -> list[Any]:
 
 def _as_names(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
+
+
+def _current_params(params: dict[str, Any], given: TransferClassifier | None = None) -> dict[str, Any]:
+    """``params`` of :class:`TransferClassifier` with each name an earlier version gave a parameter
+    (:attr:`~automl_tl.options.SearchOption.old_names`) replaced by today's, warning about it. A name no version
+    knew is left for scikit-learn to refuse, or refused here as Python would (``given``: the classifier being
+    made, whose parameters by today's names were given too: the two names of one parameter are refused together)."""
+    current = {}
+    for name, value in params.items():
+        option = renamed_option(name)
+        if option is None:
+            if given is not None:
+                raise TypeError(f"TransferClassifier.__init__() got an unexpected keyword argument {name!r}")
+            current[name] = value
+            continue
+        if option.name in params or (given is not None and getattr(given, option.name) != option.default):
+            raise TypeError(f"TransferClassifier got both {name!r} and {option.name!r}, two names of one parameter")
+        logger.warning(renamed_warning(name, option.name))
+        current[option.name] = value
+    return current

@@ -9,6 +9,9 @@ read (which gives its range), its choices, its help text and its ``automl-tl sea
   and turns the parsed flags into ``TransferClassifier`` parameters (:mod:`automl_tl.cli`);
 * config files (:mod:`automl_tl.config_file`) accept the generated flags, so their keys, types, ranges and
   choices are the table's; which options are paths relative to the file comes from the kinds here;
+* an option renamed since an earlier version (:data:`~automl_tl.strategies.RENAMED`) keeps its old name as a
+  hidden flag, a config file's key and a ``TransferClassifier`` parameter, each warned about
+  (:attr:`SearchOption.old_names`);
 * ``TransferClassifier.check_params`` checks the kinds of the parameters ``SearchConfig`` does not hold, and
   ``SearchConfig`` the kinds of its fields; a test holds ``TransferClassifier``'s explicit signature (which
   scikit-learn needs) to the names and defaults here.
@@ -34,7 +37,7 @@ from typing import Any
 from automl_tl.heads import HEAD_KINDS
 from automl_tl.inputs import MODALITIES
 from automl_tl.metrics import METRIC_NAMES
-from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
+from automl_tl.strategies import DEFAULT_STRATEGIES, RENAMED, STRATEGY_NAMES
 
 #: a flag's default is the Python default unless a row says otherwise
 _SAME: Any = object()
@@ -110,6 +113,22 @@ class SearchOption:
     def is_switch(self) -> bool:
         """Whether the flag takes no value and turns the option off."""
         return self.kind == "bool"
+
+    @property
+    def old_names(self) -> tuple[str, ...]:
+        """What earlier versions called this option (:data:`~automl_tl.strategies.RENAMED`): still accepted, with
+        a warning (:func:`renamed_warning`), as a ``TransferClassifier`` parameter and a config file's key."""
+        return tuple(old for old, new in RENAMED.items() if new == self.name)
+
+    @property
+    def old_flags(self) -> tuple[str, ...]:
+        """The flags of :attr:`old_names`: still accepted, with a warning, and hidden from ``--help``."""
+        return tuple("--" + old.replace("_", "-") for old in self.old_names) if self.flag else ()
+
+
+def renamed_warning(old: str, new: str) -> str:
+    """The warning for an option given under the name an earlier version gave it."""
+    return f"{old} was renamed to {new}; the old name is still read, but use the new one"
 
 
 def bad_input_help(rows: str) -> str:
@@ -266,11 +285,12 @@ def search_options() -> tuple[SearchOption, ...]:
             parse="count",
         ),
         SearchOption(
-            "max_freeze_depth",
+            "max_trained_groups",
             "int?",
             None,
-            "largest number of trained layer groups (default: all)",
-            flag="--max-freeze-depth",
+            "most layer groups of the body, counted from the head, that a trial may train; 0: the head only "
+            "(default: all)",
+            flag="--max-trained-groups",
             parse="int",
         ),
         SearchOption(
@@ -451,6 +471,11 @@ def search_options() -> tuple[SearchOption, ...]:
         SearchOption("device", "any", None, "torch device (None: a GPU if there is one)"),
         SearchOption("show_progress", "bool?", None, "progress bars (None: on a terminal only)"),
     )
+
+
+def renamed_option(old_name: str) -> SearchOption | None:
+    """The option that earlier versions called ``old_name`` (:attr:`SearchOption.old_names`), or None."""
+    return next((option for option in search_options() if old_name in option.old_names), None)
 
 
 def search_option(name: str) -> SearchOption:

@@ -1,9 +1,12 @@
 """The adaptation strategies: one record each, read everywhere a strategy is interpreted.
 
-A strategy says how much of a pretrained body a trial adapts and how: which layer groups train, which of the
+A strategy says how much of a pretrained body a trial adapts and how: which layer groups train (for last-k and
+LP-FT, ``trained_groups`` of them: how many of the body's layer groups, counted from the head, train), which of the
 searched parameters its trials use (the leaderboard, the logs and ``best_params`` show only those), whether it
 runs epochs or fits a head in one go on the cached embeddings, and the sentence the model card says about it.
 The search space draws from :data:`STRATEGIES`, the executor trains by it, the report and card show by it.
+
+Parameters that earlier versions called otherwise are read under today's names by :func:`current_names`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ LOGISTIC_REGRESSION = "logistic_regression"
 
 #: how much of the body trains
 BODY_FROZEN = "frozen"  # none: a head on the body's (cached) features
-BODY_LAST_GROUPS = "last groups"  # the last ``freeze_depth`` layer groups
+BODY_LAST_GROUPS = "last groups"  # the last ``trained_groups`` layer groups (the ones nearest the head)
 BODY_ALL = "all"  # every layer group, whatever the depth
 
 #: the searched parameters a body that trains uses, and those of a head trained by gradient
@@ -63,16 +66,17 @@ class Strategy:
 
     @property
     def uses_depth(self) -> bool:
-        """Whether the number of trained layer groups (``freeze_depth``) is this strategy's to choose."""
+        """Whether the number of trained layer groups (``trained_groups``) is this strategy's to choose."""
         return self.body == BODY_LAST_GROUPS
 
-    def trained_depth(self, depth: float, num_groups: float) -> float:
-        """How many of the body's last ``num_groups`` layer groups a trial with ``freeze_depth`` ``depth`` trains."""
+    def trained_depth(self, trained_groups: float, num_groups: float) -> float:
+        """How many of a body's ``num_groups`` layer groups a trial drawn with ``trained_groups`` trains (counted
+        from the head): none for a frozen body, all for full fine-tuning, else ``trained_groups`` (at most all)."""
         if self.body == BODY_FROZEN:
             return 0
         if self.body == BODY_ALL:
             return num_groups
-        return min(depth, num_groups)
+        return min(trained_groups, num_groups)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -87,8 +91,8 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy(
             LAST_K,
             BODY_LAST_GROUPS,
-            ("freeze_depth", *BODY_PARAMETERS, *HEAD_PARAMETERS),
-            "last-k fine-tuning: the last `freeze_depth` layer groups of the body and the head were trained",
+            ("trained_groups", *BODY_PARAMETERS, *HEAD_PARAMETERS),
+            "last-k fine-tuning: the last `trained_groups` layer groups of the body and the head were trained",
         ),
         Strategy(
             FULL,
@@ -99,8 +103,8 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy(
             LP_FT,
             BODY_LAST_GROUPS,
-            ("freeze_depth", *BODY_PARAMETERS, *HEAD_PARAMETERS),
-            "LP-FT: a linear probe first, then the last `freeze_depth` layer groups fine-tuned with the probed head",
+            ("trained_groups", *BODY_PARAMETERS, *HEAD_PARAMETERS),
+            "LP-FT: a linear probe first, then the last `trained_groups` layer groups fine-tuned with the probed head",
             probe_first=True,
         ),
         Strategy(
@@ -131,7 +135,19 @@ EMBEDDING_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.embeddi
 FROZEN_BODY_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.frozen_body)
 #: strategies that train the body, in the order they are preferred as a first fine-tuning trial
 FINE_TUNING_STRATEGIES = (LP_FT, FULL, LAST_K)
-_SHORT_NAMES = {"freeze_depth": "depth", "layer_decay": "decay"}
+_SHORT_NAMES = {"trained_groups": "groups", "layer_decay": "decay"}
+
+#: Names that earlier versions gave what is now called otherwise, old -> new. The searched parameter was
+#: ``freeze_depth``, though it counts the layer groups that *train* (from the head), not those frozen; so were
+#: the search space's bounds and the option that caps it (``--max-freeze-depth``). What those versions wrote
+#: still holds the old names: the params of a stored study's trials (and of its waiting retries and warm starts),
+#: the search space and settings stored with the study, a saved model's ``config.json``, config files and
+#: ``TransferClassifier`` arguments. All of it is read through :func:`current_names`.
+RENAMED = {
+    "freeze_depth": "trained_groups",
+    "min_freeze_depth": "min_trained_groups",
+    "max_freeze_depth": "max_trained_groups",
+}
 
 
 def get_strategy(name: str) -> Strategy:
@@ -142,12 +158,27 @@ def get_strategy(name: str) -> Strategy:
         raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGY_NAMES)}") from None
 
 
-def trained_depth(strategy: str, freeze_depth: float) -> float:
+def current_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (a trial's params or distributions, or a record written by an earlier version: a stored search
+    space or search config, a saved trial config) with every name of :data:`RENAMED` given its new name, in
+    the same place. A study made before a rename holds both kinds of trial (old ones under the old name, new ones
+    under the new), and everything that reads trials or records back reads them through here, so that they
+    mean the same. Where both names are given, the new one's value is kept."""
+    if not any(old in values for old in RENAMED):
+        return dict(values)
+    return {
+        RENAMED.get(name, name): value
+        for name, value in values.items()
+        if not (name in RENAMED and RENAMED[name] in values)
+    }
+
+
+def trained_depth(strategy: str, trained_groups: float) -> float:
     """The layer groups a trial trained, as a chart places it: a frozen body none (0), full fine-tuning all
-    (``inf``, drawn right of the deepest searched depth), the others their ``freeze_depth`` (``nan`` when not
+    (``inf``, drawn right of the deepest searched depth), the others their ``trained_groups`` (``nan`` when not
     recorded: the leaderboard leaves it empty for the strategies that do not use it)."""
     try:
-        depth = float(freeze_depth)
+        depth = float(trained_groups)
     except (TypeError, ValueError):  # None, or pandas' NA
         depth = math.nan
     known = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
@@ -156,8 +187,10 @@ def trained_depth(strategy: str, freeze_depth: float) -> float:
 
 def used_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters of a trial (``trial.params``) that shaped its model, in the order they are drawn: what
-    the leaderboard, the logs and ``best_params`` show (see :attr:`Strategy.parameters`). A strategy this
+    the leaderboard, the logs and ``best_params`` show (see :attr:`Strategy.parameters`), under today's names
+    (:func:`current_names`: a trial of an earlier version's study may hold the old ones). A strategy this
     version does not know keeps every parameter."""
+    params = current_names(params)
     strategy = STRATEGIES.get(params.get("strategy"))  # type: ignore[arg-type]
     if strategy is None:
         return dict(params)

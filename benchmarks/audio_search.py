@@ -18,9 +18,9 @@ Two real, offline audio data sets, one table each:
 Rows:
 
 * **search**: :func:`automl_tl.search.study.search` over ``--backbones`` (default the offline audio
-  backbones that are practical on a CPU), freeze depth, learning rates and epochs; the test
+  backbones that are practical on a CPU), trained groups, learning rates and epochs; the test
   accuracy is that of the best trial's saved model, as the search reports it;
-* **linear probe <backbone>**: each of ``--probe-backbones`` with the body frozen (freeze depth 0),
+* **linear probe <backbone>**: each of ``--probe-backbones`` with the body frozen (trained groups 0),
   ``head_lr = --probe-lr`` for ``--probe-epochs`` epochs (early-stopping patience 3), run through the
   same :class:`~automl_tl.train.executor.Executor` instance as the search;
 * **log-mel + logistic regression**: the mean and standard deviation over time of a 64-band log-mel
@@ -308,7 +308,7 @@ def timed_search(
     board, params = outcome.leaderboard, outcome.best_params
     best = board[board["trial"] == outcome.best_trial].iloc[0]
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(board["state"].value_counts().to_dict().items()))
-    depth = int(params.get("freeze_depth", 0))  # a strategy on the frozen body has no depth
+    trained = int(params.get("trained_groups", 0))  # a strategy on the frozen body trains none
     groups = get_registry().get_backbone(params["backbone"]).build(2, pretrained=False).num_groups
     return {
         "method": f"search ({states})",
@@ -317,7 +317,7 @@ def timed_search(
         "CPU s": cpu,
         "wall s": wall,
         "backbone": params["backbone"],
-        "freeze depth": f"{depth} of {groups}" if depth < groups else f"all {groups}",
+        "trained groups": f"{trained} of {groups}" if trained < groups else f"all {groups}",
         "epochs": int(best["epochs_run"]),
         "head lr": params.get("head_lr"),
         "backbone lr": params.get("backbone_lr"),
@@ -331,7 +331,7 @@ def run_probe(
     backbone = get_registry().get_backbone(name)
     config = TrialConfig(
         backbone=name,
-        freeze_depth=0,
+        trained_groups=0,
         backbone_lr=args.probe_lr,
         head_lr=args.probe_lr,
         epochs=args.probe_epochs,
@@ -359,7 +359,7 @@ def run_probe(
         "CPU s": cpu,
         "wall s": wall,
         "backbone": name,
-        "freeze depth": "0 (head only)",
+        "trained groups": "0 (head only)",
         "epochs": len(result.history),
         "head lr": args.probe_lr,
         "backbone lr": None,
@@ -412,7 +412,7 @@ def run_logmel_baseline(data: DatasetBundle, waveforms: dict[str, list[np.ndarra
         "CPU s": cpu,
         "wall s": wall,
         "backbone": "-",
-        "freeze depth": "-",
+        "trained groups": "-",
         "epochs": None,
         "head lr": None,
         "backbone lr": None,

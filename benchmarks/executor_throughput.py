@@ -9,7 +9,7 @@ Training samples per second of two loops that train the same model on the same d
   parameters, and for each batch of a seeded permutation: ``preprocessor.collate``,
   forward, cross-entropy, ``zero_grad``, backward, ``step``. Nothing else.
 * **executor**: ``Executor(show_progress=False).fit(TrialConfig(...))`` with the same
-  backbone, full fine-tuning (freeze depth = the backbone's number of layer groups),
+  backbone, full fine-tuning (trained groups = the backbone's number of layer groups),
   batch size and epochs, early stopping off (patience > epochs). Its extra per-batch work
   (learning-rate schedule, finiteness check, gradient clipping, ``loss.item()``) is what
   this benchmark exists to price.
@@ -204,7 +204,7 @@ def bare_loop(
     build_started = time.perf_counter()
     torch.manual_seed(args.seed)
     model = backbone.build(num_classes=num_classes)
-    model.set_freeze_depth(model.num_groups)
+    model.set_trained_groups(model.num_groups)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(args.seed)
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     num_groups = backbone.build(len(data.classes), pretrained=False).num_groups
     config = TrialConfig(
         backbone=args.backbone,
-        freeze_depth=num_groups,
+        trained_groups=num_groups,
         backbone_lr=args.lr,
         head_lr=args.lr,
         epochs=args.epochs,

@@ -8,12 +8,12 @@ and 1,000 examples of the official *test* split as the test set), at one small i
 (default 64 px), three ways of fitting a classifier:
 
 * **search**: :func:`automl_tl.search.study.search` over the four backbones with offline ImageNet
-  weights (``tf_efficientnet_lite0/1/2``, ``mobilenetv2_100``), freeze depth, learning rates
+  weights (``tf_efficientnet_lite0/1/2``, ``mobilenetv2_100``), trained groups, learning rates
   and epochs; the test accuracy is that of the best trial's saved model, as the search
   reports it;
 * **full fine-tune lite0**: ``tf_efficientnet_lite0`` with every layer group trained,
   ``backbone_lr = head_lr = 1e-3``;
-* **linear probe lite0**: ``tf_efficientnet_lite0`` with the body frozen (freeze depth 0),
+* **linear probe lite0**: ``tf_efficientnet_lite0`` with the body frozen (trained groups 0),
   ``head_lr = 1e-2`` (``--probe-lr``).
 
 Both baselines run through the same :class:`~automl_tl.train.executor.Executor` instance as the
@@ -237,7 +237,7 @@ def timed_search(executor: Executor, data: DatasetBundle, args: argparse.Namespa
         "wall s": wall,
         "epochs (run/set)": f"{int(best['epochs_run'])}/{args.max_epochs}",
         "backbone": params["backbone"],
-        "freeze depth": int(params.get("freeze_depth", 0)),  # best_params holds what the strategy used
+        "trained groups": int(params.get("trained_groups", 0)),  # best_params holds what the strategy used
         "backbone lr": params.get("backbone_lr"),
         "head lr": params.get("head_lr"),
         "CPU used by others": percent(load.share),
@@ -251,10 +251,10 @@ def timed_search(executor: Executor, data: DatasetBundle, args: argparse.Namespa
 def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: TrialConfig) -> dict:
     backbone = get_registry().get_backbone(config.backbone)
     logger.info(
-        "%s: %s freeze_depth=%d backbone_lr=%.1e head_lr=%.1e epochs=%d",
+        "%s: %s trained_groups=%d backbone_lr=%.1e head_lr=%.1e epochs=%d",
         method,
         config.backbone,
-        config.freeze_depth,
+        config.trained_groups,
         config.backbone_lr,
         config.head_lr,
         config.epochs,
@@ -282,8 +282,8 @@ def run_baseline(executor: Executor, data: DatasetBundle, method: str, config: T
         "wall s": wall,
         "epochs (run/set)": f"{len(result.history)}/{config.epochs}",
         "backbone": config.backbone,
-        "freeze depth": config.freeze_depth,
-        "backbone lr": config.backbone_lr if config.freeze_depth > 0 else None,
+        "trained groups": config.trained_groups,
+        "backbone lr": config.backbone_lr if config.trained_groups > 0 else None,
         "head lr": config.head_lr,
         "CPU used by others": percent(load.share),
     }
@@ -303,7 +303,7 @@ def results_table(rows: list[dict]) -> str:
             "backbone lr": "{:.2e}",
             "head lr": "{:.2e}",
         },
-        right_aligned=("freeze depth",),
+        right_aligned=("trained groups",),
     )
 
 
@@ -341,13 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         executor,
         data,
         f"full fine-tune {short}",
-        TrialConfig(freeze_depth=all_groups, backbone_lr=args.finetune_lr, head_lr=args.finetune_lr, **common),
+        TrialConfig(trained_groups=all_groups, backbone_lr=args.finetune_lr, head_lr=args.finetune_lr, **common),
     )
     probe = run_baseline(
         executor,
         data,
         f"linear probe {short}",
-        TrialConfig(freeze_depth=0, backbone_lr=args.finetune_lr, head_lr=args.probe_lr, **common),
+        TrialConfig(trained_groups=0, backbone_lr=args.finetune_lr, head_lr=args.probe_lr, **common),
     )
     rows = [searched, full, probe]
 

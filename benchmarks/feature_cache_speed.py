@@ -11,7 +11,7 @@ learning rate, linear head and seed, early stopping off (every epoch runs):
 * **cached**: ``TrialConfig(strategy="linear_probe", probe_passes=1)``: one pass over the frozen
   body's training features per epoch, read from the on-disk
   :class:`~automl_tl.train.feature_cache.FeatureCache`, which was filled just before (a fresh folder);
-* **uncached**: ``TrialConfig(strategy="last_k", freeze_depth=0)`` with ``FeatureCache(enabled=False)``:
+* **uncached**: ``TrialConfig(strategy="last_k", trained_groups=0)`` with ``FeatureCache(enabled=False)``:
   the frozen body runs on every training batch and on the validation split in every epoch.
 
 Filling the cache (the body's features of the train and validation splits, written to disk)
@@ -203,7 +203,7 @@ def trial_config(args: argparse.Namespace, strategy: str, options: InputOptions)
     return TrialConfig(
         backbone=args.backbone,
         strategy=strategy,
-        freeze_depth=0,
+        trained_groups=0,
         backbone_lr=1e-3,
         head_lr=args.head_lr,
         epochs=args.epochs,
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             f"head on the cached features, {args.epochs} pass(es)",
         ),
         row(
-            "uncached: last_k, freeze_depth=0",
+            "uncached: last_k, trained_groups=0",
             uncached,
             uncached_result,
             f"frozen body on every batch and on validation, {args.epochs} epoch(s)",

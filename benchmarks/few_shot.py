@@ -235,7 +235,7 @@ def baselines(
         config = TrialConfig(
             backbone=name,
             strategy="linear_probe",
-            freeze_depth=0,
+            trained_groups=0,
             backbone_lr=1e-3,
             head_lr=1e-2,
             epochs=3,

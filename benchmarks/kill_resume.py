@@ -125,7 +125,7 @@ def best_model(run_dir: Path) -> tuple[dict, float]:
 
 def same_configuration(a: dict, b: dict) -> bool:
     """Equal trial settings, the seed aside (it is the slot's, and equal too when the draws are)."""
-    keys = ("backbone", "strategy", "freeze_depth", "backbone_lr", "layer_decay", "head_lr", "head", "seed")
+    keys = ("backbone", "strategy", "trained_groups", "backbone_lr", "layer_decay", "head_lr", "head", "seed")
     return all(a.get(k) == b.get(k) for k in keys)
 
 

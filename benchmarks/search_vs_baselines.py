@@ -5,12 +5,12 @@ What is measured
 On three real data sets, one table each -- a Fashion-MNIST subset (images; official test
 split as the test set), BBC News topics (text) and the espeak-ng spoken digits split by voice
 (audio) -- three ways of choosing a transfer-learning configuration from *one* search space
-(the data set's offline backbones x strategy {linear probe, last-k, full, LP-FT} x freeze
-depth x body / head learning rates x layer decay x head {linear, MLP}):
+(the data set's offline backbones x strategy {linear probe, last-k, full, LP-FT} x trained
+layer groups x body / head learning rates x layer decay x head {linear, MLP}):
 
 * **(c) grid**: an exhaustive grid over that space, run once: for every backbone, a linear
-  probe x head lr {1e-3, 1e-2} x head {linear, MLP(256, dropout 0.2)}; last-k (freeze depth 2),
-  full fine-tuning and LP-FT (freeze depth = the deepest) each x two body learning rates
+  probe x head lr {1e-3, 1e-2} x head {linear, MLP(256, dropout 0.2)}; last-k (trained groups 2),
+  full fine-tuning and LP-FT (trained groups = the most allowed) each x two body learning rates
   (images and audio 1e-4, 1e-3; text 3e-5, 3e-4) with a linear head, at head lr 1e-2 and layer
   decay 1.0 (``--grid-layer-decays`` adds more for full fine-tuning). It is one
   :class:`~automl_tl.search.study.Search` with every point enqueued, no pruner, no pre-ranking and a
@@ -146,9 +146,9 @@ BACKBONES = {
 GRID_BODY_LRS = {"image": (1e-4, 1e-3), "audio": (1e-4, 1e-3), "text": (3e-5, 3e-4)}
 GRID_PROBE_HEAD_LRS = (1e-3, 1e-2)
 GRID_FINE_TUNE_HEAD_LR = 1e-2
-GRID_LAST_K_DEPTH = 2
+GRID_LAST_K_GROUPS = 2
 GOAL_CPU_SHARE = 0.15  # the issue's goal: the search's CPU-seconds at most this share of the grid's
-TEXT_MAX_FREEZE_DEPTH = 2
+TEXT_MAX_TRAINED_GROUPS = 2
 MLP_HEAD = {"head": "mlp", "head_hidden": 256, "head_dropout": 0.2}
 LINEAR_HEAD = {"head": "linear", "head_hidden": 256, "head_dropout": 0.0}  # width and dropout unused
 
@@ -408,14 +408,14 @@ def epochs_for(task: Task, args: argparse.Namespace) -> int:
 def base_config(task: Task, args: argparse.Namespace) -> SearchConfig:
     """The search space every method shares; each method changes only how it searches it."""
     # Text: the last two encoder layers at most (MPNet's full fine-tuning would cost more than the rest together).
-    max_depth = TEXT_MAX_FREEZE_DEPTH if task.data.modality == "text" else None
+    max_groups = TEXT_MAX_TRAINED_GROUPS if task.data.modality == "text" else None
     return SearchConfig(
         backbones=tuple(task.backbones),
         max_epochs=epochs_for(task, args),
         batch_size=task.batch_size,
         input_options=task.options,
         seed=args.data_seed,
-        max_freeze_depth=max_depth,
+        max_trained_groups=max_groups,
     )
 
 
@@ -430,7 +430,7 @@ def grid_points(task: Task, space: SearchSpace, quick: bool, full_decays: list[f
     heads = (LINEAR_HEAD,)  # both heads are gridded for the probes; for fine-tuning that would double the cost
     probe_lrs = GRID_PROBE_HEAD_LRS[-1:] if quick else GRID_PROBE_HEAD_LRS
     decays = [1.0] if quick else full_decays
-    last_k_depth = min(max(GRID_LAST_K_DEPTH, space.min_freeze_depth), space.max_freeze_depth)
+    last_k_groups = min(max(GRID_LAST_K_GROUPS, space.min_trained_groups), space.max_trained_groups)
     points = []
     for backbone in task.backbones:
         common = {**base, "backbone": backbone, "layer_decay": 1.0}
@@ -441,7 +441,7 @@ def grid_points(task: Task, space: SearchSpace, quick: bool, full_decays: list[f
         ]
         fine_tune = {**common, "head_lr": GRID_FINE_TUNE_HEAD_LR}
         points += [
-            {**fine_tune, "strategy": "last_k", "freeze_depth": last_k_depth, "backbone_lr": lr, **head}
+            {**fine_tune, "strategy": "last_k", "trained_groups": last_k_groups, "backbone_lr": lr, **head}
             for lr in body_lrs
             for head in heads
         ]
@@ -452,7 +452,7 @@ def grid_points(task: Task, space: SearchSpace, quick: bool, full_decays: list[f
             for head in heads
         ]
         points += [
-            {**fine_tune, "strategy": "lp_ft", "freeze_depth": space.max_freeze_depth, "backbone_lr": lr, **head}
+            {**fine_tune, "strategy": "lp_ft", "trained_groups": space.max_trained_groups, "backbone_lr": lr, **head}
             for lr in body_lrs
             for head in heads
         ]

@@ -9,10 +9,10 @@ tokens (default 128), three ways of fitting a classifier:
 
 * **search**: :func:`automl_tl.search.study.search` over the offline text backbones
   (``all-MiniLM-L6-v2``, and ``all-mpnet-base-v2`` when ``requirements-zoo-large.txt`` is
-  installed; the table's header says which), freeze depth and learning rates, every trial
+  installed; the table's header says which), trained groups and learning rates, every trial
   scheduled for ``--max-epochs`` epochs (the pruner stops weak ones from ``--min-epochs``). Its
   test accuracy is that of the best trial's saved model, as the search reports it;
-* **linear probe MiniLM**: ``all-MiniLM-L6-v2`` with the body frozen (freeze depth 0, mean
+* **linear probe MiniLM**: ``all-MiniLM-L6-v2`` with the body frozen (trained groups 0, mean
   pooling), through the same :class:`~automl_tl.train.executor.Executor` as the search, trained on
   *train*, best epoch chosen on *validation* (``--probe-epochs``, ``--probe-lr``);
 * **TF-IDF + logistic regression** (scikit-learn): word uni- and bigrams, sublinear tf,
@@ -214,7 +214,7 @@ def timed_search(
         "CPU s": cpu,
         "wall s": wall,
         "model": params["backbone"],
-        "freeze depth": str(int(params.get("freeze_depth", 0))),  # best_params holds what the strategy used
+        "trained groups": str(int(params.get("trained_groups", 0))),  # best_params holds what the strategy used
         "epochs (run/set)": f"{int(best['epochs_run'])}/{int(params.get('epochs', args.max_epochs))}",
         "lr (body / head)": " / ".join(
             f"{params[name]:.1e}" if name in params else "-" for name in ("backbone_lr", "head_lr")
@@ -227,7 +227,7 @@ def timed_search(
 def run_probe(executor: Executor, data: DatasetBundle, args: argparse.Namespace) -> dict:
     config = TrialConfig(
         backbone=PROBE_BACKBONE,
-        freeze_depth=0,
+        trained_groups=0,
         backbone_lr=1e-5,
         head_lr=args.probe_lr,
         epochs=args.probe_epochs,
@@ -258,7 +258,7 @@ def run_probe(executor: Executor, data: DatasetBundle, args: argparse.Namespace)
         "CPU s": cpu,
         "wall s": wall,
         "model": PROBE_BACKBONE,
-        "freeze depth": "0",
+        "trained groups": "0",
         "epochs (run/set)": f"{len(result.history)}/{config.epochs}",
         "lr (body / head)": f"- / {config.head_lr:.1e}",
         "CPU used by others": percent(load.share),
@@ -287,7 +287,7 @@ def run_tfidf(data: DatasetBundle, seed: int) -> dict:
         "CPU s": cpu,
         "wall s": wall,
         "model": "scikit-learn",
-        "freeze depth": "-",
+        "trained groups": "-",
         "epochs (run/set)": "-",
         "lr (body / head)": "-",
         "CPU used by others": percent(load.share),
@@ -299,7 +299,7 @@ def run_tfidf(data: DatasetBundle, seed: int) -> dict:
 
 def results_table(rows: list[dict]) -> str:
     return markdown_table(
-        rows, {"test accuracy": "{:.4f}", "CPU s": "{:.1f}", "wall s": "{:.1f}"}, right_aligned=("freeze depth",)
+        rows, {"test accuracy": "{:.4f}", "CPU s": "{:.1f}", "wall s": "{:.1f}"}, right_aligned=("trained groups",)
     )
 
 

@@ -1,5 +1,5 @@
 """Audio: reading and refusing files, resampling, mel filters, crop/pad, the pretrained audio backbones
-(GE2E speaker similarity, CREPE pitch, aiSFX safe loading), freeze depth, transformers encoders,
+(GE2E speaker similarity, CREPE pitch, aiSFX safe loading), trained groups, transformers encoders,
 and an end-to-end search on spoken digits synthesised with espeak-ng."""
 
 from __future__ import annotations
@@ -217,19 +217,19 @@ def test_weights_missing_or_mismatched_are_clear_errors(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("backbone", offline_backbones(), ids=lambda b: b.name)
-def test_freeze_depth_trains_exactly_the_last_groups(backbone):
+def test_trained_groups_train_exactly_the_last_groups(backbone):
     model = backbone.build(num_classes=3, pretrained=False)
     expected_groups = {"ge2e-speaker": 3, "crepe-tiny": 6, "crepe-full": 6, "aisfx": 4}[backbone.name]
     assert model.num_groups == expected_groups and backbone.modality == "audio"
     for depth in range(model.num_groups + 2):
-        model.set_freeze_depth(depth)
+        model.set_trained_groups(depth)
         trained = {name for name, p in model.body.named_parameters() if p.requires_grad}
         expected = {name for group in model.layer_groups[max(0, model.num_groups - depth) :] for name in group}
         assert trained == expected, (backbone.name, depth)
         assert all(p.requires_grad for p in model.head.parameters())
     if backbone.name != "crepe-full":  # its forward pass costs seconds on a CPU
         clip = torch.from_numpy(sine(300, backbone.sample_rate, 0.3))[None].repeat(2, 1)
-        model.set_freeze_depth(1)
+        model.set_trained_groups(1)
         model.train()
         model(clip).sum().backward()
         last = model.layer_groups[-1]
@@ -267,7 +267,7 @@ def test_transformers_audio_backbone_from_a_local_checkpoint(tmp_path):
     assert model.layer_groups[0][0].startswith("model.") and all(
         name.startswith("model.encoder.layers.1.") for name in model.layer_groups[-1]
     )
-    model.set_freeze_depth(1)
+    model.set_trained_groups(1)
     assert {n for n, p in model.body.named_parameters() if p.requires_grad} == set(model.layer_groups[-1])
     batch = backbone.preprocessor(InputOptions(clip_seconds=0.5)).collate([torch.randn(12000)], train=False)
     assert model.eval()(batch).shape == (1, 4)
@@ -298,7 +298,7 @@ def test_search_on_spoken_digits_then_predict(tmp_path):
         backbones=("ge2e-speaker",),
         n_trials=2,
         max_epochs=1,
-        max_freeze_depth=1,
+        max_trained_groups=1,
         input_options=InputOptions(clip_seconds=1.0),
         batch_size=8,
     )

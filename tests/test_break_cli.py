@@ -369,7 +369,7 @@ def synthetic_study(rows: list[dict]):
         "strategy": optuna.distributions.CategoricalDistribution(
             ["linear_probe", "last_k", "full", "lp_ft", "nearest_centroid", "logistic_regression"]
         ),
-        "freeze_depth": optuna.distributions.IntDistribution(1, 8),
+        "trained_groups": optuna.distributions.IntDistribution(1, 8),
         "backbone_lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
         "layer_decay": optuna.distributions.FloatDistribution(*LAYER_DECAY_RANGE),
         "head_lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
@@ -381,7 +381,7 @@ def synthetic_study(rows: list[dict]):
     for row in rows:
         params = {
             "backbone": "mobilenetv2_100",
-            "freeze_depth": 8,
+            "trained_groups": 8,
             "backbone_lr": 3e-4,
             "layer_decay": 0.9,
             "head_lr": 1e-2,
@@ -420,7 +420,7 @@ def test_only_the_parameters_a_strategy_uses_are_shown():
     every = {
         "backbone": "b",
         "strategy": "last_k",
-        "freeze_depth": 3,
+        "trained_groups": 3,
         "backbone_lr": 1e-3,
         "layer_decay": 0.8,
         "head_lr": 1e-2,
@@ -440,7 +440,7 @@ def test_only_the_parameters_a_strategy_uses_are_shown():
         "head_hidden",
         "head_dropout",
     }
-    assert set(used_parameters({**every, "strategy": "full"})) == set(every) - {"freeze_depth"}
+    assert set(used_parameters({**every, "strategy": "full"})) == set(every) - {"trained_groups"}
     assert set(used_parameters({**every, "strategy": "lp_ft"})) == set(every)
     for fitted in ("nearest_centroid", "logistic_regression"):  # no learning rate, no head of their own choosing
         assert used_parameters({**every, "strategy": fitted}) == {"backbone": "b", "strategy": fitted}
@@ -455,10 +455,10 @@ def test_only_the_parameters_a_strategy_uses_are_shown():
         )
     )
     rows = board.set_index("strategy")
-    unused = rows.loc["linear_probe", ["freeze_depth", "backbone_lr", "layer_decay", "head_hidden", "head_dropout"]]
+    unused = rows.loc["linear_probe", ["trained_groups", "backbone_lr", "layer_decay", "head_hidden", "head_dropout"]]
     assert unused.isna().all(), unused
-    assert pd.isna(rows.loc["full", "freeze_depth"]) and rows.loc["full", "backbone_lr"] == 3e-4
-    assert rows.loc["last_k", ["freeze_depth", "head_hidden"]].tolist() == [8, 256]
+    assert pd.isna(rows.loc["full", "trained_groups"]) and rows.loc["full", "backbone_lr"] == 3e-4
+    assert rows.loc["last_k", ["trained_groups", "head_hidden"]].tolist() == [8, 256]
 
 
 def test_the_search_logs_and_reports_only_used_parameters(nasty_run):
@@ -466,12 +466,12 @@ def test_the_search_logs_and_reports_only_used_parameters(nasty_run):
     log = (run.parent / "search.log").read_text()
     trial_line = next(line for line in log.splitlines() if line.startswith("trial 0 complete"))
     assert "linear_probe" in trial_line and "head_lr=" in trial_line, trial_line
-    for unused in ("depth=", "backbone_lr=", "decay="):
+    for unused in ("groups=", "backbone_lr=", "decay="):
         assert unused not in trial_line, trial_line
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["best_params"]) == {"backbone", "strategy", "head_lr", "head"}
     board = pd.read_csv(run / "leaderboard.csv")
-    assert board[["freeze_depth", "backbone_lr", "layer_decay"]].isna().all().all()
+    assert board[["trained_groups", "backbone_lr", "layer_decay"]].isna().all().all()
 
 
 def test_the_report_shows_the_best_models_used_parameters(tmp_path):
@@ -484,7 +484,7 @@ def test_the_report_shows_the_best_models_used_parameters(tmp_path):
     )
     page = write_report(study, tmp_path).read_text()
     best_model = page.split("<h3>Best model</h3>")[1].split("</table>")[0]
-    assert "head_lr" in best_model and "backbone_lr" not in best_model and "freeze_depth" not in best_model
+    assert "head_lr" in best_model and "backbone_lr" not in best_model and "trained_groups" not in best_model
 
 
 def test_pruned_trials_say_at_which_epoch():
@@ -581,7 +581,7 @@ def test_fraction_options_are_checked_once(capsys):
         assert code == 2 and flag in stderr and "Traceback" not in stderr, stderr
 
 
-def test_the_freeze_depth_figure_takes_trials_without_a_depth():
+def test_the_trained_groups_figure_takes_trials_without_a_number_of_groups():
     from automl_tl.results import plots
     from automl_tl.results.report import leaderboard
     from automl_tl.strategies import trained_depth
@@ -594,8 +594,8 @@ def test_the_freeze_depth_figure_takes_trials_without_a_depth():
             ]
         )
     )
-    assert board["freeze_depth"].isna().sum() == 4
-    assert plots.png_bytes(plots.freeze_depth_chart(board)).startswith(b"\x89PNG")
+    assert board["trained_groups"].isna().sum() == 4
+    assert plots.png_bytes(plots.trained_groups_chart(board)).startswith(b"\x89PNG")
     assert [trained_depth(s, pd.NA) for s in ("linear_probe", "nearest_centroid", "full")] == [0, 0, float("inf")]
     assert trained_depth("a_later_versions_strategy", 3) == 3.0  # a study from a newer version still draws
 

@@ -586,7 +586,7 @@ def test_cli_seed_minus_one(tmp_path, capsys):
         ({"batch_size": 8.5}, "batch_size must be a whole number"),
         ({"max_epochs": True}, "max_epochs must be a whole number"),
         ({"min_epochs": "1"}, "min_epochs must be a whole number"),
-        ({"max_freeze_depth": "2"}, "max_freeze_depth must be a whole number"),
+        ({"max_trained_groups": "2"}, "max_trained_groups must be a whole number"),
         ({"top_k": 1.5}, "top_k must be a whole number"),
         ({"prerank": "no"}, "prerank must be True or False, got 'no'"),
         ({"refit": 0}, "refit must be True or False"),

@@ -744,8 +744,8 @@ def _bad_storage(tmp: Path, folder: Path) -> list:
     ]
 
 
-def _negative_freeze_depth(tmp: Path, folder: Path) -> list:  # passes argparse (type=int), refused by SearchConfig
-    return [["--data", folder, *RUN_FLAGS, "--max-freeze-depth", "-1"], ["max freeze depth must be >= 0, got -1"]]
+def _negative_trained_groups(tmp: Path, folder: Path) -> list:  # passes argparse (type=int), refused by SearchConfig
+    return [["--data", folder, *RUN_FLAGS, "--max-trained-groups", "-1"], ["max trained groups must be >= 0, got -1"]]
 
 
 def _image_too_small(tmp: Path, folder: Path) -> list:
@@ -765,7 +765,7 @@ RERUN_MISTAKES = [
     _another_search_space,
     _backbone_typo,
     _bad_storage,
-    _negative_freeze_depth,
+    _negative_trained_groups,
     _image_too_small,
     _data_broken_since,
 ]

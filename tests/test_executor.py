@@ -25,18 +25,18 @@ SMALL = InputOptions(image_size=32)
 
 def config(**overrides) -> TrialConfig:
     values = dict(
-        backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
+        backbone="mobilenetv2_100", trained_groups=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
     )
     return TrialConfig(**{**values, **overrides})
 
 
 @pytest.mark.parametrize("name", OFFLINE_IMAGE_BACKBONES)
-def test_freeze_depth_trains_exactly_the_last_groups(name):
+def test_trained_groups_train_exactly_the_last_groups(name):
     model = get_registry().get_backbone(name).build(num_classes=3, pretrained=False)
     n = model.num_groups
     assert n >= 4
     for depth in (0, 1, n // 2, n, n + 3):
-        model.set_freeze_depth(depth)
+        model.set_trained_groups(depth)
         model.zero_grad(set_to_none=True)
         model.train()
         model(torch.randn(2, 3, 32, 32)).sum().backward()
@@ -48,7 +48,7 @@ def test_freeze_depth_trains_exactly_the_last_groups(name):
 
 def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
     model = get_registry().get_backbone("mobilenetv2_100").build(num_classes=3, pretrained=False)
-    model.set_freeze_depth(1)
+    model.set_trained_groups(1)
     model.train()
     trained = {p for p in model.layer_groups[-1]}
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
@@ -73,8 +73,8 @@ def test_warmup_then_cosine_schedule():
 
 def test_head_and_body_get_their_own_learning_rates_and_no_decay_on_norms():
     model = get_registry().get_backbone("mobilenetv2_100").build(num_classes=3, pretrained=False)
-    model.set_freeze_depth(2)
-    groups = parameter_groups(model, config(freeze_depth=2, backbone_lr=1e-4, head_lr=5e-2))
+    model.set_trained_groups(2)
+    groups = parameter_groups(model, config(trained_groups=2, backbone_lr=1e-4, head_lr=5e-2))
     head_ids = {id(p) for p in model.head.parameters()}
     for group in groups:
         in_head = {id(p) in head_ids for p in group["params"]}
@@ -122,7 +122,7 @@ def test_deadline_stops_within_the_epoch(digits_bundle):
 def test_early_stopping_when_validation_stops_improving(digits_bundle):
     backbone = get_registry().get_backbone("mobilenetv2_100")
     # Learning rates so small that accuracy cannot change: patience 2 stops after epoch 3 of 6.
-    frozen = config(freeze_depth=0, head_lr=1e-12, backbone_lr=1e-12, epochs=6, early_stopping_patience=2)
+    frozen = config(trained_groups=0, head_lr=1e-12, backbone_lr=1e-12, epochs=6, early_stopping_patience=2)
     result = Executor(show_progress=False).fit(frozen, backbone, digits_bundle)
     assert result.stop_reason == STOP_EARLY
     assert len(result.history) == 3 and result.best_epoch == 1

@@ -159,7 +159,7 @@ def trial(backbone: str, strategy: str = "last_k", **overrides) -> TrialConfig:
     values = dict(
         backbone=backbone,
         strategy=strategy,
-        freeze_depth=2,
+        trained_groups=2,
         backbone_lr=1e-3,
         head_lr=1e-2,
         epochs=2,
@@ -291,7 +291,7 @@ def failing_run(tmp_path_factory, digits_bundle):
         search = Search(digits_bundle, config, tmp_path_factory.mktemp("failing-run"), Executor(show_progress=False))
         study = search.open_study()
         for backbone, strategy in PLAN:
-            study.enqueue_trial({"backbone": backbone, "strategy": strategy, "freeze_depth": 2})
+            study.enqueue_trial({"backbone": backbone, "strategy": strategy, "trained_groups": 2})
         outcome = search.run()
     finally:
         manager.unregister(name="failing-backbones")

@@ -124,7 +124,7 @@ def test_a_deadline_stops_computing_features_and_stores_nothing(tmp_path, digits
     backbone = get_registry().get_backbone("mobilenetv2_100")
     config = TrialConfig(
         backbone=backbone.name,
-        freeze_depth=0,
+        trained_groups=0,
         backbone_lr=1e-3,
         head_lr=1e-2,
         epochs=1,

@@ -120,7 +120,7 @@ def fit(executor, bundle, strategy):
     backbone = get_backbone(BACKBONE)
     config = TrialConfig(
         backbone=BACKBONE,
-        freeze_depth=0,
+        trained_groups=0,
         backbone_lr=1e-3,
         head_lr=1e-2,
         epochs=3,

@@ -22,7 +22,7 @@ def tiny_search(tracking_uri: str, n_trials: int = 3) -> SearchConfig:
         seed=0,
         max_epochs=1,
         strategies=("linear_probe", "last_k"),
-        max_freeze_depth=1,
+        max_trained_groups=1,
         heads=("linear",),
         prerank=False,
         input_options=InputOptions(image_size=32),

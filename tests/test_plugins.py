@@ -205,7 +205,7 @@ def test_example_plugin_backbone_meets_the_contract(example_plugin_site, monkeyp
     backbone = registry.get_backbone("example/torchvision_mobilenet_v2")
     model = backbone.build(num_classes=10)
     assert model.num_groups == 8
-    model.set_freeze_depth(1)
+    model.set_trained_groups(1)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained == {f"body.{n}" for n in model.layer_groups[-1]} | {"head.weight", "head.bias"}
 
@@ -213,7 +213,7 @@ def test_example_plugin_backbone_meets_the_contract(example_plugin_site, monkeyp
 
     config = TrialConfig(
         backbone=backbone.name,
-        freeze_depth=0,
+        trained_groups=0,
         backbone_lr=1e-3,
         head_lr=3e-2,
         epochs=2,

@@ -102,7 +102,7 @@ def executor(tmp_path):
 
 
 def config(**overrides) -> SearchConfig:
-    values = dict(backbones=BACKBONES, n_trials=4, seed=0, max_epochs=1, max_freeze_depth=1, input_options=SMALL)
+    values = dict(backbones=BACKBONES, n_trials=4, seed=0, max_epochs=1, max_trained_groups=1, input_options=SMALL)
     return SearchConfig(**{**values, **overrides})
 
 
@@ -175,7 +175,7 @@ def test_trial_timeout_is_a_hard_budget_per_trial(tmp_path, digits_bundle, execu
             trial_timeout=6,
             prerank=False,
             strategies=("full",),
-            max_freeze_depth=None,
+            max_trained_groups=None,
             pruner="none",
         ),
         tmp_path / "run",

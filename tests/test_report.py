@@ -41,7 +41,7 @@ ALWAYS_DRAWN = {
     "leaderboard.png",
     "history.png",
     "cost.png",
-    "freeze_depth.png",
+    "trained_groups.png",
     "confusion_matrix.png",
     "per_class.png",
     "transferability.png",
@@ -57,7 +57,7 @@ def run(tmp_path_factory, digits_bundle):
         n_trials=4,
         seed=0,
         max_epochs=2,
-        max_freeze_depth=2,
+        max_trained_groups=2,
         input_options=InputOptions(image_size=32),
     )
     outcome = run_search(digits_bundle, config, run_dir, Executor(show_progress=False))
@@ -274,7 +274,7 @@ def test_report_of_failed_and_pruned_trials_says_why_figures_are_missing(tmp_pat
         "leaderboard.png",
         "history.png",
         "cost.png",
-        "freeze_depth.png",
+        "trained_groups.png",
     }
     assert set(PLOT_FILES) >= {p.name for p in (tmp_path / "plots").iterdir()}
 

@@ -28,7 +28,7 @@ def small_search(**overrides) -> SearchConfig:
         seed=0,
         min_epochs=1,
         max_epochs=3,
-        max_freeze_depth=2,
+        max_trained_groups=2,
         strategies=("last_k", "lp_ft"),
         input_options=InputOptions(image_size=32),
     )
@@ -81,7 +81,7 @@ def test_search_prunes_and_keeps_the_best_model(finished_run):
     assert outcome.best_trial == best_row.trial
     assert outcome.best_val_accuracy == pytest.approx(best_row.val_accuracy)
     assert set(board["backbone"]) <= set(BACKBONES)
-    assert board["freeze_depth"].between(0, 2).all()
+    assert board["trained_groups"].between(0, 2).all()
 
     run_dir = outcome.run_dir
     on_disk = pd.read_csv(run_dir / "leaderboard.csv")

@@ -41,7 +41,7 @@ def executor(tmp_path):
 
 def trial_config(**overrides) -> TrialConfig:
     values = dict(
-        backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
+        backbone="mobilenetv2_100", trained_groups=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
     )
     return TrialConfig(**{**values, **overrides})
 
@@ -141,7 +141,7 @@ def test_search_refits_the_best_configuration_and_says_which_model_was_tested(tm
         n_trials=2,
         max_epochs=2,
         strategies=("last_k",),
-        max_freeze_depth=1,
+        max_trained_groups=1,
         prerank=False,
         input_options=SMALL,
     )
@@ -208,7 +208,7 @@ def test_a_fine_tuning_epoch_that_cannot_end_in_time_stops_after_its_first_batch
 
 def test_a_trial_whose_epochs_do_not_all_fit_is_replanned_to_fewer_epochs(executor, digits_bundle):
     backbone = get_registry().get_backbone("mobilenetv2_100")
-    config = trial_config(strategy="last_k", freeze_depth=0, epochs=60, early_stopping_patience=60, batch_size=16)
+    config = trial_config(strategy="last_k", trained_groups=0, epochs=60, early_stopping_patience=60, batch_size=16)
     budget = 12.0
     started = time.monotonic()
     result = executor.fit(config, backbone, digits_bundle, deadline=started + budget)
@@ -260,12 +260,12 @@ def test_cheaper_trials_shrink_the_input_first_then_the_trained_layers():
     assert cheaper.strategy == "full"
     # below 32 px no smaller image is offered: half the trained layer groups instead
     cheaper, change = cheaper_trial(cheaper, images, layer_groups=8)
-    assert (cheaper.strategy, cheaper.freeze_depth, change) == ("last_k", 4, "8 -> 4 trained layer groups")
-    assert cheaper_trial(trial_config(strategy="lp_ft", freeze_depth=1), images, layer_groups=8) is None
+    assert (cheaper.strategy, cheaper.trained_groups, change) == ("last_k", 4, "8 -> 4 trained layer groups")
+    assert cheaper_trial(trial_config(strategy="lp_ft", trained_groups=1), images, layer_groups=8) is None
     assert cheaper_trial(trial_config(strategy="linear_probe"), images, layer_groups=8) is None
     text = get_registry().get_backbone("all-MiniLM-L6-v2")
     cheaper, change = cheaper_trial(
-        trial_config(backbone="all-MiniLM-L6-v2", strategy="lp_ft", freeze_depth=2, input_options=InputOptions()),
+        trial_config(backbone="all-MiniLM-L6-v2", strategy="lp_ft", trained_groups=2, input_options=InputOptions()),
         text,
         layer_groups=7,
     )

@@ -21,7 +21,7 @@ SMALL = InputOptions(image_size=32)
 
 def config(**overrides) -> TrialConfig:
     values = dict(
-        backbone="mobilenetv2_100", freeze_depth=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
+        backbone="mobilenetv2_100", trained_groups=1, backbone_lr=1e-3, head_lr=1e-2, epochs=2, input_options=SMALL
     )
     return TrialConfig(**{**values, **overrides})
 
@@ -80,7 +80,7 @@ def test_without_the_cache_features_are_computed_for_every_trial(tmp_path, digit
 def test_fine_tuning_strategies_train_the_right_groups(executor, digits_bundle, strategy, depth, expected):
     backbone = get_registry().get_backbone("mobilenetv2_100")
     pristine = backbone.build(num_classes=10)
-    result = executor.fit(config(strategy=strategy, freeze_depth=depth, epochs=1), backbone, digits_bundle)
+    result = executor.fit(config(strategy=strategy, trained_groups=depth, epochs=1), backbone, digits_bundle)
     groups = result.model.layer_groups
     trained_groups = len(groups) if expected is None else expected
     trained = {name for group in groups[len(groups) - trained_groups :] for name in group}
@@ -99,14 +99,14 @@ def test_lp_ft_starts_fine_tuning_from_the_probed_head(executor, held_out_bundle
     assert lp_ft.extra["probe_val_accuracy"] == pytest.approx(probe.best_val_accuracy)
     assert lp_ft.best_val_accuracy == pytest.approx(probe.best_val_accuracy, abs=1.5 / len(digits_bundle.val))
     scratch = executor.fit(
-        config(strategy="last_k", freeze_depth=1, epochs=1, backbone_lr=1e-8, head_lr=1e-8), backbone, digits_bundle
+        config(strategy="last_k", trained_groups=1, epochs=1, backbone_lr=1e-8, head_lr=1e-8), backbone, digits_bundle
     )
     assert scratch.best_val_accuracy < probe.best_val_accuracy - 0.3  # a random head is near chance
 
 
 def test_layer_wise_learning_rate_decay():
     model = get_registry().get_backbone("mobilenetv2_100").build(num_classes=3, pretrained=False)
-    model.set_freeze_depth(3)
+    model.set_trained_groups(3)
     groups = parameter_groups(model, config(backbone_lr=1e-3, head_lr=5e-2, layer_decay=0.5))
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert {lr_of[id(p)] for p in model.head.parameters()} == {5e-2}

@@ -1,4 +1,4 @@
-"""The transformers text plugin: offline MiniLM embeddings, layer groups and freeze depth, tokenisation,
+"""The transformers text plugin: offline MiniLM embeddings, layer groups and trained groups, tokenisation,
 building without weights, joining split checkpoints, and a small end-to-end search on BBC News."""
 
 from __future__ import annotations
@@ -77,17 +77,17 @@ def test_minilm_paraphrases_are_closer_than_unrelated_sentences(minilm, minilm_m
     assert similar.min() > different.max()
 
 
-# ---------------------------------------------------------------- layer groups and freeze depth
+# ---------------------------------------------------------------- layer groups and trained groups
 
 
 @needs_minilm
 @pytest.mark.parametrize("depth", [0, 1, 3, 99])
-def test_freeze_depth_trains_exactly_the_last_groups(minilm, minilm_model, depth):
+def test_trained_groups_train_exactly_the_last_groups(minilm, minilm_model, depth):
     model = minilm_model
     assert model.num_groups == 7  # embeddings + 6 encoder layers; the unused pooler is dropped
     assert all(name.startswith("transformer.encoder.layer.5.") for name in model.layer_groups[-1])
     assert all("embeddings" in name for name in model.layer_groups[0])
-    model.set_freeze_depth(depth)
+    model.set_trained_groups(depth)
     model.train()
     model.zero_grad(set_to_none=True)
     preprocessor = minilm.preprocessor(InputOptions(max_length=16))
@@ -136,7 +136,7 @@ def test_local_folders_of_other_architectures(tmp_path, minilm, kind, pooling):
         assert "transformer.encoder.relative_attention_bias.weight" in model.layer_groups[0]
     if pooling == "pooler":
         assert all(n.startswith("transformer.pooler.") for n in model.layer_groups[-1])
-    model.set_freeze_depth(model.num_groups)
+    model.set_trained_groups(model.num_groups)
     preprocessor = backbone.preprocessor(InputOptions())
     batch = preprocessor.collate(preprocessor.encode(["one text", "and another, longer one"]), True)
     model(batch).sum().backward()
@@ -348,7 +348,7 @@ def test_search_on_bbc_news_end_to_end(tmp_path):
         n_trials=2,
         min_epochs=1,
         max_epochs=1,
-        max_freeze_depth=1,
+        max_trained_groups=1,
         batch_size=16,
         head_lr_range=(1e-2, 5e-2),
         pruner="none",

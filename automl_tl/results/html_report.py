@@ -41,7 +41,7 @@ from automl_tl.results.report import (
     leaderboard,
 )
 from automl_tl.storage import mask_password, open_storage
-from automl_tl.strategies import used_parameters
+from automl_tl.strategies import current_names, used_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,13 @@ PLOT_FILES = (
     "history.png",
     "importance.png",
     "cost.png",
-    "freeze_depth.png",
+    "trained_groups.png",
     "confusion_matrix.png",
     "per_class.png",
     "transferability.png",
 )
+#: figures earlier versions drew under another name (now trained_groups.png): removed when a report is rebuilt
+RETIRED_PLOT_FILES = ("freeze_depth.png",)
 
 
 def write_report(study: optuna.Study, run_dir: str | Path, storage: str | None = None) -> Path:
@@ -97,11 +99,11 @@ def write_report(study: optuna.Study, run_dir: str | Path, storage: str | None =
         lambda: plots.cost_chart(board),
         missing=None if _has_values(board) else "No trial has a validation accuracy yet.",
     )
-    page.add("<h2>Freeze depth</h2>")
+    page.add("<h2>Trained layer groups</h2>")
     page.figure(
-        "freeze_depth.png",
-        "Freeze depth against validation accuracy",
-        lambda: plots.freeze_depth_chart(board),
+        "trained_groups.png",
+        "Trained layer groups against validation accuracy",
+        lambda: plots.trained_groups_chart(board),
         missing=None if _has_values(board) else "No trial has a validation accuracy yet.",
     )
     page.add("<h2>Ensemble</h2>")
@@ -168,12 +170,40 @@ def parameter_importances(study: optuna.Study) -> tuple[dict[str, float] | None,
         )
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        importances = optuna.importance.get_param_importances(
+            _under_current_names(study, complete), evaluator=evaluator
+        )
     except Exception as exc:  # noqa: BLE001 - e.g. no parameter common to the complete trials
         return None, f"Optuna could not compute parameter importances: {first_line(exc, 300)}"
     if not importances:
         return None, "No searched parameter is shared by the complete trials, so none can be compared."
     return {name: float(value) for name, value in importances.items()}, None
+
+
+def _under_current_names(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -> optuna.Study:
+    """``study``, or, when some of its ``complete`` trials hold a parameter under the name an earlier version
+    gave it, an in-memory study of the complete trials under today's names (:func:`current_names`): fANOVA
+    compares only the parameters every trial holds, and would otherwise leave that one out (or show its old name)."""
+    if all(current_names(t.params) == t.params for t in complete):
+        return study
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory"
+    try:
+        renamed = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    renamed.add_trials(
+        [
+            optuna.trial.create_trial(
+                state=t.state,
+                values=t.values,
+                params=current_names(t.params),
+                distributions=current_names(t.distributions),
+            )
+            for t in complete
+        ]
+    )
+    return renamed
 
 
 # ---------------------------------------------------------------- the page
@@ -217,7 +247,7 @@ class _Page:
 
     def remove_stale_plots(self) -> None:
         """Delete figures an earlier report drew that this one did not (they would describe another state)."""
-        for name in PLOT_FILES:
+        for name in (*PLOT_FILES, *RETIRED_PLOT_FILES):
             if name not in self.drawn:
                 (self.plots_dir / name).unlink(missing_ok=True)
 
@@ -320,7 +350,7 @@ _FORMATS = {
     "seconds": ".1f",
     "cpu_seconds": ".1f",
 }
-_NUMERIC = {"trial", "freeze_depth", "head_hidden", "best_epoch", "epochs_run", *_FORMATS}
+_NUMERIC = {"trial", "trained_groups", "head_hidden", "best_epoch", "epochs_run", *_FORMATS}
 
 
 #: the leaderboard's columns as the page shows them: what a reader compares first on the left

@@ -29,7 +29,7 @@ from automl_tl.layout import (
 )
 from automl_tl.results.model_io import model_dir_of
 from automl_tl.results.report import describe_skipped
-from automl_tl.strategies import LINEAR_PROBE, STRATEGIES
+from automl_tl.strategies import LINEAR_PROBE, STRATEGIES, current_names
 
 #: below this many test examples, the card warns that the test numbers are rough
 SMALL_TEST_SET = 100
@@ -249,7 +249,7 @@ def _search_section(
         "| parameter | value |",
         "|---|---|",
     ]
-    chosen = config.get("trial_config") or {}
+    chosen = current_names(config.get("trial_config") or {})  # (an earlier version's model: under today's names)
     for name in _relevant_parameters(chosen):
         value = chosen.get(name)
         lines.append(f"| {name} | {f'{value:.3g}' if isinstance(value, float) else value} |")
@@ -311,7 +311,7 @@ def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
     """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
     strategy = trial_config.get("strategy")
     known = STRATEGIES.get(strategy)
-    searched = known.parameters if known else ("freeze_depth", "backbone_lr", "layer_decay", "head_lr")
+    searched = known.parameters if known else ("trained_groups", "backbone_lr", "layer_decay", "head_lr")
     names = ["backbone", "strategy", *(name for name in searched if name != "head")]  # (the head: see Model)
     if known is None or known.runs_epochs:  # a head fitted in one go has no epochs
         names.append("epochs")

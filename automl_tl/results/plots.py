@@ -172,7 +172,7 @@ def cost_chart(board: pd.DataFrame) -> Figure:
     return figure
 
 
-def freeze_depth_chart(
+def trained_groups_chart(
     board: pd.DataFrame, strategies: Sequence[str] = (LINEAR_PROBE, *FINE_TUNING_STRATEGIES)
 ) -> Figure:
     """Validation accuracy against the layer groups trained, one colour per strategy (pruned trials hollow)."""
@@ -180,12 +180,12 @@ def freeze_depth_chart(
         figure = _figure()
         axes = figure.add_subplot()
         finished = _finished(board).dropna(subset=["strategy"]).copy()
-        finished["depth"] = [trained_depth(s, d) for s, d in zip(finished["strategy"], finished["freeze_depth"])]
+        finished["depth"] = [trained_depth(s, d) for s, d in zip(finished["strategy"], finished["trained_groups"])]
         finite = finished.loc[np.isfinite(finished["depth"]), "depth"]
         deepest = int(
             max(
                 finite.max() if not finite.empty else 0,
-                board["freeze_depth"].astype(float).max(skipna=True) if board["freeze_depth"].notna().any() else 0,
+                board["trained_groups"].astype(float).max(skipna=True) if board["trained_groups"].notna().any() else 0,
             )
         )
         full_at = deepest + 1  # where "all groups" is drawn
@@ -214,7 +214,7 @@ def freeze_depth_chart(
         axes.set_xlim(-0.5, full_at + 0.5)
         axes.set(
             title="Layer groups trained against validation accuracy",
-            xlabel="layer groups of the body trained (freeze_depth; linear probe = 0, full = all)",
+            xlabel="layer groups of the body trained, from the head (trained_groups; linear probe = 0, full = all)",
             ylabel="validation accuracy",
         )
         if seen:

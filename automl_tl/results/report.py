@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 PARAMETERS = [
     "backbone",
     "strategy",
-    "freeze_depth",
+    "trained_groups",
     "backbone_lr",
     "layer_decay",
     "head_lr",
@@ -110,7 +110,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if frame.empty:
         return frame
-    for column in ("freeze_depth", "head_hidden", "best_epoch", "epochs_run"):
+    for column in ("trained_groups", "head_hidden", "best_epoch", "epochs_run"):
         frame[column] = frame[column].astype("Int64")  # whole numbers, with gaps where a trial failed
     keys = pd.DataFrame(order, columns=["score", "loss", "trial"])
     ranked = keys.sort_values(["score", "loss", "trial"], na_position="last").index

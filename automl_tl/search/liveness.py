@@ -30,6 +30,8 @@ from types import TracebackType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from automl_tl.strategies import current_names
+
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between two heartbeats of a running trial
@@ -40,6 +42,7 @@ WORKER_ATTR = "automl_tl:worker"  # system attribute: {"host": ..., "pid": ...} 
 HEARTBEAT_ATTR = "automl_tl:heartbeat"  # system attribute: Unix time of the trial's last heartbeat
 RETRY_OF_ATTR = "retry_of"  # user attribute of a retry: the number of the trial it repeats
 ATTEMPT_ATTR = "attempt"  # user attribute of a retry: 2 for the first retry, 3 for the second...
+FIXED_PARAMS_ATTR = "fixed_params"  # Optuna's system attribute: the parameters an enqueued trial takes
 
 
 def this_worker() -> dict[str, object]:
@@ -139,12 +142,26 @@ def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> lis
             continue  # another worker recovered it first (or it just finished after all)
         if retried:
             attrs = {k: v for k, v in trial.user_attrs.items() if k in (WARM_START_ATTR,)}
-            study.enqueue_trial(
-                trial.params, user_attrs={**attrs, RETRY_OF_ATTR: trial.number, ATTEMPT_ATTR: attempt + 1}
+            study.enqueue_trial(  # (a trial of an earlier version's: under today's names, which the space draws)
+                current_names(trial.params),
+                user_attrs={**attrs, RETRY_OF_ATTR: trial.number, ATTEMPT_ATTR: attempt + 1},
             )
         logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
         recovered.append(trial.number)
     return recovered
+
+
+def rename_waiting_trials(study: optuna.Study) -> None:
+    """Give today's names (:func:`~automl_tl.strategies.current_names`) to the fixed parameters of the study's
+    waiting trials: a retry that an earlier version enqueued holds the old ones, which no parameter drawn now
+    would take (its trial would draw a new value instead of repeating the old)."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        fixed = trial.system_attrs.get(FIXED_PARAMS_ATTR)
+        if isinstance(fixed, dict) and current_names(fixed) != fixed:
+            try:  # study._storage, trial._trial_id: Optuna has no public way to change a waiting trial
+                study._storage.set_trial_system_attr(trial._trial_id, FIXED_PARAMS_ATTR, current_names(fixed))
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                continue  # another worker started it meanwhile
 
 
 SLOT_ATTR = "slot"  # user attribute: the trial's place in an uninterrupted run (see trial_slot)

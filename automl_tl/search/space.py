@@ -8,7 +8,8 @@ lines, ``best_params``) shows only the parameters a trial's strategy used: :func
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
 fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the
-embeddings); ``freeze_depth``, the number of last layer groups that train (last-k and LP-FT);
+embeddings); ``trained_groups``, how many of the body's layer groups, counted from the head, train
+(last-k and LP-FT; earlier versions called it ``freeze_depth``);
 the body's peak learning rate and its layer-wise decay; the head's learning rate; and the head's
 structure (linear, or an MLP with a searched hidden width and dropout).
 
@@ -38,6 +39,7 @@ from automl_tl.strategies import (
     LINEAR_PROBE,
     LOGISTIC_REGRESSION,
     NEAREST_CENTROID,
+    current_names,
 )
 
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
@@ -51,8 +53,9 @@ class SearchSpace:
 
     backbones: tuple[str, ...]
     strategies: tuple[str, ...]
-    min_freeze_depth: int
-    max_freeze_depth: int
+    #: the range of ``trained_groups`` (how many layer groups, counted from the head, a trial trains)
+    min_trained_groups: int
+    max_trained_groups: int
     backbone_lr_range: tuple[float, float]
     head_lr_range: tuple[float, float]
     heads: tuple[str, ...]
@@ -78,11 +81,11 @@ class SearchSpace:
         validation split is the training split, so only the embedding strategies (cross-validated) are
         searched, and with nothing to validate ("none"), nearest centroid alone.
         """
-        depth = max_groups if config.max_freeze_depth is None else min(config.max_freeze_depth, max_groups)
+        groups = max_groups if config.max_trained_groups is None else min(config.max_trained_groups, max_groups)
         strategies = list(config.strategies)
-        if depth < max_groups and FULL in strategies:
+        if groups < max_groups and FULL in strategies:
             strategies.remove(FULL)  # the user capped how much of the body may train
-        if depth == 0:
+        if groups == 0:
             # Nothing of the body may train: a head-only search, on cached features.
             strategies = [s for s in strategies if s in EMBEDDING_STRATEGIES] + [LINEAR_PROBE]
         if validation != VALIDATION_HOLDOUT:
@@ -105,8 +108,8 @@ class SearchSpace:
         return cls(
             tuple(backbones),
             tuple(strategies) or (LINEAR_PROBE,),
-            min(1, depth),
-            depth,
+            min(1, groups),
+            groups,
             tuple(backbone_lrs),
             tuple(config.head_lr_range),
             tuple(config.heads),
@@ -119,8 +122,8 @@ class SearchSpace:
         return {
             "backbones": list(self.backbones),
             "strategies": list(self.strategies),
-            "min_freeze_depth": self.min_freeze_depth,
-            "max_freeze_depth": self.max_freeze_depth,
+            "min_trained_groups": self.min_trained_groups,
+            "max_trained_groups": self.max_trained_groups,
             "backbone_lr_range": list(self.backbone_lr_range),
             "head_lr_range": list(self.head_lr_range),
             "heads": list(self.heads),
@@ -131,19 +134,20 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchSpace":
-        """The inverse of :meth:`to_dict` (a worker joining a study takes the space stored with it)."""
-        values = dict(values)
+        """The inverse of :meth:`to_dict` (a worker joining a study takes the space stored with it; one stored by
+        an earlier version is read under today's names: :func:`~automl_tl.strategies.current_names`)."""
+        values = current_names(values)
         for name in ("backbones", "strategies", "backbone_lr_range", "head_lr_range", "heads"):
             values[name] = tuple(values[name])
         return cls(**values)
 
     def default_params(self) -> dict[str, Any]:
         """A middle-of-the-road value for every parameter (for warm-start trials): the geometric middle
-        of each learning-rate range, no layer decay, the deepest allowed fine-tuning, a linear head."""
+        of each learning-rate range, no layer decay, the most trained layer groups allowed, a linear head."""
         return {
             "backbone": self.backbones[0],
             "strategy": self.strategies[0],
-            "freeze_depth": self.max_freeze_depth,
+            "trained_groups": self.max_trained_groups,
             "backbone_lr": math.sqrt(self.backbone_lr_range[0] * self.backbone_lr_range[1]),
             "layer_decay": 1.0,
             "head_lr": min(max(1e-2, self.head_lr_range[0]), self.head_lr_range[1]),
@@ -162,7 +166,15 @@ def suggest_trial_config(
     :func:`automl_tl.search.liveness.trial_slot`)."""
     backbone = trial.suggest_categorical("backbone", list(space.backbones))
     strategy = trial.suggest_categorical("strategy", list(space.strategies))
-    freeze_depth = trial.suggest_int("freeze_depth", space.min_freeze_depth, space.max_freeze_depth)
+    # Every new trial draws "trained_groups", with the same distribution as before the rename. In a study made by
+    # an earlier version, the finished trials hold it as "freeze_depth" (stored trials cannot be renamed), and
+    # samplers read past trials' params by name: to multivariate TPE, whose joint space is the parameters common
+    # to every finished trial, neither name is common while old and new trials are mixed, so it models the
+    # other parameters jointly over all trials and draws "trained_groups" on its own (independent TPE) from the
+    # new trials only; the old trials' values do not guide it. Nothing crashes, and everything that reads the
+    # trials back (leaderboard, report, best params, retries) reads "freeze_depth" as "trained_groups"
+    # (automl_tl.strategies.current_names).
+    trained_groups = trial.suggest_int("trained_groups", space.min_trained_groups, space.max_trained_groups)
     backbone_lr = trial.suggest_float("backbone_lr", *space.backbone_lr_range, log=True)
     layer_decay = trial.suggest_float("layer_decay", *LAYER_DECAY_RANGE)
     head_lr = trial.suggest_float("head_lr", *space.head_lr_range, log=True)
@@ -175,7 +187,7 @@ def suggest_trial_config(
     return TrialConfig(
         backbone=backbone,
         strategy=strategy,
-        freeze_depth=freeze_depth,
+        trained_groups=trained_groups,
         backbone_lr=backbone_lr,
         layer_decay=layer_decay,
         head_lr=head_lr,

@@ -87,12 +87,24 @@ from automl_tl.search.ensembling import (
     validation_probabilities,
     write_trial_predictions,
 )
-from automl_tl.search.liveness import Heartbeat, InterruptionBlindPruner, recover_dead_trials, trial_slot
+from automl_tl.search.liveness import (
+    Heartbeat,
+    InterruptionBlindPruner,
+    recover_dead_trials,
+    rename_waiting_trials,
+    trial_slot,
+)
 from automl_tl.search.sampling import SlotSeededSampler
 from automl_tl.search.space import SearchSpace, suggest_trial_config, warm_start_params
 from automl_tl.search.workers import run_local_workers
 from automl_tl.storage import inspect_journal, journal_path, open_storage
-from automl_tl.strategies import FROZEN_BODY_STRATEGIES, describe_parameters, get_strategy, used_parameters
+from automl_tl.strategies import (
+    FROZEN_BODY_STRATEGIES,
+    current_names,
+    describe_parameters,
+    get_strategy,
+    used_parameters,
+)
 from automl_tl.train.device import DeadlineReached
 from automl_tl.train.executor import (
     FITTED_ON_TRAIN_AND_VAL,
@@ -366,12 +378,16 @@ class Search:
         # (A worker joining has no ranking of its own: it takes the warm starts the study's maker stored.)
         warm_starts = [] if self.ranking is None else warm_start_params(self.ranking, self.space)
         warm_starts = warm_starts[: self.config.n_trials] if self.config.n_trials else warm_starts
-        # the sampler starts as the study's maker set it up, whichever process this is
+        # the sampler starts as the study's maker set it up, whichever process this is (and whichever version
+        # made the study: what an earlier one stored is read under today's names)
+        stored_warm_starts = study.user_attrs.get(WARM_START_PARAMS_ATTR)
         study.sampler, study.pruner = _make_sampler_and_pruner(
-            self.config, study.user_attrs.get(WARM_START_PARAMS_ATTR, warm_starts)
+            self.config,
+            warm_starts if stored_warm_starts is None else [current_names(params) for params in stored_warm_starts],
         )
         stored_data = study.user_attrs.get("data_fingerprint")
         stored_space = study.user_attrs.get("search_space")
+        stored_space = None if stored_space is None else current_names(stored_space)
         if stored_data is None:
             study.set_user_attr("data_fingerprint", self.data.fingerprint)
             study.set_user_attr("search_space", self.space.to_dict())
@@ -395,6 +411,7 @@ class Search:
                 f"(different {', '.join(changed)}); rerun with the original options to continue it, "
                 "or use another --output or --study-name to start a new search"
             )
+        rename_waiting_trials(study)
         if self.ranking is not None and TRANSFERABILITY_ATTR not in study.user_attrs:
             # kept with the study, so that the report can be rebuilt from the storage alone
             study.set_user_attr(TRANSFERABILITY_ATTR, {"scores": _json_records(self.ranking)})

@@ -498,7 +498,7 @@ class Executor:
             # The body is loaded only if the model is wanted (the search saves the best trial's alone).
             model = self._build(backbone, config, len(data.classes))
             model.head.load_state_dict(head.state_dict())
-            model.set_freeze_depth(0)
+            model.set_trained_groups(0)
             return model.eval()
 
         # No release_memory() here: a head holds next to nothing, and a full garbage collection
@@ -614,7 +614,7 @@ class Executor:
         def model_builder() -> TransferModel:
             model = self._build(backbone, config, num_classes)
             model.head.load_state_dict(fitted.module.state_dict())
-            model.set_freeze_depth(0)
+            model.set_trained_groups(0)
             return model.eval()
 
         return TrialResult(
@@ -669,7 +669,7 @@ class Executor:
         if probe_head is not None:
             model.head.load_state_dict(probe_head.state_dict())
             model.freeze_norm_statistics = True
-        model.set_freeze_depth(config.trained_depth(model.num_groups))
+        model.set_trained_groups(config.trained_depth(model.num_groups))
         # LP-FT's second stage moves the head as gently as the body, so the probe is not undone.
         head_lr = config.backbone_lr if get_strategy(config.strategy).probe_first else config.head_lr
         optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
@@ -693,7 +693,7 @@ class Executor:
             math.ceil(len(train_items) / config.batch_size),
             batches,
             None if refit else validate,
-            f"{config.backbone} {config.strategy} depth={config.trained_depth(model.num_groups)}",
+            f"{config.backbone} {config.strategy} groups={config.trained_depth(model.num_groups)}",
             len(data.classes),
             train_split.labels,
             None if refit else data.val.labels,
@@ -971,13 +971,13 @@ def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | N
     if smaller is not None:
         options, change = smaller
         return replace(config, input_options=options), change
-    depth = config.trained_depth(layer_groups) if layer_groups else config.freeze_depth
-    if get_strategy(config.strategy).frozen_body or depth < 2:
+    groups = config.trained_depth(layer_groups) if layer_groups else config.trained_groups
+    if get_strategy(config.strategy).frozen_body or groups < 2:
         return None
     strategy = LAST_K if config.strategy == FULL else config.strategy
     return (
-        replace(config, strategy=strategy, freeze_depth=depth // 2),
-        f"{depth} -> {depth // 2} trained layer groups",
+        replace(config, strategy=strategy, trained_groups=groups // 2),
+        f"{groups} -> {groups // 2} trained layer groups",
     )
 
 

@@ -4,7 +4,7 @@ Network: 40-band mel power spectrogram (16 kHz, 25 ms Hann windows every 10 ms, 
 mel filters, *not* log-compressed: that is what the weights were trained on), three LSTM layers of
 256 units, a 256 → 256 linear layer; embedding = L2-normalised ReLU(linear(last hidden state)).
 The pretrained file holds one 3-layer ``nn.LSTM``; here each layer is its own single-layer LSTM
-so that freeze depth can train the last layers only. The arithmetic is the same.
+so that ``trained_groups`` can train the last layers only. The arithmetic is the same.
 
 As in resemblyzer, quiet recordings are first raised to -30 dBFS (never lowered). Instead of its
 voice-activity trimming (webrtcvad), the embedding is read at the last frame that holds sound,

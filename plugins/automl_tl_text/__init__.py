@@ -16,7 +16,7 @@ The body is the encoder followed by a pooling of its last hidden states: ``mean`
 attention mask (how sentence-transformers models were trained), ``cls`` (the first token's
 state) or ``pooler`` (the model's own pooler layer). Layer groups, input to output, are: the
 embeddings (with any position bias shared by all layers), one group per encoder layer, then
-the pooler when it is used. Freeze depth ``k`` therefore trains the last ``k`` encoder layers.
+the pooler when it is used. ``trained_groups`` ``k`` therefore trains the last ``k`` encoder layers.
 An unused pooler is removed from the body, so every body parameter can receive a gradient.
 
 Inputs are tokenised once per data set without padding (truncated to ``max_length`` tokens)
