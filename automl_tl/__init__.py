@@ -22,7 +22,7 @@ _PUBLIC = {
     "Backbone": "automl_tl.backbone",
     "InputOptions": "automl_tl.inputs",
     "Preprocessor": "automl_tl.backbone",
-    "TransferModel": "automl_tl.backbone",
+    "TransferModel": "automl_tl.transfer_model",
     "SearchConfig": "automl_tl.config",
     "TrialConfig": "automl_tl.config",
     "hookimpl": "automl_tl.hookspecs",
@@ -84,7 +84,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
-    from automl_tl.backbone import Backbone, Preprocessor, TransferModel
+    from automl_tl.backbone import Backbone, Preprocessor
     from automl_tl.config import SearchConfig, TrialConfig
     from automl_tl.data.bundle import DatasetBundle, prepare_dataset
     from automl_tl.errors import AutomlTLError

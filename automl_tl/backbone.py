@@ -3,7 +3,7 @@
 A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 
 * its ``modality`` ("image", "text" or "audio") and where its weights come from;
-* how to build a :class:`TransferModel` (pretrained body + fresh head for N classes);
+* how to build a :class:`~automl_tl.transfer_model.TransferModel` (pretrained body + fresh head for N classes);
 * how its inputs are prepared (a :class:`Preprocessor`);
 * its embedding size;
 * its body's **layer groups**, ordered from input to output, so that *trained groups*
@@ -11,24 +11,28 @@ A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 * optionally, the **native export formats** its own library loads (:meth:`Backbone.native_export_formats`)
   and the files beside a whole-model export that prepare its raw inputs (:meth:`Backbone.write_export_inputs`).
   The core exports every model to its own formats (:mod:`automl_tl.results.export`) and knows no backbone's internals.
+
+This module imports no torch, and a plugin's registering module should not either: every command imports every
+plugin, ``automl-tl backbones`` included, which only reads names, weight sources and whether weights are installed.
+torch, the model's library and the ``nn.Module`` classes are imported by the methods that build or run a model
+(:meth:`Backbone.build`, :meth:`Backbone.preprocessor`, the exports), or by the modules only they import.
 """
 
 from __future__ import annotations
 
 import hashlib
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from automl_tl.inputs import InputOptions
 
-Batch = torch.Tensor | dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+    from automl_tl.transfer_model import Batch, TransferModel
 
 #: weights fingerprints computed in this process, by backbone class, name and weight source
 _WEIGHTS_FINGERPRINTS: dict[tuple[str, str, str], str] = {}
@@ -86,81 +90,13 @@ def ordered_for_inference(
         )
 
     def restore(outputs: Rows) -> Rows:
+        import torch  # the outputs of a model: torch is loaded
+
         restored = outputs.clone() if isinstance(outputs, torch.Tensor) else outputs.copy()
         restored[torch.as_tensor(order) if isinstance(outputs, torch.Tensor) else order] = outputs
         return restored
 
     return [items[i] for i in order], restore
-
-
-class TransferModel(nn.Module):
-    """``body`` (pretrained, returns an embedding) followed by ``head`` (new, returns logits).
-
-    ``layer_groups`` lists the body's parameter names group by group, from input to
-    output. Every body parameter is in exactly one group.
-    """
-
-    def __init__(self, body: nn.Module, head: nn.Module, layer_groups: list[list[str]]):
-        super().__init__()
-        self.body = body
-        self.head = head
-        self.layer_groups = layer_groups
-        grouped = [name for group in layer_groups for name in group]
-        body_names = [name for name, _ in body.named_parameters()]
-        if sorted(grouped) != sorted(body_names):
-            missing = sorted(set(body_names) - set(grouped))[:3]
-            extra = sorted(set(grouped) - set(body_names))[:3]
-            raise ValueError(
-                f"layer groups must cover every body parameter once (ungrouped: {missing}, unknown: {extra})"
-            )
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.layer_groups)
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.body(batch))
-
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """The body's embedding of a batch (what the head sees)."""
-        return self.body(batch)
-
-    def set_trained_groups(self, groups: int) -> None:
-        """Train the head and the body's last ``groups`` layer groups (counted from the head); freeze the rest.
-
-        ``groups`` larger than the number of groups trains the whole body; 0 trains the head only.
-        """
-        if groups < 0:
-            raise ValueError(f"trained groups must be >= 0, got {groups}")
-        first_trained = max(self.num_groups - groups, 0)
-        trained = {name for group in self.layer_groups[first_trained:] for name in group}
-        for name, parameter in self.body.named_parameters():
-            parameter.requires_grad_(name in trained)
-        for parameter in self.head.parameters():
-            parameter.requires_grad_(True)
-
-    def set_freeze_depth(self, depth: int) -> None:
-        """The name :meth:`set_trained_groups` had in earlier versions (``depth`` counted the groups that train)."""
-        warnings.warn(
-            "TransferModel.set_freeze_depth was renamed to set_trained_groups", DeprecationWarning, stacklevel=2
-        )
-        self.set_trained_groups(depth)
-
-    #: keep every BatchNorm's running statistics as they are, even in trained groups (LP-FT sets it, so
-    #: the probed head keeps seeing features normalised the way it was trained on)
-    freeze_norm_statistics: bool = False
-
-    def train(self, mode: bool = True) -> "TransferModel":
-        """Like ``nn.Module.train``, but normalisation layers whose weights are frozen stay in eval mode,
-        so that a frozen body keeps its pretrained running statistics."""
-        super().train(mode)
-        if mode:
-            for module in self.body.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    params = list(module.parameters(recurse=False))
-                    if self.freeze_norm_statistics or not any(p.requires_grad for p in params):
-                        module.eval()
-        return self
 
 
 @dataclass(frozen=True)
@@ -266,6 +202,8 @@ class Backbone(ABC):
         """
         key = (type(self).__qualname__, self.name, self.weight_source)
         if key not in _WEIGHTS_FINGERPRINTS:
+            import torch
+
             digest = hashlib.sha256()
             for name, tensor in self.build(num_classes=2).body.state_dict().items():
                 digest.update(name.encode())
@@ -307,3 +245,13 @@ class Backbone(ABC):
             "weight_source": self.weight_source,
             "embedding_dim": self.embedding_dim,
         }
+
+
+def __getattr__(name: str) -> Any:
+    """``TransferModel`` and ``Batch``, which moved to :mod:`automl_tl.transfer_model`, still import from here (as
+    plugins written before did), on first use: importing them imports torch."""
+    if name in ("TransferModel", "Batch"):
+        from automl_tl import transfer_model
+
+        return getattr(transfer_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

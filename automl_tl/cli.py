@@ -4,7 +4,8 @@ User mistakes print one line on stderr and exit with status 2; an interrupted se
 exits with 130 and resumes when the same command is run again.
 
 Each command imports what it runs inside its own function: ``automl-tl --help`` and a mistyped flag then cost
-no torch, Optuna or plugin (tests/test_layout.py holds it).
+no torch, Optuna or plugin, and listing the backbones or data sets the plugins registered no torch or Optuna
+(tests/test_layout.py holds both).
 """
 
 from __future__ import annotations
@@ -331,8 +332,18 @@ def command_started() -> float:
     return time.monotonic() - min(max(age, 0.0), 60.0)  # a start-up is seconds: anything else is a misreading
 
 
+def quiet_optuna() -> None:
+    """Optuna's own log lines off, for the commands that run or read a study: our own line per trial (and per
+    failure) says more, without tracebacks."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from automl_tl.estimator import TransferClassifier
+
+    quiet_optuna()
 
     data, name = _search_data(args)
     _fill_defaults(args)
@@ -441,6 +452,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from automl_tl.search.study import join_study
 
+    quiet_optuna()
     if args.threads:
         torch.set_num_threads(args.threads)
     outcome = join_study(
@@ -485,6 +497,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from automl_tl.results.html_report import rebuild_report
 
+    quiet_optuna()
     path = rebuild_report(args.run_dir, storage=args.storage, study_name=args.study)
     print(f"wrote {path} (figures in {path.parent / 'plots'})")
     return 0
@@ -552,10 +565,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for old_flag, new_flag in getattr(args, RENAMED_FLAGS_DEST, None) or ():
         logger.warning(renamed_warning(old_flag, new_flag))
-    import optuna
-
-    # Our own log line per trial (and per failure) says more than Optuna's, without tracebacks.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:

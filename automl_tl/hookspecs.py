@@ -41,7 +41,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def register_backbones(register: Callable[["Backbone"], None]) -> None:
     """Call ``register(backbone)`` once for each :class:`~automl_tl.backbone.Backbone` the plugin provides.
 
-    Registering is cheap: a backbone loads no weights until a model is built.
+    Registering is cheap: a backbone loads no weights until a model is built, and the plugin's module imports no
+    torch or model library (every command imports it, listing backbones included; see :mod:`automl_tl.backbone`).
     A name registered twice (by this or another plugin) raises ``PluginError``.
     Return value: ignored.
     """

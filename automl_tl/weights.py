@@ -12,12 +12,14 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import torch
-from torch import nn
-
 from automl_tl.errors import WeightsMismatchError, WeightsNotFoundError
+
+if TYPE_CHECKING:  # torch is imported where a state dict is loaded: finding weights costs none
+    import torch
+    from torch import nn
 
 #: environment variables that tell Hugging Face libraries to stay off the network
 HUB_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -254,6 +256,8 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 
     A mismatch is an error, never a silent random initialisation of the layers that did not match.
     """
+    import torch
+
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WeightsMismatchError(
             f"weights from {source} are not a state dict of tensors (found {type(state_dict).__name__})"

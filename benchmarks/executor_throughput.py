@@ -4,7 +4,7 @@ What is measured
 ----------------
 Training samples per second of two loops that train the same model on the same data:
 
-* **bare loop**: the backbone's :class:`~automl_tl.backbone.TransferModel` (built with
+* **bare loop**: the backbone's :class:`~automl_tl.transfer_model.TransferModel` (built with
   ``Backbone.build``, every layer group trained), ``torch.optim.AdamW`` over its
   parameters, and for each batch of a seeded permutation: ``preprocessor.collate``,
   forward, cross-entropy, ``zero_grad``, backward, ``step``. Nothing else.

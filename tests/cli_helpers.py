@@ -1,4 +1,5 @@
-"""What the bad-input tests share: small real files, the CLI run in this process, and the checks of a refusal.
+"""What the command-line tests share: small real files, the CLI run in this process, the checks of a refusal,
+and the CLI run in an interpreter of its own to see what it imports.
 
 Imported by the test modules (pytest puts ``tests/`` on the path); no test lives here.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import array
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +37,25 @@ TINY_SEARCH = [
     "--heads",
     "linear",
 ]
+
+
+#: what listing backbones or reading ``--help`` must not pay for: seconds and hundreds of megabytes each
+HEAVY_MODULES = ("torch", "optuna", "timm", "transformers")
+
+
+def heavy_imports(*argv: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``python -X importtime -m automl_tl.cli ARGV`` in a fresh interpreter (environment ``env``, default this
+    one's): the finished process, and which of :data:`HEAVY_MODULES` it imported, in import order."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "automl_tl.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    # -X importtime writes "import time: self [us] | cumulative | module" to stderr, one line per module imported
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    return done, [name for name in dict.fromkeys(imported) if name in HEAVY_MODULES]
 
 
 def write_png(path: Path, seed: int = 0, size: int = 8) -> Path:

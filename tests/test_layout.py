@@ -1,9 +1,13 @@
-"""The package's shape: the public names resolve, and reading the command line's help costs no torch."""
+"""The package's shape: the public names resolve, and reading the command line's help or listing what the plugins
+registered costs no torch, Optuna, timm or transformers."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+import pytest
+from cli_helpers import HEAVY_MODULES, heavy_imports
 
 import automl_tl
 
@@ -24,3 +28,48 @@ def test_the_command_line_and_the_package_import_without_torch_or_optuna():
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == []
+
+
+@pytest.mark.parametrize("command", ["backbones", "datasets"])
+def test_listing_what_the_plugins_registered_imports_no_model_library(command):
+    # every plugin's registering module is imported, and every backbone says where its weights are and
+    # whether they are installed: none of it builds a model
+    listed, heavy = heavy_imports(command)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    expected = {"backbones": ("tf_efficientnet_lite0", "all-MiniLM-L6-v2", "crepe-tiny"), "datasets": ("digits",)}
+    assert all(name in listed.stdout for name in expected[command]), listed.stdout
+    assert heavy == [], f"automl-tl {command} imported {heavy}"
+
+
+def test_the_registry_lists_and_finds_backbones_without_a_model_library_until_one_is_built():
+    probe = (
+        "import sys\n"
+        "from automl_tl.registry import get_backbone, get_registry, list_backbones\n"
+        "def heavy(): return [m for m in " + repr(HEAVY_MODULES) + " if m in sys.modules]\n"
+        "audio = [b.name for b in list_backbones(modality='audio')]\n"
+        "lite = [b.name for b in list_backbones(pattern='tf_efficientnet_lite*')]\n"
+        "chosen = [b.name for b in get_registry().resolve_backbones(['mobilenetv2_100', 'crepe-*'])]\n"
+        "found = [(b.name, b.modality, b.weight_source, b.weights_available())\n"
+        "         for b in map(get_backbone, ['mobilenetv2_100', 'all-MiniLM-L6-v2', 'ge2e-speaker', 'aisfx'])]\n"
+        "print([audio, lite, chosen, [f[:2] for f in found], heavy()])\n"
+        "get_backbone('crepe-tiny').build(num_classes=2, pretrained=False)\n"
+        "print(heavy())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    listed, built = run.stdout.splitlines()
+    assert listed == str(
+        [
+            ["aisfx", "crepe-full", "crepe-tiny", "ge2e-speaker"],
+            ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"],
+            ["mobilenetv2_100", "crepe-full", "crepe-tiny"],
+            [
+                ("mobilenetv2_100", "image"),
+                ("all-MiniLM-L6-v2", "text"),
+                ("ge2e-speaker", "audio"),
+                ("aisfx", "audio"),
+            ],
+            [],
+        ]
+    )
+    assert "torch" in built  # building a model imports what it needs

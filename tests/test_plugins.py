@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import heavy_imports
 
 from automl_tl import hookspecs
 from automl_tl.errors import PluginError, UnknownBackboneError
@@ -21,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "examples" / "automl_tl_example_plugin"
 
 
-def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
+def with_path(folder: Path) -> dict[str, str]:
+    """This environment with ``folder`` first on ``PYTHONPATH`` (the rest kept: it may name the code under test)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "automl_tl.cli", *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -151,7 +156,7 @@ def _write_broken_distribution(site: Path) -> None:
 
 def test_plugin_that_fails_to_import_is_named(tmp_path):
     _write_broken_distribution(tmp_path)
-    result = run_cli("backbones", env_extra={"PYTHONPATH": str(tmp_path)})
+    result = run_cli("backbones", env=with_path(tmp_path))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()
@@ -159,7 +164,7 @@ def test_plugin_that_fails_to_import_is_named(tmp_path):
     assert "plugin 'broken'" in message[0] and "broken-plugin" in message[0]
     assert "this plugin is broken on purpose" in message[0] and "AUTOML_TL_BLOCK_PLUGINS=broken" in message[0]
 
-    blocked = run_cli("backbones", env_extra={"PYTHONPATH": str(tmp_path), "AUTOML_TL_BLOCK_PLUGINS": "broken"})
+    blocked = run_cli("backbones", env={**with_path(tmp_path), "AUTOML_TL_BLOCK_PLUGINS": "broken"})
     assert blocked.returncode == 0, blocked.stderr
     assert "tf_efficientnet_lite0" in blocked.stdout
 
@@ -189,11 +194,12 @@ def example_plugin_site(tmp_path_factory) -> Path:
 
 
 def test_example_plugin_is_discovered_after_install(example_plugin_site):
-    backbones = run_cli("backbones", env_extra={"PYTHONPATH": str(example_plugin_site)})
-    assert backbones.returncode == 0, backbones.stderr
+    backbones, heavy = heavy_imports("backbones", env=with_path(example_plugin_site))
+    assert backbones.returncode == 0, backbones.stderr[-2000:]
     line = next(row for row in backbones.stdout.splitlines() if "example/torchvision_mobilenet_v2" in row)
     assert line.split()[-1] == "example" and " yes " in line
-    datasets = run_cli("datasets", env_extra={"PYTHONPATH": str(example_plugin_site)})
+    assert heavy == []  # its registering module builds nothing, as the example it is should show
+    datasets = run_cli("datasets", env=with_path(example_plugin_site))
     assert "example-digits-small" in datasets.stdout
     # Not installed here: the plain environment does not see it.
     assert "example/torchvision_mobilenet_v2" not in run_cli("backbones").stdout

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from automl_tl.backbone import Backbone, TransferModel
+from automl_tl.backbone import Backbone
 from automl_tl.data.bundle import prepare_unlabelled
 from automl_tl.data.readers import check_input, input_excerpt, read_table
 from automl_tl.errors import (
@@ -58,6 +58,7 @@ from automl_tl.results.calibration import TEMPERATURE_RANGE, check_temperature
 from automl_tl.train.device import default_device
 from automl_tl.train.executor import predict_logits
 from automl_tl.train.head_modules import build_head
+from automl_tl.transfer_model import TransferModel
 from automl_tl.weights import TensorSpec, compare_state, expected_specs
 
 logger = logging.getLogger(__name__)

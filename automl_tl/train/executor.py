@@ -38,7 +38,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
-from automl_tl.backbone import Backbone, Preprocessor, TransferModel
+from automl_tl.backbone import Backbone, Preprocessor
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.errors import first_line
@@ -49,6 +49,7 @@ from automl_tl.train.device import DeadlineReached, autocast, batched_inference,
 from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.train.head_modules import build_head
+from automl_tl.transfer_model import TransferModel
 
 logger = logging.getLogger(__name__)
 

@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from automl_tl.backbone import Backbone, Preprocessor, TransferModel, ordered_for_inference
+from automl_tl.backbone import Backbone, Preprocessor, ordered_for_inference
 from automl_tl.files import exclusive_lock
 from automl_tl.train.device import batched_inference, move_to
+from automl_tl.transfer_model import TransferModel
 from automl_tl.weights import cache_root
 
 logger = logging.getLogger(__name__)

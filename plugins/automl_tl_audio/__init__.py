@@ -15,17 +15,35 @@ name               network                                package      rate     
 Every body takes waveforms ``(batch, samples)`` and computes its own features (see
 :mod:`automl_tl.modalities.audio`). Transformers audio encoders (wav2vec 2.0, HuBERT, AST, ...) work from a
 local checkpoint folder: register a :class:`TransformersAudioBackbone` in your own plugin.
+
+Each backbone's module (``ge2e.py``, ``crepe.py``, ``aisfx.py``, ``hf_audio.py``) describes it and imports no
+torch, so registering and listing the backbones costs none; its network is in ``networks/``, imported when a model
+is built.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from automl_tl.hookspecs import hookimpl
-from automl_tl_audio.aisfx import AisfxBackbone, AisfxBody
+from automl_tl_audio.aisfx import AisfxBackbone
 from automl_tl_audio.base import AudioBackbone, PackagedAudioBackbone
-from automl_tl_audio.crepe import CrepeBackbone, CrepeNet, bins_to_hz, hz_to_bins
-from automl_tl_audio.ge2e import GE2EBackbone, GE2EBody
-from automl_tl_audio.hf_audio import TransformersAudioBackbone, TransformersAudioBody
+from automl_tl_audio.crepe import CrepeBackbone
+from automl_tl_audio.ge2e import GE2EBackbone
+from automl_tl_audio.hf_audio import TransformersAudioBackbone
 from automl_tl_audio.weights import PackageFile, WeightsMismatchError
+
+#: the networks and what computes with them (torch), importable from here on first use: registering and listing
+#: the backbones imports none of them
+_NEED_TORCH = {
+    "AisfxBody": "automl_tl_audio.networks.aisfx",
+    "CrepeNet": "automl_tl_audio.networks.crepe",
+    "bins_to_hz": "automl_tl_audio.networks.crepe",
+    "hz_to_bins": "automl_tl_audio.networks.crepe",
+    "GE2EBody": "automl_tl_audio.networks.ge2e",
+    "TransformersAudioBody": "automl_tl_audio.networks.hf_audio",
+}
 
 __all__ = [
     "AisfxBackbone",
@@ -60,3 +78,16 @@ def offline_backbones() -> list[AudioBackbone]:
 def register_backbones(register) -> None:
     for backbone in offline_backbones():
         register(backbone)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NEED_TORCH:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_NEED_TORCH[name]), name)
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from automl_tl_audio.networks.aisfx import AisfxBody
+    from automl_tl_audio.networks.crepe import CrepeNet, bins_to_hz, hz_to_bins
+    from automl_tl_audio.networks.ge2e import GE2EBody
+    from automl_tl_audio.networks.hf_audio import TransformersAudioBody

@@ -1,18 +1,25 @@
-"""What every audio backbone of this plugin shares: the preprocessor, and weights from a package file."""
+"""What every audio backbone of this plugin shares: the preprocessor, and weights from a package file.
+
+Like every module the plugin registers its backbones from, it imports no torch: the preprocessor, the networks
+(:mod:`automl_tl_audio.networks`) and the model are imported when they are first needed.
+"""
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from automl_tl.backbone import Backbone, TransferModel
+from automl_tl.backbone import Backbone
 from automl_tl.errors import ConfigError
 from automl_tl.inputs import InputOptions
-from automl_tl.modalities.audio import AudioPreprocessor
 from automl_tl_audio.weights import PackagedWeights
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from automl_tl.modalities.audio import AudioPreprocessor
+    from automl_tl.transfer_model import TransferModel
 
 
 class AudioBackbone(Backbone):
@@ -30,6 +37,8 @@ class AudioBackbone(Backbone):
     default_clip_seconds: float
 
     def preprocessor(self, options: InputOptions) -> AudioPreprocessor:
+        from automl_tl.modalities.audio import AudioPreprocessor
+
         seconds = options.clip_seconds if options.clip_seconds is not None else self.default_clip_seconds
         if seconds <= 0:
             raise ConfigError(f"clip length must be a positive number of seconds, got {seconds}")
@@ -72,6 +81,10 @@ class PackagedAudioBackbone(AudioBackbone):
         """Read the package's weight file at ``path`` into ``body``, strictly."""
 
     def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
+        from torch import nn
+
+        from automl_tl.transfer_model import TransferModel
+
         body = self.make_body()
         if pretrained:
             self.load_weights(body, self.package_file.find())

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from automl_tl.errors import WeightsMismatchError, first_line
 from automl_tl.weights import PackagedWeights, load_strict, package_folder
 
@@ -33,6 +31,8 @@ PackageFile = PackagedWeights
 def load_torch_file(path: Path, allowed_globals: Sequence[Any] = ()) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``; ``allowed_globals`` are added to its allow-list
     for this call only (``torch.serialization.safe_globals``). Unreadable files raise :class:`WeightsMismatchError`."""
+    import torch  # here: finding a package's weights needs none
+
     try:
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -23,30 +23,36 @@ Inputs are tokenised once per data set without padding (truncated to ``max_lengt
 and padded per batch to that batch's longest text; for inference (features, validation,
 prediction) the texts are batched longest first, so a batch pads to little, and the outputs put
 back in the data's order.
+
+The modules are laid out so that registering and listing the backbones imports neither torch nor transformers:
+this one describes the backbones and registers them; ``preprocessing.py`` (the tokenising preprocessor) and
+``model.py`` (the encoder body and its layer groups) are imported when a backbone prepares inputs or builds a
+model, ``export.py`` when one is exported.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import importlib
 import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat, Preprocessor, TransferModel
-from automl_tl.errors import AutomlTLError, ConfigError, DataError, WeightsNotFoundError, first_line
+from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat
+from automl_tl.errors import AutomlTLError, ConfigError, WeightsNotFoundError, first_line
 from automl_tl.hookspecs import hookimpl
 from automl_tl.inputs import InputOptions
 from automl_tl.weights import check_hub_download, hub_offline
 from automl_tl_text.offline import OFFLINE_CHECKPOINTS, checkpoint_folder, checkpoint_installed
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from automl_tl.transfer_model import TransferModel
+    from automl_tl_text.preprocessing import TextPreprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +60,16 @@ POOLINGS = ("mean", "cls", "pooler")
 WEIGHT_KINDS = ("offline", "local", "hub")
 #: hub checkpoints offered to users who are online (not installed here; never in default searches)
 HUB_BACKBONES = ("sentence-transformers/all-MiniLM-L12-v2", "distilbert-base-uncased")
-#: parameter names outside the layer list that belong with the input side (shared by all layers)
-_INPUT_SIDE_MARKERS = ("embed", "relative_attention", "position")
-#: texts tokenised per call (bounded memory for large data sets)
-_TOKENIZE_CHUNK = 1024
 #: the shortest text the budget fallback truncates to: shorter, most texts lose their point
 SHORTEST_FALLBACK_LENGTH = 32
+#: the plugin's names that need torch, importable from here on first use: registering and listing the backbones
+#: imports none of them
+_NEED_TORCH = {
+    "TextPreprocessor": "automl_tl_text.preprocessing",
+    "TextEncoderBody": "automl_tl_text.model",
+    "find_layer_list": "automl_tl_text.model",
+    "text_layer_groups": "automl_tl_text.model",
+}
 
 
 @contextlib.contextmanager
@@ -74,179 +84,6 @@ def quiet_progress() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-# ---------------------------------------------------------------- preprocessing
-
-
-class TextPreprocessor(Preprocessor):
-    """Tokenise once (truncation at ``max_length`` tokens, no padding); pad each batch to its longest text.
-
-    ``tokenizer`` is a loaded transformers tokenizer, or a hub id / folder to load one from (lazily,
-    with ``local_files_only`` for folders and when ``HF_HUB_OFFLINE`` is set). ``name`` identifies the
-    tokenizer in :meth:`describe` (default: the source given).
-    """
-
-    def __init__(self, tokenizer: Any, max_length: int, name: str | None = None, trust_remote_code: bool = False):
-        if max_length < 2:
-            raise ConfigError(f"text max length must be at least 2 tokens, got {max_length}")
-        self.max_length = int(max_length)
-        self.trust_remote_code = trust_remote_code
-        if isinstance(tokenizer, (str, Path)):
-            self._source: str | Path | None = tokenizer
-            self._tokenizer = None
-        else:
-            self._source, self._tokenizer = None, tokenizer
-        self.name = name or str(tokenizer if self._source is not None else getattr(tokenizer, "name_or_path", "?"))
-
-    @property
-    def tokenizer(self) -> Any:
-        """The transformers tokenizer (loaded on first use)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            local = Path(str(self._source)).expanduser().is_dir()
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(
-                    str(self._source), trust_remote_code=self.trust_remote_code, local_files_only=local or hub_offline()
-                )
-            except (OSError, ValueError) as exc:
-                raise WeightsNotFoundError(f"cannot load the tokenizer {self._source}: {first_line(exc)}") from None
-        return self._tokenizer
-
-    @property
-    def pad_token_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return 0 if pad is None else int(pad)  # padded positions are masked out, so any id works without one
-
-    @staticmethod
-    def _as_text(value: Any, index: int) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            raise DataError(f"text input {index} is empty ({value!r}); expected a string")
-        return value if isinstance(value, str) else str(value)
-
-    def encode(self, inputs: Sequence[Any]) -> list[list[int]]:
-        """Token ids of each text (special tokens included), truncated to ``max_length``."""
-        texts = [self._as_text(value, i) for i, value in enumerate(inputs)]
-        ids: list[list[int]] = []
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            encoded = self.tokenizer(
-                texts[start : start + _TOKENIZE_CHUNK],
-                truncation=True,
-                max_length=self.max_length,
-                padding=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
-            ids.extend(list(map(int, row)) for row in encoded["input_ids"])
-        return ids
-
-    def collate(self, items: Sequence[Sequence[int]], train: bool) -> dict[str, torch.Tensor]:
-        """``input_ids`` padded on the right to the longest item, and the matching ``attention_mask``."""
-        longest = max((len(item) for item in items), default=0)
-        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, item in enumerate(items):
-            input_ids[row, : len(item)] = torch.as_tensor(item, dtype=torch.long)
-            attention_mask[row, : len(item)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-    def inference_order(self, items: Sequence[Sequence[int]]) -> list[int]:
-        """Longest texts first: each batch then pads to about its own length (and one that does not fit in
-        memory fails at once, not after the rest)."""
-        return sorted(range(len(items)), key=lambda index: len(items[index]), reverse=True)
-
-    @cached_property
-    def _vocab_sha256(self) -> str:
-        vocab = sorted(self.tokenizer.get_vocab().items())
-        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "text",
-            "tokenizer": self.name,
-            "tokenizer_class": type(self.tokenizer).__name__,
-            "vocab_size": len(self.tokenizer),
-            "vocab_sha256": self._vocab_sha256,
-            "pad_token_id": self.pad_token_id,
-            "max_length": self.max_length,
-        }
-
-
-# ---------------------------------------------------------------- the model
-
-
-class TextEncoderBody(nn.Module):
-    """A transformers encoder and a pooling: ``body({"input_ids", "attention_mask"}) -> (batch, hidden)``.
-
-    In training mode, every submodule whose parameters are all frozen runs in eval mode (no dropout), so
-    that frozen layers give the same features every epoch, as frozen BatchNorm keeps its statistics.
-    """
-
-    def __init__(self, transformer: nn.Module, pooling: str = "mean"):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ConfigError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
-        self.transformer = transformer
-        self.pooling = pooling
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if not isinstance(batch, dict):
-            raise TypeError(f"a text body takes a dict with input_ids and attention_mask, got {type(batch).__name__}")
-        mask = batch["attention_mask"]
-        output = self.transformer(input_ids=batch["input_ids"], attention_mask=mask)
-        if self.pooling == "pooler":
-            return output.pooler_output
-        hidden = output.last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
-    def train(self, mode: bool = True) -> "TextEncoderBody":
-        super().train(mode)
-        if mode:
-            for module in self.transformer.modules():
-                params = list(module.parameters())
-                if params and not any(p.requires_grad for p in params):
-                    module.eval()
-        return self
-
-
-def find_layer_list(model: nn.Module) -> str:
-    """Name of the encoder's list of layers: the largest ``nn.ModuleList`` of identical blocks."""
-    best, best_size = None, 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
-            size = sum(p.numel() for p in module.parameters())
-            if size > best_size:
-                best, best_size = name, size
-    if best is None:
-        raise ConfigError(f"cannot find the encoder layers of {type(model).__name__}: no list of identical blocks")
-    return best
-
-
-def text_layer_groups(body: TextEncoderBody) -> list[list[str]]:
-    """Parameter names of ``body`` by layer group: embeddings, each encoder layer, then the pooler if any.
-
-    Parameters outside the layer list go with the embeddings when they are input-side (embeddings,
-    a position bias shared by all layers) and with the last layer otherwise (a final norm).
-    """
-    layers_name = find_layer_list(body.transformer)
-    prefix = f"transformer.{layers_name}."
-    n_layers = len(body.transformer.get_submodule(layers_name))
-    groups: list[list[str]] = [[] for _ in range(1 + n_layers)]
-    pooler: list[str] = []
-    for name, _ in body.named_parameters():
-        if name.startswith(prefix):
-            groups[1 + int(name[len(prefix) :].split(".")[0])].append(name)
-        elif name.startswith("transformer.pooler."):
-            pooler.append(name)
-        elif any(marker in name.lower() for marker in _INPUT_SIDE_MARKERS) or not any(groups[1:]):
-            groups[0].append(name)
-        else:
-            groups[-1].append(name)
-    return [group for group in groups + [pooler] if group]
 
 
 class TransformersTextBackbone(Backbone):
@@ -393,6 +230,8 @@ class TransformersTextBackbone(Backbone):
     # ------------------------------------------------------------ the contract
 
     def _transformer(self, pretrained: bool) -> nn.Module:
+        import torch
+        from torch import nn
         from transformers import AutoModel
 
         with self._loading("weights" if pretrained else "config"):
@@ -427,11 +266,18 @@ class TransformersTextBackbone(Backbone):
 
     def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
         """Encoder + pooling as the body (pretrained, or random from the config), and a fresh linear head."""
+        from torch import nn
+
+        from automl_tl.transfer_model import TransferModel
+        from automl_tl_text.model import TextEncoderBody, text_layer_groups
+
         body = TextEncoderBody(self._transformer(pretrained), self.pooling)
         head = nn.Linear(self.embedding_dim, num_classes)
         return TransferModel(body, head, text_layer_groups(body))
 
     def preprocessor(self, options: InputOptions) -> TextPreprocessor:
+        from automl_tl_text.preprocessing import TextPreprocessor
+
         max_length = options.max_length or self.max_length
         limit = self.max_positions
         if not 2 <= max_length <= limit:
@@ -500,3 +346,9 @@ def register_backbones(register) -> None:
     register(TransformersTextBackbone("all-mpnet-base-v2", "all-mpnet-base-v2", weights="offline", max_length=384))
     for hub_id in HUB_BACKBONES:
         register(TransformersTextBackbone(f"hub/{hub_id}", hub_id, weights="hub", max_length=256))
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NEED_TORCH:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_NEED_TORCH[name]), name)

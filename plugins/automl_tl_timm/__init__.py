@@ -10,6 +10,9 @@ Any timm architecture can be a backbone. Weights come from, in this order of pre
 
 Local and offline weights are loaded strictly: a key mismatch is an error, never a silent
 random initialisation.
+
+Registering and listing the backbones imports neither torch nor timm: the methods that build a model, prepare its
+inputs or export it import them (``export.py`` holds the timm export format).
 """
 
 from __future__ import annotations
@@ -18,20 +21,22 @@ import logging
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import torch
-from torch import nn
-
-from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat, TransferModel
+from automl_tl.backbone import Backbone, ExportContext, ExportFiles, NativeExportFormat
 from automl_tl.errors import WeightsNotFoundError
 from automl_tl.hookspecs import hookimpl
 from automl_tl.inputs import InputOptions
-from automl_tl.modalities.image import ImagePreprocessor
 from automl_tl.weights import check_hub_download
-from automl_tl_timm.export import TIMM_FORMAT, check_timm_export, write_timm_export
-from automl_tl_timm.offline_weights import OFFLINE_WEIGHTS, find_weight_file, load_offline_state_dict, load_strict
+from automl_tl_timm.offline_weights import OFFLINE_WEIGHTS, find_weight_file
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from automl_tl.modalities.image import ImagePreprocessor
+    from automl_tl.transfer_model import TransferModel
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +111,8 @@ class TimmBackbone(Backbone):
                 if isinstance(try_to_load_from_cache(repo, file, revision=revision or None), str):
                     return True
         if cfg.url:
+            import torch
+
             file = Path(urlsplit(cfg.url).path).name
             return (Path(torch.hub.get_dir()) / "checkpoints" / file).is_file()
         return False
@@ -123,6 +130,8 @@ class TimmBackbone(Backbone):
 
     def imagenet_model(self, pretrained: bool = True) -> nn.Module:
         """The full timm model with its original classifier and pretrained weights loaded strictly."""
+        from automl_tl_timm.offline_weights import load_offline_state_dict, load_strict
+
         if pretrained and self.weights == "hub":
             return _timm().create_model(self.timm_name, pretrained=True)
         model = _timm().create_model(self.timm_name, pretrained=False)
@@ -136,6 +145,10 @@ class TimmBackbone(Backbone):
         return model
 
     def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
+        from torch import nn
+
+        from automl_tl.transfer_model import TransferModel
+
         body = self.imagenet_model(pretrained)
         body.reset_classifier(0)  # the body now returns the pooled embedding
         groups = _timm().models.group_parameters(body, body.group_matcher(coarse=True))
@@ -143,6 +156,8 @@ class TimmBackbone(Backbone):
         return TransferModel(body, head, [list(names) for names in groups.values()])
 
     def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
+        from automl_tl.modalities.image import ImagePreprocessor
+
         cfg = self._pretrained_cfg
         size = options.image_size or cfg["input_size"][-1]
         crop_pct = 1.0 if options.image_size else cfg.get("crop_pct") or 1.0
@@ -164,14 +179,22 @@ class TimmBackbone(Backbone):
             return None
         return replace(options, image_size=smaller), f"image size {size} -> {smaller}"
 
+    # exports (the code loads only when a model is exported)
+
     def native_export_formats(self) -> tuple[NativeExportFormat, ...]:
         """timm's own checkpoint, which ``timm.create_model(..., checkpoint_path=...)`` loads."""
+        from automl_tl_timm.export import TIMM_FORMAT
+
         return (TIMM_FORMAT,)
 
     def check_native_export(self, fmt: str, model: TransferModel, config: dict[str, Any]) -> None:
+        from automl_tl_timm.export import check_timm_export
+
         check_timm_export(model, config)
 
     def write_native_export(self, fmt: str, context: ExportContext) -> ExportFiles:
+        from automl_tl_timm.export import write_timm_export
+
         return write_timm_export(self.timm_name, context)
 
     def describe(self) -> dict[str, Any]:
@@ -186,6 +209,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

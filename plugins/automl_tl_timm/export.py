@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from automl_tl.backbone import ExportContext, ExportFiles, NativeExportFormat, TransferModel
+from automl_tl.backbone import ExportContext, ExportFiles, NativeExportFormat
 from automl_tl.errors import AutomlTLError, ConfigError
+from automl_tl.transfer_model import TransferModel
 
 TIMM_FORMAT = NativeExportFormat(name="timm", modality="image", holds="timm architectures", outside="not built on timm")
 

@@ -22,12 +22,14 @@ import pathlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from automl_tl.errors import WeightsMismatchError, WeightsNotFoundError
 from automl_tl.weights import PackagedWeights, load_strict
+
+if TYPE_CHECKING:  # torch is imported where a weight file is read: finding one costs none
+    import torch
+    from torch import Tensor
 
 __all__ = [
     "KEY_STYLE_EFFICIENTNET_PYTORCH",
@@ -335,6 +337,8 @@ def load_offline_state_dict(timm_name: str, model: torch.nn.Module) -> dict[str,
         WeightsNotFoundError: unknown name or package not installed (see :func:`find_weight_file`).
         WeightsMismatchError: the file's keys do not map onto ``model``'s layout.
     """
+    import torch
+
     entry = _entry(timm_name)
     path = find_weight_file(timm_name)
     # weights_only=True: never unpickle arbitrary objects from a downloaded file.

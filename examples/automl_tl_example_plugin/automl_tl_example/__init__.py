@@ -1,29 +1,21 @@
-"""An example third-party automl_tl plugin: a torchvision backbone and a named data set."""
+"""An example third-party automl_tl plugin: a torchvision backbone and a named data set.
+
+This module is what the plugin's entry point names, so every ``automl-tl`` command imports it, ``automl-tl
+backbones`` included: it describes the backbone and registers it, and imports neither torch nor torchvision. The
+network is built in :mod:`automl_tl_example.model`, which :meth:`TorchvisionMobileNetV2.build` imports.
+"""
 
 from __future__ import annotations
 
-import torch
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING
 
-from automl_tl import Backbone, InputOptions, TransferModel, hookimpl
-from automl_tl.modalities.image import ImagePreprocessor
+from automl_tl import Backbone, InputOptions, hookimpl
+from automl_tl.errors import WeightsNotFoundError
 from automl_tl.registry import NamedDataset
 
-#: torchvision's MobileNetV2: features[0] is the stem, features[1..17] the inverted-residual
-#: blocks (grouped by stage, as the paper's table lists them), features[18] the last 1x1 conv
-STAGES = [[0], [1], [2, 3], [4, 5, 6], [7, 8, 9, 10], [11, 12, 13], [14, 15, 16], [17, 18]]
-
-
-class _Body(nn.Module):
-    """MobileNetV2 features, then global average pooling: returns the 1280-d embedding."""
-
-    def __init__(self, network: torchvision.models.MobileNetV2):
-        super().__init__()
-        self.features = network.features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images).mean(dim=(2, 3))
+if TYPE_CHECKING:  # for the annotations only: importing them imports torch
+    from automl_tl import TransferModel
+    from automl_tl.modalities.image import ImagePreprocessor
 
 
 class TorchvisionMobileNetV2(Backbone):
@@ -39,7 +31,6 @@ class TorchvisionMobileNetV2(Backbone):
         return 1280
 
     def weights_available(self) -> bool:
-        from automl_tl.errors import WeightsNotFoundError
         from automl_tl_timm.offline_weights import find_weight_file
 
         try:
@@ -49,17 +40,13 @@ class TorchvisionMobileNetV2(Backbone):
         return True
 
     def build(self, num_classes: int, pretrained: bool = True) -> TransferModel:
-        network = torchvision.models.mobilenet_v2()
-        if pretrained:
-            from automl_tl_timm.offline_weights import find_weight_file
+        from automl_tl_example.model import build_mobilenet_v2
 
-            state = torch.load(find_weight_file("mobilenetv2_100"), map_location="cpu", weights_only=True)
-            network.load_state_dict(state, strict=True)
-        body = _Body(network)
-        groups = [[name for name, _ in body.named_parameters() if int(name.split(".")[1]) in stage] for stage in STAGES]
-        return TransferModel(body, nn.Linear(1280, num_classes), groups)
+        return build_mobilenet_v2(num_classes, pretrained)
 
     def preprocessor(self, options: InputOptions) -> ImagePreprocessor:
+        from automl_tl.modalities.image import ImagePreprocessor
+
         # torchvision's ImageNet recipe: bilinear, resize 256 / crop 224, ImageNet mean and std.
         return ImagePreprocessor(
             size=options.image_size or 224,
