@@ -33,9 +33,9 @@ from automl_tl.files import with_usual_permissions
 from automl_tl.layout import ENSEMBLE_FILE
 from automl_tl.results.calibration import TEMPERATURE_RANGE, check_temperature, log_probabilities, softmax
 from automl_tl.results.model_io import (
-    MAX_CONFIG_BYTES,
     Predictor,
     load_model_dir,
+    read_bounded_json,
     replace_directory,
     save_model,
 )
@@ -92,13 +92,7 @@ def read_ensemble_config(directory: Path) -> dict[str, Any]:
     """``ensemble.json`` of ``directory``, checked: its format version, 1 to :data:`MAX_MEMBERS` members each
     naming a ``member_N`` folder and a finite positive weight, the weights summing to 1."""
     path = Path(directory) / ENSEMBLE_FILE
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise ModelFileError(f"{path} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} it may be")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
+    config = read_bounded_json(path)
     if not isinstance(config, dict):
         raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
     version = config.get("format_version")

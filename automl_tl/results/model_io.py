@@ -142,15 +142,21 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise ModelFileError(f"no saved model in {directory}: {CONFIG_FILE} is missing")
+    config = read_bounded_json(path)
+    check_model_config(config, path)
+    return config
+
+
+def read_bounded_json(path: Path) -> Any:
+    """The JSON in ``path``, refused (:class:`~automl_tl.errors.ModelFileError`) unread when larger than
+    :data:`MAX_CONFIG_BYTES`, or when it is not JSON."""
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise ModelFileError(f"{path} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a model's config may be")
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
-    check_model_config(config, path)
-    return config
 
 
 def _shown(value: Any, limit: int = 60) -> str:
