@@ -119,7 +119,9 @@ def test_get_params_set_params_and_clone_round_trip():
         show_progress=False,
     )
     params = clf.get_params()
-    names = list(inspect.signature(TransferClassifier).parameters)
+    parameters = inspect.signature(TransferClassifier).parameters.values()
+    # (**renamed takes the names earlier versions gave some parameters: they are stored under today's)
+    names = [p.name for p in parameters if p.kind != inspect.Parameter.VAR_KEYWORD]
     assert sorted(params) == sorted(names)
     assert params["n_trials"] == 3 and params["heads"] == ("mlp",) and params["output_dir"] == "somewhere"
 
