@@ -742,7 +742,8 @@ def transferability_section(search_rows: list[dict], grid_board: pd.DataFrame) -
     rows = [
         {
             "backbone": r["backbone"],
-            "rank": int(r["rank"]),
+            # (a backbone the pre-ranking left out for its cost has no rank)
+            "rank": "–" if pd.isna(r["rank"]) else int(r["rank"]),
             **{name: r[name] for name in SCORES},
             "grid best val accuracy": r["grid best val accuracy"],
         }
