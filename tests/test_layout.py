@@ -19,6 +19,14 @@ def test_every_public_name_resolves_to_where_it_is_defined():
     assert set(automl_tl.__all__) == set(automl_tl._PUBLIC)
 
 
+def test_the_model_still_imports_from_the_backbone_contract_it_left():
+    # plugins written before TransferModel moved to automl_tl.transfer_model import it from automl_tl.backbone
+    from automl_tl import backbone, transfer_model
+
+    assert backbone.TransferModel is transfer_model.TransferModel is automl_tl.TransferModel
+    assert backbone.Batch is transfer_model.Batch
+
+
 def test_the_command_line_and_the_package_import_without_torch_or_optuna():
     # what `automl-tl --help` pays for: the parser and every module it reads its choices from
     probe = (
