@@ -348,8 +348,13 @@ def test_the_run_directory_holds_one_model_and_little_else(failing_run):
         "config.json",
         "metrics.json",
     }
-    # No staging or replaced model folders left behind (plots/: the report's figures).
-    assert sorted(path.name for path in run_dir.rglob("*") if path.is_dir()) == ["best_model", "plots"]
+    # No staging or replaced model folders left behind (plots/: the report's figures; trial_predictions/: each
+    # trial's validation probabilities, what an ensemble is chosen from, small).
+    assert sorted(path.name for path in run_dir.rglob("*") if path.is_dir()) == [
+        "best_model",
+        "plots",
+        "trial_predictions",
+    ]
     model_size = model.stat().st_size
     assert model_size > 1_000_000  # so that the bound below would not hold a second copy
     # The rest (leaderboard, journal, summary, model config and metrics) is small, whatever the trials did;

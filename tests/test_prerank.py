@@ -19,6 +19,7 @@ from automl_tl.errors import ConfigError
 from automl_tl.rank.ranking import PRERANK_SAMPLE_SIZE, rank_backbones, searchable_backbones, stratified_sample
 from automl_tl.registry import get_registry
 from automl_tl.search.study import Search
+from automl_tl.strategies import FROZEN_BODY_STRATEGIES
 from automl_tl.train.executor import Executor
 from automl_tl.train.feature_cache import FeatureCache
 
@@ -146,8 +147,11 @@ def test_search_tries_the_best_ranked_backbones_first_and_reports_the_ranking(tm
     assert set(summary["transferability"]["kendall_tau"]) == {"logme", "h_score", "knn_accuracy"}
     assert all(tau in (-1.0, 1.0) for tau in summary["transferability"]["kendall_tau"].values())  # two backbones
     assert "Kendall tau" in (tmp_path / "run" / "transferability.md").read_text()
-    # The features the probes trained on were the ranking's: two backbones x (train, val) computed once.
-    assert executor.feature_cache.misses == 4
+    # The features the probes trained on were the ranking's: two backbones x (train, val) computed once; then
+    # the test split's, of each frozen-body model the kept model holds (its members when it is an ensemble).
+    kept = summary["ensemble"]["members"] if summary["ensemble"]["kept"] else [summary["best_params"]]
+    tested = {m["backbone"] for m in kept if m["strategy"] in FROZEN_BODY_STRATEGIES}
+    assert executor.feature_cache.misses == 4 + len(tested)
 
 
 def test_top_k_searches_only_the_best_ranked(tmp_path, digits_bundle, executor):

@@ -45,6 +45,7 @@ ALWAYS_DRAWN = {
     "confusion_matrix.png",
     "per_class.png",
     "transferability.png",
+    "reliability.png",  # (the kept model's calibration on the test set)
 }
 
 
