@@ -170,3 +170,23 @@ def test_validation_past_the_deadline_is_not_counted(executor, digits_bundle):
         len(items),
         10,
     )
+
+
+def test_a_batch_that_would_end_past_the_deadline_is_not_begun(executor, digits_bundle):
+    import time
+
+    from automl_tl.train.device import DeadlineReached, batched_inference
+
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    model = backbone.build(num_classes=10).eval()
+    preprocessor = backbone.preprocessor(SMALL)
+    items = executor.encoded(preprocessor, digits_bundle, digits_bundle.val)
+
+    def slow_forward(batch):  # a batch that takes half a second, as a large backbone's would
+        time.sleep(0.5)
+        return model(batch)
+
+    started = time.monotonic()
+    # the second batch would begin at about 0.5 s and, as long as the first, end past the deadline at 0.8 s
+    with pytest.raises(DeadlineReached, match=f"prediction stopped after 8 of {len(items)}"):
+        batched_inference(slow_forward, preprocessor, items, 8, executor.device, started + 0.8, what="prediction")

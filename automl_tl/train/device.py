@@ -47,13 +47,16 @@ def batched_inference(
     in the items' order; None when there are none.
 
     The batches follow the preprocessor's inference order (texts by length, so that a batch pads little).
-    ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: past it, :class:`DeadlineReached`
-    is raised, saying ``what`` was stopped.
+    ``deadline`` (a ``time.monotonic()`` value) is checked before every batch: when the batch, taking as long as
+    the one before it, would end past it, :class:`DeadlineReached` is raised, saying ``what`` was stopped.
     """
     ordered, restore = ordered_for_inference(preprocessor, items)
     outputs = []
+    last_batch_seconds = 0.0
     for start in range(0, len(ordered), batch_size):
-        if deadline is not None and time.monotonic() > deadline:
+        batch_started = time.monotonic()
+        if deadline is not None and batch_started + last_batch_seconds > deadline:
             raise DeadlineReached(f"{what} stopped after {start} of {len(items)} examples")
         outputs.append(forward(move_to(preprocessor.collate(ordered[start : start + batch_size], train=False), device)))
+        last_batch_seconds = time.monotonic() - batch_started
     return restore(torch.cat(outputs)) if outputs else None

@@ -826,6 +826,7 @@ class Executor:
             epoch_started = time.perf_counter()
             loop.module.train()
             loss_sum, seen, timed_from = 0.0, 0, None
+            step_started = time.monotonic()
             for step, (inputs, targets) in enumerate(
                 tqdm(
                     loop.batches(generator),
@@ -836,7 +837,10 @@ class Executor:
                     disable=not self.show_progress,
                 )
             ):
-                if deadline is not None and time.monotonic() > deadline:
+                # A step is begun only if, taking as long as the one before it, it ends before the deadline.
+                now = time.monotonic()
+                last_step_seconds, step_started = (now - step_started if step else 0.0), now
+                if deadline is not None and now + last_step_seconds > deadline:
                     stop_reason = STOP_TIME
                     break
                 if step == 1:
