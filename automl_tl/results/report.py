@@ -44,6 +44,7 @@ TEST_EVALUATION_ATTR = "test_evaluation"  # the best model on the test set: metr
 TRANSFERABILITY_ATTR = "transferability"  # the pre-ranking's scores per backbone
 DATA_SUMMARY_ATTR = "data_summary"  # modality, split sizes, columns
 ENSEMBLE_ATTR = "ensemble"  # whether an ensemble was kept, why, its members and weights
+SELF_TRAINING_ATTR = "self_training"  # the unlabelled pool, threshold, pseudo-labels, scores, kept or not and why
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 #: every row of the data left out of training (no label, unreadable input): row, file, reason
 SKIPPED_COLUMNS = ("row", "line", "file", "reason")
