@@ -215,6 +215,28 @@ def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
     return path
 
 
+def describe_self_training(record: dict[str, Any] | None) -> str | None:
+    """One line for people from the self-training record (see ``Search._self_train``; None when there was no
+    unlabelled pool): "kept: 205 of 400 unlabelled inputs pseudo-labelled above confidence 0.93 (95% right on
+    40 validation rows); validation accuracy 0.7875 -> 0.8375"."""
+    if not record:
+        return None
+    pool = f"{record.get('pool', 0)} unlabelled input(s)"
+    if record.get("capped_from"):
+        pool += f" (a seeded sample of {record['capped_from']})"
+    if record.get("unreadable"):
+        pool += f", {record['unreadable']} unreadable skipped"
+    verdict = "kept" if record.get("kept") else "not kept"
+    if "threshold" not in record:
+        return f"{verdict}: {record.get('reason', 'not recorded')}; {pool}"
+    line = (
+        f"{verdict}: {record.get('pseudo_labelled', 0)} of {pool} pseudo-labelled above confidence "
+        f"{record['threshold']:.2f} ({record.get('threshold_precision', math.nan):.0%} right on "
+        f"{record.get('threshold_rows')} validation rows)"
+    )
+    return f"{line}; {record.get('reason', '')}"  # (the reason gives the validation scores before and after)
+
+
 def describe_skipped(counts: dict[str, Any] | None) -> str | None:
     """One line for people from :meth:`~automl_tl.data.bundle.DatasetBundle.skipped_counts` (None when not recorded):
     "3 without a label (kept as unlabelled), 2 unreadable (corrupt or truncated: 1, too large: 1); listed in

@@ -1067,7 +1067,7 @@ class Search:
             result.release_model()
             return done(
                 f"not better on validation ({metric} {record['val_score_after']:.4f} with the pseudo-labelled "
-                f"rows, {record['val_score_before']:.4f} without): the kept model stays"
+                f"rows, {record['val_score_before']:.4f} without): the model without them stays"
             )
         with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
             self._save(
