@@ -146,6 +146,19 @@ def test_a_step_that_cannot_fit_the_time_left_is_not_started(tmp_path, not_self_
     assert saved_config(run_dir) == before
 
 
+def test_the_trials_keep_back_the_time_self_training_a_frozen_body_model_takes(
+    tmp_path, not_self_trained, bundle, pool
+):
+    outcome, _ = not_self_trained
+    saved = saved_config(outcome.run_dir)
+    with_pool = Search(bundle, config(), outcome.run_dir, Executor(show_progress=False), pool=pool)
+    without = Search(bundle, config(), outcome.run_dir, Executor(show_progress=False))
+    growth = (len(bundle.train) + len(pool)) / len(bundle.train)
+    assert with_pool.finish_reserve() - without.finish_reserve() == pytest.approx(saved["fit_seconds"] * growth)
+    turned_off = Search(bundle, config(self_training=False), outcome.run_dir, Executor(show_progress=False), pool=pool)
+    assert turned_off.finish_reserve() == pytest.approx(without.finish_reserve())
+
+
 def test_the_threshold_is_the_lowest_that_reaches_the_precision_target():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 100)

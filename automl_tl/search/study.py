@@ -527,15 +527,35 @@ class Search:
     def finish_reserve(self) -> float:
         """Seconds kept back from trials for what follows them, measured on the best model so far: testing it
         (its backbone's measured inference cost per example), refitting it on training + validation (its
-        trial's epochs, scaled to the larger data), the ensemble (:meth:`_ensemble_reserve`), and a margin for
-        writing the results (:meth:`_save_margin`)."""
+        trial's epochs, scaled to the larger data), self-training (:meth:`_self_training_reserve`), the ensemble
+        (:meth:`_ensemble_reserve`), and a margin for writing the results (:meth:`_save_margin`)."""
         config = _saved_best_config(self.run_dir)
         if config is None:
             return self._save_margin()
         backbone = config.get("trial_config", {}).get("backbone")
         testing = self._inference_cost.get(backbone, 0.0) * len(self.data.test)
         refit = REFIT_RESERVE_FACTOR * self._refit_estimate(config)
-        return testing + refit + self._ensemble_reserve() + self._save_margin()
+        return testing + refit + self._self_training_reserve(config) + self._ensemble_reserve() + self._save_margin()
+
+    def _self_training_reserve(self, config: dict[str, Any]) -> float:
+        """Seconds kept back for self-training the saved model ``config`` (see :meth:`_self_train`) when it is a
+        frozen-body one that can be self-trained: its backbone's features of the pool (measured cost per
+        example) and its fit again, scaled to the pool's rows. A fine-tuned model gets nothing kept back: it is
+        self-trained only when its measured cost fits what is left."""
+        strategy = config.get("trial_config", {}).get("strategy")
+        if (
+            self.pool is None
+            or not len(self.pool)
+            or not self.config.self_training
+            or config.get("self_trained")
+            or strategy not in FROZEN_BODY_STRATEGIES
+            or config.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
+            or self.data.validation != VALIDATION_HOLDOUT
+        ):
+            return 0.0
+        growth = (len(self.data.train) + len(self.pool)) / max(len(self.data.train), 1)
+        features = self._inference_cost.get(config["trial_config"]["backbone"], 0.0) * len(self.pool)
+        return features + float(config.get("fit_seconds") or 0.0) * growth
 
     def _ensemble_reserve(self) -> float:
         """Seconds kept back for the ensemble, measured on this run's frozen-body trials: rebuilding
