@@ -159,6 +159,19 @@ def test_the_trials_keep_back_the_time_self_training_a_frozen_body_model_takes(
     assert turned_off.finish_reserve() == pytest.approx(without.finish_reserve())
 
 
+def test_a_failing_self_training_is_recorded_and_the_search_still_finishes(tmp_path, not_self_trained, bundle):
+    outcome, _ = not_self_trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(outcome.run_dir, run_dir)
+    # a pool whose inputs the backbone cannot take (texts for an image model): its prediction raises
+    texts = UnlabelledPool(("not an image",) * 3, 3, 0)
+    search = Search(bundle, config(refit=False), run_dir, Executor(show_progress=False), pool=texts)
+    finished = search._finish(search.open_study())  # (the copy's own study)
+    record = json.loads((run_dir / SUMMARY_FILE).read_text())["self_training"]
+    assert record["kept"] is False and record["reason"].startswith("failed: ") and record["pool"] == 3
+    assert finished.best_trial == outcome.best_trial
+
+
 def test_the_threshold_is_the_lowest_that_reaches_the_precision_target():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 100)

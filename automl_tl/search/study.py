@@ -797,7 +797,17 @@ class Search:
         if not complete or saved_best_accuracy(self.run_dir) is None:
             self._write_report(study)  # what there is: the trials, their failures
             raise AutomlTLError(self._why_nothing_finished(study))
-        self_training = self._self_train()
+        try:
+            self_training = self._self_train()
+        except Exception as exc:  # (out of memory, say): the search's results are written all the same
+            logger.warning(
+                "self-training failed: %s: %s", type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.DEBUG)
+            )
+            self_training = {
+                **self.pool.summary(),
+                "kept": False,
+                "reason": f"failed: {type(exc).__name__}: {_shortened(str(exc), 200)}",
+            }
         if self_training is not None:
             study.set_user_attr(SELF_TRAINING_ATTR, self_training)  # the report reads it from the study
         refit_note = self._refit_best()
