@@ -407,6 +407,7 @@ def terminal_leaderboard(board: pd.DataFrame, rows: int = 10) -> str:
 
 def _print_outcome(outcome) -> None:
     from automl_tl.layout import SKIPPED_FILE
+    from automl_tl.results.report import describe_self_training
 
     run_dir = outcome.run_dir
     print(terminal_leaderboard(outcome.leaderboard))
@@ -421,6 +422,9 @@ def _print_outcome(outcome) -> None:
         f"\nbest trial {outcome.best_trial}: validation {metric} {summary.get('val_score', math.nan):.4f}; "
         f"test {metric} {test}"
     )
+    self_training = describe_self_training(summary.get("self_training"))
+    if self_training is not None:
+        print(f"self-training: {self_training}")
     if model.get("refit"):
         print(f"refit: {model['refit']}")
     calibration = summary.get("calibration") or {}

@@ -244,6 +244,9 @@ class SearchConfig:
     ensemble: bool = True
     #: after the search, temperature scaling of the kept model's probabilities, fitted on validation predictions
     calibrate: bool = True
+    #: after the search, one more fit of the best configuration with the unlabelled pool's confident predictions
+    #: as extra training rows, kept when it scores better on validation (see automl_tl.search.self_training)
+    self_training: bool = True
 
     def __post_init__(self) -> None:
         # types first: a string where a number belongs would otherwise fail a comparison with a TypeError

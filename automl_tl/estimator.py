@@ -91,6 +91,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         rows unreadable refuses the data anyway (default 0.1). max_image_pixels: larger images are unreadable
         (read from the header; None: no limit). Rows without a label are never trained on (see
         :func:`~automl_tl.data.bundle.prepare_dataset`).
+    unlabeled: a table or folder of inputs without labels; with the rows of the data without a label, the pool
+        that self-training pseudo-labels (see :mod:`automl_tl.data.pool`). self_training: after the search,
+        add the best model's confident predictions on the pool (threshold chosen on validation) to its training
+        rows for one more fit, kept only if it scores better on validation (``summary.json``'s
+        ``self_training`` says what happened).
     storage, study_name: the Optuna study (default: a journal in the run directory).
     output_dir: run directory (None: a temporary one per fit; see the module's docstring).
     workers: processes sharing the study (more than 1 needs data from a file, a folder or a registered data set).
@@ -148,6 +153,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         refit: bool = True,
         ensemble: bool = True,
         calibrate: bool = True,
+        unlabeled: str | Path | None = None,
+        self_training: bool = True,
         **renamed: Any,
     ):
         # scikit-learn's rule: __init__ only stores the parameters; fit checks them. (``renamed``: parameters
@@ -193,6 +200,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.refit = refit
         self.ensemble = ensemble
         self.calibrate = calibrate
+        self.unlabeled = unlabeled
+        self.self_training = self_training
         for name, value in _current_params(renamed, self).items():
             setattr(self, name, value)
 
@@ -235,6 +244,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             **self._bad_input_params(),
         )
         config = self._search_config(self._backbone_names(bundle.modality))
+        pool = None
+        if config.self_training and (bundle.unlabelled or self.unlabeled is not None):
+            from automl_tl.data.pool import unlabelled_pool
+
+            pool = unlabelled_pool(bundle, self.unlabeled, self.seed, self.max_image_pixels)
         if self.output_dir is not None:
             run_dir, temporary = Path(self.output_dir), None
         else:
@@ -245,7 +259,14 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         )
         try:  # (Optuna's own log lines are quieted by the search itself)
             outcome = run_search(
-                bundle, config, run_dir, executor, workers=self.workers, data_source=source, started=started
+                bundle,
+                config,
+                run_dir,
+                executor,
+                workers=self.workers,
+                data_source=source,
+                started=started,
+                pool=pool,
             )
         except BaseException:
             if temporary is not None:
@@ -357,6 +378,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             refit=self.refit,
             ensemble=self.ensemble,
             calibrate=self.calibrate,
+            self_training=self.self_training,
             input_options=InputOptions(
                 image_size=self.image_size, max_length=self.max_length, clip_seconds=self.clip_seconds
             ),

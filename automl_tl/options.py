@@ -422,6 +422,25 @@ def search_options() -> tuple[SearchOption, ...]:
             metavar="K",
         ),
         SearchOption(
+            "unlabeled",
+            "path?",
+            None,
+            "a table (with the input column) or folder of inputs without labels, read like the training "
+            "data; with the training data's rows without a label, the pool that self-training "
+            "pseudo-labels (a seeded sample of 4,000 at most; unreadable inputs are skipped)",
+            flag="--unlabeled",
+            metavar="PATH",
+        ),
+        SearchOption(
+            "self_training",
+            "bool",
+            True,
+            "leave the unlabelled inputs unused instead of self-training: after the search, the best "
+            "model's confident predictions on them (threshold chosen on validation) join its training "
+            "rows for one more fit, kept only if it scores better on validation",
+            flag="--no-self-training",
+        ),
+        SearchOption(
             "on_bad_input",
             "str",
             DEFAULT_ON_BAD_INPUT,

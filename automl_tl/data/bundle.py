@@ -95,9 +95,19 @@ class Split:
     #: a split made of others (training + validation, for a refit): its encodings and cached features are
     #: theirs, concatenated, so nothing is computed again
     parts: tuple["Split", ...] = ()
+    #: a split of some rows of another (the pseudo-labelled rows of the unlabelled pool): its encodings and
+    #: cached features are those rows of ``rows_of``'s, so nothing is computed again
+    rows_of: "Split | None" = None
+    rows: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    @classmethod
+    def subset(cls, name: str, parent: "Split", rows: Sequence[int], labels: np.ndarray) -> "Split":
+        """The ``rows`` of ``parent``, labelled ``labels`` (see ``rows_of``)."""
+        rows = tuple(int(r) for r in rows)
+        return cls(name, [parent.inputs[r] for r in rows], np.asarray(labels, dtype=np.int64), (), parent, rows)
 
     @classmethod
     def union(cls, name: str, *parts: "Split") -> "Split":

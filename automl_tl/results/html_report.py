@@ -34,9 +34,11 @@ from automl_tl.results.report import (
     DATA_SUMMARY_ATTR,
     ENSEMBLE_ATTR,
     LEADERBOARD_COLUMNS,
+    SELF_TRAINING_ATTR,
     TEST_EVALUATION_ATTR,
     TRANSFERABILITY_ATTR,
     best_accuracy_by_backbone,
+    describe_self_training,
     describe_skipped,
     leaderboard,
 )
@@ -106,6 +108,10 @@ def write_report(study: optuna.Study, run_dir: str | Path, storage: str | None =
         lambda: plots.trained_groups_chart(board),
         missing=None if _has_values(board) else "No trial has a validation accuracy yet.",
     )
+    self_training = describe_self_training(attrs.get(SELF_TRAINING_ATTR))
+    if self_training is not None:  # only when there were unlabelled inputs
+        page.add("<h2>Self-training on the unlabelled inputs</h2>")
+        page.add(f"<p>{html.escape(self_training)}.</p>")
     page.add("<h2>Ensemble</h2>")
     _ensemble_section(page, attrs.get(ENSEMBLE_ATTR))
     page.add("<h2>Best model on the test set</h2>")

@@ -28,7 +28,7 @@ from automl_tl.layout import (
     SUMMARY_FILE,
 )
 from automl_tl.results.model_io import model_dir_of
-from automl_tl.results.report import describe_skipped
+from automl_tl.results.report import describe_self_training, describe_skipped
 from automl_tl.strategies import LINEAR_PROBE, STRATEGIES, current_names
 
 #: below this many test examples, the card warns that the test numbers are rough
@@ -254,6 +254,21 @@ def _search_section(
         value = chosen.get(name)
         lines.append(f"| {name} | {f'{value:.3g}' if isinstance(value, float) else value} |")
     return lines + [""]
+
+
+def _self_training_section(summary: dict[str, Any] | None) -> list[str]:
+    """What self-training on the unlabelled inputs did (nothing when there were none)."""
+    line = describe_self_training((summary or {}).get("self_training"))
+    if line is None:
+        return []
+    return [
+        "## Self-training",
+        "",
+        f"After the search, the best model labelled the unlabelled inputs it was most confident about, and its "
+        f"configuration was fitted once more with them as extra training rows, to be kept only if it scored "
+        f"better on the validation split (which neither fit learnt from): {plain(line)}.",
+        "",
+    ]
 
 
 def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
@@ -483,6 +498,7 @@ def render_model_card(run_dir: str | Path) -> str:
     lines += _model_section(config, manifest)
     lines += _data_section(config, summary, manifest)
     lines += _search_section(config, summary, manifest)
+    lines += _self_training_section(summary)
     lines += _ensemble_section(summary)
     lines += _metrics_section(config, metrics, (summary or {}).get("data", {}).get("val"))
     lines += _limits_section(config, summary, metrics)

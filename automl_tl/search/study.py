@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from automl_tl.backbone import Backbone
 from automl_tl.config import SearchConfig, TrialConfig, check_storage_url
 from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split
+from automl_tl.data.pool import UnlabelledPool
 from automl_tl.data.source import load_data_source
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.files import exclusive_lock, write_json_atomic
@@ -70,6 +71,7 @@ from automl_tl.results.model_io import (
 from automl_tl.results.report import (
     DATA_SUMMARY_ATTR,
     ENSEMBLE_ATTR,
+    SELF_TRAINING_ATTR,
     TEST_EVALUATION_ATTR,
     TRANSFERABILITY_ATTR,
     best_accuracy_by_backbone,
@@ -95,6 +97,7 @@ from automl_tl.search.liveness import (
     trial_slot,
 )
 from automl_tl.search.sampling import SlotSeededSampler
+from automl_tl.search.self_training import PSEUDO_LABEL_PRECISION, choose_threshold, pseudo_labels
 from automl_tl.search.space import SearchSpace, suggest_trial_config, warm_start_params
 from automl_tl.search.workers import run_local_workers
 from automl_tl.storage import inspect_journal, journal_path, open_storage
@@ -251,8 +254,11 @@ class Search:
         executor: Executor | None = None,
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
         data_source: dict[str, Any] | None = None,
+        pool: UnlabelledPool | None = None,
     ):
         """``callbacks`` are Optuna study callbacks run after each trial (one may call ``study.stop()``).
+
+        ``pool``: unlabelled inputs for self-training after the search (see :meth:`_self_train`).
 
         A given ``executor`` brings its own feature cache; ``config.feature_cache`` applies to the default one.
         ``data_source`` says how to load ``data`` again (see :func:`automl_tl.data.source.load_data_source`);
@@ -260,6 +266,9 @@ class Search:
         """
         self.data = data
         self.data_source = data_source
+        self.pool = pool
+        #: the pseudo-labelled rows the kept model learnt from, when self-training was kept (the refit adds them)
+        self._pseudo_labelled: Split | None = None
         self.callbacks = list(callbacks or [])
         self.config = config
         self.run_dir = Path(run_dir)
@@ -518,15 +527,35 @@ class Search:
     def finish_reserve(self) -> float:
         """Seconds kept back from trials for what follows them, measured on the best model so far: testing it
         (its backbone's measured inference cost per example), refitting it on training + validation (its
-        trial's epochs, scaled to the larger data), the ensemble (:meth:`_ensemble_reserve`), and a margin for
-        writing the results (:meth:`_save_margin`)."""
+        trial's epochs, scaled to the larger data), self-training (:meth:`_self_training_reserve`), the ensemble
+        (:meth:`_ensemble_reserve`), and a margin for writing the results (:meth:`_save_margin`)."""
         config = _saved_best_config(self.run_dir)
         if config is None:
             return self._save_margin()
         backbone = config.get("trial_config", {}).get("backbone")
         testing = self._inference_cost.get(backbone, 0.0) * len(self.data.test)
         refit = REFIT_RESERVE_FACTOR * self._refit_estimate(config)
-        return testing + refit + self._ensemble_reserve() + self._save_margin()
+        return testing + refit + self._self_training_reserve(config) + self._ensemble_reserve() + self._save_margin()
+
+    def _self_training_reserve(self, config: dict[str, Any]) -> float:
+        """Seconds kept back for self-training the saved model ``config`` (see :meth:`_self_train`) when it is a
+        frozen-body one that can be self-trained: its backbone's features of the pool (measured cost per
+        example) and its fit again, scaled to the pool's rows. A fine-tuned model gets nothing kept back: it is
+        self-trained only when its measured cost fits what is left."""
+        strategy = config.get("trial_config", {}).get("strategy")
+        if (
+            self.pool is None
+            or not len(self.pool)
+            or not self.config.self_training
+            or config.get("self_trained")
+            or strategy not in FROZEN_BODY_STRATEGIES
+            or config.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
+            or self.data.validation != VALIDATION_HOLDOUT
+        ):
+            return 0.0
+        growth = (len(self.data.train) + len(self.pool)) / max(len(self.data.train), 1)
+        features = self._inference_cost.get(config["trial_config"]["backbone"], 0.0) * len(self.pool)
+        return features + float(config.get("fit_seconds") or 0.0) * growth
 
     def _ensemble_reserve(self) -> float:
         """Seconds kept back for the ensemble, measured on this run's frozen-body trials: rebuilding
@@ -554,7 +583,8 @@ class Search:
         """Seconds a refit of the saved model ``config`` would take (0 when none is due)."""
         if not self._refit_due(config):
             return 0.0
-        scale = (len(self.data.train) + len(self.data.val)) / max(len(self.data.train), 1)
+        train = len(self._training_data().train)
+        scale = (train + len(self.data.val)) / max(len(self.data.train), 1)
         return float(config.get("train_seconds_per_epoch") or 0.0) * (config.get("best_epoch") or 1) * scale
 
     def _refit_due(self, config: dict[str, Any]) -> bool:
@@ -696,6 +726,7 @@ class Search:
                     "fitted_on": result.extra.get("fitted_on", "train"),
                     "best_epoch": result.best_epoch,
                     "adapted": result.extra.get("adapted", []),  # what the budget changed in the trial's config
+                    "fit_seconds": round(result.seconds, 3),  # what fitting it again costs (self-training)
                     "train_seconds_per_epoch": (
                         sum(r.train_seconds for r in result.history) / len(result.history)
                         if not get_strategy(result.config.strategy).frozen_body
@@ -766,6 +797,19 @@ class Search:
         if not complete or saved_best_accuracy(self.run_dir) is None:
             self._write_report(study)  # what there is: the trials, their failures
             raise AutomlTLError(self._why_nothing_finished(study))
+        try:
+            self_training = self._self_train()
+        except Exception as exc:  # (out of memory, say): the search's results are written all the same
+            logger.warning(
+                "self-training failed: %s: %s", type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.DEBUG)
+            )
+            self_training = {
+                **self.pool.summary(),
+                "kept": False,
+                "reason": f"failed: {type(exc).__name__}: {_shortened(str(exc), 200)}",
+            }
+        if self_training is not None:
+            study.set_user_attr(SELF_TRAINING_ATTR, self_training)  # the report reads it from the study
         refit_note = self._refit_best()
         ensemble, chosen_on = self._ensemble(study)
         study.set_user_attr(ENSEMBLE_ATTR, ensemble)  # the report reads it from the study
@@ -827,6 +871,7 @@ class Search:
                 "transferability": transferability,
                 "ensemble": ensemble,
                 "calibration": calibration,
+                **({} if self_training is None else {"self_training": self_training}),
             },
         )
         write_json_atomic(
@@ -916,30 +961,14 @@ class Search:
         started = time.perf_counter()
         deadline = None if self._deadline is None else self._deadline - testing - self._save_margin()
         result = self.executor.fit(
-            replace(trial_config, epochs=epochs), backbone, self.data, deadline=deadline, refit=True
+            replace(trial_config, epochs=epochs), backbone, self._training_data(), deadline=deadline, refit=True
         )
         seconds = time.perf_counter() - started
         if not result.has_model or result.stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
             logger.info("refit stopped after %.0fs: the budget ran out; the trial's own model is kept", seconds)
             return f"stopped after {seconds:.0f}s: the budget ran out; the trial's model (training split) is kept"
         with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
-            details = {
-                k: v
-                for k, v in config.items()
-                if k
-                not in (
-                    "backbone",
-                    "head",
-                    "classes",
-                    "input_column",
-                    "label_column",
-                    "input_options",
-                    "preprocessing",
-                    "trial_config",
-                    "metric",
-                    "data_fingerprint",
-                )
-            }
+            details = _trial_details(config)
             self._save(
                 result.final_model(),
                 backbone,
@@ -952,14 +981,151 @@ class Search:
                 },
             )
         result.release_model()
+        pseudo = "" if self._pseudo_labelled is None else f" + {len(self._pseudo_labelled)} pseudo-labelled"
         logger.info(
-            "refitted trial %d on training + validation (%d examples, %d epoch(s)) in %.1fs",
+            "refitted trial %d on training + validation%s (%d examples, %d epoch(s)) in %.1fs",
             config["trial"],
-            len(self.data.train) + len(self.data.val),
+            pseudo,
+            len(self._training_data().train) + len(self.data.val),
             epochs,
             seconds,
         )
-        return f"refitted on training + validation ({epochs} epoch(s), {seconds:.0f}s)"
+        return f"refitted on training + validation{pseudo} ({epochs} epoch(s), {seconds:.0f}s)"
+
+    def _training_data(self) -> DatasetBundle:
+        """The data the kept model learns from: the pseudo-labelled rows join the training split once
+        self-training was kept (see :meth:`_self_train`)."""
+        if self._pseudo_labelled is None:
+            return self.data
+        return replace(self.data, train=Split.union("train+pseudo-labelled", self.data.train, self._pseudo_labelled))
+
+    def _self_train(self) -> dict[str, Any] | None:
+        """Self-training on the unlabelled pool, before the refit: the kept model predicts the pool, the rows
+        above a confidence threshold chosen on validation (:func:`~automl_tl.search.self_training.choose_threshold`)
+        join the training split with their predicted classes for one fit of the same configuration, and that
+        model replaces ``best_model`` only if its validation score beats the kept model's (the refit then learns
+        from the pseudo-labelled rows too). Each step is begun only if its measured cost fits the time left
+        before what follows (testing, refit, saving). Returns the record for the summary; None without a pool."""
+        if self.pool is None or not len(self.pool):
+            logger.debug("self-training: no unlabelled inputs")
+            return None
+        record: dict[str, Any] = self.pool.summary()
+        started = time.monotonic()
+
+        def done(reason: str, kept: bool = False) -> dict[str, Any]:
+            record.update(kept=kept, reason=reason, seconds=round(time.monotonic() - started, 3))
+            logger.info("self-training: %s: %s", "kept" if kept else "not kept", reason)
+            return record
+
+        if not self.config.self_training:
+            return done("not asked for (--no-self-training)")
+        saved = _saved_best_config(self.run_dir)
+        if saved.get("self_trained"):
+            return done("none needed: the kept model was self-trained in an earlier run of this search")
+        if (
+            self.data.validation != VALIDATION_HOLDOUT
+            or not len(self.data.val)
+            or saved.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
+        ):
+            return done(
+                "skipped: the kept model was not scored on a validation split it did not learn from "
+                "(cross-validated, or nothing held out), which self-training is judged on"
+            )
+        metric = saved.get("metric", "accuracy")
+        record.update(metric=metric, val_score_before=saved.get("val_metrics", {}).get(metric))
+        trial_config = TrialConfig.from_dict(saved["trial_config"])
+        backbone = self.backbones[trial_config.backbone]
+        # what follows must still fit: testing the kept model, its refit (with every pool row, at most), saving
+        testing = self._inference_cost.get(trial_config.backbone, 0.0) * len(self.data.test)
+        growth = (len(self.data.train) + len(self.pool)) / max(len(self.data.train), 1)
+        refit = REFIT_RESERVE_FACTOR * self._refit_estimate(saved) * growth
+        deadline = None if self._deadline is None else self._deadline - testing - refit - self._save_margin()
+        predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
+        # its cost measured on validation first; a frozen body's validation features were cached, so the pool's
+        # are counted at the body's measured cost per example (the pre-ranking's, or a fine-tuned trial's)
+        try:
+            measured = time.perf_counter()
+            val_logits = self._member_logits(predictor, self.data.val, deadline)
+            per_example = (time.perf_counter() - measured) / len(self.data.val)
+        except DeadlineReached:
+            return done("skipped: the budget ran out while the kept model predicted the validation split")
+        if get_strategy(trial_config.strategy).frozen_body:
+            per_example += self._inference_cost.get(trial_config.backbone, 0.0)
+        estimate = per_example * len(self.pool) + float(saved.get("fit_seconds") or 0.0) * growth
+        if deadline is not None and estimate > deadline - time.monotonic():
+            left = max(deadline - time.monotonic(), 0.0)
+            return done(
+                f"skipped: predicting the {len(self.pool)} unlabelled inputs and fitting again would take "
+                f"about {estimate:.0f}s, {left:.0f}s of the budget were left"
+            )
+        threshold = choose_threshold(torch.softmax(val_logits, 1).numpy(), self.data.val.labels)
+        if threshold is None:
+            return done("skipped: too few validation rows to choose a confidence threshold on")
+        record.update(
+            threshold=round(threshold.value, 4),
+            threshold_precision=round(threshold.precision, 4),
+            threshold_rows=threshold.rows,
+            pseudo_labelled=0,
+        )
+        if not threshold.reached:
+            return done(
+                f"none: at no threshold was the kept model {PSEUDO_LABEL_PRECISION:.0%} right on validation "
+                f"(at best {threshold.precision:.0%}): its labels would teach it its errors"
+            )
+        pool_split = self.pool.split()
+        try:
+            pool_logits = self._member_logits(predictor, pool_split, deadline)
+        except DeadlineReached:
+            return done("stopped: the budget ran out while the kept model predicted the unlabelled inputs")
+        del predictor
+        rows, labels = pseudo_labels(torch.softmax(pool_logits, 1).numpy(), threshold.value)
+        record["pseudo_labelled"] = len(rows)
+        if not len(rows):
+            return done("none: no unlabelled input is above the threshold")
+        pseudo = Split.subset("pseudo-labelled", pool_split, rows, labels)
+        augmented = replace(self.data, train=Split.union("train+pseudo-labelled", self.data.train, pseudo))
+        result = self.executor.fit(trial_config, backbone, augmented, deadline=deadline)
+        best = result.best_record
+        if best is None or not result.has_model or result.stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
+            result.release_model()
+            return done("stopped: the budget ran out during the fit with the pseudo-labelled rows")
+        if result.extra.get("adapted"):  # made cheaper to fit the budget: not the same configuration
+            result.release_model()
+            return done("stopped: the fit with the pseudo-labelled rows had to be cut down to fit the budget")
+        record["val_score_after"] = best.val_metrics.get(metric)
+        if not best.val_score > saved["val_score"]:
+            result.release_model()
+            return done(
+                f"not better on validation ({metric} {record['val_score_after']:.4f} with the pseudo-labelled "
+                f"rows, {record['val_score_before']:.4f} without): the model without them stays"
+            )
+        with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
+            self._save(
+                result.final_model(),
+                backbone,
+                result.config,
+                {
+                    **_trial_details(saved),
+                    "val_accuracy": best.val_accuracy,
+                    "val_score": best.val_score,
+                    "val_loss": best.val_loss,
+                    "val_metrics": best.val_metrics,
+                    "best_epoch": result.best_epoch,
+                    "fit_seconds": round(result.seconds, 3),
+                    "self_trained": {"pseudo_labelled": len(rows), "threshold": record["threshold"]},
+                },
+            )
+        result.release_model()
+        # the kept model's own validation probabilities, for the ensemble's anchor and the calibration
+        probabilities = validation_probabilities(result, augmented)
+        if probabilities is not None:
+            write_trial_predictions(self.run_dir, saved["trial"], probabilities)
+        self._pseudo_labelled = pseudo
+        return done(
+            f"better on validation ({metric} {record['val_score_after']:.4f} with {len(rows)} pseudo-labelled "
+            f"rows, {record['val_score_before']:.4f} without)",
+            kept=True,
+        )
 
     def _test_evaluation(self, predictor: Predictor) -> tuple[dict[str, Any] | None, str]:
         """The saved model on the test split, within the budget; and a note of what was done."""
@@ -1205,6 +1371,27 @@ class Search:
         }
 
 
+#: the keys of a saved model's config that describe the model itself (see Search._model_config), not its trial
+_MODEL_KEYS = (
+    "backbone",
+    "head",
+    "classes",
+    "input_column",
+    "label_column",
+    "input_options",
+    "preprocessing",
+    "trial_config",
+    "metric",
+    "data_fingerprint",
+)
+
+
+def _trial_details(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved model's config less what describes the model (its trial, its figures): what a model fitted
+    again from the same trial keeps."""
+    return {k: v for k, v in config.items() if k not in _MODEL_KEYS}
+
+
 def _describe_kept(ensemble: dict[str, Any]) -> str:
     """What ``automl_tl.load(run_dir)`` returns, in words."""
     if not ensemble.get("kept"):
@@ -1230,10 +1417,12 @@ def run_search(
     workers: int = 1,
     data_source: dict[str, Any] | None = None,
     started: float | None = None,
+    pool: UnlabelledPool | None = None,
 ) -> SearchOutcome:
     """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``. ``started`` (a
-    ``time.monotonic()`` value) is when the budget began: by default, now."""
-    return Search(data, config, run_dir, executor, data_source=data_source).run(workers, started)
+    ``time.monotonic()`` value) is when the budget began: by default, now. ``pool``: unlabelled inputs for
+    self-training (see :func:`automl_tl.data.pool.unlabelled_pool`)."""
+    return Search(data, config, run_dir, executor, data_source=data_source, pool=pool).run(workers, started)
 
 
 def join_study(

@@ -313,6 +313,9 @@ class Executor:
         """``split`` encoded by ``preprocessor``, computed on first use and kept (least recently used first out)."""
         if split.parts:
             return [item for part in split.parts for item in self.encoded(preprocessor, data, part)]
+        if split.rows_of is not None:
+            items = self.encoded(preprocessor, data, split.rows_of)
+            return [items[row] for row in split.rows]
         key = (json.dumps(preprocessor.cache_key(), sort_keys=True), data.fingerprint, split.name)
         if key in self._encoded:
             self._encoded.move_to_end(key)
@@ -341,6 +344,8 @@ class Executor:
             return np.concatenate(
                 [self.features(backbone, options, data, part, batch_size, deadline) for part in split.parts]
             )
+        if split.rows_of is not None:
+            return self.features(backbone, options, data, split.rows_of, batch_size, deadline)[list(split.rows)]
         key = (data.fingerprint, split.name)
         if key not in self._samples_hashes:
             self._samples_hashes[key] = samples_hash(split.inputs)
