@@ -13,15 +13,23 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
+from sklearn.model_selection import StratifiedKFold
 from test_cli import run_cli
 
 from automl_tl import InputOptions, SearchConfig, prepare_dataset, run_search
+from automl_tl.data.bundle import VALIDATION_CROSS, Split
 from automl_tl.data.pool import UnlabelledPool, unlabelled_pool
 from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, MODEL_CARD_FILE, REPORT_FILE, SUMMARY_FILE
-from automl_tl.search.self_training import MIN_THRESHOLD_ROWS, PSEUDO_LABEL_PRECISION, choose_threshold
+from automl_tl.search.self_training import (
+    MIN_THRESHOLD_ROWS,
+    PSEUDO_LABEL_PRECISION,
+    choose_threshold,
+    head_logits_of,
+)
 from automl_tl.search.study import Search
-from automl_tl.train.executor import Executor
+from automl_tl.train.executor import VALIDATED_BY_CROSS_VALIDATION, Executor
 
 LABELLED_PER_CLASS = 10
 
@@ -230,3 +238,88 @@ def test_unlabeled_path_joins_the_pool_and_its_bad_files_are_skipped_and_reporte
     assert record["pool"] == 61 and record["unreadable_first"][0]["file"].endswith("broken.png")
     assert "broken.png" in searched.stderr  # warned about, as the training data's bad files are
     assert "self-training: " in searched.stdout and "1 unreadable skipped" in searched.stdout, searched.stdout
+
+
+# ------------------------------------------------------------ a kept model scored by cross-validation
+
+
+class RecordingExecutor(Executor):
+    """The real executor, remembering each refit-style fit (what self-training's folds run) and its result."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fits: list[tuple[Split, object]] = []
+
+    def fit(self, config, backbone, data, on_epoch=None, deadline=None, refit=False):
+        result = super().fit(config, backbone, data, on_epoch=on_epoch, deadline=deadline, refit=refit)
+        if refit:
+            self.fits.append((data.train, result))
+        return result
+
+
+def cross_validated_search(tmp_path_factory, frame, name: str, **split):
+    run_dir = tmp_path_factory.mktemp(name)
+    data = prepare_dataset(frame, label_column="label", input_column="image", seed=0, **split)
+    executor = RecordingExecutor(show_progress=False)
+    searched = config(strategies=("nearest_centroid",))
+    outcome = run_search(data, searched, run_dir, executor, pool=unlabelled_pool(data))
+    return data, executor, outcome, json.loads((run_dir / SUMMARY_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def few_shots_search(tmp_path_factory, few_labels):
+    # 5 labels per class: nothing held out, every trial cross-validated on the training split
+    return cross_validated_search(tmp_path_factory, few_labels, "few-shots", shots=5)
+
+
+@pytest.fixture(scope="module")
+def small_validation_search(tmp_path_factory, few_labels):
+    # 4 validation rows per class: a small validation split, cross-validated with the training rows
+    return cross_validated_search(tmp_path_factory, few_labels, "small-validation", val_fraction=0.4)
+
+
+@pytest.mark.parametrize("searched", ["few_shots_search", "small_validation_search"])
+def test_a_cross_validated_best_model_is_self_trained_by_its_folds(searched, request):
+    data, executor, outcome, summary = request.getfixturevalue(searched)
+    record = summary["self_training"]
+    labelled = data.train if data.validation == VALIDATION_CROSS else data.train_and_val()
+    assert summary["validation"]["validated_by"] == VALIDATED_BY_CROSS_VALIDATION
+    assert record["mode"] == "cross-validated" and record["folds"] == 5
+    # the threshold was chosen on the kept trial's out-of-fold predictions, one per labelled row
+    assert record["threshold_rows"] >= MIN_THRESHOLD_ROWS and record["threshold_rows"] <= len(labelled)
+    assert record["threshold_precision"] >= PSEUDO_LABEL_PRECISION and record["pseudo_labelled"] > 0
+    assert len(record["fold_pseudo_labelled"]) == 5
+    before, after = record["val_score_before"], record["val_score_after"]
+    assert record["kept"] == (after > before)  # the decision rule: strictly better by the folds' mean
+    assert f"{after:.4f} with the pseudo-labelled rows, {before:.4f} without, mean of 5 folds" in record["reason"]
+    saved = saved_config(outcome.run_dir)
+    assert ("self_trained" in saved) == record["kept"]
+
+
+@pytest.mark.parametrize("searched", ["few_shots_search", "small_validation_search"])
+def test_no_fold_is_scored_with_pseudo_labels_from_a_model_that_saw_its_held_out_rows(searched, request):
+    data, executor, outcome, summary = request.getfixturevalue(searched)
+    labelled = data.train if data.validation == VALIDATION_CROSS else data.train_and_val()
+    y = labelled.labels
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))  # the executor's
+    fits = executor.fits[: 2 * len(folds)]  # each fold: its pseudo-labeller (train-only), then the fit with them
+    assert len(fits) >= 2 * len(folds)
+    pool_split = unlabelled_pool(data).split()
+    pool_x = executor.features(outcome.predictor.backbone, config().input_options, data, pool_split)
+    threshold = summary["self_training"]["threshold"]
+    for number, (training_rows, held_out) in enumerate(folds):
+        (labeller_rows, labeller), (student_rows, _) = fits[2 * number], fits[2 * number + 1]
+        # the pseudo-labeller learnt from the fold's training rows alone, none of its held-out rows
+        source = labeller_rows.rows_of
+        assert source.name == labelled.name and np.array_equal(source.labels, labelled.labels)
+        assert sorted(labeller_rows.rows) == sorted(training_rows.tolist())
+        assert not set(labeller_rows.rows) & set(held_out.tolist())
+        # the fit it is compared with: the same rows + pool rows labelled by that fold's own labeller
+        fold_part, pseudo = student_rows.parts
+        assert fold_part.rows == labeller_rows.rows and pseudo.rows_of.name == pool_split.name
+        confidence = torch.softmax(head_logits_of(labeller.head, pool_x), 1)
+        expected = np.flatnonzero(confidence.max(1).values.numpy() >= threshold)
+        assert list(pseudo.rows) == expected.tolist() and pseudo.labels.tolist() == (
+            confidence.argmax(1).numpy()[expected].tolist()
+        )
+    assert summary["self_training"]["fold_pseudo_labelled"] == [len(f[0].parts[1]) for f in fits[1::2][: len(folds)]]

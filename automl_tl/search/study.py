@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from automl_tl.backbone import Backbone
 from automl_tl.config import SearchConfig, TrialConfig, check_storage_url
-from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split
+from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
 from automl_tl.data.pool import UnlabelledPool
 from automl_tl.data.source import load_data_source
 from automl_tl.errors import AutomlTLError, ConfigError
@@ -97,7 +97,14 @@ from automl_tl.search.liveness import (
     trial_slot,
 )
 from automl_tl.search.sampling import SlotSeededSampler
-from automl_tl.search.self_training import PSEUDO_LABEL_PRECISION, choose_threshold, pseudo_labels
+from automl_tl.search.self_training import (
+    PSEUDO_LABEL_PRECISION,
+    Threshold,
+    choose_threshold,
+    cross_validated_self_training,
+    fit_head,
+    pseudo_labels,
+)
 from automl_tl.search.space import SearchSpace, suggest_trial_config, warm_start_params
 from automl_tl.search.workers import run_local_workers
 from automl_tl.storage import inspect_journal, journal_path, open_storage
@@ -109,13 +116,16 @@ from automl_tl.strategies import (
     used_parameters,
 )
 from automl_tl.train.device import DeadlineReached
+from automl_tl.train.embedding_heads import cross_validation_folds
 from automl_tl.train.executor import (
     FITTED_ON_TRAIN_AND_VAL,
     STOP_CALLBACK,
     STOP_OVER_BUDGET,
     STOP_TIME,
+    VALIDATED_BY_CROSS_VALIDATION,
     Executor,
     TrialResult,
+    epoch_record,
     predict_logits,
 )
 from automl_tl.train.feature_cache import FeatureCache
@@ -540,22 +550,42 @@ class Search:
     def _self_training_reserve(self, config: dict[str, Any]) -> float:
         """Seconds kept back for self-training the saved model ``config`` (see :meth:`_self_train`) when it is a
         frozen-body one that can be self-trained: its backbone's features of the pool (measured cost per
-        example) and its fit again, scaled to the pool's rows. A fine-tuned model gets nothing kept back: it is
-        self-trained only when its measured cost fits what is left."""
+        example) and its fit again, scaled to the pool's rows (a cross-validated model: its folds twice, without
+        and with the pseudo-labelled rows, and its final fit; see :meth:`_self_training_estimate`). A fine-tuned
+        model gets nothing kept back: it is self-trained only when its measured cost fits what is left."""
         strategy = config.get("trial_config", {}).get("strategy")
+        cross_validated = config.get("validation") == VALIDATED_BY_CROSS_VALIDATION
         if (
             self.pool is None
             or not len(self.pool)
             or not self.config.self_training
             or config.get("self_trained")
             or strategy not in FROZEN_BODY_STRATEGIES
-            or config.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
-            or self.data.validation != VALIDATION_HOLDOUT
+            or (
+                not cross_validated
+                and (config.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL or self.data.validation != VALIDATION_HOLDOUT)
+            )
         ):
             return 0.0
-        growth = (len(self.data.train) + len(self.pool)) / max(len(self.data.train), 1)
         features = self._inference_cost.get(config["trial_config"]["backbone"], 0.0) * len(self.pool)
-        return features + float(config.get("fit_seconds") or 0.0) * growth
+        return features + self._self_training_estimate(config)
+
+    def _self_training_estimate(self, config: dict[str, Any]) -> float:
+        """Seconds the fits of self-training the saved model ``config`` take, from its trial's measured fit:
+        once more with the pool's rows added (scaled to them); a cross-validated model's trial fitted its folds
+        and then all its rows, and self-training fits the folds without and with the pool, then all with it,
+        which is at most the trial's fit unscaled plus once more scaled."""
+        fitted = float(config.get("fit_seconds") or 0.0)
+        labelled = self._labelled_rows() if config.get("validation") == VALIDATED_BY_CROSS_VALIDATION else None
+        rows = len(self.data.train) if labelled is None else len(labelled)
+        growth = (rows + len(self.pool or ())) / max(rows, 1)
+        return fitted * growth + (0.0 if labelled is None else fitted)
+
+    def _labelled_rows(self) -> Split:
+        """Every labelled row a cross-validated trial was scored on out of fold, in the order of its
+        out-of-fold predictions: training + validation, or with few shots the training split (the validation
+        split being the same rows)."""
+        return self.data.train if self.data.validation == VALIDATION_CROSS else self.data.train_and_val()
 
     def _ensemble_reserve(self) -> float:
         """Seconds kept back for the ensemble, measured on this run's frozen-body trials: rebuilding
@@ -1004,8 +1034,10 @@ class Search:
         above a confidence threshold chosen on validation (:func:`~automl_tl.search.self_training.choose_threshold`)
         join the training split with their predicted classes for one fit of the same configuration, and that
         model replaces ``best_model`` only if its validation score beats the kept model's (the refit then learns
-        from the pseudo-labelled rows too). Each step is begun only if its measured cost fits the time left
-        before what follows (testing, refit, saving). Returns the record for the summary; None without a pool."""
+        from the pseudo-labelled rows too). A kept model scored by cross-validation is checked fold by fold
+        instead (see :meth:`_self_train_cross_validated`). Each step is begun only if its measured cost fits the
+        time left before what follows (testing, refit, saving). Returns the record for the summary; None
+        without a pool."""
         if self.pool is None or not len(self.pool):
             logger.debug("self-training: no unlabelled inputs")
             return None
@@ -1022,6 +1054,10 @@ class Search:
         saved = _saved_best_config(self.run_dir)
         if saved.get("self_trained"):
             return done("none needed: the kept model was self-trained in an earlier run of this search")
+        if saved.get("validation") == VALIDATED_BY_CROSS_VALIDATION:
+            record["mode"] = "cross-validated"
+            return self._self_train_cross_validated(saved, record, done)
+        record["mode"] = "validation split"
         if (
             self.data.validation != VALIDATION_HOLDOUT
             or not len(self.data.val)
@@ -1061,17 +1097,8 @@ class Search:
         threshold = choose_threshold(torch.softmax(val_logits, 1).numpy(), self.data.val.labels)
         if threshold is None:
             return done("skipped: too few validation rows to choose a confidence threshold on")
-        record.update(
-            threshold=round(threshold.value, 4),
-            threshold_precision=round(threshold.precision, 4),
-            threshold_rows=threshold.rows,
-            pseudo_labelled=0,
-        )
-        if not threshold.reached:
-            return done(
-                f"none: at no threshold was the kept model {PSEUDO_LABEL_PRECISION:.0%} right on validation "
-                f"(at best {threshold.precision:.0%}): its labels would teach it its errors"
-            )
+        if not _record_threshold(record, threshold):
+            return done(_threshold_not_reached(threshold, "on validation"))
         pool_split = self.pool.split()
         try:
             pool_logits = self._member_logits(predictor, pool_split, deadline)
@@ -1126,6 +1153,113 @@ class Search:
             f"rows, {record['val_score_before']:.4f} without)",
             kept=True,
         )
+
+    def _self_train_cross_validated(
+        self, saved: dict[str, Any], record: dict[str, Any], done: Callable[..., dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Self-training a kept model scored by cross-validation (a frozen-body one, fitted on every labelled
+        row): the threshold is chosen on its trial's out-of-fold predictions, the decision is taken by the same
+        folds (:func:`~automl_tl.search.self_training.cross_validated_self_training`: each fold's pseudo-labels
+        come from a fit that never saw its held-out rows), kept only if the folds' mean score improves; then
+        the configuration is fitted on every labelled row + the rows the kept model pseudo-labelled, replaces
+        ``best_model``, and its trial's out-of-fold predictions become the with-pseudo-labels folds'."""
+        metric = saved.get("metric", "accuracy")
+        record["metric"] = metric
+        trial_config = TrialConfig.from_dict(saved["trial_config"])
+        if not get_strategy(trial_config.strategy).frozen_body:
+            return done("skipped: only a frozen-body model is self-trained by cross-validation")
+        # the folds and the final fit run the epochs the trial chose (a probe's); the heads on embeddings, one
+        fitted_config = replace(trial_config, epochs=saved.get("best_epoch") or trial_config.epochs)
+        backbone = self.backbones[trial_config.backbone]
+        labelled = self._labelled_rows()
+        folds = cross_validation_folds(labelled.labels)
+        if folds < 2:
+            return done("skipped: some class has a single labelled row, so nothing can be cross-validated")
+        record["folds"] = folds
+        testing = self._inference_cost.get(trial_config.backbone, 0.0) * len(self.data.test)
+        deadline = None if self._deadline is None else self._deadline - testing - self._save_margin()
+        estimate = self._inference_cost.get(trial_config.backbone, 0.0) * len(self.pool) + (
+            self._self_training_estimate(saved)
+        )
+        if deadline is not None and estimate > deadline - time.monotonic():
+            left = max(deadline - time.monotonic(), 0.0)
+            return done(
+                f"skipped: predicting the {len(self.pool)} unlabelled inputs and fitting {folds} folds twice and "
+                f"all rows once would take about {estimate:.0f}s, {left:.0f}s of the budget were left"
+            )
+        out_of_fold = read_trial_predictions(self.run_dir, saved["trial"], self.data)
+        if out_of_fold is None or len(out_of_fold) != len(labelled):
+            return done("skipped: the kept model's out-of-fold predictions are not on disk to choose a threshold on")
+        threshold = choose_threshold(out_of_fold, labelled.labels)
+        if threshold is None:
+            return done("skipped: too few labelled rows to choose a confidence threshold on")
+        if not _record_threshold(record, threshold):
+            return done(_threshold_not_reached(threshold, "out of fold"))
+        pool_split = self.pool.split()
+        predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
+        try:
+            pool_logits = self._member_logits(predictor, pool_split, deadline)
+        except DeadlineReached:
+            return done("stopped: the budget ran out while the kept model predicted the unlabelled inputs")
+        del predictor
+        rows, labels = pseudo_labels(torch.softmax(pool_logits, 1).numpy(), threshold.value)
+        record["pseudo_labelled"] = len(rows)
+        if not len(rows):
+            return done("none: no unlabelled input is above the threshold")
+        try:
+            checked = cross_validated_self_training(
+                self.executor, fitted_config, backbone, self.data, labelled, pool_split, threshold.value, deadline
+            )
+        except DeadlineReached:
+            return done("stopped: the budget ran out during the cross-validated fits")
+        record.update(
+            fold_pseudo_labelled=[fold.pseudo_labelled for fold in checked.folds],
+            val_score_before=round(checked.mean_metric(metric, after=False), 4),
+            val_score_after=round(checked.mean_metric(metric, after=True), 4),
+        )
+        scores = (
+            f"{metric} {record['val_score_after']:.4f} with the pseudo-labelled rows, "
+            f"{record['val_score_before']:.4f} without, mean of {folds} folds"
+        )
+        if not checked.score_after > checked.score_before:
+            return done(f"not better by cross-validation ({scores}): the model without them stays")
+        pseudo = Split.subset("pseudo-labelled", pool_split, rows, labels)
+        try:
+            result = fit_head(
+                self.executor,
+                fitted_config,
+                backbone,
+                self.data,
+                Split.union("labelled+pseudo-labelled", labelled, pseudo),
+                deadline,
+            )
+        except DeadlineReached:
+            return done("stopped: the budget ran out during the fit on every labelled row with the pseudo-labels")
+        validated = epoch_record(fitted_config.epochs, 0.0, checked.out_of_fold, labelled.labels, metric, 0.0, 0.0)
+        with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
+            self._save(
+                result.final_model(),
+                backbone,
+                trial_config,
+                {
+                    **_trial_details(saved),
+                    "val_accuracy": validated.val_accuracy,
+                    "val_score": validated.val_score,
+                    "val_loss": validated.val_loss,
+                    "val_metrics": validated.val_metrics,
+                    "fit_seconds": round(result.seconds, 3),
+                    "self_trained": {
+                        "pseudo_labelled": len(rows),
+                        "threshold": record["threshold"],
+                        "mode": "cross-validated",
+                    },
+                },
+            )
+        result.release_model()
+        # its out-of-fold probabilities, for the ensemble's anchor and the calibration
+        write_trial_predictions(self.run_dir, saved["trial"], torch.softmax(checked.out_of_fold, 1).numpy())
+        self._pseudo_labelled = pseudo
+        return done(f"better by cross-validation ({scores}; {len(rows)} pseudo-labelled rows)", kept=True)
 
     def _test_evaluation(self, predictor: Predictor) -> tuple[dict[str, Any] | None, str]:
         """The saved model on the test split, within the budget; and a note of what was done."""
@@ -1390,6 +1524,24 @@ def _trial_details(config: dict[str, Any]) -> dict[str, Any]:
     """A saved model's config less what describes the model (its trial, its figures): what a model fitted
     again from the same trial keeps."""
     return {k: v for k, v in config.items() if k not in _MODEL_KEYS}
+
+
+def _record_threshold(record: dict[str, Any], threshold: Threshold) -> bool:
+    """Write the chosen confidence threshold into the self-training ``record``; whether it reached the target."""
+    record.update(
+        threshold=round(threshold.value, 4),
+        threshold_precision=round(threshold.precision, 4),
+        threshold_rows=threshold.rows,
+        pseudo_labelled=0,
+    )
+    return threshold.reached
+
+
+def _threshold_not_reached(threshold: Threshold, where: str) -> str:
+    return (
+        f"none: at no threshold was the kept model {PSEUDO_LABEL_PRECISION:.0%} right {where} "
+        f"(at best {threshold.precision:.0%}): its labels would teach it its errors"
+    )
 
 
 def _describe_kept(ensemble: dict[str, Any]) -> str:

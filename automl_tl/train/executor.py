@@ -128,6 +128,9 @@ class TrialResult:
     extra: dict[str, Any] = field(default_factory=dict)
     #: builds ``model`` on demand: a linear probe trains only a head, and the body is loaded only if wanted
     model_builder: Callable[[], TransferModel] | None = None
+    #: a frozen-body fit's trained head alone, to predict cached features with (self-training's folds) without
+    #: building the body; None for the other fits
+    head: nn.Module | None = None
 
     @property
     def has_model(self) -> bool:
@@ -518,6 +521,7 @@ class Executor:
             samples_seen=seen,
             model_builder=model_builder if head is not None else None,
             extra=extra,
+            head=head,
         )
 
     def _cross_validated_probe(
@@ -632,6 +636,7 @@ class Executor:
             samples_seen=len(y),
             model_builder=model_builder,
             extra=extra,
+            head=fitted.module,
         )
 
     def _fit_body(
