@@ -22,6 +22,7 @@ from automl_tl import InputOptions, SearchConfig, prepare_dataset, run_search
 from automl_tl.data.bundle import VALIDATION_CROSS, Split
 from automl_tl.data.pool import UnlabelledPool, unlabelled_pool
 from automl_tl.layout import BEST_MODEL_DIR, CONFIG_FILE, MODEL_CARD_FILE, REPORT_FILE, SUMMARY_FILE
+from automl_tl.search.ensembling import read_trial_predictions
 from automl_tl.search.self_training import (
     MIN_THRESHOLD_ROWS,
     PSEUDO_LABEL_PRECISION,
@@ -257,25 +258,30 @@ class RecordingExecutor(Executor):
         return result
 
 
-def cross_validated_search(tmp_path_factory, frame, name: str, **split):
+def cross_validated_search(tmp_path_factory, frame, name: str, strategy: str, seed: int, **split):
     run_dir = tmp_path_factory.mktemp(name)
-    data = prepare_dataset(frame, label_column="label", input_column="image", seed=0, **split)
+    data = prepare_dataset(frame, label_column="label", input_column="image", seed=seed, **split)
     executor = RecordingExecutor(show_progress=False)
-    searched = config(strategies=("nearest_centroid",))
+    searched = config(strategies=(strategy,), seed=seed)
     outcome = run_search(data, searched, run_dir, executor, pool=unlabelled_pool(data))
     return data, executor, outcome, json.loads((run_dir / SUMMARY_FILE).read_text())
 
 
 @pytest.fixture(scope="module")
 def few_shots_search(tmp_path_factory, few_labels):
-    # 5 labels per class: nothing held out, every trial cross-validated on the training split
-    return cross_validated_search(tmp_path_factory, few_labels, "few-shots", shots=5)
+    # 5 labels per class: nothing held out, every trial cross-validated on the training split.
+    # (seed 7: one where the folds score better with the pseudo-labelled rows, 0.70 -> 0.76; of seeds 0-7,
+    # 2 and 7 were, 4 tied or were worse, 3 reached no threshold: the other tests assert the rule, not the gain)
+    return cross_validated_search(tmp_path_factory, few_labels, "few-shots", "logistic_regression", 7, shots=5)
 
 
 @pytest.fixture(scope="module")
 def small_validation_search(tmp_path_factory, few_labels):
     # 4 validation rows per class: a small validation split, cross-validated with the training rows
-    return cross_validated_search(tmp_path_factory, few_labels, "small-validation", val_fraction=0.4)
+    # (nearest centroid, seed 0: the folds score worse with the pseudo-labelled rows)
+    return cross_validated_search(
+        tmp_path_factory, few_labels, "small-validation", "nearest_centroid", 0, val_fraction=0.4
+    )
 
 
 @pytest.mark.parametrize("searched", ["few_shots_search", "small_validation_search"])
@@ -301,12 +307,14 @@ def test_no_fold_is_scored_with_pseudo_labels_from_a_model_that_saw_its_held_out
     data, executor, outcome, summary = request.getfixturevalue(searched)
     labelled = data.train if data.validation == VALIDATION_CROSS else data.train_and_val()
     y = labelled.labels
-    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))  # the executor's
+    seed = saved_config(outcome.run_dir)["trial_config"]["seed"]  # the trial's, which its folds were seeded by
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))  # the executor's
     fits = executor.fits[: 2 * len(folds)]  # each fold: its pseudo-labeller (train-only), then the fit with them
     assert len(fits) >= 2 * len(folds)
     pool_split = unlabelled_pool(data).split()
     pool_x = executor.features(outcome.predictor.backbone, config().input_options, data, pool_split)
     threshold = summary["self_training"]["threshold"]
+    assert all(summary["self_training"]["fold_pseudo_labelled"])  # (so that every fold fitted twice)
     for number, (training_rows, held_out) in enumerate(folds):
         (labeller_rows, labeller), (student_rows, _) = fits[2 * number], fits[2 * number + 1]
         # the pseudo-labeller learnt from the fold's training rows alone, none of its held-out rows
@@ -323,3 +331,31 @@ def test_no_fold_is_scored_with_pseudo_labels_from_a_model_that_saw_its_held_out
             confidence.argmax(1).numpy()[expected].tolist()
         )
     assert summary["self_training"]["fold_pseudo_labelled"] == [len(f[0].parts[1]) for f in fits[1::2][: len(folds)]]
+
+
+def test_a_self_training_kept_by_cross_validation_replaces_the_model_and_its_out_of_fold_predictions(
+    few_shots_search,
+):
+    data, executor, outcome, summary = few_shots_search
+    record = summary["self_training"]
+    assert record["kept"] and record["val_score_after"] > record["val_score_before"]
+    assert "better by cross-validation" in record["reason"]
+    # the final fit: every labelled row + the pool rows the kept model (fitted on all of them) labelled
+    final_rows, _ = executor.fits[2 * record["folds"]]
+    labelled, pseudo = final_rows.parts
+    assert np.array_equal(labelled.labels, data.train.labels) and len(pseudo) == record["pseudo_labelled"]
+    assert pseudo.rows_of.name == unlabelled_pool(data).split().name
+    saved = saved_config(outcome.run_dir)
+    assert saved["self_trained"] == {
+        "pseudo_labelled": record["pseudo_labelled"],
+        "threshold": record["threshold"],
+        "mode": "cross-validated",
+    }
+    # its validation figures and its trial's predictions on disk are the with-pseudo-labels folds' out of fold
+    probabilities = read_trial_predictions(outcome.run_dir, saved["trial"], data)
+    assert probabilities.shape == (len(data.train), len(data.classes))
+    accuracy = float((probabilities.argmax(1) == data.train.labels).mean())
+    assert saved["val_accuracy"] == pytest.approx(accuracy) and summary["val_accuracy"] == pytest.approx(accuracy)
+    assert summary["calibration"]["rows"] == len(data.train)  # calibrated on those predictions
+    card = (outcome.run_dir / MODEL_CARD_FILE).read_text()
+    assert "the folds its trial was cross-validated on" in card and "out-of-fold rows" in card

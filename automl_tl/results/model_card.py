@@ -261,12 +261,18 @@ def _self_training_section(summary: dict[str, Any] | None) -> list[str]:
     line = describe_self_training((summary or {}).get("self_training"))
     if line is None:
         return []
+    judged = (
+        "by the folds its trial was cross-validated on (in each, the pseudo-labels came from a fit that never saw "
+        "the held-out rows)"
+        if summary["self_training"].get("mode") == "cross-validated"
+        else "on the validation split (which neither fit learnt from)"
+    )
     return [
         "## Self-training",
         "",
         f"After the search, the best model labelled the unlabelled inputs it was most confident about, and its "
         f"configuration was fitted once more with them as extra training rows, to be kept only if it scored "
-        f"better on the validation split (which neither fit learnt from): {plain(line)}.",
+        f"better {judged}: {plain(line)}.",
         "",
     ]
 

@@ -229,10 +229,11 @@ def describe_self_training(record: dict[str, Any] | None) -> str | None:
     verdict = "kept" if record.get("kept") else "not kept"
     if "threshold" not in record:
         return f"{verdict}: {record.get('reason', 'not recorded')}; {pool}"
+    rows = "out-of-fold" if record.get("mode") == "cross-validated" else "validation"
     line = (
         f"{verdict}: {record.get('pseudo_labelled', 0)} of {pool} pseudo-labelled above confidence "
         f"{record['threshold']:.2f} ({record.get('threshold_precision', math.nan):.0%} right on "
-        f"{record.get('threshold_rows')} validation rows)"
+        f"{record.get('threshold_rows')} {rows} rows)"
     )
     return f"{line}; {record.get('reason', '')}"  # (the reason gives the validation scores before and after)
 

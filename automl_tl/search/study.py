@@ -1064,8 +1064,9 @@ class Search:
             or saved.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL
         ):
             return done(
-                "skipped: the kept model was not scored on a validation split it did not learn from "
-                "(cross-validated, or nothing held out), which self-training is judged on"
+                "skipped: the kept model was not scored on a validation split it did not learn from, nor by "
+                "cross-validation (nothing held out, or refitted on training + validation), which self-training "
+                "is judged on"
             )
         metric = saved.get("metric", "accuracy")
         record.update(metric=metric, val_score_before=saved.get("val_metrics", {}).get(metric))
