@@ -359,3 +359,24 @@ def test_a_self_training_kept_by_cross_validation_replaces_the_model_and_its_out
     assert summary["calibration"]["rows"] == len(data.train)  # calibrated on those predictions
     card = (outcome.run_dir / MODEL_CARD_FILE).read_text()
     assert "the folds its trial was cross-validated on" in card and "out-of-fold rows" in card
+
+
+def test_cross_validated_self_training_is_budgeted_and_kept_back_for(tmp_path, small_validation_search):
+    data, _, outcome, _ = small_validation_search
+    pool = unlabelled_pool(data)
+    saved = saved_config(outcome.run_dir)
+    # the trials keep back its fits: the folds (the trial's own cost) and all rows with the pool (scaled to it)
+    with_pool = Search(data, config(), outcome.run_dir, Executor(show_progress=False), pool=pool)
+    without = Search(data, config(), outcome.run_dir, Executor(show_progress=False))
+    labelled = len(data.train) + len(data.val)
+    growth = (labelled + len(pool)) / labelled
+    assert with_pool.finish_reserve() - without.finish_reserve() == pytest.approx(saved["fit_seconds"] * (1 + growth))
+    # and a step that cannot fit the time left is not started
+    run_dir = tmp_path / "run"
+    shutil.copytree(outcome.run_dir, run_dir)
+    search = Search(data, config(timeout=1000.0), run_dir, Executor(show_progress=False), pool=pool)
+    search._deadline = time.monotonic() + search._save_margin() + saved["fit_seconds"] * (1 + growth) / 2
+    record = search._self_train()
+    assert record["mode"] == "cross-validated" and not record["kept"]
+    assert record["reason"].startswith("skipped") and "would take about" in record["reason"]
+    assert saved_config(run_dir) == saved
