@@ -37,6 +37,7 @@ from automl_tl.results.report import (
     TEST_EVALUATION_ATTR,
     TRANSFERABILITY_ATTR,
     best_accuracy_by_backbone,
+    describe_concatenated,
     describe_skipped,
     leaderboard,
 )
@@ -393,8 +394,11 @@ def _ensemble_section(page: _Page, ensemble: dict[str, Any] | None) -> None:
         page.note("No ensemble was tried (a search of an earlier version, or one that has not finished).")
         return
     reason = html.escape(str(ensemble.get("reason", "")))
+    concatenated = describe_concatenated(ensemble)
     if not ensemble.get("kept"):
         page.add(f"<p>None kept: {reason}.</p>")
+        if concatenated:
+            page.add(f"<p>{html.escape(concatenated)}</p>")
         return
     page.add(
         f"<p>Kept, and what <code>automl_tl.load()</code> returns: the weighted average of the class "
@@ -402,6 +406,8 @@ def _ensemble_section(page: _Page, ensemble: dict[str, Any] | None) -> None:
         f"{html.escape(str(ensemble.get('candidates')))} finished trials; {reason}. The test figures below are "
         "the ensemble's.</p>"
     )
+    if concatenated:
+        page.add(f"<p>{html.escape(concatenated)}</p>")
     members = pd.DataFrame(ensemble["members"], columns=["trial", "backbone", "strategy", "weight"])
     page.add(members.to_html(index=False, border=0, classes="grid", escape=True))
 

@@ -28,7 +28,7 @@ from automl_tl.layout import (
     SUMMARY_FILE,
 )
 from automl_tl.results.model_io import model_dir_of
-from automl_tl.results.report import describe_skipped
+from automl_tl.results.report import describe_concatenated, describe_skipped
 from automl_tl.strategies import LINEAR_PROBE, STRATEGIES, current_names
 
 #: below this many test examples, the card warns that the test numbers are rough
@@ -261,8 +261,10 @@ def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
     ensemble = (summary or {}).get("ensemble")
     if not ensemble:
         return []
+    concatenated = describe_concatenated(ensemble)
     if not ensemble.get("kept"):
-        return ["## Ensemble", "", f"None: {plain(ensemble.get('reason', 'not recorded'))}.", ""]
+        lines = ["## Ensemble", "", f"None: {plain(ensemble.get('reason', 'not recorded'))}.", ""]
+        return lines + ([plain(concatenated), ""] if concatenated else [])
     checked = ensemble.get("cross_validated") or {}
     metric = str(checked.get("metric", summary.get("metric", "accuracy"))).replace("_", " ")
     lines = [
@@ -276,6 +278,7 @@ def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
         f"{_number(checked.get('single'))} for the best single model. The test figures below are the "
         "ensemble's; the Model section describes its best member.",
         "",
+        *([plain(concatenated), ""] if concatenated else []),
         "| trial | backbone | strategy | weight |",
         "|---|---|---|---|",
     ]

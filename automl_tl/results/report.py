@@ -23,6 +23,7 @@ from automl_tl.layout import (
     TRANSFERABILITY_MD,
 )
 from automl_tl.metrics import signed
+from automl_tl.results.concatenated import CONCATENATED_FEATURES
 from automl_tl.strategies import used_parameters
 from automl_tl.train.executor import STOP_CALLBACK
 
@@ -212,6 +213,31 @@ def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
             path,
         )
     return path
+
+
+def describe_concatenated(ensemble: dict[str, Any] | None) -> str | None:
+    """The sentence the report and the card say about the concatenated-feature probe of a search's ensemble
+    record: which backbones it joins, and whether the kept ensemble includes it or why it is no member; None
+    when the record says nothing of it (an earlier version's)."""
+    ensemble = ensemble or {}
+    probe = ensemble.get("concatenated_features")
+    if not probe:
+        return None
+    joined = [m for m in ensemble.get("members") or [] if m.get("kind") == CONCATENATED_FEATURES]
+    if joined:
+        member = joined[0]
+        return (
+            f"The ensemble includes a logistic-regression probe on the concatenated embeddings of "
+            f"{' and '.join(member.get('backbones') or [member.get('backbone')])} (weight {member.get('weight')}): "
+            "one linear layer on their frozen bodies' normalised features side by side."
+        )
+    backbones = " and ".join(probe.get("backbones") or [])
+    if probe.get("candidate"):
+        return (
+            f"A logistic-regression probe on the concatenated embeddings of {backbones} was a candidate, "
+            "and not chosen."
+        )
+    return f"No probe on concatenated embeddings was tried: {probe.get('reason', 'not recorded')}."
 
 
 def describe_skipped(counts: dict[str, Any] | None) -> str | None:
