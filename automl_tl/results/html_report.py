@@ -37,6 +37,7 @@ from automl_tl.results.report import (
     TEST_EVALUATION_ATTR,
     TRANSFERABILITY_ATTR,
     best_accuracy_by_backbone,
+    describe_candidates,
     describe_concatenated,
     describe_skipped,
     leaderboard,
@@ -403,7 +404,7 @@ def _ensemble_section(page: _Page, ensemble: dict[str, Any] | None) -> None:
     page.add(
         f"<p>Kept, and what <code>automl_tl.load()</code> returns: the weighted average of the class "
         f"probabilities of {len(ensemble['members'])} models, chosen by greedy ensemble selection among "
-        f"{html.escape(str(ensemble.get('candidates')))} finished trials; {reason}. The test figures below are "
+        f"{html.escape(describe_candidates(ensemble))}; {reason}. The test figures below are "
         "the ensemble's.</p>"
     )
     if concatenated:

@@ -215,6 +215,15 @@ def write_skipped(run_dir: Path, skipped: Sequence[SkippedRow]) -> Path:
     return path
 
 
+def describe_candidates(ensemble: dict[str, Any]) -> str:
+    """What greedy selection chose among, in words: "7 candidates (6 finished trials and a probe on
+    concatenated features)", or "6 finished trials"."""
+    count = ensemble.get("candidates")
+    if not (ensemble.get("concatenated_features") or {}).get("candidate") or not isinstance(count, int):
+        return f"{count} finished trials"
+    return f"{count} candidates ({count - 1} finished trials and a probe on concatenated features)"
+
+
 def describe_concatenated(ensemble: dict[str, Any] | None) -> str | None:
     """The sentence the report and the card say about the concatenated-feature probe of a search's ensemble
     record: which backbones it joins, and whether the kept ensemble includes it or why it is no member; None
