@@ -355,3 +355,16 @@ def test_an_ensemble_member_of_an_unknown_kind_is_refused(ensembled_run, tmp_pat
     (directory / ENSEMBLE_FILE).write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="field 'kind' is 'pickle'"):
         load_ensemble_dir(directory)
+
+
+def test_the_concatenated_probe_is_skipped_when_the_time_left_is_less_than_its_estimated_cost(concatenated_probe):
+    import time
+
+    search, candidates, labels, *_ = concatenated_probe
+    search._deadline = time.monotonic()  # (the trials' seconds say it costs more than nothing)
+    try:
+        probe, record = search._concatenated_candidate(candidates, labels)
+    finally:
+        search._deadline = None
+    assert probe is None and not record["candidate"]
+    assert record["reason"].startswith("skipped: it would take about")

@@ -1125,7 +1125,7 @@ class Search:
         """The probe on the concatenated features of the best-scoring backbones with frozen-body trials (see
         :mod:`automl_tl.search.concatenation`), fitted on the rows ``candidates`` were scored on, if two or more
         backbones have such trials and the time left allows it; and the record for the summary (why not)."""
-        joined = joinable(candidates)
+        joined = joinable([c for c in candidates if c.config is not None and c.config.backbone in self.backbones])
         if len(joined) < 2:
             names = sorted(
                 {c.config.backbone for c in candidates if c.config and get_strategy(c.config.strategy).frozen_body}
