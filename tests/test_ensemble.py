@@ -368,3 +368,24 @@ def test_the_concatenated_probe_is_skipped_when_the_time_left_is_less_than_its_e
         search._deadline = None
     assert probe is None and not record["candidate"]
     assert record["reason"].startswith("skipped: it would take about")
+
+
+def test_on_a_held_out_validation_split_the_probe_is_scored_there_and_kept_refitted_on_training_and_validation(
+    ensembled_run, concatenated_probe
+):
+    from automl_tl.search.concatenation import fit_concatenated_probe, joinable
+    from automl_tl.train.embedding_heads import head_logits
+
+    _, data, _ = ensembled_run
+    search, candidates, *_ = concatenated_probe
+    probe = fit_concatenated_probe(search.executor, search.backbones, joinable(candidates), data, False, seed=0)
+    assert probe.fitted_on == "train" and probe.probabilities.shape == (len(data.val), len(data.classes))
+    features = [
+        search.executor.features(search.backbones[c.backbone], c.input_options, data, data.val) for c in probe.configs
+    ]
+    scored = torch.softmax(head_logits(probe.fitted.module, np.hstack(features)), dim=1).numpy()
+    assert np.allclose(probe.probabilities, scored, atol=1e-5)
+    model, listed = search._concatenated_member(probe)  # (refit on: the member learns from the validation rows too)
+    assert listed["fitted_on"] == "train+validation" and listed["C"] == probe.fitted.details["C"]
+    refitted = model.parts[0][0].head.linear.weight.detach()
+    assert not torch.allclose(refitted, probe.fitted.module.heads[0].linear.weight.detach())
