@@ -28,7 +28,12 @@ from automl_tl.layout import (
     SUMMARY_FILE,
 )
 from automl_tl.results.model_io import model_dir_of
-from automl_tl.results.report import describe_self_training, describe_skipped
+from automl_tl.results.report import (
+    describe_candidates,
+    describe_concatenated,
+    describe_self_training,
+    describe_skipped,
+)
 from automl_tl.strategies import LINEAR_PROBE, STRATEGIES, current_names
 
 #: below this many test examples, the card warns that the test numbers are rough
@@ -276,8 +281,10 @@ def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
     ensemble = (summary or {}).get("ensemble")
     if not ensemble:
         return []
+    concatenated = describe_concatenated(ensemble)
     if not ensemble.get("kept"):
-        return ["## Ensemble", "", f"None: {plain(ensemble.get('reason', 'not recorded'))}.", ""]
+        lines = ["## Ensemble", "", f"None: {plain(ensemble.get('reason', 'not recorded'))}.", ""]
+        return lines + ([plain(concatenated), ""] if concatenated else [])
     checked = ensemble.get("cross_validated") or {}
     metric = str(checked.get("metric", summary.get("metric", "accuracy"))).replace("_", " ")
     lines = [
@@ -285,12 +292,13 @@ def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
         "",
         f"`automl_tl.load()` returns the weighted average of the class probabilities of "
         f"{len(ensemble['members'])} models (`{ENSEMBLE_DIR}/`), chosen by greedy ensemble selection with "
-        f"replacement (Caruana et al. 2004) among {ensemble.get('candidates')} finished trials on "
+        f"replacement (Caruana et al. 2004) among {describe_candidates(ensemble)} on "
         f"{ensemble.get('rows')} validation predictions (held-out or out-of-fold rows). On validation rows it was not chosen on "
         f"({checked.get('folds')}-fold), its {metric} was {_number(checked.get('ensemble'))} against "
         f"{_number(checked.get('single'))} for the best single model. The test figures below are the "
         "ensemble's; the Model section describes its best member.",
         "",
+        *([plain(concatenated), ""] if concatenated else []),
         "| trial | backbone | strategy | weight |",
         "|---|---|---|---|",
     ]
