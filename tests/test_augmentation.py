@@ -156,3 +156,28 @@ def test_specaugment_masks_a_frequency_band_and_a_time_span_of_training_clips_on
     silent = (clip[0] == 0).nonzero().flatten()  # noise is never exactly 0: a time mask's silence
     assert len(silent) > 0, "no time span masked"
     assert len(silent) <= 2 * 0.1 * 16000  # two spans of at most a tenth of the clip each
+
+
+def test_augmentation_is_pinned_from_the_command_line_and_python():
+    from automl_tl.cli import build_parser, search_estimator_params
+    from automl_tl.estimator import TransferClassifier
+
+    parser = build_parser()
+    assert search_estimator_params(parser.parse_args(["search"]))["augmentation"] is None  # the search chooses
+    pinned = search_estimator_params(parser.parse_args(["search", "--augmentation", "none"]))["augmentation"]
+    assert pinned == ["none"]
+    assert TransferClassifier(augmentation=pinned)._search_config(("*",)).augmentation == ("none",)
+    assert TransferClassifier(augmentation="mixup")._search_config(("*",)).augmentation == ("mixup",)
+    with pytest.raises(ConfigError, match="unknown augmentation 'flip'"):
+        TransferClassifier(augmentation="flip").check_params()
+
+
+def test_the_model_card_shows_augmentation_where_the_modality_offers_it():
+    from automl_tl.results.model_card import _relevant_parameters
+
+    fine_tuned = TrialConfig("b", 1, 1e-3, 1e-2, 2, strategy="full", augmentation=MIXUP).to_dict()
+    assert "augmentation" in _relevant_parameters(fine_tuned, "image")
+    assert "augmentation" not in _relevant_parameters({**fine_tuned, "augmentation": "none"}, "text")
+    assert "augmentation" not in _relevant_parameters(
+        TrialConfig("b", 1, 1e-3, 1e-2, 2, "linear_probe").to_dict(), "image"
+    )
