@@ -181,3 +181,15 @@ def test_the_model_card_shows_augmentation_where_the_modality_offers_it():
     assert "augmentation" not in _relevant_parameters(
         TrialConfig("b", 1, 1e-3, 1e-2, 2, "linear_probe").to_dict(), "image"
     )
+
+
+def test_every_backbone_s_preprocessor_applies_what_the_backbone_offers():
+    from automl_tl.augmentation import BATCH_AUGMENTATIONS
+
+    for backbone in get_registry().list_backbones():
+        if backbone.modality == "text" or not backbone.weights_available():
+            assert backbone.modality != "text" or backbone.augmentations == (NO_AUGMENTATION,)
+            continue
+        preprocessor = backbone.preprocessor(InputOptions())
+        for augmentation in set(backbone.augmentations) - set(BATCH_AUGMENTATIONS):
+            assert preprocessor.augmented(augmentation).augmentation == augmentation, backbone.name
