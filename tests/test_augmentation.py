@@ -45,6 +45,12 @@ def test_a_preprocessor_refuses_an_augmentation_it_does_not_offer():
         AudioPreprocessor(16000, 1.0).augmented(TRIVIAL_AUGMENT)
 
 
+def test_a_trial_is_refused_an_augmentation_its_backbone_does_not_offer(digits_bundle):
+    trial = TrialConfig("mobilenetv2_100", 1, 1e-3, 1e-2, 1, input_options=SMALL, augmentation=SPEC_AUGMENT)
+    with pytest.raises(ConfigError, match="mobilenetv2_100 offers no augmentation 'specaugment'"):
+        Executor(show_progress=False).fit(trial, get_registry().get_backbone("mobilenetv2_100"), digits_bundle)
+
+
 def test_mixup_mixes_inputs_and_gives_soft_targets():
     torch.manual_seed(0)
     inputs, targets = torch.randn(7, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5, 6])

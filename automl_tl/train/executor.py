@@ -47,7 +47,7 @@ from automl_tl.augmentation import BATCH_AUGMENTATIONS, MIXUP, NO_AUGMENTATION
 from automl_tl.backbone import Backbone, Preprocessor
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
-from automl_tl.errors import first_line
+from automl_tl.errors import ConfigError, first_line
 from automl_tl.inputs import InputOptions
 from automl_tl.metrics import all_metrics, class_weights, signed
 from automl_tl.strategies import FULL, LAST_K, get_strategy
@@ -686,6 +686,11 @@ class Executor:
         train_items = self.encoded(preprocessor, data, train_split)
         val_items = [] if refit else self.encoded(preprocessor, data, data.val)
         train_labels = torch.as_tensor(train_split.labels)
+        if config.augmentation not in backbone.augmentations:
+            raise ConfigError(
+                f"{backbone.name} offers no augmentation {config.augmentation!r}; expected one of "
+                f"{', '.join(backbone.augmentations)}"
+            )
         # (the training batches alone are augmented: validation goes through the plain preprocessor)
         by_batch = config.augmentation in BATCH_AUGMENTATIONS
         train_preprocessor = preprocessor.augmented(NO_AUGMENTATION if by_batch else config.augmentation)
