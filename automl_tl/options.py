@@ -34,6 +34,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from automl_tl.augmentation import AUGMENTATION_NAMES, AUGMENTATIONS
 from automl_tl.heads import HEAD_KINDS
 from automl_tl.inputs import MODALITIES
 from automl_tl.metrics import METRIC_NAMES
@@ -363,6 +364,18 @@ def search_options() -> tuple[SearchOption, ...]:
             choices=HEAD_KINDS,
             many=True,
             cli_default=list(HEAD_KINDS),
+        ),
+        SearchOption(
+            "augmentation",
+            "names?",
+            None,
+            "training-batch augmentations to search for the strategies that train the body; 'none' alone turns "
+            "augmentation off (default: the modality's: "
+            + "; ".join(f"{modality}: {' '.join(names)}" for modality, names in AUGMENTATIONS.items())
+            + ")",
+            flag="--augmentation",
+            choices=AUGMENTATION_NAMES,
+            many=True,
         ),
         SearchOption(
             "trial_timeout",

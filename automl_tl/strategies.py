@@ -30,8 +30,9 @@ BODY_FROZEN = "frozen"  # none: a head on the body's (cached) features
 BODY_LAST_GROUPS = "last groups"  # the last ``trained_groups`` layer groups (the ones nearest the head)
 BODY_ALL = "all"  # every layer group, whatever the depth
 
-#: the searched parameters a body that trains uses, and those of a head trained by gradient
-BODY_PARAMETERS = ("backbone_lr", "layer_decay")
+#: the searched parameters a body that trains uses (augmentation too: only a body that sees the batches is helped by
+#: it), and those of a head trained by gradient
+BODY_PARAMETERS = ("backbone_lr", "layer_decay", "augmentation")
 HEAD_PARAMETERS = ("head_lr", "head")
 #: used by an MLP head only
 MLP_HEAD_PARAMETERS = ("head_hidden", "head_dropout")
@@ -63,6 +64,12 @@ class Strategy:
     def runs_epochs(self) -> bool:
         """Whether trials train by epochs (every strategy but the embedding heads)."""
         return self.embedding_head is None
+
+    @property
+    def augmentable(self) -> bool:
+        """Whether training-batch augmentation can help: the body sees the batches (a frozen body's features are
+        computed once, un-augmented, and cached)."""
+        return not self.frozen_body
 
     @property
     def uses_depth(self) -> bool:
@@ -135,7 +142,7 @@ EMBEDDING_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.embeddi
 FROZEN_BODY_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.frozen_body)
 #: strategies that train the body, in the order they are preferred as a first fine-tuning trial
 FINE_TUNING_STRATEGIES = (LP_FT, FULL, LAST_K)
-_SHORT_NAMES = {"trained_groups": "groups", "layer_decay": "decay"}
+_SHORT_NAMES = {"trained_groups": "groups", "layer_decay": "decay", "augmentation": "aug"}
 
 #: Names that earlier versions gave what is now called otherwise, old -> new. The searched parameter was
 #: ``freeze_depth``, though it counts the layer groups that *train* (from the head), not those frozen; so were

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from automl_tl.augmentation import NO_AUGMENTATION, modality_augmentations
 from automl_tl.errors import AutomlTLError
 from automl_tl.files import read_json, write_text_atomic
 from automl_tl.layout import (
@@ -255,7 +256,8 @@ def _search_section(
         "|---|---|",
     ]
     chosen = current_names(config.get("trial_config") or {})  # (an earlier version's model: under today's names)
-    for name in _relevant_parameters(chosen):
+    modality = (config.get("backbone") or {}).get("modality")
+    for name in _relevant_parameters(chosen, modality):
         value = chosen.get(name)
         lines.append(f"| {name} | {f'{value:.3g}' if isinstance(value, float) else value} |")
     return lines + [""]
@@ -330,8 +332,9 @@ def _strategy_words(strategy: Any) -> str:
     return known.description if known is not None else plain(strategy if strategy is not None else "–")
 
 
-def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
-    """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
+def _relevant_parameters(trial_config: dict[str, Any], modality: str | None = None) -> list[str]:
+    """The trial parameters that shaped the chosen model (a linear probe never used the body's, a text model
+    has no augmentation to choose)."""
     strategy = trial_config.get("strategy")
     known = STRATEGIES.get(strategy)
     searched = known.parameters if known else ("trained_groups", "backbone_lr", "layer_decay", "head_lr")
@@ -340,6 +343,8 @@ def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
         names.append("epochs")
     if known is not None and (known.name == LINEAR_PROBE or known.probe_first):
         names.append("probe_passes")
+    if modality_augmentations(str(modality)) == (NO_AUGMENTATION,):
+        names = [name for name in names if name != "augmentation"]
     return [name for name in names if name in trial_config]
 
 

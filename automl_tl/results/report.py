@@ -39,6 +39,7 @@ PARAMETERS = [
     "head",
     "head_hidden",
     "head_dropout",
+    "augmentation",
 ]
 #: Study user attributes that hold what the report needs beyond the trials (see ``Search._finish``):
 TEST_EVALUATION_ATTR = "test_evaluation"  # the best model on the test set: metrics, confusion matrix, per class

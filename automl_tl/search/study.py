@@ -35,6 +35,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
+from automl_tl.augmentation import NO_AUGMENTATION
 from automl_tl.backbone import Backbone
 from automl_tl.config import SearchConfig, TrialConfig, check_storage_url
 from automl_tl.data.bundle import VALIDATION_HOLDOUT, DatasetBundle, Split
@@ -344,6 +345,9 @@ class Search:
                 metric,
                 ", with a class-weighted loss" if weighted else "",
             )
+        # the augmentations every candidate offers (a plugin's backbone may offer fewer than its modality)
+        offered = [set(self.backbones[name].augmentations) for name in candidates]
+        augmentations = [a for a in self.backbones[candidates[0]].augmentations if all(a in o for o in offered)]
         return SearchSpace.from_config(
             self.config,
             candidates,
@@ -352,7 +356,16 @@ class Search:
             validation=self.data.validation,
             metric=metric,
             class_weighted=weighted,
+            augmentations=augmentations,
         )
+
+    def _augmented_as_stored(self, space: SearchSpace, stored_space: dict[str, Any]) -> SearchSpace:
+        """``space`` without augmentation where the study was made before augmentation was searched (its stored
+        space holds none) and the user did not ask for any: such a study resumes as it was made."""
+        if "augmentations" in stored_space or self.config.augmentation is not None or not space.draws_augmentation:
+            return space
+        logger.info("the study was made before augmentation was searched: it goes on without augmentation")
+        return replace(space, augmentations=(NO_AUGMENTATION,))
 
     def _keeps_stored_backbones(self, stored_space: dict[str, Any]) -> bool:
         """Whether a resumed study goes on with the backbones it was made with, although this run's pre-ranking
@@ -361,7 +374,7 @@ class Search:
         stored = list(stored_space.get("backbones") or [])
         if self.ranking is None or not stored or not set(stored) <= set(self.backbones):
             return False
-        space = self._space_for(stored)
+        space = self._augmented_as_stored(self._space_for(stored), stored_space)
         if space.to_dict() != stored_space:
             return False
         logger.info(
@@ -407,6 +420,8 @@ class Search:
         stored_data = study.user_attrs.get("data_fingerprint")
         stored_space = study.user_attrs.get("search_space")
         stored_space = None if stored_space is None else current_names(stored_space)
+        if stored_space is not None:
+            self.space = self._augmented_as_stored(self.space, stored_space)
         if stored_data is None:
             study.set_user_attr("data_fingerprint", self.data.fingerprint)
             study.set_user_attr("search_space", self.space.to_dict())

@@ -16,6 +16,11 @@ has too few labels to hold any out; their history has one "epoch".
 Both use AdamW, linear warm-up then cosine decay, gradient clipping, per-epoch validation
 reported through ``on_epoch``, early stopping, a deadline checked per batch, and restore
 the best epoch's weights. Mixed precision on CUDA.
+
+Fine-tuning's training batches get the trial's augmentation (:mod:`automl_tl.augmentation`): the preprocessor's
+own (:meth:`~automl_tl.backbone.Preprocessor.augmented`) when they are collated, and mixup/CutMix (timm's
+``Mixup``) once they are on the device, with soft targets the loss takes as they are. Validation batches and the
+cached features of the head-on-features path are never augmented.
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
+from automl_tl.augmentation import BATCH_AUGMENTATIONS, MIXUP, NO_AUGMENTATION
 from automl_tl.backbone import Backbone, Preprocessor
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
-from automl_tl.errors import first_line
+from automl_tl.errors import ConfigError, first_line
 from automl_tl.inputs import InputOptions
 from automl_tl.metrics import all_metrics, class_weights, signed
 from automl_tl.strategies import FULL, LAST_K, get_strategy
@@ -242,6 +248,8 @@ class _Loop:
     val_examples: int = 0
     project: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # what the loop measured (``projected_epoch_seconds``)
+    #: mixes a training batch on the device: (inputs, class indices) -> (mixed inputs, soft targets); None: not mixed
+    mix: Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]] | None = None
 
 
 def _empty_result(
@@ -683,12 +691,20 @@ class Executor:
         train_items = self.encoded(preprocessor, data, train_split)
         val_items = [] if refit else self.encoded(preprocessor, data, data.val)
         train_labels = torch.as_tensor(train_split.labels)
+        if config.augmentation not in backbone.augmentations:
+            raise ConfigError(
+                f"{backbone.name} offers no augmentation {config.augmentation!r}; expected one of "
+                f"{', '.join(backbone.augmentations)}"
+            )
+        # (the training batches alone are augmented: validation goes through the plain preprocessor)
+        by_batch = config.augmentation in BATCH_AUGMENTATIONS
+        train_preprocessor = preprocessor.augmented(NO_AUGMENTATION if by_batch else config.augmentation)
 
         def batches(generator: torch.Generator) -> Iterator[tuple[Any, torch.Tensor]]:
             order = torch.randperm(len(train_items), generator=generator)
             for start in range(0, len(order), config.batch_size):
                 index = order[start : start + config.batch_size]
-                yield preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
+                yield train_preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
 
         def validate(deadline: float | None) -> torch.Tensor:
             return predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device, deadline)
@@ -705,6 +721,7 @@ class Executor:
             None if refit else data.val.labels,
             len(val_items),
             project=True,
+            mix=mixup(len(data.classes)) if config.augmentation == MIXUP else None,
         )
         history, best_state, stop_reason, seen = self._run_epochs(loop, config, config.epochs, on_epoch, deadline)
         extra.update(loop.notes, layer_groups=model.num_groups)
@@ -815,6 +832,7 @@ class Executor:
         schedule = torch.optim.lr_scheduler.LambdaLR(loop.optimizer, factor)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         weights = class_weights(loop.train_labels, loop.num_classes).to(self.device) if config.class_weighted else None
+        # (soft targets of a mixed batch too: each class's term weighed by its weight, averaged over the batch)
         loss_fn = nn.CrossEntropyLoss(weight=weights)
         trained = [p for group in loop.optimizer.param_groups for p in group["params"]]
 
@@ -871,6 +889,8 @@ class Executor:
                         progress.total = fitting
                         progress.refresh()
                 inputs, targets = move_to(inputs, self.device), targets.to(self.device)
+                if loop.mix is not None:
+                    inputs, targets = loop.mix(inputs, targets)
                 with autocast(self.device):
                     loss = loss_fn(loop.module(inputs).float(), targets)
                 if not torch.isfinite(loss):
@@ -972,6 +992,36 @@ class Executor:
         if left < 0:
             return 0
         return min(epochs, 1 + int(left // (1.1 * epoch_seconds)))
+
+
+#: mixup's and CutMix's Beta(alpha, alpha), one of the two drawn per batch at even odds (DeiT's recipe)
+MIXUP_ALPHA, CUTMIX_ALPHA = 0.8, 1.0
+
+
+def mixup(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """timm's ``Mixup`` (mixup or CutMix, no label smoothing) as a batch transform: a batch of images and its class
+    indices -> the mixed batch and its soft targets, ``(batch, num_classes)``. timm mixes each example with the
+    batch reversed and needs an even batch: the last example of an odd one is left unmixed, its target one-hot."""
+    from timm.data import Mixup
+
+    mix = Mixup(
+        mixup_alpha=MIXUP_ALPHA,
+        cutmix_alpha=CUTMIX_ALPHA,
+        switch_prob=0.5,
+        label_smoothing=0.0,
+        num_classes=num_classes,
+    )
+
+    def transform(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = nn.functional.one_hot(targets, num_classes).float()
+        even = len(targets) - len(targets) % 2
+        if even >= 2:
+            inputs = inputs.clone()
+            # (timm mixes in place: the view of the first ``even`` examples mixes them in ``inputs``)
+            _, soft[:even] = mix(inputs[:even], targets[:even])
+        return inputs, soft
+
+    return transform
 
 
 def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | None) -> tuple[TrialConfig, str] | None:
