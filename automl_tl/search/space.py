@@ -7,8 +7,8 @@ resumed and checked against the space it was made with. What people read (the le
 lines, ``best_params``) shows only the parameters a trial's strategy used: :func:`used_parameters`.
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
-fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the
-embeddings); ``trained_groups``, how many of the body's layer groups, counted from the head, train
+fine-tuning, LP-FT, with few labels nearest centroid and logistic regression on the
+embeddings, and when asked for BitFit and norm-only tuning); ``trained_groups``, how many of the body's layer groups, counted from the head, train
 (last-k and LP-FT; earlier versions called it ``freeze_depth``);
 the body's peak learning rate and its layer-wise decay; the head's learning rate; and the head's
 structure (linear, or an MLP with a searched hidden width and dropout).
@@ -35,11 +35,11 @@ from automl_tl.heads import HeadSpec
 from automl_tl.strategies import (
     EMBEDDING_STRATEGIES,
     FINE_TUNING_STRATEGIES,
-    FULL,
     LINEAR_PROBE,
     LOGISTIC_REGRESSION,
     NEAREST_CENTROID,
     current_names,
+    get_strategy,
 )
 
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
@@ -83,8 +83,9 @@ class SearchSpace:
         """
         groups = max_groups if config.max_trained_groups is None else min(config.max_trained_groups, max_groups)
         strategies = list(config.strategies)
-        if groups < max_groups and FULL in strategies:
-            strategies.remove(FULL)  # the user capped how much of the body may train
+        if groups < max_groups:
+            # The user capped how much of the body may train: not what trains some of every group (full, BitFit...).
+            strategies = [s for s in strategies if not get_strategy(s).trains_every_group]
         if groups == 0:
             # Nothing of the body may train: a head-only search, on cached features.
             strategies = [s for s in strategies if s in EMBEDDING_STRATEGIES] + [LINEAR_PROBE]

@@ -112,6 +112,7 @@ from automl_tl.train.executor import (
     STOP_OVER_BUDGET,
     STOP_TIME,
     Executor,
+    StrategyNotApplicable,
     TrialResult,
     predict_logits,
 )
@@ -600,6 +601,11 @@ class Search:
                 result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=deadline)
         except AutomlTLError:
             raise  # the user's problem (data, weights): stop the search with the message
+        except StrategyNotApplicable as exc:  # (norm-only of a body without norms): nothing to learn by running it
+            message = f"not run: {exc}"
+            trial.set_user_attr("error", message)
+            logger.info("trial %d %s", trial.number, message)
+            raise optuna.TrialPruned(message) from exc
         except Exception as exc:  # anything else fails this trial only
             logger.warning(
                 "trial %d failed: %s: %s",
