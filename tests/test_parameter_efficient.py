@@ -200,3 +200,131 @@ def test_strategies_from_the_command_line(tmp_path, digits_frame, capsys):
     board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
     assert set(board["strategy"]) <= {"bitfit", "norm_only"} and len(board) == 2
     assert "layer_decay" not in board.columns or board["layer_decay"].isna().all()
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+@pytest.fixture(scope="module")
+def bbc_bundle():
+    from automl_tl.data.bundle import prepare_dataset
+    from automl_tl.errors import AutomlTLError
+    from automl_tl_datasets.text import load_bbc_news
+
+    try:
+        frame = load_bbc_news()
+    except AutomlTLError as exc:
+        pytest.skip(str(exc))
+    frame = frame.groupby("label", group_keys=False).head(12).reset_index(drop=True)
+    bundle = prepare_dataset(frame, label_column="label", input_column="text", seed=0)
+    return dataclasses.replace(bundle, min_validation_per_class=0)
+
+
+TEXT = InputOptions(max_length=32)
+
+
+def minilm():
+    backbone = get_registry().get_backbone("all-MiniLM-L6-v2")
+    if not backbone.weights_available():
+        pytest.skip("offline MiniLM not installed")
+    return backbone
+
+
+def lora_config(**overrides) -> TrialConfig:
+    values = dict(backbone="all-MiniLM-L6-v2", strategy="lora", lora_rank=4, input_options=TEXT, batch_size=16)
+    return config(**{**values, "backbone_lr": 1e-3, **overrides})
+
+
+def test_lora_trains_the_adapters_and_the_head_only():
+    backbone = minilm()
+    model = backbone.build(num_classes=3)
+    set_trained_body(model, lora_config(), backbone.lora_targets)
+    model.train()
+    preprocessor = backbone.preprocessor(TEXT)
+    batch = preprocessor.collate(preprocessor.encode(["short text", "a somewhat longer text to pad"]), True)
+    torch.nn.functional.cross_entropy(model(batch), torch.tensor([0, 2])).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    adapters = {n for n in with_grad if n.startswith("body.")}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == with_grad
+    assert with_grad - adapters == {f"head.{n}" for n, _ in model.head.named_parameters()}
+    assert len(adapters) == 6 * 2 * 2  # A and B beside the query and value of each of the 6 layers
+    assert all(".lora_A." in n or ".lora_B." in n for n in adapters)
+    assert all(".attention.self.query." in n or ".attention.self.value." in n for n in adapters)
+
+
+def test_a_lora_trial_hands_on_a_merged_plain_model(executor, bbc_bundle, tmp_path):
+    backbone = minilm()
+    pristine = backbone.build(num_classes=len(bbc_bundle.classes))
+    result = executor.fit(lora_config(), backbone, bbc_bundle)
+    model = result.final_model()
+    assert set(model.state_dict()) == set(pristine.state_dict())  # no adapter left: the backbone's own names
+    changed = changed_entries(pristine, model)
+    assert changed and all(n.endswith(("query.weight", "value.weight")) for n in changed)  # the adapters, merged
+    save_model(
+        model,
+        tmp_path / "model",
+        {
+            "backbone": backbone.describe(),
+            "head": {"kind": "linear"},
+            "classes": bbc_bundle.classes,
+            "input_column": "text",
+            "input_options": {"max_length": 32},
+            "preprocessing": backbone.preprocessor(TEXT).describe(),
+        },
+    )
+    loaded = load_model_dir(tmp_path / "model", torch.device("cpu"))
+    preprocessor = backbone.preprocessor(TEXT)
+    items = executor.encoded(preprocessor, bbc_bundle, bbc_bundle.val)
+    expected = predict_logits(model, preprocessor, items, 32, executor.device)
+    assert torch.allclose(
+        predict_logits(loaded.model, preprocessor, items, 32, torch.device("cpu")), expected, atol=1e-5
+    )
+
+
+def test_lora_is_not_run_on_a_backbone_without_targets(executor, held_out_bundle):
+    assert get_registry().get_backbone("mobilenetv2_100").lora_targets == ()
+    with pytest.raises(StrategyNotApplicable, match="mobilenetv2_100 offers no layers for LoRA"):
+        executor.fit(config(strategy="lora"), get_registry().get_backbone("mobilenetv2_100"), held_out_bundle)
+
+
+def test_the_search_draws_lora_parameters_for_lora_trials_only():
+    asked = SearchConfig(backbones=("all-MiniLM-L6-v2",), strategies=("lora", "last_k"))
+    space = SearchSpace.from_config(asked, ["all-MiniLM-L6-v2"], 7, "text")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = []
+    for _ in range(20):
+        trial = study.ask()
+        drawn.append((suggest_trial_config(trial, space, asked), trial.params))
+    lora = [(c, p) for c, p in drawn if c.strategy == "lora"]
+    assert lora and len(lora) < len(drawn)
+    assert {c.lora_rank for c, _ in lora} <= {4, 8, 16} and all(0 <= c.lora_dropout <= 0.2 for c, _ in lora)
+    assert all("lora_rank" in p for _, p in lora) and not any(
+        "lora_rank" in p for c, p in drawn if c.strategy != "lora"
+    )
+    shown = used_parameters(lora[0][1])
+    assert {"lora_rank", "lora_alpha", "lora_dropout", "backbone_lr"} <= set(shown) and "layer_decay" not in shown
+
+
+def test_the_search_prunes_lora_of_a_backbone_without_targets_with_its_reason(tmp_path, digits_bundle):
+    from automl_tl import SearchConfig as Search
+    from automl_tl import run_search
+
+    search = Search(
+        backbones=("mobilenetv2_100",),
+        strategies=("lora",),
+        n_trials=2,
+        max_epochs=1,
+        heads=("linear",),
+        input_options=SMALL,
+        prerank=False,
+        refit=False,
+        ensemble=False,
+        calibrate=False,
+    )
+    with pytest.raises(Exception) as raised:
+        run_search(digits_bundle, search, tmp_path / "run")
+    board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    assert list(board["strategy"]) == ["lora", "lora"] and set(board["state"]) == {"PRUNED"}
+    assert all("not applicable: mobilenetv2_100 offers no layers for LoRA" in str(e) for e in board["error"])
+    message = str(raised.value)
+    assert "strategies asked for have nothing to train" in message and "offers no layers for LoRA" in message

@@ -8,7 +8,7 @@ lines, ``best_params``) shows only the parameters a trial's strategy used: :func
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
 fine-tuning, LP-FT, with few labels nearest centroid and logistic regression on the
-embeddings, and when asked for BitFit and norm-only tuning); ``trained_groups``, how many of the body's layer groups, counted from the head, train
+embeddings, and when asked for BitFit, norm-only tuning and LoRA, with its rank, alpha and dropout); ``trained_groups``, how many of the body's layer groups, counted from the head, train
 (last-k and LP-FT; earlier versions called it ``freeze_depth``);
 the body's peak learning rate and its layer-wise decay; the head's learning rate; and the head's
 structure (linear, or an MLP with a searched hidden width and dropout).
@@ -37,6 +37,7 @@ from automl_tl.strategies import (
     FINE_TUNING_STRATEGIES,
     LINEAR_PROBE,
     LOGISTIC_REGRESSION,
+    LORA,
     NEAREST_CENTROID,
     current_names,
     get_strategy,
@@ -45,6 +46,9 @@ from automl_tl.strategies import (
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
 HEAD_DROPOUT_RANGE = (0.0, 0.5)
+LORA_RANKS = (4, 8, 16)
+LORA_ALPHAS = (1.0, 2.0)  # alpha as a multiple of the rank: the adapters' output scaled by 1 or 2
+LORA_DROPOUT_RANGE = (0.0, 0.2)
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,17 @@ def suggest_trial_config(
         hidden=trial.suggest_int("head_hidden", *HEAD_HIDDEN_RANGE, log=True),
         dropout=trial.suggest_float("head_dropout", *HEAD_DROPOUT_RANGE),
     )
+    # LoRA's parameters, unlike the others, are drawn by LoRA trials only (and last): a search without LoRA draws
+    # exactly what it drew before LoRA was added (the same trials from the same seed, the same params stored).
+    lora = (
+        {
+            "lora_rank": trial.suggest_categorical("lora_rank", list(LORA_RANKS)),
+            "lora_alpha": trial.suggest_categorical("lora_alpha", list(LORA_ALPHAS)),
+            "lora_dropout": trial.suggest_float("lora_dropout", *LORA_DROPOUT_RANGE),
+        }
+        if strategy == LORA
+        else {}
+    )
     return TrialConfig(
         backbone=backbone,
         strategy=strategy,
@@ -199,6 +214,7 @@ def suggest_trial_config(
         input_options=search.input_options,
         metric=space.metric,
         class_weighted=space.class_weighted,
+        **lora,
     )
 
 

@@ -44,11 +44,12 @@ from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetB
 from automl_tl.errors import first_line
 from automl_tl.inputs import InputOptions
 from automl_tl.metrics import all_metrics, class_weights, signed
-from automl_tl.strategies import BODY_BIASES, BODY_NORMS, FULL, LAST_K, get_strategy
+from automl_tl.strategies import BODY_ADAPTERS, BODY_BIASES, BODY_NORMS, FULL, LAST_K, get_strategy
 from automl_tl.train.device import DeadlineReached, autocast, batched_inference, default_device, move_to
 from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.train.head_modules import build_head
+from automl_tl.train.lora import add_adapters, merge_adapters
 from automl_tl.transfer_model import TransferModel
 
 logger = logging.getLogger(__name__)
@@ -206,12 +207,22 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def set_trained_body(model: TransferModel, config: TrialConfig) -> None:
+def set_trained_body(model: TransferModel, config: TrialConfig, lora_targets: Sequence[str] = ()) -> None:
     """Make trainable what ``config``'s strategy trains (:attr:`Strategy.body <automl_tl.strategies.Strategy>`):
     the head, and the body's biases (BitFit), its normalisation layers' parameters (norm-only), or its last
-    ``trained_groups`` layer groups (all of them for full fine-tuning, none for a frozen body).
+    ``trained_groups`` layer groups (all of them for full fine-tuning, none for a frozen body), or LoRA adapters
+    added beside its ``lora_targets`` (the backbone's, see :attr:`Backbone.lora_targets`; merged by
+    :func:`~automl_tl.train.lora.merge_adapters` once trained).
     :class:`StrategyNotApplicable` when the body has none of the parameters the strategy trains."""
     body = get_strategy(config.strategy).body
+    if body == BODY_ADAPTERS:
+        if not lora_targets:
+            raise StrategyNotApplicable(f"{config.backbone} offers no layers for LoRA to adapt")
+        try:
+            add_adapters(model, lora_targets, config.lora_rank, config.lora_alpha, config.lora_dropout)
+        except ValueError as exc:
+            raise StrategyNotApplicable(f"{config.backbone}: {exc}") from exc
+        return
     if body not in (BODY_BIASES, BODY_NORMS):
         model.set_trained_groups(config.trained_depth(model.num_groups))
         return
@@ -240,10 +251,13 @@ def parameter_groups(model: TransferModel, config: TrialConfig, head_lr: float |
     groups = _with_and_without_decay(
         list(model.head.parameters()), config.head_lr if head_lr is None else head_lr, config.weight_decay
     )
+    if get_strategy(config.strategy).trains_few_parameters:
+        # Biases, norms or adapters, wherever they are: one rate (no layer decay: see FEW_BODY_PARAMETERS), and
+        # no layer groups to follow (adapters are not in them).
+        return groups + _with_and_without_decay(list(model.body.parameters()), config.backbone_lr, config.weight_decay)
     body = dict(model.body.named_parameters())
-    layer_decay = config.layer_decay if "layer_decay" in get_strategy(config.strategy).parameters else 1.0
     for distance, names in enumerate(reversed(model.layer_groups)):
-        lr = config.backbone_lr * layer_decay**distance
+        lr = config.backbone_lr * config.layer_decay**distance
         groups += _with_and_without_decay([body[name] for name in names], lr, config.weight_decay)
     return groups
 
@@ -695,7 +709,7 @@ class Executor:
         if probe_head is not None:
             model.head.load_state_dict(probe_head.state_dict())
             model.freeze_norm_statistics = True
-        set_trained_body(model, config)
+        set_trained_body(model, config, backbone.lora_targets)
         # LP-FT's second stage moves the head as gently as the body, so the probe is not undone.
         head_lr = config.backbone_lr if get_strategy(config.strategy).probe_first else config.head_lr
         optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
@@ -733,6 +747,8 @@ class Executor:
             config = replace(config, epochs=extra["epochs_fitted"])
         if best_state is not None:
             model.load_state_dict(best_state)
+            if get_strategy(config.strategy).body == BODY_ADAPTERS:
+                merge_adapters(model)  # the model handed on (saved, refitted, exported) is a plain one
             model.eval()
         result = TrialResult(
             config=config,
