@@ -328,3 +328,16 @@ def test_the_search_prunes_lora_of_a_backbone_without_targets_with_its_reason(tm
     assert all("not applicable: mobilenetv2_100 offers no layers for LoRA" in str(e) for e in board["error"])
     message = str(raised.value)
     assert "strategies asked for have nothing to train" in message and "offers no layers for LoRA" in message
+
+
+def test_lora_of_a_timm_vision_transformer_adapts_its_qkv():
+    from automl_tl_timm import TimmBackbone
+
+    vit = TimmBackbone("vit_tiny_patch16_224", weights="none")  # no offline ViT: its architecture, random weights
+    assert vit.lora_targets == ("qkv",) and TimmBackbone("mobilenetv2_100", weights="none").lora_targets == ()
+    model = vit.build(num_classes=3, pretrained=False)
+    set_trained_body(model, config(backbone=vit.name, strategy="lora"), vit.lora_targets)
+    model.train()
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 224, 224)), torch.tensor([0, 2])).backward()
+    with_grad = {n for n, p in model.body.named_parameters() if p.grad is not None}
+    assert len(with_grad) == 12 * 2 and all(".attn.qkv.lora_" in n for n in with_grad)  # 12 blocks, A and B
