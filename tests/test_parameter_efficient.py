@@ -200,6 +200,10 @@ def test_strategies_from_the_command_line(tmp_path, digits_frame, capsys):
     board = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
     assert set(board["strategy"]) <= {"bitfit", "norm_only"} and len(board) == 2
     assert "layer_decay" not in board.columns or board["layer_decay"].isna().all()
+    from automl_tl.results.model_card import render_model_card
+
+    card = render_model_card(tmp_path / "run")
+    assert any(get_strategy(name).description in card for name in ("bitfit", "norm_only"))
 
 
 # ---------------------------------------------------------------- LoRA
