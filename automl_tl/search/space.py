@@ -8,7 +8,8 @@ lines, ``best_params``) shows only the parameters a trial's strategy used: :func
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
 fine-tuning, LP-FT, with few labels nearest centroid and logistic regression on the
-embeddings, and when asked for BitFit, norm-only tuning and LoRA, with its rank, alpha and dropout); ``trained_groups``, how many of the body's layer groups, counted from the head, train
+embeddings, and when asked for BitFit, norm-only tuning and LoRA, with its rank, alpha and dropout);
+``trained_groups``, how many of the body's layer groups, counted from the head, train
 (last-k and LP-FT; earlier versions called it ``freeze_depth``);
 the body's peak learning rate and its layer-wise decay; the head's learning rate; and the head's
 structure (linear, or an MLP with a searched hidden width and dropout).

@@ -5,8 +5,9 @@ trial's head, then one of two paths that share the same epoch loop:
 
 * **head on features** (linear probe, and the first stage of LP-FT): the frozen body's features
   come from the on-disk :class:`~automl_tl.train.feature_cache.FeatureCache`, and only the head trains;
-* **fine-tuning** (last-k groups, full; BitFit and norm-only): the body runs on every batch and the trained
-  groups learn at layer-wise decayed rates (BitFit's biases and norm-only's norms at one rate).
+* **fine-tuning** (last-k groups, full; BitFit, norm-only, LoRA): the body runs on every batch and the trained
+  groups learn at layer-wise decayed rates (BitFit's biases, norm-only's norms and LoRA's adapters at one rate;
+  LoRA's adapters are merged into the body once the best epoch is restored).
 
 The embedding strategies (nearest centroid, logistic regression) take a third, shorter path: the
 head is fitted in one go on the same cached features (:mod:`automl_tl.train.embedding_heads`) and
@@ -677,7 +678,7 @@ class Executor:
         deadline: float | None,
         refit: bool,
     ) -> TrialResult:
-        """Last-k, full fine-tuning, LP-FT, BitFit and norm-only: the body runs on every batch."""
+        """Last-k, full fine-tuning, LP-FT, BitFit, norm-only and LoRA: the body runs on every batch."""
         started, cpu_started = time.perf_counter(), time.process_time()
         extra: dict[str, Any] = {"fitted_on": FITTED_ON_TRAIN_AND_VAL} if refit else {}
         train_split = data.train_and_val() if refit else data.train
@@ -1020,7 +1021,7 @@ def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | N
         return replace(config, input_options=options), change
     groups = config.trained_depth(layer_groups) if layer_groups else config.trained_groups
     strategy_record = get_strategy(config.strategy)
-    # (BitFit and norm-only cost a whole body's forward and backward pass whatever the groups: none fewer to train)
+    # (BitFit, norm-only and LoRA cost a whole body's forward and backward pass: no fewer groups to train)
     if strategy_record.frozen_body or strategy_record.trains_few_parameters or groups < 2:
         return None
     strategy = LAST_K if config.strategy == FULL else config.strategy
