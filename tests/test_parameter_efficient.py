@@ -345,3 +345,44 @@ def test_lora_of_a_timm_vision_transformer_adapts_its_qkv():
     torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 224, 224)), torch.tensor([0, 2])).backward()
     with_grad = {n for n, p in model.body.named_parameters() if p.grad is not None}
     assert len(with_grad) == 12 * 2 and all(".attn.qkv.lora_" in n for n in with_grad)  # 12 blocks, A and B
+
+
+def test_lora_of_a_transformers_audio_encoder_adapts_its_query_and_value(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from automl_tl_audio.hf_audio import TransformersAudioBackbone
+
+    tiny = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2Model(tiny).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(tmp_path)
+    backbone = TransformersAudioBackbone("test/wav2vec2", tmp_path)
+    model = backbone.build(num_classes=4)
+    pristine = {name: tensor.clone() for name, tensor in model.body.state_dict().items()}
+    set_trained_body(model, config(backbone=backbone.name, strategy="lora", lora_rank=2), backbone.lora_targets)
+    batch = backbone.preprocessor(InputOptions(clip_seconds=0.5)).collate([torch.randn(12000)] * 2, train=True)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config(strategy="lora", backbone_lr=1e-2)))
+    model.train()
+    torch.nn.functional.cross_entropy(model(batch), torch.tensor([0, 2])).backward()
+    with_grad = {n for n, p in model.body.named_parameters() if p.grad is not None}
+    assert len(with_grad) == 2 * 2 * 2 and all(".q_proj.lora_" in n or ".v_proj.lora_" in n for n in with_grad)
+    optimizer.step()
+    with torch.no_grad():
+        adapted = model.eval()(batch)
+    from automl_tl.train.lora import merge_adapters
+
+    merge_adapters(model)
+    assert set(model.body.state_dict()) == set(pristine)
+    changed = {n for n, t in model.body.state_dict().items() if not torch.equal(t, pristine[n])}
+    assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), adapted, atol=1e-5, rtol=1e-4)
