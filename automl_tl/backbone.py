@@ -185,6 +185,9 @@ class Backbone(ABC):
     name: str
     #: one of :data:`MODALITIES`
     modality: str
+    #: the names (last part of the module path) of the body's linear layers that LoRA adapts, e.g. a transformer's
+    #: attention ``query`` and ``value``; empty: LoRA is not offered for this backbone (trials are pruned at once)
+    lora_targets: tuple[str, ...] = ()
 
     @property
     @abstractmethod

@@ -149,6 +149,11 @@ class TrialConfig:
 
     Both are saved as a :class:`~automl_tl.train.head_modules.NormalisedLinearHead`.
 
+    * ``bitfit``: the body's bias parameters and the head train, at ``backbone_lr`` and ``head_lr``.
+    * ``norm_only``: the weights and biases of the body's normalisation layers and the head train.
+    * ``lora``: low-rank adapters (rank ``lora_rank``, scale ``lora_alpha * lora_rank``, ``lora_dropout`` on their
+      input) beside the backbone's ``lora_targets`` train with the head; they are merged into the body after.
+
     The two embedding strategies always get their own head (``Strategy.embedding_head``), whatever ``head`` says.
 
     Trained body groups get ``backbone_lr`` times ``layer_decay`` to the power of their distance from
@@ -180,6 +185,9 @@ class TrialConfig:
     class_weighted: bool = False  # weigh each class inversely to its frequency in the training loss
     #: what the training batches get (automl_tl.augmentation); configs saved before it was searched hold none
     augmentation: str = NO_AUGMENTATION
+    lora_rank: int = 8  # the rank of LoRA's adapters
+    lora_alpha: float = 2.0  # LoRA's alpha as a multiple of the rank (the adapters' output is scaled by alpha / rank)
+    lora_dropout: float = 0.0  # dropout on the adapters' input
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_NAMES:
@@ -193,6 +201,11 @@ class TrialConfig:
             object.__setattr__(self, "augmentation", NO_AUGMENTATION)  # cached features: nothing to augment
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"layer-wise learning-rate decay must be in (0, 1], got {self.layer_decay}")
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(
+                f"LoRA needs a rank >= 1, alpha > 0 and dropout in [0, 1), got {self.lora_rank}, "
+                f"{self.lora_alpha} and {self.lora_dropout}"
+            )
         if self.epochs < 1 or self.probe_passes < 1:
             raise ConfigError(f"epochs and probe passes must be at least 1, got {self.epochs} and {self.probe_passes}")
         if strategy.embedding_head is not None and self.head.kind != strategy.embedding_head:

@@ -349,7 +349,8 @@ def search_options() -> tuple[SearchOption, ...]:
             "strategies",
             "names?",
             None,
-            f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})",
+            f"adaptation strategies to search (default: {' '.join(DEFAULT_STRATEGIES)}; also: "
+            f"{' '.join(s for s in STRATEGY_NAMES if s not in DEFAULT_STRATEGIES)})",
             flag="--strategies",
             choices=STRATEGY_NAMES,
             many=True,

@@ -7,8 +7,9 @@ resumed and checked against the space it was made with. What people read (the le
 lines, ``best_params``) shows only the parameters a trial's strategy used: :func:`used_parameters`.
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
-fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the
-embeddings); ``trained_groups``, how many of the body's layer groups, counted from the head, train
+fine-tuning, LP-FT, with few labels nearest centroid and logistic regression on the
+embeddings, and when asked for BitFit, norm-only tuning and LoRA, with its rank, alpha and dropout);
+``trained_groups``, how many of the body's layer groups, counted from the head, train
 (last-k and LP-FT; earlier versions called it ``freeze_depth``);
 the body's peak learning rate and its layer-wise decay; the head's learning rate; the head's
 structure (linear, or an MLP with a searched hidden width and dropout); and, for the strategies that train the
@@ -40,9 +41,9 @@ from automl_tl.heads import HeadSpec
 from automl_tl.strategies import (
     EMBEDDING_STRATEGIES,
     FINE_TUNING_STRATEGIES,
-    FULL,
     LINEAR_PROBE,
     LOGISTIC_REGRESSION,
+    LORA,
     NEAREST_CENTROID,
     current_names,
     get_strategy,
@@ -51,6 +52,9 @@ from automl_tl.strategies import (
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
 HEAD_DROPOUT_RANGE = (0.0, 0.5)
+LORA_RANKS = (4, 8, 16)
+LORA_ALPHAS = (1.0, 2.0)  # alpha as a multiple of the rank: the adapters' output scaled by 1 or 2
+LORA_DROPOUT_RANGE = (0.0, 0.2)
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,9 @@ class SearchSpace:
         """
         groups = max_groups if config.max_trained_groups is None else min(config.max_trained_groups, max_groups)
         strategies = list(config.strategies)
-        if groups < max_groups and FULL in strategies:
-            strategies.remove(FULL)  # the user capped how much of the body may train
+        if groups < max_groups:
+            # The user capped how much of the body may train: not what trains some of every group (full, BitFit...).
+            strategies = [s for s in strategies if not get_strategy(s).trains_every_group]
         if groups == 0:
             # Nothing of the body may train: a head-only search, on cached features.
             strategies = [s for s in strategies if s in EMBEDDING_STRATEGIES] + [LINEAR_PROBE]
@@ -221,6 +226,17 @@ def suggest_trial_config(
         if space.draws_augmentation and get_strategy(strategy).augmentable
         else space.augmentations[0]
     )
+    # LoRA's parameters, unlike the others, are drawn by LoRA trials only (and last): a search without LoRA draws
+    # exactly what it drew before LoRA was added (the same trials from the same seed, the same params stored).
+    lora = (
+        {
+            "lora_rank": trial.suggest_categorical("lora_rank", list(LORA_RANKS)),
+            "lora_alpha": trial.suggest_categorical("lora_alpha", list(LORA_ALPHAS)),
+            "lora_dropout": trial.suggest_float("lora_dropout", *LORA_DROPOUT_RANGE),
+        }
+        if strategy == LORA
+        else {}
+    )
     return TrialConfig(
         backbone=backbone,
         strategy=strategy,
@@ -236,6 +252,7 @@ def suggest_trial_config(
         metric=space.metric,
         class_weighted=space.class_weighted,
         augmentation=augmentation,
+        **lora,
     )
 
 

@@ -126,6 +126,7 @@ from automl_tl.train.executor import (
     STOP_OVER_BUDGET,
     STOP_TIME,
     Executor,
+    StrategyNotApplicable,
     TrialResult,
     predict_logits,
 )
@@ -156,6 +157,8 @@ MIN_CALIBRATION_ROWS = 20
 ENSEMBLE_RESERVE_MEMBERS = 4
 
 
+#: how a pruned trial's reason starts when its strategy had nothing to train in its backbone (never run)
+NOT_APPLICABLE = "not applicable: "
 #: a failed trial's reason when the time for it ran out before it had a model
 BUDGET_RAN_OUT = "the time budget ran out before the first epoch finished"
 
@@ -667,6 +670,11 @@ class Search:
                 result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=deadline)
         except AutomlTLError:
             raise  # the user's problem (data, weights): stop the search with the message
+        except StrategyNotApplicable as exc:  # (norm-only of a body without norms): nothing to learn by running it
+            message = f"{NOT_APPLICABLE}{exc}"
+            trial.set_user_attr("error", message)
+            logger.info("trial %d %s", trial.number, message)
+            raise optuna.TrialPruned(message) from exc
         except Exception as exc:  # anything else fails this trial only
             logger.warning(
                 "trial %d failed: %s: %s",
@@ -955,6 +963,13 @@ class Search:
             (str(t.user_attrs.get("error") or "").strip() or "no reason recorded").splitlines()[0] for t in failed
         )
         where = f"the leaderboard is in {self.run_dir}"
+        not_applicable = [str(t.user_attrs.get("error") or "") for t in trials]
+        if trials and all(reason.startswith(NOT_APPLICABLE) for reason in not_applicable):
+            return (
+                f"no trial finished: the strategies asked for have nothing to train in the backbones searched "
+                f"({_shortened(not_applicable[0][len(NOT_APPLICABLE) :], 200)}); choose other strategies or "
+                f"backbones ({where})"
+            )
         if reasons:
             reason, count = reasons.most_common(1)[0]
             if reason != BUDGET_RAN_OUT:  # a budget raised would not help a trial that fails on its own

@@ -5,8 +5,9 @@ trial's head, then one of two paths that share the same epoch loop:
 
 * **head on features** (linear probe, and the first stage of LP-FT): the frozen body's features
   come from the on-disk :class:`~automl_tl.train.feature_cache.FeatureCache`, and only the head trains;
-* **fine-tuning** (last-k groups, full): the body runs on every batch and the trained groups
-  learn at layer-wise decayed rates.
+* **fine-tuning** (last-k groups, full; BitFit, norm-only, LoRA): the body runs on every batch and the trained
+  groups learn at layer-wise decayed rates (BitFit's biases, norm-only's norms and LoRA's adapters at one rate;
+  LoRA's adapters are merged into the body once the best epoch is restored).
 
 The embedding strategies (nearest centroid, logistic regression) take a third, shorter path: the
 head is fitted in one go on the same cached features (:mod:`automl_tl.train.embedding_heads`) and
@@ -50,11 +51,12 @@ from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetB
 from automl_tl.errors import ConfigError, first_line
 from automl_tl.inputs import InputOptions
 from automl_tl.metrics import all_metrics, class_weights, signed
-from automl_tl.strategies import FULL, LAST_K, get_strategy
+from automl_tl.strategies import BODY_ADAPTERS, BODY_BIASES, BODY_NORMS, FULL, LAST_K, get_strategy
 from automl_tl.train.device import DeadlineReached, autocast, batched_inference, default_device, move_to
 from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.train.head_modules import build_head
+from automl_tl.train.lora import add_adapters, merge_adapters
 from automl_tl.transfer_model import TransferModel
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,11 @@ CHEAPER_ATTEMPTS = 2
 
 #: words of the RuntimeErrors that mean an allocation failed (CUDA, MPS, and torch's CPU allocator)
 _OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory")
+
+
+class StrategyNotApplicable(ValueError):
+    """A trial's strategy has nothing of its backbone to train (norm-only tuning of a body with no normalisation
+    layer, say): the search prunes it at once, with this message as its reason."""
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -207,6 +214,34 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def set_trained_body(model: TransferModel, config: TrialConfig, lora_targets: Sequence[str] = ()) -> None:
+    """Make trainable what ``config``'s strategy trains (:attr:`Strategy.body <automl_tl.strategies.Strategy>`):
+    the head, and the body's biases (BitFit), its normalisation layers' parameters (norm-only), or its last
+    ``trained_groups`` layer groups (all of them for full fine-tuning, none for a frozen body), or LoRA adapters
+    added beside its ``lora_targets`` (the backbone's, see :attr:`Backbone.lora_targets`; merged by
+    :func:`~automl_tl.train.lora.merge_adapters` once trained).
+    :class:`StrategyNotApplicable` when the body has none of the parameters the strategy trains."""
+    body = get_strategy(config.strategy).body
+    if body == BODY_ADAPTERS:
+        if not lora_targets:
+            raise StrategyNotApplicable(f"{config.backbone} offers no layers for LoRA to adapt")
+        try:
+            add_adapters(model, lora_targets, config.lora_rank, config.lora_alpha, config.lora_dropout)
+        except ValueError as exc:
+            raise StrategyNotApplicable(f"{config.backbone}: {exc}") from exc
+        return
+    if body not in (BODY_BIASES, BODY_NORMS):
+        model.set_trained_groups(config.trained_depth(model.num_groups))
+        return
+    names = model.bias_names() if body == BODY_BIASES else model.norm_parameter_names()
+    if not names:
+        kind = "bias parameters" if body == BODY_BIASES else "normalisation layers"
+        raise StrategyNotApplicable(f"{config.backbone} has no {kind} for {config.strategy} to train")
+    model.set_trained_parameters(names)  # (a batch norm's statistics follow its parameters: see TransferModel.train)
+    if body == BODY_BIASES:
+        model.freeze_norm_statistics = True  # biases alone change: the batch norms keep their statistics
+
+
 def _with_and_without_decay(parameters: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
     # Biases and normalisation weights (1-D) get no weight decay.
     decay = [p for p in parameters if p.requires_grad and p.ndim >= 2]
@@ -218,10 +253,15 @@ def _with_and_without_decay(parameters: list[nn.Parameter], lr: float, weight_de
 
 def parameter_groups(model: TransferModel, config: TrialConfig, head_lr: float | None = None) -> list[dict[str, Any]]:
     """AdamW groups: the head at ``head_lr`` (default ``config.head_lr``); each trained body layer group
-    at ``backbone_lr * layer_decay ** k``, k counting groups down from the top one."""
+    at ``backbone_lr * layer_decay ** k``, k counting groups down from the top one (for the strategies that
+    use ``layer_decay``; the others train the whole body at ``backbone_lr``)."""
     groups = _with_and_without_decay(
         list(model.head.parameters()), config.head_lr if head_lr is None else head_lr, config.weight_decay
     )
+    if get_strategy(config.strategy).trains_few_parameters:
+        # Biases, norms or adapters, wherever they are: one rate (no layer decay: see FEW_BODY_PARAMETERS), and
+        # no layer groups to follow (adapters are not in them).
+        return groups + _with_and_without_decay(list(model.body.parameters()), config.backbone_lr, config.weight_decay)
     body = dict(model.body.named_parameters())
     for distance, names in enumerate(reversed(model.layer_groups)):
         lr = config.backbone_lr * config.layer_decay**distance
@@ -651,7 +691,7 @@ class Executor:
         deadline: float | None,
         refit: bool,
     ) -> TrialResult:
-        """Last-k, full fine-tuning and LP-FT: the body runs on every batch."""
+        """Last-k, full fine-tuning, LP-FT, BitFit, norm-only and LoRA: the body runs on every batch."""
         started, cpu_started = time.perf_counter(), time.process_time()
         extra: dict[str, Any] = {"fitted_on": FITTED_ON_TRAIN_AND_VAL} if refit else {}
         train_split = data.train_and_val() if refit else data.train
@@ -683,7 +723,7 @@ class Executor:
         if probe_head is not None:
             model.head.load_state_dict(probe_head.state_dict())
             model.freeze_norm_statistics = True
-        model.set_trained_groups(config.trained_depth(model.num_groups))
+        set_trained_body(model, config, backbone.lora_targets)
         # LP-FT's second stage moves the head as gently as the body, so the probe is not undone.
         head_lr = config.backbone_lr if get_strategy(config.strategy).probe_first else config.head_lr
         optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
@@ -715,7 +755,8 @@ class Executor:
             math.ceil(len(train_items) / config.batch_size),
             batches,
             None if refit else validate,
-            f"{config.backbone} {config.strategy} groups={config.trained_depth(model.num_groups)}",
+            f"{config.backbone} {config.strategy}"
+            + (f" groups={config.trained_depth(model.num_groups)}" if get_strategy(config.strategy).uses_depth else ""),
             len(data.classes),
             train_split.labels,
             None if refit else data.val.labels,
@@ -729,6 +770,8 @@ class Executor:
             config = replace(config, epochs=extra["epochs_fitted"])
         if best_state is not None:
             model.load_state_dict(best_state)
+            if get_strategy(config.strategy).body == BODY_ADAPTERS:
+                merge_adapters(model)  # the model handed on (saved, refitted, exported) is a plain one
             model.eval()
         result = TrialResult(
             config=config,
@@ -1032,7 +1075,9 @@ def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | N
         options, change = smaller
         return replace(config, input_options=options), change
     groups = config.trained_depth(layer_groups) if layer_groups else config.trained_groups
-    if get_strategy(config.strategy).frozen_body or groups < 2:
+    strategy_record = get_strategy(config.strategy)
+    # (BitFit, norm-only and LoRA cost a whole body's forward and backward pass: no fewer groups to train)
+    if strategy_record.frozen_body or strategy_record.trains_few_parameters or groups < 2:
         return None
     strategy = LAST_K if config.strategy == FULL else config.strategy
     return (
