@@ -4,7 +4,8 @@ A :class:`Backbone` is a cheap description (no weights loaded) that knows:
 
 * its ``modality`` ("image", "text" or "audio") and where its weights come from;
 * how to build a :class:`~automl_tl.transfer_model.TransferModel` (pretrained body + fresh head for N classes);
-* how its inputs are prepared (a :class:`Preprocessor`);
+* how its inputs are prepared (a :class:`Preprocessor`), and which training-batch augmentations the search may
+  choose for it (:attr:`Backbone.augmentations`, see :mod:`automl_tl.augmentation`);
 * its embedding size;
 * its body's **layer groups**, ordered from input to output, so that *trained groups*
   ("how many of the groups, counted from the head, train"; 0 = head only) means the same everywhere;
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from automl_tl.augmentation import NO_AUGMENTATION, modality_augmentations
 from automl_tl.inputs import InputOptions
 
 if TYPE_CHECKING:
@@ -44,7 +46,33 @@ class Preprocessor(ABC):
     :meth:`encode` runs once per dataset (decode files, resize, tokenise) and its
     result is reused by every trial with the same preprocessing; :meth:`collate` runs
     per batch (stack, pad, normalise, augment when ``train``).
+
+    :attr:`augmentations` are those :meth:`augmented` can give (see :mod:`automl_tl.augmentation`); the
+    default preprocessor takes none.
     """
+
+    #: the augmentations of :mod:`automl_tl.augmentation` that :meth:`collate` applies to training batches
+    #: once :meth:`augmented` is asked for them ("none" always)
+    augmentations: tuple[str, ...] = (NO_AUGMENTATION,)
+    #: the augmentation this preprocessor's training batches get
+    augmentation: str = NO_AUGMENTATION
+
+    def augmented(self, augmentation: str) -> Preprocessor:
+        """A copy whose training batches (``collate(items, train=True)``) get ``augmentation``; validation and
+        prediction batches, and :meth:`encode`, stay as they are. ``ValueError`` for one not in
+        :attr:`augmentations`."""
+        if augmentation not in self.augmentations:
+            raise ValueError(
+                f"{type(self).__name__} offers no augmentation {augmentation!r}; expected one of "
+                f"{', '.join(self.augmentations)}"
+            )
+        if augmentation == self.augmentation:
+            return self
+        import copy
+
+        augmented = copy.copy(self)
+        augmented.augmentation = augmentation
+        return augmented
 
     @abstractmethod
     def encode(self, inputs: Sequence[Any]) -> list[Any]:
@@ -157,6 +185,9 @@ class Backbone(ABC):
     name: str
     #: one of :data:`MODALITIES`
     modality: str
+    #: the names (last part of the module path) of the body's linear layers that LoRA adapts, e.g. a transformer's
+    #: attention ``query`` and ``value``; empty: LoRA is not offered for this backbone (trials are pruned at once)
+    lora_targets: tuple[str, ...] = ()
 
     @property
     @abstractmethod
@@ -175,6 +206,14 @@ class Backbone(ABC):
     @abstractmethod
     def preprocessor(self, options: InputOptions) -> Preprocessor:
         """How this backbone's inputs are prepared, given the user's input options."""
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The training-batch augmentations the search may choose for this backbone, "none" first: its
+        modality's (:func:`~automl_tl.augmentation.modality_augmentations`; a text backbone's: none). Those other
+        than the executor's batch augmentations (mixup) must be among its preprocessor's
+        :attr:`Preprocessor.augmentations`; a plugin with a preprocessor of its own narrows this to what it takes."""
+        return modality_augmentations(self.modality)
 
     def cheaper_input(self, options: InputOptions) -> tuple[InputOptions, str] | None:
         """Input options that make this backbone about half as costly per example, and what changed (for

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from automl_tl.augmentation import AUGMENTATION_NAMES, NO_AUGMENTATION
 from automl_tl.errors import ConfigError
 from automl_tl.heads import HEAD_KINDS, HeadSpec
 from automl_tl.inputs import InputOptions
@@ -148,10 +149,18 @@ class TrialConfig:
 
     Both are saved as a :class:`~automl_tl.train.head_modules.NormalisedLinearHead`.
 
+    * ``bitfit``: the body's bias parameters and the head train, at ``backbone_lr`` and ``head_lr``.
+    * ``norm_only``: the weights and biases of the body's normalisation layers and the head train.
+    * ``lora``: low-rank adapters (rank ``lora_rank``, scale ``lora_alpha * lora_rank``, ``lora_dropout`` on their
+      input) beside the backbone's ``lora_targets`` train with the head; they are merged into the body after.
+
     The two embedding strategies always get their own head (``Strategy.embedding_head``), whatever ``head`` says.
 
     Trained body groups get ``backbone_lr`` times ``layer_decay`` to the power of their distance from
     the top group (layer-wise learning-rate decay; 1.0 = one rate for the whole body).
+
+    ``augmentation`` (see :mod:`automl_tl.augmentation`) acts on the training batches of a body that trains; a
+    frozen body's cached features are never augmented, so it is "none" for those strategies whatever is given.
     """
 
     backbone: str
@@ -174,13 +183,29 @@ class TrialConfig:
     input_options: InputOptions = field(default_factory=InputOptions)
     metric: str = "accuracy"  # what the best epoch (and the trial's score) is chosen by; see automl_tl.metrics
     class_weighted: bool = False  # weigh each class inversely to its frequency in the training loss
+    #: what the training batches get (automl_tl.augmentation); configs saved before it was searched hold none
+    augmentation: str = NO_AUGMENTATION
+    lora_rank: int = 8  # the rank of LoRA's adapters
+    lora_alpha: float = 2.0  # LoRA's alpha as a multiple of the rank (the adapters' output is scaled by alpha / rank)
+    lora_dropout: float = 0.0  # dropout on the adapters' input
 
     def __post_init__(self) -> None:
         if self.metric not in METRIC_NAMES:
             raise ConfigError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRIC_NAMES)}")
+        if self.augmentation not in AUGMENTATION_NAMES:
+            raise ConfigError(
+                f"unknown augmentation {self.augmentation!r}; expected one of {', '.join(AUGMENTATION_NAMES)}"
+            )
         strategy = get_strategy(self.strategy)
+        if not strategy.augmentable and self.augmentation != NO_AUGMENTATION:
+            object.__setattr__(self, "augmentation", NO_AUGMENTATION)  # cached features: nothing to augment
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"layer-wise learning-rate decay must be in (0, 1], got {self.layer_decay}")
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(
+                f"LoRA needs a rank >= 1, alpha > 0 and dropout in [0, 1), got {self.lora_rank}, "
+                f"{self.lora_alpha} and {self.lora_dropout}"
+            )
         if self.epochs < 1 or self.probe_passes < 1:
             raise ConfigError(f"epochs and probe passes must be at least 1, got {self.epochs} and {self.probe_passes}")
         if strategy.embedding_head is not None and self.head.kind != strategy.embedding_head:
@@ -228,6 +253,9 @@ class SearchConfig:
     #: adaptation strategies the search may choose (see automl_tl.strategies)
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     heads: tuple[str, ...] = HEAD_KINDS  # head structures the search may choose
+    #: training-batch augmentations the search may choose for the strategies that train the body (see
+    #: automl_tl.augmentation); None: every one the backbones' modality offers
+    augmentation: tuple[str, ...] | None = None
     trial_timeout: float | None = None  # hard wall-clock budget in seconds for one trial
     prerank: bool = True  # score backbones by transferability first and try the best-ranked first
     top_k: int | None = None  # after pre-ranking, search only the k best-ranked backbones
@@ -283,6 +311,15 @@ class SearchConfig:
                 f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
                 f"{', '.join(STRATEGY_NAMES)}"
             )
+        if self.augmentation is not None:
+            if isinstance(self.augmentation, str) or not all(isinstance(a, str) for a in self.augmentation):
+                raise ConfigError(f"augmentation must be names (strings), got {self.augmentation!r}")
+            unknown = [a for a in self.augmentation if a not in AUGMENTATION_NAMES]
+            if unknown or not self.augmentation:
+                raise ConfigError(
+                    f"unknown augmentation {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
+                    f"{', '.join(AUGMENTATION_NAMES)}"
+                )
         unknown = [h for h in self.heads if h not in HEAD_KINDS]
         if unknown or not self.heads:
             raise ConfigError(
@@ -317,7 +354,7 @@ class SearchConfig:
         stored with its study are read under today's names (:func:`~automl_tl.strategies.current_names`)."""
         values = current_names(values)
         values["input_options"] = InputOptions(**(values.get("input_options") or {}))
-        for name in ("backbones", "strategies", "heads", "backbone_lr_range", "head_lr_range"):
+        for name in ("backbones", "strategies", "heads", "augmentation", "backbone_lr_range", "head_lr_range"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)

@@ -64,7 +64,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     backbones: names or wildcards (a string or a list); None: every backbone of the data's modality whose
         weights are installed. n_trials: finished trials to reach (None: as many as ``timeout`` allows). timeout: wall-clock budget of the whole
         search in seconds (None: none). trial_timeout: budget of one trial. seed: seeds the split and the search.
-    strategies, heads: adaptation strategies and head structures to search (None: the defaults). min_epochs,
+    strategies, heads: adaptation strategies and head structures to search (None: the defaults). augmentation:
+        the training-batch augmentations to search for the strategies that train the body (a name or a list;
+        None: every one the modality offers, see :mod:`automl_tl.augmentation`; "none": off). min_epochs,
         max_epochs, max_trained_groups, batch_size, pruner, sampler, top_k, prerank, feature_cache: as the flags
         (``max_trained_groups``: the most layer groups of the body, counted from the head, a trial may train;
         earlier versions called it ``max_freeze_depth``, which is still taken, with a warning).
@@ -118,6 +120,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         seed: int = 0,
         strategies: Sequence[str] | None = None,
         heads: Sequence[str] | None = None,
+        augmentation: str | Sequence[str] | None = None,
         min_epochs: int = 1,
         max_epochs: int = 3,
         max_trained_groups: int | None = None,
@@ -165,6 +168,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.strategies = strategies
         self.heads = heads
+        self.augmentation = augmentation
         self.min_epochs = min_epochs
         self.max_epochs = max_epochs
         self.max_trained_groups = max_trained_groups
@@ -295,7 +299,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         # the checks of a parameter of its own, each saying what the value is for, before the table's kinds
         if self.output_dir is not None and not isinstance(self.output_dir, (str, Path)):
             raise ConfigError(f"output_dir must be a folder path (a string or a Path), got {self.output_dir!r}")
-        for name in ("backbones", "strategies", "heads"):
+        for name in ("backbones", "strategies", "heads", "augmentation"):
             names = getattr(self, name)
             if names is not None and not (
                 isinstance(names, str) or isinstance(names, Sequence) and all(isinstance(n, str) for n in names)
@@ -369,6 +373,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             sampler=self.sampler,
             strategies=tuple(DEFAULT_STRATEGIES if self.strategies is None else _as_names(self.strategies)),
             heads=tuple(HEAD_KINDS if self.heads is None else _as_names(self.heads)),
+            augmentation=None if self.augmentation is None else tuple(_as_names(self.augmentation)),
             trial_timeout=self.trial_timeout,
             top_k=self.top_k,
             prerank=self.prerank,

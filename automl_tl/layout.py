@@ -9,6 +9,7 @@ RUN_DIR/
   MODEL_CARD.md          what the best model is and how it was measured
   best_model/            model.safetensors + config.json (+ metrics.json): the best single model
   ensemble_model/        ensemble.json + member_N/ model folders: when kept, what automl_tl.load() reads
+                         (a concatenated-feature member: concatenated.json + part_N/ model folders)
   trial_predictions/     each finished trial's validation probabilities, what the ensemble is chosen from
   exports/               what automl-tl export writes
 ```
@@ -31,6 +32,8 @@ BEST_MODEL_LOCK = ".best_model.lock"
 EXPORTS_DIR = "exports"
 ENSEMBLE_DIR = "ensemble_model"
 ENSEMBLE_FILE = "ensemble.json"
+#: inside an ensemble member that is a probe on several bodies' concatenated embeddings
+CONCATENATED_FILE = "concatenated.json"
 TRIAL_PREDICTIONS_DIR = "trial_predictions"
 #: inside a model folder
 WEIGHTS_FILE = "model.safetensors"

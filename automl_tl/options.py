@@ -34,6 +34,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from automl_tl.augmentation import AUGMENTATION_NAMES, AUGMENTATIONS
 from automl_tl.heads import HEAD_KINDS
 from automl_tl.inputs import MODALITIES
 from automl_tl.metrics import METRIC_NAMES
@@ -348,7 +349,8 @@ def search_options() -> tuple[SearchOption, ...]:
             "strategies",
             "names?",
             None,
-            f"adaptation strategies to search (default: all: {' '.join(DEFAULT_STRATEGIES)})",
+            f"adaptation strategies to search (default: {' '.join(DEFAULT_STRATEGIES)}; also: "
+            f"{' '.join(s for s in STRATEGY_NAMES if s not in DEFAULT_STRATEGIES)})",
             flag="--strategies",
             choices=STRATEGY_NAMES,
             many=True,
@@ -363,6 +365,18 @@ def search_options() -> tuple[SearchOption, ...]:
             choices=HEAD_KINDS,
             many=True,
             cli_default=list(HEAD_KINDS),
+        ),
+        SearchOption(
+            "augmentation",
+            "names?",
+            None,
+            "training-batch augmentations to search for the strategies that train the body; 'none' alone turns "
+            "augmentation off (default: the modality's: "
+            + "; ".join(f"{modality}: {' '.join(names)}" for modality, names in AUGMENTATIONS.items())
+            + ")",
+            flag="--augmentation",
+            choices=AUGMENTATION_NAMES,
+            many=True,
         ),
         SearchOption(
             "trial_timeout",

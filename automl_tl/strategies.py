@@ -24,14 +24,29 @@ FULL = "full"
 LP_FT = "lp_ft"
 NEAREST_CENTROID = "nearest_centroid"
 LOGISTIC_REGRESSION = "logistic_regression"
+BITFIT = "bitfit"
+NORM_ONLY = "norm_only"
+LORA = "lora"
 
 #: how much of the body trains
 BODY_FROZEN = "frozen"  # none: a head on the body's (cached) features
 BODY_LAST_GROUPS = "last groups"  # the last ``trained_groups`` layer groups (the ones nearest the head)
 BODY_ALL = "all"  # every layer group, whatever the depth
+BODY_BIASES = "biases"  # the body's bias parameters only, in every layer group (BitFit)
+BODY_NORMS = "norms"  # the weights and biases of the body's normalisation layers only, in every layer group
+BODY_ADAPTERS = "adapters"  # low-rank adapters beside the backbone's LoRA targets, merged into them after training
+#: the body kinds that train some parameters of every layer group (so a cap on the trained groups rules them out)
+_EVERY_GROUP = (BODY_ALL, BODY_BIASES, BODY_NORMS, BODY_ADAPTERS)
 
-#: the searched parameters a body that trains uses, and those of a head trained by gradient
-BODY_PARAMETERS = ("backbone_lr", "layer_decay")
+#: the searched parameters a body that trains uses (augmentation too: only a body that sees the batches is helped by
+#: it), and those of a head trained by gradient
+BODY_PARAMETERS = ("backbone_lr", "layer_decay", "augmentation")
+#: those of a body of which only a few parameters train (biases, norms): no layer-wise decay. It protects the
+#: general features of the lower layers from being overwritten when their weight matrices train; a shift or a
+#: scale per channel cannot overwrite them, and one parameter fewer leaves the search more trials for the rate
+FEW_BODY_PARAMETERS = ("backbone_lr", "augmentation")
+#: LoRA's own: the adapters' rank, their scale alpha as a multiple of the rank, and the dropout on their input
+LORA_PARAMETERS = ("lora_rank", "lora_alpha", "lora_dropout")
 HEAD_PARAMETERS = ("head_lr", "head")
 #: used by an MLP head only
 MLP_HEAD_PARAMETERS = ("head_hidden", "head_dropout")
@@ -65,16 +80,34 @@ class Strategy:
         return self.embedding_head is None
 
     @property
+    def augmentable(self) -> bool:
+        """Whether training-batch augmentation can help: the body sees the batches (a frozen body's features are
+        computed once, un-augmented, and cached)."""
+        return not self.frozen_body
+
+    @property
     def uses_depth(self) -> bool:
         """Whether the number of trained layer groups (``trained_groups``) is this strategy's to choose."""
         return self.body == BODY_LAST_GROUPS
 
+    @property
+    def trains_every_group(self) -> bool:
+        """Whether parameters of every layer group train (full fine-tuning, BitFit, norm-only): what a cap on the
+        trained layer groups (``max_trained_groups``) rules out."""
+        return self.body in _EVERY_GROUP
+
+    @property
+    def trains_few_parameters(self) -> bool:
+        """Whether only a kind of the body's parameters trains (biases, norms, adapters), not whole layer groups."""
+        return self.body in (BODY_BIASES, BODY_NORMS, BODY_ADAPTERS)
+
     def trained_depth(self, trained_groups: float, num_groups: float) -> float:
         """How many of a body's ``num_groups`` layer groups a trial drawn with ``trained_groups`` trains (counted
-        from the head): none for a frozen body, all for full fine-tuning, else ``trained_groups`` (at most all)."""
+        from the head): none for a frozen body, all for full fine-tuning (and for BitFit and norm-only, which
+        train some parameters of each), else ``trained_groups`` (at most all)."""
         if self.body == BODY_FROZEN:
             return 0
-        if self.body == BODY_ALL:
+        if self.trains_every_group:
             return num_groups
         return min(trained_groups, num_groups)
 
@@ -122,20 +155,50 @@ STRATEGIES: dict[str, Strategy] = {
             "cross-validation",
             embedding_head="normalised_linear",
         ),
+        Strategy(
+            BITFIT,
+            BODY_BIASES,
+            (*FEW_BODY_PARAMETERS, *HEAD_PARAMETERS),
+            "BitFit: only the body's bias parameters and the head were trained; every other weight, and the "
+            "normalisation layers' running statistics, stayed as pretrained",
+        ),
+        Strategy(
+            NORM_ONLY,
+            BODY_NORMS,
+            (*FEW_BODY_PARAMETERS, *HEAD_PARAMETERS),
+            "norm-only tuning: only the weights and biases of the body's normalisation layers (and the "
+            "running statistics of its batch norms) and the head were trained",
+        ),
+        Strategy(
+            LORA,
+            BODY_ADAPTERS,
+            (*FEW_BODY_PARAMETERS, *LORA_PARAMETERS, *HEAD_PARAMETERS),
+            "LoRA: low-rank adapters of rank `lora_rank` beside the body's attention projections and the head were "
+            "trained; the adapters were then merged into the body's weights",
+        ),
     )
 }
 #: every strategy's name, in the order they are listed and searched
 STRATEGY_NAMES = tuple(STRATEGIES)
-#: what the search chooses among unless told otherwise: every strategy (the embedding heads are cheap and, on
-#: small data, often the strongest)
-DEFAULT_STRATEGIES = STRATEGY_NAMES
+#: what the search chooses among unless told otherwise: every strategy but BitFit, norm-only and LoRA (the
+#: embedding heads are cheap and, on small data, often the strongest). Those three are asked for by name: they
+#: hold little optimizer state, but each of their steps runs the whole body forward and back like full
+#: fine-tuning, so in the default search they would take budget from the strategies that usually win (and LoRA
+#: has nothing to adapt in a convolutional backbone)
+DEFAULT_STRATEGIES = tuple(name for name in STRATEGY_NAMES if name not in (BITFIT, NORM_ONLY, LORA))
 #: heads fitted on the frozen body's cached embeddings in one go (see :mod:`automl_tl.train.embedding_heads`)
 EMBEDDING_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.embedding_head is not None)
 #: strategies whose body stays frozen: they train (or fit) a head on the cached features only
 FROZEN_BODY_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.frozen_body)
 #: strategies that train the body, in the order they are preferred as a first fine-tuning trial
-FINE_TUNING_STRATEGIES = (LP_FT, FULL, LAST_K)
-_SHORT_NAMES = {"trained_groups": "groups", "layer_decay": "decay"}
+FINE_TUNING_STRATEGIES = (LP_FT, FULL, LAST_K, BITFIT, NORM_ONLY, LORA)
+_SHORT_NAMES = {
+    "trained_groups": "groups",
+    "layer_decay": "decay",
+    "augmentation": "aug",
+    "lora_rank": "rank",
+    "lora_alpha": "alpha",
+}
 
 #: Names that earlier versions gave what is now called otherwise, old -> new. The searched parameter was
 #: ``freeze_depth``, though it counts the layer groups that *train* (from the head), not those frozen; so were
@@ -207,7 +270,11 @@ def describe_parameters(params: Mapping[str, Any]) -> str:
         if name in ("backbone", "strategy"):
             continue
         text = (
-            (f"{value:.2f}" if name in ("layer_decay", "head_dropout") else f"{value:.1e}")
+            (
+                f"{value:.2f}"
+                if name in ("layer_decay", "head_dropout", "lora_alpha", "lora_dropout")
+                else f"{value:.1e}"
+            )
             if isinstance(value, float)
             else str(value)
         )

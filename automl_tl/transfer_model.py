@@ -7,13 +7,32 @@ costs nothing; this module is imported where a model is built.
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 #: what a :class:`~automl_tl.backbone.Preprocessor` collates and a body takes: one tensor, or named tensors
 Batch = torch.Tensor | dict[str, torch.Tensor]
+
+#: the normalisation layers torch has; others (timm's, a transformer's own RMS norm...) are known by their class name
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+_NORM_CLASS_NAME = re.compile(r"(Batch|Layer|Group|Instance|RMS)Norm")
+#: a bias parameter's own name: ``bias``, an LSTM's ``bias_ih_l0``, an attention's ``in_proj_bias``...
+_BIAS_NAME = re.compile(r"^bias(_.*)?$|_bias$")
+
+
+def is_normalisation(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer (batch, layer, group, instance or RMS norm, whatever library)."""
+    return isinstance(module, _NORM_TYPES) or bool(_NORM_CLASS_NAME.search(type(module).__name__))
 
 
 class TransferModel(nn.Module):
@@ -56,11 +75,35 @@ class TransferModel(nn.Module):
         if groups < 0:
             raise ValueError(f"trained groups must be >= 0, got {groups}")
         first_trained = max(self.num_groups - groups, 0)
-        trained = {name for group in self.layer_groups[first_trained:] for name in group}
+        self.set_trained_parameters(name for group in self.layer_groups[first_trained:] for name in group)
+
+    def set_trained_parameters(self, names: Iterable[str]) -> None:
+        """Train the head and the body parameters called ``names`` (as ``body.named_parameters()`` calls them);
+        freeze the rest of the body."""
+        trained = set(names)
+        unknown = trained - {name for name, _ in self.body.named_parameters()}
+        if unknown:
+            raise ValueError(f"no such body parameters: {sorted(unknown)[:3]}")
         for name, parameter in self.body.named_parameters():
             parameter.requires_grad_(name in trained)
         for parameter in self.head.parameters():
             parameter.requires_grad_(True)
+
+    def bias_names(self) -> list[str]:
+        """The body's bias parameters (BitFit trains these): every parameter called ``bias``, normalisation
+        layers' included."""
+        return [name for name, _ in self.body.named_parameters() if _BIAS_NAME.search(name.rsplit(".", 1)[-1])]
+
+    def norm_parameter_names(self) -> list[str]:
+        """The weights and biases of the body's normalisation layers (norm-only tuning trains these)."""
+        known = {name for name, _ in self.body.named_parameters()}  # (a shared parameter: under its first name)
+        names = (
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in self.body.named_modules()
+            if is_normalisation(module)
+            for name, _ in module.named_parameters(recurse=False)
+        )
+        return [name for name in names if name in known]
 
     def set_freeze_depth(self, depth: int) -> None:
         """The name :meth:`set_trained_groups` had in earlier versions (``depth`` counted the groups that train)."""
@@ -70,7 +113,8 @@ class TransferModel(nn.Module):
         self.set_trained_groups(depth)
 
     #: keep every BatchNorm's running statistics as they are, even in trained groups (LP-FT sets it, so
-    #: the probed head keeps seeing features normalised the way it was trained on)
+    #: the probed head keeps seeing features normalised the way it was trained on; BitFit too, so that only
+    #: biases change)
     freeze_norm_statistics: bool = False
 
     def train(self, mode: bool = True) -> "TransferModel":

@@ -88,7 +88,7 @@ logger = logging.getLogger("benchmarks.versus_peers")
 TASKS = ("fashion-mnist", "digits", "bbc-news", "spoken-digits")
 SYSTEMS = ("search", "search-plain", "probe", "autogluon")
 #: the options that make the search what it was before issue 14's tools: each one switches a tool off
-PLAIN_OPTIONS = ("--no-ensemble", "--no-calibration", "--no-self-training")
+PLAIN_OPTIONS = ("--no-ensemble", "--no-calibration", "--no-self-training", "--augmentation", "none")
 #: AutoMM's input column for each modality it has
 AUTOGLUON_COLUMN = {"image": "path", "text": "text"}
 WIDTH = 100

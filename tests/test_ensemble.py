@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import automl_tl
 from automl_tl import InputOptions, SearchConfig, prepare_dataset, run_search
@@ -200,3 +201,191 @@ def test_a_tampered_ensemble_file_is_refused_before_any_member_is_loaded(ensembl
     (directory / ENSEMBLE_FILE).write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match=message):
         load_ensemble_dir(directory)
+
+
+# ------------------------------------------------------------ the concatenated-feature probe
+
+
+def test_a_probe_on_concatenated_blocks_is_one_linear_layer_on_the_normalised_blocks_side_by_side():
+    from sklearn.linear_model import LogisticRegression
+
+    from automl_tl.train.embedding_heads import fit_concatenated_logistic_regression, head_logits
+    from automl_tl.train.head_modules import NormalisedLinearHead
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    # two bodies: the first's embeddings a thousand times larger, the second's the ones that tell the classes
+    first = rng.normal(size=(90, 5)) * 1000
+    second = rng.normal(size=(90, 4)) + 2 * np.eye(4)[labels]
+    fitted = fit_concatenated_logistic_regression(np.hstack([first, second]), labels, 3, 0, widths=[5, 4], C=1.0)
+    assert all(isinstance(head, NormalisedLinearHead) for head in fitted.module.heads)
+
+    def unit(block):
+        centred = block - block.mean(0)
+        return centred / np.linalg.norm(centred, axis=1, keepdims=True)
+
+    joined = np.hstack([unit(first), unit(second)]) / np.sqrt(2)
+    reference = LogisticRegression(C=1.0, max_iter=500).fit(joined, labels)
+    logits = head_logits(fitted.module, np.hstack([first, second])).numpy()
+    assert np.allclose(logits, reference.decision_function(joined), atol=1e-3)
+    # the summed part heads are what the saved parts compute, each on its own body's embeddings
+    parts = sum(head_logits(h, b).numpy() for h, b in zip(fitted.module.heads, (first, second)))
+    assert np.allclose(parts, logits, atol=1e-5)
+    assert (logits.argmax(1) == labels).mean() > 0.8  # the large first block did not drown the second
+
+
+@pytest.fixture(scope="module")
+def concatenated_probe(ensembled_run, tmp_path_factory):
+    """The fixture run's concatenated-feature probe fitted again, as the search's ensemble step fits it, and
+    saved as an ensemble member (one fit for the tests below)."""
+    from dataclasses import replace
+
+    from automl_tl.results.concatenated import save_concatenated
+    from automl_tl.search.ensembling import ensemble_candidates
+    from automl_tl.search.study import Search
+
+    outcome, data, config = ensembled_run
+    search = Search(data, replace(config), outcome.run_dir, Executor(show_progress=False))  # (nothing is run)
+    candidates, labels = ensemble_candidates(outcome.run_dir, outcome.study, data, outcome.best_trial)
+    probe, record = search._concatenated_candidate(candidates, labels)
+    model, listed = search._concatenated_member(probe)
+    directory = tmp_path_factory.mktemp("concatenated") / "member"
+    save_concatenated(model, directory)
+    return search, candidates, labels, probe, record, listed, directory
+
+
+def test_the_search_tries_a_probe_on_the_concatenated_features_of_its_two_backbones(ensembled_run):
+    outcome, _, config = ensembled_run
+    summary = json.loads((outcome.run_dir / SUMMARY_FILE).read_text())
+    probe = summary["ensemble"]["concatenated_features"]
+    assert probe["candidate"], probe
+    assert sorted(probe["backbones"]) == sorted(config.backbones)
+    assert 0 < probe["validation"]["score"] <= 1
+    concatenated = [m for m in summary["ensemble"]["members"] if m.get("kind") == "concatenated_features"]
+    card = (outcome.run_dir / "MODEL_CARD.md").read_text()
+    report = (outcome.run_dir / "report.html").read_text()
+    if concatenated:  # kept: the card and the report say so, and which backbones it joins
+        assert "The ensemble includes a logistic-regression probe on the concatenated embeddings" in card
+        assert "The ensemble includes a logistic-regression probe on the concatenated embeddings" in report
+        assert "concatenated features of" in summary["model"]["kept"]
+        assert "mobilenetv2\\_100 and tf\\_efficientnet\\_lite0" in card
+    else:
+        assert "was a candidate, and not chosen" in card and "was a candidate, and not chosen" in report
+
+
+def test_the_concatenated_probe_saved_in_an_ensemble_predicts_what_it_predicted_in_memory(
+    ensembled_run, concatenated_probe, tmp_path
+):
+    from automl_tl.results.concatenated import ConcatenatedPredictor, load_concatenated_dir
+    from automl_tl.train.embedding_heads import head_logits
+
+    _, data, _ = ensembled_run
+    search, _, labels, probe, record, listed, directory = concatenated_probe
+    assert record["candidate"] and probe is not None
+    # scored on the rows the trials were: here (a small validation split) every labelled row, out of fold
+    assert probe.probabilities.shape == (len(labels), len(data.classes))
+    assert len(labels) == len(data.train) + len(data.val)
+    assert np.allclose(probe.probabilities.sum(axis=1), 1.0)
+    assert probe.fitted_on == listed["fitted_on"] == "train+validation"
+    loaded = load_concatenated_dir(directory)
+    assert isinstance(loaded, ConcatenatedPredictor) and loaded.backbones == list(probe.backbones)
+    # the probe in memory, on the test split's (cached) features of its backbones side by side
+    features = [
+        search.executor.features(search.backbones[c.backbone], c.input_options, data, data.test) for c in probe.configs
+    ]
+    in_memory = torch.softmax(head_logits(probe.fitted.module, np.hstack(features)), dim=1).numpy()
+    again = loaded.predict_proba(pd.DataFrame({"image": data.test.inputs})).to_numpy()
+    assert np.allclose(again, in_memory, atol=1e-4)
+
+
+def test_the_kept_ensemble_reloads_its_concatenated_probe(ensembled_run):
+    from automl_tl.results.concatenated import ConcatenatedPredictor
+
+    outcome, data, config = ensembled_run
+    listed = json.loads((outcome.run_dir / ENSEMBLE_DIR / ENSEMBLE_FILE).read_text())["members"]
+    kinds = [m.get("kind", "model") for m in listed]
+    if "concatenated_features" not in kinds:
+        pytest.skip("this run's ensemble does not include its concatenated-feature probe")
+    predictor = automl_tl.load(outcome.run_dir)
+    member = predictor.members[kinds.index("concatenated_features")]
+    assert isinstance(member, ConcatenatedPredictor) and sorted(member.backbones) == sorted(config.backbones)
+    assert listed[kinds.index("concatenated_features")]["backbones"] == member.backbones
+
+
+def test_with_one_backbone_there_is_no_concatenated_probe_and_the_record_says_why(ensembled_run, concatenated_probe):
+    _, _, config = ensembled_run
+    search, candidates, labels, *_ = concatenated_probe
+    one = [c for c in candidates if c.config.backbone == config.backbones[0]]
+    probe, record = search._concatenated_candidate(one, labels)
+    assert probe is None and not record["candidate"]
+    assert record["reason"].startswith(f"1 backbone(s) with frozen-body trials ({config.backbones[0]})")
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda c: c["parts"][0].update(folder="../../best_model"), "field 'folder' is '../../best_model'"),
+        (lambda c: c.update(parts=c["parts"][:1]), "holds 1 parts; expected 2 to 8"),
+        (lambda c: c["parts"][1].update(folder=c["parts"][0]["folder"]), "names a folder twice"),
+        (lambda c: c.update(kind="model"), "field 'kind' is 'model'"),
+        (lambda c: c.update(format_version=2), "field 'format_version' is 2"),
+    ],
+)
+def test_a_tampered_concatenated_probe_is_refused_before_any_part_is_loaded(
+    concatenated_probe, tmp_path, tamper, message
+):
+    from automl_tl.layout import CONCATENATED_FILE
+    from automl_tl.results.concatenated import load_concatenated_dir
+
+    directory = tmp_path / "member"
+    shutil.copytree(concatenated_probe[-1], directory)
+    config = json.loads((directory / CONCATENATED_FILE).read_text())
+    tamper(config)
+    (directory / CONCATENATED_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match=message):
+        load_concatenated_dir(directory)
+
+
+def test_an_ensemble_member_of_an_unknown_kind_is_refused(ensembled_run, tmp_path):
+    outcome, _, _ = ensembled_run
+    directory = tmp_path / ENSEMBLE_DIR
+    shutil.copytree(outcome.run_dir / ENSEMBLE_DIR, directory)
+    config = json.loads((directory / ENSEMBLE_FILE).read_text())
+    config["members"][0]["kind"] = "pickle"
+    (directory / ENSEMBLE_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="field 'kind' is 'pickle'"):
+        load_ensemble_dir(directory)
+
+
+def test_the_concatenated_probe_is_skipped_when_the_time_left_is_less_than_its_estimated_cost(concatenated_probe):
+    import time
+
+    search, candidates, labels, *_ = concatenated_probe
+    search._deadline = time.monotonic()  # (the trials' seconds say it costs more than nothing)
+    try:
+        probe, record = search._concatenated_candidate(candidates, labels)
+    finally:
+        search._deadline = None
+    assert probe is None and not record["candidate"]
+    assert record["reason"].startswith("skipped: it would take about")
+
+
+def test_on_a_held_out_validation_split_the_probe_is_scored_there_and_kept_refitted_on_training_and_validation(
+    ensembled_run, concatenated_probe
+):
+    from automl_tl.search.concatenation import fit_concatenated_probe, joinable
+    from automl_tl.train.embedding_heads import head_logits
+
+    _, data, _ = ensembled_run
+    search, candidates, *_ = concatenated_probe
+    probe = fit_concatenated_probe(search.executor, search.backbones, joinable(candidates), data, False, seed=0)
+    assert probe.fitted_on == "train" and probe.probabilities.shape == (len(data.val), len(data.classes))
+    features = [
+        search.executor.features(search.backbones[c.backbone], c.input_options, data, data.val) for c in probe.configs
+    ]
+    scored = torch.softmax(head_logits(probe.fitted.module, np.hstack(features)), dim=1).numpy()
+    assert np.allclose(probe.probabilities, scored, atol=1e-5)
+    model, listed = search._concatenated_member(probe)  # (refit on: the member learns from the validation rows too)
+    assert listed["fitted_on"] == "train+validation" and listed["C"] == probe.fitted.details["C"]
+    refitted = model.parts[0][0].head.linear.weight.detach()
+    assert not torch.allclose(refitted, probe.fitted.module.heads[0].linear.weight.detach())

@@ -19,12 +19,14 @@
 * :class:`AudioPreprocessor` reads and resamples every file once (``encode``) and crops or
   pads to the clip length per batch (``collate``). Features (mel, frames) are computed inside
   each backbone's body, so they run on the GPU when there is one and the preprocessor stays
-  the same for every audio backbone at a given sample rate.
+  the same for every audio backbone at a given sample rate. Training batches may get SpecAugment
+  (:func:`spec_augment`): made on the waveform, so that every body's own features see it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from automl_tl.augmentation import NO_AUGMENTATION, SPEC_AUGMENT
 from automl_tl.backbone import Preprocessor
 from automl_tl.data.readers import read_audio
 
@@ -216,6 +219,48 @@ def log_mel_spectrogram(
     return result[0] if squeeze else result
 
 
+# ---------------------------------------------------------------- SpecAugment on the waveform
+
+#: SpecAugment's settings, as shares of the clip and of the mel range: at most 10% of the clip shifted (circularly),
+#: a gain of -6 to +6 dB, two frequency bands of up to an eighth of the mel range each, two time spans of up to a
+#: tenth of the clip each (Park et al.'s LibriSpeech policy masks about as much of a 100-frame, 80-band input)
+MAX_SHIFT_SHARE = 0.1
+GAIN_DB_RANGE = (-6.0, 6.0)
+FREQUENCY_MASKS, MAX_BAND_SHARE = 2, 0.125
+TIME_MASKS, MAX_SPAN_SHARE = 2, 0.1
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+def mask_frequency_band(waveform: torch.Tensor, sample_rate: int, low_hz: float, high_hz: float) -> torch.Tensor:
+    """``waveform`` with every frequency from ``low_hz`` to ``high_hz`` removed (its spectrum's bins set to 0)."""
+    spectrum = torch.fft.rfft(waveform)
+    bin_hz = sample_rate / waveform.shape[-1]
+    spectrum[..., int(math.floor(low_hz / bin_hz)) : int(math.ceil(high_hz / bin_hz)) + 1] = 0
+    return torch.fft.irfft(spectrum, n=waveform.shape[-1])
+
+
+def spec_augment(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """One clip, augmented: shifted in time (circularly) and scaled by a random gain, then SpecAugment's masks:
+    :data:`FREQUENCY_MASKS` bands (drawn uniformly on the mel scale, as a mel spectrogram's rows are) removed from
+    its spectrum, and :data:`TIME_MASKS` spans set to silence. Uses torch's global random numbers."""
+    samples = waveform.shape[-1]
+    shift = int(round(_uniform(-MAX_SHIFT_SHARE, MAX_SHIFT_SHARE) * samples))
+    augmented = torch.roll(waveform, shift, dims=-1) * 10.0 ** (_uniform(*GAIN_DB_RANGE) / 20.0)
+    top_mel = float(hz_to_mel(sample_rate / 2.0))
+    for _ in range(FREQUENCY_MASKS):
+        width = _uniform(0.0, MAX_BAND_SHARE) * top_mel
+        low = _uniform(0.0, top_mel - width)
+        augmented = mask_frequency_band(augmented, sample_rate, float(mel_to_hz(low)), float(mel_to_hz(low + width)))
+    for _ in range(TIME_MASKS):
+        span = int(_uniform(0.0, MAX_SPAN_SHARE) * samples)
+        start = int(_uniform(0.0, samples - span))
+        augmented[..., start : start + span] = 0.0
+    return augmented
+
+
 # ---------------------------------------------------------------- the preprocessor
 
 
@@ -225,8 +270,11 @@ class AudioPreprocessor(Preprocessor):
     :meth:`encode` gives one float32 tensor of the whole file per input. :meth:`collate` gives
     a ``(batch, clip samples)`` float32 tensor: a longer recording is cropped at a random
     offset when training (a different part each epoch, a cheap augmentation) and at its
-    centre otherwise; a shorter one is zero-padded at the end.
+    centre otherwise; a shorter one is zero-padded at the end. Once :meth:`augmented` with
+    ``specaugment``, each training clip then goes through :func:`spec_augment`.
     """
+
+    augmentations = (NO_AUGMENTATION, SPEC_AUGMENT)
 
     def __init__(self, sample_rate: int, clip_seconds: float):
         if sample_rate <= 0:
@@ -256,7 +304,10 @@ class AudioPreprocessor(Preprocessor):
         return waveform
 
     def collate(self, items: Sequence[torch.Tensor], train: bool) -> torch.Tensor:
-        return torch.stack([self.crop(item, train) for item in items]).float()
+        clips = [self.crop(item, train) for item in items]
+        if train and self.augmentation == SPEC_AUGMENT:
+            clips = [spec_augment(clip.float(), self.sample_rate) for clip in clips]
+        return torch.stack(clips).float()
 
     def describe(self) -> dict[str, Any]:
         return {

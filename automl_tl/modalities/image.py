@@ -1,5 +1,6 @@
 """Image preprocessing shared by image backbones: decode (:func:`automl_tl.data.readers.read_image`: EXIF orientation,
-first frame, large files decoded reduced) and resize once, normalise per batch."""
+first frame, large files decoded reduced) and resize once, normalise per batch, and augment training batches when
+asked (:mod:`automl_tl.augmentation`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from automl_tl.augmentation import NO_AUGMENTATION, RAND_AUGMENT, TRIVIAL_AUGMENT
 from automl_tl.backbone import Preprocessor
 from automl_tl.data.readers import read_image
 
@@ -33,8 +35,12 @@ class ImagePreprocessor(Preprocessor):
     cropped, as in the backbone's pretrained evaluation. ``crop_pct`` = 1 resizes the whole
     image to ``size`` x ``size``: right for small images upscaled for a small-input search,
     where a crop would only throw content away. Training batches are flipped left-right when
-    ``hflip`` is set (off by default: it is wrong for digits and text-like images).
+    ``hflip`` is set (off by default: it is wrong for digits and text-like images), and get the
+    :meth:`~automl_tl.backbone.Preprocessor.augmented` policy, per image on its uint8 pixels (as
+    torchvision's policies expect), before normalisation.
     """
+
+    augmentations = (NO_AUGMENTATION, TRIVIAL_AUGMENT, RAND_AUGMENT)
 
     def __init__(
         self,
@@ -71,6 +77,9 @@ class ImagePreprocessor(Preprocessor):
         return [self.encode_one(value) for value in inputs]
 
     def collate(self, items: Sequence[torch.Tensor], train: bool) -> torch.Tensor:
+        if train and self.augmentation != NO_AUGMENTATION:
+            policy = _policy(self.augmentation)
+            items = [policy(item) for item in items]  # (a new tensor each: the encoded items stay as they are)
         batch = torch.stack(list(items)).float().div_(255.0)
         if train and self.hflip:
             flip = torch.rand(len(batch)) < 0.5
@@ -98,3 +107,14 @@ class ImagePreprocessor(Preprocessor):
             "std": self.std.flatten().tolist(),
             "hflip": self.hflip,
         }
+
+
+def _policy(augmentation: str) -> Any:
+    """torchvision's augmentation policy called ``augmentation`` (uint8 image tensor in, one out)."""
+    from torchvision import transforms
+
+    if augmentation == TRIVIAL_AUGMENT:
+        return transforms.TrivialAugmentWide()
+    if augmentation == RAND_AUGMENT:
+        return transforms.RandAugment(num_ops=2, magnitude=9)
+    raise ValueError(f"no image policy {augmentation!r}")

@@ -6,7 +6,8 @@ ensemble_model/
   ensemble.json   format_version, classes, input and label columns, metric, the members (folder, weight,
                   trial, backbone, strategy) and how they were chosen (see automl_tl.results.ensemble_selection)
   member_0/       a model directory as automl_tl.results.model_io writes it (model.safetensors + config.json)
-  member_1/ ...
+  member_1/ ...   (a member of kind "concatenated_features": a probe on several bodies' embeddings side by
+                  side, concatenated.json + part_N/ model folders; see automl_tl.results.concatenated)
 ```
 
 Loading reads ``ensemble.json`` (checked against its schema before any member is built) and then each
@@ -32,6 +33,12 @@ from automl_tl.errors import ModelFileError
 from automl_tl.files import with_usual_permissions
 from automl_tl.layout import ENSEMBLE_FILE
 from automl_tl.results.calibration import TEMPERATURE_RANGE, check_temperature, log_probabilities, softmax
+from automl_tl.results.concatenated import (
+    CONCATENATED_FEATURES,
+    ConcatenatedModel,
+    load_concatenated_dir,
+    save_concatenated,
+)
 from automl_tl.results.model_io import (
     Predictor,
     load_model_dir,
@@ -45,6 +52,9 @@ ENSEMBLE_FORMAT_VERSION = 1
 MAX_MEMBERS = 64
 #: a member's folder inside the ensemble's: nothing else is opened, so a tampered file cannot point elsewhere
 _MEMBER_FOLDER = re.compile(r"member_[0-9]{1,3}")
+#: what a member is: one saved model (the default, also when no kind is listed), or a concatenated-feature probe
+MODEL_MEMBER = "model"
+MEMBER_KINDS = (MODEL_MEMBER, CONCATENATED_FEATURES)
 
 
 def member_folder(index: int) -> str:
@@ -55,17 +65,23 @@ def save_ensemble(
     directory: Path, members: Sequence[tuple[float, Any, dict[str, Any]]], config: dict[str, Any]
 ) -> None:
     """Write an ensemble into ``directory``: each member (weight, model, the model's config as
-    :func:`~automl_tl.results.model_io.save_model` takes it) in its own folder, and ``ensemble.json`` from
-    ``config`` (classes, columns, metric, selection) with the members listed. What was there is replaced
-    only once everything is written."""
+    :func:`~automl_tl.results.model_io.save_model` takes it; or weight, a
+    :class:`~automl_tl.results.concatenated.ConcatenatedModel`, and what ``ensemble.json`` lists of it) in its own
+    folder, and ``ensemble.json`` from ``config`` (classes, columns, metric, selection) with the members listed.
+    What was there is replaced only once everything is written."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = with_usual_permissions(Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent)))
     try:
         listed = []
         for index, (weight, model, model_config) in enumerate(members):
-            save_model(model, staging / member_folder(index), model_config)
-            listed.append({**_member_summary(model_config), "folder": member_folder(index), "weight": float(weight)})
+            if isinstance(model, ConcatenatedModel):
+                save_concatenated(model, staging / member_folder(index))
+                summary = {**model_config, "kind": CONCATENATED_FEATURES, "backbones": model.backbones}
+            else:
+                save_model(model, staging / member_folder(index), model_config)
+                summary = _member_summary(model_config)
+            listed.append({**summary, "folder": member_folder(index), "weight": float(weight)})
         payload = {"format_version": ENSEMBLE_FORMAT_VERSION, **config, "members": listed}
         (staging / ENSEMBLE_FILE).write_text(json.dumps(payload, indent=2, default=str))
     except BaseException:
@@ -118,6 +134,9 @@ def read_ensemble_config(directory: Path) -> dict[str, Any]:
             or not (math.isfinite(weight) and weight > 0)
         ):
             raise ModelFileError(f"{where}: field 'weight' is {weight!r}; expected a positive number")
+        kind = member.get("kind", MODEL_MEMBER)
+        if not isinstance(kind, str) or kind not in MEMBER_KINDS:
+            raise ModelFileError(f"{where}: field 'kind' is {kind!r}; expected one of {', '.join(MEMBER_KINDS)}")
     if "temperature" in config and not check_temperature(config["temperature"]):
         raise ModelFileError(
             f"{path}: field 'temperature' is {config['temperature']!r}; expected a number from "
@@ -131,11 +150,17 @@ def read_ensemble_config(directory: Path) -> dict[str, Any]:
 
 def load_ensemble_dir(directory: Path, device: torch.device | str | None = None) -> EnsemblePredictor:
     """Load an ensemble written by :func:`save_ensemble`; every member is loaded (and checked) as
-    :func:`~automl_tl.results.model_io.load_model_dir` does, and must have the ensemble's classes and input
+    :func:`~automl_tl.results.model_io.load_model_dir` does (each part of a concatenated-feature probe: see
+    :func:`~automl_tl.results.concatenated.load_concatenated_dir`), and must have the ensemble's classes and input
     column."""
     directory = Path(directory)
     config = read_ensemble_config(directory)
-    members = [load_model_dir(directory / member["folder"], device) for member in config["members"]]
+    members = [
+        load_concatenated_dir(directory / member["folder"], device)
+        if member.get("kind") == CONCATENATED_FEATURES
+        else load_model_dir(directory / member["folder"], device)
+        for member in config["members"]
+    ]
     first = members[0]
     for member, listed in zip(members, config["members"]):
         if member.classes != first.classes or member.input_column != first.input_column:

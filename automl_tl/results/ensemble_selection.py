@@ -102,10 +102,13 @@ def cross_validated_scores(
     seed: int = 0,
     rounds: int = ENSEMBLE_ROUNDS,
     folds: int = SELECTION_FOLDS,
+    singles: Sequence[int] | None = None,
 ) -> CrossValidated | None:
     """Greedy selection and best-single choice each made on k-1 stratified folds of the validation rows and
-    scored on the fold left out; the scores of the out-of-fold predictions so assembled. None when a class
-    has fewer than two validation rows (no fold could hold it out)."""
+    scored on the fold left out; the scores of the out-of-fold predictions so assembled. The best single model
+    is chosen among the candidates ``singles`` lists (default: all; a candidate that is itself an ensemble is
+    no single model to compare with). None when a class has fewer than two validation rows (no fold could
+    hold it out)."""
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
@@ -115,10 +118,12 @@ def cross_validated_scores(
     if splits < 2:
         return None
     stacked = np.stack([np.asarray(p, dtype=np.float64) for p in probabilities])
+    singles = list(range(len(stacked))) if singles is None else list(singles)
     ensemble_oof = np.zeros_like(stacked[0])
     single_oof = np.zeros_like(stacked[0])
     for chosen_on, held_out in StratifiedKFold(splits, shuffle=True, random_state=seed).split(stacked[0], labels):
         selection = greedy_selection(list(stacked[:, chosen_on]), labels[chosen_on], metric, rounds)
         ensemble_oof[held_out] = np.tensordot(selection.weights, stacked[:, held_out], axes=1)
-        single_oof[held_out] = stacked[best_single(list(stacked[:, chosen_on]), labels[chosen_on], metric), held_out]
+        best = singles[best_single(list(stacked[singles][:, chosen_on]), labels[chosen_on], metric)]
+        single_oof[held_out] = stacked[best, held_out]
     return CrossValidated(_score(metric, ensemble_oof, labels)[0], _score(metric, single_oof, labels)[0], splits)

@@ -38,6 +38,8 @@ from automl_tl.results.report import (
     TEST_EVALUATION_ATTR,
     TRANSFERABILITY_ATTR,
     best_accuracy_by_backbone,
+    describe_candidates,
+    describe_concatenated,
     describe_self_training,
     describe_skipped,
     leaderboard,
@@ -399,15 +401,20 @@ def _ensemble_section(page: _Page, ensemble: dict[str, Any] | None) -> None:
         page.note("No ensemble was tried (a search of an earlier version, or one that has not finished).")
         return
     reason = html.escape(str(ensemble.get("reason", "")))
+    concatenated = describe_concatenated(ensemble)
     if not ensemble.get("kept"):
         page.add(f"<p>None kept: {reason}.</p>")
+        if concatenated:
+            page.add(f"<p>{html.escape(concatenated)}</p>")
         return
     page.add(
         f"<p>Kept, and what <code>automl_tl.load()</code> returns: the weighted average of the class "
         f"probabilities of {len(ensemble['members'])} models, chosen by greedy ensemble selection among "
-        f"{html.escape(str(ensemble.get('candidates')))} finished trials; {reason}. The test figures below are "
+        f"{html.escape(describe_candidates(ensemble))}; {reason}. The test figures below are "
         "the ensemble's.</p>"
     )
+    if concatenated:
+        page.add(f"<p>{html.escape(concatenated)}</p>")
     members = pd.DataFrame(ensemble["members"], columns=["trial", "backbone", "strategy", "weight"])
     page.add(members.to_html(index=False, border=0, classes="grid", escape=True))
 

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from automl_tl.augmentation import NO_AUGMENTATION, modality_augmentations
 from automl_tl.errors import AutomlTLError
 from automl_tl.files import read_json, write_text_atomic
 from automl_tl.layout import (
@@ -28,7 +29,12 @@ from automl_tl.layout import (
     SUMMARY_FILE,
 )
 from automl_tl.results.model_io import model_dir_of
-from automl_tl.results.report import describe_self_training, describe_skipped
+from automl_tl.results.report import (
+    describe_candidates,
+    describe_concatenated,
+    describe_self_training,
+    describe_skipped,
+)
 from automl_tl.strategies import LINEAR_PROBE, STRATEGIES, current_names
 
 #: below this many test examples, the card warns that the test numbers are rough
@@ -250,7 +256,8 @@ def _search_section(
         "|---|---|",
     ]
     chosen = current_names(config.get("trial_config") or {})  # (an earlier version's model: under today's names)
-    for name in _relevant_parameters(chosen):
+    modality = (config.get("backbone") or {}).get("modality")
+    for name in _relevant_parameters(chosen, modality):
         value = chosen.get(name)
         lines.append(f"| {name} | {f'{value:.3g}' if isinstance(value, float) else value} |")
     return lines + [""]
@@ -282,8 +289,10 @@ def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
     ensemble = (summary or {}).get("ensemble")
     if not ensemble:
         return []
+    concatenated = describe_concatenated(ensemble)
     if not ensemble.get("kept"):
-        return ["## Ensemble", "", f"None: {plain(ensemble.get('reason', 'not recorded'))}.", ""]
+        lines = ["## Ensemble", "", f"None: {plain(ensemble.get('reason', 'not recorded'))}.", ""]
+        return lines + ([plain(concatenated), ""] if concatenated else [])
     checked = ensemble.get("cross_validated") or {}
     metric = str(checked.get("metric", summary.get("metric", "accuracy"))).replace("_", " ")
     lines = [
@@ -291,12 +300,13 @@ def _ensemble_section(summary: dict[str, Any] | None) -> list[str]:
         "",
         f"`automl_tl.load()` returns the weighted average of the class probabilities of "
         f"{len(ensemble['members'])} models (`{ENSEMBLE_DIR}/`), chosen by greedy ensemble selection with "
-        f"replacement (Caruana et al. 2004) among {ensemble.get('candidates')} finished trials on "
+        f"replacement (Caruana et al. 2004) among {describe_candidates(ensemble)} on "
         f"{ensemble.get('rows')} validation predictions (held-out or out-of-fold rows). On validation rows it was not chosen on "
         f"({checked.get('folds')}-fold), its {metric} was {_number(checked.get('ensemble'))} against "
         f"{_number(checked.get('single'))} for the best single model. The test figures below are the "
         "ensemble's; the Model section describes its best member.",
         "",
+        *([plain(concatenated), ""] if concatenated else []),
         "| trial | backbone | strategy | weight |",
         "|---|---|---|---|",
     ]
@@ -328,8 +338,9 @@ def _strategy_words(strategy: Any) -> str:
     return known.description if known is not None else plain(strategy if strategy is not None else "–")
 
 
-def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
-    """The trial parameters that shaped the chosen model (a linear probe never used the body's)."""
+def _relevant_parameters(trial_config: dict[str, Any], modality: str | None = None) -> list[str]:
+    """The trial parameters that shaped the chosen model (a linear probe never used the body's, a text model
+    has no augmentation to choose)."""
     strategy = trial_config.get("strategy")
     known = STRATEGIES.get(strategy)
     searched = known.parameters if known else ("trained_groups", "backbone_lr", "layer_decay", "head_lr")
@@ -338,6 +349,8 @@ def _relevant_parameters(trial_config: dict[str, Any]) -> list[str]:
         names.append("epochs")
     if known is not None and (known.name == LINEAR_PROBE or known.probe_first):
         names.append("probe_passes")
+    if modality_augmentations(str(modality)) == (NO_AUGMENTATION,):
+        names = [name for name in names if name != "augmentation"]
     return [name for name in names if name in trial_config]
 
 

@@ -471,6 +471,18 @@ class Predictor:
         self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
     ) -> tuple[np.ndarray, list[str]]:
         """Probabilities (NaN rows for inputs that cannot be read) and each row's error ("" when none)."""
+        logits, errors = self._logits(inputs, batch_size, max_image_pixels, on_bad_input)
+        probabilities = np.full(logits.shape, np.nan, dtype=np.float32)
+        readable = ~np.isnan(logits).any(axis=1)
+        if readable.any():
+            scaled = torch.from_numpy(logits[readable]) / self.temperature
+            probabilities[readable] = torch.softmax(scaled, dim=1).numpy()
+        return probabilities, errors
+
+    def _logits(
+        self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
+    ) -> tuple[np.ndarray, list[str]]:
+        """The model's logits (float32; NaN rows for inputs that cannot be read) and each row's error."""
         modality = self.backbone.modality
         errors = [""] * len(inputs)
         items: dict[int, Any] = {}
@@ -503,12 +515,12 @@ class Predictor:
                 len(inputs),
                 first,
             )
-        probabilities = np.full((len(inputs), len(self.classes)), np.nan, dtype=np.float32)
+        logits = np.full((len(inputs), len(self.classes)), np.nan, dtype=np.float32)
         if items:
             order = sorted(items)
-            logits = predict_logits(self.model, self.preprocessor, [items[i] for i in order], batch_size, self.device)
-            probabilities[order] = torch.softmax(logits / self.temperature, dim=1).numpy()
-        return probabilities, errors
+            found = predict_logits(self.model, self.preprocessor, [items[i] for i in order], batch_size, self.device)
+            logits[order] = found.float().numpy()
+        return logits, errors
 
 
 def load_model_dir(directory: Path, device: torch.device | str | None = None) -> Predictor:

@@ -23,6 +23,7 @@ from automl_tl.layout import (
     TRANSFERABILITY_MD,
 )
 from automl_tl.metrics import signed
+from automl_tl.results.concatenated import CONCATENATED_FEATURES
 from automl_tl.strategies import used_parameters
 from automl_tl.train.executor import STOP_CALLBACK
 
@@ -38,6 +39,7 @@ PARAMETERS = [
     "head",
     "head_hidden",
     "head_dropout",
+    "augmentation",
 ]
 #: Study user attributes that hold what the report needs beyond the trials (see ``Search._finish``):
 TEST_EVALUATION_ATTR = "test_evaluation"  # the best model on the test set: metrics, confusion matrix, per class
@@ -236,6 +238,40 @@ def describe_self_training(record: dict[str, Any] | None) -> str | None:
         f"{record.get('threshold_rows')} {rows} rows)"
     )
     return f"{line}; {record.get('reason', '')}"  # (the reason gives the validation scores before and after)
+
+
+def describe_candidates(ensemble: dict[str, Any]) -> str:
+    """What greedy selection chose among, in words: "7 candidates (6 finished trials and a probe on
+    concatenated features)", or "6 finished trials"."""
+    count = ensemble.get("candidates")
+    if not (ensemble.get("concatenated_features") or {}).get("candidate") or not isinstance(count, int):
+        return f"{count} finished trials"
+    return f"{count} candidates ({count - 1} finished trials and a probe on concatenated features)"
+
+
+def describe_concatenated(ensemble: dict[str, Any] | None) -> str | None:
+    """The sentence the report and the card say about the concatenated-feature probe of a search's ensemble
+    record: which backbones it joins, and whether the kept ensemble includes it or why it is no member; None
+    when the record says nothing of it (an earlier version's)."""
+    ensemble = ensemble or {}
+    probe = ensemble.get("concatenated_features")
+    if not probe:
+        return None
+    joined = [m for m in ensemble.get("members") or [] if m.get("kind") == CONCATENATED_FEATURES]
+    if joined:
+        member = joined[0]
+        return (
+            f"The ensemble includes a logistic-regression probe on the concatenated embeddings of "
+            f"{' and '.join(member.get('backbones') or [member.get('backbone')])} (weight {member.get('weight')}): "
+            "one linear layer on their frozen bodies' normalised features side by side."
+        )
+    backbones = " and ".join(probe.get("backbones") or [])
+    if probe.get("candidate"):
+        return (
+            f"A logistic-regression probe on the concatenated embeddings of {backbones} was a candidate, "
+            "and not chosen."
+        )
+    return f"No probe on concatenated embeddings was tried: {probe.get('reason', 'not recorded')}."
 
 
 def describe_skipped(counts: dict[str, Any] | None) -> str | None:

@@ -84,13 +84,21 @@ def read_trial_predictions(run_dir: Path, trial_number: int, data: DatasetBundle
 
 @dataclass(frozen=True)
 class Candidate:
-    """A finished trial that can be an ensemble member."""
+    """A finished trial that can be an ensemble member; or (``joins`` the backbones it joins, no trial or
+    config) a probe on several backbones' concatenated features (see :mod:`automl_tl.search.concatenation`)."""
 
-    trial: int
-    config: TrialConfig
+    trial: int | None
+    config: TrialConfig | None
     probabilities: np.ndarray  # on the validation rows
     seconds: float  # what its trial took: about what rebuilding its model costs
     attrs: dict  # the trial's user attributes (validation figures)
+    joins: tuple[str, ...] = ()
+
+    @property
+    def single(self) -> bool:
+        """Whether it is one model (a trial's), what an ensemble must beat; a concatenated-feature probe is
+        already an ensemble of its backbones."""
+        return not self.joins
 
 
 def ensemble_candidates(
@@ -141,16 +149,18 @@ class EnsembleChoice:
 
 def choose_ensemble(candidates: list[Candidate], labels: np.ndarray, metric: str, seed: int) -> EnsembleChoice:
     """Greedy selection over ``candidates`` on all the validation rows, kept only when it names two or
-    more members and, cross-validated over the validation rows, beats the best single candidate."""
+    more members (or a concatenated-feature probe alone, itself an ensemble of backbones) and, cross-validated
+    over the validation rows, beats the best single model (the best of the trials' candidates)."""
     if len(candidates) < 2:
         return EnsembleChoice(None, None, f"{len(candidates)} candidate(s): nothing to combine")
     if len(labels) < MIN_VALIDATION_ROWS:
         return EnsembleChoice(None, None, f"{len(labels)} validation rows: too few to choose members on")
     probabilities = [c.probabilities for c in candidates]
+    singles = [i for i, c in enumerate(candidates) if c.single]
     selection = greedy_selection(probabilities, labels, metric)
-    if len(selection.members) < 2:
+    if len(selection.members) < 2 and candidates[selection.members[0]].single:
         return EnsembleChoice(None, None, "the best single model alone scored best on validation")
-    checked = cross_validated_scores(probabilities, labels, metric, seed)
+    checked = cross_validated_scores(probabilities, labels, metric, seed, singles=singles)
     if checked is None:
         return EnsembleChoice(None, None, "a class has fewer than 2 validation rows: the gain cannot be checked")
     if checked.gain <= 0:

@@ -7,11 +7,15 @@ resumed and checked against the space it was made with. What people read (the le
 lines, ``best_params``) shows only the parameters a trial's strategy used: :func:`used_parameters`.
 
 The choices: the backbone; the adaptation strategy (linear probe, last-k layer groups, full
-fine-tuning, LP-FT, and with few labels nearest centroid and logistic regression on the
-embeddings); ``trained_groups``, how many of the body's layer groups, counted from the head, train
+fine-tuning, LP-FT, with few labels nearest centroid and logistic regression on the
+embeddings, and when asked for BitFit, norm-only tuning and LoRA, with its rank, alpha and dropout);
+``trained_groups``, how many of the body's layer groups, counted from the head, train
 (last-k and LP-FT; earlier versions called it ``freeze_depth``);
-the body's peak learning rate and its layer-wise decay; the head's learning rate; and the head's
-structure (linear, or an MLP with a searched hidden width and dropout).
+the body's peak learning rate and its layer-wise decay; the head's learning rate; the head's
+structure (linear, or an MLP with a searched hidden width and dropout); and, for the strategies that train the
+body (:attr:`~automl_tl.strategies.Strategy.augmentable`), the training-batch augmentation among those the
+backbones' modality offers (:mod:`automl_tl.augmentation`). It is the one parameter drawn only where it is used:
+a frozen body's features are cached un-augmented, and a text search, with nothing but "none", never draws it.
 
 Epochs are the budget, not a searched parameter: every trial is scheduled for ``max_epochs``
 (one warm-up + cosine schedule), and the pruner and early stopping decide how many it really
@@ -22,12 +26,14 @@ learning rate has fully decayed with one that is still warm, and prune the latte
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import pandas as pd
 
+from automl_tl.augmentation import NO_AUGMENTATION
 from automl_tl.config import DEFAULT_BACKBONE_LR_RANGES, SearchConfig, TrialConfig
 from automl_tl.data.bundle import MIN_SHOTS_FOR_HOLDOUT, VALIDATION_CROSS, VALIDATION_HOLDOUT
 from automl_tl.errors import ConfigError
@@ -35,16 +41,20 @@ from automl_tl.heads import HeadSpec
 from automl_tl.strategies import (
     EMBEDDING_STRATEGIES,
     FINE_TUNING_STRATEGIES,
-    FULL,
     LINEAR_PROBE,
     LOGISTIC_REGRESSION,
+    LORA,
     NEAREST_CENTROID,
     current_names,
+    get_strategy,
 )
 
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
 HEAD_DROPOUT_RANGE = (0.0, 0.5)
+LORA_RANKS = (4, 8, 16)
+LORA_ALPHAS = (1.0, 2.0)  # alpha as a multiple of the rank: the adapters' output scaled by 1 or 2
+LORA_DROPOUT_RANGE = (0.0, 0.2)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,13 @@ class SearchSpace:
     max_epochs: int
     metric: str = "accuracy"  # what trials are scored by (see automl_tl.metrics)
     class_weighted: bool = False  # training weighs classes inversely to their frequency
+    #: training-batch augmentations drawn for the strategies that train the body; ("none",): never drawn
+    augmentations: tuple[str, ...] = (NO_AUGMENTATION,)
+
+    @property
+    def draws_augmentation(self) -> bool:
+        """Whether trials that train the body draw an augmentation (not when "none" is all there is)."""
+        return self.augmentations != (NO_AUGMENTATION,)
 
     @classmethod
     def from_config(
@@ -73,18 +90,22 @@ class SearchSpace:
         validation: str = VALIDATION_HOLDOUT,
         metric: str = "accuracy",
         class_weighted: bool = False,
+        augmentations: Sequence[str] = (NO_AUGMENTATION,),
     ) -> "SearchSpace":
         """The space for ``backbones`` (the largest has ``max_groups`` layer groups) under the user's limits.
 
-        ``metric`` and ``class_weighted`` are the data's (see :mod:`automl_tl.metrics`).
+        ``metric`` and ``class_weighted`` are the data's (see :mod:`automl_tl.metrics`). ``augmentations``: those
+        every backbone offers (:attr:`~automl_tl.backbone.Backbone.augmentations`), of which the search draws
+        those the user asked for (all by default); asking only for ones they do not offer is refused.
         ``validation`` (the data's, see :func:`automl_tl.data.bundle.prepare_dataset`): unless "holdout", the
         validation split is the training split, so only the embedding strategies (cross-validated) are
         searched, and with nothing to validate ("none"), nearest centroid alone.
         """
         groups = max_groups if config.max_trained_groups is None else min(config.max_trained_groups, max_groups)
         strategies = list(config.strategies)
-        if groups < max_groups and FULL in strategies:
-            strategies.remove(FULL)  # the user capped how much of the body may train
+        if groups < max_groups:
+            # The user capped how much of the body may train: not what trains some of every group (full, BitFit...).
+            strategies = [s for s in strategies if not get_strategy(s).trains_every_group]
         if groups == 0:
             # Nothing of the body may train: a head-only search, on cached features.
             strategies = [s for s in strategies if s in EMBEDDING_STRATEGIES] + [LINEAR_PROBE]
@@ -105,6 +126,13 @@ class SearchSpace:
                 )
             strategies = kept
         backbone_lrs = config.backbone_lr_range or DEFAULT_BACKBONE_LR_RANGES[modality]
+        offered = tuple(augmentations)
+        drawn = offered if config.augmentation is None else tuple(a for a in config.augmentation if a in offered)
+        if not drawn:
+            raise ConfigError(
+                f"the {modality} backbones offer no augmentation {', '.join(config.augmentation or ())}; "
+                f"expected some of {', '.join(offered)}"
+            )
         return cls(
             tuple(backbones),
             tuple(strategies) or (LINEAR_PROBE,),
@@ -116,9 +144,13 @@ class SearchSpace:
             config.max_epochs,
             metric,
             class_weighted,
+            drawn,
         )
 
     def to_dict(self) -> dict[str, Any]:
+        # (a space that draws no augmentation is stored as before augmentation was searched: an earlier
+        # version's study, which holds no augmentations, resumes with --augmentation none)
+        augmentations = {"augmentations": list(self.augmentations)} if self.draws_augmentation else {}
         return {
             "backbones": list(self.backbones),
             "strategies": list(self.strategies),
@@ -130,6 +162,7 @@ class SearchSpace:
             "max_epochs": self.max_epochs,
             "metric": self.metric,
             "class_weighted": self.class_weighted,
+            **augmentations,
         }
 
     @classmethod
@@ -139,6 +172,8 @@ class SearchSpace:
         values = current_names(values)
         for name in ("backbones", "strategies", "backbone_lr_range", "head_lr_range", "heads"):
             values[name] = tuple(values[name])
+        if "augmentations" in values:
+            values["augmentations"] = tuple(values["augmentations"])
         return cls(**values)
 
     def default_params(self) -> dict[str, Any]:
@@ -154,6 +189,7 @@ class SearchSpace:
             "head": self.heads[0],
             "head_hidden": 256,
             "head_dropout": 0.0,
+            **({"augmentation": self.augmentations[0]} if self.draws_augmentation else {}),
         }
 
 
@@ -184,6 +220,23 @@ def suggest_trial_config(
         hidden=trial.suggest_int("head_hidden", *HEAD_HIDDEN_RANGE, log=True),
         dropout=trial.suggest_float("head_dropout", *HEAD_DROPOUT_RANGE),
     )
+    # Drawn only where it can help: a frozen body's cached features are never augmented (see the module docstring).
+    augmentation = (
+        trial.suggest_categorical("augmentation", list(space.augmentations))
+        if space.draws_augmentation and get_strategy(strategy).augmentable
+        else space.augmentations[0]
+    )
+    # LoRA's parameters, unlike the others, are drawn by LoRA trials only (and last): a search without LoRA draws
+    # exactly what it drew before LoRA was added (the same trials from the same seed, the same params stored).
+    lora = (
+        {
+            "lora_rank": trial.suggest_categorical("lora_rank", list(LORA_RANKS)),
+            "lora_alpha": trial.suggest_categorical("lora_alpha", list(LORA_ALPHAS)),
+            "lora_dropout": trial.suggest_float("lora_dropout", *LORA_DROPOUT_RANGE),
+        }
+        if strategy == LORA
+        else {}
+    )
     return TrialConfig(
         backbone=backbone,
         strategy=strategy,
@@ -198,6 +251,8 @@ def suggest_trial_config(
         input_options=search.input_options,
         metric=space.metric,
         class_weighted=space.class_weighted,
+        augmentation=augmentation,
+        **lora,
     )
 
 

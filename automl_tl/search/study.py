@@ -35,6 +35,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
+from automl_tl.augmentation import NO_AUGMENTATION
 from automl_tl.backbone import Backbone
 from automl_tl.config import SearchConfig, TrialConfig, check_storage_url
 from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
@@ -51,11 +52,12 @@ from automl_tl.layout import (
     MANIFEST_FILE,
     METRICS_FILE,
 )
-from automl_tl.metrics import all_metrics, default_metric, uses_class_weights
+from automl_tl.metrics import all_metrics, default_metric, metric_value, uses_class_weights
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.rank.ranking import rank_backbones, searchable_backbones, with_outcomes
 from automl_tl.registry import get_registry
 from automl_tl.results.calibration import calibration_summary, fit_temperature, log_probabilities
+from automl_tl.results.concatenated import CONCATENATED_FEATURES, ConcatenatedModel, ConcatenatedPredictor
 from automl_tl.results.ensemble import EnsemblePredictor, save_ensemble
 from automl_tl.results.ensemble_selection import ENSEMBLE_ROUNDS
 from automl_tl.results.loading import kept_model_dir, load_kept_model
@@ -80,6 +82,15 @@ from automl_tl.results.report import (
     write_skipped,
     write_summary,
     write_transferability,
+)
+from automl_tl.search.concatenation import (
+    CONCATENATED_BACKBONES,
+    CONCATENATED_PROBE_NAME,
+    ConcatenatedProbe,
+    estimated_seconds,
+    fit_concatenated_probe,
+    joinable,
+    refit_on_train_and_val,
 )
 from automl_tl.search.ensembling import (
     Candidate,
@@ -124,6 +135,7 @@ from automl_tl.train.executor import (
     STOP_TIME,
     VALIDATED_BY_CROSS_VALIDATION,
     Executor,
+    StrategyNotApplicable,
     TrialResult,
     epoch_record,
     predict_logits,
@@ -155,6 +167,8 @@ MIN_CALIBRATION_ROWS = 20
 ENSEMBLE_RESERVE_MEMBERS = 4
 
 
+#: how a pruned trial's reason starts when its strategy had nothing to train in its backbone (never run)
+NOT_APPLICABLE = "not applicable: "
 #: a failed trial's reason when the time for it ran out before it had a model
 BUDGET_RAN_OUT = "the time budget ran out before the first epoch finished"
 
@@ -344,6 +358,9 @@ class Search:
                 metric,
                 ", with a class-weighted loss" if weighted else "",
             )
+        # the augmentations every candidate offers (a plugin's backbone may offer fewer than its modality)
+        offered = [set(self.backbones[name].augmentations) for name in candidates]
+        augmentations = [a for a in self.backbones[candidates[0]].augmentations if all(a in o for o in offered)]
         return SearchSpace.from_config(
             self.config,
             candidates,
@@ -352,7 +369,16 @@ class Search:
             validation=self.data.validation,
             metric=metric,
             class_weighted=weighted,
+            augmentations=augmentations,
         )
+
+    def _augmented_as_stored(self, space: SearchSpace, stored_space: dict[str, Any]) -> SearchSpace:
+        """``space`` without augmentation where the study was made before augmentation was searched (its stored
+        space holds none) and the user did not ask for any: such a study resumes as it was made."""
+        if "augmentations" in stored_space or self.config.augmentation is not None or not space.draws_augmentation:
+            return space
+        logger.info("the study was made before augmentation was searched: it goes on without augmentation")
+        return replace(space, augmentations=(NO_AUGMENTATION,))
 
     def _keeps_stored_backbones(self, stored_space: dict[str, Any]) -> bool:
         """Whether a resumed study goes on with the backbones it was made with, although this run's pre-ranking
@@ -361,7 +387,7 @@ class Search:
         stored = list(stored_space.get("backbones") or [])
         if self.ranking is None or not stored or not set(stored) <= set(self.backbones):
             return False
-        space = self._space_for(stored)
+        space = self._augmented_as_stored(self._space_for(stored), stored_space)
         if space.to_dict() != stored_space:
             return False
         logger.info(
@@ -407,6 +433,8 @@ class Search:
         stored_data = study.user_attrs.get("data_fingerprint")
         stored_space = study.user_attrs.get("search_space")
         stored_space = None if stored_space is None else current_names(stored_space)
+        if stored_space is not None:
+            self.space = self._augmented_as_stored(self.space, stored_space)
         if stored_data is None:
             study.set_user_attr("data_fingerprint", self.data.fingerprint)
             study.set_user_attr("search_space", self.space.to_dict())
@@ -596,7 +624,19 @@ class Search:
         seconds = [s for _, s in self._frozen_trials]
         rebuild = sum(seconds) / len(seconds) * ENSEMBLE_RESERVE_MEMBERS
         testing = self._test_features_cost({name for name, _ in self._frozen_trials})
-        return rebuild + ENSEMBLE_SAVE_SECONDS * ENSEMBLE_RESERVE_MEMBERS + testing
+        return rebuild + ENSEMBLE_SAVE_SECONDS * ENSEMBLE_RESERVE_MEMBERS + testing + self._concatenated_reserve()
+
+    def _concatenated_reserve(self) -> float:
+        """Seconds kept back for the concatenated-feature probe: fitting it, and refitting it when kept, each
+        about the sum of the mean frozen-body trial's seconds of the :data:`CONCATENATED_BACKBONES` backbones
+        whose trials cost most (0 with fewer than two backbones: no probe)."""
+        by_backbone: dict[str, list[float]] = {}
+        for name, seconds in self._frozen_trials:
+            by_backbone.setdefault(name, []).append(seconds)
+        if len(by_backbone) < 2:
+            return 0.0
+        means = sorted((sum(s) / len(s) for s in by_backbone.values()), reverse=True)
+        return 2 * sum(means[:CONCATENATED_BACKBONES])
 
     def _test_features_cost(self, backbones: set[str]) -> float:
         """Seconds the features of the test split would take on ``backbones`` (the pre-ranking's measured
@@ -660,6 +700,11 @@ class Search:
                 result = self.executor.fit(config, backbone, self.data, on_epoch=on_epoch, deadline=deadline)
         except AutomlTLError:
             raise  # the user's problem (data, weights): stop the search with the message
+        except StrategyNotApplicable as exc:  # (norm-only of a body without norms): nothing to learn by running it
+            message = f"{NOT_APPLICABLE}{exc}"
+            trial.set_user_attr("error", message)
+            logger.info("trial %d %s", trial.number, message)
+            raise optuna.TrialPruned(message) from exc
         except Exception as exc:  # anything else fails this trial only
             logger.warning(
                 "trial %d failed: %s: %s",
@@ -948,6 +993,13 @@ class Search:
             (str(t.user_attrs.get("error") or "").strip() or "no reason recorded").splitlines()[0] for t in failed
         )
         where = f"the leaderboard is in {self.run_dir}"
+        not_applicable = [str(t.user_attrs.get("error") or "") for t in trials]
+        if trials and all(reason.startswith(NOT_APPLICABLE) for reason in not_applicable):
+            return (
+                f"no trial finished: the strategies asked for have nothing to train in the backbones searched "
+                f"({_shortened(not_applicable[0][len(NOT_APPLICABLE) :], 200)}); choose other strategies or "
+                f"backbones ({where})"
+            )
         if reasons:
             reason, count = reasons.most_common(1)[0]
             if reason != BUDGET_RAN_OUT:  # a budget raised would not help a trial that fails on its own
@@ -1284,6 +1336,8 @@ class Search:
         return torch.log(total.clamp_min(1e-12))
 
     def _member_logits(self, predictor: Predictor, split: Split, deadline: float | None) -> torch.Tensor:
+        if isinstance(predictor, ConcatenatedPredictor):  # one linear layer on its parts' features: logits add
+            return sum(self._member_logits(part, split, deadline) for part in predictor.parts)
         trial_config = predictor.config.get("trial_config", {})
         strategy = trial_config.get("strategy")
         if strategy in FROZEN_BODY_STRATEGIES and predictor.backbone.name in self.backbones:
@@ -1319,12 +1373,16 @@ class Search:
         best = _saved_best_config(self.run_dir)
         metric = best.get("metric", "accuracy")
         candidates, labels = ensemble_candidates(self.run_dir, study, self.data, best["trial"])
+        probe, probe_record = self._concatenated_candidate(candidates, labels)
+        if probe is not None:
+            candidates = [*candidates, probe.candidate()]
         choice = choose_ensemble(candidates, labels, metric, self.config.seed)
         record: dict[str, Any] = {
             "kept": False,
             "reason": choice.reason,
             "candidates": len(candidates),
             "rows": len(labels),
+            "concatenated_features": probe_record,
         }
         if choice.cross_validated is not None:
             checked = choice.cross_validated
@@ -1340,7 +1398,9 @@ class Search:
         rebuilt = [c for c, _ in chosen if c.trial != best["trial"]]
         estimate = sum(c.seconds for c in rebuilt) + ENSEMBLE_SAVE_SECONDS * len(chosen)
         if self._deadline is not None:
-            testing = self._test_features_cost({c.config.backbone for c in rebuilt})
+            testing = self._test_features_cost(
+                {name for c in rebuilt for name in (c.joins if c.joins else (c.config.backbone,))}
+            )
             left = self._deadline - time.monotonic() - testing - self._save_margin()
             if estimate > left:
                 record["reason"] = (
@@ -1350,6 +1410,9 @@ class Search:
                 return record, None
         members = []
         for candidate, weight in chosen:
+            if candidate.joins:
+                members.append((weight, *self._concatenated_member(probe)))
+                continue
             if candidate.trial == best["trial"]:
                 anchor = load_model_dir(self.run_dir / BEST_MODEL_DIR, "cpu")
                 # (its own temperature, from an earlier end of this run, is not the ensemble's: left out)
@@ -1381,14 +1444,85 @@ class Search:
         )
         record.update(
             kept=True,
-            members=[
-                {"trial": c.trial, "backbone": c.config.backbone, "strategy": c.config.strategy, "weight": round(w, 4)}
-                for c, w in chosen
-            ],
+            members=[_member_record(c, w) for c, w in chosen],
             validation_chosen_on=abs(choice.selection.score),
         )
         average = sum(w * c.probabilities for c, w in chosen)
         return record, (average, labels)
+
+    def _concatenated_candidate(
+        self, candidates: list[Candidate], labels: np.ndarray
+    ) -> tuple[ConcatenatedProbe | None, dict[str, Any]]:
+        """The probe on the concatenated features of the best-scoring backbones with frozen-body trials (see
+        :mod:`automl_tl.search.concatenation`), fitted on the rows ``candidates`` were scored on, if two or more
+        backbones have such trials and the time left allows it; and the record for the summary (why not)."""
+        joined = joinable([c for c in candidates if c.config is not None and c.config.backbone in self.backbones])
+        if len(joined) < 2:
+            names = sorted(
+                {c.config.backbone for c in candidates if c.config and get_strategy(c.config.strategy).frozen_body}
+            )
+            reason = (
+                f"{len(names)} backbone(s) with frozen-body trials ({', '.join(names) or 'none'}): concatenating "
+                "features needs 2"
+            )
+            logger.info("no %s: %s", CONCATENATED_PROBE_NAME, reason)
+            return None, {"candidate": False, "reason": reason}
+        backbones = [c.config.backbone for c in joined]
+        estimate = estimated_seconds(joined, candidates)
+        deadline = None if self._deadline is None else self._deadline - self._save_margin()
+        if deadline is not None and estimate > deadline - time.monotonic():
+            left = max(deadline - time.monotonic(), 0)
+            reason = f"skipped: it would take about {estimate:.0f}s, {left:.0f}s of the budget were left"
+            logger.info("no %s of %s: %s", CONCATENATED_PROBE_NAME, " + ".join(backbones), reason)
+            return None, {"candidate": False, "backbones": backbones, "reason": reason}
+        every_row = len(labels) == len(self.data.train) + len(self.data.val)
+        try:
+            probe = fit_concatenated_probe(
+                self.executor, self.backbones, joined, self.data, every_row, self.config.seed, deadline
+            )
+        except DeadlineReached:
+            reason = "skipped: the budget ran out while its features were computed"
+            logger.info("no %s of %s: %s", CONCATENATED_PROBE_NAME, " + ".join(backbones), reason)
+            return None, {"candidate": False, "backbones": backbones, "reason": reason}
+        metric = candidates[0].config.metric
+        logits = torch.log(torch.from_numpy(probe.probabilities).clamp_min(1e-12)).float()
+        return probe, {
+            "candidate": True,
+            "backbones": backbones,
+            "C": probe.fitted.details["C"],
+            "seconds": round(probe.seconds, 3),
+            "validation": {"metric": metric, "score": round(metric_value(metric, logits, labels), 4)},
+        }
+
+    def _concatenated_member(self, probe: ConcatenatedProbe) -> tuple[ConcatenatedModel, dict[str, Any]]:
+        """The probe as an ensemble member: refitted on training + validation with the ``C`` it chose when the
+        trials' models are (refit on, a validation split held out), one model per backbone (its pretrained
+        body, its block of the layer); and what ``ensemble.json`` lists of it."""
+        refit = probe.fitted_on != FITTED_ON_TRAIN_AND_VAL and self._refit_due({"fitted_on": probe.fitted_on})
+        fitted = (
+            refit_on_train_and_val(probe, self.executor, self.backbones, self.data, self.config.seed)
+            if refit
+            else probe.fitted
+        )
+        fitted_on = FITTED_ON_TRAIN_AND_VAL if refit else probe.fitted_on
+        details = {
+            "fitted_on": fitted_on,
+            "C": fitted.details["C"],
+            "part_of": CONCATENATED_PROBE_NAME,
+            "joined_with": list(probe.backbones),
+        }
+        parts = []
+        for config, head in zip(probe.configs, fitted.module.heads):
+            backbone = self.backbones[config.backbone]
+            model = backbone.build(num_classes=len(self.data.classes))  # the pretrained body, as the trials had it
+            model.head = head
+            model.set_trained_groups(0)
+            parts.append((model.eval(), self._model_config(backbone, config, details)))
+        return ConcatenatedModel(parts), {
+            "strategy": CONCATENATED_PROBE_NAME,
+            "fitted_on": fitted_on,
+            "C": fitted.details["C"],
+        }
 
     def _calibrate(self, study: optuna.Study, ensemble_rows: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
         """Fit the kept model's temperature on validation predictions it was not trained on (the ensemble's
@@ -1545,12 +1679,42 @@ def _threshold_not_reached(threshold: Threshold, where: str) -> str:
     )
 
 
+def _member_record(candidate: Candidate, weight: float) -> dict[str, Any]:
+    """An ensemble member as the summary, the report and the card list it."""
+    if candidate.joins:
+        return {
+            "trial": None,
+            "backbone": " + ".join(candidate.joins),
+            "strategy": CONCATENATED_PROBE_NAME,
+            "kind": CONCATENATED_FEATURES,
+            "backbones": list(candidate.joins),
+            "weight": round(weight, 4),
+        }
+    config = candidate.config
+    return {
+        "trial": candidate.trial,
+        "backbone": config.backbone,
+        "strategy": config.strategy,
+        "weight": round(weight, 4),
+    }
+
+
 def _describe_kept(ensemble: dict[str, Any]) -> str:
     """What ``automl_tl.load(run_dir)`` returns, in words."""
     if not ensemble.get("kept"):
         return "the best trial's model (best_model)"
-    trials = ", ".join(str(member["trial"]) for member in ensemble["members"])
-    return f"an ensemble of {len(ensemble['members'])} models (trials {trials}; {ENSEMBLE_DIR})"
+    members = ensemble["members"]
+    parts = []
+    trials = [str(member["trial"]) for member in members if member.get("kind") != CONCATENATED_FEATURES]
+    if trials:
+        parts.append(f"trial{'s' if len(trials) > 1 else ''} {', '.join(trials)}")
+    parts += [
+        f"{CONCATENATED_PROBE_NAME} of {member['backbone']}"
+        for member in members
+        if member.get("kind") == CONCATENATED_FEATURES
+    ]
+    what = f"{len(members)} models" if len(members) > 1 else "1 model"
+    return f"an ensemble of {what} ({'; '.join(parts)}; {ENSEMBLE_DIR})"
 
 
 def _shortened(text: str, limit: int) -> str:

@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from automl_tl.strategies import LOGISTIC_REGRESSION, NEAREST_CENTROID
-from automl_tl.train.head_modules import NormalisedLinearHead
+from automl_tl.train.head_modules import NormalisedLinearHead, SummedBlockHeads
 
 #: scales cosine similarities (in [-1, 1]) into logits; only the probabilities depend on it, never the argmax
 CENTROID_TEMPERATURE = 10.0
@@ -170,6 +170,47 @@ def fit_logistic_regression(
         head.linear.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
         head.linear.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
     return FittedHead(head.eval(), {"C": c, **({"balanced": True} if balanced else {})})
+
+
+def fit_concatenated_logistic_regression(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    *,
+    widths: list[int],
+    C: float | None = None,  # noqa: N803 - sklearn's name
+    balanced: bool = False,
+) -> FittedHead:
+    """Logistic regression on several bodies' embeddings side by side: ``x`` holds the blocks (of ``widths``
+    columns each) concatenated. Each block is centred on its own mean and scaled to unit length (so that no
+    body outweighs another by the scale of its embeddings), the blocks are joined and divided by the square root
+    of their number (unit length again), and one multinomial logistic regression is fitted on that, ``C`` by
+    cross-validation as in :func:`fit_logistic_regression` unless given.
+
+    The module is a :class:`~automl_tl.train.head_modules.SummedBlockHeads`: one
+    :class:`~automl_tl.train.head_modules.NormalisedLinearHead` per block, holding its columns of the fitted
+    layer (the bias shared out evenly), whose logits sum to the fitted classifier's."""
+    _check_every_class(y, num_classes)
+    if sum(widths) != x.shape[1] or len(widths) < 2:
+        raise ValueError(f"blocks of widths {widths} do not split {x.shape[1]} columns into two or more")
+    scale = float(np.sqrt(len(widths)))
+    heads, normalised = [], []
+    for block in np.split(x, np.cumsum(widths)[:-1], axis=1):
+        head, inputs = _normalised(block, num_classes)
+        heads.append(head)
+        normalised.append(inputs.numpy().astype(np.float64) / scale)
+    inputs = np.concatenate(normalised, axis=1)
+    c = choose_logistic_c(inputs, y, seed, balanced) if C is None else C
+    model = _logistic(inputs, y, c, seed, balanced)
+    coef, intercept = model.coef_, model.intercept_
+    if num_classes == 2:  # (one row for two classes, as in fit_logistic_regression)
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    with torch.no_grad():
+        for head, columns in zip(heads, np.split(coef, np.cumsum(widths)[:-1], axis=1)):
+            head.linear.weight.copy_(torch.as_tensor(columns / scale, dtype=torch.float32))
+            head.linear.bias.copy_(torch.as_tensor(intercept / len(widths), dtype=torch.float32))
+    return FittedHead(SummedBlockHeads(heads, widths).eval(), {"C": c, **({"balanced": True} if balanced else {})})
 
 
 FITTERS: dict[str, HeadFitter] = {NEAREST_CENTROID: fit_nearest_centroid, LOGISTIC_REGRESSION: fit_logistic_regression}

@@ -5,8 +5,9 @@ trial's head, then one of two paths that share the same epoch loop:
 
 * **head on features** (linear probe, and the first stage of LP-FT): the frozen body's features
   come from the on-disk :class:`~automl_tl.train.feature_cache.FeatureCache`, and only the head trains;
-* **fine-tuning** (last-k groups, full): the body runs on every batch and the trained groups
-  learn at layer-wise decayed rates.
+* **fine-tuning** (last-k groups, full; BitFit, norm-only, LoRA): the body runs on every batch and the trained
+  groups learn at layer-wise decayed rates (BitFit's biases, norm-only's norms and LoRA's adapters at one rate;
+  LoRA's adapters are merged into the body once the best epoch is restored).
 
 The embedding strategies (nearest centroid, logistic regression) take a third, shorter path: the
 head is fitted in one go on the same cached features (:mod:`automl_tl.train.embedding_heads`) and
@@ -16,6 +17,11 @@ has too few labels to hold any out; their history has one "epoch".
 Both use AdamW, linear warm-up then cosine decay, gradient clipping, per-epoch validation
 reported through ``on_epoch``, early stopping, a deadline checked per batch, and restore
 the best epoch's weights. Mixed precision on CUDA.
+
+Fine-tuning's training batches get the trial's augmentation (:mod:`automl_tl.augmentation`): the preprocessor's
+own (:meth:`~automl_tl.backbone.Preprocessor.augmented`) when they are collated, and mixup/CutMix (timm's
+``Mixup``) once they are on the device, with soft targets the loss takes as they are. Validation batches and the
+cached features of the head-on-features path are never augmented.
 """
 
 from __future__ import annotations
@@ -38,17 +44,19 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
+from automl_tl.augmentation import BATCH_AUGMENTATIONS, MIXUP, NO_AUGMENTATION
 from automl_tl.backbone import Backbone, Preprocessor
 from automl_tl.config import TrialConfig
 from automl_tl.data.bundle import VALIDATION_CROSS, VALIDATION_HOLDOUT, DatasetBundle, Split
-from automl_tl.errors import first_line
+from automl_tl.errors import ConfigError, first_line
 from automl_tl.inputs import InputOptions
 from automl_tl.metrics import all_metrics, class_weights, signed
-from automl_tl.strategies import FULL, LAST_K, get_strategy
+from automl_tl.strategies import BODY_ADAPTERS, BODY_BIASES, BODY_NORMS, FULL, LAST_K, get_strategy
 from automl_tl.train.device import DeadlineReached, autocast, batched_inference, default_device, move_to
 from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.train.head_modules import build_head
+from automl_tl.train.lora import add_adapters, merge_adapters
 from automl_tl.transfer_model import TransferModel
 
 logger = logging.getLogger(__name__)
@@ -74,6 +82,11 @@ CHEAPER_ATTEMPTS = 2
 
 #: words of the RuntimeErrors that mean an allocation failed (CUDA, MPS, and torch's CPU allocator)
 _OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory")
+
+
+class StrategyNotApplicable(ValueError):
+    """A trial's strategy has nothing of its backbone to train (norm-only tuning of a body with no normalisation
+    layer, say): the search prunes it at once, with this message as its reason."""
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -204,6 +217,34 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def set_trained_body(model: TransferModel, config: TrialConfig, lora_targets: Sequence[str] = ()) -> None:
+    """Make trainable what ``config``'s strategy trains (:attr:`Strategy.body <automl_tl.strategies.Strategy>`):
+    the head, and the body's biases (BitFit), its normalisation layers' parameters (norm-only), or its last
+    ``trained_groups`` layer groups (all of them for full fine-tuning, none for a frozen body), or LoRA adapters
+    added beside its ``lora_targets`` (the backbone's, see :attr:`Backbone.lora_targets`; merged by
+    :func:`~automl_tl.train.lora.merge_adapters` once trained).
+    :class:`StrategyNotApplicable` when the body has none of the parameters the strategy trains."""
+    body = get_strategy(config.strategy).body
+    if body == BODY_ADAPTERS:
+        if not lora_targets:
+            raise StrategyNotApplicable(f"{config.backbone} offers no layers for LoRA to adapt")
+        try:
+            add_adapters(model, lora_targets, config.lora_rank, config.lora_alpha, config.lora_dropout)
+        except ValueError as exc:
+            raise StrategyNotApplicable(f"{config.backbone}: {exc}") from exc
+        return
+    if body not in (BODY_BIASES, BODY_NORMS):
+        model.set_trained_groups(config.trained_depth(model.num_groups))
+        return
+    names = model.bias_names() if body == BODY_BIASES else model.norm_parameter_names()
+    if not names:
+        kind = "bias parameters" if body == BODY_BIASES else "normalisation layers"
+        raise StrategyNotApplicable(f"{config.backbone} has no {kind} for {config.strategy} to train")
+    model.set_trained_parameters(names)  # (a batch norm's statistics follow its parameters: see TransferModel.train)
+    if body == BODY_BIASES:
+        model.freeze_norm_statistics = True  # biases alone change: the batch norms keep their statistics
+
+
 def _with_and_without_decay(parameters: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict[str, Any]]:
     # Biases and normalisation weights (1-D) get no weight decay.
     decay = [p for p in parameters if p.requires_grad and p.ndim >= 2]
@@ -215,10 +256,15 @@ def _with_and_without_decay(parameters: list[nn.Parameter], lr: float, weight_de
 
 def parameter_groups(model: TransferModel, config: TrialConfig, head_lr: float | None = None) -> list[dict[str, Any]]:
     """AdamW groups: the head at ``head_lr`` (default ``config.head_lr``); each trained body layer group
-    at ``backbone_lr * layer_decay ** k``, k counting groups down from the top one."""
+    at ``backbone_lr * layer_decay ** k``, k counting groups down from the top one (for the strategies that
+    use ``layer_decay``; the others train the whole body at ``backbone_lr``)."""
     groups = _with_and_without_decay(
         list(model.head.parameters()), config.head_lr if head_lr is None else head_lr, config.weight_decay
     )
+    if get_strategy(config.strategy).trains_few_parameters:
+        # Biases, norms or adapters, wherever they are: one rate (no layer decay: see FEW_BODY_PARAMETERS), and
+        # no layer groups to follow (adapters are not in them).
+        return groups + _with_and_without_decay(list(model.body.parameters()), config.backbone_lr, config.weight_decay)
     body = dict(model.body.named_parameters())
     for distance, names in enumerate(reversed(model.layer_groups)):
         lr = config.backbone_lr * config.layer_decay**distance
@@ -245,6 +291,8 @@ class _Loop:
     val_examples: int = 0
     project: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # what the loop measured (``projected_epoch_seconds``)
+    #: mixes a training batch on the device: (inputs, class indices) -> (mixed inputs, soft targets); None: not mixed
+    mix: Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]] | None = None
 
 
 def _empty_result(
@@ -648,7 +696,7 @@ class Executor:
         deadline: float | None,
         refit: bool,
     ) -> TrialResult:
-        """Last-k, full fine-tuning and LP-FT: the body runs on every batch."""
+        """Last-k, full fine-tuning, LP-FT, BitFit, norm-only and LoRA: the body runs on every batch."""
         started, cpu_started = time.perf_counter(), time.process_time()
         extra: dict[str, Any] = {"fitted_on": FITTED_ON_TRAIN_AND_VAL} if refit else {}
         train_split = data.train_and_val() if refit else data.train
@@ -680,7 +728,7 @@ class Executor:
         if probe_head is not None:
             model.head.load_state_dict(probe_head.state_dict())
             model.freeze_norm_statistics = True
-        model.set_trained_groups(config.trained_depth(model.num_groups))
+        set_trained_body(model, config, backbone.lora_targets)
         # LP-FT's second stage moves the head as gently as the body, so the probe is not undone.
         head_lr = config.backbone_lr if get_strategy(config.strategy).probe_first else config.head_lr
         optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
@@ -688,12 +736,20 @@ class Executor:
         train_items = self.encoded(preprocessor, data, train_split)
         val_items = [] if refit else self.encoded(preprocessor, data, data.val)
         train_labels = torch.as_tensor(train_split.labels)
+        if config.augmentation not in backbone.augmentations:
+            raise ConfigError(
+                f"{backbone.name} offers no augmentation {config.augmentation!r}; expected one of "
+                f"{', '.join(backbone.augmentations)}"
+            )
+        # (the training batches alone are augmented: validation goes through the plain preprocessor)
+        by_batch = config.augmentation in BATCH_AUGMENTATIONS
+        train_preprocessor = preprocessor.augmented(NO_AUGMENTATION if by_batch else config.augmentation)
 
         def batches(generator: torch.Generator) -> Iterator[tuple[Any, torch.Tensor]]:
             order = torch.randperm(len(train_items), generator=generator)
             for start in range(0, len(order), config.batch_size):
                 index = order[start : start + config.batch_size]
-                yield preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
+                yield train_preprocessor.collate([train_items[i] for i in index], train=True), train_labels[index]
 
         def validate(deadline: float | None) -> torch.Tensor:
             return predict_logits(model, preprocessor, val_items, config.batch_size * 2, self.device, deadline)
@@ -704,12 +760,14 @@ class Executor:
             math.ceil(len(train_items) / config.batch_size),
             batches,
             None if refit else validate,
-            f"{config.backbone} {config.strategy} groups={config.trained_depth(model.num_groups)}",
+            f"{config.backbone} {config.strategy}"
+            + (f" groups={config.trained_depth(model.num_groups)}" if get_strategy(config.strategy).uses_depth else ""),
             len(data.classes),
             train_split.labels,
             None if refit else data.val.labels,
             len(val_items),
             project=True,
+            mix=mixup(len(data.classes)) if config.augmentation == MIXUP else None,
         )
         history, best_state, stop_reason, seen = self._run_epochs(loop, config, config.epochs, on_epoch, deadline)
         extra.update(loop.notes, layer_groups=model.num_groups)
@@ -717,6 +775,8 @@ class Executor:
             config = replace(config, epochs=extra["epochs_fitted"])
         if best_state is not None:
             model.load_state_dict(best_state)
+            if get_strategy(config.strategy).body == BODY_ADAPTERS:
+                merge_adapters(model)  # the model handed on (saved, refitted, exported) is a plain one
             model.eval()
         result = TrialResult(
             config=config,
@@ -820,6 +880,7 @@ class Executor:
         schedule = torch.optim.lr_scheduler.LambdaLR(loop.optimizer, factor)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         weights = class_weights(loop.train_labels, loop.num_classes).to(self.device) if config.class_weighted else None
+        # (soft targets of a mixed batch too: each class's term weighed by its weight, averaged over the batch)
         loss_fn = nn.CrossEntropyLoss(weight=weights)
         trained = [p for group in loop.optimizer.param_groups for p in group["params"]]
 
@@ -876,6 +937,8 @@ class Executor:
                         progress.total = fitting
                         progress.refresh()
                 inputs, targets = move_to(inputs, self.device), targets.to(self.device)
+                if loop.mix is not None:
+                    inputs, targets = loop.mix(inputs, targets)
                 with autocast(self.device):
                     loss = loss_fn(loop.module(inputs).float(), targets)
                 if not torch.isfinite(loss):
@@ -979,6 +1042,36 @@ class Executor:
         return min(epochs, 1 + int(left // (1.1 * epoch_seconds)))
 
 
+#: mixup's and CutMix's Beta(alpha, alpha), one of the two drawn per batch at even odds (DeiT's recipe)
+MIXUP_ALPHA, CUTMIX_ALPHA = 0.8, 1.0
+
+
+def mixup(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """timm's ``Mixup`` (mixup or CutMix, no label smoothing) as a batch transform: a batch of images and its class
+    indices -> the mixed batch and its soft targets, ``(batch, num_classes)``. timm mixes each example with the
+    batch reversed and needs an even batch: the last example of an odd one is left unmixed, its target one-hot."""
+    from timm.data import Mixup
+
+    mix = Mixup(
+        mixup_alpha=MIXUP_ALPHA,
+        cutmix_alpha=CUTMIX_ALPHA,
+        switch_prob=0.5,
+        label_smoothing=0.0,
+        num_classes=num_classes,
+    )
+
+    def transform(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = nn.functional.one_hot(targets, num_classes).float()
+        even = len(targets) - len(targets) % 2
+        if even >= 2:
+            inputs = inputs.clone()
+            # (timm mixes in place: the view of the first ``even`` examples mixes them in ``inputs``)
+            _, soft[:even] = mix(inputs[:even], targets[:even])
+        return inputs, soft
+
+    return transform
+
+
 def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | None) -> tuple[TrialConfig, str] | None:
     """``config`` made about half as costly per epoch, and what changed: the backbone's smaller input first
     (:meth:`Backbone.cheaper_input`), else half as many trained layer groups; None when neither is left."""
@@ -987,7 +1080,9 @@ def cheaper_trial(config: TrialConfig, backbone: Backbone, layer_groups: int | N
         options, change = smaller
         return replace(config, input_options=options), change
     groups = config.trained_depth(layer_groups) if layer_groups else config.trained_groups
-    if get_strategy(config.strategy).frozen_body or groups < 2:
+    strategy_record = get_strategy(config.strategy)
+    # (BitFit, norm-only and LoRA cost a whole body's forward and backward pass: no fewer groups to train)
+    if strategy_record.frozen_body or strategy_record.trains_few_parameters or groups < 2:
         return None
     strategy = LAST_K if config.strategy == FULL else config.strategy
     return (

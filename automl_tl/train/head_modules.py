@@ -46,3 +46,23 @@ class NormalisedLinearHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.normalise(x))
+
+
+class SummedBlockHeads(nn.Module):
+    """One linear layer on several bodies' embeddings concatenated, kept as one head per body whose logits sum.
+
+    ``x`` is the concatenation of the blocks (of ``widths`` columns each); block ``i`` goes to ``heads[i]``.
+    With :class:`NormalisedLinearHead` blocks, each block centred and scaled to unit length, the sum is one
+    linear layer on the normalised blocks side by side: the saved model is then one ordinary model per body
+    (see :mod:`automl_tl.results.concatenated`), their logits added."""
+
+    def __init__(self, heads: list[nn.Module], widths: list[int]):
+        super().__init__()
+        if len(heads) != len(widths):
+            raise ValueError(f"{len(heads)} heads for {len(widths)} blocks")
+        self.heads = nn.ModuleList(heads)
+        self.widths = list(widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = torch.split(x, self.widths, dim=-1)
+        return torch.stack([head(block) for head, block in zip(self.heads, blocks)]).sum(0)

@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 class TransformersAudioBackbone(AudioBackbone):
     """An audio encoder from a local transformers checkpoint folder; see the module docstring."""
 
+    #: the attention's query and value projections: wav2vec 2.0, HuBERT, WavLM and Whisper call them q_proj and
+    #: v_proj, the audio spectrogram transformer query and value; LoRA adapts those of them the checkpoint has
+    lora_targets = ("q_proj", "v_proj", "query", "value")
+
     def __init__(self, name: str, source: str | Path, clip_seconds: float = 2.0):
         self.name = name
         self.source = Path(source)

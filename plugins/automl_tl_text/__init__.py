@@ -95,6 +95,9 @@ class TransformersTextBackbone(Backbone):
     """
 
     modality = "text"
+    #: the attention's query and value projections, as BERT-like models (and RoBERTa, XLM-R...) name them, and as
+    #: DistilBERT (q_lin, v_lin) and MPNet (q, v) do; LoRA adapts those of them the checkpoint has
+    lora_targets = ("query", "value", "q_lin", "v_lin", "q", "v")
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: timm architectures with public hub weights, offered to users who are online
+#: timm's architectures whose attention blocks have one fused ``qkv`` linear layer (what LoRA adapts)
+VIT_STYLE_FAMILIES = ("vit", "deit", "beit", "eva", "cait", "xcit", "swin")
 HUB_BACKBONES = ("resnet18", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224")
 #: the smallest image side the budget fallback goes down to: below it, ImageNet features are of little use
 SMALLEST_FALLBACK_SIZE = 32
@@ -64,6 +66,11 @@ class TimmBackbone(Backbone):
         self.name = name or timm_name
         self.weights = weights
         self.hflip = hflip
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:  # type: ignore[override]
+        """ViT-style transformers' fused attention projection (``qkv``); none for the convolutional networks."""
+        return ("qkv",) if self.timm_name.startswith(VIT_STYLE_FAMILIES) else ()
 
     @property
     def weight_source(self) -> str:
