@@ -1267,8 +1267,8 @@ class Search:
             return done("stopped: the budget ran out during the cross-validated fits")
         record.update(
             fold_pseudo_labelled=[fold.pseudo_labelled for fold in checked.folds],
-            val_score_before=round(checked.mean_metric(metric, after=False), 4),
-            val_score_after=round(checked.mean_metric(metric, after=True), 4),
+            val_score_before=checked.mean_metric(metric, after=False),
+            val_score_after=checked.mean_metric(metric, after=True),
         )
         scores = (
             f"{metric} {record['val_score_after']:.4f} with the pseudo-labelled rows, "
