@@ -111,6 +111,7 @@ def test_self_training_pseudo_labels_the_pool_and_keeps_the_fit_only_if_validati
     assert record["threshold_precision"] >= PSEUDO_LABEL_PRECISION and record["threshold_rows"] >= MIN_THRESHOLD_ROWS
     before, after = record["val_score_before"], record["val_score_after"]
     assert record["kept"] and after > before and "better on validation" in record["reason"]
+    assert record["mode"] == "validation split"
     saved = saved_config(outcome.run_dir)
     assert saved["self_trained"]["pseudo_labelled"] == record["pseudo_labelled"]
     # the kept model's validation figures are the self-trained fit's, on the untouched validation split
@@ -340,6 +341,9 @@ def test_a_self_training_kept_by_cross_validation_replaces_the_model_and_its_out
     record = summary["self_training"]
     assert record["kept"] and record["val_score_after"] > record["val_score_before"]
     assert "better by cross-validation" in record["reason"]
+    # the folds are the trial's: without pseudo-labels they reproduce its out-of-fold score (equal folds of 10)
+    trial = outcome.study.trials[saved_config(outcome.run_dir)["trial"]]
+    assert record["val_score_before"] == pytest.approx(trial.user_attrs["best_val_accuracy"])
     # the final fit: every labelled row + the pool rows the kept model (fitted on all of them) labelled
     final_rows, _ = executor.fits[2 * record["folds"]]
     labelled, pseudo = final_rows.parts
