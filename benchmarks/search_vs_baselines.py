@@ -108,7 +108,7 @@ from automl_tl.errors import AutomlTLError  # noqa: E402
 from automl_tl.inputs import InputOptions
 from automl_tl.rank.transferability import SCORES, kendall_tau  # noqa: E402
 from automl_tl.registry import get_registry  # noqa: E402
-from automl_tl.search.space import SearchSpace  # noqa: E402
+from automl_tl.search.space import SearchSpace, common_augmentations  # noqa: E402
 from automl_tl.search.study import Search, SearchOutcome  # noqa: E402
 from automl_tl.train.executor import STOP_TIME, EpochCallback, Executor, TrialResult  # noqa: E402
 from automl_tl.train.feature_cache import FeatureCache  # noqa: E402
@@ -580,9 +580,10 @@ def row_for(method: str, seed: int | None, outcome: SearchOutcome | None, cost: 
 
 def grid_space(task: Task, config: SearchConfig) -> SearchSpace:
     """The space a search with ``config`` and no pre-ranking will search (as :meth:`Search.prepare` makes it)."""
-    registry = get_registry()
-    max_groups = max(registry.get_backbone(b).build(2, pretrained=False).num_groups for b in task.backbones)
-    return SearchSpace.from_config(config, task.backbones, max_groups, task.data.modality)
+    backbones = [get_registry().get_backbone(name) for name in task.backbones]
+    max_groups = max(backbone.build(2, pretrained=False).num_groups for backbone in backbones)
+    augmentations = common_augmentations([backbone.augmentations for backbone in backbones])
+    return SearchSpace.from_config(config, task.backbones, max_groups, task.data.modality, augmentations=augmentations)
 
 
 def run_grid(task: Task, executor: Executor, args: argparse.Namespace, folder: Path) -> tuple[dict, pd.DataFrame]:

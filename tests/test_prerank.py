@@ -151,6 +151,7 @@ def test_search_tries_the_best_ranked_backbones_first_and_reports_the_ranking(tm
     # the test split's, of each frozen-body model the kept model holds (its members when it is an ensemble).
     kept = summary["ensemble"]["members"] if summary["ensemble"]["kept"] else [summary["best_params"]]
     tested = {m["backbone"] for m in kept if m["strategy"] in FROZEN_BODY_STRATEGIES}
+    tested.update(b for m in kept for b in m.get("backbones", ()))  # a probe on concatenated features: each one's
     assert executor.feature_cache.misses == 4 + len(tested)
 
 

@@ -193,6 +193,13 @@ class SearchSpace:
         }
 
 
+def common_augmentations(offered: Sequence[Sequence[str]]) -> list[str]:
+    """The augmentations every one of the backbones offers (each backbone's
+    :attr:`~automl_tl.backbone.Backbone.augmentations`, in the first one's order): what a search over them may draw
+    (a plugin's backbone may offer fewer than its modality)."""
+    return [name for name in offered[0] if all(name in other for other in offered[1:])]
+
+
 def suggest_trial_config(
     trial: optuna.Trial, space: SearchSpace, search: SearchConfig, slot: int | None = None
 ) -> TrialConfig:

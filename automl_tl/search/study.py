@@ -116,7 +116,7 @@ from automl_tl.search.self_training import (
     fit_head,
     pseudo_labels,
 )
-from automl_tl.search.space import SearchSpace, suggest_trial_config, warm_start_params
+from automl_tl.search.space import SearchSpace, common_augmentations, suggest_trial_config, warm_start_params
 from automl_tl.search.workers import run_local_workers
 from automl_tl.storage import inspect_journal, journal_path, open_storage
 from automl_tl.strategies import (
@@ -358,9 +358,7 @@ class Search:
                 metric,
                 ", with a class-weighted loss" if weighted else "",
             )
-        # the augmentations every candidate offers (a plugin's backbone may offer fewer than its modality)
-        offered = [set(self.backbones[name].augmentations) for name in candidates]
-        augmentations = [a for a in self.backbones[candidates[0]].augmentations if all(a in o for o in offered)]
+        augmentations = common_augmentations([self.backbones[name].augmentations for name in candidates])
         return SearchSpace.from_config(
             self.config,
             candidates,
