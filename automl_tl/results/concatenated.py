@@ -32,7 +32,7 @@ import torch
 from automl_tl.errors import ModelFileError
 from automl_tl.files import with_usual_permissions
 from automl_tl.layout import CONCATENATED_FILE
-from automl_tl.results.model_io import Predictor, load_model_dir, read_bounded_json, replace_directory, save_model
+from automl_tl.results.model_io import Predictor, load_model_dir, read_versioned_json, replace_directory, save_model
 from automl_tl.transfer_model import TransferModel
 
 CONCATENATED_FORMAT_VERSION = 1
@@ -87,15 +87,7 @@ def read_concatenated_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / CONCATENATED_FILE
     if not path.is_file():
         raise ModelFileError(f"no concatenated-feature probe in {directory}: {CONCATENATED_FILE} is missing")
-    config = read_bounded_json(path)
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
-    version = config.get("format_version")
-    if isinstance(version, bool) or version != CONCATENATED_FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: field 'format_version' is {version!r}; expected {CONCATENATED_FORMAT_VERSION} (the only "
-            "format of a concatenated-feature probe this version of automl_tl reads)"
-        )
+    config = read_versioned_json(path, CONCATENATED_FORMAT_VERSION, "concatenated-feature probe")
     if config.get("kind") != CONCATENATED_FEATURES:
         raise ModelFileError(f"{path}: field 'kind' is {config.get('kind')!r}; expected {CONCATENATED_FEATURES!r}")
     parts = config.get("parts")

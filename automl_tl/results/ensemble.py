@@ -42,7 +42,7 @@ from automl_tl.results.concatenated import (
 from automl_tl.results.model_io import (
     Predictor,
     load_model_dir,
-    read_bounded_json,
+    read_versioned_json,
     replace_directory,
     save_model,
 )
@@ -108,15 +108,7 @@ def read_ensemble_config(directory: Path) -> dict[str, Any]:
     """``ensemble.json`` of ``directory``, checked: its format version, 1 to :data:`MAX_MEMBERS` members each
     naming a ``member_N`` folder and a finite positive weight, the weights summing to 1."""
     path = Path(directory) / ENSEMBLE_FILE
-    config = read_bounded_json(path)
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
-    version = config.get("format_version")
-    if isinstance(version, bool) or version != ENSEMBLE_FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: field 'format_version' is {version!r}; expected {ENSEMBLE_FORMAT_VERSION} (the only "
-            "ensemble format this version of automl_tl reads)"
-        )
+    config = read_versioned_json(path, ENSEMBLE_FORMAT_VERSION, "ensemble")
     members = config.get("members")
     if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
         count = len(members) if isinstance(members, list) else "no list of"

@@ -159,6 +159,21 @@ def read_bounded_json(path: Path) -> Any:
         raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
 
 
+def read_versioned_json(path: Path, version: int, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (read as :func:`read_bounded_json`), refused unless its ``format_version`` is
+    ``version``, the only format of ``what`` ("ensemble", ...) this version reads."""
+    config = read_bounded_json(path)
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path} holds a {type(config).__name__}; expected a JSON object")
+    found = config.get("format_version")
+    if isinstance(found, bool) or found != version:
+        raise ModelFileError(
+            f"{path}: field 'format_version' is {found!r}; expected {version} (the only {what} format this "
+            "version of automl_tl reads)"
+        )
+    return config
+
+
 def _shown(value: Any, limit: int = 60) -> str:
     """``repr(value)``, cut short: a tampered field can be megabytes long."""
     text = repr(value)

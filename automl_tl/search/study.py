@@ -1150,16 +1150,11 @@ class Search:
             return done("skipped: too few validation rows to choose a confidence threshold on")
         if not _record_threshold(record, threshold):
             return done(_threshold_not_reached(threshold, "on validation"))
-        pool_split = self.pool.split()
-        try:
-            pool_logits = self._member_logits(predictor, pool_split, deadline)
-        except DeadlineReached:
-            return done("stopped: the budget ran out while the kept model predicted the unlabelled inputs")
+        labelled_pool = self._pseudo_label_pool(predictor, threshold, deadline, record)
         del predictor
-        rows, labels = pseudo_labels(torch.softmax(pool_logits, 1).numpy(), threshold.value)
-        record["pseudo_labelled"] = len(rows)
-        if not len(rows):
-            return done("none: no unlabelled input is above the threshold")
+        if isinstance(labelled_pool, str):
+            return done(labelled_pool)
+        pool_split, rows, labels = labelled_pool
         pseudo = Split.subset("pseudo-labelled", pool_split, rows, labels)
         augmented = replace(self.data, train=Split.union("train+pseudo-labelled", self.data.train, pseudo))
         result = self.executor.fit(trial_config, backbone, augmented, deadline=deadline)
@@ -1205,6 +1200,22 @@ class Search:
             kept=True,
         )
 
+    def _pseudo_label_pool(
+        self, predictor: Predictor, threshold: Threshold, deadline: float | None, record: dict[str, Any]
+    ) -> tuple[Split, np.ndarray, np.ndarray] | str:
+        """The unlabelled pool as a split, and the rows of it the kept model (``predictor``) labels above
+        ``threshold`` with those labels (their count goes into ``record``); or, when there are none, why."""
+        pool_split = self.pool.split()
+        try:
+            pool_logits = self._member_logits(predictor, pool_split, deadline)
+        except DeadlineReached:
+            return "stopped: the budget ran out while the kept model predicted the unlabelled inputs"
+        rows, labels = pseudo_labels(torch.softmax(pool_logits, 1).numpy(), threshold.value)
+        record["pseudo_labelled"] = len(rows)
+        if not len(rows):
+            return "none: no unlabelled input is above the threshold"
+        return pool_split, rows, labels
+
     def _self_train_cross_validated(
         self, saved: dict[str, Any], record: dict[str, Any], done: Callable[..., dict[str, Any]]
     ) -> dict[str, Any]:
@@ -1246,17 +1257,12 @@ class Search:
             return done("skipped: too few labelled rows to choose a confidence threshold on")
         if not _record_threshold(record, threshold):
             return done(_threshold_not_reached(threshold, "out of fold"))
-        pool_split = self.pool.split()
         predictor = load_model_dir(self.run_dir / BEST_MODEL_DIR, self.executor.device)
-        try:
-            pool_logits = self._member_logits(predictor, pool_split, deadline)
-        except DeadlineReached:
-            return done("stopped: the budget ran out while the kept model predicted the unlabelled inputs")
+        labelled_pool = self._pseudo_label_pool(predictor, threshold, deadline, record)
         del predictor
-        rows, labels = pseudo_labels(torch.softmax(pool_logits, 1).numpy(), threshold.value)
-        record["pseudo_labelled"] = len(rows)
-        if not len(rows):
-            return done("none: no unlabelled input is above the threshold")
+        if isinstance(labelled_pool, str):
+            return done(labelled_pool)
+        pool_split, rows, labels = labelled_pool
         try:
             checked = cross_validated_self_training(
                 self.executor, fitted_config, backbone, self.data, labelled, pool_split, threshold.value, deadline
