@@ -32,7 +32,14 @@ import torch
 from automl_tl.errors import ModelFileError
 from automl_tl.files import with_usual_permissions
 from automl_tl.layout import CONCATENATED_FILE
-from automl_tl.results.model_io import Predictor, load_model_dir, read_versioned_json, replace_directory, save_model
+from automl_tl.results.model_io import (
+    Predictor,
+    adopt_predictor_fields,
+    load_model_dir,
+    read_versioned_json,
+    replace_directory,
+    save_model,
+)
 from automl_tl.transfer_model import TransferModel
 
 CONCATENATED_FORMAT_VERSION = 1
@@ -130,14 +137,7 @@ class ConcatenatedPredictor(Predictor):
     def __init__(self, parts: Sequence[Predictor], config: dict[str, Any]):
         # (no Predictor.__init__: there is no one model here; what the tables need comes from the parts)
         self.parts = list(parts)
-        first = self.parts[0]
-        self.config = config
-        self.classes = first.classes
-        self.input_column = first.input_column
-        self.label_column = first.label_column
-        self.backbone = first.backbone  # (its modality reads the inputs; every part has the same)
-        self.device = first.device
-        self.temperature = float(config.get("temperature", 1.0))
+        adopt_predictor_fields(self, self.parts[0], config)
 
     @property
     def backbones(self) -> list[str]:

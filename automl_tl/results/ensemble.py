@@ -41,6 +41,7 @@ from automl_tl.results.concatenated import (
 )
 from automl_tl.results.model_io import (
     Predictor,
+    adopt_predictor_fields,
     load_model_dir,
     read_versioned_json,
     replace_directory,
@@ -175,15 +176,8 @@ class EnsemblePredictor(Predictor):
         # (no Predictor.__init__: there is no one model here; what the tables need comes from the members)
         self.members = list(members)
         self.weights = np.asarray(weights, dtype=np.float64)
-        first = self.members[0]
-        self.config = config
-        self.classes = first.classes
-        self.input_column = first.input_column
-        self.label_column = first.label_column
-        self.backbone = first.backbone  # (its modality reads the inputs; every member has the same)
-        self.device = first.device
-        #: the averaged probabilities' logarithms are divided by it before the softmax (see Predictor.temperature)
-        self.temperature = float(config.get("temperature", 1.0))
+        # (its temperature divides the averaged probabilities' logarithms before the softmax: Predictor.temperature)
+        adopt_predictor_fields(self, self.members[0], config)
 
     def _probabilities(
         self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str

@@ -159,6 +159,20 @@ def read_bounded_json(path: Path) -> Any:
         raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
 
 
+def adopt_predictor_fields(composite: Any, first: "Predictor", config: dict[str, Any]) -> None:
+    """Give a predictor made of others (an ensemble, a concatenated-feature probe; no one model, so no
+    ``Predictor.__init__``) its ``config`` and what the predictions table and the inputs need, from its first
+    part: the classes, the columns, the backbone (its modality reads the inputs; every part has the same) and the
+    device; and the temperature its config holds (1 when none)."""
+    composite.config = config
+    composite.classes = first.classes
+    composite.input_column = first.input_column
+    composite.label_column = first.label_column
+    composite.backbone = first.backbone
+    composite.device = first.device
+    composite.temperature = float(config.get("temperature", 1.0))
+
+
 def read_versioned_json(path: Path, version: int, what: str) -> dict[str, Any]:
     """The JSON object in ``path`` (read as :func:`read_bounded_json`), refused unless its ``format_version`` is
     ``version``, the only format of ``what`` ("ensemble", ...) this version reads."""
