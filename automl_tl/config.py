@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import numbers
 from collections.abc import Sequence
@@ -23,8 +24,11 @@ from automl_tl.options import (
     PRUNERS,
     SAMPLERS,
     option_kinds,
+    renamed_warning,
 )
-from automl_tl.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES, current_names, get_strategy
+from automl_tl.strategies import DEFAULT_STRATEGIES, RENAMED, STRATEGY_NAMES, current_names, get_strategy
+
+logger = logging.getLogger(__name__)
 
 #: pretrained transformers diverge at body learning rates that CNNs take in their stride
 DEFAULT_BACKBONE_LR_RANGES = {"image": (1e-5, 1e-2), "audio": (1e-5, 1e-2), "text": (1e-5, 1e-3)}
@@ -129,6 +133,30 @@ def _in_memory(location: str) -> bool:
     return location in ("", "/") or ":memory:" in location or "mode=memory" in location
 
 
+def _taking_old_names(cls: type) -> type:
+    """``cls`` (a dataclass) made to take the fields that earlier versions called otherwise
+    (:data:`~automl_tl.strategies.RENAMED`) under their old names too, warning about it, so that a script written
+    for such a version still runs: ``SearchConfig(max_freeze_depth=2)`` is ``SearchConfig(max_trained_groups=2)``.
+    Both names of one field together are refused, as Python refuses a field given twice."""
+    init = cls.__init__
+    field_names = {f.name for f in fields(cls)}
+    old_names = {old: new for old, new in RENAMED.items() if new in field_names}
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        for old in old_names.keys() & kwargs.keys():
+            new = old_names[old]
+            if new in kwargs:
+                raise TypeError(f"{cls.__name__} got both {old!r} and {new!r}, two names of one field")
+            logger.warning(renamed_warning(f"{cls.__name__}'s {old}", new))
+            kwargs[new] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_taking_old_names
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything the executor needs to fine-tune one model.
@@ -229,6 +257,7 @@ class TrialConfig:
         return cls(**values)
 
 
+@_taking_old_names
 @dataclass(frozen=True)
 class SearchConfig:
     """What to search over and for how long."""
@@ -241,7 +270,10 @@ class SearchConfig:
     storage: str | None = None  # Optuna storage URL; default: a journal file in the run directory
     study_name: str = DEFAULT_STUDY_NAME
     min_epochs: int = 1  # epochs every trial runs before the pruner may stop it
-    max_epochs: int = 3  # the per-trial budget: every trial is scheduled for this many epochs
+    #: the per-trial budget: every trial is scheduled for this many epochs (the executor plans fewer when they
+    #: would not end in time). 10, as AutoGluon MultiModal: at 3, a fine-tune of 489 Fashion-MNIST images stopped
+    #: at 0.71 validation accuracy against the probes' 0.84, and the digits' LP-FT at 64 px reached 97.7 % in 8
+    max_epochs: int = 10
     #: the most layer groups of a body (counted from the head) a trial may train; None: up to full fine-tuning
     max_trained_groups: int | None = None
     backbone_lr_range: tuple[float, float] | None = None  # None: DEFAULT_BACKBONE_LR_RANGES of the data's modality

@@ -122,7 +122,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         heads: Sequence[str] | None = None,
         augmentation: str | Sequence[str] | None = None,
         min_epochs: int = 1,
-        max_epochs: int = 3,
+        max_epochs: int = 10,
         max_trained_groups: int | None = None,
         batch_size: int = 32,
         image_size: int | None = None,

@@ -280,8 +280,8 @@ def search_options() -> tuple[SearchOption, ...]:
         SearchOption(
             "max_epochs",
             "int",
-            3,
-            "epochs each trial is scheduled for; pruning and early stopping may cut it (default: 3)",
+            10,
+            "epochs each trial is scheduled for; pruning, early stopping and the time left may cut it (default: 10)",
             flag="--max-epochs",
             parse="count",
         ),

@@ -264,7 +264,7 @@ def used_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def describe_parameters(params: Mapping[str, Any]) -> str:
-    """The used parameters but the backbone and strategy, for a log line: ``depth=2 backbone_lr=3.2e-04 ...``."""
+    """The used parameters but the backbone and strategy, for a log line: ``groups=2 backbone_lr=3.2e-04 ...``."""
     shown = []
     for name, value in used_parameters(params).items():
         if name in ("backbone", "strategy"):

@@ -17,9 +17,44 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["AUTOML_TL_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="automl_tl-features-")
 
 
+QUICK_BENCHMARKS = "tests/test_benchmarks_quick.py"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The benchmarks' quick runs last: they run in the background meanwhile (see pytest_collection_finish)."""
+    items.sort(key=lambda item: item.nodeid.startswith(QUICK_BENCHMARKS))  # (a stable sort: the order otherwise)
+
+
+def pytest_collection_finish(session):
+    """Start the benchmarks' quick runs in the background, at the lowest CPU priority, when their tests are
+    selected and a PostgreSQL server is named (as .ci/run names one): they take the time the other tests leave
+    idle, and their tests, run last, collect them (tests/test_benchmarks_quick.py, QuickRuns)."""
+    selected = any(item.nodeid.startswith(QUICK_BENCHMARKS) for item in session.items)
+    if not selected or not os.environ.get("AUTOML_TL_TEST_POSTGRES"):
+        return
+    from pathlib import Path
+
+    import test_benchmarks_quick as quick
+
+    root = Path(tempfile.mkdtemp(prefix="automl_tl-quick-"))
+    quick.BACKGROUND.append(quick.QuickRuns(root, os.environ["AUTOML_TL_TEST_POSTGRES"], low_priority=True))
+    session.config.stash[_QUICK_ROOT] = root
+
+
+_QUICK_ROOT = pytest.StashKey()
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Remove this session's feature cache: left behind, every test run would leave megabytes in /tmp."""
+    """Remove this session's feature cache (left behind, every test run would leave megabytes in /tmp) and the
+    background quick runs' folder."""
     shutil.rmtree(os.environ["AUTOML_TL_FEATURE_CACHE"], ignore_errors=True)
+    root = session.config.stash.get(_QUICK_ROOT, None)
+    if root is not None:
+        import test_benchmarks_quick as quick
+
+        for runs in quick.BACKGROUND:
+            runs.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

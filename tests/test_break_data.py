@@ -310,6 +310,16 @@ def test_transparent_pixels_become_white(tmp_path):
     assert (got[index == 0] == 255).all() and (got[index == 1] == [200, 0, 0]).all()
 
 
+def test_premultiplied_alpha_images_are_composited_too():
+    """``La`` and ``RGBa`` (alpha premultiplied: no file format stores them, but a PIL image handed in from
+    Python can be one) go the way of ``LA`` and ``RGBA``; PIL cannot convert ``La`` to RGBA directly."""
+    for mode, colour in (("La", (40, 255)), ("RGBa", (40, 40, 40, 255))):
+        image = Image.new(mode, (8, 8), colour)
+        image.paste(Image.new(mode, (4, 8), (0,) * len(colour)), (0, 0))  # the left half transparent
+        got = np.asarray(read_image(image))
+        assert (got[:, :4] == 255).all() and (got[:, 4:] == 40).all(), mode
+
+
 def test_cmyk_is_converted_by_its_ink(tmp_path):
     Image.new("CMYK", (4, 4), (128, 0, 0, 128)).save(tmp_path / "ink.tif")
     r, g, b = np.asarray(read_image(tmp_path / "ink.tif"))[0, 0].astype(int)
@@ -336,6 +346,19 @@ def test_a_train_val_test_layout_is_used_as_given(tmp_path):
     for split, folder in ((bundle.train, "train"), (bundle.val, "val"), (bundle.test, "test")):
         assert all(Path(p).parent.parent.name == folder for p in split.inputs)
     assert bundle.summary()["given_splits"] == ["train", "val", "test"]
+
+
+def test_copies_across_given_split_folders_stay_and_are_counted(tmp_path, caplog):
+    """The README's promise for split folders: used as given, copies across them not moved but counted."""
+    root = tmp_path / "pets"
+    image_folder(root / "train", {"cat": 6, "dog": 6}, seed=0)
+    image_folder(root / "val", {"cat": 2}, seed=0)  # the seeds of train/cat/0-1 and train/dog/0-1: their copies
+    image_folder(root / "val", {"dog": 2}, seed=6)
+    bundle = prepare_dataset(root, test_fraction=0)
+    assert (len(bundle.train), len(bundle.val)) == (12, 4)
+    assert bundle.summary()["duplicates"]["across_given_splits"] == 4
+    assert bundle.summary()["duplicates"]["conflicting_labels"] == 0
+    assert "4 validation or test example(s)" in caplog.text and "identical to training examples" in caplog.text
 
 
 def test_a_train_test_layout_carves_validation_from_train(tmp_path):
@@ -421,6 +444,16 @@ def test_the_fingerprint_follows_the_files_not_their_spelling(tmp_path, monkeypa
     assert prepare_dataset("train.csv", test_fraction=0).fingerprint != absolute.fingerprint
 
 
+def test_the_fingerprint_takes_the_split_numbers_as_numbers(tmp_path):
+    """``test_fraction`` 0 (the estimator's default) and 0.0 (what the command line resolves to), or numpy's
+    numbers, split alike: they must hash alike, or a study made by one face is not resumed by the other."""
+    csv = image_csv(tmp_path)
+    one = prepare_dataset(csv, test_fraction=0).fingerprint
+    assert prepare_dataset(csv, test_fraction=0.0).fingerprint == one
+    numpy_numbers = prepare_dataset(csv, test_fraction=np.float64(0), val_fraction=np.float64(0.15), seed=np.int64(0))
+    assert numpy_numbers.fingerprint == one
+
+
 def test_the_cli_resumes_the_same_csv_named_from_its_folder(tmp_path, capsys, monkeypatch):
     csv = image_csv(tmp_path / "data")
     run = tmp_path / "run"
@@ -433,6 +466,36 @@ def test_the_cli_resumes_the_same_csv_named_from_its_folder(tmp_path, capsys, mo
     assert "other data" not in err
     board = pd.read_csv(run / "leaderboard.csv")
     assert len(board) == 1  # resumed: the finished trial counted, none run again
+
+
+def test_the_same_data_split_another_way_is_refused_saying_so(tmp_path, capsys):
+    """The command line, then docs/usage.md's lower-level API on the same CSV and run folder: under 2,000
+    examples the command line holds out no test part and ``prepare_dataset`` 15 %, so the split differs. The
+    refusal says so (the split sizes then and now), not merely "other data"."""
+    from automl_tl import InputOptions, SearchConfig, run_search
+
+    csv = image_csv(tmp_path / "data", per_class=10)
+    run = tmp_path / "run"
+    code, err = run_main(["search", "--data", csv, "--output", run, *TINY_SEARCH, "--no-refit"], capsys)
+    assert code == 0, err
+    before = (run / "study.journal").read_bytes()
+    config = SearchConfig(
+        backbones=("mobilenetv2_100",),
+        n_trials=1,
+        max_epochs=1,
+        prerank=False,
+        strategies=("linear_probe",),
+        heads=("linear",),
+        input_options=InputOptions(image_size=32),
+    )
+    with pytest.raises(ConfigError) as caught:
+        run_search(prepare_dataset(csv), config, run)
+    line = str(caught.value)
+    assert "\n" not in line and "split another way" in line, line
+    assert "then 17 train / 3 validation / 0 test, now" in line and "test_fraction" in line, line
+    assert (run / "study.journal").read_bytes() == before
+    again = run_search(prepare_dataset(csv, test_fraction=0), config, run)  # the command line's split: resumes
+    assert len(again.study.trials) == 1
 
 
 # ---------------------------------------------------------------- 7. data mistakes that were tracebacks

@@ -2,14 +2,18 @@
 (exit status 2 from the command line, no traceback) and leaves every file on disk as it was.
 
 * item 4, ``--storage`` naming a file that is not a journal of ours: ``test_storage_refuses_a_foreign_file``,
-  ``test_worker_and_report_refuse_a_foreign_journal_too``
+  ``test_worker_and_report_refuse_a_foreign_journal_too``; ``sqlite:///`` on such a file, and a journal in a
+  folder that is not there, refused before the run directory is made:
+  ``test_a_database_url_on_a_foreign_file_is_refused_before_anything_is_written``,
+  ``test_a_journal_in_a_folder_that_does_not_exist_is_refused_before_anything_is_written``
 * item 6, a torn or corrupt ``study.journal``: ``test_a_torn_last_record_is_set_aside_at_every_byte``,
   ``test_a_search_resumes_from_a_torn_journal``, ``test_a_corrupt_record_is_refused_and_nothing_changes``,
   ``test_the_report_reads_a_torn_journal_without_changing_it``
 * item 8, a tampered ``config.json``: ``test_a_tampered_config_is_refused_before_anything_is_built``,
   ``test_predict_refuses_a_tampered_config_in_one_line``
 * item 9, input sizes without an upper bound, and a search whose every trial failed:
-  ``test_input_sizes_have_an_upper_bound``, ``test_a_search_whose_trials_all_failed_says_why``
+  ``test_input_sizes_have_an_upper_bound``, ``test_a_search_whose_trials_all_failed_says_why``; trials that
+  finished with their model in another run directory: ``test_a_study_whose_models_are_in_another_run_directory_says_where``
 * item 7, seeds, parameter types, a read-only export folder: ``test_seeds_must_fit_32_bits``,
   ``test_estimator_parameters_of_the_wrong_type_are_refused``, ``test_export_to_a_read_only_folder``
 * ``--storage sqlite:///:memory:``: ``test_in_memory_storage_is_refused``
@@ -148,6 +152,34 @@ def test_worker_and_report_refuse_a_foreign_journal_too(tmp_path, capsys):
         line = error_line(*run_main(argv, capsys))
         assert str(victim) in line and "not an Optuna journal" in line, line
         assert snapshot(tmp_path) == before, argv[0]
+
+
+def test_a_database_url_on_a_foreign_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    """``sqlite:///victim.log``: SQLite refuses a file that is no database; the refusal comes before the run
+    directory is made (or the backbones pre-ranked), so nothing on disk changes."""
+    folder = image_folder(tmp_path / "pets")
+    victim = tmp_path / "victim.log"
+    victim.write_bytes(FOREIGN["log_lines"])
+    before = snapshot(tmp_path)
+    url = f"sqlite:///{victim}"
+    line = error_line(
+        *run_main(["search", "--data", folder, "--output", tmp_path / "run", "--storage", url, *SMALL_SEARCH], capsys)
+    )
+    assert url in line and "not a database" in line, line
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "run").exists(), "the run directory was made before the storage was opened"
+
+
+def test_a_journal_in_a_folder_that_does_not_exist_is_refused_before_anything_is_written(tmp_path, capsys):
+    folder = image_folder(tmp_path / "pets")
+    journal = tmp_path / "nowhere" / "x.journal"
+    line = error_line(
+        *run_main(
+            ["search", "--data", folder, "--output", tmp_path / "run", "--storage", journal, *SMALL_SEARCH], capsys
+        )
+    )
+    assert str(journal) in line and "No such file or directory" in line, line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "nowhere").exists()
 
 
 def test_storage_on_a_new_or_empty_file_is_a_fresh_journal(tmp_path):
@@ -547,6 +579,19 @@ def test_a_search_whose_trials_all_failed_says_why(tmp_path, digits_bundle):
     assert "can't allocate memory" in line, line
     assert "raise --timeout" not in line and "within the budget" not in line, line
     assert (tmp_path / "leaderboard.csv").is_file()
+
+
+def test_a_study_whose_models_are_in_another_run_directory_says_where(finished, tmp_path, digits_bundle):
+    """A study resumed from a shared --storage with another --output: its trials finished, but their models
+    were saved in the run directory the study was made in. Not "no trial finished within the budget"."""
+    storage = tmp_path / "shared.journal"
+    shutil.copyfile(finished / JOURNAL, storage)
+    with pytest.raises(AutomlTLError) as caught:
+        run_search(digits_bundle, tiny_config(storage=str(storage)), tmp_path / "other", Executor(show_progress=False))
+    line = one_line(caught.value)
+    assert "within the budget" not in line and "raise --timeout" not in line, line
+    assert "2 trial(s) of the study finished" in line and str(finished.resolve()) in line, line
+    assert "--output" in line and "--study-name" in line, line
 
 
 # ---------------------------------------------------------------- item 7: seeds, types, a read-only export

@@ -14,9 +14,16 @@ import torch
 
 import automl_tl
 from automl_tl import InputOptions, SearchConfig, prepare_dataset, run_search
-from automl_tl.errors import AutomlTLError, ModelFileError
+from automl_tl.errors import ModelFileError
 from automl_tl.layout import ENSEMBLE_DIR, ENSEMBLE_FILE, SUMMARY_FILE, TRIAL_PREDICTIONS_DIR
-from automl_tl.results.calibration import expected_calibration_error, fit_temperature, log_probabilities, softmax
+from automl_tl.results.calibration import (
+    TEMPERATURE_RANGE,
+    _log_loss,
+    expected_calibration_error,
+    fit_temperature,
+    log_probabilities,
+    softmax,
+)
 from automl_tl.results.ensemble import EnsemblePredictor, load_ensemble_dir
 from automl_tl.results.ensemble_selection import best_single, cross_validated_scores, greedy_selection
 from automl_tl.results.model_io import Predictor
@@ -115,6 +122,35 @@ def test_the_kept_ensemble_predicts_the_weighted_average_of_its_members(ensemble
     assert list(table["prediction"]) == list(predictor.predict(frame))
 
 
+def test_the_members_that_share_a_body_run_it_once_between_them(ensembled_run):
+    outcome, data, config = ensembled_run
+    predictor = automl_tl.load(outcome.run_dir)
+    models = [part for m in predictor.members for part in getattr(m, "parts", [m])]
+    assert len(models) > len(config.backbones)  # more members than bodies: every one of them is a frozen body
+    batches: dict[int, int] = {}
+
+    def count(module, inputs, output):
+        batches[id(module)] = batches.get(id(module), 0) + 1
+
+    hooks = [model.model.body.register_forward_hook(count) for model in models]
+    try:
+        frame = pd.DataFrame({"image": data.test.inputs})
+        shared = predictor.predict_proba(frame, batch_size=16).to_numpy()
+        ran = sum(batches.values())
+        batches.clear()
+        alone = sum(
+            w * m.predict_proba(frame, batch_size=16).to_numpy() for w, m in zip(predictor.weights, predictor.members)
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_pass = -(-len(frame) // 16)
+    assert len({model.body_key for model in models}) == len(config.backbones)
+    assert ran == len(config.backbones) * per_pass  # one pass of each backbone's body, not one per member
+    assert sum(batches.values()) == len(models) * per_pass
+    assert np.allclose(shared, softmax(log_probabilities(alone), predictor.temperature), atol=1e-5)
+
+
 def test_without_ensemble_the_same_run_keeps_its_best_model_and_removes_the_ensemble(ensembled_run, tmp_path):
     outcome, data, config = ensembled_run
     run_dir = tmp_path / "run"
@@ -171,11 +207,38 @@ def test_temperature_scaling_undoes_overconfidence():
     assert expected_calibration_error(softmax(calibrated * 4, temperature), drawn) < before / 3
 
 
-def test_an_ensemble_is_not_exported_in_place_of_its_best_model(ensembled_run, tmp_path):
-    outcome, _, _ = ensembled_run
-    with pytest.raises(AutomlTLError, match="is an ensemble .* export its best single model"):
-        automl_tl.export_model(outcome.run_dir, "torchscript", tmp_path / "export")
-    assert not (tmp_path / "export").exists()
+def test_a_model_right_on_every_validation_row_keeps_its_own_temperature():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 42)
+    logits = rng.normal(size=(42, 10))
+    logits[np.arange(42), labels] += 6.0  # every row right, most of them by a wide margin
+    # the log loss still falls as T falls, down to the range's floor: that is no calibration
+    assert _log_loss(logits, labels, TEMPERATURE_RANGE[0]) < _log_loss(logits, labels, 1.0)
+    assert fit_temperature(logits, labels) == 1.0
+    wrong = labels.copy()
+    wrong[0] = (labels[0] + 1) % 10  # one row wrong: the fit has something to weigh again
+    assert fit_temperature(logits, wrong) != 1.0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_the_run_exports_its_kept_ensemble_as_one_graph_not_its_best_model(ensembled_run, tmp_path):
+    outcome, data, _ = ensembled_run
+    export = automl_tl.export_model(outcome.run_dir, "torchscript", tmp_path / "export")
+    info = json.loads((export / "export.json").read_text())
+    listed = json.loads((outcome.run_dir / ENSEMBLE_DIR / ENSEMBLE_FILE).read_text())["members"]
+    assert info["source_model"] == str((outcome.run_dir / ENSEMBLE_DIR).resolve())
+    assert [m["folder"] for m in info["ensemble"]["members"]] == [m["folder"] for m in listed]
+    assert (export / "MODEL_CARD.md").read_text() == (outcome.run_dir / "MODEL_CARD.md").read_text()
+    # the graph, on the test images prepared as its first model's, predicts what the loaded ensemble does
+    predictor = automl_tl.load(outcome.run_dir)
+    first = predictor.members[0]
+    first = first.parts[0] if hasattr(first, "parts") else first
+    images = first.preprocessor.collate(first.preprocessor.encode(list(data.test.inputs)), train=False)
+    with torch.no_grad():
+        logits = torch.jit.load(str(export / "model.pt"))(images).double()
+    exported = torch.softmax(logits / info["temperature"], dim=1).numpy()
+    expected = predictor.predict_proba(pd.DataFrame({"image": data.test.inputs})).to_numpy()
+    assert np.abs(exported - expected).max() < 1e-4
 
 
 @pytest.mark.parametrize(
@@ -389,3 +452,16 @@ def test_on_a_held_out_validation_split_the_probe_is_scored_there_and_kept_refit
     assert listed["fitted_on"] == "train+validation" and listed["C"] == probe.fitted.details["C"]
     refitted = model.parts[0][0].head.linear.weight.detach()
     assert not torch.allclose(refitted, probe.fitted.module.heads[0].linear.weight.detach())
+
+
+def test_a_candidates_rebuilding_cost_is_its_trials_fit_not_the_features_it_computed(ensembled_run):
+    """Rebuilding a frozen-body member refits its head on the cached features: the budget check before building
+    the ensemble counts the trial's fit, not the one-time cost of computing its backbone's features."""
+    from automl_tl.search.ensembling import ensemble_candidates
+
+    outcome, data, _ = ensembled_run
+    candidates, _ = ensemble_candidates(outcome.run_dir, outcome.study, data, outcome.best_trial)
+    trials = {t.number: t for t in outcome.study.trials}
+    for candidate in candidates:
+        attrs = trials[candidate.trial].user_attrs
+        assert candidate.seconds == attrs["fit_seconds"] <= attrs["seconds"]

@@ -128,7 +128,7 @@ def test_get_params_set_params_and_clone_round_trip():
     copy = clone(clf)
     assert copy is not clf and copy.get_params() == params
     assert copy.set_params(max_epochs=5, seed=7) is copy
-    assert copy.get_params()["max_epochs"] == 5 and clf.get_params()["max_epochs"] == 3
+    assert copy.get_params()["max_epochs"] == 5 and clf.get_params()["max_epochs"] == 10
 
 
 def test_every_search_option_of_the_command_line_is_a_parameter():
@@ -153,7 +153,7 @@ def test_predicting_before_fitting_raises_not_fitted(digits_arrays):
         ({"val_size": 0.0}, "val_size and test_size must satisfy"),
         ({"val_size": 0.6, "test_size": 0.4}, "val_size + test_size < 1"),
         ({"workers": 0}, "workers must be a whole number >= 1, got 0"),
-        ({"min_epochs": 4}, "1 <= min (4) <= max (3)"),
+        ({"min_epochs": 11}, "1 <= min (11) <= max (10)"),
         ({"storage": "nowhere"}, "malformed storage URL 'nowhere'"),
     ],
 )

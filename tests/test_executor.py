@@ -139,3 +139,33 @@ def test_encodings_are_computed_once_and_shared_between_trials(digits_bundle):
         backbone.preprocessor(InputOptions(image_size=48)), digits_bundle, digits_bundle.train
     )
     assert other_size is not first and other_size[0].shape == (3, 48, 48)
+
+
+def test_cpu_inference_embeds_large_images_channels_last_in_chunks_of_eight_and_gets_the_same_rows(digits_frame):
+    from automl_tl.train.device import CPU_IMAGE_CHUNK, batched_inference, move_to, on_device
+    from automl_tl.train.feature_cache import pretrained_model
+
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    cpu = torch.device("cpu")
+    model = pretrained_model(backbone, cpu)
+    assert model.body.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)  # on_device's layout
+    large, small = (backbone.preprocessor(InputOptions(image_size=size)) for size in (128, 32))
+    images = list(digits_frame["image"][:20])
+    seen: list[tuple[int, bool]] = []
+
+    def embed(batch: torch.Tensor) -> torch.Tensor:
+        seen.append((len(batch), batch.is_contiguous(memory_format=torch.channels_last)))
+        return model.embed(batch)
+
+    with torch.no_grad():
+        chunked = batched_inference(embed, large, large.encode(images), 64, cpu)
+        one_by_one = torch.cat(
+            [model.embed(move_to(large.collate([item], train=False), cpu)) for item in large.encode(images)]
+        )
+        assert seen == [(CPU_IMAGE_CHUNK, True), (CPU_IMAGE_CHUNK, True), (20 - 2 * CPU_IMAGE_CHUNK, True)]
+        assert torch.allclose(chunked, one_by_one, atol=1e-4)
+        seen.clear()
+        batched_inference(embed, small, small.encode(images), 64, cpu)  # small images: one batch, as asked
+        assert seen == [(20, True)]
+    text = on_device(get_registry().get_backbone("all-MiniLM-L6-v2").build(num_classes=2), cpu)
+    assert all(p.is_contiguous() for p in text.parameters())  # nothing 4-D: a text model is left as it is

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from automl_tl import Executor, InputOptions
@@ -189,3 +190,28 @@ def test_measuring_the_cost_of_inference(digits_bundle):
         registry.get_backbone("mobilenetv2_100"), preprocessor, items, torch.device("cpu"), max_seconds=0
     )
     assert capped.examples_timed == 0 and capped.seconds_per_example > 0  # the warm-up's figure
+
+
+def test_a_frozen_body_trial_counts_its_fit_apart_from_computing_its_features(tmp_path, digits_bundle):
+    """What refitting the head costs once the features are cached (an ensemble member, self-training): the
+    search keeps time back by it, so a trial that paid for its features must not count them as its fit."""
+    from automl_tl import TrialConfig
+
+    executor = Executor(show_progress=False, feature_cache=FeatureCache(tmp_path))
+    backbone = get_registry().get_backbone("mobilenetv2_100")
+    trial = TrialConfig(
+        backbone=backbone.name,
+        strategy="logistic_regression",
+        trained_groups=0,
+        backbone_lr=1e-3,
+        head_lr=1e-2,
+        epochs=1,
+        input_options=SMALL,
+    )
+    cold = executor.fit(trial, backbone, digits_bundle)
+    warm = executor.fit(trial, backbone, digits_bundle)
+    assert cold.fit_seconds == pytest.approx(cold.seconds - cold.extra["features_seconds"])
+    assert 0 < cold.fit_seconds < cold.seconds
+    # the second trial reads the features the first computed: what remains of its time is the same fit
+    assert warm.extra["features_seconds"] < 0.3 * cold.extra["features_seconds"]
+    assert warm.fit_seconds == pytest.approx(warm.seconds - warm.extra["features_seconds"])

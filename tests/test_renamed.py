@@ -6,7 +6,8 @@ groups that *train*, is now ``trained_groups`` (and ``max_freeze_depth`` / ``--m
   (``tests/data/make_freeze_depth_study.py`` says how): three finished trials, a trial failed as interrupted
   with its retry waiting, a trial whose worker is gone; its params, stored space, settings and warm starts use
   the old names. It is resumed, reported (journal and SQLite) and read as a joining worker would.
-* Config files, ``TransferClassifier`` arguments and the command line's flag under the old name.
+* Config files, ``TransferClassifier``, ``SearchConfig`` and ``TrialConfig`` arguments and the command line's
+  flag under the old name.
 * A saved model whose ``config.json`` holds the old name.
 """
 
@@ -24,7 +25,7 @@ import pytest
 from cli_helpers import TINY_SEARCH, error_line, image_folder, run_main
 
 from automl_tl import InputOptions, SearchConfig, TrialConfig, run_search
-from automl_tl.strategies import current_names, used_parameters
+from automl_tl.strategies import current_names, describe_parameters, used_parameters
 from automl_tl.train.executor import FITTED_ON_TRAIN_AND_VAL, Executor
 
 OLD_STUDY = Path(__file__).with_name("data") / "freeze_depth_study.journal"
@@ -76,6 +77,13 @@ def test_current_names_renames_the_old_names_only():
     new = {"trained_groups": 2, "head": "linear"}
     assert current_names(new) == new and current_names(new) is not new
     assert used_parameters({"backbone": "b", "strategy": "last_k", "freeze_depth": 2})["trained_groups"] == 2
+    # an old trial's log line (a resumed study's) names it as a new trial's does
+    old_trial = {"backbone": "b", "strategy": "last_k", "freeze_depth": 2, "backbone_lr": 3.2e-4}
+    assert (
+        describe_parameters(old_trial)
+        == describe_parameters(current_names(old_trial))
+        == "groups=2 backbone_lr=3.2e-04"
+    )
 
 
 def test_the_stored_settings_and_space_read_as_today_s(tmp_path):
@@ -195,6 +203,22 @@ def test_transfer_classifier_takes_max_freeze_depth_with_a_warning(caplog):
         TransferClassifier(max_freeze_depth=1, max_trained_groups=2)
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_frozen_depth'"):
         TransferClassifier(max_frozen_depth=1)
+
+
+def test_the_configs_take_their_fields_old_names_with_a_warning(caplog):
+    """A script written for an earlier version: ``SearchConfig(max_freeze_depth=)``, ``TrialConfig(freeze_depth=)``."""
+    with caplog.at_level(logging.WARNING):
+        search = SearchConfig(backbones=("b",), max_freeze_depth=2)
+        trial = TrialConfig(backbone="b", strategy="last_k", freeze_depth=1, backbone_lr=1e-4, head_lr=1e-2, epochs=1)
+    assert "SearchConfig's max_freeze_depth was renamed to max_trained_groups" in caplog.text
+    assert "TrialConfig's freeze_depth was renamed to trained_groups" in caplog.text
+    assert search == SearchConfig(backbones=("b",), max_trained_groups=2)
+    assert trial.trained_groups == 1 and "freeze_depth" not in trial.to_dict()
+    with pytest.raises(TypeError, match="SearchConfig got both 'max_freeze_depth' and 'max_trained_groups'"):
+        SearchConfig(backbones=("b",), max_freeze_depth=1, max_trained_groups=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_frozen_depth'"):
+        SearchConfig(backbones=("b",), max_frozen_depth=1)
+    assert replace(search, max_trained_groups=1).max_trained_groups == 1  # (today's names go through as before)
 
 
 @pytest.mark.parametrize(

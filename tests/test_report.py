@@ -33,7 +33,7 @@ from automl_tl import InputOptions, SearchConfig, run_search
 from automl_tl.cli import main
 from automl_tl.errors import AutomlTLError
 from automl_tl.results.html_report import PLOT_FILES, write_report
-from automl_tl.results.report import TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR
+from automl_tl.results.report import TEST_EVALUATION_ATTR, TRANSFERABILITY_ATTR, leaderboard
 from automl_tl.train.executor import Executor
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
@@ -278,6 +278,38 @@ def test_report_of_failed_and_pruned_trials_says_why_figures_are_missing(tmp_pat
         "trained_groups.png",
     }
     assert set(PLOT_FILES) >= {p.name for p in (tmp_path / "plots").iterdir()}
+
+
+def test_the_leaderboard_and_the_best_model_say_which_epochs_a_weight_soup_averages(tmp_path):
+    # a study made by hand with Optuna: two fine-tunes, the first kept a greedy soup of its epochs 4 and 1
+    study = optuna.create_study(
+        storage=journal(tmp_path / "study.journal"), study_name="automl_tl", direction="maximize"
+    )
+    distributions = {
+        "backbone": optuna.distributions.CategoricalDistribution(["mobilenetv2_100"]),
+        "strategy": optuna.distributions.CategoricalDistribution(["full"]),
+    }
+    soups = ({"ingredients": [4, 1], "val_score": 0.9, "best_single": 0.85}, {"reason": "no average validated better"})
+    for value, soup in zip((0.9, 0.8), soups):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"backbone": "mobilenetv2_100", "strategy": "full"},
+                distributions=distributions,
+                value=value,
+                user_attrs={"best_val_accuracy": value, "best_epoch": 4, "weight_soup": soup, "cpu_seconds": 1.0},
+            )
+        )
+    study.set_user_attr(
+        TEST_EVALUATION_ATTR, {"trial": 0, "val_accuracy": 0.9, "metrics": {"accuracy": 0.875, "examples": 8}}
+    )
+    board = leaderboard(study)
+    soups = board.set_index("trial")["soup_epochs"]
+    assert soups[0] == "4 and 1" and pd.isna(soups[1])  # the second kept its best epoch alone
+    text = write_report(study, tmp_path).read_text()
+    table = text[text.index('<table id="leaderboard"') :]
+    assert "<th>soup_epochs</th>" in table and "<td>4 and 1</td>" in table[: table.index("</table>")]
+    best_model = text[text.index("<h3>Best model</h3>") :]
+    assert "averaged over epochs 4 and 1 (a greedy weight soup)" in best_model[: best_model.index("</table>")]
 
 
 # ---------------------------------------------------------------- a real browser

@@ -5,6 +5,7 @@ the whole search, and no waiting trials left behind."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from automl_tl.data.bundle import AUTO_TEST_MIN_EXAMPLES, resolve_test_fraction
 from automl_tl.metrics import class_weights, default_metric, metric_value, signed, uses_class_weights
 from automl_tl.registry import get_registry
 from automl_tl.results.report import leaderboard
+from automl_tl.train.device import frozen_heap
 from automl_tl.train.executor import (
     FITTED_ON_TRAIN_AND_VAL,
     STOP_OVER_BUDGET,
@@ -233,15 +235,18 @@ def test_a_trial_over_budget_at_its_image_size_runs_at_a_smaller_one(executor, d
     epoch = executor.fit(small, backbone, digits_bundle).history[0]
     one_epoch_at_40 = epoch.train_seconds + epoch.val_seconds
     # 160 px has 16 times the pixels of 40 px (an epoch costs 4 times more or so on a CPU, where the small sizes
-    # pay their overheads): it cannot fit the time of 3.5 epochs at 40 px, and each smaller attempt costs a second
-    started = time.monotonic()
-    result = executor.fit(
-        dataclasses.replace(small, input_options=InputOptions(image_size=160)),
-        backbone,
-        digits_bundle,
-        deadline=started + 3.5 * one_epoch_at_40,
-    )
-    elapsed = time.monotonic() - started
+    # pay their overheads): it cannot fit the time of 3.5 epochs at 40 px, and each smaller attempt costs a second.
+    # Inside a frozen heap, as in a search: the test process's heap (every earlier test's objects) would make the
+    # trial's garbage collection cost a second of its own.
+    with frozen_heap():
+        started = time.monotonic()
+        result = executor.fit(
+            dataclasses.replace(small, input_options=InputOptions(image_size=160)),
+            backbone,
+            digits_bundle,
+            deadline=started + 3.5 * one_epoch_at_40,
+        )
+        elapsed = time.monotonic() - started
     assert result.extra["adapted"][0].startswith("image size 160 -> 80 (one epoch would have taken about")
     if result.has_model:  # 80 px fitted (or 40 px, after 80 px was over budget too)
         assert result.stop_reason != STOP_OVER_BUDGET and len(result.history) == 1
@@ -250,6 +255,46 @@ def test_a_trial_over_budget_at_its_image_size_runs_at_a_smaller_one(executor, d
         assert result.extra["adapted"][1].startswith("image size 80 -> 40")
     assert result.seconds == pytest.approx(elapsed, abs=0.5)  # every attempt counts in the trial's cost
     assert elapsed < 3.5 * one_epoch_at_40 + 2.0
+
+
+def test_a_search_collects_garbage_without_walking_the_objects_from_before_it(tmp_path, digits_frame):
+    data = prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0, test_fraction=0.2)
+    config = SearchConfig(
+        backbones=("mobilenetv2_100",), strategies=("full",), n_trials=1, max_epochs=1, input_options=SMALL
+    )
+    frozen_at_collections: list[int] = []
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2:
+            frozen_at_collections.append(gc.get_freeze_count())
+
+    gc.callbacks.append(record)
+    try:
+        outcome = run_search(data, config, tmp_path / "run", Executor(show_progress=False))
+    finally:
+        gc.callbacks.remove(record)
+    assert outcome.best_params["strategy"] == "full"
+    # the trial's and the refit's collections (the body trained: its optimizer is freed) skip the frozen objects
+    assert sum(count > 0 for count in frozen_at_collections) >= 2
+    assert gc.get_freeze_count() == 0  # handed back to the collector once the search ends
+
+
+def test_a_heap_frozen_by_the_caller_stays_frozen():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        # Objects made after the caller froze the heap: freezing it again would add them all to the count.
+        # (A frozen object that dies leaves the count, so it may fall by a few: it must not grow or empty.)
+        made_after = [[index] for index in range(10_000)]
+        with frozen_heap():
+            assert frozen - 1_000 < gc.get_freeze_count() <= frozen
+        assert frozen - 1_000 < gc.get_freeze_count() <= frozen
+        del made_after
+    finally:
+        gc.unfreeze()
+    with frozen_heap():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
 
 
 def test_cheaper_trials_shrink_the_input_first_then_the_trained_layers():
@@ -295,3 +340,37 @@ def test_the_timeout_covers_the_whole_search_and_leaves_no_waiting_trials(tmp_pa
     ]
     assert len(finished) >= 4
     assert outcome.study.trials[0].user_attrs.get("warm_start")
+
+
+def test_a_refit_whose_training_loss_ends_far_above_its_trials_is_not_kept(tmp_path, digits_frame):
+    """A refit validates nothing: a fine-tune that diverged on training + validation (at a learning rate its trial
+    survived) must not replace the trial's model. Checked on the loss both fits report on the data they learnt."""
+    from automl_tl.search.study import Search
+
+    data = prepare_dataset(digits_frame, label_column="label", input_column="image", seed=0, test_fraction=0)
+    config = SearchConfig(
+        backbones=("mobilenetv2_100",),
+        n_trials=1,
+        max_epochs=2,
+        strategies=("last_k",),
+        max_trained_groups=1,
+        prerank=False,
+        refit=False,
+        ensemble=False,
+        input_options=SMALL,
+    )
+    run_dir = tmp_path / "run"
+    run_search(data, config, run_dir, Executor(show_progress=False))
+    saved_path = run_dir / "best_model" / "config.json"
+    saved = json.loads(saved_path.read_text())
+    assert saved["fitted_on"] == "train" and saved["train_loss"] > 0
+    search = Search(data, dataclasses.replace(config, refit=True), run_dir, Executor(show_progress=False))
+    # as if the trial had fitted its data almost perfectly: the refit's honest loss is then far above it
+    saved_path.write_text(json.dumps({**saved, "train_loss": 1e-4}))
+    outcome = search._refit_best()
+    assert outcome.startswith("not kept") and "diverged" in outcome
+    assert json.loads(saved_path.read_text())["fitted_on"] == "train"  # the trial's model stays
+    # with the trial's own loss, the same refit is kept
+    saved_path.write_text(json.dumps(saved))
+    assert search._refit_best().startswith("refitted")
+    assert json.loads(saved_path.read_text())["fitted_on"] == FITTED_ON_TRAIN_AND_VAL

@@ -511,7 +511,9 @@ def _fingerprint(
     same data named by another path, from another folder, give the same hash, and a file changed in place
     another), arrays by their bytes, texts as they are. ``split_by``: what else decides the split (groups,
     split folders), when anything does."""
-    # (shots and split_by only when given, so the fingerprints of ordinary splits stay what they were)
+    # (shots and split_by only when given, so the fingerprints of ordinary splits stay what they were; the seed and
+    # fractions as plain numbers, so that 0 and 0.0, or numpy's 0.15 and Python's, split alike and hash alike)
+    seed, fractions = int(seed), (float(fractions[0]), float(fractions[1]))
     digest = hashlib.sha256(repr((seed, fractions) if shots is None else (seed, fractions, shots)).encode())
     for value, label in zip(inputs, labels):
         if files is not None and isinstance(value, (str, Path)) and str(value) in files:

@@ -203,7 +203,8 @@ def as_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _WIDE_GREY_MODES:
         return Image.fromarray(_grey_to_8_bits(np.asarray(image))).convert("RGB")
     if _has_alpha(image):
-        rgba = image.convert("RGBA")
+        # (PIL converts premultiplied grey, La, only to LA: un-premultiplied first, as RGBa is by convert)
+        rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")
         background = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
         background.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
         return background
@@ -255,6 +256,20 @@ def check_image(
         if image.format == "JPEG":
             image.draft(None, (1, 1))
         image.load()
+
+
+def image_shorter_side(value: Any) -> int | None:
+    """The shorter side in pixels of an image (a file's from its header, nothing decoded; a PIL image's or an
+    array's from its shape); None when it cannot be read (such an input is skipped elsewhere, for its reason)."""
+    if isinstance(value, Image.Image):
+        return min(value.size)
+    if isinstance(value, np.ndarray):
+        return int(min(value.shape[:2])) if value.ndim in (2, 3) and value.size else None
+    try:
+        with _open_image(Path(str(value)).expanduser(), "", None) as image:
+            return min(image.size)
+    except UnreadableInputError:
+        return None
 
 
 def _structure_is_whole(image: Image.Image, path: Path) -> bool:

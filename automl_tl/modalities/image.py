@@ -7,17 +7,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from automl_tl.augmentation import NO_AUGMENTATION, RAND_AUGMENT, TRIVIAL_AUGMENT
 from automl_tl.backbone import Preprocessor
-from automl_tl.data.readers import read_image
+from automl_tl.data.readers import image_shorter_side, read_image
 
 #: changes whenever the decoding of image files changes, so that features cached before are not reused
 #: (2: EXIF orientation applied, large files decoded reduced; 3: 16-bit, float and transparent images scaled
 #: and composited on white, see automl_tl.data.readers.as_rgb)
 DECODING_VERSION = 3
+#: the smallest side a fine-tuning trial is trained at when the images are smaller than their backbone's pretrained
+#: input (see fine_tuning_side); below it the last feature maps of an ImageNet network are one or two pixels wide
+MIN_FINE_TUNING_SIDE = 64
+#: how many times their own side small images are fine-tuned at (see fine_tuning_side)
+FINE_TUNING_UPSCALE = 4
+#: the images a data set's typical size is read from (headers only): evenly spread over its rows
+NATIVE_SIDE_SAMPLE = 64
 INTERPOLATIONS = {
     "bilinear": Image.BILINEAR,
     "bicubic": Image.BICUBIC,
@@ -118,3 +126,35 @@ def _policy(augmentation: str) -> Any:
     if augmentation == RAND_AUGMENT:
         return transforms.RandAugment(num_ops=2, magnitude=9)
     raise ValueError(f"no image policy {augmentation!r}")
+
+
+def native_side(inputs: Sequence[Any], sample: int = NATIVE_SIDE_SAMPLE) -> int | None:
+    """The median shorter side of the images, in pixels, read from the headers of up to ``sample`` of them evenly
+    spread over ``inputs``; None when none can be read."""
+    if not len(inputs):
+        return None
+    chosen = sorted({round(i * (len(inputs) - 1) / max(sample - 1, 1)) for i in range(min(sample, len(inputs)))})
+    sides = [side for side in (image_shorter_side(inputs[i]) for i in chosen) if side is not None]
+    return int(np.median(sides)) if sides else None
+
+
+def fine_tuning_side(native: int | None, pretrained: int) -> int | None:
+    """The image side a trial that trains the body uses when the images are much smaller than the backbone's
+    pretrained input, else None (the pretrained side).
+
+    Upscaling an 8-pixel digit to 224 pixels adds no detail, but costs the body's forward and backward passes
+    at 224 pixels, twelve times the pixels of 64: the epochs a budget holds go to the size instead of to
+    learning (the digits rows of ``benchmarks/versus_peers.py`` in docs/benchmarks.md show what it changes).
+    Too small a side costs accuracy instead: an ImageNet body's features of small images are only about as good
+    as at its pretrained side from about four times their own side (logistic regression on the features of 520
+    Fashion-MNIST images, 28 px, tested on 600: 0.78 at 64 px, 0.79 at 96, 0.84 at 128, 0.85 at 224 for
+    EfficientNet-Lite0; 0.79, 0.80, 0.83, 0.84 for MobileNetV2), and a fine-tune starts from those features.
+    So the side is four times the images' own, a multiple of 32, at least :data:`MIN_FINE_TUNING_SIDE`, and used
+    only when it is at most three quarters of the pretrained side (at 224: images up to 40 px; training at 128
+    px costs a third of 224). Frozen-body trials keep the pretrained side: their features are computed once,
+    and are best at the size the body learnt.
+    """
+    if native is None:
+        return None
+    side = max(MIN_FINE_TUNING_SIDE, -(-FINE_TUNING_UPSCALE * native // 32) * 32)
+    return side if side <= 3 * pretrained // 4 else None

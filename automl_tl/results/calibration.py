@@ -18,13 +18,13 @@ import numpy as np
 TEMPERATURE_RANGE = (0.05, 20.0)
 #: equal-width confidence bins of the expected calibration error and the reliability diagram
 CALIBRATION_BINS = 15
-#: probabilities are clipped to this before their logarithm
-_EPSILON = 1e-7
+#: probabilities are clipped to this before their logarithm (an ensemble's exported graph clips alike)
+PROBABILITY_FLOOR = 1e-7
 
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """Logits whose softmax is ``probabilities`` (their logarithms, clipped away from 0)."""
-    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _EPSILON, 1.0))
+    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, 1.0))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -40,13 +40,23 @@ def _log_loss(logits: np.ndarray, labels: np.ndarray, temperature: float) -> flo
     return float(-np.log(np.clip(probabilities, 1e-12, 1.0)).mean())
 
 
+def classifies_every_row(logits: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether the top logit of every row is its label's. Then the log loss falls ever lower as T falls, so
+    the temperature "fitted" there is the range's floor: a model that is right on every validation row only
+    says it has nothing left to calibrate, not that it should be a twentieth as unsure on new data (a fine-tune
+    right on all 42 validation clips of the voices it trained on was sharpened to T = 0.05, then met new voices)."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    return bool(len(labels)) and bool((logits.argmax(axis=1) == labels).all())
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature in :data:`TEMPERATURE_RANGE` that minimises the log loss of ``logits`` (rows of
-    validation examples) against ``labels``: a bounded one-dimensional search over log T."""
+    validation examples) against ``labels``: a bounded one-dimensional search over log T; 1 (no scaling) when
+    the logits classify every row right (:func:`classifies_every_row`) or there are none."""
     from scipy.optimize import minimize_scalar
 
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
-    if not len(labels):
+    if not len(labels) or classifies_every_row(logits, labels):
         return 1.0
     low, high = (math.log(t) for t in TEMPERATURE_RANGE)
     found = minimize_scalar(

@@ -33,6 +33,7 @@ from automl_tl.errors import ModelFileError
 from automl_tl.files import with_usual_permissions
 from automl_tl.layout import CONCATENATED_FILE
 from automl_tl.results.model_io import (
+    PredictionRequest,
     Predictor,
     adopt_predictor_fields,
     load_model_dir,
@@ -144,12 +145,11 @@ class ConcatenatedPredictor(Predictor):
         """The bodies joined, in order."""
         return [part.backbone.name for part in self.parts]
 
-    def _logits(
-        self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
-    ) -> tuple[np.ndarray, list[str]]:
+    def _logits(self, request: PredictionRequest) -> tuple[np.ndarray, list[str]]:
         total: np.ndarray | None = None
         errors: list[str] = []
+        request = request.sharing_bodies()
         for part in self.parts:
-            logits, errors = part._logits(inputs, batch_size, max_image_pixels, on_bad_input)
+            logits, errors = part._logits(request)
             total = logits if total is None else total + logits
         return total, errors

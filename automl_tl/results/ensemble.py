@@ -40,6 +40,7 @@ from automl_tl.results.concatenated import (
     save_concatenated,
 )
 from automl_tl.results.model_io import (
+    PredictionRequest,
     Predictor,
     adopt_predictor_fields,
     load_model_dir,
@@ -179,13 +180,13 @@ class EnsemblePredictor(Predictor):
         # (its temperature divides the averaged probabilities' logarithms before the softmax: Predictor.temperature)
         adopt_predictor_fields(self, self.members[0], config)
 
-    def _probabilities(
-        self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
-    ) -> tuple[np.ndarray, list[str]]:
+    def _probabilities(self, request: PredictionRequest) -> tuple[np.ndarray, list[str]]:
         total: np.ndarray | None = None
         errors: list[str] = []
+        # the members that share a body (every frozen-body one of a backbone) embed the inputs once between them
+        request = request.sharing_bodies()
         for weight, member in zip(self.weights, self.members):
-            probabilities, errors = member._probabilities(inputs, batch_size, max_image_pixels, on_bad_input)
+            probabilities, errors = member._probabilities(request)
             weighted = weight * probabilities.astype(np.float64)
             total = weighted if total is None else total + weighted
         readable = ~np.isnan(total).any(axis=1)

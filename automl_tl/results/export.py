@@ -7,6 +7,8 @@ with the same as prose and runnable code, and the run's ``MODEL_CARD.md``.
 * ``torchscript`` (``model.pt``) and ``onnx`` (``model.onnx``), the core's formats: the whole model, tensors in,
   logits out, for every modality; the batch dimension (and a text's length) may vary. A backbone may write
   beside them what prepares its raw inputs (:meth:`~automl_tl.backbone.Backbone.write_export_inputs`).
+  A kept ensemble exports to these as one graph (:mod:`automl_tl.results.ensemble_graph`): its members on
+  the same inputs, the log of their weighted mean probabilities out.
 * the native formats a backbone's plugin offers, which its own library loads
   (:meth:`~automl_tl.backbone.Backbone.native_export_formats`): the plugin writes and loads them; this module
   knows no backbone's internals.
@@ -32,18 +34,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from automl_tl.backbone import ExportContext, ExportFiles, NativeExportFormat
 from automl_tl.errors import AutomlTLError, ConfigError, first_line
 from automl_tl.files import with_usual_permissions, write_json_atomic
-from automl_tl.layout import BEST_MODEL_DIR, EXPORTS_DIR, MODEL_CARD_FILE
+from automl_tl.layout import BEST_MODEL_DIR, ENSEMBLE_DIR, EXPORTS_DIR, MODEL_CARD_FILE
 from automl_tl.registry import list_backbones
-from automl_tl.results.ensemble import is_ensemble_dir
+from automl_tl.results.ensemble import EnsemblePredictor, is_ensemble_dir, load_ensemble_dir
+from automl_tl.results.ensemble_graph import (
+    OUTPUT_DESCRIPTION,
+    OUTPUT_MEANING,
+    check_shared_inputs,
+    describe_members,
+    ensemble_module,
+    first_model,
+)
 from automl_tl.results.loading import kept_model_dir
 from automl_tl.results.model_card import describe_preprocessing, render_model_card
-from automl_tl.results.model_io import Predictor, load_model_dir, model_dir_of
+from automl_tl.results.model_io import Predictor, load_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +86,20 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AutomlTLError(f"run directory not found: {run_dir}")
-    if is_ensemble_dir(kept_model_dir(run_dir)):
-        raise AutomlTLError(
-            f"the model {run_dir} keeps is an ensemble ({kept_model_dir(run_dir)}), and an ensemble cannot be "
-            f"exported yet: export its best single model (automl-tl export {model_dir_of(run_dir)} --format "
-            f"{fmt}), or search again with --no-ensemble"
-        )
-    predictor = load_model_dir(model_dir_of(run_dir), device="cpu")
-    _check_supported(fmt, predictor)
+    source = kept_model_dir(run_dir)
+    ensemble: EnsemblePredictor | None = None
+    if is_ensemble_dir(source):
+        if fmt not in CORE_FORMATS:  # (before any member is loaded)
+            raise ConfigError(
+                f"the {fmt} format holds one model of its library, and {source} is an ensemble: export it "
+                f"with --format {_alternatives(CORE_FORMATS)} (one graph), or export one of its members"
+            )
+        ensemble = load_ensemble_dir(source, device="cpu")
+        check_shared_inputs(ensemble, str(source))
+        predictor = first_model(ensemble)  # whose inputs the graph takes
+    else:
+        predictor = load_model_dir(source, device="cpu")
+        _check_supported(fmt, predictor)
     target = Path(output) if output is not None else run_dir / EXPORTS_DIR / fmt
     _check_target(target)
     try:  # a read-only folder is refused now, before the export's work
@@ -95,7 +112,7 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
     except OSError as exc:
         raise AutomlTLError(f"cannot write the export to {target}: {exc.strerror or exc}") from None
     try:
-        exporter = _Exporter(predictor, model_dir_of(run_dir), staging, target.resolve())
+        exporter = _Exporter(predictor, source, staging, target.resolve(), ensemble)
         info = (
             exporter.export_torchscript()
             if fmt == "torchscript"
@@ -104,15 +121,15 @@ def export_model(run_dir: str | Path, fmt: str, output: str | Path | None = None
             else exporter.export_native(fmt)
         )
         # the logits are the model's own: divided by this, their softmax is what predict_proba gives
-        info["temperature"] = predictor.temperature
+        info["temperature"] = (ensemble or predictor).temperature
         info["check"] = {
             "max_abs_diff": exporter.max_abs_diff,
             "examples": exporter.check_examples,
             "tolerance": CHECK_TOLERANCE,
         }
         write_json_atomic(staging / EXPORT_INFO_FILE, info)
-        (staging / README_FILE).write_text(_readme(info))
-        _copy_model_card(run_dir, staging / MODEL_CARD_FILE)
+        card = _copy_model_card(run_dir, source, staging / MODEL_CARD_FILE)
+        (staging / README_FILE).write_text(_readme(info, card))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -179,15 +196,19 @@ def _check_target(target: Path) -> None:
         )
 
 
-def _copy_model_card(run_dir: Path, path: Path) -> None:
-    """The run's model card beside the export (written afresh for runs made before model cards existed)."""
+def _copy_model_card(run_dir: Path, source: Path, path: Path) -> bool:
+    """The run's model card beside the export (written afresh for a single model of a run made before model
+    cards existed); whether there is one (an ensemble folder given on its own has none)."""
     card = run_dir / MODEL_CARD_FILE
-    if not card.is_file() and run_dir.resolve() == (run_dir.resolve().parent / BEST_MODEL_DIR):
+    if not card.is_file() and run_dir.resolve().name in (BEST_MODEL_DIR, ENSEMBLE_DIR):
         card = run_dir.resolve().parent / MODEL_CARD_FILE  # RUN_DIR/best_model given: the run's card
     if card.is_file():
         shutil.copyfile(card, path)
+    elif is_ensemble_dir(source):
+        return False
     else:
         path.write_text(render_model_card(run_dir))
+    return True
 
 
 # ---------------------------------------------------------------- inputs
@@ -222,6 +243,21 @@ def _raw_examples(modality: str, preprocessing: dict[str, Any], count: int, seed
         waves[-1][: len(waves[-1]) // 2] = 0.0  # a silent stretch, which some audio networks treat apart
         return waves
     raise AutomlTLError(f"cannot export a model of modality {modality!r}: no example inputs to trace it with")
+
+
+def _as_predictor_inputs(raw: list[Any], modality: str, preprocessing: dict[str, Any], scratch: Path) -> list[Any]:
+    """``raw`` as a predictor reads inputs: audio waveforms written to float WAV files in ``scratch`` (a predictor
+    reads sound from files only; float samples at the model's rate read back unchanged), the rest as they are."""
+    if modality != "audio":
+        return raw
+    import soundfile
+
+    paths = []
+    for index, wave in enumerate(raw):
+        path = scratch / f"check_{index}.wav"
+        soundfile.write(str(path), np.asarray(wave, dtype=np.float32), int(preprocessing["sample_rate"]), "FLOAT")
+        paths.append(str(path))
+    return paths
 
 
 def input_spec(predictor: Predictor) -> list[dict[str, Any]]:
@@ -286,12 +322,22 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 
 
 class _Exporter:
-    """Writes one export of ``predictor``'s model into ``folder`` (to be renamed to ``final``)."""
+    """Writes one export of ``predictor``'s model into ``folder`` (to be renamed to ``final``); of ``ensemble``
+    as one graph when given (``predictor`` is then its first model, whose inputs the graph takes)."""
 
-    def __init__(self, predictor: Predictor, model_dir: Path, folder: Path, final: Path):
-        self.predictor, self.model_dir = predictor, model_dir
-        self.model = predictor.model.eval()
+    def __init__(
+        self,
+        predictor: Predictor,
+        model_dir: Path,
+        folder: Path,
+        final: Path,
+        ensemble: EnsemblePredictor | None = None,
+    ):
+        self.predictor, self.model_dir, self.ensemble = predictor, model_dir, ensemble
+        self.model = ensemble_module(ensemble) if ensemble is not None else predictor.model.eval()
         self.config = predictor.config
+        #: what the messages call the model exported
+        self.name = "the ensemble" if ensemble is not None else self.config["backbone"]["name"]
         self.folder, self.final = folder, final
         self.modality = predictor.backbone.modality
         preprocessing = self.config["preprocessing"]
@@ -312,6 +358,8 @@ class _Exporter:
         with torch.no_grad():
             self.expected = self.wrapper(*self.check_inputs)
         self.max_abs_diff = float("nan")
+        if ensemble is not None:
+            self._check_graph(ensemble, _raw_examples(self.modality, preprocessing, 3, 1))
         # what the backbone gets to write its own files: the check batch's raw inputs are those of (3, 1) above
         self.context = ExportContext(
             model=self.model,
@@ -323,6 +371,20 @@ class _Exporter:
             check_inputs=self.check_inputs,
             check=self._check,
         )
+
+    def _check_graph(self, ensemble: EnsemblePredictor, raw: list[Any]) -> None:
+        """Refuse a graph whose probabilities on the check batch are not the ensemble's own predictions."""
+        with tempfile.TemporaryDirectory(prefix="automl-tl-check-") as scratch:
+            readable = _as_predictor_inputs(raw, self.modality, self.config["preprocessing"], Path(scratch))
+            table = pd.DataFrame({ensemble.input_column: readable})
+            predicted = ensemble.predict_proba(table, batch_size=len(raw), max_image_pixels=None).to_numpy()
+        graph = torch.softmax(self.expected.double() / ensemble.temperature, dim=1).numpy()
+        difference = float(np.abs(graph - predicted).max())
+        if not difference <= CHECK_TOLERANCE:
+            raise AutomlTLError(
+                f"the ensemble's graph does not reproduce its predictions: its probabilities differ by up to "
+                f"{difference:.2e} (> {CHECK_TOLERANCE:g}); export one of its members instead"
+            )
 
     def _check(self, logits: Any, what: str) -> None:
         got = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)
@@ -340,7 +402,7 @@ class _Exporter:
 
     def _info(self, fmt: str, files: dict[str, str], load_code: str) -> dict[str, Any]:
         backbone = self.config["backbone"]
-        return {
+        info = {
             "format": fmt,
             "files": files,
             "backbone": backbone,
@@ -359,6 +421,15 @@ class _Exporter:
             "source_model": str(self.model_dir.resolve()),
             "folder": str(self.final),
         }
+        if self.ensemble is not None:
+            # (backbone, head and preprocessing are the first member's: the inputs are prepared as for it)
+            info["head"] = None
+            info["output"]["description"] = OUTPUT_DESCRIPTION
+            info["ensemble"] = {
+                "combination": "weighted mean of the members' probabilities",
+                "members": describe_members(self.ensemble),
+            }
+        return info
 
     def _input_files(self) -> ExportFiles:
         """What the backbone writes beside a whole-model export to prepare raw inputs (nothing by default)."""
@@ -387,8 +458,7 @@ class _Exporter:
                     logits = loaded(*self.check_inputs)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise AutomlTLError(
-                f"cannot trace {self.config['backbone']['name']} to TorchScript: {first_line(exc, 300)}; "
-                "try --format onnx"
+                f"cannot trace {self.name} to TorchScript: {first_line(exc, 300)}; try --format onnx"
             ) from None
         self._check(logits, "TorchScript")
         inputs = self._input_files()
@@ -439,8 +509,7 @@ class _Exporter:
                 )
         except Exception as exc:  # noqa: BLE001 - torch.export and the ONNX translation raise many kinds
             raise AutomlTLError(
-                f"cannot export {self.config['backbone']['name']} to ONNX: {_onnx_reason(exc)}; "
-                "try --format torchscript"
+                f"cannot export {self.name} to ONNX: {_onnx_reason(exc)}; try --format torchscript"
             ) from None
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self._check(session.run(["logits"], {n: t.numpy() for n, t in zip(self.names, self.check_inputs)})[0], "ONNX")
@@ -495,31 +564,48 @@ def image_preparation_code(preprocessing: dict[str, Any]) -> str | None:
     )
 
 
-def _readme(info: dict[str, Any]) -> str:
+def _readme(info: dict[str, Any], card: bool = True) -> str:
     fmt, backbone = info["format"], info["backbone"]
     classes = info["classes"]
+    ensemble = info.get("ensemble")
+    title = f"Ensemble of {len(ensemble['members'])} models" if ensemble else f"`{backbone['name']}` classifier"
     lines = [
-        f"# `{backbone['name']}` classifier, {fmt} export",
+        f"# {title}, {fmt} export",
         "",
-        f"Exported by automl_tl from `{info['source_model']}`. The model card is in `{MODEL_CARD_FILE}`; "
-        f"`{EXPORT_INFO_FILE}` holds everything below as JSON.",
-        "",
-        "## Files",
+        f"Exported by automl_tl from `{info['source_model']}`. "
+        + (f"The model card is in `{MODEL_CARD_FILE}`; " if card else "")
+        + f"`{EXPORT_INFO_FILE}` holds everything below as JSON.",
         "",
     ]
+    if ensemble:
+        lines += ["One graph runs every member on the same inputs:", ""]
+        lines += [
+            f"- `{m['folder']}` ({m['kind']}: {', '.join(m['backbones'])}), weight {m['weight']:.3g}, "
+            f"temperature {m['temperature']:.3g}"
+            for m in ensemble["members"]
+        ]
+        lines += [""]
+    lines += ["## Files", ""]
     lines += [f"- `{name}`: {what}" for name, what in info["files"].items()]
     lines += ["", "## Input", "", "| name | dtype | shape | what |", "|---|---|---|---|"]
     lines += [
         f"| `{i['name']}` | {i['dtype']} | ({', '.join(map(str, i['shape']))}) | {i['description']} |"
         for i in info["inputs"]
     ]
+    output = f"{OUTPUT_MEANING}, one per class" if ensemble else "one score per class"
     lines += [
         "",
-        f"Output: `logits`, float32 (batch, {len(classes)}): one score per class, in this order: "
+        f"Output: `logits`, float32 (batch, {len(classes)}): {output}, in this order: "
         + ", ".join(f"`{c}`" for c in classes)
         + ".",
         "",
     ]
+    if info.get("temperature", 1.0) != 1.0:
+        lines += [
+            f"Dividing the logits by the temperature {info['temperature']:.4g} before the softmax gives the "
+            "calibrated probabilities the model predicts.",
+            "",
+        ]
     prepare = image_preparation_code(info["preprocessing"])
     if prepare:
         lines += ["Preparing an image file at `path` as in training:", "", "```python", prepare.rstrip(), "```", ""]

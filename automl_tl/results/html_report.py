@@ -43,6 +43,7 @@ from automl_tl.results.report import (
     describe_self_training,
     describe_skipped,
     leaderboard,
+    soup_epochs,
 )
 from automl_tl.storage import mask_password, open_storage
 from automl_tl.strategies import current_names, used_parameters
@@ -322,7 +323,8 @@ def _overview(
         trial = evaluation.get("trial")
         metrics = evaluation.get("metrics") or {}
         trials = study.get_trials(deepcopy=False)
-        params = trials[trial].params if trial is not None and 0 <= trial < len(trials) else {}
+        kept = trials[trial] if trial is not None and 0 <= trial < len(trials) else None
+        params = kept.params if kept is not None else {}
         best = [("trial", str(trial)), ("validation accuracy", _number(evaluation.get("val_accuracy"), ".4f"))]
         best += [
             (f"test {name.replace('_', ' ')}", _number(metrics.get(name), ".4f"))
@@ -330,6 +332,9 @@ def _overview(
         ]
         best.append(("test examples", str(metrics.get("examples", ""))))
         best += [(name, _param(value)) for name, value in used_parameters(params).items()]
+        soup = soup_epochs(kept.user_attrs.get("weight_soup")) if kept is not None else None
+        if soup:
+            best.append(("weights", f"averaged over epochs {soup} (a greedy weight soup)"))
         parts += ["<h3>Best model</h3>", _key_values(best)]
     else:
         parts.append(
@@ -391,7 +396,8 @@ def _leaderboard_table(board: pd.DataFrame, best_trial: int | None, metric: str 
         f"<tbody>{''.join(body)}</tbody></table></div>"
         f'<p class="legend">val_score is the validation {html.escape(metric.replace("_", " "))} the search '
         "selected by; the best first (ties: the lower val_loss), the best model's row highlighted. Pruned "
-        "trials show the score they had when stopped.</p>"
+        "trials show the score they had when stopped; soup_epochs: the epochs a fine-tune's weights average, "
+        "when a greedy weight soup of them validated better than its best epoch alone.</p>"
     )
 
 

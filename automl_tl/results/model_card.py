@@ -156,7 +156,7 @@ def _model_section(config: dict[str, Any], manifest: dict[str, Any] | None) -> l
         f"| weights hash | {f'`{weights_hash}` (SHA-256 of the body tensors, first 32 hex digits)' if weights_hash else 'not recorded in this run'} |",
         f"| adaptation | {_strategy_words(trial.get('strategy'))} |",
         f"| head | {head_text} |",
-        f"| training | best epoch {config.get('best_epoch', '–')} of {trial.get('epochs', '–')}, batch size "
+        f"| training | {_epochs_kept(config)} of {trial.get('epochs', '–')}, batch size "
         f"{trial.get('batch_size', '–')}, AdamW (weight decay {trial.get('weight_decay', '–')}), seed {trial.get('seed', '–')} |",
         f"| classes | {len(classes)}: {_listing(classes)} |",
         f"| input | {describe_preprocessing(config.get('preprocessing', {}))} |",
@@ -330,6 +330,14 @@ def _range(values: Any) -> str:
     return (
         f"{values[0]:g} to {values[1]:g}" if isinstance(values, list) and len(values) == 2 else "the modality's default"
     )
+
+
+def _epochs_kept(config: dict[str, Any]) -> str:
+    """Which epochs' weights the model has: the best one's, or those a greedy weight soup averaged."""
+    soup = config.get("soup_epochs")
+    if soup:
+        return f"weights averaged over epochs {', '.join(str(epoch) for epoch in soup)} (a greedy weight soup)"
+    return f"best epoch {config.get('best_epoch', '–')}"
 
 
 def _strategy_words(strategy: Any) -> str:

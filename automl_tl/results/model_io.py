@@ -14,6 +14,7 @@ tensor names or shapes, a config that disagrees with the weights) is refused wit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -55,8 +56,9 @@ from automl_tl.options import (
 )
 from automl_tl.registry import get_backbone
 from automl_tl.results.calibration import TEMPERATURE_RANGE, check_temperature
-from automl_tl.train.device import default_device
+from automl_tl.train.device import default_device, on_device
 from automl_tl.train.executor import predict_logits
+from automl_tl.train.feature_cache import compute_features
 from automl_tl.train.head_modules import build_head
 from automl_tl.transfer_model import TransferModel
 from automl_tl.weights import TensorSpec, compare_state, expected_specs
@@ -374,7 +376,7 @@ class Predictor:
         self.backbone = backbone if backbone is not None else get_backbone(config["backbone"]["name"])
         self.preprocessor = self.backbone.preprocessor(InputOptions(**config["input_options"]))
         self.device = device or default_device()
-        self.model = model.to(self.device).eval()
+        self.model = on_device(model, self.device).eval()
         #: the logits are divided by it before the softmax (temperature scaling fitted on validation; 1: none)
         self.temperature = float(config.get("temperature", 1.0))
 
@@ -417,7 +419,9 @@ class Predictor:
         """
         inputs = self.read_inputs(data)
         given = self._kept_columns(data, keep_columns)
-        probabilities, errors = self._probabilities(inputs, batch_size, max_image_pixels, on_bad_input)
+        probabilities, errors = self._probabilities(
+            PredictionRequest(inputs, batch_size, max_image_pixels, on_bad_input)
+        )
         table = pd.DataFrame(probabilities, columns=probability_columns(self.classes))
         table.insert(0, PREDICTION_COLUMN, pd.Series(self._labels(probabilities), dtype=object))
         # which file (or text) each row is about, as given; an array or an unreadable text file is named, not shown
@@ -478,7 +482,7 @@ class Predictor:
         :class:`~automl_tl.errors.EmptyInputError` (see :meth:`read_inputs`).
         """
         probabilities, _ = self._probabilities(
-            self.read_inputs(data), batch_size, max_image_pixels, DEFAULT_ON_BAD_INPUT
+            PredictionRequest(self.read_inputs(data), batch_size, max_image_pixels, DEFAULT_ON_BAD_INPUT)
         )
         return pd.DataFrame(probabilities, columns=[str(c) for c in self.classes])
 
@@ -496,11 +500,10 @@ class Predictor:
         labels[readable] = np.array(self.classes, dtype=object)[probabilities[readable].argmax(axis=1)]
         return labels
 
-    def _probabilities(
-        self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
-    ) -> tuple[np.ndarray, list[str]]:
-        """Probabilities (NaN rows for inputs that cannot be read) and each row's error ("" when none)."""
-        logits, errors = self._logits(inputs, batch_size, max_image_pixels, on_bad_input)
+    def _probabilities(self, request: PredictionRequest) -> tuple[np.ndarray, list[str]]:
+        """Probabilities of the request's inputs (NaN rows for inputs that cannot be read) and each row's error
+        ("" when none)."""
+        logits, errors = self._logits(request)
         probabilities = np.full(logits.shape, np.nan, dtype=np.float32)
         readable = ~np.isnan(logits).any(axis=1)
         if readable.any():
@@ -508,10 +511,71 @@ class Predictor:
             probabilities[readable] = torch.softmax(scaled, dim=1).numpy()
         return probabilities, errors
 
-    def _logits(
+    def _logits(self, request: PredictionRequest) -> tuple[np.ndarray, list[str]]:
+        """The model's logits of the request's inputs (float32; NaN rows for inputs that cannot be read) and each
+        row's error; for a request that shares bodies, the head's on the body's shared embeddings."""
+        if request.shares_bodies:
+            embeddings, errors = request.embeddings(self)
+            return self._head_logits(embeddings), errors
+        items, errors = self._readable_items(request.inputs, request.max_image_pixels, request.on_bad_input)
+        logits = np.full((len(request.inputs), len(self.classes)), np.nan, dtype=np.float32)
+        if items:
+            order = sorted(items)
+            found = predict_logits(
+                self.model, self.preprocessor, [items[i] for i in order], request.batch_size, self.device
+            )
+            logits[order] = found.float().numpy()
+        return logits, errors
+
+    def _embeddings(
         self, inputs: list[Any], batch_size: int, max_image_pixels: int | None, on_bad_input: str
     ) -> tuple[np.ndarray, list[str]]:
-        """The model's logits (float32; NaN rows for inputs that cannot be read) and each row's error."""
+        """The body's embeddings of ``inputs`` (float32; NaN rows for inputs that cannot be read) and each row's
+        error."""
+        items, errors = self._readable_items(inputs, max_image_pixels, on_bad_input)
+        embeddings = np.full((len(inputs), self.backbone.embedding_dim), np.nan, dtype=np.float32)
+        if items:
+            order = sorted(items)
+            # (what the search's feature cache computes: the frozen-body heads were trained on these)
+            embeddings[order] = compute_features(
+                self.backbone,
+                self.preprocessor,
+                [items[i] for i in order],
+                self.device,
+                batch_size,
+                model=self.model.eval(),
+            )
+        return embeddings, errors
+
+    @torch.no_grad()
+    def _head_logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """The head's logits of ``embeddings`` (rows of NaN stay NaN)."""
+        logits = np.full((len(embeddings), len(self.classes)), np.nan, dtype=np.float32)
+        readable = ~np.isnan(embeddings).any(axis=1)
+        if readable.any():
+            self.model.eval()
+            rows = torch.from_numpy(embeddings[readable]).to(self.device)
+            logits[readable] = self.model.head(rows).float().cpu().numpy()
+        return logits
+
+    @property
+    def body_key(self) -> tuple[str, str, str]:
+        """What makes two predictors' embeddings of the same inputs the same: the backbone, its input options
+        and a digest of the body's weights and buffers (every frozen-body model of one backbone shares it)."""
+        if getattr(self, "_body_key", None) is None:
+            digest = hashlib.blake2b(digest_size=16)
+            for name, tensor in self.model.body.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            options = json.dumps(self.config["input_options"], sort_keys=True)
+            self._body_key = (self.backbone.name, options, digest.hexdigest())
+        return self._body_key
+
+    def _readable_items(
+        self, inputs: list[Any], max_image_pixels: int | None, on_bad_input: str
+    ) -> tuple[dict[int, Any], list[str]]:
+        """The encoded inputs that can be read, by position, and each input's error ("" when none); refused
+        when none can be read, or with ``on_bad_input`` "error" at the first that cannot."""
         modality = self.backbone.modality
         errors = [""] * len(inputs)
         items: dict[int, Any] = {}
@@ -544,12 +608,46 @@ class Predictor:
                 len(inputs),
                 first,
             )
-        logits = np.full((len(inputs), len(self.classes)), np.nan, dtype=np.float32)
-        if items:
-            order = sorted(items)
-            found = predict_logits(self.model, self.preprocessor, [items[i] for i in order], batch_size, self.device)
-            logits[order] = found.float().numpy()
-        return logits, errors
+        return items, errors
+
+
+class PredictionRequest:
+    """One prediction call: its inputs, the batch size, and how inputs that cannot be read are treated.
+
+    A request that :attr:`shares_bodies` (see :meth:`sharing_bodies`) embeds its inputs once per distinct body
+    (:attr:`Predictor.body_key`) for every predictor it is passed to: the members of an ensemble and the parts of
+    a concatenated-feature probe that share a body (every frozen-body model of one backbone) run it once between
+    them, each then applying its own head. A lone predictor runs its whole model instead."""
+
+    def __init__(
+        self,
+        inputs: list[Any],
+        batch_size: int,
+        max_image_pixels: int | None,
+        on_bad_input: str,
+        shares_bodies: bool = False,
+    ):
+        self.inputs = inputs
+        self.batch_size = batch_size
+        self.max_image_pixels = max_image_pixels
+        self.on_bad_input = on_bad_input
+        self.shares_bodies = shares_bodies
+        self._embedded: dict[tuple[str, str, str], tuple[np.ndarray, list[str]]] = {}
+
+    def sharing_bodies(self) -> PredictionRequest:
+        """This request, or the same one sharing bodies between the predictors it is passed to."""
+        if self.shares_bodies:
+            return self
+        return PredictionRequest(self.inputs, self.batch_size, self.max_image_pixels, self.on_bad_input, True)
+
+    def embeddings(self, predictor: Predictor) -> tuple[np.ndarray, list[str]]:
+        """``predictor``'s body's embeddings of the inputs and each row's error, computed on first request."""
+        key = predictor.body_key
+        if key not in self._embedded:
+            self._embedded[key] = predictor._embeddings(
+                self.inputs, self.batch_size, self.max_image_pixels, self.on_bad_input
+            )
+        return self._embedded[key]
 
 
 def load_model_dir(directory: Path, device: torch.device | str | None = None) -> Predictor:

@@ -62,6 +62,7 @@ LEADERBOARD_COLUMNS = [
     "val_loss",
     "validation",
     "best_epoch",
+    "soup_epochs",
     "epochs_run",
     "stop_reason",
     "seconds",
@@ -101,6 +102,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                 "val_loss": loss,
                 "validation": attrs.get("validation"),
                 "best_epoch": attrs.get("best_epoch"),
+                "soup_epochs": soup_epochs(attrs.get("weight_soup")),
                 "epochs_run": attrs.get("epochs_run"),
                 "stop_reason": describe_stop(attrs.get("stop_reason"), attrs.get("epochs_run")),
                 "seconds": attrs.get("seconds"),
@@ -118,6 +120,16 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     keys = pd.DataFrame(order, columns=["score", "loss", "trial"])
     ranked = keys.sort_values(["score", "loss", "trial"], na_position="last").index
     return frame.loc[ranked].reset_index(drop=True)
+
+
+def soup_epochs(weight_soup: dict[str, Any] | None) -> str | None:
+    """The epochs whose weights a fine-tuning trial's greedy soup averaged, as the leaderboard shows them
+    ("4 and 1", its best epoch first); None when the trial kept one epoch's weights (or made no soup)."""
+    ingredients = (weight_soup or {}).get("ingredients")
+    if not ingredients:
+        return None
+    epochs = [str(epoch) for epoch in ingredients]
+    return ", ".join(epochs[:-1]) + " and " + epochs[-1] if len(epochs) > 1 else epochs[0]
 
 
 def describe_stop(reason: str | None, epochs_run: int | None) -> str | None:

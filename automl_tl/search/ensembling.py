@@ -90,7 +90,7 @@ class Candidate:
     trial: int | None
     config: TrialConfig | None
     probabilities: np.ndarray  # on the validation rows
-    seconds: float  # what its trial took: about what rebuilding its model costs
+    seconds: float  # what its trial's fit took (its features aside, now cached): about what rebuilding it costs
     attrs: dict  # the trial's user attributes (validation figures)
     joins: tuple[str, ...] = ()
 
@@ -122,7 +122,8 @@ def ensemble_candidates(
         probabilities = read_trial_predictions(run_dir, trial.number, data)
         if probabilities is None:
             continue
-        seconds = float(trial.user_attrs.get("seconds") or 0.0)
+        # (a trial stored by an earlier version has its whole time only)
+        seconds = float(trial.user_attrs.get("fit_seconds", trial.user_attrs.get("seconds")) or 0.0)
         found.append(Candidate(trial.number, config, probabilities, seconds, dict(trial.user_attrs)))
         if len(found) >= pool:
             break

@@ -25,9 +25,8 @@ learning rate has fully decayed with one that is still warm, and prune the latte
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -50,6 +49,10 @@ from automl_tl.strategies import (
 )
 
 LAYER_DECAY_RANGE = (0.6, 1.0)  # 1.0: one learning rate for the whole body
+#: the warm-start fine-tune's body learning rate (AutoGluon MultiModal's default too). The geometric middle of the
+#: image range, 3.2e-4, made MobileNetV2's LP-FT on 354 small digits collapse to chance at 160 and 224 px, and
+#: at 64 px for some seeds; the one fine-tune a short budget holds must not be the one that diverges
+WARM_START_BACKBONE_LR = 1e-4
 HEAD_HIDDEN_RANGE = (64, 1024)  # MLP head width, searched on a log scale
 HEAD_DROPOUT_RANGE = (0.0, 0.5)
 LORA_RANKS = (4, 8, 16)
@@ -74,6 +77,9 @@ class SearchSpace:
     class_weighted: bool = False  # training weighs classes inversely to their frequency
     #: training-batch augmentations drawn for the strategies that train the body; ("none",): never drawn
     augmentations: tuple[str, ...] = (NO_AUGMENTATION,)
+    #: backbone -> the image side its trials that train the body use instead of its pretrained one (images much
+    #: smaller than that: see automl_tl.modalities.image.fine_tuning_side); frozen-body trials keep theirs
+    fine_tuning_image_sizes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def draws_augmentation(self) -> bool:
@@ -163,6 +169,8 @@ class SearchSpace:
             "metric": self.metric,
             "class_weighted": self.class_weighted,
             **augmentations,
+            # (likewise stored only when some backbone has one: a study made before resumes unchanged)
+            **({"fine_tuning_image_sizes": dict(self.fine_tuning_image_sizes)} if self.fine_tuning_image_sizes else {}),
         }
 
     @classmethod
@@ -174,16 +182,20 @@ class SearchSpace:
             values[name] = tuple(values[name])
         if "augmentations" in values:
             values["augmentations"] = tuple(values["augmentations"])
+        if "fine_tuning_image_sizes" in values:
+            values["fine_tuning_image_sizes"] = {str(k): int(v) for k, v in values["fine_tuning_image_sizes"].items()}
         return cls(**values)
 
     def default_params(self) -> dict[str, Any]:
-        """A middle-of-the-road value for every parameter (for warm-start trials): the geometric middle
-        of each learning-rate range, no layer decay, the most trained layer groups allowed, a linear head."""
+        """A middle-of-the-road value for every parameter (for warm-start trials): the body learning rate most
+        fine-tuning recipes start from (:data:`WARM_START_BACKBONE_LR`, within the range), no layer decay, the
+        most trained layer groups allowed, a linear head."""
+        low, high = self.backbone_lr_range
         return {
             "backbone": self.backbones[0],
             "strategy": self.strategies[0],
             "trained_groups": self.max_trained_groups,
-            "backbone_lr": math.sqrt(self.backbone_lr_range[0] * self.backbone_lr_range[1]),
+            "backbone_lr": min(max(WARM_START_BACKBONE_LR, low), high),
             "layer_decay": 1.0,
             "head_lr": min(max(1e-2, self.head_lr_range[0]), self.head_lr_range[1]),
             "head": self.heads[0],
@@ -244,6 +256,9 @@ def suggest_trial_config(
         if strategy == LORA
         else {}
     )
+    input_options = search.input_options
+    if backbone in space.fine_tuning_image_sizes and not get_strategy(strategy).frozen_body:
+        input_options = replace(input_options, image_size=space.fine_tuning_image_sizes[backbone])
     return TrialConfig(
         backbone=backbone,
         strategy=strategy,
@@ -255,7 +270,7 @@ def suggest_trial_config(
         epochs=space.max_epochs,
         batch_size=search.batch_size,
         seed=search.seed + (trial.number if slot is None else slot),
-        input_options=search.input_options,
+        input_options=input_options,
         metric=space.metric,
         class_weighted=space.class_weighted,
         augmentation=augmentation,

@@ -53,10 +53,16 @@ from automl_tl.layout import (
     METRICS_FILE,
 )
 from automl_tl.metrics import all_metrics, default_metric, metric_value, uses_class_weights
+from automl_tl.modalities.image import fine_tuning_side, native_side
 from automl_tl.plugins import get_plugin_manager
 from automl_tl.rank.ranking import rank_backbones, searchable_backbones, with_outcomes
 from automl_tl.registry import get_registry
-from automl_tl.results.calibration import calibration_summary, fit_temperature, log_probabilities
+from automl_tl.results.calibration import (
+    calibration_summary,
+    classifies_every_row,
+    fit_temperature,
+    log_probabilities,
+)
 from automl_tl.results.concatenated import CONCATENATED_FEATURES, ConcatenatedModel, ConcatenatedPredictor
 from automl_tl.results.ensemble import EnsemblePredictor, save_ensemble
 from automl_tl.results.ensemble_selection import ENSEMBLE_ROUNDS
@@ -126,7 +132,7 @@ from automl_tl.strategies import (
     get_strategy,
     used_parameters,
 )
-from automl_tl.train.device import DeadlineReached
+from automl_tl.train.device import DeadlineReached, frozen_heap
 from automl_tl.train.embedding_heads import cross_validation_folds
 from automl_tl.train.executor import (
     FITTED_ON_TRAIN_AND_VAL,
@@ -159,6 +165,11 @@ SAVE_MARGIN_FRACTION = 0.05
 #: the time kept back for a refit is its estimate times this: estimates from one trial's epochs are rough, and a
 #: refit that finds a few seconds too few is skipped
 REFIT_RESERVE_FACTOR = 1.25
+#: a refit validates nothing, so it is checked on what it can be: its last epoch's training loss must not end above
+#: this multiple of its trial's at the best epoch, plus the margin (it learns the same data and a little more, by
+#: the same recipe; a fine-tune that diverged at its learning rate ends far above, near a constant guess's loss)
+REFIT_LOSS_FACTOR = 1.5
+REFIT_LOSS_MARGIN = 0.05
 #: seconds counted for writing each ensemble member (its whole model: body and head)
 ENSEMBLE_SAVE_SECONDS = 1.0
 #: the fewest validation predictions a temperature is fitted on
@@ -314,6 +325,9 @@ class Search:
         self._inference_cost: dict[str, float] = {}
         #: (backbone, seconds) of each frozen-body trial this process ran: what the ensemble's reserve is measured on
         self._frozen_trials: list[tuple[str, float]] = []
+        #: the training images' median shorter side (0: unreadable), read once (see _fine_tuning_image_sizes)
+        self._native_image_side: int | None = None
+        self._logged_fine_tuning_sizes = False
 
     def prepare(self) -> SearchSpace:
         """Rank the backbones by transferability (unless ``prerank`` is off), keep the ``top_k``, and fix the space.
@@ -359,7 +373,7 @@ class Search:
                 ", with a class-weighted loss" if weighted else "",
             )
         augmentations = common_augmentations([self.backbones[name].augmentations for name in candidates])
-        return SearchSpace.from_config(
+        space = SearchSpace.from_config(
             self.config,
             candidates,
             max_groups,
@@ -369,10 +383,43 @@ class Search:
             class_weighted=weighted,
             augmentations=augmentations,
         )
+        return replace(space, fine_tuning_image_sizes=self._fine_tuning_image_sizes(space))
 
-    def _augmented_as_stored(self, space: SearchSpace, stored_space: dict[str, Any]) -> SearchSpace:
-        """``space`` without augmentation where the study was made before augmentation was searched (its stored
-        space holds none) and the user did not ask for any: such a study resumes as it was made."""
+    def _fine_tuning_image_sizes(self, space: SearchSpace) -> dict[str, int]:
+        """The image side of each backbone's trials that train the body, where the images are much smaller than
+        its pretrained input (see :func:`~automl_tl.modalities.image.fine_tuning_side`); none when the user
+        chose the image size, the data are not images, or no strategy of ``space`` trains the body."""
+        if (
+            self.data.modality != "image"
+            or self.config.input_options.image_size is not None
+            or all(get_strategy(s).frozen_body for s in space.strategies)
+        ):
+            return {}
+        if self._native_image_side is None:
+            self._native_image_side = native_side(self.data.train.inputs) or 0
+        sizes = {}
+        for name in space.backbones:
+            pretrained = getattr(self.backbones[name].preprocessor(self.config.input_options), "size", None)
+            side = fine_tuning_side(self._native_image_side or None, pretrained) if pretrained else None
+            if side is not None:
+                sizes[name] = side
+        if sizes and not self._logged_fine_tuning_sizes:
+            self._logged_fine_tuning_sizes = True
+            logger.info(
+                "the images are small (median shorter side %d px): trials that train the body train at %s, "
+                "frozen-body ones at the backbones' pretrained sizes",
+                self._native_image_side,
+                ", ".join(f"{side} px ({name})" for name, side in sizes.items()),
+            )
+        return sizes
+
+    def _space_as_stored(self, space: SearchSpace, stored_space: dict[str, Any]) -> SearchSpace:
+        """``space`` as a study made by an earlier version stored it, so that such a study resumes as it was
+        made: without small images' own fine-tuning sizes where its stored space holds none, and without
+        augmentation where it was made before augmentation was searched and the user did not ask for any."""
+        if "fine_tuning_image_sizes" not in stored_space and space.fine_tuning_image_sizes:
+            # made before small images were fine-tuned at their own size: its trials go on at the pretrained size
+            space = replace(space, fine_tuning_image_sizes={})
         if "augmentations" in stored_space or self.config.augmentation is not None or not space.draws_augmentation:
             return space
         logger.info("the study was made before augmentation was searched: it goes on without augmentation")
@@ -385,7 +432,7 @@ class Search:
         stored = list(stored_space.get("backbones") or [])
         if self.ranking is None or not stored or not set(stored) <= set(self.backbones):
             return False
-        space = self._augmented_as_stored(self._space_for(stored), stored_space)
+        space = self._space_as_stored(self._space_for(stored), stored_space)
         if space.to_dict() != stored_space:
             return False
         logger.info(
@@ -398,11 +445,44 @@ class Search:
 
     # ------------------------------------------------------------ the study
 
+    def _data_summary(self) -> dict[str, Any]:
+        """The data's summary as the study keeps it (the classes are an attribute of their own)."""
+        return {k: v for k, v in self.data.summary().items() if k != "classes"}
+
+    def _other_data_message(self, study: optuna.Study, stored_fingerprint: str) -> str:
+        """Why the study is not resumed on these data: the fingerprint covers the split as well as the data, so the
+        same file split another way (another seed or fraction: the command line holds out no test part under
+        2,000 examples, ``prepare_dataset`` 15 %) is refused too, with the split's sizes then and now."""
+        stored = study.user_attrs.get(DATA_SUMMARY_ATTR) or {}
+
+        def sizes(summary: dict[str, Any]) -> str:
+            return f"{summary.get('train')} train / {summary.get('val')} validation / {summary.get('test')} test"
+
+        then = f": then {sizes(stored)}, now {sizes(self.data.summary())}" if "train" in stored else ""
+        return (
+            f"study {self.config.study_name!r} in {self.run_dir} was made for other data, or for the same data "
+            f"split another way (fingerprint {stored_fingerprint}, now {self.data.fingerprint}{then}), as the "
+            "fingerprint covers the inputs, labels and split (seed, --val-size, --test-size, groups; val_fraction, "
+            "test_fraction in Python): split as the study was, or use another --output or --study-name to start "
+            "a new search"
+        )
+
     def open_study(self) -> optuna.Study:
         """Create the study, or load it and check it was made for the same data and space."""
         journal = journal_path(self.config.storage, self.run_dir)
+        # A storage that cannot be used is refused before anything is written or computed: a journal is
+        # inspected (it is opened, and a torn record cut, only below), a database opened at once (a server
+        # down, a file that is no database).
+        storage = None
         if journal is not None:
-            inspect_journal(journal)  # a foreign or corrupt file is refused before anything is written or computed
+            inspect_journal(journal)
+            if self.config.storage is not None and not journal.parent.is_dir():  # (the run directory is made below)
+                raise ConfigError(
+                    f"cannot open the study journal {journal}: No such file or directory (the folder "
+                    f"{journal.parent} is not there)"
+                )
+        else:
+            storage = open_storage(self.config.storage, self.run_dir)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / ".write-test").touch()
@@ -411,7 +491,8 @@ class Search:
             raise ConfigError(f"cannot write to output directory {self.run_dir}: {exc.strerror}") from None
         if self.space is None:
             self.prepare()
-        storage = open_storage(self.config.storage, self.run_dir)
+        if storage is None:
+            storage = open_storage(self.config.storage, self.run_dir)
         try:  # load first, create only if missing: a refused resume must not even append to the journal
             study = optuna.load_study(study_name=self.config.study_name, storage=storage)
         except KeyError:
@@ -432,11 +513,13 @@ class Search:
         stored_space = study.user_attrs.get("search_space")
         stored_space = None if stored_space is None else current_names(stored_space)
         if stored_space is not None:
-            self.space = self._augmented_as_stored(self.space, stored_space)
+            self.space = self._space_as_stored(self.space, stored_space)
         if stored_data is None:
             study.set_user_attr("data_fingerprint", self.data.fingerprint)
             study.set_user_attr("search_space", self.space.to_dict())
             study.set_user_attr("classes", [str(c) for c in self.data.classes])
+            # (the split's sizes, for a refusal to resume on another split; the end of the search rewrites it)
+            study.set_user_attr(DATA_SUMMARY_ATTR, self._data_summary())
             # What a worker elsewhere needs to join: the settings, the data's source, where the run lives.
             study.set_user_attr("search_config", self.config.to_dict())
             study.set_user_attr("data_source", self.data_source)
@@ -444,11 +527,7 @@ class Search:
             study.set_user_attr("warm_starts", len(warm_starts))
             study.set_user_attr(WARM_START_PARAMS_ATTR, warm_starts)
         elif stored_data != self.data.fingerprint:
-            raise ConfigError(
-                f"study {self.config.study_name!r} in {self.run_dir} was made for other data "
-                f"(fingerprint {stored_data}, now {self.data.fingerprint}); "
-                "use another --output or --study-name to start a new search"
-            )
+            raise ConfigError(self._other_data_message(study, stored_data))
         elif stored_space != self.space.to_dict() and not self._keeps_stored_backbones(stored_space):
             changed = sorted(k for k in self.space.to_dict() if stored_space.get(k) != self.space.to_dict()[k])
             raise ConfigError(
@@ -472,7 +551,7 @@ class Search:
         prepares the study, waits for them, and writes the results.
         """
         self.start_clock(started)
-        with quiet_optuna():
+        with quiet_optuna(), frozen_heap():
             self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
             study = self.open_study()
             if workers > 1:
@@ -521,13 +600,19 @@ class Search:
             disable=not self.executor.show_progress,
         )
         try:
-            study.optimize(
-                self._objective,
-                n_trials=None,
-                timeout=time_left,
-                catch=(TrialFailed,),
-                callbacks=[self._after_trial, lambda *_: progress.update(), self._stop_when_enough, *self.callbacks],
-            )
+            with frozen_heap():  # (a worker's trials too: it calls optimize() without run())
+                study.optimize(
+                    self._objective,
+                    n_trials=None,
+                    timeout=time_left,
+                    catch=(TrialFailed,),
+                    callbacks=[
+                        self._after_trial,
+                        lambda *_: progress.update(),
+                        self._stop_when_enough,
+                        *self.callbacks,
+                    ],
+                )
         finally:
             progress.close()
             write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
@@ -752,6 +837,7 @@ class Search:
         attrs = {
             "stop_reason": result.stop_reason,
             "seconds": round(result.seconds, 3),
+            "fit_seconds": round(result.fit_seconds, 3),  # without computing features: what rebuilding it costs
             "cpu_seconds": round(result.cpu_seconds, 3),
             "samples_seen": result.samples_seen,
             "epochs_run": len(result.history),
@@ -764,13 +850,14 @@ class Search:
         }
         if best is not None:
             attrs.update(best_val_score=best.val_metrics.get(result.config.metric), best_val_loss=best.val_loss)
-        for key in ("validation", "fitted_on", "oom_retry", "projected_epoch_seconds", "adapted"):
+        for key in ("validation", "fitted_on", "oom_retry", "projected_epoch_seconds", "adapted", "weight_soup"):
             if key in result.extra:
                 attrs[key] = result.extra[key]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if get_strategy(result.config.strategy).frozen_body and best is not None:
-            self._frozen_trials.append((result.config.backbone, result.seconds))  # what an ensemble member costs
+            # what an ensemble member costs: its fit again, on the features this trial left in the cache
+            self._frozen_trials.append((result.config.backbone, result.fit_seconds))
         if not get_strategy(result.config.strategy).frozen_body and best is not None and len(self.data.val):
             # the whole model ran on the validation split: what testing it will cost per example
             self._inference_cost[result.config.backbone] = best.val_seconds / len(self.data.val)
@@ -798,8 +885,11 @@ class Search:
                     "validation": result.extra.get("validation", self.data.validation),
                     "fitted_on": result.extra.get("fitted_on", "train"),
                     "best_epoch": result.best_epoch,
+                    "train_loss": _best_epoch_train_loss(result),  # what a refit's is checked against
                     "adapted": result.extra.get("adapted", []),  # what the budget changed in the trial's config
-                    "fit_seconds": round(result.seconds, 3),  # what fitting it again costs (self-training)
+                    # the epochs whose weights were averaged (a greedy soup), when the model is one
+                    "soup_epochs": result.extra.get("weight_soup", {}).get("ingredients"),
+                    "fit_seconds": round(result.fit_seconds, 3),  # what fitting it again costs (self-training)
                     "train_seconds_per_epoch": (
                         sum(r.train_seconds for r in result.history) / len(result.history)
                         if not get_strategy(result.config.strategy).frozen_body
@@ -865,7 +955,7 @@ class Search:
             repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)
         board = leaderboard(study)
         write_leaderboard(board, self.run_dir)
-        study.set_user_attr(DATA_SUMMARY_ATTR, {k: v for k, v in self.data.summary().items() if k != "classes"})
+        study.set_user_attr(DATA_SUMMARY_ATTR, self._data_summary())
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not complete or saved_best_accuracy(self.run_dir) is None:
             self._write_report(study)  # what there is: the trials, their failures
@@ -991,6 +1081,17 @@ class Search:
             (str(t.user_attrs.get("error") or "").strip() or "no reason recorded").splitlines()[0] for t in failed
         )
         where = f"the leaderboard is in {self.run_dir}"
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if complete:  # finished, but no model here: a shared --storage given another --output, or one removed
+            made_in = study.user_attrs.get("run_dir")
+            if made_in and Path(made_in) != self.run_dir.resolve():
+                saved = f"in {made_in}, the run directory the study was made in"
+            else:
+                saved = f"in {self.run_dir / BEST_MODEL_DIR}, which is no longer there"
+            return (
+                f"{len(complete)} trial(s) of the study finished, and their best model was saved {saved}; "
+                f"use that --output, or another --study-name to start a new search in {self.run_dir}"
+            )
         not_applicable = [str(t.user_attrs.get("error") or "") for t in trials]
         if trials and all(reason.startswith(NOT_APPLICABLE) for reason in not_applicable):
             return (
@@ -1047,6 +1148,19 @@ class Search:
         if not result.has_model or result.stop_reason in (STOP_TIME, STOP_OVER_BUDGET):
             logger.info("refit stopped after %.0fs: the budget ran out; the trial's own model is kept", seconds)
             return f"stopped after {seconds:.0f}s: the budget ran out; the trial's model (training split) is kept"
+        trial_loss, refit_loss = config.get("train_loss"), result.history[-1].train_loss if result.history else None
+        if _refit_diverged(trial_loss, refit_loss):
+            result.release_model()
+            logger.warning(
+                "refit not kept: its training loss ended at %.3f, far above its trial's %.3f (it diverged); "
+                "the trial's own model is kept",
+                refit_loss,
+                trial_loss,
+            )
+            return (
+                f"not kept: its training loss ended at {refit_loss:.3f}, far above its trial's {trial_loss:.3f} "
+                "(it diverged); the trial's model (training split) is kept"
+            )
         with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
             details = _trial_details(config)
             self._save(
@@ -1058,6 +1172,7 @@ class Search:
                     "fitted_on": FITTED_ON_TRAIN_AND_VAL,
                     "refit_seconds": round(seconds, 3),
                     "refit_epochs": epochs,
+                    "soup_epochs": None,  # a refit averages nothing: it validates nothing to choose by
                 },
             )
         result.release_model()
@@ -1184,7 +1299,9 @@ class Search:
                     "val_loss": best.val_loss,
                     "val_metrics": best.val_metrics,
                     "best_epoch": result.best_epoch,
-                    "fit_seconds": round(result.seconds, 3),
+                    "train_loss": _best_epoch_train_loss(result),
+                    "soup_epochs": result.extra.get("weight_soup", {}).get("ingredients"),
+                    "fit_seconds": round(result.fit_seconds, 3),
                     "self_trained": {"pseudo_labelled": len(rows), "threshold": record["threshold"]},
                 },
             )
@@ -1304,7 +1421,7 @@ class Search:
                     "val_score": validated.val_score,
                     "val_loss": validated.val_loss,
                     "val_metrics": validated.val_metrics,
-                    "fit_seconds": round(result.seconds, 3),
+                    "fit_seconds": round(result.fit_seconds, 3),
                     "self_trained": {
                         "pseudo_labelled": len(rows),
                         "threshold": record["threshold"],
@@ -1539,6 +1656,11 @@ class Search:
             rows = ensemble_rows or self._best_trial_rows()
             if rows is None or len(rows[1]) < MIN_CALIBRATION_ROWS:
                 record["reason"] = "too few validation predictions of the kept model to fit a temperature on"
+            elif classifies_every_row(rows[0], rows[1]):
+                record["reason"] = (
+                    f"the kept model is right on all {len(rows[1])} validation predictions: nothing to fit a "
+                    "temperature on (it would only sharpen), so its probabilities are its own"
+                )
             else:
                 logits = log_probabilities(rows[0])
                 temperature = fit_temperature(logits, rows[1])
@@ -1657,6 +1779,23 @@ _MODEL_KEYS = (
     "metric",
     "data_fingerprint",
 )
+
+
+def _best_epoch_train_loss(result: TrialResult) -> float | None:
+    """The mean training loss of the epoch whose weights ``result`` keeps (a soup's: its best ingredient's);
+    None where it has none (no epoch, or a head fitted at once whose loss is not a number)."""
+    if not result.history:
+        return None
+    loss = max(result.history, key=lambda r: r.rank_key).train_loss
+    return round(float(loss), 5) if math.isfinite(loss) else None
+
+
+def _refit_diverged(trial_loss: float | None, refit_loss: float | None) -> bool:
+    """Whether a refit's last training loss ends far above its trial's (see :data:`REFIT_LOSS_FACTOR`); never
+    without both figures (a model saved by an earlier version has no trial loss)."""
+    if trial_loss is None or refit_loss is None or not math.isfinite(trial_loss):
+        return False
+    return not refit_loss <= REFIT_LOSS_FACTOR * trial_loss + REFIT_LOSS_MARGIN  # (a NaN loss diverged too)
 
 
 def _trial_details(config: dict[str, Any]) -> dict[str, Any]:

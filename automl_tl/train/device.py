@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,11 +23,56 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def release_memory() -> None:
+    """Return freed tensors to the system between trials: a full garbage collection (a trial's optimizer and
+    model can sit in reference cycles), then CUDA's cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Leave the objects alive on entry out of every garbage collection until exit.
+
+    A process that has imported torch, timm and transformers holds half a million objects, and a full
+    collection walks them all: half a second after every trial. What a search allocates and drops is what
+    it made after it began, so the objects from before (modules, the user's data) are frozen for its
+    duration, and handed back to the collector on exit. A heap frozen already (by the caller, or an outer
+    search) is left as its owner froze it."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.collect()  # nothing dead is frozen: what is frozen is never collected
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+#: On the CPU a batch of large images outgrows the processor's caches: MobileNetV2 and EfficientNet-Lite0/1 embed
+#: 8 images of 224-240 px 1.7 to 3 times faster per image than 64 (at 128 px, 8 still beats 64 by 2 times).
+#: Inference batches of 3-channel images of at least CPU_CHUNKED_PIXELS are run in chunks of CPU_IMAGE_CHUNK.
+CPU_IMAGE_CHUNK = 8
+CPU_CHUNKED_PIXELS = 96 * 96
+
+
 def move_to(batch: torch.Tensor | dict[str, torch.Tensor], device: torch.device) -> Any:
-    """A collated batch (a tensor, or a tokenizer's dict of tensors) on ``device``."""
+    """A collated batch (a tensor, or a tokenizer's dict of tensors) on ``device``; a batch of images (4-D) in
+    channels-last order, the layout convolutions run fastest in (a quarter faster to train on 2 CPU cores, twice
+    as fast to embed, with the model's weights in it too: see :func:`on_device`)."""
     if isinstance(batch, dict):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if batch.dim() == 4:
+        return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
     return batch.to(device, non_blocking=True)
+
+
+def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``, its 4-D weights (convolutions) in channels-last order to match :func:`move_to`'s
+    image batches (other weights are left as they are; a text model is unchanged)."""
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device) -> torch.autocast:
@@ -57,6 +104,21 @@ def batched_inference(
         batch_started = time.monotonic()
         if deadline is not None and batch_started + last_batch_seconds > deadline:
             raise DeadlineReached(f"{what} stopped after {start} of {len(items)} examples")
-        outputs.append(forward(move_to(preprocessor.collate(ordered[start : start + batch_size], train=False), device)))
+        batch = move_to(preprocessor.collate(ordered[start : start + batch_size], train=False), device)
+        outputs.extend(forward(chunk) for chunk in _inference_chunks(batch, device))
         last_batch_seconds = time.monotonic() - batch_started
     return restore(torch.cat(outputs)) if outputs else None
+
+
+def _inference_chunks(batch: Any, device: torch.device) -> Sequence[Any]:
+    """``batch`` as the pieces inference runs it in: a CPU batch of large 3-channel images in chunks of
+    :data:`CPU_IMAGE_CHUNK` (see there), anything else whole."""
+    if (
+        device.type == "cpu"
+        and isinstance(batch, torch.Tensor)
+        and batch.dim() == 4
+        and batch.shape[1] == 3
+        and batch.shape[2] * batch.shape[3] >= CPU_CHUNKED_PIXELS
+    ):
+        return torch.split(batch, CPU_IMAGE_CHUNK)
+    return (batch,)

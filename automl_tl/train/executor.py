@@ -16,7 +16,8 @@ has too few labels to hold any out; their history has one "epoch".
 
 Both use AdamW, linear warm-up then cosine decay, gradient clipping, per-epoch validation
 reported through ``on_epoch``, early stopping, a deadline checked per batch, and restore
-the best epoch's weights. Mixed precision on CUDA.
+the best epoch's weights. Mixed precision on CUDA. Fine-tuning then tries a greedy weight soup of its best
+epochs (:mod:`automl_tl.train.weight_soup`) and keeps it if it validates no worse.
 
 Fine-tuning's training batches get the trial's augmentation (:mod:`automl_tl.augmentation`): the preprocessor's
 own (:meth:`~automl_tl.backbone.Preprocessor.augmented`) when they are collated, and mixup/CutMix (timm's
@@ -26,7 +27,6 @@ cached features of the head-on-features path are never augmented.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -52,11 +52,20 @@ from automl_tl.errors import ConfigError, first_line
 from automl_tl.inputs import InputOptions
 from automl_tl.metrics import all_metrics, class_weights, signed
 from automl_tl.strategies import BODY_ADAPTERS, BODY_BIASES, BODY_NORMS, FULL, LAST_K, get_strategy
-from automl_tl.train.device import DeadlineReached, autocast, batched_inference, default_device, move_to
+from automl_tl.train.device import (
+    DeadlineReached,
+    autocast,
+    batched_inference,
+    default_device,
+    move_to,
+    on_device,
+    release_memory,
+)
 from automl_tl.train.embedding_heads import FITTERS, cross_validated_logits, cross_validation_folds, head_logits
 from automl_tl.train.feature_cache import FeatureCache, samples_hash
 from automl_tl.train.head_modules import build_head
 from automl_tl.train.lora import add_adapters, merge_adapters
+from automl_tl.train.weight_soup import PRUNED, TOO_LARGE, Checkpoints, changing_state_keys, greedy_soup
 from automl_tl.transfer_model import TransferModel
 
 logger = logging.getLogger(__name__)
@@ -72,6 +81,8 @@ STOP_OVER_BUDGET = "over_budget"  # the first batches showed that one epoch woul
 #: how validation scored a trial (``TrialResult.extra["validation"]``): cheap trials on a small validation
 #: split are cross-validated on training + validation, and their model is then fitted on both
 VALIDATED_BY_CROSS_VALIDATION = "cross_validation"
+#: ``TrialResult.extra`` key: seconds a frozen-body trial spent getting its features (cache misses computed)
+FEATURES_SECONDS = "features_seconds"
 FITTED_ON_TRAIN_AND_VAL = "train+validation"
 #: training steps timed before an epoch's cost is projected against the deadline
 STEPS_BEFORE_PROJECTION = 2
@@ -144,10 +155,21 @@ class TrialResult:
     #: a frozen-body fit's trained head alone, to predict cached features with (self-training's folds) without
     #: building the body; None for the other fits
     head: nn.Module | None = None
+    #: the validation of ``model`` when its weights are a greedy soup of several epochs (see
+    #: :mod:`automl_tl.train.weight_soup`), none of ``history``'s: it is then the trial's best record. Kept apart
+    #: from ``history`` so that the epochs run, their costs and the pruner's per-epoch scores stay the epochs'.
+    soup_record: EpochRecord | None = None
 
     @property
     def has_model(self) -> bool:
         return self.model is not None or self.model_builder is not None
+
+    @property
+    def fit_seconds(self) -> float:
+        """Wall-clock seconds of the fit alone: :attr:`seconds` less the time a frozen-body trial spent getting
+        its features (``extra["features_seconds"]``: computing them on a cache miss, paid once per backbone).
+        What fitting the same head again on cached features costs (an ensemble member, self-training)."""
+        return max(self.seconds - float(self.extra.get(FEATURES_SECONDS, 0.0)), 0.0)
 
     def final_model(self) -> TransferModel | None:
         """The best epoch's whole model (building it from the body and the trained head if needed)."""
@@ -161,7 +183,10 @@ class TrialResult:
 
     @property
     def best_record(self) -> EpochRecord | None:
-        """The epoch whose weights the result keeps: the best score, ties to the lower validation loss."""
+        """The epoch whose weights the result keeps: the best score, ties to the lower validation loss; or the
+        weight soup's record when the result keeps a soup (:attr:`soup_record`)."""
+        if self.soup_record is not None:
+            return self.soup_record
         return max(self.history, key=lambda r: r.rank_key) if self.history else None
 
     @property
@@ -293,6 +318,8 @@ class _Loop:
     notes: dict[str, Any] = field(default_factory=dict)  # what the loop measured (``projected_epoch_seconds``)
     #: mixes a training batch on the device: (inputs, class indices) -> (mixed inputs, soft targets); None: not mixed
     mix: Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]] | None = None
+    #: the best epochs' changing tensors, kept for a weight soup; None: no soup
+    checkpoints: Checkpoints[EpochRecord] | None = None
 
 
 def _empty_result(
@@ -453,7 +480,13 @@ class Executor:
 
         started, cpu_started = time.perf_counter(), time.process_time()
         result = fit_with_out_of_memory_retry(attempt, config)
-        return result if refit else self._cheaper_when_over_budget(attempt, result, backbone, started, cpu_started)
+        if not refit:
+            result = self._cheaper_when_over_budget(attempt, result, backbone, started, cpu_started)
+        if not get_strategy(config.strategy).frozen_body:
+            # Free what the trial held (optimizer state can be as big as the model) before the next one starts:
+            # once, not after each cheaper attempt, since a full collection costs half a second outside a search.
+            release_memory()
+        return result
 
     @staticmethod
     def _cheaper_when_over_budget(
@@ -507,7 +540,7 @@ class Executor:
             val_x = self.features(backbone, config.input_options, data, data.val, deadline=deadline)
         except DeadlineReached:  # the budget ran out while computing features: no epoch, nothing stored
             return _empty_result(config, started, cpu_started)
-        passes, extra = config.epochs * config.probe_passes, {}
+        passes, extra = config.epochs * config.probe_passes, {FEATURES_SECONDS: time.perf_counter() - started}
         if refit or data.small_validation:
             every_x, every_y = np.concatenate([train_x, val_x]), np.concatenate([data.train.labels, data.val.labels])
             extra["fitted_on"] = FITTED_ON_TRAIN_AND_VAL
@@ -634,7 +667,7 @@ class Executor:
         except DeadlineReached:  # the budget ran out while computing features: nothing fitted
             return _empty_result(config, started, cpu_started)
         fit = partial(FITTERS[config.strategy], balanced=config.class_weighted)
-        num_classes, extra = len(data.classes), {}
+        num_classes, extra = len(data.classes), {FEATURES_SECONDS: time.perf_counter() - started}
         x, y = train_x, data.train.labels
         if holdout and (refit or data.small_validation):
             x, y = np.concatenate([train_x, val_x]), np.concatenate([data.train.labels, data.val.labels])
@@ -729,6 +762,13 @@ class Executor:
             model.head.load_state_dict(probe_head.state_dict())
             model.freeze_norm_statistics = True
         set_trained_body(model, config, backbone.lora_targets)
+        checkpoints = None
+        if not refit:  # a refit validates nothing: no soup
+            soup_keys = changing_state_keys(model)  # (LoRA's adapters, before they are merged, among them)
+            if soup_keys is None:
+                extra["weight_soup"] = {"reason": TOO_LARGE}
+            else:
+                checkpoints = Checkpoints(soup_keys, rank=lambda record: record.rank_key[:2])
         # LP-FT's second stage moves the head as gently as the body, so the probe is not undone.
         head_lr = config.backbone_lr if get_strategy(config.strategy).probe_first else config.head_lr
         optimizer = torch.optim.AdamW(parameter_groups(model, config, head_lr))
@@ -768,13 +808,21 @@ class Executor:
             len(val_items),
             project=True,
             mix=mixup(len(data.classes)) if config.augmentation == MIXUP else None,
+            checkpoints=checkpoints,
         )
         history, best_state, stop_reason, seen = self._run_epochs(loop, config, config.epochs, on_epoch, deadline)
         extra.update(loop.notes, layer_groups=model.num_groups)
         if "epochs_fitted" in extra:  # the result says what ran: its model, refit and card follow it
             config = replace(config, epochs=extra["epochs_fitted"])
+        soup_record = None
         if best_state is not None:
             model.load_state_dict(best_state)
+            if checkpoints is not None:
+                soup_record = self._weight_soup(
+                    model, checkpoints, validate, data.val.labels, config, history, stop_reason, deadline, extra
+                )
+                if soup_record is None:
+                    model.load_state_dict(best_state)
             if get_strategy(config.strategy).body == BODY_ADAPTERS:
                 merge_adapters(model)  # the model handed on (saved, refitted, exported) is a plain one
             model.eval()
@@ -787,11 +835,62 @@ class Executor:
             samples_seen=seen,
             model=model if best_state is not None else None,
             extra=extra,
+            soup_record=soup_record,
         )
-        # Free what the trial held before the next one starts (optimizer state can be as big as the model).
-        del optimizer, loop, best_state
-        release_memory()
+        del optimizer, loop, best_state, checkpoints  # freed by fit(), once for all its attempts
         return result
+
+    @staticmethod
+    def _weight_soup(
+        model: TransferModel,
+        checkpoints: Checkpoints[EpochRecord],
+        validate: Callable[[float | None], torch.Tensor],
+        val_labels: np.ndarray,
+        config: TrialConfig,
+        history: list[EpochRecord],
+        stop_reason: str,
+        deadline: float | None,
+        extra: dict[str, Any],
+    ) -> EpochRecord | None:
+        """A greedy soup of the trial's best epochs (:func:`~automl_tl.train.weight_soup.greedy_soup`), ``model``
+        holding the best epoch's weights. Returns the soup's validation record, ``model`` then holding the soup's
+        weights; None when no soup is kept (``model`` may then hold a rejected average). ``extra["weight_soup"]``
+        says which."""
+        if stop_reason == STOP_CALLBACK:  # the search prunes the trial: its model is not used
+            extra["weight_soup"] = {"reason": PRUNED}
+            return None
+        # Each soup is validated only if, taking as long as the slowest validation pass so far, it ends in time.
+        val_seconds = max(record.val_seconds for record in history)
+
+        def validated(state: dict[str, torch.Tensor]) -> EpochRecord | None:
+            if deadline is not None and time.monotonic() + val_seconds > deadline:
+                return None
+            model.load_state_dict(state, strict=False)  # the frozen rest is the same in every epoch
+            started = time.perf_counter()
+            try:
+                logits = validate(deadline)
+            except DeadlineReached:
+                return None
+            return epoch_record(0, math.nan, logits, val_labels, config.metric, 0.0, time.perf_counter() - started)
+
+        soup = greedy_soup(checkpoints, validated)
+        best_single = checkpoints.kept[0][0].val_score if checkpoints.kept else None
+        if soup.state is None:  # (the caller restores the best epoch: a rejected average may be loaded)
+            extra["weight_soup"] = {"reason": soup.reason, "best_single": best_single, "validated": soup.validated}
+            return None
+        model.load_state_dict(soup.state, strict=False)
+        epochs = [record.epoch for record in soup.ingredients]
+        extra["weight_soup"] = {
+            "ingredients": epochs,
+            "val_score": soup.record.val_score,
+            "best_single": best_single,
+            "validated": soup.validated,
+        }
+        if soup.reason is not None:
+            extra["weight_soup"]["stopped"] = soup.reason
+        # The soup's record carries its best ingredient's epoch: the trial's best_epoch, and the refit's length
+        # (a refit averages nothing), stay what they were without the soup.
+        return replace(soup.record, epoch=epochs[0], train_loss=math.nan)
 
     def _build(self, backbone: Backbone, config: TrialConfig, num_classes: int) -> TransferModel:
         """The pretrained body with the trial's head, freshly initialised from the trial's seed
@@ -799,7 +898,7 @@ class Executor:
         model = backbone.build(num_classes=num_classes)
         torch.manual_seed(config.seed)
         model.head = build_head(config.head, backbone.embedding_dim, num_classes)
-        return model.to(self.device)
+        return on_device(model, self.device)
 
     def _train_head(
         self,
@@ -979,6 +1078,8 @@ class Executor:
             )
             is_best = not history or record.rank_key[:2] > max(r.rank_key for r in history)[:2]
             history.append(record)
+            if loop.checkpoints is not None:
+                loop.checkpoints.offer(record, loop.module)
             progress.set_postfix(val_acc=f"{record.val_accuracy:.3f}")
             logger.debug(
                 "epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f, %s %.4f",
@@ -1138,13 +1239,6 @@ def fit_with_out_of_memory_retry(attempt: Callable[[TrialConfig], TrialResult], 
         return result
     release_memory()  # again outside the except block, for the same reason
     raise TrialOutOfMemory(message)
-
-
-def release_memory() -> None:
-    """Return freed tensors to the system between trials."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:

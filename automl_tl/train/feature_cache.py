@@ -37,7 +37,7 @@ import torch
 
 from automl_tl.backbone import Backbone, Preprocessor, ordered_for_inference
 from automl_tl.files import exclusive_lock
-from automl_tl.train.device import batched_inference, move_to
+from automl_tl.train.device import batched_inference, move_to, on_device
 from automl_tl.transfer_model import TransferModel
 from automl_tl.weights import cache_root
 
@@ -78,7 +78,7 @@ def samples_hash(inputs: Sequence[Any]) -> str:
 
 def pretrained_model(backbone: Backbone, device: torch.device) -> TransferModel:
     """The backbone's pretrained model on ``device``, in evaluation mode, for computing features."""
-    return backbone.build(num_classes=2).to(device).eval()
+    return on_device(backbone.build(num_classes=2), device).eval()
 
 
 @torch.no_grad()
