@@ -15,7 +15,13 @@ import automl_tl
 from automl_tl import InputOptions, SearchConfig, hookimpl, prepare_dataset, run_search
 from automl_tl.errors import ConfigError
 from automl_tl.plugins import get_plugin_manager
-from automl_tl.train.executor import Executor
+from automl_tl.train.executor import (
+    STOP_COMPLETED,
+    STOP_EARLY,
+    STOP_OVER_BUDGET,
+    STOP_TIME,
+    Executor,
+)
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
 
@@ -172,7 +178,11 @@ def test_timeout_is_a_hard_budget(tmp_path, digits_bundle):
     assert len(outcome.leaderboard) < 100
     # Kept to within about one epoch (~1 s here) plus start-up and the final test evaluation.
     assert elapsed < 6 + 15
-    assert outcome.leaderboard["stop_reason"].isin(["completed", "early_stopping", "time_budget", None]).all()
+    # Every trial stopped for a reason of the budget's or its own, none failed. A trial started near the deadline
+    # is stopped after its first batches when one epoch would not fit what is left (over budget): whether one is
+    # depends on the machine's speed.
+    stopped_cleanly = [STOP_COMPLETED, STOP_EARLY, STOP_TIME, STOP_OVER_BUDGET, None]
+    assert outcome.leaderboard["stop_reason"].isin(stopped_cleanly).all()
 
 
 def test_storage_file_lives_in_the_run_directory(finished_run):
