@@ -24,12 +24,15 @@ import os
 import re
 import shutil
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages.journal import JournalFileSymlinkLock
+from optuna.trial import FrozenTrial
 
 from automl_tl.config import is_journal_path
 from automl_tl.errors import ConfigError, first_line
@@ -167,13 +170,42 @@ def repair_journal(path: Path) -> Path | None:
     return backup
 
 
-def open_storage(url: str | None, run_dir: Path, repair: bool = True) -> optuna.storages.BaseStorage:
+#: study user attribute ``PREFIX + str(trial number)``: why Optuna's heartbeat failed that trial, and what was
+#: done (a trial failed takes no more attributes of its own, so the study keeps the reason)
+STALE_TRIAL_ATTR_PREFIX = "interrupted_trial:"
+
+
+def stale_trial_reasons(study: optuna.Study) -> dict[int, str]:
+    """Trial number -> why Optuna's heartbeat failed it and what was done (see :data:`STALE_TRIAL_ATTR_PREFIX`)."""
+    return {
+        int(key.removeprefix(STALE_TRIAL_ATTR_PREFIX)): str(reason)
+        for key, reason in study.user_attrs.items()
+        if key.startswith(STALE_TRIAL_ATTR_PREFIX)
+    }
+
+
+@dataclass(frozen=True)
+class DatabaseHeartbeat:
+    """Optuna's own trial heartbeat, for a database storage (a journal file has none): while a trial runs,
+    ``study.optimize`` records a heartbeat every ``interval`` seconds; a running trial silent for
+    ``grace_period`` seconds (by the database server's clock) is failed before the next trial starts, and
+    ``on_stale_trial(study, failed_trial)`` is called."""
+
+    interval: int
+    grace_period: int
+    on_stale_trial: Callable[[optuna.Study, FrozenTrial], None]
+
+
+def open_storage(
+    url: str | None, run_dir: Path, repair: bool = True, heartbeat: DatabaseHeartbeat | None = None
+) -> optuna.storages.BaseStorage:
     """The study storage: a journal file in ``run_dir`` by default, or a database URL.
 
     A journal is checked first (:mod:`automl_tl.storage`): a file that is not an Optuna journal, or one with a
     corrupt record, is refused untouched; with ``repair``, a torn last record is cut off (after a copy is kept),
     so that appends start on a line of their own. Without ``repair`` (readers such as the report) the file is
-    never changed: Optuna's reader skips a torn last line by itself.
+    never changed: Optuna's reader skips a torn last line by itself. A database storage takes ``heartbeat``,
+    if given (processes that run trials: a reader needs none).
     """
     path = journal_path(url, run_dir)
     if path is not None:
@@ -184,7 +216,16 @@ def open_storage(url: str | None, run_dir: Path, repair: bool = True) -> optuna.
             raise ConfigError(f"cannot open the study journal {path}: {exc.strerror}") from None
         return optuna.storages.journal.JournalStorage(backend)
     try:
-        return optuna.storages.RDBStorage(url)
+        if heartbeat is None:
+            return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():  # Optuna calls its heartbeat experimental: it is what we use, knowingly
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=heartbeat.interval,
+                grace_period=heartbeat.grace_period,
+                heartbeat_stale_trial_callback=heartbeat.on_stale_trial,
+            )
     except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad credentials: all the user's to fix
         raise ConfigError(f"cannot open the study storage {mask_password(url)}: {first_line(exc)}") from None
 

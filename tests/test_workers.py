@@ -7,6 +7,7 @@ The end-to-end cases run the real command line in subprocesses on the built-in d
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -21,15 +22,23 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from automl_tl.results.report import leaderboard
 from automl_tl.search.liveness import (
     ATTEMPT_ATTR,
     GRACE_PERIOD,
     HEARTBEAT_ATTR,
     MAX_RETRIES,
+    OPTUNA_HEARTBEAT,
     RETRY_OF_ATTR,
     WORKER_ATTR,
+    Heartbeat,
+    interrupted_trials,
+    optuna_beats,
     recover_dead_trials,
+    retry_stale_trial,
+    trial_slot,
 )
+from automl_tl.storage import DatabaseHeartbeat, open_storage
 
 SEARCH = [
     "search",
@@ -119,6 +128,53 @@ def test_a_trial_that_keeps_killing_its_worker_is_not_retried_forever(tmp_path):
     assert recover_dead_trials(study) == [number]
     assert study.get_trials(states=(TrialState.WAITING,)) == []
     assert "not run again" in study.get_trials()[number].user_attrs["error"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_on_postgresql_optunas_heartbeat_fails_a_silent_trial_and_it_is_run_again(postgres_url, tmp_path):
+    """On a database, a trial gone silent on another machine is Optuna's to find (by the server's clock): our
+    own check leaves it alone, Optuna fails it before the next trial, and it is run again as ours would."""
+    seconds = DatabaseHeartbeat(
+        interval=1, grace_period=2, on_stale_trial=functools.partial(retry_stale_trial, grace_period=2)
+    )
+    storage = open_storage(postgres_url, tmp_path, heartbeat=seconds)
+    study = optuna.create_study(storage=storage, study_name=f"stale-{uuid.uuid4().hex[:8]}", direction="maximize")
+    assert optuna_beats(study._storage)
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    study.tell(study.ask(space), 0.5)  # trial 0 finished; trial 1 will go silent
+    trial = study.ask(space)
+    with Heartbeat(study._storage, trial._trial_id):  # on a database only the worker is recorded: Optuna beats
+        pass
+    assert HEARTBEAT_ATTR not in study.get_trials()[trial.number].system_attrs
+    study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, {"host": "another-machine", "pid": 1})
+    study._storage.record_heartbeat(trial._trial_id)  # it beat once, then its machine was lost
+    assert recover_dead_trials(study, grace=0.0) == []  # silence is not ours to judge here
+    time.sleep(seconds.grace_period + 1.5)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        optuna.storages.fail_stale_trials(study)  # what study.optimize does before each trial
+    failed = study.get_trials()[trial.number]
+    assert failed.state == TrialState.FAIL
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.user_attrs[RETRY_OF_ATTR] == trial.number and retry.user_attrs[ATTEMPT_ATTR] == 2
+    assert retry.system_attrs["fixed_params"] == trial.params
+    # the leaderboard says why, and the retry takes the slot (the seed) of the trial it repeats
+    row = leaderboard(study).set_index("trial").loc[trial.number]
+    assert row["stop_reason"] == "interrupted"
+    assert row["error"] == "interrupted: no heartbeat for over 2 s (Optuna's heartbeat); run again as a new trial"
+    assert interrupted_trials(study, study.get_trials()) == {trial.number}
+    assert study.ask(space).number == retry.number  # the retry runs next
+    after = study.ask(space)
+    trials = study.get_trials()
+    assert trial_slot(study, trials[retry.number]) == trial_slot(study, failed) == 1
+    assert trial_slot(study, trials[after.number]) == 2  # the interrupted trial does not count
+
+
+def test_every_process_that_runs_trials_opens_a_database_with_optunas_heartbeat(postgres_url, tmp_path):
+    assert optuna_beats(open_storage(postgres_url, tmp_path, heartbeat=OPTUNA_HEARTBEAT))
+    assert (OPTUNA_HEARTBEAT.interval, OPTUNA_HEARTBEAT.grace_period) == (10, GRACE_PERIOD)
+    assert not optuna_beats(open_storage(postgres_url, tmp_path))  # a reader (the report) beats for no one
+    journal = open_storage(None, tmp_path, heartbeat=OPTUNA_HEARTBEAT)
+    assert not optuna_beats(journal)  # Optuna has no heartbeat for a journal file: ours serves it
 
 
 # ---------------------------------------------------------------- kill -9, then the same command again
@@ -227,6 +283,18 @@ def test_four_workers_on_postgresql_record_every_trial_once(tmp_path, postgres_u
     config = json.loads((run_dir / "best_model" / "config.json").read_text())
     assert config["trial"] == best_of(study)
     assert config["val_accuracy"] == pytest.approx(study.trials[best_of(study)].value)
+    # every worker's trials beat through Optuna's heartbeat (recorded in its own table), none through ours
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as connection:
+        beaten = connection.execute(
+            sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id = ANY(:ids)"),
+            {"ids": [t._trial_id for t in finished]},
+        ).scalars()
+        assert set(beaten) == {t._trial_id for t in finished}
+    engine.dispose()
+    assert not [t for t in finished if HEARTBEAT_ATTR in t.system_attrs]
 
 
 def test_a_worker_refuses_a_study_it_cannot_join(tmp_path, capsys):

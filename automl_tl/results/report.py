@@ -24,6 +24,7 @@ from automl_tl.layout import (
 )
 from automl_tl.metrics import signed
 from automl_tl.results.concatenated import CONCATENATED_FEATURES
+from automl_tl.storage import stale_trial_reasons
 from automl_tl.strategies import used_parameters
 from automl_tl.train.executor import STOP_CALLBACK
 
@@ -76,10 +77,13 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, best validation score first (ties: lower validation loss, then the earlier trial;
     trials without a score last)."""
     rows, order = [], []
+    stale = stale_trial_reasons(study)  # failed by Optuna's heartbeat: the reason is the study's
     for trial in study.get_trials(deepcopy=False):
         if trial.state == optuna.trial.TrialState.WAITING:
             continue  # a retry not started yet: it is listed once it runs
         attrs = trial.user_attrs
+        if trial.state == optuna.trial.TrialState.FAIL and trial.number in stale:
+            attrs = {**attrs, "error": stale[trial.number], "stop_reason": "interrupted"}
         used = used_parameters(trial.params)  # a parameter the trial's strategy ignores is left empty
         accuracy = attrs.get("best_val_accuracy")
         metric = attrs.get("metric", "accuracy")

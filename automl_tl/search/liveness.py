@@ -14,12 +14,17 @@ A dead trial is marked ``FAIL`` with the reason and enqueued again with the same
 most :data:`MAX_RETRIES` times (a trial that keeps killing its worker is not retried forever).
 Marking it failed succeeds for one worker only, so a trial is never retried twice.
 
-This works the same on every storage (journal file, PostgreSQL, MySQL, SQLite): the marks are
-plain trial attributes, written through Optuna's storage API.
+On a database storage (PostgreSQL, MySQL, SQLite) the silent trial is Optuna's to find: its own heartbeat
+(:data:`OPTUNA_HEARTBEAT`, given to the storage when it is opened) is recorded while ``study.optimize`` runs
+a trial and judged by the database server's clock, so the hosts' clocks need not agree; it fails a trial
+silent for :data:`GRACE_PERIOD` before the next trial starts, and :func:`retry_stale_trial` then runs it
+again as above. Our own heartbeat serves the journal file, which Optuna gives none. The dead process on
+this host is ours to find on every storage: Optuna has no such check, and it needs no waiting.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -30,6 +35,7 @@ from types import TracebackType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from automl_tl.storage import STALE_TRIAL_ATTR_PREFIX, DatabaseHeartbeat, stale_trial_reasons
 from automl_tl.strategies import current_names
 
 logger = logging.getLogger(__name__)
@@ -65,12 +71,18 @@ def process_exists(pid: int) -> bool:
         return True  # no /proc (not Linux): kill(0) said it exists
 
 
+def optuna_beats(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether Optuna's own heartbeat watches the storage's running trials (a database opened with one)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
+
+
 class Heartbeat:
     """While in use, marks the trial as alive every ``interval`` seconds from a background thread.
 
     ``with Heartbeat(storage, trial_id): ...`` records this worker on the trial, then beats until the
     block ends. A failed write is logged and retried at the next beat: a storage hiccup must not
-    fail the trial.
+    fail the trial. On a storage that :func:`optuna_beats`, only the worker is recorded: Optuna beats.
     """
 
     def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float = HEARTBEAT_INTERVAL):
@@ -82,15 +94,17 @@ class Heartbeat:
 
     def __enter__(self) -> "Heartbeat":
         self.storage.set_trial_system_attr(self.trial_id, WORKER_ATTR, this_worker())
-        self._beat()
-        self._thread.start()
+        if not optuna_beats(self.storage):
+            self._beat()
+            self._thread.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _beat(self) -> None:
         try:
@@ -103,8 +117,11 @@ class Heartbeat:
             self._beat()
 
 
-def why_dead(trial: FrozenTrial, now: float | None = None, grace: float = GRACE_PERIOD) -> str | None:
-    """Why a running trial is taken for dead, or None while it looks alive."""
+def why_dead(
+    trial: FrozenTrial, now: float | None = None, grace: float = GRACE_PERIOD, silence: bool = True
+) -> str | None:
+    """Why a running trial is taken for dead, or None while it looks alive. Without ``silence``, only its
+    process's absence from this host counts (Optuna's heartbeat judges the silent ones)."""
     now = time.time() if now is None else now
     worker = trial.system_attrs.get(WORKER_ATTR)
     if (
@@ -113,6 +130,8 @@ def why_dead(trial: FrozenTrial, now: float | None = None, grace: float = GRACE_
         and not process_exists(int(worker.get("pid", -1)))
     ):
         return f"its worker (process {worker['pid']} on {worker['host']}) is gone"
+    if not silence:
+        return None
     last_sign = trial.system_attrs.get(HEARTBEAT_ATTR)
     if last_sign is None and trial.datetime_start is not None:
         last_sign = trial.datetime_start.timestamp()  # died before its first heartbeat
@@ -124,15 +143,13 @@ def why_dead(trial: FrozenTrial, now: float | None = None, grace: float = GRACE_
 def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> list[int]:
     """Mark the study's dead running trials failed and enqueue each again; returns their numbers."""
     recovered = []
+    storage = study._storage  # (and trial._trial_id: Optuna has no public way to fail another process's trial)
+    silence = not optuna_beats(storage)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = why_dead(trial, grace=grace)
+        reason = why_dead(trial, grace=grace, silence=silence)
         if reason is None:
             continue
-        attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
-        retried = attempt <= MAX_RETRIES
-        note = "run again as a new trial" if retried else f"not run again: it was attempt {attempt}"
-        # study._storage, trial._trial_id: Optuna has no public way to fail another process's trial.
-        storage = study._storage
+        retried, note = _retry_note(trial)
         try:  # the reason first: a finished trial takes no more attributes
             storage.set_trial_user_attr(trial._trial_id, "error", f"interrupted: {reason}; {note}")
             storage.set_trial_user_attr(trial._trial_id, "stop_reason", "interrupted")
@@ -141,14 +158,46 @@ def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> lis
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             continue  # another worker recovered it first (or it just finished after all)
         if retried:
-            attrs = {k: v for k, v in trial.user_attrs.items() if k in (WARM_START_ATTR,)}
-            study.enqueue_trial(  # (a trial of an earlier version's: under today's names, which the space draws)
-                current_names(trial.params),
-                user_attrs={**attrs, RETRY_OF_ATTR: trial.number, ATTEMPT_ATTR: attempt + 1},
-            )
+            _run_again(study, trial)
         logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
         recovered.append(trial.number)
     return recovered
+
+
+def retry_stale_trial(study: optuna.Study, trial: FrozenTrial, grace_period: float = GRACE_PERIOD) -> None:
+    """Optuna's heartbeat failed ``trial`` (silent for ``grace_period`` seconds, the storage's): keep the reason
+    in the study (the failed trial takes no more attributes) and run it again, as :func:`recover_dead_trials`
+    does."""
+    retried, note = _retry_note(trial)
+    reason = f"no heartbeat for over {grace_period:.0f} s (Optuna's heartbeat)"
+    study.set_user_attr(f"{STALE_TRIAL_ATTR_PREFIX}{trial.number}", f"interrupted: {reason}; {note}")
+    if retried:
+        _run_again(study, trial)
+    logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
+
+
+#: given to a database storage by every process that runs trials (see :func:`automl_tl.storage.open_storage`)
+OPTUNA_HEARTBEAT = DatabaseHeartbeat(
+    int(HEARTBEAT_INTERVAL), int(GRACE_PERIOD), functools.partial(retry_stale_trial, grace_period=GRACE_PERIOD)
+)
+
+
+def _retry_note(trial: FrozenTrial) -> tuple[bool, str]:
+    """Whether an interrupted trial is run again (at most :data:`MAX_RETRIES` times), and the words saying so."""
+    attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
+    if attempt <= MAX_RETRIES:
+        return True, "run again as a new trial"
+    return False, f"not run again: it was attempt {attempt}"
+
+
+def _run_again(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue an interrupted trial again with the same parameters, marked as its retry."""
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in (WARM_START_ATTR,)}
+    attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
+    study.enqueue_trial(  # (a trial of an earlier version's: under today's names, which the space draws)
+        current_names(trial.params),
+        user_attrs={**attrs, RETRY_OF_ATTR: trial.number, ATTEMPT_ATTR: attempt + 1},
+    )
 
 
 def rename_waiting_trials(study: optuna.Study) -> None:
@@ -182,12 +231,19 @@ def trial_slot(study: optuna.Study, trial: FrozenTrial) -> int:
     repeated = trial.user_attrs.get(RETRY_OF_ATTR)
     if repeated is not None and repeated < len(trials):
         return trial_slot(study, trials[repeated])
-    return trial.number - sum(1 for t in trials[: trial.number] if is_interrupted(t))
+    interrupted = interrupted_trials(study, trials[: trial.number])
+    return trial.number - len(interrupted)
 
 
-def is_interrupted(trial: FrozenTrial) -> bool:
-    """Whether the trial was failed by :func:`recover_dead_trials` (its retry stands in for it)."""
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("stop_reason") == "interrupted"
+def interrupted_trials(study: optuna.Study, trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of those of ``trials`` (the study's) that were failed because their worker died, by
+    :func:`recover_dead_trials` or by Optuna's heartbeat (:func:`retry_stale_trial`): their retries stand in."""
+    stale = stale_trial_reasons(study)
+    return {
+        t.number
+        for t in trials
+        if t.state == TrialState.FAIL and (t.user_attrs.get("stop_reason") == "interrupted" or t.number in stale)
+    }
 
 
 class _StudyWithoutInterrupted:
@@ -200,7 +256,9 @@ class _StudyWithoutInterrupted:
         return getattr(self._study, name)
 
     def get_trials(self, deepcopy: bool = True, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if not is_interrupted(t)]
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        interrupted = interrupted_trials(self._study, trials)
+        return [t for t in trials if t.number not in interrupted]
 
     @property
     def trials(self) -> list[FrozenTrial]:

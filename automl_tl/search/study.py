@@ -107,6 +107,7 @@ from automl_tl.search.ensembling import (
     write_trial_predictions,
 )
 from automl_tl.search.liveness import (
+    OPTUNA_HEARTBEAT,
     Heartbeat,
     InterruptionBlindPruner,
     recover_dead_trials,
@@ -482,7 +483,7 @@ class Search:
                     f"{journal.parent} is not there)"
                 )
         else:
-            storage = open_storage(self.config.storage, self.run_dir)
+            storage = open_storage(self.config.storage, self.run_dir, heartbeat=OPTUNA_HEARTBEAT)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / ".write-test").touch()
@@ -492,7 +493,7 @@ class Search:
         if self.space is None:
             self.prepare()
         if storage is None:
-            storage = open_storage(self.config.storage, self.run_dir)
+            storage = open_storage(self.config.storage, self.run_dir, heartbeat=OPTUNA_HEARTBEAT)
         try:  # load first, create only if missing: a refused resume must not even append to the journal
             study = optuna.load_study(study_name=self.config.study_name, storage=storage)
         except KeyError:
@@ -1900,7 +1901,7 @@ def join_study(
     the test metrics like ``automl-tl search`` does, and returns them.
     """
     check_storage_url(storage)
-    opened = open_storage(storage, Path("."))
+    opened = open_storage(storage, Path("."), heartbeat=OPTUNA_HEARTBEAT)
     try:
         study = optuna.load_study(study_name=study_name, storage=opened)
     except KeyError:
