@@ -28,7 +28,15 @@ import pandas as pd
 from automl_tl.data.readers import TABLE_EXTENSIONS
 from automl_tl.errors import AutomlTLError, ConfigError
 from automl_tl.layout import SUMMARY_FILE
-from automl_tl.options import SearchOption, bad_input_help, renamed_warning, search_option, search_options
+from automl_tl.options import (
+    LOG_DATE_FORMAT,
+    LOG_FORMAT,
+    SearchOption,
+    bad_input_help,
+    renamed_warning,
+    search_option,
+    search_options,
+)
 
 logger = logging.getLogger("automl_tl")
 
@@ -562,8 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=LOG_DATE_FORMAT,
     )
     for noisy in ("timm", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -100,7 +100,12 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         ``self_training`` says what happened).
     storage, study_name: the Optuna study (default: a journal in the run directory).
     output_dir: run directory (None: a temporary one per fit; see the module's docstring).
-    workers: processes sharing the study (more than 1 needs data from a file, a folder or a registered data set).
+    workers: processes sharing the study (more than 1 needs data from a file, a folder or a registered data set);
+        with ``ray_address``, trials at once on Ray.
+    ray_address: run the trials on Ray (:mod:`automl_tl.search.ray_trials`): ``"local"`` starts a Ray runtime on
+        this machine, ``"auto"`` or ``"ray://HOST:10001"`` joins a cluster; None: no Ray. trial_resources: what
+        each trial asks Ray for, ``"cpu=N,gpu=M"`` (None: a GPU each where the cluster has GPUs, the cores
+        shared among the workers).
     tracking_uri: log every trial and the best model to MLflow there (a folder, ``sqlite:///...``,
         ``http://...``; None: no tracking).
     device: torch device (None: a GPU if there is one). show_progress: progress bars (None: on a terminal only).
@@ -149,6 +154,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         study_name: str = DEFAULT_STUDY_NAME,
         output_dir: str | Path | None = None,
         workers: int = 1,
+        ray_address: str | None = None,
+        trial_resources: str | None = None,
         tracking_uri: str | None = None,
         device: str | None = None,
         show_progress: bool | None = None,
@@ -197,6 +204,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.study_name = study_name
         self.output_dir = output_dir
         self.workers = workers
+        self.ray_address = ray_address
+        self.trial_resources = trial_resources
         self.tracking_uri = tracking_uri
         self.device = device
         self.show_progress = show_progress
@@ -271,6 +280,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 data_source=source,
                 started=started,
                 pool=pool,
+                ray=self._ray_settings(),
             )
         except BaseException:
             if temporary is not None:
@@ -291,11 +301,30 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.search_outcome_ = outcome
         return self
 
+    def _ray_settings(self):
+        """Where the trials run on Ray (None: in this process, or ``workers`` processes on this machine)."""
+        from automl_tl.search.ray_trials import RaySettings, TrialResources
+
+        if self.ray_address is None:
+            return None
+        resources = None if self.trial_resources is None else TrialResources.parse(self.trial_resources)
+        return RaySettings(self.ray_address, resources)
+
     def check_params(self) -> None:
         """Refuse a parameter outside what it accepts (:class:`~automl_tl.errors.ConfigError`) before any data
         is read; :meth:`fit` calls it first."""
         if isinstance(self.workers, bool) or not isinstance(self.workers, (int, np.integer)) or self.workers < 1:
             raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}")
+        if self.trial_resources is not None and self.ray_address is None:
+            raise ConfigError(
+                "trial_resources (--trial-resources) says what a trial asks Ray for: give ray_address too"
+            )
+        if isinstance(self.ray_address, str):
+            from automl_tl.search.ray_trials import check_ray_installed
+
+            check_ray_installed()
+            if isinstance(self.trial_resources, str):
+                self._ray_settings()  # refuses resources it cannot read
         # the checks of a parameter of its own, each saying what the value is for, before the table's kinds
         if self.output_dir is not None and not isinstance(self.output_dir, (str, Path)):
             raise ConfigError(f"output_dir must be a folder path (a string or a Path), got {self.output_dir!r}")

@@ -72,6 +72,12 @@ DEFAULT_MAX_BAD_FRACTION = 0.1
 #: warning threshold): room for any camera's photo and most scans and panoramas, while a PNG or TIFF, which
 #: cannot be decoded reduced, costs at most ~0.5 GB as RGB (a JPEG is decoded reduced, far smaller).
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+#: how the command line's log lines look (a Ray worker's too: they are printed among the command's)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+#: ``--ray`` without an address: a new Ray runtime on this machine (what ``ray.init(address="local")`` starts)
+RAY_LOCAL = "local"
+RAY_INSTALL_HINT = "pip install 'automl_tl[ray]'"
 
 
 @dataclass(frozen=True)
@@ -486,9 +492,30 @@ def search_options() -> tuple[SearchOption, ...]:
             "workers",
             "int",
             1,
-            "worker processes on this machine sharing the study and the cores (default: 1)",
+            "trials at once: worker processes on this machine sharing the study and the cores, or Ray workers "
+            "with --ray (default: 1)",
             flag="--workers",
             parse="count",
+        ),
+        SearchOption(
+            "ray_address",
+            "str?",
+            None,
+            "run the trials on Ray: alone, a local Ray runtime on this machine; 'auto' or ray://HOST:10001, "
+            "a running cluster (its study in --storage postgresql://... when it has several machines; "
+            f"needs {RAY_INSTALL_HINT})",
+            flag="--ray",
+            metavar="ADDRESS",
+            const=RAY_LOCAL,
+        ),
+        SearchOption(
+            "trial_resources",
+            "str?",
+            None,
+            "with --ray, what each trial asks Ray for, cpu=N,gpu=M (default: a GPU each where the cluster has "
+            "GPUs, and its cores shared among --workers)",
+            flag="--trial-resources",
+            metavar="cpu=N,gpu=M",
         ),
         SearchOption(
             "tracking_uri",

@@ -1,4 +1,4 @@
-"""Benchmark: trials per hour with 1 and 2 workers on this machine, and 4 workers on PostgreSQL.
+"""Benchmark: trials per hour with 1 and 2 workers on this machine, 2 on Ray, and 4 workers on PostgreSQL.
 
 What is measured
 ----------------
@@ -8,6 +8,9 @@ the same wall-clock budget (``--budget`` seconds, ``--timeout``) and strategies 
 the storage more than the training), run with ``--workers 1`` and
 ``--workers 2`` on the journal file in the run directory: finished trials (complete or pruned) per
 hour of wall time, from start-up to the end. The workers split the machine's cores between them.
+Then the same with ``--ray`` and 2 workers (a local Ray runtime; ``--no-ray`` leaves it out): what Ray
+adds per finished trial, in worker-seconds (workers x wall time / finished trials, against the 2 processes'),
+and to the start of the first trial.
 
 Then ``--workers 4`` (``--postgres-workers``) on a real PostgreSQL server (started on 127.0.0.1 by ``tests/postgres.sh``,
 or ``--postgres URL``) with a trial budget (``--trials``) instead: every worker logs each trial it
@@ -120,11 +123,14 @@ def search_command(args: argparse.Namespace, run_dir: Path, workers: int, *extra
     ]
 
 
-def throughput_row(args: argparse.Namespace, output: Path, env: dict, workers: int) -> dict:
-    run_dir = output / f"journal-{workers}-workers"
+def throughput_row(args: argparse.Namespace, output: Path, env: dict, workers: int, ray: bool = False) -> dict:
+    run_dir = output / f"journal-{workers}-{'ray' if ray else 'process'}-workers"
+    started_at = time.time()
     started = time.perf_counter()
     result = subprocess.run(
-        search_command(args, run_dir, workers, "--trials", "100000", "--timeout", str(args.budget)),
+        search_command(
+            args, run_dir, workers, "--trials", "100000", "--timeout", str(args.budget), *(["--ray"] if ray else [])
+        ),
         env=env,
         capture_output=True,
         text=True,
@@ -139,9 +145,12 @@ def throughput_row(args: argparse.Namespace, output: Path, env: dict, workers: i
     if result.returncode != 0 and (board is None or complete > 0):
         raise SystemExit(f"{workers} worker(s) failed:\n{result.stderr[-3000:]}")
     summary = run_dir / "summary.json"
+    starts = sorted(t.datetime_start.timestamp() for t in _journal_trials(run_dir) if t.datetime_start is not None)
     return {
         "storage": "journal file",
-        "workers": workers,
+        "workers": f"{workers} Ray actor(s), local runtime" if ray else f"{workers} process(es)",
+        "first trial s": starts[0] - started_at if starts else None,
+        "worker-s per trial": workers * seconds / finished if finished else None,
         "budget s": args.budget,
         "wall s": seconds,
         "finished trials": finished,
@@ -149,6 +158,15 @@ def throughput_row(args: argparse.Namespace, output: Path, env: dict, workers: i
         "trials per hour": 3600 * finished / seconds,
         "best val accuracy": json.loads(summary.read_text())["val_accuracy"] if complete else None,
     }
+
+
+def _journal_trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    """The trials of the study in ``run_dir``'s journal (none if there is no journal)."""
+    journal = run_dir / "study.journal"
+    if not journal.is_file():
+        return []
+    storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name="automl_tl", storage=storage).get_trials(deepcopy=False)
 
 
 def start_postgres() -> tuple[str, str]:
@@ -208,7 +226,9 @@ def postgres_row(args: argparse.Namespace, output: Path, env: dict, url: str) ->
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     row = {
         "storage": "PostgreSQL",
-        "workers": workers,
+        "workers": f"{workers} process(es)",
+        "first trial s": None,
+        "worker-s per trial": workers * seconds / finished if finished else None,
         "budget s": None,
         "wall s": seconds,
         "finished trials": finished,
@@ -253,6 +273,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "linear probes on cached features take a tenth of a second)",
     )
     parser.add_argument("--postgres", help="a PostgreSQL URL to use (default: start one on 127.0.0.1)")
+    parser.add_argument(
+        "--ray",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run 2 workers as Ray actors (--ray: a local Ray runtime), at the same budget (default: yes)",
+    )
     add_quick_option(parser, SIZES)
     add_run_options(parser, "runs/bench_workers", "delete earlier results in OUTPUT first")
     args = parser.parse_args(argv)
@@ -271,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     rows = [throughput_row(args, output, env, workers) for workers in (1, 2)]
+    if args.ray:
+        rows.append(throughput_row(args, output, env, 2, ray=True))
     url, state = (args.postgres, None) if args.postgres else start_postgres()
     try:
         row, checks = postgres_row(args, output, env, url)
@@ -280,8 +308,24 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["bash", str(REPO / "tests" / "postgres.sh"), "stop", state], capture_output=True)
 
     table = markdown_table(
-        rows, {"budget s": "{:.0f}", "wall s": "{:.1f}", "trials per hour": "{:.0f}", "best val accuracy": "{:.4f}"}
+        rows,
+        {
+            "first trial s": "{:.1f}",
+            "worker-s per trial": "{:.1f}",
+            "budget s": "{:.0f}",
+            "wall s": "{:.1f}",
+            "trials per hour": "{:.0f}",
+            "best val accuracy": "{:.4f}",
+        },
     )
+    ray_lines = []
+    if args.ray and rows[1]["worker-s per trial"] and rows[2]["worker-s per trial"]:
+        ray_lines = [
+            f"- Ray vs 2 processes: {rows[2]['trials per hour'] / rows[1]['trials per hour']:.2f}x the trials per "
+            f"hour; Ray's overhead: {rows[2]['worker-s per trial'] - rows[1]['worker-s per trial']:+.1f} "
+            "worker-seconds per finished trial (the start-up of the runtime and its actors included), "
+            f"{rows[2]['first trial s'] - rows[1]['first trial s']:+.1f} s to the first trial"
+        ]
     # (a budget shorter than the start-up can leave one worker with no finished trial)
     speedup = rows[1]["trials per hour"] / rows[0]["trials per hour"] if rows[0]["trials per hour"] else math.nan
     text = "\n".join(
@@ -298,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             table,
             "",
             f"- 2 workers vs 1: {speedup:.2f}x the trials per hour",
+            *ray_lines,
             *[f"- {c}" for c in checks],
             "",
         ]

@@ -111,3 +111,30 @@ def postgres_url(tmp_path_factory):
         yield started.stdout.strip()
     finally:
         subprocess.run(["bash", str(script), "stop", state], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A real Ray head for this test session (started by tests/ray_head.sh), as ``ray.init`` takes its address.
+
+    ``AUTOML_TL_TEST_RAY`` names a running head instead (.ci/run starts one). Without Ray installed the tests
+    that need it are skipped, except in CI (``CI=true``), where that is a failure.
+    """
+    import subprocess
+    from pathlib import Path
+
+    if os.environ.get("AUTOML_TL_TEST_RAY"):
+        yield os.environ["AUTOML_TL_TEST_RAY"]
+        return
+    script = Path(__file__).with_name("ray_head.sh")
+    state = tempfile.mkdtemp(prefix="automl_tl-ray-")
+    started = subprocess.run(["bash", str(script), "start", state, "63795"], capture_output=True, text=True)
+    if started.returncode != 0 or not started.stdout.strip():
+        message = f"no Ray head: {started.stderr.strip()[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run(["bash", str(script), "stop", state], capture_output=True)

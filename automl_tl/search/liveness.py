@@ -142,26 +142,42 @@ def why_dead(
 
 def recover_dead_trials(study: optuna.Study, grace: float = GRACE_PERIOD) -> list[int]:
     """Mark the study's dead running trials failed and enqueue each again; returns their numbers."""
-    recovered = []
-    storage = study._storage  # (and trial._trial_id: Optuna has no public way to fail another process's trial)
-    silence = not optuna_beats(storage)
+    silence = not optuna_beats(study._storage)
+    dead = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = why_dead(trial, grace=grace, silence=silence)
-        if reason is None:
-            continue
-        retried, note = _retry_note(trial)
-        try:  # the reason first: a finished trial takes no more attributes
-            storage.set_trial_user_attr(trial._trial_id, "error", f"interrupted: {reason}; {note}")
-            storage.set_trial_user_attr(trial._trial_id, "stop_reason", "interrupted")
-            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                continue
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-            continue  # another worker recovered it first (or it just finished after all)
-        if retried:
-            _run_again(study, trial)
-        logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
-        recovered.append(trial.number)
-    return recovered
+        if reason is not None and _fail_and_retry(study, trial, reason):
+            dead.append(trial.number)
+    return dead
+
+
+def recover_trials_of(study: optuna.Study, worker: dict[str, object], reason: str) -> list[int]:
+    """Mark the running trials of ``worker`` (a :func:`this_worker` identity, on any host) failed because of
+    ``reason`` and enqueue each again; returns their numbers. For a process known dead elsewhere (a Ray
+    worker whose actor died), without waiting for its heartbeat to go silent."""
+    dead = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.system_attrs.get(WORKER_ATTR) == worker and _fail_and_retry(study, trial, reason):
+            dead.append(trial.number)
+    return dead
+
+
+def _fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark the running ``trial`` failed (interrupted, for ``reason``) and enqueue it again unless it was run too
+    often; whether this process was the one that failed it."""
+    storage = study._storage  # (and trial._trial_id: Optuna has no public way to fail another process's trial)
+    retried, note = _retry_note(trial)
+    try:  # the reason first: a finished trial takes no more attributes
+        storage.set_trial_user_attr(trial._trial_id, "error", f"interrupted: {reason}; {note}")
+        storage.set_trial_user_attr(trial._trial_id, "stop_reason", "interrupted")
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False  # another worker recovered it first (or it just finished after all)
+    if retried:
+        _run_again(study, trial)
+    logger.warning("trial %d was interrupted (%s); %s", trial.number, reason, note)
+    return True
 
 
 def retry_stale_trial(study: optuna.Study, trial: FrozenTrial, grace_period: float = GRACE_PERIOD) -> None:

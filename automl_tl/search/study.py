@@ -89,6 +89,7 @@ from automl_tl.results.report import (
     write_summary,
     write_transferability,
 )
+from automl_tl.search.best_model import rank_key, saved_best, saved_best_accuracy, saved_best_config
 from automl_tl.search.concatenation import (
     CONCATENATED_BACKBONES,
     CONCATENATED_PROBE_NAME,
@@ -114,6 +115,7 @@ from automl_tl.search.liveness import (
     rename_waiting_trials,
     trial_slot,
 )
+from automl_tl.search.ray_trials import RaySettings, run_ray_workers
 from automl_tl.search.sampling import SlotSeededSampler
 from automl_tl.search.self_training import (
     PSEUDO_LABEL_PRECISION,
@@ -237,33 +239,6 @@ def _make_sampler_and_pruner(
     if isinstance(pruner, optuna.pruners.HyperbandPruner):
         return sampler, pruner  # unwrapped: samplers look for it by type, to see one bracket's trials only
     return sampler, InterruptionBlindPruner(pruner)
-
-
-def saved_best_accuracy(run_dir: Path) -> float | None:
-    """Validation accuracy of the model in ``run_dir/best_model``, if there is one."""
-    config = _saved_best_config(run_dir)
-    return None if config is None else config.get("val_accuracy")
-
-
-def _saved_best_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / BEST_MODEL_DIR / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _rank_key(score: float, val_loss: float | None, trial: int) -> tuple[float, float, int]:
-    """How trials are compared: the score (higher is better), then the lower validation loss, then the earlier
-    trial (a NaN loss, from models saved before losses were kept, counts as the worst)."""
-    loss = math.inf if val_loss is None or math.isnan(val_loss) else val_loss
-    return (score, -loss, -trial)
-
-
-def _saved_best(run_dir: Path) -> tuple[float, float, int] | None:
-    """The rank key (see :func:`_rank_key`) of the model in ``run_dir/best_model``, if there is one."""
-    config = _saved_best_config(run_dir)
-    if config is None:
-        return None
-    score = config.get("val_score", config.get("val_accuracy"))  # models saved before scores were kept
-    return _rank_key(score, config.get("val_loss"), config.get("trial", -1))
 
 
 @contextlib.contextmanager
@@ -543,20 +518,24 @@ class Search:
         write_skipped(self.run_dir, self.data.skipped)  # now, so that it is there even if the search fails later
         return study
 
-    def run(self, workers: int = 1, started: float | None = None) -> SearchOutcome:
+    def run(self, workers: int = 1, started: float | None = None, ray: RaySettings | None = None) -> SearchOutcome:
         """Optimise until ``n_trials`` trials have finished (counting earlier runs) or the timeout passes.
 
         The timeout covers the whole run from ``started`` (default: now; see :meth:`start_clock`), pre-ranking,
         refit and test evaluation included. With ``workers`` > 1, that many worker
         processes share the study (see :func:`automl_tl.search.workers.run_local_workers`); this process
-        prepares the study, waits for them, and writes the results.
+        prepares the study, waits for them, and writes the results. With ``ray``, the trials run on Ray,
+        ``workers`` at once (see :mod:`automl_tl.search.ray_trials`).
         """
         self.start_clock(started)
         with quiet_optuna(), frozen_heap():
             self.announce_start()  # before pre-ranking: a tracker that cannot start refuses at once
             study = self.open_study()
-            if workers > 1:
-                run_local_workers(self, workers, None if self._deadline is None else self._deadline - time.monotonic())
+            time_left = None if self._deadline is None else self._deadline - time.monotonic()
+            if ray is not None:
+                run_ray_workers(self, study, workers, time_left, ray, prepare_worker)
+            elif workers > 1:
+                run_local_workers(self, workers, time_left)
             else:
                 self.optimize(study)
             return self._finish(study)
@@ -580,6 +559,13 @@ class Search:
 
         Trials of dead workers are recovered first, and again after every trial.
         """
+        if self.begin_trials(study):
+            self.run_trials(study)
+
+    def begin_trials(self, study: optuna.Study) -> bool:
+        """Get ready to run trials of ``study`` in this process: recover the trials of dead workers and count
+        how many this process may start (as many as are missing now; failed ones count too, so that a search
+        that keeps failing ends). Returns whether it should start any."""
         recover_dead_trials(study)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         remaining = math.inf if self.config.n_trials is None else self.config.n_trials - finished
@@ -590,10 +576,20 @@ class Search:
                 finished,
                 "as many as the time allows" if remaining == math.inf else max(remaining, 0),
             )
-        self._attempts_left = remaining  # failed trials count too, so a search that keeps failing ends
+        self._attempts_left = remaining
+        return self.wants_trials(study)
+
+    def wants_trials(self, study: optuna.Study) -> bool:
+        """Whether this process should start another trial (see :meth:`optimize` for when it stops)."""
+        return not (self._enough(study) or self._out_of_time())
+
+    def run_trials(self, study: optuna.Study, max_trials: int | None = None) -> bool:
+        """Run trials (at most ``max_trials``) until :meth:`wants_trials` says no; call :meth:`begin_trials`
+        first. Returns whether this process should start more."""
+        if not self.wants_trials(study):
+            return False
         time_left = None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
-        if self._enough(study) or self._out_of_time():
-            return
+        remaining = self._attempts_left if max_trials is None else min(self._attempts_left, max_trials)
         progress = tqdm(
             total=None if remaining == math.inf else remaining,
             desc="trials",
@@ -604,7 +600,7 @@ class Search:
             with frozen_heap():  # (a worker's trials too: it calls optimize() without run())
                 study.optimize(
                     self._objective,
-                    n_trials=None,
+                    n_trials=max_trials,
                     timeout=time_left,
                     catch=(TrialFailed,),
                     callbacks=[
@@ -617,6 +613,7 @@ class Search:
         finally:
             progress.close()
             write_leaderboard(leaderboard(study), self.run_dir)  # even when interrupted: nothing finished is lost
+        return self.wants_trials(study)
 
     def _enough(self, study: optuna.Study) -> bool:
         """Whether this process should start no more trials: the study's finished and running trials
@@ -651,7 +648,7 @@ class Search:
         (its backbone's measured inference cost per example), refitting it on training + validation (its
         trial's epochs, scaled to the larger data), self-training (:meth:`_self_training_reserve`), the ensemble
         (:meth:`_ensemble_reserve`), and a margin for writing the results (:meth:`_save_margin`)."""
-        config = _saved_best_config(self.run_dir)
+        config = saved_best_config(self.run_dir)
         if config is None:
             return self._save_margin()
         backbone = config.get("trial_config", {}).get("backbone")
@@ -869,8 +866,8 @@ class Search:
         with exclusive_lock(self.run_dir / BEST_MODEL_LOCK):
             repair_interrupted_save(self.run_dir / BEST_MODEL_DIR)  # a worker killed while saving
             # Ties go to the lower validation loss, then the lower trial number, whichever worker finished first.
-            saved = _saved_best(self.run_dir)
-            if saved is not None and saved >= _rank_key(best.val_score, best.val_loss, result.trial_number):
+            saved = saved_best(self.run_dir)
+            if saved is not None and saved >= rank_key(best.val_score, best.val_loss, result.trial_number):
                 return
             backbone = self.backbones[result.config.backbone]
             self._save(
@@ -1121,7 +1118,7 @@ class Search:
         """Train the best trial's configuration again on training + validation, for the epochs it ran best,
         if the budget allows (the measured estimate and the test evaluation must fit); the refitted model
         replaces ``best_model`` and keeps its trial's validation figures. Returns what was done, for the record."""
-        config = _saved_best_config(self.run_dir)
+        config = saved_best_config(self.run_dir)
         if not self.config.refit:
             return "not asked for (--no-refit)"
         if config.get("fitted_on") == FITTED_ON_TRAIN_AND_VAL:
@@ -1217,7 +1214,7 @@ class Search:
 
         if not self.config.self_training:
             return done("not asked for (--no-self-training)")
-        saved = _saved_best_config(self.run_dir)
+        saved = saved_best_config(self.run_dir)
         if saved.get("self_trained"):
             return done("none needed: the kept model was self-trained in an earlier run of this search")
         if saved.get("validation") == VALIDATED_BY_CROSS_VALIDATION:
@@ -1492,7 +1489,7 @@ class Search:
             return {"kept": False, "reason": "not asked for (--no-ensemble)"}, None
         if self.data.validation != VALIDATION_HOLDOUT or not len(self.data.val):
             return {"kept": False, "reason": "no validation split to choose members on"}, None
-        best = _saved_best_config(self.run_dir)
+        best = saved_best_config(self.run_dir)
         metric = best.get("metric", "accuracy")
         candidates, labels = ensemble_candidates(self.run_dir, study, self.data, best["trial"])
         probe, probe_record = self._concatenated_candidate(candidates, labels)
@@ -1682,7 +1679,7 @@ class Search:
 
     def _best_trial_rows(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The best trial's validation probabilities as the trial left them, with their rows' labels."""
-        best = _saved_best_config(self.run_dir)
+        best = saved_best_config(self.run_dir)
         probabilities = read_trial_predictions(self.run_dir, best["trial"], self.data)
         if probabilities is None:
             return None
@@ -1879,27 +1876,26 @@ def run_search(
     data_source: dict[str, Any] | None = None,
     started: float | None = None,
     pool: UnlabelledPool | None = None,
+    ray: RaySettings | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``. ``started`` (a
-    ``time.monotonic()`` value) is when the budget began: by default, now. ``pool``: unlabelled inputs for
-    self-training (see :func:`automl_tl.data.pool.unlabelled_pool`)."""
-    return Search(data, config, run_dir, executor, data_source=data_source, pool=pool).run(workers, started)
+    """Run (or resume) a search; see :class:`Search`. ``workers`` > 1 needs ``data_source``, and so does ``ray``.
+    ``started`` (a ``time.monotonic()`` value) is when the budget began: by default, now. ``pool``: unlabelled
+    inputs for self-training (see :func:`automl_tl.data.pool.unlabelled_pool`). ``ray``: run the trials on Ray
+    (see :mod:`automl_tl.search.ray_trials`)."""
+    return Search(data, config, run_dir, executor, data_source=data_source, pool=pool).run(workers, started, ray)
 
 
-def join_study(
+def prepare_worker(
     storage: str,
     study_name: str,
     run_dir: str | Path | None = None,
     timeout: float | None = None,
-    finish: bool = True,
     show_progress: bool | None = None,
-) -> "SearchOutcome | None":
-    """Join the study ``study_name`` in ``storage`` as one more worker, and run trials until it has enough.
-
-    The data are loaded from the source stored with the study. ``run_dir`` (default: the study's own)
-    receives the best model. With ``finish``, the worker then writes the leaderboard, the summary and
-    the test metrics like ``automl-tl search`` does, and returns them.
-    """
+) -> tuple[Search, optuna.Study]:
+    """The :class:`Search` of one more worker on the study ``study_name`` in ``storage``, and the study, ready
+    for :meth:`Search.optimize`: the settings, the space and the data's source come from the study, the data
+    are loaded again and refused if their fingerprint differs. ``run_dir`` (default: the study's own) receives
+    the best model; ``timeout`` (default: the study's) counts from now."""
     check_storage_url(storage)
     opened = open_storage(storage, Path("."), heartbeat=OPTUNA_HEARTBEAT)
     try:
@@ -1932,6 +1928,25 @@ def join_study(
     search.announce_start()
     joined = search.open_study()  # checks the data's fingerprint and the space against the stored ones
     logger.info("joined study %r in %s as a worker; run directory %s", study_name, storage, run_dir)
+    return search, joined
+
+
+def join_study(
+    storage: str,
+    study_name: str,
+    run_dir: str | Path | None = None,
+    timeout: float | None = None,
+    finish: bool = True,
+    show_progress: bool | None = None,
+) -> "SearchOutcome | None":
+    """Join the study ``study_name`` in ``storage`` as one more worker, and run trials until it has enough.
+
+    The data are loaded from the source stored with the study (see :func:`prepare_worker`). ``run_dir``
+    (default: the study's own) receives the best model. With ``finish``, the worker then writes the
+    leaderboard, the summary and the test metrics like ``automl-tl search`` does, and returns them.
+    """
+    search, joined = prepare_worker(storage, study_name, run_dir, timeout, show_progress)
+    run_dir = search.run_dir
     search.optimize(joined)
     if not finish:
         return None

@@ -34,17 +34,23 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def check_data_source(search: "Search", who: str) -> None:
+    """Refuse data that other processes cannot load again: ``who`` (several workers, trials on Ray) needs
+    data from a file, a folder or a registered data set."""
+    if search.data_source is None:
+        raise ConfigError(
+            f"{who} need data from a file, a folder or a registered data set "
+            "(a DataFrame in memory cannot be passed to other processes)"
+        )
+
+
 def run_local_workers(search: "Search", workers: int, time_left: float | None) -> None:
     """Start ``workers`` processes of ``automl-tl worker`` on ``search``'s study and wait for them all.
 
     The study must exist (``search.open_study()``) and have a data source. Each worker gets its share
     of the cores and what is left of the time budget. Ctrl-C stops them all; what they finished is kept.
     """
-    if search.data_source is None:
-        raise ConfigError(
-            "several workers need data from a file, a folder or a registered data set "
-            "(a DataFrame in memory cannot be passed to other processes)"
-        )
+    check_data_source(search, "several workers")
     storage = search.config.storage or str((search.run_dir / JOURNAL_FILE).resolve())
     threads = threads_per_worker(workers)
     command = [
