@@ -69,7 +69,7 @@ from _common import (  # noqa: E402
 
 logger = logging.getLogger("benchmarks.workers_throughput")
 REPO = Path(__file__).resolve().parent.parent
-TRIAL_END = re.compile(r"automl_tl\.search: trial (\d+) (complete|pruned|fail)")
+TRIAL_END = re.compile(r"automl_tl\.search\.study: trial (\d+) (complete|pruned|fail)")
 #: sizes of the full run and of --quick; an option given on the command line wins over both
 SIZES = {
     "full": {
