@@ -9,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -61,6 +63,7 @@ def test_two_ray_workers_on_postgresql_record_every_trial_once_and_retry_the_one
         "last_k",
         "--no-ensemble",
     )
+    scratch_before = set(Path(tempfile.gettempdir()).glob("automl_tl-ray-trials-*"))
     driver = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -113,6 +116,8 @@ def test_two_ray_workers_on_postgresql_record_every_trial_once_and_retry_the_one
     for trial in complete:  # every complete trial's validation predictions reached the driver, for the ensemble
         assert (run_dir / "trial_predictions" / f"trial_{trial.number:05d}.npy").is_file()
     assert "died" in output and f"trial {killed.number} was interrupted" in output
+    # every actor's own folder is gone, the killed one's too (the driver deletes it: same machine here)
+    assert set(Path(tempfile.gettempdir()).glob("automl_tl-ray-trials-*")) <= scratch_before
 
 
 def test_ray_not_installed_is_one_line_that_says_how_to_install_it(tmp_path):

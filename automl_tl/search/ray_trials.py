@@ -32,6 +32,7 @@ import logging
 import math
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -145,8 +146,9 @@ class TrialWorker:
         log_level: int = logging.INFO,
     ) -> dict[str, object]:
         """Join the study (``prepare`` is :func:`~automl_tl.search.study.prepare_worker`) with the time left
-        until ``deadline`` (Unix time); returns this worker's identity, as its trials record it. Its log lines
-        (at the driver's ``log_level``) are printed by Ray among the driver's."""
+        until ``deadline`` (Unix time); returns this worker's identity (``worker``, as its trials record it) and
+        its own folder (``scratch``). Its log lines (at the driver's ``log_level``) are printed by Ray among the
+        driver's."""
         import optuna
         import torch
 
@@ -155,10 +157,14 @@ class TrialWorker:
         torch.set_num_threads(threads)
         self.scratch = Path(tempfile.mkdtemp(prefix="automl_tl-ray-trials-"))
         timeout = None if deadline is None else max(deadline - time.time(), 1.0)
-        self.search, self.study = prepare(storage, study_name, self.scratch, timeout, False)
+        try:
+            self.search, self.study = prepare(storage, study_name, self.scratch, timeout, False)
+        except BaseException:
+            self.close()
+            raise
         self.search.begin_trials(self.study)
         self._sent_predictions: set[str] = set()
-        return this_worker()
+        return {"worker": this_worker(), "scratch": str(self.scratch)}
 
     def next_trial(self, best_config: dict[str, Any] | None) -> dict[str, Any]:
         """Run one trial, ranked against ``best_config`` (the driver's best model's); returns whether this worker
@@ -191,7 +197,10 @@ class TrialWorker:
 class _Actor:
     handle: Any
     number: int
+    #: the process, as its trials record it (None until it joined the study)
     identity: dict[str, object] | None = None
+    #: its own folder, on its own machine
+    scratch: Path | None = None
 
 
 def run_ray_workers(
@@ -324,7 +333,7 @@ class _ActorPool:
 
     def _advance(self, actor: _Actor, step: str, value: Any) -> None:
         if step == "start":
-            actor.identity = value
+            actor.identity, actor.scratch = value["worker"], Path(value["scratch"])
         elif step == "trial":
             self._keep(value)
             if not value["more"]:
@@ -350,6 +359,8 @@ class _ActorPool:
         logger.warning("Ray worker %d died %s: %s", actor.number, where, str(error).splitlines()[0])
         if actor.identity is not None:
             recover_trials_of(self.study, actor.identity, f"its Ray worker {where} died")
+            if actor.identity["host"] == socket.gethostname():  # its folder, which it could not delete itself
+                shutil.rmtree(actor.scratch, ignore_errors=True)
 
     def _time_left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.time()
